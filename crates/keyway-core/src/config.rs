@@ -1,0 +1,436 @@
+//! `keyway.toml`, in two stages.
+//!
+//! [`RawConfig`] is the file's shape, parsed strictly (`deny_unknown_fields`). It is
+//! then checked into [`Config`], which has real types (`Duration`, `SocketAddr`,
+//! `IpNet`) and no field that "must be set at run time". Every problem is reported
+//! with the key's path and how to fix it; no error repeats the file's text, since a
+//! config file is where people mistakenly paste secrets.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, Uri};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::units::{parse_duration, Rate};
+
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7070";
+pub const DEFAULT_DATA_DIR: &str = "keyway-data";
+const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+const DEFAULT_ADMIN_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub data_dir: Option<PathBuf>,
+    pub admin_listen: Option<String>,
+    pub max_ttl: Option<String>,
+    pub admin_token_ttl: Option<String>,
+    pub pepper_file: Option<PathBuf>,
+    pub master_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub audit: RawAudit,
+    #[serde(default)]
+    pub services: BTreeMap<String, RawService>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub queue: Option<usize>,
+    pub on_full: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub protocol: String,
+    pub listen: String,
+    pub upstream: String,
+    pub max_ttl: Option<String>,
+    pub allow_cidrs: Option<Vec<String>>,
+    pub rate_limit: Option<String>,
+    pub upstream_auth: Option<RawUpstreamAuth>,
+    pub connect_timeout: Option<String>,
+    pub upstream_timeout: Option<String>,
+    pub header_timeout: Option<String>,
+    pub max_header_bytes: Option<usize>,
+    pub max_headers: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamAuth {
+    pub header: String,
+    pub secret: String,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub admin_listen: SocketAddr,
+    /// No token anywhere lives longer.
+    pub max_ttl: Duration,
+    /// Lifetime of the admin credential the gateway writes to `admin.token`.
+    pub admin_token_ttl: Duration,
+    /// The key of token hashes; outside the database.
+    pub pepper_file: PathBuf,
+    /// The key that encrypts upstream credentials at rest; outside the database.
+    pub master_key_file: PathBuf,
+    pub audit: AuditConfig,
+    pub services: BTreeMap<String, Service>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Events waiting to be written before `on_full` applies.
+    pub queue: usize,
+    pub on_full: OnFull,
+}
+
+/// What the gateway does when the audit writer cannot keep up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFull {
+    /// Refuse new requests (503) until the audit catches up. The default.
+    FailClosed,
+    /// Let requests through and count the dropped events.
+    FailOpen,
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub max_ttl: Duration,
+    /// Empty: any source address.
+    pub allow_cidrs: Vec<IpNet>,
+    /// Per token.
+    pub rate_limit: Option<Rate>,
+    pub kind: ServiceKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum ServiceKind {
+    Http(HttpService),
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpService {
+    pub upstream: HttpUpstream,
+    pub upstream_auth: Option<UpstreamAuth>,
+    pub connect_timeout: Duration,
+    /// Time for the upstream to start answering.
+    pub upstream_timeout: Duration,
+    /// Time for a client to send a request's header block.
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpUpstream {
+    pub authority: Authority,
+    /// Prepended to every forwarded path; empty for none.
+    pub base_path: String,
+}
+
+/// A header the gateway sets on every upstream request, its value a named secret.
+#[derive(Debug, Clone)]
+pub struct UpstreamAuth {
+    pub header: HeaderName,
+    /// The secret's name (set with `keyway secret set NAME`), never its value.
+    pub secret: String,
+}
+
+/// Everything wrong with a config, one problem a line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Parses and checks `text`; relative paths are taken relative to `base_dir` (the
+    /// folder of the config file).
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner
+                .span()
+                .map(|s| format!("line {}: ", text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&c| c == b'\n').count() + 1))
+                .unwrap_or_default();
+            let at = if path.is_empty() || path == "." {
+                String::new()
+            } else {
+                format!("`{path}`: ")
+            };
+            ConfigError {
+                problems: vec![format!("{line}{at}{}", inner.message().trim())],
+            }
+        })?;
+        raw.check(base_dir)
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.get(name)
+    }
+}
+
+// === impl RawConfig ===
+
+impl RawConfig {
+    pub fn check(self, base_dir: &Path) -> Result<Config, ConfigError> {
+        let mut p = Problems::default();
+        let rel = |path: PathBuf| if path.is_absolute() { path } else { base_dir.join(path) };
+
+        let data_dir = rel(self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()));
+        let admin_listen = p
+            .addr("admin_listen", self.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN))
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070)));
+        let max_ttl = p.duration_or("max_ttl", self.max_ttl.as_deref(), DEFAULT_MAX_TTL);
+        let admin_token_ttl =
+            p.duration_or("admin_token_ttl", self.admin_token_ttl.as_deref(), DEFAULT_ADMIN_TOKEN_TTL);
+        let pepper_file = rel(self.pepper_file.unwrap_or_else(|| data_dir.join("pepper.key")));
+        let master_key_file = rel(self.master_key_file.unwrap_or_else(|| data_dir.join("master.key")));
+
+        let on_full = match self.audit.on_full.as_deref() {
+            None | Some("fail_closed") => OnFull::FailClosed,
+            Some("fail_open") => OnFull::FailOpen,
+            Some(_) => {
+                p.push("audit.on_full", "must be `fail_closed` (the default) or `fail_open`");
+                OnFull::FailClosed
+            }
+        };
+        let queue = self.audit.queue.unwrap_or(65_536);
+        if !(64..=10_000_000).contains(&queue) {
+            p.push("audit.queue", "must be between 64 and 10000000 events");
+        }
+
+        let mut services = BTreeMap::new();
+        let mut listens: BTreeMap<SocketAddr, String> = BTreeMap::new();
+        listens.insert(admin_listen, "admin_listen".into());
+        for (name, raw) in self.services {
+            let Some(svc) = raw.check(&name, max_ttl, &mut p) else {
+                continue;
+            };
+            if let Some(other) = listens.insert(svc.listen, format!("services.{name}.listen")) {
+                p.push(
+                    &format!("services.{name}.listen"),
+                    &format!("{} is already used by `{other}`; give each its own port", svc.listen),
+                );
+            }
+            services.insert(name, svc);
+        }
+
+        p.finish(Config {
+            data_dir,
+            admin_listen,
+            max_ttl,
+            admin_token_ttl,
+            pepper_file,
+            master_key_file,
+            audit: AuditConfig { queue, on_full },
+            services,
+        })
+    }
+}
+
+// === impl RawService ===
+
+impl RawService {
+    fn check(self, name: &str, global_max_ttl: Duration, p: &mut Problems) -> Option<Service> {
+        let key = |k: &str| format!("services.{name}.{k}");
+        let before = p.0.len();
+        if !valid_name(name) {
+            p.push(
+                &format!("services.{name}"),
+                "a service name is 1 to 63 characters of a-z, 0-9, `-` and `_`",
+            );
+        }
+        match self.protocol.as_str() {
+            "http" => {}
+            "tcp" | "postgres" | "mysql" | "redis" => p.push(
+                &key("protocol"),
+                &format!("protocol `{}` is not supported yet by this version; use `http`", self.protocol),
+            ),
+            _ => p.push(&key("protocol"), "unknown protocol; this version supports `http`"),
+        }
+        let listen = p.addr(&key("listen"), &self.listen);
+        let max_ttl = p.duration_or(&key("max_ttl"), self.max_ttl.as_deref(), global_max_ttl);
+        if max_ttl > global_max_ttl {
+            p.push(
+                &key("max_ttl"),
+                &format!(
+                    "{} is longer than the global max_ttl of {}",
+                    crate::units::format_duration(max_ttl),
+                    crate::units::format_duration(global_max_ttl)
+                ),
+            );
+        }
+        let mut allow_cidrs = Vec::new();
+        if let Some(cidrs) = &self.allow_cidrs {
+            if cidrs.is_empty() {
+                p.push(&key("allow_cidrs"), "is empty, so nothing could connect; remove the key to allow any source");
+            }
+            for (i, c) in cidrs.iter().enumerate() {
+                let parsed = c.parse::<IpNet>().or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from));
+                match parsed {
+                    Ok(n) => allow_cidrs.push(n.trunc()),
+                    Err(_) => p.push(&format!("{}[{i}]", key("allow_cidrs")), "is not a CIDR like `10.0.0.0/8`"),
+                }
+            }
+        }
+        let rate_limit = match self.rate_limit.as_deref().map(Rate::parse) {
+            None => None,
+            Some(Ok(r)) => Some(r),
+            Some(Err(e)) => {
+                p.push(&key("rate_limit"), &e.to_string());
+                None
+            }
+        };
+        let upstream = check_http_upstream(&self.upstream, &key("upstream"), p);
+        let upstream_auth = self.upstream_auth.and_then(|a| {
+            let header = match HeaderName::from_bytes(a.header.as_bytes()) {
+                Ok(h) if !is_reserved_header(&h) => Some(h),
+                Ok(_) => {
+                    p.push(&key("upstream_auth.header"), "cannot be a hop-by-hop or Host header");
+                    None
+                }
+                Err(_) => {
+                    p.push(&key("upstream_auth.header"), "is not a valid header name");
+                    None
+                }
+            };
+            if !valid_secret_name(&a.secret) {
+                p.push(
+                    &key("upstream_auth.secret"),
+                    "is the name of a secret (set with `keyway secret set NAME`): 1 to 64 characters of \
+                     a-z, A-Z, 0-9, `.`, `-` and `_`; never the secret's value",
+                );
+            }
+            Some(UpstreamAuth {
+                header: header?,
+                secret: a.secret,
+            })
+        });
+        let http = HttpService {
+            upstream: upstream.unwrap_or(HttpUpstream {
+                authority: Authority::from_static("invalid"),
+                base_path: String::new(),
+            }),
+            upstream_auth,
+            connect_timeout: p.duration_or(&key("connect_timeout"), self.connect_timeout.as_deref(), Duration::from_secs(5)),
+            upstream_timeout: p.duration_or(&key("upstream_timeout"), self.upstream_timeout.as_deref(), Duration::from_secs(30)),
+            header_timeout: p.duration_or(&key("header_timeout"), self.header_timeout.as_deref(), Duration::from_secs(10)),
+            max_header_bytes: self.max_header_bytes.unwrap_or(16 * 1024),
+            max_headers: self.max_headers.unwrap_or(64),
+        };
+        if !(8192..=1024 * 1024).contains(&http.max_header_bytes) {
+            p.push(&key("max_header_bytes"), "must be between 8192 and 1048576");
+        }
+        if !(8..=1024).contains(&http.max_headers) {
+            p.push(&key("max_headers"), "must be between 8 and 1024");
+        }
+        if p.0.len() > before {
+            return None;
+        }
+        Some(Service {
+            name: name.to_owned(),
+            listen: listen?,
+            max_ttl,
+            allow_cidrs,
+            rate_limit,
+            kind: ServiceKind::Http(http),
+        })
+    }
+}
+
+fn check_http_upstream(s: &str, key: &str, p: &mut Problems) -> Option<HttpUpstream> {
+    let Ok(uri) = s.parse::<Uri>() else {
+        p.push(key, "is not a URL like `http://10.0.0.5:8080`");
+        return None;
+    };
+    if uri.scheme() != Some(&Scheme::HTTP) {
+        p.push(key, "must be an `http://` URL (https upstreams are not supported yet)");
+        return None;
+    }
+    let authority = uri.authority()?.clone();
+    if authority.as_str().contains('@') {
+        p.push(key, "must not hold credentials; use `upstream_auth` with a secret");
+        return None;
+    }
+    if uri.query().is_some() {
+        p.push(key, "must not have a query string");
+        return None;
+    }
+    let base_path = uri.path().trim_end_matches('/').to_owned();
+    Some(HttpUpstream { authority, base_path })
+}
+
+fn is_reserved_header(h: &HeaderName) -> bool {
+    matches!(
+        h.as_str(),
+        "host" | "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade" | "content-length"
+    ) || h.as_str().starts_with("proxy-")
+}
+
+fn valid_name(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+}
+
+/// A secret's name: what `keyway secret set` takes.
+pub fn valid_secret_name(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+}
+
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, key: &str, msg: &str) {
+        self.0.push(format!("`{key}`: {msg}"));
+    }
+
+    fn addr(&mut self, key: &str, s: &str) -> Option<SocketAddr> {
+        match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.push(key, "is not an address like `127.0.0.1:9001`");
+                None
+            }
+        }
+    }
+
+    fn duration_or(&mut self, key: &str, s: Option<&str>, default: Duration) -> Duration {
+        match s.map(parse_duration) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.push(key, &e.to_string());
+                default
+            }
+        }
+    }
+
+    fn finish(self, c: Config) -> Result<Config, ConfigError> {
+        if self.0.is_empty() {
+            Ok(c)
+        } else {
+            Err(ConfigError { problems: self.0 })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,124 @@
+use std::path::Path;
+
+use super::*;
+
+const CONTRACT: &str = r#"
+data_dir = "keyway-data"
+admin_listen = "127.0.0.1:7070"
+max_ttl = "24h"
+
+[services.billing]
+protocol = "http"
+listen = "127.0.0.1:9001"
+upstream = "http://127.0.0.1:8080"
+max_ttl = "1h"
+allow_cidrs = ["127.0.0.0/8"]
+rate_limit = "50/s"
+upstream_auth = { header = "X-Api-Key", secret = "billing-key" }
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("/etc/keyway"))
+}
+
+#[test]
+fn the_contract_shape_parses() {
+    let c = parse(CONTRACT).unwrap();
+    assert_eq!(c.data_dir, Path::new("/etc/keyway/keyway-data"));
+    assert_eq!(c.pepper_file, Path::new("/etc/keyway/keyway-data/pepper.key"));
+    assert_eq!(c.max_ttl, Duration::from_secs(86400));
+    let b = c.service("billing").unwrap();
+    assert_eq!(b.listen.port(), 9001);
+    assert_eq!(b.max_ttl, Duration::from_secs(3600));
+    assert_eq!(b.allow_cidrs, vec!["127.0.0.0/8".parse::<IpNet>().unwrap()]);
+    assert_eq!(b.rate_limit.unwrap().to_string(), "50/s");
+    let ServiceKind::Http(h) = &b.kind;
+    assert_eq!(h.upstream.authority.as_str(), "127.0.0.1:8080");
+    let auth = h.upstream_auth.as_ref().unwrap();
+    assert_eq!((auth.header.as_str(), auth.secret.as_str()), ("x-api-key", "billing-key"));
+}
+
+#[test]
+fn an_empty_file_gives_defaults() {
+    let c = parse("").unwrap();
+    assert_eq!(c.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
+    assert_eq!(c.audit.on_full, OnFull::FailClosed);
+    assert!(c.services.is_empty());
+}
+
+#[test]
+fn unknown_keys_name_their_path_and_line() {
+    let text = CONTRACT.replace("rate_limit", "rate_limt");
+    let e = parse(&text).unwrap_err().to_string();
+    assert!(e.contains("services.billing"), "{e}");
+    assert!(e.contains("rate_limt"), "{e}");
+    assert!(e.contains("line 12"), "{e}");
+}
+
+#[test]
+fn errors_never_repeat_the_file() {
+    let text = "max_ttl = \"24h\"\nsecret_value = \"hunter2-very-secret\"\n";
+    let e = parse(text).unwrap_err().to_string();
+    assert!(!e.contains("hunter2"), "{e}");
+}
+
+#[test]
+fn every_problem_is_reported() {
+    let text = CONTRACT
+        .replace("max_ttl = \"1h\"", "max_ttl = \"48h\"")
+        .replace("127.0.0.0/8", "127.0.0.0/99")
+        .replace("50/s", "fast")
+        .replace("billing-key", "not a name!");
+    let e = parse(&text).unwrap_err();
+    let all = e.to_string();
+    assert_eq!(e.problems.len(), 4, "{all}");
+    assert!(all.contains("`services.billing.max_ttl`: 2days is longer than the global max_ttl of 1day"), "{all}");
+    assert!(all.contains("`services.billing.allow_cidrs[0]`"), "{all}");
+    assert!(all.contains("`services.billing.rate_limit`"), "{all}");
+    assert!(all.contains("`services.billing.upstream_auth.secret`"), "{all}");
+}
+
+#[test]
+fn two_services_on_one_port_are_refused() {
+    let text = format!("{CONTRACT}\n[services.other]\nprotocol = \"http\"\nlisten = \"127.0.0.1:9001\"\nupstream = \"http://127.0.0.1:8081\"\n");
+    let e = parse(&text).unwrap_err().to_string();
+    assert!(e.contains("already used by `services.billing.listen`"), "{e}");
+}
+
+#[test]
+fn upstream_urls_are_checked() {
+    for (bad, why) in [
+        ("https://10.0.0.1", "https upstreams"),
+        ("http://user:pw@10.0.0.1", "credentials"),
+        ("http://10.0.0.1/?a=b", "query"),
+        ("not a url", "is not a URL"),
+    ] {
+        let e = parse(&CONTRACT.replace("http://127.0.0.1:8080", bad)).unwrap_err().to_string();
+        assert!(e.contains(why), "{bad}: {e}");
+        assert!(!e.contains("pw@"), "{e}");
+    }
+    let c = parse(&CONTRACT.replace("http://127.0.0.1:8080", "http://127.0.0.1:8080/api/")).unwrap();
+    let ServiceKind::Http(h) = &c.service("billing").unwrap().kind;
+    assert_eq!(h.upstream.base_path, "/api");
+}
+
+#[test]
+fn unsupported_protocols_say_so() {
+    let e = parse(&CONTRACT.replace("protocol = \"http\"", "protocol = \"tcp\"")).unwrap_err().to_string();
+    assert!(e.contains("not supported yet"), "{e}");
+}
+
+#[test]
+fn shipped_example_configs_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            Config::parse(&text, &dir).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1, "no example config found in {}", dir.display());
+}

@@ -1,0 +1,189 @@
+//! What a token may do, and why a request is refused.
+
+use crate::path;
+
+/// The scope of a token: exactly one service, and inside it an optional narrowing to
+/// HTTP methods and path prefixes (empty lists mean no narrowing).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Grant {
+    pub service: String,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+/// Why a request was refused. The client sees only the status and a generic body;
+/// the reason goes to the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    NoToken,
+    MalformedToken,
+    BadChecksum,
+    UnknownToken,
+    WrongSecret,
+    WrongKind,
+    Expired,
+    Revoked,
+    WrongService,
+    MethodNotGranted,
+    PathNotGranted,
+    BadPath,
+    SourceNotAllowed,
+    RateLimited,
+    TokenInQuery,
+    AuditUnavailable,
+    UpstreamCredentialMissing,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    #[error("`{0}` is not an HTTP method")]
+    Method(String),
+    #[error("path prefix `{0}` is not a valid absolute path: {1}")]
+    Path(String, path::PathError),
+}
+
+// === impl Grant ===
+
+impl Grant {
+    /// Builds a grant, upper-casing methods and normalising path prefixes.
+    pub fn new(service: &str, methods: &[String], paths: &[String]) -> Result<Self, GrantError> {
+        let mut ms = Vec::with_capacity(methods.len());
+        for m in methods.iter().flat_map(|m| m.split(',')) {
+            let m = m.trim();
+            let ok = !m.is_empty() && m.len() <= 16 && m.bytes().all(|c| c.is_ascii_alphabetic());
+            if !ok {
+                return Err(GrantError::Method(m.chars().take(20).collect()));
+            }
+            let m = m.to_ascii_uppercase();
+            if !ms.contains(&m) {
+                ms.push(m);
+            }
+        }
+        let mut ps = Vec::with_capacity(paths.len());
+        for p in paths {
+            let shown = || p.chars().take(64).collect::<String>();
+            let n = path::normalize(p, false).map_err(|e| GrantError::Path(shown(), e))?;
+            if !ps.contains(&n) {
+                ps.push(n);
+            }
+        }
+        Ok(Self {
+            service: service.to_owned(),
+            methods: ms,
+            paths: ps,
+        })
+    }
+
+    /// Whether this grant narrows paths (and so refuses encoded slashes).
+    pub fn restricts_paths(&self) -> bool {
+        !self.paths.is_empty()
+    }
+
+    /// Decides a request on the grant's service; `path` must be normalised.
+    pub fn check(&self, method: &str, path: &str) -> Result<(), DenyReason> {
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m == method) {
+            return Err(DenyReason::MethodNotGranted);
+        }
+        if !self.paths.is_empty() && !self.paths.iter().any(|p| path::under_prefix(path, p)) {
+            return Err(DenyReason::PathNotGranted);
+        }
+        Ok(())
+    }
+
+    /// A one-line description for people (`GET,HEAD /invoices/`).
+    pub fn describe(&self) -> String {
+        let m = if self.methods.is_empty() {
+            "any method".to_owned()
+        } else {
+            self.methods.join(",")
+        };
+        let p = if self.paths.is_empty() {
+            "any path".to_owned()
+        } else {
+            self.paths.join(" ")
+        };
+        format!("{m} {p}")
+    }
+}
+
+// === impl DenyReason ===
+
+impl DenyReason {
+    /// The name recorded in the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::NoToken => "no_token",
+            DenyReason::MalformedToken => "malformed_token",
+            DenyReason::BadChecksum => "bad_checksum",
+            DenyReason::UnknownToken => "unknown_token",
+            DenyReason::WrongSecret => "wrong_secret",
+            DenyReason::WrongKind => "wrong_token_kind",
+            DenyReason::Expired => "expired",
+            DenyReason::Revoked => "revoked",
+            DenyReason::WrongService => "wrong_service",
+            DenyReason::MethodNotGranted => "method_not_granted",
+            DenyReason::PathNotGranted => "path_not_granted",
+            DenyReason::BadPath => "bad_path",
+            DenyReason::SourceNotAllowed => "source_not_allowed",
+            DenyReason::RateLimited => "rate_limited",
+            DenyReason::TokenInQuery => "token_in_query",
+            DenyReason::AuditUnavailable => "audit_unavailable",
+            DenyReason::UpstreamCredentialMissing => "upstream_credential_missing",
+        }
+    }
+
+    /// The HTTP status a client sees.
+    pub fn status(self) -> u16 {
+        match self {
+            DenyReason::NoToken
+            | DenyReason::MalformedToken
+            | DenyReason::BadChecksum
+            | DenyReason::UnknownToken
+            | DenyReason::WrongSecret
+            | DenyReason::Expired
+            | DenyReason::Revoked
+            | DenyReason::TokenInQuery => 401,
+            DenyReason::WrongKind
+            | DenyReason::WrongService
+            | DenyReason::MethodNotGranted
+            | DenyReason::PathNotGranted
+            | DenyReason::SourceNotAllowed => 403,
+            DenyReason::BadPath => 400,
+            DenyReason::RateLimited => 429,
+            DenyReason::AuditUnavailable | DenyReason::UpstreamCredentialMissing => 503,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn narrowing() {
+        let g = Grant::new("billing", &s(&["get,head"]), &s(&["/invoices/"])).unwrap();
+        assert_eq!(g.methods, s(&["GET", "HEAD"]));
+        assert_eq!(g.check("GET", "/invoices/1"), Ok(()));
+        assert_eq!(g.check("POST", "/invoices/1"), Err(DenyReason::MethodNotGranted));
+        assert_eq!(g.check("GET", "/admin"), Err(DenyReason::PathNotGranted));
+        assert_eq!(g.check("GET", "/invoices"), Err(DenyReason::PathNotGranted));
+        let open = Grant::new("billing", &[], &[]).unwrap();
+        assert_eq!(open.check("DELETE", "/anything"), Ok(()));
+        assert_eq!(open.describe(), "any method any path");
+    }
+
+    #[test]
+    fn bad_grants_are_refused() {
+        assert!(Grant::new("b", &s(&["GE T"]), &[]).is_err());
+        assert!(Grant::new("b", &[], &s(&["invoices"])).is_err());
+        assert!(Grant::new("b", &[], &s(&["/../x"])).is_err());
+        let g = Grant::new("b", &[], &s(&["/a/./b/"])).unwrap();
+        assert_eq!(g.paths, s(&["/a/b/"]));
+    }
+}

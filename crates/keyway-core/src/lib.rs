@@ -1,0 +1,27 @@
+//! Keyway's pure core: the token format, the configuration, the policy model and the
+//! decisions taken on it. Nothing here does IO, so everything here is cheap to test and
+//! to fuzz.
+//!
+//! # Layout
+//!
+//! - [`token`]: the token format (`kw<kind>_<id>_<secret><crc32>`), generation, parsing,
+//!   keyed hashing, and finding tokens in text (redaction, leak scanning).
+//! - [`path`]: request path normalisation, so a grant's prefix cannot be escaped.
+//! - [`grant`]: what a token may do, and the reasons a request is denied.
+//! - [`config`]: `keyway.toml` in two stages: a raw, strictly parsed shape, then a
+//!   checked configuration with real types.
+//! - [`units`]: durations (`15m`, `24h`) and rates (`50/s`).
+//! - [`clock`]: the clock every expiry decision reads, so tests can move time.
+
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod config;
+pub mod grant;
+pub mod path;
+pub mod token;
+pub mod units;
+
+pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
+pub use grant::{DenyReason, Grant};
+pub use token::{IssuedToken, Pepper, PresentedToken, TokenHash, TokenKind};
