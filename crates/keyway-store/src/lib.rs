@@ -1,1 +1,112 @@
+//! Keyway's store: tokens (as keyed hashes), sealed upstream secrets, and the audit
+//! log, behind the [`Store`] trait so that a PostgreSQL backend can take SQLite's
+//! place without touching callers.
+//!
+//! # Layout
+//!
+//! - [`sqlite`]: the embedded default, through sqlx with migrations.
+//! - [`keys`]: the pepper and the master key: files (mode 0600) or environment,
+//!   always outside the database, checked against fingerprints kept in it.
+//! - [`seal`]: encryption at rest of upstream credentials (XChaCha20-Poly1305).
 
+#![forbid(unsafe_code)]
+
+pub mod keys;
+pub mod seal;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use keyway_core::{Grant, TokenHash, TokenKind, UnixMillis};
+
+pub use seal::{Sealed, Sealer};
+pub use sqlite::SqliteStore;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("store migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("store holds a record this version cannot read: {0}")]
+    Corrupt(String),
+}
+
+/// A token as the store keeps it: metadata and the keyed hash, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub kind: TokenKind,
+    pub principal: String,
+    /// What the token may do; `None` for kinds that call no service (admin).
+    pub grant: Option<Grant>,
+    pub hash: TokenHash,
+    pub created_at: UnixMillis,
+    pub expires_at: UnixMillis,
+    pub revoked_at: Option<UnixMillis>,
+    pub last_used_at: Option<UnixMillis>,
+}
+
+/// One audit event. Never holds a secret: callers put public ids and redacted text in.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AuditEvent {
+    pub at: UnixMillis,
+    /// `request`, `token.issued`, `token.revoked`, `secret.set`, `admin.denied`, …
+    pub kind: String,
+    /// `allow` or `deny`, for decisions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    /// The source address of the connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Anything else (method, path, status, …), as a JSON object.
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
+/// An audit event with its place in the log.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StoredEvent {
+    pub seq: i64,
+    #[serde(flatten)]
+    pub event: AuditEvent,
+}
+
+/// Which audit events to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only events with a greater `seq`.
+    pub after_seq: i64,
+    pub limit: u32,
+}
+
+/// The store, whatever its backend.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    async fn meta_put(&self, key: &str, value: &[u8]) -> Result<()>;
+
+    async fn insert_token(&self, t: &TokenRecord) -> Result<()>;
+    async fn tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// Marks a token revoked at `at` (keeping an earlier revocation time); `None` if
+    /// there is no such token.
+    async fn revoke_token(&self, id: &str, at: UnixMillis) -> Result<Option<TokenRecord>>;
+    /// Records when tokens were last used.
+    async fn touch_tokens(&self, used: &[(String, UnixMillis)]) -> Result<()>;
+
+    async fn put_secret(&self, name: &str, sealed: &Sealed, at: UnixMillis) -> Result<()>;
+    async fn secrets(&self) -> Result<Vec<(String, Sealed)>>;
+
+    /// Appends events in one transaction, in order.
+    async fn append_audit(&self, events: &[AuditEvent]) -> Result<()>;
+    async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<StoredEvent>>;
+}

@@ -1,0 +1,296 @@
+//! The embedded default store: one SQLite file in the data folder, in WAL mode.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyway_core::{Grant, TokenHash, TokenKind, UnixMillis};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::{AuditEvent, AuditQuery, Result, Sealed, Store, StoreError, StoredEvent, TokenRecord};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+const TOKEN_COLUMNS: &str = "id, kind, principal, grant_json, hash, created_at, expires_at, revoked_at, last_used_at";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to
+    /// date.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        Self::connect(opts).await
+    }
+
+    /// An in-memory store, for tests.
+    pub async fn in_memory() -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str("sqlite::memory:")?;
+        Self::connect(opts).await
+    }
+
+    async fn connect(opts: SqliteConnectOptions) -> Result<Self> {
+        // One writer at a time is SQLite's way; a small pool lets reads go alongside.
+        let pool = SqlitePoolOptions::new().max_connections(4).min_connections(1).connect_with(opts).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT value FROM meta WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn meta_put(&self, key: &str, value: &[u8]) -> Result<()> {
+        sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_token(&self, t: &TokenRecord) -> Result<()> {
+        let grant = match &t.grant {
+            Some(g) => Some(serde_json::to_string(g).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+            None => None,
+        };
+        sqlx::query(
+            "INSERT INTO tokens (id, kind, principal, grant_json, hash, created_at, expires_at, revoked_at, last_used_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.id)
+        .bind(t.kind.as_str())
+        .bind(&t.principal)
+        .bind(grant)
+        .bind(&t.hash.0[..])
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .bind(t.revoked_at)
+        .bind(t.last_used_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        let rows = sqlx::query(&format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn revoke_token(&self, id: &str, at: UnixMillis) -> Result<Option<TokenRecord>> {
+        let row = sqlx::query(&format!(
+            "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? RETURNING {TOKEN_COLUMNS}"
+        ))
+        .bind(at)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn touch_tokens(&self, used: &[(String, UnixMillis)]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (id, at) in used {
+            sqlx::query("UPDATE tokens SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?")
+                .bind(at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn put_secret(&self, name: &str, sealed: &Sealed, at: UnixMillis) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO secrets (name, key_id, nonce, ciphertext, updated_at) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT(name) DO UPDATE SET key_id = excluded.key_id, nonce = excluded.nonce,
+                 ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(&sealed.key_id)
+        .bind(&sealed.nonce)
+        .bind(&sealed.ciphertext)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn secrets(&self) -> Result<Vec<(String, Sealed)>> {
+        let rows = sqlx::query("SELECT name, key_id, nonce, ciphertext FROM secrets ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let sealed = Sealed {
+                    key_id: r.get(1),
+                    nonce: r.get(2),
+                    ciphertext: r.get(3),
+                };
+                (r.get(0), sealed)
+            })
+            .collect())
+    }
+
+    async fn append_audit(&self, events: &[AuditEvent]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for e in events {
+            sqlx::query(
+                "INSERT INTO audit_events (at, kind, decision, reason, principal, service, token_id, source, detail)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(e.at)
+            .bind(&e.kind)
+            .bind(&e.decision)
+            .bind(&e.reason)
+            .bind(&e.principal)
+            .bind(&e.service)
+            .bind(&e.token_id)
+            .bind(&e.source)
+            .bind(e.detail.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<StoredEvent>> {
+        let limit = if q.limit == 0 { 1000 } else { q.limit.min(10_000) };
+        let rows = sqlx::query(
+            "SELECT seq, at, kind, decision, reason, principal, service, token_id, source, detail
+             FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(q.after_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let detail: String = r.get(9);
+                Ok(StoredEvent {
+                    seq: r.get(0),
+                    event: AuditEvent {
+                        at: r.get(1),
+                        kind: r.get(2),
+                        decision: r.get(3),
+                        reason: r.get(4),
+                        principal: r.get(5),
+                        service: r.get(6),
+                        token_id: r.get(7),
+                        source: r.get(8),
+                        detail: serde_json::from_str(&detail).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
+fn token_from_row(r: &SqliteRow) -> Result<TokenRecord> {
+    let kind: String = r.get(1);
+    let kind = TokenKind::from_name(&kind).ok_or_else(|| StoreError::Corrupt(format!("token kind `{kind}`")))?;
+    let grant: Option<String> = r.get(3);
+    let grant: Option<Grant> = grant
+        .map(|g| serde_json::from_str(&g))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("token grant: {e}")))?;
+    let hash: Vec<u8> = r.get(4);
+    Ok(TokenRecord {
+        id: r.get(0),
+        kind,
+        principal: r.get(2),
+        grant,
+        hash: TokenHash::from_slice(&hash).ok_or_else(|| StoreError::Corrupt("token hash length".into()))?,
+        created_at: r.get(5),
+        expires_at: r.get(6),
+        revoked_at: r.get(7),
+        last_used_at: r.get(8),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use keyway_core::{IssuedToken, Pepper};
+    use secrecy::{SecretBox, SecretString};
+
+    use super::*;
+    use crate::Sealer;
+
+    #[tokio::test]
+    async fn tokens_round_trip_and_revoke_keeps_the_first_time() {
+        let store = SqliteStore::in_memory().await.unwrap();
+        let pepper = Pepper::new(&SecretBox::new(Box::new([1; 32])));
+        let t = IssuedToken::generate(TokenKind::Access);
+        let rec = TokenRecord {
+            id: t.id().into(),
+            kind: TokenKind::Access,
+            principal: "alice".into(),
+            grant: Some(Grant::new("billing", &["GET".into()], &["/invoices/".into()]).unwrap()),
+            hash: t.hash(&pepper),
+            created_at: 10,
+            expires_at: 20,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        store.insert_token(&rec).await.unwrap();
+        assert_eq!(store.tokens().await.unwrap(), vec![rec.clone()]);
+        let r = store.revoke_token(t.id(), 15).await.unwrap().unwrap();
+        assert_eq!(r.revoked_at, Some(15));
+        let r = store.revoke_token(t.id(), 18).await.unwrap().unwrap();
+        assert_eq!(r.revoked_at, Some(15));
+        assert!(store.revoke_token("nope", 1).await.unwrap().is_none());
+        store.touch_tokens(&[(t.id().into(), 17)]).await.unwrap();
+        assert_eq!(store.tokens().await.unwrap()[0].last_used_at, Some(17));
+    }
+
+    #[tokio::test]
+    async fn secrets_and_audit() {
+        let store = SqliteStore::in_memory().await.unwrap();
+        let sealer = Sealer::new(&SecretBox::new(Box::new([2; 32])));
+        let sealed = sealer.seal("k", &SecretString::from("v"));
+        store.put_secret("k", &sealed, 1).await.unwrap();
+        store.put_secret("k", &sealed, 2).await.unwrap();
+        assert_eq!(store.secrets().await.unwrap(), vec![("k".to_owned(), sealed)]);
+
+        let ev = AuditEvent {
+            at: 5,
+            kind: "request".into(),
+            decision: Some("deny".into()),
+            reason: Some("no_token".into()),
+            detail: serde_json::json!({"path": "/x"}),
+            ..Default::default()
+        };
+        store.append_audit(&[ev.clone(), ev.clone()]).await.unwrap();
+        let got = store.audit_events(&AuditQuery { after_seq: 1, limit: 10 }).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].seq, &got[0].event), (2, &ev));
+    }
+}
