@@ -46,7 +46,7 @@ impl Clock for SystemClock {
     fn now_ms(&self) -> UnixMillis {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| duration_ms(d))
+            .map(duration_ms)
             .unwrap_or(0)
     }
 }

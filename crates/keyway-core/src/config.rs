@@ -167,7 +167,16 @@ impl Config {
             let inner = e.into_inner();
             let line = inner
                 .span()
-                .map(|s| format!("line {}: ", text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&c| c == b'\n').count() + 1))
+                .map(|s| {
+                    format!(
+                        "line {}: ",
+                        text.as_bytes()[..s.start.min(text.len())]
+                            .iter()
+                            .filter(|&&c| c == b'\n')
+                            .count()
+                            + 1
+                    )
+                })
                 .unwrap_or_default();
             let at = if path.is_empty() || path == "." {
                 String::new()
@@ -191,23 +200,42 @@ impl Config {
 impl RawConfig {
     pub fn check(self, base_dir: &Path) -> Result<Config, ConfigError> {
         let mut p = Problems::default();
-        let rel = |path: PathBuf| if path.is_absolute() { path } else { base_dir.join(path) };
+        let rel = |path: PathBuf| {
+            if path.is_absolute() {
+                path
+            } else {
+                base_dir.join(path)
+            }
+        };
 
         let data_dir = rel(self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()));
         let admin_listen = p
-            .addr("admin_listen", self.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN))
+            .addr(
+                "admin_listen",
+                self.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
+            )
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070)));
         let max_ttl = p.duration_or("max_ttl", self.max_ttl.as_deref(), DEFAULT_MAX_TTL);
-        let admin_token_ttl =
-            p.duration_or("admin_token_ttl", self.admin_token_ttl.as_deref(), DEFAULT_ADMIN_TOKEN_TTL);
-        let pepper_file = rel(self.pepper_file.unwrap_or_else(|| data_dir.join("pepper.key")));
-        let master_key_file = rel(self.master_key_file.unwrap_or_else(|| data_dir.join("master.key")));
+        let admin_token_ttl = p.duration_or(
+            "admin_token_ttl",
+            self.admin_token_ttl.as_deref(),
+            DEFAULT_ADMIN_TOKEN_TTL,
+        );
+        let pepper_file = rel(self
+            .pepper_file
+            .unwrap_or_else(|| data_dir.join("pepper.key")));
+        let master_key_file = rel(self
+            .master_key_file
+            .unwrap_or_else(|| data_dir.join("master.key")));
 
         let on_full = match self.audit.on_full.as_deref() {
             None | Some("fail_closed") => OnFull::FailClosed,
             Some("fail_open") => OnFull::FailOpen,
             Some(_) => {
-                p.push("audit.on_full", "must be `fail_closed` (the default) or `fail_open`");
+                p.push(
+                    "audit.on_full",
+                    "must be `fail_closed` (the default) or `fail_open`",
+                );
                 OnFull::FailClosed
             }
         };
@@ -226,7 +254,10 @@ impl RawConfig {
             if let Some(other) = listens.insert(svc.listen, format!("services.{name}.listen")) {
                 p.push(
                     &format!("services.{name}.listen"),
-                    &format!("{} is already used by `{other}`; give each its own port", svc.listen),
+                    &format!(
+                        "{} is already used by `{other}`; give each its own port",
+                        svc.listen
+                    ),
                 );
             }
             services.insert(name, svc);
@@ -261,9 +292,15 @@ impl RawService {
             "http" => {}
             "tcp" | "postgres" | "mysql" | "redis" => p.push(
                 &key("protocol"),
-                &format!("protocol `{}` is not supported yet by this version; use `http`", self.protocol),
+                &format!(
+                    "protocol `{}` is not supported yet by this version; use `http`",
+                    self.protocol
+                ),
             ),
-            _ => p.push(&key("protocol"), "unknown protocol; this version supports `http`"),
+            _ => p.push(
+                &key("protocol"),
+                "unknown protocol; this version supports `http`",
+            ),
         }
         let listen = p.addr(&key("listen"), &self.listen);
         let max_ttl = p.duration_or(&key("max_ttl"), self.max_ttl.as_deref(), global_max_ttl);
@@ -280,13 +317,21 @@ impl RawService {
         let mut allow_cidrs = Vec::new();
         if let Some(cidrs) = &self.allow_cidrs {
             if cidrs.is_empty() {
-                p.push(&key("allow_cidrs"), "is empty, so nothing could connect; remove the key to allow any source");
+                p.push(
+                    &key("allow_cidrs"),
+                    "is empty, so nothing could connect; remove the key to allow any source",
+                );
             }
             for (i, c) in cidrs.iter().enumerate() {
-                let parsed = c.parse::<IpNet>().or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from));
+                let parsed = c
+                    .parse::<IpNet>()
+                    .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from));
                 match parsed {
                     Ok(n) => allow_cidrs.push(n.trunc()),
-                    Err(_) => p.push(&format!("{}[{i}]", key("allow_cidrs")), "is not a CIDR like `10.0.0.0/8`"),
+                    Err(_) => p.push(
+                        &format!("{}[{i}]", key("allow_cidrs")),
+                        "is not a CIDR like `10.0.0.0/8`",
+                    ),
                 }
             }
         }
@@ -329,9 +374,21 @@ impl RawService {
                 base_path: String::new(),
             }),
             upstream_auth,
-            connect_timeout: p.duration_or(&key("connect_timeout"), self.connect_timeout.as_deref(), Duration::from_secs(5)),
-            upstream_timeout: p.duration_or(&key("upstream_timeout"), self.upstream_timeout.as_deref(), Duration::from_secs(30)),
-            header_timeout: p.duration_or(&key("header_timeout"), self.header_timeout.as_deref(), Duration::from_secs(10)),
+            connect_timeout: p.duration_or(
+                &key("connect_timeout"),
+                self.connect_timeout.as_deref(),
+                Duration::from_secs(5),
+            ),
+            upstream_timeout: p.duration_or(
+                &key("upstream_timeout"),
+                self.upstream_timeout.as_deref(),
+                Duration::from_secs(30),
+            ),
+            header_timeout: p.duration_or(
+                &key("header_timeout"),
+                self.header_timeout.as_deref(),
+                Duration::from_secs(10),
+            ),
             max_header_bytes: self.max_header_bytes.unwrap_or(16 * 1024),
             max_headers: self.max_headers.unwrap_or(64),
         };
@@ -361,12 +418,18 @@ fn check_http_upstream(s: &str, key: &str, p: &mut Problems) -> Option<HttpUpstr
         return None;
     };
     if uri.scheme() != Some(&Scheme::HTTP) {
-        p.push(key, "must be an `http://` URL (https upstreams are not supported yet)");
+        p.push(
+            key,
+            "must be an `http://` URL (https upstreams are not supported yet)",
+        );
         return None;
     }
     let authority = uri.authority()?.clone();
     if authority.as_str().contains('@') {
-        p.push(key, "must not hold credentials; use `upstream_auth` with a secret");
+        p.push(
+            key,
+            "must not hold credentials; use `upstream_auth` with a secret",
+        );
         return None;
     }
     if uri.query().is_some() {
@@ -374,24 +437,37 @@ fn check_http_upstream(s: &str, key: &str, p: &mut Problems) -> Option<HttpUpstr
         return None;
     }
     let base_path = uri.path().trim_end_matches('/').to_owned();
-    Some(HttpUpstream { authority, base_path })
+    Some(HttpUpstream {
+        authority,
+        base_path,
+    })
 }
 
 fn is_reserved_header(h: &HeaderName) -> bool {
     matches!(
         h.as_str(),
-        "host" | "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade" | "content-length"
+        "host"
+            | "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
     ) || h.as_str().starts_with("proxy-")
 }
 
 fn valid_name(s: &str) -> bool {
     (1..=63).contains(&s.len())
-        && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
 }
 
 /// A secret's name: what `keyway secret set` takes.
 pub fn valid_secret_name(s: &str) -> bool {
-    (1..=64).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
 }
 
 #[derive(Default)]

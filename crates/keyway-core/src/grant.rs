@@ -29,6 +29,7 @@ pub enum DenyReason {
     MethodNotGranted,
     PathNotGranted,
     BadPath,
+    BadRequest,
     SourceNotAllowed,
     RateLimited,
     TokenInQuery,
@@ -126,6 +127,7 @@ impl DenyReason {
             DenyReason::MethodNotGranted => "method_not_granted",
             DenyReason::PathNotGranted => "path_not_granted",
             DenyReason::BadPath => "bad_path",
+            DenyReason::BadRequest => "bad_request",
             DenyReason::SourceNotAllowed => "source_not_allowed",
             DenyReason::RateLimited => "rate_limited",
             DenyReason::TokenInQuery => "token_in_query",
@@ -150,7 +152,7 @@ impl DenyReason {
             | DenyReason::MethodNotGranted
             | DenyReason::PathNotGranted
             | DenyReason::SourceNotAllowed => 403,
-            DenyReason::BadPath => 400,
+            DenyReason::BadPath | DenyReason::BadRequest => 400,
             DenyReason::RateLimited => 429,
             DenyReason::AuditUnavailable | DenyReason::UpstreamCredentialMissing => 503,
         }
@@ -170,7 +172,10 @@ mod tests {
         let g = Grant::new("billing", &s(&["get,head"]), &s(&["/invoices/"])).unwrap();
         assert_eq!(g.methods, s(&["GET", "HEAD"]));
         assert_eq!(g.check("GET", "/invoices/1"), Ok(()));
-        assert_eq!(g.check("POST", "/invoices/1"), Err(DenyReason::MethodNotGranted));
+        assert_eq!(
+            g.check("POST", "/invoices/1"),
+            Err(DenyReason::MethodNotGranted)
+        );
         assert_eq!(g.check("GET", "/admin"), Err(DenyReason::PathNotGranted));
         assert_eq!(g.check("GET", "/invoices"), Err(DenyReason::PathNotGranted));
         let open = Grant::new("billing", &[], &[]).unwrap();

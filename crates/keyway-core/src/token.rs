@@ -329,7 +329,9 @@ pub fn find_tokens(text: &str) -> Vec<Found> {
             // Token characters are ASCII, so a candidate with a non-ASCII byte is not
             // one, and slicing `text` below stays on character boundaries.
             let boundary_before = i == 0 || !b[i - 1].is_ascii_alphanumeric();
-            let boundary_after = b.get(i + TOKEN_LEN).is_none_or(|c| !c.is_ascii_alphanumeric());
+            let boundary_after = b
+                .get(i + TOKEN_LEN)
+                .is_none_or(|c| !c.is_ascii_alphanumeric());
             if boundary_before && boundary_after && candidate.is_ascii() {
                 let s = &text[i..i + TOKEN_LEN];
                 let shaped = match PresentedToken::parse(s) {

@@ -18,7 +18,9 @@ pub enum UnitError {
     Duration(String),
     #[error("a duration of zero is not allowed here")]
     ZeroDuration,
-    #[error("`{0}` is not a rate; write it like `50/s`, `600/m` or `10000/h` (a count above zero)")]
+    #[error(
+        "`{0}` is not a rate; write it like `50/s`, `600/m` or `10000/h` (a count above zero)"
+    )]
     Rate(String),
 }
 

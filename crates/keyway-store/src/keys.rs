@@ -21,9 +21,15 @@ pub enum KeyError {
     #[error("{path} must hold 64 hexadecimal characters (32 bytes)")]
     BadFile { path: String },
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot create {path}: {source}")]
-    Create { path: String, source: std::io::Error },
+    Create {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(
         "{path} is missing but the store already holds data protected by it; restore the file \
          (or set {var}) rather than starting with a new key"
@@ -47,14 +53,18 @@ pub fn load_or_create(
     may_create: bool,
 ) -> Result<(SecretBox<[u8; 32]>, KeySource), KeyError> {
     if let Ok(v) = std::env::var(env_var) {
-        let key = decode(&v).ok_or_else(|| KeyError::BadEnv { var: env_var.into() })?;
+        let key = decode(&v).ok_or_else(|| KeyError::BadEnv {
+            var: env_var.into(),
+        })?;
         return Ok((key, KeySource::Env));
     }
     let shown = path.display().to_string();
     match fs::read_to_string(path) {
         Ok(text) => {
             let text = Zeroizing::new(text);
-            let key = decode(&text).ok_or(KeyError::BadFile { path: shown.clone() })?;
+            let key = decode(&text).ok_or(KeyError::BadFile {
+                path: shown.clone(),
+            })?;
             if let Ok(meta) = fs::metadata(path) {
                 if meta.permissions().mode() & 0o077 != 0 {
                     tracing::warn!(path = %shown, "key file is readable by group or others; chmod 600 it");
@@ -70,11 +80,18 @@ pub fn load_or_create(
                 });
             }
             let key = keyway_core::Pepper::generate_key();
-            write_secret_file(path, hex::encode(key.expose_secret()).as_bytes())
-                .map_err(|source| KeyError::Create { path: shown, source })?;
+            write_secret_file(path, hex::encode(key.expose_secret()).as_bytes()).map_err(
+                |source| KeyError::Create {
+                    path: shown,
+                    source,
+                },
+            )?;
             Ok((key, KeySource::Created))
         }
-        Err(source) => Err(KeyError::Read { path: shown, source }),
+        Err(source) => Err(KeyError::Read {
+            path: shown,
+            source,
+        }),
     }
 }
 
@@ -110,7 +127,10 @@ mod tests {
         let path = dir.path().join("k/pepper.key");
         let (a, src) = load_or_create(&path, "KEYWAY_TEST_UNSET_VAR", true).unwrap();
         assert_eq!(src, KeySource::Created);
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let (b, src) = load_or_create(&path, "KEYWAY_TEST_UNSET_VAR", false).unwrap();
         assert_eq!(src, KeySource::File);
         assert_eq!(a.expose_secret(), b.expose_secret());
@@ -119,7 +139,8 @@ mod tests {
     #[test]
     fn missing_key_for_an_existing_store_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let e = load_or_create(&dir.path().join("nope.key"), "KEYWAY_TEST_UNSET_VAR", false).unwrap_err();
+        let e = load_or_create(&dir.path().join("nope.key"), "KEYWAY_TEST_UNSET_VAR", false)
+            .unwrap_err();
         assert!(matches!(e, KeyError::MissingForExistingStore { .. }), "{e}");
     }
 
@@ -128,7 +149,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.key");
         fs::write(&path, "hunter2").unwrap();
-        let e = load_or_create(&path, "KEYWAY_TEST_UNSET_VAR", false).unwrap_err().to_string();
+        let e = load_or_create(&path, "KEYWAY_TEST_UNSET_VAR", false)
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("hunter2"), "{e}");
     }
 }

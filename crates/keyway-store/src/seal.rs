@@ -35,7 +35,12 @@ pub enum SealError {
 
 impl std::fmt::Debug for Sealed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Sealed(key {}, {} bytes)", self.key_id, self.ciphertext.len())
+        write!(
+            f,
+            "Sealed(key {}, {} bytes)",
+            self.key_id,
+            self.ciphertext.len()
+        )
     }
 }
 
@@ -114,11 +119,20 @@ mod tests {
         let v = SecretString::from("upstream-password");
         let sealed = s.seal("billing-key", &v);
         assert!(!sealed.ciphertext.windows(8).any(|w| w == b"upstream"));
-        assert_eq!(s.open("billing-key", &sealed).unwrap().expose_secret(), "upstream-password");
-        assert!(matches!(s.open("other-name", &sealed), Err(SealError::Open { .. })));
+        assert_eq!(
+            s.open("billing-key", &sealed).unwrap().expose_secret(),
+            "upstream-password"
+        );
+        assert!(matches!(
+            s.open("other-name", &sealed),
+            Err(SealError::Open { .. })
+        ));
         let mut tampered = sealed.clone();
         tampered.ciphertext[0] ^= 1;
         assert!(s.open("billing-key", &tampered).is_err());
-        assert!(matches!(sealer(2).open("billing-key", &sealed), Err(SealError::UnknownKey { .. })));
+        assert!(matches!(
+            sealer(2).open("billing-key", &sealed),
+            Err(SealError::UnknownKey { .. })
+        ));
     }
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyway_core::{Grant, TokenHash, TokenKind, UnixMillis};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqlitePool};
 
 use crate::{AuditEvent, AuditQuery, Result, Sealed, Store, StoreError, StoredEvent, TokenRecord};
@@ -19,7 +21,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
-const TOKEN_COLUMNS: &str = "id, kind, principal, grant_json, hash, created_at, expires_at, revoked_at, last_used_at";
+const TOKEN_COLUMNS: &str =
+    "id, kind, principal, grant_json, hash, created_at, expires_at, revoked_at, last_used_at";
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to
@@ -43,7 +46,11 @@ impl SqliteStore {
 
     async fn connect(opts: SqliteConnectOptions) -> Result<Self> {
         // One writer at a time is SQLite's way; a small pool lets reads go alongside.
-        let pool = SqlitePoolOptions::new().max_connections(4).min_connections(1).connect_with(opts).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .connect_with(opts)
+            .await?;
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool })
     }
@@ -74,7 +81,9 @@ impl Store for SqliteStore {
 
     async fn insert_token(&self, t: &TokenRecord) -> Result<()> {
         let grant = match &t.grant {
-            Some(g) => Some(serde_json::to_string(g).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+            Some(g) => {
+                Some(serde_json::to_string(g).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+            }
             None => None,
         };
         sqlx::query(
@@ -96,9 +105,11 @@ impl Store for SqliteStore {
     }
 
     async fn tokens(&self) -> Result<Vec<TokenRecord>> {
-        let rows = sqlx::query(&format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, id"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(token_from_row).collect()
     }
 
@@ -116,11 +127,13 @@ impl Store for SqliteStore {
     async fn touch_tokens(&self, used: &[(String, UnixMillis)]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for (id, at) in used {
-            sqlx::query("UPDATE tokens SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?")
-                .bind(at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE tokens SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
+            )
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -183,7 +196,11 @@ impl Store for SqliteStore {
     }
 
     async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<StoredEvent>> {
-        let limit = if q.limit == 0 { 1000 } else { q.limit.min(10_000) };
+        let limit = if q.limit == 0 {
+            1000
+        } else {
+            q.limit.min(10_000)
+        };
         let rows = sqlx::query(
             "SELECT seq, at, kind, decision, reason, principal, service, token_id, source, detail
              FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -206,7 +223,8 @@ impl Store for SqliteStore {
                         service: r.get(6),
                         token_id: r.get(7),
                         source: r.get(8),
-                        detail: serde_json::from_str(&detail).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                        detail: serde_json::from_str(&detail)
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                     },
                 })
             })
@@ -216,7 +234,8 @@ impl Store for SqliteStore {
 
 fn token_from_row(r: &SqliteRow) -> Result<TokenRecord> {
     let kind: String = r.get(1);
-    let kind = TokenKind::from_name(&kind).ok_or_else(|| StoreError::Corrupt(format!("token kind `{kind}`")))?;
+    let kind = TokenKind::from_name(&kind)
+        .ok_or_else(|| StoreError::Corrupt(format!("token kind `{kind}`")))?;
     let grant: Option<String> = r.get(3);
     let grant: Option<Grant> = grant
         .map(|g| serde_json::from_str(&g))
@@ -228,7 +247,8 @@ fn token_from_row(r: &SqliteRow) -> Result<TokenRecord> {
         kind,
         principal: r.get(2),
         grant,
-        hash: TokenHash::from_slice(&hash).ok_or_else(|| StoreError::Corrupt("token hash length".into()))?,
+        hash: TokenHash::from_slice(&hash)
+            .ok_or_else(|| StoreError::Corrupt("token hash length".into()))?,
         created_at: r.get(5),
         expires_at: r.get(6),
         revoked_at: r.get(7),
@@ -278,7 +298,10 @@ mod tests {
         let sealed = sealer.seal("k", &SecretString::from("v"));
         store.put_secret("k", &sealed, 1).await.unwrap();
         store.put_secret("k", &sealed, 2).await.unwrap();
-        assert_eq!(store.secrets().await.unwrap(), vec![("k".to_owned(), sealed)]);
+        assert_eq!(
+            store.secrets().await.unwrap(),
+            vec![("k".to_owned(), sealed)]
+        );
 
         let ev = AuditEvent {
             at: 5,
@@ -289,7 +312,13 @@ mod tests {
             ..Default::default()
         };
         store.append_audit(&[ev.clone(), ev.clone()]).await.unwrap();
-        let got = store.audit_events(&AuditQuery { after_seq: 1, limit: 10 }).await.unwrap();
+        let got = store
+            .audit_events(&AuditQuery {
+                after_seq: 1,
+                limit: 10,
+            })
+            .await
+            .unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!((got[0].seq, &got[0].event), (2, &ev));
     }

@@ -1,1 +1,299 @@
-fn main() {}
+//! `keyway`: one gateway for every internal port.
+//!
+//! # Layout
+//!
+//! - `main.rs`: the command line (clap) and dispatch.
+//! - `client.rs`: finding and calling the admin API.
+//! - `demo.rs`: `keyway demo`, a gateway with a demo upstream and a token to try.
+//! - `serve.rs`: `keyway gateway`, and the start-up shared with the demo.
+
+#![forbid(unsafe_code)]
+
+mod client;
+mod demo;
+mod serve;
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use client::{AdminArgs, AdminClient};
+
+/// One gateway for every internal port: scoped, short-lived, revocable tokens in
+/// front of internal APIs, with everything audited.
+#[derive(Debug, Parser)]
+#[command(name = "keyway", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    /// Log filter (`info`, `debug`, `keyway_gateway=trace`, …).
+    #[arg(long, global = true, env = "KEYWAY_LOG", default_value = "info")]
+    log: String,
+
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = serve::LogFormat::Text)]
+    log_format: serve::LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a demo: a gateway on the embedded default (SQLite), a demo upstream API,
+    /// and a token to try with the printed `curl` lines. Runs until Ctrl-C.
+    Demo(demo::DemoArgs),
+    /// Run the gateway described by a config file.
+    Gateway {
+        /// The config file.
+        #[arg(long, short, env = "KEYWAY_CONFIG", default_value = "keyway.toml")]
+        config: PathBuf,
+    },
+    /// Issue, list and revoke access tokens (through the admin API).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Store upstream credentials, encrypted (through the admin API).
+    #[command(subcommand)]
+    Secret(SecretCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Issue an access token for one service. Prints the token alone on stdout (so
+    /// `TOKEN=$(keyway token issue …)` works) and its details on stderr.
+    Issue(IssueArgs),
+    /// List tokens (never their secrets).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Revoke a token by its id; it stops working on its next request and its live
+    /// streams end.
+    Revoke {
+        /// The token's public id (from `token issue` or `token list`).
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct IssueArgs {
+    /// The service the token is for (exactly one).
+    #[arg(long)]
+    service: String,
+    /// Who holds it: a person, a service account, an AI agent.
+    #[arg(long)]
+    principal: String,
+    /// Lifetime, like `15m` or `8h`; never above the service's `max_ttl`.
+    #[arg(long, default_value = "15m")]
+    ttl: String,
+    /// Allowed HTTP methods, comma-separated (default: any).
+    #[arg(long, value_delimiter = ',')]
+    methods: Vec<String>,
+    /// Allowed path prefix; repeat for several (default: any path).
+    #[arg(long = "path")]
+    paths: Vec<String>,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretCommand {
+    /// Set an upstream credential. Reads the value from stdin (one line, or all of it
+    /// without the final newline); it is sealed before it is stored.
+    Set {
+        /// The secret's name, as config files refer to it.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the names of the secrets that are set.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Demo(args) => {
+            serve::init_logging(&cli.log, cli.log_format)?;
+            demo::run(args).await
+        }
+        Command::Gateway { config } => {
+            serve::init_logging(&cli.log, cli.log_format)?;
+            serve::gateway(&config).await
+        }
+        Command::Token(cmd) => token(cmd).await,
+        Command::Secret(cmd) => secret(cmd).await,
+    }
+}
+
+async fn token(cmd: TokenCommand) -> Result<ExitCode> {
+    match cmd {
+        TokenCommand::Issue(a) => {
+            let client = AdminClient::resolve(&a.admin)?;
+            let body = json!({
+                "service": a.service,
+                "principal": a.principal,
+                "ttl": a.ttl,
+                "methods": a.methods,
+                "paths": a.paths,
+            });
+            let issued: keyway_gateway::admin::Issued = client.post("/v1/tokens", &body).await?;
+            let i = &issued.info;
+            let grant = describe(&i.methods, &i.paths);
+            eprintln!(
+                "issued {} for {} on {} ({grant}), expires {}",
+                i.id,
+                i.principal,
+                i.service.as_deref().unwrap_or("-"),
+                i.expires_at
+            );
+            println!("{}", issued.token);
+        }
+        TokenCommand::List { json, admin } => {
+            let client = AdminClient::resolve(&admin)?;
+            let tokens: Vec<keyway_gateway::admin::TokenInfo> = client.get("/v1/tokens").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tokens)?);
+            } else {
+                print_tokens(&tokens);
+            }
+        }
+        TokenCommand::Revoke { id, admin } => {
+            let client = AdminClient::resolve(&admin)?;
+            let path = format!("/v1/tokens/{}/revoke", client::path_segment(&id));
+            let info: keyway_gateway::admin::TokenInfo = client.post(&path, &json!({})).await?;
+            eprintln!(
+                "revoked {} ({} on {}) at {}",
+                info.id,
+                info.principal,
+                info.service.as_deref().unwrap_or("-"),
+                info.revoked_at.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn secret(cmd: SecretCommand) -> Result<ExitCode> {
+    match cmd {
+        SecretCommand::Set { name, admin } => {
+            let client = AdminClient::resolve(&admin)?;
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                eprintln!("Type the value of `{name}`, then Enter and Ctrl-D:");
+            }
+            let mut value = zeroize::Zeroizing::new(String::new());
+            stdin
+                .lock()
+                .take(64 * 1024)
+                .read_to_string(&mut value)
+                .context("reading the value from stdin")?;
+            let trimmed = value.strip_suffix('\n').unwrap_or(&value);
+            let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+            if trimmed.is_empty() {
+                bail!("no value on stdin; pipe it in: `printf %s \"$VALUE\" | keyway secret set {name}`");
+            }
+            let body = zeroize::Zeroizing::new(json!({ "value": trimmed }).to_string());
+            client
+                .put_raw(
+                    &format!("/v1/secrets/{}", client::path_segment(&name)),
+                    body.as_bytes(),
+                )
+                .await?;
+            eprintln!("secret `{name}` set (stored encrypted)");
+        }
+        SecretCommand::List { admin } => {
+            let client = AdminClient::resolve(&admin)?;
+            let names: Vec<String> = client.get("/v1/secrets").await?;
+            for n in names {
+                println!("{n}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(methods: &[String], paths: &[String]) -> String {
+    let m = if methods.is_empty() {
+        "any method".to_owned()
+    } else {
+        methods.join(",")
+    };
+    let p = if paths.is_empty() {
+        "any path".to_owned()
+    } else {
+        paths.join(" ")
+    };
+    format!("{m} {p}")
+}
+
+fn print_tokens(tokens: &[keyway_gateway::admin::TokenInfo]) {
+    let rows: Vec<[String; 7]> = tokens
+        .iter()
+        .map(|t| {
+            [
+                t.id.clone(),
+                t.principal.clone(),
+                t.service.clone().unwrap_or_else(|| "-".into()),
+                describe(&t.methods, &t.paths),
+                t.state.clone(),
+                t.expires_at.clone(),
+                t.last_used_at.clone().unwrap_or_else(|| "never".into()),
+            ]
+        })
+        .collect();
+    let header = [
+        "ID",
+        "PRINCIPAL",
+        "SERVICE",
+        "GRANT",
+        "STATE",
+        "EXPIRES",
+        "LAST USED",
+    ]
+    .map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    for r in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}

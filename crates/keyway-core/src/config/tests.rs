@@ -25,7 +25,10 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
 fn the_contract_shape_parses() {
     let c = parse(CONTRACT).unwrap();
     assert_eq!(c.data_dir, Path::new("/etc/keyway/keyway-data"));
-    assert_eq!(c.pepper_file, Path::new("/etc/keyway/keyway-data/pepper.key"));
+    assert_eq!(
+        c.pepper_file,
+        Path::new("/etc/keyway/keyway-data/pepper.key")
+    );
     assert_eq!(c.max_ttl, Duration::from_secs(86400));
     let b = c.service("billing").unwrap();
     assert_eq!(b.listen.port(), 9001);
@@ -35,7 +38,10 @@ fn the_contract_shape_parses() {
     let ServiceKind::Http(h) = &b.kind;
     assert_eq!(h.upstream.authority.as_str(), "127.0.0.1:8080");
     let auth = h.upstream_auth.as_ref().unwrap();
-    assert_eq!((auth.header.as_str(), auth.secret.as_str()), ("x-api-key", "billing-key"));
+    assert_eq!(
+        (auth.header.as_str(), auth.secret.as_str()),
+        ("x-api-key", "billing-key")
+    );
 }
 
 #[test]
@@ -72,17 +78,26 @@ fn every_problem_is_reported() {
     let e = parse(&text).unwrap_err();
     let all = e.to_string();
     assert_eq!(e.problems.len(), 4, "{all}");
-    assert!(all.contains("`services.billing.max_ttl`: 2days is longer than the global max_ttl of 1day"), "{all}");
+    assert!(
+        all.contains("`services.billing.max_ttl`: 2days is longer than the global max_ttl of 1day"),
+        "{all}"
+    );
     assert!(all.contains("`services.billing.allow_cidrs[0]`"), "{all}");
     assert!(all.contains("`services.billing.rate_limit`"), "{all}");
-    assert!(all.contains("`services.billing.upstream_auth.secret`"), "{all}");
+    assert!(
+        all.contains("`services.billing.upstream_auth.secret`"),
+        "{all}"
+    );
 }
 
 #[test]
 fn two_services_on_one_port_are_refused() {
     let text = format!("{CONTRACT}\n[services.other]\nprotocol = \"http\"\nlisten = \"127.0.0.1:9001\"\nupstream = \"http://127.0.0.1:8081\"\n");
     let e = parse(&text).unwrap_err().to_string();
-    assert!(e.contains("already used by `services.billing.listen`"), "{e}");
+    assert!(
+        e.contains("already used by `services.billing.listen`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -93,18 +108,23 @@ fn upstream_urls_are_checked() {
         ("http://10.0.0.1/?a=b", "query"),
         ("not a url", "is not a URL"),
     ] {
-        let e = parse(&CONTRACT.replace("http://127.0.0.1:8080", bad)).unwrap_err().to_string();
+        let e = parse(&CONTRACT.replace("http://127.0.0.1:8080", bad))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(why), "{bad}: {e}");
         assert!(!e.contains("pw@"), "{e}");
     }
-    let c = parse(&CONTRACT.replace("http://127.0.0.1:8080", "http://127.0.0.1:8080/api/")).unwrap();
+    let c =
+        parse(&CONTRACT.replace("http://127.0.0.1:8080", "http://127.0.0.1:8080/api/")).unwrap();
     let ServiceKind::Http(h) = &c.service("billing").unwrap().kind;
     assert_eq!(h.upstream.base_path, "/api");
 }
 
 #[test]
 fn unsupported_protocols_say_so() {
-    let e = parse(&CONTRACT.replace("protocol = \"http\"", "protocol = \"tcp\"")).unwrap_err().to_string();
+    let e = parse(&CONTRACT.replace("protocol = \"http\"", "protocol = \"tcp\""))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not supported yet"), "{e}");
 }
 

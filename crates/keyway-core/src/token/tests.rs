@@ -32,8 +32,15 @@ fn two_tokens_differ() {
 fn debug_never_shows_the_secret() {
     let t = IssuedToken::generate(TokenKind::Access);
     let secret = t.secret().expose_secret().to_owned();
-    let shown = format!("{t:?} {:?} {:?}", PresentedToken::parse(&secret).unwrap(), pepper());
-    assert!(!shown.contains(&secret[PREFIX_LEN + ID_LEN + 1..]), "{shown}");
+    let shown = format!(
+        "{t:?} {:?} {:?}",
+        PresentedToken::parse(&secret).unwrap(),
+        pepper()
+    );
+    assert!(
+        !shown.contains(&secret[PREFIX_LEN + ID_LEN + 1..]),
+        "{shown}"
+    );
     assert!(shown.contains(t.id()));
 }
 
@@ -44,7 +51,10 @@ fn a_changed_character_fails_the_checksum() {
     let i = TOKEN_LEN - CHECKSUM_LEN - 1;
     text[i] = if text[i] == b'a' { b'b' } else { b'a' };
     let text = String::from_utf8(text).unwrap();
-    assert_eq!(PresentedToken::parse(&text).unwrap_err(), TokenError::Checksum);
+    assert_eq!(
+        PresentedToken::parse(&text).unwrap_err(),
+        TokenError::Checksum
+    );
 }
 
 #[test]
@@ -62,7 +72,11 @@ fn wrong_shapes_are_malformed() {
         format!("{}é{}", &good[..30], &good[32..]),
     ];
     for c in cases {
-        assert_eq!(PresentedToken::parse(&c).unwrap_err(), TokenError::Malformed, "{c:?}");
+        assert_eq!(
+            PresentedToken::parse(&c).unwrap_err(),
+            TokenError::Malformed,
+            "{c:?}"
+        );
     }
 }
 

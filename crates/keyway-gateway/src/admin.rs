@@ -1,0 +1,311 @@
+//! The admin API: every call needs the admin token, even on loopback.
+//!
+//! | call | what |
+//! |---|---|
+//! | `GET /v1/status` | version and services |
+//! | `POST /v1/tokens` | issue an access token (the response holds it, once) |
+//! | `GET /v1/tokens` | list tokens (never their secrets) |
+//! | `POST /v1/tokens/{id}/revoke` | revoke a token; its live streams end |
+//! | `PUT /v1/secrets/{name}` | seal and store an upstream credential |
+//! | `GET /v1/secrets` | names of the credentials that are set |
+//! | `GET /v1/audit?after=N&limit=M` | audit events after sequence number N |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use bytes::Bytes;
+use keyway_core::clock::format_ms;
+use keyway_core::config::ServiceKind;
+use keyway_core::{TokenKind, UnixMillis};
+use keyway_store::{AuditQuery, TokenRecord};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::gateway::{Gateway, IssueError, IssueRequest, SecretError};
+
+type Gw = Arc<Gateway>;
+
+/// Proof that the caller presented a live admin token.
+pub struct Admin {
+    pub token_id: String,
+}
+
+/// A token as the admin API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub kind: String,
+    pub principal: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    pub methods: Vec<String>,
+    pub paths: Vec<String>,
+    pub state: String,
+    pub created_at: String,
+    pub expires_at: String,
+    pub revoked_at: Option<String>,
+    pub last_used_at: Option<String>,
+}
+
+/// The answer to `POST /v1/tokens`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Issued {
+    pub token: String,
+    #[serde(flatten)]
+    pub info: TokenInfo,
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditParams {
+    #[serde(default)]
+    after: i64,
+    #[serde(default)]
+    limit: u32,
+}
+
+pub fn router(gw: Gw) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/tokens", get(list_tokens).post(issue_token))
+        .route("/v1/tokens/{id}/revoke", post(revoke_token))
+        .route("/v1/secrets", get(list_secrets))
+        .route("/v1/secrets/{name}", put(set_secret))
+        .route("/v1/audit", get(audit))
+        .fallback(|_: Admin| async { error(StatusCode::NOT_FOUND, "no such admin call") })
+        .with_state(gw)
+}
+
+// === impl Admin ===
+
+impl FromRequestParts<Gw> for Admin {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, gw: &Gw) -> Result<Self, Self::Rejection> {
+        let text = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
+        let result = match text {
+            None => Err((keyway_core::DenyReason::NoToken, None)),
+            Some(t) => gw
+                .index
+                .authenticate(t, &gw.pepper, TokenKind::Admin, gw.now())
+                .map_err(|r| (r.reason, r.token_id)),
+        };
+        match result {
+            Ok(entry) => {
+                entry.mark_used(gw.now());
+                Ok(Admin {
+                    token_id: entry.id().to_owned(),
+                })
+            }
+            Err((reason, token_id)) => {
+                let mut ev = gw.event("admin.denied");
+                ev.decision = Some("deny".into());
+                ev.reason = Some(reason.as_str().into());
+                ev.token_id = token_id;
+                ev.source = parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0.ip().to_canonical().to_string());
+                ev.detail = json!({ "path": keyway_core::token::redact(parts.uri.path()) });
+                gw.audit.record(ev);
+                Err(error(StatusCode::UNAUTHORIZED, "unauthorized"))
+            }
+        }
+    }
+}
+
+// === impl TokenInfo ===
+
+impl TokenInfo {
+    pub fn new(
+        r: &TokenRecord,
+        revoked_at: Option<UnixMillis>,
+        last_used: Option<UnixMillis>,
+        now: UnixMillis,
+    ) -> Self {
+        let state = if revoked_at.is_some_and(|t| t <= now) {
+            "revoked"
+        } else if now >= r.expires_at {
+            "expired"
+        } else {
+            "active"
+        };
+        let g = r.grant.as_ref();
+        Self {
+            id: r.id.clone(),
+            kind: r.kind.as_str().into(),
+            principal: r.principal.clone(),
+            service: g.map(|g| g.service.clone()),
+            methods: g.map(|g| g.methods.clone()).unwrap_or_default(),
+            paths: g.map(|g| g.paths.clone()).unwrap_or_default(),
+            state: state.into(),
+            created_at: format_ms(r.created_at),
+            expires_at: format_ms(r.expires_at),
+            revoked_at: revoked_at.map(format_ms),
+            last_used_at: last_used.map(format_ms),
+        }
+    }
+}
+
+async fn status(_: Admin, State(gw): State<Gw>) -> Response {
+    let services: Vec<_> = gw
+        .config
+        .services
+        .values()
+        .map(|s| {
+            let ServiceKind::Http(h) = &s.kind;
+            json!({
+                "name": s.name,
+                "protocol": "http",
+                "listen": s.listen.to_string(),
+                "upstream": format!("http://{}{}", h.upstream.authority, h.upstream.base_path),
+                "max_ttl": keyway_core::units::format_duration(s.max_ttl),
+            })
+        })
+        .collect();
+    Json(json!({ "version": env!("CARGO_PKG_VERSION"), "services": services })).into_response()
+}
+
+async fn issue_token(admin: Admin, State(gw): State<Gw>, body: Bytes) -> Response {
+    let Ok(req) = serde_json::from_slice::<IssueRequest>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be JSON: {\"service\": …, \"principal\": …, \"ttl\": \"15m\", \"methods\": […], \"paths\": […]}",
+        );
+    };
+    match gw.issue(&req, &admin.token_id).await {
+        Ok((token, record)) => {
+            let info = TokenInfo::new(&record, None, None, gw.now());
+            let token = secrecy::ExposeSecret::expose_secret(token.secret()).to_owned();
+            (StatusCode::CREATED, Json(Issued { token, info })).into_response()
+        }
+        Err(IssueError::Store(e)) => {
+            tracing::error!(error = %e, "could not store a new token");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store failed; see the gateway log",
+            )
+        }
+        Err(IssueError::UnknownService(_)) => error(
+            StatusCode::NOT_FOUND,
+            &IssueError::UnknownService(req.service).to_string(),
+        ),
+        Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+async fn list_tokens(_: Admin, State(gw): State<Gw>) -> Response {
+    let now = gw.now();
+    let tokens: Vec<TokenInfo> = match gw.store.tokens().await {
+        Ok(records) => records
+            .iter()
+            .filter(|r| r.kind != TokenKind::Admin)
+            .map(|r| {
+                // The index is fresher than the store for last use.
+                let live = gw.token(&r.id);
+                let last = live.as_ref().and_then(|e| e.last_used()).or(r.last_used_at);
+                let revoked = live.as_ref().and_then(|e| e.revoked_at()).or(r.revoked_at);
+                TokenInfo::new(r, revoked, last, now)
+            })
+            .collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "could not list tokens");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store failed; see the gateway log",
+            );
+        }
+    };
+    Json(tokens).into_response()
+}
+
+async fn revoke_token(admin: Admin, State(gw): State<Gw>, Path(id): Path<String>) -> Response {
+    match gw.revoke(&id, &admin.token_id, None).await {
+        Ok(Some(record)) => {
+            let live = gw.token(&record.id);
+            let last = live
+                .as_ref()
+                .and_then(|e| e.last_used())
+                .or(record.last_used_at);
+            Json(TokenInfo::new(&record, record.revoked_at, last, gw.now())).into_response()
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, "no token with that id"),
+        Err(e) => {
+            tracing::error!(error = %e, "could not revoke a token");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store failed; see the gateway log",
+            )
+        }
+    }
+}
+
+async fn set_secret(
+    admin: Admin,
+    State(gw): State<Gw>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    #[derive(Deserialize)]
+    struct Body {
+        value: SecretString,
+    }
+    // Parse errors of this body are not echoed: they could quote the value.
+    let Ok(b) = serde_json::from_slice::<Body>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be JSON: {\"value\": \"…\"}",
+        );
+    };
+    match gw.set_secret(&name, &b.value, &admin.token_id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(SecretError::Store(e)) => {
+            tracing::error!(error = %e, "could not store a secret");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store failed; see the gateway log",
+            )
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+async fn list_secrets(_: Admin, State(gw): State<Gw>) -> Response {
+    Json(gw.secret_names()).into_response()
+}
+
+async fn audit(_: Admin, State(gw): State<Gw>, Query(p): Query<AuditParams>) -> Response {
+    match gw
+        .store
+        .audit_events(&AuditQuery {
+            after_seq: p.after,
+            limit: p.limit,
+        })
+        .await
+    {
+        Ok(events) => Json(events).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "could not read the audit log");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store failed; see the gateway log",
+            )
+        }
+    }
+}
+
+fn error(status: StatusCode, msg: &str) -> Response {
+    (status, Json(json!({ "error": msg }))).into_response()
+}

@@ -1,0 +1,147 @@
+//! The audit writer: events leave the hot path through a bounded queue and are written
+//! in batches, one transaction each.
+//!
+//! When the queue is full the gateway does what the config says: `fail_closed` refuses
+//! new requests until the writer catches up (a request reserves its event's place in
+//! the queue before it is forwarded), `fail_open` lets them through and counts the
+//! dropped events. Nothing is lost silently.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyway_core::config::OnFull;
+use keyway_store::{AuditEvent, Store};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const BATCH: usize = 1024;
+
+/// The sending side, shared by every listener.
+#[derive(Debug, Clone)]
+pub struct AuditSink {
+    tx: mpsc::Sender<AuditEvent>,
+    on_full: OnFull,
+    stats: Arc<AuditStats>,
+}
+
+#[derive(Debug, Default)]
+pub struct AuditStats {
+    pub written: AtomicU64,
+    pub dropped: AtomicU64,
+    pub write_errors: AtomicU64,
+}
+
+/// A reserved place in the queue for one event.
+pub struct Reservation(Option<mpsc::OwnedPermit<AuditEvent>>);
+
+/// The queue is full and the config says to fail closed.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditFull;
+
+// === impl AuditSink ===
+
+impl AuditSink {
+    /// Starts the writer. It runs until `stop` fires, then writes what is queued and
+    /// ends.
+    pub fn start(
+        store: Arc<dyn Store>,
+        capacity: usize,
+        on_full: OnFull,
+        stop: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let stats = Arc::new(AuditStats::default());
+        let task = tokio::spawn(write_loop(store, rx, stats.clone(), stop));
+        (Self { tx, on_full, stats }, task)
+    }
+
+    pub fn stats(&self) -> &AuditStats {
+        &self.stats
+    }
+
+    /// Reserves a place for a request's event before the request goes on.
+    pub fn reserve(&self) -> Result<Reservation, AuditFull> {
+        match self.tx.clone().try_reserve_owned() {
+            Ok(p) => Ok(Reservation(Some(p))),
+            Err(_) if self.on_full == OnFull::FailOpen => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("audit queue full; continuing without an audit event (fail_open)");
+                Ok(Reservation(None))
+            }
+            Err(_) => Err(AuditFull),
+        }
+    }
+
+    /// Records an event that gates nothing (a denial); counted when it cannot be queued.
+    pub fn record(&self, event: AuditEvent) {
+        if self.tx.try_send(event).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("audit queue full; an event was dropped and counted");
+        }
+    }
+
+    /// Records an event that must not be dropped (admin changes): waits for room.
+    pub async fn record_reliably(&self, event: AuditEvent) {
+        if self.tx.send(event).await.is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("audit writer has stopped; an admin event was not recorded");
+        }
+    }
+}
+
+// === impl Reservation ===
+
+impl Reservation {
+    pub fn send(self, event: AuditEvent) {
+        if let Some(p) = self.0 {
+            p.send(event);
+        }
+    }
+}
+
+async fn write_loop(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<AuditEvent>,
+    stats: Arc<AuditStats>,
+    stop: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let n = tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => n,
+            () = stop.cancelled(), if !rx.is_closed() => {
+                // Refuse new events; what is queued (and reserved) is still received.
+                rx.close();
+                continue;
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        write_batch(&*store, &batch, &stats).await;
+        batch.clear();
+    }
+}
+
+async fn write_batch(store: &dyn Store, batch: &[AuditEvent], stats: &AuditStats) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match store.append_audit(batch).await {
+            Ok(()) => {
+                stats
+                    .written
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                return;
+            }
+            Err(e) => {
+                // Keep the batch and retry: while we wait the queue fills, and
+                // `fail_closed` then refuses new requests rather than lose events.
+                stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, events = batch.len(), "audit write failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,475 @@
+//! The gateway's shared state and the operations on it: opening the data folder,
+//! issuing and revoking tokens, setting secrets. Listeners and the admin API call
+//! these; nothing else writes tokens.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use http::HeaderValue;
+use keyway_core::clock::{duration_ms, format_ms};
+use keyway_core::config::{valid_secret_name, Config, ServiceKind};
+use keyway_core::grant::GrantError;
+use keyway_core::units::format_duration;
+use keyway_core::{Clock, Grant, IssuedToken, Pepper, TokenKind, UnixMillis};
+use keyway_store::keys::{self, KeySource};
+use keyway_store::{AuditEvent, Sealer, SqliteStore, Store, StoreError, TokenRecord};
+use secrecy::{ExposeSecret, SecretString};
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::AuditSink;
+use crate::index::{Entry, TokenIndex};
+
+/// The default lifetime of an access token when none is asked for.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// Everything the listeners and the admin API share.
+pub struct Gateway {
+    pub config: Config,
+    pub clock: Arc<dyn Clock>,
+    pub store: Arc<dyn Store>,
+    pub pepper: Pepper,
+    sealer: Sealer,
+    pub index: TokenIndex,
+    /// Opened upstream credentials, as header values marked sensitive.
+    secrets: RwLock<HashMap<String, HeaderValue>>,
+    pub audit: AuditSink,
+    audit_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    audit_stop: CancellationToken,
+    /// Where the admin credential was written, when this start wrote one.
+    pub admin_token_written: Option<PathBuf>,
+}
+
+/// What `issue` is asked for.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+pub struct IssueRequest {
+    pub service: String,
+    pub principal: String,
+    /// Like `15m`; the default is 15 minutes (or the service's maximum, if lower).
+    pub ttl: Option<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("unknown service `{0}`")]
+    UnknownService(String),
+    #[error("a principal is 1 to 128 printable characters")]
+    BadPrincipal,
+    #[error("{0}")]
+    BadTtl(String),
+    #[error("requested TTL of {asked} is above the maximum of {max} for service `{service}`{why}")]
+    TtlTooLong {
+        asked: String,
+        max: String,
+        service: String,
+        why: &'static str,
+    },
+    #[error(transparent)]
+    Grant(#[from] GrantError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot prepare the data folder {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    #[error(
+        "{what} does not match the one this store was created with; start with the original key"
+    )]
+    KeyMismatch { what: &'static str },
+    #[error("cannot write the admin credential to {path}: {source}")]
+    AdminToken {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+// === impl Gateway ===
+
+impl Gateway {
+    /// Opens the data folder (creating it, 0700), the store, and the keys; loads the
+    /// token index and the upstream credentials; writes an admin credential when
+    /// there is no live one. Must run inside a Tokio runtime (it starts the audit
+    /// writer).
+    pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Self, OpenError> {
+        let dir = &config.data_dir;
+        let dir_err = |source| OpenError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(dir_err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("keyway.db")).await?);
+        Self::with_store(config, clock, store).await
+    }
+
+    /// As [`Gateway::open`], on a store the caller opened.
+    pub async fn with_store(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, OpenError> {
+        let pepper_fp = store.meta_get("pepper_fingerprint").await?;
+        let is_new = pepper_fp.is_none();
+
+        let (pepper_key, src) = keys::load_or_create(&config.pepper_file, "KEYWAY_PEPPER", is_new)?;
+        log_key("pepper", &config.pepper_file, src);
+        let pepper = Pepper::new(&pepper_key);
+        match pepper_fp {
+            None => {
+                store
+                    .meta_put("pepper_fingerprint", &pepper.fingerprint())
+                    .await?
+            }
+            Some(fp) if fp[..] == pepper.fingerprint()[..] => {}
+            Some(_) => return Err(OpenError::KeyMismatch { what: "the pepper" }),
+        }
+
+        let master_fp = store.meta_get("master_key_id").await?;
+        let (master, src) = keys::load_or_create(
+            &config.master_key_file,
+            "KEYWAY_MASTER_KEY",
+            master_fp.is_none(),
+        )?;
+        log_key("master key", &config.master_key_file, src);
+        let sealer = Sealer::new(&master);
+        match master_fp {
+            None => {
+                store
+                    .meta_put("master_key_id", sealer.key_id().as_bytes())
+                    .await?
+            }
+            Some(id) if id == sealer.key_id().as_bytes() => {}
+            Some(_) => {
+                return Err(OpenError::KeyMismatch {
+                    what: "the master key",
+                })
+            }
+        }
+
+        let index = TokenIndex::load(store.tokens().await?);
+        let mut secrets = HashMap::new();
+        for (name, sealed) in store.secrets().await? {
+            match sealer.open(&name, &sealed) {
+                Ok(v) => {
+                    if let Some(h) = header_value(&v) {
+                        secrets.insert(name, h);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "an upstream credential could not be opened"),
+            }
+        }
+        let audit_stop = CancellationToken::new();
+        let (audit, audit_task) = AuditSink::start(
+            store.clone(),
+            config.audit.queue,
+            config.audit.on_full,
+            audit_stop.clone(),
+        );
+        let mut gw = Self {
+            config,
+            clock,
+            store,
+            pepper,
+            sealer,
+            index,
+            secrets: RwLock::new(secrets),
+            audit,
+            audit_task: std::sync::Mutex::new(Some(audit_task)),
+            audit_stop,
+            admin_token_written: None,
+        };
+        gw.ensure_admin_token().await?;
+        Ok(gw)
+    }
+
+    pub fn now(&self) -> UnixMillis {
+        self.clock.now_ms()
+    }
+
+    /// Issues an access token for one service, and audits it. The only place access
+    /// tokens are made. `by` names who asked (an admin token's id, `demo`, …).
+    pub async fn issue(
+        &self,
+        req: &IssueRequest,
+        by: &str,
+    ) -> Result<(IssuedToken, TokenRecord), IssueError> {
+        let svc = self
+            .config
+            .service(&req.service)
+            .ok_or_else(|| IssueError::UnknownService(req.service.chars().take(64).collect()))?;
+        if req.principal.is_empty()
+            || req.principal.len() > 128
+            || req.principal.chars().any(char::is_control)
+        {
+            return Err(IssueError::BadPrincipal);
+        }
+        let max = svc.max_ttl.min(self.config.max_ttl);
+        let ttl = match &req.ttl {
+            Some(t) => keyway_core::units::parse_duration(t)
+                .map_err(|e| IssueError::BadTtl(e.to_string()))?,
+            None => DEFAULT_TTL.min(max),
+        };
+        if ttl > max {
+            let why = if svc.max_ttl <= self.config.max_ttl {
+                " (services.<name>.max_ttl)"
+            } else {
+                " (the global max_ttl)"
+            };
+            return Err(IssueError::TtlTooLong {
+                asked: format_duration(ttl),
+                max: format_duration(max),
+                service: svc.name.clone(),
+                why,
+            });
+        }
+        let grant = Grant::new(&svc.name, &req.methods, &req.paths)?;
+        let now = self.now();
+        let token = IssuedToken::generate(TokenKind::Access);
+        let record = TokenRecord {
+            id: token.id().to_owned(),
+            kind: TokenKind::Access,
+            principal: req.principal.clone(),
+            grant: Some(grant),
+            hash: token.hash(&self.pepper),
+            created_at: now,
+            expires_at: now.saturating_add(duration_ms(ttl)),
+            revoked_at: None,
+            last_used_at: None,
+        };
+        self.store.insert_token(&record).await?;
+        self.index.insert(record.clone());
+        let mut ev = self.event("token.issued");
+        ev.token_id = Some(record.id.clone());
+        ev.principal = Some(record.principal.clone());
+        ev.service = Some(svc.name.clone());
+        ev.detail = serde_json::json!({
+            "by": by,
+            "expires_at": format_ms(record.expires_at),
+            "grant": record.grant,
+        });
+        self.audit.record_reliably(ev).await;
+        Ok((token, record))
+    }
+
+    /// Revokes a token, and audits it: the store first, then the index (which cuts
+    /// live streams). `reason` is recorded when the gateway revokes on its own.
+    pub async fn revoke(
+        &self,
+        id: &str,
+        by: &str,
+        reason: Option<&str>,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        let now = self.now();
+        let Some(record) = self.store.revoke_token(id, now).await? else {
+            return Ok(None);
+        };
+        let at = record.revoked_at.unwrap_or(now);
+        if self.index.revoke(id, at).is_none() {
+            // Pruned from the index (long expired): nothing live to cut.
+            tracing::debug!(token_id = id, "revoked a token that was not in the index");
+        }
+        let mut ev = self.event("token.revoked");
+        ev.token_id = Some(record.id.clone());
+        ev.principal = Some(record.principal.clone());
+        ev.service = record.grant.as_ref().map(|g| g.service.clone());
+        ev.reason = reason.map(str::to_owned);
+        ev.detail = serde_json::json!({ "by": by });
+        self.audit.record_reliably(ev).await;
+        Ok(Some(record))
+    }
+
+    /// Seals and stores an upstream credential, uses it from the next request on, and
+    /// audits the change (the name, never the value).
+    pub async fn set_secret(
+        &self,
+        name: &str,
+        value: &SecretString,
+        by: &str,
+    ) -> Result<(), SecretError> {
+        if !valid_secret_name(name) {
+            return Err(SecretError::BadName);
+        }
+        let header = header_value(value).ok_or(SecretError::BadValue)?;
+        let sealed = self.sealer.seal(name, value);
+        self.store.put_secret(name, &sealed, self.now()).await?;
+        self.secrets_mut().insert(name.to_owned(), header);
+        let mut ev = self.event("secret.set");
+        ev.detail = serde_json::json!({ "name": name, "by": by });
+        self.audit.record_reliably(ev).await;
+        Ok(())
+    }
+
+    /// The opened upstream credential called `name`.
+    pub fn secret_header(&self, name: &str) -> Option<HeaderValue> {
+        self.secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Names of the secrets that are set.
+    pub fn secret_names(&self) -> Vec<String> {
+        let mut v: Vec<_> = self
+            .secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The entry for a token id, if known.
+    pub fn token(&self, id: &str) -> Option<Arc<Entry>> {
+        self.index.get(id)
+    }
+
+    /// Writes last-used times to the store, for tokens used after `since`.
+    pub async fn flush_last_used(&self, since: UnixMillis) -> UnixMillis {
+        let now = self.now();
+        let used = self.index.used_since(since);
+        if !used.is_empty() {
+            if let Err(e) = self.store.touch_tokens(&used).await {
+                tracing::warn!(error = %e, "could not record token last-used times");
+                return since;
+            }
+        }
+        now
+    }
+
+    /// Stops the audit writer after it has written everything queued. Call once the
+    /// listeners have drained.
+    pub async fn close(&self) {
+        self.audit_stop.cancel();
+        let task = self
+            .audit_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+
+    /// A fresh audit event at the gateway's clock.
+    pub fn event(&self, kind: &str) -> AuditEvent {
+        AuditEvent {
+            at: self.now(),
+            kind: kind.to_owned(),
+            ..AuditEvent::default()
+        }
+    }
+
+    async fn ensure_admin_token(&mut self) -> Result<(), OpenError> {
+        let now = self.now();
+        let live = self
+            .index
+            .entries()
+            .iter()
+            .any(|e| e.record.kind == TokenKind::Admin && e.check_live(now).is_ok());
+        if live {
+            return Ok(());
+        }
+        let path = self.config.data_dir.join("admin.token");
+        let token = IssuedToken::generate(TokenKind::Admin);
+        let record = TokenRecord {
+            id: token.id().to_owned(),
+            kind: TokenKind::Admin,
+            principal: "admin".into(),
+            grant: None,
+            hash: token.hash(&self.pepper),
+            created_at: now,
+            expires_at: now.saturating_add(duration_ms(self.config.admin_token_ttl)),
+            revoked_at: None,
+            last_used_at: None,
+        };
+        let write_err = |source| OpenError::AdminToken {
+            path: path.display().to_string(),
+            source,
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(write_err(e)),
+        }
+        keys::write_secret_file(&path, token.secret().expose_secret().as_bytes())
+            .map_err(write_err)?;
+        self.store.insert_token(&record).await?;
+        self.index.insert(record);
+        let mut ev = self.event("admin.token_created");
+        ev.token_id = Some(token.id().to_owned());
+        ev.detail = serde_json::json!({ "expires_at": format_ms(now + duration_ms(self.config.admin_token_ttl)) });
+        self.audit.record_reliably(ev).await;
+        self.admin_token_written = Some(path);
+        Ok(())
+    }
+
+    /// Warns about upstream credentials the config names but nobody has set.
+    pub fn warn_missing_secrets(&self) {
+        for svc in self.config.services.values() {
+            let ServiceKind::Http(h) = &svc.kind;
+            if let Some(auth) = &h.upstream_auth {
+                if self.secret_header(&auth.secret).is_none() {
+                    tracing::warn!(
+                        service = %svc.name,
+                        secret = %auth.secret,
+                        "upstream credential is not set; requests will be refused with 503 until \
+                         `keyway secret set {}` is run",
+                        auth.secret
+                    );
+                }
+            }
+        }
+    }
+
+    fn secrets_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, HeaderValue>> {
+        self.secrets.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("a secret name is 1 to 64 characters of a-z, A-Z, 0-9, `.`, `-` and `_`")]
+    BadName,
+    #[error("the value must be 1 to 8192 visible characters (it is sent as a header value)")]
+    BadValue,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn header_value(v: &SecretString) -> Option<HeaderValue> {
+    let s = v.expose_secret();
+    if s.is_empty() || s.len() > 8192 {
+        return None;
+    }
+    let mut h = HeaderValue::from_str(s).ok()?;
+    h.set_sensitive(true);
+    Some(h)
+}
+
+fn log_key(what: &str, path: &std::path::Path, src: KeySource) {
+    match src {
+        KeySource::Env => tracing::info!("{what} read from the environment"),
+        KeySource::File => tracing::debug!(path = %path.display(), "{what} read from file"),
+        KeySource::Created => {
+            tracing::info!(path = %path.display(), "{what} created (keep it; back it up apart from the database)")
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The in-memory token index: the hot path's only source of truth about tokens.
+//!
+//! Loaded from the store at start-up and updated by every issue and revocation in the
+//! same call that writes the store, so a revocation holds on the very next request.
+//! Entries are keyed by public id; the presented token's keyed hash is then compared
+//! in constant time. Each entry carries a cancellation handle: revoking the token
+//! fires it, and every live stream opened with the token ends.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use keyway_core::{DenyReason, Grant, Pepper, PresentedToken, TokenKind, UnixMillis};
+use keyway_store::TokenRecord;
+use tokio_util::sync::CancellationToken;
+
+const NOT_REVOKED: i64 = i64::MAX;
+
+/// One token, as the hot path sees it.
+#[derive(Debug)]
+pub struct Entry {
+    pub record: TokenRecord,
+    revoked_at: AtomicI64,
+    last_used: AtomicI64,
+    /// Fired when the token is revoked; live streams opened with it watch this.
+    pub cancel: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+pub struct TokenIndex {
+    map: RwLock<HashMap<String, Arc<Entry>>>,
+}
+
+/// A refusal, with whatever is safe to record about the token.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub reason: DenyReason,
+    /// The public id, when the token parsed.
+    pub token_id: Option<String>,
+    /// Set only once the secret matched.
+    pub entry: Option<Arc<Entry>>,
+}
+
+// === impl Entry ===
+
+impl Entry {
+    pub fn new(record: TokenRecord) -> Self {
+        let revoked_at = record.revoked_at.unwrap_or(NOT_REVOKED);
+        let last_used = record.last_used_at.unwrap_or(0);
+        Self {
+            record,
+            revoked_at: AtomicI64::new(revoked_at),
+            last_used: AtomicI64::new(last_used),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.record.id
+    }
+
+    pub fn grant(&self) -> Option<&Grant> {
+        self.record.grant.as_ref()
+    }
+
+    /// Whether the token is revoked as of `now`.
+    pub fn revoked(&self, now: UnixMillis) -> bool {
+        self.revoked_at.load(Ordering::Acquire) <= now
+    }
+
+    pub fn revoked_at(&self) -> Option<UnixMillis> {
+        match self.revoked_at.load(Ordering::Acquire) {
+            NOT_REVOKED => None,
+            t => Some(t),
+        }
+    }
+
+    pub fn last_used(&self) -> Option<UnixMillis> {
+        match self.last_used.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    /// Validity at `now`: not revoked, not expired (valid strictly before `expires_at`).
+    pub fn check_live(&self, now: UnixMillis) -> Result<(), DenyReason> {
+        if self.revoked(now) {
+            return Err(DenyReason::Revoked);
+        }
+        if now >= self.record.expires_at {
+            return Err(DenyReason::Expired);
+        }
+        Ok(())
+    }
+
+    pub fn mark_used(&self, now: UnixMillis) {
+        self.last_used.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn revoke(&self, at: UnixMillis) {
+        self.revoked_at.fetch_min(at, Ordering::AcqRel);
+        self.cancel.cancel();
+    }
+}
+
+// === impl TokenIndex ===
+
+impl TokenIndex {
+    pub fn load(records: Vec<TokenRecord>) -> Self {
+        let map = records
+            .into_iter()
+            .map(|r| (r.id.clone(), Arc::new(Entry::new(r))))
+            .collect();
+        Self {
+            map: RwLock::new(map),
+        }
+    }
+
+    pub fn insert(&self, record: TokenRecord) -> Arc<Entry> {
+        let entry = Arc::new(Entry::new(record));
+        self.write().insert(entry.record.id.clone(), entry.clone());
+        entry
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Entry>> {
+        self.read().get(id).cloned()
+    }
+
+    /// Marks the token revoked and cuts its live streams.
+    pub fn revoke(&self, id: &str, at: UnixMillis) -> Option<Arc<Entry>> {
+        let entry = self.get(id)?;
+        entry.revoke(at);
+        Some(entry)
+    }
+
+    /// Identifies a presented token: shape, checksum, known id, matching secret (in
+    /// constant time), expected kind, and liveness at `now`.
+    pub fn authenticate(
+        &self,
+        text: &str,
+        pepper: &Pepper,
+        kind: TokenKind,
+        now: UnixMillis,
+    ) -> Result<Arc<Entry>, Refusal> {
+        let refuse = |reason, token_id: Option<&str>, entry| Refusal {
+            reason,
+            token_id: token_id.map(str::to_owned),
+            entry,
+        };
+        let presented = PresentedToken::parse(text).map_err(|e| {
+            let reason = match e {
+                keyway_core::token::TokenError::Malformed => DenyReason::MalformedToken,
+                keyway_core::token::TokenError::Checksum => DenyReason::BadChecksum,
+            };
+            refuse(reason, None, None)
+        })?;
+        let id = presented.id();
+        let Some(entry) = self.get(id) else {
+            return Err(refuse(DenyReason::UnknownToken, Some(id), None));
+        };
+        if !presented.hash(pepper).ct_eq(&entry.record.hash) {
+            return Err(refuse(DenyReason::WrongSecret, Some(id), None));
+        }
+        if entry.record.kind != kind || presented.kind() != kind {
+            return Err(refuse(DenyReason::WrongKind, Some(id), Some(entry)));
+        }
+        if let Err(reason) = entry.check_live(now) {
+            return Err(refuse(reason, Some(id), Some(entry)));
+        }
+        Ok(entry)
+    }
+
+    /// Every entry, for listings.
+    pub fn entries(&self) -> Vec<Arc<Entry>> {
+        let mut v: Vec<_> = self.read().values().cloned().collect();
+        v.sort_by(|a, b| {
+            (a.record.created_at, &a.record.id).cmp(&(b.record.created_at, &b.record.id))
+        });
+        v
+    }
+
+    /// Drops entries that expired before `horizon`; a request with one of them is then
+    /// refused as unknown, which it would be refused as expired anyway.
+    pub fn prune_expired(&self, horizon: UnixMillis) -> usize {
+        let mut map = self.write();
+        let before = map.len();
+        map.retain(|_, e| e.record.expires_at >= horizon);
+        before - map.len()
+    }
+
+    /// Tokens used since their last flush, with when.
+    pub fn used_since(&self, since: UnixMillis) -> Vec<(String, UnixMillis)> {
+        self.read()
+            .values()
+            .filter_map(|e| {
+                e.last_used()
+                    .filter(|&t| t > since)
+                    .map(|t| (e.record.id.clone(), t))
+            })
+            .collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Entry>>> {
+        // A panic while holding the lock cannot leave the map half-updated (every
+        // update is a single insert or retain), so a poisoned lock is still usable.
+        self.map.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Entry>>> {
+        self.map.write().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,593 @@
+//! The HTTP reverse proxy of one service.
+//!
+//! hyper parses; Keyway decides. Each request on a connection is decided on its own:
+//! source address, token (never from the query string), service, normalised path and
+//! method, rate limit, audit capacity; then it is forwarded with the normalised path,
+//! without the client's token or hop-by-hop headers, with the upstream credential
+//! injected, over a pooled keep-alive connection. Bodies stream both ways. A response
+//! body stops the moment its token is revoked.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use keyway_core::config::{HttpService, Service, ServiceKind};
+use keyway_core::token::{find_tokens, redact, TOKEN_LEN};
+use keyway_core::{path, DenyReason, TokenKind};
+use keyway_store::AuditEvent;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::gateway::Gateway;
+use crate::index::{Entry, Refusal};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every response the proxy sends.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Connections one service listener holds at most; more are refused at accept.
+const MAX_CONNECTIONS: usize = 10_000;
+/// How long shutdown waits for in-flight requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The proxy of one HTTP service.
+pub struct HttpProxy {
+    gw: Arc<Gateway>,
+    svc: Service,
+    http: HttpService,
+    client: Client<HttpConnector, Incoming>,
+    limiter: Option<DefaultKeyedRateLimiter<String>>,
+}
+
+/// A response body that ends with an error when its token is revoked.
+struct Cancellable {
+    inner: Incoming,
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+/// The error a revoked stream ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the token of this stream was revoked")]
+struct Revoked;
+
+// === impl HttpProxy ===
+
+impl HttpProxy {
+    pub fn new(gw: Arc<Gateway>, svc: Service) -> Arc<Self> {
+        let ServiceKind::Http(http) = svc.kind.clone();
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(http.connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let limiter = svc.rate_limit.map(|r| {
+            let count = r.count.get().min(1_000_000);
+            let period = r.per / count;
+            let burst = NonZeroU32::new(count).unwrap_or(NonZeroU32::MIN);
+            let quota = Quota::with_period(period)
+                .unwrap_or_else(|| Quota::per_second(burst))
+                .allow_burst(burst);
+            RateLimiter::keyed(quota)
+        });
+        Arc::new(Self {
+            gw,
+            svc,
+            http,
+            client,
+            limiter,
+        })
+    }
+
+    /// Accepts connections on `listener` until `shutdown` fires, then waits (bounded)
+    /// for in-flight requests to finish.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.http.header_timeout)
+            .max_buf_size(self.http.max_header_bytes)
+            .max_headers(self.http.max_headers)
+            .keep_alive(true);
+        let graceful = GracefulShutdown::new();
+        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Some(l) = &self.limiter {
+                        l.retain_recent();
+                    }
+                    continue;
+                }
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait, do not spin.
+                        tracing::warn!(service = %self.svc.name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                tracing::warn!(service = %self.svc.name, "connection limit reached; refusing a connection");
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let this = self.clone();
+            let svc = service_fn(move |req| {
+                let this = this.clone();
+                async move { Ok::<_, Infallible>(this.handle(peer, req).await) }
+            });
+            let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+        drop(listener);
+        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(service = %self.svc.name, "connections still open after the drain timeout; closing them");
+        }
+    }
+
+    /// Decides one request and, if allowed, forwards it.
+    pub async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+        let gw = &*self.gw;
+        let mut ev = gw.event("request");
+        ev.service = Some(self.svc.name.clone());
+        let source = peer.ip().to_canonical();
+        ev.source = Some(source.to_string());
+        let method = req.method().clone();
+        let mut detail = serde_json::Map::new();
+        detail.insert("method".into(), method.as_str().into());
+
+        let decision = self.decide(&req, source, gw.now(), &mut ev, &mut detail);
+        let (entry, path) = match decision {
+            Ok(x) => x,
+            Err((reason, retry_after)) => return self.deny(ev, detail, reason, retry_after),
+        };
+        // Reserve the audit event before forwarding: with `fail_closed`, no request
+        // goes on unless its event can be recorded.
+        let Ok(reservation) = gw.audit.reserve() else {
+            return self.deny(ev, detail, DenyReason::AuditUnavailable, None);
+        };
+
+        let started = Instant::now();
+        let upstream_req = match self.upstream_request(req, peer, &path) {
+            Ok(r) => r,
+            Err(reason) => {
+                drop(reservation);
+                return self.deny(ev, detail, reason, None);
+            }
+        };
+        let result = tokio::time::timeout(
+            self.http.upstream_timeout,
+            self.client.request(upstream_req),
+        )
+        .await;
+        let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+        detail.insert(
+            "upstream_ms".into(),
+            ((elapsed * 10.0).round() / 10.0).into(),
+        );
+        ev.decision = Some("allow".into());
+        let response = match result {
+            Ok(Ok(resp)) => {
+                detail.insert("status".into(), resp.status().as_u16().into());
+                self.downstream_response(resp, &entry)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(service = %self.svc.name, error = %e, "upstream request failed");
+                detail.insert("status".into(), 502.into());
+                detail.insert("error".into(), "upstream_unreachable".into());
+                plain(StatusCode::BAD_GATEWAY, "bad gateway\n")
+            }
+            Err(_) => {
+                tracing::warn!(service = %self.svc.name, timeout = ?self.http.upstream_timeout, "upstream timed out");
+                detail.insert("status".into(), 504.into());
+                detail.insert("error".into(), "upstream_timeout".into());
+                plain(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n")
+            }
+        };
+        ev.detail = detail.into();
+        reservation.send(ev);
+        response
+    }
+
+    /// Every check, in order. On success: the token's entry and the normalised path.
+    #[allow(clippy::type_complexity)]
+    fn decide(
+        &self,
+        req: &Request<Incoming>,
+        source: std::net::IpAddr,
+        now: keyway_core::UnixMillis,
+        ev: &mut AuditEvent,
+        detail: &mut serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(Arc<Entry>, String), (DenyReason, Option<Duration>)> {
+        let gw = &*self.gw;
+        let raw_path = req.uri().path();
+        detail.insert(
+            "path".into(),
+            redact(&raw_path.chars().take(512).collect::<String>())
+                .into_owned()
+                .into(),
+        );
+        if ambiguous_framing(req.headers()) {
+            return Err((DenyReason::BadRequest, None));
+        }
+        if !self.svc.allow_cidrs.is_empty()
+            && !self.svc.allow_cidrs.iter().any(|n| n.contains(&source))
+        {
+            return Err((DenyReason::SourceNotAllowed, None));
+        }
+        if let Some(q) = req.uri().query() {
+            if self.refuse_token_in_query(q, ev) {
+                return Err((DenyReason::TokenInQuery, None));
+            }
+        }
+        let Some(text) = bearer(req.headers()) else {
+            return Err((DenyReason::NoToken, None));
+        };
+        let entry = gw
+            .index
+            .authenticate(text, &gw.pepper, TokenKind::Access, now)
+            .map_err(|r: Refusal| {
+                ev.token_id = r.token_id;
+                if let Some(e) = r.entry {
+                    ev.principal = Some(e.record.principal.clone());
+                }
+                (r.reason, None)
+            })?;
+        ev.token_id = Some(entry.id().to_owned());
+        ev.principal = Some(entry.record.principal.clone());
+        let Some(grant) = entry.grant().filter(|g| g.service == self.svc.name) else {
+            return Err((DenyReason::WrongService, None));
+        };
+        let path = path::normalize(raw_path, !grant.restricts_paths())
+            .map_err(|_| (DenyReason::BadPath, None))?;
+        detail.insert(
+            "path".into(),
+            redact(&path.chars().take(512).collect::<String>())
+                .into_owned()
+                .into(),
+        );
+        grant
+            .check(req.method().as_str(), &path)
+            .map_err(|r| (r, None))?;
+        if let Some(limiter) = &self.limiter {
+            if let Err(not_until) = limiter.check_key(&entry.record.id) {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                return Err((DenyReason::RateLimited, Some(wait)));
+            }
+        }
+        if let Some(auth) = &self.http.upstream_auth {
+            if gw.secret_header(&auth.secret).is_none() {
+                return Err((DenyReason::UpstreamCredentialMissing, None));
+            }
+        }
+        entry.mark_used(now);
+        Ok((entry, path))
+    }
+
+    /// A token in a query string has already leaked into access logs: refuse the
+    /// request and revoke the token (only when it is a real one, so that nobody can
+    /// revoke other people's tokens by their public id).
+    fn refuse_token_in_query(&self, query: &str, ev: &mut AuditEvent) -> bool {
+        let found: Vec<_> = find_tokens(query)
+            .into_iter()
+            .filter(|f| f.checksum_ok)
+            .collect();
+        let Some(first) = found.first() else {
+            return false;
+        };
+        ev.token_id = Some(first.id.clone());
+        for f in &found {
+            let text = &query[f.start..f.start + TOKEN_LEN];
+            let gw = self.gw.clone();
+            let live = gw
+                .index
+                .authenticate(text, &gw.pepper, f.kind, gw.now())
+                .is_ok();
+            if live {
+                let id = f.id.clone();
+                tokio::spawn(async move {
+                    match gw
+                        .revoke(&id, "gateway", Some("exposed_in_query_string"))
+                        .await
+                    {
+                        Ok(_) => {
+                            tracing::warn!(token_id = %id, "revoked a token sent in a query string")
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, token_id = %id, "could not revoke a token exposed in a query string")
+                        }
+                    }
+                });
+            }
+        }
+        true
+    }
+
+    fn upstream_request(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        path: &str,
+    ) -> Result<Request<Incoming>, DenyReason> {
+        let (mut parts, body) = req.into_parts();
+        let up = &self.http.upstream;
+        let mut pq = String::with_capacity(up.base_path.len() + path.len() + 64);
+        pq.push_str(&up.base_path);
+        pq.push_str(path);
+        if let Some(q) = parts.uri.query() {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(up.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| DenyReason::BadPath)?;
+        parts.version = Version::HTTP_11;
+
+        let h = &mut parts.headers;
+        let original_host = h.remove(header::HOST);
+        strip_hop_by_hop(h);
+        h.remove(header::AUTHORIZATION);
+        h.remove(header::FORWARDED);
+        if let Some(auth) = &self.http.upstream_auth {
+            // Checked in `decide`; a secret removed since then fails closed here.
+            let value = self
+                .gw
+                .secret_header(&auth.secret)
+                .ok_or(DenyReason::UpstreamCredentialMissing)?;
+            h.insert(auth.header.clone(), value);
+        }
+        if let Ok(v) = HeaderValue::from_str(up.authority.as_str()) {
+            h.insert(header::HOST, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&peer.ip().to_canonical().to_string()) {
+            h.insert(X_FORWARDED_FOR, v);
+        }
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        match original_host {
+            Some(host) => h.insert(X_FORWARDED_HOST, host),
+            None => h.remove(X_FORWARDED_HOST),
+        };
+        Ok(Request::from_parts(parts, body))
+    }
+
+    fn downstream_response(&self, resp: Response<Incoming>, entry: &Entry) -> Response<ProxyBody> {
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let body = Cancellable {
+            inner: body,
+            cancelled: Box::pin(entry.cancel.clone().cancelled_owned()),
+        };
+        Response::from_parts(parts, UnsyncBoxBody::new(body))
+    }
+
+    fn deny(
+        &self,
+        mut ev: AuditEvent,
+        mut detail: serde_json::Map<String, serde_json::Value>,
+        reason: DenyReason,
+        retry_after: Option<Duration>,
+    ) -> Response<ProxyBody> {
+        let status = StatusCode::from_u16(reason.status()).unwrap_or(StatusCode::FORBIDDEN);
+        detail.insert("status".into(), status.as_u16().into());
+        ev.decision = Some("deny".into());
+        ev.reason = Some(reason.as_str().into());
+        ev.detail = detail.into();
+        tracing::debug!(service = %self.svc.name, reason = reason.as_str(), token_id = ?ev.token_id, "request denied");
+        self.gw.audit.record(ev);
+
+        let body = match status {
+            StatusCode::UNAUTHORIZED => "unauthorized\n",
+            StatusCode::FORBIDDEN => "forbidden\n",
+            StatusCode::TOO_MANY_REQUESTS => "too many requests\n",
+            StatusCode::BAD_REQUEST => "bad request\n",
+            _ => "service unavailable\n",
+        };
+        let mut resp = plain(status, body);
+        let h = resp.headers_mut();
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"keyway\""),
+                );
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                let secs = retry_after.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64);
+                h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            StatusCode::BAD_REQUEST => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The token of an `Authorization: Bearer …` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let s = value.to_str().ok()?;
+    let (scheme, token) = s.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Both `Content-Length` and `Transfer-Encoding`, or several differing
+/// `Content-Length`s: the request smuggling shapes.
+fn ambiguous_framing(h: &HeaderMap) -> bool {
+    let cls: Vec<_> = h.get_all(header::CONTENT_LENGTH).iter().collect();
+    let te = h.contains_key(header::TRANSFER_ENCODING);
+    (te && !cls.is_empty()) || cls.windows(2).any(|w| w[0] != w[1])
+}
+
+/// Removes `Connection` and the headers it names, and the fixed hop-by-hop set.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        h.remove(n);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+// === impl Cancellable ===
+
+impl Body for Cancellable {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.cancelled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(Box::new(Revoked))));
+        }
+        Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer abc"),
+        );
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+        h.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(bearer(&h), None, "two Authorization headers are refused");
+    }
+
+    #[test]
+    fn smuggling_shapes_are_ambiguous() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert!(!ambiguous_framing(&h));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("6"));
+        assert!(ambiguous_framing(&h));
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert!(ambiguous_framing(&h));
+    }
+}

@@ -1,0 +1,3 @@
+//! The data plane: one module per protocol.
+
+pub mod http;

@@ -1,0 +1,87 @@
+//! `keyway gateway`, and the start-up it shares with the demo.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use keyway_core::config::Config;
+use keyway_core::SystemClock;
+use keyway_gateway::{Gateway, Listeners};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+pub fn init_logging(filter: &str, format: LogFormat) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| anyhow!("--log `{filter}`: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+/// Reads and checks a config file; relative paths in it are relative to its folder.
+pub fn load_config(path: &Path) -> Result<Config> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    Config::parse(&text, &dir).map_err(|e| anyhow!("{} is not valid:\n{e}", path.display()))
+}
+
+pub async fn gateway(config_path: &Path) -> Result<ExitCode> {
+    let config = load_config(config_path)?;
+    let listeners = Listeners::bind(&config).await?;
+    let gw = Arc::new(Gateway::open(config, Arc::new(SystemClock)).await?);
+    announce(&gw, &listeners);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    keyway_gateway::run(gw, listeners, shutdown).await;
+    tracing::info!("gateway stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Says where everything listens, and where the admin credential is.
+pub fn announce(gw: &Gateway, l: &Listeners) {
+    gw.warn_missing_secrets();
+    if let Some(path) = &gw.admin_token_written {
+        tracing::info!(path = %path.display(), "wrote a new admin credential (mode 0600); the CLI finds it through --config");
+    }
+    if let Some(a) = l.admin_addr() {
+        if !a.ip().is_loopback() {
+            tracing::warn!(addr = %a, "the admin API listens beyond loopback; every call still needs the admin token");
+        }
+        tracing::info!(addr = %a, "admin API listening");
+    }
+    for name in l.services.keys() {
+        if let Some(a) = l.service_addr(name) {
+            tracing::info!(service = %name, addr = %a, "service listening");
+        }
+    }
+}
+
+/// Fires `shutdown` on Ctrl-C or SIGTERM.
+pub async fn stop_on_signal(shutdown: CancellationToken) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down: draining connections, flushing the audit log");
+    shutdown.cancel();
+}
