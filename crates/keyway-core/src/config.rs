@@ -251,7 +251,11 @@ impl RawConfig {
             let Some(svc) = raw.check(&name, max_ttl, &mut p) else {
                 continue;
             };
-            if let Some(other) = listens.insert(svc.listen, format!("services.{name}.listen")) {
+            // Port 0 asks the system for any free port, so it never collides.
+            let taken = (svc.listen.port() != 0)
+                .then(|| listens.insert(svc.listen, format!("services.{name}.listen")))
+                .flatten();
+            if let Some(other) = taken {
                 p.push(
                     &format!("services.{name}.listen"),
                     &format!(

@@ -29,7 +29,6 @@ pub enum DenyReason {
     MethodNotGranted,
     PathNotGranted,
     BadPath,
-    BadRequest,
     SourceNotAllowed,
     RateLimited,
     TokenInQuery,
@@ -127,7 +126,6 @@ impl DenyReason {
             DenyReason::MethodNotGranted => "method_not_granted",
             DenyReason::PathNotGranted => "path_not_granted",
             DenyReason::BadPath => "bad_path",
-            DenyReason::BadRequest => "bad_request",
             DenyReason::SourceNotAllowed => "source_not_allowed",
             DenyReason::RateLimited => "rate_limited",
             DenyReason::TokenInQuery => "token_in_query",
@@ -152,7 +150,7 @@ impl DenyReason {
             | DenyReason::MethodNotGranted
             | DenyReason::PathNotGranted
             | DenyReason::SourceNotAllowed => 403,
-            DenyReason::BadPath | DenyReason::BadRequest => 400,
+            DenyReason::BadPath => 400,
             DenyReason::RateLimited => 429,
             DenyReason::AuditUnavailable | DenyReason::UpstreamCredentialMissing => 503,
         }

@@ -60,6 +60,11 @@ impl AuditSink {
         &self.stats
     }
 
+    /// Events waiting to be written.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Reserves a place for a request's event before the request goes on.
     pub fn reserve(&self) -> Result<Reservation, AuditFull> {
         match self.tx.clone().try_reserve_owned() {

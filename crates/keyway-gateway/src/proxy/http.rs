@@ -1,6 +1,8 @@
 //! The HTTP reverse proxy of one service.
 //!
-//! hyper parses; Keyway decides. Each request on a connection is decided on its own:
+//! hyper parses (and refuses ambiguous framing: differing `Content-Length`s are a 400;
+//! with `Transfer-Encoding` the chunked framing wins and the connection closes after
+//! the answer, RFC 9112 §6.3); Keyway decides. Each request on a connection is decided on its own:
 //! source address, token (never from the query string), service, normalised path and
 //! method, rate limit, audit capacity; then it is forwarded with the normalised path,
 //! without the client's token or hop-by-hop headers, with the upstream credential
@@ -245,9 +247,6 @@ impl HttpProxy {
                 .into_owned()
                 .into(),
         );
-        if ambiguous_framing(req.headers()) {
-            return Err((DenyReason::BadRequest, None));
-        }
         if !self.svc.allow_cidrs.is_empty()
             && !self.svc.allow_cidrs.iter().any(|n| n.contains(&source))
         {
@@ -461,14 +460,6 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Both `Content-Length` and `Transfer-Encoding`, or several differing
-/// `Content-Length`s: the request smuggling shapes.
-fn ambiguous_framing(h: &HeaderMap) -> bool {
-    let cls: Vec<_> = h.get_all(header::CONTENT_LENGTH).iter().collect();
-    let te = h.contains_key(header::TRANSFER_ENCODING);
-    (te && !cls.is_empty()) || cls.windows(2).any(|w| w[0] != w[1])
-}
-
 /// Removes `Connection` and the headers it names, and the fixed hop-by-hop set.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<HeaderName> = h
@@ -573,21 +564,5 @@ mod tests {
             HeaderValue::from_static("Bearer abc"),
         );
         assert_eq!(bearer(&h), None, "two Authorization headers are refused");
-    }
-
-    #[test]
-    fn smuggling_shapes_are_ambiguous() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
-        assert!(!ambiguous_framing(&h));
-        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("6"));
-        assert!(ambiguous_framing(&h));
-        let mut h = HeaderMap::new();
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        assert!(ambiguous_framing(&h));
     }
 }
