@@ -68,7 +68,7 @@ pub enum IssueError {
         asked: String,
         max: String,
         service: String,
-        why: &'static str,
+        why: String,
     },
     #[error(transparent)]
     Grant(#[from] GrantError),
@@ -226,9 +226,9 @@ impl Gateway {
         };
         if ttl > max {
             let why = if svc.max_ttl <= self.config.max_ttl {
-                " (services.<name>.max_ttl)"
+                format!(" (services.{}.max_ttl)", svc.name)
             } else {
-                " (the global max_ttl)"
+                " (the global max_ttl)".to_owned()
             };
             return Err(IssueError::TtlTooLong {
                 asked: format_duration(ttl),

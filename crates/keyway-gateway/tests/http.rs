@@ -191,7 +191,7 @@ async fn ttl_above_the_maximum_is_refused_at_issue() {
     };
     assert_eq!(
         issue("2h").await.unwrap_err(),
-        "requested TTL of 2h is above the maximum of 1h for service `billing` (services.<name>.max_ttl)"
+        "requested TTL of 2h is above the maximum of 1h for service `billing` (services.billing.max_ttl)"
     );
     assert!(issue("1h").await.is_ok());
     assert!(issue("0s").await.unwrap_err().contains("zero"));
@@ -652,4 +652,22 @@ async fn a_restart_keeps_tokens_and_secrets_and_refuses_a_wrong_pepper() {
         .unwrap()
         .to_string();
     assert!(err.contains("pepper does not match"), "{err}");
+}
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&config(&[("billing", &svc(&up, "header_timeout = \"1s\""))])).await;
+    let (token, _, _) = gw.issue("billing", &[], &[], "15m").await;
+    let mut s = TcpStream::connect(gw.addr("billing")).await.unwrap();
+    let req = format!("GET / HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Then nothing: the gateway hangs up rather than hold the connection forever.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "an idle connection stayed open");
+    gw.stop().await;
 }

@@ -94,7 +94,9 @@ upstream_auth = {{ header = "X-Api-Key", secret = "billing-key" }}
         .await?;
 
     let base = format!("http://{service_addr}");
-    let cfg = config_path.display();
+    // Shown as the user named it, so the printed lines read naturally.
+    let cfg = args.dir.join("keyway.toml");
+    let cfg = cfg.display();
     println!(
         r#"Keyway demo is running. Ctrl-C stops it.
 
@@ -121,7 +123,7 @@ Then see the tokens and revoke this one:
   cargo run --release -- token list --config {cfg}
   cargo run --release -- token revoke {id} --config {cfg}
 "#,
-        data = dir.join("keyway-data").display(),
+        data = args.dir.join("keyway-data").display(),
         id = record.id,
         token = token.secret().expose_secret(),
     );
@@ -130,7 +132,7 @@ Then see the tokens and revoke this one:
     keyway_gateway::run(gw, listeners, shutdown).await;
     println!(
         "Keyway demo stopped; audit log flushed to {}",
-        dir.join("keyway-data/keyway.db").display()
+        args.dir.join("keyway-data/keyway.db").display()
     );
     Ok(ExitCode::SUCCESS)
 }
