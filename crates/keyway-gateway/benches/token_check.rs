@@ -39,7 +39,9 @@ fn bench(c: &mut Criterion) {
 
     c.bench_function("token_check/allow", |b| {
         b.iter(|| {
-            let entry = index.authenticate(&probe, &pepper, TokenKind::Access, now).unwrap();
+            let entry = index
+                .authenticate(&probe, &pepper, TokenKind::Access, now)
+                .unwrap();
             let g = entry.grant().unwrap();
             let p = path::normalize("/invoices/2026/42", !g.restricts_paths()).unwrap();
             g.check("GET", &p).unwrap();
@@ -48,7 +50,11 @@ fn bench(c: &mut Criterion) {
     });
     let wrong = format!("{}x", &probe[..probe.len() - 1]);
     c.bench_function("token_check/bad_checksum", |b| {
-        b.iter(|| index.authenticate(&wrong, &pepper, TokenKind::Access, now).unwrap_err())
+        b.iter(|| {
+            index
+                .authenticate(&wrong, &pepper, TokenKind::Access, now)
+                .unwrap_err()
+        })
     });
 }
 

@@ -657,7 +657,11 @@ async fn a_restart_keeps_tokens_and_secrets_and_refuses_a_wrong_pepper() {
 #[tokio::test]
 async fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
     let up = Upstream::start().await;
-    let gw = TestGateway::start(&config(&[("billing", &svc(&up, "header_timeout = \"1s\""))])).await;
+    let gw = TestGateway::start(&config(&[(
+        "billing",
+        &svc(&up, "header_timeout = \"1s\""),
+    )]))
+    .await;
     let (token, _, _) = gw.issue("billing", &[], &[], "15m").await;
     let mut s = TcpStream::connect(gw.addr("billing")).await.unwrap();
     let req = format!("GET / HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\r\n");

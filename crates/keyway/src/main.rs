@@ -235,6 +235,9 @@ async fn secret(cmd: SecretCommand) -> Result<ExitCode> {
         SecretCommand::List { admin } => {
             let client = AdminClient::resolve(&admin)?;
             let names: Vec<String> = client.get("/v1/secrets").await?;
+            if names.is_empty() {
+                eprintln!("no secrets are set");
+            }
             for n in names {
                 println!("{n}");
             }

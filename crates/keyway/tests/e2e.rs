@@ -28,7 +28,9 @@ async fn upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     let s = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let s = s.clone();
             let svc = service_fn(move |req: http::Request<Incoming>| {
                 let h = req.headers();
@@ -40,10 +42,16 @@ async fn upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                     h.get("authorization")
                 );
                 s.lock().unwrap().push(line);
-                async move { Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("invoice list\n")))) }
+                async move {
+                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
+                        "invoice list\n",
+                    ))))
+                }
             });
             tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
@@ -51,7 +59,11 @@ async fn upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_for_port(port: u16) {
@@ -76,11 +88,20 @@ fn keyway(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
         .spawn()
         .unwrap();
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("cli.stderr")).unwrap();
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("cli.stderr"))
+        .unwrap();
     log.write_all(&out.stderr).unwrap();
     out
 }
@@ -88,23 +109,40 @@ fn keyway(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
 /// `curl`'s status code for a request to the gateway.
 fn curl(url: &str, token: Option<&str>, method: &str) -> u16 {
     let mut c = Command::new("curl");
-    c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, url]);
+    c.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        method,
+        url,
+    ]);
     if let Some(t) = token {
         c.args(["-H", &format!("Authorization: Bearer {t}")]);
     }
-    let out = c.output().expect("curl must be installed (apt-get install curl)");
+    let out = c
+        .output()
+        .expect("curl must be installed (apt-get install curl)");
     String::from_utf8_lossy(&out.stdout).parse().unwrap()
 }
 
 fn interrupt(child: &mut Child) -> std::process::ExitStatus {
-    let ok = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(ok.success());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(Instant::now() < deadline, "the gateway did not stop on Ctrl-C");
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not stop on Ctrl-C"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -169,70 +207,148 @@ upstream_auth = {{ header = "X-Api-Key", secret = "billing-key" }}
 
     // An upstream credential, from stdin.
     let upstream_secret = "UPSTREAM-canary-3f9a1c";
-    let out = keyway(dir, &[&["secret", "set", "billing-key"][..], &cfg].concat(), Some(upstream_secret));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = keyway(
+        dir,
+        &[&["secret", "set", "billing-key"][..], &cfg].concat(),
+        Some(upstream_secret),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A token: alone on stdout, details on stderr.
     let issue = |principal: &str| {
         let args = [
-            &["token", "issue", "--service", "billing", "--principal", principal, "--ttl", "15m"][..],
+            &[
+                "token",
+                "issue",
+                "--service",
+                "billing",
+                "--principal",
+                principal,
+                "--ttl",
+                "15m",
+            ][..],
             &["--methods", "GET,HEAD", "--path", "/invoices/"],
             &cfg,
         ]
         .concat();
         let out = keyway(dir, &args, None);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8(out.stdout).unwrap();
         let stderr = String::from_utf8(out.stderr).unwrap();
         let token = stdout.trim_end_matches('\n').to_owned();
-        assert_eq!(stdout.lines().count(), 1, "stdout is the token alone: {stdout:?}");
+        assert_eq!(
+            stdout.lines().count(),
+            1,
+            "stdout is the token alone: {stdout:?}"
+        );
         assert!(token.starts_with("kwat_"), "{token}");
         let id = token[5..21].to_owned();
-        assert!(stderr.contains(&id) && stderr.contains("expires"), "{stderr}");
+        assert!(
+            stderr.contains(&id) && stderr.contains("expires"),
+            "{stderr}"
+        );
         (token, id)
     };
     let (token, id) = issue("alice");
     let (leaked, leaked_id) = issue("bob");
 
     // Every path: allowed, denied three ways, leaked in a query string, revoked.
-    assert_eq!(curl(&format!("{base}/invoices/7"), Some(&token), "GET"), 200);
-    assert_eq!(curl(&format!("{base}/invoices/7"), Some(&token), "DELETE"), 403);
+    assert_eq!(
+        curl(&format!("{base}/invoices/7"), Some(&token), "GET"),
+        200
+    );
+    assert_eq!(
+        curl(&format!("{base}/invoices/7"), Some(&token), "DELETE"),
+        403
+    );
     assert_eq!(curl(&format!("{base}/admin/"), Some(&token), "GET"), 403);
     assert_eq!(curl(&format!("{base}/invoices/7"), None, "GET"), 401);
-    assert_eq!(curl(&format!("{base}/invoices/7?token={leaked}"), None, "GET"), 401);
-    assert_eq!(curl(&format!("{base}/invoices/7"), Some(&format!("{}x", &token[..70])), "GET"), 401);
+    assert_eq!(
+        curl(&format!("{base}/invoices/7?token={leaked}"), None, "GET"),
+        401
+    );
+    assert_eq!(
+        curl(
+            &format!("{base}/invoices/7"),
+            Some(&format!("{}x", &token[..70])),
+            "GET"
+        ),
+        401
+    );
 
     let list = keyway(dir, &[&["token", "list"][..], &cfg].concat(), None);
     let table = String::from_utf8(list.stdout).unwrap();
     assert!(table.starts_with("ID"), "{table}");
     let alice = table.lines().find(|l| l.starts_with(&id)).unwrap();
-    assert!(alice.contains("alice") && alice.contains("GET,HEAD /invoices/") && alice.contains("active"), "{alice}");
+    assert!(
+        alice.contains("alice")
+            && alice.contains("GET,HEAD /invoices/")
+            && alice.contains("active"),
+        "{alice}"
+    );
     let bob = table.lines().find(|l| l.starts_with(&leaked_id)).unwrap();
-    assert!(bob.contains("revoked"), "a token seen in a query string is revoked: {bob}");
+    assert!(
+        bob.contains("revoked"),
+        "a token seen in a query string is revoked: {bob}"
+    );
 
     let out = keyway(dir, &[&["token", "revoke", &id][..], &cfg].concat(), None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(curl(&format!("{base}/invoices/7"), Some(&token), "GET"), 401, "revoked: refused on the next request");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        curl(&format!("{base}/invoices/7"), Some(&token), "GET"),
+        401,
+        "revoked: refused on the next request"
+    );
 
-    let json = keyway(dir, &[&["token", "list", "--json"][..], &cfg].concat(), None);
+    let json = keyway(
+        dir,
+        &[&["token", "list", "--json"][..], &cfg].concat(),
+        None,
+    );
     let tokens: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    let alice = tokens.as_array().unwrap().iter().find(|t| t["id"] == id.as_str()).unwrap();
+    let alice = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == id.as_str())
+        .unwrap();
     assert_eq!(alice["state"], "revoked");
     assert!(alice["last_used_at"].is_string());
 
     // What the upstream saw: the credential, never the client's token.
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1, "{seen:?}");
-    assert!(seen[0].contains(upstream_secret) && seen[0].contains("auth=None"), "{seen:?}");
+    assert!(
+        seen[0].contains(upstream_secret) && seen[0].contains("auth=None"),
+        "{seen:?}"
+    );
 
     // The canary, while the gateway runs (the WAL is live) and after it stops.
     let check = |when: &str| {
         for t in [&token, &leaked] {
             let hits = files_containing(dir, secret_part(t));
-            assert!(hits.is_empty(), "{when}: a token secret was written to {hits:?}");
+            assert!(
+                hits.is_empty(),
+                "{when}: a token secret was written to {hits:?}"
+            );
         }
         let hits = files_containing(dir, upstream_secret);
-        assert!(hits.is_empty(), "{when}: the upstream credential was written in plaintext to {hits:?}");
+        assert!(
+            hits.is_empty(),
+            "{when}: the upstream credential was written in plaintext to {hits:?}"
+        );
     };
     check("running");
     let status = interrupt(&mut gateway);
@@ -241,7 +357,10 @@ upstream_auth = {{ header = "X-Api-Key", secret = "billing-key" }}
 
     // The search looked at real content: trace logs, the store, the audit log.
     let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap();
-    assert!(log.contains("TRACE") && log.contains("request denied"), "trace logs were captured");
+    assert!(
+        log.contains("TRACE") && log.contains("request denied"),
+        "trace logs were captured"
+    );
     assert!(log.contains(&id), "logs name tokens by public id");
     let db = dir.join("data/keyway.db");
     let audit = Command::new("sqlite3")
@@ -251,7 +370,10 @@ upstream_auth = {{ header = "X-Api-Key", secret = "billing-key" }}
         .expect("sqlite3 must be installed (apt-get install sqlite3)");
     let audit = String::from_utf8(audit.stdout).unwrap();
     assert!(audit.contains(&format!("request|allow||{id}")), "{audit}");
-    assert!(audit.contains(&format!("request|deny|method_not_granted|{id}")), "{audit}");
+    assert!(
+        audit.contains(&format!("request|deny|method_not_granted|{id}")),
+        "{audit}"
+    );
     assert!(audit.contains(&format!("token.revoked|||{id}")), "{audit}");
     assert!(audit.contains("secret.set"), "{audit}");
 }
@@ -276,8 +398,15 @@ async fn the_demo_prints_curl_lines_that_do_what_they_say() {
             break;
         }
     }
-    let token = printed.iter().find_map(|l| l.strip_prefix("TOKEN=")).unwrap().to_owned();
-    let curls: Vec<&String> = printed.iter().filter(|l| l.trim_start().starts_with("curl ")).collect();
+    let token = printed
+        .iter()
+        .find_map(|l| l.strip_prefix("TOKEN="))
+        .unwrap()
+        .to_owned();
+    let curls: Vec<&String> = printed
+        .iter()
+        .filter(|l| l.trim_start().starts_with("curl "))
+        .collect();
     assert_eq!(curls.len(), 3, "{printed:#?}");
     let run = |line: &str| {
         let out = Command::new("bash")
@@ -291,7 +420,10 @@ async fn the_demo_prints_curl_lines_that_do_what_they_say() {
     };
     let (code, body) = run(curls[0]);
     assert_eq!(code, "200", "{body}");
-    assert!(body.contains("\"invoices\"") && body.contains("\"client_token_forwarded\":false"), "{body}");
+    assert!(
+        body.contains("\"invoices\"") && body.contains("\"client_token_forwarded\":false"),
+        "{body}"
+    );
     let (code, body) = run(curls[1]);
     assert_eq!(code, "403", "{body}");
     let (code, body) = run(curls[2]);
@@ -300,9 +432,16 @@ async fn the_demo_prints_curl_lines_that_do_what_they_say() {
     // The printed CLI lines work too (with the built binary in place of `cargo run`).
     let list_line = printed.iter().find(|l| l.contains("token list")).unwrap();
     let list = list_line.trim().replace("cargo run --release --", BIN);
-    let out = Command::new("bash").args(["-c", &list]).current_dir(tmp.path()).output().unwrap();
+    let out = Command::new("bash")
+        .args(["-c", &list])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
     let table = String::from_utf8(out.stdout).unwrap();
-    assert!(table.contains("demo-user") && table.contains("GET /invoices/"), "{table}");
+    assert!(
+        table.contains("demo-user") && table.contains("GET /invoices/"),
+        "{table}"
+    );
 
     let status = interrupt(&mut demo);
     assert!(status.success(), "{status}");
@@ -318,13 +457,19 @@ fn cli_errors_are_clear_and_print_nothing_on_stdout() {
     let out = keyway(dir, &["token", "list"], None);
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("--config") && err.contains("--admin-url"), "{err}");
+    assert!(
+        err.contains("--config") && err.contains("--admin-url"),
+        "{err}"
+    );
 
     std::fs::write(dir.join("bad.toml"), "[services.billing]\nprotocol = \"http\"\nlisten = \"x\"\nupstream = \"http://127.0.0.1:1\"\nmax_tll = \"1h\"\n").unwrap();
     let out = keyway(dir, &["gateway", "--config", "bad.toml"], None);
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("bad.toml is not valid") && err.contains("services.billing.max_tll"), "{err}");
+    assert!(
+        err.contains("bad.toml is not valid") && err.contains("services.billing.max_tll"),
+        "{err}"
+    );
 
     let out = keyway(dir, &["--help"], None);
     let help = String::from_utf8(out.stdout).unwrap();
@@ -333,7 +478,10 @@ fn cli_errors_are_clear_and_print_nothing_on_stdout() {
     }
     let out = keyway(dir, &["token", "issue", "--help"], None);
     let help = String::from_utf8(out.stdout).unwrap();
-    assert!(help.contains("alone on stdout") && help.contains("--ttl"), "{help}");
+    assert!(
+        help.contains("alone on stdout") && help.contains("--ttl"),
+        "{help}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -358,18 +506,43 @@ async fn issuing_above_max_ttl_fails_with_a_clear_message() {
     wait_for_port(admin_port);
     let out = keyway(
         dir,
-        &["token", "issue", "--service", "billing", "--principal", "a", "--ttl", "2h", "--config", "keyway.toml"],
+        &[
+            "token",
+            "issue",
+            "--service",
+            "billing",
+            "--principal",
+            "a",
+            "--ttl",
+            "2h",
+            "--config",
+            "keyway.toml",
+        ],
         None,
     );
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("requested TTL of 2h is above the maximum of 1h for service `billing`"), "{err}");
+    assert!(
+        err.contains("requested TTL of 2h is above the maximum of 1h for service `billing`"),
+        "{err}"
+    );
     let out = keyway(
         dir,
-        &["token", "issue", "--service", "nope", "--principal", "a", "--config", "keyway.toml"],
+        &[
+            "token",
+            "issue",
+            "--service",
+            "nope",
+            "--principal",
+            "a",
+            "--config",
+            "keyway.toml",
+        ],
         None,
     );
-    assert!(String::from_utf8(out.stderr).unwrap().contains("unknown service `nope`"));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("unknown service `nope`"));
     assert!(interrupt(&mut gateway).success());
 }
