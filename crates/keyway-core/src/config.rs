@@ -184,7 +184,10 @@ impl Config {
                 format!("`{path}`: ")
             };
             ConfigError {
-                problems: vec![format!("{line}{at}{}", inner.message().trim())],
+                problems: vec![format!(
+                    "{line}{at}{}",
+                    without_values(inner.message().trim())
+                )],
             }
         })?;
         raw.check(base_dir)
@@ -445,6 +448,22 @@ fn check_http_upstream(s: &str, key: &str, p: &mut Problems) -> Option<HttpUpstr
         authority,
         base_path,
     })
+}
+
+/// serde's messages quote the offending value (`invalid type: string "sk_live_…",
+/// expected …`); a config file is where secrets get pasted by mistake, so keep only
+/// what was expected.
+fn without_values(msg: &str) -> String {
+    if msg.starts_with("invalid type")
+        || msg.starts_with("invalid value")
+        || msg.starts_with("invalid length")
+    {
+        return match msg.rsplit_once(", expected ") {
+            Some((_, expected)) => format!("wrong type or value here; expected {expected}"),
+            None => "wrong type or value here".to_owned(),
+        };
+    }
+    msg.to_owned()
 }
 
 fn is_reserved_header(h: &HeaderName) -> bool {

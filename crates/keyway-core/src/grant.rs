@@ -31,7 +31,8 @@ pub enum DenyReason {
     BadPath,
     SourceNotAllowed,
     RateLimited,
-    TokenInQuery,
+    TokenInUrl,
+    MethodNotAllowed,
     AuditUnavailable,
     UpstreamCredentialMissing,
 }
@@ -128,7 +129,8 @@ impl DenyReason {
             DenyReason::BadPath => "bad_path",
             DenyReason::SourceNotAllowed => "source_not_allowed",
             DenyReason::RateLimited => "rate_limited",
-            DenyReason::TokenInQuery => "token_in_query",
+            DenyReason::TokenInUrl => "token_in_url",
+            DenyReason::MethodNotAllowed => "method_not_allowed",
             DenyReason::AuditUnavailable => "audit_unavailable",
             DenyReason::UpstreamCredentialMissing => "upstream_credential_missing",
         }
@@ -144,13 +146,14 @@ impl DenyReason {
             | DenyReason::WrongSecret
             | DenyReason::Expired
             | DenyReason::Revoked
-            | DenyReason::TokenInQuery => 401,
+            | DenyReason::TokenInUrl => 401,
             DenyReason::WrongKind
             | DenyReason::WrongService
             | DenyReason::MethodNotGranted
             | DenyReason::PathNotGranted
             | DenyReason::SourceNotAllowed => 403,
             DenyReason::BadPath => 400,
+            DenyReason::MethodNotAllowed => 405,
             DenyReason::RateLimited => 429,
             DenyReason::AuditUnavailable | DenyReason::UpstreamCredentialMissing => 503,
         }

@@ -7,9 +7,10 @@
 //!
 //! Refused outright: a `..` that would climb above the root; a NUL, a backslash (some
 //! servers treat it as `/`) or its encoding; a malformed percent-encoding; a segment
-//! like `..;x` that Java servers resolve as `..`. An encoded slash (`%2f`) is refused
-//! only where the grant restricts paths, since it would let the upstream see a
-//! different segment structure than the grant did.
+//! like `..;x` that Java servers resolve as `..`. Where the grant restricts paths, an
+//! encoded slash (`%2f`) and an encoded percent sign (`%25`, double encoding) are
+//! refused too: an upstream that decodes them would see a different path than the
+//! grant did. Where it does not, they pass through as they are.
 
 /// The longest path accepted, in bytes.
 pub const MAX_PATH_LEN: usize = 8 * 1024;
@@ -30,17 +31,20 @@ pub enum PathError {
     EscapesRoot,
     #[error("the path has a dot segment with parameters")]
     DotParameters,
+    #[error("the path contains an encoded percent sign")]
+    DoubleEncoding,
 }
 
-/// Normalises an origin-form request path (no query). See the module docs.
-pub fn normalize(raw: &str, allow_encoded_slash: bool) -> Result<String, PathError> {
+/// Normalises an origin-form request path (no query). `unrestricted` is true where no
+/// path prefix is enforced; see the module docs.
+pub fn normalize(raw: &str, unrestricted: bool) -> Result<String, PathError> {
     if raw.len() > MAX_PATH_LEN {
         return Err(PathError::TooLong);
     }
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
-    let decoded = decode_unreserved(raw, allow_encoded_slash)?;
+    let decoded = decode_unreserved(raw, unrestricted)?;
 
     let mut segments: Vec<&str> = Vec::new();
     let raw_segments: Vec<&str> = decoded[1..].split('/').collect();
@@ -89,7 +93,30 @@ pub fn under_prefix(path: &str, prefix: &str) -> bool {
     }
 }
 
-fn decode_unreserved(raw: &str, allow_encoded_slash: bool) -> Result<String, PathError> {
+/// Decodes every percent-encoding it can, leaving the rest as is: for looking into
+/// text (a token hidden as `kwat%5F…`), never for deciding on a path.
+pub fn percent_decode_lossy(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains('%') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if let Some(v) = b.get(i + 1..i + 3).and_then(hex_pair) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn decode_unreserved(raw: &str, unrestricted: bool) -> Result<String, PathError> {
     let b = raw.as_bytes();
     let mut out = String::with_capacity(b.len());
     let mut i = 0;
@@ -99,8 +126,9 @@ fn decode_unreserved(raw: &str, allow_encoded_slash: bool) -> Result<String, Pat
             let hex = b.get(i + 1..i + 3).ok_or(PathError::BadEncoding)?;
             let v = hex_pair(hex).ok_or(PathError::BadEncoding)?;
             match v {
-                b'/' if allow_encoded_slash => out.push_str("%2F"),
+                b'/' if unrestricted => out.push_str("%2F"),
                 b'/' => return Err(PathError::EncodedSlash),
+                b'%' if !unrestricted => return Err(PathError::DoubleEncoding),
                 b'\\' | 0 => return Err(PathError::Forbidden),
                 v if is_unreserved(v) => out.push(v as char),
                 v => {
@@ -127,7 +155,7 @@ const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 fn hex_pair(h: &[u8]) -> Option<u8> {
     let d = |c: u8| (c as char).to_digit(16).map(|v| v as u8);
-    Some(d(h[0])? << 4 | d(h[1])?)
+    Some(d(*h.first()?)? << 4 | d(*h.get(1)?)?)
 }
 
 fn is_unreserved(c: u8) -> bool {
@@ -189,6 +217,17 @@ mod tests {
         assert_eq!(n("/invoices/..;/admin"), Err(PathError::DotParameters));
         assert_eq!(n("a"), Err(PathError::NotAbsolute));
         assert_eq!(normalize("/a%2fb", true).as_deref(), Ok("/a%2Fb"));
+        assert_eq!(
+            n("/invoices/%252e%252e/admin"),
+            Err(PathError::DoubleEncoding)
+        );
+        assert_eq!(normalize("/a%25b", true).as_deref(), Ok("/a%25b"));
+    }
+
+    #[test]
+    fn lossy_decoding_for_scanning() {
+        assert_eq!(percent_decode_lossy("a%5Fb%zz%"), "a_b%zz%");
+        assert_eq!(percent_decode_lossy("plain"), "plain");
     }
 
     #[test]

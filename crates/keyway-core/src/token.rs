@@ -327,12 +327,10 @@ pub fn find_tokens(text: &str) -> Vec<Found> {
         if b[i] == b'k' && b[i + 1] == b'w' {
             let candidate = &b[i..i + TOKEN_LEN];
             // Token characters are ASCII, so a candidate with a non-ASCII byte is not
-            // one, and slicing `text` below stays on character boundaries.
-            let boundary_before = i == 0 || !b[i - 1].is_ascii_alphanumeric();
-            let boundary_after = b
-                .get(i + TOKEN_LEN)
-                .is_none_or(|c| !c.is_ascii_alphanumeric());
-            if boundary_before && boundary_after && candidate.is_ascii() {
+            // one, and slicing `text` below stays on character boundaries. No word
+            // boundary is required: a token glued to other text (`/xkwat_…`) is still
+            // a token, and the checksum keeps noise out.
+            if candidate.is_ascii() {
                 let s = &text[i..i + TOKEN_LEN];
                 let shaped = match PresentedToken::parse(s) {
                     Ok(t) => Some((t.kind(), t.id().to_owned(), true)),

@@ -54,8 +54,8 @@ pub struct TokenInfo {
     pub last_used_at: Option<String>,
 }
 
-/// The answer to `POST /v1/tokens`.
-#[derive(Debug, Serialize, Deserialize)]
+/// The answer to `POST /v1/tokens`. Its `Debug` leaves the token out.
+#[derive(Serialize, Deserialize)]
 pub struct Issued {
     pub token: String,
     #[serde(flatten)]
@@ -80,6 +80,15 @@ pub fn router(gw: Gw) -> Router {
         .route("/v1/audit", get(audit))
         .fallback(|_: Admin| async { error(StatusCode::NOT_FOUND, "no such admin call") })
         .with_state(gw)
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("token", &"***")
+            .field("info", &self.info)
+            .finish()
+    }
 }
 
 // === impl Admin ===
@@ -135,7 +144,7 @@ impl TokenInfo {
         last_used: Option<UnixMillis>,
         now: UnixMillis,
     ) -> Self {
-        let state = if revoked_at.is_some_and(|t| t <= now) {
+        let state = if revoked_at.is_some() {
             "revoked"
         } else if now >= r.expires_at {
             "expired"
@@ -242,13 +251,12 @@ async fn revoke_token(admin: Admin, State(gw): State<Gw>, Path(id): Path<String>
             Json(TokenInfo::new(&record, record.revoked_at, last, gw.now())).into_response()
         }
         Ok(None) => error(StatusCode::NOT_FOUND, "no token with that id"),
-        Err(e) => {
-            tracing::error!(error = %e, "could not revoke a token");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the store failed; see the gateway log",
-            )
-        }
+        // Logged by `revoke`, which also cut the token's use in this process.
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the token is revoked in the running gateway, but the store failed to record it \
+             (it would come back after a restart); see the gateway log and revoke again",
+        ),
     }
 }
 

@@ -78,9 +78,11 @@ impl AuditSink {
         }
     }
 
-    /// Records an event that gates nothing (a denial); counted when it cannot be queued.
+    /// Records an event that gates nothing (a denial); counted when it cannot be
+    /// queued. Denials may use only half the queue, so that a flood of unauthenticated
+    /// requests cannot take the room allowed requests need under `fail_closed`.
     pub fn record(&self, event: AuditEvent) {
-        if self.tx.try_send(event).is_err() {
+        if self.tx.capacity() <= self.tx.max_capacity() / 2 || self.tx.try_send(event).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("audit queue full; an event was dropped and counted");
         }

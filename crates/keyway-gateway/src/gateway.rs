@@ -266,8 +266,10 @@ impl Gateway {
         Ok((token, record))
     }
 
-    /// Revokes a token, and audits it: the store first, then the index (which cuts
-    /// live streams). `reason` is recorded when the gateway revokes on its own.
+    /// Revokes a token, and audits it. The index first, so the token stops working and
+    /// its live streams end at once whatever the store does; then the store, retried,
+    /// so the revocation survives a restart. `reason` is recorded when the gateway
+    /// revokes on its own.
     pub async fn revoke(
         &self,
         id: &str,
@@ -275,14 +277,30 @@ impl Gateway {
         reason: Option<&str>,
     ) -> Result<Option<TokenRecord>, StoreError> {
         let now = self.now();
-        let Some(record) = self.store.revoke_token(id, now).await? else {
+        let in_memory = self.index.revoke(id, now).is_some();
+        let mut attempt = 0;
+        let record = loop {
+            match self.store.revoke_token(id, now).await {
+                Ok(r) => break r,
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, token_id = id, attempt, "could not record a revocation; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        token_id = id,
+                        in_memory,
+                        "a revocation holds in this process but is not in the store"
+                    );
+                    return Err(e);
+                }
+            }
+        };
+        let Some(record) = record else {
             return Ok(None);
         };
-        let at = record.revoked_at.unwrap_or(now);
-        if self.index.revoke(id, at).is_none() {
-            // Pruned from the index (long expired): nothing live to cut.
-            tracing::debug!(token_id = id, "revoked a token that was not in the index");
-        }
         let mut ev = self.event("token.revoked");
         ev.token_id = Some(record.id.clone());
         ev.principal = Some(record.principal.clone());

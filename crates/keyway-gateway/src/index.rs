@@ -7,7 +7,7 @@
 //! fires it, and every live stream opened with the token ends.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use keyway_core::{DenyReason, Grant, Pepper, PresentedToken, TokenKind, UnixMillis};
@@ -20,6 +20,9 @@ const NOT_REVOKED: i64 = i64::MAX;
 #[derive(Debug)]
 pub struct Entry {
     pub record: TokenRecord,
+    /// A flag, not a time compared with the clock: a clock stepped back must not
+    /// bring a revoked token back.
+    revoked: AtomicBool,
     revoked_at: AtomicI64,
     last_used: AtomicI64,
     /// Fired when the token is revoked; live streams opened with it watch this.
@@ -48,6 +51,7 @@ impl Entry {
         let revoked_at = record.revoked_at.unwrap_or(NOT_REVOKED);
         let last_used = record.last_used_at.unwrap_or(0);
         Self {
+            revoked: AtomicBool::new(record.revoked_at.is_some()),
             record,
             revoked_at: AtomicI64::new(revoked_at),
             last_used: AtomicI64::new(last_used),
@@ -63,9 +67,8 @@ impl Entry {
         self.record.grant.as_ref()
     }
 
-    /// Whether the token is revoked as of `now`.
-    pub fn revoked(&self, now: UnixMillis) -> bool {
-        self.revoked_at.load(Ordering::Acquire) <= now
+    pub fn revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
     }
 
     pub fn revoked_at(&self) -> Option<UnixMillis> {
@@ -84,7 +87,7 @@ impl Entry {
 
     /// Validity at `now`: not revoked, not expired (valid strictly before `expires_at`).
     pub fn check_live(&self, now: UnixMillis) -> Result<(), DenyReason> {
-        if self.revoked(now) {
+        if self.revoked() {
             return Err(DenyReason::Revoked);
         }
         if now >= self.record.expires_at {
@@ -99,6 +102,7 @@ impl Entry {
 
     fn revoke(&self, at: UnixMillis) {
         self.revoked_at.fetch_min(at, Ordering::AcqRel);
+        self.revoked.store(true, Ordering::Release);
         self.cancel.cancel();
     }
 }

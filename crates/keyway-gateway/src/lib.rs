@@ -9,6 +9,7 @@
 //! - [`proxy`]: the data plane, one module per protocol (`proxy::http`).
 //! - [`admin`]: the admin API (axum), always authenticated.
 //! - [`audit`]: the bounded, batched audit writer (`fail_closed` by default).
+//! - [`listener`]: accepting HTTP/1 connections with bounds, for every listener.
 //!
 //! [`run`] takes bound listeners and a shutdown signal, so tests bind port 0.
 
@@ -18,6 +19,7 @@ pub mod admin;
 pub mod audit;
 pub mod gateway;
 pub mod index;
+pub mod listener;
 pub mod proxy;
 
 use std::collections::BTreeMap;

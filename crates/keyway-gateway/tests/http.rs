@@ -44,7 +44,11 @@ async fn a_token_works_only_on_its_own_service() {
         "nonsense",
         "kwat_short",
         &token[..token.len() - 1],
-        &format!("{}x", &token[..token.len() - 1]),
+        &format!(
+            "{}{}",
+            &token[..token.len() - 1],
+            if token.ends_with('x') { 'y' } else { 'x' }
+        ),
     ] {
         let r = send(gw.addr("billing"), "GET", "/", Some(bad)).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{bad}");
@@ -197,6 +201,10 @@ async fn ttl_above_the_maximum_is_refused_at_issue() {
     assert!(issue("0s").await.unwrap_err().contains("zero"));
     assert!(issue("never").await.unwrap_err().contains("not a duration"));
     assert!(issue("100y")
+        .await
+        .unwrap_err()
+        .contains("longer than 10 years"));
+    assert!(issue("90m")
         .await
         .unwrap_err()
         .contains("above the maximum"));
@@ -422,7 +430,11 @@ async fn bodies_stream_both_ways_and_hop_by_hop_headers_are_removed() {
             ("x-hop", "must not pass"),
             ("keep-alive", "timeout=5"),
             ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-real-ip", "10.0.0.1"),
             ("forwarded", "for=6.6.6.6"),
+            ("x-http-method-override", "DELETE"),
+            ("x-original-url", "/admin"),
             ("x-end-to-end", "passes"),
         ],
         big.clone(),
@@ -434,7 +446,18 @@ async fn bodies_stream_both_ways_and_hop_by_hop_headers_are_removed() {
     assert_eq!(seen.body_len, big.len());
     assert!(seen.headers.get("x-hop").is_none());
     assert!(seen.headers.get("keep-alive").is_none());
-    assert!(seen.headers.get("forwarded").is_none());
+    for claim in [
+        "forwarded",
+        "x-forwarded-host",
+        "x-real-ip",
+        "x-http-method-override",
+        "x-original-url",
+    ] {
+        assert!(
+            seen.headers.get(claim).is_none(),
+            "{claim} reached the upstream"
+        );
+    }
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
     assert_eq!(seen.headers["x-end-to-end"], "passes");
@@ -549,39 +572,91 @@ async fn oversized_headers_ambiguous_framing_and_slow_headers_are_refused() {
 }
 
 #[tokio::test]
-async fn a_token_in_a_query_string_is_refused_and_revoked() {
+async fn a_token_in_a_url_is_refused_and_revoked() {
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&config(&[(
+        "billing",
+        &svc(&up, "allow_cidrs = [\"10.0.0.0/8\"]"),
+    )]))
+    .await;
+    let a = gw.addr("billing");
+    let mut leaks = Vec::new();
+    for shape in ["query", "path", "encoded"] {
+        let (token, id, _) = gw.issue("billing", &[], &[], "15m").await;
+        let url = match shape {
+            "query" => format!("/x?access_token={token}"),
+            "path" => format!("/tokens/x{token}"),
+            _ => format!("/x?t={}", token.replace('_', "%5F")),
+        };
+        // Even from a source outside allow_cidrs, and even without the token in the
+        // Authorization header: the token is public now.
+        let r = send(a, "GET", &url, None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{shape}");
+        assert!(
+            gw.gw.token(&id).unwrap().revoked(),
+            "{shape}: revoked at once"
+        );
+        leaks.push((token, id));
+    }
+    let events = gw.audit().await;
+    for (token, id) in &leaks {
+        assert!(
+            events.iter().any(|e| e.event.kind == "token.revoked"
+                && e.event.reason.as_deref() == Some("exposed_in_url")
+                && e.event.token_id.as_deref() == Some(id.as_str())),
+            "{id}"
+        );
+        let all =
+            serde_json::to_string(&events.iter().map(|e| &e.event).collect::<Vec<_>>()).unwrap();
+        assert!(
+            !all.contains(&token[22..]),
+            "the audit log holds a leaked token"
+        );
+    }
+    assert!(up.seen().is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn trace_is_refused_so_the_injected_credential_cannot_be_echoed() {
+    let up = Upstream::start().await;
+    let extra = "upstream_auth = { header = \"X-Api-Key\", secret = \"k\" }";
+    let gw = TestGateway::start(&config(&[("billing", &svc(&up, extra))])).await;
+    gw.set_secret("k", "value").await;
+    let (token, _, _) = gw.issue("billing", &[], &[], "15m").await;
+    for m in ["TRACE", "TRACK"] {
+        assert_eq!(
+            send(gw.addr("billing"), m, "/", Some(&token)).await.status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+    assert!(up.seen().is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn expiry_ends_a_live_stream() {
     let up = Upstream::start().await;
     let gw = TestGateway::start(&config(&[("billing", &svc(&up, ""))])).await;
-    let (token, id, _) = gw.issue("billing", &[], &[], "15m").await;
-    let r = send(
-        gw.addr("billing"),
-        "GET",
-        &format!("/x?access_token={token}"),
-        Some(&token),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    // Revocation runs beside the response; it lands promptly.
-    let mut revoked = false;
-    for _ in 0..50 {
-        if gw.gw.token(&id).unwrap().revoked_at().is_some() {
-            revoked = true;
-            break;
+    let (token, _, _) = gw.issue("billing", &[], &[], "1s").await;
+    let mut conn = Conn::open(gw.addr("billing")).await;
+    let resp = conn
+        .request("GET", "/stream", Some(&token), &[], Bytes::new())
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let started = std::time::Instant::now();
+    let mut body = resp.into_body();
+    use http_body_util::BodyExt;
+    let mut frames = 0;
+    let ended = tokio::time::timeout(Duration::from_secs(4), async {
+        while let Some(Ok(_)) = body.frame().await {
+            frames += 1;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(revoked);
-    assert_eq!(
-        send(gw.addr("billing"), "GET", "/x", Some(&token))
-            .await
-            .status,
-        StatusCode::UNAUTHORIZED
-    );
-    let events = gw.audit().await;
-    assert!(events.iter().any(|e| e.event.kind == "token.revoked"
-        && e.event.reason.as_deref() == Some("exposed_in_query_string")
-        && e.event.token_id.as_deref() == Some(id.as_str())));
-    assert!(up.seen().is_empty());
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its token");
+    assert!(frames > 5, "the stream ran until expiry ({frames} frames)");
+    assert!(started.elapsed() < Duration::from_millis(1500));
     gw.stop().await;
 }
 

@@ -69,6 +69,24 @@ fn errors_never_repeat_the_file() {
 }
 
 #[test]
+fn type_errors_do_not_quote_the_value() {
+    let text = CONTRACT.replace(
+        "upstream_auth = { header = \"X-Api-Key\", secret = \"billing-key\" }",
+        "upstream_auth = \"sk_live_pasted_by_mistake\"",
+    );
+    let e = parse(&text).unwrap_err().to_string();
+    assert!(!e.contains("sk_live"), "{e}");
+    assert!(
+        e.contains("services.billing.upstream_auth") && e.contains("expected"),
+        "{e}"
+    );
+    let e = parse(&CONTRACT.replace("\"1h\"", "\"sk_live_zzz\""))
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains("sk_live"), "{e}");
+}
+
+#[test]
 fn every_problem_is_reported() {
     let text = CONTRACT
         .replace("max_ttl = \"1h\"", "max_ttl = \"48h\"")

@@ -1,13 +1,16 @@
 //! The HTTP reverse proxy of one service.
 //!
-//! hyper parses (and refuses ambiguous framing: differing `Content-Length`s are a 400;
-//! with `Transfer-Encoding` the chunked framing wins and the connection closes after
-//! the answer, RFC 9112 §6.3); Keyway decides. Each request on a connection is decided on its own:
-//! source address, token (never from the query string), service, normalised path and
-//! method, rate limit, audit capacity; then it is forwarded with the normalised path,
-//! without the client's token or hop-by-hop headers, with the upstream credential
-//! injected, over a pooled keep-alive connection. Bodies stream both ways. A response
-//! body stops the moment its token is revoked.
+//! hyper parses; Keyway decides. hyper refuses ambiguous framing (differing
+//! `Content-Length`s are a 400; with `Transfer-Encoding` the chunked framing wins and
+//! the connection closes after the answer, RFC 9112 §6.3) and bounds the header block
+//! in size and time. Each request on a connection is then decided on its own: a token
+//! leaked into the URL (refused and revoked), the method (no TRACE), the source
+//! address, the token, the service, the normalised path and the method against the
+//! grant, the rate limit, room in the audit queue. An allowed request is forwarded with
+//! the normalised path, without the client's token, hop-by-hop headers or forwarding
+//! claims, with the upstream credential injected, over a pooled keep-alive
+//! connection. Bodies stream both ways; a response body stops the moment its token is
+//! revoked or expires.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,22 +30,21 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use keyway_core::config::{HttpService, Service, ServiceKind};
+use keyway_core::path::percent_decode_lossy;
 use keyway_core::token::{find_tokens, redact, TOKEN_LEN};
 use keyway_core::{path, DenyReason, TokenKind};
 use keyway_store::AuditEvent;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::gateway::Gateway;
 use crate::index::{Entry, Refusal};
+use crate::listener::{serve_http1, Limits};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every response the proxy sends.
@@ -50,8 +52,6 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Connections one service listener holds at most; more are refused at accept.
 const MAX_CONNECTIONS: usize = 10_000;
-/// How long shutdown waits for in-flight requests.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The proxy of one HTTP service.
 pub struct HttpProxy {
@@ -62,16 +62,22 @@ pub struct HttpProxy {
     limiter: Option<DefaultKeyedRateLimiter<String>>,
 }
 
-/// A response body that ends with an error when its token is revoked.
+/// A response body that ends with an error when its token is revoked or expires.
 struct Cancellable {
     inner: Incoming,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    expires: Pin<Box<tokio::time::Sleep>>,
 }
 
 /// The error a revoked stream ends with.
 #[derive(Debug, thiserror::Error)]
 #[error("the token of this stream was revoked")]
 struct Revoked;
+
+/// The error a stream ends with when its token expires.
+#[derive(Debug, thiserror::Error)]
+#[error("the token of this stream expired")]
+struct Expired;
 
 // === impl HttpProxy ===
 
@@ -109,60 +115,32 @@ impl HttpProxy {
     /// Accepts connections on `listener` until `shutdown` fires, then waits (bounded)
     /// for in-flight requests to finish.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.http.header_timeout)
-            .max_buf_size(self.http.max_header_bytes)
-            .max_headers(self.http.max_headers)
-            .keep_alive(true);
-        let graceful = GracefulShutdown::new();
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            let (stream, peer) = tokio::select! {
-                () = shutdown.cancelled() => break,
-                _ = tick.tick() => {
-                    if let Some(l) = &self.limiter {
+        if let Some(this) = self.limiter.is_some().then(|| self.clone()) {
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                while tokio::select! { () = stop.cancelled() => false, _ = tick.tick() => true } {
+                    if let Some(l) = &this.limiter {
                         l.retain_recent();
                     }
-                    continue;
                 }
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait, do not spin.
-                        tracing::warn!(service = %self.svc.name, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                tracing::warn!(service = %self.svc.name, "connection limit reached; refusing a connection");
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
+            });
+        }
+        let limits = Limits {
+            max_connections: MAX_CONNECTIONS,
+            header_timeout: self.http.header_timeout,
+            max_header_bytes: self.http.max_header_bytes,
+            max_headers: self.http.max_headers,
+        };
+        let name = self.svc.name.clone();
+        serve_http1(&name, listener, limits, shutdown, |peer| {
             let this = self.clone();
-            let svc = service_fn(move |req| {
+            service_fn(move |req| {
                 let this = this.clone();
                 async move { Ok::<_, Infallible>(this.handle(peer, req).await) }
-            });
-            let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                drop(permit);
-            });
-        }
-        drop(listener);
-        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!(service = %self.svc.name, "connections still open after the drain timeout; closing them");
-        }
+            })
+        })
+        .await;
     }
 
     /// Decides one request and, if allowed, forwards it.
@@ -241,21 +219,23 @@ impl HttpProxy {
     ) -> Result<(Arc<Entry>, String), (DenyReason, Option<Duration>)> {
         let gw = &*self.gw;
         let raw_path = req.uri().path();
-        detail.insert(
-            "path".into(),
-            redact(&raw_path.chars().take(512).collect::<String>())
-                .into_owned()
-                .into(),
-        );
+        // Audited as sent, but decoded and redacted: a token hidden in the path (even
+        // as `kwat%5F…`) must not reach the log through the audit event.
+        let shown = percent_decode_lossy(&raw_path[..raw_path.len().min(512)]).into_owned();
+        detail.insert("path".into(), redact(&shown).into_owned().into());
+        // First, so that a token leaked into a URL is revoked whoever sent it.
+        if self.refuse_token_in_url(req.uri(), ev) {
+            return Err((DenyReason::TokenInUrl, None));
+        }
+        // TRACE echoes the request, injected credential included; CONNECT and TRACK
+        // have no business on a reverse proxy.
+        if matches!(req.method().as_str(), "TRACE" | "TRACK" | "CONNECT") {
+            return Err((DenyReason::MethodNotAllowed, None));
+        }
         if !self.svc.allow_cidrs.is_empty()
             && !self.svc.allow_cidrs.iter().any(|n| n.contains(&source))
         {
             return Err((DenyReason::SourceNotAllowed, None));
-        }
-        if let Some(q) = req.uri().query() {
-            if self.refuse_token_in_query(q, ev) {
-                return Err((DenyReason::TokenInQuery, None));
-            }
         }
         let Some(text) = bearer(req.headers()) else {
             return Err((DenyReason::NoToken, None));
@@ -301,11 +281,19 @@ impl HttpProxy {
         Ok((entry, path))
     }
 
-    /// A token in a query string has already leaked into access logs: refuse the
-    /// request and revoke the token (only when it is a real one, so that nobody can
-    /// revoke other people's tokens by their public id).
-    fn refuse_token_in_query(&self, query: &str, ev: &mut AuditEvent) -> bool {
-        let found: Vec<_> = find_tokens(query)
+    /// A token in a URL has already leaked into access logs: refuse the request and
+    /// revoke the token at once (only when it is a real one, so that nobody can revoke
+    /// other people's tokens by their public id). The URL is decoded first, so
+    /// `kwat%5F…` is caught too.
+    fn refuse_token_in_url(&self, uri: &Uri, ev: &mut AuditEvent) -> bool {
+        let Some(target) = uri.path_and_query().map(|pq| pq.as_str()) else {
+            return false;
+        };
+        if !target.contains("kw") && !target.contains('%') {
+            return false;
+        }
+        let target = percent_decode_lossy(target);
+        let found: Vec<_> = find_tokens(&target)
             .into_iter()
             .filter(|f| f.checksum_ok)
             .collect();
@@ -313,29 +301,28 @@ impl HttpProxy {
             return false;
         };
         ev.token_id = Some(first.id.clone());
+        let gw = &self.gw;
         for f in &found {
-            let text = &query[f.start..f.start + TOKEN_LEN];
-            let gw = self.gw.clone();
-            let live = gw
+            let text = &target[f.start..f.start + TOKEN_LEN];
+            if gw
                 .index
                 .authenticate(text, &gw.pepper, f.kind, gw.now())
-                .is_ok();
-            if live {
-                let id = f.id.clone();
-                tokio::spawn(async move {
-                    match gw
-                        .revoke(&id, "gateway", Some("exposed_in_query_string"))
-                        .await
-                    {
-                        Ok(_) => {
-                            tracing::warn!(token_id = %id, "revoked a token sent in a query string")
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, token_id = %id, "could not revoke a token exposed in a query string")
-                        }
-                    }
-                });
+                .is_err()
+            {
+                continue;
             }
+            // In memory now; in the store (and the audit log) right after.
+            gw.index.revoke(&f.id, gw.now());
+            let (gw, id) = (gw.clone(), f.id.clone());
+            tokio::spawn(async move {
+                if gw
+                    .revoke(&id, "gateway", Some("exposed_in_url"))
+                    .await
+                    .is_ok()
+                {
+                    tracing::warn!(token_id = %id, "revoked a token sent in a URL");
+                }
+            });
         }
         true
     }
@@ -364,10 +351,9 @@ impl HttpProxy {
         parts.version = Version::HTTP_11;
 
         let h = &mut parts.headers;
-        let original_host = h.remove(header::HOST);
         strip_hop_by_hop(h);
+        strip_client_claims(h);
         h.remove(header::AUTHORIZATION);
-        h.remove(header::FORWARDED);
         if let Some(auth) = &self.http.upstream_auth {
             // Checked in `decide`; a secret removed since then fails closed here.
             let value = self
@@ -383,19 +369,17 @@ impl HttpProxy {
             h.insert(X_FORWARDED_FOR, v);
         }
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        match original_host {
-            Some(host) => h.insert(X_FORWARDED_HOST, host),
-            None => h.remove(X_FORWARDED_HOST),
-        };
         Ok(Request::from_parts(parts, body))
     }
 
     fn downstream_response(&self, resp: Response<Incoming>, entry: &Entry) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        let left = entry.record.expires_at.saturating_sub(self.gw.now()).max(0);
         let body = Cancellable {
             inner: body,
             cancelled: Box::pin(entry.cancel.clone().cancelled_owned()),
+            expires: Box::pin(tokio::time::sleep(Duration::from_millis(left as u64))),
         };
         Response::from_parts(parts, UnsyncBoxBody::new(body))
     }
@@ -420,6 +404,7 @@ impl HttpProxy {
             StatusCode::FORBIDDEN => "forbidden\n",
             StatusCode::TOO_MANY_REQUESTS => "too many requests\n",
             StatusCode::BAD_REQUEST => "bad request\n",
+            StatusCode::METHOD_NOT_ALLOWED => "method not allowed\n",
             _ => "service unavailable\n",
         };
         let mut resp = plain(status, body);
@@ -446,7 +431,6 @@ impl HttpProxy {
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// The token of an `Authorization: Bearer …` header.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -458,6 +442,39 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     let s = value.to_str().ok()?;
     let (scheme, token) = s.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Removes what a client could claim that the upstream might trust: where the request
+/// came from (`X-Forwarded-*`, `X-Real-IP`, `Forwarded`, …; the gateway sets
+/// `X-Forwarded-For` and `-Proto` itself) and which method or URL it "really" is
+/// (`X-HTTP-Method-Override`, `X-Original-URL`, …), which would step around the grant.
+fn strip_client_claims(h: &mut HeaderMap) {
+    let forwarded: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-forwarded-"))
+        .cloned()
+        .collect();
+    for n in forwarded {
+        h.remove(n);
+    }
+    for n in [
+        "forwarded",
+        "x-real-ip",
+        "true-client-ip",
+        "x-client-ip",
+        "x-cluster-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-originating-ip",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-original-method",
+    ] {
+        h.remove(n);
+    }
 }
 
 /// Removes `Connection` and the headers it names, and the fixed hop-by-hop set.
@@ -514,6 +531,9 @@ impl Body for Cancellable {
         let this = self.get_mut();
         if this.cancelled.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Some(Err(Box::new(Revoked))));
+        }
+        if this.expires.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(Box::new(Expired))));
         }
         Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into)
     }
