@@ -13,6 +13,30 @@ pub struct Grant {
     pub paths: Vec<String>,
 }
 
+/// What a client credential may be exchanged for: for each service it names, the
+/// narrowest grant an access token can get; where it may be used from; how old it may
+/// grow.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CredentialScope {
+    pub grants: Vec<Grant>,
+    #[serde(default)]
+    pub cidrs: Vec<ipnet::IpNet>,
+    /// Milliseconds after issue when the credential stops being accepted.
+    pub max_age_ms: i64,
+}
+
+impl CredentialScope {
+    /// The grant for `service`, if the credential names it.
+    pub fn grant(&self, service: &str) -> Option<&Grant> {
+        self.grants.iter().find(|g| g.service == service)
+    }
+
+    /// Whether `source` may use the credential.
+    pub fn allows_source(&self, source: std::net::IpAddr) -> bool {
+        self.cidrs.is_empty() || self.cidrs.iter().any(|n| n.contains(&source))
+    }
+}
+
 /// Why a request was refused. The client sees only the status and a generic body;
 /// the reason goes to the audit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

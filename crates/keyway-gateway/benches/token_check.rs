@@ -32,6 +32,8 @@ fn bench(c: &mut Criterion) {
             expires_at: i64::MAX,
             revoked_at: None,
             last_used_at: None,
+            parent_id: None,
+            scope: None,
         });
     }
     let index = TokenIndex::load(records);

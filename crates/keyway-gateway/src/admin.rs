@@ -4,14 +4,17 @@
 //! |---|---|
 //! | `GET /v1/status` | version and services |
 //! | `POST /v1/tokens` | issue an access token (the response holds it, once) |
-//! | `GET /v1/tokens` | list tokens (never their secrets) |
+//! | `GET /v1/tokens?unused=30d` | list tokens (never their secrets), optionally only those unused for that long |
 //! | `POST /v1/tokens/{id}/revoke` | revoke a token; its live streams end |
+//! | `POST /v1/tokens/revoke` | revoke by `principal`, `service`, `issued_before` (all given must match) |
+//! | `POST /v1/tokens/{id}/rotate` | a successor (the response holds it, once); the old one lives `overlap` more |
 //! | `PUT /v1/secrets/{name}` | seal and store an upstream credential |
 //! | `GET /v1/secrets` | names of the credentials that are set |
 //! | `GET /v1/audit?after=N&limit=M` | audit events after sequence number N |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
@@ -28,7 +31,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::gateway::{Gateway, IssueError, IssueRequest, SecretError};
+use crate::gateway::{Gateway, IssueError, IssueRequest, RotateError, SecretError};
 
 type Gw = Arc<Gateway>;
 
@@ -74,7 +77,9 @@ pub fn router(gw: Gw) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/tokens", get(list_tokens).post(issue_token))
+        .route("/v1/tokens/revoke", post(revoke_matching))
         .route("/v1/tokens/{id}/revoke", post(revoke_token))
+        .route("/v1/tokens/{id}/rotate", post(rotate_token))
         .route("/v1/secrets", get(list_secrets))
         .route("/v1/secrets/{name}", put(set_secret))
         .route("/v1/audit", get(audit))
@@ -215,20 +220,21 @@ async fn issue_token(admin: Admin, State(gw): State<Gw>, body: Bytes) -> Respons
     }
 }
 
-async fn list_tokens(_: Admin, State(gw): State<Gw>) -> Response {
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    /// Only tokens not used (nor issued) within this long, like `30d`.
+    unused: Option<String>,
+}
+
+async fn list_tokens(_: Admin, State(gw): State<Gw>, Query(p): Query<ListParams>) -> Response {
     let now = gw.now();
-    let tokens: Vec<TokenInfo> = match gw.store.tokens().await {
-        Ok(records) => records
-            .iter()
-            .filter(|r| r.kind != TokenKind::Admin)
-            .map(|r| {
-                // The index is fresher than the store for last use.
-                let live = gw.token(&r.id);
-                let last = live.as_ref().and_then(|e| e.last_used()).or(r.last_used_at);
-                let revoked = live.as_ref().and_then(|e| e.revoked_at()).or(r.revoked_at);
-                TokenInfo::new(r, revoked, last, now)
-            })
-            .collect(),
+    let unused_since = match p.unused.as_deref().map(keyway_core::units::parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(now - keyway_core::clock::duration_ms(d)),
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("unused: {e}")),
+    };
+    let records = match gw.store.tokens().await {
+        Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "could not list tokens");
             return error(
@@ -237,19 +243,131 @@ async fn list_tokens(_: Admin, State(gw): State<Gw>) -> Response {
             );
         }
     };
+    let tokens: Vec<TokenInfo> = records
+        .iter()
+        .filter(|r| r.kind != TokenKind::Admin)
+        .filter_map(|r| {
+            let info = live_info(&gw, r, now);
+            let last = info.1.unwrap_or(r.created_at);
+            unused_since
+                .is_none_or(|since| last < since)
+                .then_some(info.0)
+        })
+        .collect();
     Json(tokens).into_response()
+}
+
+/// A token as listed, with the index's fresher last use and revocation; and the last
+/// use in milliseconds.
+fn live_info(gw: &Gateway, r: &TokenRecord, now: UnixMillis) -> (TokenInfo, Option<UnixMillis>) {
+    let live = gw.token(&r.id);
+    let last = live.as_ref().and_then(|e| e.last_used()).or(r.last_used_at);
+    let revoked = live.as_ref().and_then(|e| e.revoked_at()).or(r.revoked_at);
+    (TokenInfo::new(r, revoked, last, now), last)
+}
+
+async fn revoke_matching(admin: Admin, State(gw): State<Gw>, body: Bytes) -> Response {
+    #[derive(Deserialize)]
+    struct Body {
+        principal: Option<String>,
+        service: Option<String>,
+        /// RFC 3339.
+        issued_before: Option<String>,
+    }
+    let Ok(b) = serde_json::from_slice::<Body>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be JSON: {\"principal\": …, \"service\": …, \"issued_before\": \"2026-11-28T10:00:00Z\"}",
+        );
+    };
+    let issued_before = match b
+        .issued_before
+        .as_deref()
+        .map(keyway_core::clock::parse_time)
+    {
+        None => None,
+        Some(Some(t)) => Some(t),
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "issued_before is not an RFC 3339 time like 2026-11-28T10:00:00Z",
+            )
+        }
+    };
+    let filter = crate::gateway::RevokeFilter {
+        principal: b.principal,
+        service: b.service,
+        issued_before,
+    };
+    if filter.principal.is_none() && filter.service.is_none() && filter.issued_before.is_none() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "name at least one of principal, service, issued_before",
+        );
+    }
+    match gw.revoke_where(&filter, &admin.token_id).await {
+        Ok(records) => {
+            let now = gw.now();
+            let infos: Vec<TokenInfo> = records.iter().map(|r| live_info(&gw, r, now).0).collect();
+            Json(infos).into_response()
+        }
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the store failed part way; the tokens revoked so far are revoked; see the gateway log and run again",
+        ),
+    }
+}
+
+async fn rotate_token(
+    admin: Admin,
+    State(gw): State<Gw>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    #[derive(Deserialize)]
+    struct Body {
+        overlap: Option<String>,
+    }
+    let overlap = match serde_json::from_slice::<Body>(&body).map(|b| b.overlap) {
+        Ok(None) => Duration::from_secs(300),
+        Ok(Some(o)) if o.trim() == "0" || o.trim() == "0s" => Duration::ZERO,
+        Ok(Some(o)) => match keyway_core::units::parse_duration(&o) {
+            Ok(d) => d,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("overlap: {e}")),
+        },
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "body must be JSON: {\"overlap\": \"5m\"}",
+            )
+        }
+    };
+    match gw.rotate(&id, overlap, &admin.token_id).await {
+        Ok((token, record, until)) => {
+            let info = TokenInfo::new(&record, None, None, gw.now());
+            let token = secrecy::ExposeSecret::expose_secret(token.secret()).to_owned();
+            let body = json!({
+                "token": token,
+                "predecessor_expires_at": format_ms(until),
+                "info": info,
+            });
+            (StatusCode::CREATED, Json(body)).into_response()
+        }
+        Err(RotateError::Unknown) => error(StatusCode::NOT_FOUND, "no token with that id"),
+        Err(RotateError::Store(e)) => {
+            tracing::error!(error = %e, "could not rotate a token");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store failed; see the gateway log",
+            )
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
 }
 
 async fn revoke_token(admin: Admin, State(gw): State<Gw>, Path(id): Path<String>) -> Response {
     match gw.revoke(&id, &admin.token_id, None).await {
-        Ok(Some(record)) => {
-            let live = gw.token(&record.id);
-            let last = live
-                .as_ref()
-                .and_then(|e| e.last_used())
-                .or(record.last_used_at);
-            Json(TokenInfo::new(&record, record.revoked_at, last, gw.now())).into_response()
-        }
+        Ok(Some(record)) => Json(live_info(&gw, &record, gw.now()).0).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "no token with that id"),
         // Logged by `revoke`, which also cut the token's use in this process.
         Err(_) => error(

@@ -77,6 +77,29 @@ pub enum IssueError {
 }
 
 #[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    #[error("no token with that id")]
+    Unknown,
+    #[error("only access tokens are rotated this way")]
+    NotAccess,
+    #[error("the token is revoked or expired; issue a new one instead")]
+    NotLive,
+    #[error("the token's service is no longer configured")]
+    ServiceGone,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Which tokens `revoke_where` revokes: those matching every filter given.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct RevokeFilter {
+    pub principal: Option<String>,
+    pub service: Option<String>,
+    /// Unix milliseconds: tokens issued strictly before.
+    pub issued_before: Option<UnixMillis>,
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("cannot prepare the data folder {path}: {source}")]
     DataDir {
@@ -201,8 +224,8 @@ impl Gateway {
         self.clock.now_ms()
     }
 
-    /// Issues an access token for one service, and audits it. The only place access
-    /// tokens are made. `by` names who asked (an admin token's id, `demo`, …).
+    /// Issues an access token for one service, and audits it. `by` names who asked
+    /// (an admin token's id, `demo`, …).
     pub async fn issue(
         &self,
         req: &IssueRequest,
@@ -218,52 +241,164 @@ impl Gateway {
         {
             return Err(IssueError::BadPrincipal);
         }
-        let max = svc.max_ttl.min(self.config.max_ttl);
         let ttl = match &req.ttl {
             Some(t) => keyway_core::units::parse_duration(t)
                 .map_err(|e| IssueError::BadTtl(e.to_string()))?,
-            None => DEFAULT_TTL.min(max),
+            None => DEFAULT_TTL.min(self.max_ttl(svc)),
         };
-        if ttl > max {
-            let why = if svc.max_ttl <= self.config.max_ttl {
-                format!(" (services.{}.max_ttl)", svc.name)
-            } else {
-                " (the global max_ttl)".to_owned()
-            };
-            return Err(IssueError::TtlTooLong {
-                asked: format_duration(ttl),
-                max: format_duration(max),
-                service: svc.name.clone(),
-                why,
-            });
-        }
+        self.check_ttl(svc, ttl)?;
         let grant = Grant::new(&svc.name, &req.methods, &req.paths)?;
+        Ok(self.mint(&req.principal, grant, ttl, None, by).await?)
+    }
+
+    /// Rotates an access token: a successor with the same principal and grant, and the
+    /// same lifetime (within the service's maximum); the old token keeps working for
+    /// `overlap`, then dies (its live streams end then too). Both are audited.
+    pub async fn rotate(
+        &self,
+        id: &str,
+        overlap: Duration,
+        by: &str,
+    ) -> Result<(IssuedToken, TokenRecord, UnixMillis), RotateError> {
+        let now = self.now();
+        let old = self.index.get(id).ok_or(RotateError::Unknown)?;
+        if old.record.kind != TokenKind::Access {
+            return Err(RotateError::NotAccess);
+        }
+        old.check_live(now).map_err(|_| RotateError::NotLive)?;
+        let grant = old.grant().cloned().ok_or(RotateError::NotAccess)?;
+        let svc = self
+            .config
+            .service(&grant.service)
+            .ok_or(RotateError::ServiceGone)?;
+        let lifetime = u64::try_from(old.record.expires_at - old.record.created_at).unwrap_or(0);
+        let ttl = Duration::from_millis(lifetime).min(self.max_ttl(svc));
+        let (token, record) = self
+            .mint(&old.record.principal, grant, ttl, Some(id.to_owned()), by)
+            .await?;
+        let until = now
+            .saturating_add(duration_ms(overlap))
+            .min(old.expires_at());
+        self.store.shorten_expiry(id, until).await?;
+        old.shorten(until);
+        self.cut_at_expiry(old.clone());
+        let mut ev = self.event("token.rotated");
+        ev.token_id = Some(id.to_owned());
+        ev.principal = Some(old.record.principal.clone());
+        ev.service = Some(svc.name.clone());
+        ev.detail = serde_json::json!({
+            "by": by,
+            "successor": record.id,
+            "expires_at": format_ms(until),
+        });
+        self.audit.record_reliably(ev).await;
+        Ok((token, record, until))
+    }
+
+    /// Revokes every live access token and client credential that matches all the
+    /// filters given (at least one): the panic button after an incident.
+    pub async fn revoke_where(
+        &self,
+        f: &RevokeFilter,
+        by: &str,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        if f.principal.is_none() && f.service.is_none() && f.issued_before.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut revoked = Vec::new();
+        for t in self.store.tokens().await? {
+            let kind_ok = matches!(t.kind, TokenKind::Access | TokenKind::ClientCredential);
+            let matches = t.revoked_at.is_none()
+                && kind_ok
+                && f.principal.as_ref().is_none_or(|p| *p == t.principal)
+                && f.service.as_ref().is_none_or(|s| {
+                    t.grant.as_ref().is_some_and(|g| g.service == *s)
+                        || t.scope.as_ref().is_some_and(|c| c.grant(s).is_some())
+                })
+                && f.issued_before.is_none_or(|b| t.created_at < b);
+            if matches {
+                if let Some(r) = self.revoke(&t.id, by, Some("bulk")).await? {
+                    revoked.push(r);
+                }
+            }
+        }
+        Ok(revoked)
+    }
+
+    fn max_ttl(&self, svc: &keyway_core::config::Service) -> Duration {
+        svc.max_ttl.min(self.config.max_ttl)
+    }
+
+    fn check_ttl(
+        &self,
+        svc: &keyway_core::config::Service,
+        ttl: Duration,
+    ) -> Result<(), IssueError> {
+        let max = self.max_ttl(svc);
+        if ttl <= max {
+            return Ok(());
+        }
+        let why = if svc.max_ttl <= self.config.max_ttl {
+            format!(" (services.{}.max_ttl)", svc.name)
+        } else {
+            " (the global max_ttl)".to_owned()
+        };
+        Err(IssueError::TtlTooLong {
+            asked: format_duration(ttl),
+            max: format_duration(max),
+            service: svc.name.clone(),
+            why,
+        })
+    }
+
+    /// Makes an access token: the only place they are made. Stores it, indexes it,
+    /// audits it.
+    async fn mint(
+        &self,
+        principal: &str,
+        grant: Grant,
+        ttl: Duration,
+        parent_id: Option<String>,
+        by: &str,
+    ) -> Result<(IssuedToken, TokenRecord), StoreError> {
         let now = self.now();
         let token = IssuedToken::generate(TokenKind::Access);
         let record = TokenRecord {
             id: token.id().to_owned(),
             kind: TokenKind::Access,
-            principal: req.principal.clone(),
+            principal: principal.to_owned(),
             grant: Some(grant),
             hash: token.hash(&self.pepper),
             created_at: now,
             expires_at: now.saturating_add(duration_ms(ttl)),
             revoked_at: None,
             last_used_at: None,
+            parent_id,
+            scope: None,
         };
         self.store.insert_token(&record).await?;
         self.index.insert(record.clone());
         let mut ev = self.event("token.issued");
         ev.token_id = Some(record.id.clone());
         ev.principal = Some(record.principal.clone());
-        ev.service = Some(svc.name.clone());
+        ev.service = record.grant.as_ref().map(|g| g.service.clone());
         ev.detail = serde_json::json!({
             "by": by,
             "expires_at": format_ms(record.expires_at),
             "grant": record.grant,
+            "parent": record.parent_id,
         });
         self.audit.record_reliably(ev).await;
         Ok((token, record))
+    }
+
+    /// Ends the live streams of a token when its (shortened) expiry comes.
+    fn cut_at_expiry(&self, entry: Arc<Entry>) {
+        let left = entry.expires_at().saturating_sub(self.now()).max(0);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(left as u64)).await;
+            entry.cancel.cancel();
+        });
     }
 
     /// Revokes a token, and audits it. The index first, so the token stops working and
@@ -417,6 +552,8 @@ impl Gateway {
             expires_at: now.saturating_add(duration_ms(self.config.admin_token_ttl)),
             revoked_at: None,
             last_used_at: None,
+            parent_id: None,
+            scope: None,
         };
         let write_err = |source| OpenError::AdminToken {
             path: path.display().to_string(),

@@ -24,6 +24,8 @@ pub struct Entry {
     /// bring a revoked token back.
     revoked: AtomicBool,
     revoked_at: AtomicI64,
+    /// Starts as the record's; rotation brings it forward.
+    expires_at: AtomicI64,
     last_used: AtomicI64,
     /// Fired when the token is revoked; live streams opened with it watch this.
     pub cancel: CancellationToken,
@@ -52,6 +54,7 @@ impl Entry {
         let last_used = record.last_used_at.unwrap_or(0);
         Self {
             revoked: AtomicBool::new(record.revoked_at.is_some()),
+            expires_at: AtomicI64::new(record.expires_at),
             record,
             revoked_at: AtomicI64::new(revoked_at),
             last_used: AtomicI64::new(last_used),
@@ -90,10 +93,20 @@ impl Entry {
         if self.revoked() {
             return Err(DenyReason::Revoked);
         }
-        if now >= self.record.expires_at {
+        if now >= self.expires_at() {
             return Err(DenyReason::Expired);
         }
         Ok(())
+    }
+
+    /// When the token stops being valid (strictly before this).
+    pub fn expires_at(&self) -> UnixMillis {
+        self.expires_at.load(Ordering::Acquire)
+    }
+
+    /// Brings the expiry forward to `at`, never later.
+    pub fn shorten(&self, at: UnixMillis) {
+        self.expires_at.fetch_min(at, Ordering::AcqRel);
     }
 
     pub fn mark_used(&self, now: UnixMillis) {
@@ -188,7 +201,7 @@ impl TokenIndex {
     pub fn prune_expired(&self, horizon: UnixMillis) -> usize {
         let mut map = self.write();
         let before = map.len();
-        map.retain(|_, e| e.record.expires_at >= horizon);
+        map.retain(|_, e| e.expires_at() >= horizon);
         before - map.len()
     }
 

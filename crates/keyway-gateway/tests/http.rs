@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
+use keyway_core::Clock;
 use support::{config, send, send_with, Conn, TestGateway, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -744,5 +745,243 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "an idle connection stayed open");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn rotation_gives_a_successor_and_the_old_token_dies_after_the_overlap() {
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&config(&[("billing", &svc(&up, ""))])).await;
+    let (old, old_id, _) = gw.issue("billing", &["GET"], &["/invoices/"], "30m").await;
+    let a = gw.addr("billing");
+    let start = gw.clock.now_ms();
+
+    let r = send_with(
+        gw.admin,
+        "POST",
+        &format!("/v1/tokens/{old_id}/rotate"),
+        Some(&gw.admin_token()),
+        &[],
+        Bytes::from(r#"{"overlap": "5m"}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let new = body["token"].as_str().unwrap().to_owned();
+    let new_id = body["info"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(body["info"]["principal"], "alice");
+    assert_eq!(body["info"]["methods"], serde_json::json!(["GET"]));
+    assert_eq!(body["info"]["paths"], serde_json::json!(["/invoices/"]));
+
+    assert_eq!(
+        send(a, "GET", "/invoices/1", Some(&new)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(a, "GET", "/admin", Some(&new)).await.status,
+        StatusCode::FORBIDDEN,
+        "same grant"
+    );
+    gw.clock.set(start + 5 * 60 * 1000 - 1);
+    assert_eq!(
+        send(a, "GET", "/invoices/1", Some(&old)).await.status,
+        StatusCode::OK,
+        "within the overlap"
+    );
+    gw.clock.set(start + 5 * 60 * 1000);
+    assert_eq!(
+        send(a, "GET", "/invoices/1", Some(&old)).await.status,
+        StatusCode::UNAUTHORIZED,
+        "after it"
+    );
+    assert_eq!(
+        send(a, "GET", "/invoices/1", Some(&new)).await.status,
+        StatusCode::OK
+    );
+
+    let events = gw.audit().await;
+    let rotated = events
+        .iter()
+        .find(|e| e.event.kind == "token.rotated")
+        .unwrap();
+    assert_eq!(rotated.event.token_id.as_deref(), Some(old_id.as_str()));
+    assert_eq!(rotated.event.detail["successor"], new_id.as_str());
+    let issued = events
+        .iter()
+        .find(|e| {
+            e.event.kind == "token.issued" && e.event.token_id.as_deref() == Some(new_id.as_str())
+        })
+        .unwrap();
+    assert_eq!(issued.event.detail["parent"], old_id.as_str());
+
+    // A revoked token cannot be rotated into a live one.
+    gw.gw.revoke(&new_id, "test", None).await.unwrap();
+    let e = gw
+        .gw
+        .rotate(&new_id, Duration::from_secs(60), "test")
+        .await
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("revoked or expired"), "{e}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_overlap_end_cuts_the_old_tokens_live_stream() {
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&config(&[("billing", &svc(&up, ""))])).await;
+    let (old, old_id, _) = gw.issue("billing", &[], &[], "30m").await;
+    let mut conn = Conn::open(gw.addr("billing")).await;
+    let resp = conn
+        .request("GET", "/stream", Some(&old), &[], Bytes::new())
+        .await;
+    let mut body = resp.into_body();
+    use http_body_util::BodyExt;
+    assert!(body.frame().await.unwrap().is_ok());
+    let started = std::time::Instant::now();
+    gw.gw
+        .rotate(&old_id, Duration::from_millis(300), "test")
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the old token's stream outlived the overlap");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn bulk_revocation_by_principal_service_and_issue_time() {
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&config(&[
+        ("billing", &svc(&up, "")),
+        ("orders", &svc(&up, "")),
+    ]))
+    .await;
+    let mint = |service: &'static str, principal: &'static str| {
+        let gw = gw.gw.clone();
+        async move {
+            let req = keyway_gateway::IssueRequest {
+                service: service.into(),
+                principal: principal.into(),
+                ttl: Some("1h".into()),
+                ..Default::default()
+            };
+            let (t, r) = gw.issue(&req, "test").await.unwrap();
+            (
+                secrecy::ExposeSecret::expose_secret(t.secret()).to_owned(),
+                r.id,
+            )
+        }
+    };
+    let early = mint("orders", "carol").await;
+    gw.clock.advance(Duration::from_secs(60));
+    let cutoff = keyway_core::clock::format_ms(gw.clock.now_ms());
+    gw.clock.advance(Duration::from_secs(60));
+    let alice_b = mint("billing", "alice").await;
+    let alice_o = mint("orders", "alice").await;
+    let bob_b = mint("billing", "bob").await;
+    let dave_o = mint("orders", "dave").await;
+
+    let admin_token = gw.admin_token();
+    let revoke = |body: String| {
+        send_with(
+            gw.admin,
+            "POST",
+            "/v1/tokens/revoke",
+            Some(&admin_token),
+            &[],
+            Bytes::from(body),
+        )
+    };
+    let ids = |body: &str| {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        let mut ids: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let r = revoke(r#"{"principal": "alice"}"#.into()).await;
+    assert_eq!(
+        ids(&r.body),
+        sorted(vec![alice_b.1.clone(), alice_o.1.clone()])
+    );
+    let r = revoke(r#"{"service": "billing"}"#.into()).await;
+    assert_eq!(ids(&r.body), vec![bob_b.1.clone()]);
+    let r = revoke(format!(r#"{{"issued_before": "{cutoff}"}}"#)).await;
+    assert_eq!(ids(&r.body), vec![early.1.clone()]);
+    let r = revoke("{}".into()).await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_REQUEST,
+        "no filter is not 'everything'"
+    );
+
+    for (token, service, want) in [
+        (&alice_b.0, "billing", 401),
+        (&alice_o.0, "orders", 401),
+        (&bob_b.0, "billing", 401),
+        (&early.0, "orders", 401),
+        (&dave_o.0, "orders", 200),
+    ] {
+        assert_eq!(
+            send(gw.addr(service), "GET", "/", Some(token))
+                .await
+                .status
+                .as_u16(),
+            want
+        );
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_unused_for_a_while_can_be_listed() {
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&config(&[("billing", &svc(&up, ""))])).await;
+    let (used, used_id, _) = gw.issue("billing", &[], &[], "1h").await;
+    let (_idle, idle_id, _) = gw.issue("billing", &[], &[], "1h").await;
+    gw.clock.advance(Duration::from_secs(10 * 60));
+    assert_eq!(
+        send(gw.addr("billing"), "GET", "/", Some(&used))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    gw.clock.advance(Duration::from_secs(10 * 60));
+    let r = send(
+        gw.admin,
+        "GET",
+        "/v1/tokens?unused=15m",
+        Some(&gw.admin_token()),
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let ids: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [idle_id.as_str()]);
+    let r = send(gw.admin, "GET", "/v1/tokens", Some(&gw.admin_token())).await;
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let used = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == used_id.as_str())
+        .unwrap();
+    assert!(used["last_used_at"].is_string());
     gw.stop().await;
 }

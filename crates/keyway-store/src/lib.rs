@@ -16,6 +16,7 @@ pub mod seal;
 pub mod sqlite;
 
 use async_trait::async_trait;
+use keyway_core::grant::CredentialScope;
 use keyway_core::{Grant, TokenHash, TokenKind, UnixMillis};
 
 pub use seal::{Sealed, Sealer};
@@ -46,6 +47,10 @@ pub struct TokenRecord {
     pub expires_at: UnixMillis,
     pub revoked_at: Option<UnixMillis>,
     pub last_used_at: Option<UnixMillis>,
+    /// The token this one was rotated from, or the credential it was exchanged for.
+    pub parent_id: Option<String>,
+    /// For client credentials: what they may be exchanged for.
+    pub scope: Option<CredentialScope>,
 }
 
 /// One audit event. Never holds a secret: callers put public ids and redacted text in.
@@ -100,6 +105,10 @@ pub trait Store: Send + Sync + 'static {
     /// Marks a token revoked at `at` (keeping an earlier revocation time); `None` if
     /// there is no such token.
     async fn revoke_token(&self, id: &str, at: UnixMillis) -> Result<Option<TokenRecord>>;
+    /// Brings a token's expiry forward to `expires_at` (never later); `None` if there
+    /// is no such token.
+    async fn shorten_expiry(&self, id: &str, expires_at: UnixMillis)
+        -> Result<Option<TokenRecord>>;
     /// Records when tokens were last used.
     async fn touch_tokens(&self, used: &[(String, UnixMillis)]) -> Result<()>;
 

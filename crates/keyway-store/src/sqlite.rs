@@ -22,7 +22,8 @@ pub struct SqliteStore {
 }
 
 const TOKEN_COLUMNS: &str =
-    "id, kind, principal, grant_json, hash, created_at, expires_at, revoked_at, last_used_at";
+    "id, kind, principal, grant_json, hash, created_at, expires_at, revoked_at, \
+                             last_used_at, parent_id, scope_json";
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to
@@ -80,16 +81,11 @@ impl Store for SqliteStore {
     }
 
     async fn insert_token(&self, t: &TokenRecord) -> Result<()> {
-        let grant = match &t.grant {
-            Some(g) => {
-                Some(serde_json::to_string(g).map_err(|e| StoreError::Corrupt(e.to_string()))?)
-            }
-            None => None,
-        };
-        sqlx::query(
-            "INSERT INTO tokens (id, kind, principal, grant_json, hash, created_at, expires_at, revoked_at, last_used_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
+        let grant = to_json(&t.grant)?;
+        let scope = to_json(&t.scope)?;
+        sqlx::query(&format!(
+            "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
         .bind(&t.id)
         .bind(t.kind.as_str())
         .bind(&t.principal)
@@ -99,6 +95,8 @@ impl Store for SqliteStore {
         .bind(t.expires_at)
         .bind(t.revoked_at)
         .bind(t.last_used_at)
+        .bind(&t.parent_id)
+        .bind(scope)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -118,6 +116,21 @@ impl Store for SqliteStore {
             "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? RETURNING {TOKEN_COLUMNS}"
         ))
         .bind(at)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn shorten_expiry(
+        &self,
+        id: &str,
+        expires_at: UnixMillis,
+    ) -> Result<Option<TokenRecord>> {
+        let row = sqlx::query(&format!(
+            "UPDATE tokens SET expires_at = MIN(expires_at, ?) WHERE id = ? RETURNING {TOKEN_COLUMNS}"
+        ))
+        .bind(expires_at)
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
@@ -236,11 +249,7 @@ fn token_from_row(r: &SqliteRow) -> Result<TokenRecord> {
     let kind: String = r.get(1);
     let kind = TokenKind::from_name(&kind)
         .ok_or_else(|| StoreError::Corrupt(format!("token kind `{kind}`")))?;
-    let grant: Option<String> = r.get(3);
-    let grant: Option<Grant> = grant
-        .map(|g| serde_json::from_str(&g))
-        .transpose()
-        .map_err(|e| StoreError::Corrupt(format!("token grant: {e}")))?;
+    let grant: Option<Grant> = from_json(r.get(3), "token grant")?;
     let hash: Vec<u8> = r.get(4);
     Ok(TokenRecord {
         id: r.get(0),
@@ -253,7 +262,21 @@ fn token_from_row(r: &SqliteRow) -> Result<TokenRecord> {
         expires_at: r.get(6),
         revoked_at: r.get(7),
         last_used_at: r.get(8),
+        parent_id: r.get(9),
+        scope: from_json(r.get(10), "token scope")?,
     })
+}
+
+fn to_json<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>> {
+    v.as_ref()
+        .map(|v| serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .transpose()
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(v: Option<String>, what: &str) -> Result<Option<T>> {
+    v.map(|s| serde_json::from_str(&s))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
 #[cfg(test)]
@@ -279,6 +302,8 @@ mod tests {
             expires_at: 20,
             revoked_at: None,
             last_used_at: None,
+            parent_id: Some("parent".into()),
+            scope: None,
         };
         store.insert_token(&rec).await.unwrap();
         assert_eq!(store.tokens().await.unwrap(), vec![rec.clone()]);
@@ -289,6 +314,10 @@ mod tests {
         assert!(store.revoke_token("nope", 1).await.unwrap().is_none());
         store.touch_tokens(&[(t.id().into(), 17)]).await.unwrap();
         assert_eq!(store.tokens().await.unwrap()[0].last_used_at, Some(17));
+        let r = store.shorten_expiry(t.id(), 30).await.unwrap().unwrap();
+        assert_eq!(r.expires_at, 20, "never later");
+        let r = store.shorten_expiry(t.id(), 12).await.unwrap().unwrap();
+        assert_eq!(r.expires_at, 12);
     }
 
     #[tokio::test]

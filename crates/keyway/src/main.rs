@@ -22,6 +22,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use client::{AdminArgs, AdminClient};
+use keyway_gateway::admin::{Issued, TokenInfo};
 
 /// One gateway for every internal port: scoped, short-lived, revocable tokens in
 /// front of internal APIs, with everything audited.
@@ -69,14 +70,40 @@ enum TokenCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only tokens not used (nor issued) within this long, like `30d`: forgotten
+        /// credentials to revoke.
+        #[arg(long, value_name = "DURATION")]
+        unused: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Revoke a token by its id; it stops working on its next request and its live
-    /// streams end.
+    /// Revoke a token by its id, or every token matching all the filters given. A
+    /// revoked token stops working on its next request and its live streams end.
     Revoke {
         /// The token's public id (from `token issue` or `token list`).
+        #[arg(required_unless_present_any = ["principal", "service", "issued_before"])]
+        id: Option<String>,
+        /// Every token of this principal.
+        #[arg(long, conflicts_with = "id")]
+        principal: Option<String>,
+        /// Every token for this service.
+        #[arg(long, conflicts_with = "id")]
+        service: Option<String>,
+        /// Every token issued before this time (RFC 3339, like `2026-11-28T10:00:00Z`):
+        /// the panic button after an incident.
+        #[arg(long, conflicts_with = "id", value_name = "TIME")]
+        issued_before: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Rotate an access token: prints a successor (alone on stdout) with the same
+    /// principal and grant; the old token keeps working for the overlap, then dies.
+    Rotate {
+        /// The token's public id.
         id: String,
+        /// How long the old token keeps working (`0` ends it now).
+        #[arg(long, default_value = "5m")]
+        overlap: String,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -167,7 +194,7 @@ async fn token(cmd: TokenCommand) -> Result<ExitCode> {
                 "methods": a.methods,
                 "paths": a.paths,
             });
-            let issued: keyway_gateway::admin::Issued = client.post("/v1/tokens", &body).await?;
+            let issued: Issued = client.post("/v1/tokens", &body).await?;
             let i = &issued.info;
             let grant = describe(&i.methods, &i.paths);
             eprintln!(
@@ -179,19 +206,31 @@ async fn token(cmd: TokenCommand) -> Result<ExitCode> {
             );
             println!("{}", issued.token);
         }
-        TokenCommand::List { json, admin } => {
+        TokenCommand::List {
+            json,
+            unused,
+            admin,
+        } => {
             let client = AdminClient::resolve(&admin)?;
-            let tokens: Vec<keyway_gateway::admin::TokenInfo> = client.get("/v1/tokens").await?;
+            let path = match &unused {
+                Some(u) => format!("/v1/tokens?unused={}", client::path_segment(u)),
+                None => "/v1/tokens".to_owned(),
+            };
+            let tokens: Vec<TokenInfo> = client.get(&path).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&tokens)?);
             } else {
                 print_tokens(&tokens);
             }
         }
-        TokenCommand::Revoke { id, admin } => {
+        TokenCommand::Revoke {
+            id: Some(id),
+            admin,
+            ..
+        } => {
             let client = AdminClient::resolve(&admin)?;
             let path = format!("/v1/tokens/{}/revoke", client::path_segment(&id));
-            let info: keyway_gateway::admin::TokenInfo = client.post(&path, &json!({})).await?;
+            let info: TokenInfo = client.post(&path, &json!({})).await?;
             eprintln!(
                 "revoked {} ({} on {}) at {}",
                 info.id,
@@ -199,6 +238,46 @@ async fn token(cmd: TokenCommand) -> Result<ExitCode> {
                 info.service.as_deref().unwrap_or("-"),
                 info.revoked_at.as_deref().unwrap_or("-")
             );
+        }
+        TokenCommand::Revoke {
+            id: None,
+            principal,
+            service,
+            issued_before,
+            admin,
+        } => {
+            if let Some(t) = &issued_before {
+                if keyway_core::clock::parse_time(t).is_none() {
+                    bail!("--issued-before takes an RFC 3339 time, like 2026-11-28T10:00:00Z");
+                }
+            }
+            let client = AdminClient::resolve(&admin)?;
+            let body = json!({ "principal": principal, "service": service, "issued_before": issued_before });
+            let revoked: Vec<TokenInfo> = client.post("/v1/tokens/revoke", &body).await?;
+            for info in &revoked {
+                eprintln!(
+                    "revoked {} ({} on {})",
+                    info.id,
+                    info.principal,
+                    info.service.as_deref().unwrap_or("-")
+                );
+            }
+            eprintln!("{} token(s) revoked", revoked.len());
+        }
+        TokenCommand::Rotate { id, overlap, admin } => {
+            let client = AdminClient::resolve(&admin)?;
+            let path = format!("/v1/tokens/{}/rotate", client::path_segment(&id));
+            let rotated: Rotated = client.post(&path, &json!({ "overlap": overlap })).await?;
+            eprintln!(
+                "rotated {id} -> {} ({} on {}); {id} works until {}, {} until {}",
+                rotated.info.id,
+                rotated.info.principal,
+                rotated.info.service.as_deref().unwrap_or("-"),
+                rotated.predecessor_expires_at,
+                rotated.info.id,
+                rotated.info.expires_at,
+            );
+            println!("{}", rotated.token);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -260,7 +339,15 @@ fn describe(methods: &[String], paths: &[String]) -> String {
     format!("{m} {p}")
 }
 
-fn print_tokens(tokens: &[keyway_gateway::admin::TokenInfo]) {
+/// The answer to a rotation.
+#[derive(serde::Deserialize)]
+struct Rotated {
+    token: String,
+    predecessor_expires_at: String,
+    info: TokenInfo,
+}
+
+fn print_tokens(tokens: &[TokenInfo]) {
     let rows: Vec<[String; 7]> = tokens
         .iter()
         .map(|t| {

@@ -375,7 +375,7 @@ impl HttpProxy {
     fn downstream_response(&self, resp: Response<Incoming>, entry: &Entry) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let left = entry.record.expires_at.saturating_sub(self.gw.now()).max(0);
+        let left = entry.expires_at().saturating_sub(self.gw.now()).max(0);
         let body = Cancellable {
             inner: body,
             cancelled: Box::pin(entry.cancel.clone().cancelled_owned()),
