@@ -22,6 +22,7 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_DATA_DIR: &str = "keyway-data";
 const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_ADMIN_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+const DEFAULT_CREDENTIAL_MAX_AGE: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// The file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -31,6 +32,8 @@ pub struct RawConfig {
     pub admin_listen: Option<String>,
     pub max_ttl: Option<String>,
     pub admin_token_ttl: Option<String>,
+    pub token_listen: Option<String>,
+    pub credential_max_age: Option<String>,
     pub pepper_file: Option<PathBuf>,
     pub master_key_file: Option<PathBuf>,
     #[serde(default)]
@@ -79,6 +82,10 @@ pub struct Config {
     pub max_ttl: Duration,
     /// Lifetime of the admin credential the gateway writes to `admin.token`.
     pub admin_token_ttl: Duration,
+    /// Where workloads exchange client credentials for access tokens; none if unset.
+    pub token_listen: Option<SocketAddr>,
+    /// No client credential is accepted longer than this after its issue.
+    pub credential_max_age: Duration,
     /// The key of token hashes; outside the database.
     pub pepper_file: PathBuf,
     /// The key that encrypts upstream credentials at rest; outside the database.
@@ -224,6 +231,15 @@ impl RawConfig {
             self.admin_token_ttl.as_deref(),
             DEFAULT_ADMIN_TOKEN_TTL,
         );
+        let token_listen = self
+            .token_listen
+            .as_deref()
+            .and_then(|a| p.addr("token_listen", a));
+        let credential_max_age = p.duration_or(
+            "credential_max_age",
+            self.credential_max_age.as_deref(),
+            DEFAULT_CREDENTIAL_MAX_AGE,
+        );
         let pepper_file = rel(self
             .pepper_file
             .unwrap_or_else(|| data_dir.join("pepper.key")));
@@ -250,6 +266,14 @@ impl RawConfig {
         let mut services = BTreeMap::new();
         let mut listens: BTreeMap<SocketAddr, String> = BTreeMap::new();
         listens.insert(admin_listen, "admin_listen".into());
+        if let Some(t) = token_listen.filter(|t| t.port() != 0) {
+            if listens.insert(t, "token_listen".into()).is_some() {
+                p.push(
+                    "token_listen",
+                    "is the same address as `admin_listen`; give each its own port",
+                );
+            }
+        }
         for (name, raw) in self.services {
             let Some(svc) = raw.check(&name, max_ttl, &mut p) else {
                 continue;
@@ -275,6 +299,8 @@ impl RawConfig {
             admin_listen,
             max_ttl,
             admin_token_ttl,
+            token_listen,
+            credential_max_age,
             pepper_file,
             master_key_file,
             audit: AuditConfig { queue, on_full },

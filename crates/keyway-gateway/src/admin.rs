@@ -8,6 +8,7 @@
 //! | `POST /v1/tokens/{id}/revoke` | revoke a token; its live streams end |
 //! | `POST /v1/tokens/revoke` | revoke by `principal`, `service`, `issued_before` (all given must match) |
 //! | `POST /v1/tokens/{id}/rotate` | a successor (the response holds it, once); the old one lives `overlap` more |
+//! | `POST /v1/credentials` | issue a client credential (the response holds it, once) |
 //! | `PUT /v1/secrets/{name}` | seal and store an upstream credential |
 //! | `GET /v1/secrets` | names of the credentials that are set |
 //! | `GET /v1/audit?after=N&limit=M` | audit events after sequence number N |
@@ -31,7 +32,9 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::gateway::{Gateway, IssueError, IssueRequest, RotateError, SecretError};
+use crate::gateway::{
+    CredentialRequest, Gateway, IssueError, IssueRequest, RotateError, SecretError,
+};
 
 type Gw = Arc<Gateway>;
 
@@ -80,6 +83,7 @@ pub fn router(gw: Gw) -> Router {
         .route("/v1/tokens/revoke", post(revoke_matching))
         .route("/v1/tokens/{id}/revoke", post(revoke_token))
         .route("/v1/tokens/{id}/rotate", post(rotate_token))
+        .route("/v1/credentials", post(issue_credential))
         .route("/v1/secrets", get(list_secrets))
         .route("/v1/secrets/{name}", put(set_secret))
         .route("/v1/audit", get(audit))
@@ -156,14 +160,26 @@ impl TokenInfo {
         } else {
             "active"
         };
-        let g = r.grant.as_ref();
+        // A credential's scope shows as its services joined, with their shared grant.
+        let scoped = r
+            .scope
+            .as_ref()
+            .and_then(|c| c.grants.first().map(|g| (c, g)));
+        let (service, methods, paths) = match (r.grant.as_ref(), scoped) {
+            (Some(g), _) => (Some(g.service.clone()), g.methods.clone(), g.paths.clone()),
+            (None, Some((c, g))) => {
+                let names: Vec<&str> = c.grants.iter().map(|g| g.service.as_str()).collect();
+                (Some(names.join(",")), g.methods.clone(), g.paths.clone())
+            }
+            (None, None) => (None, Vec::new(), Vec::new()),
+        };
         Self {
             id: r.id.clone(),
             kind: r.kind.as_str().into(),
             principal: r.principal.clone(),
-            service: g.map(|g| g.service.clone()),
-            methods: g.map(|g| g.methods.clone()).unwrap_or_default(),
-            paths: g.map(|g| g.paths.clone()).unwrap_or_default(),
+            service,
+            methods,
+            paths,
             state: state.into(),
             created_at: format_ms(r.created_at),
             expires_at: format_ms(r.expires_at),
@@ -224,6 +240,30 @@ async fn issue_token(admin: Admin, State(gw): State<Gw>, body: Bytes) -> Respons
 struct ListParams {
     /// Only tokens not used (nor issued) within this long, like `30d`.
     unused: Option<String>,
+}
+
+async fn issue_credential(admin: Admin, State(gw): State<Gw>, body: Bytes) -> Response {
+    let Ok(req) = serde_json::from_slice::<CredentialRequest>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be JSON: {\"principal\": …, \"services\": […], \"cidrs\": […], \"max_age\": \"90d\"}",
+        );
+    };
+    match gw.issue_credential(&req, &admin.token_id).await {
+        Ok((token, record)) => {
+            let info = TokenInfo::new(&record, None, None, gw.now());
+            let token = secrecy::ExposeSecret::expose_secret(token.secret()).to_owned();
+            (StatusCode::CREATED, Json(Issued { token, info })).into_response()
+        }
+        Err(IssueError::Store(e)) => {
+            tracing::error!(error = %e, "could not store a new credential");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store failed; see the gateway log",
+            )
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
 }
 
 async fn list_tokens(_: Admin, State(gw): State<Gw>, Query(p): Query<ListParams>) -> Response {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use keyway_core::clock::{duration_ms, format_ms};
 use keyway_core::config::{valid_secret_name, Config, ServiceKind};
-use keyway_core::grant::GrantError;
+use keyway_core::grant::{CredentialScope, GrantError};
 use keyway_core::units::format_duration;
 use keyway_core::{Clock, Grant, IssuedToken, Pepper, TokenKind, UnixMillis};
 use keyway_store::keys::{self, KeySource};
@@ -72,6 +72,33 @@ pub enum IssueError {
     },
     #[error(transparent)]
     Grant(#[from] GrantError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What `credential issue` is asked for.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+pub struct CredentialRequest {
+    pub principal: String,
+    pub services: Vec<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+    /// Like `90d`; the default and the ceiling is the config's `credential_max_age`.
+    pub max_age: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("not a client credential")]
+    NotACredential,
+    #[error("the credential may not be used from this address")]
+    Source,
+    #[error("the credential does not name this service")]
+    Service,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -249,6 +276,125 @@ impl Gateway {
         self.check_ttl(svc, ttl)?;
         let grant = Grant::new(&svc.name, &req.methods, &req.paths)?;
         Ok(self.mint(&req.principal, grant, ttl, None, by).await?)
+    }
+
+    /// Issues a client credential: it calls no service itself, and is exchanged at the
+    /// token endpoint for access tokens to the services it names, with at most the
+    /// grant given here. It stops being accepted `max_age` after issue.
+    pub async fn issue_credential(
+        &self,
+        req: &CredentialRequest,
+        by: &str,
+    ) -> Result<(IssuedToken, TokenRecord), IssueError> {
+        if req.principal.is_empty()
+            || req.principal.len() > 128
+            || req.principal.chars().any(char::is_control)
+        {
+            return Err(IssueError::BadPrincipal);
+        }
+        if req.services.is_empty() {
+            return Err(IssueError::BadTtl("name at least one service".into()));
+        }
+        let mut grants = Vec::new();
+        for name in &req.services {
+            let svc = self
+                .config
+                .service(name)
+                .ok_or_else(|| IssueError::UnknownService(name.chars().take(64).collect()))?;
+            grants.push(Grant::new(&svc.name, &req.methods, &req.paths)?);
+        }
+        let mut cidrs = Vec::new();
+        for c in &req.cidrs {
+            let net = c
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    IssueError::BadTtl(format!(
+                        "`{}` is not a CIDR like 10.0.0.0/8",
+                        c.chars().take(45).collect::<String>()
+                    ))
+                })?;
+            cidrs.push(net.trunc());
+        }
+        let max = self.config.credential_max_age;
+        let max_age = match &req.max_age {
+            Some(a) => keyway_core::units::parse_duration(a)
+                .map_err(|e| IssueError::BadTtl(e.to_string()))?,
+            None => max,
+        };
+        if max_age > max {
+            return Err(IssueError::BadTtl(format!(
+                "max age of {} is above the policy's credential_max_age of {}",
+                format_duration(max_age),
+                format_duration(max)
+            )));
+        }
+        let now = self.now();
+        let token = IssuedToken::generate(TokenKind::ClientCredential);
+        let record = TokenRecord {
+            id: token.id().to_owned(),
+            kind: TokenKind::ClientCredential,
+            principal: req.principal.clone(),
+            grant: None,
+            hash: token.hash(&self.pepper),
+            created_at: now,
+            expires_at: now.saturating_add(duration_ms(max_age)),
+            revoked_at: None,
+            last_used_at: None,
+            parent_id: None,
+            scope: Some(CredentialScope {
+                grants,
+                cidrs,
+                max_age_ms: duration_ms(max_age),
+            }),
+        };
+        self.store.insert_token(&record).await?;
+        self.index.insert(record.clone());
+        let mut ev = self.event("credential.issued");
+        ev.token_id = Some(record.id.clone());
+        ev.principal = Some(record.principal.clone());
+        ev.detail = serde_json::json!({
+            "by": by,
+            "expires_at": format_ms(record.expires_at),
+            "scope": record.scope,
+        });
+        self.audit.record_reliably(ev).await;
+        Ok((token, record))
+    }
+
+    /// Trades a client credential (already authenticated) for an access token to one
+    /// of its services: 15 minutes by default, never above the service's maximum.
+    pub async fn exchange(
+        &self,
+        credential: &Entry,
+        service: &str,
+        ttl: Option<Duration>,
+        source: std::net::IpAddr,
+    ) -> Result<(IssuedToken, TokenRecord), ExchangeError> {
+        let scope = credential
+            .record
+            .scope
+            .as_ref()
+            .ok_or(ExchangeError::NotACredential)?;
+        if !scope.allows_source(source) {
+            return Err(ExchangeError::Source);
+        }
+        let grant = scope
+            .grant(service)
+            .cloned()
+            .ok_or(ExchangeError::Service)?;
+        let svc = self.config.service(service).ok_or(ExchangeError::Service)?;
+        let max = self.max_ttl(svc);
+        let ttl = ttl.unwrap_or(DEFAULT_TTL).min(max);
+        Ok(self
+            .mint(
+                &credential.record.principal,
+                grant,
+                ttl,
+                Some(credential.id().to_owned()),
+                "token_exchange",
+            )
+            .await?)
     }
 
     /// Rotates an access token: a successor with the same principal and grant, and the
@@ -436,6 +582,14 @@ impl Gateway {
         let Some(record) = record else {
             return Ok(None);
         };
+        if record.kind == TokenKind::ClientCredential {
+            // What was obtained with a credential goes with it.
+            for child in self.store.tokens().await? {
+                if child.parent_id.as_deref() == Some(id) && child.revoked_at.is_none() {
+                    Box::pin(self.revoke(&child.id, by, Some("credential_revoked"))).await?;
+                }
+            }
+        }
         let mut ev = self.event("token.revoked");
         ev.token_id = Some(record.id.clone());
         ev.principal = Some(record.principal.clone());

@@ -8,6 +8,8 @@
 //! - [`index`]: the in-memory token index the hot path reads; revocation cuts streams.
 //! - [`proxy`]: the data plane, one module per protocol (`proxy::http`).
 //! - [`admin`]: the admin API (axum), always authenticated.
+//! - [`token_api`]: the token endpoint, where workloads exchange a client credential
+//!   for a short-lived access token.
 //! - [`audit`]: the bounded, batched audit writer (`fail_closed` by default).
 //! - [`listener`]: accepting HTTP/1 connections with bounds, for every listener.
 //!
@@ -21,6 +23,7 @@ pub mod gateway;
 pub mod index;
 pub mod listener;
 pub mod proxy;
+pub mod token_api;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -37,6 +40,8 @@ pub use gateway::{Gateway, IssueRequest};
 #[derive(Debug)]
 pub struct Listeners {
     pub admin: TcpListener,
+    /// The token endpoint, where workloads exchange credentials.
+    pub token: Option<TcpListener>,
     pub services: BTreeMap<String, TcpListener>,
 }
 
@@ -59,6 +64,10 @@ impl Listeners {
                 .map_err(|source| BindError { key, addr, source })
         };
         let admin = bind("admin_listen".into(), config.admin_listen).await?;
+        let token = match config.token_listen {
+            Some(a) => Some(bind("token_listen".into(), a).await?),
+            None => None,
+        };
         let mut services = BTreeMap::new();
         for (name, svc) in &config.services {
             services.insert(
@@ -66,11 +75,19 @@ impl Listeners {
                 bind(format!("services.{name}.listen"), svc.listen).await?,
             );
         }
-        Ok(Self { admin, services })
+        Ok(Self {
+            admin,
+            token,
+            services,
+        })
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.local_addr().ok()
+    }
+
+    pub fn token_addr(&self) -> Option<SocketAddr> {
+        self.token.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn service_addr(&self, name: &str) -> Option<SocketAddr> {
@@ -89,15 +106,39 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
         let proxy = proxy::http::HttpProxy::new(gw.clone(), svc);
         tasks.spawn(proxy.serve(listener, shutdown.clone()));
     }
-    let admin = admin::router(gw.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let stop = shutdown.clone();
-    tasks.spawn(async move {
-        let serve =
-            axum::serve(listeners.admin, admin).with_graceful_shutdown(stop.cancelled_owned());
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "admin API stopped");
+    // The admin API and the token endpoint: small JSON APIs, bounded like the rest.
+    let limits = listener::Limits {
+        max_connections: 256,
+        header_timeout: Duration::from_secs(10),
+        max_header_bytes: 16 * 1024,
+        max_headers: 64,
+    };
+    let with_peer = |router: axum::Router| {
+        move |peer: SocketAddr| {
+            let router = router
+                .clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+            hyper_util::service::TowerToHyperService::new(router)
         }
-    });
+    };
+    let admin = with_peer(admin::router(gw.clone()));
+    tasks.spawn(listener::serve_http1(
+        "admin",
+        listeners.admin,
+        limits,
+        shutdown.clone(),
+        admin,
+    ));
+    if let Some(token) = listeners.token {
+        let api = with_peer(token_api::router(gw.clone()));
+        tasks.spawn(listener::serve_http1(
+            "token",
+            token,
+            limits,
+            shutdown.clone(),
+            api,
+        ));
+    }
     tasks.spawn(housekeeping(gw.clone(), shutdown.clone()));
     while tasks.join_next().await.is_some() {}
     gw.flush_last_used(0).await;

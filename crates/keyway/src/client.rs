@@ -155,7 +155,46 @@ impl AdminClient {
     }
 }
 
-fn read_token(path: &std::path::Path) -> Result<SecretString> {
+/// Trades a client credential at the token endpoint `base`; the JSON answer.
+pub async fn exchange(
+    base: &str,
+    credential: &SecretString,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value> {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let url = format!("{}/v1/token/exchange", base.trim_end_matches('/'));
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(&url)
+        .header(
+            header::AUTHORIZATION,
+            format!("Bearer {}", credential.expose_secret()),
+        )
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .with_context(|| format!("`{base}` is not a URL like http://127.0.0.1:7071"))?;
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .map_err(|_| anyhow!("the token endpoint at {base} did not answer within 30s"))?
+        .map_err(|e| anyhow!("cannot reach the token endpoint at {base} ({e})"))?;
+    let status = resp.status();
+    let bytes = Limited::new(resp.into_body(), 1024 * 1024)
+        .collect()
+        .await
+        .map_err(|e| anyhow!("reading the token endpoint's answer: {e}"))?
+        .to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|_| anyhow!("the token endpoint answered {status} with something unexpected"))?;
+    if !status.is_success() {
+        let msg = v["error_description"].as_str().unwrap_or("refused");
+        bail!("the token endpoint refused: {msg} ({status})");
+    }
+    Ok(v)
+}
+
+/// Reads a token (admin token, client credential) from a file, trimmed.
+pub fn read_token(path: &std::path::Path) -> Result<SecretString> {
     let text = std::fs::read_to_string(path).with_context(|| {
         format!(
             "reading the admin token from {} (the gateway writes it on first start)",

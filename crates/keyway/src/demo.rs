@@ -76,6 +76,7 @@ upstream_auth = {{ header = "X-Api-Key", secret = "billing-key" }}
     let config = serve::load_config(&config_path)?;
     let listeners = Listeners {
         admin,
+        token: None,
         services: [("billing".to_owned(), service)].into(),
     };
     let gw = Arc::new(Gateway::open(config, Arc::new(SystemClock)).await?);

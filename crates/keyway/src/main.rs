@@ -55,6 +55,9 @@ enum Command {
     /// Issue, list and revoke access tokens (through the admin API).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Issue client credentials: workloads exchange them for short-lived access tokens.
+    #[command(subcommand)]
+    Credential(CredentialCommand),
     /// Store upstream credentials, encrypted (through the admin API).
     #[command(subcommand)]
     Secret(SecretCommand),
@@ -96,6 +99,22 @@ enum TokenCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Trade a client credential for an access token at the gateway's token endpoint.
+    /// Prints the access token alone on stdout; when to refresh it on stderr.
+    Exchange {
+        /// The token endpoint, like `http://127.0.0.1:7071` (`token_listen`).
+        #[arg(long, env = "KEYWAY_GATEWAY")]
+        gateway: String,
+        /// A file holding the client credential.
+        #[arg(long)]
+        credential_file: PathBuf,
+        /// The service to get a token for.
+        #[arg(long)]
+        service: String,
+        /// Lifetime, like `10m` (default 15m; never above the service's maximum).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
     /// Rotate an access token: prints a successor (alone on stdout) with the same
     /// principal and grant; the old token keeps working for the overlap, then dies.
     Rotate {
@@ -128,6 +147,36 @@ struct IssueArgs {
     paths: Vec<String>,
     #[command(flatten)]
     admin: AdminArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum CredentialCommand {
+    /// Issue a client credential for a service principal (a CI job, an AI agent, a
+    /// service). It calls nothing itself; `keyway token exchange` trades it for an
+    /// access token. Prints it alone on stdout, once.
+    Issue {
+        /// The service principal that holds it.
+        #[arg(long)]
+        principal: String,
+        /// A service it may get access tokens for; repeat for several.
+        #[arg(long = "service", required = true)]
+        services: Vec<String>,
+        /// Narrow every access token to these methods (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        methods: Vec<String>,
+        /// Narrow every access token to this path prefix; repeat for several.
+        #[arg(long = "path")]
+        paths: Vec<String>,
+        /// Source networks it may be used from; repeat for several (default: any).
+        #[arg(long = "cidr")]
+        cidrs: Vec<String>,
+        /// How long it is accepted, like `90d` (default and ceiling: the config's
+        /// `credential_max_age`).
+        #[arg(long)]
+        max_age: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +228,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             serve::gateway(&config).await
         }
         Command::Token(cmd) => token(cmd).await,
+        Command::Credential(cmd) => credential(cmd).await,
         Command::Secret(cmd) => secret(cmd).await,
     }
 }
@@ -264,6 +314,32 @@ async fn token(cmd: TokenCommand) -> Result<ExitCode> {
             }
             eprintln!("{} token(s) revoked", revoked.len());
         }
+        TokenCommand::Exchange {
+            gateway,
+            credential_file,
+            service,
+            ttl,
+        } => {
+            let credential = client::read_token(&credential_file)?;
+            let mut body = json!({ "service": service });
+            if let Some(t) = ttl {
+                body["ttl"] = json!(t);
+            }
+            let answer = client::exchange(&gateway, &credential, &body).await?;
+            eprintln!(
+                "access token {} for {service}, expires {}; refresh after {}",
+                answer["id"].as_str().unwrap_or("-"),
+                answer["expires_at"].as_str().unwrap_or("-"),
+                answer["refresh_after"].as_str().unwrap_or("-"),
+            );
+            if let Some(w) = answer["warning"].as_str() {
+                eprintln!("warning: {w}");
+            }
+            let token = answer["access_token"]
+                .as_str()
+                .ok_or_else(|| anyhow::anyhow!("the token endpoint answered without a token"))?;
+            println!("{token}");
+        }
         TokenCommand::Rotate { id, overlap, admin } => {
             let client = AdminClient::resolve(&admin)?;
             let path = format!("/v1/tokens/{}/rotate", client::path_segment(&id));
@@ -278,6 +354,42 @@ async fn token(cmd: TokenCommand) -> Result<ExitCode> {
                 rotated.info.expires_at,
             );
             println!("{}", rotated.token);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn credential(cmd: CredentialCommand) -> Result<ExitCode> {
+    match cmd {
+        CredentialCommand::Issue {
+            principal,
+            services,
+            methods,
+            paths,
+            cidrs,
+            max_age,
+            admin,
+        } => {
+            let client = AdminClient::resolve(&admin)?;
+            let body = json!({
+                "principal": principal,
+                "services": services,
+                "methods": methods,
+                "paths": paths,
+                "cidrs": cidrs,
+                "max_age": max_age,
+            });
+            let issued: Issued = client.post("/v1/credentials", &body).await?;
+            let i = &issued.info;
+            eprintln!(
+                "issued client credential {} for {} on {} ({}), accepted until {}",
+                i.id,
+                i.principal,
+                i.service.as_deref().unwrap_or("-"),
+                describe(&i.methods, &i.paths),
+                i.expires_at
+            );
+            println!("{}", issued.token);
         }
     }
     Ok(ExitCode::SUCCESS)

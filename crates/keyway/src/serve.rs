@@ -61,6 +61,9 @@ pub fn announce(gw: &Gateway, l: &Listeners) {
         }
         tracing::info!(addr = %a, "admin API listening");
     }
+    if let Some(a) = l.token_addr() {
+        tracing::info!(addr = %a, "token endpoint listening (POST /v1/token/exchange)");
+    }
     for name in l.services.keys() {
         if let Some(a) = l.service_addr(name) {
             tracing::info!(service = %name, addr = %a, "service listening");

@@ -145,6 +145,8 @@ pub struct TestGateway {
     pub gw: Arc<Gateway>,
     pub clock: Arc<ManualClock>,
     pub admin: SocketAddr,
+    /// The token endpoint, when the config has `token_listen`.
+    pub token: Option<SocketAddr>,
     pub services: std::collections::BTreeMap<String, SocketAddr>,
     pub dir: tempfile::TempDir,
     pub shutdown: CancellationToken,
@@ -159,6 +161,7 @@ impl TestGateway {
         let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
         let listeners = Listeners::bind(&config).await.unwrap();
         let admin = listeners.admin_addr().unwrap();
+        let token = listeners.token_addr();
         let services = config
             .services
             .keys()
@@ -171,6 +174,7 @@ impl TestGateway {
             gw,
             clock,
             admin,
+            token,
             services,
             dir,
             shutdown,
@@ -340,10 +344,13 @@ impl Conn {
 
 /// A config with one or more HTTP services in front of `upstream`, on port 0.
 pub fn config(services: &[(&str, &str)]) -> String {
-    let mut s = String::from("admin_listen = \"127.0.0.1:0\"\nmax_ttl = \"24h\"\n");
+    let mut s = String::from(
+        "admin_listen = \"127.0.0.1:0\"\ntoken_listen = \"127.0.0.1:0\"\nmax_ttl = \"24h\"\n",
+    );
     for (name, extra) in services {
+        let max_ttl = if extra.contains("max_ttl") { "" } else { "max_ttl = \"1h\"\n" };
         s.push_str(&format!(
-            "\n[services.{name}]\nprotocol = \"http\"\nlisten = \"127.0.0.1:0\"\nmax_ttl = \"1h\"\n{extra}\n"
+            "\n[services.{name}]\nprotocol = \"http\"\nlisten = \"127.0.0.1:0\"\n{max_ttl}{extra}\n"
         ));
     }
     s

@@ -1,0 +1,185 @@
+//! The token endpoint, where services, CI jobs and AI agents trade their client
+//! credential for a short-lived access token. It listens apart from the admin API
+//! (`token_listen`), since workloads reach it.
+//!
+//! `POST /v1/token/exchange` with `Authorization: Bearer <client credential>` and
+//! `{"service": "billing", "ttl": "10m"}` answers
+//! `{"access_token", "token_type": "Bearer", "expires_in", "expires_at", "refresh_after", …}`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use bytes::Bytes;
+use keyway_core::clock::format_ms;
+use keyway_core::TokenKind;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::gateway::{ExchangeError, Gateway};
+
+/// A credential this close to its maximum age is warned about.
+pub const NEAR_MAX_AGE_MS: i64 = 14 * 24 * 3600 * 1000;
+
+pub fn router(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/v1/token/exchange", post(exchange))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "POST /v1/token/exchange",
+            )
+        })
+        .with_state(gw)
+}
+
+async fn exchange(
+    State(gw): State<Arc<Gateway>>,
+    Extension(ConnectInfo(peer)): Extension<ConnectInfo<SocketAddr>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    #[derive(Deserialize)]
+    struct Body {
+        service: String,
+        ttl: Option<String>,
+    }
+    let source = peer.ip().to_canonical();
+    let mut ev = gw.event("token.exchange");
+    ev.source = Some(source.to_string());
+    let deny = |mut ev: keyway_store::AuditEvent, reason: &str, status, code, msg| {
+        ev.decision = Some("deny".into());
+        ev.reason = Some(reason.to_owned());
+        gw.audit.record(ev);
+        error(status, code, msg)
+    };
+    let Some(text) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+    else {
+        return deny(
+            ev,
+            "no_token",
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "send the client credential as a Bearer token",
+        );
+    };
+    let now = gw.now();
+    let credential = match gw
+        .index
+        .authenticate(text, &gw.pepper, TokenKind::ClientCredential, now)
+    {
+        Ok(c) => c,
+        Err(r) => {
+            ev.token_id = r.token_id;
+            return deny(
+                ev,
+                r.reason.as_str(),
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "the client credential was refused",
+            );
+        }
+    };
+    ev.token_id = Some(credential.id().to_owned());
+    ev.principal = Some(credential.record.principal.clone());
+    let Ok(b) = serde_json::from_slice::<Body>(&body) else {
+        return deny(
+            ev,
+            "bad_request",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "body must be JSON: {\"service\": …, \"ttl\": \"15m\"}",
+        );
+    };
+    ev.service = Some(b.service.chars().take(64).collect());
+    let ttl = match b.ttl.as_deref().map(keyway_core::units::parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            return deny(
+                ev,
+                "bad_request",
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &format!("ttl: {e}"),
+            )
+        }
+    };
+    credential.mark_used(now);
+    let near_max_age = credential.expires_at() - now <= NEAR_MAX_AGE_MS;
+    if near_max_age {
+        let mut warn = gw.event("credential.near_max_age");
+        warn.token_id = Some(credential.id().to_owned());
+        warn.principal = Some(credential.record.principal.clone());
+        warn.detail = json!({ "expires_at": format_ms(credential.expires_at()) });
+        gw.audit.record(warn);
+        tracing::warn!(token_id = %credential.id(), "a client credential is within 14 days of its maximum age; issue a new one");
+    }
+    match gw.exchange(&credential, &b.service, ttl, source).await {
+        Ok((token, record)) => {
+            let lifetime = record.expires_at - record.created_at;
+            let mut body = json!({
+                "access_token": secrecy::ExposeSecret::expose_secret(token.secret()),
+                "token_type": "Bearer",
+                "id": record.id,
+                "service": b.service,
+                "expires_in": lifetime / 1000,
+                "expires_at": format_ms(record.expires_at),
+                "refresh_after": format_ms(record.created_at + lifetime * 2 / 3),
+            });
+            if near_max_age {
+                body["warning"] = json!(format!(
+                    "this client credential stops working at {}; issue a new one",
+                    format_ms(credential.expires_at())
+                ));
+            }
+            let mut resp = (StatusCode::OK, Json(body)).into_response();
+            resp.headers_mut().insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store"),
+            );
+            resp
+        }
+        Err(ExchangeError::Store(e)) => {
+            tracing::error!(error = %e, "could not store an exchanged token");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "see the gateway log",
+            )
+        }
+        Err(
+            e @ (ExchangeError::Source | ExchangeError::Service | ExchangeError::NotACredential),
+        ) => {
+            let reason = match e {
+                ExchangeError::Source => "source_not_allowed",
+                _ => "service_not_granted",
+            };
+            deny(
+                ev,
+                reason,
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                "this credential cannot get a token for that service from here",
+            )
+        }
+    }
+}
+
+fn error(status: StatusCode, code: &str, msg: &str) -> Response {
+    (
+        status,
+        Json(json!({ "error": code, "error_description": msg })),
+    )
+        .into_response()
+}
