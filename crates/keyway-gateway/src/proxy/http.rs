@@ -33,7 +33,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use keyway_core::config::{HttpService, Service, ServiceKind};
 use keyway_core::path::percent_decode_lossy;
 use keyway_core::token::{find_tokens, redact, TOKEN_LEN};
@@ -144,7 +144,11 @@ impl HttpProxy {
     }
 
     /// Decides one request and, if allowed, forwards it.
-    pub async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        peer: SocketAddr,
+        mut req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
         let gw = &*self.gw;
         let mut ev = gw.event("request");
         ev.service = Some(self.svc.name.clone());
@@ -166,7 +170,9 @@ impl HttpProxy {
         };
 
         let started = Instant::now();
-        let upstream_req = match self.upstream_request(req, peer, &path) {
+        // A WebSocket upgrade, on purpose: the one upgrade passed through (never h2c).
+        let client_upgrade = is_websocket_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let upstream_req = match self.upstream_request(req, peer, &path, client_upgrade.is_some()) {
             Ok(r) => r,
             Err(reason) => {
                 drop(reservation);
@@ -185,9 +191,16 @@ impl HttpProxy {
         );
         ev.decision = Some("allow".into());
         let response = match result {
-            Ok(Ok(resp)) => {
+            Ok(Ok(mut resp)) => {
                 detail.insert("status".into(), resp.status().as_u16().into());
-                self.downstream_response(resp, &entry)
+                match client_upgrade {
+                    Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        let upstream = hyper::upgrade::on(&mut resp);
+                        self.bridge_upgraded(client, upstream, entry.clone());
+                        upgraded_response(resp)
+                    }
+                    _ => self.downstream_response(resp, &entry),
+                }
             }
             Ok(Err(e)) => {
                 tracing::warn!(service = %self.svc.name, error = %e, "upstream request failed");
@@ -332,6 +345,7 @@ impl HttpProxy {
         req: Request<Incoming>,
         peer: SocketAddr,
         path: &str,
+        websocket: bool,
     ) -> Result<Request<Incoming>, DenyReason> {
         let (mut parts, body) = req.into_parts();
         let up = &self.http.upstream;
@@ -354,6 +368,10 @@ impl HttpProxy {
         strip_hop_by_hop(h);
         strip_client_claims(h);
         h.remove(header::AUTHORIZATION);
+        if websocket {
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
         if let Some(auth) = &self.http.upstream_auth {
             // Checked in `decide`; a secret removed since then fails closed here.
             let value = self
@@ -370,6 +388,41 @@ impl HttpProxy {
         }
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         Ok(Request::from_parts(parts, body))
+    }
+
+    /// Carries an upgraded connection (a WebSocket) both ways until either side
+    /// closes, the token is revoked, or it expires.
+    fn bridge_upgraded(
+        &self,
+        client: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::OnUpgrade,
+        entry: Arc<Entry>,
+    ) {
+        let left = entry.expires_at().saturating_sub(self.gw.now()).max(0);
+        let service = self.svc.name.clone();
+        tokio::spawn(async move {
+            let (client, upstream) = match tokio::join!(client, upstream) {
+                (Ok(c), Ok(u)) => (c, u),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::debug!(service = %service, error = %e, "an upgrade did not complete");
+                    return;
+                }
+            };
+            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+            tokio::select! {
+                r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                    if let Err(e) = r {
+                        tracing::debug!(service = %service, error = %e, "upgraded connection ended with an error");
+                    }
+                }
+                () = entry.cancel.cancelled() => {
+                    tracing::debug!(service = %service, token_id = %entry.id(), "token revoked; upgraded connection cut");
+                }
+                () = tokio::time::sleep(Duration::from_millis(left as u64)) => {
+                    tracing::debug!(service = %service, token_id = %entry.id(), "token expired; upgraded connection cut");
+                }
+            }
+        });
     }
 
     fn downstream_response(&self, resp: Response<Incoming>, entry: &Entry) -> Response<ProxyBody> {
@@ -442,6 +495,42 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     let s = value.to_str().ok()?;
     let (scheme, token) = s.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// A WebSocket opening handshake: `GET` with `Upgrade: websocket` named in
+/// `Connection`.
+fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    let h = req.headers();
+    let names_upgrade = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let websocket = h
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    req.method() == http::Method::GET && names_upgrade && websocket
+}
+
+/// The upstream's `101 Switching Protocols`, passed on with the headers that make it
+/// one (`Connection`, `Upgrade`) and an empty body.
+fn upgraded_response(resp: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, _) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts
+        .headers
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    Response::from_parts(
+        parts,
+        http_body_util::Empty::new()
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    )
 }
 
 /// Removes what a client could claim that the upstream might trust: where the request

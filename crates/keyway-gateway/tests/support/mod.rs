@@ -108,6 +108,15 @@ async fn answer(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response
             Response::new(stream.boxed())
         }
         "/echo" => Response::new(Full::new(bytes).boxed()),
+        "/sse" => {
+            let mut r = Response::new(sse(Duration::from_millis(500)).boxed());
+            r.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("text/event-stream"),
+            );
+            r
+        }
+        "/download" => Response::new(download().boxed()),
         p => Response::new(Full::new(Bytes::from(format!("upstream ok {p}"))).boxed()),
     }
 }
@@ -123,6 +132,73 @@ fn async_stream(every: Duration, n: usize) -> ChannelBody {
         }
     });
     ChannelBody(rx)
+}
+
+/// Server-sent events, one every `every`, for at most a minute.
+fn sse(every: Duration) -> ChannelBody {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        for i in 0..(60_000 / every.as_millis().max(1) as usize) {
+            if tx
+                .send(Bytes::from(format!("event: tick\ndata: {i}\n\n")))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+    ChannelBody(rx)
+}
+
+/// A large download (at most 1 GiB), sent as fast as the reader takes it.
+fn download() -> ChannelBody {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let chunk = Bytes::from(vec![b'd'; 64 * 1024]);
+        for _ in 0..16 * 1024 {
+            if tx.send(chunk.clone()).await.is_err() {
+                return;
+            }
+        }
+    });
+    ChannelBody(rx)
+}
+
+/// A WebSocket echo server on 127.0.0.1:0 that records the request headers it saw.
+pub async fn websocket_echo() -> (SocketAddr, Arc<Mutex<Vec<HeaderMap>>>) {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let s = s.clone();
+            tokio::spawn(async move {
+                let record = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                              resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
+                    s.lock().unwrap().push(req.headers().clone());
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        if ws.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
 }
 
 /// A response body fed by a channel: a real long-lived stream.
@@ -348,7 +424,11 @@ pub fn config(services: &[(&str, &str)]) -> String {
         "admin_listen = \"127.0.0.1:0\"\ntoken_listen = \"127.0.0.1:0\"\nmax_ttl = \"24h\"\n",
     );
     for (name, extra) in services {
-        let max_ttl = if extra.contains("max_ttl") { "" } else { "max_ttl = \"1h\"\n" };
+        let max_ttl = if extra.contains("max_ttl") {
+            ""
+        } else {
+            "max_ttl = \"1h\"\n"
+        };
         s.push_str(&format!(
             "\n[services.{name}]\nprotocol = \"http\"\nlisten = \"127.0.0.1:0\"\n{max_ttl}{extra}\n"
         ));

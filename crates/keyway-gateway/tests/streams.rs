@@ -1,0 +1,147 @@
+//! Revocation reaches live streams: a long download, a server-sent-events stream and
+//! a WebSocket, each opened through the gateway with a token, are cut within 50 ms of
+//! the revocation returning.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use http_body_util::BodyExt;
+use support::{config, Conn, TestGateway, Upstream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+const CUT_WITHIN: Duration = Duration::from_millis(50);
+
+async fn gateway(upstream: &str) -> TestGateway {
+    TestGateway::start(&config(&[(
+        "billing",
+        &format!("upstream = \"{upstream}\""),
+    )]))
+    .await
+}
+
+/// Opens `path` with a fresh token, reads a little, revokes, and returns how long the
+/// stream took to end after the revocation returned.
+async fn cut_after_revoke(path: &str) -> Duration {
+    let up = Upstream::start().await;
+    let gw = gateway(&up.url()).await;
+    let (token, id, _) = gw.issue("billing", &[], &[], "15m").await;
+    let mut conn = Conn::open(gw.addr("billing")).await;
+    let resp = conn
+        .request("GET", path, Some(&token), &[], Bytes::new())
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    assert!(body.frame().await.unwrap().is_ok(), "the stream started");
+
+    // Keep reading (a slow reader would hold the download back, not end it).
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        while let Some(Ok(_)) = body.frame().await {}
+        let _ = tx.send(Instant::now());
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.gw.revoke(&id, "test", None).await.unwrap();
+    let revoked = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), rx)
+        .await
+        .expect("the stream went on")
+        .unwrap();
+    gw.stop().await;
+    ended.saturating_duration_since(revoked)
+}
+
+#[tokio::test]
+async fn revocation_cuts_a_long_download() {
+    let took = cut_after_revoke("/download").await;
+    eprintln!("cut after {took:?}");
+    assert!(took <= CUT_WITHIN, "cut after {took:?}");
+}
+
+#[tokio::test]
+async fn revocation_cuts_a_server_sent_events_stream() {
+    let took = cut_after_revoke("/sse").await;
+    eprintln!("cut after {took:?}");
+    assert!(took <= CUT_WITHIN, "cut after {took:?}");
+}
+
+#[tokio::test]
+async fn a_websocket_passes_through_and_revocation_cuts_it() {
+    let (ws_addr, seen) = support::websocket_echo().await;
+    let gw = gateway(&format!("http://{ws_addr}")).await;
+    let (token, id, _) = gw.issue("billing", &["GET"], &["/ws"], "15m").await;
+
+    let connect = |token: Option<String>| {
+        let addr = gw.addr("billing");
+        async move {
+            let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+            if let Some(t) = token {
+                req.headers_mut()
+                    .insert("authorization", format!("Bearer {t}").parse().unwrap());
+            }
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tokio_tungstenite::client_async(req, tcp).await
+        }
+    };
+    // Without a token the upgrade is refused like any request.
+    assert!(connect(None).await.is_err());
+
+    let (mut ws, resp) = connect(Some(token.clone())).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws.send(Message::text("hello")).await.unwrap();
+    let echo = ws.next().await.unwrap().unwrap();
+    assert_eq!(echo.to_text().unwrap(), "hello");
+    let upstream_saw = seen.lock().unwrap()[0].clone();
+    assert!(
+        upstream_saw.get("authorization").is_none(),
+        "the token stayed at the gateway"
+    );
+
+    gw.gw.revoke(&id, "test", None).await.unwrap();
+    let revoked = Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the WebSocket went on after revocation");
+    let took = revoked.elapsed();
+    eprintln!("cut after {took:?}");
+    assert!(took <= CUT_WITHIN, "cut after {took:?}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_is_never_passed_through() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up.url()).await;
+    let (token, _, _) = gw.issue("billing", &[], &[], "15m").await;
+    let mut conn = Conn::open(gw.addr("billing")).await;
+    let r = conn
+        .send(
+            "GET",
+            "/",
+            Some(&token),
+            &[
+                ("connection", "upgrade, http2-settings"),
+                ("upgrade", "h2c"),
+                ("http2-settings", "AAMAAABkAAQAAP__"),
+            ],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let seen = &up.seen()[0];
+    assert!(seen.headers.get("upgrade").is_none() && seen.headers.get("http2-settings").is_none());
+    gw.stop().await;
+}
