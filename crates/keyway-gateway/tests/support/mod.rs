@@ -180,6 +180,7 @@ pub async fn websocket_echo() -> (SocketAddr, Arc<Mutex<Vec<HeaderMap>>>) {
             };
             let s = s.clone();
             tokio::spawn(async move {
+                #[allow(clippy::result_large_err)] // tungstenite's callback signature
                 let record = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
                               resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
                     s.lock().unwrap().push(req.headers().clone());
@@ -189,10 +190,8 @@ pub async fn websocket_echo() -> (SocketAddr, Arc<Mutex<Vec<HeaderMap>>>) {
                     return;
                 };
                 while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() || msg.is_binary() {
-                        if ws.send(msg).await.is_err() {
-                            return;
-                        }
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
                     }
                 }
             });
