@@ -6,11 +6,13 @@
 //! - `client.rs`: finding and calling the admin API.
 //! - `demo.rs`: `keyway demo`, a gateway with a demo upstream and a token to try.
 //! - `serve.rs`: `keyway gateway`, and the start-up shared with the demo.
+//! - `scan.rs`: `keyway scan`, finding leaked tokens in files and git history.
 
 #![forbid(unsafe_code)]
 
 mod client;
 mod demo;
+mod scan;
 mod serve;
 
 use std::io::{IsTerminal, Read};
@@ -58,6 +60,10 @@ enum Command {
     /// Issue client credentials: workloads exchange them for short-lived access tokens.
     #[command(subcommand)]
     Credential(CredentialCommand),
+    /// Find Keyway tokens in files (and git history): where, which public id, whether
+    /// still live; never the secret. Exit status 1 when a live (or unknown) token is
+    /// found, so it works as a pre-commit hook and in CI.
+    Scan(scan::ScanArgs),
     /// Store upstream credentials, encrypted (through the admin API).
     #[command(subcommand)]
     Secret(SecretCommand),
@@ -229,6 +235,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Token(cmd) => token(cmd).await,
         Command::Credential(cmd) => credential(cmd).await,
+        Command::Scan(args) => scan::run(args).await,
         Command::Secret(cmd) => secret(cmd).await,
     }
 }

@@ -39,8 +39,10 @@ pub fn load_config(path: &Path) -> Result<Config> {
 
 pub async fn gateway(config_path: &Path) -> Result<ExitCode> {
     let config = load_config(config_path)?;
-    let listeners = Listeners::bind(&config).await?;
+    // Open first, bind second: once a port accepts, the gateway (and the admin
+    // credential the CLI reads) is ready.
     let gw = Arc::new(Gateway::open(config, Arc::new(SystemClock)).await?);
+    let listeners = Listeners::bind(&gw.config).await?;
     announce(&gw, &listeners);
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
