@@ -261,6 +261,19 @@ async fn credentials_warn_near_their_max_age_and_are_refused_after() {
         StatusCode::UNAUTHORIZED
     );
 
+    let metrics = |gw: &TestGateway| {
+        let admin = gw.admin_token();
+        let addr = gw.admin;
+        async move { send(addr, "GET", "/metrics", Some(&admin)).await.body }
+    };
+    gw.clock.set(start + 20 * day);
+    let m = metrics(&gw).await;
+    assert!(m.contains("\nkeyway_credentials_near_max_age 1\n"), "{m}");
+    gw.clock.set(start + 10 * day);
+    assert!(metrics(&gw)
+        .await
+        .contains("\nkeyway_credentials_near_max_age 0\n"));
+    gw.clock.set(start + 30 * day);
     let events = gw.audit().await;
     assert!(events
         .iter()
