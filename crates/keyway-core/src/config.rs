@@ -33,6 +33,7 @@ pub struct RawConfig {
     pub max_ttl: Option<String>,
     pub admin_token_ttl: Option<String>,
     pub token_listen: Option<String>,
+    pub token_tls: Option<RawTls>,
     pub credential_max_age: Option<String>,
     pub pepper_file: Option<PathBuf>,
     pub master_key_file: Option<PathBuf>,
@@ -64,6 +65,18 @@ pub struct RawService {
     pub header_timeout: Option<String>,
     pub max_header_bytes: Option<usize>,
     pub max_headers: Option<usize>,
+    pub tls: Option<RawTls>,
+    pub client_ca: Option<PathBuf>,
+    pub require_client_cert: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Only in `token_tls`: verify client certificates against this CA.
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +97,8 @@ pub struct Config {
     pub admin_token_ttl: Duration,
     /// Where workloads exchange client credentials for access tokens; none if unset.
     pub token_listen: Option<SocketAddr>,
+    /// TLS (and client certificates) on the token endpoint.
+    pub token_tls: Option<TlsConfig>,
     /// No client credential is accepted longer than this after its issue.
     pub credential_max_age: Duration,
     /// The key of token hashes; outside the database.
@@ -119,7 +134,20 @@ pub struct Service {
     pub allow_cidrs: Vec<IpNet>,
     /// Per token.
     pub rate_limit: Option<Rate>,
+    /// HTTPS on the gateway's listener, and client certificates.
+    pub tls: Option<TlsConfig>,
     pub kind: ServiceKind,
+}
+
+/// A listener's TLS: its certificate and key, and how client certificates are taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Client certificates are verified against this CA; without it none are asked.
+    pub client_ca: Option<PathBuf>,
+    /// Refuse connections without a valid client certificate.
+    pub require_client_cert: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -235,6 +263,12 @@ impl RawConfig {
             .token_listen
             .as_deref()
             .and_then(|a| p.addr("token_listen", a));
+        let token_tls = self.token_tls.map(|t| TlsConfig {
+            cert: rel(t.cert),
+            key: rel(t.key),
+            client_ca: t.client_ca.map(rel),
+            require_client_cert: false,
+        });
         let credential_max_age = p.duration_or(
             "credential_max_age",
             self.credential_max_age.as_deref(),
@@ -275,7 +309,7 @@ impl RawConfig {
             }
         }
         for (name, raw) in self.services {
-            let Some(svc) = raw.check(&name, max_ttl, &mut p) else {
+            let Some(svc) = raw.check(&name, max_ttl, base_dir, &mut p) else {
                 continue;
             };
             // Port 0 asks the system for any free port, so it never collides.
@@ -300,6 +334,7 @@ impl RawConfig {
             max_ttl,
             admin_token_ttl,
             token_listen,
+            token_tls,
             credential_max_age,
             pepper_file,
             master_key_file,
@@ -312,7 +347,13 @@ impl RawConfig {
 // === impl RawService ===
 
 impl RawService {
-    fn check(self, name: &str, global_max_ttl: Duration, p: &mut Problems) -> Option<Service> {
+    fn check(
+        self,
+        name: &str,
+        global_max_ttl: Duration,
+        base_dir: &Path,
+        p: &mut Problems,
+    ) -> Option<Service> {
         let key = |k: &str| format!("services.{name}.{k}");
         let before = p.0.len();
         if !valid_name(name) {
@@ -431,6 +472,42 @@ impl RawService {
         if !(8..=1024).contains(&http.max_headers) {
             p.push(&key("max_headers"), "must be between 8 and 1024");
         }
+        let rel = |path: PathBuf| {
+            if path.is_absolute() {
+                path
+            } else {
+                base_dir.join(path)
+            }
+        };
+        let require = self.require_client_cert.unwrap_or(false);
+        let tls = match self.tls {
+            Some(t) => {
+                if t.client_ca.is_some() {
+                    p.push(&key("tls.client_ca"), "goes beside `tls`, as `client_ca`");
+                }
+                if require && self.client_ca.is_none() {
+                    p.push(
+                        &key("require_client_cert"),
+                        "needs `client_ca` to verify client certificates against",
+                    );
+                }
+                Some(TlsConfig {
+                    cert: rel(t.cert),
+                    key: rel(t.key),
+                    client_ca: self.client_ca.map(rel),
+                    require_client_cert: require,
+                })
+            }
+            None => {
+                if self.client_ca.is_some() || require {
+                    p.push(
+                        &key("client_ca"),
+                        "client certificates need `tls = { cert = …, key = … }` on the listener",
+                    );
+                }
+                None
+            }
+        };
         if p.0.len() > before {
             return None;
         }
@@ -440,6 +517,7 @@ impl RawService {
             max_ttl,
             allow_cidrs,
             rate_limit,
+            tls,
             kind: ServiceKind::Http(http),
         })
     }

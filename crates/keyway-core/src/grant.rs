@@ -56,6 +56,7 @@ pub enum DenyReason {
     SourceNotAllowed,
     RateLimited,
     TokenInUrl,
+    CertificateMismatch,
     MethodNotAllowed,
     AuditUnavailable,
     UpstreamCredentialMissing,
@@ -154,6 +155,7 @@ impl DenyReason {
             DenyReason::SourceNotAllowed => "source_not_allowed",
             DenyReason::RateLimited => "rate_limited",
             DenyReason::TokenInUrl => "token_in_url",
+            DenyReason::CertificateMismatch => "certificate_mismatch",
             DenyReason::MethodNotAllowed => "method_not_allowed",
             DenyReason::AuditUnavailable => "audit_unavailable",
             DenyReason::UpstreamCredentialMissing => "upstream_credential_missing",
@@ -170,7 +172,8 @@ impl DenyReason {
             | DenyReason::WrongSecret
             | DenyReason::Expired
             | DenyReason::Revoked
-            | DenyReason::TokenInUrl => 401,
+            | DenyReason::TokenInUrl
+            | DenyReason::CertificateMismatch => 401,
             DenyReason::WrongKind
             | DenyReason::WrongService
             | DenyReason::MethodNotGranted

@@ -34,6 +34,7 @@ fn bench(c: &mut Criterion) {
             last_used_at: None,
             parent_id: None,
             scope: None,
+            cert_thumbprint: None,
         });
     }
     let index = TokenIndex::load(records);

@@ -14,11 +14,10 @@
 //! | `GET /v1/audit?after=N&limit=M` | audit events after sequence number N |
 //! | `GET /metrics` | Prometheus text format (needs the admin token too) |
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -136,8 +135,8 @@ impl FromRequestParts<Gw> for Admin {
                 ev.token_id = token_id;
                 ev.source = parts
                     .extensions
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map(|c| c.0.ip().to_canonical().to_string());
+                    .get::<crate::listener::ConnInfo>()
+                    .map(|c| c.peer.ip().to_canonical().to_string());
                 ev.detail = json!({ "path": keyway_core::token::redact(parts.uri.path()) });
                 gw.audit.record(ev);
                 Err(error(StatusCode::UNAUTHORIZED, "unauthorized"))

@@ -53,6 +53,9 @@ pub struct IssueRequest {
     pub methods: Vec<String>,
     #[serde(default)]
     pub paths: Vec<String>,
+    /// Bind the token to this client certificate (RFC 8705 `x5t#S256`).
+    #[serde(default)]
+    pub cert_thumbprint: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +73,10 @@ pub enum IssueError {
         service: String,
         why: String,
     },
+    #[error(
+        "a certificate thumbprint is the base64url SHA-256 of the certificate (43 characters)"
+    )]
+    BadThumbprint,
     #[error(transparent)]
     Grant(#[from] GrantError),
     #[error(transparent)]
@@ -89,6 +96,9 @@ pub struct CredentialRequest {
     pub cidrs: Vec<String>,
     /// Like `90d`; the default and the ceiling is the config's `credential_max_age`.
     pub max_age: Option<String>,
+    /// Bind the credential (and every token it gets) to this client certificate.
+    #[serde(default)]
+    pub cert_thumbprint: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +109,8 @@ pub enum ExchangeError {
     Source,
     #[error("the credential does not name this service")]
     Service,
+    #[error("the credential is bound to a client certificate this connection did not present")]
+    Certificate,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -275,7 +287,10 @@ impl Gateway {
         };
         self.check_ttl(svc, ttl)?;
         let grant = Grant::new(&svc.name, &req.methods, &req.paths)?;
-        Ok(self.mint(&req.principal, grant, ttl, None, by).await?)
+        let bound = check_thumbprint(req.cert_thumbprint.as_deref())?;
+        Ok(self
+            .mint(&req.principal, grant, ttl, None, bound, by)
+            .await?)
     }
 
     /// Issues a client credential: it calls no service itself, and is exchanged at the
@@ -329,6 +344,7 @@ impl Gateway {
                 format_duration(max)
             )));
         }
+        let bound = check_thumbprint(req.cert_thumbprint.as_deref())?;
         let now = self.now();
         let token = IssuedToken::generate(TokenKind::ClientCredential);
         let record = TokenRecord {
@@ -347,6 +363,7 @@ impl Gateway {
                 cidrs,
                 max_age_ms: duration_ms(max_age),
             }),
+            cert_thumbprint: bound,
         };
         self.store.insert_token(&record).await?;
         self.index.insert(record.clone());
@@ -370,6 +387,7 @@ impl Gateway {
         service: &str,
         ttl: Option<Duration>,
         source: std::net::IpAddr,
+        presented_cert: Option<&str>,
     ) -> Result<(IssuedToken, TokenRecord), ExchangeError> {
         let scope = credential
             .record
@@ -379,6 +397,14 @@ impl Gateway {
         if !scope.allows_source(source) {
             return Err(ExchangeError::Source);
         }
+        // A bound credential works only with its certificate; the access token is bound
+        // to the certificate of the exchange (RFC 8705), whether or not the credential is.
+        if let Some(bound) = &credential.record.cert_thumbprint {
+            if !presented_cert.is_some_and(|p| crate::tls::same_thumbprint(p, bound)) {
+                return Err(ExchangeError::Certificate);
+            }
+        }
+        let binding = presented_cert.map(str::to_owned);
         let grant = scope
             .grant(service)
             .cloned()
@@ -392,6 +418,7 @@ impl Gateway {
                 grant,
                 ttl,
                 Some(credential.id().to_owned()),
+                binding,
                 "token_exchange",
             )
             .await?)
@@ -420,7 +447,14 @@ impl Gateway {
         let lifetime = u64::try_from(old.record.expires_at - old.record.created_at).unwrap_or(0);
         let ttl = Duration::from_millis(lifetime).min(self.max_ttl(svc));
         let (token, record) = self
-            .mint(&old.record.principal, grant, ttl, Some(id.to_owned()), by)
+            .mint(
+                &old.record.principal,
+                grant,
+                ttl,
+                Some(id.to_owned()),
+                old.record.cert_thumbprint.clone(),
+                by,
+            )
             .await?;
         let until = now
             .saturating_add(duration_ms(overlap))
@@ -505,6 +539,7 @@ impl Gateway {
         grant: Grant,
         ttl: Duration,
         parent_id: Option<String>,
+        cert_thumbprint: Option<String>,
         by: &str,
     ) -> Result<(IssuedToken, TokenRecord), StoreError> {
         let now = self.now();
@@ -521,6 +556,7 @@ impl Gateway {
             last_used_at: None,
             parent_id,
             scope: None,
+            cert_thumbprint,
         };
         self.store.insert_token(&record).await?;
         self.index.insert(record.clone());
@@ -533,6 +569,7 @@ impl Gateway {
             "expires_at": format_ms(record.expires_at),
             "grant": record.grant,
             "parent": record.parent_id,
+            "cert_thumbprint": record.cert_thumbprint,
         });
         self.audit.record_reliably(ev).await;
         Ok((token, record))
@@ -708,6 +745,7 @@ impl Gateway {
             last_used_at: None,
             parent_id: None,
             scope: None,
+            cert_thumbprint: None,
         };
         let write_err = |source| OpenError::AdminToken {
             path: path.display().to_string(),
@@ -761,6 +799,21 @@ pub enum SecretError {
     BadValue,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A thumbprint as given at issue: base64url SHA-256, 43 characters.
+fn check_thumbprint(t: Option<&str>) -> Result<Option<String>, IssueError> {
+    match t {
+        None => Ok(None),
+        Some(t)
+            if t.len() == 43
+                && t.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_') =>
+        {
+            Ok(Some(t.to_owned()))
+        }
+        Some(_) => Err(IssueError::BadThumbprint),
+    }
 }
 
 fn header_value(v: &SecretString) -> Option<HeaderValue> {

@@ -11,7 +11,9 @@
 //! - [`token_api`]: the token endpoint, where workloads exchange a client credential
 //!   for a short-lived access token.
 //! - [`audit`]: the bounded, batched audit writer (`fail_closed` by default).
-//! - [`listener`]: accepting HTTP/1 connections with bounds, for every listener.
+//! - [`listener`]: accepting HTTP/1 connections with bounds (and TLS), for every
+//!   listener.
+//! - [`tls`]: TLS configuration, client certificates and their thumbprints.
 //!
 //! [`run`] takes bound listeners and a shutdown signal, so tests bind port 0.
 
@@ -23,6 +25,7 @@ pub mod gateway;
 pub mod index;
 pub mod listener;
 pub mod proxy;
+pub mod tls;
 pub mod token_api;
 
 use std::collections::BTreeMap;
@@ -32,25 +35,36 @@ use std::time::Duration;
 
 use keyway_core::config::Config;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use gateway::{Gateway, IssueRequest};
 
 /// The sockets a gateway serves, bound before it starts.
-#[derive(Debug)]
 pub struct Listeners {
     pub admin: TcpListener,
     /// The token endpoint, where workloads exchange credentials.
     pub token: Option<TcpListener>,
     pub services: BTreeMap<String, TcpListener>,
+    /// TLS of the listeners that have it, by service name (the token endpoint's under
+    /// [`TOKEN_LISTENER`]); certificates are loaded when binding, so a bad file stops
+    /// start-up.
+    pub tls: BTreeMap<String, TlsAcceptor>,
 }
 
+/// The key of the token endpoint in [`Listeners::tls`].
+pub const TOKEN_LISTENER: &str = "(token endpoint)";
+
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} (`{key}`): {source}")]
-pub struct BindError {
-    pub key: String,
-    pub addr: SocketAddr,
-    pub source: std::io::Error,
+pub enum BindError {
+    #[error("cannot listen on {addr} (`{key}`): {source}")]
+    Listen {
+        key: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("`{key}`: {source}")]
+    Tls { key: String, source: tls::TlsError },
 }
 
 // === impl Listeners ===
@@ -61,7 +75,7 @@ impl Listeners {
         let bind = |key: String, addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
-                .map_err(|source| BindError { key, addr, source })
+                .map_err(|source| BindError::Listen { key, addr, source })
         };
         let admin = bind("admin_listen".into(), config.admin_listen).await?;
         let token = match config.token_listen {
@@ -75,10 +89,25 @@ impl Listeners {
                 bind(format!("services.{name}.listen"), svc.listen).await?,
             );
         }
+        let mut tls = BTreeMap::new();
+        let acceptor = |key: String, t: &keyway_core::config::TlsConfig| {
+            tls::server_config(t)
+                .map(TlsAcceptor::from)
+                .map_err(|source| BindError::Tls { key, source })
+        };
+        for (name, svc) in &config.services {
+            if let Some(t) = &svc.tls {
+                tls.insert(name.clone(), acceptor(format!("services.{name}.tls"), t)?);
+            }
+        }
+        if let Some(t) = &config.token_tls {
+            tls.insert(TOKEN_LISTENER.to_owned(), acceptor("token_tls".into(), t)?);
+        }
         Ok(Self {
             admin,
             token,
             services,
+            tls,
         })
     }
 
@@ -104,7 +133,11 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
             continue;
         };
         let proxy = proxy::http::HttpProxy::new(gw.clone(), svc);
-        tasks.spawn(proxy.serve(listener, shutdown.clone()));
+        tasks.spawn(proxy.serve(
+            listener,
+            listeners.tls.get(&name).cloned(),
+            shutdown.clone(),
+        ));
     }
     // The admin API and the token endpoint: small JSON APIs, bounded like the rest.
     let limits = listener::Limits {
@@ -113,28 +146,29 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
         max_header_bytes: 16 * 1024,
         max_headers: 64,
     };
-    let with_peer = |router: axum::Router| {
-        move |peer: SocketAddr| {
-            let router = router
-                .clone()
-                .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+    let with_conn = |router: axum::Router| {
+        move |conn: listener::ConnInfo| {
+            let router = router.clone().layer(axum::Extension(conn));
             hyper_util::service::TowerToHyperService::new(router)
         }
     };
-    let admin = with_peer(admin::router(gw.clone()));
+    let admin = with_conn(admin::router(gw.clone()));
     tasks.spawn(listener::serve_http1(
         "admin",
         listeners.admin,
         limits,
+        None,
         shutdown.clone(),
         admin,
     ));
     if let Some(token) = listeners.token {
-        let api = with_peer(token_api::router(gw.clone()));
+        let api = with_conn(token_api::router(gw.clone()));
+        let tls = listeners.tls.get(TOKEN_LISTENER).cloned();
         tasks.spawn(listener::serve_http1(
             "token",
             token,
             limits,
+            tls,
             shutdown.clone(),
             api,
         ));

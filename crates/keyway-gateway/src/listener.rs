@@ -1,6 +1,6 @@
 //! Accepting HTTP/1 connections, the same way for every listener: a cap on
-//! connections, hyper's header-size and header-time bounds, and a bounded drain on
-//! shutdown.
+//! connections, TLS where configured (with the client certificate's thumbprint handed
+//! on), hyper's header-size and header-time bounds, and a bounded drain on shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,8 +10,10 @@ use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::HttpService;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -29,16 +31,27 @@ pub struct Limits {
     pub max_headers: usize,
 }
 
+/// What a request handler knows about its connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The verified client certificate's RFC 8705 thumbprint, if one was presented.
+    pub cert_thumbprint: Option<String>,
+}
+
 /// Serves `listener` until `shutdown` fires; `make` builds the service of each
-/// connection from its peer address.
+/// connection.
 pub async fn serve_http1<S, F>(
     name: &str,
     listener: TcpListener,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
     make: F,
 ) where
-    F: Fn(SocketAddr) -> S,
+    F: Fn(ConnInfo) -> S + Send + Sync + 'static,
     S: HttpService<Incoming> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
@@ -53,6 +66,7 @@ pub async fn serve_http1<S, F>(
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
         .keep_alive(true);
+    let make = Arc::new(make);
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
@@ -76,24 +90,46 @@ pub async fn serve_http1<S, F>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        // Upgrades are served so that a WebSocket can be passed through on purpose;
-        // the proxy decides which upgrades to honour.
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), make(peer))
-            .with_upgrades();
-        let stop = shutdown.clone();
+        let (builder, make, stop, tls) =
+            (builder.clone(), make.clone(), shutdown.clone(), tls.clone());
         tracker.spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = stop.cancelled() => {
-                    // Finish the request in flight, then close.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            match tls {
+                None => {
+                    let info = ConnInfo {
+                        peer,
+                        tls: false,
+                        cert_thumbprint: None,
+                    };
+                    serve_one(&builder, stream, make(info), stop).await;
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "connection ended with an error");
+                Some(acceptor) => {
+                    // The handshake is bounded like the header block.
+                    let accepted =
+                        tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await;
+                    let stream = match accepted {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let cert_thumbprint = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| crate::tls::thumbprint(c.as_ref()));
+                    let info = ConnInfo {
+                        peer,
+                        tls: true,
+                        cert_thumbprint,
+                    };
+                    serve_one(&builder, stream, make(info), stop).await;
+                }
             }
             drop(permit);
         });
@@ -108,5 +144,34 @@ pub async fn serve_http1<S, F>(
             listener = name,
             "connections still open after the drain timeout; closing them"
         );
+    }
+}
+
+async fn serve_one<I, S>(builder: &http1::Builder, io: I, svc: S, stop: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: HttpService<Incoming> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    S::ResBody: Send + 'static,
+    <S::ResBody as Body>::Data: Send,
+    <S::ResBody as Body>::Error: Into<BoxError>,
+{
+    // Upgrades are served so that a WebSocket can be passed through on purpose; the
+    // proxy decides which upgrades to honour.
+    let conn = builder
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = stop.cancelled() => {
+            // Finish the request in flight, then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }

@@ -6,10 +6,9 @@
 //! `{"service": "billing", "ttl": "10m"}` answers
 //! `{"access_token", "token_type": "Bearer", "expires_in", "expires_at", "refresh_after", …}`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -21,6 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::gateway::{ExchangeError, Gateway};
+use crate::listener::ConnInfo;
 
 /// A credential this close to its maximum age is warned about.
 pub const NEAR_MAX_AGE_MS: i64 = 14 * 24 * 3600 * 1000;
@@ -40,7 +40,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
 
 async fn exchange(
     State(gw): State<Arc<Gateway>>,
-    Extension(ConnectInfo(peer)): Extension<ConnectInfo<SocketAddr>>,
+    Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -49,7 +49,7 @@ async fn exchange(
         service: String,
         ttl: Option<String>,
     }
-    let source = peer.ip().to_canonical();
+    let source = conn.peer.ip().to_canonical();
     let mut ev = gw.event("token.exchange");
     ev.source = Some(source.to_string());
     let deny = |mut ev: keyway_store::AuditEvent, reason: &str, status, code, msg| {
@@ -125,7 +125,16 @@ async fn exchange(
         gw.audit.record(warn);
         tracing::warn!(token_id = %credential.id(), "a client credential is within 14 days of its maximum age; issue a new one");
     }
-    match gw.exchange(&credential, &b.service, ttl, source).await {
+    match gw
+        .exchange(
+            &credential,
+            &b.service,
+            ttl,
+            source,
+            conn.cert_thumbprint.as_deref(),
+        )
+        .await
+    {
         Ok((token, record)) => {
             let lifetime = record.expires_at - record.created_at;
             let mut body = json!({
@@ -158,6 +167,13 @@ async fn exchange(
                 "see the gateway log",
             )
         }
+        Err(ExchangeError::Certificate) => deny(
+            ev,
+            "certificate_mismatch",
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "this credential is bound to a client certificate; present it (mTLS)",
+        ),
         Err(
             e @ (ExchangeError::Source | ExchangeError::Service | ExchangeError::NotACredential),
         ) => {

@@ -31,6 +31,7 @@ async fn credential(
         paths: vec!["/invoices/".into()],
         cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
         max_age: max_age.map(str::to_owned),
+        cert_thumbprint: None,
     };
     let (t, r) = gw.gw.issue_credential(&req, "test").await.unwrap();
     (t.secret().expose_secret().to_owned(), r.id)

@@ -51,6 +51,9 @@ pub struct TokenRecord {
     pub parent_id: Option<String>,
     /// For client credentials: what they may be exchanged for.
     pub scope: Option<CredentialScope>,
+    /// When bound to a client certificate: its SHA-256 thumbprint (base64url, RFC
+    /// 8705 `x5t#S256`); the token is then accepted only over mTLS with it.
+    pub cert_thumbprint: Option<String>,
 }
 
 /// One audit event. Never holds a secret: callers put public ids and redacted text in.

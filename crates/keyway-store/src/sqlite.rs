@@ -23,7 +23,7 @@ pub struct SqliteStore {
 
 const TOKEN_COLUMNS: &str =
     "id, kind, principal, grant_json, hash, created_at, expires_at, revoked_at, \
-                             last_used_at, parent_id, scope_json";
+                             last_used_at, parent_id, scope_json, cert_thumbprint";
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to
@@ -84,7 +84,7 @@ impl Store for SqliteStore {
         let grant = to_json(&t.grant)?;
         let scope = to_json(&t.scope)?;
         sqlx::query(&format!(
-            "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&t.id)
         .bind(t.kind.as_str())
@@ -97,6 +97,7 @@ impl Store for SqliteStore {
         .bind(t.last_used_at)
         .bind(&t.parent_id)
         .bind(scope)
+        .bind(&t.cert_thumbprint)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -264,6 +265,7 @@ fn token_from_row(r: &SqliteRow) -> Result<TokenRecord> {
         last_used_at: r.get(8),
         parent_id: r.get(9),
         scope: from_json(r.get(10), "token scope")?,
+        cert_thumbprint: r.get(11),
     })
 }
 
@@ -304,6 +306,7 @@ mod tests {
             last_used_at: None,
             parent_id: Some("parent".into()),
             scope: None,
+            cert_thumbprint: Some("x5t".into()),
         };
         store.insert_token(&rec).await.unwrap();
         assert_eq!(store.tokens().await.unwrap(), vec![rec.clone()]);

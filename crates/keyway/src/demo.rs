@@ -77,6 +77,7 @@ upstream_auth = {{ header = "X-Api-Key", secret = "billing-key" }}
     let listeners = Listeners {
         admin,
         token: None,
+        tls: Default::default(),
         services: [("billing".to_owned(), service)].into(),
     };
     let gw = Arc::new(Gateway::open(config, Arc::new(SystemClock)).await?);
@@ -89,6 +90,7 @@ upstream_auth = {{ header = "X-Api-Key", secret = "billing-key" }}
                 ttl: Some("15m".into()),
                 methods: vec!["GET".into()],
                 paths: vec!["/invoices/".into()],
+                cert_thumbprint: None,
             },
             "demo",
         )

@@ -151,6 +151,10 @@ struct IssueArgs {
     /// Allowed path prefix; repeat for several (default: any path).
     #[arg(long = "path")]
     paths: Vec<String>,
+    /// Bind the token to this client certificate (PEM): it is then accepted only
+    /// over mTLS with that certificate, so a stolen token alone is useless.
+    #[arg(long, value_name = "CERT.pem")]
+    bind_cert: Option<PathBuf>,
     #[command(flatten)]
     admin: AdminArgs,
 }
@@ -180,6 +184,10 @@ enum CredentialCommand {
         /// `credential_max_age`).
         #[arg(long)]
         max_age: Option<String>,
+        /// Bind the credential, and every access token it gets, to this client
+        /// certificate (PEM); the exchange must then use mTLS with it.
+        #[arg(long, value_name = "CERT.pem")]
+        bind_cert: Option<PathBuf>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -250,6 +258,7 @@ async fn token(cmd: TokenCommand) -> Result<ExitCode> {
                 "ttl": a.ttl,
                 "methods": a.methods,
                 "paths": a.paths,
+                "cert_thumbprint": thumbprint(a.bind_cert.as_deref())?,
             });
             let issued: Issued = client.post("/v1/tokens", &body).await?;
             let i = &issued.info;
@@ -369,6 +378,7 @@ async fn token(cmd: TokenCommand) -> Result<ExitCode> {
 async fn credential(cmd: CredentialCommand) -> Result<ExitCode> {
     match cmd {
         CredentialCommand::Issue {
+            bind_cert,
             principal,
             services,
             methods,
@@ -385,6 +395,7 @@ async fn credential(cmd: CredentialCommand) -> Result<ExitCode> {
                 "paths": paths,
                 "cidrs": cidrs,
                 "max_age": max_age,
+                "cert_thumbprint": thumbprint(bind_cert.as_deref())?,
             });
             let issued: Issued = client.post("/v1/credentials", &body).await?;
             let i = &issued.info;
@@ -442,6 +453,12 @@ async fn secret(cmd: SecretCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The RFC 8705 thumbprint of a PEM certificate file, for binding.
+fn thumbprint(cert: Option<&std::path::Path>) -> Result<Option<String>> {
+    cert.map(|p| keyway_gateway::tls::thumbprint_of_pem(p).map_err(anyhow::Error::from))
+        .transpose()
 }
 
 fn describe(methods: &[String], paths: &[String]) -> String {

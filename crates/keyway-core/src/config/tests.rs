@@ -160,3 +160,34 @@ fn shipped_example_configs_parse() {
     }
     assert!(seen >= 1, "no example config found in {}", dir.display());
 }
+
+#[test]
+fn client_certificates_need_tls_and_a_ca() {
+    let e = parse(&format!("{CONTRACT}client_ca = \"ca.pem\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("services.billing.client_ca") && e.contains("tls ="),
+        "{e}"
+    );
+    let e = parse(&format!(
+        "{CONTRACT}tls = {{ cert = \"c.pem\", key = \"k.pem\" }}\nrequire_client_cert = true\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("require_client_cert") && e.contains("client_ca"),
+        "{e}"
+    );
+    let c = parse(&format!(
+        "{CONTRACT}tls = {{ cert = \"c.pem\", key = \"k.pem\" }}\nclient_ca = \"ca.pem\"\nrequire_client_cert = true\n"
+    ))
+    .unwrap();
+    let tls = c.service("billing").unwrap().tls.clone().unwrap();
+    assert_eq!(tls.cert, Path::new("/etc/keyway/c.pem"));
+    assert_eq!(
+        tls.client_ca.as_deref(),
+        Some(Path::new("/etc/keyway/ca.pem"))
+    );
+    assert!(tls.require_client_cert);
+}

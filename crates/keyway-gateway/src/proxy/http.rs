@@ -14,7 +14,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -44,7 +43,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::gateway::Gateway;
 use crate::index::{Entry, Refusal};
-use crate::listener::{serve_http1, Limits};
+use crate::listener::{serve_http1, ConnInfo, Limits};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every response the proxy sends.
@@ -114,7 +113,12 @@ impl HttpProxy {
 
     /// Accepts connections on `listener` until `shutdown` fires, then waits (bounded)
     /// for in-flight requests to finish.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        shutdown: CancellationToken,
+    ) {
         if let Some(this) = self.limiter.is_some().then(|| self.clone()) {
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -133,22 +137,27 @@ impl HttpProxy {
             max_headers: self.http.max_headers,
         };
         let name = self.svc.name.clone();
-        serve_http1(&name, listener, limits, shutdown, |peer| {
-            let this = self.clone();
-            service_fn(move |req| {
+        let this = self.clone();
+        serve_http1(
+            &name,
+            listener,
+            limits,
+            tls,
+            shutdown,
+            move |conn: ConnInfo| {
                 let this = this.clone();
-                async move { Ok::<_, Infallible>(this.handle(peer, req).await) }
-            })
-        })
+                service_fn(move |req| {
+                    let (this, conn) = (this.clone(), conn.clone());
+                    async move { Ok::<_, Infallible>(this.handle(&conn, req).await) }
+                })
+            },
+        )
         .await;
     }
 
     /// Decides one request and, if allowed, forwards it.
-    pub async fn handle(
-        &self,
-        peer: SocketAddr,
-        mut req: Request<Incoming>,
-    ) -> Response<ProxyBody> {
+    pub async fn handle(&self, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let peer = conn.peer;
         let gw = &*self.gw;
         let mut ev = gw.event("request");
         ev.service = Some(self.svc.name.clone());
@@ -158,7 +167,7 @@ impl HttpProxy {
         let mut detail = serde_json::Map::new();
         detail.insert("method".into(), method.as_str().into());
 
-        let decision = self.decide(&req, source, gw.now(), &mut ev, &mut detail);
+        let decision = self.decide(&req, conn, source, gw.now(), &mut ev, &mut detail);
         let (entry, path) = match decision {
             Ok(x) => x,
             Err((reason, retry_after)) => return self.deny(ev, detail, reason, retry_after),
@@ -172,7 +181,7 @@ impl HttpProxy {
         let started = Instant::now();
         // A WebSocket upgrade, on purpose: the one upgrade passed through (never h2c).
         let client_upgrade = is_websocket_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-        let upstream_req = match self.upstream_request(req, peer, &path, client_upgrade.is_some()) {
+        let upstream_req = match self.upstream_request(req, conn, &path, client_upgrade.is_some()) {
             Ok(r) => r,
             Err(reason) => {
                 drop(reservation);
@@ -225,6 +234,7 @@ impl HttpProxy {
     fn decide(
         &self,
         req: &Request<Incoming>,
+        conn: &ConnInfo,
         source: std::net::IpAddr,
         now: keyway_core::UnixMillis,
         ev: &mut AuditEvent,
@@ -265,6 +275,13 @@ impl HttpProxy {
             })?;
         ev.token_id = Some(entry.id().to_owned());
         ev.principal = Some(entry.record.principal.clone());
+        // A sender-constrained token works only with its certificate.
+        if let Some(bound) = &entry.record.cert_thumbprint {
+            let presented = conn.cert_thumbprint.as_deref();
+            if !presented.is_some_and(|p| crate::tls::same_thumbprint(p, bound)) {
+                return Err((DenyReason::CertificateMismatch, None));
+            }
+        }
         let Some(grant) = entry.grant().filter(|g| g.service == self.svc.name) else {
             return Err((DenyReason::WrongService, None));
         };
@@ -343,7 +360,7 @@ impl HttpProxy {
     fn upstream_request(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        conn: &ConnInfo,
         path: &str,
         websocket: bool,
     ) -> Result<Request<Incoming>, DenyReason> {
@@ -383,10 +400,11 @@ impl HttpProxy {
         if let Ok(v) = HeaderValue::from_str(up.authority.as_str()) {
             h.insert(header::HOST, v);
         }
-        if let Ok(v) = HeaderValue::from_str(&peer.ip().to_canonical().to_string()) {
+        if let Ok(v) = HeaderValue::from_str(&conn.peer.ip().to_canonical().to_string()) {
             h.insert(X_FORWARDED_FOR, v);
         }
-        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let proto = if conn.tls { "https" } else { "http" };
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         Ok(Request::from_parts(parts, body))
     }
 

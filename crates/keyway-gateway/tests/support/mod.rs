@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod pki;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -286,6 +288,7 @@ impl TestGateway {
             ttl: Some(ttl.into()),
             methods: methods.iter().map(|s| s.to_string()).collect(),
             paths: paths.iter().map(|s| s.to_string()).collect(),
+            cert_thumbprint: None,
         };
         let (t, r) = self.gw.issue(&req, "test").await.unwrap();
         (t.secret().expose_secret().to_owned(), r.id, r.expires_at)

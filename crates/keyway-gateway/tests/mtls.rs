@@ -1,0 +1,241 @@
+//! TLS listeners and sender-constrained tokens (RFC 8705): a token bound to a client
+//! certificate works only over mTLS with that certificate; a stolen token alone is
+//! useless. Real TLS with certificates made for the test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use keyway_gateway::gateway::CredentialRequest;
+use keyway_gateway::IssueRequest;
+use secrecy::ExposeSecret;
+use support::pki::{status, Pki};
+use support::{config, TestGateway, Upstream};
+
+fn tls_service(up: &Upstream, pki: &Pki, require: bool) -> String {
+    format!(
+        "upstream = \"{}\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\nclient_ca = \"{}\"\nrequire_client_cert = {require}\n",
+        up.url(),
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca.display()
+    )
+}
+
+async fn bound_token(gw: &TestGateway, service: &str, thumbprint: Option<&str>) -> String {
+    let req = IssueRequest {
+        service: service.into(),
+        principal: "alice".into(),
+        ttl: Some("15m".into()),
+        cert_thumbprint: thumbprint.map(str::to_owned),
+        ..Default::default()
+    };
+    let (t, _) = gw.gw.issue(&req, "test").await.unwrap();
+    t.secret().expose_secret().to_owned()
+}
+
+#[tokio::test]
+async fn a_token_bound_to_a_certificate_works_only_with_it() {
+    let up = Upstream::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let (alice, mallory) = (pki.client("alice"), pki.client("mallory"));
+    let gw = TestGateway::start(&config(&[("billing", &tls_service(&up, &pki, false))])).await;
+    let a = gw.addr("billing");
+    let bound = bound_token(&gw, "billing", Some(&alice.thumbprint)).await;
+    let plain = bound_token(&gw, "billing", None).await;
+
+    assert_eq!(
+        status(&pki, a, Some(&alice), "GET", "/x", &bound, "")
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    assert_eq!(
+        status(&pki, a, Some(&mallory), "GET", "/x", &bound, "")
+            .await
+            .unwrap()
+            .0,
+        401,
+        "another certificate"
+    );
+    assert_eq!(
+        status(&pki, a, None, "GET", "/x", &bound, "")
+            .await
+            .unwrap()
+            .0,
+        401,
+        "no certificate"
+    );
+    assert_eq!(
+        status(&pki, a, None, "GET", "/x", &plain, "")
+            .await
+            .unwrap()
+            .0,
+        200,
+        "an unbound token over TLS"
+    );
+    // Plain HTTP on a TLS listener goes nowhere.
+    let r = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        buf
+    })
+    .await
+    .unwrap();
+    assert!(!String::from_utf8_lossy(&r).contains("upstream ok"));
+
+    let events = gw.audit().await;
+    assert!(events
+        .iter()
+        .any(|e| e.event.reason.as_deref() == Some("certificate_mismatch")));
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].headers["x-forwarded-proto"], "https");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_service_can_require_client_certificates() {
+    let up = Upstream::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let alice = pki.client("alice");
+    let gw = TestGateway::start(&config(&[("billing", &tls_service(&up, &pki, true))])).await;
+    let token = bound_token(&gw, "billing", None).await;
+    assert_eq!(
+        status(
+            &pki,
+            gw.addr("billing"),
+            Some(&alice),
+            "GET",
+            "/",
+            &token,
+            ""
+        )
+        .await
+        .unwrap()
+        .0,
+        200
+    );
+    let refused = status(&pki, gw.addr("billing"), None, "GET", "/", &token, "").await;
+    assert!(
+        refused.is_err(),
+        "a connection without a client certificate is refused: {refused:?}"
+    );
+    // A certificate from another CA is refused too.
+    let other = tempfile::tempdir().unwrap();
+    let stranger_pki = Pki::new(other.path());
+    let stranger = stranger_pki.client("stranger");
+    let refused = status(
+        &pki,
+        gw.addr("billing"),
+        Some(&stranger),
+        "GET",
+        "/",
+        &token,
+        "",
+    )
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_exchange_over_mtls_binds_the_access_token_and_a_bound_credential_needs_its_certificate()
+{
+    let up = Upstream::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let (bot, mallory) = (pki.client("ci-bot"), pki.client("mallory"));
+    let cfg = config(&[("billing", &tls_service(&up, &pki, false))]).replace(
+        "token_listen = \"127.0.0.1:0\"",
+        &format!(
+            "token_listen = \"127.0.0.1:0\"\ntoken_tls = {{ cert = \"{}\", key = \"{}\", client_ca = \"{}\" }}",
+            pki.server_cert.display(),
+            pki.server_key.display(),
+            pki.ca.display()
+        ),
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let req = CredentialRequest {
+        principal: "ci-bot".into(),
+        services: vec!["billing".into()],
+        cert_thumbprint: Some(bot.thumbprint.clone()),
+        ..Default::default()
+    };
+    let (cred, _) = gw.gw.issue_credential(&req, "test").await.unwrap();
+    let cred = cred.secret().expose_secret().to_owned();
+    let token_ep = gw.token.unwrap();
+    let body = r#"{"service": "billing"}"#;
+
+    let (code, _) = status(
+        &pki,
+        token_ep,
+        Some(&mallory),
+        "POST",
+        "/v1/token/exchange",
+        &cred,
+        body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 401, "a bound credential with another certificate");
+    let (code, _) = status(
+        &pki,
+        token_ep,
+        None,
+        "POST",
+        "/v1/token/exchange",
+        &cred,
+        body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 401, "a bound credential with no certificate");
+    let (code, answer) = status(
+        &pki,
+        token_ep,
+        Some(&bot),
+        "POST",
+        "/v1/token/exchange",
+        &cred,
+        body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{answer}");
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let access = v["access_token"].as_str().unwrap();
+
+    let a = gw.addr("billing");
+    assert_eq!(
+        status(&pki, a, Some(&bot), "GET", "/x", access, "")
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    assert_eq!(
+        status(&pki, a, Some(&mallory), "GET", "/x", access, "")
+            .await
+            .unwrap()
+            .0,
+        401,
+        "stolen, without the key"
+    );
+    assert_eq!(
+        status(&pki, a, None, "GET", "/x", access, "")
+            .await
+            .unwrap()
+            .0,
+        401
+    );
+    gw.stop().await;
+}
