@@ -488,7 +488,10 @@ impl Gateway {
         let mut revoked = Vec::new();
         for t in self.store.tokens().await? {
             let kind_ok = matches!(t.kind, TokenKind::Access | TokenKind::ClientCredential);
+            // Revoked since the listing (a credential's tokens go with it): skip.
+            let already = self.index.get(&t.id).is_some_and(|e| e.revoked());
             let matches = t.revoked_at.is_none()
+                && !already
                 && kind_ok
                 && f.principal.as_ref().is_none_or(|p| *p == t.principal)
                 && f.service.as_ref().is_none_or(|s| {

@@ -78,7 +78,9 @@ impl AdminClient {
             let token = match (&a.admin_token_file, env_token) {
                 (Some(f), _) => read_token(f)?,
                 (None, Some(t)) => SecretString::from(t),
-                (None, None) => read_token(&config.data_dir.join("admin.token"))?,
+                (None, None) => read_token(&config.data_dir.join("admin.token")).context(
+                    "the gateway writes data_dir/admin.token on its first start; is this its config?",
+                )?,
             };
             (format!("http://{addr}"), token)
         };
@@ -155,35 +157,75 @@ impl AdminClient {
     }
 }
 
-/// Trades a client credential at the token endpoint `base`; the JSON answer.
+/// How to reach the token endpoint over TLS.
+#[derive(Debug, Default, Args)]
+pub struct TlsArgs {
+    /// The CA that signed the token endpoint's certificate (for `https://`).
+    #[arg(long, value_name = "CA.pem")]
+    pub ca: Option<PathBuf>,
+    /// A client certificate to present (mTLS), with `--key`.
+    #[arg(long, value_name = "CERT.pem", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key.
+    #[arg(long, value_name = "KEY.pem", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+/// Trades a client credential at the token endpoint `base` (`http://` or `https://`,
+/// with mTLS when a client certificate is given); the JSON answer.
 pub async fn exchange(
     base: &str,
+    tls: &TlsArgs,
     credential: &SecretString,
     body: &serde_json::Value,
 ) -> Result<serde_json::Value> {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let url = format!("{}/v1/token/exchange", base.trim_end_matches('/'));
+    let uri: http::Uri = format!("{}/v1/token/exchange", base.trim_end_matches('/'))
+        .parse()
+        .map_err(|_| anyhow!("`{base}` is not a URL like http://127.0.0.1:7071"))?;
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => bail!("`{base}` must start with http:// or https://"),
+    };
+    let host = uri
+        .host()
+        .ok_or_else(|| anyhow!("`{base}` has no host"))?
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let req = Request::builder()
         .method(Method::POST)
-        .uri(&url)
+        .uri(uri.path())
+        .header(header::HOST, format!("{host}:{port}"))
         .header(
             header::AUTHORIZATION,
             format!("Bearer {}", credential.expose_secret()),
         )
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
-        .with_context(|| format!("`{base}` is not a URL like http://127.0.0.1:7071"))?;
-    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .context("building the exchange request")?;
+    let call = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| anyhow!("cannot reach the token endpoint at {base} ({e})"))?;
+        if https {
+            let connector = tokio_rustls::TlsConnector::from(tls_client_config(tls)?);
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|_| anyhow!("`{host}` is not a valid TLS server name"))?;
+            let stream = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| anyhow!("TLS with the token endpoint failed: {e}"))?;
+            send_one(stream, req).await
+        } else {
+            if tls.cert.is_some() {
+                bail!("a client certificate needs an https:// token endpoint");
+            }
+            send_one(tcp, req).await
+        }
+    };
+    let (status, bytes) = tokio::time::timeout(Duration::from_secs(30), call)
         .await
-        .map_err(|_| anyhow!("the token endpoint at {base} did not answer within 30s"))?
-        .map_err(|e| anyhow!("cannot reach the token endpoint at {base} ({e})"))?;
-    let status = resp.status();
-    let bytes = Limited::new(resp.into_body(), 1024 * 1024)
-        .collect()
-        .await
-        .map_err(|e| anyhow!("reading the token endpoint's answer: {e}"))?
-        .to_bytes();
+        .map_err(|_| anyhow!("the token endpoint at {base} did not answer within 30s"))??;
     let v: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|_| anyhow!("the token endpoint answered {status} with something unexpected"))?;
     if !status.is_success() {
@@ -193,15 +235,72 @@ pub async fn exchange(
     Ok(v)
 }
 
+async fn send_one<IO>(io: IO, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes)>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .map_err(|e| anyhow!("HTTP with the token endpoint failed: {e}"))?;
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| anyhow!("the token endpoint did not answer ({e})"))?;
+    let status = resp.status();
+    let bytes = Limited::new(resp.into_body(), 1024 * 1024)
+        .collect()
+        .await
+        .map_err(|e| anyhow!("reading the token endpoint's answer: {e}"))?
+        .to_bytes();
+    Ok((status, bytes))
+}
+
+fn tls_client_config(tls: &TlsArgs) -> Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let ca = tls.ca.as_ref().ok_or_else(|| {
+        anyhow!("an https:// token endpoint needs --ca (the CA of its certificate)")
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in
+        CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))?
+    {
+        roots
+            .add(c.with_context(|| format!("reading {}", ca.display()))?)
+            .with_context(|| format!("{} holds an unusable CA certificate", ca.display()))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            let certs = CertificateDer::pem_file_iter(cert)
+                .with_context(|| format!("reading {}", cert.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("reading {}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("reading {}", key.display()))?;
+            builder.with_client_auth_cert(certs, key)?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(std::sync::Arc::new(config))
+}
+
 /// Reads a token (admin token, client credential) from a file, trimmed.
 pub fn read_token(path: &std::path::Path) -> Result<SecretString> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "reading the admin token from {} (the gateway writes it on first start)",
-            path.display()
-        )
-    })?;
-    Ok(SecretString::from(text.trim().to_owned()))
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading a token from {}", path.display()))?,
+    );
+    let token = text.trim();
+    if token.is_empty() || token.chars().any(char::is_whitespace) {
+        bail!("{} must hold one token and nothing else", path.display());
+    }
+    Ok(SecretString::from(token.to_owned()))
 }
 
 /// Percent-encodes a value for one URL path segment.

@@ -120,6 +120,8 @@ enum TokenCommand {
         /// Lifetime, like `10m` (default 15m; never above the service's maximum).
         #[arg(long)]
         ttl: Option<String>,
+        #[command(flatten)]
+        tls: client::TlsArgs,
     },
     /// Rotate an access token: prints a successor (alone on stdout) with the same
     /// principal and grant; the old token keeps working for the overlap, then dies.
@@ -328,20 +330,26 @@ async fn token(cmd: TokenCommand) -> Result<ExitCode> {
                     info.service.as_deref().unwrap_or("-")
                 );
             }
-            eprintln!("{} token(s) revoked", revoked.len());
+            let cascade = if revoked.iter().any(|t| t.kind == "client_credential") {
+                " (and with each credential, the access tokens obtained with it)"
+            } else {
+                ""
+            };
+            eprintln!("{} token(s) revoked{cascade}", revoked.len());
         }
         TokenCommand::Exchange {
             gateway,
             credential_file,
             service,
             ttl,
+            tls,
         } => {
             let credential = client::read_token(&credential_file)?;
             let mut body = json!({ "service": service });
             if let Some(t) = ttl {
                 body["ttl"] = json!(t);
             }
-            let answer = client::exchange(&gateway, &credential, &body).await?;
+            let answer = client::exchange(&gateway, &tls, &credential, &body).await?;
             eprintln!(
                 "access token {} for {service}, expires {}; refresh after {}",
                 answer["id"].as_str().unwrap_or("-"),
@@ -484,11 +492,19 @@ struct Rotated {
 }
 
 fn print_tokens(tokens: &[TokenInfo]) {
-    let rows: Vec<[String; 7]> = tokens
+    if tokens.is_empty() {
+        eprintln!("no tokens match");
+        return;
+    }
+    let rows: Vec<[String; 8]> = tokens
         .iter()
         .map(|t| {
             [
                 t.id.clone(),
+                match t.kind.as_str() {
+                    "client_credential" => "credential".to_owned(),
+                    k => k.to_owned(),
+                },
                 t.principal.clone(),
                 t.service.clone().unwrap_or_else(|| "-".into()),
                 describe(&t.methods, &t.paths),
@@ -500,6 +516,7 @@ fn print_tokens(tokens: &[TokenInfo]) {
         .collect();
     let header = [
         "ID",
+        "KIND",
         "PRINCIPAL",
         "SERVICE",
         "GRANT",

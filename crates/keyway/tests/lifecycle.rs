@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "../../keyway-gateway/tests/support/pki.rs"]
+mod pki;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -248,4 +250,120 @@ async fn credentials_exchange_rotation_revocation_and_scanning_from_the_shell() 
             "scan output holds a secret"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_bound_credential_from_the_shell_with_curl_over_mtls() {
+    let (up, _) = upstream().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pki = pki::Pki::new(dir);
+    let (bot, other) = (pki.client("ci-bot"), pki.client("other"));
+    let (admin_port, token_port, svc_port) = (free_port(), free_port(), free_port());
+    let (cert, key, ca) = (
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca.display(),
+    );
+    std::fs::write(
+        dir.join("keyway.toml"),
+        format!(
+            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\ntoken_listen = \"127.0.0.1:{token_port}\"\n\
+             token_tls = {{ cert = \"{cert}\", key = \"{key}\", client_ca = \"{ca}\" }}\n\
+             [services.billing]\nprotocol = \"http\"\nlisten = \"127.0.0.1:{svc_port}\"\nupstream = \"http://{up}\"\n\
+             tls = {{ cert = \"{cert}\", key = \"{key}\" }}\nclient_ca = \"{ca}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut gateway = Command::new(BIN)
+        .args(["gateway", "--config", "keyway.toml"])
+        .current_dir(dir)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(admin_port);
+    let cfg = ["--config", "keyway.toml"];
+    let bot_cert = bot.cert.to_str().unwrap();
+    let out = keyway(
+        dir,
+        &[
+            &[
+                "credential",
+                "issue",
+                "--principal",
+                "ci-bot",
+                "--service",
+                "billing",
+                "--bind-cert",
+                bot_cert,
+            ][..],
+            &cfg,
+        ]
+        .concat(),
+        None,
+    );
+    std::fs::write(dir.join("cred"), stdout(&out).trim()).unwrap();
+
+    let gateway_url = format!("https://127.0.0.1:{token_port}");
+    let exchange = |client: &pki::Client| {
+        let (c, k) = (
+            client.cert.to_str().unwrap().to_owned(),
+            client.key.to_str().unwrap().to_owned(),
+        );
+        let ca = pki.ca.to_str().unwrap().to_owned();
+        let args = [
+            "token",
+            "exchange",
+            "--gateway",
+            &gateway_url,
+            "--credential-file",
+            "cred",
+            "--service",
+            "billing",
+            "--ca",
+            &ca,
+            "--cert",
+            &c,
+            "--key",
+            &k,
+        ];
+        keyway(dir, &args, None)
+    };
+    let refused = exchange(&other);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("bound to a client certificate"));
+    let access = stdout(&exchange(&bot)).trim().to_owned();
+
+    // curl, with and without the certificate the token is bound to.
+    let curl_tls = |client: Option<&pki::Client>| {
+        let mut c = Command::new("curl");
+        c.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            pki.ca.to_str().unwrap(),
+        ]);
+        c.args(["-H", &format!("Authorization: Bearer {access}")]);
+        if let Some(cl) = client {
+            c.args([
+                "--cert",
+                cl.cert.to_str().unwrap(),
+                "--key",
+                cl.key.to_str().unwrap(),
+            ]);
+        }
+        c.arg(format!("https://127.0.0.1:{svc_port}/invoices/1"));
+        String::from_utf8(c.output().unwrap().stdout).unwrap()
+    };
+    assert_eq!(curl_tls(Some(&bot)), "200");
+    assert_eq!(
+        curl_tls(Some(&other)),
+        "401",
+        "stolen token, wrong certificate"
+    );
+    assert_eq!(curl_tls(None), "401", "stolen token, no certificate");
+    assert!(interrupt(&mut gateway).success());
 }
