@@ -35,6 +35,7 @@ pub struct RawConfig {
     pub token_listen: Option<String>,
     pub token_tls: Option<RawTls>,
     pub credential_max_age: Option<String>,
+    pub revoke_tokens_in_urls: Option<bool>,
     pub pepper_file: Option<PathBuf>,
     pub master_key_file: Option<PathBuf>,
     #[serde(default)]
@@ -101,6 +102,9 @@ pub struct Config {
     pub token_tls: Option<TlsConfig>,
     /// No client credential is accepted longer than this after its issue.
     pub credential_max_age: Duration,
+    /// Revoke a token that arrives in a URL (it is in access logs now). A request
+    /// with one is refused either way.
+    pub revoke_tokens_in_urls: bool,
     /// The key of token hashes; outside the database.
     pub pepper_file: PathBuf,
     /// The key that encrypts upstream credentials at rest; outside the database.
@@ -336,6 +340,7 @@ impl RawConfig {
             token_listen,
             token_tls,
             credential_max_age,
+            revoke_tokens_in_urls: self.revoke_tokens_in_urls.unwrap_or(true),
             pepper_file,
             master_key_file,
             audit: AuditConfig { queue, on_full },

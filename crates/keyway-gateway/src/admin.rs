@@ -107,6 +107,13 @@ impl FromRequestParts<Gw> for Admin {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, gw: &Gw) -> Result<Self, Self::Rejection> {
+        let mut leak = gw.event("admin.denied");
+        if gw.refuse_token_in_url(&parts.uri, &mut leak) {
+            leak.decision = Some("deny".into());
+            leak.reason = Some(keyway_core::DenyReason::TokenInUrl.as_str().into());
+            gw.audit.record(leak);
+            return Err(error(StatusCode::UNAUTHORIZED, "unauthorized"));
+        }
         let text = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -286,7 +293,6 @@ async fn list_tokens(_: Admin, State(gw): State<Gw>, Query(p): Query<ListParams>
     };
     let tokens: Vec<TokenInfo> = records
         .iter()
-        .filter(|r| r.kind != TokenKind::Admin)
         .filter_map(|r| {
             let info = live_info(&gw, r, now);
             let last = info.1.unwrap_or(r.created_at);

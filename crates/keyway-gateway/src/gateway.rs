@@ -13,7 +13,7 @@ use keyway_core::clock::{duration_ms, format_ms};
 use keyway_core::config::{valid_secret_name, Config, ServiceKind};
 use keyway_core::grant::{CredentialScope, GrantError};
 use keyway_core::units::format_duration;
-use keyway_core::{Clock, Grant, IssuedToken, Pepper, TokenKind, UnixMillis};
+use keyway_core::{Clock, DenyReason, Grant, IssuedToken, Pepper, TokenKind, UnixMillis};
 use keyway_store::keys::{self, KeySource};
 use keyway_store::{AuditEvent, Sealer, SqliteStore, Store, StoreError, TokenRecord};
 use secrecy::{ExposeSecret, SecretString};
@@ -65,7 +65,7 @@ pub enum IssueError {
     #[error("a principal is 1 to 128 printable characters")]
     BadPrincipal,
     #[error("{0}")]
-    BadTtl(String),
+    Invalid(String),
     #[error("requested TTL of {asked} is above the maximum of {max} for service `{service}`{why}")]
     TtlTooLong {
         asked: String,
@@ -111,6 +111,10 @@ pub enum ExchangeError {
     Service,
     #[error("the credential is bound to a client certificate this connection did not present")]
     Certificate,
+    #[error("the credential is older than the policy's credential_max_age")]
+    TooOld,
+    #[error("the credential was revoked")]
+    Revoked,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -282,7 +286,7 @@ impl Gateway {
         }
         let ttl = match &req.ttl {
             Some(t) => keyway_core::units::parse_duration(t)
-                .map_err(|e| IssueError::BadTtl(e.to_string()))?,
+                .map_err(|e| IssueError::Invalid(e.to_string()))?,
             None => DEFAULT_TTL.min(self.max_ttl(svc)),
         };
         self.check_ttl(svc, ttl)?;
@@ -308,15 +312,32 @@ impl Gateway {
             return Err(IssueError::BadPrincipal);
         }
         if req.services.is_empty() {
-            return Err(IssueError::BadTtl("name at least one service".into()));
+            return Err(IssueError::Invalid("name at least one service".into()));
         }
         let mut grants = Vec::new();
-        for name in &req.services {
+        // Each entry is `service`, or `service:METHODS:PATH,PATH` for a grant of its
+        // own; without one, the request's methods and paths apply.
+        for entry in &req.services {
+            let mut parts = entry.splitn(3, ':');
+            let name = parts.next().unwrap_or_default();
+            let methods: Vec<String> = match parts.next().filter(|m| !m.is_empty()) {
+                Some(m) => vec![m.to_owned()],
+                None => req.methods.clone(),
+            };
+            let paths: Vec<String> = match parts.next().filter(|p| !p.is_empty()) {
+                Some(p) => p.split(',').map(str::to_owned).collect(),
+                None => req.paths.clone(),
+            };
             let svc = self
                 .config
                 .service(name)
                 .ok_or_else(|| IssueError::UnknownService(name.chars().take(64).collect()))?;
-            grants.push(Grant::new(&svc.name, &req.methods, &req.paths)?);
+            if grants.iter().any(|g: &Grant| g.service == svc.name) {
+                return Err(IssueError::Invalid(format!(
+                    "service `{name}` is named twice"
+                )));
+            }
+            grants.push(Grant::new(&svc.name, &methods, &paths)?);
         }
         let mut cidrs = Vec::new();
         for c in &req.cidrs {
@@ -324,7 +345,7 @@ impl Gateway {
                 .parse::<ipnet::IpNet>()
                 .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
                 .map_err(|_| {
-                    IssueError::BadTtl(format!(
+                    IssueError::Invalid(format!(
                         "`{}` is not a CIDR like 10.0.0.0/8",
                         c.chars().take(45).collect::<String>()
                     ))
@@ -334,11 +355,11 @@ impl Gateway {
         let max = self.config.credential_max_age;
         let max_age = match &req.max_age {
             Some(a) => keyway_core::units::parse_duration(a)
-                .map_err(|e| IssueError::BadTtl(e.to_string()))?,
+                .map_err(|e| IssueError::Invalid(e.to_string()))?,
             None => max,
         };
         if max_age > max {
-            return Err(IssueError::BadTtl(format!(
+            return Err(IssueError::Invalid(format!(
                 "max age of {} is above the policy's credential_max_age of {}",
                 format_duration(max_age),
                 format_duration(max)
@@ -410,9 +431,22 @@ impl Gateway {
             .cloned()
             .ok_or(ExchangeError::Service)?;
         let svc = self.config.service(service).ok_or(ExchangeError::Service)?;
-        let max = self.max_ttl(svc);
-        let ttl = ttl.unwrap_or(DEFAULT_TTL).min(max);
-        Ok(self
+        // The policy's maximum age holds even for credentials issued under a longer one.
+        let now = self.now();
+        let policy_end = credential
+            .record
+            .created_at
+            .saturating_add(duration_ms(self.config.credential_max_age));
+        if now >= policy_end {
+            return Err(ExchangeError::TooOld);
+        }
+        // Never longer than the service allows, nor than the credential lives.
+        let left = u64::try_from(credential.expires_at().min(policy_end) - now).unwrap_or(0);
+        let ttl = ttl
+            .unwrap_or(DEFAULT_TTL)
+            .min(self.max_ttl(svc))
+            .min(Duration::from_millis(left));
+        let (token, record) = self
             .mint(
                 &credential.record.principal,
                 grant,
@@ -421,7 +455,35 @@ impl Gateway {
                 binding,
                 "token_exchange",
             )
-            .await?)
+            .await?;
+        // Revoked while we minted: the revocation's cascade may have missed this one.
+        if credential.revoked() {
+            self.revoke(&record.id, "gateway", Some("credential_revoked"))
+                .await?;
+            return Err(ExchangeError::Revoked);
+        }
+        Ok((token, record))
+    }
+
+    /// The client credential a token was obtained with, if it is in the index.
+    pub fn parent_credential(&self, entry: &Entry) -> Option<Arc<Entry>> {
+        let parent = self.index.get(entry.record.parent_id.as_deref()?)?;
+        (parent.record.kind == TokenKind::ClientCredential).then_some(parent)
+    }
+
+    /// A token obtained with a credential is held to it on every use: the credential
+    /// must not be revoked, and its source networks apply.
+    pub fn check_lineage(&self, entry: &Entry, source: std::net::IpAddr) -> Result<(), DenyReason> {
+        let Some(credential) = self.parent_credential(entry) else {
+            return Ok(());
+        };
+        if credential.revoked() {
+            return Err(DenyReason::Revoked);
+        }
+        match &credential.record.scope {
+            Some(scope) if !scope.allows_source(source) => Err(DenyReason::SourceNotAllowed),
+            _ => Ok(()),
+        }
     }
 
     /// Rotates an access token: a successor with the same principal and grant, and the
@@ -445,13 +507,23 @@ impl Gateway {
             .service(&grant.service)
             .ok_or(RotateError::ServiceGone)?;
         let lifetime = u64::try_from(old.record.expires_at - old.record.created_at).unwrap_or(0);
-        let ttl = Duration::from_millis(lifetime).min(self.max_ttl(svc));
+        let mut ttl = Duration::from_millis(lifetime).min(self.max_ttl(svc));
+        // A token obtained with a credential stays in its lineage: the successor is the
+        // credential's child too (so revoking the credential takes it), and lives no
+        // longer than the credential.
+        if let Some(credential) = self.parent_credential(&old) {
+            credential
+                .check_live(now)
+                .map_err(|_| RotateError::NotLive)?;
+            let left = u64::try_from(credential.expires_at() - now).unwrap_or(0);
+            ttl = ttl.min(Duration::from_millis(left));
+        }
         let (token, record) = self
             .mint(
                 &old.record.principal,
                 grant,
                 ttl,
-                Some(id.to_owned()),
+                old.record.parent_id.clone(),
                 old.record.cert_thumbprint.clone(),
                 by,
             )
@@ -463,6 +535,8 @@ impl Gateway {
         old.shorten(until);
         self.cut_at_expiry(old.clone());
         let mut ev = self.event("token.rotated");
+        // The successor's `token.issued` names the credential it descends from; this
+        // event links it to the token it replaces.
         ev.token_id = Some(id.to_owned());
         ev.principal = Some(old.record.principal.clone());
         ev.service = Some(svc.name.clone());
@@ -587,10 +661,11 @@ impl Gateway {
         });
     }
 
-    /// Revokes a token, and audits it. The index first, so the token stops working and
-    /// its live streams end at once whatever the store does; then the store, retried,
-    /// so the revocation survives a restart. `reason` is recorded when the gateway
-    /// revokes on its own.
+    /// Revokes a token, and audits it. Memory first, so the token stops working and
+    /// its live streams end at once whatever the store does: with a client
+    /// credential, every token obtained with it too. Then the store, retried, so the
+    /// revocation survives a restart. `reason` is recorded when the gateway revokes on
+    /// its own.
     pub async fn revoke(
         &self,
         id: &str,
@@ -598,7 +673,105 @@ impl Gateway {
         reason: Option<&str>,
     ) -> Result<Option<TokenRecord>, StoreError> {
         let now = self.now();
-        let in_memory = self.index.revoke(id, now).is_some();
+        let revoked_now = self.revoke_in_memory(id, now);
+        let Some(record) = self.persist_revocation(id, now, by, reason).await? else {
+            return Ok(None);
+        };
+        for child in revoked_now.iter().filter(|c| c.as_str() != id) {
+            self.persist_revocation(child, now, by, Some("credential_revoked"))
+                .await?;
+        }
+        Ok(Some(record))
+    }
+
+    /// Revokes at once, in memory: the token, and with a client credential every
+    /// token obtained with it. Returns the ids this call revoked, to persist.
+    pub fn revoke_in_memory(&self, id: &str, now: UnixMillis) -> Vec<String> {
+        let mut ids = Vec::new();
+        let Some(entry) = self.index.get(id) else {
+            return ids;
+        };
+        if !entry.revoked() {
+            ids.push(id.to_owned());
+        }
+        self.index.revoke(id, now);
+        if entry.record.kind == TokenKind::ClientCredential {
+            for child in self.index.children_of(id) {
+                if !child.revoked() {
+                    self.index.revoke(child.id(), now);
+                    ids.push(child.id().to_owned());
+                }
+            }
+        }
+        ids
+    }
+
+    /// A token in a URL has already leaked into access logs: the request is refused,
+    /// and the token revoked at once (unless `revoke_tokens_in_urls = false`; only a
+    /// real token, so that nobody can revoke other people's tokens by their public id).
+    /// The URL is decoded first, so `kwat%5F…` is caught too. Returns whether one was
+    /// found; `ev` gets its public id.
+    pub fn refuse_token_in_url(self: &Arc<Self>, uri: &http::Uri, ev: &mut AuditEvent) -> bool {
+        let Some(target) = uri.path_and_query().map(|pq| pq.as_str()) else {
+            return false;
+        };
+        if !target.contains("kw") && !target.contains('%') {
+            return false;
+        }
+        let target = keyway_core::path::percent_decode_lossy(target);
+        let found: Vec<_> = keyway_core::token::find_tokens(&target)
+            .into_iter()
+            .filter(|f| f.checksum_ok)
+            .collect();
+        let Some(first) = found.first() else {
+            return false;
+        };
+        ev.token_id = Some(first.id.clone());
+        if !self.config.revoke_tokens_in_urls {
+            return true;
+        }
+        for f in &found {
+            let text = &target[f.start..f.start + keyway_core::token::TOKEN_LEN];
+            let now = self.now();
+            if self
+                .index
+                .authenticate(text, &self.pepper, f.kind, now)
+                .is_err()
+            {
+                continue;
+            }
+            let ids = self.revoke_in_memory(&f.id, now);
+            let gw = self.clone();
+            tokio::spawn(async move {
+                for (i, id) in ids.iter().enumerate() {
+                    let reason = if i == 0 {
+                        "exposed_in_url"
+                    } else {
+                        "credential_revoked"
+                    };
+                    if gw
+                        .persist_revocation(id, now, "gateway", Some(reason))
+                        .await
+                        .is_ok()
+                        && i == 0
+                    {
+                        tracing::warn!(token_id = %id, "revoked a token sent in a URL");
+                    }
+                }
+            });
+        }
+        true
+    }
+
+    /// Writes a revocation (already in force in memory) to the store, retrying, and
+    /// audits it.
+    async fn persist_revocation(
+        &self,
+        id: &str,
+        now: UnixMillis,
+        by: &str,
+        reason: Option<&str>,
+    ) -> Result<Option<TokenRecord>, StoreError> {
         let mut attempt = 0;
         let record = loop {
             match self.store.revoke_token(id, now).await {
@@ -612,7 +785,6 @@ impl Gateway {
                     tracing::error!(
                         error = %e,
                         token_id = id,
-                        in_memory,
                         "a revocation holds in this process but is not in the store"
                     );
                     return Err(e);
@@ -622,14 +794,6 @@ impl Gateway {
         let Some(record) = record else {
             return Ok(None);
         };
-        if record.kind == TokenKind::ClientCredential {
-            // What was obtained with a credential goes with it.
-            for child in self.store.tokens().await? {
-                if child.parent_id.as_deref() == Some(id) && child.revoked_at.is_none() {
-                    Box::pin(self.revoke(&child.id, by, Some("credential_revoked"))).await?;
-                }
-            }
-        }
         let mut ev = self.event("token.revoked");
         ev.token_id = Some(record.id.clone());
         ev.principal = Some(record.principal.clone());

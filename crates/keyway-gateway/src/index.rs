@@ -187,6 +187,15 @@ impl TokenIndex {
         Ok(entry)
     }
 
+    /// The live tokens whose parent is `id` (those obtained with a credential).
+    pub fn children_of(&self, id: &str) -> Vec<Arc<Entry>> {
+        self.read()
+            .values()
+            .filter(|e| e.record.parent_id.as_deref() == Some(id))
+            .cloned()
+            .collect()
+    }
+
     /// Every entry, for listings.
     pub fn entries(&self) -> Vec<Arc<Entry>> {
         let mut v: Vec<_> = self.read().values().cloned().collect();

@@ -41,6 +41,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
 async fn exchange(
     State(gw): State<Arc<Gateway>>,
     Extension(conn): Extension<ConnInfo>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -52,6 +53,16 @@ async fn exchange(
     let source = conn.peer.ip().to_canonical();
     let mut ev = gw.event("token.exchange");
     ev.source = Some(source.to_string());
+    if gw.refuse_token_in_url(&uri, &mut ev) {
+        ev.decision = Some("deny".into());
+        ev.reason = Some("token_in_url".into());
+        gw.audit.record(ev);
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request",
+            "a token never goes in a URL; this one is revoked",
+        );
+    }
     let deny = |mut ev: keyway_store::AuditEvent, reason: &str, status, code, msg| {
         ev.decision = Some("deny".into());
         ev.reason = Some(reason.to_owned());
@@ -115,17 +126,7 @@ async fn exchange(
             )
         }
     };
-    credential.mark_used(now);
-    let near_max_age = credential.expires_at() - now <= NEAR_MAX_AGE_MS;
-    if near_max_age {
-        let mut warn = gw.event("credential.near_max_age");
-        warn.token_id = Some(credential.id().to_owned());
-        warn.principal = Some(credential.record.principal.clone());
-        warn.detail = json!({ "expires_at": format_ms(credential.expires_at()) });
-        gw.audit.record(warn);
-        tracing::warn!(token_id = %credential.id(), "a client credential is within 14 days of its maximum age; issue a new one");
-    }
-    match gw
+    let result = gw
         .exchange(
             &credential,
             &b.service,
@@ -133,47 +134,28 @@ async fn exchange(
             source,
             conn.cert_thumbprint.as_deref(),
         )
-        .await
-    {
-        Ok((token, record)) => {
-            let lifetime = record.expires_at - record.created_at;
-            let mut body = json!({
-                "access_token": secrecy::ExposeSecret::expose_secret(token.secret()),
-                "token_type": "Bearer",
-                "id": record.id,
-                "service": b.service,
-                "expires_in": lifetime / 1000,
-                "expires_at": format_ms(record.expires_at),
-                "refresh_after": format_ms(record.created_at + lifetime * 2 / 3),
-            });
-            if near_max_age {
-                body["warning"] = json!(format!(
-                    "this client credential stops working at {}; issue a new one",
-                    format_ms(credential.expires_at())
-                ));
-            }
-            let mut resp = (StatusCode::OK, Json(body)).into_response();
-            resp.headers_mut().insert(
-                header::CACHE_CONTROL,
-                header::HeaderValue::from_static("no-store"),
-            );
-            resp
-        }
+        .await;
+    let (token, record) = match result {
+        Ok(x) => x,
         Err(ExchangeError::Store(e)) => {
             tracing::error!(error = %e, "could not store an exchanged token");
-            error(
+            return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
                 "see the gateway log",
-            )
+            );
         }
-        Err(ExchangeError::Certificate) => deny(
-            ev,
-            "certificate_mismatch",
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "this credential is bound to a client certificate; present it (mTLS)",
-        ),
+        Err(e @ (ExchangeError::Certificate | ExchangeError::TooOld | ExchangeError::Revoked)) => {
+            let (reason, msg) = match e {
+                ExchangeError::Certificate => (
+                    "certificate_mismatch",
+                    "this credential is bound to a client certificate; present it (mTLS)",
+                ),
+                ExchangeError::TooOld => ("expired", "the client credential was refused"),
+                _ => ("revoked", "the client credential was refused"),
+            };
+            return deny(ev, reason, StatusCode::UNAUTHORIZED, "invalid_client", msg);
+        }
         Err(
             e @ (ExchangeError::Source | ExchangeError::Service | ExchangeError::NotACredential),
         ) => {
@@ -181,15 +163,55 @@ async fn exchange(
                 ExchangeError::Source => "source_not_allowed",
                 _ => "service_not_granted",
             };
-            deny(
+            return deny(
                 ev,
                 reason,
                 StatusCode::FORBIDDEN,
                 "access_denied",
                 "this credential cannot get a token for that service from here",
-            )
+            );
         }
+    };
+    // Only a successful exchange counts as use of the credential.
+    credential.mark_used(now);
+    ev.decision = Some("allow".into());
+    ev.detail = json!({
+        "access_token_id": record.id,
+        "expires_at": format_ms(record.expires_at),
+        "cert_thumbprint": record.cert_thumbprint,
+    });
+    gw.audit.record(ev);
+    let lifetime = record.expires_at - record.created_at;
+    let mut body = json!({
+        "access_token": secrecy::ExposeSecret::expose_secret(token.secret()),
+        "token_type": "Bearer",
+        "id": record.id,
+        "service": b.service,
+        "expires_in": lifetime / 1000,
+        "expires_at": format_ms(record.expires_at),
+        "refresh_after": format_ms(record.created_at + lifetime * 2 / 3),
+    });
+    if credential.expires_at() - now <= NEAR_MAX_AGE_MS {
+        let mut warn = gw.event("credential.near_max_age");
+        warn.token_id = Some(credential.id().to_owned());
+        warn.principal = Some(credential.record.principal.clone());
+        warn.detail = json!({ "expires_at": format_ms(credential.expires_at()) });
+        gw.audit.record(warn);
+        tracing::warn!(
+            token_id = %credential.id(),
+            "a client credential is within 14 days of its maximum age; issue a new one"
+        );
+        body["warning"] = json!(format!(
+            "this client credential stops working at {}; issue a new one",
+            format_ms(credential.expires_at())
+        ));
     }
+    let mut resp = (StatusCode::OK, Json(body)).into_response();
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    resp
 }
 
 fn error(status: StatusCode, code: &str, msg: &str) -> Response {

@@ -283,3 +283,119 @@ async fn credentials_warn_near_their_max_age_and_are_refused_after() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     gw.stop().await;
 }
+
+/// Sends a request from a chosen loopback source address (127.0.0.0/8 is all local).
+async fn status_from(source: &str, addr: std::net::SocketAddr, token: &str) -> u16 {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let stream = sock.connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri("/invoices/1")
+        .header("host", "x")
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    sender.send_request(req).await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn tokens_from_a_credential_stay_within_it() {
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&config(&[
+        ("billing", &svc(&up, "")),
+        ("orders", &svc(&up, "")),
+    ]))
+    .await;
+
+    // Per-service grants, and source networks that follow the access tokens.
+    let req = CredentialRequest {
+        principal: "ci-bot".into(),
+        services: vec!["billing:GET:/invoices/".into(), "orders".into()],
+        methods: vec!["HEAD".into()],
+        cidrs: vec!["127.0.0.1/32".into()],
+        max_age: Some("10m".into()),
+        ..Default::default()
+    };
+    let (cred, cred_rec) = gw.gw.issue_credential(&req, "test").await.unwrap();
+    let cred = cred.secret().expose_secret().to_owned();
+    let scope = cred_rec.scope.unwrap();
+    assert_eq!(scope.grant("billing").unwrap().methods, ["GET"]);
+    assert_eq!(scope.grant("billing").unwrap().paths, ["/invoices/"]);
+    assert_eq!(scope.grant("orders").unwrap().methods, ["HEAD"]);
+
+    let r = exchange(&gw, &cred, r#"{"service": "billing", "ttl": "1h"}"#).await;
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(
+        v["expires_in"],
+        10 * 60,
+        "never longer than the credential lives"
+    );
+    let access = v["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        status_from("127.0.0.1", gw.addr("billing"), &access).await,
+        200
+    );
+    assert_eq!(
+        status_from("127.0.0.2", gw.addr("billing"), &access).await,
+        403,
+        "the credential's CIDRs follow its tokens"
+    );
+
+    // Rotation keeps the lineage: revoking the credential takes the successor too.
+    let id = v["id"].as_str().unwrap();
+    let (successor, _, _) = gw
+        .gw
+        .rotate(id, Duration::from_secs(60), "test")
+        .await
+        .unwrap();
+    let successor = successor.secret().expose_secret().to_owned();
+    assert_eq!(
+        status_from("127.0.0.1", gw.addr("billing"), &successor).await,
+        200
+    );
+    gw.gw.revoke(&cred_rec.id, "test", None).await.unwrap();
+    assert_eq!(
+        status_from("127.0.0.1", gw.addr("billing"), &successor).await,
+        401
+    );
+    assert_eq!(
+        status_from("127.0.0.1", gw.addr("billing"), &access).await,
+        401
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_in_the_url_of_the_admin_api_or_token_endpoint_is_refused_and_revoked() {
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&config(&[("billing", &svc(&up, ""))])).await;
+    let (cred, cred_id) = credential(&gw, &["billing"], &[], None).await;
+    let r = send_with(
+        gw.token.unwrap(),
+        "POST",
+        &format!("/v1/token/exchange?c={cred}"),
+        Some(&cred),
+        &[],
+        Bytes::from(r#"{"service": "billing"}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(gw.gw.token(&cred_id).unwrap().revoked());
+
+    let (access, access_id, _) = gw.issue("billing", &[], &[], "15m").await;
+    let r = send(
+        gw.admin,
+        "GET",
+        &format!("/v1/tokens?t={access}"),
+        Some(&gw.admin_token()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(gw.gw.token(&access_id).unwrap().revoked());
+    gw.stop().await;
+}

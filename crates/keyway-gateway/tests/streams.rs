@@ -27,8 +27,9 @@ async fn gateway(upstream: &str) -> TestGateway {
 }
 
 /// Opens `path` with a fresh token, reads a little, revokes, and returns how long the
-/// stream took to end after the revocation returned.
-async fn cut_after_revoke(path: &str) -> Duration {
+/// stream took to end from the moment revocation was asked for, and the bytes read.
+/// Asserts that it ended with an error (cut), not a clean end.
+async fn cut_after_revoke(path: &str) -> (Duration, usize) {
     let up = Upstream::start().await;
     let gw = gateway(&up.url()).await;
     let (token, id, _) = gw.issue("billing", &[], &[], "15m").await;
@@ -43,32 +44,84 @@ async fn cut_after_revoke(path: &str) -> Duration {
     // Keep reading (a slow reader would hold the download back, not end it).
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        while let Some(Ok(_)) = body.frame().await {}
-        let _ = tx.send(Instant::now());
+        let mut bytes = 0;
+        let cut = loop {
+            match body.frame().await {
+                Some(Ok(f)) => bytes += f.data_ref().map_or(0, |d| d.len()),
+                Some(Err(_)) => break true,
+                None => break false,
+            }
+        };
+        let _ = tx.send((Instant::now(), cut, bytes));
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
+    let asked = Instant::now();
     gw.gw.revoke(&id, "test", None).await.unwrap();
-    let revoked = Instant::now();
-    let ended = tokio::time::timeout(Duration::from_secs(5), rx)
+    let (ended, cut, bytes) = tokio::time::timeout(Duration::from_secs(5), rx)
         .await
         .expect("the stream went on")
         .unwrap();
+    assert!(cut, "the stream ended cleanly instead of being cut");
     gw.stop().await;
-    ended.saturating_duration_since(revoked)
+    (ended.duration_since(asked), bytes)
 }
 
 #[tokio::test]
 async fn revocation_cuts_a_long_download() {
-    let took = cut_after_revoke("/download").await;
+    let (took, bytes) = cut_after_revoke("/download").await;
+    eprintln!("cut after {took:?}, {bytes} bytes");
+    assert!(took <= CUT_WITHIN, "cut after {took:?}");
+    assert!(bytes < 1024 * 1024 * 1024, "the whole download arrived");
+}
+
+#[tokio::test]
+async fn revocation_cuts_a_server_sent_events_stream() {
+    let (took, _) = cut_after_revoke("/sse").await;
     eprintln!("cut after {took:?}");
     assert!(took <= CUT_WITHIN, "cut after {took:?}");
 }
 
 #[tokio::test]
-async fn revocation_cuts_a_server_sent_events_stream() {
-    let took = cut_after_revoke("/sse").await;
-    eprintln!("cut after {took:?}");
+async fn revoking_a_credential_cuts_the_streams_of_the_tokens_it_got() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up.url()).await;
+    let req = keyway_gateway::gateway::CredentialRequest {
+        principal: "ci-bot".into(),
+        services: vec!["billing".into()],
+        ..Default::default()
+    };
+    let (_, cred) = gw.gw.issue_credential(&req, "test").await.unwrap();
+    let entry = gw.gw.token(&cred.id).unwrap();
+    let source = "127.0.0.1".parse().unwrap();
+    let (token, _) = gw
+        .gw
+        .exchange(&entry, "billing", None, source, None)
+        .await
+        .unwrap();
+    let token = secrecy::ExposeSecret::expose_secret(token.secret()).to_owned();
+    let mut conn = Conn::open(gw.addr("billing")).await;
+    let mut body = conn
+        .request("GET", "/sse", Some(&token), &[], Bytes::new())
+        .await
+        .into_body();
+    assert!(body.frame().await.unwrap().is_ok());
+    let asked = Instant::now();
+    gw.gw.revoke(&cred.id, "test", None).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match body.frame().await {
+                Some(Ok(_)) => continue,
+                Some(Err(_)) => return true,
+                None => return false,
+            }
+        }
+    })
+    .await
+    .expect("the child's stream went on");
+    let took = asked.elapsed();
+    assert!(end, "cut, not ended");
     assert!(took <= CUT_WITHIN, "cut after {took:?}");
+    gw.stop().await;
 }
 
 #[tokio::test]
@@ -103,8 +156,8 @@ async fn a_websocket_passes_through_and_revocation_cuts_it() {
         "the token stayed at the gateway"
     );
 
-    gw.gw.revoke(&id, "test", None).await.unwrap();
     let revoked = Instant::now();
+    gw.gw.revoke(&id, "test", None).await.unwrap();
     let end = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match ws.next().await {

@@ -170,8 +170,14 @@ enum CredentialCommand {
         /// The service principal that holds it.
         #[arg(long)]
         principal: String,
-        /// A service it may get access tokens for; repeat for several.
-        #[arg(long = "service", required = true)]
+        /// A service it may get access tokens for; repeat for several. Give one its own
+        /// narrowest grant as `NAME:METHODS:PATH[,PATH]`, like
+        /// `billing:GET,HEAD:/invoices/`.
+        #[arg(
+            long = "service",
+            required = true,
+            value_name = "SERVICE[:METHODS[:PATHS]]"
+        )]
         services: Vec<String>,
         /// Narrow every access token to these methods (comma-separated).
         #[arg(long, value_delimiter = ',')]

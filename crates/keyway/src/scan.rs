@@ -79,8 +79,18 @@ pub async fn run(args: ScanArgs) -> Result<ExitCode> {
         Err(e) if args.revoke => return Err(e.context("--revoke needs the admin API")),
         Err(_) => None,
     };
-    if let Some(c) = &client {
-        let tokens: Vec<TokenInfo> = c.get("/v1/tokens").await?;
+    let listing = match &client {
+        Some(c) => match c.get::<Vec<TokenInfo>>("/v1/tokens").await {
+            Ok(t) => Some(t),
+            Err(e) if args.revoke => return Err(e.context("--revoke needs the admin API")),
+            Err(e) => {
+                eprintln!("cannot ask the gateway which tokens are live ({e:#}); reporting them as unknown");
+                None
+            }
+        },
+        None => None,
+    };
+    if let (Some(c), Some(tokens)) = (&client, listing) {
         let state: HashMap<&str, &str> = tokens
             .iter()
             .map(|t| (t.id.as_str(), t.state.as_str()))
@@ -90,6 +100,8 @@ pub async fn run(args: ScanArgs) -> Result<ExitCode> {
         }
         if args.revoke {
             let mut done: HashMap<String, bool> = HashMap::new();
+            // Admin tokens last: the one this scan uses may be among them.
+            findings.sort_by_key(|f| f.kind == "admin");
             for f in findings.iter_mut().filter(|f| f.state == "active") {
                 if !done.contains_key(&f.id) {
                     let path = format!("/v1/tokens/{}/revoke", client::path_segment(&f.id));
@@ -98,6 +110,9 @@ pub async fn run(args: ScanArgs) -> Result<ExitCode> {
                 }
                 if done[&f.id] {
                     f.state = "revoked_now".into();
+                    if f.kind == "admin" {
+                        eprintln!("an admin token was revoked; restart the gateway to get a new data_dir/admin.token");
+                    }
                 }
             }
         }
@@ -126,18 +141,33 @@ pub async fn run(args: ScanArgs) -> Result<ExitCode> {
     })
 }
 
+/// Every regular file under `path`, skipping `.git`. What cannot be read is said and
+/// passed over, so one unreadable folder does not hide the rest.
 fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     let meta = std::fs::symlink_metadata(path)?;
-    if meta.is_file() {
+    if meta.file_type().is_symlink() {
+        eprintln!(
+            "skipped {} (a symbolic link; scan its target)",
+            path.display()
+        );
+    } else if meta.is_file() {
         out.push(path.to_path_buf());
     } else if meta.is_dir() {
-        let mut entries: Vec<_> = std::fs::read_dir(path)?.filter_map(|e| e.ok()).collect();
+        let mut entries: Vec<_> = match std::fs::read_dir(path) {
+            Ok(rd) => rd.filter_map(|e| e.ok()).collect(),
+            Err(e) => {
+                eprintln!("skipped {} ({e})", path.display());
+                return Ok(());
+            }
+        };
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             if e.file_name() == ".git" {
                 continue;
             }
-            collect_files(&e.path(), out)?;
+            if let Err(err) = collect_files(&e.path(), out) {
+                eprintln!("skipped {} ({err})", e.path().display());
+            }
         }
     }
     Ok(())
@@ -208,6 +238,9 @@ fn scan_git(path: &Path, findings: &mut Vec<Finding>) -> Result<()> {
             commit = c.to_owned();
         } else if let Some(f) = l.strip_prefix("+++ b/") {
             file = f.to_owned();
+        } else if let Some(f) = l.strip_prefix("+++ \"b/") {
+            // A name git had to quote (spaces, tabs, quotes).
+            file = f.strip_suffix('"').unwrap_or(f).to_owned();
         } else if let Some(hunk) = l.strip_prefix("@@ ") {
             // `@@ -a,b +c,d @@`: new-file lines start at c.
             line = hunk

@@ -35,7 +35,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use keyway_core::config::{HttpService, Service, ServiceKind};
 use keyway_core::path::percent_decode_lossy;
-use keyway_core::token::{find_tokens, redact, TOKEN_LEN};
+use keyway_core::token::redact;
 use keyway_core::{path, DenyReason, TokenKind};
 use keyway_store::AuditEvent;
 use tokio::net::TcpListener;
@@ -247,7 +247,7 @@ impl HttpProxy {
         let shown = percent_decode_lossy(&raw_path[..raw_path.len().min(512)]).into_owned();
         detail.insert("path".into(), redact(&shown).into_owned().into());
         // First, so that a token leaked into a URL is revoked whoever sent it.
-        if self.refuse_token_in_url(req.uri(), ev) {
+        if self.gw.refuse_token_in_url(req.uri(), ev) {
             return Err((DenyReason::TokenInUrl, None));
         }
         // TRACE echoes the request, injected credential included; CONNECT and TRACK
@@ -275,6 +275,8 @@ impl HttpProxy {
             })?;
         ev.token_id = Some(entry.id().to_owned());
         ev.principal = Some(entry.record.principal.clone());
+        // A token obtained with a credential is held to the credential on every use.
+        gw.check_lineage(&entry, source).map_err(|r| (r, None))?;
         // A sender-constrained token works only with its certificate.
         if let Some(bound) = &entry.record.cert_thumbprint {
             let presented = conn.cert_thumbprint.as_deref();
@@ -309,52 +311,6 @@ impl HttpProxy {
         }
         entry.mark_used(now);
         Ok((entry, path))
-    }
-
-    /// A token in a URL has already leaked into access logs: refuse the request and
-    /// revoke the token at once (only when it is a real one, so that nobody can revoke
-    /// other people's tokens by their public id). The URL is decoded first, so
-    /// `kwat%5F…` is caught too.
-    fn refuse_token_in_url(&self, uri: &Uri, ev: &mut AuditEvent) -> bool {
-        let Some(target) = uri.path_and_query().map(|pq| pq.as_str()) else {
-            return false;
-        };
-        if !target.contains("kw") && !target.contains('%') {
-            return false;
-        }
-        let target = percent_decode_lossy(target);
-        let found: Vec<_> = find_tokens(&target)
-            .into_iter()
-            .filter(|f| f.checksum_ok)
-            .collect();
-        let Some(first) = found.first() else {
-            return false;
-        };
-        ev.token_id = Some(first.id.clone());
-        let gw = &self.gw;
-        for f in &found {
-            let text = &target[f.start..f.start + TOKEN_LEN];
-            if gw
-                .index
-                .authenticate(text, &gw.pepper, f.kind, gw.now())
-                .is_err()
-            {
-                continue;
-            }
-            // In memory now; in the store (and the audit log) right after.
-            gw.index.revoke(&f.id, gw.now());
-            let (gw, id) = (gw.clone(), f.id.clone());
-            tokio::spawn(async move {
-                if gw
-                    .revoke(&id, "gateway", Some("exposed_in_url"))
-                    .await
-                    .is_ok()
-                {
-                    tracing::warn!(token_id = %id, "revoked a token sent in a URL");
-                }
-            });
-        }
-        true
     }
 
     fn upstream_request(

@@ -134,7 +134,10 @@ pub async fn status(
         .header("authorization", format!("Bearer {token}"))
         .body(Full::new(Bytes::from(body.to_owned())))
         .unwrap();
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
     let status = resp.status().as_u16();
     use http_body_util::BodyExt;
     let body = resp
