@@ -123,7 +123,7 @@ pub enum ExchangeError {
 pub enum RotateError {
     #[error("no token with that id")]
     Unknown,
-    #[error("only access tokens are rotated this way")]
+    #[error("only access tokens and client credentials are rotated this way")]
     NotAccess,
     #[error("the token is revoked or expired; issue a new one instead")]
     NotLive,
@@ -366,12 +366,32 @@ impl Gateway {
             )));
         }
         let bound = check_thumbprint(req.cert_thumbprint.as_deref())?;
+        let scope = CredentialScope {
+            grants,
+            cidrs,
+            max_age_ms: duration_ms(max_age),
+        };
+        Ok(self
+            .mint_credential(&req.principal, scope, max_age, bound, by)
+            .await?)
+    }
+
+    /// Makes a client credential: the only place they are made. Stores it, indexes
+    /// it, audits it.
+    async fn mint_credential(
+        &self,
+        principal: &str,
+        scope: CredentialScope,
+        max_age: Duration,
+        cert_thumbprint: Option<String>,
+        by: &str,
+    ) -> Result<(IssuedToken, TokenRecord), StoreError> {
         let now = self.now();
         let token = IssuedToken::generate(TokenKind::ClientCredential);
         let record = TokenRecord {
             id: token.id().to_owned(),
             kind: TokenKind::ClientCredential,
-            principal: req.principal.clone(),
+            principal: principal.to_owned(),
             grant: None,
             hash: token.hash(&self.pepper),
             created_at: now,
@@ -379,12 +399,8 @@ impl Gateway {
             revoked_at: None,
             last_used_at: None,
             parent_id: None,
-            scope: Some(CredentialScope {
-                grants,
-                cidrs,
-                max_age_ms: duration_ms(max_age),
-            }),
-            cert_thumbprint: bound,
+            scope: Some(scope),
+            cert_thumbprint,
         };
         self.store.insert_token(&record).await?;
         self.index.insert(record.clone());
@@ -497,37 +513,43 @@ impl Gateway {
     ) -> Result<(IssuedToken, TokenRecord, UnixMillis), RotateError> {
         let now = self.now();
         let old = self.index.get(id).ok_or(RotateError::Unknown)?;
-        if old.record.kind != TokenKind::Access {
-            return Err(RotateError::NotAccess);
-        }
         old.check_live(now).map_err(|_| RotateError::NotLive)?;
-        let grant = old.grant().cloned().ok_or(RotateError::NotAccess)?;
-        let svc = self
-            .config
-            .service(&grant.service)
-            .ok_or(RotateError::ServiceGone)?;
         let lifetime = u64::try_from(old.record.expires_at - old.record.created_at).unwrap_or(0);
-        let mut ttl = Duration::from_millis(lifetime).min(self.max_ttl(svc));
-        // A token obtained with a credential stays in its lineage: the successor is the
-        // credential's child too (so revoking the credential takes it), and lives no
-        // longer than the credential.
-        if let Some(credential) = self.parent_credential(&old) {
-            credential
-                .check_live(now)
-                .map_err(|_| RotateError::NotLive)?;
-            let left = u64::try_from(credential.expires_at() - now).unwrap_or(0);
-            ttl = ttl.min(Duration::from_millis(left));
-        }
-        let (token, record) = self
-            .mint(
-                &old.record.principal,
-                grant,
-                ttl,
-                old.record.parent_id.clone(),
-                old.record.cert_thumbprint.clone(),
-                by,
-            )
-            .await?;
+        let (token, record) = match old.record.kind {
+            TokenKind::Access => {
+                let grant = old.grant().cloned().ok_or(RotateError::NotAccess)?;
+                let svc = self
+                    .config
+                    .service(&grant.service)
+                    .ok_or(RotateError::ServiceGone)?;
+                let mut ttl = Duration::from_millis(lifetime).min(self.max_ttl(svc));
+                // A token obtained with a credential stays in its lineage: the
+                // successor is the credential's child too (so revoking the credential
+                // takes it), and lives no longer than the credential.
+                if let Some(credential) = self.parent_credential(&old) {
+                    credential
+                        .check_live(now)
+                        .map_err(|_| RotateError::NotLive)?;
+                    let left = u64::try_from(credential.expires_at() - now).unwrap_or(0);
+                    ttl = ttl.min(Duration::from_millis(left));
+                }
+                let (parent, cert) = (
+                    old.record.parent_id.clone(),
+                    old.record.cert_thumbprint.clone(),
+                );
+                self.mint(&old.record.principal, grant, ttl, parent, cert, by)
+                    .await?
+            }
+            TokenKind::ClientCredential => {
+                // Same principal, scope and binding; a fresh max age within the policy.
+                let scope = old.record.scope.clone().ok_or(RotateError::NotAccess)?;
+                let age = Duration::from_millis(lifetime).min(self.config.credential_max_age);
+                let cert = old.record.cert_thumbprint.clone();
+                self.mint_credential(&old.record.principal, scope, age, cert, by)
+                    .await?
+            }
+            _ => return Err(RotateError::NotAccess),
+        };
         let until = now
             .saturating_add(duration_ms(overlap))
             .min(old.expires_at());
@@ -539,7 +561,7 @@ impl Gateway {
         // event links it to the token it replaces.
         ev.token_id = Some(id.to_owned());
         ev.principal = Some(old.record.principal.clone());
-        ev.service = Some(svc.name.clone());
+        ev.service = old.grant().map(|g| g.service.clone());
         ev.detail = serde_json::json!({
             "by": by,
             "successor": record.id,

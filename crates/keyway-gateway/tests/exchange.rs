@@ -399,3 +399,40 @@ async fn a_token_in_the_url_of_the_admin_api_or_token_endpoint_is_refused_and_re
     assert!(gw.gw.token(&access_id).unwrap().revoked());
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_credential_rotates_with_overlap() {
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&config(&[("billing", &svc(&up, ""))])).await;
+    let (old, old_id) = credential(&gw, &["billing"], &[], Some("30d")).await;
+    let start = gw.clock.now_ms();
+    let (new, new_rec, until) = gw
+        .gw
+        .rotate(&old_id, Duration::from_secs(300), "test")
+        .await
+        .unwrap();
+    let new = new.secret().expose_secret().to_owned();
+    assert!(new.starts_with("kwcc_"));
+    assert_eq!(new_rec.principal, "ci-bot");
+    assert_eq!(
+        new_rec.scope,
+        gw.gw.token(&old_id).unwrap().record.scope,
+        "same scope"
+    );
+    assert_eq!(until, start + 300_000);
+
+    let body = r#"{"service": "billing"}"#;
+    assert_eq!(
+        exchange(&gw, &old, body).await.status,
+        StatusCode::OK,
+        "within the overlap"
+    );
+    gw.clock.set(until);
+    assert_eq!(
+        exchange(&gw, &old, body).await.status,
+        StatusCode::UNAUTHORIZED,
+        "after it"
+    );
+    assert_eq!(exchange(&gw, &new, body).await.status, StatusCode::OK);
+    gw.stop().await;
+}

@@ -123,8 +123,9 @@ enum TokenCommand {
         #[command(flatten)]
         tls: client::TlsArgs,
     },
-    /// Rotate an access token: prints a successor (alone on stdout) with the same
-    /// principal and grant; the old token keeps working for the overlap, then dies.
+    /// Rotate an access token or a client credential: prints a successor (alone on
+    /// stdout) with the same principal and grant (or scope); the old one keeps working
+    /// for the overlap, then dies.
     Rotate {
         /// The token's public id.
         id: String,
