@@ -31,6 +31,29 @@ pub struct Limits {
     pub max_headers: usize,
 }
 
+/// What serving one connection needs of its service: hyper's bounds, said once.
+pub trait ConnService:
+    HttpService<
+        Incoming,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+        ResBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<S> ConnService for S where
+    S: HttpService<
+            Incoming,
+            Future: Send + 'static,
+            Error: Into<BoxError>,
+            ResBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
+        > + Send
+        + 'static
+{
+}
+
 /// What a request handler knows about its connection.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -52,12 +75,7 @@ pub async fn serve_http1<S, F>(
     make: F,
 ) where
     F: Fn(ConnInfo) -> S + Send + Sync + 'static,
-    S: HttpService<Incoming> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    S::ResBody: Send + 'static,
-    <S::ResBody as Body>::Data: Send,
-    <S::ResBody as Body>::Error: Into<BoxError>,
+    S: ConnService,
 {
     let mut builder = http1::Builder::new();
     builder
@@ -150,12 +168,7 @@ pub async fn serve_http1<S, F>(
 async fn serve_one<I, S>(builder: &http1::Builder, io: I, svc: S, stop: CancellationToken)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: HttpService<Incoming> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    S::ResBody: Send + 'static,
-    <S::ResBody as Body>::Data: Send,
-    <S::ResBody as Body>::Error: Into<BoxError>,
+    S: ConnService,
 {
     // Upgrades are served so that a WebSocket can be passed through on purpose; the
     // proxy decides which upgrades to honour.
