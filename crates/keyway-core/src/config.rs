@@ -34,6 +34,8 @@ pub struct RawConfig {
     pub admin_token_ttl: Option<String>,
     pub token_listen: Option<String>,
     pub token_tls: Option<RawTls>,
+    pub tunnel_listen: Option<String>,
+    pub tunnel_tls: Option<RawTls>,
     pub credential_max_age: Option<String>,
     pub revoke_tokens_in_urls: Option<bool>,
     pub pepper_file: Option<PathBuf>,
@@ -55,7 +57,7 @@ pub struct RawAudit {
 #[serde(deny_unknown_fields)]
 pub struct RawService {
     pub protocol: String,
-    pub listen: String,
+    pub listen: Option<String>,
     pub upstream: String,
     pub max_ttl: Option<String>,
     pub allow_cidrs: Option<Vec<String>>,
@@ -100,6 +102,11 @@ pub struct Config {
     pub token_listen: Option<SocketAddr>,
     /// TLS (and client certificates) on the token endpoint.
     pub token_tls: Option<TlsConfig>,
+    /// Where `keyway connect` reaches TCP services (always TLS).
+    pub tunnel_listen: Option<SocketAddr>,
+    /// The tunnel's certificate; without it, one from the gateway's local CA
+    /// (`<data_dir>/ca.pem`).
+    pub tunnel_tls: Option<TlsConfig>,
     /// No client credential is accepted longer than this after its issue.
     pub credential_max_age: Duration,
     /// Revoke a token that arrives in a URL (it is in access logs now). A request
@@ -132,7 +139,9 @@ pub enum OnFull {
 #[derive(Debug, Clone)]
 pub struct Service {
     pub name: String,
-    pub listen: SocketAddr,
+    /// The gateway port that stands for the service (HTTP); TCP services have none,
+    /// they are reached through `tunnel_listen`.
+    pub listen: Option<SocketAddr>,
     pub max_ttl: Duration,
     /// Empty: any source address.
     pub allow_cidrs: Vec<IpNet>,
@@ -157,6 +166,15 @@ pub struct TlsConfig {
 #[derive(Debug, Clone)]
 pub enum ServiceKind {
     Http(HttpService),
+    Tcp(TcpService),
+}
+
+/// A TCP service, reached with `keyway connect` through the tunnel listener.
+#[derive(Debug, Clone)]
+pub struct TcpService {
+    /// `host:port`.
+    pub upstream: String,
+    pub connect_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -273,6 +291,16 @@ impl RawConfig {
             client_ca: t.client_ca.map(rel),
             require_client_cert: false,
         });
+        let tunnel_listen = self
+            .tunnel_listen
+            .as_deref()
+            .and_then(|a| p.addr("tunnel_listen", a));
+        let tunnel_tls = self.tunnel_tls.map(|t| TlsConfig {
+            cert: rel(t.cert),
+            key: rel(t.key),
+            client_ca: t.client_ca.map(rel),
+            require_client_cert: false,
+        });
         let credential_max_age = p.duration_or(
             "credential_max_age",
             self.credential_max_age.as_deref(),
@@ -304,6 +332,14 @@ impl RawConfig {
         let mut services = BTreeMap::new();
         let mut listens: BTreeMap<SocketAddr, String> = BTreeMap::new();
         listens.insert(admin_listen, "admin_listen".into());
+        if let Some(t) = tunnel_listen.filter(|t| t.port() != 0) {
+            if listens.insert(t, "tunnel_listen".into()).is_some() {
+                p.push(
+                    "tunnel_listen",
+                    "shares its address with another listener; give each its own port",
+                );
+            }
+        }
         if let Some(t) = token_listen.filter(|t| t.port() != 0) {
             if listens.insert(t, "token_listen".into()).is_some() {
                 p.push(
@@ -317,16 +353,23 @@ impl RawConfig {
                 continue;
             };
             // Port 0 asks the system for any free port, so it never collides.
-            let taken = (svc.listen.port() != 0)
-                .then(|| listens.insert(svc.listen, format!("services.{name}.listen")))
-                .flatten();
+            let taken = svc
+                .listen
+                .filter(|l| l.port() != 0)
+                .and_then(|l| listens.insert(l, format!("services.{name}.listen")));
             if let Some(other) = taken {
                 p.push(
                     &format!("services.{name}.listen"),
                     &format!(
                         "{} is already used by `{other}`; give each its own port",
-                        svc.listen
+                        svc.listen.map(|l| l.to_string()).unwrap_or_default()
                     ),
+                );
+            }
+            if matches!(svc.kind, ServiceKind::Tcp(_)) && tunnel_listen.is_none() {
+                p.push(
+                    &format!("services.{name}.protocol"),
+                    "a tcp service is reached through the tunnel; set `tunnel_listen` (like \"0.0.0.0:7443\")",
                 );
             }
             services.insert(name, svc);
@@ -339,6 +382,8 @@ impl RawConfig {
             admin_token_ttl,
             token_listen,
             token_tls,
+            tunnel_listen,
+            tunnel_tls,
             credential_max_age,
             revoke_tokens_in_urls: self.revoke_tokens_in_urls.unwrap_or(true),
             pepper_file,
@@ -367,21 +412,39 @@ impl RawService {
                 "a service name is 1 to 63 characters of a-z, 0-9, `-` and `_`",
             );
         }
+        let is_tcp = self.protocol == "tcp";
         match self.protocol.as_str() {
-            "http" => {}
-            "tcp" | "postgres" | "mysql" | "redis" => p.push(
+            "http" | "tcp" => {}
+            "postgres" | "mysql" | "redis" => p.push(
                 &key("protocol"),
                 &format!(
-                    "protocol `{}` is not supported yet by this version; use `http`",
+                    "protocol `{}` is not supported yet by this version; use `http` or `tcp`",
                     self.protocol
                 ),
             ),
             _ => p.push(
                 &key("protocol"),
-                "unknown protocol; this version supports `http`",
+                "unknown protocol; this version supports `http` and `tcp`",
             ),
         }
-        let listen = p.addr(&key("listen"), &self.listen);
+        let listen: Option<Option<SocketAddr>> = match (&self.listen, is_tcp) {
+            (Some(l), false) => p.addr(&key("listen"), l).map(Some),
+            (None, false) => {
+                p.push(
+                    &key("listen"),
+                    "an http service needs `listen`: the gateway port that stands for it",
+                );
+                None
+            }
+            (Some(_), true) => {
+                p.push(
+                    &key("listen"),
+                    "a tcp service is reached through `tunnel_listen` with `keyway connect`; remove `listen`",
+                );
+                None
+            }
+            (None, true) => Some(None),
+        };
         let max_ttl = p.duration_or(&key("max_ttl"), self.max_ttl.as_deref(), global_max_ttl);
         if max_ttl > global_max_ttl {
             p.push(
@@ -422,6 +485,41 @@ impl RawService {
                 None
             }
         };
+        if is_tcp {
+            let tcp = TcpService {
+                upstream: check_tcp_upstream(&self.upstream, &key("upstream"), p)
+                    .unwrap_or_default(),
+                connect_timeout: p.duration_or(
+                    &key("connect_timeout"),
+                    self.connect_timeout.as_deref(),
+                    Duration::from_secs(5),
+                ),
+            };
+            let http_only = [
+                ("upstream_auth", self.upstream_auth.is_some()),
+                ("rate_limit", self.rate_limit.is_some()),
+                ("tls", self.tls.is_some()),
+                ("upstream_timeout", self.upstream_timeout.is_some()),
+                ("header_timeout", self.header_timeout.is_some()),
+            ];
+            for (k, set) in http_only {
+                if set {
+                    p.push(&key(k), "applies to http services only");
+                }
+            }
+            if p.0.len() > before {
+                return None;
+            }
+            return Some(Service {
+                name: name.to_owned(),
+                listen: None,
+                max_ttl,
+                allow_cidrs,
+                rate_limit: None,
+                tls: None,
+                kind: ServiceKind::Tcp(tcp),
+            });
+        }
         let upstream = check_http_upstream(&self.upstream, &key("upstream"), p);
         let upstream_auth = self.upstream_auth.and_then(|a| {
             let header = match HeaderName::from_bytes(a.header.as_bytes()) {
@@ -573,6 +671,18 @@ fn without_values(msg: &str) -> String {
         };
     }
     msg.to_owned()
+}
+
+/// `host:port` of a TCP upstream.
+fn check_tcp_upstream(s: &str, key: &str, p: &mut Problems) -> Option<String> {
+    let ok = s.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0)
+    });
+    if !ok {
+        p.push(key, "is not an address like `10.0.0.5:6379` (host:port)");
+        return None;
+    }
+    Some(s.to_owned())
 }
 
 fn is_reserved_header(h: &HeaderName) -> bool {

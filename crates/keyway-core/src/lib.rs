@@ -12,6 +12,7 @@
 //!   checked configuration with real types.
 //! - [`units`]: durations (`15m`, `24h`) and rates (`50/s`).
 //! - [`clock`]: the clock every expiry decision reads, so tests can move time.
+//! - [`tunnel`]: the bounded opening frames of a `keyway connect` stream.
 
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod config;
 pub mod grant;
 pub mod path;
 pub mod token;
+pub mod tunnel;
 pub mod units;
 
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};

@@ -203,12 +203,18 @@ async fn status(_: Admin, State(gw): State<Gw>) -> Response {
         .services
         .values()
         .map(|s| {
-            let ServiceKind::Http(h) = &s.kind;
+            let (protocol, upstream) = match &s.kind {
+                ServiceKind::Http(h) => (
+                    "http",
+                    format!("http://{}{}", h.upstream.authority, h.upstream.base_path),
+                ),
+                ServiceKind::Tcp(t) => ("tcp", t.upstream.clone()),
+            };
             json!({
                 "name": s.name,
-                "protocol": "http",
-                "listen": s.listen.to_string(),
-                "upstream": format!("http://{}{}", h.upstream.authority, h.upstream.base_path),
+                "protocol": protocol,
+                "listen": s.listen.map(|l| l.to_string()),
+                "upstream": upstream,
                 "max_ttl": keyway_core::units::format_duration(s.max_ttl),
             })
         })

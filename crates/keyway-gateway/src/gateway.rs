@@ -960,7 +960,9 @@ impl Gateway {
     /// Warns about upstream credentials the config names but nobody has set.
     pub fn warn_missing_secrets(&self) {
         for svc in self.config.services.values() {
-            let ServiceKind::Http(h) = &svc.kind;
+            let ServiceKind::Http(h) = &svc.kind else {
+                continue;
+            };
             if let Some(auth) = &h.upstream_auth {
                 if self.secret_header(&auth.secret).is_none() {
                     tracing::warn!(

@@ -13,7 +13,9 @@
 //! - [`audit`]: the bounded, batched audit writer (`fail_closed` by default).
 //! - [`listener`]: accepting HTTP/1 connections with bounds (and TLS), for every
 //!   listener.
-//! - [`tls`]: TLS configuration, client certificates and their thumbprints.
+//! - [`tls`]: TLS configuration, client certificates and their thumbprints, the
+//!   local CA.
+//! - [`tunnel`]: TCP services through the tunnel listener (`keyway connect`).
 //!
 //! [`run`] takes bound listeners and a shutdown signal, so tests bind port 0.
 
@@ -27,6 +29,7 @@ pub mod listener;
 pub mod proxy;
 pub mod tls;
 pub mod token_api;
+pub mod tunnel;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -45,6 +48,8 @@ pub struct Listeners {
     pub admin: TcpListener,
     /// The token endpoint, where workloads exchange credentials.
     pub token: Option<TcpListener>,
+    /// The tunnel listener, where `keyway connect` reaches TCP services.
+    pub tunnel: Option<TcpListener>,
     pub services: BTreeMap<String, TcpListener>,
     /// TLS of the listeners that have it, by service name (the token endpoint's under
     /// [`TOKEN_LISTENER`]); certificates are loaded when binding, so a bad file stops
@@ -54,6 +59,8 @@ pub struct Listeners {
 
 /// The key of the token endpoint in [`Listeners::tls`].
 pub const TOKEN_LISTENER: &str = "(token endpoint)";
+/// The key of the tunnel listener in [`Listeners::tls`].
+pub const TUNNEL_LISTENER: &str = "(tunnel)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
@@ -82,12 +89,18 @@ impl Listeners {
             Some(a) => Some(bind("token_listen".into(), a).await?),
             None => None,
         };
+        let tunnel = match config.tunnel_listen {
+            Some(a) => Some(bind("tunnel_listen".into(), a).await?),
+            None => None,
+        };
         let mut services = BTreeMap::new();
         for (name, svc) in &config.services {
-            services.insert(
-                name.clone(),
-                bind(format!("services.{name}.listen"), svc.listen).await?,
-            );
+            if let Some(addr) = svc.listen {
+                services.insert(
+                    name.clone(),
+                    bind(format!("services.{name}.listen"), addr).await?,
+                );
+            }
         }
         let mut tls = BTreeMap::new();
         let acceptor = |key: String, t: &keyway_core::config::TlsConfig| {
@@ -103,9 +116,22 @@ impl Listeners {
         if let Some(t) = &config.token_tls {
             tls.insert(TOKEN_LISTENER.to_owned(), acceptor("token_tls".into(), t)?);
         }
+        if let (Some(l), Some(addr)) = (&tunnel, config.tunnel_listen) {
+            let local = l.local_addr().unwrap_or(addr);
+            let server = match &config.tunnel_tls {
+                Some(t) => tls::server_config(t),
+                None => tls::local_ca_server_config(&config.data_dir, local),
+            };
+            let server = server.map_err(|source| BindError::Tls {
+                key: "tunnel_tls".into(),
+                source,
+            })?;
+            tls.insert(TUNNEL_LISTENER.to_owned(), TlsAcceptor::from(server));
+        }
         Ok(Self {
             admin,
             token,
+            tunnel,
             services,
             tls,
         })
@@ -113,6 +139,10 @@ impl Listeners {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.local_addr().ok()
+    }
+
+    pub fn tunnel_addr(&self) -> Option<SocketAddr> {
+        self.tunnel.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn token_addr(&self) -> Option<SocketAddr> {
@@ -132,7 +162,9 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
         let Some(svc) = gw.config.service(&name).cloned() else {
             continue;
         };
-        let proxy = proxy::http::HttpProxy::new(gw.clone(), svc);
+        let Some(proxy) = proxy::http::HttpProxy::new(gw.clone(), svc) else {
+            continue;
+        };
         tasks.spawn(proxy.serve(
             listener,
             listeners.tls.get(&name).cloned(),
@@ -172,6 +204,12 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
             shutdown.clone(),
             api,
         ));
+    }
+    if let (Some(l), Some(acceptor)) = (
+        listeners.tunnel,
+        listeners.tls.get(TUNNEL_LISTENER).cloned(),
+    ) {
+        tasks.spawn(tunnel::serve(gw.clone(), l, acceptor, shutdown.clone()));
     }
     tasks.spawn(housekeeping(gw.clone(), shutdown.clone()));
     while tasks.join_next().await.is_some() {}

@@ -97,3 +97,94 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     }
     Ok(certs)
 }
+
+/// The gateway's local CA, for the tunnel when no certificate is configured: created on
+/// first start (`<data_dir>/ca.pem`, key in `ca.key`, mode 0600); each start issues a
+/// 90-day server certificate for `localhost`, 127.0.0.1 and the listen address.
+/// Clients pass `ca.pem` to `keyway connect --ca`.
+pub fn local_ca_server_config(
+    data_dir: &Path,
+    listen: std::net::SocketAddr,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let cfg_err = |e: rcgen::Error| TlsError::Config(format!("local CA: {e}"));
+    let (ca_pem, ca_key_path) = (data_dir.join("ca.pem"), data_dir.join("ca.key"));
+    let ca_params = || {
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        p.distinguished_name
+            .push(DnType::CommonName, "Keyway local CA");
+        Ok::<_, rcgen::Error>(p)
+    };
+    let ca_key = match std::fs::read_to_string(&ca_key_path) {
+        Ok(pem) => KeyPair::from_pem(&pem).map_err(cfg_err)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = KeyPair::generate().map_err(cfg_err)?;
+            let cert = ca_params()
+                .and_then(|p| p.self_signed(&key))
+                .map_err(cfg_err)?;
+            keyway_store::keys::write_secret_file(&ca_key_path, key.serialize_pem().as_bytes())
+                .map_err(|e| TlsError::Key {
+                    path: ca_key_path.display().to_string(),
+                    why: e.to_string(),
+                })?;
+            std::fs::write(&ca_pem, cert.pem()).map_err(|e| TlsError::Certs {
+                path: ca_pem.display().to_string(),
+                why: e.to_string(),
+            })?;
+            tracing::info!(path = %ca_pem.display(), "created the gateway's local CA; give ca.pem to `keyway connect --ca`");
+            key
+        }
+        Err(e) => {
+            return Err(TlsError::Key {
+                path: ca_key_path.display().to_string(),
+                why: e.to_string(),
+            })
+        }
+    };
+    // The same subject and key give the same issuer name and key identifier as the
+    // CA certificate on disk.
+    let issuer = Issuer::new(ca_params().map_err(cfg_err)?, ca_key);
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    if !listen.ip().is_unspecified() && !listen.ip().is_loopback() {
+        names.push(listen.ip().to_string());
+    }
+    let mut params = CertificateParams::new(names).map_err(cfg_err)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Keyway gateway");
+    let now = std::time::SystemTime::now();
+    params.not_before = (now - std::time::Duration::from_secs(3600)).into();
+    params.not_after = (now + std::time::Duration::from_secs(90 * 24 * 3600)).into();
+    let key = KeyPair::generate().map_err(cfg_err)?;
+    let cert = params.signed_by(&key, &issuer).map_err(cfg_err)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key_der = PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key_der)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    config.alpn_protocols = vec![b"keyway-tunnel".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A TLS client configuration trusting the CA in `ca` (PEM).
+pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in read_certs(ca)? {
+        roots
+            .add(c)
+            .map_err(|e| TlsError::Config(format!("{}: {e}", ca.display())))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"keyway-tunnel".to_vec()];
+    Ok(Arc::new(config))
+}

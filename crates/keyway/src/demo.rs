@@ -77,6 +77,7 @@ upstream_auth = {{ header = "X-Api-Key", secret = "billing-key" }}
     let listeners = Listeners {
         admin,
         token: None,
+        tunnel: None,
         tls: Default::default(),
         services: [("billing".to_owned(), service)].into(),
     };

@@ -4,6 +4,7 @@
 //!
 //! - `main.rs`: the command line (clap) and dispatch.
 //! - `client.rs`: finding and calling the admin API.
+//! - `connect.rs`: `keyway connect`, a local port for a TCP service behind the gateway.
 //! - `demo.rs`: `keyway demo`, a gateway with a demo upstream and a token to try.
 //! - `serve.rs`: `keyway gateway`, and the start-up shared with the demo.
 //! - `scan.rs`: `keyway scan`, finding leaked tokens in files and git history.
@@ -11,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod connect;
 mod demo;
 mod scan;
 mod serve;
@@ -60,6 +62,10 @@ enum Command {
     /// Issue client credentials: workloads exchange them for short-lived access tokens.
     #[command(subcommand)]
     Credential(CredentialCommand),
+    /// Reach a TCP service behind the gateway on a local port: each connection to
+    /// 127.0.0.1:PORT goes through the gateway's tunnel with your token. Prints the
+    /// local address on stdout.
+    Connect(connect::ConnectArgs),
     /// Find Keyway tokens in files (and git history): where, which public id, whether
     /// still live; never the secret. Exit status 1 when a live (or unknown) token is
     /// found, so it works as a pre-commit hook and in CI.
@@ -253,6 +259,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Token(cmd) => token(cmd).await,
         Command::Credential(cmd) => credential(cmd).await,
         Command::Scan(args) => scan::run(args).await,
+        Command::Connect(args) => connect::run(args).await,
         Command::Secret(cmd) => secret(cmd).await,
     }
 }

@@ -63,6 +63,9 @@ pub fn announce(gw: &Gateway, l: &Listeners) {
         }
         tracing::info!(addr = %a, "admin API listening");
     }
+    if let Some(a) = l.tunnel_addr() {
+        tracing::info!(addr = %a, ca = %gw.config.data_dir.join("ca.pem").display(), "tunnel listening (keyway connect)");
+    }
     if let Some(a) = l.token_addr() {
         tracing::info!(addr = %a, "token endpoint listening (POST /v1/token/exchange)");
     }

@@ -31,11 +31,13 @@ fn the_contract_shape_parses() {
     );
     assert_eq!(c.max_ttl, Duration::from_secs(86400));
     let b = c.service("billing").unwrap();
-    assert_eq!(b.listen.port(), 9001);
+    assert_eq!(b.listen.unwrap().port(), 9001);
     assert_eq!(b.max_ttl, Duration::from_secs(3600));
     assert_eq!(b.allow_cidrs, vec!["127.0.0.0/8".parse::<IpNet>().unwrap()]);
     assert_eq!(b.rate_limit.unwrap().to_string(), "50/s");
-    let ServiceKind::Http(h) = &b.kind;
+    let ServiceKind::Http(h) = &b.kind else {
+        panic!("http")
+    };
     assert_eq!(h.upstream.authority.as_str(), "127.0.0.1:8080");
     let auth = h.upstream_auth.as_ref().unwrap();
     assert_eq!(
@@ -134,13 +136,15 @@ fn upstream_urls_are_checked() {
     }
     let c =
         parse(&CONTRACT.replace("http://127.0.0.1:8080", "http://127.0.0.1:8080/api/")).unwrap();
-    let ServiceKind::Http(h) = &c.service("billing").unwrap().kind;
+    let ServiceKind::Http(h) = &c.service("billing").unwrap().kind else {
+        panic!("http")
+    };
     assert_eq!(h.upstream.base_path, "/api");
 }
 
 #[test]
 fn unsupported_protocols_say_so() {
-    let e = parse(&CONTRACT.replace("protocol = \"http\"", "protocol = \"tcp\""))
+    let e = parse(&CONTRACT.replace("protocol = \"http\"", "protocol = \"postgres\""))
         .unwrap_err()
         .to_string();
     assert!(e.contains("not supported yet"), "{e}");
@@ -190,4 +194,32 @@ fn client_certificates_need_tls_and_a_ca() {
         Some(Path::new("/etc/keyway/ca.pem"))
     );
     assert!(tls.require_client_cert);
+}
+
+#[test]
+fn tcp_services_are_reached_through_the_tunnel() {
+    let tcp =
+        "[services.cache]\nprotocol = \"tcp\"\nupstream = \"127.0.0.1:6379\"\nmax_ttl = \"1h\"\n";
+    let e = parse(tcp).unwrap_err().to_string();
+    assert!(e.contains("tunnel_listen"), "{e}");
+    let c = parse(&format!("tunnel_listen = \"127.0.0.1:7443\"\n{tcp}")).unwrap();
+    let svc = c.service("cache").unwrap();
+    assert!(svc.listen.is_none());
+    let ServiceKind::Tcp(t) = &svc.kind else {
+        panic!("tcp")
+    };
+    assert_eq!(t.upstream, "127.0.0.1:6379");
+    let with_listen = format!(
+        "tunnel_listen = \"127.0.0.1:7443\"\n{tcp}listen = \"127.0.0.1:1\"\nrate_limit = \"1/s\"\n"
+    );
+    let e = parse(&with_listen).unwrap_err().to_string();
+    assert!(
+        e.contains("services.cache.listen") && e.contains("services.cache.rate_limit"),
+        "{e}"
+    );
+    let bad = format!(
+        "tunnel_listen = \"127.0.0.1:7443\"\n{}",
+        tcp.replace("127.0.0.1:6379", "http://x")
+    );
+    assert!(parse(&bad).unwrap_err().to_string().contains("host:port"));
 }

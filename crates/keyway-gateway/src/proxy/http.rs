@@ -81,8 +81,11 @@ struct Expired;
 // === impl HttpProxy ===
 
 impl HttpProxy {
-    pub fn new(gw: Arc<Gateway>, svc: Service) -> Arc<Self> {
-        let ServiceKind::Http(http) = svc.kind.clone();
+    /// The proxy of `svc`, if it is an HTTP service.
+    pub fn new(gw: Arc<Gateway>, svc: Service) -> Option<Arc<Self>> {
+        let ServiceKind::Http(http) = svc.kind.clone() else {
+            return None;
+        };
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(http.connect_timeout));
         connector.set_nodelay(true);
@@ -102,13 +105,13 @@ impl HttpProxy {
                 .allow_burst(burst);
             RateLimiter::keyed(quota)
         });
-        Arc::new(Self {
+        Some(Arc::new(Self {
             gw,
             svc,
             http,
             client,
             limiter,
-        })
+        }))
     }
 
     /// Accepts connections on `listener` until `shutdown` fires, then waits (bounded)

@@ -1,0 +1,102 @@
+//! The opening of a tunnel stream. `keyway connect` opens one TLS connection per
+//! client connection, sends an [`Open`] frame (which service, with which token), and
+//! the gateway answers with a [`Reply`] before any byte reaches the upstream. After
+//! that the stream carries the client's bytes as they are.
+//!
+//! A frame is a 32-bit big-endian length, at most [`MAX_FRAME`], then that many bytes
+//! of JSON. The length is checked before anything is allocated.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The largest frame either side accepts.
+pub const MAX_FRAME: usize = 8 * 1024;
+
+/// The client's opening frame. `Debug` leaves the token out.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Open {
+    pub service: String,
+    pub token: String,
+}
+
+/// The gateway's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    /// A generic reason for people (`unauthorized`, `forbidden`, `unavailable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame longer than {MAX_FRAME} bytes")]
+    TooLong,
+    #[error("frame is not the expected JSON")]
+    Malformed,
+}
+
+/// The frame of `v`: length, then JSON.
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The body length announced by a frame's first four bytes, if acceptable.
+pub fn body_len(header: [u8; 4]) -> Result<usize, FrameError> {
+    let n = u32::from_be_bytes(header) as usize;
+    if n > MAX_FRAME {
+        return Err(FrameError::TooLong);
+    }
+    Ok(n)
+}
+
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    serde_json::from_slice(body).map_err(|_| FrameError::Malformed)
+}
+
+impl fmt::Debug for Open {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Open")
+            .field("service", &self.service)
+            .field("token", &"***")
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn round_trip_and_bounds() {
+        let open = Open {
+            service: "redis".into(),
+            token: "kwat_secret".into(),
+        };
+        let frame = encode(&open);
+        let n = body_len(frame[..4].try_into().unwrap()).unwrap();
+        let back: Open = decode(&frame[4..4 + n]).unwrap();
+        assert_eq!(back.service, "redis");
+        assert!(!format!("{back:?}").contains("secret"));
+        assert_eq!(body_len([0, 0, 0x20, 1]), Err(FrameError::TooLong));
+        assert_eq!(decode::<Reply>(b"{\"nope\""), Err(FrameError::Malformed));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_never_panics(header in any::<[u8; 4]>(), body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = body_len(header);
+            let _ = decode::<Open>(&body);
+            let _ = decode::<Reply>(&body);
+        }
+    }
+}

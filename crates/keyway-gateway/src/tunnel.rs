@@ -1,0 +1,272 @@
+//! TCP services through the tunnel listener: one TLS connection per client connection
+//! (`keyway connect` opens them), an opening frame naming the service and carrying the
+//! token, every check of the gateway, then bytes both ways with backpressure and
+//! half-close (`copy_bidirectional`) until either side ends, the token is revoked or
+//! it expires.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyway_core::config::ServiceKind;
+use keyway_core::tunnel::{self, FrameError, Open, Reply};
+use keyway_core::{DenyReason, TokenKind};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::gateway::Gateway;
+use crate::index::Entry;
+
+/// Time for the TLS handshake and the opening frame.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_CONNECTIONS: usize = 10_000;
+
+/// Reads one frame: the length first, bounded, then the body.
+pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<T, FrameError> {
+    let mut header = [0u8; 4];
+    r.read_exact(&mut header)
+        .await
+        .map_err(|_| FrameError::Malformed)?;
+    let n = tunnel::body_len(header)?;
+    let mut body = vec![0u8; n];
+    r.read_exact(&mut body)
+        .await
+        .map_err(|_| FrameError::Malformed)?;
+    tunnel::decode(&body)
+}
+
+async fn reply<W: AsyncWrite + Unpin>(w: &mut W, error: Option<&str>) {
+    let r = Reply {
+        ok: error.is_none(),
+        error: error.map(str::to_owned),
+    };
+    let _ = w.write_all(&tunnel::encode(&r)).await;
+    let _ = w.flush().await;
+}
+
+/// Serves the tunnel listener until `shutdown`; live streams are left to end on
+/// their own or with the process.
+pub async fn serve(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let tracker = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "tunnel accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!("tunnel connection limit reached; refusing a connection");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (gw, acceptor) = (gw.clone(), acceptor.clone());
+        tracker.spawn(async move {
+            handle(&gw, stream, peer, acceptor).await;
+            drop(permit);
+        });
+    }
+    tracker.close();
+}
+
+async fn handle(gw: &Arc<Gateway>, stream: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor) {
+    let opened = tokio::time::timeout(OPEN_TIMEOUT, async {
+        let mut tls = acceptor.accept(stream).await.ok()?;
+        let open: Open = read_frame(&mut tls).await.ok()?;
+        Some((tls, open))
+    })
+    .await;
+    let Ok(Some((mut tls, open))) = opened else {
+        tracing::debug!(%peer, "tunnel stream did not open");
+        return;
+    };
+    let source = peer.ip().to_canonical();
+    let cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| crate::tls::thumbprint(c.as_ref()));
+    let mut ev = gw.event("connection.open");
+    ev.service = Some(open.service.chars().take(64).collect());
+    ev.source = Some(source.to_string());
+
+    let decided = decide(gw, &open, source, cert.as_deref(), &mut ev);
+    drop(open);
+    let (entry, upstream_addr, connect_timeout) = match decided {
+        Ok(x) => x,
+        Err(reason) => {
+            ev.decision = Some("deny".into());
+            ev.reason = Some(reason.as_str().into());
+            gw.audit.record(ev);
+            let shown = match reason.status() {
+                401 => "unauthorized",
+                403 => "forbidden",
+                _ => "unavailable",
+            };
+            reply(&mut tls, Some(shown)).await;
+            return;
+        }
+    };
+    let Ok(reservation) = gw.audit.reserve() else {
+        reply(&mut tls, Some("unavailable")).await;
+        return;
+    };
+    let upstream =
+        match tokio::time::timeout(connect_timeout, TcpStream::connect(&upstream_addr)).await {
+            Ok(Ok(s)) => s,
+            _ => {
+                tracing::warn!(service = ?ev.service, "tunnel upstream unreachable");
+                ev.decision = Some("allow".into());
+                ev.detail = json!({ "error": "upstream_unreachable" });
+                reservation.send(ev);
+                reply(&mut tls, Some("upstream unreachable")).await;
+                return;
+            }
+        };
+    let _ = upstream.set_nodelay(true);
+    ev.decision = Some("allow".into());
+    let (service, token_id, principal) = (
+        ev.service.clone(),
+        ev.token_id.clone(),
+        ev.principal.clone(),
+    );
+    reservation.send(ev);
+    reply(&mut tls, None).await;
+
+    let started = Instant::now();
+    let (ended, bytes) = relay(tls, upstream, &entry, gw.now()).await;
+    let mut close = gw.event("connection.close");
+    close.service = service;
+    close.token_id = token_id;
+    close.principal = principal;
+    close.source = Some(source.to_string());
+    close.detail = json!({
+        "end": ended,
+        "bytes_in": bytes.0,
+        "bytes_out": bytes.1,
+        "duration_ms": started.elapsed().as_millis() as u64,
+    });
+    gw.audit.record(close);
+}
+
+/// Every check, as for HTTP: token, service, source, lineage, certificate.
+fn decide(
+    gw: &Gateway,
+    open: &Open,
+    source: std::net::IpAddr,
+    cert: Option<&str>,
+    ev: &mut keyway_store::AuditEvent,
+) -> Result<(Arc<Entry>, String, Duration), DenyReason> {
+    let entry = gw
+        .index
+        .authenticate(&open.token, &gw.pepper, TokenKind::Access, gw.now())
+        .map_err(|r| {
+            ev.token_id = r.token_id.clone();
+            r.reason
+        })?;
+    ev.token_id = Some(entry.id().to_owned());
+    ev.principal = Some(entry.record.principal.clone());
+    let svc = gw
+        .config
+        .service(&open.service)
+        .filter(|s| entry.grant().is_some_and(|g| g.service == s.name))
+        .ok_or(DenyReason::WrongService)?;
+    let ServiceKind::Tcp(tcp) = &svc.kind else {
+        return Err(DenyReason::WrongService);
+    };
+    if !svc.allow_cidrs.is_empty() && !svc.allow_cidrs.iter().any(|n| n.contains(&source)) {
+        return Err(DenyReason::SourceNotAllowed);
+    }
+    gw.check_lineage(&entry, source)?;
+    if let Some(bound) = &entry.record.cert_thumbprint {
+        if !cert.is_some_and(|c| crate::tls::same_thumbprint(c, bound)) {
+            return Err(DenyReason::CertificateMismatch);
+        }
+    }
+    entry.mark_used(gw.now());
+    Ok((entry, tcp.upstream.clone(), tcp.connect_timeout))
+}
+
+/// Carries bytes both ways until either side ends, the token is revoked, or it
+/// expires. Returns why it ended and the bytes (client to upstream, upstream to
+/// client).
+async fn relay<C>(
+    mut client: C,
+    mut upstream: TcpStream,
+    entry: &Entry,
+    now: keyway_core::UnixMillis,
+) -> (&'static str, (u64, u64))
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let left = entry.expires_at().saturating_sub(now).max(0);
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
+            Ok(bytes) => ("closed", bytes),
+            Err(_) => ("error", (0, 0)),
+        },
+        () = entry.cancel.cancelled() => ("revoked", (0, 0)),
+        () = tokio::time::sleep(Duration::from_millis(left as u64)) => ("expired", (0, 0)),
+    }
+}
+
+/// The client side: opens one tunnel stream to `service` through the gateway at
+/// `addr` (TLS, verified against the gateway's CA as `server_name`).
+pub async fn open(
+    addr: &str,
+    server_name: &str,
+    tls: Arc<rustls::ClientConfig>,
+    service: &str,
+    token: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let tcp = tokio::time::timeout(OPEN_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("the gateway at {addr} did not answer"))?
+        .map_err(|e| format!("cannot reach the gateway at {addr}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+        .map_err(|_| format!("`{server_name}` is not a valid TLS server name"))?;
+    let mut stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS with the gateway failed: {e}"))?;
+    let frame = tunnel::encode(&Open {
+        service: service.to_owned(),
+        token: token.to_owned(),
+    });
+    stream
+        .write_all(&frame)
+        .await
+        .map_err(|e| format!("sending to the gateway: {e}"))?;
+    let reply: Reply = tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut stream))
+        .await
+        .map_err(|_| "the gateway did not answer the opening".to_owned())?
+        .map_err(|_| "the gateway closed the stream".to_owned())?;
+    if !reply.ok {
+        return Err(format!(
+            "the gateway refused: {}",
+            reply.error.unwrap_or_default()
+        ));
+    }
+    Ok(stream)
+}

@@ -1,0 +1,229 @@
+//! TCP services through `keyway connect` and the gateway's tunnel, with real servers
+//! and clients: `redis-cli` to the machine's Redis, `mysql` to its MariaDB, a large
+//! transfer checked byte for byte (with half-close), and revocation ending an idle
+//! connection.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Refuses to run against a server that is not there, saying how to start it.
+fn require(port: u16, what: &str, start: &str) {
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "{what} is not listening on 127.0.0.1:{port}; start it with: {start} (scripts/test does)"
+    );
+}
+
+/// An echo server on 127.0.0.1:0 that echoes until the client half-closes, then
+/// finishes its side.
+fn echo_server() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+struct Connect(Child, u16);
+
+impl Drop for Connect {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+/// `keyway connect SERVICE` with the token in KEYWAY_TOKEN; its local port.
+fn connect(dir: &std::path::Path, service: &str, tunnel: u16, token: &str) -> Connect {
+    let mut child = Command::new(BIN)
+        .args([
+            "connect",
+            service,
+            "--gateway",
+            &format!("127.0.0.1:{tunnel}"),
+            "--ca",
+            "data/ca.pem",
+        ])
+        .env("KEYWAY_TOKEN", token)
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().rsplit_once(':').unwrap().1.parse().unwrap();
+    Connect(child, port)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tcp_services_through_keyway_connect() {
+    require(
+        6379,
+        "Redis",
+        "redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save ''",
+    );
+    require(
+        3306,
+        "MariaDB",
+        "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd",
+    );
+    let echo = echo_server();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (admin_port, tunnel_port) = (free_port(), free_port());
+    std::fs::write(
+        dir.join("keyway.toml"),
+        format!(
+            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\ntunnel_listen = \"127.0.0.1:{tunnel_port}\"\n\
+             [services.cache]\nprotocol = \"tcp\"\nupstream = \"127.0.0.1:6379\"\nmax_ttl = \"1h\"\n\
+             [services.db]\nprotocol = \"tcp\"\nupstream = \"127.0.0.1:3306\"\nmax_ttl = \"1h\"\n\
+             [services.echo]\nprotocol = \"tcp\"\nupstream = \"127.0.0.1:{echo}\"\nmax_ttl = \"1h\"\n"
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
+    let mut gateway = Command::new(BIN)
+        .args(["gateway", "--config", "keyway.toml", "--log", "debug"])
+        .current_dir(dir)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_for_port(admin_port);
+    wait_for_port(tunnel_port);
+    assert!(
+        dir.join("data/ca.pem").exists(),
+        "the local CA's certificate is written for clients"
+    );
+    let issue = |service: &str| {
+        let out = keyway(
+            dir,
+            &[
+                "token",
+                "issue",
+                "--service",
+                service,
+                "--principal",
+                "dev",
+                "--ttl",
+                "30m",
+                "--config",
+                "keyway.toml",
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+
+    // redis-cli PING through the tunnel.
+    let cache_token = issue("cache");
+    let cache = connect(dir, "cache", tunnel_port, &cache_token);
+    let out = Command::new("redis-cli")
+        .args(["-p", &cache.1.to_string(), "PING"])
+        .output()
+        .expect("redis-cli");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "PONG");
+
+    // mysql -e 'select 1' through the tunnel.
+    let db = connect(dir, "db", tunnel_port, &issue("db"));
+    let out = Command::new("mysql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &db.1.to_string(),
+            "-u",
+            "root",
+            "--batch",
+            "--skip-column-names",
+            "-e",
+            "select 1",
+        ])
+        .output()
+        .expect("mysql");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A large transfer, byte for byte, with half-close: the client shuts its write
+    // side and still reads everything back.
+    let echo_conn = connect(dir, "echo", tunnel_port, &issue("echo"));
+    let data: Vec<u8> = (0..32 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut s = TcpStream::connect(("127.0.0.1", echo_conn.1)).unwrap();
+    let mut reader = s.try_clone().unwrap();
+    let expected = data.clone();
+    let read = std::thread::spawn(move || {
+        let mut back = Vec::with_capacity(expected.len());
+        reader.read_to_end(&mut back).unwrap();
+        back == expected
+    });
+    s.write_all(&data).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(read.join().unwrap(), "the echo came back byte for byte");
+
+    // A token for another service opens nothing.
+    let wrong = connect(dir, "db", tunnel_port, &cache_token);
+    let mut s = TcpStream::connect(("127.0.0.1", wrong.1)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        s.read(&mut buf).unwrap_or(0),
+        0,
+        "no byte of the database reaches a wrong token"
+    );
+
+    // Revocation ends an idle, open connection.
+    let mut idle = TcpStream::connect(("127.0.0.1", cache.1)).unwrap();
+    idle.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
+    let mut buf = [0u8; 7];
+    idle.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"+PONG\r\n");
+    let id = &cache_token[5..21];
+    let out = keyway(
+        dir,
+        &["token", "revoke", id, "--config", "keyway.toml"],
+        None,
+    );
+    assert!(out.status.success());
+    let revoked = Instant::now();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let n = idle.read(&mut buf).unwrap_or(0);
+    let took = revoked.elapsed();
+    assert_eq!(n, 0, "the connection ended");
+    eprintln!("idle connection ended {took:?} after the revoke command returned");
+    assert!(took <= Duration::from_millis(50), "ended after {took:?}");
+
+    assert!(interrupt(&mut gateway).success());
+    let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap();
+    assert!(
+        !log.contains(&cache_token[22..]),
+        "the token reached the log"
+    );
+}
