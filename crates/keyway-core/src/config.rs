@@ -71,6 +71,19 @@ pub struct RawService {
     pub tls: Option<RawTls>,
     pub client_ca: Option<PathBuf>,
     pub require_client_cert: Option<bool>,
+    /// PostgreSQL: the database every session opens.
+    pub database: Option<String>,
+    /// PostgreSQL: grant role name → upstream user and the secret holding its password.
+    pub roles: Option<BTreeMap<String, RawRole>>,
+    /// PostgreSQL: accept plaintext sessions from beyond loopback.
+    pub allow_plaintext: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRole {
+    pub user: String,
+    pub secret: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,6 +180,28 @@ pub struct TlsConfig {
 pub enum ServiceKind {
     Http(HttpService),
     Tcp(TcpService),
+    Postgres(PostgresService),
+}
+
+/// A PostgreSQL service: clients log in with their Keyway token as the password; the
+/// gateway logs in upstream as the role their grant maps to.
+#[derive(Debug, Clone)]
+pub struct PostgresService {
+    /// `host:port`.
+    pub upstream: String,
+    pub database: String,
+    /// Grant role name → upstream role.
+    pub roles: BTreeMap<String, PgRole>,
+    pub connect_timeout: Duration,
+    /// Accept plaintext from beyond loopback (never by default).
+    pub allow_plaintext: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgRole {
+    pub user: String,
+    /// The name of the secret holding the password (`keyway secret set NAME`).
+    pub secret: String,
 }
 
 /// A TCP service, reached with `keyway connect` through the tunnel listener.
@@ -413,18 +448,19 @@ impl RawService {
             );
         }
         let is_tcp = self.protocol == "tcp";
+        let is_pg = self.protocol == "postgres";
         match self.protocol.as_str() {
-            "http" | "tcp" => {}
-            "postgres" | "mysql" | "redis" => p.push(
+            "http" | "tcp" | "postgres" => {}
+            "mysql" | "redis" => p.push(
                 &key("protocol"),
                 &format!(
-                    "protocol `{}` is not supported yet by this version; use `http` or `tcp`",
+                    "protocol `{}` is not supported yet by this version; use `http`, `tcp` or `postgres`",
                     self.protocol
                 ),
             ),
             _ => p.push(
                 &key("protocol"),
-                "unknown protocol; this version supports `http` and `tcp`",
+                "unknown protocol; this version supports `http`, `tcp` and `postgres`",
             ),
         }
         let listen: Option<Option<SocketAddr>> = match (&self.listen, is_tcp) {
@@ -518,6 +554,78 @@ impl RawService {
                 rate_limit: None,
                 tls: None,
                 kind: ServiceKind::Tcp(tcp),
+            });
+        }
+        if is_pg {
+            let mut roles = BTreeMap::new();
+            match &self.roles {
+                None => p.push(&key("roles"), "a postgres service maps grant roles to upstream users: `roles.readonly = { user = \"…\", secret = \"…\" }`"),
+                Some(r) => {
+                    for (role, raw) in r {
+                        if !valid_name(role) {
+                            p.push(&key(&format!("roles.{role}")), "a role name is 1 to 63 characters of a-z, 0-9, `-` and `_`");
+                        }
+                        if !valid_secret_name(&raw.secret) {
+                            p.push(&key(&format!("roles.{role}.secret")), "is the name of a secret set with `keyway secret set NAME`, never its value");
+                        }
+                        if raw.user.is_empty() || raw.user.len() > 63 || raw.user.contains('\0') {
+                            p.push(&key(&format!("roles.{role}.user")), "is a PostgreSQL role name");
+                        }
+                        roles.insert(role.clone(), PgRole { user: raw.user.clone(), secret: raw.secret.clone() });
+                    }
+                }
+            }
+            let database = self.database.clone().unwrap_or_default();
+            if database.is_empty() || database.contains('\0') {
+                p.push(
+                    &key("database"),
+                    "a postgres service names the database its sessions open",
+                );
+            }
+            for (k, set) in [
+                ("upstream_auth", self.upstream_auth.is_some()),
+                ("rate_limit", self.rate_limit.is_some()),
+            ] {
+                if set {
+                    p.push(&key(k), "applies to http services only");
+                }
+            }
+            let pg = PostgresService {
+                upstream: check_tcp_upstream(&self.upstream, &key("upstream"), p)
+                    .unwrap_or_default(),
+                database,
+                roles,
+                connect_timeout: p.duration_or(
+                    &key("connect_timeout"),
+                    self.connect_timeout.as_deref(),
+                    Duration::from_secs(5),
+                ),
+                allow_plaintext: self.allow_plaintext.unwrap_or(false),
+            };
+            let rel = |path: PathBuf| {
+                if path.is_absolute() {
+                    path
+                } else {
+                    base_dir.join(path)
+                }
+            };
+            let tls = self.tls.map(|t| TlsConfig {
+                cert: rel(t.cert),
+                key: rel(t.key),
+                client_ca: self.client_ca.clone().map(rel),
+                require_client_cert: self.require_client_cert.unwrap_or(false),
+            });
+            if p.0.len() > before {
+                return None;
+            }
+            return Some(Service {
+                name: name.to_owned(),
+                listen: listen?,
+                max_ttl,
+                allow_cidrs,
+                rate_limit: None,
+                tls,
+                kind: ServiceKind::Postgres(pg),
             });
         }
         let upstream = check_http_upstream(&self.upstream, &key("upstream"), p);

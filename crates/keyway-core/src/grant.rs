@@ -11,6 +11,10 @@ pub struct Grant {
     pub methods: Vec<String>,
     #[serde(default)]
     pub paths: Vec<String>,
+    /// For databases: the role the token connects as (mapped to an upstream user by
+    /// the service's config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 /// What a client credential may be exchanged for: for each service it names, the
@@ -99,6 +103,7 @@ impl Grant {
             service: service.to_owned(),
             methods: ms,
             paths: ps,
+            role: None,
         })
     }
 
@@ -118,8 +123,11 @@ impl Grant {
         Ok(())
     }
 
-    /// A one-line description for people (`GET,HEAD /invoices/`).
+    /// A one-line description for people (`GET,HEAD /invoices/`, `role readonly`).
     pub fn describe(&self) -> String {
+        if let Some(r) = &self.role {
+            return format!("role {r}");
+        }
         let m = if self.methods.is_empty() {
             "any method".to_owned()
         } else {

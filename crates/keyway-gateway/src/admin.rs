@@ -209,6 +209,7 @@ async fn status(_: Admin, State(gw): State<Gw>) -> Response {
                     format!("http://{}{}", h.upstream.authority, h.upstream.base_path),
                 ),
                 ServiceKind::Tcp(t) => ("tcp", t.upstream.clone()),
+                ServiceKind::Postgres(pg) => ("postgres", pg.upstream.clone()),
             };
             json!({
                 "name": s.name,

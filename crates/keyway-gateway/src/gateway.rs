@@ -56,6 +56,9 @@ pub struct IssueRequest {
     /// Bind the token to this client certificate (RFC 8705 `x5t#S256`).
     #[serde(default)]
     pub cert_thumbprint: Option<String>,
+    /// For a database service: the role the token connects as.
+    #[serde(default)]
+    pub role: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -290,7 +293,8 @@ impl Gateway {
             None => DEFAULT_TTL.min(self.max_ttl(svc)),
         };
         self.check_ttl(svc, ttl)?;
-        let grant = Grant::new(&svc.name, &req.methods, &req.paths)?;
+        let mut grant = Grant::new(&svc.name, &req.methods, &req.paths)?;
+        grant.role = check_role(svc, req.role.as_deref())?;
         let bound = check_thumbprint(req.cert_thumbprint.as_deref())?;
         Ok(self
             .mint(&req.principal, grant, ttl, None, bound, by)
@@ -990,6 +994,26 @@ pub enum SecretError {
     BadValue,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A database service needs one of its roles; other services take none.
+fn check_role(
+    svc: &keyway_core::config::Service,
+    role: Option<&str>,
+) -> Result<Option<String>, IssueError> {
+    match (&svc.kind, role) {
+        (ServiceKind::Postgres(pg), Some(r)) if pg.roles.contains_key(r) => Ok(Some(r.to_owned())),
+        (ServiceKind::Postgres(pg), _) => Err(IssueError::Invalid(format!(
+            "service `{}` needs --role, one of: {}",
+            svc.name,
+            pg.roles.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))),
+        (_, None) => Ok(None),
+        (_, Some(_)) => Err(IssueError::Invalid(format!(
+            "service `{}` has no roles; leave --role out",
+            svc.name
+        ))),
+    }
 }
 
 /// A thumbprint as given at issue: base64url SHA-256, 43 characters.

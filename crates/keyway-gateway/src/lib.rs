@@ -162,6 +162,11 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
         let Some(svc) = gw.config.service(&name).cloned() else {
             continue;
         };
+        let tls = listeners.tls.get(&name).cloned();
+        if let Some(pg) = proxy::postgres::PgProxy::new(gw.clone(), svc.clone(), tls) {
+            tasks.spawn(pg.serve(listener, shutdown.clone()));
+            continue;
+        }
         let Some(proxy) = proxy::http::HttpProxy::new(gw.clone(), svc) else {
             continue;
         };

@@ -92,6 +92,7 @@ upstream_auth = {{ header = "X-Api-Key", secret = "billing-key" }}
                 methods: vec!["GET".into()],
                 paths: vec!["/invoices/".into()],
                 cert_thumbprint: None,
+                role: None,
             },
             "demo",
         )

@@ -160,6 +160,10 @@ struct IssueArgs {
     /// Allowed path prefix; repeat for several (default: any path).
     #[arg(long = "path")]
     paths: Vec<String>,
+    /// For a database service: the role the token connects as (one of the service's
+    /// `roles`); read-only is enforced by the database role.
+    #[arg(long)]
+    role: Option<String>,
     /// Bind the token to this client certificate (PEM): it is then accepted only
     /// over mTLS with that certificate, so a stolen token alone is useless.
     #[arg(long, value_name = "CERT.pem")]
@@ -275,6 +279,7 @@ async fn token(cmd: TokenCommand) -> Result<ExitCode> {
                 "methods": a.methods,
                 "paths": a.paths,
                 "cert_thumbprint": thumbprint(a.bind_cert.as_deref())?,
+                "role": a.role,
             });
             let issued: Issued = client.post("/v1/tokens", &body).await?;
             let i = &issued.info;

@@ -289,6 +289,7 @@ impl TestGateway {
             methods: methods.iter().map(|s| s.to_string()).collect(),
             paths: paths.iter().map(|s| s.to_string()).collect(),
             cert_thumbprint: None,
+            role: None,
         };
         let (t, r) = self.gw.issue(&req, "test").await.unwrap();
         (t.secret().expose_secret().to_owned(), r.id, r.expires_at)
