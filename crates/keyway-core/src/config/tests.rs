@@ -144,7 +144,7 @@ fn upstream_urls_are_checked() {
 
 #[test]
 fn unsupported_protocols_say_so() {
-    let e = parse(&CONTRACT.replace("protocol = \"http\"", "protocol = \"postgres\""))
+    let e = parse(&CONTRACT.replace("protocol = \"http\"", "protocol = \"mysql\""))
         .unwrap_err()
         .to_string();
     assert!(e.contains("not supported yet"), "{e}");
