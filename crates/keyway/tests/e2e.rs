@@ -33,15 +33,7 @@ upstream_auth = {{ header = "X-Api-Key", secret = "billing-key" }}
 "#
     );
     std::fs::write(dir.join("keyway.toml"), config).unwrap();
-    let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
-    let mut gateway = Command::new(BIN)
-        .args(["gateway", "--config", "keyway.toml", "--log", "trace"])
-        .current_dir(dir)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    wait_for_port(admin_port);
+    let mut gateway = start_gateway(dir, admin_port);
     let cfg = ["--config", "keyway.toml"];
     let base = format!("http://127.0.0.1:{svc_port}");
 
@@ -227,6 +219,7 @@ async fn the_demo_prints_curl_lines_that_do_what_they_say() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
+        .map(KillOnDrop)
         .unwrap();
     let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
     let mut printed = Vec::new();
@@ -337,13 +330,7 @@ async fn issuing_above_max_ttl_fails_with_a_clear_message() {
         ),
     )
     .unwrap();
-    let mut gateway = Command::new(BIN)
-        .args(["gateway", "--config", "keyway.toml"])
-        .current_dir(dir)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(admin_port);
+    let mut gateway = start_gateway(dir, admin_port);
     let out = keyway(
         dir,
         &[

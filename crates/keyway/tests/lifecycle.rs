@@ -55,15 +55,7 @@ async fn credentials_exchange_rotation_revocation_and_scanning_from_the_shell() 
         ),
     )
     .unwrap();
-    let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
-    let mut gateway = Command::new(BIN)
-        .args(["gateway", "--config", "keyway.toml", "--log", "trace"])
-        .current_dir(dir)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    wait_for_port(admin_port);
+    let mut gateway = start_gateway(dir, admin_port);
     wait_for_port(token_port);
     let cfg = ["--config", "keyway.toml"];
     let url = format!("http://127.0.0.1:{svc_port}/invoices/1");
@@ -275,13 +267,7 @@ async fn a_certificate_bound_credential_from_the_shell_with_curl_over_mtls() {
         ),
     )
     .unwrap();
-    let mut gateway = Command::new(BIN)
-        .args(["gateway", "--config", "keyway.toml"])
-        .current_dir(dir)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(admin_port);
+    let mut gateway = start_gateway(dir, admin_port);
     let cfg = ["--config", "keyway.toml"];
     let bot_cert = bot.cert.to_str().unwrap();
     let out = keyway(

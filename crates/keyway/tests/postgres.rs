@@ -92,14 +92,7 @@ async fn psql_through_the_gateway() {
         ),
     )
     .unwrap();
-    let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
-    let mut gateway = Command::new(BIN)
-        .args(["gateway", "--config", "keyway.toml", "--log", "trace"])
-        .current_dir(dir)
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    wait_for_port(admin_port);
+    let mut gateway = start_gateway(dir, admin_port);
     let cfg = ["--config", "keyway.toml"];
     for (name, value) in [
         ("kw-ro", "ro-password-canary-71"),
@@ -128,12 +121,7 @@ async fn psql_through_the_gateway() {
         ]
         .concat();
         let out = keyway(dir, &args, None);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        ok_stdout(out)
     };
     // A database token needs a role.
     let out = keyway(

@@ -9,7 +9,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -40,13 +40,8 @@ fn echo_server() -> u16 {
     port
 }
 
-struct Connect(Child, u16);
-
-impl Drop for Connect {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
-}
+/// A running `keyway connect`, and the local port it listens on.
+struct Connect(#[allow(dead_code)] KillOnDrop, u16);
 
 /// `keyway connect SERVICE` with the token in KEYWAY_TOKEN; its local port.
 fn connect(dir: &std::path::Path, service: &str, tunnel: u16, token: &str) -> Connect {
@@ -70,7 +65,7 @@ fn connect(dir: &std::path::Path, service: &str, tunnel: u16, token: &str) -> Co
         .read_line(&mut line)
         .unwrap();
     let port = line.trim().rsplit_once(':').unwrap().1.parse().unwrap();
-    Connect(child, port)
+    Connect(KillOnDrop(child), port)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -99,14 +94,7 @@ async fn tcp_services_through_keyway_connect() {
         ),
     )
     .unwrap();
-    let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
-    let mut gateway = Command::new(BIN)
-        .args(["gateway", "--config", "keyway.toml", "--log", "debug"])
-        .current_dir(dir)
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    wait_for_port(admin_port);
+    let mut gateway = start_gateway(dir, admin_port);
     wait_for_port(tunnel_port);
     assert!(
         dir.join("data/ca.pem").exists(),
@@ -129,12 +117,7 @@ async fn tcp_services_through_keyway_connect() {
             ],
             None,
         );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        ok_stdout(out)
     };
 
     // redis-cli PING through the tunnel.

@@ -126,11 +126,19 @@ impl PgProxy {
             }
             Ok(Err(Refused::Silent)) | Err(_) => return,
         };
-        self.relay(client, upstream, &entry, &role).await;
-        self.cancels
+        let end = self.relay(client, upstream, &entry, &role).await;
+        let target = self
+            .cancels
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&cancel_key);
+        // The upstream backend would finish a running query (a long export, a lock
+        // held) before noticing its client is gone: stop it now.
+        if end != "closed" {
+            if let Some(t) = target {
+                self.cancel_upstream(t.pid, t.key).await;
+            }
+        }
     }
 
     /// Start-up up to the first `ReadyForQuery`: negotiation, the client's login with
@@ -442,7 +450,7 @@ impl PgProxy {
         upstream: TcpStream,
         entry: &Arc<Entry>,
         role: &str,
-    ) {
+    ) -> &'static str {
         let (client_r, mut client_w) = tokio::io::split(client);
         let (mut up_r, up_w) = upstream.into_split();
         let audit = StatementAudit {
@@ -470,9 +478,13 @@ impl PgProxy {
         };
         to_upstream.abort();
         if end != "closed" {
-            let msg = format!("terminating connection: the Keyway token was {end}");
+            let msg = if end == "revoked" {
+                "terminating connection: the Keyway token was revoked"
+            } else {
+                "terminating connection: the Keyway token expired"
+            };
             let _ = client_w
-                .write_all(&error_response("FATAL", "57P01", &msg))
+                .write_all(&error_response("FATAL", "57P01", msg))
                 .await;
         }
         let _ = client_w.shutdown().await;
@@ -482,6 +494,7 @@ impl PgProxy {
         ev.principal = Some(entry.record.principal.clone());
         ev.detail = json!({ "end": end, "role": role, "duration_ms": started.elapsed().as_millis() as u64 });
         self.gw.audit.record(ev);
+        end
     }
 
     /// A `CancelRequest` with one of our keys: forwarded with the upstream's, only
@@ -505,6 +518,16 @@ impl PgProxy {
         if entry.check_live(self.gw.now()).is_err() {
             return;
         }
+        self.cancel_upstream(pid, key).await;
+        let mut ev = self.gw.event("db.cancel");
+        ev.service = Some(self.svc.name.clone());
+        ev.token_id = Some(entry.id().to_owned());
+        ev.principal = Some(entry.record.principal.clone());
+        self.gw.audit.record(ev);
+    }
+
+    /// A `CancelRequest` to the upstream for backend `pid`, on its own connection.
+    async fn cancel_upstream(&self, pid: i32, key: i32) {
         let mut buf = BytesMut::new();
         frontend::cancel_request(pid, key, &mut buf);
         if let Ok(Ok(mut up)) = tokio::time::timeout(
@@ -516,11 +539,6 @@ impl PgProxy {
             let _ = up.write_all(&buf).await;
             let _ = up.shutdown().await;
         }
-        let mut ev = self.gw.event("db.cancel");
-        ev.service = Some(self.svc.name.clone());
-        ev.token_id = Some(entry.id().to_owned());
-        ev.principal = Some(entry.record.principal.clone());
-        self.gw.audit.record(ev);
     }
 }
 

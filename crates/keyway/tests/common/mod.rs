@@ -176,3 +176,55 @@ pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
 pub fn secret_part(token: &str) -> &str {
     &token[22..]
 }
+
+/// A child process killed when dropped, so a failing assertion does not leave a
+/// gateway running (and holding the test harness's output pipe open).
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// `keyway gateway --config keyway.toml --log trace` in `dir`, its output in
+/// `gateway.log` there (the canary searches it), once the admin API answers.
+pub fn start_gateway(dir: &Path, admin_port: u16) -> KillOnDrop {
+    let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
+    let gateway = Command::new(BIN)
+        .args(["gateway", "--config", "keyway.toml", "--log", "trace"])
+        .current_dir(dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap();
+    wait_for_port(admin_port);
+    gateway
+}
+
+/// A CLI run's stdout, trimmed, after checking it succeeded.
+pub fn ok_stdout(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}

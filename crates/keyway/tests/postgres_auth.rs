@@ -1,0 +1,347 @@
+//! The gateway's PostgreSQL listener against a cluster this test makes itself (initdb,
+//! as the `postgres` user, on a loopback port) that asks for real passwords:
+//! SCRAM-SHA-256 or md5 as each role's stored password says, `psql` logging in as
+//! either with its Keyway token and never knowing the password; `sslmode=verify-full`
+//! to the gateway; statements of the extended protocol audited; a session ended at its
+//! token's expiry, and its running query cancelled upstream.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A throwaway cluster: stopped (and removed with its folder) on drop.
+struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries are needed (apt-get install postgresql)")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .find(|p| p.join("initdb").exists())
+            .expect("initdb not found under /usr/lib/postgresql/*/bin");
+        let dir = tempfile::tempdir().unwrap();
+        let chown = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(
+            chown.success(),
+            "this test runs as root to make a cluster owned by `postgres`"
+        );
+        let data = dir.path().join("data");
+        let as_postgres = |args: &[&str]| {
+            let out = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .args(args)
+                .stdout(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let initdb = bin.join("initdb");
+        as_postgres(&[
+            initdb.to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=md5",
+        ]);
+        let port = free_port();
+        let pg_ctl = bin.join("pg_ctl");
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1",
+            dir.path().display()
+        );
+        as_postgres(&[
+            pg_ctl.to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-o",
+            &opts,
+            "-w",
+            "start",
+        ]);
+        Self { dir, bin, port }
+    }
+
+    /// SQL over the cluster's local socket, as the superuser; the rows, unaligned.
+    fn sql(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                self.dir.path().to_str().unwrap(),
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-XAtqc", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let _ = Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                pg_ctl.to_str().unwrap(),
+                "-D",
+                self.data().to_str().unwrap(),
+                "-m",
+                "immediate",
+                "stop",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn psql(port: u16, token: &str) -> (String, String) {
+    psql_with(port, token, "sslmode=disable", "select current_user")
+}
+
+/// `psql` through the gateway: `conn` adds to the connection string.
+fn psql_with(port: u16, token: &str, conn: &str, sql: &str) -> (String, String) {
+    let out = psql_command(port, token, conn, sql).output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    )
+}
+
+fn psql_command(port: u16, token: &str, conn: &str, sql: &str) -> Command {
+    let mut cmd = Command::new("psql");
+    cmd.arg(format!(
+        "host=127.0.0.1 port={port} user=x dbname=postgres connect_timeout=10 {conn}"
+    ))
+    .args(["-XAtqc", sql])
+    .env("PGPASSWORD", token);
+    cmd
+}
+
+/// A CA, and a certificate for 127.0.0.1 that it signed: `ca.pem`, `server.pem`,
+/// `server.key` in `dir`.
+fn write_pki(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: OpenSSL takes a certificate whose issuer is its own subject for
+    // a self-signed one.
+    ca.distinguished_name
+        .push(DnType::CommonName, "keyway test CA");
+    std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "keyway test gateway");
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+}
+
+/// The `pg_sleep` queries the cluster is running, after waiting up to `limit` for
+/// them to stop.
+fn sleepers_after(cluster: &Cluster, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let running = cluster.sql(
+            "select count(*) from pg_stat_activity where query like '%pg_sleep(30)%' \
+             and state = 'active' and pid <> pg_backend_pid()",
+        );
+        if running == "0" || Instant::now() > deadline {
+            return running;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_logs_in_with_scram_and_md5_over_tls_and_ends_expired_sessions() {
+    let cluster = Cluster::start();
+    cluster.sql(
+        "SET password_encryption = 'scram-sha-256'; CREATE ROLE kw_scram LOGIN PASSWORD 'scram-pass-canary-81'; \
+         SET password_encryption = 'md5'; CREATE ROLE kw_md5 LOGIN PASSWORD 'md5-pass-canary-82';",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir: &Path = tmp.path();
+    write_pki(dir);
+    let (admin_port, pg_port) = (free_port(), free_port());
+    std::fs::write(
+        dir.join("keyway.toml"),
+        format!(
+            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
+             [services.db]\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:{pg_port}\"\nupstream = \"127.0.0.1:{}\"\n\
+             database = \"postgres\"\nmax_ttl = \"1h\"\n\
+             tls = {{ cert = \"server.pem\", key = \"server.key\" }}\n\
+             roles.scram = {{ user = \"kw_scram\", secret = \"scram\" }}\nroles.md5 = {{ user = \"kw_md5\", secret = \"md5\" }}\n\
+             roles.wrong = {{ user = \"kw_scram\", secret = \"wrong\" }}\n",
+            cluster.port
+        ),
+    )
+    .unwrap();
+    let mut gateway = start_gateway(dir, admin_port);
+    let cfg = ["--config", "keyway.toml"];
+    for (name, value) in [
+        ("scram", "scram-pass-canary-81"),
+        ("md5", "md5-pass-canary-82"),
+        ("wrong", "not-the-password"),
+    ] {
+        assert!(keyway(
+            dir,
+            &[&["secret", "set", name][..], &cfg].concat(),
+            Some(value)
+        )
+        .status
+        .success());
+    }
+    let issue_for = |role: &str, ttl: &str| {
+        let out = keyway(
+            dir,
+            &[
+                &[
+                    "token",
+                    "issue",
+                    "--service",
+                    "db",
+                    "--principal",
+                    "p",
+                    "--role",
+                    role,
+                    "--ttl",
+                    ttl,
+                ][..],
+                &cfg,
+            ]
+            .concat(),
+            None,
+        );
+        ok_stdout(out)
+    };
+    let issue = |role: &str| issue_for(role, "10m");
+    assert_eq!(
+        psql(pg_port, &issue("scram")).0,
+        "kw_scram",
+        "SCRAM-SHA-256"
+    );
+    assert_eq!(psql(pg_port, &issue("md5")).0, "kw_md5", "md5");
+    let (out, err) = psql(pg_port, &issue("wrong"));
+    assert!(out.is_empty());
+    assert!(err.contains("the database refused Keyway's login"), "{err}");
+    assert!(!err.contains("not-the-password"));
+
+    // TLS to the gateway, the certificate checked against its CA and address.
+    let scram = issue("scram");
+    let ca = dir.join("ca.pem");
+    let (who, err) = psql_with(
+        pg_port,
+        &scram,
+        &format!("sslmode=verify-full sslrootcert={}", ca.display()),
+        "select current_user",
+    );
+    assert_eq!(who, "kw_scram", "{err}");
+
+    // The extended query protocol (Parse/Bind/Execute): its statements are audited.
+    std::fs::write(
+        dir.join("probe.sql"),
+        "select 40 + 2 as kw_extended_probe;\n",
+    )
+    .unwrap();
+    let bench = Command::new("pgbench")
+        .args(["-n", "-t", "1", "-M", "extended", "-f"])
+        .arg(dir.join("probe.sql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg_port.to_string(),
+            "-U",
+            "x",
+            "postgres",
+        ])
+        .env("PGPASSWORD", &scram)
+        .env("PGSSLMODE", "disable")
+        .output()
+        .expect("pgbench (postgresql-client)");
+    assert!(
+        bench.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
+
+    // Expiry ends a session at the token's expiry, and the query it was running
+    // stops upstream too.
+    let short = issue_for("scram", "3s");
+    let sleeper = psql_command(pg_port, &short, "sslmode=disable", "select pg_sleep(30)")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let issued = Instant::now();
+    let out = sleeper.wait_with_output().unwrap();
+    let took = issued.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the Keyway token expired"), "{err}");
+    assert!(
+        took > Duration::from_secs(2) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert_eq!(
+        sleepers_after(&cluster, Duration::from_secs(2)),
+        "0",
+        "the upstream query was left running"
+    );
+    assert!(interrupt(&mut gateway).success());
+    let audit = Command::new("sqlite3")
+        .arg(dir.join("data/keyway.db"))
+        .arg("select kind, detail from audit_events where kind in ('db.statement', 'connection.open')")
+        .output()
+        .unwrap();
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert!(audit.contains("kw_extended_probe"), "{audit}");
+    assert!(audit.contains("\"tls\":true"), "{audit}");
+    for secret in [
+        "scram-pass-canary-81",
+        "md5-pass-canary-82",
+        secret_part(&scram),
+        secret_part(&short),
+    ] {
+        let hits = files_containing(dir, secret);
+        assert!(hits.is_empty(), "a secret was written to {hits:?}");
+    }
+}
