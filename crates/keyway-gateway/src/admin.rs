@@ -53,6 +53,9 @@ pub struct TokenInfo {
     pub service: Option<String>,
     pub methods: Vec<String>,
     pub paths: Vec<String>,
+    /// For database services: the role the token connects as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     pub state: String,
     pub created_at: String,
     pub expires_at: String,
@@ -188,6 +191,7 @@ impl TokenInfo {
             service,
             methods,
             paths,
+            role: r.grant.as_ref().and_then(|g| g.role.clone()),
             state: state.into(),
             created_at: format_ms(r.created_at),
             expires_at: format_ms(r.expires_at),

@@ -283,7 +283,7 @@ async fn token(cmd: TokenCommand) -> Result<ExitCode> {
             });
             let issued: Issued = client.post("/v1/tokens", &body).await?;
             let i = &issued.info;
-            let grant = describe(&i.methods, &i.paths);
+            let grant = describe(i);
             eprintln!(
                 "issued {} for {} on {} ({grant}), expires {}",
                 i.id,
@@ -431,7 +431,7 @@ async fn credential(cmd: CredentialCommand) -> Result<ExitCode> {
                 i.id,
                 i.principal,
                 i.service.as_deref().unwrap_or("-"),
-                describe(&i.methods, &i.paths),
+                describe(i),
                 i.expires_at
             );
             println!("{}", issued.token);
@@ -488,18 +488,21 @@ fn thumbprint(cert: Option<&std::path::Path>) -> Result<Option<String>> {
         .transpose()
 }
 
-fn describe(methods: &[String], paths: &[String]) -> String {
-    let m = if methods.is_empty() {
-        "any method".to_owned()
-    } else {
-        methods.join(",")
-    };
-    let p = if paths.is_empty() {
-        "any path".to_owned()
-    } else {
-        paths.join(" ")
-    };
-    format!("{m} {p}")
+/// A token's grant in a few words: the database role, the methods and paths, or the
+/// whole service.
+fn describe(t: &TokenInfo) -> String {
+    if t.kind == "admin" {
+        return "admin API".to_owned();
+    }
+    if let Some(role) = &t.role {
+        return format!("role {role}");
+    }
+    match (t.methods.is_empty(), t.paths.is_empty()) {
+        (true, true) => "whole service".to_owned(),
+        (false, true) => format!("{} any path", t.methods.join(",")),
+        (true, false) => format!("any method {}", t.paths.join(" ")),
+        (false, false) => format!("{} {}", t.methods.join(","), t.paths.join(" ")),
+    }
 }
 
 /// The answer to a rotation.
@@ -526,7 +529,7 @@ fn print_tokens(tokens: &[TokenInfo]) {
                 },
                 t.principal.clone(),
                 t.service.clone().unwrap_or_else(|| "-".into()),
-                describe(&t.methods, &t.paths),
+                describe(t),
                 t.state.clone(),
                 t.expires_at.clone(),
                 t.last_used_at.clone().unwrap_or_else(|| "never".into()),
