@@ -78,6 +78,18 @@ impl AuditSink {
         }
     }
 
+    /// Reserves a place for an event of a session already under way (a database
+    /// statement): under `fail_closed` it waits for room, which slows the session
+    /// rather than letting it run unaudited.
+    pub async fn reserve_waiting(&self) -> Reservation {
+        if self.on_full == OnFull::FailClosed {
+            if let Ok(p) = self.tx.clone().reserve_owned().await {
+                return Reservation(Some(p));
+            }
+        }
+        self.reserve().unwrap_or(Reservation(None))
+    }
+
     /// Records an event that gates nothing (a denial); counted when it cannot be
     /// queued. Denials may use only half the queue, so that a flood of unauthenticated
     /// requests cannot take the room allowed requests need under `fail_closed`.

@@ -58,6 +58,9 @@ pub struct Listeners {
 }
 
 /// The key of the token endpoint in [`Listeners::tls`].
+/// Open connections one listener holds before it refuses more.
+pub(crate) const MAX_CONNECTIONS: usize = 10_000;
+
 pub const TOKEN_LISTENER: &str = "(token endpoint)";
 /// The key of the tunnel listener in [`Listeners::tls`].
 pub const TUNNEL_LISTENER: &str = "(tunnel)";
@@ -103,23 +106,33 @@ impl Listeners {
             }
         }
         let mut tls = BTreeMap::new();
-        let acceptor = |key: String, t: &keyway_core::config::TlsConfig| {
-            tls::server_config(t)
+        let acceptor = |key: String, t: &keyway_core::config::TlsConfig, alpn: &[u8]| {
+            tls::server_config(t, alpn)
                 .map(TlsAcceptor::from)
                 .map_err(|source| BindError::Tls { key, source })
         };
         for (name, svc) in &config.services {
             if let Some(t) = &svc.tls {
-                tls.insert(name.clone(), acceptor(format!("services.{name}.tls"), t)?);
+                let alpn = match svc.kind {
+                    keyway_core::config::ServiceKind::Postgres(_) => tls::alpn::POSTGRES,
+                    _ => tls::alpn::HTTP,
+                };
+                tls.insert(
+                    name.clone(),
+                    acceptor(format!("services.{name}.tls"), t, alpn)?,
+                );
             }
         }
         if let Some(t) = &config.token_tls {
-            tls.insert(TOKEN_LISTENER.to_owned(), acceptor("token_tls".into(), t)?);
+            tls.insert(
+                TOKEN_LISTENER.to_owned(),
+                acceptor("token_tls".into(), t, tls::alpn::HTTP)?,
+            );
         }
         if let (Some(l), Some(addr)) = (&tunnel, config.tunnel_listen) {
             let local = l.local_addr().unwrap_or(addr);
             let server = match &config.tunnel_tls {
-                Some(t) => tls::server_config(t),
+                Some(t) => tls::server_config(t, tls::alpn::TUNNEL),
                 None => tls::local_ca_server_config(&config.data_dir, local),
             };
             let server = server.map_err(|source| BindError::Tls {

@@ -27,8 +27,17 @@ pub enum TlsError {
     Config(String),
 }
 
-/// A rustls server configuration for a listener.
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// The application protocol (ALPN) each kind of listener speaks. A client that offers
+/// ALPN must find its protocol here, or rustls ends the handshake.
+pub mod alpn {
+    pub const HTTP: &[u8] = b"http/1.1";
+    pub const TUNNEL: &[u8] = b"keyway-tunnel";
+    /// What libpq 17+ offers.
+    pub const POSTGRES: &[u8] = b"postgresql";
+}
+
+/// A rustls server configuration for a listener that speaks `alpn`.
+pub fn server_config(tls: &TlsConfig, alpn: &[u8]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certs(&tls.cert)?;
     let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| TlsError::Key {
@@ -62,7 +71,7 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsEr
     let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -167,7 +176,7 @@ pub fn local_ca_server_config(
         .with_no_client_auth()
         .with_single_cert(vec![cert.der().clone()], key_der)
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    config.alpn_protocols = vec![b"keyway-tunnel".to_vec()];
+    config.alpn_protocols = vec![alpn::TUNNEL.to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -185,6 +194,75 @@ pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"keyway-tunnel".to_vec()];
+    config.alpn_protocols = vec![alpn::TUNNEL.to_vec()];
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A configured certificate (not the local CA) for `localhost`, and its CA's
+    /// certificate in `ca.pem`.
+    fn configured(dir: &Path) -> TlsConfig {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "test CA");
+        std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &Issuer::new(ca, ca_key))
+            .unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        TlsConfig {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            client_ca: None,
+            require_client_cert: false,
+        }
+    }
+
+    /// Whether a client offering `offered` completes a handshake with `server`, and
+    /// the protocol agreed.
+    async fn handshake(
+        server: Arc<rustls::ServerConfig>,
+        mut client: rustls::ClientConfig,
+        offered: &[u8],
+    ) -> Option<Vec<u8>> {
+        client.alpn_protocols = vec![offered.to_vec()];
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let accept = tokio_rustls::TlsAcceptor::from(server).accept(a);
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let connect = tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, b);
+        let (s, c) = tokio::join!(accept, connect);
+        let (_s, c) = (s.ok()?, c.ok()?);
+        c.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
+    }
+
+    #[tokio::test]
+    async fn each_listener_agrees_on_its_own_protocol() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = configured(dir.path());
+        let client = (*client_config(&dir.path().join("ca.pem")).unwrap()).clone();
+        // A configured tunnel certificate serves `keyway connect`.
+        let tunnel = server_config(&tls, alpn::TUNNEL).unwrap();
+        assert_eq!(
+            handshake(tunnel.clone(), client.clone(), alpn::TUNNEL).await,
+            Some(alpn::TUNNEL.to_vec())
+        );
+        // libpq 17+ offers `postgresql`.
+        let pg = server_config(&tls, alpn::POSTGRES).unwrap();
+        assert_eq!(
+            handshake(pg, client.clone(), alpn::POSTGRES).await,
+            Some(alpn::POSTGRES.to_vec())
+        );
+        // A client speaking something else is refused.
+        assert_eq!(handshake(tunnel, client, alpn::HTTP).await, None);
+    }
 }

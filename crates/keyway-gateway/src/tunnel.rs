@@ -25,7 +25,6 @@ use crate::index::Entry;
 
 /// Time for the TLS handshake and the opening frame.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_CONNECTIONS: usize = 10_000;
 
 /// Reads one frame: the length first, bounded, then the body.
 pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
@@ -60,7 +59,7 @@ pub async fn serve(
     acceptor: TlsAcceptor,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(crate::MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -107,7 +106,12 @@ async fn handle(gw: &Arc<Gateway>, stream: TcpStream, peer: SocketAddr, acceptor
         .and_then(|c| c.first())
         .map(|c| crate::tls::thumbprint(c.as_ref()));
     let mut ev = gw.event("connection.open");
-    ev.service = Some(open.service.chars().take(64).collect());
+    // Only a configured name: a client's mistake (a token pasted as the service name)
+    // must not reach the audit log.
+    ev.service = Some(match gw.config.service(&open.service) {
+        Some(svc) => svc.name.clone(),
+        None => "unknown".into(),
+    });
     ev.source = Some(source.to_string());
 
     let decided = decide(gw, &open, source, cert.as_deref(), &mut ev);
@@ -144,6 +148,14 @@ async fn handle(gw: &Arc<Gateway>, stream: TcpStream, peer: SocketAddr, acceptor
             }
         };
     let _ = upstream.set_nodelay(true);
+    // Revoked while the upstream connection was being made: no byte goes through.
+    if let Err(reason) = entry.check_live(gw.now()) {
+        ev.decision = Some("deny".into());
+        ev.reason = Some(reason.as_str().into());
+        reservation.send(ev);
+        reply(&mut tls, Some("unauthorized")).await;
+        return;
+    }
     ev.decision = Some("allow".into());
     let (service, token_id, principal) = (
         ev.service.clone(),
@@ -220,18 +232,21 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let left = entry.expires_at().saturating_sub(now).max(0);
+    // Biased: a revoked or expired token wins over bytes that are ready to go.
     tokio::select! {
+        biased;
+        () = entry.cancel.cancelled() => ("revoked", (0, 0)),
+        () = tokio::time::sleep(Duration::from_millis(left as u64)) => ("expired", (0, 0)),
         r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
             Ok(bytes) => ("closed", bytes),
             Err(_) => ("error", (0, 0)),
         },
-        () = entry.cancel.cancelled() => ("revoked", (0, 0)),
-        () = tokio::time::sleep(Duration::from_millis(left as u64)) => ("expired", (0, 0)),
     }
 }
 
 /// The client side: opens one tunnel stream to `service` through the gateway at
-/// `addr` (TLS, verified against the gateway's CA as `server_name`).
+/// `addr` (TLS, verified against the gateway's CA as `server_name`), all within
+/// [`OPEN_TIMEOUT`].
 pub async fn open(
     addr: &str,
     server_name: &str,
@@ -239,9 +254,23 @@ pub async fn open(
     service: &str,
     token: &str,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-    let tcp = tokio::time::timeout(OPEN_TIMEOUT, TcpStream::connect(addr))
+    tokio::time::timeout(
+        OPEN_TIMEOUT,
+        open_now(addr, server_name, tls, service, token),
+    )
+    .await
+    .map_err(|_| format!("the gateway at {addr} did not open the stream in time"))?
+}
+
+async fn open_now(
+    addr: &str,
+    server_name: &str,
+    tls: Arc<rustls::ClientConfig>,
+    service: &str,
+    token: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let tcp = TcpStream::connect(addr)
         .await
-        .map_err(|_| format!("the gateway at {addr} did not answer"))?
         .map_err(|e| format!("cannot reach the gateway at {addr}: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
@@ -258,9 +287,8 @@ pub async fn open(
         .write_all(&frame)
         .await
         .map_err(|e| format!("sending to the gateway: {e}"))?;
-    let reply: Reply = tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut stream))
+    let reply: Reply = read_frame(&mut stream)
         .await
-        .map_err(|_| "the gateway did not answer the opening".to_owned())?
         .map_err(|_| "the gateway closed the stream".to_owned())?;
     if !reply.ok {
         return Err(format!(

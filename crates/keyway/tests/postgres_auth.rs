@@ -175,15 +175,15 @@ fn write_pki(dir: &Path) {
     std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
 }
 
-/// The `pg_sleep` queries the cluster is running, after waiting up to `limit` for
-/// them to stop.
-fn sleepers_after(cluster: &Cluster, limit: Duration) -> String {
+/// How many queries containing `marker` the cluster is running, after waiting up to
+/// `limit` for them to stop.
+fn running_after(cluster: &Cluster, marker: &str, limit: Duration) -> String {
     let deadline = Instant::now() + limit;
     loop {
-        let running = cluster.sql(
-            "select count(*) from pg_stat_activity where query like '%pg_sleep(30)%' \
-             and state = 'active' and pid <> pg_backend_pid()",
-        );
+        let running = cluster.sql(&format!(
+            "select count(*) from pg_stat_activity where query like '%{marker}%' \
+             and state = 'active' and pid <> pg_backend_pid()"
+        ));
         if running == "0" || Instant::now() > deadline {
             return running;
         }
@@ -275,6 +275,15 @@ async fn the_gateway_logs_in_with_scram_and_md5_over_tls_and_ends_expired_sessio
         "select current_user",
     );
     assert_eq!(who, "kw_scram", "{err}");
+    // libpq 17+ offers ALPN `postgresql`; the gateway agrees to it.
+    let hello = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{pg_port}")])
+        .args(["-starttls", "postgres", "-alpn", "postgresql"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl");
+    let hello = String::from_utf8_lossy(&hello.stdout);
+    assert!(hello.contains("ALPN protocol: postgresql"), "{hello}");
 
     // The extended query protocol (Parse/Bind/Execute): its statements are audited.
     std::fs::write(
@@ -304,6 +313,55 @@ async fn the_gateway_logs_in_with_scram_and_md5_over_tls_and_ends_expired_sessio
         String::from_utf8_lossy(&bench.stderr)
     );
 
+    // A client that stops reading a large result (the gateway's writes to it block)
+    // is still cut at revocation, and its query stopped upstream.
+    let stalled = issue("scram");
+    let reader = psql_command(
+        pg_port,
+        &stalled,
+        "sslmode=disable",
+        // A cross join streams rows at once (generate_series would compute first).
+        "select repeat('x', 1000) as kw_stall_probe from pg_class a, pg_class b, pg_class c",
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .map(KillOnDrop)
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running_after(&cluster, "kw_stall_probe", Duration::ZERO) != "1" {
+        assert!(Instant::now() < deadline, "the large query never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = reader.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        cluster.sql(
+            "select wait_event from pg_stat_activity where query like '%kw_stall_probe%' \
+             and pid <> pg_backend_pid()"
+        ),
+        "ClientWrite",
+        "the upstream is blocked on the stalled client"
+    );
+    ok_stdout(keyway(
+        dir,
+        &[&["token", "revoke", &stalled[5..21]][..], &cfg].concat(),
+        None,
+    ));
+    assert_eq!(
+        running_after(&cluster, "kw_stall_probe", Duration::from_secs(3)),
+        "0",
+        "a stalled client kept its session after revocation"
+    );
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    drop(reader);
+
     // Expiry ends a session at the token's expiry, and the query it was running
     // stops upstream too.
     let short = issue_for("scram", "3s");
@@ -322,7 +380,7 @@ async fn the_gateway_logs_in_with_scram_and_md5_over_tls_and_ends_expired_sessio
         "{took:?}"
     );
     assert_eq!(
-        sleepers_after(&cluster, Duration::from_secs(2)),
+        running_after(&cluster, "pg_sleep(30)", Duration::from_secs(2)),
         "0",
         "the upstream query was left running"
     );

@@ -49,9 +49,6 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every response the proxy sends.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// Connections one service listener holds at most; more are refused at accept.
-const MAX_CONNECTIONS: usize = 10_000;
-
 /// The proxy of one HTTP service.
 pub struct HttpProxy {
     gw: Arc<Gateway>,
@@ -134,7 +131,7 @@ impl HttpProxy {
             });
         }
         let limits = Limits {
-            max_connections: MAX_CONNECTIONS,
+            max_connections: crate::MAX_CONNECTIONS,
             header_timeout: self.http.header_timeout,
             max_header_bytes: self.http.max_header_bytes,
             max_headers: self.http.max_headers,

@@ -4,16 +4,19 @@
 //! (`AuthenticationCleartextPassword`, only inside TLS or on loopback unless the
 //! service allows plaintext). The gateway checks the token like any other, then logs in
 //! upstream as the role the token's grant maps to, with the password stored sealed in
-//! Keyway (trust, cleartext, md5 or SCRAM-SHA-256, as the upstream asks), and relays.
+//! Keyway (trust, md5 or SCRAM-SHA-256, as the upstream asks; never cleartext), and
+//! relays.
 //! The client never learns the database password; read-only is the database role's
 //! business, not SQL parsing.
 //!
 //! After start-up the bytes are relayed as they are, with two exceptions: the client's
-//! `Q` (simple query) and `P` (Parse) frames are read on the way through for the audit
-//! (text capped, never `B` parameters), and the upstream's `BackendKeyData` is replaced
-//! by a pair of Keyway's own, so a `CancelRequest` works through the gateway only for a
-//! session whose token is still valid. Revocation or expiry ends the session with
-//! `FATAL 57P01`.
+//! `Q` (simple query), `P` (Parse) and `F` (function call) frames are read on the way
+//! through for the audit (text capped and redacted, never `B` parameters), and the
+//! upstream's `BackendKeyData` is replaced by a pair of Keyway's own, so a
+//! `CancelRequest` works through the gateway only for a session whose token is still
+//! valid. Revocation or expiry ends the session with `FATAL 57P01` (when the cut falls
+//! between two upstream messages; mid-message it just closes) and cancels the query
+//! the upstream was running.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,8 +30,9 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use rand::Rng;
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -39,7 +43,8 @@ use crate::index::Entry;
 const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
 const CANCEL_REQUEST: i32 = 80_877_102;
-const PROTOCOL_3: i32 = 196_608;
+/// Protocol 3.x: the major version in the high 16 bits.
+const PROTOCOL_MAJOR_3: i32 = 3;
 /// A start-up packet is small; refuse anything larger before reading it.
 const MAX_STARTUP: usize = 10 * 1024;
 /// The largest password message (a token) and upstream start-up message accepted.
@@ -48,6 +53,12 @@ const MAX_AUTH_MESSAGE: usize = 64 * 1024;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Statement text kept in an audit event.
 const MAX_STATEMENT: usize = 4096;
+/// Text captured beyond the cap, so a token that straddles it is redacted whole.
+const REDACT_SLACK: usize = 128;
+/// Relay buffers: small, since a gateway holds thousands of idle sessions.
+const RELAY_BUFFER: usize = 16 * 1024;
+/// Time to tell a client why its session ends, and to close it.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -76,6 +87,42 @@ enum Refused {
     Silent,
 }
 
+impl Refused {
+    /// For the audit event: what the client was told, or that it was not.
+    fn text(&self) -> &str {
+        match self {
+            Refused::Client(_, msg) => msg,
+            Refused::Silent => "closed during start-up",
+        }
+    }
+}
+
+/// A cancel key handed to a client, removed from the map when dropped (the session
+/// ended, or its start-up failed after `BackendKeyData`).
+struct CancelKey<'a> {
+    map: &'a Mutex<HashMap<(i32, i32), CancelTarget>>,
+    key: (i32, i32),
+}
+
+impl CancelKey<'_> {
+    /// Removes the key now, returning whose it was.
+    fn take(self) -> Option<CancelTarget> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key)
+    }
+}
+
+impl Drop for CancelKey<'_> {
+    fn drop(&mut self) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
 // === impl PgProxy ===
 
 impl PgProxy {
@@ -95,6 +142,7 @@ impl PgProxy {
 
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(crate::MAX_CONNECTIONS));
         loop {
             let (stream, peer) = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -107,9 +155,16 @@ impl PgProxy {
                     }
                 },
             };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(service = %self.svc.name, "connection limit reached; refusing a connection");
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let this = self.clone();
-            tracker.spawn(async move { this.session(stream, peer).await });
+            tracker.spawn(async move {
+                this.session(stream, peer).await;
+                drop(permit);
+            });
         }
         tracker.close();
     }
@@ -120,18 +175,17 @@ impl PgProxy {
         let (upstream, entry, role, cancel_key) = match started {
             Ok(Ok(x)) => x,
             Ok(Err(Refused::Client(code, msg))) => {
-                let _ = client.write_all(&error_response("FATAL", code, &msg)).await;
-                let _ = client.shutdown().await;
+                let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+                    let _ = client.write_all(&error_response("FATAL", code, &msg)).await;
+                    let _ = client.shutdown().await;
+                })
+                .await;
                 return;
             }
             Ok(Err(Refused::Silent)) | Err(_) => return,
         };
         let end = self.relay(client, upstream, &entry, &role).await;
-        let target = self
-            .cancels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&cancel_key);
+        let target = cancel_key.and_then(CancelKey::take);
         // The upstream backend would finish a running query (a long export, a lock
         // held) before noticing its client is gone: stop it now.
         if end != "closed" {
@@ -147,13 +201,20 @@ impl PgProxy {
         &self,
         client: &mut Box<dyn Io>,
         peer: SocketAddr,
-    ) -> Result<(TcpStream, Arc<Entry>, String, (i32, i32)), Refused> {
+    ) -> Result<(TcpStream, Arc<Entry>, String, Option<CancelKey<'_>>), Refused> {
         let mut is_tls = false;
         let mut cert = None;
-        let params = loop {
+        let source = peer.ip().to_canonical();
+        let (minor, params) = loop {
             let (code, body) = read_startup(client).await.ok_or(Refused::Silent)?;
             match code {
-                SSL_REQUEST if self.tls.is_some() && !is_tls => {
+                SSL_REQUEST | GSSENC_REQUEST if is_tls => {
+                    return Err(Refused::Client(
+                        "08P01",
+                        "encryption requested inside TLS".into(),
+                    ))
+                }
+                SSL_REQUEST if self.tls.is_some() => {
                     client.write_all(b"S").await.map_err(|_| Refused::Silent)?;
                     let acceptor = self.tls.clone().ok_or(Refused::Silent)?;
                     let plain = std::mem::replace(client, Box::new(tokio::io::duplex(1).0));
@@ -171,10 +232,12 @@ impl PgProxy {
                     client.write_all(b"N").await.map_err(|_| Refused::Silent)?
                 }
                 CANCEL_REQUEST => {
-                    self.forward_cancel(&body).await;
+                    if self.source_allowed(source) {
+                        self.forward_cancel(&body).await;
+                    }
                     return Err(Refused::Silent);
                 }
-                PROTOCOL_3 => break parse_params(&body),
+                c if c >> 16 == PROTOCOL_MAJOR_3 => break (c & 0xffff, parse_params(&body)),
                 _ => {
                     return Err(Refused::Client(
                         "08P01",
@@ -183,13 +246,21 @@ impl PgProxy {
                 }
             }
         };
-        let source = peer.ip().to_canonical();
         if !is_tls && !source.is_loopback() && !self.pg.allow_plaintext {
             return Err(Refused::Client(
                 "28000",
                 "Keyway requires TLS for this database from beyond loopback (sslmode=require)"
                     .into(),
             ));
+        }
+
+        // A newer 3.x minor version or `_pq_.` options: say what we speak (3.0, none).
+        let unknown: Vec<&String> = params.keys().filter(|k| k.starts_with("_pq_.")).collect();
+        if minor > 0 || !unknown.is_empty() {
+            client
+                .write_all(&negotiate_protocol_version(&unknown))
+                .await
+                .map_err(|_| Refused::Silent)?;
         }
 
         // The client's login: its token as the password.
@@ -238,11 +309,89 @@ impl PgProxy {
                 "Keyway cannot record this session now".into(),
             ));
         };
+        let mut upstream = match self.login_upstream(&role, &params).await {
+            Ok(up) => up,
+            Err(refused) => {
+                ev.decision = Some("allow".into());
+                ev.detail = json!({ "role": role, "error": refused.text() });
+                reservation.send(ev);
+                return Err(refused);
+            }
+        };
+        // Revoked while the upstream login went on: the session does not start.
+        if let Err(reason) = entry.check_live(self.gw.now()) {
+            ev.decision = Some("deny".into());
+            ev.reason = Some(reason.as_str().into());
+            reservation.send(ev);
+            return Err(Refused::Client(
+                "28P01",
+                "password authentication failed: Keyway refused the token (wrong, expired or revoked)"
+                    .into(),
+            ));
+        }
+        let upstream_user = self.pg.roles.get(&role).map(|r| r.user.clone());
+        ev.decision = Some("allow".into());
+        ev.detail = json!({ "role": role, "upstream_user": upstream_user, "tls": is_tls });
+        reservation.send(ev);
+        client
+            .write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0])
+            .await
+            .map_err(|_| Refused::Silent)?;
+
+        // Relay until ReadyForQuery, swapping the cancel key for one of ours.
+        let mut cancel_key = None;
+        loop {
+            let (kind, body) = read_message(&mut upstream, MAX_AUTH_MESSAGE)
+                .await
+                .ok_or(Refused::Silent)?;
+            if kind == b'K' && body.len() == 8 {
+                let pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                let key = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+                let mut rng = rand::rngs::OsRng;
+                let ours = (rng.gen::<i32>() & 0x7fff_ffff, rng.gen::<i32>());
+                self.cancels
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(
+                        ours,
+                        CancelTarget {
+                            pid,
+                            key,
+                            entry: entry.clone(),
+                        },
+                    );
+                cancel_key = Some(CancelKey {
+                    map: &self.cancels,
+                    key: ours,
+                });
+                let mut k = vec![b'K', 0, 0, 0, 12];
+                k.extend_from_slice(&ours.0.to_be_bytes());
+                k.extend_from_slice(&ours.1.to_be_bytes());
+                client.write_all(&k).await.map_err(|_| Refused::Silent)?;
+                continue;
+            }
+            client
+                .write_all(&frame(kind, &body))
+                .await
+                .map_err(|_| Refused::Silent)?;
+            if kind == b'Z' {
+                break;
+            }
+        }
+        Ok((upstream, entry, role, cancel_key))
+    }
+
+    /// Connects to the upstream and logs in as the role's user, with its stored
+    /// password.
+    async fn login_upstream(
+        &self,
+        role: &str,
+        params: &HashMap<String, String>,
+    ) -> Result<TcpStream, Refused> {
         let pg_role = self
             .pg
             .roles
-            .get(&role)
-            .cloned()
+            .get(role)
             .ok_or(Refused::Client("28000", "unknown role".into()))?;
         let Some(password) = self.gw.secret_header(&pg_role.secret) else {
             tracing::warn!(service = %self.svc.name, secret = %pg_role.secret, "database password not set; `keyway secret set`");
@@ -251,8 +400,6 @@ impl PgProxy {
                 "Keyway has no credential for this database role yet".into(),
             ));
         };
-
-        // The upstream login, as the mapped role.
         let mut upstream = tokio::time::timeout(
             self.pg.connect_timeout,
             TcpStream::connect(&self.pg.upstream),
@@ -283,52 +430,11 @@ impl PgProxy {
             .map_err(|_| Refused::Silent)?;
         self.upstream_login(&mut upstream, &pg_role.user, password.as_bytes())
             .await?;
+        Ok(upstream)
+    }
 
-        ev.decision = Some("allow".into());
-        ev.detail = json!({ "role": role, "upstream_user": pg_role.user, "tls": is_tls });
-        reservation.send(ev);
-        client
-            .write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0])
-            .await
-            .map_err(|_| Refused::Silent)?;
-
-        // Relay until ReadyForQuery, swapping the cancel key for one of ours.
-        let mut ours = (0, 0);
-        loop {
-            let (kind, body) = read_message(&mut upstream, MAX_AUTH_MESSAGE)
-                .await
-                .ok_or(Refused::Silent)?;
-            if kind == b'K' && body.len() == 8 {
-                let pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-                let key = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
-                let mut rng = rand::rngs::OsRng;
-                ours = (rng.gen::<i32>() & 0x7fff_ffff, rng.gen::<i32>());
-                self.cancels
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(
-                        ours,
-                        CancelTarget {
-                            pid,
-                            key,
-                            entry: entry.clone(),
-                        },
-                    );
-                let mut k = vec![b'K', 0, 0, 0, 12];
-                k.extend_from_slice(&ours.0.to_be_bytes());
-                k.extend_from_slice(&ours.1.to_be_bytes());
-                client.write_all(&k).await.map_err(|_| Refused::Silent)?;
-                continue;
-            }
-            client
-                .write_all(&frame(kind, &body))
-                .await
-                .map_err(|_| Refused::Silent)?;
-            if kind == b'Z' {
-                break;
-            }
-        }
-        Ok((upstream, entry, role, ours))
+    fn source_allowed(&self, source: std::net::IpAddr) -> bool {
+        self.svc.allow_cidrs.is_empty() || self.svc.allow_cidrs.iter().any(|n| n.contains(&source))
     }
 
     fn decide(
@@ -353,9 +459,7 @@ impl PgProxy {
             .filter(|g| g.service == self.svc.name)
             .ok_or(DenyReason::WrongService)?;
         let role = grant.role.clone().ok_or(DenyReason::WrongService)?;
-        if !self.svc.allow_cidrs.is_empty()
-            && !self.svc.allow_cidrs.iter().any(|n| n.contains(&source))
-        {
+        if !self.source_allowed(source) {
             return Err(DenyReason::SourceNotAllowed);
         }
         gw.check_lineage(&entry, source)?;
@@ -368,7 +472,9 @@ impl PgProxy {
         Ok((entry, role))
     }
 
-    /// Logs in upstream as `user`: trust, cleartext, md5 or SCRAM-SHA-256.
+    /// Logs in upstream as `user`: trust, md5 or SCRAM-SHA-256 (whose server
+    /// signature must check out). A cleartext password is never sent: the upstream
+    /// connection is not encrypted, and whoever answers on its address would read it.
     async fn upstream_login(
         &self,
         up: &mut TcpStream,
@@ -383,6 +489,7 @@ impl PgProxy {
             )
         };
         let mut scram: Option<ScramSha256> = None;
+        let mut scram_verified = false;
         loop {
             let (kind, body) = read_message(up, MAX_AUTH_MESSAGE)
                 .await
@@ -390,16 +497,24 @@ impl PgProxy {
             if kind == b'E' {
                 return Err(fail(&error_text(&body)));
             }
+            if kind == b'N' {
+                continue;
+            }
             if kind != b'R' || body.len() < 4 {
                 return Err(fail("unexpected message during login"));
             }
             let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
             let mut out = BytesMut::new();
             match code {
-                0 => return Ok(()),
-                3 => {
-                    frontend::password_message(password, &mut out).map_err(|_| fail("password"))?
+                0 if scram.is_some() && !scram_verified => {
+                    return Err(fail(
+                        "SCRAM ended before the server proved it knows the password",
+                    ))
                 }
+                0 => return Ok(()),
+                3 => return Err(fail(
+                    "the database asks for a cleartext password; configure md5 or scram-sha-256",
+                )),
                 5 if body.len() >= 8 => {
                     let salt = [body[4], body[5], body[6], body[7]];
                     let hash = postgres_protocol::authentication::md5_hash(
@@ -434,6 +549,7 @@ impl PgProxy {
                         .ok_or_else(|| fail("SASL final without start"))?;
                     s.finish(&body[4..])
                         .map_err(|_| fail("SCRAM server signature"))?;
+                    scram_verified = true;
                     continue;
                 }
                 _ => return Err(fail("unsupported authentication method")),
@@ -443,7 +559,8 @@ impl PgProxy {
     }
 
     /// Relays the session: upstream bytes as they are; client frames read for the
-    /// audit on the way through. Ends on either side's close, revocation or expiry.
+    /// audit on the way through. Ends on the upstream's close, revocation or expiry;
+    /// the token's end wins over bytes ready to go either way.
     async fn relay(
         &self,
         client: Box<dyn Io>,
@@ -451,8 +568,8 @@ impl PgProxy {
         entry: &Arc<Entry>,
         role: &str,
     ) -> &'static str {
-        let (client_r, mut client_w) = tokio::io::split(client);
-        let (mut up_r, up_w) = upstream.into_split();
+        let (mut client_r, mut client_w) = tokio::io::split(client);
+        let (mut up_r, mut up_w) = upstream.into_split();
         let audit = StatementAudit {
             gw: self.gw.clone(),
             service: self.svc.name.clone(),
@@ -460,39 +577,52 @@ impl PgProxy {
             principal: entry.record.principal.clone(),
             role: role.to_owned(),
         };
-        let to_upstream = tokio::spawn(client_to_upstream(client_r, up_w, audit));
         let left = entry.expires_at().saturating_sub(self.gw.now()).max(0);
         let expiry = tokio::time::sleep(Duration::from_millis(left as u64));
         tokio::pin!(expiry);
         let started = Instant::now();
-        let mut buf = vec![0u8; 64 * 1024];
-        let end = loop {
-            tokio::select! {
-                r = up_r.read(&mut buf) => match r {
-                    Ok(0) | Err(_) => break "closed",
-                    Ok(n) => if client_w.write_all(&buf[..n]).await.is_err() { break "closed" },
-                },
-                () = entry.cancel.cancelled() => break "revoked",
-                () = &mut expiry => break "expired",
+        let mut framing = Framing::default();
+        let end = {
+            let down = upstream_to_client(&mut up_r, &mut client_w, &mut framing);
+            let up = client_to_upstream(&mut client_r, &mut up_w, &audit);
+            tokio::pin!(down, up);
+            let mut client_done = false;
+            loop {
+                tokio::select! {
+                    biased;
+                    () = entry.cancel.cancelled() => break "revoked",
+                    () = &mut expiry => break "expired",
+                    () = &mut down => break "closed",
+                    // The client said Terminate or went away: the upstream, told so,
+                    // closes, and that ends `down`.
+                    () = &mut up, if !client_done => client_done = true,
+                }
             }
         };
-        to_upstream.abort();
-        if end != "closed" {
-            let msg = if end == "revoked" {
-                "terminating connection: the Keyway token was revoked"
-            } else {
-                "terminating connection: the Keyway token expired"
-            };
-            let _ = client_w
-                .write_all(&error_response("FATAL", "57P01", msg))
-                .await;
-        }
-        let _ = client_w.shutdown().await;
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+            if end != "closed" && framing.at_boundary() {
+                let msg = if end == "revoked" {
+                    "terminating connection: the Keyway token was revoked"
+                } else {
+                    "terminating connection: the Keyway token expired"
+                };
+                let _ = client_w
+                    .write_all(&error_response("FATAL", "57P01", msg))
+                    .await;
+            }
+            let _ = client_w.shutdown().await;
+        })
+        .await;
         let mut ev = self.gw.event("connection.close");
         ev.service = Some(self.svc.name.clone());
         ev.token_id = Some(entry.id().to_owned());
         ev.principal = Some(entry.record.principal.clone());
-        ev.detail = json!({ "end": end, "role": role, "duration_ms": started.elapsed().as_millis() as u64 });
+        ev.detail = json!({
+            "end": end,
+            "role": role,
+            "bytes_out": framing.bytes,
+            "duration_ms": started.elapsed().as_millis() as u64,
+        });
         self.gw.audit.record(ev);
         end
     }
@@ -552,68 +682,219 @@ struct StatementAudit {
 }
 
 impl StatementAudit {
-    fn record(&self, kind: u8, head: &[u8]) {
-        // `Q`: the query text. `P`: the statement name, then the query text.
-        let text = match kind {
-            b'Q' => head.split(|&b| b == 0).next(),
-            _ => head.split(|&b| b == 0).nth(1),
+    fn record(&self, reservation: crate::audit::Reservation, c: &Capture) {
+        let detail = if c.kind == b'F' {
+            let oid = (c.kept.len() == 4)
+                .then(|| u32::from_be_bytes([c.kept[0], c.kept[1], c.kept[2], c.kept[3]]));
+            json!({ "role": self.role, "protocol": "function_call", "function_oid": oid })
+        } else {
+            let text = String::from_utf8_lossy(&c.kept);
+            // Redact first, then cut: a token across the cut is still found whole.
+            let text = keyway_core::token::redact(&text);
+            let mut cut = text.len().min(MAX_STATEMENT);
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            json!({
+                "role": self.role,
+                "protocol": if c.kind == b'Q' { "simple" } else { "extended" },
+                "statement": &text[..cut],
+                "length": c.len,
+                "truncated": c.len > MAX_STATEMENT,
+            })
         };
-        let Some(text) = text else { return };
-        let text = String::from_utf8_lossy(&text[..text.len().min(MAX_STATEMENT)]);
         let mut ev = self.gw.event("db.statement");
         ev.service = Some(self.service.clone());
         ev.token_id = Some(self.token_id.clone());
         ev.principal = Some(self.principal.clone());
-        ev.detail = json!({
-            "role": self.role,
-            "protocol": if kind == b'Q' { "simple" } else { "extended" },
-            "statement": keyway_core::token::redact(&text),
-        });
-        self.gw.audit.record(ev);
+        ev.detail = detail;
+        reservation.send(ev);
     }
 }
 
-/// Client frames to the upstream, as they are; `Q` and `P` are read for the audit on
-/// the way (the first [`MAX_STATEMENT`] bytes). Bodies of any size stream through.
-async fn client_to_upstream<R, W>(mut r: R, mut w: W, audit: StatementAudit)
+/// What the audit keeps of a `Q`, `P` or `F` frame as it streams through: the
+/// statement text (for `P`, after the statement name, whatever its length) up to a
+/// cap, and its whole length; for `F`, the function's OID.
+struct Capture {
+    kind: u8,
+    skip_name: bool,
+    done: bool,
+    kept: Vec<u8>,
+    len: usize,
+}
+
+impl Capture {
+    fn new(kind: u8) -> Self {
+        Self {
+            kind,
+            skip_name: kind == b'P',
+            done: false,
+            kept: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn feed(&mut self, mut chunk: &[u8]) {
+        if self.kind == b'F' {
+            let need = 4usize.saturating_sub(self.kept.len()).min(chunk.len());
+            self.kept.extend_from_slice(&chunk[..need]);
+            return;
+        }
+        if self.done {
+            return;
+        }
+        if self.skip_name {
+            let Some(i) = chunk.iter().position(|&b| b == 0) else {
+                return;
+            };
+            self.skip_name = false;
+            chunk = &chunk[i + 1..];
+        }
+        let (text, end) = match chunk.iter().position(|&b| b == 0) {
+            Some(i) => (&chunk[..i], true),
+            None => (chunk, false),
+        };
+        self.len += text.len();
+        let room = (MAX_STATEMENT + REDACT_SLACK).saturating_sub(self.kept.len());
+        self.kept.extend_from_slice(&text[..text.len().min(room)]);
+        self.done = end;
+    }
+}
+
+/// Where the upstream-to-client byte stream stands in the message framing, so a
+/// closing `ErrorResponse` is never put inside another message.
+#[derive(Default)]
+struct Framing {
+    header: [u8; 5],
+    have: usize,
+    left: usize,
+    /// A write to the client was under way (and may have been cut part-way).
+    writing: bool,
+    bytes: u64,
+}
+
+impl Framing {
+    fn advance(&mut self, mut chunk: &[u8]) {
+        self.bytes += chunk.len() as u64;
+        while !chunk.is_empty() {
+            if self.left > 0 {
+                let k = self.left.min(chunk.len());
+                self.left -= k;
+                chunk = &chunk[k..];
+                continue;
+            }
+            self.header[self.have] = chunk[0];
+            self.have += 1;
+            chunk = &chunk[1..];
+            if self.have == 5 {
+                let h = &self.header;
+                self.left =
+                    (u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize).saturating_sub(4);
+                self.have = 0;
+            }
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        !self.writing && self.have == 0 && self.left == 0
+    }
+}
+
+/// Upstream bytes to the client, as they are, until either side ends.
+async fn upstream_to_client<R, W>(r: &mut R, w: &mut W, framing: &mut Framing)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; RELAY_BUFFER];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        framing.writing = true;
+        if w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+        framing.writing = false;
+        framing.advance(&buf[..n]);
+    }
+}
+
+/// Client frames to the upstream, as they are, in batches: a frame is flushed when no
+/// whole frame is waiting behind it. `Q`, `P` and `F` are read for the audit on the
+/// way; under `fail_closed` a frame waits for its audit event's place before it goes.
+async fn client_to_upstream<R, W>(r: &mut R, w: &mut W, audit: &StatementAudit)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut r = BufReader::with_capacity(RELAY_BUFFER / 2, r);
+    let mut w = BufWriter::with_capacity(RELAY_BUFFER / 2, w);
+    let mut buf = vec![0u8; RELAY_BUFFER / 2];
     loop {
         let mut header = [0u8; 5];
         if r.read_exact(&mut header).await.is_err() {
             break;
         }
+        let kind = header[0];
         let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
         if len < 4 {
             break;
         }
+        let audited = matches!(kind, b'Q' | b'P' | b'F');
+        let reservation = if audited {
+            Some(audit.gw.audit.reserve_waiting().await)
+        } else {
+            None
+        };
+        let mut capture = Capture::new(kind);
         if w.write_all(&header).await.is_err() {
-            break;
+            return;
         }
         let mut left = len - 4;
-        let mut head = Vec::new();
         while left > 0 {
             let n = left.min(buf.len());
             if r.read_exact(&mut buf[..n]).await.is_err() || w.write_all(&buf[..n]).await.is_err() {
                 let _ = w.shutdown().await;
                 return;
             }
-            if matches!(header[0], b'Q' | b'P') && head.len() < MAX_STATEMENT + 256 {
-                head.extend_from_slice(&buf[..n.min(MAX_STATEMENT + 256 - head.len())]);
+            if audited {
+                capture.feed(&buf[..n]);
             }
             left -= n;
         }
-        if matches!(header[0], b'Q' | b'P') {
-            audit.record(header[0], &head);
+        if let Some(reservation) = reservation {
+            audit.record(reservation, &capture);
         }
-        if header[0] == b'X' {
+        if !whole_frame_waiting(r.buffer()) && w.flush().await.is_err() {
+            return;
+        }
+        if kind == b'X' {
             break;
         }
     }
     let _ = w.shutdown().await;
+}
+
+/// Whether `buffered` holds at least one whole frame (type byte, then its length,
+/// which counts itself).
+fn whole_frame_waiting(buffered: &[u8]) -> bool {
+    buffered.len() >= 5
+        && (u32::from_be_bytes([buffered[1], buffered[2], buffered[3], buffered[4]]) as usize)
+            < buffered.len()
+}
+
+/// `NegotiateProtocolVersion`: 3.0, and the options not recognised.
+fn negotiate_protocol_version(unknown: &[&String]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&0i32.to_be_bytes());
+    body.extend_from_slice(&(unknown.len() as i32).to_be_bytes());
+    for name in unknown {
+        body.extend_from_slice(name.as_bytes());
+        body.push(0);
+    }
+    frame(b'v', &body)
 }
 
 /// The first packet: length (bounded) and code, then the rest.
@@ -707,5 +988,102 @@ mod tests {
         assert_eq!(p["database"], "test");
         assert!(parse_params(b"").is_empty());
         assert!(parse_params(b"odd").is_empty());
+    }
+
+    fn capture(kind: u8, body: &[u8], chunk: usize) -> Capture {
+        let mut c = Capture::new(kind);
+        for part in body.chunks(chunk.max(1)) {
+            c.feed(part);
+        }
+        c
+    }
+
+    #[test]
+    fn a_parse_frame_is_captured_after_its_name_whatever_its_length() {
+        let mut body = vec![b'n'; 10_000];
+        body.push(0);
+        body.extend_from_slice(b"select secret_things()\0\0\0");
+        for chunk in [1, 7, 4096, 100_000] {
+            let c = capture(b'P', &body, chunk);
+            assert_eq!(c.kept, b"select secret_things()", "chunk {chunk}");
+            assert_eq!(c.len, 22);
+        }
+    }
+
+    #[test]
+    fn a_long_statement_keeps_its_length_and_a_capped_text() {
+        let mut body = b"/*".to_vec();
+        body.extend(std::iter::repeat_n(b' ', 10_000));
+        body.extend_from_slice(b"*/ drop table t\0");
+        let c = capture(b'Q', &body, 333);
+        assert_eq!(c.len, body.len() - 1);
+        assert_eq!(c.kept.len(), MAX_STATEMENT + REDACT_SLACK);
+    }
+
+    #[test]
+    fn a_function_call_keeps_its_oid() {
+        let c = capture(b'F', &[0, 0, 0x0b, 0xb8, 0, 1, 0, 0], 3);
+        assert_eq!(c.kept, [0, 0, 0x0b, 0xb8]);
+    }
+
+    #[test]
+    fn frames_waiting_and_protocol_negotiation() {
+        assert!(!whole_frame_waiting(b"Q\0\0"));
+        assert!(!whole_frame_waiting(b"Q\0\0\0\x09abc"));
+        assert!(whole_frame_waiting(b"Q\0\0\0\x08abcd"));
+        let name = "_pq_.x".to_owned();
+        let v = negotiate_protocol_version(&[&name]);
+        assert_eq!(v[0], b'v');
+        assert_eq!(&v[5..13], &[0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(&v[13..], b"_pq_.x\0");
+    }
+
+    proptest::proptest! {
+        /// Whatever sizes the upstream's messages have and however the bytes are cut
+        /// into reads, the framing is at a boundary exactly between messages.
+        #[test]
+        fn framing_finds_the_boundaries(
+            sizes in proptest::collection::vec(0usize..300, 1..20),
+            cut in 1usize..64,
+        ) {
+            let mut stream = Vec::new();
+            let mut ends = std::collections::BTreeSet::new();
+            for n in &sizes {
+                stream.push(b'D');
+                stream.extend_from_slice(&((n + 4) as u32).to_be_bytes());
+                stream.extend(std::iter::repeat_n(7u8, *n));
+                ends.insert(stream.len());
+            }
+            let mut f = Framing::default();
+            let mut at = 0;
+            for part in stream.chunks(cut) {
+                f.advance(part);
+                at += part.len();
+                proptest::prop_assert_eq!(f.at_boundary(), ends.contains(&at), "at {}", at);
+            }
+            proptest::prop_assert_eq!(f.bytes, stream.len() as u64);
+        }
+    }
+
+    #[test]
+    fn a_token_across_the_cap_is_redacted_whole() {
+        use secrecy::ExposeSecret;
+        let issued = keyway_core::token::IssuedToken::generate(TokenKind::Access);
+        let token = issued.secret().expose_secret();
+        let mut body = vec![b' '; MAX_STATEMENT - 30];
+        body.extend_from_slice(token.as_bytes());
+        body.push(0);
+        let c = capture(b'Q', &body, 1000);
+        let text = String::from_utf8_lossy(&c.kept);
+        let redacted = keyway_core::token::redact(&text);
+        assert!(
+            redacted.contains(issued.id()),
+            "the token is still named by its id"
+        );
+        assert!(
+            !redacted.contains(&token[22..40]),
+            "{}",
+            &redacted[redacted.len() - 80..]
+        );
     }
 }
