@@ -1,7 +1,7 @@
 //! Tunnel opening frames: the length is bounded and decoding never panics.
 #![no_main]
 
-use keyway_core::tunnel::{body_len, decode, Open, Reply, MAX_FRAME};
+use keyway_core::tunnel::{body_len, decode, Hello, Reply, MAX_FRAME};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(n) = body_len(header) {
             assert!(n <= MAX_FRAME);
         }
-        let _ = decode::<Open>(&data[4..]);
+        let _ = decode::<Hello>(&data[4..]);
         let _ = decode::<Reply>(&data[4..]);
     }
 });

@@ -44,6 +44,16 @@ pub struct RawConfig {
     pub audit: RawAudit,
     #[serde(default)]
     pub services: BTreeMap<String, RawService>,
+    #[serde(default)]
+    pub agents: BTreeMap<String, RawAgent>,
+}
+
+/// An agent: a Keyway process inside a private network that dials out to the
+/// gateway's tunnel and carries the connections of these services.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    pub services: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,6 +87,8 @@ pub struct RawService {
     pub roles: Option<BTreeMap<String, RawRole>>,
     /// PostgreSQL: accept plaintext sessions from beyond loopback.
     pub allow_plaintext: Option<bool>,
+    /// Reach the upstream through this agent; the gateway never dials it itself.
+    pub via: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +143,14 @@ pub struct Config {
     pub master_key_file: PathBuf,
     pub audit: AuditConfig,
     pub services: BTreeMap<String, Service>,
+    pub agents: BTreeMap<String, Agent>,
+}
+
+/// An agent and the services it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    pub name: String,
+    pub services: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +182,8 @@ pub struct Service {
     pub rate_limit: Option<Rate>,
     /// HTTPS on the gateway's listener, and client certificates.
     pub tls: Option<TlsConfig>,
+    /// The agent that reaches the upstream; `None`: the gateway dials it.
+    pub via: Option<String>,
     pub kind: ServiceKind,
 }
 
@@ -384,9 +406,11 @@ impl RawConfig {
             }
         }
         for (name, raw) in self.services {
-            let Some(svc) = raw.check(&name, max_ttl, base_dir, &mut p) else {
+            let via = raw.via.clone();
+            let Some(mut svc) = raw.check(&name, max_ttl, base_dir, &mut p) else {
                 continue;
             };
+            svc.via = via;
             // Port 0 asks the system for any free port, so it never collides.
             let taken = svc
                 .listen
@@ -410,6 +434,68 @@ impl RawConfig {
             services.insert(name, svc);
         }
 
+        let mut agents = BTreeMap::new();
+        for (name, raw) in self.agents {
+            if !valid_name(&name) {
+                p.push(
+                    &format!("agents.{name}"),
+                    "an agent name is 1 to 63 characters of a-z, 0-9, `-` and `_`",
+                );
+            }
+            for (i, svc) in raw.services.iter().enumerate() {
+                match services.get(svc) {
+                    None => p.push(
+                        &format!("agents.{name}.services[{i}]"),
+                        &format!("names no service; declare `[services.{}]`", svc.chars().take(64).collect::<String>()),
+                    ),
+                    Some(s) if s.via.as_deref() != Some(name.as_str()) => p.push(
+                        &format!("agents.{name}.services[{i}]"),
+                        &format!("set `via = \"{name}\"` on `services.{svc}` too, so the gateway never dials it itself"),
+                    ),
+                    Some(_) => {}
+                }
+            }
+            agents.insert(
+                name.clone(),
+                Agent {
+                    name,
+                    services: raw.services,
+                },
+            );
+        }
+        for (name, svc) in &services {
+            let Some(via) = &svc.via else { continue };
+            let key = format!("services.{name}.via");
+            match agents.get(via) {
+                None => p.push(&key, "names no agent; declare `[agents.NAME]`"),
+                Some(a) if !a.services.contains(name) => p.push(
+                    &key,
+                    &format!("list `{name}` in `agents.{via}.services` too"),
+                ),
+                Some(_) => {}
+            }
+            if matches!(svc.kind, ServiceKind::Http(_)) {
+                p.push(
+                    &key,
+                    "http services through an agent are not supported by this version yet; tcp and postgres are",
+                );
+            }
+        }
+        if !agents.is_empty() {
+            if tunnel_listen.is_none() {
+                p.push(
+                    "agents",
+                    "agents dial the gateway's tunnel; set `tunnel_listen`",
+                );
+            }
+            if tunnel_tls.is_some() {
+                p.push(
+                    "tunnel_tls",
+                    "agents are enrolled with the gateway's own CA, which the tunnel must use; remove `tunnel_tls`",
+                );
+            }
+        }
+
         p.finish(Config {
             data_dir,
             admin_listen,
@@ -425,6 +511,7 @@ impl RawConfig {
             master_key_file,
             audit: AuditConfig { queue, on_full },
             services,
+            agents,
         })
     }
 }
@@ -553,6 +640,7 @@ impl RawService {
                 allow_cidrs,
                 rate_limit: None,
                 tls: None,
+                via: None,
                 kind: ServiceKind::Tcp(tcp),
             });
         }
@@ -625,6 +713,7 @@ impl RawService {
                 allow_cidrs,
                 rate_limit: None,
                 tls,
+                via: None,
                 kind: ServiceKind::Postgres(pg),
             });
         }
@@ -729,6 +818,7 @@ impl RawService {
             allow_cidrs,
             rate_limit,
             tls,
+            via: None,
             kind: ServiceKind::Http(http),
         })
     }

@@ -14,6 +14,44 @@ use serde::{Deserialize, Serialize};
 /// The largest frame either side accepts.
 pub const MAX_FRAME: usize = 8 * 1024;
 
+/// The first frame on a tunnel connection: what the connection is for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Hello {
+    /// `keyway connect`: one stream to a TCP service.
+    Open(Open),
+    /// An agent trades its one-use enrollment token for a certificate.
+    Enroll(Enroll),
+    /// An enrolled agent (its certificate presented in the TLS handshake) offers to
+    /// serve; the connection then carries HTTP/2, the gateway as client.
+    Agent(AgentHello),
+    /// An enrolled agent asks for a fresh certificate before its own expires.
+    Renew(Renew),
+}
+
+/// `Debug` leaves the token out.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enroll {
+    /// The token names the agent it enrolls.
+    pub token: String,
+    /// A PKCS#10 request for the key the agent made (the key never leaves it).
+    pub csr_pem: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentHello {
+    pub agent: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Renew {
+    pub csr_pem: String,
+}
+
 /// The client's opening frame. `Debug` leaves the token out.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +67,9 @@ pub struct Reply {
     /// A generic reason for people (`unauthorized`, `forbidden`, `unavailable`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// To an enrolling or renewing agent: its certificate (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_pem: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -61,6 +102,14 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     serde_json::from_slice(body).map_err(|_| FrameError::Malformed)
 }
 
+impl fmt::Debug for Enroll {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Enroll")
+            .field("token", &"***")
+            .finish_non_exhaustive()
+    }
+}
+
 impl fmt::Debug for Open {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Open")
@@ -82,11 +131,21 @@ mod tests {
             service: "redis".into(),
             token: "kwat_secret".into(),
         };
-        let frame = encode(&open);
+        let frame = encode(&Hello::Open(open));
         let n = body_len(frame[..4].try_into().unwrap()).unwrap();
-        let back: Open = decode(&frame[4..4 + n]).unwrap();
+        let Hello::Open(back) = decode(&frame[4..4 + n]).unwrap() else {
+            panic!("not an open frame");
+        };
         assert_eq!(back.service, "redis");
         assert!(!format!("{back:?}").contains("secret"));
+        let enroll = Hello::Enroll(Enroll {
+            token: "kwae_secret".into(),
+            csr_pem: String::new(),
+        });
+        assert!(!format!("{enroll:?}").contains("secret"));
+        assert!(
+            decode::<Hello>(b"{\"open\":{\"service\":\"x\",\"token\":\"y\",\"more\":1}}").is_err()
+        );
         assert_eq!(body_len([0, 0, 0x20, 1]), Err(FrameError::TooLong));
         assert_eq!(decode::<Reply>(b"{\"nope\""), Err(FrameError::Malformed));
     }
@@ -95,7 +154,7 @@ mod tests {
         #[test]
         fn decoding_never_panics(header in any::<[u8; 4]>(), body in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = body_len(header);
-            let _ = decode::<Open>(&body);
+            let _ = decode::<Hello>(&body);
             let _ = decode::<Reply>(&body);
         }
     }

@@ -12,6 +12,9 @@
 //! | `PUT /v1/secrets/{name}` | seal and store an upstream credential |
 //! | `GET /v1/secrets` | names of the credentials that are set |
 //! | `GET /v1/audit?after=N&limit=M` | audit events after sequence number N |
+//! | `POST /v1/agents/{name}/enroll` | a one-use enrollment token for an agent, with the CA pin (once) |
+//! | `POST /v1/agents/{name}/revoke` | disconnect an agent now and refuse its certificates |
+//! | `GET /v1/agents` | each agent's state, version, last heartbeat and services |
 //! | `GET /metrics` | Prometheus text format (needs the admin token too) |
 
 use std::sync::Arc;
@@ -90,6 +93,9 @@ pub fn router(gw: Gw) -> Router {
         .route("/v1/secrets", get(list_secrets))
         .route("/v1/secrets/{name}", put(set_secret))
         .route("/v1/audit", get(audit))
+        .route("/v1/agents", get(list_agents))
+        .route("/v1/agents/{name}/enroll", post(enroll_agent))
+        .route("/v1/agents/{name}/revoke", post(revoke_agent))
         .route("/metrics", get(metrics))
         .fallback(|_: Admin| async { error(StatusCode::NOT_FOUND, "no such admin call") })
         .with_state(gw)
@@ -534,7 +540,80 @@ async fn metrics(_: Admin, State(gw): State<Gw>) -> Response {
         load(&stats.dropped),
         load(&stats.write_errors),
     );
+    let mut text = text;
+    text.push_str(
+        "# HELP keyway_agent_connections Live tunnel connections of each agent.\n\
+         # TYPE keyway_agent_connections gauge\n",
+    );
+    for a in gw.agents.status(&gw) {
+        text.push_str(&format!(
+            "keyway_agent_connections{{agent=\"{}\"}} {}\n",
+            a.name, a.connections
+        ));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// An enrollment, given once: the token and the CA pin joined by `.`, as
+/// `keyway agent run --enroll-token-file` reads it.
+#[derive(Serialize, Deserialize)]
+pub struct Enrollment {
+    pub enrollment: String,
+    pub expires_at: String,
+}
+
+async fn enroll_agent(admin: Admin, State(gw): State<Gw>, Path(name): Path<String>) -> Response {
+    let pin = match crate::tls::local_ca_pin(&gw.config.data_dir) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "no local CA to enroll agents with");
+            return error(
+                StatusCode::CONFLICT,
+                "the gateway's local CA is missing; agents need `tunnel_listen` without `tunnel_tls`",
+            );
+        }
+    };
+    match gw.issue_enrollment(&name, &admin.token_id).await {
+        Ok((token, record)) => {
+            let token = secrecy::ExposeSecret::expose_secret(token.secret());
+            let body = Enrollment {
+                enrollment: format!("{token}.{pin}"),
+                expires_at: format_ms(record.expires_at),
+            };
+            (StatusCode::CREATED, Json(body)).into_response()
+        }
+        Err(IssueError::Store(e)) => {
+            tracing::error!(error = %e, "could not store an enrollment token");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store failed; see the gateway log",
+            )
+        }
+        Err(e) => error(StatusCode::NOT_FOUND, &e.to_string()),
+    }
+}
+
+async fn revoke_agent(admin: Admin, State(gw): State<Gw>, Path(name): Path<String>) -> Response {
+    if !gw.config.agents.contains_key(&name) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no agent with that name in the config",
+        );
+    }
+    match gw.revoke_agent(&name, &admin.token_id).await {
+        Ok(closed) => Json(json!({ "agent": name, "connections_closed": closed })).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "could not record an agent revocation");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the agent is disconnected, but the store failed to record the revocation; revoke again",
+            )
+        }
+    }
+}
+
+async fn list_agents(_: Admin, State(gw): State<Gw>) -> Response {
+    Json(gw.agents.status(&gw)).into_response()
 }
 
 fn error(status: StatusCode, msg: &str) -> Response {

@@ -40,6 +40,8 @@ pub struct Gateway {
     audit_stop: CancellationToken,
     /// Where the admin credential was written, when this start wrote one.
     pub admin_token_written: Option<PathBuf>,
+    /// Agents' live connections and revocations.
+    pub agents: crate::agents::Registry,
 }
 
 /// What `issue` is asked for.
@@ -231,6 +233,7 @@ impl Gateway {
         }
 
         let index = TokenIndex::load(store.tokens().await?);
+        let agents = crate::agents::Registry::new(store.agent_revocations().await?);
         let mut secrets = HashMap::new();
         for (name, sealed) in store.secrets().await? {
             match sealer.open(&name, &sealed) {
@@ -261,6 +264,7 @@ impl Gateway {
             audit_task: std::sync::Mutex::new(Some(audit_task)),
             audit_stop,
             admin_token_written: None,
+            agents,
         };
         gw.ensure_admin_token().await?;
         Ok(gw)
@@ -676,6 +680,71 @@ impl Gateway {
         });
         self.audit.record_reliably(ev).await;
         Ok((token, record))
+    }
+
+    /// A one-use enrollment token for `agent` (1 h), and the pin of the CA the agent
+    /// will find at the tunnel.
+    pub async fn issue_enrollment(
+        &self,
+        agent: &str,
+        by: &str,
+    ) -> Result<(IssuedToken, TokenRecord), IssueError> {
+        if !self.config.agents.contains_key(agent) {
+            return Err(IssueError::Invalid(format!(
+                "no agent `{}` in the config; declare `[agents.NAME]`",
+                agent.chars().take(64).collect::<String>()
+            )));
+        }
+        let now = self.now();
+        let token = IssuedToken::generate(TokenKind::AgentEnrollment);
+        let record = TokenRecord {
+            id: token.id().to_owned(),
+            kind: TokenKind::AgentEnrollment,
+            principal: agent.to_owned(),
+            grant: None,
+            hash: token.hash(&self.pepper),
+            created_at: now,
+            expires_at: now.saturating_add(duration_ms(crate::agents::ENROLLMENT_TTL)),
+            revoked_at: None,
+            last_used_at: None,
+            parent_id: None,
+            scope: None,
+            cert_thumbprint: None,
+        };
+        self.store.insert_token(&record).await?;
+        self.index.insert(record.clone());
+        let mut ev = self.event("agent.enrollment_issued");
+        ev.token_id = Some(record.id.clone());
+        ev.principal = Some(record.principal.clone());
+        ev.detail = serde_json::json!({ "by": by, "expires_at": format_ms(record.expires_at) });
+        self.audit.record_reliably(ev).await;
+        Ok((token, record))
+    }
+
+    /// Spends a one-use token: revoked now, in memory and then the store. `false`
+    /// when it was already spent (a replay, or a race lost).
+    pub async fn use_once(&self, id: &str) -> Result<bool, StoreError> {
+        let now = self.now();
+        if !self.revoke_in_memory(id, now).iter().any(|r| r == id) {
+            return Ok(false);
+        }
+        self.persist_revocation(id, now, "gateway", Some("used"))
+            .await?;
+        Ok(true)
+    }
+
+    /// Revokes an agent: its connections close now, and its certificates issued
+    /// before now are refused, also after a restart. Returns how many connections
+    /// were closed.
+    pub async fn revoke_agent(&self, agent: &str, by: &str) -> Result<usize, StoreError> {
+        let now = self.now();
+        let closed = self.agents.revoke(agent, now);
+        self.store.revoke_agent(agent, now).await?;
+        let mut ev = self.event("agent.revoked");
+        ev.principal = Some(agent.to_owned());
+        ev.detail = serde_json::json!({ "by": by, "connections_closed": closed });
+        self.audit.record_reliably(ev).await;
+        Ok(closed)
     }
 
     /// Ends the live streams of a token when its (shortened) expiry comes.

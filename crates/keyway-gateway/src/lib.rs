@@ -15,13 +15,15 @@
 //!   listener.
 //! - [`tls`]: TLS configuration, client certificates and their thumbprints, the
 //!   local CA.
-//! - [`tunnel`]: TCP services through the tunnel listener (`keyway connect`).
+//! - [`tunnel`]: the tunnel listener: TCP services for `keyway connect`, and agents.
+//! - [`agents`]: agents: enrollment, their HTTP/2 connections, dialing through them.
 //!
 //! [`run`] takes bound listeners and a shutdown signal, so tests bind port 0.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod agents;
 pub mod audit;
 pub mod gateway;
 pub mod index;
@@ -55,12 +57,48 @@ pub struct Listeners {
     /// [`TOKEN_LISTENER`]); certificates are loaded when binding, so a bad file stops
     /// start-up.
     pub tls: BTreeMap<String, TlsAcceptor>,
+    /// The gateway's own CA, when the tunnel uses it: it enrolls agents.
+    pub local_ca: Option<Arc<tls::LocalCa>>,
 }
 
-/// The key of the token endpoint in [`Listeners::tls`].
+/// A byte stream to an upstream or from a client: TCP, TLS, or a stream through an
+/// agent.
+pub(crate) trait Stream:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Connects to a TCP or PostgreSQL service's upstream: directly, or through the agent
+/// the service names (the gateway then never dials the upstream itself).
+pub(crate) async fn dial_upstream(
+    gw: &Gateway,
+    via: Option<&str>,
+    addr: &str,
+    timeout: Duration,
+) -> Result<Box<dyn Stream>, String> {
+    match via {
+        Some(agent) => gw
+            .agents
+            .dial(agent, addr, timeout)
+            .await
+            .map(|s| Box::new(s) as Box<dyn Stream>)
+            .map_err(|e| e.to_string()),
+        None => {
+            let s = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| "the upstream did not answer in time".to_owned())?
+                .map_err(|e| format!("the upstream is unreachable: {e}"))?;
+            let _ = s.set_nodelay(true);
+            Ok(Box::new(s))
+        }
+    }
+}
+
 /// Open connections one listener holds before it refuses more.
 pub(crate) const MAX_CONNECTIONS: usize = 10_000;
 
+/// The key of the token endpoint in [`Listeners::tls`].
 pub const TOKEN_LISTENER: &str = "(token endpoint)";
 /// The key of the tunnel listener in [`Listeners::tls`].
 pub const TUNNEL_LISTENER: &str = "(tunnel)";
@@ -106,6 +144,7 @@ impl Listeners {
             }
         }
         let mut tls = BTreeMap::new();
+        let mut local_ca = None;
         let acceptor = |key: String, t: &keyway_core::config::TlsConfig, alpn: &[u8]| {
             tls::server_config(t, alpn)
                 .map(TlsAcceptor::from)
@@ -133,7 +172,11 @@ impl Listeners {
             let local = l.local_addr().unwrap_or(addr);
             let server = match &config.tunnel_tls {
                 Some(t) => tls::server_config(t, tls::alpn::TUNNEL),
-                None => tls::local_ca_server_config(&config.data_dir, local),
+                None => tls::LocalCa::open(&config.data_dir).and_then(|ca| {
+                    let server = ca.tunnel_server_config(local);
+                    local_ca = Some(ca);
+                    server
+                }),
             };
             let server = server.map_err(|source| BindError::Tls {
                 key: "tunnel_tls".into(),
@@ -147,6 +190,7 @@ impl Listeners {
             tunnel,
             services,
             tls,
+            local_ca,
         })
     }
 
@@ -227,7 +271,13 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
         listeners.tunnel,
         listeners.tls.get(TUNNEL_LISTENER).cloned(),
     ) {
-        tasks.spawn(tunnel::serve(gw.clone(), l, acceptor, shutdown.clone()));
+        tasks.spawn(tunnel::serve(
+            gw.clone(),
+            l,
+            acceptor,
+            listeners.local_ca.clone(),
+            shutdown.clone(),
+        ));
     }
     tasks.spawn(housekeeping(gw.clone(), shutdown.clone()));
     while tasks.join_next().await.is_some() {}

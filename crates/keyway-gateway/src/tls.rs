@@ -107,77 +107,156 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-/// The gateway's local CA, for the tunnel when no certificate is configured: created on
-/// first start (`<data_dir>/ca.pem`, key in `ca.key`, mode 0600); each start issues a
-/// 90-day server certificate for `localhost`, 127.0.0.1 and the listen address.
-/// Clients pass `ca.pem` to `keyway connect --ca`.
-pub fn local_ca_server_config(
-    data_dir: &Path,
-    listen: std::net::SocketAddr,
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let cfg_err = |e: rcgen::Error| TlsError::Config(format!("local CA: {e}"));
-    let (ca_pem, ca_key_path) = (data_dir.join("ca.pem"), data_dir.join("ca.key"));
-    let ca_params = || {
-        let mut p = CertificateParams::new(Vec::<String>::new())?;
-        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        p.distinguished_name
-            .push(DnType::CommonName, "Keyway local CA");
-        Ok::<_, rcgen::Error>(p)
-    };
-    let ca_key = match std::fs::read_to_string(&ca_key_path) {
-        Ok(pem) => KeyPair::from_pem(&pem).map_err(cfg_err)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = KeyPair::generate().map_err(cfg_err)?;
-            let cert = ca_params()
-                .and_then(|p| p.self_signed(&key))
-                .map_err(cfg_err)?;
-            keyway_store::keys::write_secret_file(&ca_key_path, key.serialize_pem().as_bytes())
-                .map_err(|e| TlsError::Key {
-                    path: ca_key_path.display().to_string(),
+/// The gateway's local CA: created on first start (`<data_dir>/ca.pem`, key in
+/// `ca.key`, mode 0600). It serves the tunnel when no certificate is configured (each
+/// start issues a 90-day server certificate for `localhost`, 127.0.0.1 and the listen
+/// address; clients pass `ca.pem` to `keyway connect --ca`), and it issues agents
+/// their client certificates.
+pub struct LocalCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    der: CertificateDer<'static>,
+}
+
+/// The pin of the local CA in `data_dir` (hex SHA-256 of `ca.pem`'s certificate).
+pub fn local_ca_pin(data_dir: &Path) -> Result<String, TlsError> {
+    let ca = read_certs(&data_dir.join("ca.pem"))?;
+    Ok(hex::encode(Sha256::digest(ca[0].as_ref())))
+}
+
+/// The DNS name in an agent's certificate.
+pub fn agent_dns_name(agent: &str) -> String {
+    format!("{agent}.agents.keyway")
+}
+
+impl LocalCa {
+    pub fn open(data_dir: &Path) -> Result<Arc<Self>, TlsError> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let cfg_err = |e: rcgen::Error| TlsError::Config(format!("local CA: {e}"));
+        let (ca_pem, ca_key_path) = (data_dir.join("ca.pem"), data_dir.join("ca.key"));
+        let ca_params = || {
+            let mut p = CertificateParams::new(Vec::<String>::new())?;
+            p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+            p.distinguished_name
+                .push(DnType::CommonName, "Keyway local CA");
+            Ok::<_, rcgen::Error>(p)
+        };
+        let ca_key = match std::fs::read_to_string(&ca_key_path) {
+            Ok(pem) => KeyPair::from_pem(&pem).map_err(cfg_err)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = KeyPair::generate().map_err(cfg_err)?;
+                let cert = ca_params()
+                    .and_then(|p| p.self_signed(&key))
+                    .map_err(cfg_err)?;
+                keyway_store::keys::write_secret_file(&ca_key_path, key.serialize_pem().as_bytes())
+                    .map_err(|e| TlsError::Key {
+                        path: ca_key_path.display().to_string(),
+                        why: e.to_string(),
+                    })?;
+                std::fs::write(&ca_pem, cert.pem()).map_err(|e| TlsError::Certs {
+                    path: ca_pem.display().to_string(),
                     why: e.to_string(),
                 })?;
-            std::fs::write(&ca_pem, cert.pem()).map_err(|e| TlsError::Certs {
-                path: ca_pem.display().to_string(),
-                why: e.to_string(),
-            })?;
-            tracing::info!(path = %ca_pem.display(), "created the gateway's local CA; give ca.pem to `keyway connect --ca`");
-            key
-        }
-        Err(e) => {
-            return Err(TlsError::Key {
-                path: ca_key_path.display().to_string(),
-                why: e.to_string(),
-            })
-        }
-    };
-    // The same subject and key give the same issuer name and key identifier as the
-    // CA certificate on disk.
-    let issuer = Issuer::new(ca_params().map_err(cfg_err)?, ca_key);
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    if !listen.ip().is_unspecified() && !listen.ip().is_loopback() {
-        names.push(listen.ip().to_string());
+                tracing::info!(path = %ca_pem.display(), "created the gateway's local CA; give ca.pem to `keyway connect --ca`");
+                key
+            }
+            Err(e) => {
+                return Err(TlsError::Key {
+                    path: ca_key_path.display().to_string(),
+                    why: e.to_string(),
+                })
+            }
+        };
+        let der = read_certs(&ca_pem)?.remove(0);
+        // The same subject and key give the same issuer name and key identifier as the
+        // CA certificate on disk.
+        let issuer = Issuer::new(ca_params().map_err(cfg_err)?, ca_key);
+        Ok(Arc::new(Self { issuer, der }))
     }
-    let mut params = CertificateParams::new(names).map_err(cfg_err)?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "Keyway gateway");
-    let now = std::time::SystemTime::now();
-    params.not_before = (now - std::time::Duration::from_secs(3600)).into();
-    params.not_after = (now + std::time::Duration::from_secs(90 * 24 * 3600)).into();
-    let key = KeyPair::generate().map_err(cfg_err)?;
-    let cert = params.signed_by(&key, &issuer).map_err(cfg_err)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let key_der = PrivateKeyDer::try_from(key.serialize_der())
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], key_der)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    config.alpn_protocols = vec![alpn::TUNNEL.to_vec()];
-    Ok(Arc::new(config))
+
+    /// The SHA-256 of the CA certificate, hex: what an enrollment token pins.
+    pub fn pin(&self) -> String {
+        hex::encode(Sha256::digest(self.der.as_ref()))
+    }
+
+    /// The tunnel's TLS: a fresh server certificate (sent with the CA, so an agent
+    /// can check its pin), and client certificates verified against the CA when
+    /// presented (agents present theirs; `keyway connect` presents none).
+    pub fn tunnel_server_config(
+        &self,
+        listen: std::net::SocketAddr,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        use rcgen::{CertificateParams, DnType, KeyPair};
+        let cfg_err = |e: rcgen::Error| TlsError::Config(format!("local CA: {e}"));
+        let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        if !listen.ip().is_unspecified() && !listen.ip().is_loopback() {
+            names.push(listen.ip().to_string());
+        }
+        let mut params = CertificateParams::new(names).map_err(cfg_err)?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Keyway gateway");
+        let now = std::time::SystemTime::now();
+        params.not_before = (now - std::time::Duration::from_secs(3600)).into();
+        params.not_after = (now + std::time::Duration::from_secs(90 * 24 * 3600)).into();
+        let key = KeyPair::generate().map_err(cfg_err)?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(cfg_err)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key_der = PrivateKeyDer::try_from(key.serialize_der())
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(self.der.clone())
+            .map_err(|e| TlsError::Config(format!("local CA: {e}")))?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![cert.der().clone(), self.der.clone()], key_der)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        config.alpn_protocols = vec![alpn::TUNNEL.to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// Signs an agent's certificate request: the agent's name, client use only,
+    /// `lifetime` from now. Only the request's public key is taken from it.
+    pub fn sign_agent(
+        &self,
+        csr_pem: &str,
+        agent: &str,
+        lifetime: std::time::Duration,
+    ) -> Result<String, TlsError> {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyUsagePurpose};
+        let bad = |e: rcgen::Error| TlsError::Config(format!("agent certificate request: {e}"));
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(bad)?;
+        let mut params = CertificateParams::new(vec![agent_dns_name(agent)]).map_err(bad)?;
+        params.distinguished_name.push(DnType::CommonName, agent);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = std::time::SystemTime::now();
+        params.not_before = (now - std::time::Duration::from_secs(300)).into();
+        params.not_after = (now + lifetime).into();
+        csr.params = params;
+        Ok(csr.signed_by(&self.issuer).map_err(bad)?.pem())
+    }
+}
+
+/// Who an agent certificate (already verified against the local CA) names, and when
+/// it was issued (Unix ms).
+pub fn agent_identity(der: &[u8]) -> Option<(String, i64)> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let agent = san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::DNSName(d) => d.strip_suffix(".agents.keyway").map(str::to_owned),
+        _ => None,
+    })?;
+    let issued = cert.validity().not_before.timestamp() * 1000;
+    Some((agent, issued))
 }
 
 /// A TLS client configuration trusting the CA in `ca` (PEM).

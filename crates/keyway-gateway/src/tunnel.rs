@@ -1,15 +1,18 @@
-//! TCP services through the tunnel listener: one TLS connection per client connection
-//! (`keyway connect` opens them), an opening frame naming the service and carrying the
-//! token, every check of the gateway, then bytes both ways with backpressure and
-//! half-close (`copy_bidirectional`) until either side ends, the token is revoked or
-//! it expires.
+//! The tunnel listener. Its connections say what they are for in a first frame
+//! ([`Hello`]): a `keyway connect` stream to a TCP service, or an agent enrolling,
+//! renewing or offering to serve ([`crate::agents`]).
+//!
+//! A TCP service stream: one TLS connection per client connection, the opening frame
+//! names the service and carries the token, every check of the gateway, then bytes
+//! both ways with backpressure and half-close (`copy_bidirectional`) until either side
+//! ends, the token is revoked or it expires.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyway_core::config::ServiceKind;
-use keyway_core::tunnel::{self, FrameError, Open, Reply};
+use keyway_core::tunnel::{self, FrameError, Hello, Open, Reply};
 use keyway_core::{DenyReason, TokenKind};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -46,6 +49,7 @@ async fn reply<W: AsyncWrite + Unpin>(w: &mut W, error: Option<&str>) {
     let r = Reply {
         ok: error.is_none(),
         error: error.map(str::to_owned),
+        cert_pem: None,
     };
     let _ = w.write_all(&tunnel::encode(&r)).await;
     let _ = w.flush().await;
@@ -57,6 +61,7 @@ pub async fn serve(
     gw: Arc<Gateway>,
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    ca: Option<Arc<crate::tls::LocalCa>>,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(crate::MAX_CONNECTIONS));
@@ -78,26 +83,56 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (gw, acceptor) = (gw.clone(), acceptor.clone());
+        let (gw, acceptor, ca) = (gw.clone(), acceptor.clone(), ca.clone());
         tracker.spawn(async move {
-            handle(&gw, stream, peer, acceptor).await;
+            handle(&gw, stream, peer, acceptor, ca.as_deref()).await;
             drop(permit);
         });
     }
     tracker.close();
 }
 
-async fn handle(gw: &Arc<Gateway>, stream: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor) {
+async fn handle(
+    gw: &Arc<Gateway>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    ca: Option<&crate::tls::LocalCa>,
+) {
     let opened = tokio::time::timeout(OPEN_TIMEOUT, async {
         let mut tls = acceptor.accept(stream).await.ok()?;
-        let open: Open = read_frame(&mut tls).await.ok()?;
-        Some((tls, open))
+        let hello: Hello = read_frame(&mut tls).await.ok()?;
+        Some((tls, hello))
     })
     .await;
-    let Ok(Some((mut tls, open))) = opened else {
+    let Ok(Some((mut tls, hello))) = opened else {
         tracing::debug!(%peer, "tunnel stream did not open");
         return;
     };
+    let open = match (hello, ca) {
+        (Hello::Open(open), _) => open,
+        (Hello::Enroll(e), Some(ca)) => return crate::agents::enroll(gw, tls, peer, e, ca).await,
+        (Hello::Renew(r), Some(ca)) => return crate::agents::renew(gw, tls, peer, r, ca).await,
+        (Hello::Agent(h), Some(_)) => return crate::agents::serve(gw, tls, peer, h).await,
+        (_, None) => {
+            reply(
+                &mut tls,
+                Some("agents need the gateway's own CA on the tunnel"),
+            )
+            .await;
+            return;
+        }
+    };
+    open_stream(gw, tls, peer, open).await;
+}
+
+/// A `keyway connect` stream to a TCP service.
+async fn open_stream(
+    gw: &Arc<Gateway>,
+    mut tls: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    open: Open,
+) {
     let source = peer.ip().to_canonical();
     let cert = tls
         .get_ref()
@@ -116,7 +151,7 @@ async fn handle(gw: &Arc<Gateway>, stream: TcpStream, peer: SocketAddr, acceptor
 
     let decided = decide(gw, &open, source, cert.as_deref(), &mut ev);
     drop(open);
-    let (entry, upstream_addr, connect_timeout) = match decided {
+    let (entry, upstream_addr, connect_timeout, via) = match decided {
         Ok(x) => x,
         Err(reason) => {
             ev.decision = Some("deny".into());
@@ -136,18 +171,17 @@ async fn handle(gw: &Arc<Gateway>, stream: TcpStream, peer: SocketAddr, acceptor
         return;
     };
     let upstream =
-        match tokio::time::timeout(connect_timeout, TcpStream::connect(&upstream_addr)).await {
-            Ok(Ok(s)) => s,
-            _ => {
-                tracing::warn!(service = ?ev.service, "tunnel upstream unreachable");
+        match crate::dial_upstream(gw, via.as_deref(), &upstream_addr, connect_timeout).await {
+            Ok(s) => s,
+            Err(why) => {
+                tracing::warn!(service = ?ev.service, why, "tunnel upstream unreachable");
                 ev.decision = Some("allow".into());
-                ev.detail = json!({ "error": "upstream_unreachable" });
+                ev.detail = json!({ "error": "upstream_unreachable", "why": why });
                 reservation.send(ev);
                 reply(&mut tls, Some("upstream unreachable")).await;
                 return;
             }
         };
-    let _ = upstream.set_nodelay(true);
     // Revoked while the upstream connection was being made: no byte goes through.
     if let Err(reason) = entry.check_live(gw.now()) {
         ev.decision = Some("deny".into());
@@ -188,7 +222,7 @@ fn decide(
     source: std::net::IpAddr,
     cert: Option<&str>,
     ev: &mut keyway_store::AuditEvent,
-) -> Result<(Arc<Entry>, String, Duration), DenyReason> {
+) -> Result<(Arc<Entry>, String, Duration, Option<String>), DenyReason> {
     let entry = gw
         .index
         .authenticate(&open.token, &gw.pepper, TokenKind::Access, gw.now())
@@ -216,7 +250,12 @@ fn decide(
         }
     }
     entry.mark_used(gw.now());
-    Ok((entry, tcp.upstream.clone(), tcp.connect_timeout))
+    Ok((
+        entry,
+        tcp.upstream.clone(),
+        tcp.connect_timeout,
+        svc.via.clone(),
+    ))
 }
 
 /// Carries bytes both ways until either side ends, the token is revoked, or it
@@ -224,7 +263,7 @@ fn decide(
 /// client).
 async fn relay<C>(
     mut client: C,
-    mut upstream: TcpStream,
+    mut upstream: Box<dyn crate::Stream>,
     entry: &Entry,
     now: keyway_core::UnixMillis,
 ) -> (&'static str, (u64, u64))
@@ -279,10 +318,10 @@ async fn open_now(
         .connect(name, tcp)
         .await
         .map_err(|e| format!("TLS with the gateway failed: {e}"))?;
-    let frame = tunnel::encode(&Open {
+    let frame = tunnel::encode(&Hello::Open(Open {
         service: service.to_owned(),
         token: token.to_owned(),
-    });
+    }));
     stream
         .write_all(&frame)
         .await

@@ -118,6 +118,10 @@ pub trait Store: Send + Sync + 'static {
     async fn put_secret(&self, name: &str, sealed: &Sealed, at: UnixMillis) -> Result<()>;
     async fn secrets(&self) -> Result<Vec<(String, Sealed)>>;
 
+    /// Refuses the agent's certificates issued before `at` (a later call moves it).
+    async fn revoke_agent(&self, name: &str, at: UnixMillis) -> Result<()>;
+    async fn agent_revocations(&self) -> Result<Vec<(String, UnixMillis)>>;
+
     /// Appends events in one transaction, in order.
     async fn append_audit(&self, events: &[AuditEvent]) -> Result<()>;
     async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<StoredEvent>>;

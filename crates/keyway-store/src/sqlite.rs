@@ -186,6 +186,25 @@ impl Store for SqliteStore {
             .collect())
     }
 
+    async fn revoke_agent(&self, name: &str, at: UnixMillis) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO agent_revocations (name, revoked_at) VALUES (?, ?)
+             ON CONFLICT(name) DO UPDATE SET revoked_at = excluded.revoked_at",
+        )
+        .bind(name)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn agent_revocations(&self) -> Result<Vec<(String, UnixMillis)>> {
+        let rows = sqlx::query("SELECT name, revoked_at FROM agent_revocations ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     async fn append_audit(&self, events: &[AuditEvent]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for e in events {

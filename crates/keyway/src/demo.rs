@@ -80,6 +80,7 @@ upstream_auth = {{ header = "X-Api-Key", secret = "billing-key" }}
         tunnel: None,
         tls: Default::default(),
         services: [("billing".to_owned(), service)].into(),
+        local_ca: None,
     };
     let gw = Arc::new(Gateway::open(config, Arc::new(SystemClock)).await?);
     gw.set_secret("billing-key", &api_key, "demo").await?;

@@ -5,12 +5,14 @@
 //! - `main.rs`: the command line (clap) and dispatch.
 //! - `client.rs`: finding and calling the admin API.
 //! - `connect.rs`: `keyway connect`, a local port for a TCP service behind the gateway.
+//! - `agent.rs`: `keyway agent`: enrolling, running, listing and revoking agents.
 //! - `demo.rs`: `keyway demo`, a gateway with a demo upstream and a token to try.
 //! - `serve.rs`: `keyway gateway`, and the start-up shared with the demo.
 //! - `scan.rs`: `keyway scan`, finding leaked tokens in files and git history.
 
 #![forbid(unsafe_code)]
 
+mod agent;
 mod client;
 mod connect;
 mod demo;
@@ -73,6 +75,10 @@ enum Command {
     /// Store upstream credentials, encrypted (through the admin API).
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Agents: Keyway inside a private network, dialing out to the gateway so the
+    /// network opens no inbound port.
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -265,6 +271,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Scan(args) => scan::run(args).await,
         Command::Connect(args) => connect::run(args).await,
         Command::Secret(cmd) => secret(cmd).await,
+        Command::Agent(cmd) => agent::run(cmd, &cli.log, cli.log_format).await,
     }
 }
 
@@ -536,24 +543,31 @@ fn print_tokens(tokens: &[TokenInfo]) {
             ]
         })
         .collect();
-    let header = [
-        "ID",
-        "KIND",
-        "PRINCIPAL",
-        "SERVICE",
-        "GRANT",
-        "STATE",
-        "EXPIRES",
-        "LAST USED",
-    ]
-    .map(String::from);
+    print_table(
+        [
+            "ID",
+            "KIND",
+            "PRINCIPAL",
+            "SERVICE",
+            "GRANT",
+            "STATE",
+            "EXPIRES",
+            "LAST USED",
+        ],
+        &rows,
+    );
+}
+
+/// Rows under a header, in columns as wide as their widest cell.
+fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let header = header.map(String::from);
     let mut widths = header.clone().map(|h| h.len());
-    for r in &rows {
+    for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
     }
-    for r in std::iter::once(&header).chain(&rows) {
+    for r in std::iter::once(&header).chain(rows) {
         let line: Vec<String> = r
             .iter()
             .zip(widths)

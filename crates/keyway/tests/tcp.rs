@@ -7,20 +7,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// Refuses to run against a server that is not there, saying how to start it.
-fn require(port: u16, what: &str, start: &str) {
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        "{what} is not listening on 127.0.0.1:{port}; start it with: {start} (scripts/test does)"
-    );
-}
 
 /// An echo server on 127.0.0.1:0 that echoes until the client half-closes, then
 /// finishes its side.
@@ -38,34 +30,6 @@ fn echo_server() -> u16 {
         }
     });
     port
-}
-
-/// A running `keyway connect`, and the local port it listens on.
-struct Connect(#[allow(dead_code)] KillOnDrop, u16);
-
-/// `keyway connect SERVICE` with the token in KEYWAY_TOKEN; its local port.
-fn connect(dir: &std::path::Path, service: &str, tunnel: u16, token: &str) -> Connect {
-    let mut child = Command::new(BIN)
-        .args([
-            "connect",
-            service,
-            "--gateway",
-            &format!("127.0.0.1:{tunnel}"),
-            "--ca",
-            "data/ca.pem",
-        ])
-        .env("KEYWAY_TOKEN", token)
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line.trim().rsplit_once(':').unwrap().1.parse().unwrap();
-    Connect(KillOnDrop(child), port)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -223,3 +223,53 @@ fn tcp_services_are_reached_through_the_tunnel() {
     );
     assert!(parse(&bad).unwrap_err().to_string().contains("host:port"));
 }
+
+#[test]
+fn agents_and_their_services_name_each_other() {
+    let base = "tunnel_listen = \"127.0.0.1:7443\"\n\
+                [services.cache]\nprotocol = \"tcp\"\nupstream = \"10.0.0.7:6379\"\n";
+    let c = parse(&format!(
+        "{base}via = \"eu\"\n[agents.eu]\nservices = [\"cache\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.service("cache").unwrap().via.as_deref(), Some("eu"));
+    assert_eq!(c.agents["eu"].services, ["cache"]);
+
+    // A service through an agent that does not exist, or does not list it.
+    let e = parse(&format!("{base}via = \"nowhere\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("services.cache.via") && e.contains("names no agent"),
+        "{e}"
+    );
+    let e = parse(&format!("{base}via = \"eu\"\n[agents.eu]\nservices = []\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("agents.eu.services"), "{e}");
+    // An agent listing a service the gateway would still dial itself.
+    let e = parse(&format!(
+        "{base}[agents.eu]\nservices = [\"cache\", \"ghost\"]\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("via = \\\"eu\\\"") || e.contains("via = \"eu\""),
+        "{e}"
+    );
+    assert!(
+        e.contains("agents.eu.services[1]") && e.contains("names no service"),
+        "{e}"
+    );
+    // Agents need the tunnel, with the gateway's own CA.
+    let e = parse(
+        "tunnel_tls = { cert = \"c.pem\", key = \"k.pem\" }\ntunnel_listen = \"127.0.0.1:7443\"\n[agents.eu]\nservices = []\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("tunnel_tls"), "{e}");
+    let e = parse("[agents.eu]\nservices = []\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tunnel_listen"), "{e}");
+}

@@ -60,8 +60,7 @@ const RELAY_BUFFER: usize = 16 * 1024;
 /// Time to tell a client why its session ends, and to close it.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+use crate::Stream as Io;
 
 /// Keyway's cancel key → the upstream's, and whose session it is.
 struct CancelTarget {
@@ -201,7 +200,7 @@ impl PgProxy {
         &self,
         client: &mut Box<dyn Io>,
         peer: SocketAddr,
-    ) -> Result<(TcpStream, Arc<Entry>, String, Option<CancelKey<'_>>), Refused> {
+    ) -> Result<(Box<dyn Io>, Arc<Entry>, String, Option<CancelKey<'_>>), Refused> {
         let mut is_tls = false;
         let mut cert = None;
         let source = peer.ip().to_canonical();
@@ -387,7 +386,7 @@ impl PgProxy {
         &self,
         role: &str,
         params: &HashMap<String, String>,
-    ) -> Result<TcpStream, Refused> {
+    ) -> Result<Box<dyn Io>, Refused> {
         let pg_role = self
             .pg
             .roles
@@ -400,14 +399,17 @@ impl PgProxy {
                 "Keyway has no credential for this database role yet".into(),
             ));
         };
-        let mut upstream = tokio::time::timeout(
+        let mut upstream = crate::dial_upstream(
+            &self.gw,
+            self.svc.via.as_deref(),
+            &self.pg.upstream,
             self.pg.connect_timeout,
-            TcpStream::connect(&self.pg.upstream),
         )
         .await
-        .map_err(|_| Refused::Client("08006", "the database did not answer".into()))?
-        .map_err(|_| Refused::Client("08006", "the database is unreachable".into()))?;
-        let _ = upstream.set_nodelay(true);
+        .map_err(|why| {
+            tracing::warn!(service = %self.svc.name, why, "database upstream unreachable");
+            Refused::Client("08006", "the database is unreachable".into())
+        })?;
         let mut buf = BytesMut::new();
         let mut startup: Vec<(&str, &str)> =
             vec![("user", &pg_role.user), ("database", &self.pg.database)];
@@ -477,7 +479,7 @@ impl PgProxy {
     /// connection is not encrypted, and whoever answers on its address would read it.
     async fn upstream_login(
         &self,
-        up: &mut TcpStream,
+        up: &mut Box<dyn Io>,
         user: &str,
         password: &[u8],
     ) -> Result<(), Refused> {
@@ -564,12 +566,12 @@ impl PgProxy {
     async fn relay(
         &self,
         client: Box<dyn Io>,
-        upstream: TcpStream,
+        upstream: Box<dyn Io>,
         entry: &Arc<Entry>,
         role: &str,
     ) -> &'static str {
         let (mut client_r, mut client_w) = tokio::io::split(client);
-        let (mut up_r, mut up_w) = upstream.into_split();
+        let (mut up_r, mut up_w) = tokio::io::split(upstream);
         let audit = StatementAudit {
             gw: self.gw.clone(),
             service: self.svc.name.clone(),
@@ -660,9 +662,11 @@ impl PgProxy {
     async fn cancel_upstream(&self, pid: i32, key: i32) {
         let mut buf = BytesMut::new();
         frontend::cancel_request(pid, key, &mut buf);
-        if let Ok(Ok(mut up)) = tokio::time::timeout(
+        if let Ok(mut up) = crate::dial_upstream(
+            &self.gw,
+            self.svc.via.as_deref(),
+            &self.pg.upstream,
             self.pg.connect_timeout,
-            TcpStream::connect(&self.pg.upstream),
         )
         .await
         {

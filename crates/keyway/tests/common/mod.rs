@@ -4,7 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -227,4 +227,40 @@ pub fn ok_stdout(out: Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Refuses to run against a server that is not there, saying how to start it.
+pub fn require(port: u16, what: &str, start: &str) {
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "{what} is not listening on 127.0.0.1:{port}; start it with: {start} (scripts/test does)"
+    );
+}
+
+/// A running `keyway connect`, and the local port it listens on.
+pub struct Connect(pub KillOnDrop, pub u16);
+
+/// `keyway connect SERVICE` with the token in KEYWAY_TOKEN; its local port.
+pub fn connect(dir: &std::path::Path, service: &str, tunnel: u16, token: &str) -> Connect {
+    let mut child = Command::new(BIN)
+        .args([
+            "connect",
+            service,
+            "--gateway",
+            &format!("127.0.0.1:{tunnel}"),
+            "--ca",
+            "data/ca.pem",
+        ])
+        .env("KEYWAY_TOKEN", token)
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().rsplit_once(':').unwrap().1.parse().unwrap();
+    Connect(KillOnDrop(child), port)
 }

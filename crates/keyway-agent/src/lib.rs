@@ -1,0 +1,477 @@
+//! The Keyway agent: it runs inside a private network, dials out to the gateway's
+//! tunnel listener, and carries the connections of the services assigned to it, so
+//! the network opens no inbound port.
+//!
+//! - **Enrollment** (first start): the enrollment token (from `keyway agent enroll`)
+//!   carries the SHA-256 pin of the gateway's CA, so the agent needs no CA file and
+//!   cannot be pointed at an impostor. The agent makes its own key (it never leaves
+//!   the data folder), sends a certificate request with the token, and keeps the
+//!   certificate the gateway signs. Later connections use that certificate (mTLS).
+//! - **Serving**: one TLS connection; the agent says which agent it is, then serves
+//!   HTTP/2 on the connection it dialled: `CONNECT host:port` opens a stream to an
+//!   upstream (refused unless `allow_upstreams` lists it, when that is set),
+//!   `GET /health` answers the gateway's heartbeat.
+//! - **Staying up**: on any loss it reconnects with jittered exponential backoff
+//!   (reset after a stable session), so it survives gateway restarts; it renews its
+//!   certificate when two thirds of its life have passed.
+//!
+//! It does not link the gateway or its store.
+
+#![forbid(unsafe_code)]
+
+use std::convert::Infallible;
+use std::io;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use keyway_core::tunnel::{self, AgentHello, Enroll, Hello, Renew, Reply};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// A session that lasted this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(60);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The gateway's tunnel listener, `host:port`.
+    pub gateway: String,
+    /// Holds the key, the certificate and the gateway's CA (mode 0700).
+    pub data_dir: PathBuf,
+    /// The enrollment token file, needed on the first start only.
+    pub enroll_token_file: Option<PathBuf>,
+    /// The upstreams (`host:port`) the agent will ever dial; empty: any.
+    pub allow_upstreams: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("the gateway refused: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Stops the agent when it turns `true`.
+pub type Shutdown = tokio::sync::watch::Receiver<bool>;
+
+fn setup<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> AgentError + '_ {
+    move |e| AgentError::Setup(format!("{what}: {e}"))
+}
+
+struct Files {
+    key: PathBuf,
+    cert: PathBuf,
+    ca: PathBuf,
+}
+
+impl Files {
+    fn in_dir(dir: &Path) -> Self {
+        Self {
+            key: dir.join("agent.key"),
+            cert: dir.join("agent.pem"),
+            ca: dir.join("gateway-ca.der"),
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` turns true: enrolls if it has no certificate,
+/// then serves, reconnecting as needed. Returns early only for what retrying cannot
+/// fix (no enrollment token, a refused enrollment).
+pub async fn run(opts: Options, mut shutdown: Shutdown) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&opts.data_dir).map_err(setup("creating the data folder"))?;
+    std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(setup("securing the data folder"))?;
+    let files = Files::in_dir(&opts.data_dir);
+    if !files.cert.exists() {
+        let path = opts.enroll_token_file.as_ref().ok_or_else(|| {
+            AgentError::Setup(
+                "not enrolled yet: pass --enroll-token-file (from `keyway agent enroll NAME`)"
+                    .into(),
+            )
+        })?;
+        let text = std::fs::read_to_string(path).map_err(setup("reading the enrollment token"))?;
+        enroll(&opts, &files, text.trim()).await?;
+    }
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if let Err(e) = renew_if_due(&opts, &files).await {
+            tracing::warn!(error = %e, "certificate renewal failed; will retry");
+        }
+        let started = Instant::now();
+        match session(&opts, &files, shutdown.clone()).await {
+            Ok(()) if *shutdown.borrow() => return Ok(()),
+            Ok(()) => tracing::warn!("the gateway closed the tunnel"),
+            Err(e) => tracing::warn!(error = %e, "tunnel session failed"),
+        }
+        if started.elapsed() >= STABLE {
+            backoff = BACKOFF_MIN;
+        }
+        let wait = jitter(backoff);
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tracing::info!(wait_ms = wait.as_millis() as u64, "reconnecting");
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}
+
+/// `d` give or take a quarter.
+fn jitter(d: Duration) -> Duration {
+    let f: f64 = rand::Rng::gen_range(&mut rand::thread_rng(), 0.75..1.25);
+    d.mul_f64(f)
+}
+
+/// The first start: trade the enrollment token (which pins the gateway's CA) for a
+/// certificate of a key made here.
+async fn enroll(opts: &Options, files: &Files, enrollment: &str) -> Result<(), AgentError> {
+    let (token, pin) = enrollment.rsplit_once('.').ok_or_else(|| {
+        AgentError::Setup(
+            "the enrollment token file does not hold `TOKEN.PIN` from `keyway agent enroll`".into(),
+        )
+    })?;
+    let pin: [u8; 32] = hex::decode(pin)
+        .ok()
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(|| {
+            AgentError::Setup("the enrollment token's CA pin is not 64 hex digits".into())
+        })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(setup("TLS"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCa { pin, provider }))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"keyway-tunnel".to_vec()];
+    let mut tls = connect(&opts.gateway, Arc::new(config)).await?;
+    // The CA that matched the pin, kept for every later connection.
+    let ca = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.iter().find(|c| Sha256::digest(c.as_ref())[..] == pin))
+        .cloned()
+        .ok_or_else(|| AgentError::Setup("the gateway sent no CA matching the pin".into()))?;
+    let key = rcgen::KeyPair::generate().map_err(setup("making a key"))?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|p| p.serialize_request(&key))
+        .and_then(|r| r.pem())
+        .map_err(setup("making a certificate request"))?;
+    let hello = Hello::Enroll(Enroll {
+        token: token.to_owned(),
+        csr_pem: csr,
+    });
+    let reply = exchange(&mut tls, &hello).await?;
+    let cert = reply
+        .cert_pem
+        .ok_or_else(|| AgentError::Refused("no certificate".into()))?;
+    write_private(&files.key, key.serialize_pem().as_bytes())?;
+    std::fs::write(&files.ca, ca.as_ref()).map_err(setup("saving the gateway's CA"))?;
+    std::fs::write(&files.cert, cert).map_err(setup("saving the certificate"))?;
+    tracing::info!(agent = ?agent_name(files), "enrolled");
+    Ok(())
+}
+
+/// Sends the first frame, reads the reply; a refusal is an error.
+async fn exchange(tls: &mut TlsStream<TcpStream>, hello: &Hello) -> Result<Reply, AgentError> {
+    tls.write_all(&tunnel::encode(hello))
+        .await
+        .map_err(|e| AgentError::Io(format!("sending to the gateway: {e}")))?;
+    let reply: Reply = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(tls))
+        .await
+        .map_err(|_| AgentError::Io("the gateway did not answer".into()))??;
+    if !reply.ok {
+        return Err(AgentError::Refused(reply.error.unwrap_or_default()));
+    }
+    Ok(reply)
+}
+
+async fn read_frame(tls: &mut TlsStream<TcpStream>) -> Result<Reply, AgentError> {
+    let closed = |_| AgentError::Io("the gateway closed the connection".into());
+    let mut header = [0u8; 4];
+    tls.read_exact(&mut header).await.map_err(closed)?;
+    let n = tunnel::body_len(header).map_err(|e| AgentError::Io(e.to_string()))?;
+    let mut body = vec![0u8; n];
+    tls.read_exact(&mut body).await.map_err(closed)?;
+    tunnel::decode(&body).map_err(|e| AgentError::Io(e.to_string()))
+}
+
+async fn connect(
+    gateway: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<TlsStream<TcpStream>, AgentError> {
+    let host = gateway
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .ok_or_else(|| AgentError::Setup("--gateway is HOST:PORT".into()))?;
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|_| AgentError::Setup(format!("`{host}` is not a valid TLS server name")))?;
+    tokio::time::timeout(CONNECT_TIMEOUT, async {
+        let tcp = TcpStream::connect(gateway)
+            .await
+            .map_err(|e| AgentError::Io(format!("cannot reach the gateway at {gateway}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| AgentError::Io(format!("TLS with the gateway failed: {e}")))
+    })
+    .await
+    .map_err(|_| AgentError::Io(format!("the gateway at {gateway} did not answer in time")))?
+}
+
+/// The TLS configuration of an enrolled agent: the pinned CA, its own certificate.
+fn enrolled_config(files: &Files) -> Result<Arc<rustls::ClientConfig>, AgentError> {
+    let ca = std::fs::read(&files.ca).map_err(setup("reading the gateway's CA"))?;
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(ca))
+        .map_err(setup("the gateway's CA"))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(setup("reading the certificate"))?
+        .collect::<Result<_, _>>()
+        .map_err(setup("reading the certificate"))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(setup("reading the key"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(setup("TLS"))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(setup("the certificate and key"))?;
+    config.alpn_protocols = vec![b"keyway-tunnel".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The agent's name and its certificate's validity (Unix seconds), from the
+/// certificate.
+fn cert_facts(files: &Files) -> Option<(String, i64, i64)> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let der = CertificateDer::from_pem_file(&files.cert).ok()?;
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let name = san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::DNSName(d) => d.strip_suffix(".agents.keyway").map(str::to_owned),
+        _ => None,
+    })?;
+    let v = cert.validity();
+    Some((name, v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+fn agent_name(files: &Files) -> Option<String> {
+    cert_facts(files).map(|f| f.0)
+}
+
+/// Renews the certificate once two thirds of its life have passed.
+async fn renew_if_due(opts: &Options, files: &Files) -> Result<(), AgentError> {
+    let Some((_, from, until)) = cert_facts(files) else {
+        return Err(AgentError::Setup("the certificate cannot be read".into()));
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    if now < from + (until - from) * 2 / 3 {
+        return Ok(());
+    }
+    let mut tls = connect(&opts.gateway, enrolled_config(files)?).await?;
+    let key = rcgen::KeyPair::generate().map_err(setup("making a key"))?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|p| p.serialize_request(&key))
+        .and_then(|r| r.pem())
+        .map_err(setup("making a certificate request"))?;
+    let reply = exchange(&mut tls, &Hello::Renew(Renew { csr_pem: csr })).await?;
+    let cert = reply
+        .cert_pem
+        .ok_or_else(|| AgentError::Refused("no certificate".into()))?;
+    write_private(&files.key, key.serialize_pem().as_bytes())?;
+    std::fs::write(&files.cert, cert).map_err(setup("saving the certificate"))?;
+    tracing::info!("certificate renewed");
+    Ok(())
+}
+
+/// One tunnel session: connect, say who we are, serve HTTP/2 until it ends.
+async fn session(opts: &Options, files: &Files, mut shutdown: Shutdown) -> Result<(), AgentError> {
+    let agent = agent_name(files)
+        .ok_or_else(|| AgentError::Setup("the certificate names no agent".into()))?;
+    let mut tls = connect(&opts.gateway, enrolled_config(files)?).await?;
+    exchange(
+        &mut tls,
+        &Hello::Agent(AgentHello {
+            agent: agent.clone(),
+            version: VERSION.to_owned(),
+        }),
+    )
+    .await?;
+    tracing::info!(agent, gateway = %opts.gateway, "connected; serving");
+    let allow = Arc::new(opts.allow_upstreams.clone());
+    let service = hyper::service::service_fn(move |req| handle(req, allow.clone()));
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(15))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r.map_err(|e| AgentError::Io(e.to_string())),
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            Ok(())
+        }
+    }
+}
+
+fn respond(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r
+}
+
+/// A request from the gateway: a heartbeat, or a stream to an upstream.
+async fn handle(
+    req: Request<Incoming>,
+    allow: Arc<Vec<String>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() == Method::GET && req.uri().path() == "/health" {
+        return Ok(respond(StatusCode::OK, "ok"));
+    }
+    if req.method() != Method::CONNECT {
+        return Ok(respond(StatusCode::NOT_FOUND, ""));
+    }
+    let Some(addr) = req.uri().authority().map(|a| a.as_str().to_owned()) else {
+        return Ok(respond(StatusCode::BAD_REQUEST, ""));
+    };
+    if !allow.is_empty() && !allow.iter().any(|a| a == &addr) {
+        // The agent's side of the audit: a gateway asking for what this agent does
+        // not serve may be a compromised one.
+        tracing::warn!(
+            event = "agent.upstream_refused",
+            upstream = %addr,
+            "refused an upstream that allow_upstreams does not list"
+        );
+        return Ok(respond(StatusCode::FORBIDDEN, ""));
+    }
+    let upstream = match tokio::time::timeout(UPSTREAM_TIMEOUT, TcpStream::connect(&addr)).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            tracing::warn!(upstream = %addr, "upstream unreachable");
+            return Ok(respond(StatusCode::BAD_GATEWAY, ""));
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    tokio::spawn(async move {
+        let mut upstream = upstream;
+        if let Ok(up) = hyper::upgrade::on(req).await {
+            let mut up = TokioIo::new(up);
+            let _ = tokio::io::copy_bidirectional(&mut up, &mut upstream).await;
+        }
+    });
+    Ok(respond(StatusCode::OK, ""))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(setup("writing the key"))?;
+    io::Write::write_all(&mut f, bytes).map_err(setup("writing the key"))?;
+    std::fs::rename(&tmp, path).map_err(setup("writing the key"))
+}
+
+/// Accepts the gateway's certificate only if its chain holds the CA the enrollment
+/// token pins, and the certificate verifies against that CA for the gateway's name.
+#[derive(Debug)]
+struct PinnedCa {
+    pin: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| Sha256::digest(c.as_ref())[..] == self.pin)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the gateway's CA does not match the enrollment token's pin".into(),
+                )
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, &[], server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

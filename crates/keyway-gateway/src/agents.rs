@@ -1,0 +1,521 @@
+//! Agents: Keyway processes inside private networks that dial out to the gateway's
+//! tunnel listener, so those networks open no inbound port.
+//!
+//! - **Enrollment**: `keyway agent enroll NAME` mints a one-use token (1 h). The
+//!   agent sends it with a certificate request for a key it made itself; the gateway
+//!   spends the token and signs a short-lived client certificate with its local CA.
+//!   A replayed token is refused and audited.
+//! - **Serving**: the agent connects with that certificate (mTLS) and says which agent
+//!   it is; the connection then carries HTTP/2 with the gateway as the client. Each
+//!   upstream connection is a `CONNECT host:port` stream (flow-controlled by HTTP/2),
+//!   which the agent may refuse (its `allow_upstreams`).
+//! - **Revocation**: `keyway agent revoke NAME` closes the agent's connections at once
+//!   and refuses its certificates issued before then, across restarts.
+//!
+//! Several connections of one agent share the load (round-robin); a dead one is
+//! skipped, and its in-flight streams fail.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::Empty;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use keyway_core::tunnel::{AgentHello, Enroll, Renew};
+use keyway_core::{TokenKind, UnixMillis};
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::gateway::Gateway;
+use crate::tls::LocalCa;
+
+/// How long an agent's certificate lives; the agent renews it at two thirds.
+pub const AGENT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// How long an enrollment token lives.
+pub const ENROLLMENT_TTL: Duration = Duration::from_secs(3600);
+const HEARTBEAT: Duration = Duration::from_secs(10);
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Missed heartbeats after which a connection is closed.
+const MISSED_HEARTBEATS: u32 = 3;
+
+/// Why an upstream connection through an agent was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("no connection of agent `{0}` is up")]
+    NoAgent(String),
+    #[error("the agent refused this upstream (not in its allow_upstreams)")]
+    Refused,
+    #[error("through agent `{agent}`: {why}")]
+    Failed { agent: String, why: String },
+}
+
+/// The agents' live connections and revocations.
+#[derive(Default)]
+pub struct Registry {
+    conns: Mutex<HashMap<String, Vec<Arc<AgentConn>>>>,
+    /// Agent → certificates issued before this time (Unix ms) are refused.
+    revoked: Mutex<HashMap<String, UnixMillis>>,
+    next: AtomicUsize,
+    ids: AtomicU64,
+}
+
+/// One live connection of an agent.
+struct AgentConn {
+    id: u64,
+    send: SendRequest<Empty<Bytes>>,
+    cancel: CancellationToken,
+    version: String,
+    peer: SocketAddr,
+    connected_at: UnixMillis,
+    last_heartbeat: AtomicI64,
+}
+
+/// What `keyway agent list` shows of an agent.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AgentStatus {
+    pub name: String,
+    /// `connected`, `disconnected` or `revoked`.
+    pub state: String,
+    pub connections: usize,
+    pub version: Option<String>,
+    pub last_heartbeat: Option<String>,
+    pub peers: Vec<String>,
+    pub services: Vec<String>,
+}
+
+// === impl Registry ===
+
+impl Registry {
+    pub fn new(revocations: Vec<(String, UnixMillis)>) -> Self {
+        Self {
+            revoked: Mutex::new(revocations.into_iter().collect()),
+            ..Self::default()
+        }
+    }
+
+    /// Whether a certificate of `agent` issued at `issued_at` is refused.
+    pub fn is_revoked(&self, agent: &str, issued_at: UnixMillis) -> bool {
+        let revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        revoked.get(agent).is_some_and(|&at| issued_at < at)
+    }
+
+    /// Refuses the agent's certificates issued before `at` and closes its
+    /// connections now. Returns how many were closed.
+    pub fn revoke(&self, agent: &str, at: UnixMillis) -> usize {
+        self.revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(agent.to_owned(), at);
+        let conns = self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(agent)
+            .unwrap_or_default();
+        for c in &conns {
+            c.cancel.cancel();
+        }
+        conns.len()
+    }
+
+    fn add(&self, agent: &str, conn: Arc<AgentConn>) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(agent.to_owned())
+            .or_default()
+            .push(conn);
+    }
+
+    fn remove(&self, agent: &str, id: u64) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = conns.get_mut(agent) {
+            list.retain(|c| c.id != id);
+            if list.is_empty() {
+                conns.remove(agent);
+            }
+        }
+    }
+
+    /// A stream to `addr` through one of `agent`'s connections, in turn; a
+    /// connection that fails is skipped for the next.
+    pub async fn dial(
+        &self,
+        agent: &str,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<AgentStream, DialError> {
+        let conns: Vec<Arc<AgentConn>> = self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(agent)
+            .cloned()
+            .unwrap_or_default();
+        if conns.is_empty() {
+            return Err(DialError::NoAgent(agent.to_owned()));
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut why = String::new();
+        for i in 0..conns.len() {
+            let conn = &conns[(start + i) % conns.len()];
+            if conn.cancel.is_cancelled() {
+                continue;
+            }
+            let req = Request::builder()
+                .method(Method::CONNECT)
+                .uri(addr)
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| DialError::Failed {
+                    agent: agent.to_owned(),
+                    why: e.to_string(),
+                })?;
+            let mut send = conn.send.clone();
+            let answered = tokio::time::timeout(timeout, async {
+                send.ready().await?;
+                send.send_request(req).await
+            })
+            .await;
+            match answered {
+                Ok(Ok(resp)) if resp.status() == StatusCode::OK => {
+                    match hyper::upgrade::on(resp).await {
+                        Ok(up) => {
+                            return Ok(AgentStream {
+                                io: TokioIo::new(up),
+                                cut: Box::pin(conn.cancel.clone().cancelled_owned()),
+                            })
+                        }
+                        Err(e) => why = e.to_string(),
+                    }
+                }
+                Ok(Ok(resp)) if resp.status() == StatusCode::FORBIDDEN => {
+                    return Err(DialError::Refused)
+                }
+                Ok(Ok(resp)) => why = format!("the agent answered {}", resp.status()),
+                Ok(Err(e)) => why = e.to_string(),
+                Err(_) => why = "timed out".into(),
+            }
+        }
+        Err(DialError::Failed {
+            agent: agent.to_owned(),
+            why,
+        })
+    }
+
+    /// Every configured agent's state.
+    pub fn status(&self, gw: &Gateway) -> Vec<AgentStatus> {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        gw.config
+            .agents
+            .values()
+            .map(|a| {
+                let live = conns.get(&a.name).cloned().unwrap_or_default();
+                let state = if !live.is_empty() {
+                    "connected"
+                } else if revoked.contains_key(&a.name) {
+                    "revoked"
+                } else {
+                    "disconnected"
+                };
+                let beat = live
+                    .iter()
+                    .map(|c| c.last_heartbeat.load(Ordering::Relaxed))
+                    .max();
+                AgentStatus {
+                    name: a.name.clone(),
+                    state: state.into(),
+                    connections: live.len(),
+                    version: live.first().map(|c| c.version.clone()),
+                    last_heartbeat: beat.map(keyway_core::clock::format_ms),
+                    peers: live.iter().map(|c| c.peer.to_string()).collect(),
+                    services: a.services.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A stream to an upstream through an agent. It fails at once when its agent
+/// connection ends or the agent is revoked: the HTTP/2 stream alone would wait on a
+/// connection nobody drives any more.
+pub struct AgentStream {
+    io: TokioIo<hyper::upgrade::Upgraded>,
+    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl AgentStream {
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.cut.as_mut().poll(cx).is_ready() {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the agent connection ended",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AsyncRead for AgentStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.check(cx)?;
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AgentStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.check(cx)?;
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.check(cx)?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Sends the tunnel's reply frame.
+async fn reply(tls: &mut TlsStream<TcpStream>, error: Option<&str>, cert_pem: Option<String>) {
+    use tokio::io::AsyncWriteExt;
+    let r = keyway_core::tunnel::Reply {
+        ok: error.is_none(),
+        error: error.map(str::to_owned),
+        cert_pem,
+    };
+    let _ = tls.write_all(&keyway_core::tunnel::encode(&r)).await;
+    let _ = tls.flush().await;
+}
+
+/// The agent a connection's client certificate names, and when it was issued.
+fn presented_agent(tls: &TlsStream<TcpStream>) -> Option<(String, UnixMillis)> {
+    let der = tls.get_ref().1.peer_certificates()?.first()?.clone();
+    crate::tls::agent_identity(der.as_ref())
+}
+
+/// An agent trades its one-use enrollment token for a certificate.
+pub async fn enroll(
+    gw: &Arc<Gateway>,
+    mut tls: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    e: Enroll,
+    ca: &LocalCa,
+) {
+    let mut ev = gw.event("agent.enroll");
+    ev.source = Some(peer.ip().to_canonical().to_string());
+    let decided = async {
+        let entry = gw
+            .index
+            .authenticate(&e.token, &gw.pepper, TokenKind::AgentEnrollment, gw.now())
+            .map_err(|r| {
+                ev.token_id = r.token_id.clone();
+                r.reason.as_str()
+            })?;
+        ev.token_id = Some(entry.id().to_owned());
+        // The token names its agent; the agent must still be in the config.
+        let agent = entry.record.principal.clone();
+        ev.principal = Some(agent.clone());
+        if !gw.config.agents.contains_key(&agent) {
+            return Err("unknown_agent");
+        }
+        match gw.use_once(entry.id()).await {
+            Ok(true) => {}
+            Ok(false) => return Err("revoked"),
+            Err(_) => return Err("store_unavailable"),
+        }
+        ca.sign_agent(&e.csr_pem, &agent, AGENT_CERT_LIFETIME)
+            .map_err(|_| "bad_certificate_request")
+    }
+    .await;
+    match decided {
+        Ok(cert) => {
+            ev.decision = Some("allow".into());
+            gw.audit.record_reliably(ev).await;
+            reply(&mut tls, None, Some(cert)).await;
+        }
+        Err(reason) => {
+            // A spent or expired token still names its agent: say which was targeted.
+            if ev.principal.is_none() {
+                ev.principal = ev
+                    .token_id
+                    .as_deref()
+                    .and_then(|id| gw.token(id))
+                    .map(|e| e.record.principal.clone());
+            }
+            ev.decision = Some("deny".into());
+            ev.reason = Some(reason.into());
+            gw.audit.record_reliably(ev).await;
+            tracing::warn!(%peer, reason, "an agent enrollment was refused");
+            reply(&mut tls, Some("enrollment refused"), None).await;
+        }
+    }
+}
+
+/// An enrolled agent renews its certificate before it expires.
+pub async fn renew(
+    gw: &Arc<Gateway>,
+    mut tls: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    r: Renew,
+    ca: &LocalCa,
+) {
+    let mut ev = gw.event("agent.renew");
+    ev.source = Some(peer.ip().to_canonical().to_string());
+    let decided = match presented_agent(&tls) {
+        Some((agent, issued)) if gw.config.agents.contains_key(&agent) => {
+            ev.principal = Some(agent.clone());
+            if gw.agents.is_revoked(&agent, issued) {
+                Err("agent_revoked")
+            } else {
+                ca.sign_agent(&r.csr_pem, &agent, AGENT_CERT_LIFETIME)
+                    .map_err(|_| "bad_certificate_request")
+            }
+        }
+        _ => Err("no_agent_certificate"),
+    };
+    match decided {
+        Ok(cert) => {
+            ev.decision = Some("allow".into());
+            gw.audit.record_reliably(ev).await;
+            reply(&mut tls, None, Some(cert)).await;
+        }
+        Err(reason) => {
+            ev.decision = Some("deny".into());
+            ev.reason = Some(reason.into());
+            gw.audit.record_reliably(ev).await;
+            reply(&mut tls, Some("renewal refused"), None).await;
+        }
+    }
+}
+
+/// An enrolled agent's connection: checked, then HTTP/2 with the gateway as the
+/// client until it closes, stops answering heartbeats, or the agent is revoked.
+pub async fn serve(
+    gw: &Arc<Gateway>,
+    mut tls: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    h: AgentHello,
+) {
+    let mut ev = gw.event("agent.connect");
+    ev.source = Some(peer.ip().to_canonical().to_string());
+    let checked = match presented_agent(&tls) {
+        None => Err("no_agent_certificate"),
+        Some((agent, _)) if agent != h.agent => Err("certificate_for_another_agent"),
+        Some((agent, _)) if !gw.config.agents.contains_key(&agent) => Err("unknown_agent"),
+        Some((agent, issued)) if gw.agents.is_revoked(&agent, issued) => Err("agent_revoked"),
+        Some((agent, _)) => Ok(agent),
+    };
+    ev.principal = Some(h.agent.chars().take(64).collect());
+    let agent = match checked {
+        Ok(a) => a,
+        Err(reason) => {
+            ev.decision = Some("deny".into());
+            ev.reason = Some(reason.into());
+            gw.audit.record_reliably(ev).await;
+            tracing::warn!(%peer, reason, "an agent connection was refused");
+            reply(&mut tls, Some("agent refused"), None).await;
+            return;
+        }
+    };
+    reply(&mut tls, None, None).await;
+    let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(HEARTBEAT)
+        .keep_alive_timeout(HEARTBEAT_TIMEOUT)
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
+        .await;
+    let Ok((send, connection)) = handshake else {
+        return;
+    };
+    let version: String = h.version.chars().take(32).collect();
+    ev.decision = Some("allow".into());
+    ev.detail = json!({ "version": version });
+    gw.audit.record_reliably(ev).await;
+    tracing::info!(agent, %peer, version, "agent connected");
+    let conn = Arc::new(AgentConn {
+        id: gw.agents.ids.fetch_add(1, Ordering::Relaxed),
+        send,
+        cancel: CancellationToken::new(),
+        version,
+        peer,
+        connected_at: gw.now(),
+        last_heartbeat: AtomicI64::new(gw.now()),
+    });
+    gw.agents.add(&agent, conn.clone());
+    let ended = tokio::select! {
+        r = connection => if r.is_ok() { "closed" } else { "error" },
+        () = conn.cancel.cancelled() => "revoked",
+        () = heartbeats(gw, &conn) => "heartbeats_missed",
+    };
+    gw.agents.remove(&agent, conn.id);
+    // Streams through this connection end with it, whatever ended it.
+    conn.cancel.cancel();
+    tracing::info!(agent, %peer, ended, "agent disconnected");
+    let mut ev = gw.event("agent.disconnect");
+    ev.principal = Some(agent);
+    ev.source = Some(peer.ip().to_canonical().to_string());
+    ev.detail = json!({
+        "end": ended,
+        "duration_ms": gw.now().saturating_sub(conn.connected_at),
+    });
+    gw.audit.record(ev);
+}
+
+/// Asks the agent `GET /health` every [`HEARTBEAT`]; returns after
+/// [`MISSED_HEARTBEATS`] in a row go unanswered.
+async fn heartbeats(gw: &Gateway, conn: &AgentConn) {
+    let mut missed = 0;
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Ok(req) = Request::get("/health").body(Empty::<Bytes>::new()) else {
+            return;
+        };
+        let mut send = conn.send.clone();
+        let answered = tokio::time::timeout(HEARTBEAT_TIMEOUT, async {
+            send.ready().await?;
+            send.send_request(req).await
+        })
+        .await;
+        match answered {
+            Ok(Ok(resp)) if resp.status().is_success() => {
+                missed = 0;
+                conn.last_heartbeat.store(gw.now(), Ordering::Relaxed);
+            }
+            _ => {
+                missed += 1;
+                if missed >= MISSED_HEARTBEATS {
+                    return;
+                }
+            }
+        }
+    }
+}

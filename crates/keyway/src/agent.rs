@@ -1,0 +1,148 @@
+//! `keyway agent`: enroll an agent (admin), run one (inside the private network),
+//! list and revoke them (admin).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Result};
+use clap::{Args, Subcommand};
+use keyway_gateway::admin::Enrollment;
+use keyway_gateway::agents::AgentStatus;
+use serde_json::json;
+
+use crate::client::{self, AdminArgs, AdminClient};
+use crate::serve;
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Make a one-use enrollment token for an agent declared in the config (valid
+    /// 1 h). Prints it alone on stdout; it carries the gateway CA's pin, so the agent
+    /// needs no CA file.
+    Enroll {
+        /// The agent's name (`[agents.NAME]` in the config).
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Run an agent: dial the gateway's tunnel, carry the connections of the
+    /// services assigned to this agent. Reconnects on its own; Ctrl-C stops it.
+    Run(RunArgs),
+    /// Each agent's state, version, last heartbeat and services.
+    List {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Disconnect an agent now and refuse its certificates from now on (enroll it
+    /// again to let it back).
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The gateway's tunnel listener, HOST:PORT.
+    #[arg(long, env = "KEYWAY_GATEWAY")]
+    gateway: String,
+    /// The enrollment token (`keyway agent enroll NAME > tok`); needed on the first
+    /// start only.
+    #[arg(long)]
+    enroll_token_file: Option<PathBuf>,
+    /// Where the agent keeps its key, certificate and the gateway's CA.
+    #[arg(long, default_value = "keyway-agent")]
+    data_dir: PathBuf,
+    /// An upstream (HOST:PORT) this agent may dial; repeat for several. When given,
+    /// anything else the gateway asks for is refused and logged.
+    #[arg(long = "allow-upstream", value_name = "HOST:PORT")]
+    allow_upstreams: Vec<String>,
+}
+
+pub async fn run(cmd: AgentCommand, log: &str, format: serve::LogFormat) -> Result<ExitCode> {
+    match cmd {
+        AgentCommand::Enroll { name, admin } => {
+            let client = AdminClient::resolve(&admin)?;
+            let e: Enrollment = client
+                .post(
+                    &format!("/v1/agents/{}/enroll", client::path_segment(&name)),
+                    &json!({}),
+                )
+                .await?;
+            eprintln!(
+                "enrollment token for agent `{name}`, one use, valid until {}",
+                e.expires_at
+            );
+            println!("{}", e.enrollment);
+        }
+        AgentCommand::Run(args) => {
+            serve::init_logging(log, format)?;
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                let _ = stop.send(true);
+            });
+            let opts = keyway_agent::Options {
+                gateway: args.gateway,
+                data_dir: args.data_dir,
+                enroll_token_file: args.enroll_token_file,
+                allow_upstreams: args.allow_upstreams,
+            };
+            keyway_agent::run(opts, stopped)
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+        AgentCommand::List { json, admin } => {
+            let client = AdminClient::resolve(&admin)?;
+            let agents: Vec<AgentStatus> = client.get("/v1/agents").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&agents)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if agents.is_empty() {
+                eprintln!("no agents in the config");
+            }
+            let rows: Vec<[String; 6]> = agents
+                .iter()
+                .map(|a| {
+                    [
+                        a.name.clone(),
+                        a.state.clone(),
+                        a.connections.to_string(),
+                        a.version.clone().unwrap_or_else(|| "-".into()),
+                        a.last_heartbeat.clone().unwrap_or_else(|| "-".into()),
+                        a.services.join(","),
+                    ]
+                })
+                .collect();
+            crate::print_table(
+                [
+                    "AGENT",
+                    "STATE",
+                    "CONNECTIONS",
+                    "VERSION",
+                    "LAST HEARTBEAT",
+                    "SERVICES",
+                ],
+                &rows,
+            );
+        }
+        AgentCommand::Revoke { name, admin } => {
+            let client = AdminClient::resolve(&admin)?;
+            let r: serde_json::Value = client
+                .post(
+                    &format!("/v1/agents/{}/revoke", client::path_segment(&name)),
+                    &json!({}),
+                )
+                .await?;
+            eprintln!(
+                "revoked agent `{name}`: {} connection(s) closed; its certificates are refused from now on",
+                r["connections_closed"]
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,301 @@
+//! Agents, end to end with real processes and real servers: `keyway agent enroll`,
+//! `keyway agent run` dialing out to the gateway's tunnel, and TCP (redis-cli) and
+//! PostgreSQL (psql) services reached only through it; the agent's allow_upstreams
+//! refusing what it does not list; a replayed enrollment refused; the agent surviving
+//! a gateway restart; `keyway agent revoke` cutting a live connection and refusing
+//! the agent after.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn agents(dir: &Path) -> serde_json::Value {
+    let out = keyway(
+        dir,
+        &["agent", "list", "--json", "--config", "keyway.toml"],
+        None,
+    );
+    serde_json::from_str(&ok_stdout(out)).unwrap()
+}
+
+/// Waits until agent `eu` is in `state`; its status then.
+fn wait_for_agent(dir: &Path, state: &str, limit: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let list = agents(dir);
+        let eu = list[0].clone();
+        if eu["state"] == state {
+            return eu;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent never became {state}: {eu}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run_agent(dir: &Path, tunnel: u16, data: &str, allow: &[&str]) -> KillOnDrop {
+    let log = std::fs::File::create(dir.join(format!("{data}.log"))).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["agent", "run", "--gateway", &format!("127.0.0.1:{tunnel}")])
+        .args(["--enroll-token-file", "enroll.tok", "--data-dir", data])
+        .args(["--log", "debug"]);
+    for a in allow {
+        cmd.args(["--allow-upstream", a]);
+    }
+    cmd.current_dir(dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap()
+}
+
+fn redis(port: u16, args: &[&str]) -> Output {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli (apt-get install redis-tools)")
+}
+
+fn audit(dir: &Path, kind: &str) -> String {
+    let out = Command::new("sqlite3")
+        .arg(dir.join("data/keyway.db"))
+        .arg(format!(
+            "select decision, reason, principal, detail from audit_events where kind = '{kind}'"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_through_an_agent_that_dials_out() {
+    require(6379, "Redis", "redis-server --daemonize yes");
+    require(5432, "PostgreSQL", "pg_ctlcluster 15 main start");
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc"])
+        .arg("DO $$ BEGIN CREATE ROLE kw_agent_ro LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (admin_port, tunnel_port, pg_port) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        dir.join("keyway.toml"),
+        format!(
+            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\ntunnel_listen = \"127.0.0.1:{tunnel_port}\"\n\
+             [agents.eu]\nservices = [\"cache\", \"orders-db\", \"blocked\"]\n\
+             [services.cache]\nprotocol = \"tcp\"\nupstream = \"127.0.0.1:6379\"\nvia = \"eu\"\nmax_ttl = \"1h\"\n\
+             [services.blocked]\nprotocol = \"tcp\"\nupstream = \"127.0.0.1:3306\"\nvia = \"eu\"\nmax_ttl = \"1h\"\n\
+             [services.orders-db]\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:{pg_port}\"\nupstream = \"127.0.0.1:5432\"\n\
+             database = \"test\"\nvia = \"eu\"\nmax_ttl = \"1h\"\nroles.readonly = {{ user = \"kw_agent_ro\", secret = \"ro\" }}\n"
+        ),
+    )
+    .unwrap();
+    let mut gateway = start_gateway(dir, admin_port);
+    wait_for_port(tunnel_port);
+    let cfg = ["--config", "keyway.toml"];
+    ok_stdout(keyway(
+        dir,
+        &[&["secret", "set", "ro"][..], &cfg].concat(),
+        Some("agent-ro-password-canary-91"),
+    ));
+    assert_eq!(
+        wait_for_agent(dir, "disconnected", Duration::ZERO)["connections"],
+        0
+    );
+
+    // Enrollment: a one-use token that pins the gateway's CA.
+    let enrollment = ok_stdout(keyway(
+        dir,
+        &[&["agent", "enroll", "eu"][..], &cfg].concat(),
+        None,
+    ));
+    let (enroll_token, pin) = enrollment.rsplit_once('.').unwrap();
+    assert!(enroll_token.starts_with("kwae_"));
+    assert_eq!(pin.len(), 64);
+    std::fs::write(dir.join("enroll.tok"), &enrollment).unwrap();
+    let _agent = run_agent(
+        dir,
+        tunnel_port,
+        "agent1",
+        &["127.0.0.1:6379", "127.0.0.1:5432"],
+    );
+    let eu = wait_for_agent(dir, "connected", Duration::from_secs(15));
+    assert_eq!(eu["version"], env!("CARGO_PKG_VERSION"));
+    assert!(eu["last_heartbeat"].is_string(), "{eu}");
+    let key_mode = std::fs::metadata(dir.join("agent1/agent.key")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key_mode.permissions()) & 0o777,
+        0o600,
+        "the agent's key is its own"
+    );
+
+    // A TCP service through the agent: redis-cli via keyway connect.
+    let token = |service: &str, role: Option<&str>| {
+        let mut args = vec![
+            "token",
+            "issue",
+            "--service",
+            service,
+            "--principal",
+            "dev",
+            "--ttl",
+            "30m",
+        ];
+        if let Some(r) = role {
+            args.extend(["--role", r]);
+        }
+        ok_stdout(keyway(dir, &[&args[..], &cfg].concat(), None))
+    };
+    let cache_token = token("cache", None);
+    let cache = connect(dir, "cache", tunnel_port, &cache_token);
+    let out = redis(cache.1, &["PING"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "PONG",
+        "{out:?}"
+    );
+
+    // PostgreSQL through the agent: the gateway's listener, the agent's dial.
+    let db_token = token("orders-db", Some("readonly"));
+    let out = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={pg_port} user=x dbname=test sslmode=disable"
+        ))
+        .args(["-XAtqc", "select current_user"])
+        .env("PGPASSWORD", &db_token)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "kw_agent_ro",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The agent limits the gateway: an upstream it does not list is refused, and
+    // both sides say so.
+    let blocked = connect(dir, "blocked", tunnel_port, &token("blocked", None));
+    let out = Command::new("mysql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &blocked.1.to_string(),
+            "-u",
+            "root",
+        ])
+        .args(["--connect-timeout=5", "-e", "select 1"])
+        .output()
+        .expect("mysql (apt-get install mariadb-client)");
+    assert!(
+        !out.status.success(),
+        "MariaDB was reached through the agent"
+    );
+    let agent_log = std::fs::read_to_string(dir.join("agent1.log")).unwrap();
+    assert!(agent_log.contains("agent.upstream_refused"), "{agent_log}");
+    assert!(
+        audit(dir, "connection.open").contains("allow_upstreams"),
+        "the gateway's audit names the refusal"
+    );
+
+    // A replayed enrollment token is refused, and audited.
+    let replay = Command::new(BIN)
+        .args([
+            "agent",
+            "run",
+            "--gateway",
+            &format!("127.0.0.1:{tunnel_port}"),
+        ])
+        .args(["--enroll-token-file", "enroll.tok", "--data-dir", "agent2"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!replay.status.success());
+    assert!(
+        String::from_utf8_lossy(&replay.stderr).contains("enrollment refused"),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert!(!dir.join("agent2/agent.pem").exists());
+
+    // The agent survives a gateway restart.
+    assert!(interrupt(&mut gateway).success());
+    let mut gateway = start_gateway(dir, admin_port);
+    wait_for_agent(dir, "connected", Duration::from_secs(15));
+    let out = redis(cache.1, &["PING"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "PONG",
+        "{out:?}"
+    );
+
+    // Revoking the agent cuts its live connections at once and refuses it after.
+    let mut idle = Command::new("redis-cli")
+        .args(["-p", &cache.1.to_string(), "BLPOP", "kw-agent-queue", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(idle.try_wait().unwrap().is_none(), "BLPOP should wait");
+    ok_stdout(keyway(
+        dir,
+        &[&["agent", "revoke", "eu"][..], &cfg].concat(),
+        None,
+    ));
+    let revoked = Instant::now();
+    while idle.try_wait().unwrap().is_none() {
+        assert!(
+            revoked.elapsed() < Duration::from_secs(2),
+            "the live connection outlived the agent's revocation"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!(
+        "the idle redis-cli ended {:?} after the revoke command returned",
+        revoked.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        wait_for_agent(dir, "revoked", Duration::ZERO)["connections"],
+        0
+    );
+    let out = redis(cache.1, &["PING"]);
+    assert_ne!(String::from_utf8_lossy(&out.stdout).trim(), "PONG");
+    let refusals = audit(dir, "agent.connect");
+    assert!(refusals.contains("deny|agent_revoked|eu"), "{refusals}");
+    let enrollments = audit(dir, "agent.enroll");
+    assert!(enrollments.contains("allow||eu"), "{enrollments}");
+    assert!(enrollments.contains("deny|revoked|eu"), "{enrollments}");
+
+    assert!(interrupt(&mut gateway).success());
+    for secret in [
+        secret_part(&cache_token),
+        secret_part(&db_token),
+        secret_part(enroll_token),
+        "agent-ro-password-canary-91",
+    ] {
+        let hits = files_containing(dir, secret);
+        let hits: Vec<_> = hits.iter().filter(|p| !p.ends_with("enroll.tok")).collect();
+        assert!(hits.is_empty(), "a secret was written to {hits:?}");
+    }
+}
