@@ -284,16 +284,23 @@ fn agent_name(files: &Files) -> Option<String> {
     cert_facts(files).map(|f| f.0)
 }
 
-/// Renews the certificate once two thirds of its life have passed.
-async fn renew_if_due(opts: &Options, files: &Files) -> Result<(), AgentError> {
-    let Some((_, from, until)) = cert_facts(files) else {
-        return Err(AgentError::Setup("the certificate cannot be read".into()));
-    };
+/// How long until the certificate is due for renewal (two thirds of its life).
+fn renewal_due_in(files: &Files) -> Option<Duration> {
+    let (_, from, until) = cert_facts(files)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default();
-    if now < from + (until - from) * 2 / 3 {
+    let due = from + (until - from) * 2 / 3;
+    Some(Duration::from_secs(due.saturating_sub(now).max(0) as u64))
+}
+
+/// Renews the certificate once two thirds of its life have passed.
+async fn renew_if_due(opts: &Options, files: &Files) -> Result<(), AgentError> {
+    let Some(due_in) = renewal_due_in(files) else {
+        return Err(AgentError::Setup("the certificate cannot be read".into()));
+    };
+    if !due_in.is_zero() {
         return Ok(());
     }
     let mut tls = connect(&opts.gateway, enrolled_config(files)?).await?;
@@ -334,12 +341,26 @@ async fn session(opts: &Options, files: &Files, mut shutdown: Shutdown) -> Resul
         .keep_alive_timeout(Duration::from_secs(20))
         .serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => r.map_err(|e| AgentError::Io(e.to_string())),
-        _ = shutdown.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-            Ok(())
+    loop {
+        // Renewal runs beside the session, on its own connection; the new certificate
+        // serves the next session.
+        let due_in = renewal_due_in(files).unwrap_or(Duration::from_secs(3600));
+        tokio::select! {
+            r = conn.as_mut() => return r.map_err(|e| AgentError::Io(e.to_string())),
+            _ = shutdown.changed() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                return Ok(());
+            }
+            () = tokio::time::sleep(due_in) => {
+                if let Err(e) = renew_if_due(opts, files).await {
+                    tracing::warn!(error = %e, "certificate renewal failed; will retry");
+                    tokio::select! {
+                        r = conn.as_mut() => return r.map_err(|e| AgentError::Io(e.to_string())),
+                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                }
+            }
         }
     }
 }
@@ -382,6 +403,7 @@ async fn handle(
         }
     };
     let _ = upstream.set_nodelay(true);
+    tracing::debug!(upstream = %addr, "stream opened");
     tokio::spawn(async move {
         let mut upstream = upstream;
         if let Ok(up) = hyper::upgrade::on(req).await {

@@ -37,6 +37,7 @@ pub struct RawConfig {
     pub tunnel_listen: Option<String>,
     pub tunnel_tls: Option<RawTls>,
     pub credential_max_age: Option<String>,
+    pub agent_cert_ttl: Option<String>,
     pub revoke_tokens_in_urls: Option<bool>,
     pub pepper_file: Option<PathBuf>,
     pub master_key_file: Option<PathBuf>,
@@ -134,6 +135,8 @@ pub struct Config {
     pub tunnel_tls: Option<TlsConfig>,
     /// No client credential is accepted longer than this after its issue.
     pub credential_max_age: Duration,
+    /// How long an agent's certificate lives; agents renew it at two thirds.
+    pub agent_cert_ttl: Duration,
     /// Revoke a token that arrives in a URL (it is in access logs now). A request
     /// with one is refused either way.
     pub revoke_tokens_in_urls: bool,
@@ -363,6 +366,15 @@ impl RawConfig {
             self.credential_max_age.as_deref(),
             DEFAULT_CREDENTIAL_MAX_AGE,
         );
+        let agent_cert_ttl = p.duration_or(
+            "agent_cert_ttl",
+            self.agent_cert_ttl.as_deref(),
+            Duration::from_secs(24 * 3600),
+        );
+        if !(Duration::from_secs(5)..=Duration::from_secs(30 * 24 * 3600)).contains(&agent_cert_ttl)
+        {
+            p.push("agent_cert_ttl", "must be between 5s and 30d");
+        }
         let pepper_file = rel(self
             .pepper_file
             .unwrap_or_else(|| data_dir.join("pepper.key")));
@@ -474,12 +486,6 @@ impl RawConfig {
                 ),
                 Some(_) => {}
             }
-            if matches!(svc.kind, ServiceKind::Http(_)) {
-                p.push(
-                    &key,
-                    "http services through an agent are not supported by this version yet; tcp and postgres are",
-                );
-            }
         }
         if !agents.is_empty() {
             if tunnel_listen.is_none() {
@@ -506,6 +512,7 @@ impl RawConfig {
             tunnel_listen,
             tunnel_tls,
             credential_max_age,
+            agent_cert_ttl,
             revoke_tokens_in_urls: self.revoke_tokens_in_urls.unwrap_or(true),
             pepper_file,
             master_key_file,

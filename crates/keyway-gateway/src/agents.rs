@@ -41,8 +41,6 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::gateway::Gateway;
 use crate::tls::LocalCa;
 
-/// How long an agent's certificate lives; the agent renews it at two thirds.
-pub const AGENT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// How long an enrollment token lives.
 pub const ENROLLMENT_TTL: Duration = Duration::from_secs(3600);
 const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -302,6 +300,85 @@ impl AsyncWrite for AgentStream {
     }
 }
 
+/// The HTTP client's connector for a service behind an agent: each new upstream
+/// connection of the pool is a stream through the agent.
+#[derive(Clone)]
+pub struct AgentConnector {
+    pub gw: Arc<Gateway>,
+    pub agent: String,
+    pub timeout: Duration,
+}
+
+/// An upstream connection through an agent, as hyper's client pool holds it.
+pub struct AgentConnection(TokioIo<AgentStream>);
+
+impl tower_service::Service<http::Uri> for AgentConnector {
+    type Response = AgentConnection;
+    type Error = DialError;
+    type Future = Pin<Box<dyn Future<Output = Result<AgentConnection, DialError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), DialError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let host = dst
+                .host()
+                .unwrap_or_default()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let port = dst.port_u16().unwrap_or(80);
+            let addr = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            let stream = this
+                .gw
+                .agents
+                .dial(&this.agent, &addr, this.timeout)
+                .await?;
+            Ok(AgentConnection(TokioIo::new(stream)))
+        })
+    }
+}
+
+impl hyper_util::client::legacy::connect::Connection for AgentConnection {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
+    }
+}
+
+impl hyper::rt::Read for AgentConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for AgentConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
 /// Sends the tunnel's reply frame.
 async fn reply(tls: &mut TlsStream<TcpStream>, error: Option<&str>, cert_pem: Option<String>) {
     use tokio::io::AsyncWriteExt;
@@ -350,7 +427,7 @@ pub async fn enroll(
             Ok(false) => return Err("revoked"),
             Err(_) => return Err("store_unavailable"),
         }
-        ca.sign_agent(&e.csr_pem, &agent, AGENT_CERT_LIFETIME)
+        ca.sign_agent(&e.csr_pem, &agent, gw.config.agent_cert_ttl)
             .map_err(|_| "bad_certificate_request")
     }
     .await;
@@ -394,7 +471,7 @@ pub async fn renew(
             if gw.agents.is_revoked(&agent, issued) {
                 Err("agent_revoked")
             } else {
-                ca.sign_agent(&r.csr_pem, &agent, AGENT_CERT_LIFETIME)
+                ca.sign_agent(&r.csr_pem, &agent, gw.config.agent_cert_ttl)
                     .map_err(|_| "bad_certificate_request")
             }
         }

@@ -1,9 +1,10 @@
 //! Agents, end to end with real processes and real servers: `keyway agent enroll`,
-//! `keyway agent run` dialing out to the gateway's tunnel, and TCP (redis-cli) and
-//! PostgreSQL (psql) services reached only through it; the agent's allow_upstreams
+//! `keyway agent run` dialing out to the gateway's tunnel, and HTTP (curl), TCP
+//! (redis-cli) and PostgreSQL (psql) services reached only through it; the agent's allow_upstreams
 //! refusing what it does not list; a replayed enrollment refused; the agent surviving
-//! a gateway restart; `keyway agent revoke` cutting a live connection and refusing
-//! the agent after.
+//! a gateway restart; two instances sharing the load, one dying; the certificate
+//! renewed over the tunnel; `keyway agent revoke` cutting a live connection and
+//! refusing the agent after.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -41,11 +42,11 @@ fn wait_for_agent(dir: &Path, state: &str, limit: Duration) -> serde_json::Value
     }
 }
 
-fn run_agent(dir: &Path, tunnel: u16, data: &str, allow: &[&str]) -> KillOnDrop {
+fn run_agent(dir: &Path, tunnel: u16, data: &str, token_file: &str, allow: &[&str]) -> KillOnDrop {
     let log = std::fs::File::create(dir.join(format!("{data}.log"))).unwrap();
     let mut cmd = Command::new(BIN);
     cmd.args(["agent", "run", "--gateway", &format!("127.0.0.1:{tunnel}")])
-        .args(["--enroll-token-file", "enroll.tok", "--data-dir", data])
+        .args(["--enroll-token-file", token_file, "--data-dir", data])
         .args(["--log", "debug"]);
     for a in allow {
         cmd.args(["--allow-upstream", a]);
@@ -94,12 +95,16 @@ async fn services_through_an_agent_that_dials_out() {
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let (admin_port, tunnel_port, pg_port) = (free_port(), free_port(), free_port());
+    let (admin_port, tunnel_port, pg_port, http_port) =
+        (free_port(), free_port(), free_port(), free_port());
+    let (api, seen) = upstream().await;
     std::fs::write(
         dir.join("keyway.toml"),
         format!(
             "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\ntunnel_listen = \"127.0.0.1:{tunnel_port}\"\n\
-             [agents.eu]\nservices = [\"cache\", \"orders-db\", \"blocked\"]\n\
+             agent_cert_ttl = \"12s\"\n\
+             [agents.eu]\nservices = [\"cache\", \"orders-db\", \"blocked\", \"billing\"]\n\
+             [services.billing]\nprotocol = \"http\"\nlisten = \"127.0.0.1:{http_port}\"\nupstream = \"http://{api}\"\nvia = \"eu\"\nmax_ttl = \"1h\"\n\
              [services.cache]\nprotocol = \"tcp\"\nupstream = \"127.0.0.1:6379\"\nvia = \"eu\"\nmax_ttl = \"1h\"\n\
              [services.blocked]\nprotocol = \"tcp\"\nupstream = \"127.0.0.1:3306\"\nvia = \"eu\"\nmax_ttl = \"1h\"\n\
              [services.orders-db]\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:{pg_port}\"\nupstream = \"127.0.0.1:5432\"\n\
@@ -130,11 +135,13 @@ async fn services_through_an_agent_that_dials_out() {
     assert!(enroll_token.starts_with("kwae_"));
     assert_eq!(pin.len(), 64);
     std::fs::write(dir.join("enroll.tok"), &enrollment).unwrap();
+    let api_addr = api.to_string();
     let _agent = run_agent(
         dir,
         tunnel_port,
         "agent1",
-        &["127.0.0.1:6379", "127.0.0.1:5432"],
+        "enroll.tok",
+        &["127.0.0.1:6379", "127.0.0.1:5432", &api_addr],
     );
     let eu = wait_for_agent(dir, "connected", Duration::from_secs(15));
     assert_eq!(eu["version"], env!("CARGO_PKG_VERSION"));
@@ -163,6 +170,17 @@ async fn services_through_an_agent_that_dials_out() {
         }
         ok_stdout(keyway(dir, &[&args[..], &cfg].concat(), None))
     };
+    // An HTTP service through the agent: the gateway's pool dials through it.
+    let billing_token = token("billing", None);
+    let url = format!("http://127.0.0.1:{http_port}/invoices/7");
+    assert_eq!(curl(&url, Some(&billing_token), "GET"), 200);
+    assert_eq!(curl(&url, None, "GET"), 401);
+    assert!(seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.starts_with("GET /invoices/7")));
+
     let cache_token = token("cache", None);
     let cache = connect(dir, "cache", tunnel_port, &cache_token);
     let out = redis(cache.1, &["PING"]);
@@ -247,6 +265,111 @@ async fn services_through_an_agent_that_dials_out() {
         "{out:?}"
     );
 
+    // A second instance of the agent shares the load: consecutive streams alternate.
+    let second = ok_stdout(keyway(
+        dir,
+        &[&["agent", "enroll", "eu"][..], &cfg].concat(),
+        None,
+    ));
+    std::fs::write(dir.join("enroll2.tok"), &second).unwrap();
+    let mut agent3 = run_agent(
+        dir,
+        tunnel_port,
+        "agent3",
+        "enroll2.tok",
+        &["127.0.0.1:6379"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while wait_for_agent(dir, "connected", Duration::ZERO)["connections"] != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the second instance never connected"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let blpop = |queue: &str| {
+        Command::new("redis-cli")
+            .args(["-p", &cache.1.to_string(), "BLPOP", queue, "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(KillOnDrop)
+            .unwrap()
+    };
+    let mut waiting = [blpop("kw-agent-q1"), blpop("kw-agent-q2")];
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(waiting.iter_mut().all(|w| w.try_wait().unwrap().is_none()));
+    let log3 = std::fs::read_to_string(dir.join("agent3.log")).unwrap();
+    assert!(
+        log3.contains("stream opened"),
+        "the second instance carried nothing"
+    );
+    // One instance dies: the stream through it fails, the other keeps waiting, and
+    // new streams go to the instance left.
+    agent3.kill().unwrap();
+    let died = Instant::now();
+    loop {
+        let ended = waiting
+            .iter_mut()
+            .map(|w| w.try_wait().unwrap().is_some())
+            .filter(|&done| done)
+            .count();
+        if ended == 1 {
+            break;
+        }
+        assert!(
+            ended == 0 && died.elapsed() < Duration::from_secs(5),
+            "{ended} streams ended"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "the stream through the dead instance failed after {:?}",
+        died.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while wait_for_agent(dir, "connected", Duration::ZERO)["connections"] != 1 {
+        assert!(Instant::now() < deadline, "the dead instance stayed listed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for _ in 0..3 {
+        let out = redis(cache.1, &["PING"]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "PONG",
+            "{out:?}"
+        );
+    }
+    drop(waiting);
+
+    // Monitoring sees it too.
+    let admin_token = std::fs::read_to_string(dir.join("data/admin.token")).unwrap();
+    let metrics = Command::new("curl")
+        .args([
+            "-sf",
+            "-H",
+            &format!("Authorization: Bearer {}", admin_token.trim()),
+        ])
+        .arg(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.contains("keyway_agent_connections{agent=\"eu\"} 1"),
+        "{metrics}"
+    );
+
+    // The certificate (12 s here) is renewed over the tunnel at two thirds of its life.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(dir.join("agent1.log"))
+        .unwrap()
+        .contains("certificate renewed")
+    {
+        assert!(Instant::now() < deadline, "the certificate was not renewed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(audit(dir, "agent.renew").contains("allow||eu"));
+
     // Revoking the agent cuts its live connections at once and refuses it after.
     let mut idle = Command::new("redis-cli")
         .args(["-p", &cache.1.to_string(), "BLPOP", "kw-agent-queue", "0"])
@@ -289,6 +412,7 @@ async fn services_through_an_agent_that_dials_out() {
 
     assert!(interrupt(&mut gateway).success());
     for secret in [
+        secret_part(&billing_token),
         secret_part(&cache_token),
         secret_part(&db_token),
         secret_part(enroll_token),

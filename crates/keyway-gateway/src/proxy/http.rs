@@ -54,8 +54,23 @@ pub struct HttpProxy {
     gw: Arc<Gateway>,
     svc: Service,
     http: HttpService,
-    client: Client<HttpConnector, Incoming>,
+    client: Upstream,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
+}
+
+/// The pooled keep-alive client to the upstream: direct, or through an agent.
+enum Upstream {
+    Direct(Client<HttpConnector, Incoming>),
+    Agent(Client<crate::agents::AgentConnector, Incoming>),
+}
+
+impl Upstream {
+    fn request(&self, req: http::Request<Incoming>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            Upstream::Direct(c) => c.request(req),
+            Upstream::Agent(c) => c.request(req),
+        }
+    }
 }
 
 /// A response body that ends with an error when its token is revoked or expires.
@@ -83,16 +98,26 @@ impl HttpProxy {
         let ServiceKind::Http(http) = svc.kind.clone() else {
             return None;
         };
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(http.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+            .pool_max_idle_per_host(256);
+        let client = match &svc.via {
+            Some(agent) => Upstream::Agent(builder.build(crate::agents::AgentConnector {
+                gw: gw.clone(),
+                agent: agent.clone(),
+                timeout: http.connect_timeout,
+            })),
+            None => {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(http.connect_timeout));
+                connector.set_nodelay(true);
+                connector.set_keepalive(Some(Duration::from_secs(60)));
+                Upstream::Direct(builder.build(connector))
+            }
+        };
         let limiter = svc.rate_limit.map(|r| {
             let count = r.count.get().min(1_000_000);
             let period = r.per / count;
