@@ -5,11 +5,12 @@
 //! - **Enrollment** (first start): the enrollment token (from `keyway agent enroll`)
 //!   carries the SHA-256 pin of the gateway's CA, so the agent needs no CA file and
 //!   cannot be pointed at an impostor. The agent makes its own key (it never leaves
-//!   the data folder), sends a certificate request with the token, and keeps the
-//!   certificate the gateway signs. Later connections use that certificate (mTLS).
+//!   `agent.pem`, mode 0600), sends a certificate request with the token, and keeps
+//!   the certificate the gateway signs beside the key. Later connections use it (mTLS).
 //! - **Serving**: one TLS connection; the agent says which agent it is, then serves
 //!   HTTP/2 on the connection it dialled: `CONNECT host:port` opens a stream to an
-//!   upstream (refused unless `allow_upstreams` lists it, when that is set),
+//!   upstream (refused unless `allow_upstreams` lists it; an empty list needs an
+//!   explicit `allow_any_upstream`),
 //!   `GET /health` answers the gateway's heartbeat.
 //! - **Staying up**: on any loss it reconnects with jittered exponential backoff
 //!   (reset after a stable session), so it survives gateway restarts; it renews its
@@ -42,6 +43,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The name in the tunnel certificate agents verify (the gateway's `AGENT_SERVER_NAME`).
+const GATEWAY_NAME: &str = "gateway.keyway";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
 /// A session that lasted this long resets the backoff.
@@ -58,8 +61,10 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// The enrollment token file, needed on the first start only.
     pub enroll_token_file: Option<PathBuf>,
-    /// The upstreams (`host:port`) the agent will ever dial; empty: any.
+    /// The upstreams (`host:port`) the agent will ever dial.
     pub allow_upstreams: Vec<String>,
+    /// Dial whatever the gateway asks (only when `allow_upstreams` is empty).
+    pub allow_any_upstream: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,19 +84,25 @@ fn setup<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> AgentError + '_ {
     move |e| AgentError::Setup(format!("{what}: {e}"))
 }
 
+/// The agent's files. Its certificate and key share one file (mode 0600), replaced
+/// in one rename, so they always match.
+#[derive(Clone)]
 struct Files {
-    key: PathBuf,
-    cert: PathBuf,
+    identity: PathBuf,
     ca: PathBuf,
 }
 
 impl Files {
     fn in_dir(dir: &Path) -> Self {
         Self {
-            key: dir.join("agent.key"),
-            cert: dir.join("agent.pem"),
+            identity: dir.join("agent.pem"),
             ca: dir.join("gateway-ca.der"),
         }
+    }
+
+    fn save_identity(&self, cert_pem: &str, key: &rcgen::KeyPair) -> Result<(), AgentError> {
+        let both = format!("{cert_pem}\n{}", key.serialize_pem());
+        write_private(&self.identity, both.as_bytes())
     }
 }
 
@@ -99,11 +110,20 @@ impl Files {
 /// then serves, reconnecting as needed. Returns early only for what retrying cannot
 /// fix (no enrollment token, a refused enrollment).
 pub async fn run(opts: Options, mut shutdown: Shutdown) -> Result<(), AgentError> {
-    std::fs::create_dir_all(&opts.data_dir).map_err(setup("creating the data folder"))?;
-    std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(setup("securing the data folder"))?;
+    if opts.allow_upstreams.is_empty() && !opts.allow_any_upstream {
+        return Err(AgentError::Setup(
+            "name the upstreams this agent may dial (--allow-upstream HOST:PORT, repeated), \
+             or pass --allow-any-upstream to trust the gateway with every address it can reach"
+                .into(),
+        ));
+    }
+    if !opts.data_dir.exists() {
+        std::fs::create_dir_all(&opts.data_dir).map_err(setup("creating the data folder"))?;
+        std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(setup("securing the data folder"))?;
+    }
     let files = Files::in_dir(&opts.data_dir);
-    if !files.cert.exists() {
+    if !files.identity.exists() {
         let path = opts.enroll_token_file.as_ref().ok_or_else(|| {
             AgentError::Setup(
                 "not enrolled yet: pass --enroll-token-file (from `keyway agent enroll NAME`)"
@@ -187,10 +207,9 @@ async fn enroll(opts: &Options, files: &Files, enrollment: &str) -> Result<(), A
     let cert = reply
         .cert_pem
         .ok_or_else(|| AgentError::Refused("no certificate".into()))?;
-    write_private(&files.key, key.serialize_pem().as_bytes())?;
     std::fs::write(&files.ca, ca.as_ref()).map_err(setup("saving the gateway's CA"))?;
-    std::fs::write(&files.cert, cert).map_err(setup("saving the certificate"))?;
-    tracing::info!(agent = ?agent_name(files), "enrolled");
+    files.save_identity(&cert, &key)?;
+    tracing::info!(agent = agent_name(files).unwrap_or_default(), "enrolled");
     Ok(())
 }
 
@@ -222,12 +241,12 @@ async fn connect(
     gateway: &str,
     config: Arc<rustls::ClientConfig>,
 ) -> Result<TlsStream<TcpStream>, AgentError> {
-    let host = gateway
-        .rsplit_once(':')
-        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-        .ok_or_else(|| AgentError::Setup("--gateway is HOST:PORT".into()))?;
-    let name = ServerName::try_from(host.to_owned())
-        .map_err(|_| AgentError::Setup(format!("`{host}` is not a valid TLS server name")))?;
+    if !gateway.contains(':') {
+        return Err(AgentError::Setup("--gateway is HOST:PORT".into()));
+    }
+    // The CA is pinned, so the gateway's certificate is checked for one fixed name,
+    // whatever address (DNS name, NAT, 0.0.0.0 bind) the agent dials.
+    let name = ServerName::try_from(GATEWAY_NAME).map_err(setup("the gateway's name"))?;
     tokio::time::timeout(CONNECT_TIMEOUT, async {
         let tcp = TcpStream::connect(gateway)
             .await
@@ -249,11 +268,11 @@ fn enrolled_config(files: &Files) -> Result<Arc<rustls::ClientConfig>, AgentErro
     roots
         .add(CertificateDer::from(ca))
         .map_err(setup("the gateway's CA"))?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.identity)
         .map_err(setup("reading the certificate"))?
         .collect::<Result<_, _>>()
         .map_err(setup("reading the certificate"))?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(setup("reading the key"))?;
+    let key = PrivateKeyDer::from_pem_file(&files.identity).map_err(setup("reading the key"))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -269,7 +288,7 @@ fn enrolled_config(files: &Files) -> Result<Arc<rustls::ClientConfig>, AgentErro
 /// certificate.
 fn cert_facts(files: &Files) -> Option<(String, i64, i64)> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-    let der = CertificateDer::from_pem_file(&files.cert).ok()?;
+    let der = CertificateDer::from_pem_file(&files.identity).ok()?;
     let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
     let san = cert.subject_alternative_name().ok()??;
     let name = san.value.general_names.iter().find_map(|n| match n {
@@ -313,8 +332,7 @@ async fn renew_if_due(opts: &Options, files: &Files) -> Result<(), AgentError> {
     let cert = reply
         .cert_pem
         .ok_or_else(|| AgentError::Refused("no certificate".into()))?;
-    write_private(&files.key, key.serialize_pem().as_bytes())?;
-    std::fs::write(&files.cert, cert).map_err(setup("saving the certificate"))?;
+    files.save_identity(&cert, &key)?;
     tracing::info!("certificate renewed");
     Ok(())
 }
@@ -342,9 +360,16 @@ async fn session(opts: &Options, files: &Files, mut shutdown: Shutdown) -> Resul
         .serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
     loop {
-        // Renewal runs beside the session, on its own connection; the new certificate
-        // serves the next session.
-        let due_in = renewal_due_in(files).unwrap_or(Duration::from_secs(3600));
+        // Renewal runs beside the session (both polled here), on its own connection;
+        // the new certificate serves the next session.
+        let renewal = async {
+            let due_in = renewal_due_in(files).unwrap_or(Duration::from_secs(3600));
+            tokio::time::sleep(due_in).await;
+            if let Err(e) = renew_if_due(opts, files).await {
+                tracing::warn!(error = %e, "certificate renewal failed; will retry");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        };
         tokio::select! {
             r = conn.as_mut() => return r.map_err(|e| AgentError::Io(e.to_string())),
             _ = shutdown.changed() => {
@@ -352,15 +377,7 @@ async fn session(opts: &Options, files: &Files, mut shutdown: Shutdown) -> Resul
                 let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
                 return Ok(());
             }
-            () = tokio::time::sleep(due_in) => {
-                if let Err(e) = renew_if_due(opts, files).await {
-                    tracing::warn!(error = %e, "certificate renewal failed; will retry");
-                    tokio::select! {
-                        r = conn.as_mut() => return r.map_err(|e| AgentError::Io(e.to_string())),
-                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    }
-                }
-            }
+            () = renewal => {}
         }
     }
 }
@@ -385,6 +402,7 @@ async fn handle(
     let Some(addr) = req.uri().authority().map(|a| a.as_str().to_owned()) else {
         return Ok(respond(StatusCode::BAD_REQUEST, ""));
     };
+    // `allow` empty only with --allow-any-upstream.
     if !allow.is_empty() && !allow.iter().any(|a| a == &addr) {
         // The agent's side of the audit: a gateway asking for what this agent does
         // not serve may be a compromised one.

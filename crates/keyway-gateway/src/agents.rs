@@ -20,7 +20,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -47,6 +47,8 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Missed heartbeats after which a connection is closed.
 const MISSED_HEARTBEATS: u32 = 3;
+/// Live connections one agent may hold (instances × reconnects in flight).
+const MAX_CONNECTIONS_PER_AGENT: usize = 16;
 
 /// Why an upstream connection through an agent was not made.
 #[derive(Debug, thiserror::Error)]
@@ -62,12 +64,14 @@ pub enum DialError {
 /// The agents' live connections and revocations.
 #[derive(Default)]
 pub struct Registry {
-    conns: Mutex<HashMap<String, Vec<Arc<AgentConn>>>>,
+    conns: Mutex<HashMap<String, Live>>,
     /// Agent → certificates issued before this time (Unix ms) are refused.
     revoked: Mutex<HashMap<String, UnixMillis>>,
-    next: AtomicUsize,
     ids: AtomicU64,
 }
+
+/// An agent's live connections, and its round-robin counter.
+type Live = (Vec<Arc<AgentConn>>, usize);
 
 /// One live connection of an agent.
 struct AgentConn {
@@ -121,25 +125,40 @@ impl Registry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(agent)
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .0;
         for c in &conns {
             c.cancel.cancel();
         }
         conns.len()
     }
 
-    fn add(&self, agent: &str, conn: Arc<AgentConn>) {
-        self.conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(agent.to_owned())
-            .or_default()
-            .push(conn);
+    /// Registers a connection of `agent` whose certificate was issued at `issued`,
+    /// unless the agent was revoked meanwhile or holds its maximum already: the check
+    /// and the registration are one step, so a revocation cannot fall between them.
+    fn add(
+        &self,
+        agent: &str,
+        issued: UnixMillis,
+        conn: Arc<AgentConn>,
+    ) -> Result<(), &'static str> {
+        // Lock order: conns, then revoked (as in `status`).
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        if revoked.get(agent).is_some_and(|&at| issued < at) {
+            return Err("agent_revoked");
+        }
+        let (list, _) = conns.entry(agent.to_owned()).or_default();
+        if list.len() >= MAX_CONNECTIONS_PER_AGENT {
+            return Err("too_many_connections");
+        }
+        list.push(conn);
+        Ok(())
     }
 
     fn remove(&self, agent: &str, id: u64) {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(list) = conns.get_mut(agent) {
+        if let Some((list, _)) = conns.get_mut(agent) {
             list.retain(|c| c.id != id);
             if list.is_empty() {
                 conns.remove(agent);
@@ -148,68 +167,71 @@ impl Registry {
     }
 
     /// A stream to `addr` through one of `agent`'s connections, in turn; a
-    /// connection that fails is skipped for the next.
+    /// connection that fails or refuses is skipped for the next, all within
+    /// `timeout`. `Refused` only when every connection refused.
     pub async fn dial(
         &self,
         agent: &str,
         addr: &str,
         timeout: Duration,
     ) -> Result<AgentStream, DialError> {
-        let conns: Vec<Arc<AgentConn>> = self
-            .conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(agent)
-            .cloned()
-            .unwrap_or_default();
-        if conns.is_empty() {
-            return Err(DialError::NoAgent(agent.to_owned()));
-        }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut why = String::new();
-        for i in 0..conns.len() {
-            let conn = &conns[(start + i) % conns.len()];
-            if conn.cancel.is_cancelled() {
-                continue;
-            }
-            let req = Request::builder()
-                .method(Method::CONNECT)
-                .uri(addr)
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| DialError::Failed {
-                    agent: agent.to_owned(),
-                    why: e.to_string(),
-                })?;
-            let mut send = conn.send.clone();
-            let answered = tokio::time::timeout(timeout, async {
-                send.ready().await?;
-                send.send_request(req).await
-            })
-            .await;
-            match answered {
-                Ok(Ok(resp)) if resp.status() == StatusCode::OK => {
-                    match hyper::upgrade::on(resp).await {
-                        Ok(up) => {
-                            return Ok(AgentStream {
-                                io: TokioIo::new(up),
-                                cut: Box::pin(conn.cancel.clone().cancelled_owned()),
-                            })
-                        }
-                        Err(e) => why = e.to_string(),
-                    }
+        let (conns, start) = {
+            let mut map = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+            match map.get_mut(agent) {
+                Some((list, next)) if !list.is_empty() => {
+                    *next = next.wrapping_add(1);
+                    (list.clone(), *next)
                 }
-                Ok(Ok(resp)) if resp.status() == StatusCode::FORBIDDEN => {
-                    return Err(DialError::Refused)
-                }
-                Ok(Ok(resp)) => why = format!("the agent answered {}", resp.status()),
-                Ok(Err(e)) => why = e.to_string(),
-                Err(_) => why = "timed out".into(),
+                _ => return Err(DialError::NoAgent(agent.to_owned())),
             }
-        }
-        Err(DialError::Failed {
+        };
+        let failed = |why: String| DialError::Failed {
             agent: agent.to_owned(),
             why,
-        })
+        };
+        let attempts = async {
+            let (mut why, mut refusals) = (String::new(), 0);
+            for i in 0..conns.len() {
+                let conn = &conns[(start + i) % conns.len()];
+                if conn.cancel.is_cancelled() {
+                    continue;
+                }
+                let req = Request::builder()
+                    .method(Method::CONNECT)
+                    .uri(addr)
+                    .body(Empty::<Bytes>::new())
+                    .map_err(|e| failed(e.to_string()))?;
+                let mut send = conn.send.clone();
+                let answered = async {
+                    send.ready().await?;
+                    send.send_request(req).await
+                }
+                .await;
+                match answered {
+                    Ok(resp) if resp.status() == StatusCode::OK => {
+                        match hyper::upgrade::on(resp).await {
+                            Ok(up) => {
+                                return Ok(AgentStream {
+                                    io: TokioIo::new(up),
+                                    cut: Box::pin(conn.cancel.clone().cancelled_owned()),
+                                })
+                            }
+                            Err(e) => why = e.to_string(),
+                        }
+                    }
+                    Ok(resp) if resp.status() == StatusCode::FORBIDDEN => refusals += 1,
+                    Ok(resp) => why = format!("the agent answered {}", resp.status()),
+                    Err(e) => why = e.to_string(),
+                }
+            }
+            if refusals > 0 && refusals == conns.len() {
+                return Err(DialError::Refused);
+            }
+            Err(failed(why))
+        };
+        tokio::time::timeout(timeout, attempts)
+            .await
+            .unwrap_or_else(|_| Err(failed("timed out".into())))
     }
 
     /// Every configured agent's state.
@@ -220,7 +242,7 @@ impl Registry {
             .agents
             .values()
             .map(|a| {
-                let live = conns.get(&a.name).cloned().unwrap_or_default();
+                let live = conns.get(&a.name).map(|c| c.0.clone()).unwrap_or_default();
                 let state = if !live.is_empty() {
                     "connected"
                 } else if revoked.contains_key(&a.name) {
@@ -379,6 +401,14 @@ impl hyper::rt::Write for AgentConnection {
     }
 }
 
+/// Peer-chosen text for logs and the audit: printable ASCII, capped.
+fn printable(s: &str, max: usize) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(max)
+        .collect()
+}
+
 /// Sends the tunnel's reply frame.
 async fn reply(tls: &mut TlsStream<TcpStream>, error: Option<&str>, cert_pem: Option<String>) {
     use tokio::io::AsyncWriteExt;
@@ -422,13 +452,18 @@ pub async fn enroll(
         if !gw.config.agents.contains_key(&agent) {
             return Err("unknown_agent");
         }
-        match gw.use_once(entry.id()).await {
-            Ok(true) => {}
-            Ok(false) => return Err("revoked"),
-            Err(_) => return Err("store_unavailable"),
+        if gw.agents.is_revoked(&agent, entry.record.created_at) {
+            return Err("agent_revoked");
         }
-        ca.sign_agent(&e.csr_pem, &agent, gw.config.agent_cert_ttl)
-            .map_err(|_| "bad_certificate_request")
+        // A malformed request does not spend the token.
+        let cert = ca
+            .sign_agent(&e.csr_pem, &agent, gw.now(), gw.config.agent_cert_ttl)
+            .map_err(|_| "bad_certificate_request")?;
+        match gw.use_once(entry.id()).await {
+            Ok(true) => Ok(cert),
+            Ok(false) => Err("revoked"),
+            Err(_) => Err("store_unavailable"),
+        }
     }
     .await;
     match decided {
@@ -448,7 +483,8 @@ pub async fn enroll(
             }
             ev.decision = Some("deny".into());
             ev.reason = Some(reason.into());
-            gw.audit.record_reliably(ev).await;
+            // Bounded like every denial: unauthenticated peers cannot fill the queue.
+            gw.audit.record(ev);
             tracing::warn!(%peer, reason, "an agent enrollment was refused");
             reply(&mut tls, Some("enrollment refused"), None).await;
         }
@@ -471,7 +507,7 @@ pub async fn renew(
             if gw.agents.is_revoked(&agent, issued) {
                 Err("agent_revoked")
             } else {
-                ca.sign_agent(&r.csr_pem, &agent, gw.config.agent_cert_ttl)
+                ca.sign_agent(&r.csr_pem, &agent, gw.now(), gw.config.agent_cert_ttl)
                     .map_err(|_| "bad_certificate_request")
             }
         }
@@ -486,7 +522,7 @@ pub async fn renew(
         Err(reason) => {
             ev.decision = Some("deny".into());
             ev.reason = Some(reason.into());
-            gw.audit.record_reliably(ev).await;
+            gw.audit.record(ev);
             reply(&mut tls, Some("renewal refused"), None).await;
         }
     }
@@ -507,15 +543,15 @@ pub async fn serve(
         Some((agent, _)) if agent != h.agent => Err("certificate_for_another_agent"),
         Some((agent, _)) if !gw.config.agents.contains_key(&agent) => Err("unknown_agent"),
         Some((agent, issued)) if gw.agents.is_revoked(&agent, issued) => Err("agent_revoked"),
-        Some((agent, _)) => Ok(agent),
+        Some((agent, issued)) => Ok((agent, issued)),
     };
-    ev.principal = Some(h.agent.chars().take(64).collect());
-    let agent = match checked {
+    ev.principal = Some(printable(&h.agent, 64));
+    let (agent, issued) = match checked {
         Ok(a) => a,
         Err(reason) => {
             ev.decision = Some("deny".into());
             ev.reason = Some(reason.into());
-            gw.audit.record_reliably(ev).await;
+            gw.audit.record(ev);
             tracing::warn!(%peer, reason, "an agent connection was refused");
             reply(&mut tls, Some("agent refused"), None).await;
             return;
@@ -531,7 +567,7 @@ pub async fn serve(
     let Ok((send, connection)) = handshake else {
         return;
     };
-    let version: String = h.version.chars().take(32).collect();
+    let version = printable(&h.version, 32);
     ev.decision = Some("allow".into());
     ev.detail = json!({ "version": version });
     gw.audit.record_reliably(ev).await;
@@ -545,7 +581,15 @@ pub async fn serve(
         connected_at: gw.now(),
         last_heartbeat: AtomicI64::new(gw.now()),
     });
-    gw.agents.add(&agent, conn.clone());
+    if let Err(reason) = gw.agents.add(&agent, issued, conn.clone()) {
+        let mut ev = gw.event("agent.connect");
+        ev.principal = Some(agent);
+        ev.source = Some(peer.ip().to_canonical().to_string());
+        ev.decision = Some("deny".into());
+        ev.reason = Some(reason.into());
+        gw.audit.record(ev);
+        return;
+    }
     let ended = tokio::select! {
         r = connection => if r.is_ok() { "closed" } else { "error" },
         () = conn.cancel.cancelled() => "revoked",

@@ -725,7 +725,7 @@ impl Gateway {
     /// when it was already spent (a replay, or a race lost).
     pub async fn use_once(&self, id: &str) -> Result<bool, StoreError> {
         let now = self.now();
-        if !self.revoke_in_memory(id, now).iter().any(|r| r == id) {
+        if !self.index.revoke_first(id, now) {
             return Ok(false);
         }
         self.persist_revocation(id, now, "gateway", Some("used"))
@@ -740,6 +740,21 @@ impl Gateway {
         let now = self.now();
         let closed = self.agents.revoke(agent, now);
         self.store.revoke_agent(agent, now).await?;
+        // Unspent enrollment tokens would bring it back: they die too.
+        let pending: Vec<String> = self
+            .index
+            .entries()
+            .into_iter()
+            .filter(|e| {
+                e.record.kind == TokenKind::AgentEnrollment
+                    && e.record.principal == agent
+                    && !e.revoked()
+            })
+            .map(|e| e.id().to_owned())
+            .collect();
+        for id in pending {
+            self.revoke(&id, by, Some("agent_revoked")).await?;
+        }
         let mut ev = self.event("agent.revoked");
         ev.principal = Some(agent.to_owned());
         ev.detail = serde_json::json!({ "by": by, "connections_closed": closed });

@@ -113,10 +113,13 @@ impl Entry {
         self.last_used.fetch_max(now, Ordering::Relaxed);
     }
 
-    fn revoke(&self, at: UnixMillis) {
+    /// Revokes; `true` for the one call that did it (a one-use token is spent by
+    /// exactly one caller, however many race).
+    fn revoke(&self, at: UnixMillis) -> bool {
         self.revoked_at.fetch_min(at, Ordering::AcqRel);
-        self.revoked.store(true, Ordering::Release);
+        let first = !self.revoked.swap(true, Ordering::AcqRel);
         self.cancel.cancel();
+        first
     }
 }
 
@@ -148,6 +151,11 @@ impl TokenIndex {
         let entry = self.get(id)?;
         entry.revoke(at);
         Some(entry)
+    }
+
+    /// Revokes `id` if this call is the first to: `true` then.
+    pub fn revoke_first(&self, id: &str, at: UnixMillis) -> bool {
+        self.get(id).is_some_and(|e| e.revoke(at))
     }
 
     /// Identifies a presented token: shape, checksum, known id, matching secret (in

@@ -123,6 +123,9 @@ pub fn local_ca_pin(data_dir: &Path) -> Result<String, TlsError> {
     Ok(hex::encode(Sha256::digest(ca[0].as_ref())))
 }
 
+/// The name agents verify the tunnel's certificate as.
+pub const AGENT_SERVER_NAME: &str = "gateway.keyway";
+
 /// The DNS name in an agent's certificate.
 pub fn agent_dns_name(agent: &str) -> String {
     format!("{agent}.agents.keyway")
@@ -187,7 +190,13 @@ impl LocalCa {
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         use rcgen::{CertificateParams, DnType, KeyPair};
         let cfg_err = |e: rcgen::Error| TlsError::Config(format!("local CA: {e}"));
-        let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        // `gateway.keyway`: the name agents verify, whatever address they dial (their
+        // CA is pinned, so a fixed name is enough).
+        let mut names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            AGENT_SERVER_NAME.to_owned(),
+        ];
         if !listen.ip().is_unspecified() && !listen.ip().is_loopback() {
             names.push(listen.ip().to_string());
         }
@@ -195,6 +204,7 @@ impl LocalCa {
         params
             .distinguished_name
             .push(DnType::CommonName, "Keyway gateway");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let now = std::time::SystemTime::now();
         params.not_before = (now - std::time::Duration::from_secs(3600)).into();
         params.not_after = (now + std::time::Duration::from_secs(90 * 24 * 3600)).into();
@@ -228,6 +238,7 @@ impl LocalCa {
         &self,
         csr_pem: &str,
         agent: &str,
+        now: keyway_core::UnixMillis,
         lifetime: std::time::Duration,
     ) -> Result<String, TlsError> {
         use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyUsagePurpose};
@@ -237,8 +248,10 @@ impl LocalCa {
         params.distinguished_name.push(DnType::CommonName, agent);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let now = std::time::SystemTime::now();
-        params.not_before = (now - std::time::Duration::from_secs(300)).into();
+        // Not back-dated: the issue time is what revocation compares with (on the
+        // gateway's clock, the one revocations are stamped with).
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now.max(0) as u64);
+        params.not_before = now.into();
         params.not_after = (now + lifetime).into();
         csr.params = params;
         Ok(csr.signed_by(&self.issuer).map_err(bad)?.pem())

@@ -56,10 +56,18 @@ pub struct RunArgs {
     /// Where the agent keeps its key, certificate and the gateway's CA.
     #[arg(long, default_value = "keyway-agent")]
     data_dir: PathBuf,
-    /// An upstream (HOST:PORT) this agent may dial; repeat for several. When given,
-    /// anything else the gateway asks for is refused and logged.
-    #[arg(long = "allow-upstream", value_name = "HOST:PORT")]
+    /// An upstream (HOST:PORT) this agent may dial; repeat for several. Anything
+    /// else the gateway asks for is refused and logged, so a compromised gateway
+    /// cannot pivot through the agent.
+    #[arg(
+        long = "allow-upstream",
+        value_name = "HOST:PORT",
+        required_unless_present = "allow_any_upstream"
+    )]
     allow_upstreams: Vec<String>,
+    /// Dial whatever address the gateway asks for (instead of --allow-upstream).
+    #[arg(long, conflicts_with = "allow_upstreams")]
+    allow_any_upstream: bool,
 }
 
 pub async fn run(cmd: AgentCommand, log: &str, format: serve::LogFormat) -> Result<ExitCode> {
@@ -90,6 +98,7 @@ pub async fn run(cmd: AgentCommand, log: &str, format: serve::LogFormat) -> Resu
                 data_dir: args.data_dir,
                 enroll_token_file: args.enroll_token_file,
                 allow_upstreams: args.allow_upstreams,
+                allow_any_upstream: args.allow_any_upstream,
             };
             keyway_agent::run(opts, stopped)
                 .await

@@ -59,6 +59,27 @@ fn run_agent(dir: &Path, tunnel: u16, data: &str, token_file: &str, allow: &[&st
         .unwrap()
 }
 
+/// `keyway agent run` that must stop at enrollment: its output.
+fn enroll_once(dir: &Path, tunnel: u16, token_file: &str, data: &str) -> Output {
+    Command::new(BIN)
+        .args(["agent", "run", "--gateway", &format!("127.0.0.1:{tunnel}")])
+        .args(["--enroll-token-file", token_file, "--data-dir", data])
+        .args(["--allow-upstream", "127.0.0.1:6379"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn assert_pong(port: u16) {
+    let out = redis(port, &["PING"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "PONG",
+        "{out:?}"
+    );
+}
+
 fn redis(port: u16, args: &[&str]) -> Output {
     Command::new("redis-cli")
         .args(["-p", &port.to_string()])
@@ -146,7 +167,7 @@ async fn services_through_an_agent_that_dials_out() {
     let eu = wait_for_agent(dir, "connected", Duration::from_secs(15));
     assert_eq!(eu["version"], env!("CARGO_PKG_VERSION"));
     assert!(eu["last_heartbeat"].is_string(), "{eu}");
-    let key_mode = std::fs::metadata(dir.join("agent1/agent.key")).unwrap();
+    let key_mode = std::fs::metadata(dir.join("agent1/agent.pem")).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&key_mode.permissions()) & 0o777,
         0o600,
@@ -183,12 +204,7 @@ async fn services_through_an_agent_that_dials_out() {
 
     let cache_token = token("cache", None);
     let cache = connect(dir, "cache", tunnel_port, &cache_token);
-    let out = redis(cache.1, &["PING"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "PONG",
-        "{out:?}"
-    );
+    assert_pong(cache.1);
 
     // PostgreSQL through the agent: the gateway's listener, the agent's dial.
     let db_token = token("orders-db", Some("readonly"));
@@ -234,18 +250,7 @@ async fn services_through_an_agent_that_dials_out() {
     );
 
     // A replayed enrollment token is refused, and audited.
-    let replay = Command::new(BIN)
-        .args([
-            "agent",
-            "run",
-            "--gateway",
-            &format!("127.0.0.1:{tunnel_port}"),
-        ])
-        .args(["--enroll-token-file", "enroll.tok", "--data-dir", "agent2"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let replay = enroll_once(dir, tunnel_port, "enroll.tok", "agent2");
     assert!(!replay.status.success());
     assert!(
         String::from_utf8_lossy(&replay.stderr).contains("enrollment refused"),
@@ -253,17 +258,27 @@ async fn services_through_an_agent_that_dials_out() {
         String::from_utf8_lossy(&replay.stderr)
     );
     assert!(!dir.join("agent2/agent.pem").exists());
+    // An agent must say what it may dial.
+    let unbounded = Command::new(BIN)
+        .args([
+            "agent",
+            "run",
+            "--gateway",
+            "127.0.0.1:1",
+            "--data-dir",
+            "agent2",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(!unbounded.status.success());
+    assert!(String::from_utf8_lossy(&unbounded.stderr).contains("--allow-upstream"));
 
     // The agent survives a gateway restart.
     assert!(interrupt(&mut gateway).success());
     let mut gateway = start_gateway(dir, admin_port);
     wait_for_agent(dir, "connected", Duration::from_secs(15));
-    let out = redis(cache.1, &["PING"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "PONG",
-        "{out:?}"
-    );
+    assert_pong(cache.1);
 
     // A second instance of the agent shares the load: consecutive streams alternate.
     let second = ok_stdout(keyway(
@@ -333,12 +348,7 @@ async fn services_through_an_agent_that_dials_out() {
         std::thread::sleep(Duration::from_millis(100));
     }
     for _ in 0..3 {
-        let out = redis(cache.1, &["PING"]);
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "PONG",
-            "{out:?}"
-        );
+        assert_pong(cache.1);
     }
     drop(waiting);
 
@@ -370,7 +380,14 @@ async fn services_through_an_agent_that_dials_out() {
     }
     assert!(audit(dir, "agent.renew").contains("allow||eu"));
 
-    // Revoking the agent cuts its live connections at once and refuses it after.
+    // Revoking the agent cuts its live connections at once and refuses it after;
+    // an enrollment token made before the revocation dies with it.
+    let stale = ok_stdout(keyway(
+        dir,
+        &[&["agent", "enroll", "eu"][..], &cfg].concat(),
+        None,
+    ));
+    std::fs::write(dir.join("stale.tok"), &stale).unwrap();
     let mut idle = Command::new("redis-cli")
         .args(["-p", &cache.1.to_string(), "BLPOP", "kw-agent-queue", "0"])
         .stdout(Stdio::piped())
@@ -409,6 +426,23 @@ async fn services_through_an_agent_that_dials_out() {
     let enrollments = audit(dir, "agent.enroll");
     assert!(enrollments.contains("allow||eu"), "{enrollments}");
     assert!(enrollments.contains("deny|revoked|eu"), "{enrollments}");
+    let late = enroll_once(dir, tunnel_port, "stale.tok", "agent4");
+    assert!(
+        String::from_utf8_lossy(&late.stderr).contains("enrollment refused"),
+        "a token from before the revocation enrolled the agent again"
+    );
+
+    // Enrolling again (after the revocation's second) lets it back.
+    std::thread::sleep(Duration::from_millis(1100));
+    let fresh = ok_stdout(keyway(
+        dir,
+        &[&["agent", "enroll", "eu"][..], &cfg].concat(),
+        None,
+    ));
+    std::fs::write(dir.join("fresh.tok"), &fresh).unwrap();
+    let _back = run_agent(dir, tunnel_port, "agent5", "fresh.tok", &["127.0.0.1:6379"]);
+    wait_for_agent(dir, "connected", Duration::from_secs(15));
+    assert_pong(cache.1);
 
     assert!(interrupt(&mut gateway).success());
     for secret in [

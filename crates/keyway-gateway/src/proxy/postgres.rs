@@ -517,6 +517,14 @@ impl PgProxy {
                 3 => return Err(fail(
                     "the database asks for a cleartext password; configure md5 or scram-sha-256",
                 )),
+                // Through an agent, the upstream's answer passes a machine Keyway does
+                // not fully trust; an md5 response to a salt it chose could be cracked
+                // offline. SCRAM proves both sides without that.
+                5 if self.svc.via.is_some() => {
+                    return Err(fail(
+                        "md5 through an agent; use scram-sha-256 for this role",
+                    ))
+                }
                 5 if body.len() >= 8 => {
                     let salt = [body[4], body[5], body[6], body[7]];
                     let hash = postgres_protocol::authentication::md5_hash(
