@@ -355,6 +355,9 @@ async fn session(opts: &Options, files: &Files, mut shutdown: Shutdown) -> Resul
     let service = hyper::service::service_fn(move |req| handle(req, allow.clone()));
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
+        // Each proxied connection is a stream; the default of 200 would stall the
+        // gateway's requests (heartbeats included) behind a burst of them.
+        .max_concurrent_streams(10_000)
         .keep_alive_interval(Duration::from_secs(15))
         .keep_alive_timeout(Duration::from_secs(20))
         .serve_connection(TokioIo::new(tls), service);

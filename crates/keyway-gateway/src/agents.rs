@@ -562,6 +562,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .keep_alive_interval(HEARTBEAT)
         .keep_alive_timeout(HEARTBEAT_TIMEOUT)
+        .keep_alive_while_idle(true)
         .handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
         .await;
     let Ok((send, connection)) = handshake else {
