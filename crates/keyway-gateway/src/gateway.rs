@@ -232,6 +232,8 @@ impl Gateway {
             }
         }
 
+        // The audit chain's key: from the pepper, so it lives outside the database.
+        store.set_audit_key(audit_chain_key(&pepper)).await?;
         let index = TokenIndex::load(store.tokens().await?);
         let agents = crate::agents::Registry::new(store.agent_revocations().await?);
         let mut secrets = HashMap::new();
@@ -1133,4 +1135,10 @@ fn log_key(what: &str, path: &std::path::Path, src: KeySource) {
             tracing::info!(path = %path.display(), "{what} created (keep it; back it up apart from the database)")
         }
     }
+}
+
+/// The key of the audit log's hash chain, derived from the pepper (outside the
+/// database): whoever can edit the store cannot re-link an edited chain.
+pub fn audit_chain_key(pepper: &Pepper) -> keyway_store::ChainKey {
+    pepper.hash(b"keyway audit chain key v1").0
 }

@@ -8,9 +8,11 @@
 //! - [`keys`]: the pepper and the master key: files (mode 0600) or environment,
 //!   always outside the database, checked against fingerprints kept in it.
 //! - [`seal`]: encryption at rest of upstream credentials (XChaCha20-Poly1305).
+//! - [`chain`]: the audit log's keyed hash chain, and its verification.
 
 #![forbid(unsafe_code)]
 
+pub mod chain;
 pub mod keys;
 pub mod seal;
 pub mod sqlite;
@@ -19,6 +21,7 @@ use async_trait::async_trait;
 use keyway_core::grant::CredentialScope;
 use keyway_core::{Grant, TokenHash, TokenKind, UnixMillis};
 
+pub use chain::{ChainKey, Verdict};
 pub use seal::{Sealed, Sealer};
 pub use sqlite::SqliteStore;
 
@@ -122,7 +125,12 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_agent(&self, name: &str, at: UnixMillis) -> Result<()>;
     async fn agent_revocations(&self) -> Result<Vec<(String, UnixMillis)>>;
 
-    /// Appends events in one transaction, in order.
+    /// Chains audit events from now on under `key` (kept outside the store).
+    async fn set_audit_key(&self, key: ChainKey) -> Result<()>;
+    /// Appends events in one transaction, in order, each linked to the one before.
     async fn append_audit(&self, events: &[AuditEvent]) -> Result<()>;
+    /// Walks the whole chain: intact, or the first event that was altered, deleted
+    /// or reordered.
+    async fn verify_audit(&self, key: &ChainKey) -> Result<Verdict>;
     async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<StoredEvent>>;
 }

@@ -19,6 +19,24 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The chain key and the newest event's hash, once the gateway set the key.
+    chain: std::sync::Arc<std::sync::Mutex<Option<Chain>>>,
+}
+
+/// The chain key and head. `Debug` leaves the key out.
+#[derive(Clone, Copy)]
+struct Chain {
+    key: crate::ChainKey,
+    head: [u8; 32],
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain")
+            .field("key", &"***")
+            .field("head", &hex::encode(self.head))
+            .finish()
+    }
 }
 
 const TOKEN_COLUMNS: &str =
@@ -53,7 +71,10 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            chain: Default::default(),
+        })
     }
 
     pub async fn close(&self) {
@@ -205,12 +226,38 @@ impl Store for SqliteStore {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    async fn set_audit_key(&self, key: crate::ChainKey) -> Result<()> {
+        let head: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT hash FROM audit_events WHERE hash IS NOT NULL ORDER BY seq DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let head = head
+            .and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
+            .unwrap_or(crate::chain::GENESIS);
+        *self.chain.lock().unwrap_or_else(|p| p.into_inner()) = Some(Chain { key, head });
+        Ok(())
+    }
+
     async fn append_audit(&self, events: &[AuditEvent]) -> Result<()> {
+        // One writer appends, in batches; the head moves only once a batch is in.
+        let chain = *self.chain.lock().unwrap_or_else(|p| p.into_inner());
+        let mut head = chain.map(|c| c.head);
         let mut tx = self.pool.begin().await?;
         for e in events {
+            let detail = e.detail.to_string();
+            let (prev, hash) = match chain {
+                Some(c) => {
+                    let prev = head.unwrap_or(crate::chain::GENESIS);
+                    let hash = crate::chain::link(&c.key, &prev, e, &detail);
+                    head = Some(hash);
+                    (Some(prev.to_vec()), Some(hash.to_vec()))
+                }
+                None => (None, None),
+            };
             sqlx::query(
-                "INSERT INTO audit_events (at, kind, decision, reason, principal, service, token_id, source, detail)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO audit_events (at, kind, decision, reason, principal, service, token_id, source, detail, prev_hash, hash)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(e.at)
             .bind(&e.kind)
@@ -220,12 +267,47 @@ impl Store for SqliteStore {
             .bind(&e.service)
             .bind(&e.token_id)
             .bind(&e.source)
-            .bind(e.detail.to_string())
+            .bind(detail)
+            .bind(prev)
+            .bind(hash)
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
+        if let (Some(c), Some(head)) = (chain, head) {
+            *self.chain.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(Chain { key: c.key, head });
+        }
         Ok(())
+    }
+
+    async fn verify_audit(&self, key: &crate::ChainKey) -> Result<crate::Verdict> {
+        let mut walk = crate::chain::Walk::new(key);
+        let mut after = i64::MIN;
+        loop {
+            let rows = sqlx::query(
+                "SELECT seq, at, kind, decision, reason, principal, service, token_id, source, detail, prev_hash, hash
+                 FROM audit_events WHERE seq > ? ORDER BY seq LIMIT 10000",
+            )
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?;
+            if rows.is_empty() {
+                return Ok(walk.finish());
+            }
+            for r in &rows {
+                let seq: i64 = r.get(0);
+                let detail: String = r.get(9);
+                // The detail is hashed as stored text; the event needs no parse of it.
+                let e = event_from_row(r, serde_json::Value::Null);
+                let prev: Option<Vec<u8>> = r.get(10);
+                let hash: Option<Vec<u8>> = r.get(11);
+                if let Err(v) = walk.step(seq, &e, &detail, prev.as_deref(), hash.as_deref()) {
+                    return Ok(v);
+                }
+                after = seq;
+            }
+        }
     }
 
     async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<StoredEvent>> {
@@ -245,23 +327,30 @@ impl Store for SqliteStore {
         rows.iter()
             .map(|r| {
                 let detail: String = r.get(9);
+                let detail = serde_json::from_str(&detail)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 Ok(StoredEvent {
                     seq: r.get(0),
-                    event: AuditEvent {
-                        at: r.get(1),
-                        kind: r.get(2),
-                        decision: r.get(3),
-                        reason: r.get(4),
-                        principal: r.get(5),
-                        service: r.get(6),
-                        token_id: r.get(7),
-                        source: r.get(8),
-                        detail: serde_json::from_str(&detail)
-                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    },
+                    event: event_from_row(r, detail),
                 })
             })
             .collect()
+    }
+}
+
+/// An audit row (`seq, at, kind, decision, reason, principal, service, token_id,
+/// source, …`) as an event, with its detail parsed by the caller.
+fn event_from_row(r: &SqliteRow, detail: serde_json::Value) -> AuditEvent {
+    AuditEvent {
+        at: r.get(1),
+        kind: r.get(2),
+        decision: r.get(3),
+        reason: r.get(4),
+        principal: r.get(5),
+        service: r.get(6),
+        token_id: r.get(7),
+        source: r.get(8),
+        detail,
     }
 }
 

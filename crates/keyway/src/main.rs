@@ -6,6 +6,7 @@
 //! - `client.rs`: finding and calling the admin API.
 //! - `connect.rs`: `keyway connect`, a local port for a TCP service behind the gateway.
 //! - `agent.rs`: `keyway agent`: enrolling, running, listing and revoking agents.
+//! - `audit.rs`: `keyway audit verify`: the audit log's hash chain, offline.
 //! - `demo.rs`: `keyway demo`, a gateway with a demo upstream and a token to try.
 //! - `serve.rs`: `keyway gateway`, and the start-up shared with the demo.
 //! - `scan.rs`: `keyway scan`, finding leaked tokens in files and git history.
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod audit;
 mod client;
 mod connect;
 mod demo;
@@ -79,6 +81,9 @@ enum Command {
     /// network opens no inbound port.
     #[command(subcommand)]
     Agent(agent::AgentCommand),
+    /// Check the audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -272,6 +277,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Connect(args) => connect::run(args).await,
         Command::Secret(cmd) => secret(cmd).await,
         Command::Agent(cmd) => agent::run(cmd, &cli.log, cli.log_format).await,
+        Command::Audit(cmd) => audit::run(cmd).await,
     }
 }
 
