@@ -11,7 +11,7 @@
 //! | `POST /v1/credentials` | issue a client credential (the response holds it, once) |
 //! | `PUT /v1/secrets/{name}` | seal and store an upstream credential |
 //! | `GET /v1/secrets` | names of the credentials that are set |
-//! | `GET /v1/audit?after=N&limit=M` | audit events after sequence number N |
+//! | `GET /v1/audit?after=N&limit=M&principal=&service=&decision=&kind=&since=&until=` | audit events after sequence number N, filtered |
 //! | `POST /v1/agents/{name}/enroll` | a one-use enrollment token for an agent, with the CA pin (once) |
 //! | `POST /v1/agents/{name}/revoke` | disconnect an agent now and refuse its certificates |
 //! | `GET /v1/agents` | each agent's state, version, last heartbeat and services |
@@ -80,6 +80,13 @@ struct AuditParams {
     after: i64,
     #[serde(default)]
     limit: u32,
+    principal: Option<String>,
+    service: Option<String>,
+    decision: Option<String>,
+    kind: Option<String>,
+    /// RFC 3339, or a duration back from now (`1h`).
+    since: Option<String>,
+    until: Option<String>,
 }
 
 pub fn router(gw: Gw) -> Router {
@@ -477,11 +484,34 @@ async fn list_secrets(_: Admin, State(gw): State<Gw>) -> Response {
 }
 
 async fn audit(_: Admin, State(gw): State<Gw>, Query(p): Query<AuditParams>) -> Response {
+    let now = gw.now();
+    // A time, or how long ago: `2026-11-28T10:00:00Z`, `1h`.
+    let when = |t: &Option<String>| -> Result<Option<UnixMillis>, ()> {
+        let Some(t) = t else { return Ok(None) };
+        if let Some(at) = keyway_core::clock::parse_time(t) {
+            return Ok(Some(at));
+        }
+        keyway_core::units::parse_duration(t)
+            .map(|d| Some(now - keyway_core::clock::duration_ms(d)))
+            .map_err(|_| ())
+    };
+    let (Ok(since), Ok(until)) = (when(&p.since), when(&p.until)) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "since and until are RFC 3339 times (2026-11-28T10:00:00Z) or durations back from now (1h)",
+        );
+    };
     match gw
         .store
         .audit_events(&AuditQuery {
             after_seq: p.after,
             limit: p.limit,
+            principal: p.principal,
+            service: p.service,
+            decision: p.decision,
+            kind: p.kind,
+            since,
+            until,
         })
         .await
     {

@@ -85,19 +85,28 @@ pub struct AuditEvent {
 }
 
 /// An audit event with its place in the log.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StoredEvent {
     pub seq: i64,
     #[serde(flatten)]
     pub event: AuditEvent,
 }
 
-/// Which audit events to read.
+/// Which audit events to read: every filter given must match.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
     /// Only events with a greater `seq`.
     pub after_seq: i64,
     pub limit: u32,
+    pub principal: Option<String>,
+    pub service: Option<String>,
+    /// `allow` or `deny`.
+    pub decision: Option<String>,
+    pub kind: Option<String>,
+    /// At or after (Unix ms).
+    pub since: Option<UnixMillis>,
+    /// Strictly before (Unix ms).
+    pub until: Option<UnixMillis>,
 }
 
 /// The store, whatever its backend.

@@ -316,14 +316,29 @@ impl Store for SqliteStore {
         } else {
             q.limit.min(10_000)
         };
-        let rows = sqlx::query(
+        let mut sql = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "SELECT seq, at, kind, decision, reason, principal, service, token_id, source, detail
-             FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(q.after_seq)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+             FROM audit_events WHERE seq > ",
+        );
+        sql.push_bind(q.after_seq);
+        for (column, value) in [
+            ("principal", &q.principal),
+            ("service", &q.service),
+            ("decision", &q.decision),
+            ("kind", &q.kind),
+        ] {
+            if let Some(v) = value {
+                sql.push(format!(" AND {column} = ")).push_bind(v.clone());
+            }
+        }
+        if let Some(t) = q.since {
+            sql.push(" AND at >= ").push_bind(t);
+        }
+        if let Some(t) = q.until {
+            sql.push(" AND at < ").push_bind(t);
+        }
+        sql.push(" ORDER BY seq LIMIT ").push_bind(limit);
+        let rows = sql.build().fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 let detail: String = r.get(9);
@@ -456,6 +471,7 @@ mod tests {
             .audit_events(&AuditQuery {
                 after_seq: 1,
                 limit: 10,
+                ..AuditQuery::default()
             })
             .await
             .unwrap();

@@ -1,4 +1,5 @@
-//! `keyway audit`: checks of the audit log that need no running gateway.
+//! `keyway audit`: reading the audit log through the admin API (query, export), and
+//! checking its hash chain with no running gateway (verify).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,12 +7,76 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use keyway_core::Pepper;
-use keyway_store::{SqliteStore, Store, Verdict};
+use keyway_store::{SqliteStore, Store, StoredEvent, Verdict};
 
+use crate::client::{AdminArgs, AdminClient};
 use crate::serve;
+
+/// Filters shared by `query` and `export`.
+#[derive(Debug, clap::Args)]
+pub struct Filters {
+    #[arg(long)]
+    principal: Option<String>,
+    #[arg(long)]
+    service: Option<String>,
+    /// `allow` or `deny`.
+    #[arg(long)]
+    decision: Option<String>,
+    /// Event kind, like `request`, `token.revoked`, `db.statement`.
+    #[arg(long)]
+    kind: Option<String>,
+    /// From this time (RFC 3339) or this long ago (`1h`, `7d`).
+    #[arg(long)]
+    since: Option<String>,
+    /// Before this time (RFC 3339) or this long ago.
+    #[arg(long)]
+    until: Option<String>,
+}
+
+impl Filters {
+    fn query(&self, after: i64, limit: u32) -> String {
+        let mut q = format!("/v1/audit?after={after}&limit={limit}");
+        for (k, v) in [
+            ("principal", &self.principal),
+            ("service", &self.service),
+            ("decision", &self.decision),
+            ("kind", &self.kind),
+            ("since", &self.since),
+            ("until", &self.until),
+        ] {
+            if let Some(v) = v {
+                q.push_str(&format!("&{k}={}", crate::client::path_segment(v)));
+            }
+        }
+        q
+    }
+}
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
+    /// Audit events, oldest first, a page at a time (`--after` the last seq shown).
+    Query {
+        #[command(flatten)]
+        filters: Filters,
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Events per page (at most 10000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Every matching event as JSON lines on stdout, for a SIEM.
+    Export {
+        #[command(flatten)]
+        filters: Filters,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Walk the audit log's hash chain and name the first event that was altered,
     /// deleted or reordered. Reads the store directly (the gateway may be running or
     /// not) and needs the pepper, which keys the chain. Exit status 1 when broken.
@@ -27,6 +92,46 @@ pub enum AuditCommand {
 
 pub async fn run(cmd: AuditCommand) -> Result<ExitCode> {
     match cmd {
+        AuditCommand::Query {
+            filters,
+            after,
+            limit,
+            json,
+            admin,
+        } => {
+            let client = AdminClient::resolve(&admin)?;
+            let limit = limit.clamp(1, 10_000);
+            let events: Vec<StoredEvent> = client.get(&filters.query(after, limit)).await?;
+            if json {
+                for e in &events {
+                    println!("{}", serde_json::to_string(e)?);
+                }
+            } else {
+                print_events(&events);
+            }
+            if events.len() == limit as usize {
+                if let Some(last) = events.last() {
+                    eprintln!("more: --after {}", last.seq);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Export { filters, admin } => {
+            let client = AdminClient::resolve(&admin)?;
+            let mut after = 0;
+            let mut n = 0u64;
+            loop {
+                let page: Vec<StoredEvent> = client.get(&filters.query(after, 10_000)).await?;
+                let Some(last) = page.last() else { break };
+                after = last.seq;
+                for e in &page {
+                    println!("{}", serde_json::to_string(e)?);
+                }
+                n += page.len() as u64;
+            }
+            eprintln!("exported {n} events");
+            Ok(ExitCode::SUCCESS)
+        }
         AuditCommand::Verify { config, json } => {
             let config = serve::load_config(&config)?;
             let db = config.data_dir.join("keyway.db");
@@ -74,4 +179,37 @@ pub async fn run(cmd: AuditCommand) -> Result<ExitCode> {
             }
         }
     }
+}
+
+fn print_events(events: &[StoredEvent]) {
+    let rows: Vec<[String; 8]> = events
+        .iter()
+        .map(|s| {
+            let e = &s.event;
+            let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+            [
+                s.seq.to_string(),
+                keyway_core::clock::format_ms(e.at),
+                e.kind.clone(),
+                dash(&e.decision),
+                dash(&e.reason),
+                dash(&e.principal),
+                dash(&e.service),
+                dash(&e.source),
+            ]
+        })
+        .collect();
+    crate::print_table(
+        [
+            "SEQ",
+            "AT",
+            "KIND",
+            "DECISION",
+            "REASON",
+            "PRINCIPAL",
+            "SERVICE",
+            "SOURCE",
+        ],
+        &rows,
+    );
 }

@@ -1,6 +1,8 @@
-//! The audit log is a keyed hash chain: `keyway audit verify` finds it intact after
-//! real traffic, and names the first event when the SQLite file is edited directly:
-//! an event altered, an event deleted, two events swapped.
+//! The audit log through the CLI: `keyway audit query` with filters and paging,
+//! `keyway audit export` as JSON lines, and the keyed hash chain: `keyway audit
+//! verify` finds it intact after real traffic, and names the first event when the
+//! SQLite file is edited directly: an event altered, an event deleted, two events
+//! swapped.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -71,6 +73,65 @@ async fn editing_the_store_breaks_the_chain_where_it_was_edited() {
         assert_eq!(curl(&url, Some(&token), "GET"), 200);
         assert_eq!(curl(&url, None, "GET"), 401);
     }
+    // Query with a filter (the writer is asynchronous: wait for the denials).
+    let cfg = ["--config", "keyway.toml"];
+    let query = |args: &[&str]| {
+        ok_stdout(keyway(
+            dir,
+            &[&["audit", "query"][..], args, &cfg].concat(),
+            None,
+        ))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let denied = loop {
+        let denied = query(&["--decision", "deny", "--json"]);
+        if denied.lines().count() >= 3 || std::time::Instant::now() > deadline {
+            break denied;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let denied: Vec<serde_json::Value> = denied
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(denied.len(), 3, "{denied:?}");
+    assert!(denied
+        .iter()
+        .all(|e| e["decision"] == "deny" && e["reason"] == "no_token"));
+    let table = query(&["--principal", "p", "--kind", "token.issued"]);
+    assert!(
+        table.starts_with("SEQ") && table.contains("token.issued"),
+        "{table}"
+    );
+    let page = keyway(
+        dir,
+        &[&["audit", "query", "--limit", "2"][..], &cfg].concat(),
+        None,
+    );
+    assert!(String::from_utf8_lossy(&page.stderr).contains("more: --after"));
+    assert_eq!(
+        String::from_utf8_lossy(&page.stdout).lines().count(),
+        3,
+        "a header and 2 rows"
+    );
+    // Export: every event since an hour ago, as JSON lines, never a token secret.
+    let export = ok_stdout(keyway(
+        dir,
+        &[&["audit", "export", "--since", "1h"][..], &cfg].concat(),
+        None,
+    ));
+    assert!(export.lines().count() >= 8, "{export}");
+    assert!(export
+        .lines()
+        .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+    assert!(!export.contains(secret_part(&token)));
+    let bad = keyway(
+        dir,
+        &[&["audit", "query", "--since", "yesterday-ish"][..], &cfg].concat(),
+        None,
+    );
+    assert!(!bad.status.success());
+
     assert!(interrupt(&mut gateway).success());
 
     let out = verify(dir);

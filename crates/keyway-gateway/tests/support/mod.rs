@@ -318,6 +318,7 @@ impl TestGateway {
             .audit_events(&AuditQuery {
                 after_seq: 0,
                 limit: 10_000,
+                ..AuditQuery::default()
             })
             .await
             .unwrap()
