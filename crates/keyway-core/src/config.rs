@@ -375,12 +375,16 @@ impl RawConfig {
         {
             p.push("agent_cert_ttl", "must be between 5s and 30d");
         }
-        let pepper_file = rel(self
+        // A path written in the file is relative to it; the defaults are already
+        // under `data_dir`, which is.
+        let pepper_file = self
             .pepper_file
-            .unwrap_or_else(|| data_dir.join("pepper.key")));
-        let master_key_file = rel(self
+            .map(rel)
+            .unwrap_or_else(|| data_dir.join("pepper.key"));
+        let master_key_file = self
             .master_key_file
-            .unwrap_or_else(|| data_dir.join("master.key")));
+            .map(rel)
+            .unwrap_or_else(|| data_dir.join("master.key"));
 
         let on_full = match self.audit.on_full.as_deref() {
             None | Some("fail_closed") => OnFull::FailClosed,

@@ -270,3 +270,13 @@ fn agents_and_their_services_name_each_other() {
         .to_string();
     assert!(e.contains("tunnel_listen"), "{e}");
 }
+
+#[test]
+fn key_files_follow_a_relative_config_folder_once() {
+    let c = Config::parse("data_dir = \"data\"\n", Path::new("deploy")).unwrap();
+    assert_eq!(c.data_dir, Path::new("deploy/data"));
+    assert_eq!(c.pepper_file, Path::new("deploy/data/pepper.key"));
+    assert_eq!(c.master_key_file, Path::new("deploy/data/master.key"));
+    let c = Config::parse("pepper_file = \"keys/pepper\"\n", Path::new("deploy")).unwrap();
+    assert_eq!(c.pepper_file, Path::new("deploy/keys/pepper"));
+}
