@@ -40,6 +40,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::gateway::Gateway;
 use crate::tls::LocalCa;
+use crate::tunnel::reply;
 
 /// How long an enrollment token lives.
 pub const ENROLLMENT_TTL: Duration = Duration::from_secs(3600);
@@ -409,18 +410,6 @@ fn printable(s: &str, max: usize) -> String {
         .collect()
 }
 
-/// Sends the tunnel's reply frame.
-async fn reply(tls: &mut TlsStream<TcpStream>, error: Option<&str>, cert_pem: Option<String>) {
-    use tokio::io::AsyncWriteExt;
-    let r = keyway_core::tunnel::Reply {
-        ok: error.is_none(),
-        error: error.map(str::to_owned),
-        cert_pem,
-    };
-    let _ = tls.write_all(&keyway_core::tunnel::encode(&r)).await;
-    let _ = tls.flush().await;
-}
-
 /// The agent a connection's client certificate names, and when it was issued.
 fn presented_agent(tls: &TlsStream<TcpStream>) -> Option<(String, UnixMillis)> {
     let der = tls.get_ref().1.peer_certificates()?.first()?.clone();
@@ -466,27 +455,40 @@ pub async fn enroll(
         }
     }
     .await;
+    if let Err(reason) = decided {
+        tracing::warn!(%peer, reason, "an agent enrollment was refused");
+        // A spent or expired token still names its agent: say which was targeted.
+        if ev.principal.is_none() {
+            ev.principal = ev
+                .token_id
+                .as_deref()
+                .and_then(|id| gw.token(id))
+                .map(|e| e.record.principal.clone());
+        }
+    }
+    answer_with_certificate(gw, &mut tls, ev, decided, "enrollment refused").await;
+}
+
+/// Audits an enrollment or renewal and answers it: the certificate, or a refusal.
+async fn answer_with_certificate(
+    gw: &Gateway,
+    tls: &mut TlsStream<TcpStream>,
+    mut ev: keyway_store::AuditEvent,
+    decided: Result<String, &'static str>,
+    refusal: &str,
+) {
     match decided {
         Ok(cert) => {
             ev.decision = Some("allow".into());
             gw.audit.record_reliably(ev).await;
-            reply(&mut tls, None, Some(cert)).await;
+            reply(tls, None, Some(cert)).await;
         }
         Err(reason) => {
-            // A spent or expired token still names its agent: say which was targeted.
-            if ev.principal.is_none() {
-                ev.principal = ev
-                    .token_id
-                    .as_deref()
-                    .and_then(|id| gw.token(id))
-                    .map(|e| e.record.principal.clone());
-            }
             ev.decision = Some("deny".into());
             ev.reason = Some(reason.into());
             // Bounded like every denial: unauthenticated peers cannot fill the queue.
             gw.audit.record(ev);
-            tracing::warn!(%peer, reason, "an agent enrollment was refused");
-            reply(&mut tls, Some("enrollment refused"), None).await;
+            reply(tls, Some(refusal), None).await;
         }
     }
 }
@@ -513,19 +515,7 @@ pub async fn renew(
         }
         _ => Err("no_agent_certificate"),
     };
-    match decided {
-        Ok(cert) => {
-            ev.decision = Some("allow".into());
-            gw.audit.record_reliably(ev).await;
-            reply(&mut tls, None, Some(cert)).await;
-        }
-        Err(reason) => {
-            ev.decision = Some("deny".into());
-            ev.reason = Some(reason.into());
-            gw.audit.record(ev);
-            reply(&mut tls, Some("renewal refused"), None).await;
-        }
-    }
+    answer_with_certificate(gw, &mut tls, ev, decided, "renewal refused").await;
 }
 
 /// An enrolled agent's connection: checked, then HTTP/2 with the gateway as the

@@ -176,11 +176,6 @@ impl LocalCa {
         Ok(Arc::new(Self { issuer, der }))
     }
 
-    /// The SHA-256 of the CA certificate, hex: what an enrollment token pins.
-    pub fn pin(&self) -> String {
-        hex::encode(Sha256::digest(self.der.as_ref()))
-    }
-
     /// The tunnel's TLS: a fresh server certificate (sent with the CA, so an agent
     /// can check its pin), and client certificates verified against the CA when
     /// presented (agents present theirs; `keyway connect` presents none).

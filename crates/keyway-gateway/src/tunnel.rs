@@ -45,11 +45,17 @@ pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
     tunnel::decode(&body)
 }
 
-async fn reply<W: AsyncWrite + Unpin>(w: &mut W, error: Option<&str>) {
+/// The gateway's answer to a first frame: a refusal, or go-ahead (with a
+/// certificate, for an enrolling or renewing agent).
+pub(crate) async fn reply<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    error: Option<&str>,
+    cert_pem: Option<String>,
+) {
     let r = Reply {
         ok: error.is_none(),
         error: error.map(str::to_owned),
-        cert_pem: None,
+        cert_pem,
     };
     let _ = w.write_all(&tunnel::encode(&r)).await;
     let _ = w.flush().await;
@@ -118,6 +124,7 @@ async fn handle(
             reply(
                 &mut tls,
                 Some("agents need the gateway's own CA on the tunnel"),
+                None,
             )
             .await;
             return;
@@ -162,12 +169,12 @@ async fn open_stream(
                 403 => "forbidden",
                 _ => "unavailable",
             };
-            reply(&mut tls, Some(shown)).await;
+            reply(&mut tls, Some(shown), None).await;
             return;
         }
     };
     let Ok(reservation) = gw.audit.reserve() else {
-        reply(&mut tls, Some("unavailable")).await;
+        reply(&mut tls, Some("unavailable"), None).await;
         return;
     };
     let upstream =
@@ -178,7 +185,7 @@ async fn open_stream(
                 ev.decision = Some("allow".into());
                 ev.detail = json!({ "error": "upstream_unreachable", "why": why });
                 reservation.send(ev);
-                reply(&mut tls, Some("upstream unreachable")).await;
+                reply(&mut tls, Some("upstream unreachable"), None).await;
                 return;
             }
         };
@@ -187,7 +194,7 @@ async fn open_stream(
         ev.decision = Some("deny".into());
         ev.reason = Some(reason.as_str().into());
         reservation.send(ev);
-        reply(&mut tls, Some("unauthorized")).await;
+        reply(&mut tls, Some("unauthorized"), None).await;
         return;
     }
     ev.decision = Some("allow".into());
@@ -197,7 +204,7 @@ async fn open_stream(
         ev.principal.clone(),
     );
     reservation.send(ev);
-    reply(&mut tls, None).await;
+    reply(&mut tls, None, None).await;
 
     let started = Instant::now();
     let (ended, bytes) = relay(tls, upstream, &entry, gw.now()).await;
@@ -293,47 +300,37 @@ pub async fn open(
     service: &str,
     token: &str,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-    tokio::time::timeout(
-        OPEN_TIMEOUT,
-        open_now(addr, server_name, tls, service, token),
-    )
-    .await
-    .map_err(|_| format!("the gateway at {addr} did not open the stream in time"))?
-}
-
-async fn open_now(
-    addr: &str,
-    server_name: &str,
-    tls: Arc<rustls::ClientConfig>,
-    service: &str,
-    token: &str,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-    let tcp = TcpStream::connect(addr)
+    let opening = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot reach the gateway at {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+            .map_err(|_| format!("`{server_name}` is not a valid TLS server name"))?;
+        let mut stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with the gateway failed: {e}"))?;
+        let frame = tunnel::encode(&Hello::Open(Open {
+            service: service.to_owned(),
+            token: token.to_owned(),
+        }));
+        stream
+            .write_all(&frame)
+            .await
+            .map_err(|e| format!("sending to the gateway: {e}"))?;
+        let reply: Reply = read_frame(&mut stream)
+            .await
+            .map_err(|_| "the gateway closed the stream".to_owned())?;
+        if !reply.ok {
+            return Err(format!(
+                "the gateway refused: {}",
+                reply.error.unwrap_or_default()
+            ));
+        }
+        Ok(stream)
+    };
+    tokio::time::timeout(OPEN_TIMEOUT, opening)
         .await
-        .map_err(|e| format!("cannot reach the gateway at {addr}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
-        .map_err(|_| format!("`{server_name}` is not a valid TLS server name"))?;
-    let mut stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS with the gateway failed: {e}"))?;
-    let frame = tunnel::encode(&Hello::Open(Open {
-        service: service.to_owned(),
-        token: token.to_owned(),
-    }));
-    stream
-        .write_all(&frame)
-        .await
-        .map_err(|e| format!("sending to the gateway: {e}"))?;
-    let reply: Reply = read_frame(&mut stream)
-        .await
-        .map_err(|_| "the gateway closed the stream".to_owned())?;
-    if !reply.ok {
-        return Err(format!(
-            "the gateway refused: {}",
-            reply.error.unwrap_or_default()
-        ));
-    }
-    Ok(stream)
+        .map_err(|_| format!("the gateway at {addr} did not open the stream in time"))?
 }
