@@ -18,6 +18,12 @@ use serde::Deserialize;
 
 use crate::units::{parse_duration, Rate};
 
+mod detect;
+pub use detect::{
+    Action, AlertsConfig, DetectConfig, Detector, DetectorKind, RawAlerts, RawDetect, RawDetector,
+    RawWebhook, Webhook,
+};
+
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_DATA_DIR: &str = "keyway-data";
 const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -47,6 +53,10 @@ pub struct RawConfig {
     pub services: BTreeMap<String, RawService>,
     #[serde(default)]
     pub agents: BTreeMap<String, RawAgent>,
+    #[serde(default)]
+    pub detect: RawDetect,
+    #[serde(default)]
+    pub alerts: RawAlerts,
 }
 
 /// An agent: a Keyway process inside a private network that dials out to the
@@ -147,6 +157,10 @@ pub struct Config {
     pub audit: AuditConfig,
     pub services: BTreeMap<String, Service>,
     pub agents: BTreeMap<String, Agent>,
+    /// The intrusion detectors and what they do.
+    pub detect: DetectConfig,
+    /// Where alerts go besides the audit log and the metrics.
+    pub alerts: AlertsConfig,
 }
 
 /// An agent and the services it carries.
@@ -506,6 +520,9 @@ impl RawConfig {
             }
         }
 
+        let detect = self.detect.check(&mut p);
+        let alerts = self.alerts.check(&mut p);
+
         p.finish(Config {
             data_dir,
             admin_listen,
@@ -523,6 +540,8 @@ impl RawConfig {
             audit: AuditConfig { queue, on_full },
             services,
             agents,
+            detect,
+            alerts,
         })
     }
 }

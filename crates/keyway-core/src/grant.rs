@@ -64,6 +64,8 @@ pub enum DenyReason {
     MethodNotAllowed,
     AuditUnavailable,
     UpstreamCredentialMissing,
+    /// An intrusion detector blocked the source address.
+    SourceBlocked,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -145,6 +147,34 @@ impl Grant {
 // === impl DenyReason ===
 
 impl DenyReason {
+    pub const ALL: [Self; 20] = [
+        Self::NoToken,
+        Self::MalformedToken,
+        Self::BadChecksum,
+        Self::UnknownToken,
+        Self::WrongSecret,
+        Self::WrongKind,
+        Self::Expired,
+        Self::Revoked,
+        Self::WrongService,
+        Self::MethodNotGranted,
+        Self::PathNotGranted,
+        Self::BadPath,
+        Self::SourceNotAllowed,
+        Self::RateLimited,
+        Self::TokenInUrl,
+        Self::CertificateMismatch,
+        Self::MethodNotAllowed,
+        Self::AuditUnavailable,
+        Self::UpstreamCredentialMissing,
+        Self::SourceBlocked,
+    ];
+
+    /// The reason an audit log names, back.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
     /// The name recorded in the audit log.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -167,6 +197,7 @@ impl DenyReason {
             DenyReason::MethodNotAllowed => "method_not_allowed",
             DenyReason::AuditUnavailable => "audit_unavailable",
             DenyReason::UpstreamCredentialMissing => "upstream_credential_missing",
+            DenyReason::SourceBlocked => "source_blocked",
         }
     }
 
@@ -186,7 +217,8 @@ impl DenyReason {
             | DenyReason::WrongService
             | DenyReason::MethodNotGranted
             | DenyReason::PathNotGranted
-            | DenyReason::SourceNotAllowed => 403,
+            | DenyReason::SourceNotAllowed
+            | DenyReason::SourceBlocked => 403,
             DenyReason::BadPath => 400,
             DenyReason::MethodNotAllowed => 405,
             DenyReason::RateLimited => 429,

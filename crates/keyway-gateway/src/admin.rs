@@ -527,60 +527,7 @@ async fn audit(_: Admin, State(gw): State<Gw>, Query(p): Query<AuditParams>) -> 
 }
 
 async fn metrics(_: Admin, State(gw): State<Gw>) -> Response {
-    let now = gw.now();
-    let (mut live, mut expiring, mut near_max_age, mut credentials) = (0u64, 0u64, 0u64, 0u64);
-    for e in gw.index.entries() {
-        if e.check_live(now).is_err() {
-            continue;
-        }
-        match e.record.kind {
-            TokenKind::Access => {
-                live += 1;
-                if e.expires_at() - now <= 24 * 3600 * 1000 {
-                    expiring += 1;
-                }
-            }
-            TokenKind::ClientCredential => {
-                credentials += 1;
-                if e.expires_at() - now <= crate::token_api::NEAR_MAX_AGE_MS {
-                    near_max_age += 1;
-                }
-            }
-            _ => {}
-        }
-    }
-    let stats = gw.audit.stats();
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    let text = format!(
-        "# HELP keyway_tokens_live Access tokens neither expired nor revoked.\n\
-         # TYPE keyway_tokens_live gauge\nkeyway_tokens_live {live}\n\
-         # HELP keyway_tokens_expiring_24h Live access tokens that expire within 24 hours.\n\
-         # TYPE keyway_tokens_expiring_24h gauge\nkeyway_tokens_expiring_24h {expiring}\n\
-         # HELP keyway_credentials_live Client credentials neither expired nor revoked.\n\
-         # TYPE keyway_credentials_live gauge\nkeyway_credentials_live {credentials}\n\
-         # HELP keyway_credentials_near_max_age Live client credentials within 14 days of their maximum age.\n\
-         # TYPE keyway_credentials_near_max_age gauge\nkeyway_credentials_near_max_age {near_max_age}\n\
-         # HELP keyway_audit_events_written_total Audit events written to the store.\n\
-         # TYPE keyway_audit_events_written_total counter\nkeyway_audit_events_written_total {}\n\
-         # HELP keyway_audit_events_dropped_total Audit events dropped (fail_open, or denials in a flood).\n\
-         # TYPE keyway_audit_events_dropped_total counter\nkeyway_audit_events_dropped_total {}\n\
-         # HELP keyway_audit_write_errors_total Failed audit batch writes (retried).\n\
-         # TYPE keyway_audit_write_errors_total counter\nkeyway_audit_write_errors_total {}\n",
-        load(&stats.written),
-        load(&stats.dropped),
-        load(&stats.write_errors),
-    );
-    let mut text = text;
-    text.push_str(
-        "# HELP keyway_agent_connections Live tunnel connections of each agent.\n\
-         # TYPE keyway_agent_connections gauge\n",
-    );
-    for a in gw.agents.status(&gw) {
-        text.push_str(&format!(
-            "keyway_agent_connections{{agent=\"{}\"}} {}\n",
-            a.name, a.connections
-        ));
-    }
+    let text = gw.metrics.render(&gw);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

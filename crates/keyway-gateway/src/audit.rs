@@ -5,6 +5,9 @@
 //! new requests until the writer catches up (a request reserves its event's place in
 //! the queue before it is forwarded), `fail_open` lets them through and counts the
 //! dropped events. Nothing is lost silently.
+//!
+//! Every event, even one that cannot be queued, passes the [`Tap`] first: the metrics
+//! count it and the intrusion detectors see it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,14 +18,24 @@ use keyway_store::{AuditEvent, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::detect::Detect;
+use crate::telemetry::Metrics;
+
 const BATCH: usize = 1024;
 
 /// The sending side, shared by every listener.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AuditSink {
     tx: mpsc::Sender<AuditEvent>,
     on_full: OnFull,
     stats: Arc<AuditStats>,
+    tap: Arc<Tap>,
+}
+
+/// What watches the event stream on its way to the store.
+pub struct Tap {
+    pub metrics: Arc<Metrics>,
+    pub detect: Arc<Detect>,
 }
 
 #[derive(Debug, Default)]
@@ -33,7 +46,7 @@ pub struct AuditStats {
 }
 
 /// A reserved place in the queue for one event.
-pub struct Reservation(Option<mpsc::OwnedPermit<AuditEvent>>);
+pub struct Reservation(Option<mpsc::OwnedPermit<AuditEvent>>, Arc<Tap>);
 
 /// The queue is full and the config says to fail closed.
 #[derive(Debug, Clone, Copy)]
@@ -49,11 +62,21 @@ impl AuditSink {
         capacity: usize,
         on_full: OnFull,
         stop: CancellationToken,
+        tap: Tap,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(capacity);
         let stats = Arc::new(AuditStats::default());
         let task = tokio::spawn(write_loop(store, rx, stats.clone(), stop));
-        (Self { tx, on_full, stats }, task)
+        let tap = Arc::new(tap);
+        (
+            Self {
+                tx,
+                on_full,
+                stats,
+                tap,
+            },
+            task,
+        )
     }
 
     pub fn stats(&self) -> &AuditStats {
@@ -68,11 +91,11 @@ impl AuditSink {
     /// Reserves a place for a request's event before the request goes on.
     pub fn reserve(&self) -> Result<Reservation, AuditFull> {
         match self.tx.clone().try_reserve_owned() {
-            Ok(p) => Ok(Reservation(Some(p))),
+            Ok(p) => Ok(Reservation(Some(p), self.tap.clone())),
             Err(_) if self.on_full == OnFull::FailOpen => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("audit queue full; continuing without an audit event (fail_open)");
-                Ok(Reservation(None))
+                Ok(Reservation(None, self.tap.clone()))
             }
             Err(_) => Err(AuditFull),
         }
@@ -84,16 +107,18 @@ impl AuditSink {
     pub async fn reserve_waiting(&self) -> Reservation {
         if self.on_full == OnFull::FailClosed {
             if let Ok(p) = self.tx.clone().reserve_owned().await {
-                return Reservation(Some(p));
+                return Reservation(Some(p), self.tap.clone());
             }
         }
-        self.reserve().unwrap_or(Reservation(None))
+        self.reserve()
+            .unwrap_or_else(|_| Reservation(None, self.tap.clone()))
     }
 
     /// Records an event that gates nothing (a denial); counted when it cannot be
     /// queued. Denials may use only half the queue, so that a flood of unauthenticated
     /// requests cannot take the room allowed requests need under `fail_closed`.
     pub fn record(&self, event: AuditEvent) {
+        self.tap.see(&event);
         if self.tx.capacity() <= self.tx.max_capacity() / 2 || self.tx.try_send(event).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("audit queue full; an event was dropped and counted");
@@ -102,6 +127,7 @@ impl AuditSink {
 
     /// Records an event that must not be dropped (admin changes): waits for room.
     pub async fn record_reliably(&self, event: AuditEvent) {
+        self.tap.see(&event);
         if self.tx.send(event).await.is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::error!("audit writer has stopped; an admin event was not recorded");
@@ -113,9 +139,19 @@ impl AuditSink {
 
 impl Reservation {
     pub fn send(self, event: AuditEvent) {
+        self.1.see(&event);
         if let Some(p) = self.0 {
             p.send(event);
         }
+    }
+}
+
+// === impl Tap ===
+
+impl Tap {
+    fn see(&self, event: &AuditEvent) {
+        self.metrics.event(event);
+        self.detect.observe(event);
     }
 }
 

@@ -42,6 +42,11 @@ pub struct Gateway {
     pub admin_token_written: Option<PathBuf>,
     /// Agents' live connections and revocations.
     pub agents: crate::agents::Registry,
+    pub metrics: Arc<crate::telemetry::Metrics>,
+    /// The intrusion detectors and the blocklist.
+    pub detect: Arc<crate::detect::Detect>,
+    /// Alerts on their way to the webhook.
+    pub alerts: crate::alerts::Alerts,
 }
 
 /// What `issue` is asked for.
@@ -247,12 +252,24 @@ impl Gateway {
                 Err(e) => tracing::error!(error = %e, "an upstream credential could not be opened"),
             }
         }
+        let metrics = Arc::new(crate::telemetry::Metrics::new(
+            config.services.keys().cloned(),
+        ));
+        let detect = Arc::new(crate::detect::Detect::new(
+            config.detect.clone(),
+            metrics.clone(),
+        ));
+        let alerts = crate::alerts::Alerts::new(config.alerts.webhook.as_ref());
         let audit_stop = CancellationToken::new();
         let (audit, audit_task) = AuditSink::start(
             store.clone(),
             config.audit.queue,
             config.audit.on_full,
             audit_stop.clone(),
+            crate::audit::Tap {
+                metrics: metrics.clone(),
+                detect: detect.clone(),
+            },
         );
         let mut gw = Self {
             config,
@@ -267,6 +284,9 @@ impl Gateway {
             audit_stop,
             admin_token_written: None,
             agents,
+            metrics,
+            detect,
+            alerts,
         };
         gw.ensure_admin_token().await?;
         Ok(gw)

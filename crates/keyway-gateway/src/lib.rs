@@ -17,6 +17,9 @@
 //!   local CA.
 //! - [`tunnel`]: the tunnel listener: TCP services for `keyway connect`, and agents.
 //! - [`agents`]: agents: enrollment, their HTTP/2 connections, dialing through them.
+//! - [`telemetry`]: the Prometheus metrics, fed by the audit events.
+//! - [`detect`]: the intrusion detectors on the event stream; the blocklist.
+//! - [`alerts`]: signed alert webhooks, retried.
 //!
 //! [`run`] takes bound listeners and a shutdown signal, so tests bind port 0.
 
@@ -24,11 +27,14 @@
 
 pub mod admin;
 pub mod agents;
+pub mod alerts;
 pub mod audit;
+pub mod detect;
 pub mod gateway;
 pub mod index;
 pub mod listener;
 pub mod proxy;
+pub mod telemetry;
 pub mod tls;
 pub mod token_api;
 pub mod tunnel;
@@ -248,6 +254,7 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
     };
     let admin = with_conn(admin::router(gw.clone()));
     tasks.spawn(listener::serve_http1(
+        gw.clone(),
         "admin",
         listeners.admin,
         limits,
@@ -259,6 +266,7 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
         let api = with_conn(token_api::router(gw.clone()));
         let tls = listeners.tls.get(TOKEN_LISTENER).cloned();
         tasks.spawn(listener::serve_http1(
+            gw.clone(),
             "token",
             token,
             limits,
@@ -280,6 +288,8 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
         ));
     }
     tasks.spawn(housekeeping(gw.clone(), shutdown.clone()));
+    tasks.spawn(detect::run(gw.clone(), shutdown.clone()));
+    tasks.spawn(alerts::run(gw.clone(), shutdown.clone()));
     while tasks.join_next().await.is_some() {}
     gw.flush_last_used(0).await;
     gw.close().await;
@@ -297,6 +307,7 @@ async fn housekeeping(gw: Arc<Gateway>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         flushed = gw.flush_last_used(flushed).await;
+        gw.metrics.upkeep();
         n += 1;
         if n.is_multiple_of(60) {
             let day = 24 * 3600 * 1000;

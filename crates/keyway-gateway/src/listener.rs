@@ -11,13 +11,14 @@ use hyper::server::conn::http1;
 use hyper::service::HttpService;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::proxy::http::BoxError;
+use crate::Gateway;
 
 /// How long shutdown waits for in-flight requests before closing their connections.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,6 +68,7 @@ pub struct ConnInfo {
 /// Serves `listener` until `shutdown` fires; `make` builds the service of each
 /// connection.
 pub async fn serve_http1<S, F>(
+    gw: Arc<Gateway>,
     name: &str,
     listener: TcpListener,
     limits: Limits,
@@ -87,27 +89,9 @@ pub async fn serve_http1<S, F>(
     let make = Arc::new(make);
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, do not spin.
-                    tracing::warn!(listener = name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(
-                listener = name,
-                "connection limit reached; refusing a connection"
-            );
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer, permit)) =
+        next_connection(&listener, name, &slots, &gw, &shutdown).await
+    {
         let (builder, make, stop, tls) =
             (builder.clone(), make.clone(), shutdown.clone(), tls.clone());
         tracker.spawn(async move {
@@ -162,6 +146,46 @@ pub async fn serve_http1<S, F>(
             listener = name,
             "connections still open after the drain timeout; closing them"
         );
+    }
+}
+
+/// The next connection a listener may serve, or None once `shutdown` fires. Accept
+/// errors (out of descriptors) are waited out; a blocked source, or a connection
+/// beyond the listener's cap, is closed at once; the rest are shown to the
+/// `scanning` detector.
+pub(crate) async fn next_connection(
+    listener: &TcpListener,
+    name: &str,
+    slots: &Arc<Semaphore>,
+    gw: &Gateway,
+    shutdown: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if !gw.detect.admit(peer.ip(), port, gw.now()) {
+            tracing::debug!(listener = name, %peer, "blocked source; connection closed");
+            continue;
+        }
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                listener = name,
+                "connection limit reached; refusing a connection"
+            );
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        return Some((stream, peer, permit));
     }
 }
 

@@ -72,23 +72,9 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(crate::MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "tunnel accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!("tunnel connection limit reached; refusing a connection");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer, permit)) =
+        crate::listener::next_connection(&listener, "tunnel", &slots, &gw, &shutdown).await
+    {
         let (gw, acceptor, ca) = (gw.clone(), acceptor.clone(), ca.clone());
         tracker.spawn(async move {
             handle(&gw, stream, peer, acceptor, ca.as_deref()).await;
@@ -206,6 +192,7 @@ async fn open_stream(
     reservation.send(ev);
     reply(&mut tls, None, None).await;
 
+    let _active = gw.metrics.session(service.as_deref().unwrap_or_default());
     let started = Instant::now();
     let (ended, bytes) = relay(tls, upstream, &entry, gw.now()).await;
     let mut close = gw.event("connection.close");

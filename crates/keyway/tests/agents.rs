@@ -353,17 +353,7 @@ async fn services_through_an_agent_that_dials_out() {
     drop(waiting);
 
     // Monitoring sees it too.
-    let admin_token = std::fs::read_to_string(dir.join("data/admin.token")).unwrap();
-    let metrics = Command::new("curl")
-        .args([
-            "-sf",
-            "-H",
-            &format!("Authorization: Bearer {}", admin_token.trim()),
-        ])
-        .arg(format!("http://127.0.0.1:{admin_port}/metrics"))
-        .output()
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let metrics = metrics(dir, admin_port);
     assert!(
         metrics.contains("keyway_agent_connections{agent=\"eu\"} 1"),
         "{metrics}"

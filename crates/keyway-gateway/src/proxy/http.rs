@@ -164,6 +164,7 @@ impl HttpProxy {
         let name = self.svc.name.clone();
         let this = self.clone();
         serve_http1(
+            self.gw.clone(),
             &name,
             listener,
             limits,
@@ -188,6 +189,15 @@ impl HttpProxy {
         ev.service = Some(self.svc.name.clone());
         let source = peer.ip().to_canonical();
         ev.source = Some(source.to_string());
+        // Blocked while this keep-alive connection was open: refused, not audited (a
+        // blocked flood must not fill the log), counted, and the connection closed.
+        if gw.detect.is_blocked(source, gw.now()) {
+            gw.metrics.blocked_connection();
+            let mut resp = plain(StatusCode::FORBIDDEN, "forbidden\n");
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
         let method = req.method().clone();
         let mut detail = serde_json::Map::new();
         detail.insert("method".into(), method.as_str().into());
@@ -399,7 +409,9 @@ impl HttpProxy {
     ) {
         let left = entry.expires_at().saturating_sub(self.gw.now()).max(0);
         let service = self.svc.name.clone();
+        let active = self.gw.metrics.session(&service);
         tokio::spawn(async move {
+            let _active = active;
             let (client, upstream) = match tokio::join!(client, upstream) {
                 (Ok(c), Ok(u)) => (c, u),
                 (Err(e), _) | (_, Err(e)) => {

@@ -142,23 +142,10 @@ impl PgProxy {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(crate::MAX_CONNECTIONS));
-        loop {
-            let (stream, peer) = tokio::select! {
-                () = shutdown.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(service = %self.svc.name, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(service = %self.svc.name, "connection limit reached; refusing a connection");
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
+        while let Some((stream, peer, permit)) =
+            crate::listener::next_connection(&listener, &self.svc.name, &slots, &self.gw, &shutdown)
+                .await
+        {
             let this = self.clone();
             tracker.spawn(async move {
                 this.session(stream, peer).await;
@@ -590,6 +577,7 @@ impl PgProxy {
         let left = entry.expires_at().saturating_sub(self.gw.now()).max(0);
         let expiry = tokio::time::sleep(Duration::from_millis(left as u64));
         tokio::pin!(expiry);
+        let _active = self.gw.metrics.session(&self.svc.name);
         let started = Instant::now();
         let mut framing = Framing::default();
         let end = {

@@ -219,6 +219,39 @@ pub fn start_gateway(dir: &Path, admin_port: u16) -> KillOnDrop {
     gateway
 }
 
+/// `/metrics` of the gateway whose data is in `<dir>/data`, scraped with curl.
+pub fn metrics(dir: &Path, admin_port: u16) -> String {
+    let token = std::fs::read_to_string(dir.join("data/admin.token")).unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sf",
+            "-H",
+            &format!("Authorization: Bearer {}", token.trim()),
+        ])
+        .arg(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `keyway token issue` for `service`, with `keyway.toml` in `dir`: the token.
+pub fn issue(dir: &Path, principal: &str, service: &str) -> String {
+    ok_stdout(keyway(
+        dir,
+        &[
+            "token",
+            "issue",
+            "--service",
+            service,
+            "--principal",
+            principal,
+            "--config",
+            "keyway.toml",
+        ],
+        None,
+    ))
+}
+
 /// A CLI run's stdout, trimmed, after checking it succeeded.
 pub fn ok_stdout(out: Output) -> String {
     assert!(

@@ -1,0 +1,274 @@
+//! The gateway's metrics, in Prometheus text format at the admin API's `/metrics`.
+//!
+//! Each gateway has its own recorder (several gateways can live in one test process),
+//! and most series are fed from the one place every decision passes: the audit
+//! events on their way to the store ([`Metrics::event`]). What is a state rather than
+//! an event (live tokens, agents, blocked sources) is read when scraped.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
+use keyway_core::TokenKind;
+use keyway_store::AuditEvent;
+use metrics::{counter, gauge, histogram, Gauge};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+use crate::Gateway;
+
+const LATENCY: &str = "keyway_upstream_latency_seconds";
+/// Upstream latency buckets, in seconds: 1 ms to 30 s.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// One gateway's metrics.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    /// Configured service names: the only values of the `service` label, so that a
+    /// client cannot grow the series by naming services that do not exist.
+    services: HashSet<String>,
+}
+
+/// Counts a session as active until dropped.
+pub struct SessionGuard(Gauge);
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub fn new(services: impl IntoIterator<Item = String>) -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(LATENCY.into()), &LATENCY_BUCKETS)
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        let m = Self {
+            recorder,
+            handle,
+            services: services.into_iter().collect(),
+        };
+        m.with(describe);
+        m
+    }
+
+    fn with<T>(&self, f: impl FnOnce() -> T) -> T {
+        metrics::with_local_recorder(&self.recorder, f)
+    }
+
+    fn service_label(&self, ev: &AuditEvent) -> String {
+        match &ev.service {
+            Some(s) if self.services.contains(s) => s.clone(),
+            Some(_) => "(unknown)".into(),
+            // Events of the gateway's own endpoints: `admin.denied`, `token.exchange`.
+            None => format!("({})", ev.kind.split('.').next().unwrap_or("gateway")),
+        }
+    }
+
+    /// Counts what one audit event says happened.
+    pub fn event(&self, ev: &AuditEvent) {
+        let service = self.service_label(ev);
+        let decision = ev.decision.clone();
+        self.with(|| {
+            if let Some(d) = &decision {
+                match ev.kind.as_str() {
+                    "request" => {
+                        counter!("keyway_requests_total", "service" => service.clone(), "decision" => d.clone())
+                            .increment(1);
+                    }
+                    "connection.open" => {
+                        counter!("keyway_connections_total", "service" => service.clone(), "decision" => d.clone())
+                            .increment(1);
+                    }
+                    _ => {}
+                }
+                if d == "deny" {
+                    let reason = ev.reason.clone().unwrap_or_else(|| "unknown".into());
+                    counter!("keyway_denials_total", "service" => service.clone(), "reason" => reason)
+                        .increment(1);
+                }
+            }
+            if let Some(ms) = ev.detail.get("upstream_ms").and_then(|v| v.as_f64()) {
+                histogram!(LATENCY, "service" => service.clone()).record(ms / 1000.0);
+            }
+            if ev.kind == "connection.close" {
+                for (field, direction) in [("bytes_in", "in"), ("bytes_out", "out")] {
+                    if let Some(n) = ev.detail.get(field).and_then(|v| v.as_u64()) {
+                        counter!("keyway_bytes_total", "service" => service.clone(), "direction" => direction)
+                            .increment(n);
+                    }
+                }
+            }
+        });
+    }
+
+    /// A session (a TCP or PostgreSQL connection, or a WebSocket) that counts as
+    /// active until the guard is dropped.
+    pub fn session(&self, service: &str) -> SessionGuard {
+        let service = if self.services.contains(service) {
+            service.to_owned()
+        } else {
+            "(unknown)".into()
+        };
+        let g = self.with(|| gauge!("keyway_active_sessions", "service" => service));
+        g.increment(1.0);
+        SessionGuard(g)
+    }
+
+    pub fn detector_fired(&self, detector: &'static str, action: &'static str) {
+        self.with(|| {
+            counter!("keyway_detector_firings_total", "detector" => detector, "action" => action)
+                .increment(1)
+        });
+    }
+
+    /// A connection refused because its source is blocked.
+    pub fn blocked_connection(&self) {
+        self.with(|| counter!("keyway_blocked_connections_total").increment(1));
+    }
+
+    /// One webhook delivery's outcome: `delivered`, `retried` or `failed`.
+    pub fn webhook(&self, outcome: &'static str) {
+        self.with(|| counter!("keyway_alert_webhooks_total", "outcome" => outcome).increment(1));
+    }
+
+    /// Histograms keep samples until rendered; this folds them when nobody scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// The text a scrape returns: states read now, then every series.
+    pub fn render(&self, gw: &Gateway) -> String {
+        let now = gw.now();
+        let (mut live, mut expiring, mut near_max_age, mut credentials) = (0u64, 0u64, 0u64, 0u64);
+        for e in gw.index.entries() {
+            if e.check_live(now).is_err() {
+                continue;
+            }
+            match e.record.kind {
+                TokenKind::Access => {
+                    live += 1;
+                    if e.expires_at() - now <= 24 * 3600 * 1000 {
+                        expiring += 1;
+                    }
+                }
+                TokenKind::ClientCredential => {
+                    credentials += 1;
+                    if e.expires_at() - now <= crate::token_api::NEAR_MAX_AGE_MS {
+                        near_max_age += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let stats = gw.audit.stats();
+        let agents = gw.agents.status(gw);
+        let blocked = gw.detect.blocked_sources(now);
+        self.with(|| {
+            gauge!("keyway_tokens_live").set(live as f64);
+            gauge!("keyway_tokens_expiring_24h").set(expiring as f64);
+            gauge!("keyway_credentials_live").set(credentials as f64);
+            gauge!("keyway_credentials_near_max_age").set(near_max_age as f64);
+            counter!("keyway_audit_events_written_total")
+                .absolute(stats.written.load(Ordering::Relaxed));
+            counter!("keyway_audit_events_dropped_total")
+                .absolute(stats.dropped.load(Ordering::Relaxed));
+            counter!("keyway_audit_write_errors_total")
+                .absolute(stats.write_errors.load(Ordering::Relaxed));
+            gauge!("keyway_audit_queue").set(gw.audit.queued() as f64);
+            gauge!("keyway_blocked_sources").set(blocked as f64);
+            for state in ["connected", "disconnected", "revoked"] {
+                let n = agents.iter().filter(|a| a.state == state).count();
+                gauge!("keyway_agents", "state" => state).set(n as f64);
+            }
+            for a in &agents {
+                gauge!("keyway_agent_connections", "agent" => a.name.clone())
+                    .set(a.connections as f64);
+            }
+        });
+        self.handle.render()
+    }
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "keyway_requests_total",
+        "HTTP requests, by service and decision."
+    );
+    describe_counter!(
+        "keyway_connections_total",
+        "TCP and PostgreSQL connections, by service and decision."
+    );
+    describe_counter!("keyway_denials_total", "Refusals, by service and reason.");
+    describe_gauge!(
+        "keyway_active_sessions",
+        "Open TCP, PostgreSQL and WebSocket sessions."
+    );
+    describe_counter!(
+        "keyway_bytes_total",
+        Unit::Bytes,
+        "Bytes relayed by ended sessions; `in` is client to upstream."
+    );
+    describe_histogram!(
+        LATENCY,
+        Unit::Seconds,
+        "Time to the upstream's response head."
+    );
+    describe_gauge!(
+        "keyway_tokens_live",
+        "Access tokens neither expired nor revoked."
+    );
+    describe_gauge!(
+        "keyway_tokens_expiring_24h",
+        "Live access tokens that expire within 24 hours."
+    );
+    describe_gauge!(
+        "keyway_credentials_live",
+        "Client credentials neither expired nor revoked."
+    );
+    describe_gauge!(
+        "keyway_credentials_near_max_age",
+        "Live client credentials within 14 days of their maximum age."
+    );
+    describe_counter!(
+        "keyway_audit_events_written_total",
+        "Audit events written to the store."
+    );
+    describe_counter!(
+        "keyway_audit_events_dropped_total",
+        "Audit events dropped (fail_open, or denials in a flood)."
+    );
+    describe_counter!(
+        "keyway_audit_write_errors_total",
+        "Failed audit batch writes (retried)."
+    );
+    describe_gauge!("keyway_audit_queue", "Audit events waiting to be written.");
+    describe_gauge!("keyway_agents", "Declared and enrolled agents, by state.");
+    describe_gauge!(
+        "keyway_agent_connections",
+        "Live tunnel connections of each agent."
+    );
+    describe_counter!(
+        "keyway_detector_firings_total",
+        "Intrusion detector firings, by detector and action."
+    );
+    describe_gauge!("keyway_blocked_sources", "Source addresses blocked now.");
+    describe_counter!(
+        "keyway_blocked_connections_total",
+        "Connections refused because their source is blocked."
+    );
+    describe_counter!(
+        "keyway_alert_webhooks_total",
+        "Alert webhook deliveries: delivered, retried, failed."
+    );
+}
+
+// === impl SessionGuard ===
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
