@@ -72,6 +72,8 @@ pub struct RawAgent {
 pub struct RawAudit {
     pub queue: Option<usize>,
     pub on_full: Option<String>,
+    pub retention: Option<String>,
+    pub checkpoint_every: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +177,11 @@ pub struct AuditConfig {
     /// Events waiting to be written before `on_full` applies.
     pub queue: usize,
     pub on_full: OnFull,
+    /// Events older than this are pruned (up to a signed checkpoint, which stays as
+    /// the chain's anchor); kept for ever when unset.
+    pub retention: Option<Duration>,
+    /// How often the chain's head is checkpointed and signed.
+    pub checkpoint_every: Duration,
 }
 
 /// What the gateway does when the audit writer cannot keep up.
@@ -411,6 +418,25 @@ impl RawConfig {
                 OnFull::FailClosed
             }
         };
+        let retention = self
+            .audit
+            .retention
+            .as_deref()
+            .map(|r| p.duration_or("audit.retention", Some(r), Duration::MAX));
+        let checkpoint_every = p.duration_or(
+            "audit.checkpoint_every",
+            self.audit.checkpoint_every.as_deref(),
+            Duration::from_secs(60),
+        );
+        if checkpoint_every > Duration::from_secs(3600) {
+            p.push("audit.checkpoint_every", "must be at most 1h");
+        }
+        if retention.is_some_and(|r| r < 2 * checkpoint_every) {
+            p.push(
+                "audit.retention",
+                "must be at least twice `audit.checkpoint_every`, so that a checkpoint can anchor what is kept",
+            );
+        }
         let queue = self.audit.queue.unwrap_or(65_536);
         if !(64..=10_000_000).contains(&queue) {
             p.push("audit.queue", "must be between 64 and 10000000 events");
@@ -537,7 +563,12 @@ impl RawConfig {
             revoke_tokens_in_urls: self.revoke_tokens_in_urls.unwrap_or(true),
             pepper_file,
             master_key_file,
-            audit: AuditConfig { queue, on_full },
+            audit: AuditConfig {
+                queue,
+                on_full,
+                retention,
+                checkpoint_every,
+            },
             services,
             agents,
             detect,

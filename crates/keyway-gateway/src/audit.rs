@@ -200,3 +200,53 @@ async fn write_batch(store: &dyn Store, batch: &[AuditEvent], stats: &AuditStats
         }
     }
 }
+
+/// Checkpoints the chain every `audit.checkpoint_every` and, with a retention set,
+/// prunes what is older, until `shutdown`.
+pub async fn maintain(gw: Arc<crate::Gateway>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(gw.config.audit.checkpoint_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        checkpoint(&gw).await;
+        if let Some(retention) = gw.config.audit.retention {
+            prune(&gw, retention).await;
+        }
+    }
+}
+
+/// Signs the chain's head as it is in the store now, and logs it: the log (shipped
+/// elsewhere) keeps a copy no one editing the database can reach.
+pub async fn checkpoint(gw: &crate::Gateway) {
+    match gw.store.checkpoint_audit(gw.now()).await {
+        Ok(Some(c)) => tracing::info!(
+            event = "audit.checkpoint",
+            seq = c.seq,
+            hash = %hex::encode(c.hash),
+            "audit chain checkpoint signed"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "could not write an audit checkpoint"),
+    }
+}
+
+async fn prune(gw: &crate::Gateway, retention: Duration) {
+    let before = gw.now() - retention.as_millis().min(i64::MAX as u128) as i64;
+    match gw.store.prune_audit(before).await {
+        Ok(Some((anchor, events))) => {
+            tracing::info!(anchor, events, "audit events past retention pruned");
+            let mut ev = gw.event("audit.pruned");
+            ev.detail = serde_json::json!({
+                "events": events,
+                "through_seq": anchor,
+                "before": keyway_core::clock::format_ms(before),
+            });
+            gw.audit.record_reliably(ev).await;
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "could not prune the audit log"),
+    }
+}

@@ -289,10 +289,13 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
     }
     tasks.spawn(housekeeping(gw.clone(), shutdown.clone()));
     tasks.spawn(detect::run(gw.clone(), shutdown.clone()));
+    tasks.spawn(audit::maintain(gw.clone(), shutdown.clone()));
     tasks.spawn(alerts::run(gw.clone(), shutdown.clone()));
     while tasks.join_next().await.is_some() {}
     gw.flush_last_used(0).await;
     gw.close().await;
+    // The last events are written: sign the head, so that removing them shows.
+    audit::checkpoint(&gw).await;
 }
 
 /// Behind the hot path: last-used times to the store; long-expired tokens out of the

@@ -9,8 +9,14 @@
 //! - **reordered** events: the same broken link with no gap in `seq`.
 //!
 //! The sequence number is left out of the hash on purpose, so a reordering reads as
-//! a reordering rather than as an alteration. Removing the newest events leaves a
-//! shorter, intact chain; the chain proves what is there was not changed.
+//! a reordering rather than as an alteration.
+//!
+//! Removing the newest events would leave a shorter, intact chain, so the gateway
+//! also writes **checkpoints**: every minute, the newest event's `seq` and hash,
+//! signed (HMAC under the same outside key, another domain) and logged. An event a
+//! checkpoint names that is gone is **truncation**. Retention prunes only up to a
+//! checkpoint, which then stays as the chain's signed **anchor**: the first event left
+//! must link to it.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -51,6 +57,36 @@ pub fn link(key: &ChainKey, prev: &[u8; 32], e: &AuditEvent, detail: &str) -> [u
     mac.finalize().into_bytes().into()
 }
 
+/// A signed statement that the chain's event `seq` had `hash` at time `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub seq: i64,
+    pub at: i64,
+    pub hash: [u8; 32],
+}
+
+impl Checkpoint {
+    /// Its signature under the chain key.
+    pub fn mac(&self, key: &ChainKey) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key");
+        mac.update(b"keyway audit checkpoint v1");
+        mac.update(&self.seq.to_be_bytes());
+        mac.update(&self.at.to_be_bytes());
+        mac.update(&self.hash);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Whether `mac` is its signature (constant time).
+    pub fn verify(&self, key: &ChainKey, mac: &[u8]) -> bool {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key");
+        m.update(b"keyway audit checkpoint v1");
+        m.update(&self.seq.to_be_bytes());
+        m.update(&self.at.to_be_bytes());
+        m.update(&self.hash);
+        m.verify_slice(mac).is_ok()
+    }
+}
+
 /// What a walk of the chain found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -60,12 +96,22 @@ pub enum Verdict {
         events: u64,
         /// Events from before the chain existed (no hashes), all before it.
         unchained: u64,
+        /// Signed checkpoints that matched.
+        checkpoints: u64,
+        /// When older events were pruned: the checkpoint the chain starts from.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        anchor: Option<i64>,
+        /// The newest event: its `seq` and hash (hex), to keep outside and give to
+        /// `keyway audit verify --expect` later.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        head: Option<(i64, String)>,
     },
     Broken {
         /// The first event that does not hold.
         seq: i64,
         kind: String,
-        /// `altered`, `deleted` (events before this one are missing) or `reordered`.
+        /// `altered`, `deleted` (events before this one are missing), `reordered`, or
+        /// `truncated` (a checkpoint names this event and it is gone).
         what: String,
     },
 }
@@ -78,6 +124,10 @@ pub struct Walk<'k> {
     last: Option<(i64, [u8; 32])>,
     events: u64,
     unchained: u64,
+    /// Verified checkpoints, by `seq`, oldest first; the first may be the anchor.
+    checkpoints: std::collections::VecDeque<Checkpoint>,
+    matched: u64,
+    anchor: Option<i64>,
 }
 
 impl<'k> Walk<'k> {
@@ -87,7 +137,26 @@ impl<'k> Walk<'k> {
             last: None,
             events: 0,
             unchained: 0,
+            checkpoints: Default::default(),
+            matched: 0,
+            anchor: None,
         }
+    }
+
+    /// Checkpoints as stored, `(checkpoint, signature)`, in `seq` order: each
+    /// signature is checked first; `Err` names the first that does not hold.
+    pub fn with_checkpoints(mut self, stored: Vec<(Checkpoint, Vec<u8>)>) -> Result<Self, Verdict> {
+        for (c, mac) in stored {
+            if !c.verify(self.key, &mac) {
+                return Err(Verdict::Broken {
+                    seq: c.seq,
+                    kind: "checkpoint".into(),
+                    what: "altered".into(),
+                });
+            }
+            self.checkpoints.push_back(c);
+        }
+        Ok(self)
     }
 
     /// The next row; `Err` with the verdict at the first break.
@@ -118,6 +187,21 @@ impl<'k> Walk<'k> {
         if link(self.key, &prev, e, detail) != hash {
             return Err(broken("altered"));
         }
+        // Events before a checkpoint can only have been pruned to it: the checkpoint
+        // is the anchor the first event left links to.
+        while self.checkpoints.front().is_some_and(|c| c.seq < seq) {
+            let Some(c) = self.checkpoints.pop_front() else {
+                break;
+            };
+            if self.last.is_none() && c.seq == seq - 1 && c.hash == prev {
+                self.last = Some((c.seq, c.hash));
+                self.anchor = Some(c.seq);
+                self.matched += 1;
+            } else if self.last.is_none_or(|(s, _)| s != c.seq) {
+                // It names an event that is not there.
+                return Err(broken("deleted"));
+            }
+        }
         let expected = self.last.map_or(GENESIS, |(_, h)| h);
         if prev != expected {
             let gap = self.last.is_some_and(|(s, _)| seq != s + 1);
@@ -129,15 +213,33 @@ impl<'k> Walk<'k> {
                 "reordered"
             }));
         }
+        if let Some(c) = self.checkpoints.front().filter(|c| c.seq == seq) {
+            if c.hash != hash {
+                return Err(broken("altered"));
+            }
+            self.checkpoints.pop_front();
+            self.matched += 1;
+        }
         self.last = Some((seq, hash));
         self.events += 1;
         Ok(())
     }
 
     pub fn finish(self) -> Verdict {
+        // A checkpoint past the last event: the newest events were removed.
+        if let Some(c) = self.checkpoints.back() {
+            return Verdict::Broken {
+                seq: c.seq,
+                kind: "checkpoint".into(),
+                what: "truncated".into(),
+            };
+        }
         Verdict::Intact {
             events: self.events,
             unchained: self.unchained,
+            checkpoints: self.matched,
+            anchor: self.anchor,
+            head: self.last.map(|(s, h)| (s, hex::encode(h))),
         }
     }
 }
@@ -182,13 +284,14 @@ mod tests {
     fn each_kind_of_tampering_is_named() {
         let key = [7; 32];
         let rows = chain(&key, 5);
-        assert_eq!(
+        assert!(matches!(
             walk(&key, &rows),
             Verdict::Intact {
                 events: 5,
-                unchained: 0
+                unchained: 0,
+                ..
             }
-        );
+        ));
 
         let mut altered = rows.clone();
         altered[2].1.reason = Some("edited".into());
@@ -209,6 +312,62 @@ mod tests {
         assert!(
             matches!(walk(&key, &reordered), Verdict::Broken { seq: 2, ref what, .. } if what == "reordered")
         );
+
+        // Checkpoints: one past the end is truncation; one before the first event
+        // left is the anchor after pruning; a forged one is refused.
+        let cp = |row: &(i64, AuditEvent, [u8; 32], [u8; 32])| {
+            let c = Checkpoint {
+                seq: row.0,
+                at: 99,
+                hash: row.3,
+            };
+            (c, c.mac(&key).to_vec())
+        };
+        let walk_cp = |rows: &[(i64, AuditEvent, [u8; 32], [u8; 32])],
+                       cps: Vec<(Checkpoint, Vec<u8>)>| {
+            let mut w = match Walk::new(&key).with_checkpoints(cps) {
+                Ok(w) => w,
+                Err(v) => return v,
+            };
+            for (s, e, p, h) in rows {
+                if let Err(v) = w.step(*s, e, "{}", Some(p), Some(h)) {
+                    return v;
+                }
+            }
+            w.finish()
+        };
+        assert!(matches!(
+            walk_cp(&rows, vec![cp(&rows[1]), cp(&rows[4])]),
+            Verdict::Intact {
+                checkpoints: 2,
+                anchor: None,
+                ..
+            }
+        ));
+        assert!(matches!(
+            walk_cp(&rows[..3], vec![cp(&rows[1]), cp(&rows[4])]),
+            Verdict::Broken { seq: 5, ref what, .. } if what == "truncated"
+        ));
+        assert!(matches!(
+            walk_cp(&rows[2..], vec![cp(&rows[1]), cp(&rows[4])]),
+            Verdict::Intact {
+                events: 3,
+                checkpoints: 2,
+                anchor: Some(2),
+                ..
+            }
+        ));
+        // Pruned past the anchor, or with no anchor: events are missing.
+        assert!(matches!(
+            walk_cp(&rows[3..], vec![cp(&rows[1])]),
+            Verdict::Broken { seq: 4, ref what, .. } if what == "deleted"
+        ));
+        let (mut forged, mac) = cp(&rows[4]);
+        forged.seq = 3;
+        assert!(matches!(
+            walk_cp(&rows, vec![(forged, mac)]),
+            Verdict::Broken { seq: 3, ref kind, .. } if kind == "checkpoint"
+        ));
 
         // Another key cannot vouch for the chain, nor forge it.
         assert!(matches!(

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use keyway_core::grant::CredentialScope;
 use keyway_core::{Grant, TokenHash, TokenKind, UnixMillis};
 
-pub use chain::{ChainKey, Verdict};
+pub use chain::{ChainKey, Checkpoint, Verdict};
 pub use seal::{Sealed, Sealer};
 pub use sqlite::SqliteStore;
 
@@ -141,5 +141,12 @@ pub trait Store: Send + Sync + 'static {
     /// Walks the whole chain: intact, or the first event that was altered, deleted
     /// or reordered.
     async fn verify_audit(&self, key: &ChainKey) -> Result<Verdict>;
+    /// Signs and keeps a checkpoint of the newest event at `at`; `None` when there is
+    /// no chained event or it is already checkpointed.
+    async fn checkpoint_audit(&self, at: UnixMillis) -> Result<Option<Checkpoint>>;
+    /// Deletes the events up to the newest checkpoint taken before `before` (all
+    /// older than it), and the checkpoints before that one, which stays as the
+    /// anchor. Returns the anchor's `seq` and the events deleted, if any.
+    async fn prune_audit(&self, before: UnixMillis) -> Result<Option<(i64, u64)>>;
     async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<StoredEvent>>;
 }

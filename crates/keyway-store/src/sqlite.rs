@@ -281,8 +281,85 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn checkpoint_audit(&self, at: UnixMillis) -> Result<Option<crate::Checkpoint>> {
+        let Some(key) = self
+            .chain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|c| c.key)
+        else {
+            return Ok(None);
+        };
+        let head = sqlx::query(
+            "SELECT seq, hash FROM audit_events WHERE hash IS NOT NULL ORDER BY seq DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(head) = head else { return Ok(None) };
+        let seq: i64 = head.get(0);
+        let hash: Vec<u8> = head.get(1);
+        let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
+            return Err(StoreError::Corrupt(format!(
+                "audit event {seq} has a hash of the wrong length"
+            )));
+        };
+        let c = crate::Checkpoint { seq, at, hash };
+        let done = sqlx::query(
+            "INSERT OR IGNORE INTO audit_checkpoints (seq, at, hash, mac) VALUES (?, ?, ?, ?)",
+        )
+        .bind(seq)
+        .bind(at)
+        .bind(hash.to_vec())
+        .bind(c.mac(&key).to_vec())
+        .execute(&self.pool)
+        .await?;
+        Ok((done.rows_affected() == 1).then_some(c))
+    }
+
+    async fn prune_audit(&self, before: UnixMillis) -> Result<Option<(i64, u64)>> {
+        let mut tx = self.pool.begin().await?;
+        let anchor: Option<i64> =
+            // Never the newest event: the chain's head stays in the table.
+            sqlx::query_scalar(
+                "SELECT MAX(seq) FROM audit_checkpoints WHERE at < ?
+                   AND seq < (SELECT MAX(seq) FROM audit_events)",
+            )
+                .bind(before)
+                .fetch_one(&mut *tx)
+                .await?;
+        let Some(anchor) = anchor else {
+            return Ok(None);
+        };
+        let deleted = sqlx::query("DELETE FROM audit_events WHERE seq <= ?")
+            .bind(anchor)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM audit_checkpoints WHERE seq < ?")
+            .bind(anchor)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((deleted > 0).then_some((anchor, deleted)))
+    }
+
     async fn verify_audit(&self, key: &crate::ChainKey) -> Result<crate::Verdict> {
-        let mut walk = crate::chain::Walk::new(key);
+        let stored = sqlx::query("SELECT seq, at, hash, mac FROM audit_checkpoints ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut checkpoints = Vec::with_capacity(stored.len());
+        for r in &stored {
+            let (seq, at): (i64, i64) = (r.get(0), r.get(1));
+            let hash: Vec<u8> = r.get(2);
+            let mac: Vec<u8> = r.get(3);
+            // A hash of the wrong length cannot match its signature.
+            let hash = <[u8; 32]>::try_from(hash.as_slice()).unwrap_or([0xff; 32]);
+            checkpoints.push((crate::Checkpoint { seq, at, hash }, mac));
+        }
+        let mut walk = match crate::chain::Walk::new(key).with_checkpoints(checkpoints) {
+            Ok(w) => w,
+            Err(v) => return Ok(v),
+        };
         let mut after = i64::MIN;
         loop {
             let rows = sqlx::query(

@@ -78,8 +78,10 @@ pub enum AuditCommand {
         admin: AdminArgs,
     },
     /// Walk the audit log's hash chain and name the first event that was altered,
-    /// deleted or reordered. Reads the store directly (the gateway may be running or
-    /// not) and needs the pepper, which keys the chain. Exit status 1 when broken.
+    /// deleted or reordered, and check the signed checkpoints (which catch the
+    /// newest events being removed, and anchor the chain after retention pruned it).
+    /// Reads the store directly (the gateway may be running or not) and needs the
+    /// pepper, which keys the chain. Exit status 1 when broken.
     Verify {
         /// The gateway's config file (for `data_dir` and `pepper_file`).
         #[arg(long, short, env = "KEYWAY_CONFIG", default_value = "keyway.toml")]
@@ -154,11 +156,25 @@ pub async fn run(cmd: AuditCommand) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string(&verdict)?);
             }
             match verdict {
-                Verdict::Intact { events, unchained } => {
+                Verdict::Intact {
+                    events,
+                    unchained,
+                    checkpoints,
+                    anchor,
+                    head,
+                } => {
                     if !json {
-                        println!("audit log intact: {events} events in the chain");
+                        println!(
+                            "audit log intact: {events} events in the chain, {checkpoints} signed checkpoints match"
+                        );
+                        if let Some(a) = anchor {
+                            println!("(events up to {a} were pruned by retention; the chain starts from that signed checkpoint)");
+                        }
                         if unchained > 0 {
                             println!("({unchained} older events, from before the chain, are not covered)");
+                        }
+                        if let Some((seq, hash)) = head {
+                            println!("newest event: {seq} {hash}");
                         }
                     }
                     Ok(ExitCode::SUCCESS)
@@ -169,6 +185,7 @@ pub async fn run(cmd: AuditCommand) -> Result<ExitCode> {
                             "audit log BROKEN at event {seq} ({kind}): {}",
                             match what.as_str() {
                                 "deleted" => "events before it were deleted",
+                                "truncated" => "a signed checkpoint names it, and it and the events after it are gone",
                                 "reordered" => "it was moved out of its place",
                                 _ => "it was altered",
                             }

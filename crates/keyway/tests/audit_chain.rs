@@ -2,7 +2,8 @@
 //! `keyway audit export` as JSON lines, and the keyed hash chain: `keyway audit
 //! verify` finds it intact after real traffic, and names the first event when the
 //! SQLite file is edited directly: an event altered, an event deleted, two events
-//! swapped.
+//! swapped, the newest events removed (caught by the signed checkpoint); and with a
+//! retention set, old events pruned to a signed anchor the chain still verifies from.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -154,7 +155,23 @@ async fn editing_the_store_breaks_the_chain_where_it_was_edited() {
     assert!(count >= 8, "{count} events");
     assert!(said.contains(&format!("{count} events")), "{said}");
 
+    // The gateway signed a checkpoint of the head when it stopped: removing the
+    // newest events is caught too.
+    assert!(said.contains("signed checkpoints match"), "{said}");
+    let newest = format!("event {count}");
     let cases = [
+        (
+            "truncated",
+            "delete from audit_events where seq >= (select max(seq) - 1 from audit_events)",
+            newest.as_str(),
+            "a signed checkpoint names it",
+        ),
+        (
+            "checkpoint forged",
+            "update audit_checkpoints set seq = seq - 1",
+            "(checkpoint)",
+            "altered",
+        ),
         ("altered", "update audit_events set reason = 'nothing to see' where seq = 4", "event 4", "altered"),
         ("deleted", "delete from audit_events where seq = 5", "event 6", "deleted"),
         (
@@ -181,4 +198,83 @@ async fn editing_the_store_breaks_the_chain_where_it_was_edited() {
     // the database alone).
     std::fs::remove_file(dir.join("data/pepper.key")).unwrap();
     assert!(!verify(dir).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_prunes_to_a_signed_anchor_that_still_verifies() {
+    let (up, _) = upstream().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = &tmp.path().join("run");
+    std::fs::create_dir(dir).unwrap();
+    let (admin_port, svc_port) = (free_port(), free_port());
+    std::fs::write(
+        dir.join("keyway.toml"),
+        format!(
+            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
+             [audit]\nretention = \"3s\"\ncheckpoint_every = \"1s\"\n\
+             [services.billing]\nprotocol = \"http\"\nlisten = \"127.0.0.1:{svc_port}\"\nupstream = \"http://{up}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut gateway = start_gateway(dir, admin_port);
+    let token = issue(dir, "p", "billing");
+    let url = format!("http://127.0.0.1:{svc_port}/invoices/1");
+    let oldest = |table: &str| -> i64 {
+        let out = Command::new("sqlite3")
+            .arg(dir.join("data/keyway.db"))
+            .arg(format!("select coalesce(min(seq), 0) from {table}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    // Traffic for a while longer than the retention: the first events go.
+    let started = std::time::Instant::now();
+    while oldest("audit_events") <= 1 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "nothing was pruned"
+        );
+        assert_eq!(curl(&url, Some(&token), "GET"), 200);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(curl(&url, Some(&token), "GET"), 200);
+    assert!(interrupt(&mut gateway).success());
+
+    let first = oldest("audit_events");
+    let anchor = oldest("audit_checkpoints");
+    assert_eq!(
+        anchor,
+        first - 1,
+        "the oldest checkpoint anchors the first event left"
+    );
+    let out = verify(dir);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("events up to {anchor} were pruned by retention")),
+        "{said}"
+    );
+    // The pruning is itself audited.
+    let pruned = Command::new("sqlite3")
+        .arg(dir.join("data/keyway.db"))
+        .arg("select detail from audit_events where kind = 'audit.pruned'")
+        .output()
+        .unwrap();
+    let pruned = String::from_utf8_lossy(&pruned.stdout);
+    assert!(pruned.contains("through_seq"), "{pruned}");
+
+    // Without its anchor, the chain left is missing its start.
+    let copy = tmp.path().join("no-anchor");
+    tampered(
+        dir,
+        &copy,
+        &format!("delete from audit_checkpoints where seq = {anchor}"),
+    );
+    let out = verify(&copy);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!("event {first}")) && said.contains("deleted"),
+        "{said}"
+    );
 }
