@@ -139,8 +139,9 @@ pub trait Store: Send + Sync + 'static {
     /// Appends events in one transaction, in order, each linked to the one before.
     async fn append_audit(&self, events: &[AuditEvent]) -> Result<()>;
     /// Walks the whole chain: intact, or the first event that was altered, deleted
-    /// or reordered.
-    async fn verify_audit(&self, key: &ChainKey) -> Result<Verdict>;
+    /// or reordered. `expect` holds `(seq, hash)` pairs kept outside (from the
+    /// gateway's log): each is checked like a signed checkpoint.
+    async fn verify_audit(&self, key: &ChainKey, expect: &[(i64, [u8; 32])]) -> Result<Verdict>;
     /// Signs and keeps a checkpoint of the newest event at `at`; `None` when there is
     /// no chained event or it is already checkpointed.
     async fn checkpoint_audit(&self, at: UnixMillis) -> Result<Option<Checkpoint>>;

@@ -89,7 +89,23 @@ pub enum AuditCommand {
         /// JSON instead of a sentence.
         #[arg(long)]
         json: bool,
+        /// `SEQ:HASH` of an event kept outside the database (the gateway logs one
+        /// with every `audit.checkpoint`, and this command prints the newest): the
+        /// event must still be there with that hash. Repeatable.
+        #[arg(long, value_name = "SEQ:HASH", value_parser = parse_expect)]
+        expect: Vec<(i64, [u8; 32])>,
     },
+}
+
+fn parse_expect(s: &str) -> Result<(i64, [u8; 32]), String> {
+    let bad = || "expected SEQ:HASH, like 21:4456f0c4…(64 hex digits)".to_owned();
+    let (seq, hash) = s.split_once(':').ok_or_else(bad)?;
+    let seq = seq.trim().parse::<i64>().map_err(|_| bad())?;
+    let hash = hex::decode(hash.trim()).map_err(|_| bad())?;
+    Ok((
+        seq,
+        <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| bad())?,
+    ))
 }
 
 pub async fn run(cmd: AuditCommand) -> Result<ExitCode> {
@@ -134,7 +150,11 @@ pub async fn run(cmd: AuditCommand) -> Result<ExitCode> {
             eprintln!("exported {n} events");
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::Verify { config, json } => {
+        AuditCommand::Verify {
+            config,
+            json,
+            expect,
+        } => {
             let config = serve::load_config(&config)?;
             let db = config.data_dir.join("keyway.db");
             if !db.exists() {
@@ -150,7 +170,7 @@ pub async fn run(cmd: AuditCommand) -> Result<ExitCode> {
                 bail!("this pepper is not the one the store was created with");
             }
             let key = keyway_gateway::gateway::audit_chain_key(&pepper);
-            let verdict = store.verify_audit(&key).await?;
+            let verdict = store.verify_audit(&key, &expect).await?;
             store.close().await;
             if json {
                 println!("{}", serde_json::to_string(&verdict)?);
@@ -185,7 +205,8 @@ pub async fn run(cmd: AuditCommand) -> Result<ExitCode> {
                             "audit log BROKEN at event {seq} ({kind}): {}",
                             match what.as_str() {
                                 "deleted" => "events before it were deleted",
-                                "truncated" => "a signed checkpoint names it, and it and the events after it are gone",
+                                "truncated" =>
+                                    "a checkpoint names it, and it and the events after it are gone",
                                 "reordered" => "it was moved out of its place",
                                 _ => "it was altered",
                             }
