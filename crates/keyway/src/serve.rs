@@ -33,19 +33,35 @@ pub fn init_logging(filter: &str, format: LogFormat) -> Result<()> {
 
 /// Reads and checks a config file; relative paths in it are relative to its folder.
 pub fn load_config(path: &Path) -> Result<Config> {
+    read_config(path).map(|(c, _)| c)
+}
+
+/// A config file checked, and the SHA-256 of its text (hex), as audited when applied.
+pub fn read_config(path: &Path) -> Result<(Config, String)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    Config::parse(&text, &dir).map_err(|e| anyhow!("{} is not valid:\n{e}", path.display()))
+    let config =
+        Config::parse(&text, &dir).map_err(|e| anyhow!("{} is not valid:\n{e}", path.display()))?;
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
+    Ok((config, hash))
 }
 
 pub async fn gateway(config_path: &Path) -> Result<ExitCode> {
-    let config = load_config(config_path)?;
+    let (config, hash) = read_config(config_path)?;
     // Open first, bind second: once a port accepts, the gateway (and the admin
     // credential the CLI reads) is ready.
     let gw = Arc::new(Gateway::open(config, Arc::new(SystemClock)).await?);
     let listeners = Listeners::bind(&gw.config).await?;
     announce(&gw, &listeners);
+    let mut ev = gw.event("config.applied");
+    ev.principal = Some("(start-up)".into());
+    ev.detail = serde_json::json!({
+        "sha256": hash,
+        "services": gw.config.services.keys().collect::<Vec<_>>(),
+        "detectors": gw.config.detect.detectors.keys().map(|d| d.as_str()).collect::<Vec<_>>(),
+    });
+    gw.audit.record_reliably(ev).await;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     keyway_gateway::run(gw, listeners, shutdown).await;

@@ -99,6 +99,14 @@ async fn editing_the_store_breaks_the_chain_where_it_was_edited() {
     assert!(denied
         .iter()
         .all(|e| e["decision"] == "deny" && e["reason"] == "no_token"));
+    // The config the gateway started with is an event, with the file's hash.
+    let applied = query(&["--kind", "config.applied", "--json"]);
+    let text = std::fs::read(dir.join("keyway.toml")).unwrap();
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&text));
+    assert!(
+        applied.contains(&hash) && applied.contains("billing"),
+        "{applied}"
+    );
     let table = query(&["--principal", "p", "--kind", "token.issued"]);
     assert!(
         table.starts_with("SEQ") && table.contains("token.issued"),
