@@ -64,8 +64,6 @@ pub enum DenyReason {
     MethodNotAllowed,
     AuditUnavailable,
     UpstreamCredentialMissing,
-    /// An intrusion detector blocked the source address.
-    SourceBlocked,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -147,7 +145,7 @@ impl Grant {
 // === impl DenyReason ===
 
 impl DenyReason {
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 19] = [
         Self::NoToken,
         Self::MalformedToken,
         Self::BadChecksum,
@@ -167,7 +165,6 @@ impl DenyReason {
         Self::MethodNotAllowed,
         Self::AuditUnavailable,
         Self::UpstreamCredentialMissing,
-        Self::SourceBlocked,
     ];
 
     /// The reason an audit log names, back.
@@ -197,7 +194,6 @@ impl DenyReason {
             DenyReason::MethodNotAllowed => "method_not_allowed",
             DenyReason::AuditUnavailable => "audit_unavailable",
             DenyReason::UpstreamCredentialMissing => "upstream_credential_missing",
-            DenyReason::SourceBlocked => "source_blocked",
         }
     }
 
@@ -217,8 +213,7 @@ impl DenyReason {
             | DenyReason::WrongService
             | DenyReason::MethodNotGranted
             | DenyReason::PathNotGranted
-            | DenyReason::SourceNotAllowed
-            | DenyReason::SourceBlocked => 403,
+            | DenyReason::SourceNotAllowed => 403,
             DenyReason::BadPath => 400,
             DenyReason::MethodNotAllowed => 405,
             DenyReason::RateLimited => 429,

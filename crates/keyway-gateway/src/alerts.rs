@@ -173,11 +173,17 @@ where
                 return;
             }
             Ok(Ok(resp)) => {
+                let status = resp.status();
                 tracing::warn!(
-                    status = resp.status().as_u16(),
+                    status = status.as_u16(),
                     attempt,
                     "the alert webhook refused an alert"
-                )
+                );
+                // A client error other than a timeout or a rate limit will not go
+                // away by asking again.
+                if status.is_client_error() && status != 408 && status != 429 {
+                    break;
+                }
             }
             Ok(Err(e)) => tracing::warn!(error = %e, attempt, "the alert webhook is unreachable"),
             Err(_) => tracing::warn!(attempt, "the alert webhook did not answer in time"),

@@ -36,18 +36,20 @@ const EWMA_ALPHA: f64 = 0.3;
 /// A block's strikes are forgotten after a day without a block.
 const STRIKE_MEMORY: UnixMillis = 24 * 3600 * 1000;
 
-/// Denials that are a failed authentication.
-const AUTH_FAILURES: [DenyReason; 9] = [
+/// Denials that are a failed authentication. Not an expired or revoked token: its
+/// owner's client retrying after a revocation is not an attack on the gateway, and
+/// blocking it would block everyone behind the same address.
+const AUTH_FAILURES: [DenyReason; 7] = [
     DenyReason::NoToken,
     DenyReason::MalformedToken,
     DenyReason::BadChecksum,
     DenyReason::UnknownToken,
     DenyReason::WrongSecret,
     DenyReason::WrongKind,
-    DenyReason::Expired,
-    DenyReason::Revoked,
     DenyReason::CertificateMismatch,
 ];
+/// Windows of a token's history `rate_spike` needs before it has a baseline.
+const WARM_UP_WINDOWS: u32 = 2;
 /// Denials of a well-formed token that was never issued.
 const GUESSES: [DenyReason; 2] = [DenyReason::BadChecksum, DenyReason::UnknownToken];
 
@@ -55,6 +57,7 @@ const GUESSES: [DenyReason; 2] = [DenyReason::BadChecksum, DenyReason::UnknownTo
 pub struct Detect {
     config: DetectConfig,
     metrics: Arc<Metrics>,
+    /// By [`source_key`]: an IPv4 address, or an IPv6 /64.
     blocks: RwLock<HashMap<IpAddr, Block>>,
     /// The latest end of any block: past it, nothing is blocked and the hot path
     /// skips the lock.
@@ -114,8 +117,12 @@ pub struct Firing {
 #[derive(Debug)]
 pub struct Detectors {
     config: HashMap<DetectorKind, Detector>,
+    /// By [`source_key`].
     sources: HashMap<IpAddr, SourceState>,
     tokens: HashMap<String, TokenState>,
+    /// State older than this has no window left to count in.
+    longest_window: UnixMillis,
+    sources_swept_at: UnixMillis,
 }
 
 #[derive(Debug, Default)]
@@ -133,6 +140,8 @@ struct TokenState {
     recent: Vec<(IpAddr, UnixMillis)>,
     concurrent_fired: UnixMillis,
     bucket_start: UnixMillis,
+    /// Windows of history behind the current one.
+    windows: u32,
     bucket_count: u32,
     baseline: f64,
     spike_fired: bool,
@@ -162,7 +171,7 @@ impl Detect {
         }
         let blocks = self.blocks.read().unwrap_or_else(|p| p.into_inner());
         blocks
-            .get(&source.to_canonical())
+            .get(&source_key(source))
             .is_some_and(|b| b.until > now)
     }
 
@@ -226,15 +235,19 @@ impl Detect {
         }
     }
 
-    /// Blocks `source` for `block_for`, doubled for each block of it in the last day,
-    /// up to `max_block`. None if `never_block` covers it. Returns the block's end.
+    /// Blocks `source` (an IPv6 address with its /64) for `block_for`, doubled for
+    /// each block of it in the last day, up to `max_block`. None if `never_block`
+    /// covers it. Returns the block's end. A source still blocked keeps its block:
+    /// firings from events queued before the block add no strike.
     pub fn block(&self, source: IpAddr, now: UnixMillis) -> Option<UnixMillis> {
         let source = source.to_canonical();
         if self.config.never_block.iter().any(|n| n.contains(&source)) {
             return None;
         }
+        let key = source_key(source);
         let mut blocks = self.blocks.write().unwrap_or_else(|p| p.into_inner());
-        let strikes = match blocks.get(&source) {
+        let strikes = match blocks.get(&key) {
+            Some(b) if b.until > now => return Some(b.until),
             Some(b) if b.until + STRIKE_MEMORY > now => b.strikes + 1,
             _ => 0,
         };
@@ -243,16 +256,21 @@ impl Detect {
             .saturating_mul(1u64 << strikes.min(30))
             .min(self.config.max_block.as_millis() as u64);
         let until = now + length as UnixMillis;
-        blocks.insert(source, Block { until, strikes });
+        blocks.insert(key, Block { until, strikes });
         self.blocked_until.fetch_max(until, Ordering::Relaxed);
         Some(until)
     }
 
-    /// Sources blocked now; forgets blocks whose strikes have expired.
+    /// Sources blocked now.
     pub fn blocked_sources(&self, now: UnixMillis) -> usize {
+        let blocks = self.blocks.read().unwrap_or_else(|p| p.into_inner());
+        blocks.values().filter(|b| b.until > now).count()
+    }
+
+    /// Forgets blocks whose strikes have expired.
+    fn sweep(&self, now: UnixMillis) {
         let mut blocks = self.blocks.write().unwrap_or_else(|p| p.into_inner());
         blocks.retain(|_, b| b.until + STRIKE_MEMORY > now);
-        blocks.values().filter(|b| b.until > now).count()
     }
 
     /// Observations dropped because the detector task fell behind.
@@ -271,12 +289,13 @@ pub async fn run(gw: Arc<Gateway>, shutdown: CancellationToken) {
         .take();
     let Some(mut rx) = rx else { return };
     let mut detectors = Detectors::new(&gw.detect.config);
-    let mut sweep = tokio::time::interval(Duration::from_secs(60));
+    let mut sweep = tokio::time::interval(Duration::from_secs(10));
     loop {
         let seen = tokio::select! {
             () = shutdown.cancelled() => return,
             _ = sweep.tick() => {
                 detectors.sweep(gw.now());
+                gw.detect.sweep(gw.now());
                 continue;
             }
             s = rx.recv() => match s {
@@ -350,6 +369,12 @@ async fn act(gw: &Arc<Gateway>, f: Firing) {
 
 impl Detectors {
     pub fn new(config: &DetectConfig) -> Self {
+        let longest_window = config
+            .detectors
+            .values()
+            .map(|d| d.window.as_millis() as UnixMillis)
+            .max()
+            .unwrap_or(0);
         Self {
             config: config
                 .detectors
@@ -358,6 +383,8 @@ impl Detectors {
                 .collect(),
             sources: HashMap::new(),
             tokens: HashMap::new(),
+            longest_window,
+            sources_swept_at: 0,
         }
     }
 
@@ -399,13 +426,26 @@ impl Detectors {
         fired
     }
 
-    fn source(&mut self, source: IpAddr, at: UnixMillis) -> Option<&mut SourceState> {
-        if self.sources.len() >= MAX_TRACKED && !self.sources.contains_key(&source) {
-            return None;
+    /// The state of a source (an IPv4 address, an IPv6 /64). When the table is full
+    /// the sources idle for longer than every window go first, then any one: a flood
+    /// from many addresses can make the detectors forget, never stop them noticing.
+    fn source(&mut self, source: IpAddr, at: UnixMillis) -> &mut SourceState {
+        let key = source_key(source);
+        if self.sources.len() >= MAX_TRACKED && !self.sources.contains_key(&key) {
+            let idle = at - self.longest_window;
+            if self.sources_swept_at < at - 1_000 {
+                self.sources_swept_at = at;
+                self.sources.retain(|_, s| s.last > idle);
+            }
+            if self.sources.len() >= MAX_TRACKED {
+                if let Some(victim) = self.sources.keys().next().copied() {
+                    self.sources.remove(&victim);
+                }
+            }
         }
-        let s = self.sources.entry(source).or_default();
+        let s = self.sources.entry(key).or_default();
         s.last = s.last.max(at);
-        Some(s)
+        s
     }
 
     /// `brute_force` and `token_guessing`: denials from one source in a window.
@@ -419,9 +459,7 @@ impl Detectors {
         let Some(d) = self.config.get(&kind).cloned() else {
             return;
         };
-        let Some(s) = self.source(source, at) else {
-            return;
-        };
+        let s = self.source(source, at);
         let q = match kind {
             DetectorKind::BruteForce => &mut s.failures,
             _ => &mut s.guesses,
@@ -462,9 +500,7 @@ impl Detectors {
         let Some(d) = self.config.get(&DetectorKind::Scanning).cloned() else {
             return;
         };
-        let Some(s) = self.source(source, at) else {
-            return;
-        };
+        let s = self.source(source, at);
         let window = d.window.as_millis() as UnixMillis;
         while s.touches.front().is_some_and(|&(t, _)| t <= at - window) {
             s.touches.pop_front();
@@ -504,7 +540,9 @@ impl Detectors {
         with: impl Fn(Firing) -> Firing,
     ) {
         if self.tokens.len() >= MAX_TRACKED && !self.tokens.contains_key(token_id) {
-            return;
+            if let Some(victim) = self.tokens.keys().next().cloned() {
+                self.tokens.remove(&victim);
+            }
         }
         let t = self.tokens.entry(token_id.to_owned()).or_default();
         t.last = t.last.max(at);
@@ -524,16 +562,17 @@ impl Detectors {
                         format!("first use from {}", network_name(source)),
                     );
                 }
-                if t.networks.len() < MAX_NETWORKS {
-                    t.networks.push(net);
+                if t.networks.len() >= MAX_NETWORKS {
+                    t.networks.remove(0);
                 }
+                t.networks.push(net);
             }
         }
 
         if let Some(d) = self.config.get(&DetectorKind::ConcurrentSources) {
             let window = d.window.as_millis() as UnixMillis;
-            t.recent
-                .retain(|&(s, when)| s != source && when > at - window);
+            let key = source_key(source);
+            t.recent.retain(|&(s, when)| s != key && when > at - window);
             let others = t.recent.len();
             if others > 0 && t.concurrent_fired <= at - window {
                 t.concurrent_fired = at;
@@ -548,7 +587,7 @@ impl Detectors {
                 );
             }
             t.recent.truncate(7);
-            t.recent.push((source, at));
+            t.recent.push((key, at));
         }
 
         if let Some(d) = self.config.get(&DetectorKind::RateSpike) {
@@ -558,6 +597,9 @@ impl Detectors {
             }
             let elapsed = (at - t.bucket_start) / window;
             if elapsed > 0 {
+                t.windows = t
+                    .windows
+                    .saturating_add(elapsed.min(u32::MAX as i64) as u32);
                 t.baseline = t.baseline * (1.0 - EWMA_ALPHA) + EWMA_ALPHA * t.bucket_count as f64;
                 for _ in 1..elapsed.min(32) {
                     t.baseline *= 1.0 - EWMA_ALPHA;
@@ -567,7 +609,9 @@ impl Detectors {
                 t.spike_fired = false;
             }
             t.bucket_count += 1;
+            // A token without history has no baseline to be far above.
             if !t.spike_fired
+                && t.windows >= WARM_UP_WINDOWS
                 && t.bucket_count >= d.threshold
                 && t.bucket_count as f64 > d.factor * t.baseline
             {
@@ -586,10 +630,12 @@ impl Detectors {
         }
     }
 
-    /// Forgets sources and tokens not seen for a day.
+    /// Forgets sources idle for longer than every window, and tokens not seen for a
+    /// day (their networks are what `new_network` compares with).
     pub fn sweep(&mut self, now: UnixMillis) {
         let day = 24 * 3600 * 1000;
-        self.sources.retain(|_, s| s.last > now - day);
+        let idle = now - self.longest_window;
+        self.sources.retain(|_, s| s.last > idle);
         self.tokens.retain(|_, t| t.last > now - day);
     }
 }
@@ -614,6 +660,15 @@ impl Firing {
             service: None,
             summary,
         }
+    }
+}
+
+/// What counts as one source: an IPv4 address, or an IPv6 /64 (one host can hold a
+/// whole /64, and privacy addresses change within it).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !0xffff_ffff_ffff_ffff).into()),
     }
 }
 

@@ -178,6 +178,7 @@ impl Metrics {
                 .absolute(stats.write_errors.load(Ordering::Relaxed));
             gauge!("keyway_audit_queue").set(gw.audit.queued() as f64);
             gauge!("keyway_blocked_sources").set(blocked as f64);
+            counter!("keyway_detector_observations_dropped_total").absolute(gw.detect.dropped());
             for state in ["connected", "disconnected", "revoked"] {
                 let n = agents.iter().filter(|a| a.state == state).count();
                 gauge!("keyway_agents", "state" => state).set(n as f64);
@@ -255,6 +256,10 @@ fn describe() {
         "Intrusion detector firings, by detector and action."
     );
     describe_gauge!("keyway_blocked_sources", "Source addresses blocked now.");
+    describe_counter!(
+        "keyway_detector_observations_dropped_total",
+        "Events the detectors did not see because they fell behind."
+    );
     describe_counter!(
         "keyway_blocked_connections_total",
         "Connections refused because their source is blocked."

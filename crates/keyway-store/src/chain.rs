@@ -66,26 +66,40 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    fn keyed(&self, key: &ChainKey, domain: &[u8]) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key");
+        mac.update(domain);
+        mac.update(&self.seq.to_be_bytes());
+        if domain == CHECKPOINT {
+            mac.update(&self.at.to_be_bytes());
+        }
+        mac.update(&self.hash);
+        mac
+    }
+
     /// Its signature under the chain key.
     pub fn mac(&self, key: &ChainKey) -> [u8; 32] {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key");
-        mac.update(b"keyway audit checkpoint v1");
-        mac.update(&self.seq.to_be_bytes());
-        mac.update(&self.at.to_be_bytes());
-        mac.update(&self.hash);
-        mac.finalize().into_bytes().into()
+        self.keyed(key, CHECKPOINT).finalize().into_bytes().into()
     }
 
     /// Whether `mac` is its signature (constant time).
     pub fn verify(&self, key: &ChainKey, mac: &[u8]) -> bool {
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key");
-        m.update(b"keyway audit checkpoint v1");
-        m.update(&self.seq.to_be_bytes());
-        m.update(&self.at.to_be_bytes());
-        m.update(&self.hash);
-        m.verify_slice(mac).is_ok()
+        self.keyed(key, CHECKPOINT).verify_slice(mac).is_ok()
+    }
+
+    /// The signature of the record that retention pruned up to this checkpoint.
+    pub fn anchor_mac(&self, key: &ChainKey) -> [u8; 32] {
+        self.keyed(key, ANCHOR).finalize().into_bytes().into()
+    }
+
+    /// Whether `mac` is that record's signature (constant time).
+    pub fn verify_anchor(&self, key: &ChainKey, mac: &[u8]) -> bool {
+        self.keyed(key, ANCHOR).verify_slice(mac).is_ok()
     }
 }
+
+const CHECKPOINT: &[u8] = b"keyway audit checkpoint v1";
+const ANCHOR: &[u8] = b"keyway audit anchor v1";
 
 /// What a walk of the chain found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -128,6 +142,8 @@ pub struct Walk<'k> {
     checkpoints: std::collections::VecDeque<Checkpoint>,
     matched: u64,
     anchor: Option<i64>,
+    /// The signed record of where retention stopped: `(seq, anchor_mac)`.
+    proof: Option<(i64, Vec<u8>)>,
 }
 
 impl<'k> Walk<'k> {
@@ -140,7 +156,15 @@ impl<'k> Walk<'k> {
             checkpoints: Default::default(),
             matched: 0,
             anchor: None,
+            proof: None,
         }
+    }
+
+    /// The record retention signed when it pruned: only the checkpoint it names can
+    /// be where the chain starts.
+    pub fn with_anchor_proof(mut self, proof: Option<(i64, Vec<u8>)>) -> Self {
+        self.proof = proof;
+        self
     }
 
     /// Checkpoints as stored, `(checkpoint, signature)`, in `seq` order: each
@@ -193,7 +217,11 @@ impl<'k> Walk<'k> {
             let Some(c) = self.checkpoints.pop_front() else {
                 break;
             };
-            if self.last.is_none() && c.seq == seq - 1 && c.hash == prev {
+            let proven = self
+                .proof
+                .as_ref()
+                .is_some_and(|(s, mac)| *s == c.seq && c.verify_anchor(self.key, mac));
+            if self.last.is_none() && c.seq == seq - 1 && c.hash == prev && proven {
                 self.last = Some((c.seq, c.hash));
                 self.anchor = Some(c.seq);
                 self.matched += 1;
@@ -213,7 +241,7 @@ impl<'k> Walk<'k> {
                 "reordered"
             }));
         }
-        if let Some(c) = self.checkpoints.front().filter(|c| c.seq == seq) {
+        while let Some(c) = self.checkpoints.front().filter(|c| c.seq == seq) {
             if c.hash != hash {
                 return Err(broken("altered"));
             }
@@ -323,10 +351,19 @@ mod tests {
             };
             (c, c.mac(&key).to_vec())
         };
-        let walk_cp = |rows: &[(i64, AuditEvent, [u8; 32], [u8; 32])],
-                       cps: Vec<(Checkpoint, Vec<u8>)>| {
+        let proof = |row: &(i64, AuditEvent, [u8; 32], [u8; 32])| {
+            let c = Checkpoint {
+                seq: row.0,
+                at: 0,
+                hash: row.3,
+            };
+            Some((row.0, c.anchor_mac(&key).to_vec()))
+        };
+        let walk_proven = |rows: &[(i64, AuditEvent, [u8; 32], [u8; 32])],
+                           cps: Vec<(Checkpoint, Vec<u8>)>,
+                           proof: Option<(i64, Vec<u8>)>| {
             let mut w = match Walk::new(&key).with_checkpoints(cps) {
-                Ok(w) => w,
+                Ok(w) => w.with_anchor_proof(proof),
                 Err(v) => return v,
             };
             for (s, e, p, h) in rows {
@@ -335,6 +372,10 @@ mod tests {
                 }
             }
             w.finish()
+        };
+        let walk_cp = |rows: &[(i64, AuditEvent, [u8; 32], [u8; 32])],
+                       cps: Vec<(Checkpoint, Vec<u8>)>| {
+            walk_proven(rows, cps, None)
         };
         assert!(matches!(
             walk_cp(&rows, vec![cp(&rows[1]), cp(&rows[4])]),
@@ -349,13 +390,33 @@ mod tests {
             Verdict::Broken { seq: 5, ref what, .. } if what == "truncated"
         ));
         assert!(matches!(
-            walk_cp(&rows[2..], vec![cp(&rows[1]), cp(&rows[4])]),
+            walk_proven(
+                &rows[2..],
+                vec![cp(&rows[1]), cp(&rows[4])],
+                proof(&rows[1])
+            ),
             Verdict::Intact {
                 events: 3,
                 checkpoints: 2,
                 anchor: Some(2),
                 ..
             }
+        ));
+        // Without the signed record that retention stopped there, it is deletion.
+        assert!(matches!(
+            walk_cp(&rows[2..], vec![cp(&rows[1]), cp(&rows[4])]),
+            Verdict::Broken { seq: 3, ref what, .. } if what == "deleted"
+        ));
+        assert!(matches!(
+            walk_proven(&rows[3..], vec![cp(&rows[2]), cp(&rows[4])], proof(&rows[1])),
+            Verdict::Broken { seq: 4, ref what, .. } if what == "deleted"
+        ));
+        // An outside pair at a checkpointed seq is compared too.
+        let (mut wrong, _) = cp(&rows[1]);
+        wrong.hash = [1; 32];
+        assert!(matches!(
+            walk_cp(&rows, vec![cp(&rows[1]), (wrong, wrong.mac(&key).to_vec())]),
+            Verdict::Broken { seq: 2, ref what, .. } if what == "altered"
         ));
         // Pruned past the anchor, or with no anchor: events are missing.
         assert!(matches!(

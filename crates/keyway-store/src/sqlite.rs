@@ -11,6 +11,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqlitePool};
 
+/// Events one prune deletes at most.
+const PRUNE_CHUNK: i64 = 100_000;
+
 use crate::{AuditEvent, AuditQuery, Result, Sealed, Store, StoreError, StoredEvent, TokenRecord};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -317,30 +320,65 @@ impl Store for SqliteStore {
     }
 
     async fn prune_audit(&self, before: UnixMillis) -> Result<Option<(i64, u64)>> {
-        let mut tx = self.pool.begin().await?;
-        let anchor: Option<i64> =
-            // Never the newest event: the chain's head stays in the table.
-            sqlx::query_scalar(
-                "SELECT MAX(seq) FROM audit_checkpoints WHERE at < ?
-                   AND seq < (SELECT MAX(seq) FROM audit_events)",
-            )
-                .bind(before)
-                .fetch_one(&mut *tx)
-                .await?;
+        let Some(key) = self
+            .chain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|c| c.key)
+        else {
+            return Ok(None);
+        };
+        // IMMEDIATE: the write lock from the start, so the audit writer cannot commit
+        // between the choice of the anchor and the delete.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // The newest checkpoint older than `before` within PRUNE_CHUNK events of the
+        // oldest event (the next tick takes the next chunk, so a long backlog never
+        // holds the write lock for long), else the oldest such checkpoint; never the
+        // newest event, so the chain's head stays in the table.
+        let anchor = sqlx::query(
+            "WITH bounds AS (SELECT MIN(seq) AS lo, MAX(seq) AS hi FROM audit_events),
+                  candidates AS (
+                    SELECT c.seq, c.hash FROM audit_checkpoints c, bounds b
+                    WHERE c.at < ?1 AND c.seq >= b.lo AND c.seq < b.hi)
+             SELECT seq, hash FROM candidates
+             ORDER BY (seq <= (SELECT lo FROM bounds) + ?2) DESC,
+                      CASE WHEN seq <= (SELECT lo FROM bounds) + ?2 THEN -seq ELSE seq END
+             LIMIT 1",
+        )
+        .bind(before)
+        .bind(PRUNE_CHUNK)
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some(anchor) = anchor else {
             return Ok(None);
         };
+        let seq: i64 = anchor.get(0);
+        let hash: Vec<u8> = anchor.get(1);
+        let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
+            return Err(StoreError::Corrupt(format!(
+                "audit checkpoint {seq} has a hash of the wrong length"
+            )));
+        };
         let deleted = sqlx::query("DELETE FROM audit_events WHERE seq <= ?")
-            .bind(anchor)
+            .bind(seq)
             .execute(&mut *tx)
             .await?
             .rows_affected();
         sqlx::query("DELETE FROM audit_checkpoints WHERE seq < ?")
-            .bind(anchor)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        // The signed record that this checkpoint is where pruning stopped: without
+        // it, a checkpoint the chain starts from is events deleted, not pruned.
+        let proof = crate::Checkpoint { seq, at: 0, hash }.anchor_mac(&key);
+        let mut record = seq.to_be_bytes().to_vec();
+        record.extend_from_slice(&proof);
+        sqlx::query("INSERT INTO meta (key, value) VALUES ('audit_anchor', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+            .bind(record)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok((deleted > 0).then_some((anchor, deleted)))
+        Ok((deleted > 0).then_some((seq, deleted)))
     }
 
     async fn verify_audit(
@@ -348,9 +386,20 @@ impl Store for SqliteStore {
         key: &crate::ChainKey,
         expect: &[(i64, [u8; 32])],
     ) -> Result<crate::Verdict> {
+        // One read transaction: one snapshot, whatever the gateway writes or prunes
+        // meanwhile (WAL: the writer is not held up).
+        let mut tx = self.pool.begin().await?;
         let stored = sqlx::query("SELECT seq, at, hash, mac FROM audit_checkpoints ORDER BY seq")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
+        let proof: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'audit_anchor'")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let proof = proof.and_then(|v| {
+            let (seq, mac) = v.split_at_checked(8)?;
+            Some((i64::from_be_bytes(seq.try_into().ok()?), mac.to_vec()))
+        });
         let mut checkpoints = Vec::with_capacity(stored.len());
         for r in &stored {
             let (seq, at): (i64, i64) = (r.get(0), r.get(1));
@@ -367,7 +416,7 @@ impl Store for SqliteStore {
         }
         checkpoints.sort_by_key(|(c, _)| c.seq);
         let mut walk = match crate::chain::Walk::new(key).with_checkpoints(checkpoints) {
-            Ok(w) => w,
+            Ok(w) => w.with_anchor_proof(proof),
             Err(v) => return Ok(v),
         };
         let mut after = i64::MIN;
@@ -377,7 +426,7 @@ impl Store for SqliteStore {
                  FROM audit_events WHERE seq > ? ORDER BY seq LIMIT 10000",
             )
             .bind(after)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
             if rows.is_empty() {
                 return Ok(walk.finish());

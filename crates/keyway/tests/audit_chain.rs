@@ -303,6 +303,20 @@ async fn retention_prunes_to_a_signed_anchor_that_still_verifies() {
     let pruned = String::from_utf8_lossy(&pruned.stdout);
     assert!(pruned.contains("through_seq"), "{pruned}");
 
+    // Deleting more old events, up to a later checkpoint, is not retention: only
+    // the checkpoint retention signed as its anchor may start the chain.
+    let copy = tmp.path().join("pruned-by-hand");
+    tampered(
+        dir,
+        &copy,
+        "delete from audit_events where seq <= (select seq from audit_checkpoints order by seq limit 1 offset 1); \
+         delete from audit_checkpoints where seq < (select seq from audit_checkpoints order by seq limit 1 offset 1)",
+    );
+    let out = verify(&copy);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("BROKEN"), "{said}");
+
     // Without its anchor, the chain left is missing its start.
     let copy = tmp.path().join("no-anchor");
     tampered(

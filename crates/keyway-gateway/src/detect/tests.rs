@@ -196,6 +196,10 @@ fn rate_spike_is_measured_against_the_tokens_own_baseline() {
         assert!(d.see(&used(at + i * 50, "10.0.0.1", "busy")).is_empty());
     }
     at += 10_000;
+    // A fresh token has no baseline yet: 60 in its first window is its own normal.
+    for i in 0..60 {
+        assert!(d.see(&used(at + i * 10, "10.0.0.1", "fresh")).is_empty());
+    }
     // A quiet token that suddenly makes 60 requests in a window.
     let mut fired = Vec::new();
     for w in 0..5 {
@@ -223,6 +227,11 @@ fn blocks_double_up_to_the_maximum_and_spare_never_block() {
     let now = 1_000_000;
     assert!(!d.is_blocked(ip("10.0.0.1"), now));
     assert_eq!(d.block(ip("10.0.0.1"), now), Some(now + 60_000));
+    assert_eq!(
+        d.block(ip("10.0.0.1"), now + 10),
+        Some(now + 60_000),
+        "no strike while still blocked"
+    );
     assert!(d.is_blocked(ip("10.0.0.1"), now + 59_999));
     assert!(
         d.is_blocked(ip("::ffff:10.0.0.1"), now + 1),
@@ -239,9 +248,15 @@ fn blocks_double_up_to_the_maximum_and_spare_never_block() {
         "capped"
     );
     assert_eq!(d.block(ip("192.168.1.1"), now), None);
+    // IPv6: the /64 is one source.
+    assert!(d.block(ip("2001:db8:0:1::1"), now).is_some());
+    assert!(d.is_blocked(ip("2001:db8:0:1::beef"), now + 1));
+    assert!(!d.is_blocked(ip("2001:db8:0:2::1"), now + 1));
     assert!(!d.admit(ip("10.0.0.1"), 80, now + 200_000));
     assert!(d.admit(ip("10.0.0.2"), 80, now + 200_000));
     assert_eq!(d.blocked_sources(now + 200_000), 1);
+    d.sweep(now + 200_000 + STRIKE_MEMORY + 180_000);
+    assert!(d.blocks.read().unwrap().is_empty(), "forgotten after a day");
 }
 
 #[test]
@@ -273,4 +288,52 @@ fn revoke_is_refused_for_detectors_of_sources() {
     )
     .expect_err("refused");
     assert!(e.to_string().contains("detect.scanning"), "{e}");
+}
+
+#[test]
+fn a_flood_of_sources_makes_room_rather_than_blinding_the_detectors() {
+    let c = config("[detect.brute_force]\nthreshold = 3\nwindow = \"10s\"\n");
+    let mut d = Detectors::new(&c);
+    // The table fills with sources that failed once, long ago.
+    for i in 0..MAX_TRACKED as u32 {
+        let source = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        d.see(&Seen::Denied {
+            at: 1_000,
+            source,
+            reason: DenyReason::NoToken,
+            unknown_service: false,
+        });
+    }
+    assert_eq!(d.sources.len(), MAX_TRACKED);
+    // A new attacker, a minute later, is still noticed.
+    let mut fired = Vec::new();
+    for i in 0..3 {
+        fired.extend(d.see(&denied(61_000 + i, "192.0.2.1", DenyReason::WrongSecret)));
+    }
+    assert_eq!(kinds(&fired), vec![DetectorKind::BruteForce]);
+    assert!(d.sources.len() < MAX_TRACKED, "the idle ones went");
+}
+
+#[test]
+fn new_network_keeps_the_newest_networks_and_fires_once_for_each() {
+    let c = config(
+        "[detect.concurrent_sources]\nenabled = false\n[detect.rate_spike]\nenabled = false\n",
+    );
+    let mut d = Detectors::new(&c);
+    let mut fired = 0;
+    for n in 0..40u32 {
+        for _ in 0..3 {
+            let source = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0001 + (n << 8)));
+            fired += d
+                .see(&Seen::Used {
+                    at: 1_000 + i64::from(n),
+                    source,
+                    token_id: "t".into(),
+                    principal: None,
+                    service: None,
+                })
+                .len();
+        }
+    }
+    assert_eq!(fired, 39, "once per new network, not once per request");
 }
