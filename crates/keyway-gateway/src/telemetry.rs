@@ -116,6 +116,17 @@ impl Metrics {
         SessionGuard(g)
     }
 
+    /// The counter of bytes relayed for `service` in `direction` (`in` is client to
+    /// upstream), for a body that counts as it streams.
+    pub fn bytes(&self, service: &str, direction: &'static str) -> metrics::Counter {
+        let service = if self.services.contains(service) {
+            service.to_owned()
+        } else {
+            "(unknown)".into()
+        };
+        self.with(|| counter!("keyway_bytes_total", "service" => service, "direction" => direction))
+    }
+
     pub fn detector_fired(&self, detector: &'static str, action: &'static str) {
         self.with(|| {
             counter!("keyway_detector_firings_total", "detector" => detector, "action" => action)
@@ -210,7 +221,7 @@ fn describe() {
     describe_counter!(
         "keyway_bytes_total",
         Unit::Bytes,
-        "Bytes relayed by ended sessions; `in` is client to upstream."
+        "Bytes relayed: TCP and PostgreSQL sessions when they end, HTTP response bodies as they stream; `in` is client to upstream."
     );
     describe_histogram!(
         LATENCY,

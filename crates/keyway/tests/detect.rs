@@ -258,6 +258,13 @@ retries = 3
         after.contains("keyway_upstream_latency_seconds_bucket{service=\"api\""),
         "{after}"
     );
+    let out = r#"keyway_bytes_total{service="api",direction="out"}"#;
+    let body = "invoice list\n".len() as f64;
+    assert_eq!(
+        series(&after, out) - series(&before, out),
+        25.0 * body,
+        "{after}"
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         alerts(dir).is_empty(),

@@ -76,6 +76,8 @@ impl Upstream {
 /// A response body that ends with an error when its token is revoked or expires.
 struct Cancellable {
     inner: Incoming,
+    /// `keyway_bytes_total{direction="out"}` of the service.
+    bytes: metrics::Counter,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     expires: Pin<Box<tokio::time::Sleep>>,
 }
@@ -441,6 +443,7 @@ impl HttpProxy {
         strip_hop_by_hop(&mut parts.headers);
         let left = entry.expires_at().saturating_sub(self.gw.now()).max(0);
         let body = Cancellable {
+            bytes: self.gw.metrics.bytes(&self.svc.name, "out"),
             inner: body,
             cancelled: Box::pin(entry.cancel.clone().cancelled_owned()),
             expires: Box::pin(tokio::time::sleep(Duration::from_millis(left as u64))),
@@ -635,7 +638,13 @@ impl Body for Cancellable {
         if this.expires.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Some(Err(Box::new(Expired))));
         }
-        Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into)
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &frame {
+            if let Some(data) = f.data_ref() {
+                this.bytes.increment(data.len() as u64);
+            }
+        }
+        frame.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -580,9 +580,10 @@ impl PgProxy {
         let _active = self.gw.metrics.session(&self.svc.name);
         let started = Instant::now();
         let mut framing = Framing::default();
+        let bytes_in = std::sync::atomic::AtomicU64::new(0);
         let end = {
             let down = upstream_to_client(&mut up_r, &mut client_w, &mut framing);
-            let up = client_to_upstream(&mut client_r, &mut up_w, &audit);
+            let up = client_to_upstream(&mut client_r, &mut up_w, &audit, &bytes_in);
             tokio::pin!(down, up);
             let mut client_done = false;
             loop {
@@ -618,6 +619,7 @@ impl PgProxy {
         ev.detail = json!({
             "end": end,
             "role": role,
+            "bytes_in": bytes_in.load(std::sync::atomic::Ordering::Relaxed),
             "bytes_out": framing.bytes,
             "duration_ms": started.elapsed().as_millis() as u64,
         });
@@ -824,8 +826,12 @@ where
 /// Client frames to the upstream, as they are, in batches: a frame is flushed when no
 /// whole frame is waiting behind it. `Q`, `P` and `F` are read for the audit on the
 /// way; under `fail_closed` a frame waits for its audit event's place before it goes.
-async fn client_to_upstream<R, W>(r: &mut R, w: &mut W, audit: &StatementAudit)
-where
+async fn client_to_upstream<R, W>(
+    r: &mut R,
+    w: &mut W,
+    audit: &StatementAudit,
+    bytes: &std::sync::atomic::AtomicU64,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -842,6 +848,7 @@ where
         if len < 4 {
             break;
         }
+        bytes.fetch_add(len as u64 + 1, std::sync::atomic::Ordering::Relaxed);
         let audited = matches!(kind, b'Q' | b'P' | b'F');
         let reservation = if audited {
             Some(audit.gw.audit.reserve_waiting().await)
