@@ -19,6 +19,7 @@ use serde::Deserialize;
 use crate::units::{parse_duration, Rate};
 
 mod detect;
+pub mod lint;
 pub use detect::{
     Action, AlertsConfig, DetectConfig, Detector, DetectorKind, RawAlerts, RawDetect, RawDetector,
     RawWebhook, Webhook,
@@ -31,7 +32,7 @@ const DEFAULT_ADMIN_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 const DEFAULT_CREDENTIAL_MAX_AGE: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// The file as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub data_dir: Option<PathBuf>,
@@ -61,13 +62,13 @@ pub struct RawConfig {
 
 /// An agent: a Keyway process inside a private network that dials out to the
 /// gateway's tunnel and carries the connections of these services.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAgent {
     pub services: Vec<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAudit {
     pub queue: Option<usize>,
@@ -76,7 +77,7 @@ pub struct RawAudit {
     pub checkpoint_every: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawService {
     pub protocol: String,
@@ -104,14 +105,14 @@ pub struct RawService {
     pub via: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRole {
     pub user: String,
     pub secret: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     pub cert: PathBuf,
@@ -120,7 +121,7 @@ pub struct RawTls {
     pub client_ca: Option<PathBuf>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstreamAuth {
     pub header: String,

@@ -10,6 +10,7 @@
 //! - `demo.rs`: `keyway demo`, a gateway with a demo upstream and a token to try.
 //! - `serve.rs`: `keyway gateway`, and the start-up shared with the demo.
 //! - `scan.rs`: `keyway scan`, finding leaked tokens in files and git history.
+//! - `validate.rs`: `keyway validate` and `keyway schema`, the config for CI and editors.
 
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ mod connect;
 mod demo;
 mod scan;
 mod serve;
+mod validate;
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -84,6 +86,15 @@ enum Command {
     /// Check the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Check a config file without starting anything: syntax (an unknown key names
+    /// its path), policy (every service names its `max_ttl`), risks (plaintext
+    /// upstreams beyond this host, `allow_cidrs` open to every address: warnings),
+    /// and secrets written into it (a Keyway token anywhere, a key-like value, a
+    /// password in a URL). Exit status 1 on an error, for CI.
+    Validate(validate::ValidateArgs),
+    /// Print the JSON Schema of `keyway.toml`, for editors (for example taplo, or
+    /// `#:schema ./keyway.schema.json` at the top of the file).
+    Schema,
 }
 
 #[derive(Debug, Subcommand)]
@@ -278,6 +289,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Secret(cmd) => secret(cmd).await,
         Command::Agent(cmd) => agent::run(cmd, &cli.log, cli.log_format).await,
         Command::Audit(cmd) => audit::run(cmd).await,
+        Command::Validate(args) => validate::run(args),
+        Command::Schema => validate::schema(),
     }
 }
 

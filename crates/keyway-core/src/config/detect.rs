@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::{valid_secret_name, Problems};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDetect {
     /// Sources that are never blocked (monitoring, load balancers); alerts still fire.
@@ -28,7 +28,7 @@ pub struct RawDetect {
     pub rate_spike: Option<RawDetector>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDetector {
     pub enabled: Option<bool>,
@@ -38,13 +38,13 @@ pub struct RawDetector {
     pub action: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAlerts {
     pub webhook: Option<RawWebhook>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawWebhook {
     pub url: String,

@@ -1,0 +1,324 @@
+//! What `keyway validate` checks beyond what start-up refuses: policy a reviewed
+//! config must meet (every service names its token lifetime), risks worth a warning
+//! (plaintext beyond this host, a service open to every address), and secrets written
+//! into the file (a Keyway token anywhere, even in a comment; a value that looks like
+//! a key). Findings name the key or the line, never the value.
+
+use std::net::IpAddr;
+
+use super::{Config, ServiceKind};
+use crate::token::find_tokens;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    /// The key's path (`services.billing.upstream`) or `line N`.
+    pub at: String,
+    pub message: String,
+}
+
+/// The findings of a config that parsed: `text` is its file, `config` what it
+/// checked into.
+pub fn lint(text: &str, config: &Config) -> Vec<Finding> {
+    let mut out = secrets_in(text);
+    let raw: toml::Table = toml::from_str(text).unwrap_or_default();
+    let raw_services = raw.get("services").and_then(|s| s.as_table());
+    for (name, svc) in &config.services {
+        let key = |k: &str| format!("services.{name}.{k}");
+        let explicit_ttl = raw_services
+            .and_then(|s| s.get(name))
+            .and_then(|s| s.get("max_ttl"))
+            .is_some();
+        if !explicit_ttl {
+            out.push(error(
+                key("max_ttl"),
+                format!(
+                    "is not set: say how long this service's tokens may live (at most the global {})",
+                    crate::units::format_duration(config.max_ttl)
+                ),
+            ));
+        }
+        for (i, c) in svc.allow_cidrs.iter().enumerate() {
+            if c.prefix_len() == 0 {
+                out.push(warning(
+                    format!("{}[{i}]", key("allow_cidrs")),
+                    "lets every address in; name the networks that use this service".into(),
+                ));
+            }
+        }
+        if svc.via.is_some() {
+            // The agent dials it inside its own network.
+            continue;
+        }
+        let (scheme, host): (&str, String) = match &svc.kind {
+            // Upstreams are plain HTTP in this version.
+            ServiceKind::Http(h) => ("http", h.upstream.authority.host().to_owned()),
+            ServiceKind::Tcp(t) => ("tcp", host_of(&t.upstream)),
+            ServiceKind::Postgres(p) => ("postgres", host_of(&p.upstream)),
+        };
+        if scheme != "https" && !is_local(&host) {
+            out.push(warning(
+                key("upstream"),
+                format!(
+                    "{scheme} to {host} crosses the network in plaintext; use TLS to the upstream, or an agent beside it (`via`)"
+                ),
+            ));
+        }
+    }
+    out.sort_by(|a, b| a.severity.cmp(&b.severity).then(a.at.cmp(&b.at)));
+    out
+}
+
+/// Secrets written into the file: every Keyway token (whatever its place), a URL with
+/// a password in it, and quoted values that look like keys.
+pub fn secrets_in(text: &str) -> Vec<Finding> {
+    let line_of = |offset: usize| text[..offset].bytes().filter(|&c| c == b'\n').count() + 1;
+    let mut out = Vec::new();
+    for f in find_tokens(text) {
+        out.push(error(
+            format!("line {}", line_of(f.start)),
+            format!(
+                "holds a Keyway token (id {}); revoke it (`keyway token revoke {}`) and never write one into the config",
+                f.id, f.id
+            ),
+        ));
+    }
+    for (offset, value) in quoted(text) {
+        let at = format!("line {}", line_of(offset));
+        if let Some((_, rest)) = value.split_once("://") {
+            let userinfo = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            if userinfo.contains('@') && userinfo.split('@').next().is_some_and(|u| u.contains(':'))
+            {
+                out.push(error(
+                    at,
+                    "is a URL with a password in it; set the credential with `keyway secret set` and name it".into(),
+                ));
+            }
+            continue;
+        }
+        if looks_like_a_key(value) && find_tokens(value).is_empty() {
+            out.push(error(
+                at,
+                format!(
+                    "has a value that looks like a secret ({} characters, high entropy); set it with `keyway secret set NAME` and write only the name",
+                    value.chars().count()
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// A random-looking value: long, no spaces, a long run of letters and digits (paths,
+/// hosts and names are short words between separators), dense in information, and
+/// either of three kinds of character or long hex.
+pub fn looks_like_a_key(v: &str) -> bool {
+    if v.len() < 20 || v.len() > 4096 || v.chars().any(char::is_whitespace) {
+        return false;
+    }
+    let longest_run = v
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    if longest_run < 16 {
+        return false;
+    }
+    let classes = [
+        v.bytes().any(|c| c.is_ascii_lowercase()),
+        v.bytes().any(|c| c.is_ascii_uppercase()),
+        v.bytes().any(|c| c.is_ascii_digit()),
+        v.bytes().any(|c| !c.is_ascii_alphanumeric()),
+    ]
+    .iter()
+    .filter(|&&b| b)
+    .count();
+    let hex = v.len() >= 32 && v.bytes().all(|c| c.is_ascii_hexdigit());
+    (classes >= 3 || hex) && entropy(v) >= 3.5
+}
+
+/// Shannon entropy in bits per character.
+fn entropy(v: &str) -> f64 {
+    let mut counts = [0u32; 256];
+    for b in v.bytes() {
+        counts[b as usize] += 1;
+    }
+    let n = v.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+/// The quoted strings of a TOML text (basic and literal, one line each), with their
+/// offsets; comments skipped, since `find_tokens` already reads them.
+fn quoted(text: &str) -> Vec<(usize, &str)> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let b = line.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'#' => break,
+                q @ (b'"' | b'\'') => {
+                    let start = i + 1;
+                    let mut j = start;
+                    while j < b.len() && b[j] != q && b[j] != b'\n' {
+                        if q == b'"' && b[j] == b'\\' {
+                            j += 1;
+                        }
+                        j += 1;
+                    }
+                    let end = j.min(b.len());
+                    if let Some(v) = line.get(start..end) {
+                        out.push((offset + start, v));
+                    }
+                    i = end + 1;
+                }
+                _ => i += 1,
+            }
+        }
+        offset += line.len();
+    }
+    out
+}
+
+fn host_of(addr: &str) -> String {
+    addr.rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .unwrap_or(addr)
+        .to_owned()
+}
+
+fn is_local(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn error(at: String, message: String) -> Finding {
+    Finding {
+        severity: Severity::Error,
+        at,
+        message,
+    }
+}
+
+fn warning(at: String, message: String) -> Finding {
+    Finding {
+        severity: Severity::Warning,
+        at,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use secrecy::ExposeSecret;
+
+    use super::*;
+    use crate::token::{IssuedToken, TokenKind};
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, std::path::Path::new("/tmp")).expect("config")
+    }
+
+    #[test]
+    fn policy_and_risks() {
+        let text = r#"
+[services.billing]
+protocol = "http"
+listen = "127.0.0.1:9001"
+upstream = "http://10.0.0.5:8080"
+allow_cidrs = ["0.0.0.0/0"]
+
+[services.local]
+protocol = "http"
+listen = "127.0.0.1:9002"
+upstream = "http://127.0.0.1:8080"
+max_ttl = "1h"
+"#;
+        let f = lint(text, &config(text));
+        let said: Vec<_> = f.iter().map(|f| (f.severity, f.at.as_str())).collect();
+        assert_eq!(
+            said,
+            vec![
+                (Severity::Error, "services.billing.max_ttl"),
+                (Severity::Warning, "services.billing.allow_cidrs[0]"),
+                (Severity::Warning, "services.billing.upstream"),
+            ],
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn secrets_are_found_and_never_shown() {
+        let token = IssuedToken::generate(TokenKind::Access);
+        let secret = "sk_live_51HxYzAbCdEfGh12345678";
+        let text = format!(
+            "# old token: {}\n[services.a]\nupstream = \"https://admin:hunter2@10.0.0.5/\"\nkey = \"{secret}\"\nname = \"billing-api-key\"\npath = \"/etc/keyway/tls/gateway-cert.pem\"\n",
+            token.secret().expose_secret()
+        );
+        let f = secrets_in(&text);
+        let at: Vec<_> = f.iter().map(|f| f.at.as_str()).collect();
+        assert_eq!(at, vec!["line 1", "line 3", "line 4"], "{f:?}");
+        for finding in &f {
+            assert!(!finding.message.contains(secret));
+            assert!(!finding.message.contains("hunter2"));
+            let secret_part = &token.secret().expose_secret()[22..];
+            assert!(!finding.message.contains(secret_part));
+        }
+    }
+
+    #[test]
+    fn a_path_with_digits_is_not_a_key() {
+        // Found by the property below.
+        assert!(!looks_like_a_key("/a/780-a-k/b-..c0d12"));
+        assert!(!looks_like_a_key("/var/lib/keyway2/tls/gateway-2026.pem"));
+        assert!(looks_like_a_key("0123456789abcdef0123456789abcdef"));
+    }
+
+    proptest! {
+        /// A token anywhere in a config is found, whatever surrounds it.
+        #[test]
+        fn a_token_is_found_anywhere(before in "[ -~\n]{0,40}", after in "[ -~\n]{0,40}") {
+            let token = IssuedToken::generate(TokenKind::Access);
+            let text = format!("{before}{}{after}", token.secret().expose_secret());
+            prop_assert!(secrets_in(&text).iter().any(|f| f.message.contains(token.id())));
+        }
+
+        /// Names, paths, addresses and durations are not secrets.
+        #[test]
+        fn ordinary_values_are_not_secrets(
+            name in "[a-z]{2,10}([_-][a-z]{2,10}){0,3}[0-9]{0,2}",
+            path in "/[a-z]{1,8}(/[a-z0-9.-]{1,12}){1,5}",
+            addr in "(10|192)\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}:[0-9]{2,5}",
+        ) {
+            for v in [name.as_str(), path.as_str(), addr.as_str()] {
+                prop_assert!(!looks_like_a_key(v), "{v}");
+            }
+        }
+
+        /// It never panics, whatever the text.
+        #[test]
+        fn any_text(text in "\\PC{0,200}") {
+            let _ = secrets_in(&text);
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! `keyway validate` and `keyway schema`: the config file checked as CI and editors
+//! need it, without starting anything.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use keyway_core::config::lint::{self, Finding, Severity};
+use keyway_core::config::{Config, RawConfig};
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// The config file.
+    #[arg(env = "KEYWAY_CONFIG", default_value = "keyway.toml")]
+    file: PathBuf,
+    /// Fail on warnings too.
+    #[arg(long)]
+    deny_warnings: bool,
+    /// One JSON object per finding instead of lines for people.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: ValidateArgs) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let findings = check(&text, args.file.parent().unwrap_or(Path::new("")));
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
+    let warnings = findings.len() - errors;
+    for f in &findings {
+        if args.json {
+            println!("{}", serde_json::to_string(f)?);
+        } else {
+            let level = match f.severity {
+                Severity::Error => "error",
+                Severity::Warning => "warning",
+            };
+            println!("{level}: `{}`: {}", f.at, f.message);
+        }
+    }
+    if !args.json {
+        let verdict = if errors == 0 { "valid" } else { "not valid" };
+        eprintln!(
+            "{}: {verdict} ({errors} errors, {warnings} warnings)",
+            args.file.display()
+        );
+    }
+    let fail = errors > 0 || (args.deny_warnings && warnings > 0);
+    Ok(if fail {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Every finding of a config text: what start-up would refuse, then the policy,
+/// risks and secrets `lint` finds. Secrets are looked for even in a file that does
+/// not parse.
+pub fn check(text: &str, base_dir: &Path) -> Vec<Finding> {
+    match Config::parse(text, base_dir) {
+        Ok(config) => lint::lint(text, &config),
+        Err(e) => {
+            let mut out: Vec<Finding> = e
+                .problems
+                .iter()
+                .map(|p| {
+                    let (at, message) = split_problem(p);
+                    Finding {
+                        severity: Severity::Error,
+                        at,
+                        message,
+                    }
+                })
+                .collect();
+            out.extend(lint::secrets_in(text));
+            out
+        }
+    }
+}
+
+/// A start-up problem (`` `key`: message `` or `` line N: `key`: message ``) as the
+/// key and the message.
+fn split_problem(p: &str) -> (String, String) {
+    let (line, rest) = match p.split_once(": `") {
+        Some((l, r)) if l.starts_with("line ") => (Some(l), r),
+        _ => (None, p.strip_prefix('`').unwrap_or(p)),
+    };
+    match rest.split_once("`: ") {
+        Some((key, msg)) => (
+            line.map_or_else(|| key.to_owned(), |l| format!("{key} ({l})")),
+            msg.to_owned(),
+        ),
+        None => ("file".into(), p.to_owned()),
+    }
+}
+
+/// The JSON Schema of `keyway.toml`.
+pub fn schema() -> Result<ExitCode> {
+    let schema = schemars::schema_for!(RawConfig);
+    println!("{}", serde_json::to_string_pretty(&schema)?);
+    Ok(ExitCode::SUCCESS)
+}
