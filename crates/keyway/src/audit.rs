@@ -54,6 +54,11 @@ impl Filters {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
+    /// Scan the hosts behind the gateway for open TCP ports and set them against the
+    /// config: open but undeclared (close it, or put it behind Keyway), declared but
+    /// closed (stale config), and with `--from-outside`, declared upstreams reachable
+    /// without the gateway. Exit status 1 on findings.
+    Ports(crate::ports::PortsArgs),
     /// Audit events, oldest first, a page at a time (`--after` the last seq shown).
     Query {
         #[command(flatten)]
@@ -110,6 +115,7 @@ fn parse_expect(s: &str) -> Result<(i64, [u8; 32]), String> {
 
 pub async fn run(cmd: AuditCommand) -> Result<ExitCode> {
     match cmd {
+        AuditCommand::Ports(args) => crate::ports::run(args).await,
         AuditCommand::Query {
             filters,
             after,

@@ -9,6 +9,7 @@
 //! - `audit.rs`: `keyway audit verify`: the audit log's hash chain, offline.
 //! - `demo.rs`: `keyway demo`, a gateway with a demo upstream and a token to try.
 //! - `serve.rs`: `keyway gateway`, and the start-up shared with the demo.
+//! - `ports.rs`: `keyway audit ports`, open ports set against the declared upstreams.
 //! - `scan.rs`: `keyway scan`, finding leaked tokens in files and git history.
 //! - `validate.rs`: `keyway validate` and `keyway schema`, the config for CI and editors.
 
@@ -19,6 +20,7 @@ mod audit;
 mod client;
 mod connect;
 mod demo;
+mod ports;
 mod scan;
 mod serve;
 mod validate;

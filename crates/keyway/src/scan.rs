@@ -264,7 +264,7 @@ fn scan_git(path: &Path, findings: &mut Vec<Finding>) -> Result<()> {
     Ok(())
 }
 
-fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+pub(crate) fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     if len < 2_000 || !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
