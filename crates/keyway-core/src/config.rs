@@ -29,6 +29,9 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_DATA_DIR: &str = "keyway-data";
 const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_ADMIN_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Ports the port audit scans when `[audit.ports] ports` is unset: the well-known
+/// range and where databases, caches, brokers and admin consoles usually listen.
+pub const PORT_AUDIT_DEFAULT: &str = "1-1024,1433,1521,2375-2376,2379,3000,3306,5000,5432,5601,5672,5984,6379,7000-7001,8000,8008,8080-8090,8443,8888,9000,9042,9090,9092,9200,9300,11211,15672,27017";
 const DEFAULT_CREDENTIAL_MAX_AGE: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// The file as written.
@@ -75,6 +78,20 @@ pub struct RawAudit {
     pub on_full: Option<String>,
     pub retention: Option<String>,
     pub checkpoint_every: Option<String>,
+    /// The port audit, run by the gateway on a schedule.
+    pub ports: Option<RawPortAudit>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPortAudit {
+    /// Like `7d`.
+    pub every: String,
+    /// Hosts or CIDRs; the declared upstreams' hosts when unset.
+    pub hosts: Option<Vec<String>>,
+    /// Like `1-1024,5432`; the well-known range and the usual database, cache and
+    /// broker ports when unset. Declared ports are always added.
+    pub ports: Option<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -183,6 +200,15 @@ pub struct AuditConfig {
     pub retention: Option<Duration>,
     /// How often the chain's head is checkpointed and signed.
     pub checkpoint_every: Duration,
+    pub ports: Option<PortAuditConfig>,
+}
+
+/// `[audit.ports]`: the port audit the gateway runs on a schedule.
+#[derive(Debug, Clone)]
+pub struct PortAuditConfig {
+    pub every: Duration,
+    pub hosts: Vec<String>,
+    pub ports: std::collections::BTreeSet<u16>,
 }
 
 /// What the gateway does when the audit writer cannot keep up.
@@ -438,6 +464,27 @@ impl RawConfig {
                 "must be at least twice `audit.checkpoint_every`, so that a checkpoint can anchor what is kept",
             );
         }
+        let ports = self.audit.ports.map(|raw| {
+            let every = p.duration_or(
+                "audit.ports.every",
+                Some(&raw.every),
+                Duration::from_secs(7 * 24 * 3600),
+            );
+            if every < Duration::from_secs(1) {
+                p.push("audit.ports.every", "must be at least 1s");
+            }
+            let ports =
+                crate::units::parse_ports(raw.ports.as_deref().unwrap_or(PORT_AUDIT_DEFAULT))
+                    .unwrap_or_else(|e| {
+                        p.push("audit.ports.ports", &e.to_string());
+                        Default::default()
+                    });
+            PortAuditConfig {
+                every,
+                hosts: raw.hosts.unwrap_or_default(),
+                ports,
+            }
+        });
         let queue = self.audit.queue.unwrap_or(65_536);
         if !(64..=10_000_000).contains(&queue) {
             p.push("audit.queue", "must be between 64 and 10000000 events");
@@ -569,6 +616,7 @@ impl RawConfig {
                 on_full,
                 retention,
                 checkpoint_every,
+                ports,
             },
             services,
             agents,

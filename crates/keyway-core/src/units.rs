@@ -22,6 +22,27 @@ pub enum UnitError {
     TooLong,
     #[error("not a rate; write it like `50/s`, `600/m` or `10000/h` (a count from 1 to 1000000)")]
     Rate,
+    #[error("not ports; write them like `22,80,8000-8100` (1 to 65535)")]
+    Ports,
+}
+
+/// Ports as written on the command line and in `[audit.ports]`: `1-1024,5432`.
+pub fn parse_ports(s: &str) -> Result<std::collections::BTreeSet<u16>, UnitError> {
+    let mut out = std::collections::BTreeSet::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let (Ok(lo), Ok(hi)) = (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) else {
+            return Err(UnitError::Ports);
+        };
+        if lo == 0 || hi < lo {
+            return Err(UnitError::Ports);
+        }
+        out.extend(lo..=hi);
+    }
+    if out.is_empty() {
+        return Err(UnitError::Ports);
+    }
+    Ok(out)
 }
 
 /// Parses a human duration; zero is refused, since every use of a duration in Keyway
@@ -81,6 +102,43 @@ impl fmt::Display for Rate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_and_ranges() {
+        assert_eq!(
+            parse_ports("22, 80-82,80")
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![22, 80, 81, 82]
+        );
+        assert_eq!(parse_ports("1-65535").unwrap().len(), 65535);
+        for bad in ["", "0", "9-8", "http", "70000", "1-", ",", "-5"] {
+            assert_eq!(parse_ports(bad), Err(UnitError::Ports), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any list of ports and ranges written out parses back to the same set.
+        #[test]
+        fn ports_round_trip(ranges in proptest::collection::vec((1u16..=65535, 0u16..50), 1..8)) {
+            let mut want = std::collections::BTreeSet::new();
+            let text: Vec<String> = ranges
+                .iter()
+                .map(|&(lo, len)| {
+                    let hi = lo.saturating_add(len);
+                    want.extend(lo..=hi);
+                    if hi == lo { lo.to_string() } else { format!("{lo}-{hi}") }
+                })
+                .collect();
+            proptest::prop_assert_eq!(parse_ports(&text.join(",")).unwrap(), want);
+        }
+
+        #[test]
+        fn ports_never_panic(s in "\\PC{0,40}") {
+            let _ = parse_ports(&s);
+        }
+    }
 
     #[test]
     fn durations() {

@@ -19,7 +19,6 @@ use hyper_util::rt::TokioExecutor;
 use keyway_core::clock::format_ms;
 use keyway_core::config::Webhook;
 use keyway_store::AuditEvent;
-use serde_json::json;
 use sha2::Sha256;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -56,26 +55,28 @@ impl Alerts {
         }
     }
 
-    /// Queues a `detect.alert` event for the webhook.
+    /// Queues an alert for the webhook: an audit event (`detect.alert`, `ports.audit`)
+    /// with its detail's fields at the top level.
     pub fn send(&self, ev: &AuditEvent) {
         if !self.enabled {
             return;
         }
-        let d = &ev.detail;
-        let body = json!({
-            "kind": ev.kind,
-            "at": format_ms(ev.at),
-            "detector": d.get("detector"),
-            "action": d.get("action"),
-            "outcome": d.get("outcome"),
-            "summary": d.get("summary"),
-            "blocked_until": d.get("blocked_until"),
-            "source": ev.source,
-            "token_id": ev.token_id,
-            "principal": ev.principal,
-            "service": ev.service,
-        });
-        if self.tx.try_send(Bytes::from(body.to_string())).is_err() {
+        let mut body = serde_json::Map::new();
+        if let Some(detail) = ev.detail.as_object() {
+            body.extend(detail.clone());
+        }
+        body.insert("kind".into(), ev.kind.clone().into());
+        body.insert("at".into(), format_ms(ev.at).into());
+        for (k, v) in [
+            ("source", &ev.source),
+            ("token_id", &ev.token_id),
+            ("principal", &ev.principal),
+            ("service", &ev.service),
+        ] {
+            body.insert(k.into(), v.clone().into());
+        }
+        let body = serde_json::Value::Object(body).to_string();
+        if self.tx.try_send(Bytes::from(body)).is_err() {
             tracing::error!("the alert webhook queue is full; this alert is only in the audit log");
         }
     }

@@ -20,6 +20,7 @@
 //! - [`telemetry`]: the Prometheus metrics, fed by the audit events.
 //! - [`detect`]: the intrusion detectors on the event stream; the blocklist.
 //! - [`alerts`]: signed alert webhooks, retried.
+//! - [`portscan`]: the port audit, for `keyway audit ports` and on a schedule.
 //!
 //! [`run`] takes bound listeners and a shutdown signal, so tests bind port 0.
 
@@ -33,6 +34,7 @@ pub mod detect;
 pub mod gateway;
 pub mod index;
 pub mod listener;
+pub mod portscan;
 pub mod proxy;
 pub mod telemetry;
 pub mod tls;
@@ -290,6 +292,7 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
     tasks.spawn(housekeeping(gw.clone(), shutdown.clone()));
     tasks.spawn(detect::run(gw.clone(), shutdown.clone()));
     tasks.spawn(audit::maintain(gw.clone(), shutdown.clone()));
+    tasks.spawn(portscan::run_scheduled(gw.clone(), shutdown.clone()));
     tasks.spawn(alerts::run(gw.clone(), shutdown.clone()));
     while tasks.join_next().await.is_some() {}
     gw.flush_last_used(0).await;

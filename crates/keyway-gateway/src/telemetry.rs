@@ -134,6 +134,14 @@ impl Metrics {
         });
     }
 
+    /// The newest scheduled port audit's findings.
+    pub fn port_audit(&self, undeclared: usize, stale: usize) {
+        self.with(|| {
+            gauge!("keyway_port_audit_findings", "state" => "undeclared").set(undeclared as f64);
+            gauge!("keyway_port_audit_findings", "state" => "stale").set(stale as f64);
+        });
+    }
+
     /// A connection refused because its source is blocked.
     pub fn blocked_connection(&self) {
         self.with(|| counter!("keyway_blocked_connections_total").increment(1));
@@ -267,6 +275,10 @@ fn describe() {
         "Intrusion detector firings, by detector and action."
     );
     describe_gauge!("keyway_blocked_sources", "Source addresses blocked now.");
+    describe_gauge!(
+        "keyway_port_audit_findings",
+        "The newest scheduled port audit: open undeclared ports, stale declarations."
+    );
     describe_counter!(
         "keyway_detector_observations_dropped_total",
         "Events the detectors did not see because they fell behind."

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -55,6 +55,62 @@ pub async fn upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
         }
     });
     (addr, seen)
+}
+
+/// A webhook receiver: records (signature header, alert id, body); the first POST
+/// gets a 500.
+pub async fn webhook() -> (SocketAddr, Arc<Mutex<Vec<(String, String, String)>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let attempts = Arc::new(Mutex::new(0u32));
+    let g = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (g, attempts) = (g.clone(), attempts.clone());
+            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let (g, attempts) = (g.clone(), attempts.clone());
+                async move {
+                    let header = |n: &str| {
+                        req.headers()
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    let (sig, id) = (header("x-keyway-signature"), header("x-keyway-alert-id"));
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let first = {
+                        let mut n = attempts.lock().unwrap();
+                        *n += 1;
+                        *n == 1
+                    };
+                    let status = if first {
+                        500
+                    } else {
+                        g.lock().unwrap().push((
+                            sig,
+                            id,
+                            String::from_utf8_lossy(&body).into_owned(),
+                        ));
+                        200
+                    };
+                    let mut resp = http::Response::new(Full::new(Bytes::new()));
+                    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, got)
 }
 
 /// A port for a gateway process to bind. Ports come from a counter, so two tests of
