@@ -167,6 +167,37 @@ pub async fn expand_hosts(hosts: &[String]) -> Result<Vec<IpAddr>, String> {
     Ok(out.into_iter().collect())
 }
 
+/// What to scan: every port of `ports` and the declared ones, on `hosts` (hosts or
+/// CIDRs), or on the declared upstreams' hosts when none are given.
+pub async fn targets(
+    declared: &BTreeMap<SocketAddr, String>,
+    hosts: &[String],
+    mut ports: BTreeSet<u16>,
+) -> Result<Vec<SocketAddr>, String> {
+    let hosts: Vec<IpAddr> = if hosts.is_empty() {
+        declared
+            .keys()
+            .map(|a| a.ip())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    } else {
+        expand_hosts(hosts).await?
+    };
+    ports.extend(declared.keys().map(|a| a.port()));
+    if hosts.len().saturating_mul(ports.len()) > MAX_TARGETS {
+        return Err(format!(
+            "{} hosts × {} ports is more than {MAX_TARGETS} addresses; scan fewer at a time",
+            hosts.len(),
+            ports.len()
+        ));
+    }
+    Ok(hosts
+        .iter()
+        .flat_map(|h| ports.iter().map(move |p| SocketAddr::new(*h, *p)))
+        .collect())
+}
+
 /// Runs the port audit every `[audit.ports] every` until `shutdown`: each run is a
 /// `ports.audit` event, `keyway_port_audit_findings{state}`, and, when it found
 /// something, an alert to the webhook.
@@ -180,29 +211,13 @@ pub async fn run_scheduled(gw: Arc<Gateway>, shutdown: CancellationToken) {
             () = tokio::time::sleep(cfg.every) => {}
         }
         let declared = declared(&gw.config).await;
-        let hosts = if cfg.hosts.is_empty() {
-            declared
-                .keys()
-                .map(|a| a.ip())
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect()
-        } else {
-            match expand_hosts(&cfg.hosts).await {
-                Ok(h) => h,
-                Err(e) => {
-                    tracing::error!(error = %e, "the port audit cannot start");
-                    continue;
-                }
+        let targets = match targets(&declared, &cfg.hosts, cfg.ports.clone()).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "the port audit cannot start");
+                continue;
             }
         };
-        let mut ports = cfg.ports.clone();
-        ports.extend(declared.keys().map(|a| a.port()));
-        let targets: Vec<SocketAddr> = hosts
-            .iter()
-            .flat_map(|h| ports.iter().map(move |p| SocketAddr::new(*h, *p)))
-            .take(MAX_TARGETS)
-            .collect();
         let open = tokio::select! {
             () = shutdown.cancelled() => return,
             open = scan(&targets, 256, 2_000, Duration::from_millis(500), || {}) => open,

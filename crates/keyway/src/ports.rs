@@ -5,13 +5,12 @@
 //! gateway.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use keyway_core::units::parse_ports;
-use keyway_gateway::portscan::{self, classify, declared, DEFAULT_PORTS, MAX_TARGETS};
+use keyway_gateway::portscan::{self, classify, declared, DEFAULT_PORTS};
 
 #[derive(Debug, clap::Args)]
 pub struct PortsArgs {
@@ -51,34 +50,28 @@ pub async fn run(args: PortsArgs) -> Result<ExitCode> {
     if !(1..=10_000).contains(&args.concurrency) || !(1..=100_000).contains(&args.rate) {
         bail!("--concurrency must be 1 to 10000 and --rate 1 to 100000");
     }
-    let hosts: Vec<IpAddr> = if args.hosts.is_empty() {
+    let ports = parse_ports(args.ports.as_deref().unwrap_or(DEFAULT_PORTS))
+        .map_err(|e| anyhow!("--ports: {e}"))?;
+    // Declared ports are scanned too unless the ports were chosen.
+    let only = if args.ports.is_some() {
         declared
-            .keys()
-            .map(|a| a.ip())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
+            .iter()
+            .filter(|(a, _)| ports.contains(&a.port()))
+            .map(|(a, s)| (*a, s.clone()))
             .collect()
     } else {
-        portscan::expand_hosts(&args.hosts)
-            .await
-            .map_err(|e| anyhow!(e))?
+        declared.clone()
     };
-    let mut ports = parse_ports(args.ports.as_deref().unwrap_or(DEFAULT_PORTS))
-        .map_err(|e| anyhow!("--ports: {e}"))?;
-    if args.ports.is_none() {
-        ports.extend(declared.keys().map(|a| a.port()));
-    }
-    let targets: Vec<SocketAddr> = hosts
-        .iter()
-        .flat_map(|h| ports.iter().map(move |p| SocketAddr::new(*h, *p)))
-        .collect();
-    if targets.len() > MAX_TARGETS {
-        bail!(
-            "{} hosts × {} ports is more than {MAX_TARGETS} addresses; scan fewer at a time",
-            hosts.len(),
-            ports.len()
-        );
-    }
+    // The hosts of every declared upstream, whichever ports were chosen.
+    let hosts: Vec<String> = if args.hosts.is_empty() {
+        let ips: BTreeSet<_> = declared.keys().map(|a| a.ip().to_string()).collect();
+        ips.into_iter().collect()
+    } else {
+        args.hosts.clone()
+    };
+    let targets = portscan::targets(&only, &hosts, ports)
+        .await
+        .map_err(|e| anyhow!(e))?;
     let bar = if args.json {
         indicatif::ProgressBar::hidden()
     } else {
