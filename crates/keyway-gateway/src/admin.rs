@@ -15,6 +15,7 @@
 //! | `POST /v1/agents/{name}/enroll` | a one-use enrollment token for an agent, with the CA pin (once) |
 //! | `POST /v1/agents/{name}/revoke` | disconnect an agent now and refuse its certificates |
 //! | `GET /v1/agents` | each agent's state, version, last heartbeat and services |
+//! | `GET /v1/report?since=30d` | the hygiene report: unused tokens, quiet services, broad grants, … |
 //! | `GET /metrics` | Prometheus text format (needs the admin token too) |
 
 use std::sync::Arc;
@@ -103,6 +104,7 @@ pub fn router(gw: Gw) -> Router {
         .route("/v1/agents", get(list_agents))
         .route("/v1/agents/{name}/enroll", post(enroll_agent))
         .route("/v1/agents/{name}/revoke", post(revoke_agent))
+        .route("/v1/report", get(report))
         .route("/metrics", get(metrics))
         .fallback(|_: Admin| async { error(StatusCode::NOT_FOUND, "no such admin call") })
         .with_state(gw)
@@ -518,6 +520,29 @@ async fn audit(_: Admin, State(gw): State<Gw>, Query(p): Query<AuditParams>) -> 
         Ok(events) => Json(events).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "could not read the audit log");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store failed; see the gateway log",
+            )
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ReportParams {
+    since: Option<String>,
+}
+
+async fn report(_: Admin, State(gw): State<Gw>, Query(p): Query<ReportParams>) -> Response {
+    let since = match p.since.as_deref().map(keyway_core::units::parse_duration) {
+        None => Duration::from_secs(30 * 24 * 3600),
+        Some(Ok(d)) => d,
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("since: {e}")),
+    };
+    match crate::report::build(&gw, crate::report::window_start(gw.now(), since)).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "could not build the report");
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the store failed; see the gateway log",

@@ -20,6 +20,7 @@
 //! - [`telemetry`]: the Prometheus metrics, fed by the audit events.
 //! - [`detect`]: the intrusion detectors on the event stream; the blocklist.
 //! - [`alerts`]: signed alert webhooks, retried.
+//! - [`report`]: the hygiene report: what to revoke, narrow or close.
 //! - [`portscan`]: the port audit, for `keyway audit ports` and on a schedule.
 //!
 //! [`run`] takes bound listeners and a shutdown signal, so tests bind port 0.
@@ -36,6 +37,7 @@ pub mod index;
 pub mod listener;
 pub mod portscan;
 pub mod proxy;
+pub mod report;
 pub mod telemetry;
 pub mod tls;
 pub mod token_api;

@@ -109,6 +109,17 @@ pub struct AuditQuery {
     pub until: Option<UnixMillis>,
 }
 
+/// Allowed uses of a service by a token, as the audit log has them: one row per
+/// service, token, method and path, with the latest time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    pub service: String,
+    pub token_id: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub last: UnixMillis,
+}
+
 /// The store, whatever its backend.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -150,4 +161,7 @@ pub trait Store: Send + Sync + 'static {
     /// anchor. Returns the anchor's `seq` and the events deleted, if any.
     async fn prune_audit(&self, before: UnixMillis) -> Result<Option<(i64, u64)>>;
     async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<StoredEvent>>;
+    /// What allowed requests and connections since `since` used, grouped: at most
+    /// `limit` rows, newest use first.
+    async fn audit_usage(&self, since: UnixMillis, limit: u32) -> Result<Vec<Usage>>;
 }

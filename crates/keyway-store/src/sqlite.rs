@@ -446,6 +446,29 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn audit_usage(&self, since: UnixMillis, limit: u32) -> Result<Vec<crate::Usage>> {
+        let rows = sqlx::query(
+            "SELECT service, token_id, json_extract(detail, '$.method'), json_extract(detail, '$.path'), MAX(at) AS last
+             FROM audit_events
+             WHERE decision = 'allow' AND kind IN ('request', 'connection.open') AND at >= ? AND service IS NOT NULL
+             GROUP BY 1, 2, 3, 4 ORDER BY last DESC LIMIT ?",
+        )
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| crate::Usage {
+                service: r.get(0),
+                token_id: r.get(1),
+                method: r.get(2),
+                path: r.get(3),
+                last: r.get(4),
+            })
+            .collect())
+    }
+
     async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<StoredEvent>> {
         let limit = if q.limit == 0 {
             1000

@@ -94,6 +94,20 @@ enum Command {
     /// and secrets written into it (a Keyway token anywhere, a key-like value, a
     /// password in a URL). Exit status 1 on an error, for CI.
     Validate(validate::ValidateArgs),
+    /// The hygiene report: tokens not used within the window, client credentials
+    /// near their maximum age, services with no traffic (candidates to close), grants
+    /// broader than what was used, agents not connected. Exit status 1 when it
+    /// finds anything.
+    Report {
+        /// The window, like `30d`.
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// JSON instead of sections for people.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Print the JSON Schema of `keyway.toml`, for editors (for example taplo, or
     /// `#:schema ./keyway.schema.json` at the top of the file).
     Schema,
@@ -293,7 +307,100 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Validate(args) => validate::run(args),
         Command::Schema => validate::schema(),
+        Command::Report { since, json, admin } => report(&since, json, &admin).await,
     }
+}
+
+async fn report(since: &str, json: bool, admin: &AdminArgs) -> Result<ExitCode> {
+    let client = AdminClient::resolve(admin)?;
+    let r: keyway_gateway::report::Report = client
+        .get(&format!("/v1/report?since={}", client::path_segment(since)))
+        .await?;
+    let findings = r.unused_tokens.len()
+        + r.credentials_near_max_age.len()
+        + r.quiet_services.len()
+        + r.broad_grants.len()
+        + r.agents_not_connected.len();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("Since {}:", r.since);
+        let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        if !r.unused_tokens.is_empty() {
+            println!("\nTokens not used (revoke them):");
+            let rows: Vec<[String; 5]> = r
+                .unused_tokens
+                .iter()
+                .map(|t| {
+                    [
+                        t.id.clone(),
+                        t.kind.clone(),
+                        t.principal.clone(),
+                        dash(&t.service),
+                        dash(&t.last_used_at),
+                    ]
+                })
+                .collect();
+            print_table(["ID", "KIND", "PRINCIPAL", "SERVICE", "LAST USED"], &rows);
+        }
+        if !r.credentials_near_max_age.is_empty() {
+            println!("\nClient credentials near their maximum age (rotate them):");
+            let rows: Vec<[String; 3]> = r
+                .credentials_near_max_age
+                .iter()
+                .map(|t| [t.id.clone(), t.principal.clone(), t.expires_at.clone()])
+                .collect();
+            print_table(["ID", "PRINCIPAL", "EXPIRES"], &rows);
+        }
+        if !r.quiet_services.is_empty() {
+            println!("\nServices with no traffic (close them?):");
+            for s in &r.quiet_services {
+                println!("  {}", s.service);
+            }
+        }
+        if !r.broad_grants.is_empty() {
+            println!("\nGrants broader than their use (narrow them):");
+            let all = |v: &[String], what: &str| {
+                if v.is_empty() {
+                    what.to_owned()
+                } else {
+                    v.join(",")
+                }
+            };
+            let rows: Vec<[String; 5]> = r
+                .broad_grants
+                .iter()
+                .map(|g| {
+                    [
+                        g.token_id.clone(),
+                        g.service.clone(),
+                        format!(
+                            "{} {}",
+                            all(&g.granted_methods, "ALL"),
+                            all(&g.granted_paths, "/")
+                        ),
+                        format!("{} {}", g.used_methods.join(","), g.used_paths.join(",")),
+                        g.principal.clone(),
+                    ]
+                })
+                .collect();
+            print_table(["ID", "SERVICE", "GRANTED", "USED", "PRINCIPAL"], &rows);
+        }
+        if !r.agents_not_connected.is_empty() {
+            println!("\nAgents not connected:");
+            for a in &r.agents_not_connected {
+                println!("  {a}");
+            }
+        }
+        if findings == 0 {
+            println!("nothing to revoke, narrow or close");
+        }
+    }
+    Ok(if findings > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn token(cmd: TokenCommand) -> Result<ExitCode> {

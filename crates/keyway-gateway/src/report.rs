@@ -1,0 +1,172 @@
+//! The hygiene report (`GET /v1/report?since=30d`, `keyway report`): what to revoke,
+//! narrow or close. Tokens not used within the window, credentials near their
+//! maximum age, services with no traffic within it (candidates to close), grants
+//! broader than what was used (methods and path prefixes never used), and declared
+//! agents that are not connected.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use keyway_core::clock::{duration_ms, format_ms};
+use keyway_core::{TokenKind, UnixMillis};
+use serde::{Deserialize, Serialize};
+
+use crate::Gateway;
+
+/// Rows of the audit log the report reads at most.
+const MAX_USAGE_ROWS: u32 = 100_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// The window's start.
+    pub since: String,
+    pub unused_tokens: Vec<Unused>,
+    pub credentials_near_max_age: Vec<Unused>,
+    pub quiet_services: Vec<QuietService>,
+    pub broad_grants: Vec<BroadGrant>,
+    pub agents_not_connected: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Unused {
+    pub id: String,
+    pub kind: String,
+    pub principal: String,
+    pub service: Option<String>,
+    pub expires_at: String,
+    pub last_used_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QuietService {
+    pub service: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BroadGrant {
+    pub token_id: String,
+    pub principal: String,
+    pub service: String,
+    /// What the grant allows; empty means every method, or the whole service.
+    pub granted_methods: Vec<String>,
+    pub granted_paths: Vec<String>,
+    /// What was used within the window: methods, and first path segments.
+    pub used_methods: Vec<String>,
+    pub used_paths: Vec<String>,
+}
+
+/// Builds the report over the window that starts at `since`.
+pub async fn build(gw: &Gateway, since: UnixMillis) -> Result<Report, keyway_store::StoreError> {
+    let now = gw.now();
+    let usage = gw.store.audit_usage(since, MAX_USAGE_ROWS).await?;
+    let mut by_token: BTreeMap<&str, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
+    let mut busy: BTreeSet<&str> = BTreeSet::new();
+    for u in &usage {
+        busy.insert(u.service.as_str());
+        let Some(id) = u.token_id.as_deref() else {
+            continue;
+        };
+        let e = by_token.entry(id).or_default();
+        if let Some(m) = &u.method {
+            e.0.insert(m.clone());
+        }
+        if let Some(p) = &u.path {
+            e.1.insert(first_segment(p));
+        }
+    }
+
+    let mut report = Report {
+        since: format_ms(since),
+        unused_tokens: Vec::new(),
+        credentials_near_max_age: Vec::new(),
+        quiet_services: Vec::new(),
+        broad_grants: Vec::new(),
+        agents_not_connected: Vec::new(),
+    };
+    for e in gw.index.entries() {
+        if e.check_live(now).is_err() {
+            continue;
+        }
+        let r = &e.record;
+        let unused = || Unused {
+            id: r.id.clone(),
+            kind: r.kind.as_str().to_owned(),
+            principal: r.principal.clone(),
+            service: r.grant.as_ref().map(|g| g.service.clone()),
+            expires_at: format_ms(e.expires_at()),
+            last_used_at: e.last_used().map(format_ms),
+        };
+        match r.kind {
+            TokenKind::Access | TokenKind::ClientCredential => {}
+            _ => continue,
+        }
+        if r.kind == TokenKind::ClientCredential
+            && e.expires_at() - now <= crate::token_api::NEAR_MAX_AGE_MS
+        {
+            report.credentials_near_max_age.push(unused());
+        }
+        let last = e.last_used().unwrap_or(r.created_at);
+        if last < since {
+            report.unused_tokens.push(unused());
+            continue;
+        }
+        let (Some(grant), Some((methods, paths))) = (&r.grant, by_token.get(r.id.as_str())) else {
+            continue;
+        };
+        let unused_methods = if grant.methods.is_empty() {
+            !methods.is_empty()
+        } else {
+            grant.methods.iter().any(|m| !methods.contains(m))
+        };
+        let unused_paths = grant.paths.is_empty() && !paths.is_empty() && !paths.contains("/");
+        if unused_methods || unused_paths {
+            report.broad_grants.push(BroadGrant {
+                token_id: r.id.clone(),
+                principal: r.principal.clone(),
+                service: grant.service.clone(),
+                granted_methods: grant.methods.clone(),
+                granted_paths: grant.paths.clone(),
+                used_methods: methods.iter().cloned().collect(),
+                used_paths: paths.iter().cloned().collect(),
+            });
+        }
+    }
+    for name in gw.config.services.keys() {
+        if !busy.contains(name.as_str()) {
+            report.quiet_services.push(QuietService {
+                service: name.clone(),
+            });
+        }
+    }
+    for a in gw.agents.status(gw) {
+        if a.state != "connected" {
+            report.agents_not_connected.push(a.name);
+        }
+    }
+    Ok(report)
+}
+
+/// The window's start for `since` (like `30d`) at `now`.
+pub fn window_start(now: UnixMillis, since: std::time::Duration) -> UnixMillis {
+    now - duration_ms(since)
+}
+
+/// `/invoices/42` → `/invoices`; `/` stays.
+fn first_segment(path: &str) -> String {
+    let rest = path.trim_start_matches('/');
+    match rest.split('/').next() {
+        Some(s) if !s.is_empty() => format!("/{s}"),
+        _ => "/".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_segments() {
+        assert_eq!(first_segment("/invoices/42"), "/invoices");
+        assert_eq!(first_segment("/invoices"), "/invoices");
+        assert_eq!(first_segment("/"), "/");
+    }
+}
