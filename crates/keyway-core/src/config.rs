@@ -479,9 +479,31 @@ impl RawConfig {
                         p.push("audit.ports.ports", &e.to_string());
                         Default::default()
                     });
+            let hosts = raw.hosts.unwrap_or_default();
+            if hosts.len() > 256 {
+                p.push("audit.ports.hosts", "at most 256 hosts or CIDRs");
+            }
+            for (i, h) in hosts.iter().enumerate() {
+                let ok = match h.parse::<IpNet>() {
+                    Ok(n) => n.prefix_len() + 16 >= n.max_prefix_len(),
+                    Err(_) => {
+                        h.parse::<std::net::IpAddr>().is_ok()
+                            || (!h.is_empty()
+                                && h.len() <= 253
+                                && h.bytes()
+                                    .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-'))
+                    }
+                };
+                if !ok {
+                    p.push(
+                        &format!("audit.ports.hosts[{i}]"),
+                        "is not a host name, an address or a CIDR of at most 65536 addresses",
+                    );
+                }
+            }
             PortAuditConfig {
                 every,
-                hosts: raw.hosts.unwrap_or_default(),
+                hosts,
                 ports,
             }
         });
@@ -494,7 +516,7 @@ impl RawConfig {
         let mut listens: BTreeMap<SocketAddr, String> = BTreeMap::new();
         listens.insert(admin_listen, "admin_listen".into());
         if let Some(t) = tunnel_listen.filter(|t| t.port() != 0) {
-            if listens.insert(t, "tunnel_listen".into()).is_some() {
+            if claim(&mut listens, t, "tunnel_listen".into()).is_some() {
                 p.push(
                     "tunnel_listen",
                     "shares its address with another listener; give each its own port",
@@ -502,7 +524,7 @@ impl RawConfig {
             }
         }
         if let Some(t) = token_listen.filter(|t| t.port() != 0) {
-            if listens.insert(t, "token_listen".into()).is_some() {
+            if claim(&mut listens, t, "token_listen".into()).is_some() {
                 p.push(
                     "token_listen",
                     "is the same address as `admin_listen`; give each its own port",
@@ -519,7 +541,7 @@ impl RawConfig {
             let taken = svc
                 .listen
                 .filter(|l| l.port() != 0)
-                .and_then(|l| listens.insert(l, format!("services.{name}.listen")));
+                .and_then(|l| claim(&mut listens, l, format!("services.{name}.listen")));
             if let Some(other) = taken {
                 p.push(
                     &format!("services.{name}.listen"),
@@ -1018,6 +1040,25 @@ pub fn valid_secret_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+}
+
+/// Takes `addr` for `key` unless a listener already has its port on the same
+/// address or on a wildcard one (`0.0.0.0:9001` holds `127.0.0.1:9001` too); returns
+/// the key that has it.
+fn claim(
+    listens: &mut BTreeMap<SocketAddr, String>,
+    addr: SocketAddr,
+    key: String,
+) -> Option<String> {
+    let taken = listens.iter().find(|(a, _)| {
+        a.port() == addr.port()
+            && (a.ip() == addr.ip() || a.ip().is_unspecified() || addr.ip().is_unspecified())
+    });
+    if let Some((_, other)) = taken {
+        return Some(other.clone());
+    }
+    listens.insert(addr, key);
+    None
 }
 
 #[derive(Default)]

@@ -135,10 +135,11 @@ impl Metrics {
     }
 
     /// The newest scheduled port audit's findings.
-    pub fn port_audit(&self, undeclared: usize, stale: usize) {
+    pub fn port_audit(&self, undeclared: usize, stale: usize, unreachable: usize) {
         self.with(|| {
             gauge!("keyway_port_audit_findings", "state" => "undeclared").set(undeclared as f64);
             gauge!("keyway_port_audit_findings", "state" => "stale").set(stale as f64);
+            gauge!("keyway_port_audit_findings", "state" => "unreachable").set(unreachable as f64);
         });
     }
 

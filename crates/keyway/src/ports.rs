@@ -1,6 +1,7 @@
 //! `keyway audit ports`: which ports are open on the hosts behind the gateway, set
 //! against what the config declares. Open but undeclared: close it or put it behind
-//! Keyway. Declared but closed: stale config. Run from outside the private network
+//! Keyway. Declared but closed: stale config (or unreachable, when nothing answers at
+//! all). The gateway's own listeners are not scanned. Run from outside the private network
 //! (`--from-outside`), a declared upstream that answers is reachable without the
 //! gateway.
 
@@ -69,7 +70,8 @@ pub async fn run(args: PortsArgs) -> Result<ExitCode> {
     } else {
         args.hosts.clone()
     };
-    let targets = portscan::targets(&only, &hosts, ports)
+    let own = portscan::own_listeners(&config);
+    let targets = portscan::targets(&only, &hosts, ports, &own)
         .await
         .map_err(|e| anyhow!(e))?;
     let bar = if args.json {
@@ -78,12 +80,16 @@ pub async fn run(args: PortsArgs) -> Result<ExitCode> {
         crate::scan::progress(targets.len() as u64, "ports")
     };
     let tick = bar.clone();
-    let open = portscan::scan(&targets, args.concurrency, args.rate, timeout, move || {
+    let probes = portscan::scan(&targets, args.concurrency, args.rate, timeout, move || {
         tick.inc(1)
     })
     .await;
     bar.finish_and_clear();
-    let report = classify(&declared, &targets, &open, args.from_outside);
+    let report = classify(&declared, &probes, args.from_outside);
+    let open = probes
+        .values()
+        .filter(|p| **p == portscan::Probe::Open)
+        .count();
     if args.json {
         for r in &report {
             println!("{}", serde_json::to_string(r)?);
@@ -106,7 +112,7 @@ pub async fn run(args: PortsArgs) -> Result<ExitCode> {
     eprintln!(
         "{} addresses scanned, {} open, {findings} findings",
         targets.len(),
-        open.len()
+        open
     );
     Ok(if findings > 0 {
         ExitCode::from(1)

@@ -67,7 +67,8 @@ pub fn check(text: &str, base_dir: &Path) -> Vec<Finding> {
                 .problems
                 .iter()
                 .map(|p| {
-                    let (at, message) = split_problem(p);
+                    // A secret pasted as a key comes back in "unknown field `…`".
+                    let (at, message) = split_problem(&lint::mask_secrets(p));
                     Finding {
                         severity: Severity::Error,
                         at,

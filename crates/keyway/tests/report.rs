@@ -27,16 +27,19 @@ async fn the_report_names_what_to_revoke_narrow_or_close() {
     let idle = issue(dir, "forgotten", "api");
     let url = format!("http://127.0.0.1:{api}/invoices/1");
     assert_eq!(curl(&url, Some(&busy), "GET"), 200);
-    std::thread::sleep(std::time::Duration::from_millis(2_200));
+    // A window of 4 s: the idle token and the first use are before it, the second
+    // use in it (both reports below run well within 4 s of it).
+    std::thread::sleep(std::time::Duration::from_millis(4_200));
     assert_eq!(curl(&url, Some(&busy), "GET"), 200);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Last-use times reach the report through the index at once.
+    std::thread::sleep(std::time::Duration::from_millis(100));
 
     let out = keyway(
         dir,
         &[
             "report",
             "--since",
-            "2s",
+            "4s",
             "--json",
             "--config",
             "keyway.toml",
@@ -67,7 +70,7 @@ async fn the_report_names_what_to_revoke_narrow_or_close() {
 
     let table = keyway(
         dir,
-        &["report", "--since", "2s", "--config", "keyway.toml"],
+        &["report", "--since", "4s", "--config", "keyway.toml"],
         None,
     );
     let table = String::from_utf8_lossy(&table.stdout);

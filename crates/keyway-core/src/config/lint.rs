@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 
 use super::{Config, ServiceKind};
-use crate::token::find_tokens;
+use crate::token::{find_tokens, TOKEN_LEN};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -76,44 +76,85 @@ pub fn lint(text: &str, config: &Config) -> Vec<Finding> {
     out
 }
 
-/// Secrets written into the file: every Keyway token (whatever its place), a URL with
-/// a password in it, and quoted values that look like keys.
+/// Secrets written into the file: every Keyway token, a URL with a password in it,
+/// and anything that looks like a key, wherever it is: a value, a key, a comment, a
+/// multi-line string, a URL's path or query. Words are split at spaces, quotes and
+/// the punctuation of paths, URLs and host names, so paths, hosts and names stay
+/// words while a pasted key stays whole (`sk_live_…` is judged by its random part).
 pub fn secrets_in(text: &str) -> Vec<Finding> {
-    let line_of = |offset: usize| text[..offset].bytes().filter(|&c| c == b'\n').count() + 1;
     let mut out = Vec::new();
     for f in find_tokens(text) {
         out.push(error(
-            format!("line {}", line_of(f.start)),
+            format!("line {}", line_of(text, f.start)),
             format!(
                 "holds a Keyway token (id {}); revoke it (`keyway token revoke {}`) and never write one into the config",
                 f.id, f.id
             ),
         ));
     }
-    for (offset, value) in quoted(text) {
-        let at = format!("line {}", line_of(offset));
-        if let Some((_, rest)) = value.split_once("://") {
-            let userinfo = rest.split(['/', '?', '#']).next().unwrap_or_default();
-            if userinfo.contains('@') && userinfo.split('@').next().is_some_and(|u| u.contains(':'))
-            {
-                out.push(error(
-                    at,
-                    "is a URL with a password in it; set the credential with `keyway secret set` and name it".into(),
-                ));
-            }
-            continue;
-        }
-        if looks_like_a_key(value) && find_tokens(value).is_empty() {
+    // Tokens are reported above; blank them before looking for other secrets.
+    let mut masked = text.to_owned();
+    for f in find_tokens(text) {
+        masked.replace_range(f.start..f.start + TOKEN_LEN, &" ".repeat(TOKEN_LEN));
+    }
+    for (n, line) in masked.lines().enumerate() {
+        let at = || format!("line {}", n + 1);
+        if has_url_password(line) {
             out.push(error(
-                at,
+                at(),
+                "holds a URL with a password in it; set the credential with `keyway secret set` and name it".into(),
+            ));
+        }
+        let key_like = words(line).find(|w| looks_like_a_key(w) && find_tokens(w).is_empty());
+        if let Some(w) = key_like {
+            out.push(error(
+                at(),
                 format!(
-                    "has a value that looks like a secret ({} characters, high entropy); set it with `keyway secret set NAME` and write only the name",
-                    value.chars().count()
+                    "holds something that looks like a secret ({} characters, high entropy); set it with `keyway secret set NAME` and write only the name",
+                    w.chars().count()
                 ),
             ));
         }
     }
+    out.sort_by_key(|f| {
+        f.at.trim_start_matches("line ")
+            .parse::<usize>()
+            .unwrap_or(0)
+    });
     out
+}
+
+/// Replaces anything key-like in `text` (a message that quotes the file) with `***`.
+pub fn mask_secrets(text: &str) -> String {
+    let mut out = text.to_owned();
+    for w in words(text).filter(|w| looks_like_a_key(w)) {
+        out = out.replace(w, "***");
+    }
+    out
+}
+
+fn words(line: &str) -> impl Iterator<Item = &str> {
+    const SEPARATORS: &str = "\"'`=/?&@:,#.;()[]{}<>-_";
+    line.split(|c: char| c.is_whitespace() || SEPARATORS.contains(c))
+        .filter(|w| !w.is_empty())
+}
+
+/// `scheme://user:password@host`.
+fn has_url_password(line: &str) -> bool {
+    line.match_indices("://").any(|(i, _)| {
+        let rest = &line[i + 3..];
+        let authority = rest
+            .split(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'') || c.is_whitespace())
+            .next()
+            .unwrap_or_default();
+        authority
+            .rsplit_once('@')
+            .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+    })
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset].bytes().filter(|&c| c == b'\n').count() + 1
 }
 
 /// A random-looking value: long, no spaces, a long run of letters and digits (paths,
@@ -159,40 +200,6 @@ fn entropy(v: &str) -> f64 {
             -p * p.log2()
         })
         .sum()
-}
-
-/// The quoted strings of a TOML text (basic and literal, one line each), with their
-/// offsets; comments skipped, since `find_tokens` already reads them.
-fn quoted(text: &str) -> Vec<(usize, &str)> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        let b = line.as_bytes();
-        let mut i = 0;
-        while i < b.len() {
-            match b[i] {
-                b'#' => break,
-                q @ (b'"' | b'\'') => {
-                    let start = i + 1;
-                    let mut j = start;
-                    while j < b.len() && b[j] != q && b[j] != b'\n' {
-                        if q == b'"' && b[j] == b'\\' {
-                            j += 1;
-                        }
-                        j += 1;
-                    }
-                    let end = j.min(b.len());
-                    if let Some(v) = line.get(start..end) {
-                        out.push((offset + start, v));
-                    }
-                    i = end + 1;
-                }
-                _ => i += 1,
-            }
-        }
-        offset += line.len();
-    }
-    out
 }
 
 fn host_of(addr: &str) -> String {
@@ -272,12 +279,18 @@ max_ttl = "1h"
         let token = IssuedToken::generate(TokenKind::Access);
         let secret = "sk_live_51HxYzAbCdEfGh12345678";
         let text = format!(
-            "# old token: {}\n[services.a]\nupstream = \"https://admin:hunter2@10.0.0.5/\"\nkey = \"{secret}\"\nname = \"billing-api-key\"\npath = \"/etc/keyway/tls/gateway-cert.pem\"\n",
+            "# old token: {}\n[services.a]\nupstream = \"https://admin:hunter2@10.0.0.5/\"\nkey = \"{secret}\"\nname = \"billing-api-key\"\npath = \"/etc/keyway/tls/gateway-cert.pem\"\n\
+             # the old one: {secret}\nhook = \"https://hooks.example/services/T0A1B2C3D/{secret}\"\nauth = \"Bearer {secret}\"\n\
+             host = \"elasticsearch2024.internal:9200\"\ndata_dir = \"/var/lib/keyway/instance0123456789abcdef\"\nid = \"550e8400-e29b-41d4-a716-446655440000\"\n",
             token.secret().expose_secret()
         );
         let f = secrets_in(&text);
         let at: Vec<_> = f.iter().map(|f| f.at.as_str()).collect();
-        assert_eq!(at, vec!["line 1", "line 3", "line 4"], "{f:?}");
+        assert_eq!(
+            at,
+            vec!["line 1", "line 3", "line 4", "line 7", "line 8", "line 9"],
+            "{f:?}"
+        );
         for finding in &f {
             assert!(!finding.message.contains(secret));
             assert!(!finding.message.contains("hunter2"));
@@ -292,6 +305,10 @@ max_ttl = "1h"
         assert!(!looks_like_a_key("/a/780-a-k/b-..c0d12"));
         assert!(!looks_like_a_key("/var/lib/keyway2/tls/gateway-2026.pem"));
         assert!(looks_like_a_key("0123456789abcdef0123456789abcdef"));
+        assert_eq!(
+            mask_secrets("unknown field `sk_live_51HxYzAbCdEfGh12345678`"),
+            "unknown field `sk_live_***`"
+        );
     }
 
     proptest! {
@@ -306,12 +323,12 @@ max_ttl = "1h"
         /// Names, paths, addresses and durations are not secrets.
         #[test]
         fn ordinary_values_are_not_secrets(
-            name in "[a-z]{2,10}([_-][a-z]{2,10}){0,3}[0-9]{0,2}",
-            path in "/[a-z]{1,8}(/[a-z0-9.-]{1,12}){1,5}",
+            name in "[a-z]{2,20}([_-][a-z]{2,20}){0,3}[0-9]{0,4}",
+            path in "/[a-z]{1,8}(/[a-z0-9.-]{1,30}){1,5}",
             addr in "(10|192)\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}:[0-9]{2,5}",
         ) {
             for v in [name.as_str(), path.as_str(), addr.as_str()] {
-                prop_assert!(!looks_like_a_key(v), "{v}");
+                prop_assert!(secrets_in(&format!("x = \"{v}\"")).is_empty(), "{v}");
             }
         }
 

@@ -280,3 +280,27 @@ fn key_files_follow_a_relative_config_folder_once() {
     let c = Config::parse("pepper_file = \"keys/pepper\"\n", Path::new("deploy")).unwrap();
     assert_eq!(c.pepper_file, Path::new("deploy/keys/pepper"));
 }
+
+#[test]
+fn a_wildcard_listener_holds_its_port_on_every_address() {
+    let text = "[services.a]\nprotocol = \"http\"\nlisten = \"0.0.0.0:9001\"\nupstream = \"http://127.0.0.1:8080\"\n\
+                [services.b]\nprotocol = \"http\"\nlisten = \"127.0.0.1:9001\"\nupstream = \"http://127.0.0.1:8081\"\n";
+    let e = Config::parse(text, std::path::Path::new("/tmp")).expect_err("refused");
+    assert!(e.to_string().contains("services.b.listen"), "{e}");
+    assert!(e.to_string().contains("services.a.listen"), "{e}");
+}
+
+#[test]
+fn the_port_audit_hosts_are_checked() {
+    let e = Config::parse(
+        "[audit.ports]\nevery = \"7d\"\nhosts = [\"10.0.0.0/8\", \"db.internal\", \"not a host\"]\n",
+        std::path::Path::new("/tmp"),
+    )
+    .expect_err("refused");
+    let e = e.to_string();
+    assert!(
+        e.contains("audit.ports.hosts[0]") && e.contains("audit.ports.hosts[2]"),
+        "{e}"
+    );
+    assert!(!e.contains("hosts[1]"), "{e}");
+}
