@@ -24,6 +24,10 @@ pub struct Report {
     pub quiet_services: Vec<QuietService>,
     pub broad_grants: Vec<BroadGrant>,
     pub agents_not_connected: Vec<String>,
+    /// The audit log had more distinct uses than the report reads: older uses may be
+    /// missing (a service may show as quiet, a method as unused).
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,13 +56,17 @@ pub struct BroadGrant {
     /// What was used within the window: methods, and first path segments.
     pub used_methods: Vec<String>,
     pub used_paths: Vec<String>,
+    /// Granted path prefixes nothing was asked under.
+    #[serde(default)]
+    pub unused_paths: Vec<String>,
 }
 
 /// Builds the report over the window that starts at `since`.
 pub async fn build(gw: &Gateway, since: UnixMillis) -> Result<Report, keyway_store::StoreError> {
     let now = gw.now();
     let usage = gw.store.audit_usage(since, MAX_USAGE_ROWS).await?;
-    let mut by_token: BTreeMap<&str, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
+    // Per token: methods used, and paths used (whole).
+    let mut by_token: BTreeMap<&str, (BTreeSet<String>, BTreeSet<&str>)> = BTreeMap::new();
     let mut busy: BTreeSet<&str> = BTreeSet::new();
     for u in &usage {
         busy.insert(u.service.as_str());
@@ -70,7 +78,7 @@ pub async fn build(gw: &Gateway, since: UnixMillis) -> Result<Report, keyway_sto
             e.0.insert(m.clone());
         }
         if let Some(p) = &u.path {
-            e.1.insert(first_segment(p));
+            e.1.insert(p.as_str());
         }
     }
 
@@ -81,6 +89,7 @@ pub async fn build(gw: &Gateway, since: UnixMillis) -> Result<Report, keyway_sto
         quiet_services: Vec::new(),
         broad_grants: Vec::new(),
         agents_not_connected: Vec::new(),
+        truncated: usage.len() >= MAX_USAGE_ROWS as usize,
     };
     for e in gw.index.entries() {
         if e.check_live(now).is_err() {
@@ -117,8 +126,24 @@ pub async fn build(gw: &Gateway, since: UnixMillis) -> Result<Report, keyway_sto
         } else {
             grant.methods.iter().any(|m| !methods.contains(m))
         };
-        let unused_paths = grant.paths.is_empty() && !paths.is_empty() && !paths.contains("/");
-        if unused_methods || unused_paths {
+        let segments: BTreeSet<String> = paths.iter().map(|p| first_segment(p)).collect();
+        // A whole-service grant used only under some paths; or granted prefixes
+        // nothing was asked under.
+        let whole_but_narrow =
+            grant.paths.is_empty() && !segments.is_empty() && !segments.contains("/");
+        let unused_paths: Vec<String> = grant
+            .paths
+            .iter()
+            .filter(|prefix| {
+                !paths
+                    .iter()
+                    .any(|p| keyway_core::path::under_prefix(p, prefix))
+            })
+            .cloned()
+            .collect();
+        // A database token has no methods or paths to narrow.
+        let is_http = methods.iter().any(|m| !m.is_empty()) || !paths.is_empty();
+        if is_http && (unused_methods || whole_but_narrow || !unused_paths.is_empty()) {
             report.broad_grants.push(BroadGrant {
                 token_id: r.id.clone(),
                 principal: r.principal.clone(),
@@ -126,7 +151,8 @@ pub async fn build(gw: &Gateway, since: UnixMillis) -> Result<Report, keyway_sto
                 granted_methods: grant.methods.clone(),
                 granted_paths: grant.paths.clone(),
                 used_methods: methods.iter().cloned().collect(),
-                used_paths: paths.iter().cloned().collect(),
+                used_paths: segments.into_iter().collect(),
+                unused_paths,
             });
         }
     }

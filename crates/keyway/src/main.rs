@@ -395,6 +395,9 @@ async fn report(since: &str, json: bool, admin: &AdminArgs) -> Result<ExitCode> 
         if findings == 0 {
             println!("nothing to revoke, narrow or close");
         }
+        if r.truncated {
+            eprintln!("(the audit log had more distinct uses than the report reads; older ones may be missing)");
+        }
     }
     Ok(if findings > 0 {
         ExitCode::from(1)

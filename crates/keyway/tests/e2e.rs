@@ -107,10 +107,13 @@ upstream_auth = {{ header = "X-Api-Key", secret = "billing-key" }}
         curl(&format!("{base}/invoices/7?token={leaked}"), None, "GET"),
         401
     );
+    // The last character changed (to one it is not: a fixed `x` was the same one
+    // time in 62, and the test then saw 200).
+    let last = if token.ends_with('x') { 'y' } else { 'x' };
     assert_eq!(
         curl(
             &format!("{base}/invoices/7"),
-            Some(&format!("{}x", &token[..70])),
+            Some(&format!("{}{last}", &token[..70])),
             "GET"
         ),
         401

@@ -25,12 +25,34 @@ async fn the_report_names_what_to_revoke_narrow_or_close() {
     let _gateway = start_gateway(dir, admin);
     let busy = issue(dir, "billing-job", "api");
     let idle = issue(dir, "forgotten", "api");
+    // Granted two prefixes, used under one.
+    let narrow = ok_stdout(keyway(
+        dir,
+        &[
+            "token",
+            "issue",
+            "--service",
+            "api",
+            "--principal",
+            "exporter",
+            "--path",
+            "/invoices",
+            "--path",
+            "/customers",
+            "--methods",
+            "GET",
+            "--config",
+            "keyway.toml",
+        ],
+        None,
+    ));
     let url = format!("http://127.0.0.1:{api}/invoices/1");
     assert_eq!(curl(&url, Some(&busy), "GET"), 200);
     // A window of 4 s: the idle token and the first use are before it, the second
     // use in it (both reports below run well within 4 s of it).
     std::thread::sleep(std::time::Duration::from_millis(4_200));
     assert_eq!(curl(&url, Some(&busy), "GET"), 200);
+    assert_eq!(curl(&url, Some(&narrow), "GET"), 200);
     // Last-use times reach the report through the index at once.
     std::thread::sleep(std::time::Duration::from_millis(100));
 
@@ -62,11 +84,26 @@ async fn the_report_names_what_to_revoke_narrow_or_close() {
         .map(|s| s["service"].as_str().unwrap())
         .collect();
     assert_eq!(quiet, vec!["web"], "{r}");
-    let broad = &r["broad_grants"][0];
-    assert_eq!(broad["principal"], "billing-job", "{r}");
+    let broad_of = |who: &str| {
+        r["broad_grants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["principal"] == who)
+            .cloned()
+            .unwrap_or_else(|| panic!("no broad grant of {who} in {r}"))
+    };
+    let narrow_grant = broad_of("exporter");
+    assert_eq!(
+        narrow_grant["unused_paths"],
+        serde_json::json!(["/customers"])
+    );
+    let broad = broad_of("billing-job");
     assert_eq!(broad["used_methods"], serde_json::json!(["GET"]));
     assert_eq!(broad["used_paths"], serde_json::json!(["/invoices"]));
-    assert!(!String::from_utf8_lossy(&out.stdout).contains(secret_part(&idle)));
+    for t in [&busy, &idle, &narrow] {
+        assert!(!String::from_utf8_lossy(&out.stdout).contains(secret_part(t)));
+    }
 
     let table = keyway(
         dir,
