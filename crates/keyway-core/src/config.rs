@@ -315,9 +315,30 @@ pub struct UpstreamAuth {
 
 /// Everything wrong with a config, one problem a line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", .problems.join("\n"))]
+#[error("{}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
 pub struct ConfigError {
-    pub problems: Vec<String>,
+    pub problems: Vec<Problem>,
+}
+
+/// One thing wrong with a config: where (the key's path; for a syntax error, also
+/// the line) and what. Shown as ``line N: `key`: message``.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, "`{key}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
 }
 
 // === impl Config ===
@@ -330,29 +351,19 @@ impl Config {
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            let line = inner
-                .span()
-                .map(|s| {
-                    format!(
-                        "line {}: ",
-                        text.as_bytes()[..s.start.min(text.len())]
-                            .iter()
-                            .filter(|&&c| c == b'\n')
-                            .count()
-                            + 1
-                    )
-                })
-                .unwrap_or_default();
-            let at = if path.is_empty() || path == "." {
-                String::new()
-            } else {
-                format!("`{path}`: ")
-            };
+            let line = inner.span().map(|s| {
+                text.as_bytes()[..s.start.min(text.len())]
+                    .iter()
+                    .filter(|&&c| c == b'\n')
+                    .count()
+                    + 1
+            });
             ConfigError {
-                problems: vec![format!(
-                    "{line}{at}{}",
-                    without_values(inner.message().trim())
-                )],
+                problems: vec![Problem {
+                    line,
+                    key: (!path.is_empty() && path != ".").then_some(path),
+                    message: without_values(inner.message().trim()),
+                }],
             }
         })?;
         raw.check(base_dir)
@@ -645,6 +656,31 @@ impl RawConfig {
             detect,
             alerts,
         })
+    }
+}
+
+// === impl Service ===
+
+impl Service {
+    /// The upstream as `host:port` (an HTTP upstream's port is 80 unless it says).
+    pub fn upstream_addr(&self) -> String {
+        match &self.kind {
+            ServiceKind::Http(h) => {
+                let a = &h.upstream.authority;
+                format!("{}:{}", a.host(), a.port_u16().unwrap_or(80))
+            }
+            ServiceKind::Tcp(t) => t.upstream.clone(),
+            ServiceKind::Postgres(p) => p.upstream.clone(),
+        }
+    }
+
+    /// `http`, `tcp` or `postgres`, as `protocol` says in the file.
+    pub fn protocol(&self) -> &'static str {
+        match &self.kind {
+            ServiceKind::Http(_) => "http",
+            ServiceKind::Tcp(_) => "tcp",
+            ServiceKind::Postgres(_) => "postgres",
+        }
     }
 }
 
@@ -1036,6 +1072,16 @@ fn valid_name(s: &str) -> bool {
 }
 
 /// A secret's name: what `keyway secret set` takes.
+/// `localhost` or a loopback address (IPv6 in brackets or not).
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 pub fn valid_secret_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
@@ -1062,11 +1108,15 @@ fn claim(
 }
 
 #[derive(Default)]
-struct Problems(Vec<String>);
+struct Problems(Vec<Problem>);
 
 impl Problems {
     fn push(&mut self, key: &str, msg: &str) {
-        self.0.push(format!("`{key}`: {msg}"));
+        self.0.push(Problem {
+            line: None,
+            key: Some(key.to_owned()),
+            message: msg.to_owned(),
+        });
     }
 
     fn addr(&mut self, key: &str, s: &str) -> Option<SocketAddr> {

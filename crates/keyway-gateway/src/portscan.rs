@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use keyway_core::config::{Config, ServiceKind};
+use keyway_core::config::Config;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -49,14 +49,7 @@ pub async fn declared(config: &Config) -> BTreeMap<SocketAddr, String> {
         if svc.via.is_some() {
             continue;
         }
-        let addr = match &svc.kind {
-            ServiceKind::Http(h) => {
-                let a = &h.upstream.authority;
-                format!("{}:{}", a.host(), a.port_u16().unwrap_or(80))
-            }
-            ServiceKind::Tcp(t) => t.upstream.clone(),
-            ServiceKind::Postgres(p) => p.upstream.clone(),
-        };
+        let addr = svc.upstream_addr();
         let resolved =
             tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(addr.as_str())).await;
         match resolved {
@@ -235,12 +228,12 @@ pub async fn expand_hosts(hosts: &[String]) -> Result<Vec<IpAddr>, String> {
     Ok(out.into_iter().collect())
 }
 
-/// What to scan: every port of `ports` and the declared ones, on `hosts` (hosts or
-/// CIDRs), or on the declared upstreams' hosts when none are given.
+/// What to scan: every port of `ports` on `hosts` (hosts or CIDRs), or on the
+/// declared upstreams' hosts when none are given; never the gateway's own listeners.
 pub async fn targets(
     declared: &BTreeMap<SocketAddr, String>,
     hosts: &[String],
-    mut ports: BTreeSet<u16>,
+    ports: BTreeSet<u16>,
     own: &[SocketAddr],
 ) -> Result<Vec<SocketAddr>, String> {
     let hosts: Vec<IpAddr> = if hosts.is_empty() {
@@ -253,7 +246,6 @@ pub async fn targets(
     } else {
         expand_hosts(hosts).await?
     };
-    ports.extend(declared.keys().map(|a| a.port()));
     if hosts.len().saturating_mul(ports.len()) > MAX_TARGETS {
         return Err(format!(
             "{} hosts × {} ports is more than {MAX_TARGETS} addresses; scan fewer at a time",
@@ -314,7 +306,10 @@ async fn audit_once(
     let mut ev = gw.event("ports.audit");
     let declared = declared(&gw.config).await;
     let own = own_listeners(&gw.config);
-    let targets = match targets(&declared, &cfg.hosts, cfg.ports.clone(), &own).await {
+    // The declared ports always, besides the ones configured.
+    let mut ports = cfg.ports.clone();
+    ports.extend(declared.keys().map(|a| a.port()));
+    let targets = match targets(&declared, &cfg.hosts, ports, &own).await {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(error = %e, "the port audit cannot run");
@@ -390,7 +385,7 @@ mod tests {
         let declared =
             BTreeMap::from([(SocketAddr::from(([127, 0, 0, 1], 8080)), "api".to_owned())]);
         let own = [SocketAddr::from(([0, 0, 0, 0], 7070))];
-        let t = targets(&declared, &[], BTreeSet::from([22, 7070]), &own)
+        let t = targets(&declared, &[], BTreeSet::from([22, 7070, 8080]), &own)
             .await
             .unwrap();
         let ports: Vec<u16> = t.iter().map(|a| a.port()).collect();

@@ -5,7 +5,6 @@
 //! (`--from-outside`), a declared upstream that answers is reachable without the
 //! gateway.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -51,27 +50,14 @@ pub async fn run(args: PortsArgs) -> Result<ExitCode> {
     if !(1..=10_000).contains(&args.concurrency) || !(1..=100_000).contains(&args.rate) {
         bail!("--concurrency must be 1 to 10000 and --rate 1 to 100000");
     }
-    let ports = parse_ports(args.ports.as_deref().unwrap_or(DEFAULT_PORTS))
+    let mut ports = parse_ports(args.ports.as_deref().unwrap_or(DEFAULT_PORTS))
         .map_err(|e| anyhow!("--ports: {e}"))?;
-    // Declared ports are scanned too unless the ports were chosen.
-    let only = if args.ports.is_some() {
-        declared
-            .iter()
-            .filter(|(a, _)| ports.contains(&a.port()))
-            .map(|(a, s)| (*a, s.clone()))
-            .collect()
-    } else {
-        declared.clone()
-    };
-    // The hosts of every declared upstream, whichever ports were chosen.
-    let hosts: Vec<String> = if args.hosts.is_empty() {
-        let ips: BTreeSet<_> = declared.keys().map(|a| a.ip().to_string()).collect();
-        ips.into_iter().collect()
-    } else {
-        args.hosts.clone()
-    };
+    // Declared ports are scanned too, unless the ports were chosen.
+    if args.ports.is_none() {
+        ports.extend(declared.keys().map(|a| a.port()));
+    }
     let own = portscan::own_listeners(&config);
-    let targets = portscan::targets(&only, &hosts, ports, &own)
+    let targets = portscan::targets(&declared, &args.hosts, ports, &own)
         .await
         .map_err(|e| anyhow!(e))?;
     let bar = if args.json {

@@ -67,34 +67,24 @@ pub fn check(text: &str, base_dir: &Path) -> Vec<Finding> {
                 .problems
                 .iter()
                 .map(|p| {
-                    // A secret pasted as a key comes back in "unknown field `…`".
-                    let (at, message) = split_problem(&lint::mask_secrets(p));
+                    let at = match (&p.key, p.line) {
+                        (Some(k), Some(l)) => format!("{k} (line {l})"),
+                        (Some(k), None) => k.clone(),
+                        (None, Some(l)) => format!("line {l}"),
+                        (None, None) => "file".into(),
+                    };
+                    // A secret pasted as a key comes back in the path and in
+                    // "unknown field `…`".
                     Finding {
                         severity: Severity::Error,
-                        at,
-                        message,
+                        at: lint::mask_secrets(&at),
+                        message: lint::mask_secrets(&p.message),
                     }
                 })
                 .collect();
             out.extend(lint::secrets_in(text));
             out
         }
-    }
-}
-
-/// A start-up problem (`` `key`: message `` or `` line N: `key`: message ``) as the
-/// key and the message.
-fn split_problem(p: &str) -> (String, String) {
-    let (line, rest) = match p.split_once(": `") {
-        Some((l, r)) if l.starts_with("line ") => (Some(l), r),
-        _ => (None, p.strip_prefix('`').unwrap_or(p)),
-    };
-    match rest.split_once("`: ") {
-        Some((key, msg)) => (
-            line.map_or_else(|| key.to_owned(), |l| format!("{key} ({l})")),
-            msg.to_owned(),
-        ),
-        None => ("file".into(), p.to_owned()),
     }
 }
 

@@ -11,7 +11,7 @@ use http::Uri;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{valid_secret_name, Problems};
+use super::{is_loopback_host, valid_secret_name, Problems};
 
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -299,7 +299,9 @@ impl RawAlerts {
         };
         let url = match w.url.parse::<Uri>() {
             Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() => Some(u),
-            Ok(u) if u.scheme_str() == Some("http") && is_loopback_host(u.host()) => Some(u),
+            Ok(u) if u.scheme_str() == Some("http") && u.host().is_some_and(is_loopback_host) => {
+                Some(u)
+            }
             Ok(u) if u.scheme_str() == Some("http") => {
                 p.push(
                     "alerts.webhook.url",
@@ -338,17 +340,5 @@ impl RawAlerts {
                 retries,
             }),
         }
-    }
-}
-
-fn is_loopback_host(host: Option<&str>) -> bool {
-    match host {
-        Some("localhost") => true,
-        Some(h) => h
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
     }
 }

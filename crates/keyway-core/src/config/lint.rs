@@ -4,9 +4,7 @@
 //! into the file (a Keyway token anywhere, even in a comment; a value that looks like
 //! a key). Findings name the key or the line, never the value.
 
-use std::net::IpAddr;
-
-use super::{Config, ServiceKind};
+use super::Config;
 use crate::token::{find_tokens, TOKEN_LEN};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -57,17 +55,14 @@ pub fn lint(text: &str, config: &Config) -> Vec<Finding> {
             // The agent dials it inside its own network.
             continue;
         }
-        let (scheme, host): (&str, String) = match &svc.kind {
-            // Upstreams are plain HTTP in this version.
-            ServiceKind::Http(h) => ("http", h.upstream.authority.host().to_owned()),
-            ServiceKind::Tcp(t) => ("tcp", host_of(&t.upstream)),
-            ServiceKind::Postgres(p) => ("postgres", host_of(&p.upstream)),
-        };
-        if scheme != "https" && !is_local(&host) {
+        // Upstreams are plain HTTP, TCP or PostgreSQL in this version.
+        let host = host_of(&svc.upstream_addr());
+        if !super::is_loopback_host(&host) {
             out.push(warning(
                 key("upstream"),
                 format!(
-                    "{scheme} to {host} crosses the network in plaintext; use TLS to the upstream, or an agent beside it (`via`)"
+                    "{} to {host} crosses the network in plaintext; use TLS to the upstream, or an agent beside it (`via`)",
+                    svc.protocol()
                 ),
             ));
         }
@@ -207,15 +202,6 @@ fn host_of(addr: &str) -> String {
         .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
         .unwrap_or(addr)
         .to_owned()
-}
-
-fn is_local(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn error(at: String, message: String) -> Finding {
