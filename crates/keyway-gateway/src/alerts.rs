@@ -152,7 +152,7 @@ where
         }
         // Read each time: `keyway secret set` may set it after start.
         let Some(key) = gw.secret_header(&hook.secret) else {
-            tracing::error!(secret = %hook.secret, "the alert webhook's secret is not set; set it with `keyway secret set`");
+            tracing::error!(secret_name = %hook.secret, "the alert webhook's secret is not set; set it with `keyway secret set`");
             continue;
         };
         let t = gw.now() / 1000;

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use keyway_core::clock::format_ms;
 use keyway_core::config::{Action, DetectConfig, Detector, DetectorKind};
 use keyway_core::{DenyReason, UnixMillis};
@@ -136,7 +137,7 @@ struct SourceState {
 
 #[derive(Debug, Default)]
 struct TokenState {
-    networks: Vec<u128>,
+    networks: Vec<IpNet>,
     recent: Vec<(IpAddr, UnixMillis)>,
     concurrent_fired: UnixMillis,
     bucket_start: UnixMillis,
@@ -556,11 +557,7 @@ impl Detectors {
             let net = network(source);
             if !t.networks.contains(&net) {
                 if !t.networks.is_empty() {
-                    fire(
-                        DetectorKind::NewNetwork,
-                        d,
-                        format!("first use from {}", network_name(source)),
-                    );
+                    fire(DetectorKind::NewNetwork, d, format!("first use from {net}"));
                 }
                 if t.networks.len() >= MAX_NETWORKS {
                     t.networks.remove(0);
@@ -668,29 +665,15 @@ impl Firing {
 fn source_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !0xffff_ffff_ffff_ffff).into()),
+        v6 => network(v6).addr(),
     }
 }
 
 /// The /24 of an IPv4 address, the /64 of an IPv6 one.
-fn network(ip: IpAddr) -> u128 {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => u128::from(u32::from(v4) & 0xffff_ff00),
-        IpAddr::V6(v6) => (u128::from(v6) & !0xffff_ffff_ffff_ffff) | 1,
-    }
-}
-
-fn network_name(ip: IpAddr) -> String {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => format!(
-            "{}/24",
-            std::net::Ipv4Addr::from(u32::from(v4) & 0xffff_ff00)
-        ),
-        IpAddr::V6(v6) => format!(
-            "{}/64",
-            std::net::Ipv6Addr::from(u128::from(v6) & !0xffff_ffff_ffff_ffff)
-        ),
-    }
+fn network(ip: IpAddr) -> IpNet {
+    let ip = ip.to_canonical();
+    let prefix = if ip.is_ipv4() { 24 } else { 64 };
+    IpNet::new(ip, prefix).map_or(IpNet::from(ip), |n| n.trunc())
 }
 
 #[cfg(test)]

@@ -57,10 +57,18 @@ impl Metrics {
         metrics::with_local_recorder(&self.recorder, f)
     }
 
+    /// A `service` label: a configured name, else `(unknown)`.
+    fn label(&self, service: &str) -> String {
+        if self.services.contains(service) {
+            service.to_owned()
+        } else {
+            "(unknown)".into()
+        }
+    }
+
     fn service_label(&self, ev: &AuditEvent) -> String {
         match &ev.service {
-            Some(s) if self.services.contains(s) => s.clone(),
-            Some(_) => "(unknown)".into(),
+            Some(s) => self.label(s),
             // Events of the gateway's own endpoints: `admin.denied`, `token.exchange`.
             None => format!("({})", ev.kind.split('.').next().unwrap_or("gateway")),
         }
@@ -106,11 +114,7 @@ impl Metrics {
     /// A session (a TCP or PostgreSQL connection, or a WebSocket) that counts as
     /// active until the guard is dropped.
     pub fn session(&self, service: &str) -> SessionGuard {
-        let service = if self.services.contains(service) {
-            service.to_owned()
-        } else {
-            "(unknown)".into()
-        };
+        let service = self.label(service);
         let g = self.with(|| gauge!("keyway_active_sessions", "service" => service));
         g.increment(1.0);
         SessionGuard(g)
@@ -119,11 +123,7 @@ impl Metrics {
     /// The counter of bytes relayed for `service` in `direction` (`in` is client to
     /// upstream), for a body that counts as it streams.
     pub fn bytes(&self, service: &str, direction: &'static str) -> metrics::Counter {
-        let service = if self.services.contains(service) {
-            service.to_owned()
-        } else {
-            "(unknown)".into()
-        };
+        let service = self.label(service);
         self.with(|| counter!("keyway_bytes_total", "service" => service, "direction" => direction))
     }
 

@@ -47,6 +47,14 @@ const TOKEN_COLUMNS: &str =
                              last_used_at, parent_id, scope_json, cert_thumbprint";
 
 impl SqliteStore {
+    /// The audit chain's key, once the gateway has set it.
+    fn chain_key(&self) -> Option<crate::ChainKey> {
+        self.chain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|c| c.key)
+    }
+
     /// Opens (creating if needed) the database at `path` and brings its schema up to
     /// date.
     pub async fn open(path: &Path) -> Result<Self> {
@@ -285,12 +293,7 @@ impl Store for SqliteStore {
     }
 
     async fn checkpoint_audit(&self, at: UnixMillis) -> Result<Option<crate::Checkpoint>> {
-        let Some(key) = self
-            .chain
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|c| c.key)
-        else {
+        let Some(key) = self.chain_key() else {
             return Ok(None);
         };
         let head = sqlx::query(
@@ -301,11 +304,7 @@ impl Store for SqliteStore {
         let Some(head) = head else { return Ok(None) };
         let seq: i64 = head.get(0);
         let hash: Vec<u8> = head.get(1);
-        let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
-            return Err(StoreError::Corrupt(format!(
-                "audit event {seq} has a hash of the wrong length"
-            )));
-        };
+        let hash = stored_hash(&hash, || format!("audit event {seq}"))?;
         let c = crate::Checkpoint { seq, at, hash };
         let done = sqlx::query(
             "INSERT OR IGNORE INTO audit_checkpoints (seq, at, hash, mac) VALUES (?, ?, ?, ?)",
@@ -320,12 +319,7 @@ impl Store for SqliteStore {
     }
 
     async fn prune_audit(&self, before: UnixMillis) -> Result<Option<(i64, u64)>> {
-        let Some(key) = self
-            .chain
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|c| c.key)
-        else {
+        let Some(key) = self.chain_key() else {
             return Ok(None);
         };
         // IMMEDIATE: the write lock from the start, so the audit writer cannot commit
@@ -354,11 +348,7 @@ impl Store for SqliteStore {
         };
         let seq: i64 = anchor.get(0);
         let hash: Vec<u8> = anchor.get(1);
-        let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
-            return Err(StoreError::Corrupt(format!(
-                "audit checkpoint {seq} has a hash of the wrong length"
-            )));
-        };
+        let hash = stored_hash(&hash, || format!("audit checkpoint {seq}"))?;
         let deleted = sqlx::query("DELETE FROM audit_events WHERE seq <= ?")
             .bind(seq)
             .execute(&mut *tx)
@@ -510,6 +500,12 @@ impl Store for SqliteStore {
             })
             .collect()
     }
+}
+
+/// A 32-byte hash as stored; `what` names its row when it is not.
+fn stored_hash(bytes: &[u8], what: impl FnOnce() -> String) -> Result<[u8; 32]> {
+    <[u8; 32]>::try_from(bytes)
+        .map_err(|_| StoreError::Corrupt(format!("{} has a hash of the wrong length", what())))
 }
 
 /// An audit row (`seq, at, kind, decision, reason, principal, service, token_id,

@@ -18,6 +18,23 @@ fn verify(dir: &Path) -> Output {
     keyway(dir, &["audit", "verify", "--config", "keyway.toml"], None)
 }
 
+/// `<tmp>/run` with a `keyway.toml` for one HTTP service in front of `up`, plus
+/// `extra` (an `[audit]` table): the folder, the admin port and the service's port.
+fn run(tmp: &Path, up: std::net::SocketAddr, extra: &str) -> (std::path::PathBuf, u16, u16) {
+    let dir = tmp.join("run");
+    std::fs::create_dir(&dir).unwrap();
+    let (admin_port, svc_port) = (free_port(), free_port());
+    std::fs::write(
+        dir.join("keyway.toml"),
+        format!(
+            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n{extra}\
+             [services.billing]\nprotocol = \"http\"\nlisten = \"127.0.0.1:{svc_port}\"\nupstream = \"http://{up}\"\nmax_ttl = \"1h\"\n"
+        ),
+    )
+    .unwrap();
+    (dir, admin_port, svc_port)
+}
+
 /// A copy of the whole run (config, data) with `sql` applied to its store.
 fn tampered(from: &Path, to: &Path, sql: &str) {
     let status = Command::new("cp")
@@ -43,32 +60,10 @@ fn tampered(from: &Path, to: &Path, sql: &str) {
 async fn editing_the_store_breaks_the_chain_where_it_was_edited() {
     let (up, _) = upstream().await;
     let tmp = tempfile::tempdir().unwrap();
-    let dir = &tmp.path().join("run");
-    std::fs::create_dir(dir).unwrap();
-    let (admin_port, svc_port) = (free_port(), free_port());
-    std::fs::write(
-        dir.join("keyway.toml"),
-        format!(
-            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
-             [services.billing]\nprotocol = \"http\"\nlisten = \"127.0.0.1:{svc_port}\"\nupstream = \"http://{up}\"\nmax_ttl = \"1h\"\n"
-        ),
-    )
-    .unwrap();
+    let (dir, admin_port, svc_port) = run(tmp.path(), up, "");
+    let dir = &dir;
     let mut gateway = start_gateway(dir, admin_port);
-    let token = ok_stdout(keyway(
-        dir,
-        &[
-            "token",
-            "issue",
-            "--service",
-            "billing",
-            "--principal",
-            "p",
-            "--config",
-            "keyway.toml",
-        ],
-        None,
-    ));
+    let token = issue(dir, "p", "billing");
     let url = format!("http://127.0.0.1:{svc_port}/invoices/1");
     for _ in 0..3 {
         assert_eq!(curl(&url, Some(&token), "GET"), 200);
@@ -244,18 +239,9 @@ async fn editing_the_store_breaks_the_chain_where_it_was_edited() {
 async fn retention_prunes_to_a_signed_anchor_that_still_verifies() {
     let (up, _) = upstream().await;
     let tmp = tempfile::tempdir().unwrap();
-    let dir = &tmp.path().join("run");
-    std::fs::create_dir(dir).unwrap();
-    let (admin_port, svc_port) = (free_port(), free_port());
-    std::fs::write(
-        dir.join("keyway.toml"),
-        format!(
-            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
-             [audit]\nretention = \"3s\"\ncheckpoint_every = \"1s\"\n\
-             [services.billing]\nprotocol = \"http\"\nlisten = \"127.0.0.1:{svc_port}\"\nupstream = \"http://{up}\"\n"
-        ),
-    )
-    .unwrap();
+    let audit = "[audit]\nretention = \"3s\"\ncheckpoint_every = \"1s\"\n";
+    let (dir, admin_port, svc_port) = run(tmp.path(), up, audit);
+    let dir = &dir;
     let mut gateway = start_gateway(dir, admin_port);
     let token = issue(dir, "p", "billing");
     let url = format!("http://127.0.0.1:{svc_port}/invoices/1");

@@ -11,7 +11,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -20,32 +19,15 @@ use serde_json::Value;
 
 const HOOK_KEY: &str = "a-webhook-signing-key-only-the-receiver-knows";
 
-/// curl from `source`: the status, or 0 when the connection was closed unanswered.
+/// curl from `source`, with this `Authorization`: the status, or 0 when the
+/// connection was closed unanswered.
 fn curl_from(source: &str, url: &str, auth: Option<&str>) -> u16 {
-    let mut c = Command::new("curl");
-    c.args([
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--max-time",
-        "5",
-    ]);
-    c.args(["--interface", source, url]);
-    if let Some(a) = auth {
-        c.args(["-H", &format!("Authorization: {a}")]);
+    let auth = auth.map(|a| format!("Authorization: {a}"));
+    let mut args = vec!["--max-time", "5", "--interface", source];
+    if let Some(a) = &auth {
+        args.extend(["-H", a.as_str()]);
     }
-    c.arg("-S");
-    let out = c.output().expect("curl");
-    let code = String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0);
-    if code == 0 {
-        eprintln!(
-            "curl from {source}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    code
+    curl_status(url, &args)
 }
 
 fn eventually(what: &str, mut ok: impl FnMut() -> bool) {

@@ -56,6 +56,8 @@ pub struct HttpProxy {
     http: HttpService,
     client: Upstream,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// `keyway_bytes_total{direction="out"}` of the service, registered once.
+    bytes_out: metrics::Counter,
 }
 
 /// The pooled keep-alive client to the upstream: direct, or through an agent.
@@ -129,12 +131,14 @@ impl HttpProxy {
                 .allow_burst(burst);
             RateLimiter::keyed(quota)
         });
+        let bytes_out = gw.metrics.bytes(&svc.name, "out");
         Some(Arc::new(Self {
             gw,
             svc,
             http,
             client,
             limiter,
+            bytes_out,
         }))
     }
 
@@ -443,7 +447,7 @@ impl HttpProxy {
         strip_hop_by_hop(&mut parts.headers);
         let left = entry.expires_at().saturating_sub(self.gw.now()).max(0);
         let body = Cancellable {
-            bytes: self.gw.metrics.bytes(&self.svc.name, "out"),
+            bytes: self.bytes_out.clone(),
             inner: body,
             cancelled: Box::pin(entry.cancel.clone().cancelled_owned()),
             expires: Box::pin(tokio::time::sleep(Duration::from_millis(left as u64))),

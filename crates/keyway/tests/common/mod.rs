@@ -170,24 +170,33 @@ pub fn keyway(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
 
 /// `curl`'s status code for a request to the gateway.
 pub fn curl(url: &str, token: Option<&str>, method: &str) -> u16 {
-    let mut c = Command::new("curl");
-    c.args([
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-X",
-        method,
-        url,
-    ]);
-    if let Some(t) = token {
-        c.args(["-H", &format!("Authorization: Bearer {t}")]);
+    let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+    let mut args = vec!["-X", method];
+    if let Some(a) = &auth {
+        args.extend(["-H", a.as_str()]);
     }
-    let out = c
+    curl_status(url, &args)
+}
+
+/// `curl`'s status code for `url` with `args` added: 0 when the connection was closed
+/// unanswered (curl's reason then goes to the test's output).
+pub fn curl_status(url: &str, args: &[&str]) -> u16 {
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(args)
+        .arg(url)
         .output()
         .expect("curl must be installed (apt-get install curl)");
-    String::from_utf8_lossy(&out.stdout).parse().unwrap()
+    let code = String::from_utf8_lossy(&out.stdout)
+        .parse()
+        .expect("curl prints a status code");
+    if code == 0 {
+        eprintln!(
+            "curl {url}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    code
 }
 
 pub fn interrupt(child: &mut Child) -> std::process::ExitStatus {
