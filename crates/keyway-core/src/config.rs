@@ -20,6 +20,7 @@ use crate::units::{parse_duration, Rate};
 
 mod detect;
 pub mod lint;
+pub mod plan;
 pub use detect::{
     Action, AlertsConfig, DetectConfig, Detector, DetectorKind, RawAlerts, RawDetect, RawDetector,
     RawWebhook, Webhook,
@@ -181,6 +182,20 @@ pub struct Config {
     pub detect: DetectConfig,
     /// Where alerts go besides the audit log and the metrics.
     pub alerts: AlertsConfig,
+    /// Where the config came from, and its shape as written.
+    pub written: Written,
+}
+
+/// A config's source: what `keyway plan` shows changes in, and what the audit log
+/// names it by.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Written {
+    /// The file as written, untyped (JSON); `Null` when not parsed from text.
+    pub value: serde_json::Value,
+    /// SHA-256 of the text (hex); empty when not parsed from text.
+    pub sha256: String,
+    /// The folder relative paths are taken from.
+    pub base_dir: PathBuf,
 }
 
 /// An agent and the services it carries.
@@ -190,7 +205,7 @@ pub struct Agent {
     pub services: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuditConfig {
     /// Events waiting to be written before `on_full` applies.
     pub queue: usize,
@@ -204,7 +219,7 @@ pub struct AuditConfig {
 }
 
 /// `[audit.ports]`: the port audit the gateway runs on a schedule.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PortAuditConfig {
     pub every: Duration,
     pub hosts: Vec<String>,
@@ -220,7 +235,7 @@ pub enum OnFull {
     FailOpen,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     pub name: String,
     /// The gateway port that stands for the service (HTTP); TCP services have none,
@@ -249,7 +264,7 @@ pub struct TlsConfig {
     pub require_client_cert: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ServiceKind {
     Http(HttpService),
     Tcp(TcpService),
@@ -258,7 +273,7 @@ pub enum ServiceKind {
 
 /// A PostgreSQL service: clients log in with their Keyway token as the password; the
 /// gateway logs in upstream as the role their grant maps to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PostgresService {
     /// `host:port`.
     pub upstream: String,
@@ -278,14 +293,14 @@ pub struct PgRole {
 }
 
 /// A TCP service, reached with `keyway connect` through the tunnel listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TcpService {
     /// `host:port`.
     pub upstream: String,
     pub connect_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpService {
     pub upstream: HttpUpstream,
     pub upstream_auth: Option<UpstreamAuth>,
@@ -298,7 +313,7 @@ pub struct HttpService {
     pub max_headers: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpUpstream {
     pub authority: Authority,
     /// Prepended to every forwarded path; empty for none.
@@ -306,7 +321,7 @@ pub struct HttpUpstream {
 }
 
 /// A header the gateway sets on every upstream request, its value a named secret.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamAuth {
     pub header: HeaderName,
     /// The secret's name (set with `keyway secret set NAME`), never its value.
@@ -366,7 +381,14 @@ impl Config {
                 }],
             }
         })?;
-        raw.check(base_dir)
+        let mut config = raw.check(base_dir)?;
+        // The same text again, untyped: the shape people wrote, for `keyway plan`.
+        config.written.value = toml::from_str::<toml::Value>(text)
+            .ok()
+            .and_then(|v| serde_json::to_value(v).ok())
+            .unwrap_or_default();
+        config.written.sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text));
+        Ok(config)
     }
 
     pub fn service(&self, name: &str) -> Option<&Service> {
@@ -655,6 +677,10 @@ impl RawConfig {
             agents,
             detect,
             alerts,
+            written: Written {
+                base_dir: base_dir.to_path_buf(),
+                ..Written::default()
+            },
         })
     }
 }

@@ -16,6 +16,9 @@
 //! | `POST /v1/agents/{name}/revoke` | disconnect an agent now and refuse its certificates |
 //! | `GET /v1/agents` | each agent's state, version, last heartbeat and services |
 //! | `GET /v1/report?since=30d` | the hygiene report: unused tokens, quiet services, broad grants, … |
+//! | `GET /v1/config` | the SHA-256 of the config in force |
+//! | `POST /v1/config/plan` | what `{"config": "<toml>"}` would change in the running gateway |
+//! | `POST /v1/config/apply` | apply it, as one atomic change, audited as `config.applied` |
 //! | `GET /metrics` | Prometheus text format (needs the admin token too) |
 
 use std::sync::Arc;
@@ -45,6 +48,7 @@ type Gw = Arc<Gateway>;
 /// Proof that the caller presented a live admin token.
 pub struct Admin {
     pub token_id: String,
+    pub principal: String,
 }
 
 /// A token as the admin API shows it.
@@ -105,6 +109,9 @@ pub fn router(gw: Gw) -> Router {
         .route("/v1/agents/{name}/enroll", post(enroll_agent))
         .route("/v1/agents/{name}/revoke", post(revoke_agent))
         .route("/v1/report", get(report))
+        .route("/v1/config", get(current_config))
+        .route("/v1/config/plan", post(plan_config))
+        .route("/v1/config/apply", post(apply_config))
         .route("/metrics", get(metrics))
         .fallback(|_: Admin| async { error(StatusCode::NOT_FOUND, "no such admin call") })
         .with_state(gw)
@@ -151,6 +158,7 @@ impl FromRequestParts<Gw> for Admin {
                 entry.mark_used(gw.now());
                 Ok(Admin {
                     token_id: entry.id().to_owned(),
+                    principal: entry.record.principal.clone(),
                 })
             }
             Err((reason, token_id)) => {
@@ -218,7 +226,7 @@ impl TokenInfo {
 
 async fn status(_: Admin, State(gw): State<Gw>) -> Response {
     let services: Vec<_> = gw
-        .config
+        .config()
         .services
         .values()
         .map(|s| {
@@ -551,6 +559,57 @@ async fn report(_: Admin, State(gw): State<Gw>, Query(p): Query<ReportParams>) -
     }
 }
 
+#[derive(Debug, Deserialize)]
+struct ConfigBody {
+    config: String,
+}
+
+async fn current_config(_: Admin, State(gw): State<Gw>) -> Response {
+    let c = gw.config();
+    Json(json!({
+        "sha256": c.written.sha256,
+        "services": c.services.keys().collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
+
+async fn plan_config(admin: Admin, State(gw): State<Gw>, body: Bytes) -> Response {
+    reload(admin, gw, body, true).await
+}
+
+async fn apply_config(admin: Admin, State(gw): State<Gw>, body: Bytes) -> Response {
+    reload(admin, gw, body, false).await
+}
+
+/// Checks the proposed config as `keyway validate` does (errors refuse it) and plans
+/// or applies it. Relative paths in it are taken from the running config's folder.
+async fn reload(admin: Admin, gw: Gw, body: Bytes, dry_run: bool) -> Response {
+    let Ok(b) = serde_json::from_slice::<ConfigBody>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected {\"config\": \"<keyway.toml text>\"}",
+        );
+    };
+    let base = gw.config().written.base_dir.clone();
+    let config = match crate::reload::check_text(&b.config, &base) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    match gw
+        .reload(config, &admin.principal, Some(&admin.token_id), dry_run)
+        .await
+    {
+        Ok(outcome) => Json(outcome).into_response(),
+        Err(e @ crate::reload::ApplyError::NeedsRestart(_)) => {
+            error(StatusCode::CONFLICT, &e.to_string())
+        }
+        Err(e @ crate::reload::ApplyError::Stopped) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
+    }
+}
+
 async fn metrics(_: Admin, State(gw): State<Gw>) -> Response {
     let text = gw.metrics.render(&gw);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
@@ -565,7 +624,7 @@ pub struct Enrollment {
 }
 
 async fn enroll_agent(admin: Admin, State(gw): State<Gw>, Path(name): Path<String>) -> Response {
-    let pin = match crate::tls::local_ca_pin(&gw.config.data_dir) {
+    let pin = match crate::tls::local_ca_pin(&gw.config().data_dir) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "no local CA to enroll agents with");
@@ -596,7 +655,7 @@ async fn enroll_agent(admin: Admin, State(gw): State<Gw>, Path(name): Path<Strin
 }
 
 async fn revoke_agent(admin: Admin, State(gw): State<Gw>, Path(name): Path<String>) -> Response {
-    if !gw.config.agents.contains_key(&name) {
+    if !gw.config().agents.contains_key(&name) {
         return error(
             StatusCode::NOT_FOUND,
             "no agent with that name in the config",

@@ -239,7 +239,7 @@ impl Registry {
     pub fn status(&self, gw: &Gateway) -> Vec<AgentStatus> {
         let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         let revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-        gw.config
+        gw.config()
             .agents
             .values()
             .map(|a| {
@@ -438,7 +438,7 @@ pub async fn enroll(
         // The token names its agent; the agent must still be in the config.
         let agent = entry.record.principal.clone();
         ev.principal = Some(agent.clone());
-        if !gw.config.agents.contains_key(&agent) {
+        if !gw.config().agents.contains_key(&agent) {
             return Err("unknown_agent");
         }
         if gw.agents.is_revoked(&agent, entry.record.created_at) {
@@ -446,7 +446,7 @@ pub async fn enroll(
         }
         // A malformed request does not spend the token.
         let cert = ca
-            .sign_agent(&e.csr_pem, &agent, gw.now(), gw.config.agent_cert_ttl)
+            .sign_agent(&e.csr_pem, &agent, gw.now(), gw.config().agent_cert_ttl)
             .map_err(|_| "bad_certificate_request")?;
         match gw.use_once(entry.id()).await {
             Ok(true) => Ok(cert),
@@ -504,12 +504,12 @@ pub async fn renew(
     let mut ev = gw.event("agent.renew");
     ev.source = Some(peer.ip().to_canonical().to_string());
     let decided = match presented_agent(&tls) {
-        Some((agent, issued)) if gw.config.agents.contains_key(&agent) => {
+        Some((agent, issued)) if gw.config().agents.contains_key(&agent) => {
             ev.principal = Some(agent.clone());
             if gw.agents.is_revoked(&agent, issued) {
                 Err("agent_revoked")
             } else {
-                ca.sign_agent(&r.csr_pem, &agent, gw.now(), gw.config.agent_cert_ttl)
+                ca.sign_agent(&r.csr_pem, &agent, gw.now(), gw.config().agent_cert_ttl)
                     .map_err(|_| "bad_certificate_request")
             }
         }
@@ -531,7 +531,7 @@ pub async fn serve(
     let checked = match presented_agent(&tls) {
         None => Err("no_agent_certificate"),
         Some((agent, _)) if agent != h.agent => Err("certificate_for_another_agent"),
-        Some((agent, _)) if !gw.config.agents.contains_key(&agent) => Err("unknown_agent"),
+        Some((agent, _)) if !gw.config().agents.contains_key(&agent) => Err("unknown_agent"),
         Some((agent, issued)) if gw.agents.is_revoked(&agent, issued) => Err("agent_revoked"),
         Some((agent, issued)) => Ok((agent, issued)),
     };

@@ -95,7 +95,7 @@ pub fn sign(key: &[u8], t: i64, body: &[u8]) -> String {
 
 /// Delivers queued alerts until `shutdown`.
 pub async fn run(gw: Arc<Gateway>, shutdown: CancellationToken) {
-    let Some(hook) = gw.config.alerts.webhook.clone() else {
+    let Some(hook) = gw.config().alerts.webhook.clone() else {
         return;
     };
     let rx = gw

@@ -204,7 +204,7 @@ async fn write_batch(store: &dyn Store, batch: &[AuditEvent], stats: &AuditStats
 /// Checkpoints the chain every `audit.checkpoint_every` and, with a retention set,
 /// prunes what is older, until `shutdown`.
 pub async fn maintain(gw: Arc<crate::Gateway>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(gw.config.audit.checkpoint_every);
+    let mut tick = tokio::time::interval(gw.config().audit.checkpoint_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -212,7 +212,7 @@ pub async fn maintain(gw: Arc<crate::Gateway>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         checkpoint(&gw).await;
-        if let Some(retention) = gw.config.audit.retention {
+        if let Some(retention) = gw.config().audit.retention {
             prune(&gw, retention).await;
         }
     }

@@ -56,7 +56,8 @@ const GUESSES: [DenyReason; 2] = [DenyReason::BadChecksum, DenyReason::UnknownTo
 
 /// The detectors' handle, shared by the listeners, the audit sink and the task.
 pub struct Detect {
-    config: DetectConfig,
+    /// Replaced by a reload.
+    config: RwLock<Arc<DetectConfig>>,
     metrics: Arc<Metrics>,
     /// By [`source_key`]: an IPv4 address, or an IPv6 /64.
     blocks: RwLock<HashMap<IpAddr, Block>>,
@@ -152,10 +153,18 @@ struct TokenState {
 // === impl Detect ===
 
 impl Detect {
+    /// The settings in force.
+    pub fn settings(&self) -> Arc<DetectConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn new(config: DetectConfig, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         Self {
-            config,
+            config: RwLock::new(Arc::new(config)),
             metrics,
             blocks: RwLock::default(),
             blocked_until: AtomicI64::new(0),
@@ -184,7 +193,11 @@ impl Detect {
             self.metrics.blocked_connection();
             return false;
         }
-        if self.config.detectors.contains_key(&DetectorKind::Scanning) {
+        if self
+            .settings()
+            .detectors
+            .contains_key(&DetectorKind::Scanning)
+        {
             self.send(Seen::Touch {
                 at: now,
                 source,
@@ -242,7 +255,8 @@ impl Detect {
     /// firings from events queued before the block add no strike.
     pub fn block(&self, source: IpAddr, now: UnixMillis) -> Option<UnixMillis> {
         let source = source.to_canonical();
-        if self.config.never_block.iter().any(|n| n.contains(&source)) {
+        let settings = self.settings();
+        if settings.never_block.iter().any(|n| n.contains(&source)) {
             return None;
         }
         let key = source_key(source);
@@ -252,10 +266,10 @@ impl Detect {
             Some(b) if b.until + STRIKE_MEMORY > now => b.strikes + 1,
             _ => 0,
         };
-        let base = self.config.block_for.as_millis() as u64;
+        let base = settings.block_for.as_millis() as u64;
         let length = base
             .saturating_mul(1u64 << strikes.min(30))
-            .min(self.config.max_block.as_millis() as u64);
+            .min(settings.max_block.as_millis() as u64);
         let until = now + length as UnixMillis;
         blocks.insert(key, Block { until, strikes });
         self.blocked_until.fetch_max(until, Ordering::Relaxed);
@@ -289,11 +303,21 @@ pub async fn run(gw: Arc<Gateway>, shutdown: CancellationToken) {
         .unwrap_or_else(|p| p.into_inner())
         .take();
     let Some(mut rx) = rx else { return };
-    let mut detectors = Detectors::new(&gw.detect.config);
+    let mut detectors = Detectors::new(&gw.detect.settings());
+    let mut reloads = gw.watch_config();
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
     loop {
         let seen = tokio::select! {
             () = shutdown.cancelled() => return,
+            Ok(()) = reloads.changed() => {
+                // New settings start the detectors' counts afresh; blocks stay.
+                let new = reloads.borrow_and_update().detect.clone();
+                if *gw.detect.settings() != new {
+                    detectors = Detectors::new(&new);
+                    *gw.detect.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+                }
+                continue;
+            }
             _ = sweep.tick() => {
                 detectors.sweep(gw.now());
                 gw.detect.sweep(gw.now());

@@ -27,7 +27,9 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// Everything the listeners and the admin API share.
 pub struct Gateway {
-    pub config: Config,
+    /// The config in force; replaced whole by a reload (`keyway apply`, SIGHUP), and
+    /// watched by live sessions, which end when they no longer fit it.
+    config: tokio::sync::watch::Sender<Arc<Config>>,
     pub clock: Arc<dyn Clock>,
     pub store: Arc<dyn Store>,
     pub pepper: Pepper,
@@ -47,6 +49,8 @@ pub struct Gateway {
     pub detect: Arc<crate::detect::Detect>,
     /// Alerts on their way to the webhook.
     pub alerts: crate::alerts::Alerts,
+    /// Reloads on their way to the task that runs the services.
+    pub(crate) reloads: crate::reload::Reloads,
 }
 
 /// What `issue` is asked for.
@@ -272,7 +276,7 @@ impl Gateway {
             },
         );
         let mut gw = Self {
-            config,
+            config: tokio::sync::watch::Sender::new(Arc::new(config)),
             clock,
             store,
             pepper,
@@ -287,9 +291,26 @@ impl Gateway {
             metrics,
             detect,
             alerts,
+            reloads: crate::reload::Reloads::default(),
         };
         gw.ensure_admin_token().await?;
         Ok(gw)
+    }
+
+    /// The config in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
+    }
+
+    /// Follows the config in force: a session's way to hear of a reload.
+    pub fn watch_config(&self) -> tokio::sync::watch::Receiver<Arc<Config>> {
+        self.config.subscribe()
+    }
+
+    /// Puts `config` in force; sessions watching re-judge themselves against it.
+    pub(crate) fn replace_config(&self, config: Arc<Config>) {
+        self.metrics.add_services(config.services.keys().cloned());
+        self.config.send_replace(config);
     }
 
     pub fn now(&self) -> UnixMillis {
@@ -303,8 +324,8 @@ impl Gateway {
         req: &IssueRequest,
         by: &str,
     ) -> Result<(IssuedToken, TokenRecord), IssueError> {
-        let svc = self
-            .config
+        let config = self.config();
+        let svc = config
             .service(&req.service)
             .ok_or_else(|| IssueError::UnknownService(req.service.chars().take(64).collect()))?;
         if req.principal.is_empty()
@@ -358,8 +379,8 @@ impl Gateway {
                 Some(p) => p.split(',').map(str::to_owned).collect(),
                 None => req.paths.clone(),
             };
-            let svc = self
-                .config
+            let config = self.config();
+            let svc = config
                 .service(name)
                 .ok_or_else(|| IssueError::UnknownService(name.chars().take(64).collect()))?;
             if grants.iter().any(|g: &Grant| g.service == svc.name) {
@@ -382,7 +403,7 @@ impl Gateway {
                 })?;
             cidrs.push(net.trunc());
         }
-        let max = self.config.credential_max_age;
+        let max = self.config().credential_max_age;
         let max_age = match &req.max_age {
             Some(a) => keyway_core::units::parse_duration(a)
                 .map_err(|e| IssueError::Invalid(e.to_string()))?,
@@ -476,13 +497,14 @@ impl Gateway {
             .grant(service)
             .cloned()
             .ok_or(ExchangeError::Service)?;
-        let svc = self.config.service(service).ok_or(ExchangeError::Service)?;
+        let config = self.config();
+        let svc = config.service(service).ok_or(ExchangeError::Service)?;
         // The policy's maximum age holds even for credentials issued under a longer one.
         let now = self.now();
         let policy_end = credential
             .record
             .created_at
-            .saturating_add(duration_ms(self.config.credential_max_age));
+            .saturating_add(duration_ms(self.config().credential_max_age));
         if now >= policy_end {
             return Err(ExchangeError::TooOld);
         }
@@ -548,8 +570,8 @@ impl Gateway {
         let (token, record) = match old.record.kind {
             TokenKind::Access => {
                 let grant = old.grant().cloned().ok_or(RotateError::NotAccess)?;
-                let svc = self
-                    .config
+                let config = self.config();
+                let svc = config
                     .service(&grant.service)
                     .ok_or(RotateError::ServiceGone)?;
                 let mut ttl = Duration::from_millis(lifetime).min(self.max_ttl(svc));
@@ -573,7 +595,7 @@ impl Gateway {
             TokenKind::ClientCredential => {
                 // Same principal, scope and binding; a fresh max age within the policy.
                 let scope = old.record.scope.clone().ok_or(RotateError::NotAccess)?;
-                let age = Duration::from_millis(lifetime).min(self.config.credential_max_age);
+                let age = Duration::from_millis(lifetime).min(self.config().credential_max_age);
                 let cert = old.record.cert_thumbprint.clone();
                 self.mint_credential(&old.record.principal, scope, age, cert, by)
                     .await?
@@ -635,7 +657,7 @@ impl Gateway {
     }
 
     fn max_ttl(&self, svc: &keyway_core::config::Service) -> Duration {
-        svc.max_ttl.min(self.config.max_ttl)
+        svc.max_ttl.min(self.config().max_ttl)
     }
 
     fn check_ttl(
@@ -647,7 +669,7 @@ impl Gateway {
         if ttl <= max {
             return Ok(());
         }
-        let why = if svc.max_ttl <= self.config.max_ttl {
+        let why = if svc.max_ttl <= self.config().max_ttl {
             format!(" (services.{}.max_ttl)", svc.name)
         } else {
             " (the global max_ttl)".to_owned()
@@ -711,7 +733,7 @@ impl Gateway {
         agent: &str,
         by: &str,
     ) -> Result<(IssuedToken, TokenRecord), IssueError> {
-        if !self.config.agents.contains_key(agent) {
+        if !self.config().agents.contains_key(agent) {
             return Err(IssueError::Invalid(format!(
                 "no agent `{}` in the config; declare `[agents.NAME]`",
                 agent.chars().take(64).collect::<String>()
@@ -859,7 +881,7 @@ impl Gateway {
             return false;
         };
         ev.token_id = Some(first.id.clone());
-        if !self.config.revoke_tokens_in_urls {
+        if !self.config().revoke_tokens_in_urls {
             return true;
         }
         for f in &found {
@@ -1030,7 +1052,7 @@ impl Gateway {
         if live {
             return Ok(());
         }
-        let path = self.config.data_dir.join("admin.token");
+        let path = self.config().data_dir.join("admin.token");
         let token = IssuedToken::generate(TokenKind::Admin);
         let record = TokenRecord {
             id: token.id().to_owned(),
@@ -1039,7 +1061,7 @@ impl Gateway {
             grant: None,
             hash: token.hash(&self.pepper),
             created_at: now,
-            expires_at: now.saturating_add(duration_ms(self.config.admin_token_ttl)),
+            expires_at: now.saturating_add(duration_ms(self.config().admin_token_ttl)),
             revoked_at: None,
             last_used_at: None,
             parent_id: None,
@@ -1061,7 +1083,7 @@ impl Gateway {
         self.index.insert(record);
         let mut ev = self.event("admin.token_created");
         ev.token_id = Some(token.id().to_owned());
-        ev.detail = serde_json::json!({ "expires_at": format_ms(now + duration_ms(self.config.admin_token_ttl)) });
+        ev.detail = serde_json::json!({ "expires_at": format_ms(now + duration_ms(self.config().admin_token_ttl)) });
         self.audit.record_reliably(ev).await;
         self.admin_token_written = Some(path);
         Ok(())
@@ -1069,7 +1091,7 @@ impl Gateway {
 
     /// Warns about upstream credentials the config names but nobody has set.
     pub fn warn_missing_secrets(&self) {
-        for svc in self.config.services.values() {
+        for svc in self.config().services.values() {
             let ServiceKind::Http(h) = &svc.kind else {
                 continue;
             };

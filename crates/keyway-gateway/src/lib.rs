@@ -22,6 +22,8 @@
 //! - [`alerts`]: signed alert webhooks, retried.
 //! - [`report`]: the hygiene report: what to revoke, narrow or close.
 //! - [`portscan`]: the port audit, for `keyway audit ports` and on a schedule.
+//! - [`reload`]: plan and apply a new config to the running gateway; the rule live
+//!   sessions follow after a reload.
 //!
 //! [`run`] takes bound listeners and a shutdown signal, so tests bind port 0.
 
@@ -37,6 +39,7 @@ pub mod index;
 pub mod listener;
 pub mod portscan;
 pub mod proxy;
+pub mod reload;
 pub mod report;
 pub mod telemetry;
 pub mod tls;
@@ -225,24 +228,14 @@ impl Listeners {
 /// and the audit queue, and returns.
 pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationToken) {
     let mut tasks = tokio::task::JoinSet::new();
-    for (name, listener) in listeners.services {
-        let Some(svc) = gw.config.service(&name).cloned() else {
-            continue;
-        };
-        let tls = listeners.tls.get(&name).cloned();
-        if let Some(pg) = proxy::postgres::PgProxy::new(gw.clone(), svc.clone(), tls) {
-            tasks.spawn(pg.serve(listener, shutdown.clone()));
-            continue;
-        }
-        let Some(proxy) = proxy::http::HttpProxy::new(gw.clone(), svc) else {
-            continue;
-        };
-        tasks.spawn(proxy.serve(
-            listener,
-            listeners.tls.get(&name).cloned(),
-            shutdown.clone(),
-        ));
+    let mut services = reload::Services::new(gw.clone(), shutdown.clone());
+    let mut ports = listeners.services;
+    let config = gw.config();
+    for (name, svc) in &config.services {
+        let listener = ports.remove(name).map(Arc::new);
+        services.start(svc.clone(), listener, listeners.tls.get(name).cloned());
     }
+    tasks.spawn(services.run());
     // The admin API and the token endpoint: small JSON APIs, bounded like the rest.
     let limits = listener::Limits {
         max_connections: 256,
@@ -260,7 +253,7 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
     tasks.spawn(listener::serve_http1(
         gw.clone(),
         "admin",
-        listeners.admin,
+        Arc::new(listeners.admin),
         limits,
         None,
         shutdown.clone(),
@@ -272,7 +265,7 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
         tasks.spawn(listener::serve_http1(
             gw.clone(),
             "token",
-            token,
+            Arc::new(token),
             limits,
             tls,
             shutdown.clone(),

@@ -70,7 +70,7 @@ pub struct ConnInfo {
 pub async fn serve_http1<S, F>(
     gw: Arc<Gateway>,
     name: &str,
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     limits: Limits,
     tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,

@@ -268,7 +268,7 @@ pub async fn targets(
 /// `ports.audit` event, `keyway_port_audit_findings{state}`, and, when it found
 /// something, an alert to the webhook.
 pub async fn run_scheduled(gw: Arc<Gateway>, shutdown: CancellationToken) {
-    let Some(cfg) = gw.config.audit.ports.clone() else {
+    let Some(cfg) = gw.config().audit.ports.clone() else {
         return;
     };
     // The first run soon after start, so a gateway restarted more often than
@@ -304,8 +304,8 @@ async fn audit_once(
     cfg: &keyway_core::config::PortAuditConfig,
 ) -> keyway_store::AuditEvent {
     let mut ev = gw.event("ports.audit");
-    let declared = declared(&gw.config).await;
-    let own = own_listeners(&gw.config);
+    let declared = declared(&gw.config()).await;
+    let own = own_listeners(&gw.config());
     // The declared ports always, besides the ones configured.
     let mut ports = cfg.ports.clone();
     ports.extend(declared.keys().map(|a| a.port()));

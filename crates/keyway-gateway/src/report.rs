@@ -156,7 +156,7 @@ pub async fn build(gw: &Gateway, since: UnixMillis) -> Result<Report, keyway_sto
             });
         }
     }
-    for name in gw.config.services.keys() {
+    for name in gw.config().services.keys() {
         if !busy.contains(name.as_str()) {
             report.quiet_services.push(QuietService {
                 service: name.clone(),

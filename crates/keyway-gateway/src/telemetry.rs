@@ -29,7 +29,7 @@ pub struct Metrics {
     handle: PrometheusHandle,
     /// Configured service names: the only values of the `service` label, so that a
     /// client cannot grow the series by naming services that do not exist.
-    services: HashSet<String>,
+    services: std::sync::RwLock<HashSet<String>>,
 }
 
 /// Counts a session as active until dropped.
@@ -47,10 +47,17 @@ impl Metrics {
         let m = Self {
             recorder,
             handle,
-            services: services.into_iter().collect(),
+            services: std::sync::RwLock::new(services.into_iter().collect()),
         };
         m.with(describe);
         m
+    }
+
+    /// Services added by a reload: their names become label values too. Removed
+    /// services keep theirs, so their series stay readable.
+    pub fn add_services(&self, names: impl IntoIterator<Item = String>) {
+        let mut known = self.services.write().unwrap_or_else(|p| p.into_inner());
+        known.extend(names);
     }
 
     fn with<T>(&self, f: impl FnOnce() -> T) -> T {
@@ -59,7 +66,8 @@ impl Metrics {
 
     /// A `service` label: a configured name, else `(unknown)`.
     fn label(&self, service: &str) -> String {
-        if self.services.contains(service) {
+        let known = self.services.read().unwrap_or_else(|p| p.into_inner());
+        if known.contains(service) {
             service.to_owned()
         } else {
             "(unknown)".into()

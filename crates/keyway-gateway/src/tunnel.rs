@@ -136,7 +136,7 @@ async fn open_stream(
     let mut ev = gw.event("connection.open");
     // Only a configured name: a client's mistake (a token pasted as the service name)
     // must not reach the audit log.
-    ev.service = Some(match gw.config.service(&open.service) {
+    ev.service = Some(match gw.config().service(&open.service) {
         Some(svc) => svc.name.clone(),
         None => "unknown".into(),
     });
@@ -144,7 +144,7 @@ async fn open_stream(
 
     let decided = decide(gw, &open, source, cert.as_deref(), &mut ev);
     drop(open);
-    let (entry, upstream_addr, connect_timeout, via) = match decided {
+    let (entry, connect_timeout, session) = match decided {
         Ok(x) => x,
         Err(reason) => {
             ev.decision = Some("deny".into());
@@ -163,18 +163,24 @@ async fn open_stream(
         reply(&mut tls, Some("unavailable"), None).await;
         return;
     };
-    let upstream =
-        match crate::dial_upstream(gw, via.as_deref(), &upstream_addr, connect_timeout).await {
-            Ok(s) => s,
-            Err(why) => {
-                tracing::warn!(service = ?ev.service, why, "tunnel upstream unreachable");
-                ev.decision = Some("allow".into());
-                ev.detail = json!({ "error": "upstream_unreachable", "why": why });
-                reservation.send(ev);
-                reply(&mut tls, Some("upstream unreachable"), None).await;
-                return;
-            }
-        };
+    let upstream = match crate::dial_upstream(
+        gw,
+        session.via.as_deref(),
+        &session.upstream,
+        connect_timeout,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(why) => {
+            tracing::warn!(service = ?ev.service, why, "tunnel upstream unreachable");
+            ev.decision = Some("allow".into());
+            ev.detail = json!({ "error": "upstream_unreachable", "why": why });
+            reservation.send(ev);
+            reply(&mut tls, Some("upstream unreachable"), None).await;
+            return;
+        }
+    };
     // Revoked while the upstream connection was being made: no byte goes through.
     if let Err(reason) = entry.check_live(gw.now()) {
         ev.decision = Some("deny".into());
@@ -194,7 +200,8 @@ async fn open_stream(
 
     let _active = gw.metrics.session(service.as_deref().unwrap_or_default());
     let started = Instant::now();
-    let (ended, bytes) = relay(tls, upstream, &entry, gw.now()).await;
+    let unfit = crate::reload::until_unfit(gw.watch_config(), session);
+    let (ended, bytes) = relay(tls, upstream, &entry, gw.now(), unfit).await;
     let mut close = gw.event("connection.close");
     close.service = service;
     close.token_id = token_id;
@@ -216,7 +223,7 @@ fn decide(
     source: std::net::IpAddr,
     cert: Option<&str>,
     ev: &mut keyway_store::AuditEvent,
-) -> Result<(Arc<Entry>, String, Duration, Option<String>), DenyReason> {
+) -> Result<(Arc<Entry>, Duration, crate::reload::Session), DenyReason> {
     let entry = gw
         .index
         .authenticate(&open.token, &gw.pepper, TokenKind::Access, gw.now())
@@ -226,8 +233,8 @@ fn decide(
         })?;
     ev.token_id = Some(entry.id().to_owned());
     ev.principal = Some(entry.record.principal.clone());
-    let svc = gw
-        .config
+    let config = gw.config();
+    let svc = config
         .service(&open.service)
         .filter(|s| entry.grant().is_some_and(|g| g.service == s.name))
         .ok_or(DenyReason::WrongService)?;
@@ -244,22 +251,20 @@ fn decide(
         }
     }
     entry.mark_used(gw.now());
-    Ok((
-        entry,
-        tcp.upstream.clone(),
-        tcp.connect_timeout,
-        svc.via.clone(),
-    ))
+    // The session's upstream and agent are the service's, as they are now.
+    let session = crate::reload::Session::new(svc, &entry, source);
+    Ok((entry, tcp.connect_timeout, session))
 }
 
-/// Carries bytes both ways until either side ends, the token is revoked, or it
-/// expires. Returns why it ended and the bytes (client to upstream, upstream to
-/// client).
+/// Carries bytes both ways until either side ends, the token is revoked or
+/// expires, or a reload leaves the session outside its service (`unfit`). Returns
+/// why it ended and the bytes (client to upstream, upstream to client).
 async fn relay<C>(
     mut client: C,
     mut upstream: Box<dyn crate::Stream>,
     entry: &Entry,
     now: keyway_core::UnixMillis,
+    unfit: impl std::future::Future<Output = crate::reload::Unfit>,
 ) -> (&'static str, (u64, u64))
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -270,6 +275,7 @@ where
         biased;
         () = entry.cancel.cancelled() => ("revoked", (0, 0)),
         () = tokio::time::sleep(Duration::from_millis(left as u64)) => ("expired", (0, 0)),
+        why = unfit => (why, (0, 0)),
         r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
             Ok(bytes) => ("closed", bytes),
             Err(_) => ("error", (0, 0)),

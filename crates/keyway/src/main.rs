@@ -20,6 +20,7 @@ mod audit;
 mod client;
 mod connect;
 mod demo;
+mod plan;
 mod ports;
 mod scan;
 mod serve;
@@ -94,6 +95,19 @@ enum Command {
     /// and secrets written into it (a Keyway token anywhere, a key-like value, a
     /// password in a URL). Exit status 1 on an error, for CI.
     Validate(validate::ValidateArgs),
+    /// Show what a config file would change in the running gateway, like
+    /// Terraform: services, agents, detectors and settings added (+), changed (~,
+    /// with the keys that changed) and removed (-). Changes only a restart can make
+    /// (the gateway's own listeners, keys, data folder, audit writer) are marked.
+    /// The file is checked as `keyway validate` checks it first.
+    Plan(plan::PlanArgs),
+    /// Apply a config file to the running gateway as one atomic change, audited as
+    /// `config.applied` with the file's SHA-256 and the admin who applied it.
+    /// Unchanged services keep every connection; a removed service's port closes
+    /// and its sessions end; sessions a narrowed service no longer allows (source,
+    /// role, max_ttl) end. `kill -HUP` on the gateway applies its own file the
+    /// same way.
+    Apply(plan::PlanArgs),
     /// The hygiene report: tokens not used within the window, client credentials
     /// near their maximum age, services with no traffic (candidates to close), grants
     /// broader than what was used, agents not connected. Exit status 1 when it
@@ -307,6 +321,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Validate(args) => validate::run(args),
         Command::Schema => validate::schema(),
+        Command::Plan(args) => plan::run(args, false).await,
+        Command::Apply(args) => plan::run(args, true).await,
         Command::Report { since, json, admin } => report(&since, json, &admin).await,
     }
 }

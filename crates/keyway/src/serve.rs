@@ -33,37 +33,42 @@ pub fn init_logging(filter: &str, format: LogFormat) -> Result<()> {
 
 /// Reads and checks a config file; relative paths in it are relative to its folder.
 pub fn load_config(path: &Path) -> Result<Config> {
-    read_config(path).map(|(c, _)| c)
-}
-
-/// A config file checked, and the SHA-256 of its text (hex), as audited when applied.
-pub fn read_config(path: &Path) -> Result<(Config, String)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config = Config::parse(&text, &config_dir(path))
+        .map_err(|e| anyhow!("{} is not valid:\n{e}", path.display()))?;
+    Ok(config)
+}
+
+/// The folder relative paths in the config at `path` are taken from.
+pub fn config_dir(path: &Path) -> std::path::PathBuf {
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let config =
-        Config::parse(&text, &dir).map_err(|e| anyhow!("{} is not valid:\n{e}", path.display()))?;
-    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
-    Ok((config, hash))
+    std::path::absolute(&dir).unwrap_or(dir)
 }
 
 pub async fn gateway(config_path: &Path) -> Result<ExitCode> {
-    let (config, hash) = read_config(config_path)?;
+    let config = load_config(config_path)?;
+    let hash = config.written.sha256.clone();
     // Open first, bind second: once a port accepts, the gateway (and the admin
     // credential the CLI reads) is ready.
     let gw = Arc::new(Gateway::open(config, Arc::new(SystemClock)).await?);
-    let listeners = Listeners::bind(&gw.config).await?;
+    let listeners = Listeners::bind(&gw.config()).await?;
     announce(&gw, &listeners);
     let mut ev = gw.event("config.applied");
     ev.principal = Some("(start-up)".into());
     ev.detail = serde_json::json!({
         "sha256": hash,
-        "services": gw.config.services.keys().collect::<Vec<_>>(),
-        "detectors": gw.config.detect.detectors.keys().map(|d| d.as_str()).collect::<Vec<_>>(),
+        "services": gw.config().services.keys().collect::<Vec<_>>(),
+        "detectors": gw.config().detect.detectors.keys().map(|d| d.as_str()).collect::<Vec<_>>(),
     });
     gw.audit.record_reliably(ev).await;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(reload_on_hangup(
+        gw.clone(),
+        config_path.to_path_buf(),
+        shutdown.clone(),
+    ));
     keyway_gateway::run(gw, listeners, shutdown).await;
     tracing::info!("gateway stopped");
     Ok(ExitCode::SUCCESS)
@@ -82,7 +87,7 @@ pub fn announce(gw: &Gateway, l: &Listeners) {
         tracing::info!(addr = %a, "admin API listening");
     }
     if let Some(a) = l.tunnel_addr() {
-        tracing::info!(addr = %a, ca = %gw.config.data_dir.join("ca.pem").display(), "tunnel listening (keyway connect)");
+        tracing::info!(addr = %a, ca = %gw.config().data_dir.join("ca.pem").display(), "tunnel listening (keyway connect)");
     }
     if let Some(a) = l.token_addr() {
         tracing::info!(addr = %a, "token endpoint listening (POST /v1/token/exchange)");
@@ -90,6 +95,38 @@ pub fn announce(gw: &Gateway, l: &Listeners) {
     for name in l.services.keys() {
         if let Some(a) = l.service_addr(name) {
             tracing::info!(service = %name, addr = %a, "service listening");
+        }
+    }
+}
+
+/// On SIGHUP, reads the config file again and applies it as `keyway apply` would;
+/// a config that does not check, or needs a restart, is refused and logged, and the
+/// running one stays.
+async fn reload_on_hangup(gw: Arc<Gateway>, path: std::path::PathBuf, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload with `keyway apply`");
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = hup.recv() => {}
+        }
+        let checked = std::fs::read_to_string(&path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))
+            .and_then(|text| keyway_gateway::reload::check_text(&text, &config_dir(&path)));
+        let config = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(path = %path.display(), "SIGHUP: reload refused, the running config stays: {e}");
+                continue;
+            }
+        };
+        match gw.reload(config, "SIGHUP", None, false).await {
+            Ok(o) if !o.applied => tracing::info!("SIGHUP: no changes"),
+            Ok(o) => tracing::info!("SIGHUP: config applied\n{}", o.plan.render()),
+            Err(e) => tracing::error!("SIGHUP: reload refused, the running config stays: {e}"),
         }
     }
 }

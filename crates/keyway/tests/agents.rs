@@ -176,20 +176,7 @@ async fn services_through_an_agent_that_dials_out() {
 
     // A TCP service through the agent: redis-cli via keyway connect.
     let token = |service: &str, role: Option<&str>| {
-        let mut args = vec![
-            "token",
-            "issue",
-            "--service",
-            service,
-            "--principal",
-            "dev",
-            "--ttl",
-            "30m",
-        ];
-        if let Some(r) = role {
-            args.extend(["--role", r]);
-        }
-        ok_stdout(keyway(dir, &[&args[..], &cfg].concat(), None))
+        ok_stdout(issue_as(dir, "dev", service, role, &["--ttl", "30m"]))
     };
     // An HTTP service through the agent: the gateway's pool dials through it.
     let billing_token = token("billing", None);

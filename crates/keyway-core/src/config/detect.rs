@@ -92,7 +92,7 @@ pub struct Detector {
     pub action: Action,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DetectConfig {
     pub never_block: Vec<IpNet>,
     pub block_for: Duration,
@@ -100,12 +100,12 @@ pub struct DetectConfig {
     pub detectors: BTreeMap<DetectorKind, Detector>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AlertsConfig {
     pub webhook: Option<Webhook>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Webhook {
     pub url: Uri,
     pub secret: String,

@@ -135,7 +135,7 @@ fn words(line: &str) -> impl Iterator<Item = &str> {
 }
 
 /// `scheme://user:password@host`.
-fn has_url_password(line: &str) -> bool {
+pub(crate) fn has_url_password(line: &str) -> bool {
     line.match_indices("://").any(|(i, _)| {
         let rest = &line[i + 3..];
         let authority = rest

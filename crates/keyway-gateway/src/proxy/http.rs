@@ -10,10 +10,11 @@
 //! the normalised path, without the client's token, hop-by-hop headers or forwarding
 //! claims, with the upstream credential injected, over a pooled keep-alive
 //! connection. Bodies stream both ways; a response body stops the moment its token is
-//! revoked or expires.
+//! revoked or expires, or a reload leaves it outside its service.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,7 +40,7 @@ use keyway_core::token::redact;
 use keyway_core::{path, DenyReason, TokenKind};
 use keyway_store::AuditEvent;
 use tokio::net::TcpListener;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
 use crate::index::{Entry, Refusal};
@@ -75,14 +76,20 @@ impl Upstream {
     }
 }
 
-/// A response body that ends with an error when its token is revoked or expires.
+/// A response body that ends with an error when its token is revoked or expires, or
+/// a reload leaves it outside its service.
 struct Cancellable {
     inner: Incoming,
     /// `keyway_bytes_total{direction="out"}` of the service.
     bytes: metrics::Counter,
-    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
-    expires: Pin<Box<tokio::time::Sleep>>,
+    /// Resolves with why the stream must end.
+    ended: Pin<Box<dyn Future<Output = BoxError> + Send>>,
 }
+
+/// The error a stream ends with when a reload leaves it outside its service.
+#[derive(Debug, thiserror::Error)]
+#[error("the gateway's config changed and this stream no longer fits it ({0})")]
+struct Unfit(&'static str);
 
 /// The error a revoked stream ends with.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +153,7 @@ impl HttpProxy {
     /// for in-flight requests to finish.
     pub async fn serve(
         self: Arc<Self>,
-        listener: TcpListener,
+        listener: Arc<TcpListener>,
         tls: Option<tokio_rustls::TlsAcceptor>,
         shutdown: CancellationToken,
     ) {
@@ -246,10 +253,10 @@ impl HttpProxy {
                 match client_upgrade {
                     Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                         let upstream = hyper::upgrade::on(&mut resp);
-                        self.bridge_upgraded(client, upstream, entry.clone());
+                        self.bridge_upgraded(client, upstream, entry.clone(), source);
                         upgraded_response(resp)
                     }
-                    _ => self.downstream_response(resp, &entry),
+                    _ => self.downstream_response(resp, &entry, source),
                 }
             }
             Ok(Err(e)) => {
@@ -406,14 +413,16 @@ impl HttpProxy {
     }
 
     /// Carries an upgraded connection (a WebSocket) both ways until either side
-    /// closes, the token is revoked, or it expires.
+    /// closes, the token is revoked or expires, or a reload leaves it outside the
+    /// service.
     fn bridge_upgraded(
         &self,
         client: hyper::upgrade::OnUpgrade,
         upstream: hyper::upgrade::OnUpgrade,
         entry: Arc<Entry>,
+        source: IpAddr,
     ) {
-        let left = entry.expires_at().saturating_sub(self.gw.now()).max(0);
+        let ended = self.ended(entry.clone(), source);
         let service = self.svc.name.clone();
         let active = self.gw.metrics.session(&service);
         tokio::spawn(async move {
@@ -432,27 +441,55 @@ impl HttpProxy {
                         tracing::debug!(service = %service, error = %e, "upgraded connection ended with an error");
                     }
                 }
-                () = entry.cancel.cancelled() => {
-                    tracing::debug!(service = %service, token_id = %entry.id(), "token revoked; upgraded connection cut");
-                }
-                () = tokio::time::sleep(Duration::from_millis(left as u64)) => {
-                    tracing::debug!(service = %service, token_id = %entry.id(), "token expired; upgraded connection cut");
+                why = ended => {
+                    tracing::debug!(service = %service, token_id = %entry.id(), why, "upgraded connection cut");
                 }
             }
         });
     }
 
-    fn downstream_response(&self, resp: Response<Incoming>, entry: &Entry) -> Response<ProxyBody> {
+    fn downstream_response(
+        &self,
+        resp: Response<Incoming>,
+        entry: &Arc<Entry>,
+        source: IpAddr,
+    ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let left = entry.expires_at().saturating_sub(self.gw.now()).max(0);
+        let ended = self.ended(entry.clone(), source);
         let body = Cancellable {
             bytes: self.bytes_out.clone(),
             inner: body,
-            cancelled: Box::pin(entry.cancel.clone().cancelled_owned()),
-            expires: Box::pin(tokio::time::sleep(Duration::from_millis(left as u64))),
+            ended: Box::pin(async move {
+                let why: BoxError = match ended.await {
+                    "revoked" => Box::new(Revoked),
+                    "expired" => Box::new(Expired),
+                    why => Box::new(Unfit(why)),
+                };
+                why
+            }),
         };
         Response::from_parts(parts, UnsyncBoxBody::new(body))
+    }
+
+    /// Resolves when a stream with `entry`'s token must end: `revoked`, `expired`,
+    /// or why a reload left it outside the service.
+    fn ended(
+        &self,
+        entry: Arc<Entry>,
+        source: IpAddr,
+    ) -> impl Future<Output = &'static str> + Send + 'static {
+        let left = entry.expires_at().saturating_sub(self.gw.now()).max(0);
+        let session = crate::reload::Session::new(&self.svc, &entry, source);
+        let unfit = crate::reload::until_unfit(self.gw.watch_config(), session);
+        async move {
+            tokio::select! {
+                biased;
+                () = entry.cancel.cancelled() => "revoked",
+                () = tokio::time::sleep(Duration::from_millis(left as u64)) => "expired",
+                why = unfit => why,
+            }
+        }
     }
 
     fn deny(
@@ -636,11 +673,8 @@ impl Body for Cancellable {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if this.cancelled.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(Err(Box::new(Revoked))));
-        }
-        if this.expires.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(Err(Box::new(Expired))));
+        if let Poll::Ready(why) = this.ended.as_mut().poll(cx) {
+            return Poll::Ready(Some(Err(why)));
         }
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(f))) = &frame {

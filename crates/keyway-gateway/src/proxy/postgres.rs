@@ -139,7 +139,7 @@ impl PgProxy {
         }))
     }
 
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+    pub async fn serve(self: Arc<Self>, listener: Arc<TcpListener>, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(crate::MAX_CONNECTIONS));
         while let Some((stream, peer, permit)) =
@@ -170,7 +170,9 @@ impl PgProxy {
             }
             Ok(Err(Refused::Silent)) | Err(_) => return,
         };
-        let end = self.relay(client, upstream, &entry, &role).await;
+        let end = self
+            .relay(client, upstream, &entry, &role, peer.ip().to_canonical())
+            .await;
         let target = cancel_key.and_then(CancelKey::take);
         // The upstream backend would finish a running query (a long export, a lock
         // held) before noticing its client is gone: stop it now.
@@ -556,15 +558,21 @@ impl PgProxy {
     }
 
     /// Relays the session: upstream bytes as they are; client frames read for the
-    /// audit on the way through. Ends on the upstream's close, revocation or expiry;
-    /// the token's end wins over bytes ready to go either way.
+    /// audit on the way through. Ends on the upstream's close, revocation, expiry, or
+    /// a reload it no longer fits; those win over bytes ready to go either way.
     async fn relay(
         &self,
         client: Box<dyn Io>,
         upstream: Box<dyn Io>,
         entry: &Arc<Entry>,
         role: &str,
+        source: std::net::IpAddr,
     ) -> &'static str {
+        let mut session = crate::reload::Session::new(&self.svc, entry, source);
+        let user = self.pg.roles.get(role).map(|r| r.user.clone());
+        session.role = Some((role.to_owned(), user.unwrap_or_default()));
+        let unfit = crate::reload::until_unfit(self.gw.watch_config(), session);
+        tokio::pin!(unfit);
         let (mut client_r, mut client_w) = tokio::io::split(client);
         let (mut up_r, mut up_w) = tokio::io::split(upstream);
         let audit = StatementAudit {
@@ -591,6 +599,7 @@ impl PgProxy {
                     biased;
                     () = entry.cancel.cancelled() => break "revoked",
                     () = &mut expiry => break "expired",
+                    why = &mut unfit => break why,
                     () = &mut down => break "closed",
                     // The client said Terminate or went away: the upstream, told so,
                     // closes, and that ends `down`.
@@ -600,13 +609,15 @@ impl PgProxy {
         };
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
             if end != "closed" && framing.at_boundary() {
-                let msg = if end == "revoked" {
-                    "terminating connection: the Keyway token was revoked"
-                } else {
-                    "terminating connection: the Keyway token expired"
+                let msg = match end {
+                    "revoked" => "terminating connection: the Keyway token was revoked".into(),
+                    "expired" => "terminating connection: the Keyway token expired".into(),
+                    why => format!(
+                        "terminating connection: the gateway's config changed and this session no longer fits it ({why})"
+                    ),
                 };
                 let _ = client_w
-                    .write_all(&error_response("FATAL", "57P01", msg))
+                    .write_all(&error_response("FATAL", "57P01", &msg))
                     .await;
             }
             let _ = client_w.shutdown().await;

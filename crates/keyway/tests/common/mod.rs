@@ -301,20 +301,32 @@ pub fn metrics(dir: &Path, admin_port: u16) -> String {
 
 /// `keyway token issue` for `service`, with `keyway.toml` in `dir`: the token.
 pub fn issue(dir: &Path, principal: &str, service: &str) -> String {
-    ok_stdout(keyway(
-        dir,
-        &[
-            "token",
-            "issue",
-            "--service",
-            service,
-            "--principal",
-            principal,
-            "--config",
-            "keyway.toml",
-        ],
-        None,
-    ))
+    ok_stdout(issue_as(dir, principal, service, None, &[]))
+}
+
+/// `keyway token issue` for `service` as `principal`, with `--role` when given and
+/// `extra` arguments, with `keyway.toml` in `dir`.
+pub fn issue_as(
+    dir: &Path,
+    principal: &str,
+    service: &str,
+    role: Option<&str>,
+    extra: &[&str],
+) -> Output {
+    let mut args = vec![
+        "token",
+        "issue",
+        "--service",
+        service,
+        "--principal",
+        principal,
+    ];
+    if let Some(r) = role {
+        args.extend(["--role", r]);
+    }
+    args.extend(extra);
+    args.extend(["--config", "keyway.toml"]);
+    keyway(dir, &args, None)
 }
 
 /// A CLI run's stdout, trimmed, after checking it succeeded.
