@@ -64,6 +64,12 @@ pub enum DenyReason {
     MethodNotAllowed,
     AuditUnavailable,
     UpstreamCredentialMissing,
+    /// The token lives longer than the service's `max_ttl` allows since a reload
+    /// lowered it.
+    TtlAboveMax,
+    /// The connection was accepted by a service's proxy a reload just replaced; a
+    /// new connection reaches the new one.
+    Reloading,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -145,7 +151,7 @@ impl Grant {
 // === impl DenyReason ===
 
 impl DenyReason {
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 21] = [
         Self::NoToken,
         Self::MalformedToken,
         Self::BadChecksum,
@@ -165,6 +171,8 @@ impl DenyReason {
         Self::MethodNotAllowed,
         Self::AuditUnavailable,
         Self::UpstreamCredentialMissing,
+        Self::TtlAboveMax,
+        Self::Reloading,
     ];
 
     /// The reason an audit log names, back.
@@ -194,6 +202,8 @@ impl DenyReason {
             DenyReason::MethodNotAllowed => "method_not_allowed",
             DenyReason::AuditUnavailable => "audit_unavailable",
             DenyReason::UpstreamCredentialMissing => "upstream_credential_missing",
+            DenyReason::TtlAboveMax => "ttl_above_max",
+            DenyReason::Reloading => "reloading",
         }
     }
 
@@ -208,7 +218,8 @@ impl DenyReason {
             | DenyReason::Expired
             | DenyReason::Revoked
             | DenyReason::TokenInUrl
-            | DenyReason::CertificateMismatch => 401,
+            | DenyReason::CertificateMismatch
+            | DenyReason::TtlAboveMax => 401,
             DenyReason::WrongKind
             | DenyReason::WrongService
             | DenyReason::MethodNotGranted
@@ -217,7 +228,9 @@ impl DenyReason {
             DenyReason::BadPath => 400,
             DenyReason::MethodNotAllowed => 405,
             DenyReason::RateLimited => 429,
-            DenyReason::AuditUnavailable | DenyReason::UpstreamCredentialMissing => 503,
+            DenyReason::AuditUnavailable
+            | DenyReason::UpstreamCredentialMissing
+            | DenyReason::Reloading => 503,
         }
     }
 }

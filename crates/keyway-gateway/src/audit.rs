@@ -101,6 +101,15 @@ impl AuditSink {
         }
     }
 
+    /// Waits for a place for an admin change's event; fails only when the writer
+    /// has stopped, so the change can be refused before it is made.
+    pub async fn reserve_reliably(&self) -> Result<Reservation, AuditFull> {
+        match self.tx.clone().reserve_owned().await {
+            Ok(p) => Ok(Reservation(Some(p), self.tap.clone())),
+            Err(_) => Err(AuditFull),
+        }
+    }
+
     /// Reserves a place for an event of a session already under way (a database
     /// statement): under `fail_closed` it waits for room, which slows the session
     /// rather than letting it run unaudited.

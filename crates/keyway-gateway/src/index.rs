@@ -104,6 +104,15 @@ impl Entry {
         self.expires_at.load(Ordering::Acquire)
     }
 
+    /// The token's whole lifetime, issue to expiry.
+    pub fn lifetime(&self) -> std::time::Duration {
+        let ms = self
+            .expires_at()
+            .saturating_sub(self.record.created_at)
+            .max(0);
+        std::time::Duration::from_millis(ms as u64)
+    }
+
     /// Brings the expiry forward to `at`, never later.
     pub fn shorten(&self, at: UnixMillis) {
         self.expires_at.fetch_min(at, Ordering::AcqRel);

@@ -163,6 +163,9 @@ pub(crate) async fn next_connection(
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     loop {
         let (stream, peer) = tokio::select! {
+            // A proxy replaced by a reload shares its listener with the new one: once
+            // stopped, it takes no connection waiting in the queue.
+            biased;
             () = shutdown.cancelled() => return None,
             r = listener.accept() => match r {
                 Ok(x) => x,

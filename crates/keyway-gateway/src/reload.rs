@@ -35,8 +35,9 @@ pub struct Session {
     pub service: String,
     pub source: IpAddr,
     /// The token's whole lifetime, issue to expiry.
-    pub lifetime_ms: i64,
-    /// Where the session goes: the service's upstream and agent when it started.
+    pub lifetime: std::time::Duration,
+    /// Where the session goes when it started ([`destination`]), and through which
+    /// agent.
     pub upstream: String,
     pub via: Option<String>,
     /// A database session's role, and the upstream user it logged in as.
@@ -49,14 +50,13 @@ pub type Unfit = &'static str;
 /// Whether `s` still fits `config`.
 pub fn fits(config: &Config, s: &Session) -> Result<(), Unfit> {
     let svc = config.service(&s.service).ok_or("service_removed")?;
-    if svc.upstream_addr() != s.upstream || svc.via != s.via {
+    if destination(svc) != s.upstream || svc.via != s.via {
         return Err("upstream_changed");
     }
     if !svc.allow_cidrs.is_empty() && !svc.allow_cidrs.iter().any(|n| n.contains(&s.source)) {
         return Err("source_not_allowed");
     }
-    let max = svc.max_ttl.min(config.max_ttl);
-    if u128::try_from(s.lifetime_ms).unwrap_or(0) > max.as_millis() {
+    if s.lifetime > svc.max_ttl.min(config.max_ttl) {
         return Err("ttl_above_max");
     }
     if let Some((role, user)) = &s.role {
@@ -68,6 +68,25 @@ pub fn fits(config: &Config, s: &Session) -> Result<(), Unfit> {
         }
     }
     Ok(())
+}
+
+/// Where a session of `svc` goes, as far as a reload must not move it: the upstream,
+/// and what the gateway says there (an HTTP base path and injected credential, a
+/// database's name).
+pub fn destination(svc: &Service) -> String {
+    match &svc.kind {
+        ServiceKind::Http(h) => {
+            let auth = h.upstream_auth.as_ref();
+            format!(
+                "{}{} {:?}",
+                h.upstream.authority,
+                h.upstream.base_path,
+                auth.map(|a| (a.header.as_str(), a.secret.as_str()))
+            )
+        }
+        ServiceKind::Tcp(t) => t.upstream.clone(),
+        ServiceKind::Postgres(p) => format!("{}/{}", p.upstream, p.database),
+    }
 }
 
 /// Resolves when the config in force no longer fits `s` (checked at once, then at
@@ -92,8 +111,8 @@ impl Session {
         Self {
             service: svc.name.clone(),
             source,
-            lifetime_ms: entry.expires_at().saturating_sub(entry.record.created_at),
-            upstream: svc.upstream_addr(),
+            lifetime: entry.lifetime(),
+            upstream: destination(svc),
             via: svc.via.clone(),
             role: None,
         }
@@ -160,6 +179,8 @@ pub enum ApplyError {
     Tls { service: String, why: String },
     #[error("the gateway is shutting down")]
     Stopped,
+    #[error("the audit log cannot record the change; nothing was applied")]
+    Unaudited,
 }
 
 /// The way to the task that owns the running services.
@@ -211,14 +232,34 @@ struct Running {
     svc: Service,
     listener: Option<Arc<TcpListener>>,
     stop: CancellationToken,
+    /// SHA-256 over its certificate, key and client CA files when it started: a
+    /// renewed certificate at the same path is a change.
+    tls_files: Option<[u8; 32]>,
 }
 
 /// The services of a running gateway, and the task that changes them.
 pub(crate) struct Services {
     gw: Arc<Gateway>,
     running: BTreeMap<String, Running>,
+    /// Cancel keys of each PostgreSQL service's sessions, kept across its proxies.
+    cancels: HashMap<String, proxy::postgres::CancelKeys>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+}
+
+/// SHA-256 over a listener's TLS files, or None when one cannot be read (binding it
+/// then fails with the reason).
+fn tls_files(t: &keyway_core::config::TlsConfig) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for path in [Some(&t.cert), Some(&t.key), t.client_ca.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        h.update(std::fs::read(path).ok()?);
+        h.update([0]);
+    }
+    Some(h.finalize().into())
 }
 
 impl Services {
@@ -226,6 +267,7 @@ impl Services {
         Self {
             gw,
             running: BTreeMap::new(),
+            cancels: HashMap::new(),
             tasks: TaskTracker::new(),
             shutdown,
         }
@@ -242,18 +284,23 @@ impl Services {
         let stop = self.shutdown.child_token();
         if let Some(l) = listener.clone() {
             let gw = self.gw.clone();
-            if let Some(pg) = proxy::postgres::PgProxy::new(gw.clone(), svc.clone(), tls.clone()) {
+            let cancels = self.cancels.entry(svc.name.clone()).or_default().clone();
+            if let Some(pg) =
+                proxy::postgres::PgProxy::new(gw.clone(), svc.clone(), tls.clone(), cancels)
+            {
                 self.tasks.spawn(pg.serve(l, stop.clone()));
             } else if let Some(http) = proxy::http::HttpProxy::new(gw, svc.clone()) {
                 self.tasks.spawn(http.serve(l, tls, stop.clone()));
             }
         }
+        let tls_files = svc.tls.as_ref().and_then(tls_files);
         self.running.insert(
             svc.name.clone(),
             Running {
                 svc,
                 listener,
                 stop,
+                tls_files,
             },
         );
     }
@@ -295,7 +342,32 @@ impl Services {
         dry_run: bool,
     ) -> Result<Outcome, ApplyError> {
         let old = self.gw.config();
-        let plan = plan::plan(&old, &new);
+        let mut plan = plan::plan(&old, &new);
+        // A certificate renewed in place (same paths, new files) changes its service.
+        for (name, r) in &self.running {
+            let (Some(before), Some(t)) =
+                (r.tls_files, new.service(name).and_then(|s| s.tls.as_ref()))
+            else {
+                continue;
+            };
+            let listed = plan
+                .changes
+                .iter()
+                .any(|c| c.section == "service" && &c.name == name);
+            if !listed && tls_files(t).is_some_and(|now| now != before) {
+                plan.changes.push(plan::Change {
+                    op: Op::Change,
+                    section: "service".into(),
+                    name: name.clone(),
+                    fields: vec![plan::Field {
+                        key: "tls".into(),
+                        before: Some("(certificate files as loaded)".into()),
+                        after: Some("(certificate files renewed)".into()),
+                    }],
+                    restart: false,
+                });
+            }
+        }
         let mut outcome = Outcome {
             plan,
             applied: false,
@@ -364,6 +436,11 @@ impl Services {
             starting.push((svc, listener, tls));
         }
 
+        // The change is recorded, or not made.
+        let Ok(reservation) = self.gw.audit.reserve_reliably().await else {
+            return Err(ApplyError::Unaudited);
+        };
+
         // Nothing can fail from here: the new config goes in force, and sessions
         // judge themselves against it.
         let new = Arc::new(new);
@@ -372,6 +449,9 @@ impl Services {
             if c.section == "service" && c.op != Op::Add {
                 if let Some(r) = self.running.remove(&c.name) {
                     r.stop.cancel();
+                }
+                if c.op == Op::Remove {
+                    self.cancels.remove(&c.name);
                 }
             }
         }
@@ -392,7 +472,7 @@ impl Services {
             "removed": names(&outcome.plan, Op::Remove),
             "services": new.services.keys().collect::<Vec<_>>(),
         });
-        self.gw.audit.record_reliably(ev).await;
+        reservation.send(ev);
         tracing::info!(
             by,
             sha256 = %new.written.sha256,
@@ -448,8 +528,8 @@ secret = "db-reader"
         Session {
             service: "db".into(),
             source: "10.1.2.3".parse().expect("an address"),
-            lifetime_ms: 30 * 60 * 1000,
-            upstream: "127.0.0.1:5432".into(),
+            lifetime: std::time::Duration::from_secs(30 * 60),
+            upstream: "127.0.0.1:5432/test".into(),
             via: None,
             role: Some(("readonly".into(), "reader".into())),
         }
@@ -490,6 +570,13 @@ secret = "db-reader"
             Err("upstream_changed")
         );
         assert_eq!(
+            fits(
+                &with(|c| c.replace("database = \"test\"", "database = \"other\"")),
+                &s
+            ),
+            Err("upstream_changed")
+        );
+        assert_eq!(
             fits(&with(|c| c.replace("services.db", "services.db2")), &s),
             Err("service_removed")
         );
@@ -507,10 +594,16 @@ secret = "db-reader"
     async fn until_unfit_wakes_on_the_reload_that_narrows() {
         let (tx, rx) = watch::channel(Arc::new(with(str::to_owned)));
         let waiting = tokio::spawn(until_unfit(rx, session()));
+        // The session is waiting before the reload comes.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
         tx.send_replace(Arc::new(with(|c| {
             c.replace("[\"10.0.0.0/8\"]", "[\"10.0.0.0/8\", \"172.16.0.0/12\"]")
         })));
-        tokio::task::yield_now().await;
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
         assert!(!waiting.is_finished(), "a wider config ended a session");
         tx.send_replace(Arc::new(with(|c| c.replace("10.0.0.0/8", "172.16.0.0/12"))));
         let why = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)

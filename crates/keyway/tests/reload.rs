@@ -75,14 +75,39 @@ impl LivePsql {
         self.lines.recv_timeout(Duration::from_secs(10)).ok()
     }
 
-    /// Everything psql said on stderr so far, waiting up to 10 s for it to exit.
+    /// Starts a 30 s query, Ctrl-C's psql, and returns what psql said within 10 s.
+    fn interrupt_sleep(&mut self) -> String {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "select pg_sleep(30);").unwrap();
+        stdin.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success());
+        // "Cancel request sent", then the server's answer.
+        let mut said = String::new();
+        while let Ok(line) = self.errors.recv_timeout(Duration::from_secs(10)) {
+            said.push_str(&line);
+            said.push('\n');
+            if line.contains("ERROR") {
+                break;
+            }
+        }
+        said
+    }
+
+    /// Everything psql said on stderr, once it has exited (within 10 s).
     fn ended(&mut self) -> String {
         drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+        let mut said = Vec::new();
+        // Until psql closes stderr: it has exited and everything it said was read.
+        while let Ok(line) = self.errors.recv_timeout(Duration::from_secs(10)) {
+            said.push(line);
         }
-        self.errors.try_iter().collect::<Vec<_>>().join("\n")
+        said.join("\n")
     }
 }
 
@@ -303,6 +328,20 @@ async fn plan_apply_and_sighup_with_live_connections() {
         "the removed service's port still answers"
     );
     assert!(TcpStream::connect(("127.0.0.1", p.old)).is_err());
+    // The changed database service takes new sessions on the same port (its new
+    // proxy), and Ctrl-C, sent to the new proxy, still cancels a query of a session
+    // the old one started.
+    let mut again = LivePsql::open(p.db, &token(dir, "db", Some("readonly")));
+    assert_eq!(
+        again.query("select 'new proxy'").as_deref(),
+        Some("new proxy")
+    );
+    let said = reader.interrupt_sleep();
+    assert!(
+        said.contains("canceling statement due to user request"),
+        "psql said: {said}"
+    );
+    // (A script-mode psql exits after Ctrl-C; the SIGHUP below uses `again`.)
     // Added: serves at once, with a token for it.
     let new = format!("http://127.0.0.1:{}/invoices", p.new);
     assert_eq!(curl(&new, Some(&token(dir, "new", None)), "GET"), 200);
@@ -360,22 +399,46 @@ async fn plan_apply_and_sighup_with_live_connections() {
     let (ok, _, err) = run(dir, &["apply", "v4.toml", "--config", "keyway.toml"]);
     assert!(!ok);
     assert!(err.contains("looks like a secret"), "{err}");
+    // The gateway checks too, whoever calls it.
+    let body = serde_json::json!({ "config": leaked }).to_string();
+    let (status, answer) = admin_api(dir, p.admin, "POST", "/v1/config/apply", Some(&body));
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer.contains("does not pass `keyway validate`"),
+        "{answer}"
+    );
+    assert!(
+        !answer.contains("9fK2xQ7mZp4LwR8tYv3NcB6hJd1"),
+        "the secret is in the answer: {answer}"
+    );
+    let (_, current) = admin_api(dir, p.admin, "GET", "/v1/config", None);
+    let current: serde_json::Value = serde_json::from_str(&current).unwrap();
+    assert_eq!(
+        current["sha256"],
+        hash.as_str(),
+        "a refused config is in force"
+    );
     assert_eq!(curl(&new, Some(&token(dir, "new", None)), "GET"), 200);
 
     // SIGHUP: the gateway's own file, edited to leave loopback out of the database's
     // sources. The reader's session ends; the Redis connection does not.
-    let v5 = v2.replace("[\"127.0.0.0/8\"]", "[\"10.0.0.0/8\"]");
+    let v5 = v2.replace("[\"127.0.0.0/8\"]", "[\"10.0.0.0/8\"]").replace(
+        "[services.api]\n",
+        "[services.api]\nrate_limit = \"100/s\"\n",
+    );
     std::fs::write(dir.join("keyway.toml"), &v5).unwrap();
     let pid = gateway.id().to_string();
     hangup(&pid);
     wait_log(dir, "SIGHUP: config applied");
-    assert_eq!(reader.query("select 'reader lives'"), None);
-    let why = reader.ended();
+    assert_eq!(again.query("select 'again lives'"), None);
+    let why = again.ended();
     assert!(why.contains("(source_not_allowed)"), "psql said: {why}");
     assert!(
         redis_ping(&mut redis),
         "SIGHUP ended an unchanged service's connection"
     );
+    // The changed HTTP service answers through its new proxy, on the same port.
+    assert_eq!(curl(&api, Some(&api_token), "GET"), 200);
     // A broken file on SIGHUP is refused and logged; the gateway keeps serving.
     std::fs::write(dir.join("keyway.toml"), "this is = not [toml").unwrap();
     hangup(&pid);

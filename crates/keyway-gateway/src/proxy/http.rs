@@ -303,6 +303,13 @@ impl HttpProxy {
         if matches!(req.method().as_str(), "TRACE" | "TRACK" | "CONNECT") {
             return Err((DenyReason::MethodNotAllowed, None));
         }
+        // The config in force, not only this proxy's copy: a reload may have replaced
+        // this proxy a moment ago (the client retries on a new connection) or
+        // lowered the global `max_ttl`.
+        let config = gw.config();
+        if config.service(&self.svc.name) != Some(&self.svc) {
+            return Err((DenyReason::Reloading, None));
+        }
         if !self.svc.allow_cidrs.is_empty()
             && !self.svc.allow_cidrs.iter().any(|n| n.contains(&source))
         {
@@ -323,6 +330,9 @@ impl HttpProxy {
             })?;
         ev.token_id = Some(entry.id().to_owned());
         ev.principal = Some(entry.record.principal.clone());
+        if entry.lifetime() > self.svc.max_ttl.min(config.max_ttl) {
+            return Err((DenyReason::TtlAboveMax, None));
+        }
         // A token obtained with a credential is held to the credential on every use.
         gw.check_lineage(&entry, source).map_err(|r| (r, None))?;
         // A sender-constrained token works only with its certificate.
@@ -532,6 +542,11 @@ impl HttpProxy {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
+        }
+        if reason == DenyReason::Reloading {
+            // This connection belongs to a replaced proxy: the next goes to the new.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            h.insert(header::RETRY_AFTER, HeaderValue::from(0));
         }
         resp
     }

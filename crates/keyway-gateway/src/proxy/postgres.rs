@@ -63,11 +63,16 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 use crate::Stream as Io;
 
 /// Keyway's cancel key → the upstream's, and whose session it is.
-struct CancelTarget {
+pub struct CancelTarget {
     pid: i32,
     key: i32,
     entry: Arc<Entry>,
 }
+
+/// The cancel keys of one service's live sessions. Shared by the proxies a reload
+/// puts in each other's place, so a session that outlives its proxy can still be
+/// cancelled through the new one.
+pub type CancelKeys = Arc<Mutex<HashMap<(i32, i32), CancelTarget>>>;
 
 /// The PostgreSQL listener of one service.
 pub struct PgProxy {
@@ -75,7 +80,7 @@ pub struct PgProxy {
     svc: Service,
     pg: PostgresService,
     tls: Option<TlsAcceptor>,
-    cancels: Mutex<HashMap<(i32, i32), CancelTarget>>,
+    cancels: CancelKeys,
 }
 
 /// Why a start-up ended without a session.
@@ -125,8 +130,14 @@ impl Drop for CancelKey<'_> {
 // === impl PgProxy ===
 
 impl PgProxy {
-    /// The proxy of `svc`, if it is a PostgreSQL service.
-    pub fn new(gw: Arc<Gateway>, svc: Service, tls: Option<TlsAcceptor>) -> Option<Arc<Self>> {
+    /// The proxy of `svc`, if it is a PostgreSQL service; `cancels` holds the keys
+    /// of the service's sessions (those of the proxy this one replaces).
+    pub fn new(
+        gw: Arc<Gateway>,
+        svc: Service,
+        tls: Option<TlsAcceptor>,
+        cancels: CancelKeys,
+    ) -> Option<Arc<Self>> {
         let ServiceKind::Postgres(pg) = svc.kind.clone() else {
             return None;
         };
@@ -135,7 +146,7 @@ impl PgProxy {
             svc,
             pg,
             tls,
-            cancels: Mutex::new(HashMap::new()),
+            cancels,
         }))
     }
 

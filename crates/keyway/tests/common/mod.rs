@@ -286,17 +286,44 @@ pub fn start_gateway(dir: &Path, admin_port: u16) -> KillOnDrop {
 
 /// `/metrics` of the gateway whose data is in `<dir>/data`, scraped with curl.
 pub fn metrics(dir: &Path, admin_port: u16) -> String {
+    let (status, body) = admin_api(dir, admin_port, "GET", "/metrics", None);
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// A call to the admin API of the gateway whose data is in `<dir>/data`, with curl
+/// and its admin token: the status and the body.
+pub fn admin_api(
+    dir: &Path,
+    admin_port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
     let token = std::fs::read_to_string(dir.join("data/admin.token")).unwrap();
-    let out = Command::new("curl")
-        .args([
-            "-sf",
+    let mut curl = Command::new("curl");
+    curl.args(["-s", "-X", method, "-w", "\n%{http_code}", "-H"])
+        .arg(format!("Authorization: Bearer {}", token.trim()));
+    if body.is_some() {
+        curl.args([
             "-H",
-            &format!("Authorization: Bearer {}", token.trim()),
-        ])
-        .arg(format!("http://127.0.0.1:{admin_port}/metrics"))
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap()
+            "Content-Type: application/json",
+            "--data-binary",
+            "@-",
+        ]);
+    }
+    let mut child = curl
+        .arg(format!("http://127.0.0.1:{admin_port}{path}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl must be installed (apt-get install curl)");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(body.unwrap_or("").as_bytes()).unwrap();
+    drop(stdin);
+    let out = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+    let (text, status) = out.rsplit_once('\n').unwrap();
+    (status.trim().parse().unwrap(), text.to_owned())
 }
 
 /// `keyway token issue` for `service`, with `keyway.toml` in `dir`: the token.
