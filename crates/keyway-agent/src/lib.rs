@@ -429,7 +429,13 @@ async fn handle(
         let mut upstream = upstream;
         if let Ok(up) = hyper::upgrade::on(req).await {
             let mut up = TokioIo::new(up);
-            let _ = tokio::io::copy_bidirectional(&mut up, &mut upstream).await;
+            let _ = tokio::io::copy_bidirectional_with_sizes(
+                &mut up,
+                &mut upstream,
+                keyway_core::tunnel::RELAY_BUFFER,
+                keyway_core::tunnel::RELAY_BUFFER,
+            )
+            .await;
         }
     });
     Ok(respond(StatusCode::OK, ""))

@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 /// The largest frame either side accepts.
 pub const MAX_FRAME: usize = 8 * 1024;
 
+/// The buffer each direction of a relayed stream copies through. Tokio's default
+/// (8 KiB) halves bulk throughput over TLS: more records, more system calls
+/// (BENCHMARKS.md).
+pub const RELAY_BUFFER: usize = 64 * 1024;
+
 /// The first frame on a tunnel connection: what the connection is for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]

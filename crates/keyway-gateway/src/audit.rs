@@ -22,6 +22,8 @@ use crate::detect::Detect;
 use crate::telemetry::Metrics;
 
 const BATCH: usize = 1024;
+/// How long the writer waits for more events when a batch is small.
+const LINGER: Duration = Duration::from_millis(5);
 
 /// The sending side, shared by every listener.
 #[derive(Clone)]
@@ -182,6 +184,18 @@ async fn write_loop(
         };
         if n == 0 {
             break;
+        }
+        // Under load, a moment's wait fills the batch: one transaction (and one trip
+        // to SQLite's thread) for many events instead of a few. Idle, it costs an
+        // event at most LINGER before it is written.
+        if n < BATCH / 4 && !rx.is_closed() {
+            tokio::time::sleep(LINGER).await;
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
+            }
         }
         write_batch(&*store, &batch, &stats).await;
         batch.clear();

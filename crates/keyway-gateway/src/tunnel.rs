@@ -276,7 +276,7 @@ where
         () = entry.cancel.cancelled() => ("revoked", (0, 0)),
         () = tokio::time::sleep(Duration::from_millis(left as u64)) => ("expired", (0, 0)),
         why = unfit => (why, (0, 0)),
-        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
+        r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, keyway_core::tunnel::RELAY_BUFFER, keyway_core::tunnel::RELAY_BUFFER) => match r {
             Ok(bytes) => ("closed", bytes),
             Err(_) => ("error", (0, 0)),
         },

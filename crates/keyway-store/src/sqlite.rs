@@ -79,6 +79,9 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
+            // A ping per acquire is a round trip to the connection's thread; a
+            // file database does not go away underneath.
+            .test_before_acquire(false)
             .connect_with(opts)
             .await?;
         MIGRATOR.run(&pool).await?;
@@ -92,6 +95,9 @@ impl SqliteStore {
         self.pool.close().await;
     }
 }
+
+/// Audit rows one `INSERT` carries (11 parameters each; SQLite takes 32,766).
+const AUDIT_ROWS_PER_INSERT: usize = 256;
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -254,7 +260,7 @@ impl Store for SqliteStore {
         // One writer appends, in batches; the head moves only once a batch is in.
         let chain = *self.chain.lock().unwrap_or_else(|p| p.into_inner());
         let mut head = chain.map(|c| c.head);
-        let mut tx = self.pool.begin().await?;
+        let mut rows = Vec::with_capacity(events.len());
         for e in events {
             let detail = e.detail.to_string();
             let (prev, hash) = match chain {
@@ -266,23 +272,29 @@ impl Store for SqliteStore {
                 }
                 None => (None, None),
             };
-            sqlx::query(
-                "INSERT INTO audit_events (at, kind, decision, reason, principal, service, token_id, source, detail, prev_hash, hash)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(e.at)
-            .bind(&e.kind)
-            .bind(&e.decision)
-            .bind(&e.reason)
-            .bind(&e.principal)
-            .bind(&e.service)
-            .bind(&e.token_id)
-            .bind(&e.source)
-            .bind(detail)
-            .bind(prev)
-            .bind(hash)
-            .execute(&mut *tx)
-            .await?;
+            rows.push((e, detail, prev, hash));
+        }
+        // Many rows a statement: each statement is a round trip to SQLite's thread,
+        // which under load costs more than the insert itself.
+        let mut tx = self.pool.begin().await?;
+        for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO audit_events (at, kind, decision, reason, principal, service, token_id, source, detail, prev_hash, hash) ",
+            );
+            q.push_values(chunk, |mut b, (e, detail, prev, hash)| {
+                b.push_bind(e.at)
+                    .push_bind(&e.kind)
+                    .push_bind(&e.decision)
+                    .push_bind(&e.reason)
+                    .push_bind(&e.principal)
+                    .push_bind(&e.service)
+                    .push_bind(&e.token_id)
+                    .push_bind(&e.source)
+                    .push_bind(detail)
+                    .push_bind(prev)
+                    .push_bind(hash);
+            });
+            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         if let (Some(c), Some(head)) = (chain, head) {

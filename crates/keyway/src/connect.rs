@@ -71,7 +71,13 @@ pub async fn run(a: ConnectArgs) -> Result<ExitCode> {
             .await
             {
                 Ok(mut stream) => {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut stream).await;
+                    let _ = tokio::io::copy_bidirectional_with_sizes(
+                        &mut client,
+                        &mut stream,
+                        keyway_core::tunnel::RELAY_BUFFER,
+                        keyway_core::tunnel::RELAY_BUFFER,
+                    )
+                    .await;
                 }
                 Err(e) => eprintln!("connection to `{service}` not opened: {e}"),
             }

@@ -446,7 +446,7 @@ impl HttpProxy {
             };
             let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
             tokio::select! {
-                r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, keyway_core::tunnel::RELAY_BUFFER, keyway_core::tunnel::RELAY_BUFFER) => {
                     if let Err(e) = r {
                         tracing::debug!(service = %service, error = %e, "upgraded connection ended with an error");
                     }

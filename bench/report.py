@@ -1,0 +1,121 @@
+"""Turns bench/run's raw lines (section, target, metric, value) into Markdown tables:
+medians with min–max over the runs, and ratios computed from this invocation only.
+
+    python3 bench/report.py RESULTS RUNS
+"""
+import statistics
+import sys
+from collections import defaultdict
+
+path, runs = sys.argv[1], sys.argv[2]
+data = defaultdict(list)
+text = {}
+for line in open(path):
+    section, target, metric, value = line.rstrip("\n").split("\t")
+    try:
+        data[(section, target, metric)].append(float(value))
+    except ValueError:
+        text[(section, target, metric)] = value
+
+
+def med(section, target, metric):
+    v = data.get((section, target, metric))
+    return statistics.median(v) if v else None
+
+
+def cell(section, target, metric, fmt="{:,.0f}"):
+    v = data.get((section, target, metric))
+    if not v:
+        return "—"
+    m = fmt.format(statistics.median(v))
+    if len(v) > 1:
+        return f"{m} ({fmt.format(min(v))}–{fmt.format(max(v))})"
+    return m
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}×" if a and b else "—"
+
+
+def targets(section):
+    seen = []
+    for s, t, _ in list(data) + list(text):
+        if s == section and t not in seen:
+            seen.append(t)
+    return seen
+
+
+print(f"One invocation of `bench/run`, {runs} run(s) per figure: median (min–max).\n")
+
+if targets("http"):
+    print("### HTTP: wrk -t1 -c64, one worker per proxy\n")
+    print("| target | req/s | p50 ms | p99 ms | p99.9 ms | vs direct | vs nginx | vs HAProxy | errors |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    direct, nginx, haproxy = (med("http", t, "rps") for t in ("direct", "nginx", "haproxy"))
+    for t in ("direct", "keyway", "nginx", "haproxy"):
+        rps = med("http", t, "rps")
+        if rps is None:
+            continue
+        print(f"| {t} | {cell('http', t, 'rps')} | {cell('http', t, 'p50_ms', '{:.2f}')} "
+              f"| {cell('http', t, 'p99_ms', '{:.2f}')} | {cell('http', t, 'p999_ms', '{:.2f}')} "
+              f"| {ratio(rps, direct)} | {ratio(rps, nginx)} | {ratio(rps, haproxy)} "
+              f"| {cell('http', t, 'errors')} |")
+    kw, best = med("http", "keyway", "rps"), max(nginx or 0, haproxy or 0)
+    if kw and best:
+        print(f"\nKeyway / better of nginx and HAProxy: **{kw / best:.2f}×** (goal ≥ 1.20×).")
+    rss = med("http", "keyway", "rss_kib")
+    if rss:
+        print(f"Keyway's resident memory after the HTTP runs: {rss / 1024:.0f} MiB.")
+    print()
+
+if targets("conn"):
+    print("### New connections: one request per connection (wrk -c16, `Connection: close`)\n")
+    print("| target | connections/s | vs direct |")
+    print("|---|---|---|")
+    d = med("conn", "direct", "conn_per_s")
+    for t in targets("conn"):
+        print(f"| {t} | {cell('conn', t, 'conn_per_s')} | {ratio(med('conn', t, 'conn_per_s'), d)} |")
+    print()
+
+if targets("scale"):
+    n = med("scale", "keyway", "idle_conns")
+    before, idle = med("scale", "keyway", "rss_before_kib"), med("scale", "keyway", "rss_idle_kib")
+    print("### Idle connections\n")
+    print(f"{n:,.0f} idle keep-alive connections, each authenticated and proxied once: "
+          f"Keyway's resident memory {idle / 1024:.0f} MiB (before: {before / 1024:.0f} MiB; "
+          f"{(idle - before) / max(n, 1):.1f} KiB per connection). Goal for 10,000: under 200 MiB.\n")
+
+if targets("tcp"):
+    print("### TCP: iperf3 bulk throughput, redis-benchmark PING round trips (one connection)\n")
+    print("| path | Gbit/s | vs direct | vs socat | vs rathole TLS | round trips/s | vs direct |")
+    print("|---|---|---|---|---|---|---|")
+    d, so, rh = (med("tcp", t, "gbits") for t in ("direct", "socat", "rathole-tls"))
+    rd = med("tcp", "direct", "rtt_per_s")
+    for t in targets("tcp"):
+        g = med("tcp", t, "gbits")
+        if g is None and (("tcp", t, "skipped") in text):
+            print(f"| {t} | skipped: {text[('tcp', t, 'skipped')]} | | | | | |")
+            continue
+        print(f"| {t} | {cell('tcp', t, 'gbits', '{:.2f}')} | {ratio(g, d)} | {ratio(g, so)} "
+              f"| {ratio(g, rh)} | {cell('tcp', t, 'rtt_per_s')} | {ratio(med('tcp', t, 'rtt_per_s'), rd)} |")
+    print()
+
+if targets("pg"):
+    print("### PostgreSQL: pgbench -S -c8 -j1 (simple protocol)\n")
+    print("| path | tps | vs direct | vs socat |")
+    print("|---|---|---|---|")
+    d, so = med("pg", "direct", "tps"), med("pg", "socat", "tps")
+    for t in targets("pg"):
+        v = med("pg", t, "tps")
+        print(f"| {t} | {cell('pg', t, 'tps')} | {ratio(v, d)} | {ratio(v, so)} |")
+    print()
+
+if targets("revoke"):
+    print("### Revocation: `revoke` answered → live tunnel stream cut\n")
+    print(f"{cell('revoke', 'keyway', 'runs')} runs: p50 {cell('revoke', 'keyway', 'p50_ms', '{:.2f}')} ms, "
+          f"p99 {cell('revoke', 'keyway', 'p99_ms', '{:.2f}')} ms, max {cell('revoke', 'keyway', 'max_ms', '{:.2f}')} ms "
+          "(goal ≤ 50 ms).\n")
+
+if ("token", "keyway", "median") in text:
+    print("### Token check (criterion, in process, 10,000 tokens indexed)\n")
+    print(f"Median {text[('token', 'keyway', 'median')]} (goal < 1 µs).\n")
