@@ -330,9 +330,6 @@ impl HttpProxy {
             })?;
         ev.token_id = Some(entry.id().to_owned());
         ev.principal = Some(entry.record.principal.clone());
-        if entry.lifetime() > self.svc.max_ttl.min(config.max_ttl) {
-            return Err((DenyReason::TtlAboveMax, None));
-        }
         // A token obtained with a credential is held to the credential on every use.
         gw.check_lineage(&entry, source).map_err(|r| (r, None))?;
         // A sender-constrained token works only with its certificate.
@@ -345,6 +342,10 @@ impl HttpProxy {
         let Some(grant) = entry.grant().filter(|g| g.service == self.svc.name) else {
             return Err((DenyReason::WrongService, None));
         };
+        // Issued within this service's `max_ttl`; a reload may have lowered it since.
+        if entry.lifetime() > self.svc.max_ttl.min(config.max_ttl) {
+            return Err((DenyReason::TtlAboveMax, None));
+        }
         let path = path::normalize(raw_path, !grant.restricts_paths())
             .map_err(|_| (DenyReason::BadPath, None))?;
         detail.insert(

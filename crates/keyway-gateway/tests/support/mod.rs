@@ -264,7 +264,7 @@ impl TestGateway {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.gw.config.data_dir.clone()
+        self.gw.config().data_dir.clone()
     }
 
     pub fn admin_token(&self) -> String {
