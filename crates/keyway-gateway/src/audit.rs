@@ -22,7 +22,7 @@ use crate::detect::Detect;
 use crate::telemetry::Metrics;
 
 const BATCH: usize = 1024;
-/// How long the writer waits for more events when a batch is small.
+/// How long the writer, under load, waits for more events when a batch is small.
 const LINGER: Duration = Duration::from_millis(5);
 
 /// The sending side, shared by every listener.
@@ -173,6 +173,7 @@ async fn write_loop(
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut busy = false;
     loop {
         let n = tokio::select! {
             n = rx.recv_many(&mut batch, BATCH) => n,
@@ -185,10 +186,11 @@ async fn write_loop(
         if n == 0 {
             break;
         }
-        // Under load, a moment's wait fills the batch: one transaction (and one trip
-        // to SQLite's thread) for many events instead of a few. Idle, it costs an
-        // event at most LINGER before it is written.
-        if n < BATCH / 4 && !rx.is_closed() {
+        // Under load (events came in while the last batch was written), a moment's
+        // wait fills the batch: one transaction (and one trip to SQLite's thread)
+        // for many events instead of a few. When events are sparse, each is written
+        // at once.
+        if busy && n < BATCH / 4 && !rx.is_closed() {
             tokio::time::sleep(LINGER).await;
             while batch.len() < BATCH {
                 match rx.try_recv() {
@@ -199,6 +201,7 @@ async fn write_loop(
         }
         write_batch(&*store, &batch, &stats).await;
         batch.clear();
+        busy = !rx.is_empty();
     }
 }
 
