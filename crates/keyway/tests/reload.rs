@@ -238,7 +238,15 @@ async fn plan_apply_and_sighup_with_live_connections() {
     let new_service = old_service
         .replace("services.old", "services.new")
         .replace(&format!(":{}\"", p.old), &format!(":{}\"", p.new));
-    let v1 = config(&p, &upstream, BOTH_ROLES, "[\"127.0.0.0/8\"]", &old_service);
+    // A TCP service that v2 removes, with a live connection.
+    let old_cache = "\n[services.oldcache]\nprotocol = \"tcp\"\nupstream = \"127.0.0.1:6379\"\nmax_ttl = \"1h\"\n";
+    let v1 = config(
+        &p,
+        &upstream,
+        BOTH_ROLES,
+        "[\"127.0.0.0/8\"]",
+        &format!("{old_service}{old_cache}"),
+    );
     std::fs::write(dir.join("keyway.toml"), &v1).unwrap();
     let mut gateway = start_gateway(dir, p.admin);
     for name in ["kw-ro", "kw-rw"] {
@@ -255,6 +263,12 @@ async fn plan_apply_and_sighup_with_live_connections() {
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     assert!(redis_ping(&mut redis));
+    let doomed = connect(dir, "oldcache", p.tunnel, &token(dir, "oldcache", None));
+    let mut doomed_redis = TcpStream::connect(("127.0.0.1", doomed.1)).unwrap();
+    doomed_redis
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(redis_ping(&mut doomed_redis));
     let mut reader = LivePsql::open(p.db, &token(dir, "db", Some("readonly")));
     let mut writer = LivePsql::open(p.db, &token(dir, "db", Some("readwrite")));
     let api_token = token(dir, "api", None);
@@ -279,10 +293,11 @@ async fn plan_apply_and_sighup_with_live_connections() {
     println!("{plan}");
     for expected in [
         "- service old\n",
+        "- service oldcache\n",
         "~ service db\n      - roles.readwrite.secret = \"kw-rw\"\n      - roles.readwrite.user = \"kw_rw\"\n",
         "+ service new\n",
         "~ [detect]\n      + brute_force.threshold = 3\n",
-        "Plan: 1 to add, 2 to change, 1 to remove.",
+        "Plan: 1 to add, 2 to change, 2 to remove.",
         "To apply it: keyway apply v2.toml",
     ] {
         assert!(plan.contains(expected), "`{expected}` is not in the plan:\n{plan}");
@@ -328,6 +343,11 @@ async fn plan_apply_and_sighup_with_live_connections() {
         "the removed service's port still answers"
     );
     assert!(TcpStream::connect(("127.0.0.1", p.old)).is_err());
+    // The removed TCP service's live connection ended.
+    assert!(
+        !redis_ping(&mut doomed_redis),
+        "a removed service's connection lives on"
+    );
     // The changed database service takes new sessions on the same port (its new
     // proxy), and Ctrl-C, sent to the new proxy, still cancels a query of a session
     // the old one started.
