@@ -70,7 +70,9 @@ pub async fn run(mut args: PlanArgs, apply: bool) -> Result<ExitCode> {
         short(&outcome.sha256)
     );
     print!("{}", outcome.plan.render());
-    if apply && outcome.applied {
+    if apply && outcome.applied && outcome.plan.is_empty() {
+        println!("\nThe text changed, not what it means: recorded as applied, nothing restarted.");
+    } else if apply && outcome.applied {
         println!("\nApplied. Services listening:");
         for (name, addr) in &outcome.listening {
             println!("  {name}  {addr}");

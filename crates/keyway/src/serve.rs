@@ -124,7 +124,9 @@ async fn reload_on_hangup(gw: Arc<Gateway>, path: std::path::PathBuf, shutdown: 
             }
         };
         match gw.reload(config, "SIGHUP", None, false).await {
-            Ok(o) if !o.applied => tracing::info!("SIGHUP: no changes"),
+            Ok(o) if !o.applied || o.plan.is_empty() => {
+                tracing::info!(sha256 = %o.sha256, applied = o.applied, "SIGHUP: no changes")
+            }
             Ok(o) => tracing::info!("SIGHUP: config applied\n{}", o.plan.render()),
             Err(e) => tracing::error!("SIGHUP: reload refused, the running config stays: {e}"),
         }

@@ -400,6 +400,22 @@ async fn plan_apply_and_sighup_with_live_connections() {
     // Planning the config in force: nothing to do.
     let (ok, plan, _) = run(dir, &["plan", "v2.toml", "--config", "keyway.toml"]);
     assert!(ok && plan.contains("No changes"), "{plan}");
+    // A comment added: nothing restarts, but the file in force is the new one, and
+    // that is audited.
+    let commented = format!("# reviewed in PR 1234\n{v2}");
+    std::fs::write(dir.join("v2c.toml"), &commented).unwrap();
+    let (ok, out, err) = run(dir, &["apply", "v2c.toml", "--config", "keyway.toml"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("recorded as applied, nothing restarted"),
+        "{out}"
+    );
+    assert!(redis_ping(&mut redis));
+    let v2c_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(commented.as_bytes()));
+    let (_, current) = admin_api(dir, p.admin, "GET", "/v1/config", None);
+    assert!(current.contains(&v2c_hash), "{current}");
+    let v2 = commented;
+    let hash = v2c_hash;
 
     // Refused whole: a change only a restart can make, and a config with a secret
     // in it. The running config stays (the added service still serves).
