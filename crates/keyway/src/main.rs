@@ -98,7 +98,8 @@ enum Command {
     /// Show what a config file would change in the running gateway, like
     /// Terraform: services, agents, detectors and settings added (+), changed (~,
     /// with the keys that changed) and removed (-). Changes only a restart can make
-    /// (the gateway's own listeners, keys, data folder, audit writer) are marked.
+    /// (the gateway's own listeners, keys, data folder, audit writer, alert webhook)
+    /// are marked.
     /// The file is checked as `keyway validate` checks it first.
     Plan(plan::PlanArgs),
     /// Apply a config file to the running gateway as one atomic change, audited as
