@@ -374,10 +374,12 @@ impl Config {
                     + 1
             });
             ConfigError {
+                // A secret pasted as a key comes back in the path and in "unknown
+                // field `…`": masked here, for every caller.
                 problems: vec![Problem {
                     line,
-                    key: (!path.is_empty() && path != ".").then_some(path),
-                    message: without_values(inner.message().trim()),
+                    key: (!path.is_empty() && path != ".").then(|| lint::mask_secrets(&path)),
+                    message: lint::mask_secrets(&without_values(inner.message().trim())),
                 }],
             }
         })?;
@@ -1097,7 +1099,6 @@ fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
 }
 
-/// A secret's name: what `keyway secret set` takes.
 /// `localhost` or a loopback address (IPv6 in brackets or not).
 fn is_loopback_host(host: &str) -> bool {
     host == "localhost"
@@ -1108,6 +1109,7 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// A secret's name: what `keyway secret set` takes.
 pub fn valid_secret_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
@@ -1138,9 +1140,10 @@ struct Problems(Vec<Problem>);
 
 impl Problems {
     fn push(&mut self, key: &str, msg: &str) {
+        // Keys can hold names people typed (a service's, a role's).
         self.0.push(Problem {
             line: None,
-            key: Some(key.to_owned()),
+            key: Some(lint::mask_secrets(key)),
             message: msg.to_owned(),
         });
     }

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use keyway_core::config::lint;
 use keyway_core::config::plan::{self, Op, Plan};
 use keyway_core::config::{Config, Service, ServiceKind};
 use serde::{Deserialize, Serialize};
@@ -119,24 +120,24 @@ impl Session {
     }
 }
 
-/// A proposed config's text, checked as `keyway validate` checks it: parse errors
-/// and the validator's errors (a secret written in it, a service without
-/// `max_ttl`, …) refuse it. Relative paths are taken from `base_dir`.
+/// A proposed config's text, checked as `keyway validate` checks it
+/// ([`lint::check`]): a parse error or a validator's error (a secret written in it, a
+/// service without `max_ttl`, …) refuses it. Relative paths are taken from
+/// `base_dir`. The answer names keys and lines, with anything secret-looking masked.
 pub fn check_text(text: &str, base_dir: &std::path::Path) -> Result<Config, String> {
-    let config =
-        Config::parse(text, base_dir).map_err(|e| format!("the config is not valid:\n{e}"))?;
-    let errors: Vec<String> = keyway_core::config::lint::lint(text, &config)
+    let (config, findings) = lint::check(text, base_dir);
+    let errors: Vec<String> = findings
         .into_iter()
-        .filter(|f| f.severity == keyway_core::config::lint::Severity::Error)
+        .filter(|f| f.severity == lint::Severity::Error)
         .map(|f| format!("{}: {}", f.at, f.message))
         .collect();
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(format!(
+    match config {
+        Some(c) if errors.is_empty() => Ok(c),
+        Some(_) => Err(format!(
             "the config does not pass `keyway validate`:\n{}",
             errors.join("\n")
-        ))
+        )),
+        None => Err(format!("the config is not valid:\n{}", errors.join("\n"))),
     }
 }
 
@@ -592,6 +593,16 @@ secret = "db-reader"
             ),
             Ok(())
         );
+    }
+
+    #[test]
+    fn a_refused_config_never_echoes_a_secret() {
+        // Pasted as a key, it fails parsing and would be named in "unknown field".
+        let secret = "Zx8Qw3Lp0Rt7Yb2Nc5VmKq4Hd9";
+        let text = format!("{CONFIG}\n{secret} = 1\n");
+        let refused = check_text(&text, Path::new("/")).expect_err("refused");
+        assert!(refused.starts_with("the config is not valid"), "{refused}");
+        assert!(!refused.contains(secret), "{refused}");
     }
 
     #[tokio::test]

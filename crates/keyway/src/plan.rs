@@ -40,7 +40,7 @@ pub async fn run(mut args: PlanArgs, apply: bool) -> Result<ExitCode> {
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     // The same checks as `keyway validate`, here first: the gateway repeats them, but
     // warnings are only shown here.
-    let findings = crate::validate::check(&text, &crate::serve::config_dir(&file));
+    let (_, findings) = keyway_core::config::lint::check(&text, &crate::serve::config_dir(&file));
     for f in &findings {
         let level = match f.severity {
             Severity::Error => "error",

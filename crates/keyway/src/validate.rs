@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use keyway_core::config::lint::{self, Finding, Severity};
-use keyway_core::config::{Config, RawConfig};
+use keyway_core::config::lint::{self, Severity};
+use keyway_core::config::RawConfig;
 
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
@@ -24,7 +24,7 @@ pub struct ValidateArgs {
 pub fn run(args: ValidateArgs) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
-    let findings = check(&text, args.file.parent().unwrap_or(Path::new("")));
+    let (_, findings) = lint::check(&text, args.file.parent().unwrap_or(Path::new("")));
     let errors = findings
         .iter()
         .filter(|f| f.severity == Severity::Error)
@@ -54,38 +54,6 @@ pub fn run(args: ValidateArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// Every finding of a config text: what start-up would refuse, then the policy,
-/// risks and secrets `lint` finds. Secrets are looked for even in a file that does
-/// not parse.
-pub fn check(text: &str, base_dir: &Path) -> Vec<Finding> {
-    match Config::parse(text, base_dir) {
-        Ok(config) => lint::lint(text, &config),
-        Err(e) => {
-            let mut out: Vec<Finding> = e
-                .problems
-                .iter()
-                .map(|p| {
-                    let at = match (&p.key, p.line) {
-                        (Some(k), Some(l)) => format!("{k} (line {l})"),
-                        (Some(k), None) => k.clone(),
-                        (None, Some(l)) => format!("line {l}"),
-                        (None, None) => "file".into(),
-                    };
-                    // A secret pasted as a key comes back in the path and in
-                    // "unknown field `…`".
-                    Finding {
-                        severity: Severity::Error,
-                        at: lint::mask_secrets(&at),
-                        message: lint::mask_secrets(&p.message),
-                    }
-                })
-                .collect();
-            out.extend(lint::secrets_in(text));
-            out
-        }
-    }
 }
 
 /// The JSON Schema of `keyway.toml`.

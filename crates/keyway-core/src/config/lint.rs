@@ -4,6 +4,8 @@
 //! into the file (a Keyway token anywhere, even in a comment; a value that looks like
 //! a key). Findings name the key or the line, never the value.
 
+use std::path::Path;
+
 use super::Config;
 use crate::token::{find_tokens, TOKEN_LEN};
 
@@ -20,6 +22,36 @@ pub struct Finding {
     /// The key's path (`services.billing.upstream`) or `line N`.
     pub at: String,
     pub message: String,
+}
+
+/// Everything `keyway validate` reports about a config text, and the config when it
+/// parsed: what start-up refuses, then the policy, risks and secrets [`lint`] finds.
+/// Secrets are looked for even in a file that does not parse. The gateway checks a
+/// config it is asked to apply with the same function.
+pub fn check(text: &str, base_dir: &Path) -> (Option<Config>, Vec<Finding>) {
+    match Config::parse(text, base_dir) {
+        Ok(config) => {
+            let findings = lint(text, &config);
+            (Some(config), findings)
+        }
+        Err(e) => {
+            let mut out: Vec<Finding> = e
+                .problems
+                .into_iter()
+                .map(|p| {
+                    let at = match (p.key, p.line) {
+                        (Some(k), Some(l)) => format!("{k} (line {l})"),
+                        (Some(k), None) => k,
+                        (None, Some(l)) => format!("line {l}"),
+                        (None, None) => "file".into(),
+                    };
+                    error(at, p.message)
+                })
+                .collect();
+            out.extend(secrets_in(text));
+            (None, out)
+        }
+    }
 }
 
 /// The findings of a config that parsed: `text` is its file, `config` what it
