@@ -396,6 +396,12 @@ impl Config {
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.get(name)
     }
+
+    /// The longest a token of `svc` may live: its own `max_ttl`, within the global
+    /// one.
+    pub fn max_ttl_of(&self, svc: &Service) -> Duration {
+        svc.max_ttl.min(self.max_ttl)
+    }
 }
 
 // === impl RawConfig ===
@@ -700,6 +706,11 @@ impl Service {
             ServiceKind::Tcp(t) => t.upstream.clone(),
             ServiceKind::Postgres(p) => p.upstream.clone(),
         }
+    }
+
+    /// Whether `allow_cidrs` lets `source` in (an empty list lets every address in).
+    pub fn allows_source(&self, source: std::net::IpAddr) -> bool {
+        self.allow_cidrs.is_empty() || self.allow_cidrs.iter().any(|n| n.contains(&source))
     }
 
     /// `http`, `tcp` or `postgres`, as `protocol` says in the file.

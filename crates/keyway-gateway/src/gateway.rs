@@ -337,9 +337,9 @@ impl Gateway {
         let ttl = match &req.ttl {
             Some(t) => keyway_core::units::parse_duration(t)
                 .map_err(|e| IssueError::Invalid(e.to_string()))?,
-            None => DEFAULT_TTL.min(self.max_ttl(svc)),
+            None => DEFAULT_TTL.min(config.max_ttl_of(svc)),
         };
-        self.check_ttl(svc, ttl)?;
+        Self::check_ttl(&config, svc, ttl)?;
         let mut grant = Grant::new(&svc.name, &req.methods, &req.paths)?;
         grant.role = check_role(svc, req.role.as_deref())?;
         let bound = check_thumbprint(req.cert_thumbprint.as_deref())?;
@@ -365,6 +365,7 @@ impl Gateway {
         if req.services.is_empty() {
             return Err(IssueError::Invalid("name at least one service".into()));
         }
+        let config = self.config();
         let mut grants = Vec::new();
         // Each entry is `service`, or `service:METHODS:PATH,PATH` for a grant of its
         // own; without one, the request's methods and paths apply.
@@ -379,7 +380,6 @@ impl Gateway {
                 Some(p) => p.split(',').map(str::to_owned).collect(),
                 None => req.paths.clone(),
             };
-            let config = self.config();
             let svc = config
                 .service(name)
                 .ok_or_else(|| IssueError::UnknownService(name.chars().take(64).collect()))?;
@@ -403,7 +403,7 @@ impl Gateway {
                 })?;
             cidrs.push(net.trunc());
         }
-        let max = self.config().credential_max_age;
+        let max = config.credential_max_age;
         let max_age = match &req.max_age {
             Some(a) => keyway_core::units::parse_duration(a)
                 .map_err(|e| IssueError::Invalid(e.to_string()))?,
@@ -504,7 +504,7 @@ impl Gateway {
         let policy_end = credential
             .record
             .created_at
-            .saturating_add(duration_ms(self.config().credential_max_age));
+            .saturating_add(duration_ms(config.credential_max_age));
         if now >= policy_end {
             return Err(ExchangeError::TooOld);
         }
@@ -512,7 +512,7 @@ impl Gateway {
         let left = u64::try_from(credential.expires_at().min(policy_end) - now).unwrap_or(0);
         let ttl = ttl
             .unwrap_or(DEFAULT_TTL)
-            .min(self.max_ttl(svc))
+            .min(config.max_ttl_of(svc))
             .min(Duration::from_millis(left));
         let (token, record) = self
             .mint(
@@ -574,7 +574,7 @@ impl Gateway {
                 let svc = config
                     .service(&grant.service)
                     .ok_or(RotateError::ServiceGone)?;
-                let mut ttl = Duration::from_millis(lifetime).min(self.max_ttl(svc));
+                let mut ttl = Duration::from_millis(lifetime).min(config.max_ttl_of(svc));
                 // A token obtained with a credential stays in its lineage: the
                 // successor is the credential's child too (so revoking the credential
                 // takes it), and lives no longer than the credential.
@@ -656,20 +656,16 @@ impl Gateway {
         Ok(revoked)
     }
 
-    fn max_ttl(&self, svc: &keyway_core::config::Service) -> Duration {
-        svc.max_ttl.min(self.config().max_ttl)
-    }
-
     fn check_ttl(
-        &self,
+        config: &Config,
         svc: &keyway_core::config::Service,
         ttl: Duration,
     ) -> Result<(), IssueError> {
-        let max = self.max_ttl(svc);
+        let max = config.max_ttl_of(svc);
         if ttl <= max {
             return Ok(());
         }
-        let why = if svc.max_ttl <= self.config().max_ttl {
+        let why = if svc.max_ttl <= config.max_ttl {
             format!(" (services.{}.max_ttl)", svc.name)
         } else {
             " (the global max_ttl)".to_owned()

@@ -304,8 +304,9 @@ async fn audit_once(
     cfg: &keyway_core::config::PortAuditConfig,
 ) -> keyway_store::AuditEvent {
     let mut ev = gw.event("ports.audit");
-    let declared = declared(&gw.config()).await;
-    let own = own_listeners(&gw.config());
+    let config = gw.config();
+    let declared = declared(&config).await;
+    let own = own_listeners(&config);
     // The declared ports always, besides the ones configured.
     let mut ports = cfg.ports.clone();
     ports.extend(declared.keys().map(|a| a.port()));

@@ -54,10 +54,10 @@ pub fn fits(config: &Config, s: &Session) -> Result<(), Unfit> {
     if destination(svc) != s.upstream || svc.via != s.via {
         return Err("upstream_changed");
     }
-    if !svc.allow_cidrs.is_empty() && !svc.allow_cidrs.iter().any(|n| n.contains(&s.source)) {
+    if !svc.allows_source(s.source) {
         return Err("source_not_allowed");
     }
-    if s.lifetime > svc.max_ttl.min(config.max_ttl) {
+    if s.lifetime > config.max_ttl_of(svc) {
         return Err("ttl_above_max");
     }
     if let Some((role, user)) = &s.role {

@@ -241,7 +241,7 @@ fn decide(
     let ServiceKind::Tcp(tcp) = &svc.kind else {
         return Err(DenyReason::WrongService);
     };
-    if !svc.allow_cidrs.is_empty() && !svc.allow_cidrs.iter().any(|n| n.contains(&source)) {
+    if !svc.allows_source(source) {
         return Err(DenyReason::SourceNotAllowed);
     }
     gw.check_lineage(&entry, source)?;

@@ -310,9 +310,7 @@ impl HttpProxy {
         if config.service(&self.svc.name) != Some(&self.svc) {
             return Err((DenyReason::Reloading, None));
         }
-        if !self.svc.allow_cidrs.is_empty()
-            && !self.svc.allow_cidrs.iter().any(|n| n.contains(&source))
-        {
+        if !self.svc.allows_source(source) {
             return Err((DenyReason::SourceNotAllowed, None));
         }
         let Some(text) = bearer(req.headers()) else {
@@ -343,7 +341,7 @@ impl HttpProxy {
             return Err((DenyReason::WrongService, None));
         };
         // Issued within this service's `max_ttl`; a reload may have lowered it since.
-        if entry.lifetime() > self.svc.max_ttl.min(config.max_ttl) {
+        if entry.lifetime() > config.max_ttl_of(&self.svc) {
             return Err((DenyReason::TtlAboveMax, None));
         }
         let path = path::normalize(raw_path, !grant.restricts_paths())

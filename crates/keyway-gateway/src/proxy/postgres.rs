@@ -231,7 +231,7 @@ impl PgProxy {
                     client.write_all(b"N").await.map_err(|_| Refused::Silent)?
                 }
                 CANCEL_REQUEST => {
-                    if self.source_allowed(source) {
+                    if self.svc.allows_source(source) {
                         self.forward_cancel(&body).await;
                     }
                     return Err(Refused::Silent);
@@ -435,10 +435,6 @@ impl PgProxy {
         Ok(upstream)
     }
 
-    fn source_allowed(&self, source: std::net::IpAddr) -> bool {
-        self.svc.allow_cidrs.is_empty() || self.svc.allow_cidrs.iter().any(|n| n.contains(&source))
-    }
-
     fn decide(
         &self,
         token: &str,
@@ -461,7 +457,7 @@ impl PgProxy {
             .filter(|g| g.service == self.svc.name)
             .ok_or(DenyReason::WrongService)?;
         let role = grant.role.clone().ok_or(DenyReason::WrongService)?;
-        if !self.source_allowed(source) {
+        if !self.svc.allows_source(source) {
             return Err(DenyReason::SourceNotAllowed);
         }
         gw.check_lineage(&entry, source)?;
