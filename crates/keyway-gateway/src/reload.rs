@@ -104,6 +104,27 @@ pub async fn until_unfit(mut rx: watch::Receiver<Arc<Config>>, s: Session) -> Un
     }
 }
 
+/// Resolves when a live session must end, with why: `revoked`, `expired`, or why a
+/// reload left it outside its service. The one watch every session keeps (TCP,
+/// PostgreSQL, WebSocket, streamed response); the token's end wins when both are
+/// ready.
+pub fn session_end(
+    gw: &Gateway,
+    entry: Arc<Entry>,
+    session: Session,
+) -> impl std::future::Future<Output = &'static str> + Send + 'static {
+    let left = entry.expires_at().saturating_sub(gw.now()).max(0);
+    let unfit = until_unfit(gw.watch_config(), session);
+    async move {
+        tokio::select! {
+            biased;
+            () = entry.cancel.cancelled() => "revoked",
+            () = tokio::time::sleep(std::time::Duration::from_millis(left as u64)) => "expired",
+            why = unfit => why,
+        }
+    }
+}
+
 // === impl Session ===
 
 impl Session {

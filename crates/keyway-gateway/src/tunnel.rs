@@ -200,8 +200,8 @@ async fn open_stream(
 
     let _active = gw.metrics.session(service.as_deref().unwrap_or_default());
     let started = Instant::now();
-    let unfit = crate::reload::until_unfit(gw.watch_config(), session);
-    let (ended, bytes) = relay(tls, upstream, &entry, gw.now(), unfit).await;
+    let end = crate::reload::session_end(gw, entry, session);
+    let (ended, bytes) = relay(tls, upstream, end).await;
     let mut close = gw.event("connection.close");
     close.service = service;
     close.token_id = token_id;
@@ -256,26 +256,21 @@ fn decide(
     Ok((entry, tcp.connect_timeout, session))
 }
 
-/// Carries bytes both ways until either side ends, the token is revoked or
-/// expires, or a reload leaves the session outside its service (`unfit`). Returns
-/// why it ended and the bytes (client to upstream, upstream to client).
+/// Carries bytes both ways until either side ends or the session must
+/// ([`crate::reload::session_end`]: revoked, expired, no longer fitting). Returns why
+/// it ended and the bytes (client to upstream, upstream to client).
 async fn relay<C>(
     mut client: C,
     mut upstream: Box<dyn crate::Stream>,
-    entry: &Entry,
-    now: keyway_core::UnixMillis,
-    unfit: impl std::future::Future<Output = crate::reload::Unfit>,
+    end: impl std::future::Future<Output = &'static str>,
 ) -> (&'static str, (u64, u64))
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let left = entry.expires_at().saturating_sub(now).max(0);
-    // Biased: a revoked or expired token wins over bytes that are ready to go.
+    // Biased: the session's end wins over bytes that are ready to go.
     tokio::select! {
         biased;
-        () = entry.cancel.cancelled() => ("revoked", (0, 0)),
-        () = tokio::time::sleep(Duration::from_millis(left as u64)) => ("expired", (0, 0)),
-        why = unfit => (why, (0, 0)),
+        why = end => (why, (0, 0)),
         r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, keyway_core::tunnel::RELAY_BUFFER, keyway_core::tunnel::RELAY_BUFFER) => match r {
             Ok(bytes) => ("closed", bytes),
             Err(_) => ("error", (0, 0)),

@@ -481,24 +481,14 @@ impl HttpProxy {
         Response::from_parts(parts, UnsyncBoxBody::new(body))
     }
 
-    /// Resolves when a stream with `entry`'s token must end: `revoked`, `expired`,
-    /// or why a reload left it outside the service.
+    /// Resolves when a stream with `entry`'s token must end, with why.
     fn ended(
         &self,
         entry: Arc<Entry>,
         source: IpAddr,
     ) -> impl Future<Output = &'static str> + Send + 'static {
-        let left = entry.expires_at().saturating_sub(self.gw.now()).max(0);
         let session = crate::reload::Session::new(&self.svc, &entry, source);
-        let unfit = crate::reload::until_unfit(self.gw.watch_config(), session);
-        async move {
-            tokio::select! {
-                biased;
-                () = entry.cancel.cancelled() => "revoked",
-                () = tokio::time::sleep(Duration::from_millis(left as u64)) => "expired",
-                why = unfit => why,
-            }
-        }
+        crate::reload::session_end(&self.gw, entry, session)
     }
 
     fn deny(

@@ -578,8 +578,8 @@ impl PgProxy {
         let mut session = crate::reload::Session::new(&self.svc, entry, source);
         let user = self.pg.roles.get(role).map(|r| r.user.clone());
         session.role = Some((role.to_owned(), user.unwrap_or_default()));
-        let unfit = crate::reload::until_unfit(self.gw.watch_config(), session);
-        tokio::pin!(unfit);
+        let ended = crate::reload::session_end(&self.gw, entry.clone(), session);
+        tokio::pin!(ended);
         let (mut client_r, mut client_w) = tokio::io::split(client);
         let (mut up_r, mut up_w) = tokio::io::split(upstream);
         let audit = StatementAudit {
@@ -589,9 +589,6 @@ impl PgProxy {
             principal: entry.record.principal.clone(),
             role: role.to_owned(),
         };
-        let left = entry.expires_at().saturating_sub(self.gw.now()).max(0);
-        let expiry = tokio::time::sleep(Duration::from_millis(left as u64));
-        tokio::pin!(expiry);
         let _active = self.gw.metrics.session(&self.svc.name);
         let started = Instant::now();
         let mut framing = Framing::default();
@@ -604,9 +601,7 @@ impl PgProxy {
             loop {
                 tokio::select! {
                     biased;
-                    () = entry.cancel.cancelled() => break "revoked",
-                    () = &mut expiry => break "expired",
-                    why = &mut unfit => break why,
+                    why = &mut ended => break why,
                     () = &mut down => break "closed",
                     // The client said Terminate or went away: the upstream, told so,
                     // closes, and that ends `down`.
