@@ -164,15 +164,12 @@ impl Listeners {
                 .map_err(|source| BindError::Tls { key, source })
         };
         for (name, svc) in &config.services {
-            if let Some(t) = &svc.tls {
-                let alpn = match svc.kind {
-                    keyway_core::config::ServiceKind::Postgres(_) => tls::alpn::POSTGRES,
-                    _ => tls::alpn::HTTP,
-                };
-                tls.insert(
-                    name.clone(),
-                    acceptor(format!("services.{name}.tls"), t, alpn)?,
-                );
+            if let Some(acceptor) = tls::service_acceptor(svc) {
+                let acceptor = acceptor.map_err(|source| BindError::Tls {
+                    key: format!("services.{name}.tls"),
+                    source,
+                })?;
+                tls.insert(name.clone(), acceptor);
             }
         }
         if let Some(t) = &config.token_tls {

@@ -444,21 +444,12 @@ impl Services {
                         })?),
                     }),
                 };
-            let tls = match &svc.tls {
-                None => None,
-                Some(t) => {
-                    let alpn = match svc.kind {
-                        ServiceKind::Postgres(_) => crate::tls::alpn::POSTGRES,
-                        _ => crate::tls::alpn::HTTP,
-                    };
-                    Some(TlsAcceptor::from(
-                        crate::tls::server_config(t, alpn).map_err(|e| ApplyError::Tls {
-                            service: svc.name.clone(),
-                            why: e.to_string(),
-                        })?,
-                    ))
-                }
-            };
+            let tls = crate::tls::service_acceptor(&svc)
+                .transpose()
+                .map_err(|e| ApplyError::Tls {
+                    service: svc.name.clone(),
+                    why: e.to_string(),
+                })?;
             starting.push((svc, listener, tls));
         }
 

@@ -36,6 +36,19 @@ pub mod alpn {
     pub const POSTGRES: &[u8] = b"postgresql";
 }
 
+/// The TLS of a service's listener, speaking its protocol's ALPN; `None` without
+/// `tls`. At start-up and on a reload alike.
+pub fn service_acceptor(
+    svc: &keyway_core::config::Service,
+) -> Option<Result<tokio_rustls::TlsAcceptor, TlsError>> {
+    let alpn = match svc.kind {
+        keyway_core::config::ServiceKind::Postgres(_) => alpn::POSTGRES,
+        _ => alpn::HTTP,
+    };
+    let t = svc.tls.as_ref()?;
+    Some(server_config(t, alpn).map(tokio_rustls::TlsAcceptor::from))
+}
+
 /// A rustls server configuration for a listener that speaks `alpn`.
 pub fn server_config(tls: &TlsConfig, alpn: &[u8]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
