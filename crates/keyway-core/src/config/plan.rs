@@ -4,8 +4,8 @@
 //! Whether something changed is decided on the checked [`Config`] (so `60m` and `1h`
 //! are the same); what changed is shown from the file as written. Settings that the
 //! running gateway cannot take over without a restart (its own listeners, its keys,
-//! its data folder, the audit writer, the alert webhook) are marked, and a plan holding one is not
-//! applied.
+//! its data folder, the audit writer, the alert webhook) are marked, and a plan
+//! holding one is not applied.
 
 use std::collections::BTreeMap;
 
@@ -63,30 +63,10 @@ const LIVE_SETTINGS: [&str; 5] = [
 /// What replacing `old` by `new` changes.
 pub fn plan(old: &Config, new: &Config) -> Plan {
     let mut changes = Vec::new();
-    let written = |c: &Config, section: &str, name: &str| {
-        c.written
-            .value
-            .get(section)
-            .and_then(|s| s.get(name))
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
-    keyed(
-        &mut changes,
-        "service",
-        &old.services,
-        &new.services,
-        |c, n| written(c, "services", n),
-        (old, new),
-    );
-    keyed(
-        &mut changes,
-        "agent",
-        &old.agents,
-        &new.agents,
-        |c, n| written(c, "agents", n),
-        (old, new),
-    );
+    keyed(&mut changes, ("service", "services"), (old, new), |c| {
+        &c.services
+    });
+    keyed(&mut changes, ("agent", "agents"), (old, new), |c| &c.agents);
     let top = |c: &Config, key: &str| c.written.value.get(key).cloned().unwrap_or(Value::Null);
     // A setting is shown under its own key.
     let keyed_top = |c: &Config, key: &str| {
@@ -165,41 +145,49 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     Plan { changes }
 }
 
-/// Added, changed and removed entries of a named table (`[services.*]`, `[agents.*]`).
+/// Added, changed and removed entries of a named table (`[services.*]`,
+/// `[agents.*]`): `kind` as a change names it, `table` as the file does.
 fn keyed<T: PartialEq>(
     out: &mut Vec<Change>,
-    kind: &str,
-    old: &BTreeMap<String, T>,
-    new: &BTreeMap<String, T>,
-    written: impl Fn(&Config, &str) -> Value,
-    (old_cfg, new_cfg): (&Config, &Config),
+    (kind, table): (&str, &str),
+    (old, new): (&Config, &Config),
+    entries: impl Fn(&Config) -> &BTreeMap<String, T>,
 ) {
-    for (name, before) in old {
-        match new.get(name) {
+    let written = |c: &Config, name: &str| {
+        c.written
+            .value
+            .get(table)
+            .and_then(|t| t.get(name))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let (before, after) = (entries(old), entries(new));
+    for (name, b) in before {
+        match after.get(name) {
             None => out.push(section(
                 Op::Remove,
                 kind,
                 name,
-                written(old_cfg, name),
+                written(old, name),
                 Value::Null,
             )),
-            Some(after) if after != before => out.push(section(
+            Some(a) if a != b => out.push(section(
                 Op::Change,
                 kind,
                 name,
-                written(old_cfg, name),
-                written(new_cfg, name),
+                written(old, name),
+                written(new, name),
             )),
             Some(_) => {}
         }
     }
-    for name in new.keys().filter(|n| !old.contains_key(*n)) {
+    for name in after.keys().filter(|n| !before.contains_key(*n)) {
         out.push(section(
             Op::Add,
             kind,
             name,
             Value::Null,
-            written(new_cfg, name),
+            written(new, name),
         ));
     }
 }
@@ -208,9 +196,7 @@ fn section(op: Op, kind: &str, name: &str, before: Value, after: Value) -> Chang
     let (mut b, mut a) = (BTreeMap::new(), BTreeMap::new());
     flatten("", &before, &mut b);
     flatten("", &after, &mut a);
-    let mut keys: Vec<&String> = b.keys().chain(a.keys()).collect();
-    keys.sort();
-    keys.dedup();
+    let keys: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
     let fields = keys
         .into_iter()
         .filter(|k| b.get(*k) != a.get(*k))
@@ -244,14 +230,13 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
             }
         }
         other => {
-            let key = prefix;
             let text = other.to_string();
             let shown = if lint::has_url_password(&text) {
                 "\"***\"".to_owned()
             } else {
                 lint::mask_secrets(&text)
             };
-            out.insert(key.to_owned(), shown);
+            out.insert(prefix.to_owned(), shown);
         }
     }
 }
