@@ -96,8 +96,28 @@ impl SqliteStore {
     }
 }
 
-/// Audit rows one `INSERT` carries (11 parameters each; SQLite takes 32,766).
+/// Audit rows one `INSERT` carries at most (11 parameters each; SQLite takes 32,766).
 const AUDIT_ROWS_PER_INSERT: usize = 256;
+
+/// How a batch of `n` rows is cut into `INSERT`s: as many of the largest as fit,
+/// then the rest as powers of two (100 rows: 64 + 32 + 4). Every statement then has
+/// one of nine shapes, each prepared once and kept in the connection's statement
+/// cache; a statement for every batch size would be parsed anew each time (a
+/// 2,816-parameter parse costs more than the rows it inserts).
+fn insert_sizes(mut n: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if n == 0 {
+            return None;
+        }
+        let size = if n >= AUDIT_ROWS_PER_INSERT {
+            AUDIT_ROWS_PER_INSERT
+        } else {
+            1 << n.ilog2()
+        };
+        n -= size;
+        Some(size)
+    })
+}
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -260,28 +280,32 @@ impl Store for SqliteStore {
         // One writer appends, in batches; the head moves only once a batch is in.
         let chain = *self.chain.lock().unwrap_or_else(|p| p.into_inner());
         let mut head = chain.map(|c| c.head);
-        let mut rows = Vec::with_capacity(events.len());
-        for e in events {
-            let detail = e.detail.to_string();
-            let (prev, hash) = match chain {
-                Some(c) => {
-                    let prev = head.unwrap_or(crate::chain::GENESIS);
-                    let hash = crate::chain::link(&c.key, &prev, e, &detail);
-                    head = Some(hash);
-                    (Some(prev.to_vec()), Some(hash.to_vec()))
-                }
-                None => (None, None),
-            };
-            rows.push((e, detail, prev, hash));
-        }
         // Many rows a statement: each statement is a round trip to SQLite's thread,
-        // which under load costs more than the insert itself.
+        // which under load costs more than the insert itself. Each statement's rows
+        // are serialised and chained just before it goes: the gateway's thread is
+        // handed back between statements, not held for a whole batch.
         let mut tx = self.pool.begin().await?;
-        for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
+        let mut rest = events;
+        for size in insert_sizes(events.len()) {
+            let (chunk, after) = rest.split_at(size);
+            rest = after;
+            let rows = chunk.iter().map(|e| {
+                let detail = e.detail.to_string();
+                let (prev, hash) = match chain {
+                    Some(c) => {
+                        let prev = head.unwrap_or(crate::chain::GENESIS);
+                        let hash = crate::chain::link(&c.key, &prev, e, &detail);
+                        head = Some(hash);
+                        (Some(prev.to_vec()), Some(hash.to_vec()))
+                    }
+                    None => (None, None),
+                };
+                (e, detail, prev, hash)
+            });
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO audit_events (at, kind, decision, reason, principal, service, token_id, source, detail, prev_hash, hash) ",
             );
-            q.push_values(chunk, |mut b, (e, detail, prev, hash)| {
+            q.push_values(rows, |mut b, (e, detail, prev, hash)| {
                 b.push_bind(e.at)
                     .push_bind(&e.kind)
                     .push_bind(&e.decision)
@@ -644,5 +668,51 @@ mod tests {
             .unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!((got[0].seq, &got[0].event), (2, &ev));
+    }
+
+    #[test]
+    fn batches_are_cut_into_a_few_statement_shapes() {
+        let cut = |n| insert_sizes(n).collect::<Vec<_>>();
+        assert_eq!(cut(0), Vec::<usize>::new());
+        assert_eq!(cut(1), [1]);
+        assert_eq!(cut(100), [64, 32, 4]);
+        assert_eq!(cut(600), [256, 256, 64, 16, 8]);
+        for n in 0..2000 {
+            let sizes = cut(n);
+            assert_eq!(sizes.iter().sum::<usize>(), n);
+            assert!(sizes
+                .iter()
+                .all(|s| s.is_power_of_two() && *s <= AUDIT_ROWS_PER_INSERT));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_batch_is_stored_in_order_on_an_intact_chain() {
+        let store = SqliteStore::in_memory().await.unwrap();
+        let key = [7; 32];
+        store.set_audit_key(key).await.unwrap();
+        let events: Vec<AuditEvent> = (0..301)
+            .map(|i| AuditEvent {
+                at: i,
+                kind: "request".into(),
+                detail: serde_json::json!({ "n": i }),
+                ..Default::default()
+            })
+            .collect();
+        store.append_audit(&events[..1]).await.unwrap();
+        store.append_audit(&events[1..]).await.unwrap();
+        let got = store
+            .audit_events(&AuditQuery {
+                limit: 1000,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        let got: Vec<AuditEvent> = got.into_iter().map(|e| e.event).collect();
+        assert_eq!(got, events);
+        assert!(matches!(
+            store.verify_audit(&key, &[]).await.unwrap(),
+            crate::Verdict::Intact { events: 301, .. }
+        ));
     }
 }
