@@ -96,28 +96,8 @@ impl SqliteStore {
     }
 }
 
-/// Audit rows one `INSERT` carries at most (11 parameters each; SQLite takes 32,766).
+/// Audit rows one `INSERT` carries (11 parameters each; SQLite takes 32,766).
 const AUDIT_ROWS_PER_INSERT: usize = 256;
-
-/// How a batch of `n` rows is cut into `INSERT`s: as many of the largest as fit,
-/// then the rest as powers of two (100 rows: 64 + 32 + 4). Every statement then has
-/// one of nine shapes, each prepared once and kept in the connection's statement
-/// cache; a statement for every batch size would be parsed anew each time (a
-/// 2,816-parameter parse costs more than the rows it inserts).
-fn insert_sizes(mut n: usize) -> impl Iterator<Item = usize> {
-    std::iter::from_fn(move || {
-        if n == 0 {
-            return None;
-        }
-        let size = if n >= AUDIT_ROWS_PER_INSERT {
-            AUDIT_ROWS_PER_INSERT
-        } else {
-            1 << n.ilog2()
-        };
-        n -= size;
-        Some(size)
-    })
-}
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -280,32 +260,28 @@ impl Store for SqliteStore {
         // One writer appends, in batches; the head moves only once a batch is in.
         let chain = *self.chain.lock().unwrap_or_else(|p| p.into_inner());
         let mut head = chain.map(|c| c.head);
+        let mut rows = Vec::with_capacity(events.len());
+        for e in events {
+            let detail = e.detail.to_string();
+            let (prev, hash) = match chain {
+                Some(c) => {
+                    let prev = head.unwrap_or(crate::chain::GENESIS);
+                    let hash = crate::chain::link(&c.key, &prev, e, &detail);
+                    head = Some(hash);
+                    (Some(prev.to_vec()), Some(hash.to_vec()))
+                }
+                None => (None, None),
+            };
+            rows.push((e, detail, prev, hash));
+        }
         // Many rows a statement: each statement is a round trip to SQLite's thread,
-        // which under load costs more than the insert itself. Each statement's rows
-        // are serialised and chained just before it goes: the gateway's thread is
-        // handed back between statements, not held for a whole batch.
+        // which under load costs more than the insert itself.
         let mut tx = self.pool.begin().await?;
-        let mut rest = events;
-        for size in insert_sizes(events.len()) {
-            let (chunk, after) = rest.split_at(size);
-            rest = after;
-            let rows = chunk.iter().map(|e| {
-                let detail = e.detail.to_string();
-                let (prev, hash) = match chain {
-                    Some(c) => {
-                        let prev = head.unwrap_or(crate::chain::GENESIS);
-                        let hash = crate::chain::link(&c.key, &prev, e, &detail);
-                        head = Some(hash);
-                        (Some(prev.to_vec()), Some(hash.to_vec()))
-                    }
-                    None => (None, None),
-                };
-                (e, detail, prev, hash)
-            });
+        for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO audit_events (at, kind, decision, reason, principal, service, token_id, source, detail, prev_hash, hash) ",
             );
-            q.push_values(rows, |mut b, (e, detail, prev, hash)| {
+            q.push_values(chunk, |mut b, (e, detail, prev, hash)| {
                 b.push_bind(e.at)
                     .push_bind(&e.kind)
                     .push_bind(&e.decision)
@@ -670,22 +646,6 @@ mod tests {
         assert_eq!((got[0].seq, &got[0].event), (2, &ev));
     }
 
-    #[test]
-    fn batches_are_cut_into_a_few_statement_shapes() {
-        let cut = |n| insert_sizes(n).collect::<Vec<_>>();
-        assert_eq!(cut(0), Vec::<usize>::new());
-        assert_eq!(cut(1), [1]);
-        assert_eq!(cut(100), [64, 32, 4]);
-        assert_eq!(cut(600), [256, 256, 64, 16, 8]);
-        for n in 0..2000 {
-            let sizes = cut(n);
-            assert_eq!(sizes.iter().sum::<usize>(), n);
-            assert!(sizes
-                .iter()
-                .all(|s| s.is_power_of_two() && *s <= AUDIT_ROWS_PER_INSERT));
-        }
-    }
-
     #[tokio::test]
     async fn a_large_batch_is_stored_in_order_on_an_intact_chain() {
         let store = SqliteStore::in_memory().await.unwrap();
@@ -713,6 +673,84 @@ mod tests {
         assert!(matches!(
             store.verify_audit(&key, &[]).await.unwrap(),
             crate::Verdict::Intact { events: 301, .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn awkward_text_is_stored_exactly() {
+        let store = SqliteStore::in_memory().await.unwrap();
+        store.set_audit_key([3; 32]).await.unwrap();
+        let ev = AuditEvent {
+            at: i64::MAX,
+            kind: "request".into(),
+            decision: None,
+            reason: Some("quote \" backslash \\ tab \t".into()),
+            principal: Some("nul \0 inside, é, 雪, 🦀".into()),
+            service: Some("123".into()),
+            token_id: Some(String::new()),
+            source: Some("::1".into()),
+            detail: serde_json::json!({ "path": "/a\u{0}b", "n": 1.5, "list": [null, true] }),
+        };
+        store.append_audit(std::slice::from_ref(&ev)).await.unwrap();
+        let got = store
+            .audit_events(&AuditQuery {
+                limit: 10,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].event, ev);
+        assert!(matches!(
+            store.verify_audit(&[3; 32], &[]).await.unwrap(),
+            crate::Verdict::Intact { events: 1, .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_leaves_the_chain_as_it_was_and_its_retry_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("k.db")).await.unwrap();
+        let key = [9; 32];
+        store.set_audit_key(key).await.unwrap();
+        let events: Vec<AuditEvent> = (0..300)
+            .map(|i| AuditEvent {
+                at: i,
+                kind: "request".into(),
+                ..Default::default()
+            })
+            .collect();
+        store.append_audit(&events[..10]).await.unwrap();
+        // The second statement of the next batch fails: the first was written in
+        // the same transaction, and must go with it.
+        sqlx::query(
+            "CREATE TRIGGER fail BEFORE INSERT ON audit_events WHEN NEW.at = 290 \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        assert!(store.append_audit(&events[10..]).await.is_err());
+        let count = |store: &SqliteStore| {
+            let pool = store.pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_events")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(count(&store).await, 10);
+        sqlx::query("DROP TRIGGER fail")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        // The writer retries the same events: they chain on from the last written.
+        store.append_audit(&events[10..]).await.unwrap();
+        assert_eq!(count(&store).await, 300);
+        assert!(matches!(
+            store.verify_audit(&key, &[]).await.unwrap(),
+            crate::Verdict::Intact { events: 300, .. }
         ));
     }
 }
