@@ -177,7 +177,7 @@ async fn enroll(opts: &Options, files: &Files, enrollment: &str) -> Result<(), A
         .ok_or_else(|| {
             AgentError::Setup("the enrollment token's CA pin is not 64 hex digits".into())
         })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(tunnel::crypto_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(setup("TLS"))?
@@ -273,7 +273,7 @@ fn enrolled_config(files: &Files) -> Result<Arc<rustls::ClientConfig>, AgentErro
         .collect::<Result<_, _>>()
         .map_err(setup("reading the certificate"))?;
     let key = PrivateKeyDer::from_pem_file(&files.identity).map_err(setup("reading the key"))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(tunnel::crypto_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(setup("TLS"))?

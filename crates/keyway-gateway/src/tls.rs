@@ -280,7 +280,8 @@ pub fn agent_identity(der: &[u8]) -> Option<(String, i64)> {
     Some((agent, issued))
 }
 
-/// A TLS client configuration trusting the CA in `ca` (PEM).
+/// The TLS client configuration of `keyway connect`: the tunnel's ALPN and crypto
+/// ([`keyway_core::tunnel::crypto_provider`]), trusting the CA in `ca` (PEM).
 pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in read_certs(ca)? {
@@ -288,7 +289,7 @@ pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
             .add(c)
             .map_err(|e| TlsError::Config(format!("{}: {e}", ca.display())))?;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(keyway_core::tunnel::crypto_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
@@ -328,13 +329,13 @@ mod tests {
         }
     }
 
-    /// Whether a client offering `offered` completes a handshake with `server`, and
-    /// the protocol agreed.
-    async fn handshake(
+    /// Whether a client offering `offered` completes a handshake with `server`: the
+    /// protocol and the cipher suite agreed.
+    async fn agree(
         server: Arc<rustls::ServerConfig>,
         mut client: rustls::ClientConfig,
         offered: &[u8],
-    ) -> Option<Vec<u8>> {
+    ) -> Option<(Option<Vec<u8>>, rustls::CipherSuite)> {
         client.alpn_protocols = vec![offered.to_vec()];
         let (a, b) = tokio::io::duplex(64 * 1024);
         let accept = tokio_rustls::TlsAcceptor::from(server).accept(a);
@@ -342,7 +343,49 @@ mod tests {
         let connect = tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, b);
         let (s, c) = tokio::join!(accept, connect);
         let (_s, c) = (s.ok()?, c.ok()?);
-        c.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
+        let c = c.get_ref().1;
+        let alpn = c.alpn_protocol().map(<[u8]>::to_vec);
+        Some((alpn, c.negotiated_cipher_suite()?.suite()))
+    }
+
+    /// The protocol agreed, if the handshake completes.
+    async fn handshake(
+        server: Arc<rustls::ServerConfig>,
+        client: rustls::ClientConfig,
+        offered: &[u8],
+    ) -> Option<Vec<u8>> {
+        agree(server, client, offered).await?.0
+    }
+
+    #[tokio::test]
+    async fn tunnel_clients_choose_aes_128_and_other_clients_keep_their_choice() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = configured(dir.path());
+        let tunnel = server_config(&tls, alpn::TUNNEL).unwrap();
+        let ours = (*client_config(&dir.path().join("ca.pem")).unwrap()).clone();
+        let agreed = agree(tunnel.clone(), ours.clone(), alpn::TUNNEL).await;
+        assert_eq!(
+            agreed.map(|a| a.1),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
+        // The gateway follows the client's order: a stock rustls client still gets
+        // its own first choice.
+        let mut roots = RootCertStore::empty();
+        for c in read_certs(&dir.path().join("ca.pem")).unwrap() {
+            roots.add(c).unwrap();
+        }
+        let stock = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let agreed = agree(tunnel, stock, alpn::TUNNEL).await;
+        assert_eq!(
+            agreed.map(|a| a.1),
+            Some(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384)
+        );
     }
 
     #[tokio::test]
