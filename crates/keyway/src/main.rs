@@ -284,13 +284,10 @@ enum SecretCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -301,6 +298,39 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The runtime: tokio's multi-thread scheduler with one worker a CPU (or
+/// `TOKIO_WORKER_THREADS`), or its current-thread scheduler when that makes one
+/// worker (a one-CPU host or container, `TOKIO_WORKER_THREADS=1`). The same tasks
+/// either way, without the hand-offs a pool of one still pays: about 7 % more HTTP
+/// requests a second on one core (BENCHMARKS.md). Nothing in Keyway calls
+/// `block_in_place`, the one thing a current-thread runtime refuses.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    let bad = "TOKIO_WORKER_THREADS must be a whole number of worker threads, 1 or more";
+    let workers = match std::env::var("TOKIO_WORKER_THREADS") {
+        Err(std::env::VarError::NotPresent) => {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+        Ok(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or(bad)?,
+        Err(std::env::VarError::NotUnicode(_)) => return Err(bad.into()),
+    };
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {

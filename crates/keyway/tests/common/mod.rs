@@ -271,9 +271,15 @@ impl Drop for KillOnDrop {
 /// `keyway gateway --config keyway.toml --log trace` in `dir`, its output in
 /// `gateway.log` there (the canary searches it), once the admin API answers.
 pub fn start_gateway(dir: &Path, admin_port: u16) -> KillOnDrop {
+    start_gateway_with(dir, admin_port, &[])
+}
+
+/// [`start_gateway`] with `env` set for the gateway.
+pub fn start_gateway_with(dir: &Path, admin_port: u16, env: &[(&str, &str)]) -> KillOnDrop {
     let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
     let gateway = Command::new(BIN)
         .args(["gateway", "--config", "keyway.toml", "--log", "trace"])
+        .envs(env.iter().copied())
         .current_dir(dir)
         .stdout(log.try_clone().unwrap())
         .stderr(log)
