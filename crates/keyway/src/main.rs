@@ -60,6 +60,10 @@ enum Command {
     /// and a token to try with the printed `curl` lines. Runs until Ctrl-C.
     Demo(demo::DemoArgs),
     /// Run the gateway described by a config file.
+    ///
+    /// It runs one worker thread per CPU it may use; `TOKIO_WORKER_THREADS=N` sets the
+    /// number (with 1, a single-threaded scheduler). SIGHUP applies the file again;
+    /// Ctrl-C or SIGTERM drains and stops.
     Gateway {
         /// The config file.
         #[arg(long, short, env = "KEYWAY_CONFIG", default_value = "keyway.toml")]
