@@ -368,23 +368,25 @@ mod tests {
             agreed.map(|a| a.1),
             Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
         );
-        // The gateway follows the client's order: a stock rustls client still gets
-        // its own first choice.
+        // The gateway follows the client's order: a client that puts ChaCha20 first
+        // (one without AES hardware) gets ChaCha20.
         let mut roots = RootCertStore::empty();
         for c in read_certs(&dir.path().join("ca.pem")).unwrap() {
             roots.add(c).unwrap();
         }
-        let stock = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let agreed = agree(tunnel, stock, alpn::TUNNEL).await;
+        let mut chacha_first = rustls::crypto::ring::default_provider();
+        chacha_first
+            .cipher_suites
+            .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256);
+        let other = rustls::ClientConfig::builder_with_provider(Arc::new(chacha_first))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let agreed = agree(tunnel, other, alpn::TUNNEL).await;
         assert_eq!(
             agreed.map(|a| a.1),
-            Some(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384)
+            Some(rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256)
         );
     }
 

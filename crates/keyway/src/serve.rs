@@ -77,6 +77,11 @@ pub async fn gateway(config_path: &Path) -> Result<ExitCode> {
 /// Says where everything listens, and where the admin credential is.
 pub fn announce(gw: &Gateway, l: &Listeners) {
     gw.warn_missing_secrets();
+    let scheduler = match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
+        _ => "multi_thread",
+    };
+    tracing::info!(scheduler, "runtime");
     if let Some(path) = &gw.admin_token_written {
         tracing::info!(path = %path.display(), "wrote a new admin credential (mode 0600); the CLI finds it through --config");
     }
