@@ -646,6 +646,27 @@ mod tests {
         assert_eq!((got[0].seq, &got[0].event), (2, &ev));
     }
 
+    /// Every audit event in the store, oldest first.
+    async fn stored(store: &SqliteStore) -> Vec<AuditEvent> {
+        let got = store
+            .audit_events(&AuditQuery {
+                limit: 1000,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        got.into_iter().map(|e| e.event).collect()
+    }
+
+    /// Asserts the chain under `key` is intact with `n` events.
+    async fn assert_intact(store: &SqliteStore, key: crate::ChainKey, n: u64) {
+        let verdict = store.verify_audit(&key, &[]).await.unwrap();
+        assert!(
+            matches!(verdict, crate::Verdict::Intact { events, .. } if events == n),
+            "{verdict:?}"
+        );
+    }
+
     #[tokio::test]
     async fn a_large_batch_is_stored_in_order_on_an_intact_chain() {
         let store = SqliteStore::in_memory().await.unwrap();
@@ -661,19 +682,8 @@ mod tests {
             .collect();
         store.append_audit(&events[..1]).await.unwrap();
         store.append_audit(&events[1..]).await.unwrap();
-        let got = store
-            .audit_events(&AuditQuery {
-                limit: 1000,
-                ..AuditQuery::default()
-            })
-            .await
-            .unwrap();
-        let got: Vec<AuditEvent> = got.into_iter().map(|e| e.event).collect();
-        assert_eq!(got, events);
-        assert!(matches!(
-            store.verify_audit(&key, &[]).await.unwrap(),
-            crate::Verdict::Intact { events: 301, .. }
-        ));
+        assert_eq!(stored(&store).await, events);
+        assert_intact(&store, key, 301).await;
     }
 
     #[tokio::test]
@@ -692,19 +702,8 @@ mod tests {
             detail: serde_json::json!({ "path": "/a\u{0}b", "n": 1.5, "list": [null, true] }),
         };
         store.append_audit(std::slice::from_ref(&ev)).await.unwrap();
-        let got = store
-            .audit_events(&AuditQuery {
-                limit: 10,
-                ..AuditQuery::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].event, ev);
-        assert!(matches!(
-            store.verify_audit(&[3; 32], &[]).await.unwrap(),
-            crate::Verdict::Intact { events: 1, .. }
-        ));
+        assert_eq!(stored(&store).await, [ev]);
+        assert_intact(&store, [3; 32], 1).await;
     }
 
     #[tokio::test]
@@ -731,26 +730,14 @@ mod tests {
         .await
         .unwrap();
         assert!(store.append_audit(&events[10..]).await.is_err());
-        let count = |store: &SqliteStore| {
-            let pool = store.pool.clone();
-            async move {
-                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_events")
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap()
-            }
-        };
-        assert_eq!(count(&store).await, 10);
+        assert_eq!(stored(&store).await, events[..10]);
         sqlx::query("DROP TRIGGER fail")
             .execute(&store.pool)
             .await
             .unwrap();
         // The writer retries the same events: they chain on from the last written.
         store.append_audit(&events[10..]).await.unwrap();
-        assert_eq!(count(&store).await, 300);
-        assert!(matches!(
-            store.verify_audit(&key, &[]).await.unwrap(),
-            crate::Verdict::Intact { events: 300, .. }
-        ));
+        assert_eq!(stored(&store).await, events);
+        assert_intact(&store, key, 300).await;
     }
 }
