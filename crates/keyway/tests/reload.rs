@@ -111,7 +111,18 @@ impl LivePsql {
     }
 }
 
-/// A Redis connection through `keyway connect`, kept open.
+/// A Redis connection through `keyway connect SERVICE`, kept open, answering PING.
+fn live_redis(dir: &Path, service: &str, tunnel: u16) -> (Connect, TcpStream) {
+    let through = connect(dir, service, tunnel, &token(dir, service, None));
+    let mut redis = TcpStream::connect(("127.0.0.1", through.1)).unwrap();
+    redis
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(redis_ping(&mut redis));
+    (through, redis)
+}
+
+/// Sends PING on `s`; whether PONG came back.
 fn redis_ping(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 7];
     s.write_all(b"*1\r\n$4\r\nPING\r\n").is_ok()
@@ -260,18 +271,8 @@ async fn plan_apply_and_sighup_with_live_connections() {
     }
 
     // Live connections: a Redis session, two database sessions, and HTTP.
-    let cache = connect(dir, "cache", p.tunnel, &token(dir, "cache", None));
-    let mut redis = TcpStream::connect(("127.0.0.1", cache.1)).unwrap();
-    redis
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    assert!(redis_ping(&mut redis));
-    let doomed = connect(dir, "oldcache", p.tunnel, &token(dir, "oldcache", None));
-    let mut doomed_redis = TcpStream::connect(("127.0.0.1", doomed.1)).unwrap();
-    doomed_redis
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    assert!(redis_ping(&mut doomed_redis));
+    let (_cache, mut redis) = live_redis(dir, "cache", p.tunnel);
+    let (_doomed, mut doomed_redis) = live_redis(dir, "oldcache", p.tunnel);
     let mut reader = LivePsql::open(p.db, &token(dir, "db", Some("readonly")));
     let mut writer = LivePsql::open(p.db, &token(dir, "db", Some("readwrite")));
     let api_token = token(dir, "api", None);
