@@ -45,7 +45,8 @@ def targets(section):
     return seen
 
 
-print(f"One invocation of `bench/run`, {runs} run(s) per figure: median (min–max).\n")
+print(f"One invocation of `bench/run`, {runs} run(s) per figure: median (min–max).")
+print(f"Host tuning: {text.get(('host', 'tuning', 'glibc'), 'none')}.\n")
 
 if targets("http"):
     print("### HTTP: wrk -t1 -c64, one worker per proxy\n")
