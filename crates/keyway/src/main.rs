@@ -20,6 +20,7 @@ mod audit;
 mod client;
 mod connect;
 mod demo;
+mod host;
 mod plan;
 mod ports;
 mod scan;

@@ -82,6 +82,7 @@ pub fn announce(gw: &Gateway, l: &Listeners) {
         _ => "multi_thread",
     };
     tracing::info!(scheduler, "runtime");
+    crate::host::log_hints();
     if let Some(path) = &gw.admin_token_written {
         tracing::info!(path = %path.display(), "wrote a new admin credential (mode 0600); the CLI finds it through --config");
     }
