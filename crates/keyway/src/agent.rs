@@ -88,7 +88,6 @@ pub async fn run(cmd: AgentCommand, log: &str, format: serve::LogFormat) -> Resu
         }
         AgentCommand::Run(args) => {
             serve::init_logging(log, format)?;
-            crate::host::log_hints();
             let (stop, stopped) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 let _ = tokio::signal::ctrl_c().await;

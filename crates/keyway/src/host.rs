@@ -1,33 +1,50 @@
 //! What the host does that Keyway cannot change from inside, but its operator can.
 //!
 //! One thing so far. On AMD Zen 3 and later (CPUs that advertise fast short
-//! `rep movsb`, `fsrm`), glibc before 2.40 copies a few KiB or more with `rep movsb`.
-//! On these CPUs that instruction runs up to 20× slower when the buffers are not
-//! aligned alike (glibc bug 30994). A TLS record is such a copy: rustls moves each
-//! decrypted record out of its read buffer, five bytes past the record header. On the
-//! benchmark machine, the tunnel spent about a third of the gateway's CPU in that copy.
-//! With `GLIBC_TUNABLES` set as below, glibc copies with vector loops instead, and
-//! `keyway connect` through the gateway carried about a quarter more (BENCHMARKS.md).
-//! The setting is read by the dynamic loader when a process starts, so Keyway can only
-//! say so; it does not restart itself with a different environment.
+//! `rep movsb`, `fsrm`), glibc before 2.40 copies a few KiB or more with `rep movsb`,
+//! which these CPUs can run many times slower when the buffers are not aligned alike
+//! (glibc bug 30994). A TLS record is such a copy: rustls moves each decrypted record
+//! out of its read buffer, five bytes past the record header. On the benchmark VM the
+//! gateway spent about a third of its CPU in that copy under `keyway connect`; with
+//! `GLIBC_TUNABLES` set as below, glibc copies with vector loops instead and the
+//! tunnel carried a quarter to a third more (BENCHMARKS.md). The dynamic loader reads
+//! the setting when a process starts, so Keyway can only say so: it does not restart
+//! itself with another environment.
 
 use std::io::Read;
 
-/// The `GLIBC_TUNABLES` value that keeps glibc's `memcpy` off `rep movsb` below 2 MB.
+/// The `GLIBC_TUNABLES` entry that keeps glibc's `memcpy` off `rep movsb` for copies
+/// below about 2 MB.
 pub const MEMCPY_TUNABLE: &str = "glibc.cpu.x86_rep_movsb_threshold=2000000";
+
+/// The first glibc that no longer picks `rep movsb` on these CPUs.
+const FIXED_GLIBC: (u32, u32) = (2, 40);
 
 /// Logs, once, what the operator of this host could set to make Keyway faster.
 pub fn log_hints() {
-    if cfg!(all(target_os = "linux", target_arch = "x86_64")) {
-        let tunables = std::env::var("GLIBC_TUNABLES").ok();
-        if slow_rep_movsb(&cpuinfo(), tunables.as_deref()) {
-            tracing::info!(
-                glibc_tunables = MEMCPY_TUNABLE,
-                "this AMD CPU copies slowly with glibc's `rep movsb` (glibc before 2.40, bug 30994); \
-                 if this host's glibc is older, start keyway with GLIBC_TUNABLES set to this value \
-                 for about a quarter more tunnel throughput"
-            );
-        }
+    if !cfg!(all(
+        target_os = "linux",
+        target_arch = "x86_64",
+        target_env = "gnu"
+    )) {
+        return;
+    }
+    let tunables = std::env::var_os("GLIBC_TUNABLES");
+    let tunables = tunables.as_ref().map(|t| t.to_string_lossy());
+    if !slow_rep_movsb(&read_start("/proc/cpuinfo", 64 * 1024), tunables.as_deref()) {
+        return;
+    }
+    let Some(version) = libc_path().and_then(|p| glibc_version(&read_bytes(&p, 4 << 20))) else {
+        return;
+    };
+    if version < FIXED_GLIBC {
+        tracing::info!(
+            glibc = %format!("{}.{}", version.0, version.1),
+            tunable = MEMCPY_TUNABLE,
+            "glibc before 2.40 copies slowly on this AMD CPU (rep movsb, glibc bug 30994); \
+             add the tunable to GLIBC_TUNABLES (entries are joined with ':') when starting \
+             keyway for faster TLS tunnels (BENCHMARKS.md)"
+        );
     }
 }
 
@@ -47,13 +64,42 @@ pub fn slow_rep_movsb(cpuinfo: &str, tunables: Option<&str>) -> bool {
         && field("flags").is_some_and(|f| f.split_whitespace().any(|x| x == "fsrm"))
 }
 
-/// The start of `/proc/cpuinfo` (the first CPU's entry is enough), or nothing.
-fn cpuinfo() -> String {
+/// The version glibc states in its own file ("… release version 2.36."), if found.
+pub fn glibc_version(libc: &[u8]) -> Option<(u32, u32)> {
+    const MARK: &[u8] = b"release version ";
+    let at = libc.windows(MARK.len()).position(|w| w == MARK)? + MARK.len();
+    let rest = &libc[at..libc.len().min(at + 16)];
+    let text: String = rest
+        .iter()
+        .take_while(|b| b.is_ascii_digit() || **b == b'.')
+        .map(|b| char::from(*b))
+        .collect();
+    let mut parts = text.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// The file of the C library this process runs with, from its memory map.
+fn libc_path() -> Option<String> {
+    read_start("/proc/self/maps", 256 * 1024)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.ends_with("/libc.so.6"))
+        .map(str::to_owned)
+}
+
+/// The first `limit` bytes of `path`, or nothing.
+fn read_bytes(path: &str, limit: u64) -> Vec<u8> {
     let mut buf = Vec::new();
-    if let Ok(f) = std::fs::File::open("/proc/cpuinfo") {
-        let _ = f.take(64 * 1024).read_to_end(&mut buf);
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.take(limit).read_to_end(&mut buf);
     }
-    String::from_utf8_lossy(&buf).into_owned()
+    buf
+}
+
+fn read_start(path: &str, limit: u64) -> String {
+    String::from_utf8_lossy(&read_bytes(path, limit)).into_owned()
 }
 
 #[cfg(test)]
@@ -68,10 +114,7 @@ mod tests {
     #[test]
     fn only_amd_with_fsrm_is_flagged() {
         assert!(slow_rep_movsb(ZEN, None));
-        assert!(
-            !slow_rep_movsb(OLD_AMD, None),
-            "no fsrm: glibc keeps its vector loops"
-        );
+        assert!(!slow_rep_movsb(OLD_AMD, None), "not the CPUs measured");
         assert!(!slow_rep_movsb(INTEL, None));
         assert!(!slow_rep_movsb("", None), "no /proc/cpuinfo: say nothing");
         // A flag whose name only contains "fsrm" is not the flag.
@@ -85,5 +128,32 @@ mod tests {
         assert!(!slow_rep_movsb(ZEN, Some(&both)));
         // Other tunables leave the copy as slow as before.
         assert!(slow_rep_movsb(ZEN, Some("glibc.malloc.arena_max=2")));
+    }
+
+    #[test]
+    fn glibc_states_its_version() {
+        let banner =
+            b"\0GNU C Library (Debian GLIBC 2.36-9+deb12u14) stable release version 2.36.\n";
+        assert_eq!(glibc_version(banner), Some((2, 36)));
+        assert_eq!(
+            glibc_version(b"stable release version 2.41.\n"),
+            Some((2, 41))
+        );
+        assert!(glibc_version(b"release version 2.36.").unwrap() < FIXED_GLIBC);
+        assert!(glibc_version(b"release version 2.40.").unwrap() >= FIXED_GLIBC);
+        assert_eq!(glibc_version(b"no banner here"), None);
+        assert_eq!(glibc_version(b"release version x"), None);
+    }
+
+    /// The process's own C library, where it is glibc: the banner is found and read.
+    #[test]
+    fn this_process_libc_is_found() {
+        if !cfg!(all(target_os = "linux", target_env = "gnu")) {
+            return;
+        }
+        let path = libc_path().expect("a glibc process maps libc.so.6");
+        let (major, minor) = glibc_version(&read_bytes(&path, 4 << 20)).expect("its banner");
+        assert_eq!(major, 2, "glibc {major}.{minor}");
+        assert!(minor >= 17, "glibc {major}.{minor}");
     }
 }
