@@ -11,7 +11,7 @@ path, runs = sys.argv[1], sys.argv[2]
 data = defaultdict(list)
 text = {}
 for line in open(path):
-    section, target, metric, value = line.rstrip("\n").split("\t")
+    section, target, metric, value = line.rstrip("\n").split("\t", 3)
     try:
         data[(section, target, metric)].append(float(value))
     except ValueError:

@@ -9,7 +9,8 @@
 //! `GLIBC_TUNABLES` set as below, glibc copies with vector loops instead and the
 //! tunnel carried a quarter to a third more (BENCHMARKS.md). The dynamic loader reads
 //! the setting when a process starts, so Keyway can only say so: it does not restart
-//! itself with another environment.
+//! itself with another environment. glibc has had the setting since 2.32; the hint is
+//! given for 2.32 to 2.39.
 
 use std::io::Read;
 
@@ -19,6 +20,8 @@ pub const MEMCPY_TUNABLE: &str = "glibc.cpu.x86_rep_movsb_threshold=2000000";
 
 /// The first glibc that no longer picks `rep movsb` on these CPUs.
 const FIXED_GLIBC: (u32, u32) = (2, 40);
+/// The first glibc with the tunable: an older one would ignore the advice.
+const TUNABLE_GLIBC: (u32, u32) = (2, 32);
 
 /// Logs, once, what the operator of this host could set to make Keyway faster.
 pub fn log_hints() {
@@ -37,11 +40,11 @@ pub fn log_hints() {
     let Some(version) = libc_path().and_then(|p| glibc_version(&read_bytes(&p, 4 << 20))) else {
         return;
     };
-    if version < FIXED_GLIBC {
+    if (TUNABLE_GLIBC..FIXED_GLIBC).contains(&version) {
         tracing::info!(
             glibc = %format!("{}.{}", version.0, version.1),
             tunable = MEMCPY_TUNABLE,
-            "glibc before 2.40 copies slowly on this AMD CPU (rep movsb, glibc bug 30994); \
+            "this glibc copies slowly on this AMD CPU (rep movsb, glibc bug 30994, fixed in 2.40); \
              add the tunable to GLIBC_TUNABLES (entries are joined with ':') when starting \
              keyway for faster TLS tunnels (BENCHMARKS.md)"
         );
@@ -80,11 +83,13 @@ pub fn glibc_version(libc: &[u8]) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// The file of the C library this process runs with, from its memory map.
+/// The file of the C library this process runs with, from its memory map (the path
+/// is the rest of the line from its first `/`, and may hold spaces).
 fn libc_path() -> Option<String> {
     read_start("/proc/self/maps", 256 * 1024)
         .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter_map(|l| l.find('/').map(|i| &l[i..]))
+        .map(|p| p.strip_suffix(" (deleted)").unwrap_or(p))
         .find(|p| p.ends_with("/libc.so.6"))
         .map(str::to_owned)
 }
@@ -141,14 +146,17 @@ mod tests {
         );
         assert!(glibc_version(b"release version 2.36.").unwrap() < FIXED_GLIBC);
         assert!(glibc_version(b"release version 2.40.").unwrap() >= FIXED_GLIBC);
+        assert!(glibc_version(b"release version 2.31.").unwrap() < TUNABLE_GLIBC);
         assert_eq!(glibc_version(b"no banner here"), None);
         assert_eq!(glibc_version(b"release version x"), None);
     }
 
-    /// The process's own C library, where it is glibc: the banner is found and read.
+    /// The process's own C library, where it is a shared glibc: the banner is found.
     #[test]
     fn this_process_libc_is_found() {
-        if !cfg!(all(target_os = "linux", target_env = "gnu")) {
+        if !cfg!(all(target_os = "linux", target_env = "gnu"))
+            || cfg!(target_feature = "crt-static")
+        {
             return;
         }
         let path = libc_path().expect("a glibc process maps libc.so.6");
