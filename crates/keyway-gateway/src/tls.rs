@@ -63,12 +63,7 @@ pub fn server_config(tls: &TlsConfig, alpn: &[u8]) -> Result<Arc<rustls::ServerC
     let builder = match &tls.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in read_certs(ca)? {
-                roots
-                    .add(c)
-                    .map_err(|e| TlsError::Config(format!("client_ca: {e}")))?;
-            }
+            let roots = roots(ca, "client_ca")?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let verifier = if tls.require_client_cert {
                 verifier
@@ -118,6 +113,18 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         return Err(err("no certificate in the file".into()));
     }
     Ok(certs)
+}
+
+/// The certificates of the PEM file `path` as trust roots; a certificate refused is
+/// named by `label` in the error.
+fn roots(path: &Path, label: &str) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in read_certs(path)? {
+        roots
+            .add(c)
+            .map_err(|e| TlsError::Config(format!("{label}: {e}")))?;
+    }
+    Ok(roots)
 }
 
 /// The gateway's local CA: created on first start (`<data_dir>/ca.pem`, key in
@@ -283,12 +290,7 @@ pub fn agent_identity(der: &[u8]) -> Option<(String, i64)> {
 /// The TLS client configuration of `keyway connect`: the tunnel's ALPN and crypto
 /// ([`keyway_core::tunnel::crypto_provider`]), trusting the CA in `ca` (PEM).
 pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for c in read_certs(ca)? {
-        roots
-            .add(c)
-            .map_err(|e| TlsError::Config(format!("{}: {e}", ca.display())))?;
-    }
+    let roots = roots(ca, &ca.display().to_string())?;
     let provider = Arc::new(keyway_core::tunnel::crypto_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -370,10 +372,7 @@ mod tests {
         );
         // The gateway follows the client's order: a client that puts ChaCha20 first
         // (one without AES hardware) gets ChaCha20.
-        let mut roots = RootCertStore::empty();
-        for c in read_certs(&dir.path().join("ca.pem")).unwrap() {
-            roots.add(c).unwrap();
-        }
+        let roots = roots(&dir.path().join("ca.pem"), "ca.pem").unwrap();
         let mut chacha_first = rustls::crypto::ring::default_provider();
         chacha_first
             .cipher_suites
