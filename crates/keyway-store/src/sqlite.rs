@@ -658,6 +658,18 @@ mod tests {
         got.into_iter().map(|e| e.event).collect()
     }
 
+    /// `n` request events, the i-th at time i with `{"n": i}` as its detail.
+    fn requests(n: i64) -> Vec<AuditEvent> {
+        (0..n)
+            .map(|i| AuditEvent {
+                at: i,
+                kind: "request".into(),
+                detail: serde_json::json!({ "n": i }),
+                ..Default::default()
+            })
+            .collect()
+    }
+
     /// Asserts the chain under `key` is intact with `n` events.
     async fn assert_intact(store: &SqliteStore, key: crate::ChainKey, n: u64) {
         let verdict = store.verify_audit(&key, &[]).await.unwrap();
@@ -672,14 +684,7 @@ mod tests {
         let store = SqliteStore::in_memory().await.unwrap();
         let key = [7; 32];
         store.set_audit_key(key).await.unwrap();
-        let events: Vec<AuditEvent> = (0..301)
-            .map(|i| AuditEvent {
-                at: i,
-                kind: "request".into(),
-                detail: serde_json::json!({ "n": i }),
-                ..Default::default()
-            })
-            .collect();
+        let events = requests(301);
         store.append_audit(&events[..1]).await.unwrap();
         store.append_audit(&events[1..]).await.unwrap();
         assert_eq!(stored(&store).await, events);
@@ -712,13 +717,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("k.db")).await.unwrap();
         let key = [9; 32];
         store.set_audit_key(key).await.unwrap();
-        let events: Vec<AuditEvent> = (0..300)
-            .map(|i| AuditEvent {
-                at: i,
-                kind: "request".into(),
-                ..Default::default()
-            })
-            .collect();
+        let events = requests(300);
         store.append_audit(&events[..10]).await.unwrap();
         // The second statement of the next batch fails: the first was written in
         // the same transaction, and must go with it.
