@@ -18,9 +18,11 @@ use keyway_store::keys::{self, KeySource};
 use keyway_store::{AuditEvent, Sealer, SqliteStore, Store, StoreError, TokenRecord};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditSink;
 use crate::index::{Entry, TokenIndex};
+use crate::listener::DRAIN_TIMEOUT;
 
 /// The default lifetime of an access token when none is asked for.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
@@ -51,6 +53,12 @@ pub struct Gateway {
     pub alerts: crate::alerts::Alerts,
     /// Reloads on their way to the task that runs the services.
     pub(crate) reloads: crate::reload::Reloads,
+    /// The sessions that outlive a request: tunnel streams, PostgreSQL sessions,
+    /// WebSockets, agents. They outlive their listener across a reload, not the
+    /// gateway: [`Gateway::end_sessions`].
+    pub(crate) sessions: TaskTracker,
+    /// Fired by [`Gateway::end_sessions`]; each session then ends with "shutdown".
+    pub(crate) stopping: CancellationToken,
 }
 
 /// What `issue` is asked for.
@@ -292,6 +300,8 @@ impl Gateway {
             detect,
             alerts,
             reloads: crate::reload::Reloads::default(),
+            sessions: TaskTracker::new(),
+            stopping: CancellationToken::new(),
         };
         gw.ensure_admin_token().await?;
         Ok(gw)
@@ -1015,8 +1025,25 @@ impl Gateway {
         now
     }
 
+    /// Ends the live sessions and waits, at most [`DRAIN_TIMEOUT`], for them to say
+    /// goodbye to their clients and record how they ended. Call once the listeners
+    /// have stopped taking new ones.
+    pub async fn end_sessions(&self) {
+        self.stopping.cancel();
+        self.sessions.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                sessions = self.sessions.len(),
+                "sessions still open after the drain timeout; closing them"
+            );
+        }
+    }
+
     /// Stops the audit writer after it has written everything queued. Call once the
-    /// listeners have drained.
+    /// listeners have drained and the sessions ended.
     pub async fn close(&self) {
         self.audit_stop.cancel();
         let task = self

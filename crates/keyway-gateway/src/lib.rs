@@ -287,6 +287,7 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
     tasks.spawn(portscan::run_scheduled(gw.clone(), shutdown.clone()));
     tasks.spawn(alerts::run(gw.clone(), shutdown.clone()));
     while tasks.join_next().await.is_some() {}
+    gw.end_sessions().await;
     gw.flush_last_used(0).await;
     gw.close().await;
     // The last events are written: sign the head, so that removing them shows.

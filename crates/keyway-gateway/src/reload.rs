@@ -115,12 +115,14 @@ pub fn session_end(
 ) -> impl std::future::Future<Output = &'static str> + Send + 'static {
     let left = entry.expires_at().saturating_sub(gw.now()).max(0);
     let unfit = until_unfit(gw.watch_config(), session);
+    let stopping = gw.stopping.clone();
     async move {
         tokio::select! {
             biased;
             () = entry.cancel.cancelled() => "revoked",
             () = tokio::time::sleep(std::time::Duration::from_millis(left as u64)) => "expired",
             why = unfit => why,
+            () = stopping.cancelled() => "shutdown",
         }
     }
 }

@@ -5,7 +5,8 @@
 //! A TCP service stream: one TLS connection per client connection, the opening frame
 //! names the service and carries the token, every check of the gateway, then bytes
 //! both ways with backpressure and half-close (`copy_bidirectional`) until either side
-//! ends, the token is revoked or it expires.
+//! ends, the token is revoked or expires, a reload leaves it outside its service, or
+//! the gateway stops.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +22,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::gateway::Gateway;
 use crate::index::Entry;
@@ -61,8 +61,8 @@ pub(crate) async fn reply<W: AsyncWrite + Unpin>(
     let _ = w.flush().await;
 }
 
-/// Serves the tunnel listener until `shutdown`; live streams are left to end on
-/// their own or with the process.
+/// Serves the tunnel listener until `shutdown`. Its streams and agents are the
+/// gateway's sessions ([`Gateway::end_sessions`]): a reload does not end them.
 pub async fn serve(
     gw: Arc<Gateway>,
     listener: TcpListener,
@@ -71,17 +71,18 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(crate::MAX_CONNECTIONS));
-    let tracker = TaskTracker::new();
     while let Some((stream, peer, permit)) =
         crate::listener::next_connection(&listener, "tunnel", &slots, &gw, &shutdown).await
     {
-        let (gw, acceptor, ca) = (gw.clone(), acceptor.clone(), ca.clone());
-        tracker.spawn(async move {
-            handle(&gw, stream, peer, acceptor, ca.as_deref()).await;
-            drop(permit);
-        });
+        let session = {
+            let (gw, acceptor, ca) = (gw.clone(), acceptor.clone(), ca.clone());
+            async move {
+                handle(&gw, stream, peer, acceptor, ca.as_deref()).await;
+                drop(permit);
+            }
+        };
+        gw.sessions.spawn(session);
     }
-    tracker.close();
 }
 
 async fn handle(

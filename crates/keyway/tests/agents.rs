@@ -89,14 +89,12 @@ fn redis(port: u16, args: &[&str]) -> Output {
 }
 
 fn audit(dir: &Path, kind: &str) -> String {
-    let out = Command::new("sqlite3")
-        .arg(dir.join("data/keyway.db"))
-        .arg(format!(
+    store_query(
+        dir,
+        &format!(
             "select decision, reason, principal, detail from audit_events where kind = '{kind}'"
-        ))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        ),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -261,8 +259,14 @@ async fn services_through_an_agent_that_dials_out() {
     assert!(!unbounded.status.success());
     assert!(String::from_utf8_lossy(&unbounded.stderr).contains("--allow-upstream"));
 
-    // The agent survives a gateway restart.
+    // The agent survives a gateway restart; the gateway's stop is in the log as
+    // the agent's disconnection.
     assert!(interrupt(&mut gateway).success());
+    let end = store_query(
+        dir,
+        "select json_extract(detail, '$.end') from audit_events where kind = 'agent.disconnect' order by seq desc limit 1",
+    );
+    assert_eq!(end.trim(), "shutdown");
     let mut gateway = start_gateway(dir, admin_port);
     wait_for_agent(dir, "connected", Duration::from_secs(15));
     assert_pong(cache.1);

@@ -44,16 +44,7 @@ fn tampered(from: &Path, to: &Path, sql: &str) {
         .status()
         .unwrap();
     assert!(status.success());
-    let out = Command::new("sqlite3")
-        .arg(to.join("data/keyway.db"))
-        .arg(sql)
-        .output()
-        .expect("sqlite3 (apt-get install sqlite3)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    store_query(to, sql);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -146,12 +137,7 @@ async fn editing_the_store_breaks_the_chain_where_it_was_edited() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(said.contains("audit log intact"), "{said}");
-    let count = Command::new("sqlite3")
-        .arg(dir.join("data/keyway.db"))
-        .arg("select count(*) from audit_events")
-        .output()
-        .unwrap();
-    let count: i64 = String::from_utf8_lossy(&count.stdout)
+    let count: i64 = store_query(dir, "select count(*) from audit_events")
         .trim()
         .parse()
         .unwrap();
@@ -246,12 +232,10 @@ async fn retention_prunes_to_a_signed_anchor_that_still_verifies() {
     let token = issue(dir, "p", "billing");
     let url = format!("http://127.0.0.1:{svc_port}/invoices/1");
     let oldest = |table: &str| -> i64 {
-        let out = Command::new("sqlite3")
-            .arg(dir.join("data/keyway.db"))
-            .arg(format!("select coalesce(min(seq), 0) from {table}"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        store_query(dir, &format!("select coalesce(min(seq), 0) from {table}"))
+            .trim()
+            .parse()
+            .unwrap()
     };
     // Traffic for a while longer than the retention: the first events go.
     let started = std::time::Instant::now();
@@ -281,12 +265,10 @@ async fn retention_prunes_to_a_signed_anchor_that_still_verifies() {
         "{said}"
     );
     // The pruning is itself audited.
-    let pruned = Command::new("sqlite3")
-        .arg(dir.join("data/keyway.db"))
-        .arg("select detail from audit_events where kind = 'audit.pruned'")
-        .output()
-        .unwrap();
-    let pruned = String::from_utf8_lossy(&pruned.stdout);
+    let pruned = store_query(
+        dir,
+        "select detail from audit_events where kind = 'audit.pruned'",
+    );
     assert!(pruned.contains("through_seq"), "{pruned}");
 
     // Deleting more old events, up to a later checkpoint, is not retention: only

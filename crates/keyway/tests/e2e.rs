@@ -197,13 +197,10 @@ upstream_auth = {{ header = "X-Api-Key", secret = "billing-key" }}
         "trace logs were captured"
     );
     assert!(log.contains(&id), "logs name tokens by public id");
-    let db = dir.join("data/keyway.db");
-    let audit = Command::new("sqlite3")
-        .arg(&db)
-        .arg("select kind, decision, reason, token_id from audit_events order by seq")
-        .output()
-        .expect("sqlite3 must be installed (apt-get install sqlite3)");
-    let audit = String::from_utf8(audit.stdout).unwrap();
+    let audit = store_query(
+        dir,
+        "select kind, decision, reason, token_id from audit_events order by seq",
+    );
     assert!(audit.contains(&format!("request|allow||{id}")), "{audit}");
     assert!(
         audit.contains(&format!("request|deny|method_not_granted|{id}")),

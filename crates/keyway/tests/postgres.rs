@@ -185,7 +185,7 @@ async fn psql_through_the_gateway() {
     );
 
     // Ctrl-C cancels the running query through the gateway.
-    let sleeper = || {
+    let sleeper = |token: &str| {
         Command::new("psql")
             .args([
                 "-h",
@@ -199,14 +199,14 @@ async fn psql_through_the_gateway() {
                 "-XAtqc",
                 "select pg_sleep(30)",
             ])
-            .env("PGPASSWORD", &ro)
+            .env("PGPASSWORD", token)
             .env("PGSSLMODE", "disable")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
-    let mut child = sleeper();
+    let mut child = sleeper(&ro);
     std::thread::sleep(Duration::from_millis(800));
     let started = Instant::now();
     Command::new("kill")
@@ -222,7 +222,7 @@ async fn psql_through_the_gateway() {
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // Revocation ends a running query's session.
-    let mut child = sleeper();
+    let mut child = sleeper(&ro);
     std::thread::sleep(Duration::from_millis(800));
     let out = keyway(
         dir,
@@ -238,14 +238,24 @@ async fn psql_through_the_gateway() {
     eprintln!("psql ended {took:?} after the revoke command returned");
     assert!(took < Duration::from_secs(1), "{took:?}");
 
+    // Stopping the gateway ends a running query's session with a goodbye, and the
+    // session's end is audited.
+    let mut child = sleeper(&rw);
+    std::thread::sleep(Duration::from_millis(800));
     assert!(interrupt(&mut gateway).success());
+    let out = wait(&mut child, Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("the Keyway gateway is shutting down"), "{err}");
+    let end = store_query(
+        dir,
+        "select json_extract(detail, '$.end') from audit_events where kind = 'connection.close' order by seq desc limit 1",
+    );
+    assert_eq!(end.trim(), "shutdown");
     // Statements are audited; the token and the database passwords are nowhere.
-    let audit = Command::new("sqlite3")
-        .arg(dir.join("data/keyway.db"))
-        .arg("select detail from audit_events where kind = 'db.statement'")
-        .output()
-        .unwrap();
-    let audit = String::from_utf8_lossy(&audit.stdout);
+    let audit = store_query(
+        dir,
+        "select detail from audit_events where kind = 'db.statement'",
+    );
     assert!(
         audit.contains("select current_user") && audit.contains("\"role\":\"readonly\""),
         "{audit}"

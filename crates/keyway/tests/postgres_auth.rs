@@ -385,12 +385,10 @@ async fn the_gateway_logs_in_with_scram_and_md5_over_tls_and_ends_expired_sessio
         "the upstream query was left running"
     );
     assert!(interrupt(&mut gateway).success());
-    let audit = Command::new("sqlite3")
-        .arg(dir.join("data/keyway.db"))
-        .arg("select kind, detail from audit_events where kind in ('db.statement', 'connection.open')")
-        .output()
-        .unwrap();
-    let audit = String::from_utf8_lossy(&audit.stdout);
+    let audit = store_query(
+        dir,
+        "select kind, detail from audit_events where kind in ('db.statement', 'connection.open')",
+    );
     assert!(audit.contains("kw_extended_probe"), "{audit}");
     assert!(audit.contains("\"tls\":true"), "{audit}");
     for secret in [

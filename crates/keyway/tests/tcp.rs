@@ -185,7 +185,24 @@ async fn tcp_services_through_keyway_connect() {
     eprintln!("idle connection ended {took:?} after the revoke command returned");
     assert!(took <= Duration::from_millis(50), "ended after {took:?}");
 
+    // Stopping the gateway ends an open stream, and its end is in the audit log.
+    let mut open = TcpStream::connect(("127.0.0.1", echo_conn.1)).unwrap();
+    open.write_all(b"still here").unwrap();
+    let mut back = [0u8; 10];
+    open.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"still here");
     assert!(interrupt(&mut gateway).success());
+    open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(open.read(&mut back).unwrap_or(1), 0, "the stream ended");
+    let ends = store_query(
+        dir,
+        "select json_extract(detail, '$.end') from audit_events where kind = 'connection.close' and service = 'echo' order by seq",
+    );
+    assert_eq!(
+        ends.lines().collect::<Vec<_>>(),
+        ["closed", "shutdown"],
+        "the echo service's streams: the 32 MiB one, then the one open at shutdown"
+    );
     let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap();
     assert!(
         !log.contains(&cache_token[22..]),

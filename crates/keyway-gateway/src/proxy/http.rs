@@ -434,7 +434,7 @@ impl HttpProxy {
         let ended = self.ended(entry.clone(), source);
         let service = self.svc.name.clone();
         let active = self.gw.metrics.session(&service);
-        tokio::spawn(async move {
+        self.gw.sessions.spawn(async move {
             let _active = active;
             let (client, upstream) = match tokio::join!(client, upstream) {
                 (Ok(c), Ok(u)) => (c, u),

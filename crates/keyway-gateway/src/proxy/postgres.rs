@@ -35,7 +35,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::gateway::Gateway;
 use crate::index::Entry;
@@ -150,20 +149,20 @@ impl PgProxy {
         }))
     }
 
+    /// Accepts sessions until `shutdown` (a reload's or the gateway's). The sessions
+    /// are the gateway's ([`Gateway::end_sessions`]): a reload does not end them.
     pub async fn serve(self: Arc<Self>, listener: Arc<TcpListener>, shutdown: CancellationToken) {
-        let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(crate::MAX_CONNECTIONS));
         while let Some((stream, peer, permit)) =
             crate::listener::next_connection(&listener, &self.svc.name, &slots, &self.gw, &shutdown)
                 .await
         {
             let this = self.clone();
-            tracker.spawn(async move {
+            self.gw.sessions.spawn(async move {
                 this.session(stream, peer).await;
                 drop(permit);
             });
         }
-        tracker.close();
     }
 
     async fn session(&self, stream: TcpStream, peer: SocketAddr) {
@@ -614,6 +613,7 @@ impl PgProxy {
                 let msg = match end {
                     "revoked" => "terminating connection: the Keyway token was revoked".into(),
                     "expired" => "terminating connection: the Keyway token expired".into(),
+                    "shutdown" => "terminating connection: the Keyway gateway is shutting down".into(),
                     why => format!(
                         "terminating connection: the gateway's config changed and this session no longer fits it ({why})"
                     ),

@@ -218,6 +218,22 @@ pub fn interrupt(child: &mut Child) -> std::process::ExitStatus {
     }
 }
 
+/// What `sqlite3` answers to `query` on the store in `<dir>/data`: one row a line,
+/// columns between `|`.
+pub fn store_query(dir: &Path, query: &str) -> String {
+    let out = Command::new("sqlite3")
+        .arg(dir.join("data/keyway.db"))
+        .arg(query)
+        .output()
+        .expect("sqlite3 (apt-get install sqlite3)");
+    assert!(
+        out.status.success(),
+        "sqlite3 `{query}`: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Every file under `dir` whose bytes contain `needle`.
 pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
     let mut hits = Vec::new();
