@@ -519,7 +519,8 @@ pub async fn renew(
 }
 
 /// An enrolled agent's connection: checked, then HTTP/2 with the gateway as the
-/// client until it closes, stops answering heartbeats, or the agent is revoked.
+/// client until it closes, stops answering heartbeats, the agent is revoked, or the
+/// gateway stops ([`Gateway::end_sessions`]).
 pub async fn serve(
     gw: &Arc<Gateway>,
     mut tls: TlsStream<TcpStream>,
@@ -598,7 +599,8 @@ pub async fn serve(
         "end": ended,
         "duration_ms": gw.now().saturating_sub(conn.connected_at),
     });
-    gw.audit.record(ev);
+    // Waited for under `fail_closed`, like the connection's start.
+    gw.audit.reserve_waiting().await.send(ev);
 }
 
 /// Asks the agent `GET /health` every [`HEARTBEAT`]; returns after

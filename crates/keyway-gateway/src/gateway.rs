@@ -1037,7 +1037,8 @@ impl Gateway {
         {
             tracing::warn!(
                 sessions = self.sessions.len(),
-                "sessions still open after the drain timeout; closing them"
+                "sessions still open after the drain timeout; they end with the process, \
+                 without their end in the audit log"
             );
         }
     }

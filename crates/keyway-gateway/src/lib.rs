@@ -221,8 +221,9 @@ impl Listeners {
     }
 }
 
-/// Serves until `shutdown` fires, then drains connections, flushes last-used times
-/// and the audit queue, and returns.
+/// Serves until `shutdown` fires, then drains connections (at most
+/// [`listener::DRAIN_TIMEOUT`]), ends the sessions ([`Gateway::end_sessions`], at most
+/// as long again), flushes last-used times and the audit queue, and returns.
 pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationToken) {
     let mut tasks = tokio::task::JoinSet::new();
     let mut services = reload::Services::new(gw.clone(), shutdown.clone());

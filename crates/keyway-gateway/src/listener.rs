@@ -150,7 +150,7 @@ pub async fn serve_http1<S, F>(
     {
         tracing::warn!(
             listener = name,
-            "connections still open after the drain timeout; closing them"
+            "connections still open after the drain timeout; they end with the process"
         );
     }
 }

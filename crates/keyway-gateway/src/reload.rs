@@ -104,10 +104,10 @@ pub async fn until_unfit(mut rx: watch::Receiver<Arc<Config>>, s: Session) -> Un
     }
 }
 
-/// Resolves when a live session must end, with why: `revoked`, `expired`, or why a
-/// reload left it outside its service. The one watch every session keeps (TCP,
-/// PostgreSQL, WebSocket, streamed response); the token's end wins when both are
-/// ready.
+/// Resolves when a live session must end, with why: `revoked`, `expired`, why a
+/// reload left it outside its service, or `shutdown` ([`Gateway::end_sessions`]).
+/// The one watch every session keeps (TCP, PostgreSQL, WebSocket, streamed
+/// response); the token's end wins when several are ready.
 pub fn session_end(
     gw: &Gateway,
     entry: Arc<Entry>,

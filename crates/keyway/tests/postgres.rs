@@ -238,19 +238,43 @@ async fn psql_through_the_gateway() {
     eprintln!("psql ended {took:?} after the revoke command returned");
     assert!(took < Duration::from_secs(1), "{took:?}");
 
-    // Stopping the gateway ends a running query's session with a goodbye, and the
-    // session's end is audited.
+    // Stopping the gateway ends a running query's session with a goodbye, stops the
+    // query upstream, and audits the session's end; a client that never logs in
+    // does not hold the stop up.
     let mut child = sleeper(&rw);
+    let _silent = std::net::TcpStream::connect(("127.0.0.1", pg_port)).unwrap();
     std::thread::sleep(Duration::from_millis(800));
+    let stopping = Instant::now();
     assert!(interrupt(&mut gateway).success());
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(5), "stopping took {took:?}");
     let out = wait(&mut child, Duration::from_secs(10));
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(err.contains("the Keyway gateway is shutting down"), "{err}");
     let end = store_query(
         dir,
-        "select json_extract(detail, '$.end') from audit_events where kind = 'connection.close' order by seq desc limit 1",
+        &format!(
+            "select json_extract(detail, '$.end') from audit_events where kind = 'connection.close' and token_id = '{}' order by seq desc limit 1",
+            &rw[5..21]
+        ),
     );
     assert_eq!(end.trim(), "shutdown");
+    let running = || {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-XAtc"])
+            .arg("select count(*) from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while running() != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream query was left running"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Statements are audited; the token and the database passwords are nowhere.
     let audit = store_query(
         dir,

@@ -185,22 +185,34 @@ async fn tcp_services_through_keyway_connect() {
     eprintln!("idle connection ended {took:?} after the revoke command returned");
     assert!(took <= Duration::from_millis(50), "ended after {took:?}");
 
-    // Stopping the gateway ends an open stream, and its end is in the audit log.
+    // Stopping the gateway ends an open stream, and its end is in the audit log; a
+    // connection that never says hello does not hold the stop up.
     let mut open = TcpStream::connect(("127.0.0.1", echo_conn.1)).unwrap();
     open.write_all(b"still here").unwrap();
     let mut back = [0u8; 10];
     open.read_exact(&mut back).unwrap();
     assert_eq!(&back, b"still here");
+    let _silent = TcpStream::connect(("127.0.0.1", tunnel_port)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let stopping = Instant::now();
     assert!(interrupt(&mut gateway).success());
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(5), "stopping took {took:?}");
     open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    assert_eq!(open.read(&mut back).unwrap_or(1), 0, "the stream ended");
+    let read = open.read(&mut back);
+    assert!(matches!(read, Ok(0)), "the stream ended: {read:?}");
     let ends = store_query(
         dir,
-        "select json_extract(detail, '$.end') from audit_events where kind = 'connection.close' and service = 'echo' order by seq",
+        "select json_extract(detail, '$.end'), json_extract(detail, '$.bytes_in'), json_extract(detail, '$.bytes_out') \
+         from audit_events where kind = 'connection.close' and service = 'echo' order by seq",
     );
+    let mib32 = 32 * 1024 * 1024;
     assert_eq!(
         ends.lines().collect::<Vec<_>>(),
-        ["closed", "shutdown"],
+        [
+            format!("closed|{mib32}|{mib32}"),
+            "shutdown|10|10".to_owned()
+        ],
         "the echo service's streams: the 32 MiB one, then the one open at shutdown"
     );
     let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap();

@@ -76,8 +76,9 @@ impl Upstream {
     }
 }
 
-/// A response body that ends with an error when its token is revoked or expires, or
-/// a reload leaves it outside its service.
+/// A response body that ends with an error when its token is revoked or expires, a
+/// reload leaves it outside its service, or the gateway stops (once its listener has
+/// drained).
 struct Cancellable {
     inner: Incoming,
     /// `keyway_bytes_total{direction="out"}` of the service.
@@ -100,6 +101,11 @@ struct Revoked;
 #[derive(Debug, thiserror::Error)]
 #[error("the token of this stream expired")]
 struct Expired;
+
+/// The error a stream ends with when the gateway stops.
+#[derive(Debug, thiserror::Error)]
+#[error("the gateway is shutting down")]
+struct ShuttingDown;
 
 // === impl HttpProxy ===
 
@@ -422,8 +428,9 @@ impl HttpProxy {
     }
 
     /// Carries an upgraded connection (a WebSocket) both ways until either side
-    /// closes, the token is revoked or expires, or a reload leaves it outside the
-    /// service.
+    /// closes, the token is revoked or expires, a reload leaves it outside the
+    /// service, or the gateway stops. Its request was audited; its end is only
+    /// logged (debug).
     fn bridge_upgraded(
         &self,
         client: hyper::upgrade::OnUpgrade,
@@ -473,6 +480,7 @@ impl HttpProxy {
                 let why: BoxError = match ended.await {
                     "revoked" => Box::new(Revoked),
                     "expired" => Box::new(Expired),
+                    "shutdown" => Box::new(ShuttingDown),
                     why => Box::new(Unfit(why)),
                 };
                 why

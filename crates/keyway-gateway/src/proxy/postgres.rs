@@ -14,9 +14,10 @@
 //! through for the audit (text capped and redacted, never `B` parameters), and the
 //! upstream's `BackendKeyData` is replaced by a pair of Keyway's own, so a
 //! `CancelRequest` works through the gateway only for a session whose token is still
-//! valid. Revocation or expiry ends the session with `FATAL 57P01` (when the cut falls
-//! between two upstream messages; mid-message it just closes) and cancels the query
-//! the upstream was running.
+//! valid. Revocation, expiry, a reload the session no longer fits, or the gateway
+//! stopping ends the session with `FATAL 57P01` (when the cut falls between two
+//! upstream messages; mid-message it just closes) and cancels the query the upstream
+//! was running, if any.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -180,13 +181,14 @@ impl PgProxy {
             }
             Ok(Err(Refused::Silent)) | Err(_) => return,
         };
-        let end = self
+        let (end, busy) = self
             .relay(client, upstream, &entry, &role, peer.ip().to_canonical())
             .await;
         let target = cancel_key.and_then(CancelKey::take);
         // The upstream backend would finish a running query (a long export, a lock
-        // held) before noticing its client is gone: stop it now.
-        if end != "closed" {
+        // held) before noticing its client is gone: stop it now. An idle one notices
+        // at once (and a gateway stopping must not open a connection per session).
+        if end != "closed" && busy {
             if let Some(t) = target {
                 self.cancel_upstream(t.pid, t.key).await;
             }
@@ -203,80 +205,95 @@ impl PgProxy {
         let mut is_tls = false;
         let mut cert = None;
         let source = peer.ip().to_canonical();
-        let (minor, params) = loop {
-            let (code, body) = read_startup(client).await.ok_or(Refused::Silent)?;
-            match code {
-                SSL_REQUEST | GSSENC_REQUEST if is_tls => {
-                    return Err(Refused::Client(
-                        "08P01",
-                        "encryption requested inside TLS".into(),
-                    ))
-                }
-                SSL_REQUEST if self.tls.is_some() => {
-                    client.write_all(b"S").await.map_err(|_| Refused::Silent)?;
-                    let acceptor = self.tls.clone().ok_or(Refused::Silent)?;
-                    let plain = std::mem::replace(client, Box::new(tokio::io::duplex(1).0));
-                    let tls = acceptor.accept(plain).await.map_err(|_| Refused::Silent)?;
-                    cert = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .map(|c| crate::tls::thumbprint(c.as_ref()));
-                    *client = Box::new(tls);
-                    is_tls = true;
-                }
-                SSL_REQUEST | GSSENC_REQUEST => {
-                    client.write_all(b"N").await.map_err(|_| Refused::Silent)?
-                }
-                CANCEL_REQUEST => {
-                    if self.svc.allows_source(source) {
-                        self.forward_cancel(&body).await;
+        // Up to the client's password, the client sets the pace: a session that has
+        // not got that far when the gateway stops is told so and not waited for.
+        let hello = async {
+            let (minor, params) = loop {
+                let (code, body) = read_startup(client).await.ok_or(Refused::Silent)?;
+                match code {
+                    SSL_REQUEST | GSSENC_REQUEST if is_tls => {
+                        return Err(Refused::Client(
+                            "08P01",
+                            "encryption requested inside TLS".into(),
+                        ))
                     }
-                    return Err(Refused::Silent);
+                    SSL_REQUEST if self.tls.is_some() => {
+                        client.write_all(b"S").await.map_err(|_| Refused::Silent)?;
+                        let acceptor = self.tls.clone().ok_or(Refused::Silent)?;
+                        let plain = std::mem::replace(client, Box::new(tokio::io::duplex(1).0));
+                        let tls = acceptor.accept(plain).await.map_err(|_| Refused::Silent)?;
+                        cert = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| crate::tls::thumbprint(c.as_ref()));
+                        *client = Box::new(tls);
+                        is_tls = true;
+                    }
+                    SSL_REQUEST | GSSENC_REQUEST => {
+                        client.write_all(b"N").await.map_err(|_| Refused::Silent)?
+                    }
+                    CANCEL_REQUEST => {
+                        if self.svc.allows_source(source) {
+                            self.forward_cancel(&body).await;
+                        }
+                        return Err(Refused::Silent);
+                    }
+                    c if c >> 16 == PROTOCOL_MAJOR_3 => break (c & 0xffff, parse_params(&body)),
+                    _ => {
+                        return Err(Refused::Client(
+                            "08P01",
+                            "unsupported frontend protocol".into(),
+                        ))
+                    }
                 }
-                c if c >> 16 == PROTOCOL_MAJOR_3 => break (c & 0xffff, parse_params(&body)),
-                _ => {
-                    return Err(Refused::Client(
-                        "08P01",
-                        "unsupported frontend protocol".into(),
-                    ))
-                }
+            };
+            if !is_tls && !source.is_loopback() && !self.pg.allow_plaintext {
+                return Err(Refused::Client(
+                    "28000",
+                    "Keyway requires TLS for this database from beyond loopback (sslmode=require)"
+                        .into(),
+                ));
             }
-        };
-        if !is_tls && !source.is_loopback() && !self.pg.allow_plaintext {
-            return Err(Refused::Client(
-                "28000",
-                "Keyway requires TLS for this database from beyond loopback (sslmode=require)"
-                    .into(),
-            ));
-        }
 
-        // A newer 3.x minor version or `_pq_.` options: say what we speak (3.0, none).
-        let unknown: Vec<&String> = params.keys().filter(|k| k.starts_with("_pq_.")).collect();
-        if minor > 0 || !unknown.is_empty() {
+            // A newer 3.x minor version or `_pq_.` options: say what we speak (3.0, none).
+            let unknown: Vec<&String> = params.keys().filter(|k| k.starts_with("_pq_.")).collect();
+            if minor > 0 || !unknown.is_empty() {
+                client
+                    .write_all(&negotiate_protocol_version(&unknown))
+                    .await
+                    .map_err(|_| Refused::Silent)?;
+            }
+
+            // The client's login: its token as the password.
             client
-                .write_all(&negotiate_protocol_version(&unknown))
+                .write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3])
                 .await
                 .map_err(|_| Refused::Silent)?;
-        }
-
-        // The client's login: its token as the password.
-        client
-            .write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3])
-            .await
-            .map_err(|_| Refused::Silent)?;
-        let (kind, body) = read_message(client, MAX_AUTH_MESSAGE)
-            .await
-            .ok_or(Refused::Silent)?;
-        if kind != b'p' {
-            return Err(Refused::Client(
-                "08P01",
-                "expected a password message".into(),
-            ));
-        }
-        let token = String::from_utf8_lossy(body.split(|&b| b == 0).next().unwrap_or_default())
-            .into_owned();
+            let (kind, body) = read_message(client, MAX_AUTH_MESSAGE)
+                .await
+                .ok_or(Refused::Silent)?;
+            if kind != b'p' {
+                return Err(Refused::Client(
+                    "08P01",
+                    "expected a password message".into(),
+                ));
+            }
+            let token = String::from_utf8_lossy(body.split(|&b| b == 0).next().unwrap_or_default())
+                .into_owned();
+            Ok((params, token))
+        };
+        let (params, token) = tokio::select! {
+            biased;
+            () = self.gw.stopping.cancelled() => {
+                return Err(Refused::Client(
+                    "57P03",
+                    "the Keyway gateway is shutting down".into(),
+                ))
+            }
+            hello = hello => hello?,
+        };
         let mut ev = self.gw.event("connection.open");
         ev.service = Some(self.svc.name.clone());
         ev.source = Some(source.to_string());
@@ -564,8 +581,10 @@ impl PgProxy {
     }
 
     /// Relays the session: upstream bytes as they are; client frames read for the
-    /// audit on the way through. Ends on the upstream's close, revocation, expiry, or
-    /// a reload it no longer fits; those win over bytes ready to go either way.
+    /// audit on the way through. Ends on the upstream's close, revocation, expiry, a
+    /// reload it no longer fits, or the gateway stopping; those win over bytes ready to
+    /// go either way. Returns why it ended, and whether the upstream was still to
+    /// answer a query then.
     async fn relay(
         &self,
         client: Box<dyn Io>,
@@ -573,7 +592,7 @@ impl PgProxy {
         entry: &Arc<Entry>,
         role: &str,
         source: std::net::IpAddr,
-    ) -> &'static str {
+    ) -> (&'static str, bool) {
         let mut session = crate::reload::Session::new(&self.svc, entry, source);
         let user = self.pg.roles.get(role).map(|r| r.user.clone());
         session.role = Some((role.to_owned(), user.unwrap_or_default()));
@@ -592,9 +611,10 @@ impl PgProxy {
         let started = Instant::now();
         let mut framing = Framing::default();
         let bytes_in = std::sync::atomic::AtomicU64::new(0);
+        let syncs = std::sync::atomic::AtomicU64::new(0);
         let end = {
             let down = upstream_to_client(&mut up_r, &mut client_w, &mut framing);
-            let up = client_to_upstream(&mut client_r, &mut up_w, &audit, &bytes_in);
+            let up = client_to_upstream(&mut client_r, &mut up_w, &audit, &bytes_in, &syncs);
             tokio::pin!(down, up);
             let mut client_done = false;
             loop {
@@ -636,8 +656,10 @@ impl PgProxy {
             "bytes_out": framing.bytes,
             "duration_ms": started.elapsed().as_millis() as u64,
         });
-        self.gw.audit.record(ev);
-        end
+        // The end of an allowed session: waited for under `fail_closed`, like its start.
+        self.gw.audit.reserve_waiting().await.send(ev);
+        let busy = syncs.load(std::sync::atomic::Ordering::Relaxed) > framing.readies;
+        (end, busy)
     }
 
     /// A `CancelRequest` with one of our keys: forwarded with the upstream's, only
@@ -786,6 +808,8 @@ struct Framing {
     /// A write to the client was under way (and may have been cut part-way).
     writing: bool,
     bytes: u64,
+    /// `ReadyForQuery` messages passed on: answers to the client's sync points.
+    readies: u64,
 }
 
 impl Framing {
@@ -803,6 +827,9 @@ impl Framing {
             chunk = &chunk[1..];
             if self.have == 5 {
                 let h = &self.header;
+                if h[0] == b'Z' {
+                    self.readies += 1;
+                }
                 self.left =
                     (u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize).saturating_sub(4);
                 self.have = 0;
@@ -839,11 +866,14 @@ where
 /// Client frames to the upstream, as they are, in batches: a frame is flushed when no
 /// whole frame is waiting behind it. `Q`, `P` and `F` are read for the audit on the
 /// way; under `fail_closed` a frame waits for its audit event's place before it goes.
+/// `syncs` counts the frames the upstream answers with `ReadyForQuery` (`Q`, `S`,
+/// `F`).
 async fn client_to_upstream<R, W>(
     r: &mut R,
     w: &mut W,
     audit: &StatementAudit,
     bytes: &std::sync::atomic::AtomicU64,
+    syncs: &std::sync::atomic::AtomicU64,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -862,6 +892,9 @@ async fn client_to_upstream<R, W>(
             break;
         }
         bytes.fetch_add(len as u64 + 1, std::sync::atomic::Ordering::Relaxed);
+        if matches!(kind, b'Q' | b'S' | b'F') {
+            syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let audited = matches!(kind, b'Q' | b'P' | b'F');
         let reservation = if audited {
             Some(audit.gw.audit.reserve_waiting().await)
