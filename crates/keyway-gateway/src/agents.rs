@@ -599,7 +599,8 @@ pub async fn serve(
         "end": ended,
         "duration_ms": gw.now().saturating_sub(conn.connected_at),
     });
-    // Waited for under `fail_closed`, like the connection's start.
+    // Under `fail_closed` it waits for room in the audit queue, as a session's end
+    // does.
     gw.audit.reserve_waiting().await.send(ev);
 }
 

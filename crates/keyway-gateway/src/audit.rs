@@ -113,16 +113,20 @@ impl AuditSink {
     }
 
     /// Reserves a place for an event of a session already under way (a database
-    /// statement): under `fail_closed` it waits for room, which slows the session
-    /// rather than letting it run unaudited.
+    /// statement, a session's end): under `fail_closed` it waits for room, which
+    /// slows the session rather than letting it run unaudited; under `fail_open`,
+    /// or once the writer has stopped, an event without room is dropped and counted.
     pub async fn reserve_waiting(&self) -> Reservation {
         if self.on_full == OnFull::FailClosed {
             if let Ok(p) = self.tx.clone().reserve_owned().await {
                 return Reservation(Some(p), self.tap.clone());
             }
         }
-        self.reserve()
-            .unwrap_or_else(|_| Reservation(None, self.tap.clone()))
+        self.reserve().unwrap_or_else(|_| {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("audit writer has stopped; a session's event was not recorded");
+            Reservation(None, self.tap.clone())
+        })
     }
 
     /// Records an event that gates nothing (a denial); counted when it cannot be

@@ -221,7 +221,8 @@ async fn open_stream(
         "bytes_out": bytes.1,
         "duration_ms": started.elapsed().as_millis() as u64,
     });
-    // The end of an allowed stream: waited for under `fail_closed`, like its start.
+    // Under `fail_closed` the end of a stream waits for room in the audit queue,
+    // as a database statement does.
     gw.audit.reserve_waiting().await.send(close);
 }
 

@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::io::Read;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -239,18 +240,50 @@ async fn psql_through_the_gateway() {
     assert!(took < Duration::from_secs(1), "{took:?}");
 
     // Stopping the gateway ends a running query's session with a goodbye, stops the
-    // query upstream, and audits the session's end; a client that never logs in
-    // does not hold the stop up.
+    // query upstream, and audits the session's end; a client that has not logged in
+    // is told why and does not hold the stop up.
+    let running = |n: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = Command::new("psql")
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-XAtc"])
+                .arg("select count(*) from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'")
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&out.stdout).trim() == n {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
     let mut child = sleeper(&rw);
-    let _silent = std::net::TcpStream::connect(("127.0.0.1", pg_port)).unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    assert!(running("1"), "the query never started upstream");
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", pg_port)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
     let stopping = Instant::now();
     assert!(interrupt(&mut gateway).success());
     let took = stopping.elapsed();
     assert!(took < Duration::from_secs(5), "stopping took {took:?}");
     let out = wait(&mut child, Duration::from_secs(10));
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(err.contains("the Keyway gateway is shutting down"), "{err}");
+    assert!(
+        err.contains("terminating connection: the Keyway gateway is shutting down"),
+        "{err}"
+    );
+    assert!(running("0"), "the upstream query was left running");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut told = Vec::new();
+    let _ = silent.read_to_end(&mut told);
+    let told = String::from_utf8_lossy(&told);
+    assert!(
+        told.starts_with('E') && told.contains("57P03") && told.contains("shutting down"),
+        "{told:?}"
+    );
     let end = store_query(
         dir,
         &format!(
@@ -259,22 +292,6 @@ async fn psql_through_the_gateway() {
         ),
     );
     assert_eq!(end.trim(), "shutdown");
-    let running = || {
-        let out = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-XAtc"])
-            .arg("select count(*) from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'")
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while running() != "0" {
-        assert!(
-            Instant::now() < deadline,
-            "the upstream query was left running"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
     // Statements are audited; the token and the database passwords are nowhere.
     let audit = store_query(
         dir,

@@ -192,7 +192,7 @@ async fn tcp_services_through_keyway_connect() {
     let mut back = [0u8; 10];
     open.read_exact(&mut back).unwrap();
     assert_eq!(&back, b"still here");
-    let _silent = TcpStream::connect(("127.0.0.1", tunnel_port)).unwrap();
+    let mut silent = TcpStream::connect(("127.0.0.1", tunnel_port)).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let stopping = Instant::now();
     assert!(interrupt(&mut gateway).success());
@@ -201,6 +201,14 @@ async fn tcp_services_through_keyway_connect() {
     open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let read = open.read(&mut back);
     assert!(matches!(read, Ok(0)), "the stream ended: {read:?}");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let read = silent.read(&mut back);
+    assert!(
+        matches!(read, Ok(0)),
+        "the silent connection was closed: {read:?}"
+    );
     let ends = store_query(
         dir,
         "select json_extract(detail, '$.end'), json_extract(detail, '$.bytes_in'), json_extract(detail, '$.bytes_out') \

@@ -83,6 +83,19 @@ pub struct PgProxy {
     cancels: CancelKeys,
 }
 
+/// What a client opening a connection asked for.
+enum Opening {
+    /// A session: its start-up parameters and its password (the token).
+    Login(HashMap<String, String>, String),
+    /// A `CancelRequest`'s body.
+    Cancel(Vec<u8>),
+}
+
+/// The answer to a client still logging in when the gateway stops.
+fn shutting_down() -> Refused {
+    Refused::Client("57P03", "the Keyway gateway is shutting down".into())
+}
+
 /// Why a start-up ended without a session.
 enum Refused {
     /// Say this to the client (SQLSTATE, message), then close.
@@ -181,18 +194,21 @@ impl PgProxy {
             }
             Ok(Err(Refused::Silent)) | Err(_) => return,
         };
-        let (end, busy) = self
+        let ended = self
             .relay(client, upstream, &entry, &role, peer.ip().to_canonical())
             .await;
         let target = cancel_key.and_then(CancelKey::take);
         // The upstream backend would finish a running query (a long export, a lock
         // held) before noticing its client is gone: stop it now. An idle one notices
         // at once (and a gateway stopping must not open a connection per session).
-        if end != "closed" && busy {
+        if ended.why != "closed" && ended.busy {
             if let Some(t) = target {
                 self.cancel_upstream(t.pid, t.key).await;
             }
         }
+        // Only then, with the sockets closed and the query stopped, its event: under
+        // `fail_closed` it waits for room in the audit queue, as statements do.
+        self.gw.audit.reserve_waiting().await.send(ended.event);
     }
 
     /// Start-up up to the first `ReadyForQuery`: negotiation, the client's login with
@@ -234,12 +250,7 @@ impl PgProxy {
                     SSL_REQUEST | GSSENC_REQUEST => {
                         client.write_all(b"N").await.map_err(|_| Refused::Silent)?
                     }
-                    CANCEL_REQUEST => {
-                        if self.svc.allows_source(source) {
-                            self.forward_cancel(&body).await;
-                        }
-                        return Err(Refused::Silent);
-                    }
+                    CANCEL_REQUEST => return Ok(Opening::Cancel(body)),
                     c if c >> 16 == PROTOCOL_MAJOR_3 => break (c & 0xffff, parse_params(&body)),
                     _ => {
                         return Err(Refused::Client(
@@ -282,17 +293,22 @@ impl PgProxy {
             }
             let token = String::from_utf8_lossy(body.split(|&b| b == 0).next().unwrap_or_default())
                 .into_owned();
-            Ok((params, token))
+            Ok(Opening::Login(params, token))
         };
         let (params, token) = tokio::select! {
             biased;
-            () = self.gw.stopping.cancelled() => {
-                return Err(Refused::Client(
-                    "57P03",
-                    "the Keyway gateway is shutting down".into(),
-                ))
-            }
-            hello = hello => hello?,
+            () = self.gw.stopping.cancelled() => return Err(shutting_down()),
+            hello = hello => match hello? {
+                Opening::Login(params, token) => (params, token),
+                // Forwarded whole, even while the gateway stops: its `db.cancel` is
+                // recorded with it.
+                Opening::Cancel(body) => {
+                    if self.svc.allows_source(source) {
+                        self.forward_cancel(&body).await;
+                    }
+                    return Err(Refused::Silent);
+                }
+            },
         };
         let mut ev = self.gw.event("connection.open");
         ev.service = Some(self.svc.name.clone());
@@ -324,7 +340,12 @@ impl PgProxy {
                 "Keyway cannot record this session now".into(),
             ));
         };
-        let mut upstream = match self.login_upstream(&role, &params).await {
+        let login = tokio::select! {
+            biased;
+            () = self.gw.stopping.cancelled() => Err(shutting_down()),
+            login = self.login_upstream(&role, &params) => login,
+        };
+        let mut upstream = match login {
             Ok(up) => up,
             Err(refused) => {
                 ev.decision = Some("allow".into());
@@ -583,8 +604,7 @@ impl PgProxy {
     /// Relays the session: upstream bytes as they are; client frames read for the
     /// audit on the way through. Ends on the upstream's close, revocation, expiry, a
     /// reload it no longer fits, or the gateway stopping; those win over bytes ready to
-    /// go either way. Returns why it ended, and whether the upstream was still to
-    /// answer a query then.
+    /// go either way. Returns how it ended; both connections are closed by then.
     async fn relay(
         &self,
         client: Box<dyn Io>,
@@ -592,7 +612,7 @@ impl PgProxy {
         entry: &Arc<Entry>,
         role: &str,
         source: std::net::IpAddr,
-    ) -> (&'static str, bool) {
+    ) -> Ended {
         let mut session = crate::reload::Session::new(&self.svc, entry, source);
         let user = self.pg.roles.get(role).map(|r| r.user.clone());
         session.role = Some((role.to_owned(), user.unwrap_or_default()));
@@ -611,7 +631,7 @@ impl PgProxy {
         let started = Instant::now();
         let mut framing = Framing::default();
         let bytes_in = std::sync::atomic::AtomicU64::new(0);
-        let syncs = std::sync::atomic::AtomicU64::new(0);
+        let syncs = Syncs::default();
         let end = {
             let down = upstream_to_client(&mut up_r, &mut client_w, &mut framing);
             let up = client_to_upstream(&mut client_r, &mut up_w, &audit, &bytes_in, &syncs);
@@ -656,10 +676,11 @@ impl PgProxy {
             "bytes_out": framing.bytes,
             "duration_ms": started.elapsed().as_millis() as u64,
         });
-        // The end of an allowed session: waited for under `fail_closed`, like its start.
-        self.gw.audit.reserve_waiting().await.send(ev);
-        let busy = syncs.load(std::sync::atomic::Ordering::Relaxed) > framing.readies;
-        (end, busy)
+        Ended {
+            why: end,
+            busy: syncs.awaiting(framing.readies),
+            event: ev,
+        }
     }
 
     /// A `CancelRequest` with one of our keys: forwarded with the upstream's, only
@@ -798,6 +819,48 @@ impl Capture {
     }
 }
 
+/// How a session ended: why, whether a query was running upstream, and its
+/// `connection.close` event.
+struct Ended {
+    why: &'static str,
+    busy: bool,
+    event: keyway_store::AuditEvent,
+}
+
+/// What the client asked of the upstream, to tell whether a query is running when
+/// the session ends: the frames the upstream answers with `ReadyForQuery` (`Q`, `S`,
+/// `F`), and an `Execute` not yet followed by a `Sync` (a pipeline's `Flush`
+/// fetches results without one). It errs towards busy (a `Sync` inside COPY, a query
+/// the upstream skips after an error): a cancel to an idle backend does nothing.
+#[derive(Default)]
+struct Syncs {
+    sent: std::sync::atomic::AtomicU64,
+    execute_unsynced: std::sync::atomic::AtomicBool,
+}
+
+impl Syncs {
+    fn sent(&self, kind: u8) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match kind {
+            b'Q' | b'F' => {
+                self.sent.fetch_add(1, Relaxed);
+            }
+            b'S' => {
+                self.sent.fetch_add(1, Relaxed);
+                self.execute_unsynced.store(false, Relaxed);
+            }
+            b'E' => self.execute_unsynced.store(true, Relaxed),
+            _ => {}
+        }
+    }
+
+    /// Whether the upstream still owes an answer, given the `ReadyForQuery`s it sent.
+    fn awaiting(&self, readies: u64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.sent.load(Relaxed) > readies || self.execute_unsynced.load(Relaxed)
+    }
+}
+
 /// Where the upstream-to-client byte stream stands in the message framing, so a
 /// closing `ErrorResponse` is never put inside another message.
 #[derive(Default)]
@@ -866,14 +929,12 @@ where
 /// Client frames to the upstream, as they are, in batches: a frame is flushed when no
 /// whole frame is waiting behind it. `Q`, `P` and `F` are read for the audit on the
 /// way; under `fail_closed` a frame waits for its audit event's place before it goes.
-/// `syncs` counts the frames the upstream answers with `ReadyForQuery` (`Q`, `S`,
-/// `F`).
 async fn client_to_upstream<R, W>(
     r: &mut R,
     w: &mut W,
     audit: &StatementAudit,
     bytes: &std::sync::atomic::AtomicU64,
-    syncs: &std::sync::atomic::AtomicU64,
+    syncs: &Syncs,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -892,9 +953,7 @@ async fn client_to_upstream<R, W>(
             break;
         }
         bytes.fetch_add(len as u64 + 1, std::sync::atomic::Ordering::Relaxed);
-        if matches!(kind, b'Q' | b'S' | b'F') {
-            syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        syncs.sent(kind);
         let audited = matches!(kind, b'Q' | b'P' | b'F');
         let reservation = if audited {
             Some(audit.gw.audit.reserve_waiting().await)
@@ -1026,6 +1085,43 @@ fn error_text(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `ReadyForQuery`s a stream of upstream messages carries, as the relay
+    /// counts them.
+    fn readies(kinds: &[u8]) -> u64 {
+        let mut f = Framing::default();
+        for &k in kinds {
+            f.advance(&frame(k, b"x"));
+        }
+        f.readies
+    }
+
+    #[test]
+    fn a_query_is_running_until_its_ready_for_query() {
+        let busy = |client: &[u8], upstream: &[u8]| {
+            let s = Syncs::default();
+            client.iter().for_each(|&k| s.sent(k));
+            s.awaiting(readies(upstream))
+        };
+        // Simple query: running until its Z.
+        assert!(busy(b"Q", b""));
+        assert!(busy(b"Q", b"TD"));
+        assert!(!busy(b"Q", b"TDCZ"));
+        // Two pipelined: the first Z does not end the second.
+        assert!(busy(b"QQ", b"CZ"));
+        assert!(!busy(b"QQ", b"CZCZ"));
+        // Extended: Parse, Bind, Execute, Sync.
+        assert!(busy(b"PBES", b"12"));
+        assert!(!busy(b"PBES", b"12DCZ"));
+        // Execute and Flush without Sync: results come, no Z, still counted busy.
+        assert!(busy(b"PBEH", b"12DC"));
+        // A function call; COPY FROM STDIN ended by CopyDone.
+        assert!(!busy(b"F", b"VZ"));
+        assert!(!busy(b"Qdc", b"GCZ"));
+        // Idle, and Terminate.
+        assert!(!busy(b"", b""));
+        assert!(!busy(b"X", b""));
+    }
 
     #[test]
     fn error_responses_and_params() {
