@@ -39,6 +39,7 @@ pub mod index;
 pub mod listener;
 pub mod portscan;
 pub mod proxy;
+mod relay;
 pub mod reload;
 pub mod report;
 pub mod telemetry;

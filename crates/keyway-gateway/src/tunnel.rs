@@ -9,9 +9,7 @@
 //! the gateway stops.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use keyway_core::config::ServiceKind;
@@ -209,7 +207,7 @@ async fn open_stream(
     let _active = gw.metrics.session(service.as_deref().unwrap_or_default());
     let started = Instant::now();
     let end = crate::reload::session_end(gw, entry, session);
-    let (ended, bytes) = relay(tls, Counted::new(upstream), end).await;
+    let (ended, bytes) = crate::relay::relay(tls, upstream, end).await;
     let mut close = gw.event("connection.close");
     close.service = service;
     close.token_id = token_id;
@@ -264,82 +262,6 @@ fn decide(
     // The session's upstream and agent are the service's, as they are now.
     let session = crate::reload::Session::new(svc, &entry, source);
     Ok((entry, tcp.connect_timeout, session))
-}
-
-/// Carries bytes both ways until either side ends or the session must
-/// ([`crate::reload::session_end`]: revoked, expired, no longer fitting, the gateway
-/// stopping). Returns why it ended and the bytes (written to the upstream, read from
-/// it), counted as they go, so that a stream cut short reports them too.
-async fn relay<C>(
-    mut client: C,
-    mut upstream: Counted<Box<dyn crate::Stream>>,
-    end: impl std::future::Future<Output = &'static str>,
-) -> (&'static str, (u64, u64))
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
-    // Biased: the session's end wins over bytes that are ready to go.
-    let why = tokio::select! {
-        biased;
-        why = end => why,
-        r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, keyway_core::tunnel::RELAY_BUFFER, keyway_core::tunnel::RELAY_BUFFER) => match r {
-            Ok(_) => "closed",
-            Err(_) => "error",
-        },
-    };
-    (why, (upstream.written, upstream.read))
-}
-
-/// A stream that counts the bytes read from it and written to it.
-struct Counted<S> {
-    inner: S,
-    read: u64,
-    written: u64,
-}
-
-impl<S> Counted<S> {
-    fn new(inner: S) -> Self {
-        Self {
-            inner,
-            read: 0,
-            written: 0,
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.read += (buf.filled().len() - before) as u64;
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.written += n as u64;
-        }
-        r
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 /// The client side: opens one tunnel stream to `service` through the gateway at

@@ -171,6 +171,26 @@ async fn a_websocket_passes_through_and_revocation_cuts_it() {
     let took = revoked.elapsed();
     eprintln!("cut after {took:?}");
     assert!(took <= CUT_WITHIN, "cut after {took:?}");
+    // Its end is audited like a tunnel stream's: why, and the bytes of the frames.
+    let mut close = None;
+    for _ in 0..50 {
+        close = gw
+            .audit()
+            .await
+            .into_iter()
+            .find(|e| e.event.kind == "connection.close");
+        if close.is_some() {
+            break;
+        }
+    }
+    let close = close.expect("a connection.close for the WebSocket").event;
+    assert_eq!(close.token_id.as_deref(), Some(id.as_str()));
+    assert_eq!(close.service.as_deref(), Some("billing"));
+    assert_eq!(close.detail["end"], "revoked");
+    assert_eq!(close.detail["upgrade"], "websocket");
+    // "hello" both ways: a masked client frame of 11 bytes, an unmasked one of 7.
+    assert_eq!(close.detail["bytes_in"], 11);
+    assert_eq!(close.detail["bytes_out"], 7);
     gw.stop().await;
 }
 

@@ -429,8 +429,8 @@ impl HttpProxy {
 
     /// Carries an upgraded connection (a WebSocket) both ways until either side
     /// closes, the token is revoked or expires, a reload leaves it outside the
-    /// service, or the gateway stops. Its request was audited; its end is only
-    /// logged (debug).
+    /// service, or the gateway stops; then audits its end (`connection.close`, as a
+    /// tunnel stream's).
     fn bridge_upgraded(
         &self,
         client: hyper::upgrade::OnUpgrade,
@@ -441,6 +441,7 @@ impl HttpProxy {
         let ended = self.ended(entry.clone(), source);
         let service = self.svc.name.clone();
         let active = self.gw.metrics.session(&service);
+        let gw = self.gw.clone();
         self.gw.sessions.spawn(async move {
             let _active = active;
             let (client, upstream) = match tokio::join!(client, upstream) {
@@ -450,17 +451,22 @@ impl HttpProxy {
                     return;
                 }
             };
-            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-            tokio::select! {
-                r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, keyway_core::tunnel::RELAY_BUFFER, keyway_core::tunnel::RELAY_BUFFER) => {
-                    if let Err(e) = r {
-                        tracing::debug!(service = %service, error = %e, "upgraded connection ended with an error");
-                    }
-                }
-                why = ended => {
-                    tracing::debug!(service = %service, token_id = %entry.id(), why, "upgraded connection cut");
-                }
-            }
+            let started = Instant::now();
+            let (why, bytes) =
+                crate::relay::relay(TokioIo::new(client), TokioIo::new(upstream), ended).await;
+            let mut close = gw.event("connection.close");
+            close.service = Some(service);
+            close.token_id = Some(entry.id().to_owned());
+            close.principal = Some(entry.record.principal.clone());
+            close.source = Some(source.to_string());
+            close.detail = serde_json::json!({
+                "end": why,
+                "upgrade": "websocket",
+                "bytes_in": bytes.0,
+                "bytes_out": bytes.1,
+                "duration_ms": started.elapsed().as_millis() as u64,
+            });
+            gw.audit.reserve_waiting().await.send(close);
         });
     }
 

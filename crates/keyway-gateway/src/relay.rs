@@ -1,0 +1,89 @@
+//! Bytes both ways between a client and an upstream, for the sessions that are
+//! streams: `keyway connect`'s tunnel streams and upgraded HTTP connections
+//! (WebSockets). Backpressure and half-close are tokio's (`copy_bidirectional`); the
+//! session's end (revocation, expiry, a reload, the gateway stopping) wins over bytes
+//! ready to go, and the bytes are counted as they pass, so that a stream cut short
+//! reports them too.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Carries bytes both ways until either side ends or the session must
+/// ([`crate::reload::session_end`]: revoked, expired, no longer fitting, the gateway
+/// stopping). Returns why it ended and the bytes (written to the upstream, read from
+/// it), counted as they go, so that a stream cut short reports them too.
+pub(crate) async fn relay<C, U>(
+    mut client: C,
+    upstream: U,
+    end: impl std::future::Future<Output = &'static str>,
+) -> (&'static str, (u64, u64))
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut upstream = Counted::new(upstream);
+    // Biased: the session's end wins over bytes that are ready to go.
+    let why = tokio::select! {
+        biased;
+        why = end => why,
+        r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, keyway_core::tunnel::RELAY_BUFFER, keyway_core::tunnel::RELAY_BUFFER) => match r {
+            Ok(_) => "closed",
+            Err(_) => "error",
+        },
+    };
+    (why, (upstream.written, upstream.read))
+}
+
+/// A stream that counts the bytes read from it and written to it.
+struct Counted<S> {
+    inner: S,
+    read: u64,
+    written: u64,
+}
+
+impl<S> Counted<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            read: 0,
+            written: 0,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read += (buf.filled().len() - before) as u64;
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.written += n as u64;
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
