@@ -3,18 +3,55 @@
 //! (WebSockets). Backpressure and half-close are tokio's (`copy_bidirectional`); the
 //! session's end (revocation, expiry, a reload, the gateway stopping) wins over bytes
 //! ready to go, and the bytes are counted as they pass, so that a stream cut short
-//! reports them too.
+//! reports them too. Each such session ends with one `connection.close`.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
+use keyway_store::AuditEvent;
 use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::Gateway;
+
+/// A stream session from its first byte to its audited end: [`relay`], then `close`
+/// (a `connection.close` with who and where filled in, and anything else in its
+/// detail), dated at the end, with why it ended, the bytes both ways and how long it
+/// lasted added to its detail. Under `fail_closed` the event waits for room in the
+/// audit queue, as a database statement does.
+pub(crate) async fn relay_audited<C, U>(
+    gw: &Gateway,
+    client: C,
+    upstream: U,
+    end: impl std::future::Future<Output = &'static str>,
+    mut close: AuditEvent,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let (why, (bytes_in, bytes_out)) = relay(client, upstream, end).await;
+    let mut detail = match close.detail.take() {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    detail.insert("end".into(), why.into());
+    detail.insert("bytes_in".into(), bytes_in.into());
+    detail.insert("bytes_out".into(), bytes_out.into());
+    detail.insert(
+        "duration_ms".into(),
+        (started.elapsed().as_millis() as u64).into(),
+    );
+    close.at = gw.now();
+    close.detail = detail.into();
+    gw.audit.reserve_waiting().await.send(close);
+}
 
 /// Carries bytes both ways until either side ends or the session must
 /// ([`crate::reload::session_end`]: revoked, expired, no longer fitting, the gateway
 /// stopping). Returns why it ended and the bytes (written to the upstream, read from
 /// it), counted as they go, so that a stream cut short reports them too.
-pub(crate) async fn relay<C, U>(
+async fn relay<C, U>(
     mut client: C,
     upstream: U,
     end: impl std::future::Future<Output = &'static str>,

@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keyway_core::config::ServiceKind;
 use keyway_core::tunnel::{self, FrameError, Hello, Open, Reply};
@@ -205,23 +205,13 @@ async fn open_stream(
     reply(&mut tls, None, None).await;
 
     let _active = gw.metrics.session(service.as_deref().unwrap_or_default());
-    let started = Instant::now();
-    let end = crate::reload::session_end(gw, entry, session);
-    let (ended, bytes) = crate::relay::relay(tls, upstream, end).await;
     let mut close = gw.event("connection.close");
     close.service = service;
     close.token_id = token_id;
     close.principal = principal;
     close.source = Some(source.to_string());
-    close.detail = json!({
-        "end": ended,
-        "bytes_in": bytes.0,
-        "bytes_out": bytes.1,
-        "duration_ms": started.elapsed().as_millis() as u64,
-    });
-    // Under `fail_closed` the end of a stream waits for room in the audit queue,
-    // as a database statement does.
-    gw.audit.reserve_waiting().await.send(close);
+    let end = crate::reload::session_end(gw, entry, session);
+    crate::relay::relay_audited(gw, tls, upstream, end, close).await;
 }
 
 /// Every check, as for HTTP: token, service, source, lineage, certificate.

@@ -451,22 +451,14 @@ impl HttpProxy {
                     return;
                 }
             };
-            let started = Instant::now();
-            let (why, bytes) =
-                crate::relay::relay(TokioIo::new(client), TokioIo::new(upstream), ended).await;
             let mut close = gw.event("connection.close");
             close.service = Some(service);
             close.token_id = Some(entry.id().to_owned());
             close.principal = Some(entry.record.principal.clone());
             close.source = Some(source.to_string());
-            close.detail = serde_json::json!({
-                "end": why,
-                "upgrade": "websocket",
-                "bytes_in": bytes.0,
-                "bytes_out": bytes.1,
-                "duration_ms": started.elapsed().as_millis() as u64,
-            });
-            gw.audit.reserve_waiting().await.send(close);
+            close.detail = serde_json::json!({ "upgrade": "websocket" });
+            let (client, upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+            crate::relay::relay_audited(&gw, client, upstream, ended, close).await;
         });
     }
 
