@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn psql_admin(sql: &str) {
+/// `sql` run directly on the machine's PostgreSQL as `postgres`; its rows, unaligned.
+fn psql_admin(sql: &str) -> String {
     let out = Command::new("psql")
         .args([
             "-h",
@@ -25,7 +26,7 @@ fn psql_admin(sql: &str) {
             "test",
             "-v",
             "ON_ERROR_STOP=1",
-            "-qc",
+            "-XAtqc",
             sql,
         ])
         .output()
@@ -35,6 +36,7 @@ fn psql_admin(sql: &str) {
         "{sql}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// `psql` through the gateway with `token` as the password.
@@ -245,12 +247,10 @@ async fn psql_through_the_gateway() {
     let running = |n: &str| {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let out = Command::new("psql")
-                .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-XAtc"])
-                .arg("select count(*) from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'")
-                .output()
-                .unwrap();
-            if String::from_utf8_lossy(&out.stdout).trim() == n {
+            let count = psql_admin(
+                "select count(*) from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'",
+            );
+            if count == n {
                 return true;
             }
             if Instant::now() > deadline {
