@@ -20,7 +20,7 @@
 //! was running, if any.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -85,8 +85,14 @@ pub struct PgProxy {
 
 /// What a client opening a connection asked for.
 enum Opening {
-    /// A session: its start-up parameters and its password (the token).
-    Login(HashMap<String, String>, String),
+    /// A session: its start-up parameters, its password (the token), and whether
+    /// it came over TLS, with the thumbprint of the certificate it showed.
+    Login {
+        params: HashMap<String, String>,
+        token: String,
+        tls: bool,
+        cert: Option<String>,
+    },
     /// A `CancelRequest`'s body.
     Cancel(Vec<u8>),
 }
@@ -211,6 +217,89 @@ impl PgProxy {
         self.gw.audit.reserve_waiting().await.send(ended.event);
     }
 
+    /// The client's part of start-up, up to its password: encryption, the start-up
+    /// packet, protocol negotiation, the password asked for and read. The client
+    /// sets its pace; [`Self::start`] races it against the gateway's stop.
+    async fn hello(&self, client: &mut Box<dyn Io>, source: IpAddr) -> Result<Opening, Refused> {
+        let mut is_tls = false;
+        let mut cert = None;
+        let (minor, params) = loop {
+            let (code, body) = read_startup(client).await.ok_or(Refused::Silent)?;
+            match code {
+                SSL_REQUEST | GSSENC_REQUEST if is_tls => {
+                    return Err(Refused::Client(
+                        "08P01",
+                        "encryption requested inside TLS".into(),
+                    ))
+                }
+                SSL_REQUEST if self.tls.is_some() => {
+                    client.write_all(b"S").await.map_err(|_| Refused::Silent)?;
+                    let acceptor = self.tls.clone().ok_or(Refused::Silent)?;
+                    let plain = std::mem::replace(client, Box::new(tokio::io::duplex(1).0));
+                    let tls = acceptor.accept(plain).await.map_err(|_| Refused::Silent)?;
+                    cert = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| crate::tls::thumbprint(c.as_ref()));
+                    *client = Box::new(tls);
+                    is_tls = true;
+                }
+                SSL_REQUEST | GSSENC_REQUEST => {
+                    client.write_all(b"N").await.map_err(|_| Refused::Silent)?
+                }
+                CANCEL_REQUEST => return Ok(Opening::Cancel(body)),
+                c if c >> 16 == PROTOCOL_MAJOR_3 => break (c & 0xffff, parse_params(&body)),
+                _ => {
+                    return Err(Refused::Client(
+                        "08P01",
+                        "unsupported frontend protocol".into(),
+                    ))
+                }
+            }
+        };
+        if !is_tls && !source.is_loopback() && !self.pg.allow_plaintext {
+            return Err(Refused::Client(
+                "28000",
+                "Keyway requires TLS for this database from beyond loopback (sslmode=require)"
+                    .into(),
+            ));
+        }
+
+        // A newer 3.x minor version or `_pq_.` options: say what we speak (3.0, none).
+        let unknown: Vec<&String> = params.keys().filter(|k| k.starts_with("_pq_.")).collect();
+        if minor > 0 || !unknown.is_empty() {
+            client
+                .write_all(&negotiate_protocol_version(&unknown))
+                .await
+                .map_err(|_| Refused::Silent)?;
+        }
+
+        // The client's login: its token as the password.
+        client
+            .write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3])
+            .await
+            .map_err(|_| Refused::Silent)?;
+        let (kind, body) = read_message(client, MAX_AUTH_MESSAGE)
+            .await
+            .ok_or(Refused::Silent)?;
+        if kind != b'p' {
+            return Err(Refused::Client(
+                "08P01",
+                "expected a password message".into(),
+            ));
+        }
+        let token = String::from_utf8_lossy(body.split(|&b| b == 0).next().unwrap_or_default())
+            .into_owned();
+        Ok(Opening::Login {
+            params,
+            token,
+            tls: is_tls,
+            cert,
+        })
+    }
+
     /// Start-up up to the first `ReadyForQuery`: negotiation, the client's login with
     /// its token, the upstream login as the mapped role, key data.
     async fn start(
@@ -218,88 +307,14 @@ impl PgProxy {
         client: &mut Box<dyn Io>,
         peer: SocketAddr,
     ) -> Result<(Box<dyn Io>, Arc<Entry>, String, Option<CancelKey<'_>>), Refused> {
-        let mut is_tls = false;
-        let mut cert = None;
         let source = peer.ip().to_canonical();
-        // Up to the client's password, the client sets the pace: a session that has
-        // not got that far when the gateway stops is told so and not waited for.
-        let hello = async {
-            let (minor, params) = loop {
-                let (code, body) = read_startup(client).await.ok_or(Refused::Silent)?;
-                match code {
-                    SSL_REQUEST | GSSENC_REQUEST if is_tls => {
-                        return Err(Refused::Client(
-                            "08P01",
-                            "encryption requested inside TLS".into(),
-                        ))
-                    }
-                    SSL_REQUEST if self.tls.is_some() => {
-                        client.write_all(b"S").await.map_err(|_| Refused::Silent)?;
-                        let acceptor = self.tls.clone().ok_or(Refused::Silent)?;
-                        let plain = std::mem::replace(client, Box::new(tokio::io::duplex(1).0));
-                        let tls = acceptor.accept(plain).await.map_err(|_| Refused::Silent)?;
-                        cert = tls
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .map(|c| crate::tls::thumbprint(c.as_ref()));
-                        *client = Box::new(tls);
-                        is_tls = true;
-                    }
-                    SSL_REQUEST | GSSENC_REQUEST => {
-                        client.write_all(b"N").await.map_err(|_| Refused::Silent)?
-                    }
-                    CANCEL_REQUEST => return Ok(Opening::Cancel(body)),
-                    c if c >> 16 == PROTOCOL_MAJOR_3 => break (c & 0xffff, parse_params(&body)),
-                    _ => {
-                        return Err(Refused::Client(
-                            "08P01",
-                            "unsupported frontend protocol".into(),
-                        ))
-                    }
-                }
-            };
-            if !is_tls && !source.is_loopback() && !self.pg.allow_plaintext {
-                return Err(Refused::Client(
-                    "28000",
-                    "Keyway requires TLS for this database from beyond loopback (sslmode=require)"
-                        .into(),
-                ));
-            }
-
-            // A newer 3.x minor version or `_pq_.` options: say what we speak (3.0, none).
-            let unknown: Vec<&String> = params.keys().filter(|k| k.starts_with("_pq_.")).collect();
-            if minor > 0 || !unknown.is_empty() {
-                client
-                    .write_all(&negotiate_protocol_version(&unknown))
-                    .await
-                    .map_err(|_| Refused::Silent)?;
-            }
-
-            // The client's login: its token as the password.
-            client
-                .write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3])
-                .await
-                .map_err(|_| Refused::Silent)?;
-            let (kind, body) = read_message(client, MAX_AUTH_MESSAGE)
-                .await
-                .ok_or(Refused::Silent)?;
-            if kind != b'p' {
-                return Err(Refused::Client(
-                    "08P01",
-                    "expected a password message".into(),
-                ));
-            }
-            let token = String::from_utf8_lossy(body.split(|&b| b == 0).next().unwrap_or_default())
-                .into_owned();
-            Ok(Opening::Login(params, token))
-        };
-        let (params, token) = tokio::select! {
+        // A session that has not got as far as its password when the gateway stops
+        // is told so and not waited for.
+        let (params, token, is_tls, cert) = tokio::select! {
             biased;
             () = self.gw.stopping.cancelled() => return Err(shutting_down()),
-            hello = hello => match hello? {
-                Opening::Login(params, token) => (params, token),
+            hello = self.hello(client, source) => match hello? {
+                Opening::Login { params, token, tls, cert } => (params, token, tls, cert),
                 // Forwarded whole, even while the gateway stops: its `db.cancel` is
                 // recorded with it.
                 Opening::Cancel(body) => {
