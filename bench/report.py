@@ -53,7 +53,7 @@ if targets("http"):
     print("| target | req/s | p50 ms | p99 ms | p99.9 ms | vs direct | vs nginx | vs HAProxy | errors |")
     print("|---|---|---|---|---|---|---|---|---|")
     direct, nginx, haproxy = (med("http", t, "rps") for t in ("direct", "nginx", "haproxy"))
-    for t in ("direct", "keyway", "nginx", "haproxy"):
+    for t in ("direct", "keyway", "nginx", "haproxy", "hyper-floor"):
         rps = med("http", t, "rps")
         if rps is None:
             continue
@@ -64,6 +64,10 @@ if targets("http"):
     kw, best = med("http", "keyway", "rps"), max(nginx or 0, haproxy or 0)
     if kw and best:
         print(f"\nKeyway / better of nginx and HAProxy: **{kw / best:.2f}×** (goal ≥ 1.20×).")
+    floor = med("http", "hyper-floor", "rps")
+    if kw and floor and best:
+        print(f"The floor (a bare hyper proxy with the peers' check, no Keyway): "
+              f"{floor / best:.2f}× the better peer; Keyway is {kw / floor:.2f}× the floor.")
     rss = med("http", "keyway", "rss_kib")
     if rss:
         print(f"Keyway's resident memory after the HTTP runs: {rss / 1024:.0f} MiB.")

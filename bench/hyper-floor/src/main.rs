@@ -1,0 +1,130 @@
+//! The floor under Keyway's HTTP proxy, for `bench/run`: the same crates Keyway
+//! proxies with (hyper's HTTP/1 server, hyper-util's pooled keep-alive client,
+//! tokio's current-thread scheduler, `TCP_NODELAY` both ways) and the check nginx and
+//! HAProxy are given in the suite (one `Authorization` header compared with a fixed
+//! string), and nothing else: no token index, grant, rate limit, header rewriting or
+//! audit trail. Keyway cannot be faster than this; how far it is from it is the cost
+//! of what Keyway does per request, and how far this is from nginx is the cost of the
+//! stack. Not part of Keyway.
+//!
+//!     keyway-bench-floor LISTEN UPSTREAM AUTHORIZATION
+//!     keyway-bench-floor 127.0.0.1:8080 127.0.0.1:9000 "Bearer abc"
+
+#![forbid(unsafe_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [listen, upstream, authorization] = args.as_slice() else {
+        eprintln!("usage: keyway-bench-floor LISTEN UPSTREAM AUTHORIZATION");
+        return ExitCode::from(2);
+    };
+    let (Ok(listen), Ok(upstream)) = (listen.parse::<SocketAddr>(), upstream.parse::<SocketAddr>())
+    else {
+        eprintln!("LISTEN and UPSTREAM are ip:port");
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("no runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(listen, upstream, authorization.clone())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    authorization: String,
+) -> std::io::Result<()> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_max_idle_per_host(256)
+        .build(connector);
+    let authorization: std::sync::Arc<str> = authorization.into();
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (client, authorization) = (client.clone(), authorization.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let (client, authorization) = (client.clone(), authorization.clone());
+                async move { Ok::<_, Infallible>(forward(&client, upstream, &authorization, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn forward(
+    client: &Client<HttpConnector, Incoming>,
+    upstream: SocketAddr,
+    authorization: &str,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let allowed = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes() == authorization.as_bytes());
+    if !allowed {
+        return plain(StatusCode::UNAUTHORIZED);
+    }
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let Ok(uri) = Uri::builder()
+        .scheme("http")
+        .authority(upstream.to_string())
+        .path_and_query(pq)
+        .build()
+    else {
+        return plain(StatusCode::BAD_REQUEST);
+    };
+    *req.uri_mut() = uri;
+    match client.request(req).await {
+        Ok(resp) => resp.map(BodyExt::boxed_unsync),
+        Err(_) => plain(StatusCode::BAD_GATEWAY),
+    }
+}
+
+fn plain(status: StatusCode) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from_static(b"\n"))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    resp
+}
