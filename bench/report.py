@@ -103,6 +103,13 @@ if targets("tcp"):
             continue
         print(f"| {t} | {cell('tcp', t, 'gbits', '{:.2f}')} | {ratio(g, d)} | {ratio(g, so)} "
               f"| {ratio(g, rh)} | {cell('tcp', t, 'rtt_per_s')} | {ratio(med('tcp', t, 'rtt_per_s'), rd)} |")
+    kw, agent, chain = (med("tcp", t, "gbits") for t in ("keyway", "keyway-agent", "socat-64k-chain"))
+    print(f"\nKeyway's tunnel / socat: **{ratio(kw, so)}** (goal ≥ 1×), / rathole TLS: "
+          f"**{ratio(kw, rh)}** (goal ≥ 2×); through an agent / rathole TLS: **{ratio(agent, rh)}** "
+          "(goal ≥ 1.5×).")
+    if kw and chain:
+        print(f"The tunnel / two chained socats with 64 KiB buffers (its three TCP connections, "
+              f"without TLS): {ratio(kw, chain)}.")
     print()
 
 if targets("pg"):
