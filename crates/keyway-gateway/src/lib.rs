@@ -234,6 +234,25 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
         let listener = ports.remove(name).map(Arc::new);
         services.start(svc.clone(), listener, listeners.tls.get(name).cloned());
     }
+    // The token endpoint's and the tunnel's TLS: a reload loads their certificate
+    // files again when they are renewed in place (not the local CA's tunnel
+    // certificate, which has no files to renew).
+    let token_tls = listeners
+        .tls
+        .get(TOKEN_LISTENER)
+        .cloned()
+        .map(tls::Renewable::new);
+    let tunnel_tls = listeners
+        .tls
+        .get(TUNNEL_LISTENER)
+        .cloned()
+        .map(tls::Renewable::new);
+    if let Some(t) = &token_tls {
+        services.renew_own_tls("token_tls", tls::alpn::HTTP, t.clone());
+    }
+    if let Some(t) = &tunnel_tls {
+        services.renew_own_tls("tunnel_tls", tls::alpn::TUNNEL, t.clone());
+    }
     tasks.spawn(services.run());
     // The admin API and the token endpoint: small JSON APIs, bounded like the rest.
     let limits = listener::Limits {
@@ -260,21 +279,17 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
     ));
     if let Some(token) = listeners.token {
         let api = with_conn(token_api::router(gw.clone()));
-        let tls = listeners.tls.get(TOKEN_LISTENER).cloned();
         tasks.spawn(listener::serve_http1(
             gw.clone(),
             "token",
             Arc::new(token),
             limits,
-            tls,
+            token_tls,
             shutdown.clone(),
             api,
         ));
     }
-    if let (Some(l), Some(acceptor)) = (
-        listeners.tunnel,
-        listeners.tls.get(TUNNEL_LISTENER).cloned(),
-    ) {
+    if let (Some(l), Some(acceptor)) = (listeners.tunnel, tunnel_tls) {
         tasks.spawn(tunnel::serve(
             gw.clone(),
             l,

@@ -13,7 +13,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -72,7 +71,7 @@ pub async fn serve_http1<S, F>(
     name: &str,
     listener: Arc<TcpListener>,
     limits: Limits,
-    tls: Option<TlsAcceptor>,
+    tls: Option<crate::tls::Renewable>,
     shutdown: CancellationToken,
     make: F,
 ) where
@@ -109,7 +108,7 @@ pub async fn serve_http1<S, F>(
                 });
             }
             Some(acceptor) => {
-                let acceptor = acceptor.clone();
+                let acceptor = acceptor.current();
                 tracker.spawn(async move {
                     // The handshake is bounded like the header block.
                     let accepted =

@@ -201,6 +201,8 @@ pub enum ApplyError {
     },
     #[error("service `{service}`: {why}; nothing was applied")]
     Tls { service: String, why: String },
+    #[error("`{key}`: {why}; nothing was applied")]
+    OwnTls { key: &'static str, why: String },
     #[error("the gateway is shutting down")]
     Stopped,
     #[error("the audit log cannot record the change; nothing was applied")]
@@ -261,29 +263,36 @@ struct Running {
     tls_files: Option<[u8; 32]>,
 }
 
+/// One of the gateway's own TLS listeners (the token endpoint; the tunnel with
+/// `tunnel_tls`). Its address and paths change only with a restart, but its
+/// certificate files renewed in place are loaded by a reload.
+struct OwnTls {
+    /// Its setting: `token_tls` or `tunnel_tls`.
+    key: &'static str,
+    alpn: &'static [u8],
+    acceptor: crate::tls::Renewable,
+    /// SHA-256 over its files as loaded.
+    files: Option<[u8; 32]>,
+}
+
+/// The setting `key` of [`OwnTls`] in `config`.
+fn own_tls<'a>(config: &'a Config, key: &str) -> Option<&'a keyway_core::config::TlsConfig> {
+    match key {
+        "token_tls" => config.token_tls.as_ref(),
+        "tunnel_tls" => config.tunnel_tls.as_ref(),
+        _ => None,
+    }
+}
+
 /// The services of a running gateway, and the task that changes them.
 pub(crate) struct Services {
     gw: Arc<Gateway>,
     running: BTreeMap<String, Running>,
+    own_tls: Vec<OwnTls>,
     /// Cancel keys of each PostgreSQL service's sessions, kept across its proxies.
     cancels: HashMap<String, proxy::postgres::CancelKeys>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
-}
-
-/// SHA-256 over a listener's TLS files, or None when one cannot be read (binding it
-/// then fails with the reason).
-fn tls_files(t: &keyway_core::config::TlsConfig) -> Option<[u8; 32]> {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    for path in [Some(&t.cert), Some(&t.key), t.client_ca.as_ref()]
-        .into_iter()
-        .flatten()
-    {
-        h.update(std::fs::read(path).ok()?);
-        h.update([0]);
-    }
-    Some(h.finalize().into())
 }
 
 impl Services {
@@ -291,6 +300,7 @@ impl Services {
         Self {
             gw,
             running: BTreeMap::new(),
+            own_tls: Vec::new(),
             cancels: HashMap::new(),
             tasks: TaskTracker::new(),
             shutdown,
@@ -317,7 +327,7 @@ impl Services {
                 self.tasks.spawn(http.serve(l, tls, stop.clone()));
             }
         }
-        let tls_files = svc.tls.as_ref().and_then(tls_files);
+        let tls_files = svc.tls.as_ref().and_then(crate::tls::files_digest);
         self.running.insert(
             svc.name.clone(),
             Running {
@@ -327,6 +337,23 @@ impl Services {
                 tls_files,
             },
         );
+    }
+
+    /// Hands the TLS of one of the gateway's own listeners (setting `key`, speaking
+    /// `alpn`) to the reloads, which renew it when its files change.
+    pub(crate) fn renew_own_tls(
+        &mut self,
+        key: &'static str,
+        alpn: &'static [u8],
+        acceptor: crate::tls::Renewable,
+    ) {
+        let files = own_tls(&self.gw.config(), key).and_then(crate::tls::files_digest);
+        self.own_tls.push(OwnTls {
+            key,
+            alpn,
+            acceptor,
+            files,
+        });
     }
 
     /// Takes reload requests until shutdown, then waits for the services to drain.
@@ -378,7 +405,7 @@ impl Services {
                 .changes
                 .iter()
                 .any(|c| c.section == "service" && &c.name == name);
-            if !listed && tls_files(t).is_some_and(|now| now != before) {
+            if !listed && crate::tls::files_digest(t).is_some_and(|now| now != before) {
                 plan.changes.push(plan::Change {
                     op: Op::Change,
                     section: "service".into(),
@@ -390,6 +417,30 @@ impl Services {
                     }],
                     restart: false,
                 });
+            }
+        }
+        // The same for the gateway's own listeners, whose paths only a restart
+        // changes (the plan says so when they differ).
+        let mut renewing = Vec::new();
+        for (i, own) in self.own_tls.iter().enumerate() {
+            let (Some(before), Some(t)) = (own.files, own_tls(&new, own.key)) else {
+                continue;
+            };
+            if own_tls(&old, own.key) == Some(t)
+                && crate::tls::files_digest(t).is_some_and(|now| now != before)
+            {
+                plan.changes.push(plan::Change {
+                    op: Op::Change,
+                    section: "setting".into(),
+                    name: own.key.into(),
+                    fields: vec![plan::Field {
+                        key: own.key.into(),
+                        before: Some("(certificate files as loaded)".into()),
+                        after: Some("(certificate files renewed)".into()),
+                    }],
+                    restart: false,
+                });
+                renewing.push(i);
             }
         }
         let mut outcome = Outcome {
@@ -455,6 +506,21 @@ impl Services {
             starting.push((svc, listener, tls));
         }
 
+        let mut renewed = Vec::new();
+        for i in renewing {
+            let own = &self.own_tls[i];
+            let Some(t) = own_tls(&new, own.key) else {
+                continue;
+            };
+            let acceptor = crate::tls::server_config(t, own.alpn)
+                .map(TlsAcceptor::from)
+                .map_err(|e| ApplyError::OwnTls {
+                    key: own.key,
+                    why: e.to_string(),
+                })?;
+            renewed.push((i, acceptor, crate::tls::files_digest(t)));
+        }
+
         // The change is recorded, or not made.
         let Ok(reservation) = self.gw.audit.reserve_reliably().await else {
             return Err(ApplyError::Unaudited);
@@ -476,6 +542,10 @@ impl Services {
         }
         for (svc, listener, tls) in starting {
             self.start(svc, listener, tls);
+        }
+        for (i, acceptor, files) in renewed {
+            self.own_tls[i].acceptor.replace(acceptor);
+            self.own_tls[i].files = files;
         }
         outcome.applied = true;
         outcome.listening = self.listening();

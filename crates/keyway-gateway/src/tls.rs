@@ -49,6 +49,45 @@ pub fn service_acceptor(
     Some(server_config(t, alpn).map(tokio_rustls::TlsAcceptor::from))
 }
 
+/// The TLS of one of the gateway's own listeners (the token endpoint, the tunnel),
+/// which a reload replaces when its certificate files are renewed in place: each
+/// connection takes the one in force when it is accepted, and a connection already
+/// open keeps the one it was accepted with. (A service's listener needs none: a
+/// renewal starts a new proxy on the same port.)
+#[derive(Clone)]
+pub struct Renewable(Arc<std::sync::RwLock<tokio_rustls::TlsAcceptor>>);
+
+impl Renewable {
+    pub fn new(acceptor: tokio_rustls::TlsAcceptor) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(acceptor)))
+    }
+
+    /// The acceptor in force.
+    pub fn current(&self) -> tokio_rustls::TlsAcceptor {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `acceptor` in force for the connections accepted from now on.
+    pub fn replace(&self, acceptor: tokio_rustls::TlsAcceptor) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = acceptor;
+    }
+}
+
+/// SHA-256 over a listener's TLS files (certificate, key, client CA), or None when
+/// one cannot be read (loading them then fails with the reason): a reload compares
+/// it with the one taken when they were loaded, to tell a renewal in place.
+pub fn files_digest(t: &TlsConfig) -> Option<[u8; 32]> {
+    let mut h = Sha256::new();
+    for path in [Some(&t.cert), Some(&t.key), t.client_ca.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        h.update(std::fs::read(path).ok()?);
+        h.update([0]);
+    }
+    Some(h.finalize().into())
+}
+
 /// A rustls server configuration for a listener that speaks `alpn`.
 pub fn server_config(tls: &TlsConfig, alpn: &[u8]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -66,7 +66,7 @@ pub(crate) async fn reply<W: AsyncWrite + Unpin>(
 pub async fn serve(
     gw: Arc<Gateway>,
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: crate::tls::Renewable,
     ca: Option<Arc<crate::tls::LocalCa>>,
     shutdown: CancellationToken,
 ) {
@@ -75,7 +75,7 @@ pub async fn serve(
         crate::listener::next_connection(&listener, "tunnel", &slots, &gw, &shutdown).await
     {
         let session = {
-            let (gw, acceptor, ca) = (gw.clone(), acceptor.clone(), ca.clone());
+            let (gw, acceptor, ca) = (gw.clone(), acceptor.current(), ca.clone());
             async move {
                 handle(&gw, stream, peer, acceptor, ca.as_deref()).await;
                 drop(permit);

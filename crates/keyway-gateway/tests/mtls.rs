@@ -245,3 +245,103 @@ async fn an_exchange_over_mtls_binds_the_access_token_and_a_bound_credential_nee
     );
     gw.stop().await;
 }
+
+/// certbot renews in place and sends SIGHUP: every TLS listener, the gateway's own
+/// (token endpoint, tunnel) as well as a service's, serves the new certificate to new
+/// connections, and a connection already open goes on. A renewal that cannot be
+/// loaded changes nothing.
+#[tokio::test]
+async fn a_reload_serves_certificates_renewed_in_place() {
+    let up = Upstream::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let (own_cert, own_key) = (tmp.path().join("own.pem"), tmp.path().join("own.key"));
+    std::fs::copy(&pki.server_cert, &own_cert).unwrap();
+    std::fs::copy(&pki.server_key, &own_key).unwrap();
+    let own = format!(
+        "{{ cert = \"{}\", key = \"{}\" }}",
+        own_cert.display(),
+        own_key.display()
+    );
+    let text = config(&[("billing", &tls_service(&up, &pki, false))]).replace(
+        "token_listen = \"127.0.0.1:0\"",
+        &format!(
+            "token_listen = \"127.0.0.1:0\"\ntoken_tls = {own}\ntunnel_listen = \"127.0.0.1:0\"\ntunnel_tls = {own}"
+        ),
+    );
+    let gw = TestGateway::start(&text).await;
+    let (token_ep, tunnel, billing) = (gw.token.unwrap(), gw.tunnel.unwrap(), gw.addr("billing"));
+    let first = pki.served_cert(token_ep).await;
+    assert_eq!(pki.served_cert(tunnel).await, first);
+    assert_eq!(pki.served_cert(billing).await, first);
+    let mut open = pki.connect(token_ep, None).await.unwrap();
+
+    let renewed_own = pki.renew(&own_cert, &own_key);
+    let renewed_service = pki.renew(&pki.server_cert, &pki.server_key);
+    assert_ne!(renewed_own, first);
+    assert_eq!(
+        pki.served_cert(token_ep).await,
+        first,
+        "the files are read when loaded, not at each connection"
+    );
+
+    let reload = |text: &str| {
+        let config = keyway_core::config::Config::parse(text, gw.dir.path()).unwrap();
+        gw.gw.reload(config, "certbot", None, false)
+    };
+    let outcome = reload(&text).await.unwrap();
+    assert!(outcome.applied);
+    let changed: Vec<(String, String)> = outcome
+        .plan
+        .changes
+        .iter()
+        .map(|c| (c.section.clone(), c.name.clone()))
+        .collect();
+    for (section, name) in [
+        ("setting", "token_tls"),
+        ("setting", "tunnel_tls"),
+        ("service", "billing"),
+    ] {
+        assert!(
+            changed.contains(&(section.into(), name.into())),
+            "{section} {name} in {changed:?}"
+        );
+    }
+    assert!(outcome.plan.needs_restart().is_empty());
+    assert_eq!(pki.served_cert(token_ep).await, renewed_own);
+    assert_eq!(pki.served_cert(tunnel).await, renewed_own);
+    assert_eq!(pki.served_cert(billing).await, renewed_service);
+
+    // The connection opened before the renewal is still served.
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/v1/token/exchange")
+        .header("host", "127.0.0.1")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    let resp = open.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 401, "no credential, on the old connection");
+
+    let applied = gw
+        .audit()
+        .await
+        .into_iter()
+        .rfind(|e| e.event.kind == "config.applied")
+        .unwrap();
+    let listed = applied.event.detail["changed"].to_string();
+    assert!(
+        listed.contains("setting token_tls") && listed.contains("setting tunnel_tls"),
+        "{listed}"
+    );
+
+    // A renewal that cannot be loaded: refused, the certificate in force stays.
+    std::fs::write(&own_key, "not a key").unwrap();
+    let err = reload(&text).await.unwrap_err().to_string();
+    assert!(
+        err.contains("token_tls") && err.contains("nothing was applied"),
+        "{err}"
+    );
+    assert_eq!(pki.served_cert(token_ep).await, renewed_own);
+    assert_eq!(pki.served_cert(tunnel).await, renewed_own);
+    gw.stop().await;
+}

@@ -187,7 +187,7 @@ impl HttpProxy {
             &name,
             listener,
             limits,
-            tls,
+            tls.map(crate::tls::Renewable::new),
             shutdown,
             move |conn: ConnInfo| {
                 let this = this.clone();

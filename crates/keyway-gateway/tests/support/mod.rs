@@ -224,6 +224,8 @@ pub struct TestGateway {
     pub admin: SocketAddr,
     /// The token endpoint, when the config has `token_listen`.
     pub token: Option<SocketAddr>,
+    /// The tunnel listener, when the config has `tunnel_listen`.
+    pub tunnel: Option<SocketAddr>,
     pub services: std::collections::BTreeMap<String, SocketAddr>,
     pub dir: tempfile::TempDir,
     pub shutdown: CancellationToken,
@@ -239,6 +241,7 @@ impl TestGateway {
         let listeners = Listeners::bind(&config).await.unwrap();
         let admin = listeners.admin_addr().unwrap();
         let token = listeners.token_addr();
+        let tunnel = listeners.tunnel_addr();
         let services = config
             .services
             .keys()
@@ -252,6 +255,7 @@ impl TestGateway {
             clock,
             admin,
             token,
+            tunnel,
             services,
             dir,
             shutdown,

@@ -41,20 +41,15 @@ impl Pki {
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
 
-        let issuer = Issuer::new(ca, ca_key);
-        let key = KeyPair::generate().unwrap();
-        let params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
-        Self {
-            issuer,
+        let pki = Self {
+            issuer: Issuer::new(ca, ca_key),
             dir: dir.to_owned(),
             ca: dir.join("ca.pem"),
             server_cert: dir.join("server.pem"),
             server_key: dir.join("server.key"),
-        }
+        };
+        pki.renew(&pki.server_cert, &pki.server_key);
+        pki
     }
 
     /// A client certificate signed by this CA.
@@ -77,32 +72,36 @@ impl Pki {
         }
     }
 
+    /// A server certificate for 127.0.0.1 and its key, written to `cert` and `key`
+    /// (over what is there: a renewal in place); its thumbprint.
+    pub fn renew(&self, cert: &Path, key: &Path) -> String {
+        let k = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        let c = params.signed_by(&k, &self.issuer).unwrap();
+        std::fs::write(cert, c.pem()).unwrap();
+        std::fs::write(key, k.serialize_pem()).unwrap();
+        keyway_gateway::tls::thumbprint(c.der())
+    }
+
+    /// The thumbprint of the certificate that `addr` presents in a TLS handshake
+    /// trusting this CA.
+    pub async fn served_cert(&self, addr: SocketAddr) -> String {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(self.client_config(None)))
+            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .unwrap();
+        keyway_gateway::tls::thumbprint(tls.get_ref().1.peer_certificates().unwrap()[0].as_ref())
+    }
+
     /// A TLS connection to `addr`, trusting this CA, presenting `client` if given.
     pub async fn connect(
         &self,
         addr: SocketAddr,
         client: Option<&Client>,
     ) -> std::io::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(&self.ca).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-        let config = match client {
-            None => builder.with_no_client_auth(),
-            Some(c) => {
-                let certs: Vec<_> = CertificateDer::pem_file_iter(&c.cert)
-                    .unwrap()
-                    .map(|c| c.unwrap())
-                    .collect();
-                let key = PrivateKeyDer::from_pem_file(&c.key).unwrap();
-                builder.with_client_auth_cert(certs, key).unwrap()
-            }
-        };
+        let config = self.client_config(client);
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
@@ -112,6 +111,30 @@ impl Pki {
             .map_err(std::io::Error::other)?;
         tokio::spawn(conn);
         Ok(sender)
+    }
+
+    /// A client trusting this CA, presenting `client` if given.
+    fn client_config(&self, client: Option<&Client>) -> rustls::ClientConfig {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&self.ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        match client {
+            None => builder.with_no_client_auth(),
+            Some(c) => {
+                let certs: Vec<_> = CertificateDer::pem_file_iter(&c.cert)
+                    .unwrap()
+                    .map(|c| c.unwrap())
+                    .collect();
+                let key = PrivateKeyDer::from_pem_file(&c.key).unwrap();
+                builder.with_client_auth_cert(certs, key).unwrap()
+            }
+        }
     }
 }
 
