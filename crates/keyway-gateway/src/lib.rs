@@ -70,7 +70,7 @@ pub struct Listeners {
     /// TLS of the listeners that have it, by service name (the token endpoint's under
     /// [`TOKEN_LISTENER`]); certificates are loaded when binding, so a bad file stops
     /// start-up.
-    pub tls: BTreeMap<String, TlsAcceptor>,
+    pub tls: BTreeMap<String, tls::Loaded>,
     /// The gateway's own CA, when the tunnel uses it: it enrolls agents.
     pub local_ca: Option<Arc<tls::LocalCa>>,
 }
@@ -159,11 +159,6 @@ impl Listeners {
         }
         let mut tls = BTreeMap::new();
         let mut local_ca = None;
-        let acceptor = |key: String, t: &keyway_core::config::TlsConfig, alpn: &[u8]| {
-            tls::server_config(t, alpn)
-                .map(TlsAcceptor::from)
-                .map_err(|source| BindError::Tls { key, source })
-        };
         for (name, svc) in &config.services {
             if let Some(acceptor) = tls::service_acceptor(svc) {
                 let acceptor = acceptor.map_err(|source| BindError::Tls {
@@ -174,26 +169,31 @@ impl Listeners {
             }
         }
         if let Some(t) = &config.token_tls {
-            tls.insert(
-                TOKEN_LISTENER.to_owned(),
-                acceptor("token_tls".into(), t, tls::alpn::HTTP)?,
-            );
+            let loaded = tls::load(t, tls::alpn::HTTP).map_err(|source| BindError::Tls {
+                key: "token_tls".into(),
+                source,
+            })?;
+            tls.insert(TOKEN_LISTENER.to_owned(), loaded);
         }
         if let (Some(l), Some(addr)) = (&tunnel, config.tunnel_listen) {
             let local = l.local_addr().unwrap_or(addr);
-            let server = match &config.tunnel_tls {
-                Some(t) => tls::server_config(t, tls::alpn::TUNNEL),
+            let loaded = match &config.tunnel_tls {
+                Some(t) => tls::load(t, tls::alpn::TUNNEL),
+                // The local CA's certificate for the tunnel: no files to renew.
                 None => tls::LocalCa::open(&config.data_dir).and_then(|ca| {
                     let server = ca.tunnel_server_config(local);
                     local_ca = Some(ca);
-                    server
+                    Ok(tls::Loaded {
+                        acceptor: TlsAcceptor::from(server?),
+                        files: None,
+                    })
                 }),
             };
-            let server = server.map_err(|source| BindError::Tls {
+            let loaded = loaded.map_err(|source| BindError::Tls {
                 key: "tunnel_tls".into(),
                 source,
             })?;
-            tls.insert(TUNNEL_LISTENER.to_owned(), TlsAcceptor::from(server));
+            tls.insert(TUNNEL_LISTENER.to_owned(), loaded);
         }
         Ok(Self {
             admin,
@@ -235,24 +235,18 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
         services.start(svc.clone(), listener, listeners.tls.get(name).cloned());
     }
     // The token endpoint's and the tunnel's TLS: a reload loads their certificate
-    // files again when they are renewed in place (not the local CA's tunnel
-    // certificate, which has no files to renew).
-    let token_tls = listeners
-        .tls
-        .get(TOKEN_LISTENER)
-        .cloned()
-        .map(tls::Renewable::new);
-    let tunnel_tls = listeners
-        .tls
-        .get(TUNNEL_LISTENER)
-        .cloned()
-        .map(tls::Renewable::new);
-    if let Some(t) = &token_tls {
-        services.renew_own_tls("token_tls", tls::alpn::HTTP, t.clone());
-    }
-    if let Some(t) = &tunnel_tls {
-        services.renew_own_tls("tunnel_tls", tls::alpn::TUNNEL, t.clone());
-    }
+    // files again when they are renewed in place (the tunnel's only with
+    // `tunnel_tls`: the local CA's certificate has no files).
+    let mut own_tls = |listener: &str, key: &'static str, alpn: &'static [u8]| {
+        let loaded = listeners.tls.get(listener)?;
+        let renewable = tls::Renewable::new(loaded.acceptor.clone());
+        if loaded.files.is_some() {
+            services.renew_own_tls(key, alpn, renewable.clone(), loaded.files);
+        }
+        Some(renewable)
+    };
+    let token_tls = own_tls(TOKEN_LISTENER, "token_tls", tls::alpn::HTTP);
+    let tunnel_tls = own_tls(TUNNEL_LISTENER, "tunnel_tls", tls::alpn::TUNNEL);
     tasks.spawn(services.run());
     // The admin API and the token endpoint: small JSON APIs, bounded like the rest.
     let limits = listener::Limits {

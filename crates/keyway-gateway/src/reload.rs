@@ -23,7 +23,6 @@ use keyway_core::config::{Config, Service, ServiceKind};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -313,9 +312,11 @@ impl Services {
         &mut self,
         svc: Service,
         listener: Option<Arc<TcpListener>>,
-        tls: Option<TlsAcceptor>,
+        tls: Option<crate::tls::Loaded>,
     ) {
         let stop = self.shutdown.child_token();
+        let tls_files = tls.as_ref().and_then(|t| t.files);
+        let tls = tls.map(|t| t.acceptor);
         if let Some(l) = listener.clone() {
             let gw = self.gw.clone();
             let cancels = self.cancels.entry(svc.name.clone()).or_default().clone();
@@ -327,7 +328,6 @@ impl Services {
                 self.tasks.spawn(http.serve(l, tls, stop.clone()));
             }
         }
-        let tls_files = svc.tls.as_ref().and_then(crate::tls::files_digest);
         self.running.insert(
             svc.name.clone(),
             Running {
@@ -340,14 +340,15 @@ impl Services {
     }
 
     /// Hands the TLS of one of the gateway's own listeners (setting `key`, speaking
-    /// `alpn`) to the reloads, which renew it when its files change.
+    /// `alpn`, loaded from the files of digest `files`) to the reloads, which load it
+    /// again when its files change.
     pub(crate) fn renew_own_tls(
         &mut self,
         key: &'static str,
         alpn: &'static [u8],
         acceptor: crate::tls::Renewable,
+        files: Option<[u8; 32]>,
     ) {
-        let files = own_tls(&self.gw.config(), key).and_then(crate::tls::files_digest);
         self.own_tls.push(OwnTls {
             key,
             alpn,
@@ -405,7 +406,8 @@ impl Services {
                 .changes
                 .iter()
                 .any(|c| c.section == "service" && &c.name == name);
-            if !listed && crate::tls::files_digest(t).is_some_and(|now| now != before) {
+            // Files that cannot be read now are a change too: loading them says why.
+            if !listed && crate::tls::files_digest(t) != Some(before) {
                 plan.changes.push(plan::Change {
                     op: Op::Change,
                     section: "service".into(),
@@ -426,9 +428,7 @@ impl Services {
             let (Some(before), Some(t)) = (own.files, own_tls(&new, own.key)) else {
                 continue;
             };
-            if own_tls(&old, own.key) == Some(t)
-                && crate::tls::files_digest(t).is_some_and(|now| now != before)
-            {
+            if own_tls(&old, own.key) == Some(t) && crate::tls::files_digest(t) != Some(before) {
                 plan.changes.push(plan::Change {
                     op: Op::Change,
                     section: "setting".into(),
@@ -512,13 +512,11 @@ impl Services {
             let Some(t) = own_tls(&new, own.key) else {
                 continue;
             };
-            let acceptor = crate::tls::server_config(t, own.alpn)
-                .map(TlsAcceptor::from)
-                .map_err(|e| ApplyError::OwnTls {
-                    key: own.key,
-                    why: e.to_string(),
-                })?;
-            renewed.push((i, acceptor, crate::tls::files_digest(t)));
+            let loaded = crate::tls::load(t, own.alpn).map_err(|e| ApplyError::OwnTls {
+                key: own.key,
+                why: e.to_string(),
+            })?;
+            renewed.push((i, loaded));
         }
 
         // The change is recorded, or not made.
@@ -543,9 +541,9 @@ impl Services {
         for (svc, listener, tls) in starting {
             self.start(svc, listener, tls);
         }
-        for (i, acceptor, files) in renewed {
-            self.own_tls[i].acceptor.replace(acceptor);
-            self.own_tls[i].files = files;
+        for (i, loaded) in renewed {
+            self.own_tls[i].acceptor.replace(loaded.acceptor);
+            self.own_tls[i].files = loaded.files;
         }
         outcome.applied = true;
         outcome.listening = self.listening();

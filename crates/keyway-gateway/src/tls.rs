@@ -36,17 +36,29 @@ pub mod alpn {
     pub const POSTGRES: &[u8] = b"postgresql";
 }
 
+/// A listener's TLS as loaded, with the digest of its files ([`files_digest`])
+/// taken just before: a reload that finds other files loads them again.
+#[derive(Clone)]
+pub struct Loaded {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub files: Option<[u8; 32]>,
+}
+
+/// Loads the TLS of a listener that speaks `alpn`.
+pub fn load(t: &TlsConfig, alpn: &[u8]) -> Result<Loaded, TlsError> {
+    let files = files_digest(t);
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(t, alpn)?);
+    Ok(Loaded { acceptor, files })
+}
+
 /// The TLS of a service's listener, speaking its protocol's ALPN; `None` without
 /// `tls`. At start-up and on a reload alike.
-pub fn service_acceptor(
-    svc: &keyway_core::config::Service,
-) -> Option<Result<tokio_rustls::TlsAcceptor, TlsError>> {
+pub fn service_acceptor(svc: &keyway_core::config::Service) -> Option<Result<Loaded, TlsError>> {
     let alpn = match svc.kind {
         keyway_core::config::ServiceKind::Postgres(_) => alpn::POSTGRES,
         _ => alpn::HTTP,
     };
-    let t = svc.tls.as_ref()?;
-    Some(server_config(t, alpn).map(tokio_rustls::TlsAcceptor::from))
+    Some(load(svc.tls.as_ref()?, alpn))
 }
 
 /// The TLS of one of the gateway's own listeners (the token endpoint, the tunnel),

@@ -334,14 +334,27 @@ async fn a_reload_serves_certificates_renewed_in_place() {
         "{listed}"
     );
 
-    // A renewal that cannot be loaded: refused, the certificate in force stays.
+    // A renewal that cannot be loaded (a key that does not parse, then none at all):
+    // refused, the certificate in force stays.
     std::fs::write(&own_key, "not a key").unwrap();
     let err = reload(&text).await.unwrap_err().to_string();
     assert!(
         err.contains("token_tls") && err.contains("nothing was applied"),
         "{err}"
     );
+    std::fs::remove_file(&own_key).unwrap();
+    let err = reload(&text).await.unwrap_err().to_string();
+    assert!(
+        err.contains("token_tls") && err.contains("own.key"),
+        "{err}"
+    );
     assert_eq!(pki.served_cert(token_ep).await, renewed_own);
     assert_eq!(pki.served_cert(tunnel).await, renewed_own);
+
+    // Mended: the next reload serves it.
+    let mended = pki.renew(&own_cert, &own_key);
+    assert!(reload(&text).await.unwrap().applied);
+    assert_eq!(pki.served_cert(token_ep).await, mended);
+    assert_eq!(pki.served_cert(tunnel).await, mended);
     gw.stop().await;
 }
