@@ -186,6 +186,10 @@ pub struct Outcome {
     pub previous_sha256: String,
     /// Where each service with a port listens now.
     pub listening: BTreeMap<String, String>,
+    /// The folder relative paths in the proposed config were taken from: the running
+    /// config's, wherever the file was sent from.
+    #[serde(default)]
+    pub base_dir: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -449,6 +453,7 @@ impl Services {
             sha256: new.written.sha256.clone(),
             previous_sha256: old.written.sha256.clone(),
             listening: self.listening(),
+            base_dir: new.written.base_dir.display().to_string(),
         };
         let restart: Vec<&str> = outcome
             .plan

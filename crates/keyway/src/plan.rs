@@ -59,6 +59,16 @@ pub async fn run(mut args: PlanArgs, apply: bool) -> Result<ExitCode> {
         "/v1/config/plan"
     };
     let outcome: Outcome = client.post(path, &json!({ "config": text })).await?;
+    // The gateway reads a file sent from another folder as if it were its own.
+    let here = crate::serve::config_dir(&file);
+    if !outcome.base_dir.is_empty() && std::path::Path::new(&outcome.base_dir) != here {
+        eprintln!(
+            "note: the gateway takes the relative paths in {} from its own config's folder, {}, not from {}",
+            file.display(),
+            outcome.base_dir,
+            here.display()
+        );
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
         return Ok(ExitCode::SUCCESS);

@@ -40,10 +40,14 @@ pub fn load_config(path: &Path) -> Result<Config> {
     Ok(config)
 }
 
-/// The folder relative paths in the config at `path` are taken from.
+/// The folder relative paths in the config at `path` are taken from, absolute (for
+/// `keyway.toml`, the working directory).
 pub fn config_dir(path: &Path) -> std::path::PathBuf {
-    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    std::path::absolute(&dir).unwrap_or(dir)
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 pub async fn gateway(config_path: &Path) -> Result<ExitCode> {
@@ -155,4 +159,21 @@ pub async fn stop_on_signal(shutdown: CancellationToken) {
     }
     tracing::info!("shutting down: draining connections, flushing the audit log");
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_folder_is_absolute() {
+        let cwd = std::env::current_dir().expect("a working directory");
+        assert_eq!(config_dir(Path::new("keyway.toml")), cwd);
+        assert_eq!(config_dir(Path::new("./keyway.toml")), cwd);
+        assert_eq!(config_dir(Path::new("etc/keyway.toml")), cwd.join("etc"));
+        assert_eq!(
+            config_dir(Path::new("/etc/keyway/keyway.toml")),
+            Path::new("/etc/keyway")
+        );
+    }
 }

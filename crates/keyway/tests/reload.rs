@@ -402,8 +402,28 @@ async fn plan_apply_and_sighup_with_live_connections() {
     assert_eq!(applied_event["detail"]["added"][0], "service new");
 
     // Planning the config in force: nothing to do.
-    let (ok, plan, _) = run(dir, &["plan", "v2.toml", "--config", "keyway.toml"]);
+    let (ok, plan, err) = run(dir, &["plan", "v2.toml", "--config", "keyway.toml"]);
     assert!(ok && plan.contains("No changes"), "{plan}");
+    assert!(!err.contains("relative paths"), "{err}");
+    // The same file from another folder: its `data_dir = "data"` is still the
+    // gateway's (from another folder it would be a restart-only change), and the
+    // CLI says whose folder relative paths are taken from.
+    std::fs::create_dir_all(dir.join("elsewhere")).unwrap();
+    std::fs::write(dir.join("elsewhere/v2.toml"), &v2).unwrap();
+    let (ok, plan, err) = run(
+        dir,
+        &["plan", "elsewhere/v2.toml", "--config", "keyway.toml"],
+    );
+    assert!(ok && plan.contains("No changes"), "{plan}\n{err}");
+    let gateway_dir = std::path::absolute(dir).unwrap();
+    assert!(
+        err.contains(&format!(
+            "takes the relative paths in elsewhere/v2.toml from its own config's folder, {}, not from {}",
+            gateway_dir.display(),
+            gateway_dir.join("elsewhere").display()
+        )),
+        "{err}"
+    );
     // A comment added: nothing restarts, but the file in force is the new one, and
     // that is audited.
     let commented = format!("# reviewed in PR 1234\n{v2}");
