@@ -3,9 +3,10 @@
 //! tokio's current-thread scheduler, `TCP_NODELAY` both ways) and the check nginx and
 //! HAProxy are given in the suite (one `Authorization` header compared with a fixed
 //! string), and nothing else: no token index, grant, rate limit, header rewriting or
-//! audit trail. Keyway cannot be faster than this; how far it is from it is the cost
-//! of what Keyway does per request, and how far this is from nginx is the cost of the
-//! stack. Not part of Keyway.
+//! audit trail. Keyway, on the same crates with all of that on top, is not expected
+//! to be faster than this: how far it is from it is the cost of what Keyway does per
+//! request, and how far this is from nginx is the cost of the stack. Not part of
+//! Keyway.
 //!
 //!     keyway-bench-floor LISTEN UPSTREAM AUTHORIZATION
 //!     keyway-bench-floor 127.0.0.1:8080 127.0.0.1:9000 "Bearer abc"

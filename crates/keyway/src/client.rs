@@ -68,9 +68,8 @@ impl AdminClient {
             }
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            let dir = path.parent().map(PathBuf::from).unwrap_or_default();
-            let config =
-                Config::parse(&text, &dir).map_err(|e| anyhow!("{}:\n{e}", path.display()))?;
+            let config = Config::parse(&text, &crate::serve::config_dir(&path))
+                .map_err(|e| anyhow!("{}:\n{e}", path.display()))?;
             let mut addr = config.admin_listen;
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());

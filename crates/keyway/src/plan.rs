@@ -61,7 +61,12 @@ pub async fn run(mut args: PlanArgs, apply: bool) -> Result<ExitCode> {
     let outcome: Outcome = client.post(path, &json!({ "config": text })).await?;
     // The gateway reads a file sent from another folder as if it were its own.
     let here = crate::serve::config_dir(&file);
-    if !outcome.base_dir.is_empty() && std::path::Path::new(&outcome.base_dir) != here {
+    let same = |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize())
+    {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if !outcome.base_dir.is_empty() && !same(std::path::Path::new(&outcome.base_dir), &here) {
         eprintln!(
             "note: the gateway takes the relative paths in {} from its own config's folder, {}, not from {}",
             file.display(),

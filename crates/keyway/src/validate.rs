@@ -1,7 +1,7 @@
 //! `keyway validate` and `keyway schema`: the config file checked as CI and editors
 //! need it, without starting anything.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -24,7 +24,7 @@ pub struct ValidateArgs {
 pub fn run(args: ValidateArgs) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
-    let (_, findings) = lint::check(&text, args.file.parent().unwrap_or(Path::new("")));
+    let (_, findings) = lint::check(&text, &crate::serve::config_dir(&args.file));
     let errors = findings
         .iter()
         .filter(|f| f.severity == Severity::Error)

@@ -415,7 +415,7 @@ async fn plan_apply_and_sighup_with_live_connections() {
         &["plan", "elsewhere/v2.toml", "--config", "keyway.toml"],
     );
     assert!(ok && plan.contains("No changes"), "{plan}\n{err}");
-    let gateway_dir = std::path::absolute(dir).unwrap();
+    let gateway_dir = dir.canonicalize().unwrap();
     assert!(
         err.contains(&format!(
             "takes the relative paths in elsewhere/v2.toml from its own config's folder, {}, not from {}",
