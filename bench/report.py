@@ -103,13 +103,19 @@ if targets("tcp"):
             continue
         print(f"| {t} | {cell('tcp', t, 'gbits', '{:.2f}')} | {ratio(g, d)} | {ratio(g, so)} "
               f"| {ratio(g, rh)} | {cell('tcp', t, 'rtt_per_s')} | {ratio(med('tcp', t, 'rtt_per_s'), rd)} |")
-    kw, agent, chain = (med("tcp", t, "gbits") for t in ("keyway", "keyway-agent", "socat-64k-chain"))
+    kw, agent, chain, chain3 = (med("tcp", t, "gbits") for t in
+                                ("keyway", "keyway-agent", "socat-64k-chain", "socat-64k-chain3"))
     print(f"\nKeyway's tunnel / socat: **{ratio(kw, so)}** (goal ≥ 1×), / rathole TLS: "
           f"**{ratio(kw, rh)}** (goal ≥ 2×); through an agent / rathole TLS: **{ratio(agent, rh)}** "
           "(goal ≥ 1.5×).")
     if kw and chain:
         print(f"The tunnel / two chained socats with 64 KiB buffers (its three TCP connections, "
-              f"without TLS): {ratio(kw, chain)}.")
+              f"without TLS): {ratio(kw, chain)}; the 2× rathole goal is "
+              f"{ratio(2 * rh, chain) if rh else '—'} of that floor.")
+    if agent and chain3:
+        print(f"Through an agent / three chained socats (its four TCP connections, without TLS): "
+              f"{ratio(agent, chain3)}; the agent goal is {ratio(1.5 * rh, chain3) if rh else '—'} "
+              "of that floor.")
     print()
 
 if targets("pg"):
