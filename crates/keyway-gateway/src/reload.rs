@@ -287,6 +287,29 @@ fn own_tls<'a>(config: &'a Config, key: &str) -> Option<&'a keyway_core::config:
     }
 }
 
+/// A listener's certificate files renewed in place since they were loaded (digest
+/// `loaded`), as a change of the plan (`section` `name`, its field `key`). Files that
+/// cannot be read now are a change too: loading them says why.
+fn renewal(
+    t: &keyway_core::config::TlsConfig,
+    loaded: [u8; 32],
+    section: &str,
+    name: &str,
+    key: &str,
+) -> Option<plan::Change> {
+    (crate::tls::files_digest(t) != Some(loaded)).then(|| plan::Change {
+        op: Op::Change,
+        section: section.into(),
+        name: name.into(),
+        fields: vec![plan::Field {
+            key: key.into(),
+            before: Some("(certificate files as loaded)".into()),
+            after: Some("(certificate files renewed)".into()),
+        }],
+        restart: false,
+    })
+}
+
 /// The services of a running gateway, and the task that changes them.
 pub(crate) struct Services {
     gw: Arc<Gateway>,
@@ -410,19 +433,9 @@ impl Services {
                 .changes
                 .iter()
                 .any(|c| c.section == "service" && &c.name == name);
-            // Files that cannot be read now are a change too: loading them says why.
-            if !listed && crate::tls::files_digest(t) != Some(before) {
-                plan.changes.push(plan::Change {
-                    op: Op::Change,
-                    section: "service".into(),
-                    name: name.clone(),
-                    fields: vec![plan::Field {
-                        key: "tls".into(),
-                        before: Some("(certificate files as loaded)".into()),
-                        after: Some("(certificate files renewed)".into()),
-                    }],
-                    restart: false,
-                });
+            if !listed {
+                plan.changes
+                    .extend(renewal(t, before, "service", name, "tls"));
             }
         }
         // The same for the gateway's own listeners, whose paths only a restart
@@ -432,19 +445,12 @@ impl Services {
             let (Some(before), Some(t)) = (own.files, own_tls(&new, own.key)) else {
                 continue;
             };
-            if own_tls(&old, own.key) == Some(t) && crate::tls::files_digest(t) != Some(before) {
-                plan.changes.push(plan::Change {
-                    op: Op::Change,
-                    section: "setting".into(),
-                    name: own.key.into(),
-                    fields: vec![plan::Field {
-                        key: own.key.into(),
-                        before: Some("(certificate files as loaded)".into()),
-                        after: Some("(certificate files renewed)".into()),
-                    }],
-                    restart: false,
-                });
-                renewing.push(i);
+            if own_tls(&old, own.key) != Some(t) {
+                continue;
+            }
+            if let Some(change) = renewal(t, before, "setting", own.key, own.key) {
+                plan.changes.push(change);
+                renewing.push((i, t));
             }
         }
         let mut outcome = Outcome {
@@ -512,11 +518,8 @@ impl Services {
         }
 
         let mut renewed = Vec::new();
-        for i in renewing {
+        for (i, t) in renewing {
             let own = &self.own_tls[i];
-            let Some(t) = own_tls(&new, own.key) else {
-                continue;
-            };
             let loaded = crate::tls::load(t, own.alpn).map_err(|e| ApplyError::OwnTls {
                 key: own.key,
                 why: e.to_string(),

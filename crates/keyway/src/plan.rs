@@ -40,7 +40,8 @@ pub async fn run(mut args: PlanArgs, apply: bool) -> Result<ExitCode> {
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     // The same checks as `keyway validate`, here first: the gateway repeats them, but
     // warnings are only shown here.
-    let (_, findings) = keyway_core::config::lint::check(&text, &crate::serve::config_dir(&file));
+    let here = crate::serve::config_dir(&file);
+    let (_, findings) = keyway_core::config::lint::check(&text, &here);
     for f in &findings {
         let level = match f.severity {
             Severity::Error => "error",
@@ -60,7 +61,6 @@ pub async fn run(mut args: PlanArgs, apply: bool) -> Result<ExitCode> {
     };
     let outcome: Outcome = client.post(path, &json!({ "config": text })).await?;
     // The gateway reads a file sent from another folder as if it were its own.
-    let here = crate::serve::config_dir(&file);
     let same = |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize())
     {
         (Ok(a), Ok(b)) => a == b,
