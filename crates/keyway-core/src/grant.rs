@@ -70,6 +70,9 @@ pub enum DenyReason {
     /// The connection was accepted by a service's proxy a reload just replaced; a
     /// new connection reaches the new one.
     Reloading,
+    /// The service reached is not in the config in force: never configured, or
+    /// removed by a reload.
+    UnknownService,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -151,7 +154,7 @@ impl Grant {
 // === impl DenyReason ===
 
 impl DenyReason {
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 22] = [
         Self::NoToken,
         Self::MalformedToken,
         Self::BadChecksum,
@@ -173,6 +176,7 @@ impl DenyReason {
         Self::UpstreamCredentialMissing,
         Self::TtlAboveMax,
         Self::Reloading,
+        Self::UnknownService,
     ];
 
     /// The reason an audit log names, back.
@@ -204,6 +208,7 @@ impl DenyReason {
             DenyReason::UpstreamCredentialMissing => "upstream_credential_missing",
             DenyReason::TtlAboveMax => "ttl_above_max",
             DenyReason::Reloading => "reloading",
+            DenyReason::UnknownService => "unknown_service",
         }
     }
 
@@ -222,6 +227,7 @@ impl DenyReason {
             | DenyReason::TtlAboveMax => 401,
             DenyReason::WrongKind
             | DenyReason::WrongService
+            | DenyReason::UnknownService
             | DenyReason::MethodNotGranted
             | DenyReason::PathNotGranted
             | DenyReason::SourceNotAllowed => 403,

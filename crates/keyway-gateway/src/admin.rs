@@ -146,13 +146,15 @@ impl FromRequestParts<Gw> for Admin {
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim());
-        let result = match text {
-            None => Err((keyway_core::DenyReason::NoToken, None)),
-            Some(t) => gw
-                .index
-                .authenticate(t, &gw.pepper, TokenKind::Admin, gw.now())
-                .map_err(|r| (r.reason, r.token_id)),
-        };
+        let conn = parts.extensions.get::<crate::listener::ConnInfo>();
+        let source = conn.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| {
+            c.peer.ip().to_canonical()
+        });
+        let cert = conn.and_then(|c| c.cert_thumbprint.as_deref());
+        let result = gw
+            .authz
+            .authenticate(TokenKind::Admin, text, source, cert)
+            .map_err(|r| (r.reason, r.token_id));
         match result {
             Ok(entry) => {
                 entry.mark_used(gw.now());
@@ -166,10 +168,7 @@ impl FromRequestParts<Gw> for Admin {
                 ev.decision = Some("deny".into());
                 ev.reason = Some(reason.as_str().into());
                 ev.token_id = token_id;
-                ev.source = parts
-                    .extensions
-                    .get::<crate::listener::ConnInfo>()
-                    .map(|c| c.peer.ip().to_canonical().to_string());
+                ev.source = conn.map(|c| c.peer.ip().to_canonical().to_string());
                 ev.detail = json!({ "path": keyway_core::token::redact(parts.uri.path()) });
                 gw.audit.record(ev);
                 Err(error(StatusCode::UNAUTHORIZED, "unauthorized"))

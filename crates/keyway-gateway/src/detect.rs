@@ -217,8 +217,10 @@ impl Detect {
                 let Some(reason) = ev.reason.as_deref().and_then(DenyReason::from_name) else {
                     return;
                 };
-                let unknown_service =
-                    reason == DenyReason::WrongService && ev.service.as_deref() == Some("unknown");
+                // A name no service has (the tunnel's opening frame names its service);
+                // a service a reload removed keeps its name in the event.
+                let unknown_service = reason == DenyReason::UnknownService
+                    && ev.service.as_deref() == Some("unknown");
                 if AUTH_FAILURES.contains(&reason) || unknown_service {
                     self.send(Seen::Denied {
                         at: ev.at,

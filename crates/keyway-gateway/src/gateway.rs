@@ -13,7 +13,7 @@ use keyway_core::clock::{duration_ms, format_ms};
 use keyway_core::config::{valid_secret_name, Config, ServiceKind};
 use keyway_core::grant::{CredentialScope, GrantError};
 use keyway_core::units::format_duration;
-use keyway_core::{Clock, DenyReason, Grant, IssuedToken, Pepper, TokenKind, UnixMillis};
+use keyway_core::{Clock, Grant, IssuedToken, Pepper, TokenKind, UnixMillis};
 use keyway_store::keys::{self, KeySource};
 use keyway_store::{AuditEvent, Sealer, SqliteStore, Store, StoreError, TokenRecord};
 use secrecy::{ExposeSecret, SecretString};
@@ -21,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditSink;
+use crate::authz::Authorizer;
 use crate::index::{Entry, TokenIndex};
-use crate::listener::DRAIN_TIMEOUT;
+use crate::runtime::{ConfigInForce, DRAIN_TIMEOUT};
 
 /// The default lifetime of an access token when none is asked for.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
@@ -31,12 +32,14 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
 pub struct Gateway {
     /// The config in force; replaced whole by a reload (`keyway apply`, SIGHUP), and
     /// watched by live sessions, which end when they no longer fit it.
-    config: tokio::sync::watch::Sender<Arc<Config>>,
+    config: ConfigInForce,
     pub clock: Arc<dyn Clock>,
     pub store: Arc<dyn Store>,
     pub pepper: Pepper,
     sealer: Sealer,
-    pub index: TokenIndex,
+    pub index: Arc<TokenIndex>,
+    /// The one rule every protocol's attempts are judged by.
+    pub authz: Authorizer,
     /// Opened upstream credentials, as header values marked sensitive.
     secrets: RwLock<HashMap<String, HeaderValue>>,
     pub audit: AuditSink,
@@ -251,7 +254,7 @@ impl Gateway {
 
         // The audit chain's key: from the pepper, so it lives outside the database.
         store.set_audit_key(audit_chain_key(&pepper)).await?;
-        let index = TokenIndex::load(store.tokens().await?);
+        let index = Arc::new(TokenIndex::load(store.tokens().await?));
         let agents = crate::agents::Registry::new(store.agent_revocations().await?);
         let mut secrets = HashMap::new();
         for (name, sealed) in store.secrets().await? {
@@ -283,13 +286,16 @@ impl Gateway {
                 detect: detect.clone(),
             },
         );
+        let config = ConfigInForce::new(config);
+        let authz = Authorizer::new(config.clone(), index.clone(), pepper.clone(), clock.clone());
         let mut gw = Self {
-            config: tokio::sync::watch::Sender::new(Arc::new(config)),
+            config,
             clock,
             store,
             pepper,
             sealer,
             index,
+            authz,
             secrets: RwLock::new(secrets),
             audit,
             audit_task: std::sync::Mutex::new(Some(audit_task)),
@@ -309,18 +315,18 @@ impl Gateway {
 
     /// The config in force now.
     pub fn config(&self) -> Arc<Config> {
-        self.config.borrow().clone()
+        self.config.current()
     }
 
     /// Follows the config in force: a session's way to hear of a reload.
     pub fn watch_config(&self) -> tokio::sync::watch::Receiver<Arc<Config>> {
-        self.config.subscribe()
+        self.config.watch()
     }
 
     /// Puts `config` in force; sessions watching re-judge themselves against it.
     pub(crate) fn replace_config(&self, config: Arc<Config>) {
         self.metrics.add_services(config.services.keys().cloned());
-        self.config.send_replace(config);
+        self.config.replace(config);
     }
 
     pub fn now(&self) -> UnixMillis {
@@ -498,7 +504,7 @@ impl Gateway {
         // A bound credential works only with its certificate; the access token is bound
         // to the certificate of the exchange (RFC 8705), whether or not the credential is.
         if let Some(bound) = &credential.record.cert_thumbprint {
-            if !presented_cert.is_some_and(|p| crate::tls::same_thumbprint(p, bound)) {
+            if !presented_cert.is_some_and(|p| crate::authz::same_thumbprint(p, bound)) {
                 return Err(ExchangeError::Certificate);
             }
         }
@@ -545,23 +551,7 @@ impl Gateway {
 
     /// The client credential a token was obtained with, if it is in the index.
     pub fn parent_credential(&self, entry: &Entry) -> Option<Arc<Entry>> {
-        let parent = self.index.get(entry.record.parent_id.as_deref()?)?;
-        (parent.record.kind == TokenKind::ClientCredential).then_some(parent)
-    }
-
-    /// A token obtained with a credential is held to it on every use: the credential
-    /// must not be revoked, and its source networks apply.
-    pub fn check_lineage(&self, entry: &Entry, source: std::net::IpAddr) -> Result<(), DenyReason> {
-        let Some(credential) = self.parent_credential(entry) else {
-            return Ok(());
-        };
-        if credential.revoked() {
-            return Err(DenyReason::Revoked);
-        }
-        match &credential.record.scope {
-            Some(scope) if !scope.allows_source(source) => Err(DenyReason::SourceNotAllowed),
-            _ => Ok(()),
-        }
+        self.authz.parent_credential(entry)
     }
 
     /// Rotates an access token: a successor with the same principal and grant, and the

@@ -33,6 +33,7 @@ pub mod admin;
 pub mod agents;
 pub mod alerts;
 pub mod audit;
+pub mod authz;
 pub mod detect;
 pub mod gateway;
 pub mod index;
@@ -42,10 +43,12 @@ pub mod proxy;
 mod relay;
 pub mod reload;
 pub mod report;
+pub mod runtime;
 pub mod telemetry;
 pub mod tls;
 pub mod token_api;
 pub mod tunnel;
+mod upstream;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -58,6 +61,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use gateway::{Gateway, IssueRequest};
+pub(crate) use runtime::{Stream, MAX_CONNECTIONS};
 
 /// The sockets a gateway serves, bound before it starts.
 pub struct Listeners {
@@ -74,43 +78,6 @@ pub struct Listeners {
     /// The gateway's own CA, when the tunnel uses it: it enrolls agents.
     pub local_ca: Option<Arc<tls::LocalCa>>,
 }
-
-/// A byte stream to an upstream or from a client: TCP, TLS, or a stream through an
-/// agent.
-pub(crate) trait Stream:
-    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
-{
-}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
-
-/// Connects to a TCP or PostgreSQL service's upstream: directly, or through the agent
-/// the service names (the gateway then never dials the upstream itself).
-pub(crate) async fn dial_upstream(
-    gw: &Gateway,
-    via: Option<&str>,
-    addr: &str,
-    timeout: Duration,
-) -> Result<Box<dyn Stream>, String> {
-    match via {
-        Some(agent) => gw
-            .agents
-            .dial(agent, addr, timeout)
-            .await
-            .map(|s| Box::new(s) as Box<dyn Stream>)
-            .map_err(|e| e.to_string()),
-        None => {
-            let s = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
-                .await
-                .map_err(|_| "the upstream did not answer in time".to_owned())?
-                .map_err(|e| format!("the upstream is unreachable: {e}"))?;
-            let _ = s.set_nodelay(true);
-            Ok(Box::new(s))
-        }
-    }
-}
-
-/// Open connections one listener holds before it refuses more.
-pub(crate) const MAX_CONNECTIONS: usize = 10_000;
 
 /// The key of the token endpoint in [`Listeners::tls`].
 pub const TOKEN_LISTENER: &str = "(token endpoint)";

@@ -16,11 +16,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::proxy::http::BoxError;
+use crate::runtime::BoxError;
+pub use crate::runtime::DRAIN_TIMEOUT;
 use crate::Gateway;
-
-/// How long shutdown waits for in-flight requests before closing their connections.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The bounds of one listener.
 #[derive(Debug, Clone, Copy)]

@@ -145,12 +145,6 @@ pub fn thumbprint_of_pem(path: &Path) -> Result<String, TlsError> {
     Ok(thumbprint(certs[0].as_ref()))
 }
 
-/// Constant-time comparison of two thumbprints.
-pub fn same_thumbprint(a: &str, b: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
-}
-
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = |why: String| TlsError::Certs {
         path: path.display().to_string(),

@@ -15,7 +15,7 @@ use axum::routing::post;
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use keyway_core::clock::format_ms;
-use keyway_core::TokenKind;
+use keyway_core::{DenyReason, TokenKind};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -69,38 +69,38 @@ async fn exchange(
         gw.audit.record(ev);
         error(status, code, msg)
     };
-    let Some(text) = headers
+    let text = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim())
-    else {
-        return deny(
-            ev,
-            "no_token",
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "send the client credential as a Bearer token",
-        );
-    };
-    let now = gw.now();
+        .map(|(_, t)| t.trim());
+    let cert = conn.cert_thumbprint.as_deref();
     let credential = match gw
-        .index
-        .authenticate(text, &gw.pepper, TokenKind::ClientCredential, now)
+        .authz
+        .authenticate(TokenKind::ClientCredential, text, source, cert)
     {
         Ok(c) => c,
         Err(r) => {
             ev.token_id = r.token_id;
+            ev.principal = r.principal;
+            let msg = match r.reason {
+                DenyReason::NoToken => "send the client credential as a Bearer token",
+                DenyReason::CertificateMismatch => {
+                    "this credential is bound to a client certificate; present it (mTLS)"
+                }
+                _ => "the client credential was refused",
+            };
             return deny(
                 ev,
                 r.reason.as_str(),
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
-                "the client credential was refused",
+                msg,
             );
         }
     };
+    let now = gw.now();
     ev.token_id = Some(credential.id().to_owned());
     ev.principal = Some(credential.record.principal.clone());
     let Ok(b) = serde_json::from_slice::<Body>(&body) else {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use keyway_core::config::ServiceKind;
 use keyway_core::tunnel::{self, FrameError, Hello, Open, Reply};
-use keyway_core::{DenyReason, TokenKind};
+use keyway_core::DenyReason;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::authz::{Ask, Attempt, Protocol, Reached};
 use crate::gateway::Gateway;
 use crate::index::Entry;
 
@@ -169,8 +170,8 @@ async fn open_stream(
         reply(&mut tls, Some("unavailable"), None).await;
         return;
     };
-    let upstream = match crate::dial_upstream(
-        gw,
+    let upstream = match crate::upstream::dial(
+        &gw.agents,
         session.via.as_deref(),
         &session.upstream,
         connect_timeout,
@@ -214,7 +215,7 @@ async fn open_stream(
     crate::relay::relay_audited(gw, tls, upstream, end, close).await;
 }
 
-/// Every check, as for HTTP: token, service, source, lineage, certificate.
+/// The [`Authorizer`](crate::authz::Authorizer)'s checks, as for every protocol.
 fn decide(
     gw: &Gateway,
     open: &Open,
@@ -222,36 +223,29 @@ fn decide(
     cert: Option<&str>,
     ev: &mut keyway_store::AuditEvent,
 ) -> Result<(Arc<Entry>, Duration, crate::reload::Session), DenyReason> {
-    let entry = gw
-        .index
-        .authenticate(&open.token, &gw.pepper, TokenKind::Access, gw.now())
-        .map_err(|r| {
-            ev.token_id = r.token_id.clone();
-            r.reason
-        })?;
+    let attempt = Attempt {
+        protocol: Protocol::Tcp,
+        service: Reached::Named(&open.service),
+        source,
+        token: Some(&open.token),
+        cert,
+        ask: Ask::Stream,
+    };
+    let admitted = gw.authz.admit(&attempt).map_err(|r| {
+        ev.token_id = r.token_id;
+        ev.principal = r.principal;
+        r.reason
+    })?;
+    let entry = &admitted.entry;
     ev.token_id = Some(entry.id().to_owned());
     ev.principal = Some(entry.record.principal.clone());
-    let config = gw.config();
-    let svc = config
-        .service(&open.service)
-        .filter(|s| entry.grant().is_some_and(|g| g.service == s.name))
-        .ok_or(DenyReason::WrongService)?;
+    let svc = admitted.service();
     let ServiceKind::Tcp(tcp) = &svc.kind else {
         return Err(DenyReason::WrongService);
     };
-    if !svc.allows_source(source) {
-        return Err(DenyReason::SourceNotAllowed);
-    }
-    gw.check_lineage(&entry, source)?;
-    if let Some(bound) = &entry.record.cert_thumbprint {
-        if !cert.is_some_and(|c| crate::tls::same_thumbprint(c, bound)) {
-            return Err(DenyReason::CertificateMismatch);
-        }
-    }
-    entry.mark_used(gw.now());
     // The session's upstream and agent are the service's, as they are now.
-    let session = crate::reload::Session::new(svc, &entry, source);
-    Ok((entry, tcp.connect_timeout, session))
+    let session = crate::reload::Session::new(svc, entry, source);
+    Ok((admitted.entry.clone(), tcp.connect_timeout, session))
 }
 
 /// The client side: opens one tunnel stream to `service` through the gateway at

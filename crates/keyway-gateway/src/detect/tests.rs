@@ -120,7 +120,7 @@ fn scanning_counts_distinct_ports_and_unknown_services() {
     fired.extend(d.see(&Seen::Denied {
         at: 2_010,
         source: ip("10.0.0.2"),
-        reason: DenyReason::WrongService,
+        reason: DenyReason::UnknownService,
         unknown_service: true,
     }));
     assert_eq!(kinds(&fired), vec![DetectorKind::Scanning]);

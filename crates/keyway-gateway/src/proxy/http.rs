@@ -37,16 +37,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use keyway_core::config::{HttpService, Service, ServiceKind};
 use keyway_core::path::percent_decode_lossy;
 use keyway_core::token::redact;
-use keyway_core::{path, DenyReason, TokenKind};
+use keyway_core::DenyReason;
 use keyway_store::AuditEvent;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::authz::{Admitted, Ask, Attempt, Protocol, Reached};
 use crate::gateway::Gateway;
-use crate::index::{Entry, Refusal};
+use crate::index::Entry;
 use crate::listener::{serve_http1, ConnInfo, Limits};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::runtime::BoxError;
 /// The body of every response the proxy sends.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -221,7 +222,7 @@ impl HttpProxy {
         let mut detail = serde_json::Map::new();
         detail.insert("method".into(), method.as_str().into());
 
-        let decision = self.decide(&req, conn, source, gw.now(), &mut ev, &mut detail);
+        let decision = self.decide(&req, conn, source, &mut ev, &mut detail);
         let (entry, path) = match decision {
             Ok(x) => x,
             Err((reason, retry_after)) => return self.deny(ev, detail, reason, retry_after),
@@ -283,14 +284,16 @@ impl HttpProxy {
         response
     }
 
-    /// Every check, in order. On success: the token's entry and the normalised path.
+    /// Every check, in order: the HTTP-only refusals first (a token in the URL,
+    /// TRACE), then the [`Authorizer`](crate::authz::Authorizer)'s, then the rate limit
+    /// and the upstream credential. On success: the token's entry and the normalised
+    /// path.
     #[allow(clippy::type_complexity)]
     fn decide(
         &self,
         req: &Request<Incoming>,
         conn: &ConnInfo,
         source: std::net::IpAddr,
-        now: keyway_core::UnixMillis,
         ev: &mut AuditEvent,
         detail: &mut serde_json::Map<String, serde_json::Value>,
     ) -> Result<(Arc<Entry>, String), (DenyReason, Option<Duration>)> {
@@ -309,58 +312,32 @@ impl HttpProxy {
         if matches!(req.method().as_str(), "TRACE" | "TRACK" | "CONNECT") {
             return Err((DenyReason::MethodNotAllowed, None));
         }
-        // The config in force, not only this proxy's copy: a reload may have replaced
-        // this proxy a moment ago (the client retries on a new connection) or
-        // lowered the global `max_ttl`.
-        let config = gw.config();
-        if config.service(&self.svc.name) != Some(&self.svc) {
-            return Err((DenyReason::Reloading, None));
-        }
-        if !self.svc.allows_source(source) {
-            return Err((DenyReason::SourceNotAllowed, None));
-        }
-        let Some(text) = bearer(req.headers()) else {
-            return Err((DenyReason::NoToken, None));
+        let attempt = Attempt {
+            protocol: Protocol::Http,
+            service: Reached::Served(&self.svc),
+            source,
+            token: bearer(req.headers()),
+            cert: conn.cert_thumbprint.as_deref(),
+            ask: Ask::Request {
+                method: req.method().as_str(),
+                path: raw_path,
+            },
         };
-        let entry = gw
-            .index
-            .authenticate(text, &gw.pepper, TokenKind::Access, now)
-            .map_err(|r: Refusal| {
-                ev.token_id = r.token_id;
-                if let Some(e) = r.entry {
-                    ev.principal = Some(e.record.principal.clone());
-                }
-                (r.reason, None)
-            })?;
+        let admitted = gw.authz.admit(&attempt).map_err(|r| {
+            ev.token_id = r.token_id;
+            ev.principal = r.principal;
+            (r.reason, None)
+        })?;
+        let Admitted { entry, path, .. } = admitted;
         ev.token_id = Some(entry.id().to_owned());
         ev.principal = Some(entry.record.principal.clone());
-        // A token obtained with a credential is held to the credential on every use.
-        gw.check_lineage(&entry, source).map_err(|r| (r, None))?;
-        // A sender-constrained token works only with its certificate.
-        if let Some(bound) = &entry.record.cert_thumbprint {
-            let presented = conn.cert_thumbprint.as_deref();
-            if !presented.is_some_and(|p| crate::tls::same_thumbprint(p, bound)) {
-                return Err((DenyReason::CertificateMismatch, None));
-            }
-        }
-        let Some(grant) = entry.grant().filter(|g| g.service == self.svc.name) else {
-            return Err((DenyReason::WrongService, None));
-        };
-        // Issued within this service's `max_ttl`; a reload may have lowered it since.
-        if entry.lifetime() > config.max_ttl_of(&self.svc) {
-            return Err((DenyReason::TtlAboveMax, None));
-        }
-        let path = path::normalize(raw_path, !grant.restricts_paths())
-            .map_err(|_| (DenyReason::BadPath, None))?;
+        let path = path.unwrap_or_default();
         detail.insert(
             "path".into(),
             redact(&path.chars().take(512).collect::<String>())
                 .into_owned()
                 .into(),
         );
-        grant
-            .check(req.method().as_str(), &path)
-            .map_err(|r| (r, None))?;
         if let Some(limiter) = &self.limiter {
             if let Err(not_until) = limiter.check_key(&entry.record.id) {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -372,7 +349,6 @@ impl HttpProxy {
                 return Err((DenyReason::UpstreamCredentialMissing, None));
             }
         }
-        entry.mark_used(now);
         Ok((entry, path))
     }
 
@@ -542,6 +518,9 @@ impl HttpProxy {
             // This connection belongs to a replaced proxy: the next goes to the new.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             h.insert(header::RETRY_AFTER, HeaderValue::from(0));
+        } else if reason == DenyReason::UnknownService {
+            // This connection belongs to a removed proxy: nothing serves it any more.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

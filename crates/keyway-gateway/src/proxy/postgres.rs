@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use keyway_core::config::{PostgresService, Service, ServiceKind};
-use keyway_core::{DenyReason, TokenKind};
+use keyway_core::DenyReason;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use rand::Rng;
@@ -37,6 +37,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::authz::{Admitted, Ask, Attempt, Protocol, Reached};
 use crate::gateway::Gateway;
 use crate::index::Entry;
 
@@ -336,15 +337,11 @@ impl PgProxy {
                 ev.decision = Some("deny".into());
                 ev.reason = Some(reason.as_str().into());
                 self.gw.audit.record(ev);
-                let msg = match reason.status() {
-                    401 => "password authentication failed: Keyway refused the token (wrong, expired or revoked)",
-                    403 => "Keyway: this token does not grant this database",
-                    _ => "Keyway cannot open this session now",
-                };
-                let code = if reason.status() == 401 {
-                    "28P01"
-                } else {
-                    "28000"
+                let (code, msg) = match reason.status() {
+                    401 => ("28P01", "password authentication failed: Keyway refused the token (wrong, expired or revoked)"),
+                    403 => ("28000", "Keyway: this token does not grant this database"),
+                    // cannot_connect_now: a retry may go through (a reload under way).
+                    _ => ("57P03", "Keyway cannot open this session now"),
                 };
                 return Err(Refused::Client(code, msg.into()));
             }
@@ -451,8 +448,8 @@ impl PgProxy {
                 "Keyway has no credential for this database role yet".into(),
             ));
         };
-        let mut upstream = crate::dial_upstream(
-            &self.gw,
+        let mut upstream = crate::upstream::dial(
+            &self.gw.agents,
             self.svc.via.as_deref(),
             &self.pg.upstream,
             self.pg.connect_timeout,
@@ -487,6 +484,8 @@ impl PgProxy {
         Ok(upstream)
     }
 
+    /// The [`Authorizer`](crate::authz::Authorizer)'s checks, as for every protocol;
+    /// the grant's role on success.
     fn decide(
         &self,
         token: &str,
@@ -494,32 +493,23 @@ impl PgProxy {
         cert: Option<&str>,
         ev: &mut keyway_store::AuditEvent,
     ) -> Result<(Arc<Entry>, String), DenyReason> {
-        let gw = &self.gw;
-        let entry = gw
-            .index
-            .authenticate(token, &gw.pepper, TokenKind::Access, gw.now())
-            .map_err(|r| {
-                ev.token_id = r.token_id.clone();
-                r.reason
-            })?;
+        let attempt = Attempt {
+            protocol: Protocol::Postgres,
+            service: Reached::Served(&self.svc),
+            source,
+            token: Some(token),
+            cert,
+            ask: Ask::Session,
+        };
+        let admitted = self.gw.authz.admit(&attempt).map_err(|r| {
+            ev.token_id = r.token_id;
+            ev.principal = r.principal;
+            r.reason
+        })?;
+        let Admitted { entry, role, .. } = admitted;
         ev.token_id = Some(entry.id().to_owned());
         ev.principal = Some(entry.record.principal.clone());
-        let grant = entry
-            .grant()
-            .filter(|g| g.service == self.svc.name)
-            .ok_or(DenyReason::WrongService)?;
-        let role = grant.role.clone().ok_or(DenyReason::WrongService)?;
-        if !self.svc.allows_source(source) {
-            return Err(DenyReason::SourceNotAllowed);
-        }
-        gw.check_lineage(&entry, source)?;
-        if let Some(bound) = &entry.record.cert_thumbprint {
-            if !cert.is_some_and(|c| crate::tls::same_thumbprint(c, bound)) {
-                return Err(DenyReason::CertificateMismatch);
-            }
-        }
-        entry.mark_used(gw.now());
-        Ok((entry, role))
+        Ok((entry, role.unwrap_or_default()))
     }
 
     /// Logs in upstream as `user`: trust, md5 or SCRAM-SHA-256 (whose server
@@ -731,8 +721,8 @@ impl PgProxy {
     async fn cancel_upstream(&self, pid: i32, key: i32) {
         let mut buf = BytesMut::new();
         frontend::cancel_request(pid, key, &mut buf);
-        if let Ok(mut up) = crate::dial_upstream(
-            &self.gw,
+        if let Ok(mut up) = crate::upstream::dial(
+            &self.gw.agents,
             self.svc.via.as_deref(),
             &self.pg.upstream,
             self.pg.connect_timeout,
@@ -1232,7 +1222,7 @@ mod tests {
     #[test]
     fn a_token_across_the_cap_is_redacted_whole() {
         use secrecy::ExposeSecret;
-        let issued = keyway_core::token::IssuedToken::generate(TokenKind::Access);
+        let issued = keyway_core::token::IssuedToken::generate(keyway_core::TokenKind::Access);
         let token = issued.secret().expose_secret();
         let mut body = vec![b' '; MAX_STATEMENT - 30];
         body.extend_from_slice(token.as_bytes());

@@ -245,7 +245,7 @@ impl TestGateway {
         let services = config
             .services
             .keys()
-            .map(|n| (n.clone(), listeners.service_addr(n).unwrap()))
+            .filter_map(|n| Some((n.clone(), listeners.service_addr(n)?)))
             .collect();
         let gw = Arc::new(Gateway::open(config, clock.clone()).await.unwrap());
         let shutdown = CancellationToken::new();

@@ -1,0 +1,289 @@
+//! The one authorizer. Every attempt to reach a service (HTTP, the TCP tunnel,
+//! PostgreSQL) and every use of a token at the token endpoint and the admin API is
+//! judged here, in one order, so that every protocol refuses what another refuses,
+//! with the same [`DenyReason`].
+//!
+//! The order of the checks for a service ([`Authorizer::admit`]):
+//!
+//! 1. **The service in force.** The service the attempt reaches must be in the config
+//!    in force: none by that name (never configured, or removed by a reload) is
+//!    `unknown_service`; a listener that holds its own copy (HTTP, PostgreSQL) whose
+//!    copy a reload replaced is `reloading` (a new connection reaches the new one).
+//! 2. **The source address** in the service's `allow_cidrs`, before the token is
+//!    looked at, so that a stolen token cannot even be tested from elsewhere.
+//! 3. **The token** ([`Authorizer::authenticate`]): present, well-formed, known,
+//!    matching secret, an access token, not revoked, not expired; then its lineage
+//!    (the credential it was obtained with is not revoked and allows the source) and
+//!    its binding to a client certificate (RFC 8705).
+//! 4. **The grant** names this service, and the service is of the attempt's protocol.
+//! 5. **The lifetime** is within the service's `max_ttl` as it is now (a reload may
+//!    have lowered it).
+//! 6. **What the protocol asks:** for HTTP, the normalised path and the method within
+//!    the grant; for a database, a role in the grant.
+//!
+//! Checks that belong to one protocol (a token in the URL, TRACE, the rate limit, an
+//! upstream credential that is not set) stay in that protocol. The authorizer writes
+//! nothing: an admitted attempt is marked used, and the caller audits the decision.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use keyway_core::config::{Config, Service, ServiceKind};
+use keyway_core::{path, Clock, DenyReason, Pepper, TokenKind};
+
+use crate::index::{Entry, TokenIndex};
+use crate::runtime::ConfigInForce;
+
+/// The read side of tokens and the config, and the rule that joins them. Cheap to
+/// clone; each protocol holds one.
+#[derive(Clone)]
+pub struct Authorizer {
+    config: ConfigInForce,
+    index: Arc<TokenIndex>,
+    pepper: Pepper,
+    clock: Arc<dyn Clock>,
+}
+
+/// Which protocol an attempt speaks: a service of another protocol is not reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Tcp,
+    Postgres,
+}
+
+/// How the attempt names its service.
+#[derive(Debug, Clone, Copy)]
+pub enum Reached<'a> {
+    /// The service a listener serves, as it was when the listener's proxy started.
+    Served(&'a Service),
+    /// A name the client sent (the tunnel's opening frame).
+    Named(&'a str),
+}
+
+/// What the protocol asks of the grant.
+#[derive(Debug, Clone, Copy)]
+pub enum Ask<'a> {
+    /// An HTTP request: the path as sent, and the method.
+    Request { method: &'a str, path: &'a str },
+    /// A TCP stream: the whole service.
+    Stream,
+    /// A database session: a role of the grant's.
+    Session,
+}
+
+/// One attempt to reach a service.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    pub protocol: Protocol,
+    pub service: Reached<'a>,
+    pub source: IpAddr,
+    /// The token as presented, if any.
+    pub token: Option<&'a str>,
+    /// The RFC 8705 thumbprint of the client certificate, if one was presented.
+    pub cert: Option<&'a str>,
+    pub ask: Ask<'a>,
+}
+
+/// An admitted attempt.
+#[derive(Debug)]
+pub struct Admitted {
+    pub entry: Arc<Entry>,
+    /// The config the attempt was judged against; [`Admitted::service`] is in it.
+    pub config: Arc<Config>,
+    service: String,
+    /// For an HTTP request: the normalised path, the one to forward.
+    pub path: Option<String>,
+    /// For a database session: the grant's role.
+    pub role: Option<String>,
+}
+
+/// A refused attempt, with what is safe to audit about its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub reason: DenyReason,
+    /// The token's public id, once it parsed.
+    pub token_id: Option<String>,
+    /// The token's principal, once its secret matched.
+    pub principal: Option<String>,
+}
+
+// === impl Authorizer ===
+
+impl Authorizer {
+    pub fn new(
+        config: ConfigInForce,
+        index: Arc<TokenIndex>,
+        pepper: Pepper,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            config,
+            index,
+            pepper,
+            clock,
+        }
+    }
+
+    /// Judges an attempt to reach a service, in the order of the module's doc.
+    pub fn admit(&self, attempt: &Attempt<'_>) -> Result<Admitted, Refused> {
+        let config = self.config.current();
+        let svc = in_force(&config, attempt.service).map_err(Refused::from)?;
+        if !svc.allows_source(attempt.source) {
+            return Err(DenyReason::SourceNotAllowed.into());
+        }
+        let entry = self.authenticate(
+            TokenKind::Access,
+            attempt.token,
+            attempt.source,
+            attempt.cert,
+        )?;
+        let refuse = |reason| Refused::with_entry(reason, &entry);
+        let grant = entry
+            .grant()
+            .filter(|g| g.service == svc.name && speaks(svc, attempt.protocol))
+            .ok_or_else(|| refuse(DenyReason::WrongService))?;
+        if entry.lifetime() > config.max_ttl_of(svc) {
+            return Err(refuse(DenyReason::TtlAboveMax));
+        }
+        let (path, role) = match attempt.ask {
+            Ask::Request { method, path } => {
+                let path = path::normalize(path, !grant.restricts_paths())
+                    .map_err(|_| refuse(DenyReason::BadPath))?;
+                grant.check(method, &path).map_err(refuse)?;
+                (Some(path), None)
+            }
+            Ask::Stream => (None, None),
+            Ask::Session => {
+                let role = grant
+                    .role
+                    .clone()
+                    .ok_or_else(|| refuse(DenyReason::WrongService))?;
+                (None, Some(role))
+            }
+        };
+        let service = svc.name.clone();
+        entry.mark_used(self.clock.now_ms());
+        Ok(Admitted {
+            entry,
+            config,
+            service,
+            path,
+            role,
+        })
+    }
+
+    /// Identifies a presented token of `kind`: present, well-formed, known, matching
+    /// secret (in constant time), of that kind, live; then held to the credential it
+    /// was obtained with (not revoked, its networks) and to the client certificate it
+    /// is bound to. Used on its own by the token endpoint and the admin API.
+    pub fn authenticate(
+        &self,
+        kind: TokenKind,
+        token: Option<&str>,
+        source: IpAddr,
+        cert: Option<&str>,
+    ) -> Result<Arc<Entry>, Refused> {
+        let text = token.ok_or(Refused::from(DenyReason::NoToken))?;
+        let entry = self
+            .index
+            .authenticate(text, &self.pepper, kind, self.clock.now_ms())
+            .map_err(|r| Refused {
+                reason: r.reason,
+                token_id: r.token_id,
+                principal: r.entry.map(|e| e.record.principal.clone()),
+            })?;
+        self.check_lineage(&entry, source)
+            .map_err(|reason| Refused::with_entry(reason, &entry))?;
+        if let Some(bound) = &entry.record.cert_thumbprint {
+            if !cert.is_some_and(|c| same_thumbprint(c, bound)) {
+                return Err(Refused::with_entry(DenyReason::CertificateMismatch, &entry));
+            }
+        }
+        Ok(entry)
+    }
+
+    /// The client credential a token was obtained with, if it is in the index.
+    pub fn parent_credential(&self, entry: &Entry) -> Option<Arc<Entry>> {
+        let parent = self.index.get(entry.record.parent_id.as_deref()?)?;
+        (parent.record.kind == TokenKind::ClientCredential).then_some(parent)
+    }
+
+    /// A token obtained with a credential is held to it on every use: the credential
+    /// must not be revoked, and its source networks apply.
+    fn check_lineage(&self, entry: &Entry, source: IpAddr) -> Result<(), DenyReason> {
+        let Some(credential) = self.parent_credential(entry) else {
+            return Ok(());
+        };
+        if credential.revoked() {
+            return Err(DenyReason::Revoked);
+        }
+        match &credential.record.scope {
+            Some(scope) if !scope.allows_source(source) => Err(DenyReason::SourceNotAllowed),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Constant-time comparison of two thumbprints.
+pub fn same_thumbprint(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// Step 1: the service the attempt reaches, as it is in force.
+fn in_force<'c>(config: &'c Config, reached: Reached<'_>) -> Result<&'c Service, DenyReason> {
+    match reached {
+        Reached::Served(own) => match config.service(&own.name) {
+            None => Err(DenyReason::UnknownService),
+            Some(now) if now != own => Err(DenyReason::Reloading),
+            Some(now) => Ok(now),
+        },
+        Reached::Named(name) => config.service(name).ok_or(DenyReason::UnknownService),
+    }
+}
+
+/// Whether `svc` is reached by `protocol`.
+fn speaks(svc: &Service, protocol: Protocol) -> bool {
+    matches!(
+        (&svc.kind, protocol),
+        (ServiceKind::Http(_), Protocol::Http)
+            | (ServiceKind::Tcp(_), Protocol::Tcp)
+            | (ServiceKind::Postgres(_), Protocol::Postgres)
+    )
+}
+
+// === impl Admitted ===
+
+impl Admitted {
+    /// The service admitted to, as it is in [`Admitted::config`].
+    pub fn service(&self) -> &Service {
+        match self.config.service(&self.service) {
+            Some(svc) => svc,
+            // `admit` found it in this very config.
+            None => unreachable!("an admitted service is in the config it was judged by"),
+        }
+    }
+}
+
+// === impl Refused ===
+
+impl Refused {
+    fn with_entry(reason: DenyReason, entry: &Entry) -> Self {
+        Self {
+            reason,
+            token_id: Some(entry.id().to_owned()),
+            principal: Some(entry.record.principal.clone()),
+        }
+    }
+}
+
+impl From<DenyReason> for Refused {
+    fn from(reason: DenyReason) -> Self {
+        Self {
+            reason,
+            token_id: None,
+            principal: None,
+        }
+    }
+}

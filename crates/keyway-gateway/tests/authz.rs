@@ -1,0 +1,282 @@
+//! One authorizer for every protocol: HTTP, the TCP tunnel and PostgreSQL refuse the
+//! same attempts with the same reason, in the same order. Each case is tried through
+//! all three with real clients (hyper, the tunnel's own client, `psql` or the
+//! PostgreSQL wire) against one gateway, and the reason read back from the audit log.
+//!
+//! The machine's PostgreSQL (127.0.0.1:5432) is the database upstream; `scripts/test`
+//! starts it when it is down.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use keyway_core::config::Config;
+use keyway_gateway::IssueRequest;
+use secrecy::ExposeSecret;
+use support::{send, TestGateway, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The three services, on port 0, each with `extra` lines. A reload sends the same
+/// text changed: a listener whose address is unchanged is kept.
+fn config(up: &str, echo: SocketAddr, extra: &str) -> String {
+    format!(
+        "admin_listen = \"127.0.0.1:0\"\ntunnel_listen = \"127.0.0.1:0\"\nmax_ttl = \"24h\"\n\
+         [services.billing]\nprotocol = \"http\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{up}\"\nmax_ttl = \"1h\"\n{extra}\n\
+         [services.cache]\nprotocol = \"tcp\"\nupstream = \"{echo}\"\nmax_ttl = \"1h\"\n{extra}\n\
+         [services.orders-db]\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:5432\"\n\
+         database = \"test\"\nmax_ttl = \"1h\"\nroles.readonly = {{ user = \"root\", secret = \"kw-ro\" }}\n{extra}\n"
+    )
+}
+
+/// A TCP upstream that echoes.
+async fn echo() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+struct Tokens {
+    http: String,
+    tcp: String,
+    pg: String,
+}
+
+async fn tokens(gw: &TestGateway) -> Tokens {
+    let issue = |service: &str, role: Option<&str>| IssueRequest {
+        service: service.into(),
+        principal: "alice".into(),
+        ttl: Some("1h".into()),
+        role: role.map(str::to_owned),
+        ..IssueRequest::default()
+    };
+    let mut out = Vec::new();
+    for req in [
+        issue("billing", None),
+        issue("cache", None),
+        issue("orders-db", Some("readonly")),
+    ] {
+        let (t, _) = gw.gw.issue(&req, "test").await.unwrap();
+        out.push(t.secret().expose_secret().to_owned());
+    }
+    let pg = out.pop().unwrap();
+    let tcp = out.pop().unwrap();
+    let http = out.pop().unwrap();
+    Tokens { http, tcp, pg }
+}
+
+async fn start(extra: &str) -> (TestGateway, Upstream, SocketAddr) {
+    assert!(
+        TcpStream::connect("127.0.0.1:5432").await.is_ok(),
+        "PostgreSQL is not listening on 127.0.0.1:5432; start it with: \
+         pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start (scripts/test does)"
+    );
+    let up = Upstream::start().await;
+    let echo = echo().await;
+    let gw = TestGateway::start(&config(&up.url(), echo, extra)).await;
+    (gw, up, echo)
+}
+
+/// Opens a tunnel stream to `service`; the gateway's refusal as the client reads it.
+async fn tunnel(gw: &TestGateway, service: &str, token: &str) -> Result<(), String> {
+    let tls = keyway_gateway::tls::client_config(&gw.data_dir().join("ca.pem")).unwrap();
+    let addr = gw.tunnel.unwrap().to_string();
+    keyway_gateway::tunnel::open(&addr, "localhost", tls, service, token)
+        .await
+        .map(drop)
+}
+
+/// `psql` through the gateway with `token` as the password: its error output.
+fn psql(addr: SocketAddr, token: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p"])
+        .arg(addr.port().to_string())
+        .args(["-U", "whoever", "-d", "test", "-XAtqc", "select 1"])
+        .env("PGPASSWORD", token)
+        .env("PGSSLMODE", "disable")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql must be installed (apt-get install postgresql-client)");
+    assert!(!out.status.success(), "psql got through");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The reasons of the denied events of `kind` for `service`, in order.
+async fn denials(gw: &TestGateway, kind: &str, service: &str) -> Vec<String> {
+    gw.audit()
+        .await
+        .into_iter()
+        .filter(|e| {
+            e.event.kind == kind
+                && e.event.service.as_deref() == Some(service)
+                && e.event.decision.as_deref() == Some("deny")
+        })
+        .filter_map(|e| e.event.reason)
+        .collect()
+}
+
+/// The last denial of each protocol: HTTP, tunnel, PostgreSQL.
+async fn last_denials(gw: &TestGateway) -> [Option<String>; 3] {
+    [
+        denials(gw, "request", "billing").await.pop(),
+        denials(gw, "connection.open", "cache").await.pop(),
+        denials(gw, "connection.open", "orders-db").await.pop(),
+    ]
+}
+
+fn all(reason: &str) -> [Option<String>; 3] {
+    [(); 3].map(|()| Some(reason.to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_outside_allow_cidrs_is_refused_before_the_token_is_looked_at() {
+    let (gw, up, _) = start("allow_cidrs = [\"10.0.0.0/8\"]").await;
+    let t = tokens(&gw).await;
+
+    // With a good token: refused for its source.
+    let got = send(gw.addr("billing"), "GET", "/", Some(&t.http)).await;
+    assert_eq!(got.status, 403);
+    let refused = tunnel(&gw, "cache", &t.tcp).await.unwrap_err();
+    assert!(refused.contains("forbidden"), "{refused}");
+    let said = psql(gw.addr("orders-db"), &t.pg);
+    assert!(said.contains("does not grant this database"), "{said}");
+    assert_eq!(last_denials(&gw).await, all("source_not_allowed"));
+
+    // With a token that is not one: the same, so nobody outside the networks can
+    // tell a live token from a dead one.
+    let junk = "kwat_not-a-token";
+    assert_eq!(
+        send(gw.addr("billing"), "GET", "/", Some(junk))
+            .await
+            .status,
+        403
+    );
+    assert!(tunnel(&gw, "cache", junk).await.is_err());
+    psql(gw.addr("orders-db"), junk);
+    assert_eq!(last_denials(&gw).await, all("source_not_allowed"));
+    assert_eq!(denials(&gw, "connection.open", "cache").await.len(), 2);
+    assert!(up.seen().is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_above_a_lowered_max_ttl_is_refused_by_every_protocol() {
+    let (gw, up, echo) = start("").await;
+    let t = tokens(&gw).await;
+    // Before the reload, each is let through.
+    assert_eq!(
+        send(gw.addr("billing"), "GET", "/", Some(&t.http))
+            .await
+            .status,
+        200
+    );
+    tunnel(&gw, "cache", &t.tcp).await.unwrap();
+
+    let lowered = config(&up.url(), echo, "").replace("max_ttl = \"1h\"", "max_ttl = \"30m\"");
+    let lowered = Config::parse(&lowered, gw.dir.path()).unwrap();
+    let done = gw.gw.reload(lowered, "test", None, false).await.unwrap();
+    // A changed service on port 0 listens anew; the reload says where.
+    let at = |name: &str| done.listening[name].parse::<SocketAddr>().unwrap();
+
+    assert_eq!(
+        send(at("billing"), "GET", "/", Some(&t.http)).await.status,
+        401
+    );
+    let refused = tunnel(&gw, "cache", &t.tcp).await.unwrap_err();
+    assert!(refused.contains("unauthorized"), "{refused}");
+    let said = psql(at("orders-db"), &t.pg);
+    assert!(said.contains("Keyway refused the token"), "{said}");
+    // Refused, not let in and cut a moment later: no session was opened.
+    assert_eq!(last_denials(&gw).await, all("ttl_above_max"));
+    let allowed_pg = gw
+        .audit()
+        .await
+        .into_iter()
+        .filter(|e| {
+            e.event.service.as_deref() == Some("orders-db")
+                && e.event.decision.as_deref() == Some("allow")
+        })
+        .count();
+    assert_eq!(allowed_pg, 0);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_during_a_reload_that_removed_its_service_is_refused_as_unknown() {
+    let (gw, up, echo) = start("").await;
+    let t = tokens(&gw).await;
+
+    // A PostgreSQL client accepted by the listener, asked for its password, still
+    // typing it while the reload removes the service.
+    let mut pg = TcpStream::connect(gw.addr("orders-db")).await.unwrap();
+    let mut buf = BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(
+        [("user", "whoever"), ("database", "test")],
+        &mut buf,
+    )
+    .unwrap();
+    pg.write_all(&buf).await.unwrap();
+    let (kind, _) = message(&mut pg).await;
+    assert_eq!(kind, b'R', "asked for a password");
+
+    let without = config(&up.url(), echo, "")
+        .split("[services.")
+        .filter(|s| !s.starts_with("cache]") && !s.starts_with("orders-db]"))
+        .collect::<Vec<_>>()
+        .join("[services.");
+    let without = Config::parse(&without, gw.dir.path()).unwrap();
+    gw.gw.reload(without, "test", None, false).await.unwrap();
+
+    buf.clear();
+    postgres_protocol::message::frontend::password_message(t.pg.as_bytes(), &mut buf).unwrap();
+    pg.write_all(&buf).await.unwrap();
+    let (kind, body) = message(&mut pg).await;
+    assert_eq!(kind, b'E');
+    let said = String::from_utf8_lossy(&body).into_owned();
+    assert!(said.contains("28000"), "{said}");
+
+    let refused = tunnel(&gw, "cache", &t.tcp).await.unwrap_err();
+    assert!(refused.contains("forbidden"), "{refused}");
+    let reasons: Vec<_> = gw
+        .audit()
+        .await
+        .into_iter()
+        .filter(|e| e.event.kind == "connection.open")
+        .filter_map(|e| e.event.reason)
+        .collect();
+    assert_eq!(reasons, ["unknown_service", "unknown_service"]);
+    // The HTTP service stays and still serves.
+    assert_eq!(
+        send(gw.addr("billing"), "GET", "/", Some(&t.http))
+            .await
+            .status,
+        200
+    );
+    gw.stop().await;
+}
+
+/// One PostgreSQL backend message, within 10 s.
+async fn message(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let kind = s.read_u8().await.unwrap();
+        let len = s.read_i32().await.unwrap();
+        let mut body = vec![0; usize::try_from(len - 4).unwrap()];
+        s.read_exact(&mut body).await.unwrap();
+        (kind, body)
+    })
+    .await
+    .expect("the gateway answered")
+}

@@ -1,0 +1,230 @@
+//! The shape of the code, checked: inside `keyway-gateway` no module imports from a
+//! layer above its own, and no source file of the workspace passes 600 lines.
+//!
+//! The layers, bottom to top, are [`LAYERS`]; ARCHITECTURE.md says what each is for.
+//! What is not there yet is written down, not hidden: [`UPWARD`] lists the imports
+//! that still run up a layer and [`OVERSIZED`] the files still above the limit, each
+//! with the size it may not pass. Both lists only shrink: an entry that is no longer
+//! true fails the test as surely as a new violation, so that it is struck out.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// The most lines a source file may have.
+const MAX_LINES: usize = 600;
+
+/// `keyway-gateway`'s top-level modules by layer, bottom first. A module may import
+/// from its own layer and those below.
+const LAYERS: &[(&str, &[&str])] = &[
+    ("runtime", &["runtime"]),
+    ("tokens and sessions", &["index"]),
+    ("audit", &["audit", "telemetry"]),
+    ("authorization and token lifecycle", &["authz", "gateway"]),
+    (
+        "network",
+        &["listener", "tls", "relay", "agents", "upstream"],
+    ),
+    ("protocol proxies", &["proxy", "tunnel", "token_api"]),
+    (
+        "control",
+        &["detect", "alerts", "portscan", "report", "admin"],
+    ),
+    ("supervisor", &["reload", "lib"]),
+];
+
+/// Items of the crate root that other modules name, and the module that defines each.
+const ROOT_ITEMS: &[(&str, &str)] = &[
+    ("Gateway", "gateway"),
+    ("IssueRequest", "gateway"),
+    ("Stream", "runtime"),
+    ("MAX_CONNECTIONS", "runtime"),
+    ("Listeners", "lib"),
+    ("BindError", "lib"),
+    ("TOKEN_LISTENER", "lib"),
+    ("TUNNEL_LISTENER", "lib"),
+    ("run", "lib"),
+];
+
+/// Imports that still run up a layer: (importing module, imported module).
+const UPWARD: &[(&str, &str)] = &[
+    ("admin", "reload"),
+    ("agents", "tunnel"),
+    ("audit", "detect"),
+    ("audit", "gateway"),
+    ("gateway", "agents"),
+    ("gateway", "alerts"),
+    ("gateway", "detect"),
+    ("gateway", "reload"),
+    ("proxy", "reload"),
+    ("relay", "reload"),
+    ("telemetry", "gateway"),
+    ("telemetry", "token_api"),
+    ("tunnel", "reload"),
+];
+
+/// Files still above [`MAX_LINES`], relative to the workspace, with the size they may
+/// not pass.
+const OVERSIZED: &[(&str, usize)] = &[
+    ("crates/keyway-gateway/src/admin.rs", 681),
+    ("crates/keyway-gateway/src/agents.rs", 637),
+    ("crates/keyway-gateway/src/detect.rs", 706),
+    ("crates/keyway-gateway/src/gateway.rs", 1200),
+    ("crates/keyway-gateway/src/proxy/http.rs", 724),
+    ("crates/keyway-gateway/src/proxy/postgres.rs", 1243),
+    ("crates/keyway-gateway/src/reload.rs", 720),
+    ("crates/keyway-gateway/tests/http.rs", 1018),
+    ("crates/keyway/src/main.rs", 761),
+];
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n != "target") {
+                rust_files(&path, out);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The layer of a top-level module.
+fn layer_of(module: &str) -> usize {
+    LAYERS
+        .iter()
+        .position(|(_, mods)| mods.contains(&module))
+        .unwrap_or_else(|| panic!("module `{module}` has no layer: add it to LAYERS"))
+}
+
+/// The top-level modules a file names through `crate::`.
+fn imported(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("crate::") {
+        rest = &rest[at + "crate::".len()..];
+        let names: Vec<&str> = if let Some(group) = rest.strip_prefix('{') {
+            // `crate::{a, b::c}`: the first segment of each path in the group.
+            let end = group.find('}').unwrap_or(group.len());
+            group[..end]
+                .split(',')
+                .map(|p| p.trim().split("::").next().unwrap_or("").trim())
+                .collect()
+        } else {
+            let end = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            vec![&rest[..end]]
+        };
+        for name in names.into_iter().filter(|n| !n.is_empty()) {
+            let module = ROOT_ITEMS
+                .iter()
+                .find(|(item, _)| *item == name)
+                .map_or(name, |(_, m)| m);
+            out.insert(module.to_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn no_module_imports_from_a_layer_above_its_own() {
+    let src = workspace().join("crates/keyway-gateway/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    assert!(files.len() > 10, "found the gateway's sources in {src:?}");
+    let mut upward = BTreeSet::new();
+    let mut modules = BTreeMap::new();
+    for file in &files {
+        let rel = file.strip_prefix(&src).unwrap();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
+        let module = first.trim_end_matches(".rs").to_owned();
+        modules.insert(module.clone(), layer_of(&module));
+        let text = std::fs::read_to_string(file).unwrap();
+        for to in imported(&text) {
+            if to != module && layer_of(&to) > layer_of(&module) {
+                upward.insert((module.clone(), to));
+            }
+        }
+    }
+    for (_, mods) in LAYERS {
+        for m in *mods {
+            assert!(
+                modules.contains_key(*m),
+                "LAYERS names `{m}`, which is not a module"
+            );
+        }
+    }
+    let known: BTreeSet<(String, String)> = UPWARD
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect();
+    let new: Vec<_> = upward.difference(&known).collect();
+    let gone: Vec<_> = known.difference(&upward).collect();
+    assert!(
+        new.is_empty(),
+        "imports that run up a layer (module, imported): {new:?}; pass what is needed down \
+         as a handle instead"
+    );
+    assert!(
+        gone.is_empty(),
+        "no longer upward, strike them from UPWARD: {gone:?}"
+    );
+}
+
+#[test]
+fn no_source_file_passes_600_lines() {
+    let root = workspace();
+    let mut files = Vec::new();
+    for dir in ["crates", "bench", "fuzz/fuzz_targets"] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    assert!(
+        files.len() > 50,
+        "found the workspace's sources in {root:?}"
+    );
+    let mut over = BTreeMap::new();
+    for file in &files {
+        let lines = std::fs::read_to_string(file).unwrap().lines().count();
+        if lines > MAX_LINES {
+            let rel = file
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            over.insert(rel, lines);
+        }
+    }
+    let allowed: BTreeMap<String, usize> = OVERSIZED
+        .iter()
+        .map(|(f, n)| ((*f).to_owned(), *n))
+        .collect();
+    let grown: Vec<_> = over
+        .iter()
+        .filter(|(f, n)| allowed.get(*f).is_none_or(|max| *n > max))
+        .collect();
+    let gone: Vec<_> = allowed.keys().filter(|f| !over.contains_key(*f)).collect();
+    assert!(
+        grown.is_empty(),
+        "files above {MAX_LINES} lines (path, lines): {grown:?}; split them by what each part \
+         is for"
+    );
+    assert!(
+        gone.is_empty(),
+        "within {MAX_LINES} lines now, strike them from OVERSIZED: {gone:?}"
+    );
+}
