@@ -1,0 +1,160 @@
+//! An http service's part of its check: an `http://` upstream without credentials,
+//! the header set from a secret, the timeouts and header limits, TLS and client
+//! certificates on its listener.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, Uri};
+
+use super::check::valid_secret_name;
+use super::problem::Problems;
+use super::service::Common;
+use super::{HttpService, HttpUpstream, RawService, Service, ServiceKind, TlsConfig, UpstreamAuth};
+
+// === impl RawService ===
+
+impl RawService {
+    pub(super) fn check_http(self, c: Common<'_>, p: &mut Problems) -> Option<Service> {
+        let key = |k: &str| c.key(k);
+        let upstream = check_http_upstream(&self.upstream, &key("upstream"), p);
+        let upstream_auth = self.upstream_auth.and_then(|a| {
+            let header = match HeaderName::from_bytes(a.header.as_bytes()) {
+                Ok(h) if !is_reserved_header(&h) => Some(h),
+                Ok(_) => {
+                    p.push(&key("upstream_auth.header"), "cannot be a hop-by-hop or Host header");
+                    None
+                }
+                Err(_) => {
+                    p.push(&key("upstream_auth.header"), "is not a valid header name");
+                    None
+                }
+            };
+            if !valid_secret_name(&a.secret) {
+                p.push(
+                    &key("upstream_auth.secret"),
+                    "is the name of a secret (set with `keyway secret set NAME`): 1 to 64 characters of \
+                     a-z, A-Z, 0-9, `.`, `-` and `_`; never the secret's value",
+                );
+            }
+            Some(UpstreamAuth {
+                header: header?,
+                secret: a.secret,
+            })
+        });
+        let http = HttpService {
+            upstream: upstream.unwrap_or(HttpUpstream {
+                authority: Authority::from_static("invalid"),
+                base_path: String::new(),
+            }),
+            upstream_auth,
+            connect_timeout: p.duration_or(
+                &key("connect_timeout"),
+                self.connect_timeout.as_deref(),
+                Duration::from_secs(5),
+            ),
+            upstream_timeout: p.duration_or(
+                &key("upstream_timeout"),
+                self.upstream_timeout.as_deref(),
+                Duration::from_secs(30),
+            ),
+            header_timeout: p.duration_or(
+                &key("header_timeout"),
+                self.header_timeout.as_deref(),
+                Duration::from_secs(10),
+            ),
+            max_header_bytes: self.max_header_bytes.unwrap_or(16 * 1024),
+            max_headers: self.max_headers.unwrap_or(64),
+        };
+        if !(8192..=1024 * 1024).contains(&http.max_header_bytes) {
+            p.push(&key("max_header_bytes"), "must be between 8192 and 1048576");
+        }
+        if !(8..=1024).contains(&http.max_headers) {
+            p.push(&key("max_headers"), "must be between 8 and 1024");
+        }
+        let rel = |path: PathBuf| {
+            if path.is_absolute() {
+                path
+            } else {
+                c.base_dir.join(path)
+            }
+        };
+        let require = self.require_client_cert.unwrap_or(false);
+        let tls = match self.tls {
+            Some(t) => {
+                if t.client_ca.is_some() {
+                    p.push(&key("tls.client_ca"), "goes beside `tls`, as `client_ca`");
+                }
+                if require && self.client_ca.is_none() {
+                    p.push(
+                        &key("require_client_cert"),
+                        "needs `client_ca` to verify client certificates against",
+                    );
+                }
+                Some(TlsConfig {
+                    cert: rel(t.cert),
+                    key: rel(t.key),
+                    client_ca: self.client_ca.map(rel),
+                    require_client_cert: require,
+                })
+            }
+            None => {
+                if self.client_ca.is_some() || require {
+                    p.push(
+                        &key("client_ca"),
+                        "client certificates need `tls = { cert = …, key = … }` on the listener",
+                    );
+                }
+                None
+            }
+        };
+        let rate_limit = c.rate_limit;
+        c.service(p, rate_limit, tls, ServiceKind::Http(http))
+    }
+}
+
+fn check_http_upstream(s: &str, key: &str, p: &mut Problems) -> Option<HttpUpstream> {
+    let Ok(uri) = s.parse::<Uri>() else {
+        p.push(key, "is not a URL like `http://10.0.0.5:8080`");
+        return None;
+    };
+    if uri.scheme() != Some(&Scheme::HTTP) {
+        p.push(
+            key,
+            "must be an `http://` URL (https upstreams are not supported yet)",
+        );
+        return None;
+    }
+    let authority = uri.authority()?.clone();
+    if authority.as_str().contains('@') {
+        p.push(
+            key,
+            "must not hold credentials; use `upstream_auth` with a secret",
+        );
+        return None;
+    }
+    if uri.query().is_some() {
+        p.push(key, "must not have a query string");
+        return None;
+    }
+    let base_path = uri.path().trim_end_matches('/').to_owned();
+    Some(HttpUpstream {
+        authority,
+        base_path,
+    })
+}
+
+fn is_reserved_header(h: &HeaderName) -> bool {
+    matches!(
+        h.as_str(),
+        "host"
+            | "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
+    ) || h.as_str().starts_with("proxy-")
+}

@@ -1,0 +1,275 @@
+//! The checked configuration: real types (`Duration`, `SocketAddr`, `IpNet`), no
+//! field that must be set at run time, each service with its protocol's own part.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::HeaderName;
+use ipnet::IpNet;
+
+use super::problem::{without_values, ConfigError, Problem};
+use super::{lint, AlertsConfig, DetectConfig, RawConfig};
+use crate::units::Rate;
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub admin_listen: SocketAddr,
+    /// No token anywhere lives longer.
+    pub max_ttl: Duration,
+    /// Lifetime of the admin credential the gateway writes to `admin.token`.
+    pub admin_token_ttl: Duration,
+    /// Where workloads exchange client credentials for access tokens; none if unset.
+    pub token_listen: Option<SocketAddr>,
+    /// TLS (and client certificates) on the token endpoint.
+    pub token_tls: Option<TlsConfig>,
+    /// Where `keyway connect` reaches TCP services (always TLS).
+    pub tunnel_listen: Option<SocketAddr>,
+    /// The tunnel's certificate; without it, one from the gateway's local CA
+    /// (`<data_dir>/ca.pem`).
+    pub tunnel_tls: Option<TlsConfig>,
+    /// No client credential is accepted longer than this after its issue.
+    pub credential_max_age: Duration,
+    /// How long an agent's certificate lives; agents renew it at two thirds.
+    pub agent_cert_ttl: Duration,
+    /// Revoke a token that arrives in a URL (it is in access logs now). A request
+    /// with one is refused either way.
+    pub revoke_tokens_in_urls: bool,
+    /// The key of token hashes; outside the database.
+    pub pepper_file: PathBuf,
+    /// The key that encrypts upstream credentials at rest; outside the database.
+    pub master_key_file: PathBuf,
+    pub audit: AuditConfig,
+    pub services: BTreeMap<String, Service>,
+    pub agents: BTreeMap<String, Agent>,
+    /// The intrusion detectors and what they do.
+    pub detect: DetectConfig,
+    /// Where alerts go besides the audit log and the metrics.
+    pub alerts: AlertsConfig,
+    /// Where the config came from, and its shape as written.
+    pub written: Written,
+}
+
+/// A config's source: what `keyway plan` shows changes in, and what the audit log
+/// names it by.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Written {
+    /// The file as written, untyped (JSON); `Null` when not parsed from text.
+    pub value: serde_json::Value,
+    /// SHA-256 of the text (hex); empty when not parsed from text.
+    pub sha256: String,
+    /// The folder relative paths are taken from.
+    pub base_dir: PathBuf,
+}
+
+/// An agent and the services it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    pub name: String,
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditConfig {
+    /// Events waiting to be written before `on_full` applies.
+    pub queue: usize,
+    pub on_full: OnFull,
+    /// Events older than this are pruned (up to a signed checkpoint, which stays as
+    /// the chain's anchor); kept for ever when unset.
+    pub retention: Option<Duration>,
+    /// How often the chain's head is checkpointed and signed.
+    pub checkpoint_every: Duration,
+    pub ports: Option<PortAuditConfig>,
+}
+
+/// `[audit.ports]`: the port audit the gateway runs on a schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortAuditConfig {
+    pub every: Duration,
+    pub hosts: Vec<String>,
+    pub ports: std::collections::BTreeSet<u16>,
+}
+
+/// What the gateway does when the audit writer cannot keep up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFull {
+    /// Refuse new requests (503) until the audit catches up. The default.
+    FailClosed,
+    /// Let requests through and count the dropped events.
+    FailOpen,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    /// The gateway port that stands for the service (HTTP); TCP services have none,
+    /// they are reached through `tunnel_listen`.
+    pub listen: Option<SocketAddr>,
+    pub max_ttl: Duration,
+    /// Empty: any source address.
+    pub allow_cidrs: Vec<IpNet>,
+    /// Per token.
+    pub rate_limit: Option<Rate>,
+    /// HTTPS on the gateway's listener, and client certificates.
+    pub tls: Option<TlsConfig>,
+    /// The agent that reaches the upstream; `None`: the gateway dials it.
+    pub via: Option<String>,
+    pub kind: ServiceKind,
+}
+
+/// A listener's TLS: its certificate and key, and how client certificates are taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Client certificates are verified against this CA; without it none are asked.
+    pub client_ca: Option<PathBuf>,
+    /// Refuse connections without a valid client certificate.
+    pub require_client_cert: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServiceKind {
+    Http(HttpService),
+    Tcp(TcpService),
+    Postgres(PostgresService),
+}
+
+/// A PostgreSQL service: clients log in with their Keyway token as the password; the
+/// gateway logs in upstream as the role their grant maps to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresService {
+    /// `host:port`.
+    pub upstream: String,
+    pub database: String,
+    /// Grant role name → upstream role.
+    pub roles: BTreeMap<String, PgRole>,
+    pub connect_timeout: Duration,
+    /// Accept plaintext from beyond loopback (never by default).
+    pub allow_plaintext: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgRole {
+    pub user: String,
+    /// The name of the secret holding the password (`keyway secret set NAME`).
+    pub secret: String,
+}
+
+/// A TCP service, reached with `keyway connect` through the tunnel listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TcpService {
+    /// `host:port`.
+    pub upstream: String,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpService {
+    pub upstream: HttpUpstream,
+    pub upstream_auth: Option<UpstreamAuth>,
+    pub connect_timeout: Duration,
+    /// Time for the upstream to start answering.
+    pub upstream_timeout: Duration,
+    /// Time for a client to send a request's header block.
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpUpstream {
+    pub authority: Authority,
+    /// Prepended to every forwarded path; empty for none.
+    pub base_path: String,
+}
+
+/// A header the gateway sets on every upstream request, its value a named secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamAuth {
+    pub header: HeaderName,
+    /// The secret's name (set with `keyway secret set NAME`), never its value.
+    pub secret: String,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Parses and checks `text`; relative paths are taken relative to `base_dir` (the
+    /// folder of the config file).
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner.span().map(|s| {
+                text.as_bytes()[..s.start.min(text.len())]
+                    .iter()
+                    .filter(|&&c| c == b'\n')
+                    .count()
+                    + 1
+            });
+            ConfigError {
+                // A secret pasted as a key comes back in the path and in "unknown
+                // field `…`": masked here, for every caller.
+                problems: vec![Problem {
+                    line,
+                    key: (!path.is_empty() && path != ".").then(|| lint::mask_secrets(&path)),
+                    message: lint::mask_secrets(&without_values(inner.message().trim())),
+                }],
+            }
+        })?;
+        let mut config = raw.check(base_dir)?;
+        // The same text again, untyped: the shape people wrote, for `keyway plan`.
+        config.written.value = toml::from_str::<toml::Value>(text)
+            .ok()
+            .and_then(|v| serde_json::to_value(v).ok())
+            .unwrap_or_default();
+        config.written.sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text));
+        Ok(config)
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.get(name)
+    }
+
+    /// The longest a token of `svc` may live: its own `max_ttl`, within the global
+    /// one.
+    pub fn max_ttl_of(&self, svc: &Service) -> Duration {
+        svc.max_ttl.min(self.max_ttl)
+    }
+}
+
+// === impl Service ===
+
+impl Service {
+    /// The upstream as `host:port` (an HTTP upstream's port is 80 unless it says).
+    pub fn upstream_addr(&self) -> String {
+        match &self.kind {
+            ServiceKind::Http(h) => {
+                let a = &h.upstream.authority;
+                format!("{}:{}", a.host(), a.port_u16().unwrap_or(80))
+            }
+            ServiceKind::Tcp(t) => t.upstream.clone(),
+            ServiceKind::Postgres(p) => p.upstream.clone(),
+        }
+    }
+
+    /// Whether `allow_cidrs` lets `source` in (an empty list lets every address in).
+    pub fn allows_source(&self, source: std::net::IpAddr) -> bool {
+        self.allow_cidrs.is_empty() || self.allow_cidrs.iter().any(|n| n.contains(&source))
+    }
+
+    /// `http`, `tcp` or `postgres`, as `protocol` says in the file.
+    pub fn protocol(&self) -> &'static str {
+        match &self.kind {
+            ServiceKind::Http(_) => "http",
+            ServiceKind::Tcp(_) => "tcp",
+            ServiceKind::Postgres(_) => "postgres",
+        }
+    }
+}

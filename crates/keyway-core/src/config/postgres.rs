@@ -1,0 +1,78 @@
+//! A postgres service's part of its check: the database its sessions open, the grant
+//! roles mapped to upstream users and their secrets, TLS on its listener.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::check::{valid_name, valid_secret_name};
+use super::problem::Problems;
+use super::service::Common;
+use super::tcp::check_tcp_upstream;
+use super::{PgRole, PostgresService, RawService, Service, ServiceKind, TlsConfig};
+
+// === impl RawService ===
+
+impl RawService {
+    pub(super) fn check_postgres(self, c: Common<'_>, p: &mut Problems) -> Option<Service> {
+        let key = |k: &str| c.key(k);
+        let mut roles = BTreeMap::new();
+        match &self.roles {
+            None => p.push(&key("roles"), "a postgres service maps grant roles to upstream users: `roles.readonly = { user = \"…\", secret = \"…\" }`"),
+            Some(r) => {
+                for (role, raw) in r {
+                    if !valid_name(role) {
+                        p.push(&key(&format!("roles.{role}")), "a role name is 1 to 63 characters of a-z, 0-9, `-` and `_`");
+                    }
+                    if !valid_secret_name(&raw.secret) {
+                        p.push(&key(&format!("roles.{role}.secret")), "is the name of a secret set with `keyway secret set NAME`, never its value");
+                    }
+                    if raw.user.is_empty() || raw.user.len() > 63 || raw.user.contains('\0') {
+                        p.push(&key(&format!("roles.{role}.user")), "is a PostgreSQL role name");
+                    }
+                    roles.insert(role.clone(), PgRole { user: raw.user.clone(), secret: raw.secret.clone() });
+                }
+            }
+        }
+        let database = self.database.clone().unwrap_or_default();
+        if database.is_empty() || database.contains('\0') {
+            p.push(
+                &key("database"),
+                "a postgres service names the database its sessions open",
+            );
+        }
+        for (k, set) in [
+            ("upstream_auth", self.upstream_auth.is_some()),
+            ("rate_limit", self.rate_limit.is_some()),
+        ] {
+            if set {
+                p.push(&key(k), "applies to http services only");
+            }
+        }
+        let pg = PostgresService {
+            upstream: check_tcp_upstream(&self.upstream, &key("upstream"), p).unwrap_or_default(),
+            database,
+            roles,
+            connect_timeout: p.duration_or(
+                &key("connect_timeout"),
+                self.connect_timeout.as_deref(),
+                Duration::from_secs(5),
+            ),
+            allow_plaintext: self.allow_plaintext.unwrap_or(false),
+        };
+        let rel = |path: PathBuf| {
+            if path.is_absolute() {
+                path
+            } else {
+                c.base_dir.join(path)
+            }
+        };
+        let tls = self.tls.map(|t| TlsConfig {
+            cert: rel(t.cert),
+            key: rel(t.key),
+            client_ca: self.client_ca.clone().map(rel),
+            require_client_cert: self.require_client_cert.unwrap_or(false),
+        });
+        c.service(p, None, tls, ServiceKind::Postgres(pg))
+    }
+}

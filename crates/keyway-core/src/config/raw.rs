@@ -1,0 +1,121 @@
+//! The file's shape, as deserialized: every table `deny_unknown_fields`, every value
+//! still as written (durations and addresses are strings). [`RawConfig::check`] turns
+//! it into the checked [`super::Config`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{RawAlerts, RawDetect};
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub data_dir: Option<PathBuf>,
+    pub admin_listen: Option<String>,
+    pub max_ttl: Option<String>,
+    pub admin_token_ttl: Option<String>,
+    pub token_listen: Option<String>,
+    pub token_tls: Option<RawTls>,
+    pub tunnel_listen: Option<String>,
+    pub tunnel_tls: Option<RawTls>,
+    pub credential_max_age: Option<String>,
+    pub agent_cert_ttl: Option<String>,
+    pub revoke_tokens_in_urls: Option<bool>,
+    pub pepper_file: Option<PathBuf>,
+    pub master_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub audit: RawAudit,
+    #[serde(default)]
+    pub services: BTreeMap<String, RawService>,
+    #[serde(default)]
+    pub agents: BTreeMap<String, RawAgent>,
+    #[serde(default)]
+    pub detect: RawDetect,
+    #[serde(default)]
+    pub alerts: RawAlerts,
+}
+
+/// An agent: a Keyway process inside a private network that dials out to the
+/// gateway's tunnel and carries the connections of these services.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub queue: Option<usize>,
+    pub on_full: Option<String>,
+    pub retention: Option<String>,
+    pub checkpoint_every: Option<String>,
+    /// The port audit, run by the gateway on a schedule.
+    pub ports: Option<RawPortAudit>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPortAudit {
+    /// Like `7d`.
+    pub every: String,
+    /// Hosts or CIDRs; the declared upstreams' hosts when unset.
+    pub hosts: Option<Vec<String>>,
+    /// Like `1-1024,5432`; the well-known range and the usual database, cache and
+    /// broker ports when unset. Declared ports are always added.
+    pub ports: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub protocol: String,
+    pub listen: Option<String>,
+    pub upstream: String,
+    pub max_ttl: Option<String>,
+    pub allow_cidrs: Option<Vec<String>>,
+    pub rate_limit: Option<String>,
+    pub upstream_auth: Option<RawUpstreamAuth>,
+    pub connect_timeout: Option<String>,
+    pub upstream_timeout: Option<String>,
+    pub header_timeout: Option<String>,
+    pub max_header_bytes: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub tls: Option<RawTls>,
+    pub client_ca: Option<PathBuf>,
+    pub require_client_cert: Option<bool>,
+    /// PostgreSQL: the database every session opens.
+    pub database: Option<String>,
+    /// PostgreSQL: grant role name → upstream user and the secret holding its password.
+    pub roles: Option<BTreeMap<String, RawRole>>,
+    /// PostgreSQL: accept plaintext sessions from beyond loopback.
+    pub allow_plaintext: Option<bool>,
+    /// Reach the upstream through this agent; the gateway never dials it itself.
+    pub via: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRole {
+    pub user: String,
+    pub secret: String,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Only in `token_tls`: verify client certificates against this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamAuth {
+    pub header: String,
+    pub secret: String,
+}
