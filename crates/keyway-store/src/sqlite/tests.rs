@@ -1,0 +1,166 @@
+use keyway_core::{Grant, IssuedToken, Pepper, TokenKind};
+use secrecy::{SecretBox, SecretString};
+
+use super::*;
+use crate::Sealer;
+
+#[tokio::test]
+async fn tokens_round_trip_and_revoke_keeps_the_first_time() {
+    let store = SqliteStore::in_memory().await.unwrap();
+    let pepper = Pepper::new(&SecretBox::new(Box::new([1; 32])));
+    let t = IssuedToken::generate(TokenKind::Access);
+    let rec = TokenRecord {
+        id: t.id().into(),
+        kind: TokenKind::Access,
+        principal: "alice".into(),
+        grant: Some(Grant::new("billing", &["GET".into()], &["/invoices/".into()]).unwrap()),
+        hash: t.hash(&pepper),
+        created_at: 10,
+        expires_at: 20,
+        revoked_at: None,
+        last_used_at: None,
+        parent_id: Some("parent".into()),
+        scope: None,
+        cert_thumbprint: Some("x5t".into()),
+    };
+    store.insert_token(&rec).await.unwrap();
+    assert_eq!(store.tokens().await.unwrap(), vec![rec.clone()]);
+    let r = store.revoke_token(t.id(), 15).await.unwrap().unwrap();
+    assert_eq!(r.revoked_at, Some(15));
+    let r = store.revoke_token(t.id(), 18).await.unwrap().unwrap();
+    assert_eq!(r.revoked_at, Some(15));
+    assert!(store.revoke_token("nope", 1).await.unwrap().is_none());
+    store.touch_tokens(&[(t.id().into(), 17)]).await.unwrap();
+    assert_eq!(store.tokens().await.unwrap()[0].last_used_at, Some(17));
+    let r = store.shorten_expiry(t.id(), 30).await.unwrap().unwrap();
+    assert_eq!(r.expires_at, 20, "never later");
+    let r = store.shorten_expiry(t.id(), 12).await.unwrap().unwrap();
+    assert_eq!(r.expires_at, 12);
+}
+
+#[tokio::test]
+async fn secrets_and_audit() {
+    let store = SqliteStore::in_memory().await.unwrap();
+    let sealer = Sealer::new(&SecretBox::new(Box::new([2; 32])));
+    let sealed = sealer.seal("k", &SecretString::from("v"));
+    store.put_secret("k", &sealed, 1).await.unwrap();
+    store.put_secret("k", &sealed, 2).await.unwrap();
+    assert_eq!(
+        store.secrets().await.unwrap(),
+        vec![("k".to_owned(), sealed)]
+    );
+
+    let ev = AuditEvent {
+        at: 5,
+        kind: "request".into(),
+        decision: Some("deny".into()),
+        reason: Some("no_token".into()),
+        detail: serde_json::json!({"path": "/x"}),
+        ..Default::default()
+    };
+    store.append_audit(&[ev.clone(), ev.clone()]).await.unwrap();
+    let got = store
+        .audit_events(&AuditQuery {
+            after_seq: 1,
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].seq, &got[0].event), (2, &ev));
+}
+
+/// Every audit event in the store, oldest first.
+async fn stored(store: &SqliteStore) -> Vec<AuditEvent> {
+    let got = store
+        .audit_events(&AuditQuery {
+            limit: 1000,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    got.into_iter().map(|e| e.event).collect()
+}
+
+/// `n` request events, the i-th at time i with `{"n": i}` as its detail.
+fn requests(n: i64) -> Vec<AuditEvent> {
+    (0..n)
+        .map(|i| AuditEvent {
+            at: i,
+            kind: "request".into(),
+            detail: serde_json::json!({ "n": i }),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Asserts the chain under `key` is intact with `n` events.
+async fn assert_intact(store: &SqliteStore, key: crate::ChainKey, n: u64) {
+    let verdict = store.verify_audit(&key, &[]).await.unwrap();
+    assert!(
+        matches!(verdict, crate::Verdict::Intact { events, .. } if events == n),
+        "{verdict:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_large_batch_is_stored_in_order_on_an_intact_chain() {
+    let store = SqliteStore::in_memory().await.unwrap();
+    let key = [7; 32];
+    store.set_audit_key(key).await.unwrap();
+    let events = requests(301);
+    store.append_audit(&events[..1]).await.unwrap();
+    store.append_audit(&events[1..]).await.unwrap();
+    assert_eq!(stored(&store).await, events);
+    assert_intact(&store, key, 301).await;
+}
+
+#[tokio::test]
+async fn awkward_text_is_stored_exactly() {
+    let store = SqliteStore::in_memory().await.unwrap();
+    store.set_audit_key([3; 32]).await.unwrap();
+    let ev = AuditEvent {
+        at: i64::MAX,
+        kind: "request".into(),
+        decision: None,
+        reason: Some("quote \" backslash \\ tab \t".into()),
+        principal: Some("nul \0 inside, é, 雪, 🦀".into()),
+        service: Some("123".into()),
+        token_id: Some(String::new()),
+        source: Some("::1".into()),
+        detail: serde_json::json!({ "path": "/a\u{0}b", "n": 1.5, "list": [null, true] }),
+    };
+    store.append_audit(std::slice::from_ref(&ev)).await.unwrap();
+    assert_eq!(stored(&store).await, [ev]);
+    assert_intact(&store, [3; 32], 1).await;
+}
+
+#[tokio::test]
+async fn a_failed_batch_leaves_the_chain_as_it_was_and_its_retry_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("k.db")).await.unwrap();
+    let key = [9; 32];
+    store.set_audit_key(key).await.unwrap();
+    let events = requests(300);
+    store.append_audit(&events[..10]).await.unwrap();
+    // The second statement of the next batch fails: the first was written in
+    // the same transaction, and must go with it.
+    sqlx::query(
+        "CREATE TRIGGER fail BEFORE INSERT ON audit_events WHEN NEW.at = 290 \
+         BEGIN SELECT RAISE(ABORT, 'refused'); END",
+    )
+    .execute(&store.pool)
+    .await
+    .unwrap();
+    assert!(store.append_audit(&events[10..]).await.is_err());
+    assert_eq!(stored(&store).await, events[..10]);
+    sqlx::query("DROP TRIGGER fail")
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    // The writer retries the same events: they chain on from the last written.
+    store.append_audit(&events[10..]).await.unwrap();
+    assert_eq!(stored(&store).await, events);
+    assert_intact(&store, key, 300).await;
+}

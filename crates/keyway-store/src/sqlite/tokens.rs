@@ -1,0 +1,123 @@
+//! Tokens, as records (the keyed hash, never the secret), and how a row becomes one.
+
+use keyway_core::{Grant, TokenHash, TokenKind, UnixMillis};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqlitePool};
+
+use crate::{Result, StoreError, TokenRecord};
+
+const TOKEN_COLUMNS: &str =
+    "id, kind, principal, grant_json, hash, created_at, expires_at, revoked_at, \
+                             last_used_at, parent_id, scope_json, cert_thumbprint";
+
+pub(super) async fn insert(pool: &SqlitePool, t: &TokenRecord) -> Result<()> {
+    let grant = to_json(&t.grant)?;
+    let scope = to_json(&t.scope)?;
+    sqlx::query(&format!(
+        "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ))
+    .bind(&t.id)
+    .bind(t.kind.as_str())
+    .bind(&t.principal)
+    .bind(grant)
+    .bind(&t.hash.0[..])
+    .bind(t.created_at)
+    .bind(t.expires_at)
+    .bind(t.revoked_at)
+    .bind(t.last_used_at)
+    .bind(&t.parent_id)
+    .bind(scope)
+    .bind(&t.cert_thumbprint)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn all(pool: &SqlitePool) -> Result<Vec<TokenRecord>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, id"
+    ))
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(token_from_row).collect()
+}
+
+pub(super) async fn revoke(
+    pool: &SqlitePool,
+    id: &str,
+    at: UnixMillis,
+) -> Result<Option<TokenRecord>> {
+    let row = sqlx::query(&format!(
+        "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? RETURNING {TOKEN_COLUMNS}"
+    ))
+    .bind(at)
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(token_from_row).transpose()
+}
+
+pub(super) async fn shorten_expiry(
+    pool: &SqlitePool,
+    id: &str,
+    expires_at: UnixMillis,
+) -> Result<Option<TokenRecord>> {
+    let row = sqlx::query(&format!(
+        "UPDATE tokens SET expires_at = MIN(expires_at, ?) WHERE id = ? RETURNING {TOKEN_COLUMNS}"
+    ))
+    .bind(expires_at)
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(token_from_row).transpose()
+}
+
+pub(super) async fn touch(pool: &SqlitePool, used: &[(String, UnixMillis)]) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    for (id, at) in used {
+        sqlx::query(
+            "UPDATE tokens SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
+        )
+        .bind(at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn token_from_row(r: &SqliteRow) -> Result<TokenRecord> {
+    let kind: String = r.get(1);
+    let kind = TokenKind::from_name(&kind)
+        .ok_or_else(|| StoreError::Corrupt(format!("token kind `{kind}`")))?;
+    let grant: Option<Grant> = from_json(r.get(3), "token grant")?;
+    let hash: Vec<u8> = r.get(4);
+    Ok(TokenRecord {
+        id: r.get(0),
+        kind,
+        principal: r.get(2),
+        grant,
+        hash: TokenHash::from_slice(&hash)
+            .ok_or_else(|| StoreError::Corrupt("token hash length".into()))?,
+        created_at: r.get(5),
+        expires_at: r.get(6),
+        revoked_at: r.get(7),
+        last_used_at: r.get(8),
+        parent_id: r.get(9),
+        scope: from_json(r.get(10), "token scope")?,
+        cert_thumbprint: r.get(11),
+    })
+}
+
+fn to_json<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>> {
+    v.as_ref()
+        .map(|v| serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .transpose()
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(v: Option<String>, what: &str) -> Result<Option<T>> {
+    v.map(|s| serde_json::from_str(&s))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
