@@ -590,7 +590,7 @@ async fn reload(admin: Admin, gw: Gw, body: Bytes, dry_run: bool) -> Response {
         );
     };
     let base = gw.config().written.base_dir.clone();
-    let config = match crate::reload::check_text(&b.config, &base) {
+    let config = match crate::reloads::check_text(&b.config, &base) {
         Ok(c) => c,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
@@ -599,10 +599,10 @@ async fn reload(admin: Admin, gw: Gw, body: Bytes, dry_run: bool) -> Response {
         .await
     {
         Ok(outcome) => Json(outcome).into_response(),
-        Err(e @ crate::reload::ApplyError::NeedsRestart(_)) => {
+        Err(e @ crate::reloads::ApplyError::NeedsRestart(_)) => {
             error(StatusCode::CONFLICT, &e.to_string())
         }
-        Err(e @ crate::reload::ApplyError::Stopped) => {
+        Err(e @ crate::reloads::ApplyError::Stopped) => {
             error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
         }
         Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),

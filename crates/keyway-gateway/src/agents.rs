@@ -586,7 +586,7 @@ pub async fn serve(
         r = connection => if r.is_ok() { "closed" } else { "error" },
         () = conn.cancel.cancelled() => "revoked",
         () = heartbeats(gw, &conn) => "heartbeats_missed",
-        () = gw.stopping.cancelled() => "shutdown",
+        () = gw.sessions.stopping() => "shutdown",
     };
     gw.agents.remove(&agent, conn.id);
     // Streams through this connection end with it, whatever ended it.

@@ -18,12 +18,12 @@ use keyway_store::keys::{self, KeySource};
 use keyway_store::{AuditEvent, Sealer, SqliteStore, Store, StoreError, TokenRecord};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditSink;
 use crate::authz::Authorizer;
 use crate::index::{Entry, TokenIndex};
-use crate::runtime::{ConfigInForce, DRAIN_TIMEOUT};
+use crate::runtime::ConfigInForce;
+use crate::sessions::Sessions;
 
 /// The default lifetime of an access token when none is asked for.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
@@ -55,13 +55,11 @@ pub struct Gateway {
     /// Alerts on their way to the webhook.
     pub alerts: crate::alerts::Alerts,
     /// Reloads on their way to the task that runs the services.
-    pub(crate) reloads: crate::reload::Reloads,
+    pub(crate) reloads: crate::reloads::Reloads,
     /// The sessions that outlive a request: tunnel streams, PostgreSQL sessions,
     /// WebSockets, agents. They outlive their listener across a reload, not the
     /// gateway: [`Gateway::end_sessions`].
-    pub(crate) sessions: TaskTracker,
-    /// Fired by [`Gateway::end_sessions`]; each session then ends with "shutdown".
-    pub(crate) stopping: CancellationToken,
+    pub sessions: Sessions,
 }
 
 /// What `issue` is asked for.
@@ -288,6 +286,7 @@ impl Gateway {
         );
         let config = ConfigInForce::new(config);
         let authz = Authorizer::new(config.clone(), index.clone(), pepper.clone(), clock.clone());
+        let sessions = Sessions::new(config.clone(), clock.clone());
         let mut gw = Self {
             config,
             clock,
@@ -305,9 +304,8 @@ impl Gateway {
             metrics,
             detect,
             alerts,
-            reloads: crate::reload::Reloads::default(),
-            sessions: TaskTracker::new(),
-            stopping: CancellationToken::new(),
+            reloads: crate::reloads::Reloads::default(),
+            sessions,
         };
         gw.ensure_admin_token().await?;
         Ok(gw)
@@ -1015,22 +1013,22 @@ impl Gateway {
         now
     }
 
-    /// Ends the live sessions and waits, at most [`DRAIN_TIMEOUT`], for them to say
-    /// goodbye to their clients and record how they ended. Call once the listeners
-    /// have stopped taking new ones.
+    /// Ends the live sessions and waits for their goodbyes ([`Sessions::end_all`]).
+    /// Call once the listeners have stopped taking new ones.
     pub async fn end_sessions(&self) {
-        self.stopping.cancel();
-        self.sessions.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, self.sessions.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                sessions = self.sessions.len(),
-                "sessions still open after the drain timeout; they end with the process, \
-                 without their end in the audit log"
-            );
-        }
+        self.sessions.end_all().await;
+    }
+
+    /// Plans `config` against the one in force and, unless `dry_run`, applies it
+    /// ([`crate::reloads::Reloads::ask`]).
+    pub async fn reload(
+        &self,
+        config: Config,
+        by: &str,
+        token_id: Option<&str>,
+        dry_run: bool,
+    ) -> Result<crate::reloads::Outcome, crate::reloads::ApplyError> {
+        self.reloads.ask(config, by, token_id, dry_run).await
     }
 
     /// Stops the audit writer after it has written everything queued. Call once the

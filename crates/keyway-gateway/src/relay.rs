@@ -12,6 +12,7 @@ use std::time::Instant;
 use keyway_store::AuditEvent;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::sessions::SessionEnd;
 use crate::Gateway;
 
 /// A stream session from its first byte to its audited end: [`relay`], then `close`
@@ -23,7 +24,7 @@ pub(crate) async fn relay_audited<C, U>(
     gw: &Gateway,
     client: C,
     upstream: U,
-    end: impl std::future::Future<Output = &'static str>,
+    end: impl std::future::Future<Output = SessionEnd>,
     mut close: AuditEvent,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -35,7 +36,7 @@ pub(crate) async fn relay_audited<C, U>(
         serde_json::Value::Object(m) => m,
         _ => serde_json::Map::new(),
     };
-    detail.insert("end".into(), why.into());
+    detail.insert("end".into(), why.as_str().into());
     detail.insert("bytes_in".into(), bytes_in.into());
     detail.insert("bytes_out".into(), bytes_out.into());
     detail.insert(
@@ -48,14 +49,14 @@ pub(crate) async fn relay_audited<C, U>(
 }
 
 /// Carries bytes both ways until either side ends or the session must
-/// ([`crate::reload::session_end`]: revoked, expired, no longer fitting, the gateway
+/// ([`crate::sessions::Sessions::end_of`]: revoked, expired, no longer fitting, the gateway
 /// stopping). Returns why it ended and the bytes (written to the upstream, read from
 /// it), counted as they go, so that a stream cut short reports them too.
 async fn relay<C, U>(
     mut client: C,
     upstream: U,
-    end: impl std::future::Future<Output = &'static str>,
-) -> (&'static str, (u64, u64))
+    end: impl std::future::Future<Output = SessionEnd>,
+) -> (SessionEnd, (u64, u64))
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -66,8 +67,8 @@ where
         biased;
         why = end => why,
         r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, keyway_core::tunnel::RELAY_BUFFER, keyway_core::tunnel::RELAY_BUFFER) => match r {
-            Ok(_) => "closed",
-            Err(_) => "error",
+            Ok(_) => SessionEnd::Closed,
+            Err(_) => SessionEnd::Error,
         },
     };
     (why, (upstream.written, upstream.read))

@@ -1,260 +1,28 @@
 //! Changing a running gateway: the plan of a new config, applying it as one atomic
-//! change (`keyway apply`, SIGHUP), and the rule live sessions follow afterwards.
+//! change (`keyway apply`, SIGHUP), asked for through [`crate::reloads`].
 //!
 //! A reload replaces the config whole ([`Gateway::config`]). Services that did not
 //! change keep their listener and every connection. A removed service's port closes
 //! and its sessions end; a changed service gets a new proxy on the same port (its
 //! HTTP keep-alive connections close after the request in flight). Every live
 //! session (TCP, PostgreSQL, WebSocket, streamed response) watches the config and
-//! ends when it no longer fits ([`fits`]): its service gone, its source outside the
-//! service's `allow_cidrs`, its token's lifetime above the `max_ttl`, its database
-//! role gone, its upstream another one.
+//! ends when it no longer fits ([`crate::sessions::fits`]).
 //!
 //! Everything that can fail (binding new ports, reading certificates) happens before
 //! anything is replaced, so a reload is applied whole or not at all.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use keyway_core::config::lint;
 use keyway_core::config::plan::{self, Op, Plan};
-use keyway_core::config::{Config, Service, ServiceKind};
-use serde::{Deserialize, Serialize};
+use keyway_core::config::{Config, Service};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::index::Entry;
+pub use crate::reloads::{check_text, ApplyError, Outcome};
 use crate::{proxy, Gateway};
-
-/// What a live session is, to judge whether it still fits a new config.
-#[derive(Debug, Clone)]
-pub struct Session {
-    pub service: String,
-    pub source: IpAddr,
-    /// The token's whole lifetime, issue to expiry.
-    pub lifetime: std::time::Duration,
-    /// Where the session goes when it started ([`destination`]), and through which
-    /// agent.
-    pub upstream: String,
-    pub via: Option<String>,
-    /// A database session's role, and the upstream user it logged in as.
-    pub role: Option<(String, String)>,
-}
-
-/// Why a session was ended by a reload, for its audit event and its client.
-pub type Unfit = &'static str;
-
-/// Whether `s` still fits `config`.
-pub fn fits(config: &Config, s: &Session) -> Result<(), Unfit> {
-    let svc = config.service(&s.service).ok_or("service_removed")?;
-    if destination(svc) != s.upstream || svc.via != s.via {
-        return Err("upstream_changed");
-    }
-    if !svc.allows_source(s.source) {
-        return Err("source_not_allowed");
-    }
-    if s.lifetime > config.max_ttl_of(svc) {
-        return Err("ttl_above_max");
-    }
-    if let Some((role, user)) = &s.role {
-        let ServiceKind::Postgres(pg) = &svc.kind else {
-            return Err("upstream_changed");
-        };
-        if pg.roles.get(role).is_none_or(|r| &r.user != user) {
-            return Err("role_removed");
-        }
-    }
-    Ok(())
-}
-
-/// Where a session of `svc` goes, as far as a reload must not move it: the upstream,
-/// and what the gateway says there (an HTTP base path and injected credential, a
-/// database's name).
-pub fn destination(svc: &Service) -> String {
-    match &svc.kind {
-        ServiceKind::Http(h) => {
-            let auth = h.upstream_auth.as_ref();
-            format!(
-                "{}{} {:?}",
-                h.upstream.authority,
-                h.upstream.base_path,
-                auth.map(|a| (a.header.as_str(), a.secret.as_str()))
-            )
-        }
-        ServiceKind::Tcp(t) => t.upstream.clone(),
-        ServiceKind::Postgres(p) => format!("{}/{}", p.upstream, p.database),
-    }
-}
-
-/// Resolves when the config in force no longer fits `s` (checked at once, then at
-/// every reload); never while it fits.
-pub async fn until_unfit(mut rx: watch::Receiver<Arc<Config>>, s: Session) -> Unfit {
-    loop {
-        if let Err(why) = fits(&rx.borrow_and_update(), &s) {
-            return why;
-        }
-        if rx.changed().await.is_err() {
-            // The gateway is gone; so is everything else.
-            return std::future::pending().await;
-        }
-    }
-}
-
-/// Resolves when a live session must end, with why: `revoked`, `expired`, why a
-/// reload left it outside its service, or `shutdown` ([`Gateway::end_sessions`]).
-/// The one watch every session keeps (TCP, PostgreSQL, WebSocket, streamed
-/// response); the token's end wins when several are ready.
-pub fn session_end(
-    gw: &Gateway,
-    entry: Arc<Entry>,
-    session: Session,
-) -> impl std::future::Future<Output = &'static str> + Send + 'static {
-    let left = entry.expires_at().saturating_sub(gw.now()).max(0);
-    let unfit = until_unfit(gw.watch_config(), session);
-    let stopping = gw.stopping.clone();
-    async move {
-        tokio::select! {
-            biased;
-            () = entry.cancel.cancelled() => "revoked",
-            () = tokio::time::sleep(std::time::Duration::from_millis(left as u64)) => "expired",
-            why = unfit => why,
-            () = stopping.cancelled() => "shutdown",
-        }
-    }
-}
-
-// === impl Session ===
-
-impl Session {
-    /// A session of `svc` from `source`, with the token of `entry`.
-    pub fn new(svc: &Service, entry: &Entry, source: IpAddr) -> Self {
-        Self {
-            service: svc.name.clone(),
-            source,
-            lifetime: entry.lifetime(),
-            upstream: destination(svc),
-            via: svc.via.clone(),
-            role: None,
-        }
-    }
-}
-
-/// A proposed config's text, checked as `keyway validate` checks it
-/// ([`lint::check`]): a parse error or a validator's error (a secret written in it, a
-/// service without `max_ttl`, …) refuses it. Relative paths are taken from
-/// `base_dir`. The answer names keys and lines, with anything secret-looking masked.
-pub fn check_text(text: &str, base_dir: &std::path::Path) -> Result<Config, String> {
-    let (config, findings) = lint::check(text, base_dir);
-    let errors: Vec<String> = findings
-        .into_iter()
-        .filter(|f| f.severity == lint::Severity::Error)
-        .map(|f| format!("{}: {}", f.at, f.message))
-        .collect();
-    match config {
-        Some(c) if errors.is_empty() => Ok(c),
-        Some(_) => Err(format!(
-            "the config does not pass `keyway validate`:\n{}",
-            errors.join("\n")
-        )),
-        None => Err(format!("the config is not valid:\n{}", errors.join("\n"))),
-    }
-}
-
-/// A reload asked for.
-pub struct Request {
-    pub config: Config,
-    /// Who asked: an admin token's principal, or `SIGHUP`.
-    pub by: String,
-    /// The admin token it came with.
-    pub token_id: Option<String>,
-    /// Plan only.
-    pub dry_run: bool,
-    pub reply: oneshot::Sender<Result<Outcome, ApplyError>>,
-}
-
-/// What a reload did, or would do.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Outcome {
-    pub plan: Plan,
-    pub applied: bool,
-    /// The SHA-256 of the config text now in force (after an apply) or proposed.
-    pub sha256: String,
-    /// The SHA-256 of the config text that was in force before.
-    pub previous_sha256: String,
-    /// Where each service with a port listens now.
-    pub listening: BTreeMap<String, String>,
-    /// The folder relative paths in the proposed config were taken from: the running
-    /// config's, wherever the file was sent from.
-    #[serde(default)]
-    pub base_dir: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    #[error("only a restart can change {0}; nothing was applied")]
-    NeedsRestart(String),
-    #[error("cannot listen on {addr} for service `{service}`: {why}; nothing was applied")]
-    Bind {
-        service: String,
-        addr: SocketAddr,
-        why: String,
-    },
-    #[error("service `{service}`: {why}; nothing was applied")]
-    Tls { service: String, why: String },
-    #[error("`{key}`: {why}; nothing was applied")]
-    OwnTls { key: &'static str, why: String },
-    #[error("the gateway is shutting down")]
-    Stopped,
-    #[error("the audit log cannot record the change; nothing was applied")]
-    Unaudited,
-}
-
-/// The way to the task that owns the running services.
-pub struct Reloads {
-    tx: mpsc::Sender<Request>,
-    rx: std::sync::Mutex<Option<mpsc::Receiver<Request>>>,
-}
-
-impl Default for Reloads {
-    fn default() -> Self {
-        let (tx, rx) = mpsc::channel(8);
-        Self {
-            tx,
-            rx: std::sync::Mutex::new(Some(rx)),
-        }
-    }
-}
-
-impl Gateway {
-    /// Plans `config` against the one in force and, unless `dry_run`, applies it.
-    /// `by` names who asked (an admin token's principal, `SIGHUP`) and `token_id`
-    /// the admin token, for the audit log.
-    pub async fn reload(
-        &self,
-        config: Config,
-        by: &str,
-        token_id: Option<&str>,
-        dry_run: bool,
-    ) -> Result<Outcome, ApplyError> {
-        let (reply, answer) = oneshot::channel();
-        let req = Request {
-            config,
-            by: by.to_owned(),
-            token_id: token_id.map(str::to_owned),
-            dry_run,
-            reply,
-        };
-        self.reloads
-            .tx
-            .send(req)
-            .await
-            .map_err(|_| ApplyError::Stopped)?;
-        answer.await.map_err(|_| ApplyError::Stopped)?
-    }
-}
 
 /// A service being served: its proxy's task, stopped by `stop`.
 struct Running {
@@ -386,13 +154,7 @@ impl Services {
 
     /// Takes reload requests until shutdown, then waits for the services to drain.
     pub(crate) async fn run(mut self) {
-        let rx = self
-            .gw
-            .reloads
-            .rx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let rx = self.gw.reloads.take_requests();
         if let Some(mut rx) = rx {
             loop {
                 let req = tokio::select! {
@@ -597,124 +359,4 @@ fn names(plan: &Plan, op: Op) -> Vec<String> {
         .filter(|c| c.op == op)
         .map(|c| format!("{} {}", c.section, c.name))
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-
-    const CONFIG: &str = r#"
-max_ttl = "1h"
-[services.db]
-protocol = "postgres"
-listen = "127.0.0.1:6432"
-upstream = "127.0.0.1:5432"
-database = "test"
-max_ttl = "1h"
-allow_cidrs = ["10.0.0.0/8"]
-[services.db.roles.readonly]
-user = "reader"
-secret = "db-reader"
-"#;
-
-    fn session() -> Session {
-        Session {
-            service: "db".into(),
-            source: "10.1.2.3".parse().expect("an address"),
-            lifetime: std::time::Duration::from_secs(30 * 60),
-            upstream: "127.0.0.1:5432/test".into(),
-            via: None,
-            role: Some(("readonly".into(), "reader".into())),
-        }
-    }
-
-    fn with(edit: impl Fn(&str) -> String) -> Config {
-        Config::parse(&edit(CONFIG), Path::new("/")).expect("valid config")
-    }
-
-    #[test]
-    fn a_session_fits_until_its_service_narrows_past_it() {
-        let s = session();
-        assert_eq!(fits(&with(str::to_owned), &s), Ok(()));
-        assert_eq!(
-            fits(
-                &with(|c| c.replace("max_ttl = \"1h\"\nallow", "max_ttl = \"10m\"\nallow")),
-                &s
-            ),
-            Err("ttl_above_max")
-        );
-        assert_eq!(
-            fits(&with(|c| c.replace("10.0.0.0/8", "192.168.0.0/16")), &s),
-            Err("source_not_allowed")
-        );
-        assert_eq!(
-            fits(&with(|c| c.replace("roles.readonly", "roles.writer")), &s),
-            Err("role_removed")
-        );
-        assert_eq!(
-            fits(
-                &with(|c| c.replace("user = \"reader\"", "user = \"other\"")),
-                &s
-            ),
-            Err("role_removed")
-        );
-        assert_eq!(
-            fits(&with(|c| c.replace("127.0.0.1:5432", "127.0.0.1:5433")), &s),
-            Err("upstream_changed")
-        );
-        assert_eq!(
-            fits(
-                &with(|c| c.replace("database = \"test\"", "database = \"other\"")),
-                &s
-            ),
-            Err("upstream_changed")
-        );
-        assert_eq!(
-            fits(&with(|c| c.replace("services.db", "services.db2")), &s),
-            Err("service_removed")
-        );
-        // Widening is no reason to end anything.
-        assert_eq!(
-            fits(
-                &with(|c| c.replace("[\"10.0.0.0/8\"]", "[\"10.0.0.0/8\", \"192.168.0.0/16\"]")),
-                &s
-            ),
-            Ok(())
-        );
-    }
-
-    #[test]
-    fn a_refused_config_never_echoes_a_secret() {
-        // Pasted as a key, it fails parsing and would be named in "unknown field".
-        let secret = "Zx8Qw3Lp0Rt7Yb2Nc5VmKq4Hd9";
-        let text = format!("{CONFIG}\n{secret} = 1\n");
-        let refused = check_text(&text, Path::new("/")).expect_err("refused");
-        assert!(refused.starts_with("the config is not valid"), "{refused}");
-        assert!(!refused.contains(secret), "{refused}");
-    }
-
-    #[tokio::test]
-    async fn until_unfit_wakes_on_the_reload_that_narrows() {
-        let (tx, rx) = watch::channel(Arc::new(with(str::to_owned)));
-        let waiting = tokio::spawn(until_unfit(rx, session()));
-        // The session is waiting before the reload comes.
-        for _ in 0..3 {
-            tokio::task::yield_now().await;
-        }
-        tx.send_replace(Arc::new(with(|c| {
-            c.replace("[\"10.0.0.0/8\"]", "[\"10.0.0.0/8\", \"172.16.0.0/12\"]")
-        })));
-        for _ in 0..3 {
-            tokio::task::yield_now().await;
-        }
-        assert!(!waiting.is_finished(), "a wider config ended a session");
-        tx.send_replace(Arc::new(with(|c| c.replace("10.0.0.0/8", "172.16.0.0/12"))));
-        let why = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
-            .await
-            .expect("woke")
-            .expect("no panic");
-        assert_eq!(why, "source_not_allowed");
-    }
 }

@@ -101,7 +101,7 @@ async fn handle(
     // A stream not yet open when the gateway stops is not waited for.
     let opened = tokio::select! {
         biased;
-        () = gw.stopping.cancelled() => return,
+        () = gw.sessions.stopping() => return,
         opened = opening => opened,
     };
     let Ok(Some((mut tls, hello))) = opened else {
@@ -211,7 +211,7 @@ async fn open_stream(
     close.token_id = token_id;
     close.principal = principal;
     close.source = Some(source.to_string());
-    let end = crate::reload::session_end(gw, entry, session);
+    let end = gw.sessions.end_of(entry, session);
     crate::relay::relay_audited(gw, tls, upstream, end, close).await;
 }
 
@@ -222,7 +222,7 @@ fn decide(
     source: std::net::IpAddr,
     cert: Option<&str>,
     ev: &mut keyway_store::AuditEvent,
-) -> Result<(Arc<Entry>, Duration, crate::reload::Session), DenyReason> {
+) -> Result<(Arc<Entry>, Duration, crate::sessions::Session), DenyReason> {
     let attempt = Attempt {
         protocol: Protocol::Tcp,
         service: Reached::Named(&open.service),
@@ -244,7 +244,7 @@ fn decide(
         return Err(DenyReason::WrongService);
     };
     // The session's upstream and agent are the service's, as they are now.
-    let session = crate::reload::Session::new(svc, entry, source);
+    let session = crate::sessions::Session::new(svc, entry, source);
     Ok((admitted.entry.clone(), tcp.connect_timeout, session))
 }
 

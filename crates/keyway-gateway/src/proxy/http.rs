@@ -46,6 +46,7 @@ use crate::authz::{Admitted, Ask, Attempt, Protocol, Reached};
 use crate::gateway::Gateway;
 use crate::index::Entry;
 use crate::listener::{serve_http1, ConnInfo, Limits};
+use crate::sessions::SessionEnd;
 
 pub use crate::runtime::BoxError;
 /// The body of every response the proxy sends.
@@ -452,10 +453,12 @@ impl HttpProxy {
             inner: body,
             ended: Box::pin(async move {
                 let why: BoxError = match ended.await {
-                    "revoked" => Box::new(Revoked),
-                    "expired" => Box::new(Expired),
-                    "shutdown" => Box::new(ShuttingDown),
-                    why => Box::new(Unfit(why)),
+                    SessionEnd::Unfit(why) => Box::new(Unfit(why.as_str())),
+                    SessionEnd::Expired => Box::new(Expired),
+                    SessionEnd::Shutdown => Box::new(ShuttingDown),
+                    SessionEnd::Revoked => Box::new(Revoked),
+                    // Never from the watch: the body's own end is the stream's.
+                    SessionEnd::Closed | SessionEnd::Error => Box::new(ShuttingDown),
                 };
                 why
             }),
@@ -468,9 +471,9 @@ impl HttpProxy {
         &self,
         entry: Arc<Entry>,
         source: IpAddr,
-    ) -> impl Future<Output = &'static str> + Send + 'static {
-        let session = crate::reload::Session::new(&self.svc, &entry, source);
-        crate::reload::session_end(&self.gw, entry, session)
+    ) -> impl Future<Output = SessionEnd> + Send + 'static {
+        let session = crate::sessions::Session::new(&self.svc, &entry, source);
+        self.gw.sessions.end_of(entry, session)
     }
 
     fn deny(

@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::authz::{Admitted, Ask, Attempt, Protocol, Reached};
 use crate::gateway::Gateway;
 use crate::index::Entry;
+use crate::sessions::SessionEnd;
 
 const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
@@ -208,7 +209,7 @@ impl PgProxy {
         // The upstream backend would finish a running query (a long export, a lock
         // held) before noticing its client is gone: stop it now. An idle one notices
         // at once (and a gateway stopping must not open a connection per session).
-        if ended.why != "closed" && ended.busy {
+        if ended.why != SessionEnd::Closed && ended.busy {
             if let Some(t) = target {
                 self.cancel_upstream(t.pid, t.key).await;
             }
@@ -313,7 +314,7 @@ impl PgProxy {
         // is told so and not waited for.
         let (params, token, is_tls, cert) = tokio::select! {
             biased;
-            () = self.gw.stopping.cancelled() => return Err(shutting_down()),
+            () = self.gw.sessions.stopping() => return Err(shutting_down()),
             hello = self.hello(client, source) => match hello? {
                 Opening::Login { params, token, tls, cert } => (params, token, tls, cert),
                 // Forwarded whole, even while the gateway stops: its `db.cancel` is
@@ -354,7 +355,7 @@ impl PgProxy {
         };
         let login = tokio::select! {
             biased;
-            () = self.gw.stopping.cancelled() => Err(shutting_down()),
+            () = self.gw.sessions.stopping() => Err(shutting_down()),
             login = self.login_upstream(&role, &params) => login,
         };
         let mut upstream = match login {
@@ -618,10 +619,10 @@ impl PgProxy {
         role: &str,
         source: std::net::IpAddr,
     ) -> Ended {
-        let mut session = crate::reload::Session::new(&self.svc, entry, source);
+        let mut session = crate::sessions::Session::new(&self.svc, entry, source);
         let user = self.pg.roles.get(role).map(|r| r.user.clone());
         session.role = Some((role.to_owned(), user.unwrap_or_default()));
-        let ended = crate::reload::session_end(&self.gw, entry.clone(), session);
+        let ended = self.gw.sessions.end_of(entry.clone(), session);
         tokio::pin!(ended);
         let (mut client_r, mut client_w) = tokio::io::split(client);
         let (mut up_r, mut up_w) = tokio::io::split(upstream);
@@ -646,7 +647,7 @@ impl PgProxy {
                 tokio::select! {
                     biased;
                     why = &mut ended => break why,
-                    () = &mut down => break "closed",
+                    () = &mut down => break SessionEnd::Closed,
                     // The client said Terminate or went away: the upstream, told so,
                     // closes, and that ends `down`.
                     () = &mut up, if !client_done => client_done = true,
@@ -654,13 +655,14 @@ impl PgProxy {
             }
         };
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
-            if end != "closed" && framing.at_boundary() {
+            if end != SessionEnd::Closed && framing.at_boundary() {
                 let msg = match end {
-                    "revoked" => "terminating connection: the Keyway token was revoked".into(),
-                    "expired" => "terminating connection: the Keyway token expired".into(),
-                    "shutdown" => "terminating connection: the Keyway gateway is shutting down".into(),
+                    SessionEnd::Revoked => "terminating connection: the Keyway token was revoked".into(),
+                    SessionEnd::Expired => "terminating connection: the Keyway token expired".into(),
+                    SessionEnd::Shutdown => "terminating connection: the Keyway gateway is shutting down".into(),
                     why => format!(
-                        "terminating connection: the gateway's config changed and this session no longer fits it ({why})"
+                        "terminating connection: the gateway's config changed and this session no longer fits it ({})",
+                        why.as_str()
                     ),
                 };
                 let _ = client_w
@@ -675,7 +677,7 @@ impl PgProxy {
         ev.token_id = Some(entry.id().to_owned());
         ev.principal = Some(entry.record.principal.clone());
         ev.detail = json!({
-            "end": end,
+            "end": end.as_str(),
             "role": role,
             "bytes_in": bytes_in.load(std::sync::atomic::Ordering::Relaxed),
             "bytes_out": framing.bytes,
@@ -827,7 +829,7 @@ impl Capture {
 /// How a session ended: why, whether a query was running upstream, and its
 /// `connection.close` event.
 struct Ended {
-    why: &'static str,
+    why: SessionEnd,
     busy: bool,
     event: keyway_store::AuditEvent,
 }

@@ -1,0 +1,161 @@
+//! The way to ask the running gateway for a new config: a proposed config's text
+//! checked as `keyway validate` checks it, and the request that carries it to the
+//! supervisor, which plans it and applies it whole or not at all
+//! (`reload.rs`). The admin API and SIGHUP hold this handle; nothing else.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use keyway_core::config::lint;
+use keyway_core::config::plan::Plan;
+use keyway_core::config::Config;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+/// A proposed config's text, checked as `keyway validate` checks it
+/// ([`lint::check`]): a parse error or a validator's error (a secret written in it, a
+/// service without `max_ttl`, …) refuses it. Relative paths are taken from
+/// `base_dir`. The answer names keys and lines, with anything secret-looking masked.
+pub fn check_text(text: &str, base_dir: &std::path::Path) -> Result<Config, String> {
+    let (config, findings) = lint::check(text, base_dir);
+    let errors: Vec<String> = findings
+        .into_iter()
+        .filter(|f| f.severity == lint::Severity::Error)
+        .map(|f| format!("{}: {}", f.at, f.message))
+        .collect();
+    match config {
+        Some(c) if errors.is_empty() => Ok(c),
+        Some(_) => Err(format!(
+            "the config does not pass `keyway validate`:\n{}",
+            errors.join("\n")
+        )),
+        None => Err(format!("the config is not valid:\n{}", errors.join("\n"))),
+    }
+}
+
+/// A reload asked for.
+pub struct Request {
+    pub config: Config,
+    /// Who asked: an admin token's principal, or `SIGHUP`.
+    pub by: String,
+    /// The admin token it came with.
+    pub token_id: Option<String>,
+    /// Plan only.
+    pub dry_run: bool,
+    pub reply: oneshot::Sender<Result<Outcome, ApplyError>>,
+}
+
+/// What a reload did, or would do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    pub plan: Plan,
+    pub applied: bool,
+    /// The SHA-256 of the config text now in force (after an apply) or proposed.
+    pub sha256: String,
+    /// The SHA-256 of the config text that was in force before.
+    pub previous_sha256: String,
+    /// Where each service with a port listens now.
+    pub listening: BTreeMap<String, String>,
+    /// The folder relative paths in the proposed config were taken from: the running
+    /// config's, wherever the file was sent from.
+    #[serde(default)]
+    pub base_dir: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("only a restart can change {0}; nothing was applied")]
+    NeedsRestart(String),
+    #[error("cannot listen on {addr} for service `{service}`: {why}; nothing was applied")]
+    Bind {
+        service: String,
+        addr: SocketAddr,
+        why: String,
+    },
+    #[error("service `{service}`: {why}; nothing was applied")]
+    Tls { service: String, why: String },
+    #[error("`{key}`: {why}; nothing was applied")]
+    OwnTls { key: &'static str, why: String },
+    #[error("the gateway is shutting down")]
+    Stopped,
+    #[error("the audit log cannot record the change; nothing was applied")]
+    Unaudited,
+}
+
+/// The way to the task that owns the running services.
+pub struct Reloads {
+    tx: mpsc::Sender<Request>,
+    rx: std::sync::Mutex<Option<mpsc::Receiver<Request>>>,
+}
+
+// === impl Reloads ===
+
+impl Default for Reloads {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::channel(8);
+        Self {
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+        }
+    }
+}
+
+impl Reloads {
+    /// Plans `config` against the one in force and, unless `dry_run`, applies it.
+    /// `by` names who asked (an admin token's principal, `SIGHUP`) and `token_id`
+    /// the admin token, for the audit log.
+    pub async fn ask(
+        &self,
+        config: Config,
+        by: &str,
+        token_id: Option<&str>,
+        dry_run: bool,
+    ) -> Result<Outcome, ApplyError> {
+        let (reply, answer) = oneshot::channel();
+        let req = Request {
+            config,
+            by: by.to_owned(),
+            token_id: token_id.map(str::to_owned),
+            dry_run,
+            reply,
+        };
+        self.tx.send(req).await.map_err(|_| ApplyError::Stopped)?;
+        answer.await.map_err(|_| ApplyError::Stopped)?
+    }
+
+    /// The requests, for the one task that applies them; `None` after the first call.
+    pub(crate) fn take_requests(&self) -> Option<mpsc::Receiver<Request>> {
+        self.rx.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+max_ttl = "1h"
+[services.db]
+protocol = "postgres"
+listen = "127.0.0.1:6432"
+upstream = "127.0.0.1:5432"
+database = "test"
+max_ttl = "1h"
+allow_cidrs = ["10.0.0.0/8"]
+[services.db.roles.readonly]
+user = "reader"
+secret = "db-reader"
+"#;
+
+    #[test]
+    fn a_refused_config_never_echoes_a_secret() {
+        // Pasted as a key, it fails parsing and would be named in "unknown field".
+        let secret = "Zx8Qw3Lp0Rt7Yb2Nc5VmKq4Hd9";
+        let text = format!("{CONFIG}\n{secret} = 1\n");
+        let refused = check_text(&text, Path::new("/")).expect_err("refused");
+        assert!(refused.starts_with("the config is not valid"), "{refused}");
+        assert!(!refused.contains(secret), "{refused}");
+    }
+}
