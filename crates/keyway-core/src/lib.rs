@@ -8,6 +8,7 @@
 //!   keyed hashing, and finding tokens in text (redaction, leak scanning).
 //! - [`path`]: request path normalisation, so a grant's prefix cannot be escaped.
 //! - [`grant`]: what a token may do, and the reasons a request is denied.
+//! - [`event`]: the kinds of audit event and the decisions, typed.
 //! - [`config`]: `keyway.toml` in two stages: a raw, strictly parsed shape, then a
 //!   checked configuration with real types.
 //! - [`units`]: durations (`15m`, `24h`) and rates (`50/s`).
@@ -18,6 +19,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod event;
 pub mod grant;
 pub mod path;
 pub mod token;
@@ -25,5 +27,6 @@ pub mod tunnel;
 pub mod units;
 
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
+pub use event::{Decision, EventKind};
 pub use grant::{DenyReason, Grant};
 pub use token::{IssuedToken, Pepper, PresentedToken, TokenHash, TokenKind};

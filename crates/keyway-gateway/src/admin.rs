@@ -33,6 +33,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use keyway_core::clock::format_ms;
 use keyway_core::config::ServiceKind;
+use keyway_core::EventKind;
 use keyway_core::{TokenKind, UnixMillis};
 use keyway_store::{AuditQuery, TokenRecord};
 use secrecy::SecretString;
@@ -132,10 +133,9 @@ impl FromRequestParts<Gw> for Admin {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, gw: &Gw) -> Result<Self, Self::Rejection> {
-        let mut leak = gw.event("admin.denied");
+        let mut leak = gw.event(EventKind::AdminDenied);
         if gw.refuse_token_in_url(&parts.uri, &mut leak) {
-            leak.decision = Some("deny".into());
-            leak.reason = Some(keyway_core::DenyReason::TokenInUrl.as_str().into());
+            leak.deny(keyway_core::DenyReason::TokenInUrl);
             gw.audit.record(leak);
             return Err(error(StatusCode::UNAUTHORIZED, "unauthorized"));
         }
@@ -164,9 +164,8 @@ impl FromRequestParts<Gw> for Admin {
                 })
             }
             Err((reason, token_id)) => {
-                let mut ev = gw.event("admin.denied");
-                ev.decision = Some("deny".into());
-                ev.reason = Some(reason.as_str().into());
+                let mut ev = gw.event(EventKind::AdminDenied);
+                ev.deny(reason);
                 ev.token_id = token_id;
                 ev.source = conn.map(|c| c.peer.ip().to_canonical().to_string());
                 ev.detail = json!({ "path": keyway_core::token::redact(parts.uri.path()) });

@@ -31,6 +31,7 @@ use http_body_util::Empty;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use keyway_core::tunnel::{AgentHello, Enroll, Renew};
+use keyway_core::EventKind;
 use keyway_core::{TokenKind, UnixMillis};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -424,7 +425,7 @@ pub async fn enroll(
     e: Enroll,
     ca: &LocalCa,
 ) {
-    let mut ev = gw.event("agent.enroll");
+    let mut ev = gw.event(EventKind::AgentEnroll);
     ev.source = Some(peer.ip().to_canonical().to_string());
     let decided = async {
         let entry = gw
@@ -479,13 +480,12 @@ async fn answer_with_certificate(
 ) {
     match decided {
         Ok(cert) => {
-            ev.decision = Some("allow".into());
+            ev.allow();
             gw.audit.record_reliably(ev).await;
             reply(tls, None, Some(cert)).await;
         }
         Err(reason) => {
-            ev.decision = Some("deny".into());
-            ev.reason = Some(reason.into());
+            ev.deny_with(reason);
             // Bounded like every denial: unauthenticated peers cannot fill the queue.
             gw.audit.record(ev);
             reply(tls, Some(refusal), None).await;
@@ -501,7 +501,7 @@ pub async fn renew(
     r: Renew,
     ca: &LocalCa,
 ) {
-    let mut ev = gw.event("agent.renew");
+    let mut ev = gw.event(EventKind::AgentRenew);
     ev.source = Some(peer.ip().to_canonical().to_string());
     let decided = match presented_agent(&tls) {
         Some((agent, issued)) if gw.config().agents.contains_key(&agent) => {
@@ -527,7 +527,7 @@ pub async fn serve(
     peer: SocketAddr,
     h: AgentHello,
 ) {
-    let mut ev = gw.event("agent.connect");
+    let mut ev = gw.event(EventKind::AgentConnect);
     ev.source = Some(peer.ip().to_canonical().to_string());
     let checked = match presented_agent(&tls) {
         None => Err("no_agent_certificate"),
@@ -540,8 +540,7 @@ pub async fn serve(
     let (agent, issued) = match checked {
         Ok(a) => a,
         Err(reason) => {
-            ev.decision = Some("deny".into());
-            ev.reason = Some(reason.into());
+            ev.deny_with(reason);
             gw.audit.record(ev);
             tracing::warn!(%peer, reason, "an agent connection was refused");
             reply(&mut tls, Some("agent refused"), None).await;
@@ -560,7 +559,7 @@ pub async fn serve(
         return;
     };
     let version = printable(&h.version, 32);
-    ev.decision = Some("allow".into());
+    ev.allow();
     ev.detail = json!({ "version": version });
     gw.audit.record_reliably(ev).await;
     tracing::info!(agent, %peer, version, "agent connected");
@@ -574,11 +573,10 @@ pub async fn serve(
         last_heartbeat: AtomicI64::new(gw.now()),
     });
     if let Err(reason) = gw.agents.add(&agent, issued, conn.clone()) {
-        let mut ev = gw.event("agent.connect");
+        let mut ev = gw.event(EventKind::AgentConnect);
         ev.principal = Some(agent);
         ev.source = Some(peer.ip().to_canonical().to_string());
-        ev.decision = Some("deny".into());
-        ev.reason = Some(reason.into());
+        ev.deny_with(reason);
         gw.audit.record(ev);
         return;
     }
@@ -592,7 +590,7 @@ pub async fn serve(
     // Streams through this connection end with it, whatever ended it.
     conn.cancel.cancel();
     tracing::info!(agent, %peer, ended, "agent disconnected");
-    let mut ev = gw.event("agent.disconnect");
+    let mut ev = gw.event(EventKind::AgentDisconnect);
     ev.principal = Some(agent);
     ev.source = Some(peer.ip().to_canonical().to_string());
     ev.detail = json!({

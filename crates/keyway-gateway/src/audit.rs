@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyway_core::config::OnFull;
+use keyway_core::EventKind;
 use keyway_store::{AuditEvent, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -268,7 +269,7 @@ async fn prune(gw: &crate::Gateway, retention: Duration) {
     match gw.store.prune_audit(before).await {
         Ok(Some((anchor, events))) => {
             tracing::info!(anchor, events, "audit events past retention pruned");
-            let mut ev = gw.event("audit.pruned");
+            let mut ev = gw.event(EventKind::AuditPruned);
             ev.detail = serde_json::json!({
                 "events": events,
                 "through_seq": anchor,

@@ -16,6 +16,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use keyway_core::clock::format_ms;
 use keyway_core::config::{Action, DetectConfig, Detector, DetectorKind};
+use keyway_core::{Decision, EventKind};
 use keyway_core::{DenyReason, UnixMillis};
 use keyway_store::AuditEvent;
 use tokio::sync::mpsc;
@@ -212,8 +213,8 @@ impl Detect {
         let Some(source) = ev.source.as_deref().and_then(|s| s.parse::<IpAddr>().ok()) else {
             return;
         };
-        match ev.decision.as_deref() {
-            Some("deny") => {
+        match ev.decision.as_deref().and_then(Decision::from_name) {
+            Some(Decision::Deny) => {
                 let Some(reason) = ev.reason.as_deref().and_then(DenyReason::from_name) else {
                     return;
                 };
@@ -230,7 +231,12 @@ impl Detect {
                     });
                 }
             }
-            Some("allow") if matches!(ev.kind.as_str(), "request" | "connection.open") => {
+            Some(Decision::Allow)
+                if matches!(
+                    EventKind::from_name(&ev.kind),
+                    Some(EventKind::Request | EventKind::ConnectionOpen)
+                ) =>
+            {
                 if let Some(token_id) = &ev.token_id {
                     self.send(Seen::Used {
                         at: ev.at,
@@ -380,7 +386,7 @@ async fn act(gw: &Arc<Gateway>, f: Firing) {
     );
     gw.metrics.detector_fired(detector, f.action.as_str());
 
-    let mut ev = gw.event("detect.alert");
+    let mut ev = gw.event(EventKind::DetectAlert);
     ev.at = f.at.max(ev.at);
     ev.source = Some(f.source.to_string());
     ev.token_id = f.token_id;

@@ -13,6 +13,7 @@ use keyway_core::clock::{duration_ms, format_ms};
 use keyway_core::config::{valid_secret_name, Config, ServiceKind};
 use keyway_core::grant::{CredentialScope, GrantError};
 use keyway_core::units::format_duration;
+use keyway_core::EventKind;
 use keyway_core::{Clock, Grant, IssuedToken, Pepper, TokenKind, UnixMillis};
 use keyway_store::keys::{self, KeySource};
 use keyway_store::{AuditEvent, Sealer, SqliteStore, Store, StoreError, TokenRecord};
@@ -469,7 +470,7 @@ impl Gateway {
         };
         self.store.insert_token(&record).await?;
         self.index.insert(record.clone());
-        let mut ev = self.event("credential.issued");
+        let mut ev = self.event(EventKind::CredentialIssued);
         ev.token_id = Some(record.id.clone());
         ev.principal = Some(record.principal.clone());
         ev.detail = serde_json::json!({
@@ -606,7 +607,7 @@ impl Gateway {
         self.store.shorten_expiry(id, until).await?;
         old.shorten(until);
         self.cut_at_expiry(old.clone());
-        let mut ev = self.event("token.rotated");
+        let mut ev = self.event(EventKind::TokenRotated);
         // The successor's `token.issued` names the credential it descends from; this
         // event links it to the token it replaces.
         ev.token_id = Some(id.to_owned());
@@ -705,7 +706,7 @@ impl Gateway {
         };
         self.store.insert_token(&record).await?;
         self.index.insert(record.clone());
-        let mut ev = self.event("token.issued");
+        let mut ev = self.event(EventKind::TokenIssued);
         ev.token_id = Some(record.id.clone());
         ev.principal = Some(record.principal.clone());
         ev.service = record.grant.as_ref().map(|g| g.service.clone());
@@ -751,7 +752,7 @@ impl Gateway {
         };
         self.store.insert_token(&record).await?;
         self.index.insert(record.clone());
-        let mut ev = self.event("agent.enrollment_issued");
+        let mut ev = self.event(EventKind::AgentEnrollmentIssued);
         ev.token_id = Some(record.id.clone());
         ev.principal = Some(record.principal.clone());
         ev.detail = serde_json::json!({ "by": by, "expires_at": format_ms(record.expires_at) });
@@ -793,7 +794,7 @@ impl Gateway {
         for id in pending {
             self.revoke(&id, by, Some("agent_revoked")).await?;
         }
-        let mut ev = self.event("agent.revoked");
+        let mut ev = self.event(EventKind::AgentRevoked);
         ev.principal = Some(agent.to_owned());
         ev.detail = serde_json::json!({ "by": by, "connections_closed": closed });
         self.audit.record_reliably(ev).await;
@@ -942,7 +943,7 @@ impl Gateway {
         let Some(record) = record else {
             return Ok(None);
         };
-        let mut ev = self.event("token.revoked");
+        let mut ev = self.event(EventKind::TokenRevoked);
         ev.token_id = Some(record.id.clone());
         ev.principal = Some(record.principal.clone());
         ev.service = record.grant.as_ref().map(|g| g.service.clone());
@@ -967,7 +968,7 @@ impl Gateway {
         let sealed = self.sealer.seal(name, value);
         self.store.put_secret(name, &sealed, self.now()).await?;
         self.secrets_mut().insert(name.to_owned(), header);
-        let mut ev = self.event("secret.set");
+        let mut ev = self.event(EventKind::SecretSet);
         ev.detail = serde_json::json!({ "name": name, "by": by });
         self.audit.record_reliably(ev).await;
         Ok(())
@@ -1046,12 +1047,8 @@ impl Gateway {
     }
 
     /// A fresh audit event at the gateway's clock.
-    pub fn event(&self, kind: &str) -> AuditEvent {
-        AuditEvent {
-            at: self.now(),
-            kind: kind.to_owned(),
-            ..AuditEvent::default()
-        }
+    pub fn event(&self, kind: EventKind) -> AuditEvent {
+        AuditEvent::new(kind, self.now())
     }
 
     async fn ensure_admin_token(&mut self) -> Result<(), OpenError> {
@@ -1093,7 +1090,7 @@ impl Gateway {
             .map_err(write_err)?;
         self.store.insert_token(&record).await?;
         self.index.insert(record);
-        let mut ev = self.event("admin.token_created");
+        let mut ev = self.event(EventKind::AdminTokenCreated);
         ev.token_id = Some(token.id().to_owned());
         ev.detail = serde_json::json!({ "expires_at": format_ms(now + duration_ms(self.config().admin_token_ttl)) });
         self.audit.record_reliably(ev).await;

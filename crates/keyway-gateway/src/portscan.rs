@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use keyway_core::config::Config;
+use keyway_core::EventKind;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -303,7 +304,7 @@ async fn audit_once(
     gw: &Gateway,
     cfg: &keyway_core::config::PortAuditConfig,
 ) -> keyway_store::AuditEvent {
-    let mut ev = gw.event("ports.audit");
+    let mut ev = gw.event(EventKind::PortsAudit);
     let config = gw.config();
     let declared = declared(&config).await;
     let own = own_listeners(&config);

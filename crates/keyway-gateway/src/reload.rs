@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use keyway_core::config::plan::{self, Op, Plan};
 use keyway_core::config::{Config, Service};
+use keyway_core::EventKind;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -318,7 +319,7 @@ impl Services {
         outcome.applied = true;
         outcome.listening = self.listening();
 
-        let mut ev = self.gw.event("config.applied");
+        let mut ev = self.gw.event(EventKind::ConfigApplied);
         ev.principal = Some(by.to_owned());
         ev.token_id = token_id;
         ev.detail = serde_json::json!({

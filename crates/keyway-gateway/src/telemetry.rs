@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
-use keyway_core::TokenKind;
+use keyway_core::{EventKind, TokenKind};
 use keyway_store::AuditEvent;
 use metrics::{counter, gauge, histogram, Gauge};
 use metrics_exporter_prometheus::{
@@ -88,18 +88,19 @@ impl Metrics {
         let decision = ev.decision.clone();
         self.with(|| {
             if let Some(d) = &decision {
-                match ev.kind.as_str() {
-                    "request" => {
+                let kind = EventKind::from_name(&ev.kind);
+                match kind {
+                    Some(EventKind::Request) => {
                         counter!("keyway_requests_total", "service" => service.clone(), "decision" => d.clone())
                             .increment(1);
                     }
-                    "connection.open" => {
+                    Some(EventKind::ConnectionOpen) => {
                         counter!("keyway_connections_total", "service" => service.clone(), "decision" => d.clone())
                             .increment(1);
                     }
                     _ => {}
                 }
-                if d == "deny" {
+                if ev.denied() {
                     let reason = ev.reason.clone().unwrap_or_else(|| "unknown".into());
                     counter!("keyway_denials_total", "service" => service.clone(), "reason" => reason)
                         .increment(1);
@@ -108,7 +109,7 @@ impl Metrics {
             if let Some(ms) = ev.detail.get("upstream_ms").and_then(|v| v.as_f64()) {
                 histogram!(LATENCY, "service" => service.clone()).record(ms / 1000.0);
             }
-            if ev.kind == "connection.close" {
+            if ev.kind == EventKind::ConnectionClose.as_str() {
                 for (field, direction) in [("bytes_in", "in"), ("bytes_out", "out")] {
                     if let Some(n) = ev.detail.get(field).and_then(|v| v.as_u64()) {
                         counter!("keyway_bytes_total", "service" => service.clone(), "direction" => direction)

@@ -15,6 +15,7 @@ use axum::routing::post;
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use keyway_core::clock::format_ms;
+use keyway_core::EventKind;
 use keyway_core::{DenyReason, TokenKind};
 use serde::Deserialize;
 use serde_json::json;
@@ -51,11 +52,10 @@ async fn exchange(
         ttl: Option<String>,
     }
     let source = conn.peer.ip().to_canonical();
-    let mut ev = gw.event("token.exchange");
+    let mut ev = gw.event(EventKind::TokenExchange);
     ev.source = Some(source.to_string());
     if gw.refuse_token_in_url(&uri, &mut ev) {
-        ev.decision = Some("deny".into());
-        ev.reason = Some("token_in_url".into());
+        ev.deny(DenyReason::TokenInUrl);
         gw.audit.record(ev);
         return error(
             StatusCode::UNAUTHORIZED,
@@ -64,8 +64,7 @@ async fn exchange(
         );
     }
     let deny = |mut ev: keyway_store::AuditEvent, reason: &str, status, code, msg| {
-        ev.decision = Some("deny".into());
-        ev.reason = Some(reason.to_owned());
+        ev.deny_with(reason);
         gw.audit.record(ev);
         error(status, code, msg)
     };
@@ -174,7 +173,7 @@ async fn exchange(
     };
     // Only a successful exchange counts as use of the credential.
     credential.mark_used(now);
-    ev.decision = Some("allow".into());
+    ev.allow();
     ev.detail = json!({
         "access_token_id": record.id,
         "expires_at": format_ms(record.expires_at),
@@ -192,7 +191,7 @@ async fn exchange(
         "refresh_after": format_ms(record.created_at + lifetime * 2 / 3),
     });
     if credential.expires_at() - now <= NEAR_MAX_AGE_MS {
-        let mut warn = gw.event("credential.near_max_age");
+        let mut warn = gw.event(EventKind::CredentialNearMaxAge);
         warn.token_id = Some(credential.id().to_owned());
         warn.principal = Some(credential.record.principal.clone());
         warn.detail = json!({ "expires_at": format_ms(credential.expires_at()) });

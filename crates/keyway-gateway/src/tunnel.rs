@@ -15,6 +15,7 @@ use std::time::Duration;
 use keyway_core::config::ServiceKind;
 use keyway_core::tunnel::{self, FrameError, Hello, Open, Reply};
 use keyway_core::DenyReason;
+use keyway_core::EventKind;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -140,7 +141,7 @@ async fn open_stream(
         .peer_certificates()
         .and_then(|c| c.first())
         .map(|c| crate::tls::thumbprint(c.as_ref()));
-    let mut ev = gw.event("connection.open");
+    let mut ev = gw.event(EventKind::ConnectionOpen);
     // Only a configured name: a client's mistake (a token pasted as the service name)
     // must not reach the audit log.
     ev.service = Some(match gw.config().service(&open.service) {
@@ -154,8 +155,7 @@ async fn open_stream(
     let (entry, connect_timeout, session) = match decided {
         Ok(x) => x,
         Err(reason) => {
-            ev.decision = Some("deny".into());
-            ev.reason = Some(reason.as_str().into());
+            ev.deny(reason);
             gw.audit.record(ev);
             let shown = match reason.status() {
                 401 => "unauthorized",
@@ -181,7 +181,7 @@ async fn open_stream(
         Ok(s) => s,
         Err(why) => {
             tracing::warn!(service = ?ev.service, why, "tunnel upstream unreachable");
-            ev.decision = Some("allow".into());
+            ev.allow();
             ev.detail = json!({ "error": "upstream_unreachable", "why": why });
             reservation.send(ev);
             reply(&mut tls, Some("upstream unreachable"), None).await;
@@ -190,13 +190,12 @@ async fn open_stream(
     };
     // Revoked while the upstream connection was being made: no byte goes through.
     if let Err(reason) = entry.check_live(gw.now()) {
-        ev.decision = Some("deny".into());
-        ev.reason = Some(reason.as_str().into());
+        ev.deny(reason);
         reservation.send(ev);
         reply(&mut tls, Some("unauthorized"), None).await;
         return;
     }
-    ev.decision = Some("allow".into());
+    ev.allow();
     let (service, token_id, principal) = (
         ev.service.clone(),
         ev.token_id.clone(),
@@ -206,7 +205,7 @@ async fn open_stream(
     reply(&mut tls, None, None).await;
 
     let _active = gw.metrics.session(service.as_deref().unwrap_or_default());
-    let mut close = gw.event("connection.close");
+    let mut close = gw.event(EventKind::ConnectionClose);
     close.service = service;
     close.token_id = token_id;
     close.principal = principal;

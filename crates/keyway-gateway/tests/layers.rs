@@ -64,7 +64,7 @@ const UPWARD: &[(&str, &str)] = &[
 const OVERSIZED: &[(&str, usize)] = &[
     ("crates/keyway-gateway/src/admin.rs", 681),
     ("crates/keyway-gateway/src/agents.rs", 637),
-    ("crates/keyway-gateway/src/detect.rs", 706),
+    ("crates/keyway-gateway/src/detect.rs", 712),
     ("crates/keyway-gateway/src/gateway.rs", 1200),
     ("crates/keyway-gateway/src/proxy/http.rs", 727),
     ("crates/keyway-gateway/src/proxy/postgres.rs", 1245),

@@ -84,6 +84,47 @@ pub struct AuditEvent {
     pub detail: serde_json::Value,
 }
 
+// === impl AuditEvent ===
+
+impl AuditEvent {
+    /// A fresh event of `kind` at `at`.
+    pub fn new(kind: keyway_core::EventKind, at: UnixMillis) -> Self {
+        Self {
+            at,
+            kind: kind.as_str().to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Records the decision.
+    pub fn decide(&mut self, decision: keyway_core::Decision) {
+        self.decision = Some(decision.as_str().to_owned());
+    }
+
+    /// Records a refusal and why.
+    pub fn deny(&mut self, reason: keyway_core::DenyReason) {
+        self.decide(keyway_core::Decision::Deny);
+        self.reason = Some(reason.as_str().to_owned());
+    }
+
+    /// Records a refusal for a reason of one part's own (an agent's enrollment, the
+    /// token endpoint's request), outside [`keyway_core::DenyReason`].
+    pub fn deny_with(&mut self, reason: &str) {
+        self.decide(keyway_core::Decision::Deny);
+        self.reason = Some(reason.to_owned());
+    }
+
+    /// Records that the attempt was let through.
+    pub fn allow(&mut self) {
+        self.decide(keyway_core::Decision::Allow);
+    }
+
+    /// Whether the event records a refusal.
+    pub fn denied(&self) -> bool {
+        self.decision.as_deref() == Some(keyway_core::Decision::Deny.as_str())
+    }
+}
+
 /// An audit event with its place in the log.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StoredEvent {

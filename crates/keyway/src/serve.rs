@@ -58,7 +58,7 @@ pub async fn gateway(config_path: &Path) -> Result<ExitCode> {
     let gw = Arc::new(Gateway::open(config, Arc::new(SystemClock)).await?);
     let listeners = Listeners::bind(&gw.config()).await?;
     announce(&gw, &listeners);
-    let mut ev = gw.event("config.applied");
+    let mut ev = gw.event(keyway_core::EventKind::ConfigApplied);
     ev.principal = Some("(start-up)".into());
     ev.detail = serde_json::json!({
         "sha256": hash,

@@ -38,6 +38,7 @@ use keyway_core::config::{HttpService, Service, ServiceKind};
 use keyway_core::path::percent_decode_lossy;
 use keyway_core::token::redact;
 use keyway_core::DenyReason;
+use keyway_core::EventKind;
 use keyway_store::AuditEvent;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -206,7 +207,7 @@ impl HttpProxy {
     pub async fn handle(&self, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let peer = conn.peer;
         let gw = &*self.gw;
-        let mut ev = gw.event("request");
+        let mut ev = gw.event(EventKind::Request);
         ev.service = Some(self.svc.name.clone());
         let source = peer.ip().to_canonical();
         ev.source = Some(source.to_string());
@@ -254,7 +255,7 @@ impl HttpProxy {
             "upstream_ms".into(),
             ((elapsed * 10.0).round() / 10.0).into(),
         );
-        ev.decision = Some("allow".into());
+        ev.allow();
         let response = match result {
             Ok(Ok(mut resp)) => {
                 detail.insert("status".into(), resp.status().as_u16().into());
@@ -428,7 +429,7 @@ impl HttpProxy {
                     return;
                 }
             };
-            let mut close = gw.event("connection.close");
+            let mut close = gw.event(EventKind::ConnectionClose);
             close.service = Some(service);
             close.token_id = Some(entry.id().to_owned());
             close.principal = Some(entry.record.principal.clone());
@@ -485,8 +486,7 @@ impl HttpProxy {
     ) -> Response<ProxyBody> {
         let status = StatusCode::from_u16(reason.status()).unwrap_or(StatusCode::FORBIDDEN);
         detail.insert("status".into(), status.as_u16().into());
-        ev.decision = Some("deny".into());
-        ev.reason = Some(reason.as_str().into());
+        ev.deny(reason);
         ev.detail = detail.into();
         tracing::debug!(service = %self.svc.name, reason = reason.as_str(), token_id = ?ev.token_id, "request denied");
         self.gw.audit.record(ev);

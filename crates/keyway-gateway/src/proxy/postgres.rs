@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use keyway_core::config::{PostgresService, Service, ServiceKind};
 use keyway_core::DenyReason;
+use keyway_core::EventKind;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use rand::Rng;
@@ -327,7 +328,7 @@ impl PgProxy {
                 }
             },
         };
-        let mut ev = self.gw.event("connection.open");
+        let mut ev = self.gw.event(EventKind::ConnectionOpen);
         ev.service = Some(self.svc.name.clone());
         ev.source = Some(source.to_string());
         let decided = self.decide(&token, source, cert.as_deref(), &mut ev);
@@ -335,8 +336,7 @@ impl PgProxy {
         let (entry, role) = match decided {
             Ok(x) => x,
             Err(reason) => {
-                ev.decision = Some("deny".into());
-                ev.reason = Some(reason.as_str().into());
+                ev.deny(reason);
                 self.gw.audit.record(ev);
                 let (code, msg) = match reason.status() {
                     401 => ("28P01", "password authentication failed: Keyway refused the token (wrong, expired or revoked)"),
@@ -361,7 +361,7 @@ impl PgProxy {
         let mut upstream = match login {
             Ok(up) => up,
             Err(refused) => {
-                ev.decision = Some("allow".into());
+                ev.allow();
                 ev.detail = json!({ "role": role, "error": refused.text() });
                 reservation.send(ev);
                 return Err(refused);
@@ -369,8 +369,7 @@ impl PgProxy {
         };
         // Revoked while the upstream login went on: the session does not start.
         if let Err(reason) = entry.check_live(self.gw.now()) {
-            ev.decision = Some("deny".into());
-            ev.reason = Some(reason.as_str().into());
+            ev.deny(reason);
             reservation.send(ev);
             return Err(Refused::Client(
                 "28P01",
@@ -379,7 +378,7 @@ impl PgProxy {
             ));
         }
         let upstream_user = self.pg.roles.get(&role).map(|r| r.user.clone());
-        ev.decision = Some("allow".into());
+        ev.allow();
         ev.detail = json!({ "role": role, "upstream_user": upstream_user, "tls": is_tls });
         reservation.send(ev);
         client
@@ -672,7 +671,7 @@ impl PgProxy {
             let _ = client_w.shutdown().await;
         })
         .await;
-        let mut ev = self.gw.event("connection.close");
+        let mut ev = self.gw.event(EventKind::ConnectionClose);
         ev.service = Some(self.svc.name.clone());
         ev.token_id = Some(entry.id().to_owned());
         ev.principal = Some(entry.record.principal.clone());
@@ -712,7 +711,7 @@ impl PgProxy {
             return;
         }
         self.cancel_upstream(pid, key).await;
-        let mut ev = self.gw.event("db.cancel");
+        let mut ev = self.gw.event(EventKind::DbCancel);
         ev.service = Some(self.svc.name.clone());
         ev.token_id = Some(entry.id().to_owned());
         ev.principal = Some(entry.record.principal.clone());
@@ -768,7 +767,7 @@ impl StatementAudit {
                 "truncated": c.len > MAX_STATEMENT,
             })
         };
-        let mut ev = self.gw.event("db.statement");
+        let mut ev = self.gw.event(EventKind::DbStatement);
         ev.service = Some(self.service.clone());
         ev.token_id = Some(self.token_id.clone());
         ev.principal = Some(self.principal.clone());

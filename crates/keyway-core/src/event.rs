@@ -1,0 +1,175 @@
+//! The names the audit log uses: what kind of thing happened ([`EventKind`]) and what
+//! was decided ([`Decision`]). Typed everywhere inside Keyway; written out as the
+//! strings below only where an event is stored or shown.
+
+/// What an audit event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// One HTTP request to a service.
+    Request,
+    /// A tunnel stream or database session opened (or refused).
+    ConnectionOpen,
+    /// How a tunnel stream, database session or WebSocket ended.
+    ConnectionClose,
+    /// A database statement.
+    DbStatement,
+    /// A database cancel request.
+    DbCancel,
+    TokenIssued,
+    TokenRevoked,
+    TokenRotated,
+    /// A client credential traded for an access token at the token endpoint.
+    TokenExchange,
+    CredentialIssued,
+    CredentialNearMaxAge,
+    AdminDenied,
+    AdminTokenCreated,
+    SecretSet,
+    AgentEnrollmentIssued,
+    AgentEnroll,
+    AgentRenew,
+    AgentConnect,
+    AgentDisconnect,
+    AgentRevoked,
+    ConfigApplied,
+    DetectAlert,
+    PortsAudit,
+    AuditPruned,
+}
+
+/// What was decided about an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Deny,
+}
+
+// === impl EventKind ===
+
+impl EventKind {
+    pub const ALL: [Self; 24] = [
+        Self::Request,
+        Self::ConnectionOpen,
+        Self::ConnectionClose,
+        Self::DbStatement,
+        Self::DbCancel,
+        Self::TokenIssued,
+        Self::TokenRevoked,
+        Self::TokenRotated,
+        Self::TokenExchange,
+        Self::CredentialIssued,
+        Self::CredentialNearMaxAge,
+        Self::AdminDenied,
+        Self::AdminTokenCreated,
+        Self::SecretSet,
+        Self::AgentEnrollmentIssued,
+        Self::AgentEnroll,
+        Self::AgentRenew,
+        Self::AgentConnect,
+        Self::AgentDisconnect,
+        Self::AgentRevoked,
+        Self::ConfigApplied,
+        Self::DetectAlert,
+        Self::PortsAudit,
+        Self::AuditPruned,
+    ];
+
+    /// As the audit log names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::ConnectionOpen => "connection.open",
+            Self::ConnectionClose => "connection.close",
+            Self::DbStatement => "db.statement",
+            Self::DbCancel => "db.cancel",
+            Self::TokenIssued => "token.issued",
+            Self::TokenRevoked => "token.revoked",
+            Self::TokenRotated => "token.rotated",
+            Self::TokenExchange => "token.exchange",
+            Self::CredentialIssued => "credential.issued",
+            Self::CredentialNearMaxAge => "credential.near_max_age",
+            Self::AdminDenied => "admin.denied",
+            Self::AdminTokenCreated => "admin.token_created",
+            Self::SecretSet => "secret.set",
+            Self::AgentEnrollmentIssued => "agent.enrollment_issued",
+            Self::AgentEnroll => "agent.enroll",
+            Self::AgentRenew => "agent.renew",
+            Self::AgentConnect => "agent.connect",
+            Self::AgentDisconnect => "agent.disconnect",
+            Self::AgentRevoked => "agent.revoked",
+            Self::ConfigApplied => "config.applied",
+            Self::DetectAlert => "detect.alert",
+            Self::PortsAudit => "ports.audit",
+            Self::AuditPruned => "audit.pruned",
+        }
+    }
+
+    /// The kind an audit log names, back (a match, not a scan: the metrics and the
+    /// detectors read every event's kind).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "request" => Self::Request,
+            "connection.open" => Self::ConnectionOpen,
+            "connection.close" => Self::ConnectionClose,
+            "db.statement" => Self::DbStatement,
+            "db.cancel" => Self::DbCancel,
+            "token.issued" => Self::TokenIssued,
+            "token.revoked" => Self::TokenRevoked,
+            "token.rotated" => Self::TokenRotated,
+            "token.exchange" => Self::TokenExchange,
+            "credential.issued" => Self::CredentialIssued,
+            "credential.near_max_age" => Self::CredentialNearMaxAge,
+            "admin.denied" => Self::AdminDenied,
+            "admin.token_created" => Self::AdminTokenCreated,
+            "secret.set" => Self::SecretSet,
+            "agent.enrollment_issued" => Self::AgentEnrollmentIssued,
+            "agent.enroll" => Self::AgentEnroll,
+            "agent.renew" => Self::AgentRenew,
+            "agent.connect" => Self::AgentConnect,
+            "agent.disconnect" => Self::AgentDisconnect,
+            "agent.revoked" => Self::AgentRevoked,
+            "config.applied" => Self::ConfigApplied,
+            "detect.alert" => Self::DetectAlert,
+            "ports.audit" => Self::PortsAudit,
+            "audit.pruned" => Self::AuditPruned,
+            _ => return None,
+        })
+    }
+}
+
+// === impl Decision ===
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "allow" => Some(Decision::Allow),
+            "deny" => Some(Decision::Deny),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_one_name_and_reads_back() {
+        let mut names = std::collections::HashSet::new();
+        for k in EventKind::ALL {
+            assert!(names.insert(k.as_str()), "{} named twice", k.as_str());
+            assert_eq!(EventKind::from_name(k.as_str()), Some(k));
+        }
+        assert_eq!(EventKind::from_name("checkpoint"), None);
+        for d in [Decision::Allow, Decision::Deny] {
+            assert_eq!(Decision::from_name(d.as_str()), Some(d));
+        }
+    }
+}
