@@ -127,7 +127,7 @@ pub async fn run(cmd: AgentCommand, log: &str, format: serve::LogFormat) -> Resu
                     ]
                 })
                 .collect();
-            crate::print_table(
+            crate::table::print_table(
                 [
                     "AGENT",
                     "STATE",

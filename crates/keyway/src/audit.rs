@@ -243,7 +243,7 @@ fn print_events(events: &[StoredEvent]) {
             ]
         })
         .collect();
-    crate::print_table(
+    crate::table::print_table(
         [
             "SEQ",
             "AT",

@@ -92,7 +92,7 @@ pub async fn run(args: PortsArgs) -> Result<ExitCode> {
                 ]
             })
             .collect();
-        crate::print_table(["STATE", "HOST", "PORT", "SERVICE"], &rows);
+        crate::table::print_table(["STATE", "HOST", "PORT", "SERVICE"], &rows);
     }
     let findings = report.iter().filter(|r| r.state != "expected").count();
     eprintln!(
