@@ -426,6 +426,11 @@ impl Conn {
     }
 }
 
+/// One service's lines for [`config`]: `upstream` as its upstream, then `extra`.
+pub fn svc(upstream: &Upstream, extra: &str) -> String {
+    format!("upstream = \"{}\"\n{extra}", upstream.url())
+}
+
 /// A config with one or more HTTP services in front of `upstream`, on port 0.
 pub fn config(services: &[(&str, &str)]) -> String {
     let mut s = String::from(
