@@ -68,8 +68,6 @@ const OVERSIZED: &[(&str, usize)] = &[
     ("crates/keyway-gateway/src/gateway.rs", 1200),
     ("crates/keyway-gateway/src/proxy/http.rs", 727),
     ("crates/keyway-gateway/src/proxy/postgres.rs", 1245),
-    ("crates/keyway-gateway/tests/http.rs", 1018),
-    ("crates/keyway/src/main.rs", 761),
 ];
 
 fn workspace() -> PathBuf {
