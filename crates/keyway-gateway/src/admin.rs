@@ -134,7 +134,7 @@ impl FromRequestParts<Gw> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, gw: &Gw) -> Result<Self, Self::Rejection> {
         let mut leak = gw.event(EventKind::AdminDenied);
-        if gw.refuse_token_in_url(&parts.uri, &mut leak) {
+        if gw.tokens.refuse_token_in_url(&parts.uri, &mut leak) {
             leak.deny(keyway_core::DenyReason::TokenInUrl);
             gw.audit.record(leak);
             return Err(error(StatusCode::UNAUTHORIZED, "unauthorized"));
@@ -289,7 +289,7 @@ async fn issue_credential(admin: Admin, State(gw): State<Gw>, body: Bytes) -> Re
             "body must be JSON: {\"principal\": …, \"services\": […], \"cidrs\": […], \"max_age\": \"90d\"}",
         );
     };
-    match gw.issue_credential(&req, &admin.token_id).await {
+    match gw.tokens.issue_credential(&req, &admin.token_id).await {
         Ok((token, record)) => {
             let info = TokenInfo::new(&record, None, None, gw.now());
             let token = secrecy::ExposeSecret::expose_secret(token.secret()).to_owned();
@@ -339,7 +339,7 @@ async fn list_tokens(_: Admin, State(gw): State<Gw>, Query(p): Query<ListParams>
 /// A token as listed, with the index's fresher last use and revocation; and the last
 /// use in milliseconds.
 fn live_info(gw: &Gateway, r: &TokenRecord, now: UnixMillis) -> (TokenInfo, Option<UnixMillis>) {
-    let live = gw.token(&r.id);
+    let live = gw.tokens.token(&r.id);
     let last = live.as_ref().and_then(|e| e.last_used()).or(r.last_used_at);
     let revoked = live.as_ref().and_then(|e| e.revoked_at()).or(r.revoked_at);
     (TokenInfo::new(r, revoked, last, now), last)
@@ -384,7 +384,7 @@ async fn revoke_matching(admin: Admin, State(gw): State<Gw>, body: Bytes) -> Res
             "name at least one of principal, service, issued_before",
         );
     }
-    match gw.revoke_where(&filter, &admin.token_id).await {
+    match gw.tokens.revoke_where(&filter, &admin.token_id).await {
         Ok(records) => {
             let now = gw.now();
             let infos: Vec<TokenInfo> = records.iter().map(|r| live_info(&gw, r, now).0).collect();
@@ -421,7 +421,7 @@ async fn rotate_token(
             )
         }
     };
-    match gw.rotate(&id, overlap, &admin.token_id).await {
+    match gw.tokens.rotate(&id, overlap, &admin.token_id).await {
         Ok((token, record, until)) => {
             let info = TokenInfo::new(&record, None, None, gw.now());
             let token = secrecy::ExposeSecret::expose_secret(token.secret()).to_owned();
@@ -488,7 +488,7 @@ async fn set_secret(
 }
 
 async fn list_secrets(_: Admin, State(gw): State<Gw>) -> Response {
-    Json(gw.secret_names()).into_response()
+    Json(gw.secrets.names()).into_response()
 }
 
 async fn audit(_: Admin, State(gw): State<Gw>, Query(p): Query<AuditParams>) -> Response {
@@ -632,7 +632,7 @@ async fn enroll_agent(admin: Admin, State(gw): State<Gw>, Path(name): Path<Strin
             );
         }
     };
-    match gw.issue_enrollment(&name, &admin.token_id).await {
+    match gw.tokens.issue_enrollment(&name, &admin.token_id).await {
         Ok((token, record)) => {
             let token = secrecy::ExposeSecret::expose_secret(token.secret());
             let body = Enrollment {

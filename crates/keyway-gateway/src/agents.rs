@@ -43,8 +43,7 @@ use crate::gateway::Gateway;
 use crate::tls::LocalCa;
 use crate::tunnel::reply;
 
-/// How long an enrollment token lives.
-pub const ENROLLMENT_TTL: Duration = Duration::from_secs(3600);
+pub use crate::tokens::ENROLLMENT_TTL;
 const HEARTBEAT: Duration = Duration::from_secs(10);
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Missed heartbeats after which a connection is closed.
@@ -449,7 +448,7 @@ pub async fn enroll(
         let cert = ca
             .sign_agent(&e.csr_pem, &agent, gw.now(), gw.config().agent_cert_ttl)
             .map_err(|_| "bad_certificate_request")?;
-        match gw.use_once(entry.id()).await {
+        match gw.tokens.use_once(entry.id()).await {
             Ok(true) => Ok(cert),
             Ok(false) => Err("revoked"),
             Err(_) => Err("store_unavailable"),
@@ -463,7 +462,7 @@ pub async fn enroll(
             ev.principal = ev
                 .token_id
                 .as_deref()
-                .and_then(|id| gw.token(id))
+                .and_then(|id| gw.tokens.token(id))
                 .map(|e| e.record.principal.clone());
         }
     }

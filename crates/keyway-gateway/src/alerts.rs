@@ -151,7 +151,7 @@ where
             pause *= 2;
         }
         // Read each time: `keyway secret set` may set it after start.
-        let Some(key) = gw.secret_header(&hook.secret) else {
+        let Some(key) = gw.secrets.header(&hook.secret) else {
             tracing::error!(secret_name = %hook.secret, "the alert webhook's secret is not set; set it with `keyway secret set`");
             continue;
         };

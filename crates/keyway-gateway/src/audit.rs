@@ -6,21 +6,21 @@
 //! the queue before it is forwarded), `fail_open` lets them through and counts the
 //! dropped events. Nothing is lost silently.
 //!
-//! Every event, even one that cannot be queued, passes the [`Tap`] first: the metrics
-//! count it and the intrusion detectors see it.
+//! Every event, even one that cannot be queued, is shown first to the [`Subscriber`]s
+//! the gateway was built with: the metrics count it and the intrusion detectors see
+//! it. The sink knows them only through that trait.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use keyway_core::config::OnFull;
-use keyway_core::EventKind;
+use keyway_core::{Clock, EventKind, UnixMillis};
 use keyway_store::{AuditEvent, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::detect::Detect;
-use crate::telemetry::Metrics;
+use crate::runtime::ConfigInForce;
 
 const BATCH: usize = 1024;
 /// How long the writer, under load, waits for more events when a batch is small.
@@ -33,13 +33,18 @@ pub struct AuditSink {
     on_full: OnFull,
     stats: Arc<AuditStats>,
     tap: Arc<Tap>,
+    clock: Arc<dyn Clock>,
 }
 
-/// What watches the event stream on its way to the store.
-pub struct Tap {
-    pub metrics: Arc<Metrics>,
-    pub detect: Arc<Detect>,
+/// What watches the event stream on its way to the store: it sees every event,
+/// before the queue, on the task that records it, so it must be quick (count, or
+/// copy a few fields into a queue of its own).
+pub trait Subscriber: Send + Sync {
+    fn observe(&self, event: &AuditEvent);
 }
+
+/// The subscribers, in the order they see each event.
+struct Tap(Vec<Arc<dyn Subscriber>>);
 
 #[derive(Debug, Default)]
 pub struct AuditStats {
@@ -65,21 +70,28 @@ impl AuditSink {
         capacity: usize,
         on_full: OnFull,
         stop: CancellationToken,
-        tap: Tap,
+        subscribers: Vec<Arc<dyn Subscriber>>,
+        clock: Arc<dyn Clock>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(capacity);
         let stats = Arc::new(AuditStats::default());
         let task = tokio::spawn(write_loop(store, rx, stats.clone(), stop));
-        let tap = Arc::new(tap);
+        let tap = Arc::new(Tap(subscribers));
         (
             Self {
                 tx,
                 on_full,
                 stats,
                 tap,
+                clock,
             },
             task,
         )
+    }
+
+    /// A fresh event of `kind`, dated now.
+    pub fn event(&self, kind: EventKind) -> AuditEvent {
+        AuditEvent::new(kind, self.clock.now_ms())
     }
 
     pub fn stats(&self) -> &AuditStats {
@@ -166,8 +178,9 @@ impl Reservation {
 
 impl Tap {
     fn see(&self, event: &AuditEvent) {
-        self.metrics.event(event);
-        self.detect.observe(event);
+        for s in &self.0 {
+            s.observe(event);
+        }
     }
 }
 
@@ -234,25 +247,30 @@ async fn write_batch(store: &dyn Store, batch: &[AuditEvent], stats: &AuditStats
 
 /// Checkpoints the chain every `audit.checkpoint_every` and, with a retention set,
 /// prunes what is older, until `shutdown`.
-pub async fn maintain(gw: Arc<crate::Gateway>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(gw.config().audit.checkpoint_every);
+pub async fn maintain(
+    store: Arc<dyn Store>,
+    audit: AuditSink,
+    config: ConfigInForce,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(config.current().audit.checkpoint_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        checkpoint(&gw).await;
-        if let Some(retention) = gw.config().audit.retention {
-            prune(&gw, retention).await;
+        checkpoint(&*store, audit.clock.now_ms()).await;
+        if let Some(retention) = config.current().audit.retention {
+            prune(&*store, &audit, retention).await;
         }
     }
 }
 
 /// Signs the chain's head as it is in the store now, and logs it: the log (shipped
 /// elsewhere) keeps a copy no one editing the database can reach.
-pub async fn checkpoint(gw: &crate::Gateway) {
-    match gw.store.checkpoint_audit(gw.now()).await {
+pub async fn checkpoint(store: &dyn Store, now: UnixMillis) {
+    match store.checkpoint_audit(now).await {
         Ok(Some(c)) => tracing::info!(
             event = "audit.checkpoint",
             seq = c.seq,
@@ -264,18 +282,18 @@ pub async fn checkpoint(gw: &crate::Gateway) {
     }
 }
 
-async fn prune(gw: &crate::Gateway, retention: Duration) {
-    let before = gw.now() - retention.as_millis().min(i64::MAX as u128) as i64;
-    match gw.store.prune_audit(before).await {
+async fn prune(store: &dyn Store, audit: &AuditSink, retention: Duration) {
+    let before = audit.clock.now_ms() - retention.as_millis().min(i64::MAX as u128) as i64;
+    match store.prune_audit(before).await {
         Ok(Some((anchor, events))) => {
             tracing::info!(anchor, events, "audit events past retention pruned");
-            let mut ev = gw.event(EventKind::AuditPruned);
+            let mut ev = audit.event(EventKind::AuditPruned);
             ev.detail = serde_json::json!({
                 "events": events,
                 "through_seq": anchor,
                 "before": keyway_core::clock::format_ms(before),
             });
-            gw.audit.record_reliably(ev).await;
+            audit.record_reliably(ev).await;
         }
         Ok(None) => {}
         Err(e) => tracing::error!(error = %e, "could not prune the audit log"),

@@ -153,6 +153,12 @@ struct TokenState {
 
 // === impl Detect ===
 
+impl crate::audit::Subscriber for Detect {
+    fn observe(&self, event: &AuditEvent) {
+        Detect::observe(self, event);
+    }
+}
+
 impl Detect {
     /// The settings in force.
     pub fn settings(&self) -> Arc<DetectConfig> {

@@ -16,6 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 const NOT_REVOKED: i64 = i64::MAX;
 
+/// A client credential this close to its maximum age is reported at each exchange
+/// (`credential.near_max_age`), and by the metrics and the hygiene report.
+pub const NEAR_MAX_AGE_MS: UnixMillis = 14 * 24 * 3600 * 1000;
+
 /// One token, as the hot path sees it.
 #[derive(Debug)]
 pub struct Entry {
@@ -102,6 +106,11 @@ impl Entry {
     /// When the token stops being valid (strictly before this).
     pub fn expires_at(&self) -> UnixMillis {
         self.expires_at.load(Ordering::Acquire)
+    }
+
+    /// Whether the token is within [`NEAR_MAX_AGE_MS`] of its end at `now`.
+    pub fn near_max_age(&self, now: UnixMillis) -> bool {
+        self.expires_at() - now <= NEAR_MAX_AGE_MS
     }
 
     /// The token's whole lifetime, issue to expiry.

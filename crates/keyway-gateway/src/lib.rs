@@ -45,10 +45,12 @@ pub mod reload;
 pub mod reloads;
 pub mod report;
 pub mod runtime;
+pub mod secrets;
 pub mod sessions;
 pub mod telemetry;
 pub mod tls;
 pub mod token_api;
+pub mod tokens;
 pub mod tunnel;
 mod upstream;
 
@@ -263,15 +265,20 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
     }
     tasks.spawn(housekeeping(gw.clone(), shutdown.clone()));
     tasks.spawn(detect::run(gw.clone(), shutdown.clone()));
-    tasks.spawn(audit::maintain(gw.clone(), shutdown.clone()));
+    tasks.spawn(audit::maintain(
+        gw.store.clone(),
+        gw.audit.clone(),
+        gw.config.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(portscan::run_scheduled(gw.clone(), shutdown.clone()));
     tasks.spawn(alerts::run(gw.clone(), shutdown.clone()));
     while tasks.join_next().await.is_some() {}
     gw.end_sessions().await;
-    gw.flush_last_used(0).await;
+    gw.tokens.flush_last_used(0).await;
     gw.close().await;
     // The last events are written: sign the head, so that removing them shows.
-    audit::checkpoint(&gw).await;
+    audit::checkpoint(&*gw.store, gw.now()).await;
 }
 
 /// Behind the hot path: last-used times to the store; long-expired tokens out of the
@@ -285,7 +292,7 @@ async fn housekeeping(gw: Arc<Gateway>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        flushed = gw.flush_last_used(flushed).await;
+        flushed = gw.tokens.flush_last_used(flushed).await;
         gw.metrics.upkeep();
         n += 1;
         if n.is_multiple_of(60) {

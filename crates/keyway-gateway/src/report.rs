@@ -108,9 +108,7 @@ pub async fn build(gw: &Gateway, since: UnixMillis) -> Result<Report, keyway_sto
             TokenKind::Access | TokenKind::ClientCredential => {}
             _ => continue,
         }
-        if r.kind == TokenKind::ClientCredential
-            && e.expires_at() - now <= crate::token_api::NEAR_MAX_AGE_MS
-        {
+        if r.kind == TokenKind::ClientCredential && e.near_max_age(now) {
             report.credentials_near_max_age.push(unused());
         }
         let last = e.last_used().unwrap_or(r.created_at);

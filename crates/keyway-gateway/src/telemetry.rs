@@ -37,6 +37,12 @@ pub struct SessionGuard(Gauge);
 
 // === impl Metrics ===
 
+impl crate::audit::Subscriber for Metrics {
+    fn observe(&self, event: &AuditEvent) {
+        self.event(event);
+    }
+}
+
 impl Metrics {
     pub fn new(services: impl IntoIterator<Item = String>) -> Self {
         let recorder = PrometheusBuilder::new()
@@ -184,7 +190,7 @@ impl Metrics {
                 }
                 TokenKind::ClientCredential => {
                     credentials += 1;
-                    if e.expires_at() - now <= crate::token_api::NEAR_MAX_AGE_MS {
+                    if e.near_max_age(now) {
                         near_max_age += 1;
                     }
                 }

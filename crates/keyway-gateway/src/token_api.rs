@@ -23,9 +23,6 @@ use serde_json::json;
 use crate::gateway::{ExchangeError, Gateway};
 use crate::listener::ConnInfo;
 
-/// A credential this close to its maximum age is warned about.
-pub const NEAR_MAX_AGE_MS: i64 = 14 * 24 * 3600 * 1000;
-
 pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/token/exchange", post(exchange))
@@ -54,7 +51,7 @@ async fn exchange(
     let source = conn.peer.ip().to_canonical();
     let mut ev = gw.event(EventKind::TokenExchange);
     ev.source = Some(source.to_string());
-    if gw.refuse_token_in_url(&uri, &mut ev) {
+    if gw.tokens.refuse_token_in_url(&uri, &mut ev) {
         ev.deny(DenyReason::TokenInUrl);
         gw.audit.record(ev);
         return error(
@@ -126,6 +123,7 @@ async fn exchange(
         }
     };
     let result = gw
+        .tokens
         .exchange(
             &credential,
             &b.service,
@@ -190,7 +188,7 @@ async fn exchange(
         "expires_at": format_ms(record.expires_at),
         "refresh_after": format_ms(record.created_at + lifetime * 2 / 3),
     });
-    if credential.expires_at() - now <= NEAR_MAX_AGE_MS {
+    if credential.near_max_age(now) {
         let mut warn = gw.event(EventKind::CredentialNearMaxAge);
         warn.token_id = Some(credential.id().to_owned());
         warn.principal = Some(credential.record.principal.clone());

@@ -33,7 +33,7 @@ async fn credential(
         max_age: max_age.map(str::to_owned),
         cert_thumbprint: None,
     };
-    let (t, r) = gw.gw.issue_credential(&req, "test").await.unwrap();
+    let (t, r) = gw.gw.tokens.issue_credential(&req, "test").await.unwrap();
     (t.secret().expose_secret().to_owned(), r.id)
 }
 
@@ -86,7 +86,7 @@ async fn a_credential_is_exchanged_for_a_short_lived_access_token() {
         StatusCode::FORBIDDEN
     );
     let id = v["id"].as_str().unwrap();
-    let entry = gw.gw.token(id).unwrap();
+    let entry = gw.gw.tokens.token(id).unwrap();
     assert_eq!(entry.record.principal, "ci-bot");
     assert_eq!(entry.record.parent_id.as_deref(), Some(cred_id.as_str()));
 
@@ -227,6 +227,7 @@ async fn credentials_warn_near_their_max_age_and_are_refused_after() {
     let gw = TestGateway::start(&cfg).await;
     let over = gw
         .gw
+        .tokens
         .issue_credential(
             &CredentialRequest {
                 principal: "x".into(),
@@ -321,7 +322,7 @@ async fn tokens_from_a_credential_stay_within_it() {
         max_age: Some("10m".into()),
         ..Default::default()
     };
-    let (cred, cred_rec) = gw.gw.issue_credential(&req, "test").await.unwrap();
+    let (cred, cred_rec) = gw.gw.tokens.issue_credential(&req, "test").await.unwrap();
     let cred = cred.secret().expose_secret().to_owned();
     let scope = cred_rec.scope.unwrap();
     assert_eq!(scope.grant("billing").unwrap().methods, ["GET"]);
@@ -350,6 +351,7 @@ async fn tokens_from_a_credential_stay_within_it() {
     let id = v["id"].as_str().unwrap();
     let (successor, _, _) = gw
         .gw
+        .tokens
         .rotate(id, Duration::from_secs(60), "test")
         .await
         .unwrap();
@@ -385,7 +387,7 @@ async fn a_token_in_the_url_of_the_admin_api_or_token_endpoint_is_refused_and_re
     )
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    assert!(gw.gw.token(&cred_id).unwrap().revoked());
+    assert!(gw.gw.tokens.token(&cred_id).unwrap().revoked());
 
     let (access, access_id, _) = gw.issue("billing", &[], &[], "15m").await;
     let r = send(
@@ -396,7 +398,7 @@ async fn a_token_in_the_url_of_the_admin_api_or_token_endpoint_is_refused_and_re
     )
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    assert!(gw.gw.token(&access_id).unwrap().revoked());
+    assert!(gw.gw.tokens.token(&access_id).unwrap().revoked());
     gw.stop().await;
 }
 
@@ -408,6 +410,7 @@ async fn a_client_credential_rotates_with_overlap() {
     let start = gw.clock.now_ms();
     let (new, new_rec, until) = gw
         .gw
+        .tokens
         .rotate(&old_id, Duration::from_secs(300), "test")
         .await
         .unwrap();
@@ -416,7 +419,7 @@ async fn a_client_credential_rotates_with_overlap() {
     assert_eq!(new_rec.principal, "ci-bot");
     assert_eq!(
         new_rec.scope,
-        gw.gw.token(&old_id).unwrap().record.scope,
+        gw.gw.tokens.token(&old_id).unwrap().record.scope,
         "same scope"
     );
     assert_eq!(until, start + 300_000);

@@ -369,7 +369,7 @@ async fn a_token_in_a_url_is_refused_and_revoked() {
         let r = send(a, "GET", &url, None).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{shape}");
         assert!(
-            gw.gw.token(&id).unwrap().revoked(),
+            gw.gw.tokens.token(&id).unwrap().revoked(),
             "{shape}: revoked at once"
         );
         leaks.push((token, id));
@@ -447,7 +447,7 @@ async fn revoking_tokens_found_in_urls_can_be_turned_off() {
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "still refused");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!gw.gw.token(&id).unwrap().revoked());
+    assert!(!gw.gw.tokens.token(&id).unwrap().revoked());
     assert_eq!(
         send(gw.addr("billing"), "GET", "/x", Some(&token))
             .await

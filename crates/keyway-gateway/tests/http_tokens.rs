@@ -200,12 +200,12 @@ async fn a_restart_keeps_tokens_and_secrets_and_refuses_a_wrong_pepper() {
     let reopened = keyway_gateway::Gateway::open(config.clone(), clock.clone())
         .await
         .unwrap();
-    assert_eq!(reopened.secret_names(), ["k"]);
+    assert_eq!(reopened.secrets.names(), ["k"]);
     let id = keyway_core::PresentedToken::parse(&token)
         .unwrap()
         .id()
         .to_owned();
-    assert!(reopened.token(&id).is_some());
+    assert!(reopened.tokens.token(&id).is_some());
     drop(reopened);
 
     std::fs::write(copy.join("pepper.key"), "00".repeat(32)).unwrap();
@@ -290,6 +290,7 @@ async fn rotation_gives_a_successor_and_the_old_token_dies_after_the_overlap() {
     gw.gw.revoke(&new_id, "test", None).await.unwrap();
     let e = gw
         .gw
+        .tokens
         .rotate(&new_id, Duration::from_secs(60), "test")
         .await
         .err()
@@ -312,6 +313,7 @@ async fn the_overlap_end_cuts_the_old_tokens_live_stream() {
     assert!(body.frame().await.unwrap().is_ok());
     let started = std::time::Instant::now();
     gw.gw
+        .tokens
         .rotate(&old_id, Duration::from_millis(300), "test")
         .await
         .unwrap();

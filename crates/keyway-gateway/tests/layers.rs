@@ -21,7 +21,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("runtime", &["runtime", "reloads"]),
     ("tokens and sessions", &["index", "sessions"]),
     ("audit", &["audit", "telemetry"]),
-    ("authorization and token lifecycle", &["authz", "gateway"]),
+    (
+        "authorization and token lifecycle",
+        &["authz", "tokens", "secrets", "gateway"],
+    ),
     (
         "network",
         &["listener", "tls", "relay", "agents", "upstream"],
@@ -50,13 +53,10 @@ const ROOT_ITEMS: &[(&str, &str)] = &[
 /// Imports that still run up a layer: (importing module, imported module).
 const UPWARD: &[(&str, &str)] = &[
     ("agents", "tunnel"),
-    ("audit", "detect"),
-    ("audit", "gateway"),
     ("gateway", "agents"),
     ("gateway", "alerts"),
     ("gateway", "detect"),
     ("telemetry", "gateway"),
-    ("telemetry", "token_api"),
 ];
 
 /// Files still above [`MAX_LINES`], relative to the workspace, with the size they may
@@ -64,9 +64,8 @@ const UPWARD: &[(&str, &str)] = &[
 const OVERSIZED: &[(&str, usize)] = &[
     ("crates/keyway-gateway/src/admin.rs", 681),
     ("crates/keyway-gateway/src/agents.rs", 637),
-    ("crates/keyway-gateway/src/detect.rs", 712),
-    ("crates/keyway-gateway/src/gateway.rs", 1200),
-    ("crates/keyway-gateway/src/proxy/http.rs", 727),
+    ("crates/keyway-gateway/src/detect.rs", 718),
+    ("crates/keyway-gateway/src/proxy/http.rs", 728),
     ("crates/keyway-gateway/src/proxy/postgres.rs", 1245),
 ];
 

@@ -176,7 +176,7 @@ async fn an_exchange_over_mtls_binds_the_access_token_and_a_bound_credential_nee
         cert_thumbprint: Some(bot.thumbprint.clone()),
         ..Default::default()
     };
-    let (cred, _) = gw.gw.issue_credential(&req, "test").await.unwrap();
+    let (cred, _) = gw.gw.tokens.issue_credential(&req, "test").await.unwrap();
     let cred = cred.secret().expose_secret().to_owned();
     let token_ep = gw.token.unwrap();
     let body = r#"{"service": "billing"}"#;

@@ -90,11 +90,12 @@ async fn revoking_a_credential_cuts_the_streams_of_the_tokens_it_got() {
         services: vec!["billing".into()],
         ..Default::default()
     };
-    let (_, cred) = gw.gw.issue_credential(&req, "test").await.unwrap();
-    let entry = gw.gw.token(&cred.id).unwrap();
+    let (_, cred) = gw.gw.tokens.issue_credential(&req, "test").await.unwrap();
+    let entry = gw.gw.tokens.token(&cred.id).unwrap();
     let source = "127.0.0.1".parse().unwrap();
     let (token, _) = gw
         .gw
+        .tokens
         .exchange(&entry, "billing", None, source, None)
         .await
         .unwrap();

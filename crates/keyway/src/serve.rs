@@ -80,7 +80,7 @@ pub async fn gateway(config_path: &Path) -> Result<ExitCode> {
 
 /// Says where everything listens, and where the admin credential is.
 pub fn announce(gw: &Gateway, l: &Listeners) {
-    gw.warn_missing_secrets();
+    gw.secrets.warn_missing(&gw.config());
     let scheduler = match tokio::runtime::Handle::current().runtime_flavor() {
         tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
         _ => "multi_thread",

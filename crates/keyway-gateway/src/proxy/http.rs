@@ -306,7 +306,7 @@ impl HttpProxy {
         let shown = percent_decode_lossy(&raw_path[..raw_path.len().min(512)]).into_owned();
         detail.insert("path".into(), redact(&shown).into_owned().into());
         // First, so that a token leaked into a URL is revoked whoever sent it.
-        if self.gw.refuse_token_in_url(req.uri(), ev) {
+        if self.gw.tokens.refuse_token_in_url(req.uri(), ev) {
             return Err((DenyReason::TokenInUrl, None));
         }
         // TRACE echoes the request, injected credential included; CONNECT and TRACK
@@ -347,7 +347,7 @@ impl HttpProxy {
             }
         }
         if let Some(auth) = &self.http.upstream_auth {
-            if gw.secret_header(&auth.secret).is_none() {
+            if gw.secrets.header(&auth.secret).is_none() {
                 return Err((DenyReason::UpstreamCredentialMissing, None));
             }
         }
@@ -390,7 +390,8 @@ impl HttpProxy {
             // Checked in `decide`; a secret removed since then fails closed here.
             let value = self
                 .gw
-                .secret_header(&auth.secret)
+                .secrets
+                .header(&auth.secret)
                 .ok_or(DenyReason::UpstreamCredentialMissing)?;
             h.insert(auth.header.clone(), value);
         }

@@ -441,7 +441,7 @@ impl PgProxy {
             .roles
             .get(role)
             .ok_or(Refused::Client("28000", "unknown role".into()))?;
-        let Some(password) = self.gw.secret_header(&pg_role.secret) else {
+        let Some(password) = self.gw.secrets.header(&pg_role.secret) else {
             tracing::warn!(service = %self.svc.name, secret = %pg_role.secret, "database password not set; `keyway secret set`");
             return Err(Refused::Client(
                 "08006",

@@ -1,0 +1,182 @@
+//! Trading and renewing: a client credential exchanged for an access token, and a
+//! token rotated into a successor with an overlap.
+
+use std::time::Duration;
+
+use keyway_core::clock::{duration_ms, format_ms};
+use keyway_core::{EventKind, IssuedToken, TokenKind, UnixMillis};
+use keyway_store::{StoreError, TokenRecord};
+
+use super::{Tokens, DEFAULT_TTL};
+use crate::index::Entry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("not a client credential")]
+    NotACredential,
+    #[error("the credential may not be used from this address")]
+    Source,
+    #[error("the credential does not name this service")]
+    Service,
+    #[error("the credential is bound to a client certificate this connection did not present")]
+    Certificate,
+    #[error("the credential is older than the policy's credential_max_age")]
+    TooOld,
+    #[error("the credential was revoked")]
+    Revoked,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    #[error("no token with that id")]
+    Unknown,
+    #[error("only access tokens and client credentials are rotated this way")]
+    NotAccess,
+    #[error("the token is revoked or expired; issue a new one instead")]
+    NotLive,
+    #[error("the token's service is no longer configured")]
+    ServiceGone,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+// === impl Tokens ===
+
+impl Tokens {
+    /// Trades a client credential (already authenticated) for an access token to one
+    /// of its services: 15 minutes by default, never above the service's maximum.
+    pub async fn exchange(
+        &self,
+        credential: &Entry,
+        service: &str,
+        ttl: Option<Duration>,
+        source: std::net::IpAddr,
+        presented_cert: Option<&str>,
+    ) -> Result<(IssuedToken, TokenRecord), ExchangeError> {
+        let scope = credential
+            .record
+            .scope
+            .as_ref()
+            .ok_or(ExchangeError::NotACredential)?;
+        if !scope.allows_source(source) {
+            return Err(ExchangeError::Source);
+        }
+        // A bound credential works only with its certificate; the access token is bound
+        // to the certificate of the exchange (RFC 8705), whether or not the credential is.
+        if let Some(bound) = &credential.record.cert_thumbprint {
+            if !presented_cert.is_some_and(|p| crate::authz::same_thumbprint(p, bound)) {
+                return Err(ExchangeError::Certificate);
+            }
+        }
+        let binding = presented_cert.map(str::to_owned);
+        let grant = scope
+            .grant(service)
+            .cloned()
+            .ok_or(ExchangeError::Service)?;
+        let config = self.config();
+        let svc = config.service(service).ok_or(ExchangeError::Service)?;
+        // The policy's maximum age holds even for credentials issued under a longer one.
+        let now = self.now();
+        let policy_end = credential
+            .record
+            .created_at
+            .saturating_add(duration_ms(config.credential_max_age));
+        if now >= policy_end {
+            return Err(ExchangeError::TooOld);
+        }
+        // Never longer than the service allows, nor than the credential lives.
+        let left = u64::try_from(credential.expires_at().min(policy_end) - now).unwrap_or(0);
+        let ttl = ttl
+            .unwrap_or(DEFAULT_TTL)
+            .min(config.max_ttl_of(svc))
+            .min(Duration::from_millis(left));
+        let (token, record) = self
+            .mint(
+                &credential.record.principal,
+                grant,
+                ttl,
+                Some(credential.id().to_owned()),
+                binding,
+                "token_exchange",
+            )
+            .await?;
+        // Revoked while we minted: the revocation's cascade may have missed this one.
+        if credential.revoked() {
+            self.revoke(&record.id, "gateway", Some("credential_revoked"))
+                .await?;
+            return Err(ExchangeError::Revoked);
+        }
+        Ok((token, record))
+    }
+
+    /// Rotates an access token: a successor with the same principal and grant, and the
+    /// same lifetime (within the service's maximum); the old token keeps working for
+    /// `overlap`, then dies (its live streams end then too). Both are audited.
+    pub async fn rotate(
+        &self,
+        id: &str,
+        overlap: Duration,
+        by: &str,
+    ) -> Result<(IssuedToken, TokenRecord, UnixMillis), RotateError> {
+        let now = self.now();
+        let old = self.index.get(id).ok_or(RotateError::Unknown)?;
+        old.check_live(now).map_err(|_| RotateError::NotLive)?;
+        let lifetime = u64::try_from(old.record.expires_at - old.record.created_at).unwrap_or(0);
+        let (token, record) = match old.record.kind {
+            TokenKind::Access => {
+                let grant = old.grant().cloned().ok_or(RotateError::NotAccess)?;
+                let config = self.config();
+                let svc = config
+                    .service(&grant.service)
+                    .ok_or(RotateError::ServiceGone)?;
+                let mut ttl = Duration::from_millis(lifetime).min(config.max_ttl_of(svc));
+                // A token obtained with a credential stays in its lineage: the
+                // successor is the credential's child too (so revoking the credential
+                // takes it), and lives no longer than the credential.
+                if let Some(credential) = self.parent_credential(&old) {
+                    credential
+                        .check_live(now)
+                        .map_err(|_| RotateError::NotLive)?;
+                    let left = u64::try_from(credential.expires_at() - now).unwrap_or(0);
+                    ttl = ttl.min(Duration::from_millis(left));
+                }
+                let (parent, cert) = (
+                    old.record.parent_id.clone(),
+                    old.record.cert_thumbprint.clone(),
+                );
+                self.mint(&old.record.principal, grant, ttl, parent, cert, by)
+                    .await?
+            }
+            TokenKind::ClientCredential => {
+                // Same principal, scope and binding; a fresh max age within the policy.
+                let scope = old.record.scope.clone().ok_or(RotateError::NotAccess)?;
+                let age = Duration::from_millis(lifetime).min(self.config().credential_max_age);
+                let cert = old.record.cert_thumbprint.clone();
+                self.mint_credential(&old.record.principal, scope, age, cert, by)
+                    .await?
+            }
+            _ => return Err(RotateError::NotAccess),
+        };
+        let until = now
+            .saturating_add(duration_ms(overlap))
+            .min(old.expires_at());
+        self.store.shorten_expiry(id, until).await?;
+        old.shorten(until);
+        self.cut_at_expiry(old.clone());
+        let mut ev = self.audit.event(EventKind::TokenRotated);
+        // The successor's `token.issued` names the credential it descends from; this
+        // event links it to the token it replaces.
+        ev.token_id = Some(id.to_owned());
+        ev.principal = Some(old.record.principal.clone());
+        ev.service = old.grant().map(|g| g.service.clone());
+        ev.detail = serde_json::json!({
+            "by": by,
+            "successor": record.id,
+            "expires_at": format_ms(until),
+        });
+        self.audit.record_reliably(ev).await;
+        Ok((token, record, until))
+    }
+}
