@@ -9,13 +9,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyway_core::clock::{duration_ms, format_ms};
 use keyway_core::config::Config;
 use keyway_core::EventKind;
 use keyway_core::{Clock, IssuedToken, Pepper, TokenKind, UnixMillis};
 use keyway_store::keys::{self, KeySource};
 use keyway_store::{AuditEvent, Sealer, SqliteStore, Store, StoreError, TokenRecord};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditSink;
@@ -80,11 +79,8 @@ pub enum OpenError {
         "{what} does not match the one this store was created with; start with the original key"
     )]
     KeyMismatch { what: &'static str },
-    #[error("cannot write the admin credential to {path}: {source}")]
-    AdminToken {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    AdminToken(#[from] crate::tokens::AdminTokenError),
 }
 
 // === impl Gateway ===
@@ -324,49 +320,10 @@ impl Gateway {
     }
 
     async fn ensure_admin_token(&mut self) -> Result<(), OpenError> {
-        let now = self.now();
-        let live = self
-            .index
-            .entries()
-            .iter()
-            .any(|e| e.record.kind == TokenKind::Admin && e.check_live(now).is_ok());
-        if live {
-            return Ok(());
-        }
         let path = self.config().data_dir.join("admin.token");
-        let token = IssuedToken::generate(TokenKind::Admin);
-        let record = TokenRecord {
-            id: token.id().to_owned(),
-            kind: TokenKind::Admin,
-            principal: "admin".into(),
-            grant: None,
-            hash: token.hash(&self.pepper),
-            created_at: now,
-            expires_at: now.saturating_add(duration_ms(self.config().admin_token_ttl)),
-            revoked_at: None,
-            last_used_at: None,
-            parent_id: None,
-            scope: None,
-            cert_thumbprint: None,
-        };
-        let write_err = |source| OpenError::AdminToken {
-            path: path.display().to_string(),
-            source,
-        };
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(write_err(e)),
+        if self.tokens.ensure_admin(&path).await? {
+            self.admin_token_written = Some(path);
         }
-        keys::write_secret_file(&path, token.secret().expose_secret().as_bytes())
-            .map_err(write_err)?;
-        self.store.insert_token(&record).await?;
-        self.index.insert(record);
-        let mut ev = self.audit.event(EventKind::AdminTokenCreated);
-        ev.token_id = Some(token.id().to_owned());
-        ev.detail = serde_json::json!({ "expires_at": format_ms(now + duration_ms(self.config().admin_token_ttl)) });
-        self.audit.record_reliably(ev).await;
-        self.admin_token_written = Some(path);
         Ok(())
     }
 }

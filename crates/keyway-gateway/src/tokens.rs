@@ -4,6 +4,7 @@
 //! first (the token stops working and its live streams end at once) and is then
 //! made durable. Nothing else inserts into the token index or revokes in it.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,9 @@ use keyway_core::clock::{duration_ms, format_ms};
 use keyway_core::config::Config;
 use keyway_core::grant::CredentialScope;
 use keyway_core::{Clock, EventKind, Grant, IssuedToken, Pepper, TokenKind, UnixMillis};
+use keyway_store::keys;
 use keyway_store::{Store, StoreError, TokenRecord};
+use secrecy::ExposeSecret;
 
 mod exchange;
 mod issue;
@@ -31,6 +34,18 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// How long an agent's one-use enrollment token lives.
 pub const ENROLLMENT_TTL: Duration = Duration::from_secs(3600);
+
+/// The admin credential could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminTokenError {
+    #[error("cannot write the admin credential to {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// The token lifecycle's handle. Cheap to share behind an `Arc`.
 pub struct Tokens {
@@ -74,8 +89,53 @@ impl Tokens {
         self.config.current()
     }
 
-    /// Makes an access token: the only place they are made. Stores it, indexes it,
-    /// audits it.
+    /// A new token of `kind` for `principal`, living `ttl` from now: generated, not
+    /// yet kept. Every token Keyway makes starts here and is kept by [`Tokens::keep`].
+    fn generate(
+        &self,
+        kind: TokenKind,
+        principal: &str,
+        ttl: Duration,
+    ) -> (IssuedToken, TokenRecord) {
+        let now = self.now();
+        let token = IssuedToken::generate(kind);
+        let record = TokenRecord {
+            id: token.id().to_owned(),
+            kind,
+            principal: principal.to_owned(),
+            grant: None,
+            hash: token.hash(&self.pepper),
+            created_at: now,
+            expires_at: now.saturating_add(duration_ms(ttl)),
+            revoked_at: None,
+            last_used_at: None,
+            parent_id: None,
+            scope: None,
+            cert_thumbprint: None,
+        };
+        (token, record)
+    }
+
+    /// Stores a generated token, indexes it, and audits it as `kind` with `detail`:
+    /// from here on it works, and its event is in the log.
+    async fn keep(
+        &self,
+        record: &TokenRecord,
+        kind: EventKind,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.store.insert_token(record).await?;
+        self.index.insert(record.clone());
+        let mut ev = self.audit.event(kind);
+        ev.token_id = Some(record.id.clone());
+        ev.principal = Some(record.principal.clone());
+        ev.service = record.grant.as_ref().map(|g| g.service.clone());
+        ev.detail = detail;
+        self.audit.record_reliably(ev).await;
+        Ok(())
+    }
+
+    /// Makes an access token: the only place they are made.
     async fn mint(
         &self,
         principal: &str,
@@ -85,41 +145,22 @@ impl Tokens {
         cert_thumbprint: Option<String>,
         by: &str,
     ) -> Result<(IssuedToken, TokenRecord), StoreError> {
-        let now = self.now();
-        let token = IssuedToken::generate(TokenKind::Access);
-        let record = TokenRecord {
-            id: token.id().to_owned(),
-            kind: TokenKind::Access,
-            principal: principal.to_owned(),
-            grant: Some(grant),
-            hash: token.hash(&self.pepper),
-            created_at: now,
-            expires_at: now.saturating_add(duration_ms(ttl)),
-            revoked_at: None,
-            last_used_at: None,
-            parent_id,
-            scope: None,
-            cert_thumbprint,
-        };
-        self.store.insert_token(&record).await?;
-        self.index.insert(record.clone());
-        let mut ev = self.audit.event(EventKind::TokenIssued);
-        ev.token_id = Some(record.id.clone());
-        ev.principal = Some(record.principal.clone());
-        ev.service = record.grant.as_ref().map(|g| g.service.clone());
-        ev.detail = serde_json::json!({
+        let (token, mut record) = self.generate(TokenKind::Access, principal, ttl);
+        record.grant = Some(grant);
+        record.parent_id = parent_id;
+        record.cert_thumbprint = cert_thumbprint;
+        let detail = serde_json::json!({
             "by": by,
             "expires_at": format_ms(record.expires_at),
             "grant": record.grant,
             "parent": record.parent_id,
             "cert_thumbprint": record.cert_thumbprint,
         });
-        self.audit.record_reliably(ev).await;
+        self.keep(&record, EventKind::TokenIssued, detail).await?;
         Ok((token, record))
     }
 
-    /// Makes a client credential: the only place they are made. Stores it, indexes
-    /// it, audits it.
+    /// Makes a client credential: the only place they are made.
     async fn mint_credential(
         &self,
         principal: &str,
@@ -128,34 +169,48 @@ impl Tokens {
         cert_thumbprint: Option<String>,
         by: &str,
     ) -> Result<(IssuedToken, TokenRecord), StoreError> {
-        let now = self.now();
-        let token = IssuedToken::generate(TokenKind::ClientCredential);
-        let record = TokenRecord {
-            id: token.id().to_owned(),
-            kind: TokenKind::ClientCredential,
-            principal: principal.to_owned(),
-            grant: None,
-            hash: token.hash(&self.pepper),
-            created_at: now,
-            expires_at: now.saturating_add(duration_ms(max_age)),
-            revoked_at: None,
-            last_used_at: None,
-            parent_id: None,
-            scope: Some(scope),
-            cert_thumbprint,
-        };
-        self.store.insert_token(&record).await?;
-        self.index.insert(record.clone());
-        let mut ev = self.audit.event(EventKind::CredentialIssued);
-        ev.token_id = Some(record.id.clone());
-        ev.principal = Some(record.principal.clone());
-        ev.detail = serde_json::json!({
+        let (token, mut record) = self.generate(TokenKind::ClientCredential, principal, max_age);
+        record.scope = Some(scope);
+        record.cert_thumbprint = cert_thumbprint;
+        let detail = serde_json::json!({
             "by": by,
             "expires_at": format_ms(record.expires_at),
             "scope": record.scope,
         });
-        self.audit.record_reliably(ev).await;
+        self.keep(&record, EventKind::CredentialIssued, detail)
+            .await?;
         Ok((token, record))
+    }
+
+    /// Writes a new admin credential to `path` (0600, replacing what is there) unless
+    /// a live one exists. Returns whether it wrote one.
+    pub async fn ensure_admin(&self, path: &Path) -> Result<bool, AdminTokenError> {
+        let now = self.now();
+        let live = self
+            .index
+            .entries()
+            .iter()
+            .any(|e| e.record.kind == TokenKind::Admin && e.check_live(now).is_ok());
+        if live {
+            return Ok(false);
+        }
+        let ttl = self.config().admin_token_ttl;
+        let (token, record) = self.generate(TokenKind::Admin, "admin", ttl);
+        let write_err = |source| AdminTokenError::Write {
+            path: path.display().to_string(),
+            source,
+        };
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(write_err(e)),
+        }
+        keys::write_secret_file(path, token.secret().expose_secret().as_bytes())
+            .map_err(write_err)?;
+        let detail = serde_json::json!({ "expires_at": format_ms(record.expires_at) });
+        self.keep(&record, EventKind::AdminTokenCreated, detail)
+            .await?;
+        Ok(true)
     }
 
     /// The client credential a token was obtained with, if it is in the index.

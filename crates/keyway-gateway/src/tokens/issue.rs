@@ -200,29 +200,10 @@ impl Tokens {
                 agent.chars().take(64).collect::<String>()
             )));
         }
-        let now = self.now();
-        let token = IssuedToken::generate(TokenKind::AgentEnrollment);
-        let record = TokenRecord {
-            id: token.id().to_owned(),
-            kind: TokenKind::AgentEnrollment,
-            principal: agent.to_owned(),
-            grant: None,
-            hash: token.hash(&self.pepper),
-            created_at: now,
-            expires_at: now.saturating_add(duration_ms(ENROLLMENT_TTL)),
-            revoked_at: None,
-            last_used_at: None,
-            parent_id: None,
-            scope: None,
-            cert_thumbprint: None,
-        };
-        self.store.insert_token(&record).await?;
-        self.index.insert(record.clone());
-        let mut ev = self.audit.event(EventKind::AgentEnrollmentIssued);
-        ev.token_id = Some(record.id.clone());
-        ev.principal = Some(record.principal.clone());
-        ev.detail = serde_json::json!({ "by": by, "expires_at": format_ms(record.expires_at) });
-        self.audit.record_reliably(ev).await;
+        let (token, record) = self.generate(TokenKind::AgentEnrollment, agent, ENROLLMENT_TTL);
+        let detail = serde_json::json!({ "by": by, "expires_at": format_ms(record.expires_at) });
+        self.keep(&record, EventKind::AgentEnrollmentIssued, detail)
+            .await?;
         Ok((token, record))
     }
 
