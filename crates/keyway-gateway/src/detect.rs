@@ -1,33 +1,31 @@
 //! Intrusion detection on the live event stream.
 //!
-//! Every audit event passes [`Detect::observe`] on its way to the store, and every
-//! accepted connection passes [`Detect::admit`]; what a detector needs of them goes
-//! down a bounded queue to one task ([`run`]), which keeps the detectors' state
-//! ([`Detectors`]) and carries out what fires: the alert (audit log, metric, webhook)
-//! and the action (block the source, revoke the token). The hot path only copies a
-//! few fields and, when something is blocked, reads the blocklist.
+//! What a detector needs of each accepted connection and each audit event comes down
+//! a bounded queue from the [`Admission`] handle to one task ([`run`]), which keeps
+//! the detectors' state ([`Detectors`], pure and unit-tested) and carries out what
+//! fires: the alert (audit log, metric, webhook) and the action (block the source
+//! through the admission check, revoke the token through the lifecycle).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+
 use keyway_core::clock::format_ms;
 use keyway_core::config::{Action, DetectConfig, Detector, DetectorKind};
-use keyway_core::{Decision, EventKind};
+use keyway_core::{Clock, EventKind};
 use keyway_core::{DenyReason, UnixMillis};
-use keyway_store::AuditEvent;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{network, source_key, Admission, Seen, AUTH_FAILURES};
+use crate::alerts::Alerts;
+use crate::audit::AuditSink;
+use crate::runtime::ConfigInForce;
 use crate::telemetry::Metrics;
-use crate::Gateway;
+use crate::tokens::Tokens;
 
-/// Observations waiting for the detector task; beyond this they are counted and
-/// dropped rather than slowing the data plane.
-const QUEUE: usize = 65_536;
 /// Sources and tokens the detectors remember; beyond this new ones are not tracked
 /// until a sweep frees room.
 const MAX_TRACKED: usize = 100_000;
@@ -35,72 +33,10 @@ const MAX_TRACKED: usize = 100_000;
 const MAX_NETWORKS: usize = 32;
 /// Weight of the newest window in `rate_spike`'s moving baseline.
 const EWMA_ALPHA: f64 = 0.3;
-/// A block's strikes are forgotten after a day without a block.
-const STRIKE_MEMORY: UnixMillis = 24 * 3600 * 1000;
-
-/// Denials that are a failed authentication. Not an expired or revoked token: its
-/// owner's client retrying after a revocation is not an attack on the gateway, and
-/// blocking it would block everyone behind the same address.
-const AUTH_FAILURES: [DenyReason; 7] = [
-    DenyReason::NoToken,
-    DenyReason::MalformedToken,
-    DenyReason::BadChecksum,
-    DenyReason::UnknownToken,
-    DenyReason::WrongSecret,
-    DenyReason::WrongKind,
-    DenyReason::CertificateMismatch,
-];
 /// Windows of a token's history `rate_spike` needs before it has a baseline.
 const WARM_UP_WINDOWS: u32 = 2;
 /// Denials of a well-formed token that was never issued.
 const GUESSES: [DenyReason; 2] = [DenyReason::BadChecksum, DenyReason::UnknownToken];
-
-/// The detectors' handle, shared by the listeners, the audit sink and the task.
-pub struct Detect {
-    /// Replaced by a reload.
-    config: RwLock<Arc<DetectConfig>>,
-    metrics: Arc<Metrics>,
-    /// By [`source_key`]: an IPv4 address, or an IPv6 /64.
-    blocks: RwLock<HashMap<IpAddr, Block>>,
-    /// The latest end of any block: past it, nothing is blocked and the hot path
-    /// skips the lock.
-    blocked_until: AtomicI64,
-    tx: mpsc::Sender<Seen>,
-    rx: Mutex<Option<mpsc::Receiver<Seen>>>,
-    dropped: AtomicU64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Block {
-    until: UnixMillis,
-    strikes: u32,
-}
-
-/// What a detector is told.
-#[derive(Debug, Clone)]
-pub enum Seen {
-    /// A connection accepted on a gateway port.
-    Touch {
-        at: UnixMillis,
-        source: IpAddr,
-        port: u16,
-    },
-    /// A denial that is a failed authentication, or a request to an unknown service.
-    Denied {
-        at: UnixMillis,
-        source: IpAddr,
-        reason: DenyReason,
-        unknown_service: bool,
-    },
-    /// A token used, and allowed.
-    Used {
-        at: UnixMillis,
-        source: IpAddr,
-        token_id: String,
-        principal: Option<String>,
-        service: Option<String>,
-    },
-}
 
 /// A detector that fired.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,174 +87,25 @@ struct TokenState {
     last: UnixMillis,
 }
 
-// === impl Detect ===
-
-impl crate::audit::Subscriber for Detect {
-    fn observe(&self, event: &AuditEvent) {
-        Detect::observe(self, event);
-    }
-}
-
-impl Detect {
-    /// The settings in force.
-    pub fn settings(&self) -> Arc<DetectConfig> {
-        self.config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    pub fn new(config: DetectConfig, metrics: Arc<Metrics>) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        Self {
-            config: RwLock::new(Arc::new(config)),
-            metrics,
-            blocks: RwLock::default(),
-            blocked_until: AtomicI64::new(0),
-            tx,
-            rx: Mutex::new(Some(rx)),
-            dropped: AtomicU64::new(0),
-        }
-    }
-
-    /// Whether `source` is blocked now.
-    pub fn is_blocked(&self, source: IpAddr, now: UnixMillis) -> bool {
-        if self.blocked_until.load(Ordering::Relaxed) <= now {
-            return false;
-        }
-        let blocks = self.blocks.read().unwrap_or_else(|p| p.into_inner());
-        blocks
-            .get(&source_key(source))
-            .is_some_and(|b| b.until > now)
-    }
-
-    /// A connection was accepted on `port`: false if its source is blocked (close
-    /// it), otherwise it is noted for `scanning`.
-    pub fn admit(&self, source: IpAddr, port: u16, now: UnixMillis) -> bool {
-        let source = source.to_canonical();
-        if self.is_blocked(source, now) {
-            self.metrics.blocked_connection();
-            return false;
-        }
-        if self
-            .settings()
-            .detectors
-            .contains_key(&DetectorKind::Scanning)
-        {
-            self.send(Seen::Touch {
-                at: now,
-                source,
-                port,
-            });
-        }
-        true
-    }
-
-    /// An audit event on its way to the store.
-    pub fn observe(&self, ev: &AuditEvent) {
-        let Some(source) = ev.source.as_deref().and_then(|s| s.parse::<IpAddr>().ok()) else {
-            return;
-        };
-        match ev.decision.as_deref().and_then(Decision::from_name) {
-            Some(Decision::Deny) => {
-                let Some(reason) = ev.reason.as_deref().and_then(DenyReason::from_name) else {
-                    return;
-                };
-                // A name no service has (the tunnel's opening frame names its service);
-                // a service a reload removed keeps its name in the event.
-                let unknown_service = reason == DenyReason::UnknownService
-                    && ev.service.as_deref() == Some("unknown");
-                if AUTH_FAILURES.contains(&reason) || unknown_service {
-                    self.send(Seen::Denied {
-                        at: ev.at,
-                        source,
-                        reason,
-                        unknown_service,
-                    });
-                }
-            }
-            Some(Decision::Allow)
-                if matches!(
-                    EventKind::from_name(&ev.kind),
-                    Some(EventKind::Request | EventKind::ConnectionOpen)
-                ) =>
-            {
-                if let Some(token_id) = &ev.token_id {
-                    self.send(Seen::Used {
-                        at: ev.at,
-                        source,
-                        token_id: token_id.clone(),
-                        principal: ev.principal.clone(),
-                        service: ev.service.clone(),
-                    });
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn send(&self, seen: Seen) {
-        if self.tx.try_send(seen).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Blocks `source` (an IPv6 address with its /64) for `block_for`, doubled for
-    /// each block of it in the last day, up to `max_block`. None if `never_block`
-    /// covers it. Returns the block's end. A source still blocked keeps its block:
-    /// firings from events queued before the block add no strike.
-    pub fn block(&self, source: IpAddr, now: UnixMillis) -> Option<UnixMillis> {
-        let source = source.to_canonical();
-        let settings = self.settings();
-        if settings.never_block.iter().any(|n| n.contains(&source)) {
-            return None;
-        }
-        let key = source_key(source);
-        let mut blocks = self.blocks.write().unwrap_or_else(|p| p.into_inner());
-        let strikes = match blocks.get(&key) {
-            Some(b) if b.until > now => return Some(b.until),
-            Some(b) if b.until + STRIKE_MEMORY > now => b.strikes + 1,
-            _ => 0,
-        };
-        let base = settings.block_for.as_millis() as u64;
-        let length = base
-            .saturating_mul(1u64 << strikes.min(30))
-            .min(settings.max_block.as_millis() as u64);
-        let until = now + length as UnixMillis;
-        blocks.insert(key, Block { until, strikes });
-        self.blocked_until.fetch_max(until, Ordering::Relaxed);
-        Some(until)
-    }
-
-    /// Sources blocked now.
-    pub fn blocked_sources(&self, now: UnixMillis) -> usize {
-        let blocks = self.blocks.read().unwrap_or_else(|p| p.into_inner());
-        blocks.values().filter(|b| b.until > now).count()
-    }
-
-    /// Forgets blocks whose strikes have expired.
-    fn sweep(&self, now: UnixMillis) {
-        let mut blocks = self.blocks.write().unwrap_or_else(|p| p.into_inner());
-        blocks.retain(|_, b| b.until + STRIKE_MEMORY > now);
-    }
-
-    /// Observations dropped because the detector task fell behind.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
+/// What the detector task acts with: the blocklist to write, the lifecycle to
+/// revoke with, and where an alert goes.
+pub struct Responders {
+    pub admission: Arc<Admission>,
+    pub tokens: Arc<Tokens>,
+    pub audit: AuditSink,
+    pub alerts: Arc<Alerts>,
+    pub metrics: Arc<Metrics>,
+    pub config: ConfigInForce,
+    pub clock: Arc<dyn Clock>,
 }
 
 /// The detector task: runs until `shutdown`.
-pub async fn run(gw: Arc<Gateway>, shutdown: CancellationToken) {
-    let rx = gw
-        .detect
-        .rx
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    let Some(mut rx) = rx else { return };
-    let mut detectors = Detectors::new(&gw.detect.settings());
-    let mut reloads = gw.watch_config();
+pub async fn run(r: Responders, shutdown: CancellationToken) {
+    let Some(mut rx) = r.admission.take_observations() else {
+        return;
+    };
+    let mut detectors = Detectors::new(&r.admission.settings());
+    let mut reloads = r.config.watch();
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
     loop {
         let seen = tokio::select! {
@@ -326,15 +113,16 @@ pub async fn run(gw: Arc<Gateway>, shutdown: CancellationToken) {
             Ok(()) = reloads.changed() => {
                 // New settings start the detectors' counts afresh; blocks stay.
                 let new = reloads.borrow_and_update().detect.clone();
-                if *gw.detect.settings() != new {
+                if *r.admission.settings() != new {
                     detectors = Detectors::new(&new);
-                    *gw.detect.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+                    r.admission.set_settings(new);
                 }
                 continue;
             }
             _ = sweep.tick() => {
-                detectors.sweep(gw.now());
-                gw.detect.sweep(gw.now());
+                let now = r.clock.now_ms();
+                detectors.sweep(now);
+                r.admission.sweep(now);
                 continue;
             }
             s = rx.recv() => match s {
@@ -343,14 +131,14 @@ pub async fn run(gw: Arc<Gateway>, shutdown: CancellationToken) {
             },
         };
         for firing in detectors.see(&seen) {
-            act(&gw, firing).await;
+            act(&r, firing).await;
         }
     }
 }
 
 /// Carries out a firing: the action, then the alert to the audit log, the metric
 /// and the webhook.
-async fn act(gw: &Arc<Gateway>, f: Firing) {
+async fn act(r: &Responders, f: Firing) {
     let detector = f.detector.as_str();
     let mut detail = serde_json::Map::new();
     detail.insert("detector".into(), detector.into());
@@ -358,7 +146,7 @@ async fn act(gw: &Arc<Gateway>, f: Firing) {
     detail.insert("summary".into(), f.summary.clone().into());
     let outcome = match (f.action, &f.token_id) {
         (Action::Alert, _) => "alerted",
-        (Action::Block, _) => match gw.detect.block(f.source, gw.now()) {
+        (Action::Block, _) => match r.admission.block(f.source, r.clock.now_ms()) {
             Some(until) => {
                 detail.insert("blocked_until".into(), format_ms(until).into());
                 "blocked"
@@ -366,7 +154,8 @@ async fn act(gw: &Arc<Gateway>, f: Firing) {
             None => "exempt",
         },
         (Action::Revoke, Some(id)) => {
-            match gw
+            match r
+                .tokens
                 .revoke(id, &format!("detector:{detector}"), Some(detector))
                 .await
             {
@@ -390,9 +179,9 @@ async fn act(gw: &Arc<Gateway>, f: Firing) {
         summary = %f.summary,
         "intrusion detector fired"
     );
-    gw.metrics.detector_fired(detector, f.action.as_str());
+    r.metrics.detector_fired(detector, f.action.as_str());
 
-    let mut ev = gw.event(EventKind::DetectAlert);
+    let mut ev = r.audit.event(EventKind::DetectAlert);
     ev.at = f.at.max(ev.at);
     ev.source = Some(f.source.to_string());
     ev.token_id = f.token_id;
@@ -400,8 +189,8 @@ async fn act(gw: &Arc<Gateway>, f: Firing) {
     ev.service = f.service;
     ev.reason = Some(detector.into());
     ev.detail = detail.into();
-    gw.alerts.send(&ev);
-    gw.audit.record_reliably(ev).await;
+    r.alerts.send(&ev);
+    r.audit.record_reliably(ev).await;
 }
 
 // === impl Detectors ===
@@ -696,22 +485,6 @@ impl Firing {
             summary,
         }
     }
-}
-
-/// What counts as one source: an IPv4 address, or an IPv6 /64 (one host can hold a
-/// whole /64, and privacy addresses change within it).
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        v6 => network(v6).addr(),
-    }
-}
-
-/// The /24 of an IPv4 address, the /64 of an IPv6 one.
-fn network(ip: IpAddr) -> IpNet {
-    let ip = ip.to_canonical();
-    let prefix = if ip.is_ipv4() { 24 } else { 64 };
-    IpNet::new(ip, prefix).map_or(IpNet::from(ip), |n| n.trunc())
 }
 
 #[cfg(test)]

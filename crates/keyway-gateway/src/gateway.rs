@@ -52,10 +52,10 @@ pub struct Gateway {
     /// Agents' live connections and revocations.
     pub agents: crate::agents::Registry,
     pub metrics: Arc<crate::telemetry::Metrics>,
-    /// The intrusion detectors and the blocklist.
-    pub detect: Arc<crate::detect::Detect>,
+    /// The admission check (the blocklist) and the detectors' intake.
+    pub admission: Arc<crate::admission::Admission>,
     /// Alerts on their way to the webhook.
-    pub alerts: crate::alerts::Alerts,
+    pub alerts: Arc<crate::alerts::Alerts>,
     /// Reloads on their way to the task that runs the services.
     pub(crate) reloads: crate::reloads::Reloads,
     /// The sessions that outlive a request: tunnel streams, PostgreSQL sessions,
@@ -153,18 +153,18 @@ impl Gateway {
         let metrics = Arc::new(crate::telemetry::Metrics::new(
             config.services.keys().cloned(),
         ));
-        let detect = Arc::new(crate::detect::Detect::new(
+        let admission = Arc::new(crate::admission::Admission::new(
             config.detect.clone(),
             metrics.clone(),
         ));
-        let alerts = crate::alerts::Alerts::new(config.alerts.webhook.as_ref());
+        let alerts = Arc::new(crate::alerts::Alerts::new(config.alerts.webhook.as_ref()));
         let audit_stop = CancellationToken::new();
         let (audit, audit_task) = AuditSink::start(
             store.clone(),
             config.audit.queue,
             config.audit.on_full,
             audit_stop.clone(),
-            vec![metrics.clone(), detect.clone()],
+            vec![metrics.clone(), admission.clone()],
             clock.clone(),
         );
         let config = ConfigInForce::new(config);
@@ -195,7 +195,7 @@ impl Gateway {
             admin_token_written: None,
             agents,
             metrics,
-            detect,
+            admission,
             alerts,
             reloads: crate::reloads::Reloads::default(),
             sessions,

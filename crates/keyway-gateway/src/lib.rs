@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admission;
 pub mod agents;
 pub mod alerts;
 pub mod audit;
@@ -264,7 +265,16 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
         ));
     }
     tasks.spawn(housekeeping(gw.clone(), shutdown.clone()));
-    tasks.spawn(detect::run(gw.clone(), shutdown.clone()));
+    let responders = detect::Responders {
+        admission: gw.admission.clone(),
+        tokens: gw.tokens.clone(),
+        audit: gw.audit.clone(),
+        alerts: gw.alerts.clone(),
+        metrics: gw.metrics.clone(),
+        config: gw.config.clone(),
+        clock: gw.clock.clone(),
+    };
+    tasks.spawn(detect::run(responders, shutdown.clone()));
     tasks.spawn(audit::maintain(
         gw.store.clone(),
         gw.audit.clone(),

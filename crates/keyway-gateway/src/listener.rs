@@ -179,7 +179,7 @@ pub(crate) async fn next_connection(
                 }
             },
         };
-        if !gw.detect.admit(peer.ip(), port, gw.now()) {
+        if !gw.admission.admit(peer.ip(), port, gw.now()) {
             tracing::debug!(listener = name, %peer, "blocked source; connection closed");
             continue;
         }

@@ -199,7 +199,7 @@ impl Metrics {
         }
         let stats = gw.audit.stats();
         let agents = gw.agents.status(gw);
-        let blocked = gw.detect.blocked_sources(now);
+        let blocked = gw.admission.blocked_sources(now);
         self.with(|| {
             gauge!("keyway_tokens_live").set(live as f64);
             gauge!("keyway_tokens_expiring_24h").set(expiring as f64);
@@ -213,7 +213,7 @@ impl Metrics {
                 .absolute(stats.write_errors.load(Ordering::Relaxed));
             gauge!("keyway_audit_queue").set(gw.audit.queued() as f64);
             gauge!("keyway_blocked_sources").set(blocked as f64);
-            counter!("keyway_detector_observations_dropped_total").absolute(gw.detect.dropped());
+            counter!("keyway_detector_observations_dropped_total").absolute(gw.admission.dropped());
             for state in ["connected", "disconnected", "revoked"] {
                 let n = agents.iter().filter(|a| a.state == state).count();
                 gauge!("keyway_agents", "state" => state).set(n as f64);

@@ -20,7 +20,7 @@ const MAX_LINES: usize = 600;
 const LAYERS: &[(&str, &[&str])] = &[
     ("runtime", &["runtime", "reloads"]),
     ("tokens and sessions", &["index", "sessions"]),
-    ("audit", &["audit", "telemetry"]),
+    ("audit", &["audit", "telemetry", "admission"]),
     (
         "authorization and token lifecycle",
         &["authz", "tokens", "secrets", "gateway"],
@@ -55,7 +55,6 @@ const UPWARD: &[(&str, &str)] = &[
     ("agents", "tunnel"),
     ("gateway", "agents"),
     ("gateway", "alerts"),
-    ("gateway", "detect"),
     ("telemetry", "gateway"),
 ];
 
@@ -64,7 +63,6 @@ const UPWARD: &[(&str, &str)] = &[
 const OVERSIZED: &[(&str, usize)] = &[
     ("crates/keyway-gateway/src/admin.rs", 681),
     ("crates/keyway-gateway/src/agents.rs", 637),
-    ("crates/keyway-gateway/src/detect.rs", 718),
     ("crates/keyway-gateway/src/proxy/http.rs", 728),
     ("crates/keyway-gateway/src/proxy/postgres.rs", 1245),
 ];

@@ -4,6 +4,7 @@ use keyway_core::config::{Config, DetectorKind};
 use keyway_core::DenyReason;
 
 use super::*;
+use crate::admission::STRIKE_MEMORY;
 
 fn config(toml: &str) -> DetectConfig {
     Config::parse(toml, std::path::Path::new("/tmp"))
@@ -223,7 +224,7 @@ fn blocks_double_up_to_the_maximum_and_spare_never_block() {
         "[detect]\nblock_for = \"1m\"\nmax_block = \"3m\"\nnever_block = [\"192.168.0.0/16\"]\n",
     );
     let m = Arc::new(Metrics::new([]));
-    let d = Detect::new(c, m);
+    let d = crate::admission::Admission::new(c, m);
     let now = 1_000_000;
     assert!(!d.is_blocked(ip("10.0.0.1"), now));
     assert_eq!(d.block(ip("10.0.0.1"), now), Some(now + 60_000));
@@ -256,7 +257,7 @@ fn blocks_double_up_to_the_maximum_and_spare_never_block() {
     assert!(d.admit(ip("10.0.0.2"), 80, now + 200_000));
     assert_eq!(d.blocked_sources(now + 200_000), 1);
     d.sweep(now + 200_000 + STRIKE_MEMORY + 180_000);
-    assert!(d.blocks.read().unwrap().is_empty(), "forgotten after a day");
+    assert_eq!(d.remembered(), 0, "forgotten after a day");
 }
 
 #[test]

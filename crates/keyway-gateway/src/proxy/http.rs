@@ -213,7 +213,7 @@ impl HttpProxy {
         ev.source = Some(source.to_string());
         // Blocked while this keep-alive connection was open: refused, not audited (a
         // blocked flood must not fill the log), counted, and the connection closed.
-        if gw.detect.is_blocked(source, gw.now()) {
+        if gw.admission.is_blocked(source, gw.now()) {
             gw.metrics.blocked_connection();
             let mut resp = plain(StatusCode::FORBIDDEN, "forbidden\n");
             resp.headers_mut()
