@@ -38,7 +38,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -218,23 +218,19 @@ async fn exchange(tls: &mut TlsStream<TcpStream>, hello: &Hello) -> Result<Reply
     tls.write_all(&tunnel::encode(hello))
         .await
         .map_err(|e| AgentError::Io(format!("sending to the gateway: {e}")))?;
-    let reply: Reply = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(tls))
+    let reply: Reply = tokio::time::timeout(CONNECT_TIMEOUT, tunnel::read_frame::<Reply, _>(tls))
         .await
-        .map_err(|_| AgentError::Io("the gateway did not answer".into()))??;
+        .map_err(|_| AgentError::Io("the gateway did not answer".into()))?
+        .map_err(|e| match e {
+            tunnel::FrameError::Closed => {
+                AgentError::Io("the gateway closed the connection".into())
+            }
+            e => AgentError::Io(e.to_string()),
+        })?;
     if !reply.ok {
         return Err(AgentError::Refused(reply.error.unwrap_or_default()));
     }
     Ok(reply)
-}
-
-async fn read_frame(tls: &mut TlsStream<TcpStream>) -> Result<Reply, AgentError> {
-    let closed = |_| AgentError::Io("the gateway closed the connection".into());
-    let mut header = [0u8; 4];
-    tls.read_exact(&mut header).await.map_err(closed)?;
-    let n = tunnel::body_len(header).map_err(|e| AgentError::Io(e.to_string()))?;
-    let mut body = vec![0u8; n];
-    tls.read_exact(&mut body).await.map_err(closed)?;
-    tunnel::decode(&body).map_err(|e| AgentError::Io(e.to_string()))
 }
 
 async fn connect(

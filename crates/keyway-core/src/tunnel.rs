@@ -109,6 +109,8 @@ pub enum FrameError {
     TooLong,
     #[error("frame is not the expected JSON")]
     Malformed,
+    #[error("the connection closed before the whole frame")]
+    Closed,
 }
 
 /// The frame of `v`: length, then JSON.
@@ -131,6 +133,28 @@ pub fn body_len(header: [u8; 4]) -> Result<usize, FrameError> {
 
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     serde_json::from_slice(body).map_err(|_| FrameError::Malformed)
+}
+
+/// Reads one frame: the length first, bounded by [`MAX_FRAME`], then the body. The
+/// one frame reader of both ends, the gateway's tunnel listener and the agent; the
+/// caller bounds it in time.
+#[cfg(feature = "io")]
+pub async fn read_frame<T, R>(r: &mut R) -> Result<T, FrameError>
+where
+    T: DeserializeOwned,
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut header = [0u8; 4];
+    r.read_exact(&mut header)
+        .await
+        .map_err(|_| FrameError::Closed)?;
+    let n = body_len(header)?;
+    let mut body = vec![0u8; n];
+    r.read_exact(&mut body)
+        .await
+        .map_err(|_| FrameError::Closed)?;
+    decode(&body)
 }
 
 impl fmt::Debug for Enroll {

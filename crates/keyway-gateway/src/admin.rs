@@ -21,7 +21,6 @@
 //! | `POST /v1/config/apply` | apply it, as one atomic change, audited as `config.applied` |
 //! | `GET /metrics` | Prometheus text format (needs the admin token too) |
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -40,11 +39,11 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::gateway::{
-    CredentialRequest, Gateway, IssueError, IssueRequest, RotateError, SecretError,
-};
+use crate::control::Control;
+use crate::secrets::SecretError;
+use crate::tokens::{CredentialRequest, IssueError, IssueRequest, RotateError};
 
-type Gw = Arc<Gateway>;
+type Gw = Control;
 
 /// Proof that the caller presented a live admin token.
 pub struct Admin {
@@ -255,7 +254,7 @@ async fn issue_token(admin: Admin, State(gw): State<Gw>, body: Bytes) -> Respons
             "body must be JSON: {\"service\": …, \"principal\": …, \"ttl\": \"15m\", \"methods\": […], \"paths\": […]}",
         );
     };
-    match gw.issue(&req, &admin.token_id).await {
+    match gw.tokens.issue(&req, &admin.token_id).await {
         Ok((token, record)) => {
             let info = TokenInfo::new(&record, None, None, gw.now());
             let token = secrecy::ExposeSecret::expose_secret(token.secret()).to_owned();
@@ -338,7 +337,7 @@ async fn list_tokens(_: Admin, State(gw): State<Gw>, Query(p): Query<ListParams>
 
 /// A token as listed, with the index's fresher last use and revocation; and the last
 /// use in milliseconds.
-fn live_info(gw: &Gateway, r: &TokenRecord, now: UnixMillis) -> (TokenInfo, Option<UnixMillis>) {
+fn live_info(gw: &Control, r: &TokenRecord, now: UnixMillis) -> (TokenInfo, Option<UnixMillis>) {
     let live = gw.tokens.token(&r.id);
     let last = live.as_ref().and_then(|e| e.last_used()).or(r.last_used_at);
     let revoked = live.as_ref().and_then(|e| e.revoked_at()).or(r.revoked_at);
@@ -373,7 +372,7 @@ async fn revoke_matching(admin: Admin, State(gw): State<Gw>, body: Bytes) -> Res
             )
         }
     };
-    let filter = crate::gateway::RevokeFilter {
+    let filter = crate::tokens::RevokeFilter {
         principal: b.principal,
         service: b.service,
         issued_before,
@@ -445,7 +444,7 @@ async fn rotate_token(
 }
 
 async fn revoke_token(admin: Admin, State(gw): State<Gw>, Path(id): Path<String>) -> Response {
-    match gw.revoke(&id, &admin.token_id, None).await {
+    match gw.tokens.revoke(&id, &admin.token_id, None).await {
         Ok(Some(record)) => Json(live_info(&gw, &record, gw.now()).0).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "no token with that id"),
         // Logged by `revoke`, which also cut the token's use in this process.
@@ -474,7 +473,7 @@ async fn set_secret(
             "body must be JSON: {\"value\": \"…\"}",
         );
     };
-    match gw.set_secret(&name, &b.value, &admin.token_id).await {
+    match gw.secrets.set(&name, &b.value, &admin.token_id).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(SecretError::Store(e)) => {
             tracing::error!(error = %e, "could not store a secret");
@@ -594,7 +593,8 @@ async fn reload(admin: Admin, gw: Gw, body: Bytes, dry_run: bool) -> Response {
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
     match gw
-        .reload(config, &admin.principal, Some(&admin.token_id), dry_run)
+        .reloads
+        .ask(config, &admin.principal, Some(&admin.token_id), dry_run)
         .await
     {
         Ok(outcome) => Json(outcome).into_response(),
@@ -609,7 +609,7 @@ async fn reload(admin: Admin, gw: Gw, body: Bytes, dry_run: bool) -> Response {
 }
 
 async fn metrics(_: Admin, State(gw): State<Gw>) -> Response {
-    let text = gw.metrics.render(&gw);
+    let text = gw.metrics.render(&gw.states());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -672,7 +672,7 @@ async fn revoke_agent(admin: Admin, State(gw): State<Gw>, Path(name): Path<Strin
 }
 
 async fn list_agents(_: Admin, State(gw): State<Gw>) -> Response {
-    Json(gw.agents.status(&gw)).into_response()
+    Json(gw.agents.status(&gw.config())).into_response()
 }
 
 fn error(status: StatusCode, msg: &str) -> Response {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use ipnet::IpNet;
 use keyway_core::config::{DetectConfig, DetectorKind};
-use keyway_core::{Decision, DenyReason, EventKind, UnixMillis};
+use keyway_core::{Clock, Decision, DenyReason, EventKind, UnixMillis};
 use keyway_store::AuditEvent;
 use tokio::sync::mpsc;
 
@@ -41,6 +41,7 @@ pub struct Admission {
     /// Replaced by a reload.
     config: RwLock<Arc<DetectConfig>>,
     metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
     /// By [`source_key`]: an IPv4 address, or an IPv6 /64.
     blocks: RwLock<HashMap<IpAddr, Block>>,
     /// The latest end of any block: past it, nothing is blocked and the hot path
@@ -100,11 +101,12 @@ impl Admission {
             .clone()
     }
 
-    pub fn new(config: DetectConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: DetectConfig, metrics: Arc<Metrics>, clock: Arc<dyn Clock>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         Self {
             config: RwLock::new(Arc::new(config)),
             metrics,
+            clock,
             blocks: RwLock::default(),
             blocked_until: AtomicI64::new(0),
             tx,
@@ -113,7 +115,18 @@ impl Admission {
         }
     }
 
-    /// Whether `source` is blocked now.
+    /// The admission check of a connection accepted on `port`, at the clock's now
+    /// ([`Admission::admit`]).
+    pub fn admit_now(&self, source: IpAddr, port: u16) -> bool {
+        self.admit(source, port, self.clock.now_ms())
+    }
+
+    /// Whether `source` is blocked at the clock's now.
+    pub fn is_blocked_now(&self, source: IpAddr) -> bool {
+        self.is_blocked(source, self.clock.now_ms())
+    }
+
+    /// Whether `source` is blocked at `now`.
     pub fn is_blocked(&self, source: IpAddr, now: UnixMillis) -> bool {
         if self.blocked_until.load(Ordering::Relaxed) <= now {
             return false;

@@ -1,5 +1,9 @@
-//! Agents: Keyway processes inside private networks that dial out to the gateway's
-//! tunnel listener, so those networks open no inbound port.
+//! Agents' live connections: the registry the gateway dials upstreams through, and
+//! the revocations it enforces. The tunnel's side (enrollment, renewal, an agent's
+//! connection and its heartbeats) is `tunnel/agents.rs`.
+//!
+//! Agents are Keyway processes inside private networks that dial out to the
+//! gateway's tunnel listener, so those networks open no inbound port.
 //!
 //! - **Enrollment**: `keyway agent enroll NAME` mints a one-use token (1 h). The
 //!   agent sends it with a certificate request for a key it made itself; the gateway
@@ -29,25 +33,14 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Empty;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use keyway_core::tunnel::{AgentHello, Enroll, Renew};
-use keyway_core::EventKind;
-use keyway_core::{TokenKind, UnixMillis};
-use serde_json::json;
+use hyper_util::rt::TokioIo;
+use keyway_core::UnixMillis;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::gateway::Gateway;
-use crate::tls::LocalCa;
-use crate::tunnel::reply;
+use keyway_core::config::Config;
 
 pub use crate::tokens::ENROLLMENT_TTL;
-const HEARTBEAT: Duration = Duration::from_secs(10);
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Missed heartbeats after which a connection is closed.
-const MISSED_HEARTBEATS: u32 = 3;
 /// Live connections one agent may hold (instances × reconnects in flight).
 const MAX_CONNECTIONS_PER_AGENT: usize = 16;
 
@@ -75,14 +68,15 @@ pub struct Registry {
 type Live = (Vec<Arc<AgentConn>>, usize);
 
 /// One live connection of an agent.
-struct AgentConn {
-    id: u64,
-    send: SendRequest<Empty<Bytes>>,
-    cancel: CancellationToken,
+pub(crate) struct AgentConn {
+    pub(crate) id: u64,
+    pub(crate) send: SendRequest<Empty<Bytes>>,
+    /// Fired when the connection ends or the agent is revoked: its streams end too.
+    pub(crate) cancel: CancellationToken,
     version: String,
     peer: SocketAddr,
-    connected_at: UnixMillis,
-    last_heartbeat: AtomicI64,
+    pub(crate) connected_at: UnixMillis,
+    pub(crate) last_heartbeat: AtomicI64,
 }
 
 /// What `keyway agent list` shows of an agent.
@@ -137,12 +131,24 @@ impl Registry {
     /// Registers a connection of `agent` whose certificate was issued at `issued`,
     /// unless the agent was revoked meanwhile or holds its maximum already: the check
     /// and the registration are one step, so a revocation cannot fall between them.
-    fn add(
+    pub(crate) fn add(
         &self,
         agent: &str,
         issued: UnixMillis,
-        conn: Arc<AgentConn>,
-    ) -> Result<(), &'static str> {
+        send: SendRequest<Empty<Bytes>>,
+        version: String,
+        peer: SocketAddr,
+        now: UnixMillis,
+    ) -> Result<Arc<AgentConn>, &'static str> {
+        let conn = Arc::new(AgentConn {
+            id: self.ids.fetch_add(1, Ordering::Relaxed),
+            send,
+            cancel: CancellationToken::new(),
+            version,
+            peer,
+            connected_at: now,
+            last_heartbeat: AtomicI64::new(now),
+        });
         // Lock order: conns, then revoked (as in `status`).
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         let revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
@@ -153,11 +159,11 @@ impl Registry {
         if list.len() >= MAX_CONNECTIONS_PER_AGENT {
             return Err("too_many_connections");
         }
-        list.push(conn);
-        Ok(())
+        list.push(conn.clone());
+        Ok(conn)
     }
 
-    fn remove(&self, agent: &str, id: u64) {
+    pub(crate) fn remove(&self, agent: &str, id: u64) {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((list, _)) = conns.get_mut(agent) {
             list.retain(|c| c.id != id);
@@ -236,10 +242,10 @@ impl Registry {
     }
 
     /// Every configured agent's state.
-    pub fn status(&self, gw: &Gateway) -> Vec<AgentStatus> {
+    pub fn status(&self, config: &Config) -> Vec<AgentStatus> {
         let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         let revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-        gw.config()
+        config
             .agents
             .values()
             .map(|a| {
@@ -327,7 +333,7 @@ impl AsyncWrite for AgentStream {
 /// connection of the pool is a stream through the agent.
 #[derive(Clone)]
 pub struct AgentConnector {
-    pub gw: Arc<Gateway>,
+    pub agents: Arc<Registry>,
     pub agent: String,
     pub timeout: Duration,
 }
@@ -358,11 +364,7 @@ impl tower_service::Service<http::Uri> for AgentConnector {
             } else {
                 format!("{host}:{port}")
             };
-            let stream = this
-                .gw
-                .agents
-                .dial(&this.agent, &addr, this.timeout)
-                .await?;
+            let stream = this.agents.dial(&this.agent, &addr, this.timeout).await?;
             Ok(AgentConnection(TokioIo::new(stream)))
         })
     }
@@ -399,236 +401,5 @@ impl hyper::rt::Write for AgentConnection {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
-    }
-}
-
-/// Peer-chosen text for logs and the audit: printable ASCII, capped.
-fn printable(s: &str, max: usize) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .take(max)
-        .collect()
-}
-
-/// The agent a connection's client certificate names, and when it was issued.
-fn presented_agent(tls: &TlsStream<TcpStream>) -> Option<(String, UnixMillis)> {
-    let der = tls.get_ref().1.peer_certificates()?.first()?.clone();
-    crate::tls::agent_identity(der.as_ref())
-}
-
-/// An agent trades its one-use enrollment token for a certificate.
-pub async fn enroll(
-    gw: &Arc<Gateway>,
-    mut tls: TlsStream<TcpStream>,
-    peer: SocketAddr,
-    e: Enroll,
-    ca: &LocalCa,
-) {
-    let mut ev = gw.event(EventKind::AgentEnroll);
-    ev.source = Some(peer.ip().to_canonical().to_string());
-    let decided = async {
-        let entry = gw
-            .index
-            .authenticate(&e.token, &gw.pepper, TokenKind::AgentEnrollment, gw.now())
-            .map_err(|r| {
-                ev.token_id = r.token_id.clone();
-                r.reason.as_str()
-            })?;
-        ev.token_id = Some(entry.id().to_owned());
-        // The token names its agent; the agent must still be in the config.
-        let agent = entry.record.principal.clone();
-        ev.principal = Some(agent.clone());
-        if !gw.config().agents.contains_key(&agent) {
-            return Err("unknown_agent");
-        }
-        if gw.agents.is_revoked(&agent, entry.record.created_at) {
-            return Err("agent_revoked");
-        }
-        // A malformed request does not spend the token.
-        let cert = ca
-            .sign_agent(&e.csr_pem, &agent, gw.now(), gw.config().agent_cert_ttl)
-            .map_err(|_| "bad_certificate_request")?;
-        match gw.tokens.use_once(entry.id()).await {
-            Ok(true) => Ok(cert),
-            Ok(false) => Err("revoked"),
-            Err(_) => Err("store_unavailable"),
-        }
-    }
-    .await;
-    if let Err(reason) = decided {
-        tracing::warn!(%peer, reason, "an agent enrollment was refused");
-        // A spent or expired token still names its agent: say which was targeted.
-        if ev.principal.is_none() {
-            ev.principal = ev
-                .token_id
-                .as_deref()
-                .and_then(|id| gw.tokens.token(id))
-                .map(|e| e.record.principal.clone());
-        }
-    }
-    answer_with_certificate(gw, &mut tls, ev, decided, "enrollment refused").await;
-}
-
-/// Audits an enrollment or renewal and answers it: the certificate, or a refusal.
-async fn answer_with_certificate(
-    gw: &Gateway,
-    tls: &mut TlsStream<TcpStream>,
-    mut ev: keyway_store::AuditEvent,
-    decided: Result<String, &'static str>,
-    refusal: &str,
-) {
-    match decided {
-        Ok(cert) => {
-            ev.allow();
-            gw.audit.record_reliably(ev).await;
-            reply(tls, None, Some(cert)).await;
-        }
-        Err(reason) => {
-            ev.deny_with(reason);
-            // Bounded like every denial: unauthenticated peers cannot fill the queue.
-            gw.audit.record(ev);
-            reply(tls, Some(refusal), None).await;
-        }
-    }
-}
-
-/// An enrolled agent renews its certificate before it expires.
-pub async fn renew(
-    gw: &Arc<Gateway>,
-    mut tls: TlsStream<TcpStream>,
-    peer: SocketAddr,
-    r: Renew,
-    ca: &LocalCa,
-) {
-    let mut ev = gw.event(EventKind::AgentRenew);
-    ev.source = Some(peer.ip().to_canonical().to_string());
-    let decided = match presented_agent(&tls) {
-        Some((agent, issued)) if gw.config().agents.contains_key(&agent) => {
-            ev.principal = Some(agent.clone());
-            if gw.agents.is_revoked(&agent, issued) {
-                Err("agent_revoked")
-            } else {
-                ca.sign_agent(&r.csr_pem, &agent, gw.now(), gw.config().agent_cert_ttl)
-                    .map_err(|_| "bad_certificate_request")
-            }
-        }
-        _ => Err("no_agent_certificate"),
-    };
-    answer_with_certificate(gw, &mut tls, ev, decided, "renewal refused").await;
-}
-
-/// An enrolled agent's connection: checked, then HTTP/2 with the gateway as the
-/// client until it closes, stops answering heartbeats, the agent is revoked, or the
-/// gateway stops ([`Gateway::end_sessions`]).
-pub async fn serve(
-    gw: &Arc<Gateway>,
-    mut tls: TlsStream<TcpStream>,
-    peer: SocketAddr,
-    h: AgentHello,
-) {
-    let mut ev = gw.event(EventKind::AgentConnect);
-    ev.source = Some(peer.ip().to_canonical().to_string());
-    let checked = match presented_agent(&tls) {
-        None => Err("no_agent_certificate"),
-        Some((agent, _)) if agent != h.agent => Err("certificate_for_another_agent"),
-        Some((agent, _)) if !gw.config().agents.contains_key(&agent) => Err("unknown_agent"),
-        Some((agent, issued)) if gw.agents.is_revoked(&agent, issued) => Err("agent_revoked"),
-        Some((agent, issued)) => Ok((agent, issued)),
-    };
-    ev.principal = Some(printable(&h.agent, 64));
-    let (agent, issued) = match checked {
-        Ok(a) => a,
-        Err(reason) => {
-            ev.deny_with(reason);
-            gw.audit.record(ev);
-            tracing::warn!(%peer, reason, "an agent connection was refused");
-            reply(&mut tls, Some("agent refused"), None).await;
-            return;
-        }
-    };
-    reply(&mut tls, None, None).await;
-    let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(HEARTBEAT)
-        .keep_alive_timeout(HEARTBEAT_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
-        .await;
-    let Ok((send, connection)) = handshake else {
-        return;
-    };
-    let version = printable(&h.version, 32);
-    ev.allow();
-    ev.detail = json!({ "version": version });
-    gw.audit.record_reliably(ev).await;
-    tracing::info!(agent, %peer, version, "agent connected");
-    let conn = Arc::new(AgentConn {
-        id: gw.agents.ids.fetch_add(1, Ordering::Relaxed),
-        send,
-        cancel: CancellationToken::new(),
-        version,
-        peer,
-        connected_at: gw.now(),
-        last_heartbeat: AtomicI64::new(gw.now()),
-    });
-    if let Err(reason) = gw.agents.add(&agent, issued, conn.clone()) {
-        let mut ev = gw.event(EventKind::AgentConnect);
-        ev.principal = Some(agent);
-        ev.source = Some(peer.ip().to_canonical().to_string());
-        ev.deny_with(reason);
-        gw.audit.record(ev);
-        return;
-    }
-    let ended = tokio::select! {
-        r = connection => if r.is_ok() { "closed" } else { "error" },
-        () = conn.cancel.cancelled() => "revoked",
-        () = heartbeats(gw, &conn) => "heartbeats_missed",
-        () = gw.sessions.stopping() => "shutdown",
-    };
-    gw.agents.remove(&agent, conn.id);
-    // Streams through this connection end with it, whatever ended it.
-    conn.cancel.cancel();
-    tracing::info!(agent, %peer, ended, "agent disconnected");
-    let mut ev = gw.event(EventKind::AgentDisconnect);
-    ev.principal = Some(agent);
-    ev.source = Some(peer.ip().to_canonical().to_string());
-    ev.detail = json!({
-        "end": ended,
-        "duration_ms": gw.now().saturating_sub(conn.connected_at),
-    });
-    // Under `fail_closed` it waits for room in the audit queue, as a session's end
-    // does.
-    gw.audit.reserve_waiting().await.send(ev);
-}
-
-/// Asks the agent `GET /health` every [`HEARTBEAT`]; returns after
-/// [`MISSED_HEARTBEATS`] in a row go unanswered.
-async fn heartbeats(gw: &Gateway, conn: &AgentConn) {
-    let mut missed = 0;
-    let mut tick = tokio::time::interval(HEARTBEAT);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Ok(req) = Request::get("/health").body(Empty::<Bytes>::new()) else {
-            return;
-        };
-        let mut send = conn.send.clone();
-        let answered = tokio::time::timeout(HEARTBEAT_TIMEOUT, async {
-            send.ready().await?;
-            send.send_request(req).await
-        })
-        .await;
-        match answered {
-            Ok(Ok(resp)) if resp.status().is_success() => {
-                missed = 0;
-                conn.last_heartbeat.store(gw.now(), Ordering::Relaxed);
-            }
-            _ => {
-                missed += 1;
-                if missed >= MISSED_HEARTBEATS {
-                    return;
-                }
-            }
-        }
     }
 }

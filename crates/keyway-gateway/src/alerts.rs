@@ -23,7 +23,7 @@ use sha2::Sha256;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::Gateway;
+use crate::control::Control;
 
 /// Alerts waiting for delivery; beyond this they stay only in the audit log.
 const QUEUE: usize = 1024;
@@ -94,7 +94,7 @@ pub fn sign(key: &[u8], t: i64, body: &[u8]) -> String {
 }
 
 /// Delivers queued alerts until `shutdown`.
-pub async fn run(gw: Arc<Gateway>, shutdown: CancellationToken) {
+pub async fn run(gw: Control, shutdown: CancellationToken) {
     let Some(hook) = gw.config().alerts.webhook.clone() else {
         return;
     };
@@ -138,7 +138,7 @@ pub async fn run(gw: Arc<Gateway>, shutdown: CancellationToken) {
     }
 }
 
-async fn deliver<C>(gw: &Gateway, hook: &Webhook, client: &Client<C, Full<Bytes>>, body: Bytes)
+async fn deliver<C>(gw: &Control, hook: &Webhook, client: &Client<C, Full<Bytes>>, body: Bytes)
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {

@@ -46,6 +46,14 @@ pub trait Subscriber: Send + Sync {
 /// The subscribers, in the order they see each event.
 struct Tap(Vec<Arc<dyn Subscriber>>);
 
+/// [`AuditStats`] read at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuditCounts {
+    pub written: u64,
+    pub dropped: u64,
+    pub write_errors: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct AuditStats {
     pub written: AtomicU64,
@@ -87,6 +95,11 @@ impl AuditSink {
             },
             task,
         )
+    }
+
+    /// Now, by the clock events are dated with.
+    pub fn now(&self) -> UnixMillis {
+        self.clock.now_ms()
     }
 
     /// A fresh event of `kind`, dated now.
@@ -159,6 +172,18 @@ impl AuditSink {
         if self.tx.send(event).await.is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::error!("audit writer has stopped; an admin event was not recorded");
+        }
+    }
+}
+
+// === impl AuditStats ===
+
+impl AuditStats {
+    pub fn snapshot(&self) -> AuditCounts {
+        AuditCounts {
+            written: self.written.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            write_errors: self.write_errors.load(Ordering::Relaxed),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use keyway_core::config::Config;
 use keyway_core::EventKind;
-use keyway_core::{Clock, IssuedToken, Pepper, TokenKind, UnixMillis};
+use keyway_core::{Clock, IssuedToken, Pepper, UnixMillis};
 use keyway_store::keys::{self, KeySource};
 use keyway_store::{AuditEvent, Sealer, SqliteStore, Store, StoreError, TokenRecord};
 use secrecy::SecretString;
@@ -50,14 +50,14 @@ pub struct Gateway {
     /// Where the admin credential was written, when this start wrote one.
     pub admin_token_written: Option<PathBuf>,
     /// Agents' live connections and revocations.
-    pub agents: crate::agents::Registry,
+    pub agents: Arc<crate::agents::Registry>,
     pub metrics: Arc<crate::telemetry::Metrics>,
     /// The admission check (the blocklist) and the detectors' intake.
     pub admission: Arc<crate::admission::Admission>,
     /// Alerts on their way to the webhook.
     pub alerts: Arc<crate::alerts::Alerts>,
     /// Reloads on their way to the task that runs the services.
-    pub(crate) reloads: crate::reloads::Reloads,
+    pub(crate) reloads: Arc<crate::reloads::Reloads>,
     /// The sessions that outlive a request: tunnel streams, PostgreSQL sessions,
     /// WebSockets, agents. They outlive their listener across a reload, not the
     /// gateway: [`Gateway::end_sessions`].
@@ -149,13 +149,16 @@ impl Gateway {
         // The audit chain's key: from the pepper, so it lives outside the database.
         store.set_audit_key(audit_chain_key(&pepper)).await?;
         let index = Arc::new(TokenIndex::load(store.tokens().await?));
-        let agents = crate::agents::Registry::new(store.agent_revocations().await?);
+        let agents = Arc::new(crate::agents::Registry::new(
+            store.agent_revocations().await?,
+        ));
         let metrics = Arc::new(crate::telemetry::Metrics::new(
             config.services.keys().cloned(),
         ));
         let admission = Arc::new(crate::admission::Admission::new(
             config.detect.clone(),
             metrics.clone(),
+            clock.clone(),
         ));
         let alerts = Arc::new(crate::alerts::Alerts::new(config.alerts.webhook.as_ref()));
         let audit_stop = CancellationToken::new();
@@ -197,11 +200,52 @@ impl Gateway {
             metrics,
             admission,
             alerts,
-            reloads: crate::reloads::Reloads::default(),
+            reloads: Arc::default(),
             sessions,
         };
         gw.ensure_admin_token().await?;
         Ok(gw)
+    }
+
+    /// The handles the protocol proxies are given, and nothing else.
+    pub fn proxy_handles(&self) -> crate::proxy::Handles {
+        crate::proxy::Handles {
+            config: self.config.clone(),
+            clock: self.clock.clone(),
+            authz: self.authz.clone(),
+            tokens: self.tokens.clone(),
+            secrets: self.secrets.clone(),
+            audit: self.audit.clone(),
+            sessions: self.sessions.clone(),
+            admission: self.admission.clone(),
+            metrics: self.metrics.clone(),
+            agents: self.agents.clone(),
+        }
+    }
+
+    /// The handles of the control plane: the admin API, the report, the port audit,
+    /// the alerts.
+    pub fn control(&self) -> crate::control::Control {
+        crate::control::Control {
+            config: self.config.clone(),
+            clock: self.clock.clone(),
+            store: self.store.clone(),
+            index: self.index.clone(),
+            authz: self.authz.clone(),
+            tokens: self.tokens.clone(),
+            secrets: self.secrets.clone(),
+            audit: self.audit.clone(),
+            admission: self.admission.clone(),
+            metrics: self.metrics.clone(),
+            agents: self.agents.clone(),
+            alerts: self.alerts.clone(),
+            reloads: self.reloads.clone(),
+        }
+    }
+
+    /// Revokes an agent ([`crate::control::Control::revoke_agent`]).
+    pub async fn revoke_agent(&self, agent: &str, by: &str) -> Result<usize, StoreError> {
+        self.control().revoke_agent(agent, by).await
     }
 
     /// The config in force now.
@@ -251,35 +295,6 @@ impl Gateway {
         by: &str,
     ) -> Result<(), SecretError> {
         self.secrets.set(name, value, by).await
-    }
-
-    /// Revokes an agent: its connections close now, and its certificates issued
-    /// before now are refused, also after a restart. Returns how many connections
-    /// were closed.
-    pub async fn revoke_agent(&self, agent: &str, by: &str) -> Result<usize, StoreError> {
-        let now = self.now();
-        let closed = self.agents.revoke(agent, now);
-        self.store.revoke_agent(agent, now).await?;
-        // Unspent enrollment tokens would bring it back: they die too.
-        let pending: Vec<String> = self
-            .index
-            .entries()
-            .into_iter()
-            .filter(|e| {
-                e.record.kind == TokenKind::AgentEnrollment
-                    && e.record.principal == agent
-                    && !e.revoked()
-            })
-            .map(|e| e.id().to_owned())
-            .collect();
-        for id in pending {
-            self.tokens.revoke(&id, by, Some("agent_revoked")).await?;
-        }
-        let mut ev = self.audit.event(EventKind::AgentRevoked);
-        ev.principal = Some(agent.to_owned());
-        ev.detail = serde_json::json!({ "by": by, "connections_closed": closed });
-        self.audit.record_reliably(ev).await;
-        Ok(closed)
     }
 
     /// Ends the live sessions and waits for their goodbyes ([`Sessions::end_all`]).

@@ -35,6 +35,7 @@ pub mod agents;
 pub mod alerts;
 pub mod audit;
 pub mod authz;
+pub mod control;
 pub mod detect;
 pub mod gateway;
 pub mod index;
@@ -233,9 +234,9 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
             hyper_util::service::TowerToHyperService::new(router)
         }
     };
-    let admin = with_conn(admin::router(gw.clone()));
+    let admin = with_conn(admin::router(gw.control()));
     tasks.spawn(listener::serve_http1(
-        gw.clone(),
+        gw.admission.clone(),
         "admin",
         Arc::new(listeners.admin),
         limits,
@@ -244,9 +245,9 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
         admin,
     ));
     if let Some(token) = listeners.token {
-        let api = with_conn(token_api::router(gw.clone()));
+        let api = with_conn(token_api::router(gw.proxy_handles()));
         tasks.spawn(listener::serve_http1(
-            gw.clone(),
+            gw.admission.clone(),
             "token",
             Arc::new(token),
             limits,
@@ -257,7 +258,7 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
     }
     if let (Some(l), Some(acceptor)) = (listeners.tunnel, tunnel_tls) {
         tasks.spawn(tunnel::serve(
-            gw.clone(),
+            gw.proxy_handles(),
             l,
             acceptor,
             listeners.local_ca.clone(),
@@ -281,8 +282,8 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
         gw.config.clone(),
         shutdown.clone(),
     ));
-    tasks.spawn(portscan::run_scheduled(gw.clone(), shutdown.clone()));
-    tasks.spawn(alerts::run(gw.clone(), shutdown.clone()));
+    tasks.spawn(portscan::run_scheduled(gw.control(), shutdown.clone()));
+    tasks.spawn(alerts::run(gw.control(), shutdown.clone()));
     while tasks.join_next().await.is_some() {}
     gw.end_sessions().await;
     gw.tokens.flush_last_used(0).await;

@@ -16,9 +16,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Admission;
 use crate::runtime::BoxError;
 pub use crate::runtime::DRAIN_TIMEOUT;
-use crate::Gateway;
 
 /// The bounds of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +65,7 @@ pub struct ConnInfo {
 /// Serves `listener` until `shutdown` fires; `make` builds the service of each
 /// connection.
 pub async fn serve_http1<S, F>(
-    gw: Arc<Gateway>,
+    admission: Arc<Admission>,
     name: &str,
     listener: Arc<TcpListener>,
     limits: Limits,
@@ -87,7 +87,7 @@ pub async fn serve_http1<S, F>(
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     while let Some((stream, peer, permit)) =
-        next_connection(&listener, name, &slots, &gw, &shutdown).await
+        next_connection(&listener, name, &slots, &admission, &shutdown).await
     {
         let (builder, make, stop) = (builder.clone(), make.clone(), shutdown.clone());
         // Two kinds of task, not one with two arms: a task is as large as its largest
@@ -160,7 +160,7 @@ pub(crate) async fn next_connection(
     listener: &TcpListener,
     name: &str,
     slots: &Arc<Semaphore>,
-    gw: &Gateway,
+    admission: &Admission,
     shutdown: &CancellationToken,
 ) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -179,7 +179,7 @@ pub(crate) async fn next_connection(
                 }
             },
         };
-        if !gw.admission.admit(peer.ip(), port, gw.now()) {
+        if !admission.admit_now(peer.ip(), port) {
             tracing::debug!(listener = name, %peer, "blocked source; connection closed");
             continue;
         }

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::Gateway;
+use crate::control::Control;
 
 pub use keyway_core::config::PORT_AUDIT_DEFAULT as DEFAULT_PORTS;
 /// Addresses one run scans at most (hosts × ports).
@@ -268,7 +268,7 @@ pub async fn targets(
 /// Runs the port audit every `[audit.ports] every` until `shutdown`: each run is a
 /// `ports.audit` event, `keyway_port_audit_findings{state}`, and, when it found
 /// something, an alert to the webhook.
-pub async fn run_scheduled(gw: Arc<Gateway>, shutdown: CancellationToken) {
+pub async fn run_scheduled(gw: Control, shutdown: CancellationToken) {
     let Some(cfg) = gw.config().audit.ports.clone() else {
         return;
     };
@@ -301,7 +301,7 @@ pub async fn run_scheduled(gw: Arc<Gateway>, shutdown: CancellationToken) {
 
 /// One scheduled run, as its `ports.audit` event.
 async fn audit_once(
-    gw: &Gateway,
+    gw: &Control,
     cfg: &keyway_core::config::PortAuditConfig,
 ) -> keyway_store::AuditEvent {
     let mut ev = gw.event(EventKind::PortsAudit);

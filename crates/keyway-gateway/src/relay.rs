@@ -12,8 +12,8 @@ use std::time::Instant;
 use keyway_store::AuditEvent;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::audit::AuditSink;
 use crate::sessions::SessionEnd;
-use crate::Gateway;
 
 /// A stream session from its first byte to its audited end: [`relay`], then `close`
 /// (a `connection.close` with who and where filled in, and anything else in its
@@ -21,7 +21,7 @@ use crate::Gateway;
 /// lasted added to its detail. Under `fail_closed` the event waits for room in the
 /// audit queue, as a database statement does.
 pub(crate) async fn relay_audited<C, U>(
-    gw: &Gateway,
+    audit: &AuditSink,
     client: C,
     upstream: U,
     end: impl std::future::Future<Output = SessionEnd>,
@@ -43,9 +43,9 @@ pub(crate) async fn relay_audited<C, U>(
         "duration_ms".into(),
         (started.elapsed().as_millis() as u64).into(),
     );
-    close.at = gw.now();
+    close.at = audit.now();
     close.detail = detail.into();
-    gw.audit.reserve_waiting().await.send(close);
+    audit.reserve_waiting().await.send(close);
 }
 
 /// Carries bytes both ways until either side ends or the session must

@@ -114,13 +114,13 @@ impl Services {
         let tls_files = tls.as_ref().and_then(|t| t.files);
         let tls = tls.map(|t| t.acceptor);
         if let Some(l) = listener.clone() {
-            let gw = self.gw.clone();
+            let h = self.gw.proxy_handles();
             let cancels = self.cancels.entry(svc.name.clone()).or_default().clone();
             if let Some(pg) =
-                proxy::postgres::PgProxy::new(gw.clone(), svc.clone(), tls.clone(), cancels)
+                proxy::postgres::PgProxy::new(h.clone(), svc.clone(), tls.clone(), cancels)
             {
                 self.tasks.spawn(pg.serve(l, stop.clone()));
-            } else if let Some(http) = proxy::http::HttpProxy::new(gw, svc.clone()) {
+            } else if let Some(http) = proxy::http::HttpProxy::new(h, svc.clone()) {
                 self.tasks.spawn(http.serve(l, tls, stop.clone()));
             }
         }

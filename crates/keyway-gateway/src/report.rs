@@ -10,7 +10,7 @@ use keyway_core::clock::{duration_ms, format_ms};
 use keyway_core::{TokenKind, UnixMillis};
 use serde::{Deserialize, Serialize};
 
-use crate::Gateway;
+use crate::control::Control;
 
 /// Rows of the audit log the report reads at most.
 const MAX_USAGE_ROWS: u32 = 100_000;
@@ -62,7 +62,7 @@ pub struct BroadGrant {
 }
 
 /// Builds the report over the window that starts at `since`.
-pub async fn build(gw: &Gateway, since: UnixMillis) -> Result<Report, keyway_store::StoreError> {
+pub async fn build(gw: &Control, since: UnixMillis) -> Result<Report, keyway_store::StoreError> {
     let now = gw.now();
     let usage = gw.store.audit_usage(since, MAX_USAGE_ROWS).await?;
     // Per token: methods used, and paths used (whole).
@@ -161,7 +161,7 @@ pub async fn build(gw: &Gateway, since: UnixMillis) -> Result<Report, keyway_sto
             });
         }
     }
-    for a in gw.agents.status(gw) {
+    for a in gw.agents.status(&gw.config()) {
         if a.state != "connected" {
             report.agents_not_connected.push(a.name);
         }

@@ -6,16 +6,15 @@
 //! an event (live tokens, agents, blocked sources) is read when scraped.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 
-use keyway_core::{EventKind, TokenKind};
+use keyway_core::EventKind;
 use keyway_store::AuditEvent;
 use metrics::{counter, gauge, histogram, Gauge};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
-use crate::Gateway;
+use crate::audit::AuditCounts;
 
 const LATENCY: &str = "keyway_upstream_latency_seconds";
 /// Upstream latency buckets, in seconds: 1 ms to 30 s.
@@ -34,6 +33,23 @@ pub struct Metrics {
 
 /// Counts a session as active until dropped.
 pub struct SessionGuard(Gauge);
+
+/// The states a scrape reports beside the counters: read from the token index, the
+/// audit sink, the admission check and the agents at the moment of the scrape.
+#[derive(Debug, Clone, Default)]
+pub struct States {
+    pub tokens_live: u64,
+    pub tokens_expiring_24h: u64,
+    pub credentials_live: u64,
+    pub credentials_near_max_age: u64,
+    pub audit: AuditCounts,
+    pub audit_queue: usize,
+    pub blocked_sources: usize,
+    pub observations_dropped: u64,
+    /// Each configured agent: name, state (`connected`, `disconnected`, `revoked`),
+    /// live connections.
+    pub agents: Vec<(String, String, usize)>,
+}
 
 // === impl Metrics ===
 
@@ -173,54 +189,28 @@ impl Metrics {
         self.handle.run_upkeep();
     }
 
-    /// The text a scrape returns: states read now, then every series.
-    pub fn render(&self, gw: &Gateway) -> String {
-        let now = gw.now();
-        let (mut live, mut expiring, mut near_max_age, mut credentials) = (0u64, 0u64, 0u64, 0u64);
-        for e in gw.index.entries() {
-            if e.check_live(now).is_err() {
-                continue;
-            }
-            match e.record.kind {
-                TokenKind::Access => {
-                    live += 1;
-                    if e.expires_at() - now <= 24 * 3600 * 1000 {
-                        expiring += 1;
-                    }
-                }
-                TokenKind::ClientCredential => {
-                    credentials += 1;
-                    if e.near_max_age(now) {
-                        near_max_age += 1;
-                    }
-                }
-                _ => {}
-            }
-        }
-        let stats = gw.audit.stats();
-        let agents = gw.agents.status(gw);
-        let blocked = gw.admission.blocked_sources(now);
+    /// The text a scrape returns: `states`, read by the caller just now, then every
+    /// series.
+    pub fn render(&self, states: &States) -> String {
+        let s = states;
         self.with(|| {
-            gauge!("keyway_tokens_live").set(live as f64);
-            gauge!("keyway_tokens_expiring_24h").set(expiring as f64);
-            gauge!("keyway_credentials_live").set(credentials as f64);
-            gauge!("keyway_credentials_near_max_age").set(near_max_age as f64);
-            counter!("keyway_audit_events_written_total")
-                .absolute(stats.written.load(Ordering::Relaxed));
-            counter!("keyway_audit_events_dropped_total")
-                .absolute(stats.dropped.load(Ordering::Relaxed));
-            counter!("keyway_audit_write_errors_total")
-                .absolute(stats.write_errors.load(Ordering::Relaxed));
-            gauge!("keyway_audit_queue").set(gw.audit.queued() as f64);
-            gauge!("keyway_blocked_sources").set(blocked as f64);
-            counter!("keyway_detector_observations_dropped_total").absolute(gw.admission.dropped());
+            gauge!("keyway_tokens_live").set(s.tokens_live as f64);
+            gauge!("keyway_tokens_expiring_24h").set(s.tokens_expiring_24h as f64);
+            gauge!("keyway_credentials_live").set(s.credentials_live as f64);
+            gauge!("keyway_credentials_near_max_age").set(s.credentials_near_max_age as f64);
+            counter!("keyway_audit_events_written_total").absolute(s.audit.written);
+            counter!("keyway_audit_events_dropped_total").absolute(s.audit.dropped);
+            counter!("keyway_audit_write_errors_total").absolute(s.audit.write_errors);
+            gauge!("keyway_audit_queue").set(s.audit_queue as f64);
+            gauge!("keyway_blocked_sources").set(s.blocked_sources as f64);
+            counter!("keyway_detector_observations_dropped_total").absolute(s.observations_dropped);
             for state in ["connected", "disconnected", "revoked"] {
-                let n = agents.iter().filter(|a| a.state == state).count();
+                let n = s.agents.iter().filter(|a| a.1 == state).count();
                 gauge!("keyway_agents", "state" => state).set(n as f64);
             }
-            for a in &agents {
-                gauge!("keyway_agent_connections", "agent" => a.name.clone())
-                    .set(a.connections as f64);
+            for (name, _, connections) in &s.agents {
+                gauge!("keyway_agent_connections", "agent" => name.clone())
+                    .set(*connections as f64);
             }
         });
         self.handle.render()

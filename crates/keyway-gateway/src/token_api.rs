@@ -6,8 +6,6 @@
 //! `{"service": "billing", "ttl": "10m"}` answers
 //! `{"access_token", "token_type": "Bearer", "expires_in", "expires_at", "refresh_after", …}`.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -20,10 +18,11 @@ use keyway_core::{DenyReason, TokenKind};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::gateway::{ExchangeError, Gateway};
 use crate::listener::ConnInfo;
+use crate::proxy::Handles;
+use crate::tokens::ExchangeError;
 
-pub fn router(gw: Arc<Gateway>) -> Router {
+pub fn router(h: Handles) -> Router {
     Router::new()
         .route("/v1/token/exchange", post(exchange))
         .fallback(|| async {
@@ -33,11 +32,11 @@ pub fn router(gw: Arc<Gateway>) -> Router {
                 "POST /v1/token/exchange",
             )
         })
-        .with_state(gw)
+        .with_state(h)
 }
 
 async fn exchange(
-    State(gw): State<Arc<Gateway>>,
+    State(h): State<Handles>,
     Extension(conn): Extension<ConnInfo>,
     uri: axum::http::Uri,
     headers: HeaderMap,
@@ -49,11 +48,11 @@ async fn exchange(
         ttl: Option<String>,
     }
     let source = conn.peer.ip().to_canonical();
-    let mut ev = gw.event(EventKind::TokenExchange);
+    let mut ev = h.audit.event(EventKind::TokenExchange);
     ev.source = Some(source.to_string());
-    if gw.tokens.refuse_token_in_url(&uri, &mut ev) {
+    if h.tokens.refuse_token_in_url(&uri, &mut ev) {
         ev.deny(DenyReason::TokenInUrl);
-        gw.audit.record(ev);
+        h.audit.record(ev);
         return error(
             StatusCode::UNAUTHORIZED,
             "invalid_request",
@@ -62,7 +61,7 @@ async fn exchange(
     }
     let deny = |mut ev: keyway_store::AuditEvent, reason: &str, status, code, msg| {
         ev.deny_with(reason);
-        gw.audit.record(ev);
+        h.audit.record(ev);
         error(status, code, msg)
     };
     let text = headers
@@ -72,7 +71,7 @@ async fn exchange(
         .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim());
     let cert = conn.cert_thumbprint.as_deref();
-    let credential = match gw
+    let credential = match h
         .authz
         .authenticate(TokenKind::ClientCredential, text, source, cert)
     {
@@ -96,7 +95,7 @@ async fn exchange(
             );
         }
     };
-    let now = gw.now();
+    let now = h.now();
     ev.token_id = Some(credential.id().to_owned());
     ev.principal = Some(credential.record.principal.clone());
     let Ok(b) = serde_json::from_slice::<Body>(&body) else {
@@ -122,7 +121,7 @@ async fn exchange(
             )
         }
     };
-    let result = gw
+    let result = h
         .tokens
         .exchange(
             &credential,
@@ -177,7 +176,7 @@ async fn exchange(
         "expires_at": format_ms(record.expires_at),
         "cert_thumbprint": record.cert_thumbprint,
     });
-    gw.audit.record(ev);
+    h.audit.record(ev);
     let lifetime = record.expires_at - record.created_at;
     let mut body = json!({
         "access_token": secrecy::ExposeSecret::expose_secret(token.secret()),
@@ -189,11 +188,11 @@ async fn exchange(
         "refresh_after": format_ms(record.created_at + lifetime * 2 / 3),
     });
     if credential.near_max_age(now) {
-        let mut warn = gw.event(EventKind::CredentialNearMaxAge);
+        let mut warn = h.audit.event(EventKind::CredentialNearMaxAge);
         warn.token_id = Some(credential.id().to_owned());
         warn.principal = Some(credential.record.principal.clone());
         warn.detail = json!({ "expires_at": format_ms(credential.expires_at()) });
-        gw.audit.record(warn);
+        h.audit.record(warn);
         tracing::warn!(
             token_id = %credential.id(),
             "a client credential is within 14 days of its maximum age; issue a new one"

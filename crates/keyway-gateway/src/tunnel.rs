@@ -13,39 +13,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyway_core::config::ServiceKind;
-use keyway_core::tunnel::{self, FrameError, Hello, Open, Reply};
+use keyway_core::tunnel::{self, read_frame, Hello, Open, Reply};
 use keyway_core::DenyReason;
 use keyway_core::EventKind;
-use serde::de::DeserializeOwned;
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+mod agents;
+
 use crate::authz::{Ask, Attempt, Protocol, Reached};
-use crate::gateway::Gateway;
 use crate::index::Entry;
+use crate::proxy::Handles;
 
 /// Time for the TLS handshake and the opening frame.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Reads one frame: the length first, bounded, then the body.
-pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
-    r: &mut R,
-) -> Result<T, FrameError> {
-    let mut header = [0u8; 4];
-    r.read_exact(&mut header)
-        .await
-        .map_err(|_| FrameError::Malformed)?;
-    let n = tunnel::body_len(header)?;
-    let mut body = vec![0u8; n];
-    r.read_exact(&mut body)
-        .await
-        .map_err(|_| FrameError::Malformed)?;
-    tunnel::decode(&body)
-}
 
 /// The gateway's answer to a first frame: a refusal, or go-ahead (with a
 /// certificate, for an enrolling or renewing agent).
@@ -64,9 +49,9 @@ pub(crate) async fn reply<W: AsyncWrite + Unpin>(
 }
 
 /// Serves the tunnel listener until `shutdown`. Its streams and agents are the
-/// gateway's sessions ([`Gateway::end_sessions`]): a reload does not end them.
+/// gateway's sessions ([`Sessions::end_all`](crate::sessions::Sessions::end_all)): a reload does not end them.
 pub async fn serve(
-    gw: Arc<Gateway>,
+    h: Handles,
     listener: TcpListener,
     acceptor: crate::tls::Renewable,
     ca: Option<Arc<crate::tls::LocalCa>>,
@@ -74,21 +59,21 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(crate::MAX_CONNECTIONS));
     while let Some((stream, peer, permit)) =
-        crate::listener::next_connection(&listener, "tunnel", &slots, &gw, &shutdown).await
+        crate::listener::next_connection(&listener, "tunnel", &slots, &h.admission, &shutdown).await
     {
         let session = {
-            let (gw, acceptor, ca) = (gw.clone(), acceptor.current(), ca.clone());
+            let (h, acceptor, ca) = (h.clone(), acceptor.current(), ca.clone());
             async move {
-                handle(&gw, stream, peer, acceptor, ca.as_deref()).await;
+                handle(&h, stream, peer, acceptor, ca.as_deref()).await;
                 drop(permit);
             }
         };
-        gw.sessions.spawn(session);
+        h.sessions.spawn(session);
     }
 }
 
 async fn handle(
-    gw: &Arc<Gateway>,
+    h: &Handles,
     stream: TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
@@ -102,7 +87,7 @@ async fn handle(
     // A stream not yet open when the gateway stops is not waited for.
     let opened = tokio::select! {
         biased;
-        () = gw.sessions.stopping() => return,
+        () = h.sessions.stopping() => return,
         opened = opening => opened,
     };
     let Ok(Some((mut tls, hello))) = opened else {
@@ -111,9 +96,9 @@ async fn handle(
     };
     let open = match (hello, ca) {
         (Hello::Open(open), _) => open,
-        (Hello::Enroll(e), Some(ca)) => return crate::agents::enroll(gw, tls, peer, e, ca).await,
-        (Hello::Renew(r), Some(ca)) => return crate::agents::renew(gw, tls, peer, r, ca).await,
-        (Hello::Agent(h), Some(_)) => return crate::agents::serve(gw, tls, peer, h).await,
+        (Hello::Enroll(e), Some(ca)) => return agents::enroll(h, tls, peer, e, ca).await,
+        (Hello::Renew(r), Some(ca)) => return agents::renew(h, tls, peer, r, ca).await,
+        (Hello::Agent(hello), Some(_)) => return agents::serve(h, tls, peer, hello).await,
         (_, None) => {
             reply(
                 &mut tls,
@@ -124,12 +109,12 @@ async fn handle(
             return;
         }
     };
-    open_stream(gw, tls, peer, open).await;
+    open_stream(h, tls, peer, open).await;
 }
 
 /// A `keyway connect` stream to a TCP service.
 async fn open_stream(
-    gw: &Arc<Gateway>,
+    h: &Handles,
     mut tls: tokio_rustls::server::TlsStream<TcpStream>,
     peer: SocketAddr,
     open: Open,
@@ -141,22 +126,22 @@ async fn open_stream(
         .peer_certificates()
         .and_then(|c| c.first())
         .map(|c| crate::tls::thumbprint(c.as_ref()));
-    let mut ev = gw.event(EventKind::ConnectionOpen);
+    let mut ev = h.audit.event(EventKind::ConnectionOpen);
     // Only a configured name: a client's mistake (a token pasted as the service name)
     // must not reach the audit log.
-    ev.service = Some(match gw.config().service(&open.service) {
+    ev.service = Some(match h.config().service(&open.service) {
         Some(svc) => svc.name.clone(),
         None => "unknown".into(),
     });
     ev.source = Some(source.to_string());
 
-    let decided = decide(gw, &open, source, cert.as_deref(), &mut ev);
+    let decided = decide(h, &open, source, cert.as_deref(), &mut ev);
     drop(open);
     let (entry, connect_timeout, session) = match decided {
         Ok(x) => x,
         Err(reason) => {
             ev.deny(reason);
-            gw.audit.record(ev);
+            h.audit.record(ev);
             let shown = match reason.status() {
                 401 => "unauthorized",
                 403 => "forbidden",
@@ -166,12 +151,12 @@ async fn open_stream(
             return;
         }
     };
-    let Ok(reservation) = gw.audit.reserve() else {
+    let Ok(reservation) = h.audit.reserve() else {
         reply(&mut tls, Some("unavailable"), None).await;
         return;
     };
     let upstream = match crate::upstream::dial(
-        &gw.agents,
+        &h.agents,
         session.via.as_deref(),
         &session.upstream,
         connect_timeout,
@@ -189,7 +174,7 @@ async fn open_stream(
         }
     };
     // Revoked while the upstream connection was being made: no byte goes through.
-    if let Err(reason) = entry.check_live(gw.now()) {
+    if let Err(reason) = entry.check_live(h.now()) {
         ev.deny(reason);
         reservation.send(ev);
         reply(&mut tls, Some("unauthorized"), None).await;
@@ -204,19 +189,19 @@ async fn open_stream(
     reservation.send(ev);
     reply(&mut tls, None, None).await;
 
-    let _active = gw.metrics.session(service.as_deref().unwrap_or_default());
-    let mut close = gw.event(EventKind::ConnectionClose);
+    let _active = h.metrics.session(service.as_deref().unwrap_or_default());
+    let mut close = h.audit.event(EventKind::ConnectionClose);
     close.service = service;
     close.token_id = token_id;
     close.principal = principal;
     close.source = Some(source.to_string());
-    let end = gw.sessions.end_of(entry, session);
-    crate::relay::relay_audited(gw, tls, upstream, end, close).await;
+    let end = h.sessions.end_of(entry, session);
+    crate::relay::relay_audited(&h.audit, tls, upstream, end, close).await;
 }
 
 /// The [`Authorizer`](crate::authz::Authorizer)'s checks, as for every protocol.
 fn decide(
-    gw: &Gateway,
+    h: &Handles,
     open: &Open,
     source: std::net::IpAddr,
     cert: Option<&str>,
@@ -230,7 +215,7 @@ fn decide(
         cert,
         ask: Ask::Stream,
     };
-    let admitted = gw.authz.admit(&attempt).map_err(|r| {
+    let admitted = h.authz.admit(&attempt).map_err(|r| {
         ev.token_id = r.token_id;
         ev.principal = r.principal;
         r.reason

@@ -224,7 +224,7 @@ fn blocks_double_up_to_the_maximum_and_spare_never_block() {
         "[detect]\nblock_for = \"1m\"\nmax_block = \"3m\"\nnever_block = [\"192.168.0.0/16\"]\n",
     );
     let m = Arc::new(Metrics::new([]));
-    let d = crate::admission::Admission::new(c, m);
+    let d = crate::admission::Admission::new(c, m, Arc::new(keyway_core::SystemClock));
     let now = 1_000_000;
     assert!(!d.is_blocked(ip("10.0.0.1"), now));
     assert_eq!(d.block(ip("10.0.0.1"), now), Some(now + 60_000));

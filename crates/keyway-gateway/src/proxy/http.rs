@@ -44,9 +44,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::authz::{Admitted, Ask, Attempt, Protocol, Reached};
-use crate::gateway::Gateway;
 use crate::index::Entry;
 use crate::listener::{serve_http1, ConnInfo, Limits};
+use crate::proxy::Handles;
 use crate::sessions::SessionEnd;
 
 pub use crate::runtime::BoxError;
@@ -55,7 +55,7 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The proxy of one HTTP service.
 pub struct HttpProxy {
-    gw: Arc<Gateway>,
+    h: Handles,
     svc: Service,
     http: HttpService,
     client: Upstream,
@@ -114,7 +114,7 @@ struct ShuttingDown;
 
 impl HttpProxy {
     /// The proxy of `svc`, if it is an HTTP service.
-    pub fn new(gw: Arc<Gateway>, svc: Service) -> Option<Arc<Self>> {
+    pub fn new(h: Handles, svc: Service) -> Option<Arc<Self>> {
         let ServiceKind::Http(http) = svc.kind.clone() else {
             return None;
         };
@@ -126,7 +126,7 @@ impl HttpProxy {
             .pool_max_idle_per_host(256);
         let client = match &svc.via {
             Some(agent) => Upstream::Agent(builder.build(crate::agents::AgentConnector {
-                gw: gw.clone(),
+                agents: h.agents.clone(),
                 agent: agent.clone(),
                 timeout: http.connect_timeout,
             })),
@@ -147,9 +147,9 @@ impl HttpProxy {
                 .allow_burst(burst);
             RateLimiter::keyed(quota)
         });
-        let bytes_out = gw.metrics.bytes(&svc.name, "out");
+        let bytes_out = h.metrics.bytes(&svc.name, "out");
         Some(Arc::new(Self {
-            gw,
+            h,
             svc,
             http,
             client,
@@ -186,7 +186,7 @@ impl HttpProxy {
         let name = self.svc.name.clone();
         let this = self.clone();
         serve_http1(
-            self.gw.clone(),
+            self.h.admission.clone(),
             &name,
             listener,
             limits,
@@ -206,15 +206,15 @@ impl HttpProxy {
     /// Decides one request and, if allowed, forwards it.
     pub async fn handle(&self, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let peer = conn.peer;
-        let gw = &*self.gw;
-        let mut ev = gw.event(EventKind::Request);
+        let h = &self.h;
+        let mut ev = h.audit.event(EventKind::Request);
         ev.service = Some(self.svc.name.clone());
         let source = peer.ip().to_canonical();
         ev.source = Some(source.to_string());
         // Blocked while this keep-alive connection was open: refused, not audited (a
         // blocked flood must not fill the log), counted, and the connection closed.
-        if gw.admission.is_blocked(source, gw.now()) {
-            gw.metrics.blocked_connection();
+        if h.admission.is_blocked_now(source) {
+            h.metrics.blocked_connection();
             let mut resp = plain(StatusCode::FORBIDDEN, "forbidden\n");
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -231,7 +231,7 @@ impl HttpProxy {
         };
         // Reserve the audit event before forwarding: with `fail_closed`, no request
         // goes on unless its event can be recorded.
-        let Ok(reservation) = gw.audit.reserve() else {
+        let Ok(reservation) = h.audit.reserve() else {
             return self.deny(ev, detail, DenyReason::AuditUnavailable, None);
         };
 
@@ -299,14 +299,14 @@ impl HttpProxy {
         ev: &mut AuditEvent,
         detail: &mut serde_json::Map<String, serde_json::Value>,
     ) -> Result<(Arc<Entry>, String), (DenyReason, Option<Duration>)> {
-        let gw = &*self.gw;
+        let h = &self.h;
         let raw_path = req.uri().path();
         // Audited as sent, but decoded and redacted: a token hidden in the path (even
         // as `kwat%5F…`) must not reach the log through the audit event.
         let shown = percent_decode_lossy(&raw_path[..raw_path.len().min(512)]).into_owned();
         detail.insert("path".into(), redact(&shown).into_owned().into());
         // First, so that a token leaked into a URL is revoked whoever sent it.
-        if self.gw.tokens.refuse_token_in_url(req.uri(), ev) {
+        if h.tokens.refuse_token_in_url(req.uri(), ev) {
             return Err((DenyReason::TokenInUrl, None));
         }
         // TRACE echoes the request, injected credential included; CONNECT and TRACK
@@ -325,7 +325,7 @@ impl HttpProxy {
                 path: raw_path,
             },
         };
-        let admitted = gw.authz.admit(&attempt).map_err(|r| {
+        let admitted = h.authz.admit(&attempt).map_err(|r| {
             ev.token_id = r.token_id;
             ev.principal = r.principal;
             (r.reason, None)
@@ -347,7 +347,7 @@ impl HttpProxy {
             }
         }
         if let Some(auth) = &self.http.upstream_auth {
-            if gw.secrets.header(&auth.secret).is_none() {
+            if h.secrets.header(&auth.secret).is_none() {
                 return Err((DenyReason::UpstreamCredentialMissing, None));
             }
         }
@@ -389,7 +389,7 @@ impl HttpProxy {
         if let Some(auth) = &self.http.upstream_auth {
             // Checked in `decide`; a secret removed since then fails closed here.
             let value = self
-                .gw
+                .h
                 .secrets
                 .header(&auth.secret)
                 .ok_or(DenyReason::UpstreamCredentialMissing)?;
@@ -419,9 +419,9 @@ impl HttpProxy {
     ) {
         let ended = self.ended(entry.clone(), source);
         let service = self.svc.name.clone();
-        let active = self.gw.metrics.session(&service);
-        let gw = self.gw.clone();
-        self.gw.sessions.spawn(async move {
+        let active = self.h.metrics.session(&service);
+        let audit = self.h.audit.clone();
+        self.h.sessions.spawn(async move {
             let _active = active;
             let (client, upstream) = match tokio::join!(client, upstream) {
                 (Ok(c), Ok(u)) => (c, u),
@@ -430,14 +430,14 @@ impl HttpProxy {
                     return;
                 }
             };
-            let mut close = gw.event(EventKind::ConnectionClose);
+            let mut close = audit.event(EventKind::ConnectionClose);
             close.service = Some(service);
             close.token_id = Some(entry.id().to_owned());
             close.principal = Some(entry.record.principal.clone());
             close.source = Some(source.to_string());
             close.detail = serde_json::json!({ "upgrade": "websocket" });
             let (client, upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-            crate::relay::relay_audited(&gw, client, upstream, ended, close).await;
+            crate::relay::relay_audited(&audit, client, upstream, ended, close).await;
         });
     }
 
@@ -475,7 +475,7 @@ impl HttpProxy {
         source: IpAddr,
     ) -> impl Future<Output = SessionEnd> + Send + 'static {
         let session = crate::sessions::Session::new(&self.svc, &entry, source);
-        self.gw.sessions.end_of(entry, session)
+        self.h.sessions.end_of(entry, session)
     }
 
     fn deny(
@@ -490,7 +490,7 @@ impl HttpProxy {
         ev.deny(reason);
         ev.detail = detail.into();
         tracing::debug!(service = %self.svc.name, reason = reason.as_str(), token_id = ?ev.token_id, "request denied");
-        self.gw.audit.record(ev);
+        self.h.audit.record(ev);
 
         let body = match status {
             StatusCode::UNAUTHORIZED => "unauthorized\n",

@@ -1,0 +1,124 @@
+//! The control plane's handles: what the admin API, the hygiene report, the port
+//! audit and the alert webhooks are given. The operator's side of the gateway sees
+//! more than a proxy does (the store, the reloads, the agents' registry), and still
+//! not the keys.
+
+use std::sync::Arc;
+
+use keyway_core::config::Config;
+use keyway_core::{Clock, EventKind, TokenKind, UnixMillis};
+use keyway_store::{AuditEvent, Store, StoreError};
+
+use crate::admission::Admission;
+use crate::agents::Registry;
+use crate::alerts::Alerts;
+use crate::audit::AuditSink;
+use crate::authz::Authorizer;
+use crate::index::TokenIndex;
+use crate::reloads::Reloads;
+use crate::runtime::ConfigInForce;
+use crate::secrets::Secrets;
+use crate::telemetry::{Metrics, States};
+use crate::tokens::Tokens;
+
+/// The control plane's handles. Cheap to clone.
+#[derive(Clone)]
+pub struct Control {
+    pub config: ConfigInForce,
+    pub clock: Arc<dyn Clock>,
+    pub store: Arc<dyn Store>,
+    pub index: Arc<TokenIndex>,
+    pub authz: Authorizer,
+    pub tokens: Arc<Tokens>,
+    pub secrets: Arc<Secrets>,
+    pub audit: AuditSink,
+    pub admission: Arc<Admission>,
+    pub metrics: Arc<Metrics>,
+    pub agents: Arc<Registry>,
+    pub alerts: Arc<Alerts>,
+    pub reloads: Arc<Reloads>,
+}
+
+// === impl Control ===
+
+impl Control {
+    pub fn now(&self) -> UnixMillis {
+        self.clock.now_ms()
+    }
+
+    /// The config in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.current()
+    }
+
+    /// A fresh audit event, dated now.
+    pub fn event(&self, kind: EventKind) -> AuditEvent {
+        self.audit.event(kind)
+    }
+
+    /// Revokes an agent: its connections close now, and its certificates issued
+    /// before now are refused, also after a restart. Returns how many connections
+    /// were closed.
+    pub async fn revoke_agent(&self, agent: &str, by: &str) -> Result<usize, StoreError> {
+        let now = self.now();
+        let closed = self.agents.revoke(agent, now);
+        self.store.revoke_agent(agent, now).await?;
+        // Unspent enrollment tokens would bring it back: they die too.
+        let pending: Vec<String> = self
+            .index
+            .entries()
+            .into_iter()
+            .filter(|e| {
+                e.record.kind == TokenKind::AgentEnrollment
+                    && e.record.principal == agent
+                    && !e.revoked()
+            })
+            .map(|e| e.id().to_owned())
+            .collect();
+        for id in pending {
+            self.tokens.revoke(&id, by, Some("agent_revoked")).await?;
+        }
+        let mut ev = self.audit.event(EventKind::AgentRevoked);
+        ev.principal = Some(agent.to_owned());
+        ev.detail = serde_json::json!({ "by": by, "connections_closed": closed });
+        self.audit.record_reliably(ev).await;
+        Ok(closed)
+    }
+
+    /// The states a metrics scrape reports, read now.
+    pub fn states(&self) -> States {
+        let now = self.now();
+        let mut s = States::default();
+        for e in self.index.entries() {
+            if e.check_live(now).is_err() {
+                continue;
+            }
+            match e.record.kind {
+                TokenKind::Access => {
+                    s.tokens_live += 1;
+                    if e.expires_at() - now <= 24 * 3600 * 1000 {
+                        s.tokens_expiring_24h += 1;
+                    }
+                }
+                TokenKind::ClientCredential => {
+                    s.credentials_live += 1;
+                    if e.near_max_age(now) {
+                        s.credentials_near_max_age += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        s.audit = self.audit.stats().snapshot();
+        s.audit_queue = self.audit.queued();
+        s.blocked_sources = self.admission.blocked_sources(now);
+        s.observations_dropped = self.admission.dropped();
+        s.agents = self
+            .agents
+            .status(&self.config())
+            .into_iter()
+            .map(|a| (a.name, a.state, a.connections))
+            .collect();
+        s
+    }
+}

@@ -1,0 +1,270 @@
+//! The session after start-up: bytes relayed as they are, the client's statements
+//! read on the way through for the audit, the upstream's messages counted to know
+//! whether a query is running, until either side ends or the session must.
+
+use super::*;
+
+// === impl PgProxy ===
+
+impl PgProxy {
+    /// Relays the session: upstream bytes as they are; client frames read for the
+    /// audit on the way through. Ends on the upstream's close, revocation, expiry, a
+    /// reload it no longer fits, or the gateway stopping; those win over bytes ready to
+    /// go either way. Returns how it ended; both connections are closed by then.
+    pub(super) async fn relay(
+        &self,
+        client: Box<dyn Io>,
+        upstream: Box<dyn Io>,
+        entry: &Arc<Entry>,
+        role: &str,
+        source: std::net::IpAddr,
+    ) -> Ended {
+        let mut session = crate::sessions::Session::new(&self.svc, entry, source);
+        let user = self.pg.roles.get(role).map(|r| r.user.clone());
+        session.role = Some((role.to_owned(), user.unwrap_or_default()));
+        let ended = self.h.sessions.end_of(entry.clone(), session);
+        tokio::pin!(ended);
+        let (mut client_r, mut client_w) = tokio::io::split(client);
+        let (mut up_r, mut up_w) = tokio::io::split(upstream);
+        let audit = StatementAudit {
+            sink: self.h.audit.clone(),
+            service: self.svc.name.clone(),
+            token_id: entry.id().to_owned(),
+            principal: entry.record.principal.clone(),
+            role: role.to_owned(),
+        };
+        let _active = self.h.metrics.session(&self.svc.name);
+        let started = Instant::now();
+        let mut framing = Framing::default();
+        let bytes_in = std::sync::atomic::AtomicU64::new(0);
+        let syncs = Syncs::default();
+        let end = {
+            let down = upstream_to_client(&mut up_r, &mut client_w, &mut framing);
+            let up = client_to_upstream(&mut client_r, &mut up_w, &audit, &bytes_in, &syncs);
+            tokio::pin!(down, up);
+            let mut client_done = false;
+            loop {
+                tokio::select! {
+                    biased;
+                    why = &mut ended => break why,
+                    () = &mut down => break SessionEnd::Closed,
+                    // The client said Terminate or went away: the upstream, told so,
+                    // closes, and that ends `down`.
+                    () = &mut up, if !client_done => client_done = true,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+            if end != SessionEnd::Closed && framing.at_boundary() {
+                let msg = match end {
+                    SessionEnd::Revoked => "terminating connection: the Keyway token was revoked".into(),
+                    SessionEnd::Expired => "terminating connection: the Keyway token expired".into(),
+                    SessionEnd::Shutdown => "terminating connection: the Keyway gateway is shutting down".into(),
+                    why => format!(
+                        "terminating connection: the gateway's config changed and this session no longer fits it ({})",
+                        why.as_str()
+                    ),
+                };
+                let _ = client_w
+                    .write_all(&error_response("FATAL", "57P01", &msg))
+                    .await;
+            }
+            let _ = client_w.shutdown().await;
+        })
+        .await;
+        let mut ev = self.h.audit.event(EventKind::ConnectionClose);
+        ev.service = Some(self.svc.name.clone());
+        ev.token_id = Some(entry.id().to_owned());
+        ev.principal = Some(entry.record.principal.clone());
+        ev.detail = json!({
+            "end": end.as_str(),
+            "role": role,
+            "bytes_in": bytes_in.load(std::sync::atomic::Ordering::Relaxed),
+            "bytes_out": framing.bytes,
+            "duration_ms": started.elapsed().as_millis() as u64,
+        });
+        Ended {
+            why: end,
+            busy: syncs.awaiting(framing.readies),
+            event: ev,
+        }
+    }
+}
+
+/// How a session ended: why, whether a query was running upstream, and its
+/// `connection.close` event.
+pub(super) struct Ended {
+    pub(super) why: SessionEnd,
+    pub(super) busy: bool,
+    pub(super) event: keyway_store::AuditEvent,
+}
+
+/// What the client asked of the upstream, to tell whether a query is running when
+/// the session ends: the frames the upstream answers with `ReadyForQuery` (`Q`, `S`,
+/// `F`), and an `Execute` not yet followed by a `Sync` (a pipeline's `Flush`
+/// fetches results without one). It errs towards busy (a `Sync` inside COPY, a query
+/// the upstream skips after an error): a cancel to an idle backend does nothing.
+#[derive(Default)]
+pub(super) struct Syncs {
+    pub(super) sent: std::sync::atomic::AtomicU64,
+    pub(super) execute_unsynced: std::sync::atomic::AtomicBool,
+}
+
+/// Where the upstream-to-client byte stream stands in the message framing, so a
+/// closing `ErrorResponse` is never put inside another message.
+#[derive(Default)]
+pub(super) struct Framing {
+    pub(super) header: [u8; 5],
+    pub(super) have: usize,
+    pub(super) left: usize,
+    /// A write to the client was under way (and may have been cut part-way).
+    pub(super) writing: bool,
+    pub(super) bytes: u64,
+    /// `ReadyForQuery` messages passed on: answers to the client's sync points.
+    pub(super) readies: u64,
+}
+
+impl Syncs {
+    pub(super) fn sent(&self, kind: u8) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match kind {
+            b'Q' | b'F' => {
+                self.sent.fetch_add(1, Relaxed);
+            }
+            b'S' => {
+                self.sent.fetch_add(1, Relaxed);
+                self.execute_unsynced.store(false, Relaxed);
+            }
+            b'E' => self.execute_unsynced.store(true, Relaxed),
+            _ => {}
+        }
+    }
+
+    /// Whether the upstream still owes an answer, given the `ReadyForQuery`s it sent.
+    pub(super) fn awaiting(&self, readies: u64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.sent.load(Relaxed) > readies || self.execute_unsynced.load(Relaxed)
+    }
+}
+
+impl Framing {
+    pub(super) fn advance(&mut self, mut chunk: &[u8]) {
+        self.bytes += chunk.len() as u64;
+        while !chunk.is_empty() {
+            if self.left > 0 {
+                let k = self.left.min(chunk.len());
+                self.left -= k;
+                chunk = &chunk[k..];
+                continue;
+            }
+            self.header[self.have] = chunk[0];
+            self.have += 1;
+            chunk = &chunk[1..];
+            if self.have == 5 {
+                let h = &self.header;
+                if h[0] == b'Z' {
+                    self.readies += 1;
+                }
+                self.left =
+                    (u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize).saturating_sub(4);
+                self.have = 0;
+            }
+        }
+    }
+
+    pub(super) fn at_boundary(&self) -> bool {
+        !self.writing && self.have == 0 && self.left == 0
+    }
+}
+
+/// Upstream bytes to the client, as they are, until either side ends.
+pub(super) async fn upstream_to_client<R, W>(r: &mut R, w: &mut W, framing: &mut Framing)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; RELAY_BUFFER];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        framing.writing = true;
+        if w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+        framing.writing = false;
+        framing.advance(&buf[..n]);
+    }
+}
+
+/// Client frames to the upstream, as they are, in batches: a frame is flushed when no
+/// whole frame is waiting behind it. `Q`, `P` and `F` are read for the audit on the
+/// way; under `fail_closed` a frame waits for its audit event's place before it goes.
+pub(super) async fn client_to_upstream<R, W>(
+    r: &mut R,
+    w: &mut W,
+    audit: &StatementAudit,
+    bytes: &std::sync::atomic::AtomicU64,
+    syncs: &Syncs,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut r = BufReader::with_capacity(RELAY_BUFFER / 2, r);
+    let mut w = BufWriter::with_capacity(RELAY_BUFFER / 2, w);
+    let mut buf = vec![0u8; RELAY_BUFFER / 2];
+    loop {
+        let mut header = [0u8; 5];
+        if r.read_exact(&mut header).await.is_err() {
+            break;
+        }
+        let kind = header[0];
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if len < 4 {
+            break;
+        }
+        bytes.fetch_add(len as u64 + 1, std::sync::atomic::Ordering::Relaxed);
+        syncs.sent(kind);
+        let audited = matches!(kind, b'Q' | b'P' | b'F');
+        let reservation = if audited {
+            Some(audit.sink.reserve_waiting().await)
+        } else {
+            None
+        };
+        let mut capture = Capture::new(kind);
+        if w.write_all(&header).await.is_err() {
+            return;
+        }
+        let mut left = len - 4;
+        while left > 0 {
+            let n = left.min(buf.len());
+            if r.read_exact(&mut buf[..n]).await.is_err() || w.write_all(&buf[..n]).await.is_err() {
+                let _ = w.shutdown().await;
+                return;
+            }
+            if audited {
+                capture.feed(&buf[..n]);
+            }
+            left -= n;
+        }
+        if let Some(reservation) = reservation {
+            audit.record(reservation, &capture);
+        }
+        if !whole_frame_waiting(r.buffer()) && w.flush().await.is_err() {
+            return;
+        }
+        if kind == b'X' {
+            break;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+/// Whether `buffered` holds at least one whole frame (type byte, then its length,
+/// which counts itself).
+pub(super) fn whole_frame_waiting(buffered: &[u8]) -> bool {
+    buffered.len() >= 5
+        && (u32::from_be_bytes([buffered[1], buffered[2], buffered[3], buffered[4]]) as usize)
+            < buffered.len()
+}
