@@ -49,6 +49,12 @@ use crate::listener::{serve_http1, ConnInfo, Limits};
 use crate::proxy::Handles;
 use crate::sessions::SessionEnd;
 
+mod body;
+mod forward;
+
+use body::Cancellable;
+use forward::{bearer, is_websocket_upgrade, upgraded_response};
+
 pub use crate::runtime::BoxError;
 /// The body of every response the proxy sends.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -78,37 +84,6 @@ impl Upstream {
         }
     }
 }
-
-/// A response body that ends with an error when its token is revoked or expires, a
-/// reload leaves it outside its service, or the gateway stops (once its listener has
-/// drained).
-struct Cancellable {
-    inner: Incoming,
-    /// `keyway_bytes_total{direction="out"}` of the service.
-    bytes: metrics::Counter,
-    /// Resolves with why the stream must end.
-    ended: Pin<Box<dyn Future<Output = BoxError> + Send>>,
-}
-
-/// The error a stream ends with when a reload leaves it outside its service.
-#[derive(Debug, thiserror::Error)]
-#[error("the gateway's config changed and this stream no longer fits it ({0})")]
-struct Unfit(&'static str);
-
-/// The error a revoked stream ends with.
-#[derive(Debug, thiserror::Error)]
-#[error("the token of this stream was revoked")]
-struct Revoked;
-
-/// The error a stream ends with when its token expires.
-#[derive(Debug, thiserror::Error)]
-#[error("the token of this stream expired")]
-struct Expired;
-
-/// The error a stream ends with when the gateway stops.
-#[derive(Debug, thiserror::Error)]
-#[error("the gateway is shutting down")]
-struct ShuttingDown;
 
 // === impl HttpProxy ===
 
@@ -354,130 +329,6 @@ impl HttpProxy {
         Ok((entry, path))
     }
 
-    fn upstream_request(
-        &self,
-        req: Request<Incoming>,
-        conn: &ConnInfo,
-        path: &str,
-        websocket: bool,
-    ) -> Result<Request<Incoming>, DenyReason> {
-        let (mut parts, body) = req.into_parts();
-        let up = &self.http.upstream;
-        let mut pq = String::with_capacity(up.base_path.len() + path.len() + 64);
-        pq.push_str(&up.base_path);
-        pq.push_str(path);
-        if let Some(q) = parts.uri.query() {
-            pq.push('?');
-            pq.push_str(q);
-        }
-        parts.uri = Uri::builder()
-            .scheme("http")
-            .authority(up.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|_| DenyReason::BadPath)?;
-        parts.version = Version::HTTP_11;
-
-        let h = &mut parts.headers;
-        strip_hop_by_hop(h);
-        strip_client_claims(h);
-        h.remove(header::AUTHORIZATION);
-        if websocket {
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        }
-        if let Some(auth) = &self.http.upstream_auth {
-            // Checked in `decide`; a secret removed since then fails closed here.
-            let value = self
-                .h
-                .secrets
-                .header(&auth.secret)
-                .ok_or(DenyReason::UpstreamCredentialMissing)?;
-            h.insert(auth.header.clone(), value);
-        }
-        if let Ok(v) = HeaderValue::from_str(up.authority.as_str()) {
-            h.insert(header::HOST, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&conn.peer.ip().to_canonical().to_string()) {
-            h.insert(X_FORWARDED_FOR, v);
-        }
-        let proto = if conn.tls { "https" } else { "http" };
-        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-        Ok(Request::from_parts(parts, body))
-    }
-
-    /// Carries an upgraded connection (a WebSocket) both ways until either side
-    /// closes, the token is revoked or expires, a reload leaves it outside the
-    /// service, or the gateway stops; then audits its end (`connection.close`, as a
-    /// tunnel stream's).
-    fn bridge_upgraded(
-        &self,
-        client: hyper::upgrade::OnUpgrade,
-        upstream: hyper::upgrade::OnUpgrade,
-        entry: Arc<Entry>,
-        source: IpAddr,
-    ) {
-        let ended = self.ended(entry.clone(), source);
-        let service = self.svc.name.clone();
-        let active = self.h.metrics.session(&service);
-        let audit = self.h.audit.clone();
-        self.h.sessions.spawn(async move {
-            let _active = active;
-            let (client, upstream) = match tokio::join!(client, upstream) {
-                (Ok(c), Ok(u)) => (c, u),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::debug!(service = %service, error = %e, "an upgrade did not complete");
-                    return;
-                }
-            };
-            let mut close = audit.event(EventKind::ConnectionClose);
-            close.service = Some(service);
-            close.token_id = Some(entry.id().to_owned());
-            close.principal = Some(entry.record.principal.clone());
-            close.source = Some(source.to_string());
-            close.detail = serde_json::json!({ "upgrade": "websocket" });
-            let (client, upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-            crate::relay::relay_audited(&audit, client, upstream, ended, close).await;
-        });
-    }
-
-    fn downstream_response(
-        &self,
-        resp: Response<Incoming>,
-        entry: &Arc<Entry>,
-        source: IpAddr,
-    ) -> Response<ProxyBody> {
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        let ended = self.ended(entry.clone(), source);
-        let body = Cancellable {
-            bytes: self.bytes_out.clone(),
-            inner: body,
-            ended: Box::pin(async move {
-                let why: BoxError = match ended.await {
-                    SessionEnd::Unfit(why) => Box::new(Unfit(why.as_str())),
-                    SessionEnd::Expired => Box::new(Expired),
-                    SessionEnd::Shutdown => Box::new(ShuttingDown),
-                    SessionEnd::Revoked => Box::new(Revoked),
-                    // Never from the watch: the body's own end is the stream's.
-                    SessionEnd::Closed | SessionEnd::Error => Box::new(ShuttingDown),
-                };
-                why
-            }),
-        };
-        Response::from_parts(parts, UnsyncBoxBody::new(body))
-    }
-
-    /// Resolves when a stream with `entry`'s token must end, with why.
-    fn ended(
-        &self,
-        entry: Arc<Entry>,
-        source: IpAddr,
-    ) -> impl Future<Output = SessionEnd> + Send + 'static {
-        let session = crate::sessions::Session::new(&self.svc, &entry, source);
-        self.h.sessions.end_of(entry, session)
-    }
-
     fn deny(
         &self,
         mut ev: AuditEvent,
@@ -530,117 +381,6 @@ impl HttpProxy {
     }
 }
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-/// The token of an `Authorization: Bearer …` header.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let value = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    let s = value.to_str().ok()?;
-    let (scheme, token) = s.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// A WebSocket opening handshake: `GET` with `Upgrade: websocket` named in
-/// `Connection`.
-fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
-    let h = req.headers();
-    let names_upgrade = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    let websocket = h
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
-    req.method() == http::Method::GET && names_upgrade && websocket
-}
-
-/// The upstream's `101 Switching Protocols`, passed on with the headers that make it
-/// one (`Connection`, `Upgrade`) and an empty body.
-fn upgraded_response(resp: Response<Incoming>) -> Response<ProxyBody> {
-    let (mut parts, _) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    parts
-        .headers
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    parts
-        .headers
-        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    Response::from_parts(
-        parts,
-        http_body_util::Empty::new()
-            .map_err(|e| match e {})
-            .boxed_unsync(),
-    )
-}
-
-/// Removes what a client could claim that the upstream might trust: where the request
-/// came from (`X-Forwarded-*`, `X-Real-IP`, `Forwarded`, …; the gateway sets
-/// `X-Forwarded-For` and `-Proto` itself) and which method or URL it "really" is
-/// (`X-HTTP-Method-Override`, `X-Original-URL`, …), which would step around the grant.
-fn strip_client_claims(h: &mut HeaderMap) {
-    let forwarded: Vec<HeaderName> = h
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-forwarded-"))
-        .cloned()
-        .collect();
-    for n in forwarded {
-        h.remove(n);
-    }
-    for n in [
-        "forwarded",
-        "x-real-ip",
-        "true-client-ip",
-        "x-client-ip",
-        "x-cluster-client-ip",
-        "cf-connecting-ip",
-        "fastly-client-ip",
-        "x-originating-ip",
-        "x-http-method-override",
-        "x-http-method",
-        "x-method-override",
-        "x-original-url",
-        "x-rewrite-url",
-        "x-original-method",
-    ] {
-        h.remove(n);
-    }
-}
-
-/// Removes `Connection` and the headers it names, and the fixed hop-by-hop set.
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
-    }
-    for n in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-    ] {
-        h.remove(n);
-    }
-    h.remove("keep-alive");
-    h.remove("proxy-connection");
-}
-
 fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(
         Full::new(Bytes::from_static(body.as_bytes()))
@@ -657,72 +397,5 @@ fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
 
 // === impl Cancellable ===
 
-impl Body for Cancellable {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if let Poll::Ready(why) = this.ended.as_mut().poll(cx) {
-            return Poll::Ready(Some(Err(why)));
-        }
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(f))) = &frame {
-            if let Some(data) = f.data_ref() {
-                this.bytes.increment(data.len() as u64);
-            }
-        }
-        frame.map_err(Into::into)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_go() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret-hop"),
-        );
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("x-kept"));
-    }
-
-    #[test]
-    fn bearer_parsing() {
-        let mut h = HeaderMap::new();
-        assert_eq!(bearer(&h), None);
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("bearer abc"),
-        );
-        assert_eq!(bearer(&h), Some("abc"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(bearer(&h), None);
-        h.append(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer abc"),
-        );
-        assert_eq!(bearer(&h), None, "two Authorization headers are refused");
-    }
-}
+mod tests;

@@ -1,0 +1,225 @@
+//! The admin API's token calls: issue, list, revoke (one or by filter), rotate, and
+//! client credentials.
+
+use super::*;
+
+pub(super) async fn issue_token(admin: Admin, State(gw): State<Gw>, body: Bytes) -> Response {
+    let Ok(req) = serde_json::from_slice::<IssueRequest>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be JSON: {\"service\": …, \"principal\": …, \"ttl\": \"15m\", \"methods\": […], \"paths\": […]}",
+        );
+    };
+    match gw.tokens.issue(&req, &admin.token_id).await {
+        Ok((token, record)) => {
+            let info = TokenInfo::new(&record, None, None, gw.now());
+            let token = secrecy::ExposeSecret::expose_secret(token.secret()).to_owned();
+            (StatusCode::CREATED, Json(Issued { token, info })).into_response()
+        }
+        Err(IssueError::Store(e)) => {
+            tracing::error!(error = %e, "could not store a new token");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store failed; see the gateway log",
+            )
+        }
+        Err(IssueError::UnknownService(_)) => error(
+            StatusCode::NOT_FOUND,
+            &IssueError::UnknownService(req.service).to_string(),
+        ),
+        Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ListParams {
+    /// Only tokens not used (nor issued) within this long, like `30d`.
+    unused: Option<String>,
+}
+
+pub(super) async fn issue_credential(admin: Admin, State(gw): State<Gw>, body: Bytes) -> Response {
+    let Ok(req) = serde_json::from_slice::<CredentialRequest>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be JSON: {\"principal\": …, \"services\": […], \"cidrs\": […], \"max_age\": \"90d\"}",
+        );
+    };
+    match gw.tokens.issue_credential(&req, &admin.token_id).await {
+        Ok((token, record)) => {
+            let info = TokenInfo::new(&record, None, None, gw.now());
+            let token = secrecy::ExposeSecret::expose_secret(token.secret()).to_owned();
+            (StatusCode::CREATED, Json(Issued { token, info })).into_response()
+        }
+        Err(IssueError::Store(e)) => {
+            tracing::error!(error = %e, "could not store a new credential");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store failed; see the gateway log",
+            )
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+pub(super) async fn list_tokens(
+    _: Admin,
+    State(gw): State<Gw>,
+    Query(p): Query<ListParams>,
+) -> Response {
+    let now = gw.now();
+    let unused_since = match p.unused.as_deref().map(keyway_core::units::parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(now - keyway_core::clock::duration_ms(d)),
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("unused: {e}")),
+    };
+    let records = match gw.store.tokens().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "could not list tokens");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store failed; see the gateway log",
+            );
+        }
+    };
+    let tokens: Vec<TokenInfo> = records
+        .iter()
+        .filter_map(|r| {
+            let info = live_info(&gw, r, now);
+            let last = info.1.unwrap_or(r.created_at);
+            unused_since
+                .is_none_or(|since| last < since)
+                .then_some(info.0)
+        })
+        .collect();
+    Json(tokens).into_response()
+}
+
+/// A token as listed, with the index's fresher last use and revocation; and the last
+/// use in milliseconds.
+pub(super) fn live_info(
+    gw: &Control,
+    r: &TokenRecord,
+    now: UnixMillis,
+) -> (TokenInfo, Option<UnixMillis>) {
+    let live = gw.tokens.token(&r.id);
+    let last = live.as_ref().and_then(|e| e.last_used()).or(r.last_used_at);
+    let revoked = live.as_ref().and_then(|e| e.revoked_at()).or(r.revoked_at);
+    (TokenInfo::new(r, revoked, last, now), last)
+}
+
+pub(super) async fn revoke_matching(admin: Admin, State(gw): State<Gw>, body: Bytes) -> Response {
+    #[derive(Deserialize)]
+    struct Body {
+        principal: Option<String>,
+        service: Option<String>,
+        /// RFC 3339.
+        issued_before: Option<String>,
+    }
+    let Ok(b) = serde_json::from_slice::<Body>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be JSON: {\"principal\": …, \"service\": …, \"issued_before\": \"2026-11-28T10:00:00Z\"}",
+        );
+    };
+    let issued_before = match b
+        .issued_before
+        .as_deref()
+        .map(keyway_core::clock::parse_time)
+    {
+        None => None,
+        Some(Some(t)) => Some(t),
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "issued_before is not an RFC 3339 time like 2026-11-28T10:00:00Z",
+            )
+        }
+    };
+    let filter = crate::tokens::RevokeFilter {
+        principal: b.principal,
+        service: b.service,
+        issued_before,
+    };
+    if filter.principal.is_none() && filter.service.is_none() && filter.issued_before.is_none() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "name at least one of principal, service, issued_before",
+        );
+    }
+    match gw.tokens.revoke_where(&filter, &admin.token_id).await {
+        Ok(records) => {
+            let now = gw.now();
+            let infos: Vec<TokenInfo> = records.iter().map(|r| live_info(&gw, r, now).0).collect();
+            Json(infos).into_response()
+        }
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the store failed part way; the tokens revoked so far are revoked; see the gateway log and run again",
+        ),
+    }
+}
+
+pub(super) async fn rotate_token(
+    admin: Admin,
+    State(gw): State<Gw>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    #[derive(Deserialize)]
+    struct Body {
+        overlap: Option<String>,
+    }
+    let overlap = match serde_json::from_slice::<Body>(&body).map(|b| b.overlap) {
+        Ok(None) => Duration::from_secs(300),
+        Ok(Some(o)) if o.trim() == "0" || o.trim() == "0s" => Duration::ZERO,
+        Ok(Some(o)) => match keyway_core::units::parse_duration(&o) {
+            Ok(d) => d,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("overlap: {e}")),
+        },
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "body must be JSON: {\"overlap\": \"5m\"}",
+            )
+        }
+    };
+    match gw.tokens.rotate(&id, overlap, &admin.token_id).await {
+        Ok((token, record, until)) => {
+            let info = TokenInfo::new(&record, None, None, gw.now());
+            let token = secrecy::ExposeSecret::expose_secret(token.secret()).to_owned();
+            let body = json!({
+                "token": token,
+                "predecessor_expires_at": format_ms(until),
+                "info": info,
+            });
+            (StatusCode::CREATED, Json(body)).into_response()
+        }
+        Err(RotateError::Unknown) => error(StatusCode::NOT_FOUND, "no token with that id"),
+        Err(RotateError::Store(e)) => {
+            tracing::error!(error = %e, "could not rotate a token");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store failed; see the gateway log",
+            )
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+pub(super) async fn revoke_token(
+    admin: Admin,
+    State(gw): State<Gw>,
+    Path(id): Path<String>,
+) -> Response {
+    match gw.tokens.revoke(&id, &admin.token_id, None).await {
+        Ok(Some(record)) => Json(live_info(&gw, &record, gw.now()).0).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no token with that id"),
+        // Logged by `revoke`, which also cut the token's use in this process.
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the token is revoked in the running gateway, but the store failed to record it \
+             (it would come back after a restart); see the gateway log and revoke again",
+        ),
+    }
+}

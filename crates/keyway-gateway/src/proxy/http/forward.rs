@@ -1,0 +1,246 @@
+//! What goes upstream and what comes back: the request rewritten (normalised path,
+//! no client token, no hop-by-hop headers or forwarding claims, the upstream
+//! credential injected), a WebSocket bridged on purpose, the response stripped and
+//! watched.
+
+use super::body::{Expired, Revoked, ShuttingDown, Unfit};
+use super::*;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+// === impl HttpProxy ===
+
+impl HttpProxy {
+    pub(super) fn upstream_request(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+        path: &str,
+        websocket: bool,
+    ) -> Result<Request<Incoming>, DenyReason> {
+        let (mut parts, body) = req.into_parts();
+        let up = &self.http.upstream;
+        let mut pq = String::with_capacity(up.base_path.len() + path.len() + 64);
+        pq.push_str(&up.base_path);
+        pq.push_str(path);
+        if let Some(q) = parts.uri.query() {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(up.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| DenyReason::BadPath)?;
+        parts.version = Version::HTTP_11;
+
+        let h = &mut parts.headers;
+        strip_hop_by_hop(h);
+        strip_client_claims(h);
+        h.remove(header::AUTHORIZATION);
+        if websocket {
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
+        if let Some(auth) = &self.http.upstream_auth {
+            // Checked in `decide`; a secret removed since then fails closed here.
+            let value = self
+                .h
+                .secrets
+                .header(&auth.secret)
+                .ok_or(DenyReason::UpstreamCredentialMissing)?;
+            h.insert(auth.header.clone(), value);
+        }
+        if let Ok(v) = HeaderValue::from_str(up.authority.as_str()) {
+            h.insert(header::HOST, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&conn.peer.ip().to_canonical().to_string()) {
+            h.insert(X_FORWARDED_FOR, v);
+        }
+        let proto = if conn.tls { "https" } else { "http" };
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        Ok(Request::from_parts(parts, body))
+    }
+
+    /// Carries an upgraded connection (a WebSocket) both ways until either side
+    /// closes, the token is revoked or expires, a reload leaves it outside the
+    /// service, or the gateway stops; then audits its end (`connection.close`, as a
+    /// tunnel stream's).
+    pub(super) fn bridge_upgraded(
+        &self,
+        client: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::OnUpgrade,
+        entry: Arc<Entry>,
+        source: IpAddr,
+    ) {
+        let ended = self.ended(entry.clone(), source);
+        let service = self.svc.name.clone();
+        let active = self.h.metrics.session(&service);
+        let audit = self.h.audit.clone();
+        self.h.sessions.spawn(async move {
+            let _active = active;
+            let (client, upstream) = match tokio::join!(client, upstream) {
+                (Ok(c), Ok(u)) => (c, u),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::debug!(service = %service, error = %e, "an upgrade did not complete");
+                    return;
+                }
+            };
+            let mut close = audit.event(EventKind::ConnectionClose);
+            close.service = Some(service);
+            close.token_id = Some(entry.id().to_owned());
+            close.principal = Some(entry.record.principal.clone());
+            close.source = Some(source.to_string());
+            close.detail = serde_json::json!({ "upgrade": "websocket" });
+            let (client, upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+            crate::relay::relay_audited(&audit, client, upstream, ended, close).await;
+        });
+    }
+
+    pub(super) fn downstream_response(
+        &self,
+        resp: Response<Incoming>,
+        entry: &Arc<Entry>,
+        source: IpAddr,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let ended = self.ended(entry.clone(), source);
+        let body = Cancellable {
+            bytes: self.bytes_out.clone(),
+            inner: body,
+            ended: Box::pin(async move {
+                let why: BoxError = match ended.await {
+                    SessionEnd::Unfit(why) => Box::new(Unfit(why.as_str())),
+                    SessionEnd::Expired => Box::new(Expired),
+                    SessionEnd::Shutdown => Box::new(ShuttingDown),
+                    SessionEnd::Revoked => Box::new(Revoked),
+                    // Never from the watch: the body's own end is the stream's.
+                    SessionEnd::Closed | SessionEnd::Error => Box::new(ShuttingDown),
+                };
+                why
+            }),
+        };
+        Response::from_parts(parts, UnsyncBoxBody::new(body))
+    }
+
+    /// Resolves when a stream with `entry`'s token must end, with why.
+    pub(super) fn ended(
+        &self,
+        entry: Arc<Entry>,
+        source: IpAddr,
+    ) -> impl Future<Output = SessionEnd> + Send + 'static {
+        let session = crate::sessions::Session::new(&self.svc, &entry, source);
+        self.h.sessions.end_of(entry, session)
+    }
+}
+
+/// The token of an `Authorization: Bearer …` header.
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let s = value.to_str().ok()?;
+    let (scheme, token) = s.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// A WebSocket opening handshake: `GET` with `Upgrade: websocket` named in
+/// `Connection`.
+pub(super) fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    let h = req.headers();
+    let names_upgrade = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let websocket = h
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    req.method() == http::Method::GET && names_upgrade && websocket
+}
+
+/// The upstream's `101 Switching Protocols`, passed on with the headers that make it
+/// one (`Connection`, `Upgrade`) and an empty body.
+pub(super) fn upgraded_response(resp: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, _) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts
+        .headers
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    Response::from_parts(
+        parts,
+        http_body_util::Empty::new()
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    )
+}
+
+/// Removes what a client could claim that the upstream might trust: where the request
+/// came from (`X-Forwarded-*`, `X-Real-IP`, `Forwarded`, …; the gateway sets
+/// `X-Forwarded-For` and `-Proto` itself) and which method or URL it "really" is
+/// (`X-HTTP-Method-Override`, `X-Original-URL`, …), which would step around the grant.
+pub(super) fn strip_client_claims(h: &mut HeaderMap) {
+    let forwarded: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-forwarded-"))
+        .cloned()
+        .collect();
+    for n in forwarded {
+        h.remove(n);
+    }
+    for n in [
+        "forwarded",
+        "x-real-ip",
+        "true-client-ip",
+        "x-client-ip",
+        "x-cluster-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-originating-ip",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-original-method",
+    ] {
+        h.remove(n);
+    }
+}
+
+/// Removes `Connection` and the headers it names, and the fixed hop-by-hop set.
+pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        h.remove(n);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+}

@@ -1,0 +1,39 @@
+//! Unit tests of the HTTP proxy's header handling.
+
+use super::forward::{bearer, strip_hop_by_hop};
+use super::*;
+
+#[test]
+fn hop_by_hop_headers_go() {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONNECTION,
+        HeaderValue::from_static("keep-alive, x-secret-hop"),
+    );
+    h.insert("x-secret-hop", HeaderValue::from_static("1"));
+    h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+    h.insert(header::TE, HeaderValue::from_static("trailers"));
+    h.insert("x-kept", HeaderValue::from_static("1"));
+    strip_hop_by_hop(&mut h);
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert!(h.contains_key("x-kept"));
+}
+
+#[test]
+fn bearer_parsing() {
+    let mut h = HeaderMap::new();
+    assert_eq!(bearer(&h), None);
+    h.insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_static("bearer abc"),
+    );
+    assert_eq!(bearer(&h), Some("abc"));
+    h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+    assert_eq!(bearer(&h), None);
+    h.append(
+        header::AUTHORIZATION,
+        HeaderValue::from_static("Bearer abc"),
+    );
+    assert_eq!(bearer(&h), None, "two Authorization headers are refused");
+}
