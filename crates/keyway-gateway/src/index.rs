@@ -31,8 +31,9 @@ pub struct Entry {
     /// Starts as the record's; rotation brings it forward.
     expires_at: AtomicI64,
     last_used: AtomicI64,
-    /// Fired when the token is revoked; live streams opened with it watch this.
-    pub cancel: CancellationToken,
+    /// Fired when the token is revoked (or its shortened expiry comes); live streams
+    /// opened with it watch this ([`Entry::until_cut`]).
+    cancel: CancellationToken,
 }
 
 #[derive(Debug, Default)]
@@ -123,8 +124,19 @@ impl Entry {
     }
 
     /// Brings the expiry forward to `at`, never later.
-    pub fn shorten(&self, at: UnixMillis) {
+    pub(crate) fn shorten(&self, at: UnixMillis) {
         self.expires_at.fetch_min(at, Ordering::AcqRel);
+    }
+
+    /// Resolves when the token is revoked, or cut at a shortened expiry: every live
+    /// stream opened with it ends then.
+    pub fn until_cut(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+
+    /// Ends the live streams opened with the token (its shortened expiry came).
+    pub(crate) fn cut(&self) {
+        self.cancel.cancel();
     }
 
     pub fn mark_used(&self, now: UnixMillis) {
@@ -154,7 +166,7 @@ impl TokenIndex {
         }
     }
 
-    pub fn insert(&self, record: TokenRecord) -> Arc<Entry> {
+    pub(crate) fn insert(&self, record: TokenRecord) -> Arc<Entry> {
         let entry = Arc::new(Entry::new(record));
         self.write().insert(entry.record.id.clone(), entry.clone());
         entry
@@ -165,14 +177,14 @@ impl TokenIndex {
     }
 
     /// Marks the token revoked and cuts its live streams.
-    pub fn revoke(&self, id: &str, at: UnixMillis) -> Option<Arc<Entry>> {
+    pub(crate) fn revoke(&self, id: &str, at: UnixMillis) -> Option<Arc<Entry>> {
         let entry = self.get(id)?;
         entry.revoke(at);
         Some(entry)
     }
 
     /// Revokes `id` if this call is the first to: `true` then.
-    pub fn revoke_first(&self, id: &str, at: UnixMillis) -> bool {
+    pub(crate) fn revoke_first(&self, id: &str, at: UnixMillis) -> bool {
         self.get(id).is_some_and(|e| e.revoke(at))
     }
 
@@ -233,7 +245,7 @@ impl TokenIndex {
 
     /// Drops entries that expired before `horizon`; a request with one of them is then
     /// refused as unknown, which it would be refused as expired anyway.
-    pub fn prune_expired(&self, horizon: UnixMillis) -> usize {
+    pub(crate) fn prune_expired(&self, horizon: UnixMillis) -> usize {
         let mut map = self.write();
         let before = map.len();
         map.retain(|_, e| e.expires_at() >= horizon);

@@ -308,7 +308,7 @@ async fn housekeeping(gw: Arc<Gateway>, shutdown: CancellationToken) {
         n += 1;
         if n.is_multiple_of(60) {
             let day = 24 * 3600 * 1000;
-            let pruned = gw.index.prune_expired(gw.now() - day);
+            let pruned = gw.tokens.prune_expired(gw.now() - day);
             if pruned > 0 {
                 tracing::debug!(pruned, "expired tokens left the index");
             }

@@ -228,7 +228,7 @@ impl Sessions {
         async move {
             tokio::select! {
                 biased;
-                () = entry.cancel.cancelled() => SessionEnd::Revoked,
+                () = entry.until_cut() => SessionEnd::Revoked,
                 () = tokio::time::sleep(Duration::from_millis(left as u64)) => SessionEnd::Expired,
                 why = unfit => SessionEnd::Unfit(why),
                 () = stopping.cancelled() => SessionEnd::Shutdown,

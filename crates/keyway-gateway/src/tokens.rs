@@ -223,8 +223,13 @@ impl Tokens {
         let left = entry.expires_at().saturating_sub(self.now()).max(0);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(left as u64)).await;
-            entry.cancel.cancel();
+            entry.cut();
         });
+    }
+
+    /// Drops entries that expired before `horizon` from the index (not the store).
+    pub fn prune_expired(&self, horizon: UnixMillis) -> usize {
+        self.index.prune_expired(horizon)
     }
 
     /// The entry for a token id, if known.

@@ -174,3 +174,45 @@ fn no_source_file_passes_600_lines() {
          is for"
     );
 }
+
+#[test]
+fn only_the_token_lifecycle_writes_tokens() {
+    // The index's and the store's writers of tokens; `tokens.rs` (and `tokens/`) is
+    // the one module that calls them, so every token is stored, indexed and audited
+    // alike.
+    const WRITERS: [&str; 8] = [
+        "index.insert(",
+        "index.revoke(",
+        "index.revoke_first(",
+        "index.prune_expired(",
+        ".insert_token(",
+        ".revoke_token(",
+        ".shorten_expiry(",
+        ".shorten(",
+    ];
+    let src = workspace().join("crates/keyway-gateway/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut found = Vec::new();
+    for file in &files {
+        let rel = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if rel == "tokens.rs" || rel.starts_with("tokens/") || rel == "index.rs" {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).unwrap();
+        for w in WRITERS {
+            if text.contains(w) {
+                found.push((rel.clone(), w));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "tokens written outside the token lifecycle (file, call): {found:?}; go through \
+         tokens::Tokens"
+    );
+}
