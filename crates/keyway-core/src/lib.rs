@@ -9,6 +9,7 @@
 //! - [`path`]: request path normalisation, so a grant's prefix cannot be escaped.
 //! - [`grant`]: what a token may do, and the reasons a request is denied.
 //! - [`event`]: the kinds of audit event and the decisions, typed.
+//! - [`api`]: the admin API's requests and answers, shared by the gateway and the CLI.
 //! - [`config`]: `keyway.toml` in two stages: a raw, strictly parsed shape, then a
 //!   checked configuration with real types.
 //! - [`units`]: durations (`15m`, `24h`) and rates (`50/s`).
@@ -17,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod clock;
 pub mod config;
 pub mod event;

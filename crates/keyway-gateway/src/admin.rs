@@ -36,7 +36,7 @@ use keyway_core::EventKind;
 use keyway_core::{TokenKind, UnixMillis};
 use keyway_store::{AuditQuery, TokenRecord};
 use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::control::Control;
@@ -49,40 +49,14 @@ mod tokens;
 use operate::*;
 use tokens::*;
 
+pub use keyway_core::api::{Enrollment, Issued, TokenInfo};
+
 type Gw = Control;
 
 /// Proof that the caller presented a live admin token.
 pub struct Admin {
     pub token_id: String,
     pub principal: String,
-}
-
-/// A token as the admin API shows it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TokenInfo {
-    pub id: String,
-    pub kind: String,
-    pub principal: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
-    pub methods: Vec<String>,
-    pub paths: Vec<String>,
-    /// For database services: the role the token connects as.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
-    pub state: String,
-    pub created_at: String,
-    pub expires_at: String,
-    pub revoked_at: Option<String>,
-    pub last_used_at: Option<String>,
-}
-
-/// The answer to `POST /v1/tokens`. Its `Debug` leaves the token out.
-#[derive(Serialize, Deserialize)]
-pub struct Issued {
-    pub token: String,
-    #[serde(flatten)]
-    pub info: TokenInfo,
 }
 
 pub fn router(gw: Gw) -> Router {
@@ -106,15 +80,6 @@ pub fn router(gw: Gw) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|_: Admin| async { error(StatusCode::NOT_FOUND, "no such admin call") })
         .with_state(gw)
-}
-
-impl std::fmt::Debug for Issued {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Issued")
-            .field("token", &"***")
-            .field("info", &self.info)
-            .finish()
-    }
 }
 
 // === impl Admin ===
@@ -166,52 +131,6 @@ impl FromRequestParts<Gw> for Admin {
     }
 }
 
-// === impl TokenInfo ===
-
-impl TokenInfo {
-    pub fn new(
-        r: &TokenRecord,
-        revoked_at: Option<UnixMillis>,
-        last_used: Option<UnixMillis>,
-        now: UnixMillis,
-    ) -> Self {
-        let state = if revoked_at.is_some() {
-            "revoked"
-        } else if now >= r.expires_at {
-            "expired"
-        } else {
-            "active"
-        };
-        // A credential's scope shows as its services joined, with their shared grant.
-        let scoped = r
-            .scope
-            .as_ref()
-            .and_then(|c| c.grants.first().map(|g| (c, g)));
-        let (service, methods, paths) = match (r.grant.as_ref(), scoped) {
-            (Some(g), _) => (Some(g.service.clone()), g.methods.clone(), g.paths.clone()),
-            (None, Some((c, g))) => {
-                let names: Vec<&str> = c.grants.iter().map(|g| g.service.as_str()).collect();
-                (Some(names.join(",")), g.methods.clone(), g.paths.clone())
-            }
-            (None, None) => (None, Vec::new(), Vec::new()),
-        };
-        Self {
-            id: r.id.clone(),
-            kind: r.kind.as_str().into(),
-            principal: r.principal.clone(),
-            service,
-            methods,
-            paths,
-            role: r.grant.as_ref().and_then(|g| g.role.clone()),
-            state: state.into(),
-            created_at: format_ms(r.created_at),
-            expires_at: format_ms(r.expires_at),
-            revoked_at: revoked_at.map(format_ms),
-            last_used_at: last_used.map(format_ms),
-        }
-    }
-}
-
 async fn status(_: Admin, State(gw): State<Gw>) -> Response {
     let services: Vec<_> = gw
         .config()
@@ -238,14 +157,49 @@ async fn status(_: Admin, State(gw): State<Gw>) -> Response {
     Json(json!({ "version": env!("CARGO_PKG_VERSION"), "services": services })).into_response()
 }
 
-/// An enrollment, given once: the token and the CA pin joined by `.`, as
-/// `keyway agent run --enroll-token-file` reads it.
-#[derive(Serialize, Deserialize)]
-pub struct Enrollment {
-    pub enrollment: String,
-    pub expires_at: String,
-}
-
 fn error(status: StatusCode, msg: &str) -> Response {
     (status, Json(json!({ "error": msg }))).into_response()
+}
+
+/// A token as the admin API shows it, from its record and its live state.
+pub(crate) fn token_info(
+    r: &TokenRecord,
+    revoked_at: Option<UnixMillis>,
+    last_used: Option<UnixMillis>,
+    now: UnixMillis,
+) -> TokenInfo {
+    let state = if revoked_at.is_some() {
+        "revoked"
+    } else if now >= r.expires_at {
+        "expired"
+    } else {
+        "active"
+    };
+    // A credential's scope shows as its services joined, with their shared grant.
+    let scoped = r
+        .scope
+        .as_ref()
+        .and_then(|c| c.grants.first().map(|g| (c, g)));
+    let (service, methods, paths) = match (r.grant.as_ref(), scoped) {
+        (Some(g), _) => (Some(g.service.clone()), g.methods.clone(), g.paths.clone()),
+        (None, Some((c, g))) => {
+            let names: Vec<&str> = c.grants.iter().map(|g| g.service.as_str()).collect();
+            (Some(names.join(",")), g.methods.clone(), g.paths.clone())
+        }
+        (None, None) => (None, Vec::new(), Vec::new()),
+    };
+    TokenInfo {
+        id: r.id.clone(),
+        kind: r.kind.as_str().into(),
+        principal: r.principal.clone(),
+        service,
+        methods,
+        paths,
+        role: r.grant.as_ref().and_then(|g| g.role.clone()),
+        state: state.into(),
+        created_at: format_ms(r.created_at),
+        expires_at: format_ms(r.expires_at),
+        revoked_at: revoked_at.map(format_ms),
+        last_used_at: last_used.map(format_ms),
+    }
 }

@@ -38,6 +38,7 @@ use keyway_core::UnixMillis;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+pub use keyway_core::api::AgentStatus;
 use keyway_core::config::Config;
 
 pub use crate::tokens::ENROLLMENT_TTL;
@@ -77,19 +78,6 @@ pub(crate) struct AgentConn {
     peer: SocketAddr,
     pub(crate) connected_at: UnixMillis,
     pub(crate) last_heartbeat: AtomicI64,
-}
-
-/// What `keyway agent list` shows of an agent.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct AgentStatus {
-    pub name: String,
-    /// `connected`, `disconnected` or `revoked`.
-    pub state: String,
-    pub connections: usize,
-    pub version: Option<String>,
-    pub last_heartbeat: Option<String>,
-    pub peers: Vec<String>,
-    pub services: Vec<String>,
 }
 
 // === impl Registry ===

@@ -3,13 +3,11 @@
 //! supervisor, which plans it and applies it whole or not at all
 //! (`reload.rs`). The admin API and SIGHUP hold this handle; nothing else.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+pub use keyway_core::api::Outcome;
 use keyway_core::config::lint;
-use keyway_core::config::plan::Plan;
 use keyway_core::config::Config;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 /// A proposed config's text, checked as `keyway validate` checks it
@@ -43,23 +41,6 @@ pub struct Request {
     /// Plan only.
     pub dry_run: bool,
     pub reply: oneshot::Sender<Result<Outcome, ApplyError>>,
-}
-
-/// What a reload did, or would do.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Outcome {
-    pub plan: Plan,
-    pub applied: bool,
-    /// The SHA-256 of the config text now in force (after an apply) or proposed.
-    pub sha256: String,
-    /// The SHA-256 of the config text that was in force before.
-    pub previous_sha256: String,
-    /// Where each service with a port listens now.
-    pub listening: BTreeMap<String, String>,
-    /// The folder relative paths in the proposed config were taken from: the running
-    /// config's, wherever the file was sent from.
-    #[serde(default)]
-    pub base_dir: String,
 }
 
 #[derive(Debug, thiserror::Error)]

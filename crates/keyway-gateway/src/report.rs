@@ -8,58 +8,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use keyway_core::clock::{duration_ms, format_ms};
 use keyway_core::{TokenKind, UnixMillis};
-use serde::{Deserialize, Serialize};
+
+pub use keyway_core::api::{BroadGrant, QuietService, Report, Unused};
 
 use crate::control::Control;
 
 /// Rows of the audit log the report reads at most.
 const MAX_USAGE_ROWS: u32 = 100_000;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Report {
-    /// The window's start.
-    pub since: String,
-    pub unused_tokens: Vec<Unused>,
-    pub credentials_near_max_age: Vec<Unused>,
-    pub quiet_services: Vec<QuietService>,
-    pub broad_grants: Vec<BroadGrant>,
-    pub agents_not_connected: Vec<String>,
-    /// The audit log had more distinct uses than the report reads: older uses may be
-    /// missing (a service may show as quiet, a method as unused).
-    #[serde(default)]
-    pub truncated: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Unused {
-    pub id: String,
-    pub kind: String,
-    pub principal: String,
-    pub service: Option<String>,
-    pub expires_at: String,
-    pub last_used_at: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct QuietService {
-    pub service: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BroadGrant {
-    pub token_id: String,
-    pub principal: String,
-    pub service: String,
-    /// What the grant allows; empty means every method, or the whole service.
-    pub granted_methods: Vec<String>,
-    pub granted_paths: Vec<String>,
-    /// What was used within the window: methods, and first path segments.
-    pub used_methods: Vec<String>,
-    pub used_paths: Vec<String>,
-    /// Granted path prefixes nothing was asked under.
-    #[serde(default)]
-    pub unused_paths: Vec<String>,
-}
 
 /// Builds the report over the window that starts at `since`.
 pub async fn build(gw: &Control, since: UnixMillis) -> Result<Report, keyway_store::StoreError> {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Subcommand;
-use keyway_gateway::admin::Issued;
+use keyway_core::api::Issued;
 use serde_json::json;
 
 use crate::client::{AdminArgs, AdminClient};

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use keyway_core::config::lint::Severity;
-use keyway_gateway::reload::Outcome;
+use keyway_core::api::Outcome;
 use serde_json::json;
 
 use crate::client::{AdminArgs, AdminClient};

@@ -10,7 +10,7 @@ use crate::table::print_table;
 
 pub async fn run(since: &str, json: bool, admin: &AdminArgs) -> Result<ExitCode> {
     let client = AdminClient::resolve(admin)?;
-    let r: keyway_gateway::report::Report = client
+    let r: keyway_core::api::Report = client
         .get(&format!("/v1/report?since={}", client::path_segment(since)))
         .await?;
     let findings = r.unused_tokens.len()

@@ -10,7 +10,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use keyway_core::token::find_tokens;
-use keyway_gateway::admin::TokenInfo;
+use keyway_core::api::TokenInfo;
 use serde::Serialize;
 use serde_json::json;
 

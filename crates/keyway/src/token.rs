@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use keyway_gateway::admin::{Issued, TokenInfo};
+use keyway_core::api::{Issued, TokenInfo};
 use serde_json::json;
 
 use crate::client::{self, AdminArgs, AdminClient};

@@ -12,7 +12,7 @@ pub(super) async fn issue_token(admin: Admin, State(gw): State<Gw>, body: Bytes)
     };
     match gw.tokens.issue(&req, &admin.token_id).await {
         Ok((token, record)) => {
-            let info = TokenInfo::new(&record, None, None, gw.now());
+            let info = token_info(&record, None, None, gw.now());
             let token = secrecy::ExposeSecret::expose_secret(token.secret()).to_owned();
             (StatusCode::CREATED, Json(Issued { token, info })).into_response()
         }
@@ -46,7 +46,7 @@ pub(super) async fn issue_credential(admin: Admin, State(gw): State<Gw>, body: B
     };
     match gw.tokens.issue_credential(&req, &admin.token_id).await {
         Ok((token, record)) => {
-            let info = TokenInfo::new(&record, None, None, gw.now());
+            let info = token_info(&record, None, None, gw.now());
             let token = secrecy::ExposeSecret::expose_secret(token.secret()).to_owned();
             (StatusCode::CREATED, Json(Issued { token, info })).into_response()
         }
@@ -105,7 +105,7 @@ pub(super) fn live_info(
     let live = gw.tokens.token(&r.id);
     let last = live.as_ref().and_then(|e| e.last_used()).or(r.last_used_at);
     let revoked = live.as_ref().and_then(|e| e.revoked_at()).or(r.revoked_at);
-    (TokenInfo::new(r, revoked, last, now), last)
+    (token_info(r, revoked, last, now), last)
 }
 
 pub(super) async fn revoke_matching(admin: Admin, State(gw): State<Gw>, body: Bytes) -> Response {
@@ -186,7 +186,7 @@ pub(super) async fn rotate_token(
     };
     match gw.tokens.rotate(&id, overlap, &admin.token_id).await {
         Ok((token, record, until)) => {
-            let info = TokenInfo::new(&record, None, None, gw.now());
+            let info = token_info(&record, None, None, gw.now());
             let token = secrecy::ExposeSecret::expose_secret(token.secret()).to_owned();
             let body = json!({
                 "token": token,

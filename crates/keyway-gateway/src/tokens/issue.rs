@@ -10,26 +10,9 @@ use keyway_core::units::format_duration;
 use keyway_core::{EventKind, Grant, IssuedToken, TokenKind};
 use keyway_store::{StoreError, TokenRecord};
 
-use super::{Tokens, DEFAULT_TTL, ENROLLMENT_TTL};
+pub use keyway_core::api::{CredentialRequest, IssueRequest};
 
-/// What `issue` is asked for.
-#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
-pub struct IssueRequest {
-    pub service: String,
-    pub principal: String,
-    /// Like `15m`; the default is 15 minutes (or the service's maximum, if lower).
-    pub ttl: Option<String>,
-    #[serde(default)]
-    pub methods: Vec<String>,
-    #[serde(default)]
-    pub paths: Vec<String>,
-    /// Bind the token to this client certificate (RFC 8705 `x5t#S256`).
-    #[serde(default)]
-    pub cert_thumbprint: Option<String>,
-    /// For a database service: the role the token connects as.
-    #[serde(default)]
-    pub role: Option<String>,
-}
+use super::{Tokens, DEFAULT_TTL, ENROLLMENT_TTL};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
@@ -54,24 +37,6 @@ pub enum IssueError {
     Grant(#[from] GrantError),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// What `credential issue` is asked for.
-#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
-pub struct CredentialRequest {
-    pub principal: String,
-    pub services: Vec<String>,
-    #[serde(default)]
-    pub methods: Vec<String>,
-    #[serde(default)]
-    pub paths: Vec<String>,
-    #[serde(default)]
-    pub cidrs: Vec<String>,
-    /// Like `90d`; the default and the ceiling is the config's `credential_max_age`.
-    pub max_age: Option<String>,
-    /// Bind the credential (and every token it gets) to this client certificate.
-    #[serde(default)]
-    pub cert_thumbprint: Option<String>,
 }
 
 // === impl Tokens ===
