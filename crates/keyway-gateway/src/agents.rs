@@ -34,7 +34,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::Empty;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioIo;
-use keyway_core::UnixMillis;
+use keyway_core::{DenyReason, UnixMillis};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -44,6 +44,33 @@ use keyway_core::config::Config;
 pub use crate::tokens::ENROLLMENT_TTL;
 /// Live connections one agent may hold (instances × reconnects in flight).
 const MAX_CONNECTIONS_PER_AGENT: usize = 16;
+
+/// Why an agent's enrollment, renewal or connection was refused, as its audit event
+/// says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentRefusal {
+    /// The enrollment token was refused, for this reason.
+    Token(DenyReason),
+    /// The token was already spent (a replay, or a race lost).
+    Spent,
+    UnknownAgent,
+    AgentRevoked,
+    BadCertificateRequest,
+    NoAgentCertificate,
+    CertificateForAnotherAgent,
+    TooManyConnections,
+    StoreUnavailable,
+}
+
+/// Why an agent's connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentEnd {
+    Closed,
+    Error,
+    Revoked,
+    HeartbeatsMissed,
+    Shutdown,
+}
 
 /// Why an upstream connection through an agent was not made.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +105,39 @@ pub(crate) struct AgentConn {
     peer: SocketAddr,
     pub(crate) connected_at: UnixMillis,
     pub(crate) last_heartbeat: AtomicI64,
+}
+
+// === impl AgentRefusal ===
+
+impl AgentRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentRefusal::Token(reason) => reason.as_str(),
+            // A replayed token reads as revoked: it was revoked when it was spent.
+            AgentRefusal::Spent => "revoked",
+            AgentRefusal::UnknownAgent => "unknown_agent",
+            AgentRefusal::AgentRevoked => "agent_revoked",
+            AgentRefusal::BadCertificateRequest => "bad_certificate_request",
+            AgentRefusal::NoAgentCertificate => "no_agent_certificate",
+            AgentRefusal::CertificateForAnotherAgent => "certificate_for_another_agent",
+            AgentRefusal::TooManyConnections => "too_many_connections",
+            AgentRefusal::StoreUnavailable => "store_unavailable",
+        }
+    }
+}
+
+// === impl AgentEnd ===
+
+impl AgentEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentEnd::Closed => "closed",
+            AgentEnd::Error => "error",
+            AgentEnd::Revoked => "revoked",
+            AgentEnd::HeartbeatsMissed => "heartbeats_missed",
+            AgentEnd::Shutdown => "shutdown",
+        }
+    }
 }
 
 // === impl Registry ===
@@ -127,7 +187,7 @@ impl Registry {
         version: String,
         peer: SocketAddr,
         now: UnixMillis,
-    ) -> Result<Arc<AgentConn>, &'static str> {
+    ) -> Result<Arc<AgentConn>, AgentRefusal> {
         let conn = Arc::new(AgentConn {
             id: self.ids.fetch_add(1, Ordering::Relaxed),
             send,
@@ -141,11 +201,11 @@ impl Registry {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         let revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
         if revoked.get(agent).is_some_and(|&at| issued < at) {
-            return Err("agent_revoked");
+            return Err(AgentRefusal::AgentRevoked);
         }
         let (list, _) = conns.entry(agent.to_owned()).or_default();
         if list.len() >= MAX_CONNECTIONS_PER_AGENT {
-            return Err("too_many_connections");
+            return Err(AgentRefusal::TooManyConnections);
         }
         list.push(conn.clone());
         Ok(conn)

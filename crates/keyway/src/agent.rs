@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
-use keyway_core::api::Enrollment;
 use keyway_core::api::AgentStatus;
+use keyway_core::api::Enrollment;
 use serde_json::json;
 
 use crate::client::{self, AdminArgs, AdminClient};

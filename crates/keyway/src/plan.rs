@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use keyway_core::config::lint::Severity;
 use keyway_core::api::Outcome;
+use keyway_core::config::lint::Severity;
 use serde_json::json;
 
 use crate::client::{AdminArgs, AdminClient};

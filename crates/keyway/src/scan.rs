@@ -9,8 +9,8 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use keyway_core::token::find_tokens;
 use keyway_core::api::TokenInfo;
+use keyway_core::token::find_tokens;
 use serde::Serialize;
 use serde_json::json;
 

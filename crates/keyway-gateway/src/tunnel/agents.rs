@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::reply;
-use crate::agents::AgentConn;
+use crate::agents::{AgentConn, AgentEnd, AgentRefusal};
 use crate::proxy::Handles;
 use crate::tls::LocalCa;
 
@@ -57,31 +57,31 @@ pub async fn enroll(
             .authenticate(TokenKind::AgentEnrollment, Some(&e.token), source, None)
             .map_err(|r| {
                 ev.token_id = r.token_id.clone();
-                r.reason.as_str()
+                AgentRefusal::Token(r.reason)
             })?;
         ev.token_id = Some(entry.id().to_owned());
         // The token names its agent; the agent must still be in the config.
         let agent = entry.record.principal.clone();
         ev.principal = Some(agent.clone());
         if !h.config().agents.contains_key(&agent) {
-            return Err("unknown_agent");
+            return Err(AgentRefusal::UnknownAgent);
         }
         if h.agents.is_revoked(&agent, entry.record.created_at) {
-            return Err("agent_revoked");
+            return Err(AgentRefusal::AgentRevoked);
         }
         // A malformed request does not spend the token.
         let cert = ca
             .sign_agent(&e.csr_pem, &agent, h.now(), h.config().agent_cert_ttl)
-            .map_err(|_| "bad_certificate_request")?;
+            .map_err(|_| AgentRefusal::BadCertificateRequest)?;
         match h.tokens.use_once(entry.id()).await {
             Ok(true) => Ok(cert),
-            Ok(false) => Err("revoked"),
-            Err(_) => Err("store_unavailable"),
+            Ok(false) => Err(AgentRefusal::Spent),
+            Err(_) => Err(AgentRefusal::StoreUnavailable),
         }
     }
     .await;
     if let Err(reason) = decided {
-        tracing::warn!(%peer, reason, "an agent enrollment was refused");
+        tracing::warn!(%peer, reason = reason.as_str(), "an agent enrollment was refused");
         // A spent or expired token still names its agent: say which was targeted.
         if ev.principal.is_none() {
             ev.principal = ev
@@ -99,7 +99,7 @@ async fn answer_with_certificate(
     h: &Handles,
     tls: &mut TlsStream<TcpStream>,
     mut ev: keyway_store::AuditEvent,
-    decided: Result<String, &'static str>,
+    decided: Result<String, AgentRefusal>,
     refusal: &str,
 ) {
     match decided {
@@ -109,7 +109,7 @@ async fn answer_with_certificate(
             reply(tls, None, Some(cert)).await;
         }
         Err(reason) => {
-            ev.deny_with(reason);
+            ev.deny_with(reason.as_str());
             // Bounded like every denial: unauthenticated peers cannot fill the queue.
             h.audit.record(ev);
             reply(tls, Some(refusal), None).await;
@@ -131,13 +131,13 @@ pub async fn renew(
         Some((agent, issued)) if h.config().agents.contains_key(&agent) => {
             ev.principal = Some(agent.clone());
             if h.agents.is_revoked(&agent, issued) {
-                Err("agent_revoked")
+                Err(AgentRefusal::AgentRevoked)
             } else {
                 ca.sign_agent(&r.csr_pem, &agent, h.now(), h.config().agent_cert_ttl)
-                    .map_err(|_| "bad_certificate_request")
+                    .map_err(|_| AgentRefusal::BadCertificateRequest)
             }
         }
-        _ => Err("no_agent_certificate"),
+        _ => Err(AgentRefusal::NoAgentCertificate),
     };
     answer_with_certificate(h, &mut tls, ev, decided, "renewal refused").await;
 }
@@ -154,19 +154,23 @@ pub async fn serve(
     let mut ev = h.audit.event(EventKind::AgentConnect);
     ev.source = Some(peer.ip().to_canonical().to_string());
     let checked = match presented_agent(&tls) {
-        None => Err("no_agent_certificate"),
-        Some((agent, _)) if agent != hello.agent => Err("certificate_for_another_agent"),
-        Some((agent, _)) if !h.config().agents.contains_key(&agent) => Err("unknown_agent"),
-        Some((agent, issued)) if h.agents.is_revoked(&agent, issued) => Err("agent_revoked"),
+        None => Err(AgentRefusal::NoAgentCertificate),
+        Some((agent, _)) if agent != hello.agent => Err(AgentRefusal::CertificateForAnotherAgent),
+        Some((agent, _)) if !h.config().agents.contains_key(&agent) => {
+            Err(AgentRefusal::UnknownAgent)
+        }
+        Some((agent, issued)) if h.agents.is_revoked(&agent, issued) => {
+            Err(AgentRefusal::AgentRevoked)
+        }
         Some((agent, issued)) => Ok((agent, issued)),
     };
     ev.principal = Some(printable(&hello.agent, 64));
     let (agent, issued) = match checked {
         Ok(a) => a,
         Err(reason) => {
-            ev.deny_with(reason);
+            ev.deny_with(reason.as_str());
             h.audit.record(ev);
-            tracing::warn!(%peer, reason, "an agent connection was refused");
+            tracing::warn!(%peer, reason = reason.as_str(), "an agent connection was refused");
             reply(&mut tls, Some("agent refused"), None).await;
             return;
         }
@@ -194,26 +198,26 @@ pub async fn serve(
             let mut ev = h.audit.event(EventKind::AgentConnect);
             ev.principal = Some(agent);
             ev.source = Some(peer.ip().to_canonical().to_string());
-            ev.deny_with(reason);
+            ev.deny_with(reason.as_str());
             h.audit.record(ev);
             return;
         }
     };
     let ended = tokio::select! {
-        r = connection => if r.is_ok() { "closed" } else { "error" },
-        () = conn.cancel.cancelled() => "revoked",
-        () = heartbeats(h, &conn) => "heartbeats_missed",
-        () = h.sessions.stopping() => "shutdown",
+        r = connection => if r.is_ok() { AgentEnd::Closed } else { AgentEnd::Error },
+        () = conn.cancel.cancelled() => AgentEnd::Revoked,
+        () = heartbeats(h, &conn) => AgentEnd::HeartbeatsMissed,
+        () = h.sessions.stopping() => AgentEnd::Shutdown,
     };
     h.agents.remove(&agent, conn.id);
     // Streams through this connection end with it, whatever ended it.
     conn.cancel.cancel();
-    tracing::info!(agent, %peer, ended, "agent disconnected");
+    tracing::info!(agent, %peer, ended = ended.as_str(), "agent disconnected");
     let mut ev = h.audit.event(EventKind::AgentDisconnect);
     ev.principal = Some(agent);
     ev.source = Some(peer.ip().to_canonical().to_string());
     ev.detail = json!({
-        "end": ended,
+        "end": ended.as_str(),
         "duration_ms": h.now().saturating_sub(conn.connected_at),
     });
     // Under `fail_closed` it waits for room in the audit queue, as a session's end
