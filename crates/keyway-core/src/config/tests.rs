@@ -1,3 +1,6 @@
+//! The config, parsed and checked: every refusal names its key, and no error quotes
+//! the file.
+
 use std::path::Path;
 use std::time::Duration;
 

@@ -1,3 +1,5 @@
+//! Tokens: format, checksum, hashing, and finding them in text, with property tests.
+
 use proptest::prelude::*;
 
 use super::*;

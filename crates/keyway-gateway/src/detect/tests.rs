@@ -1,3 +1,6 @@
+//! The detectors, fed observations directly: each fires on what it is for, and not
+//! on normal traffic; the admission check's blocks double up to their maximum.
+
 use std::net::IpAddr;
 
 use keyway_core::config::{Config, DetectorKind};

@@ -1,3 +1,6 @@
+//! The SQLite store against a real database file: tokens, secrets, agents, the audit
+//! chain and its checkpoints.
+
 use keyway_core::{Grant, IssuedToken, Pepper, TokenKind};
 use secrecy::{SecretBox, SecretString};
 
