@@ -18,12 +18,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use keyway_core::clock::format_ms;
 use keyway_core::config::Webhook;
+use keyway_core::Clock;
 use keyway_store::AuditEvent;
 use sha2::Sha256;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::control::Control;
+use crate::secrets::Secrets;
+use crate::telemetry::Metrics;
 
 /// Alerts waiting for delivery; beyond this they stay only in the audit log.
 const QUEUE: usize = 1024;
@@ -93,17 +95,25 @@ pub fn sign(key: &[u8], t: i64, body: &[u8]) -> String {
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Delivers queued alerts until `shutdown`.
-pub async fn run(gw: Control, shutdown: CancellationToken) {
-    let Some(hook) = gw.config().alerts.webhook.clone() else {
+/// What a delivery uses: the webhook's signing secret, the metrics, the clock.
+#[derive(Clone)]
+pub struct Courier {
+    pub secrets: Arc<Secrets>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Delivers the alerts queued on `alerts` to `webhook` until `shutdown`.
+pub async fn run(
+    alerts: Arc<Alerts>,
+    courier: Courier,
+    webhook: Option<Webhook>,
+    shutdown: CancellationToken,
+) {
+    let Some(hook) = webhook else {
         return;
     };
-    let rx = gw
-        .alerts
-        .rx
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
+    let rx = alerts.rx.lock().unwrap_or_else(|p| p.into_inner()).take();
     let Some(mut rx) = rx else { return };
     let https = match hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
@@ -127,7 +137,12 @@ pub async fn run(gw: Control, shutdown: CancellationToken) {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (gw, hook, client, stop) = (gw.clone(), hook.clone(), client.clone(), shutdown.clone());
+        let (gw, hook, client, stop) = (
+            courier.clone(),
+            hook.clone(),
+            client.clone(),
+            shutdown.clone(),
+        );
         tokio::spawn(async move {
             tokio::select! {
                 () = deliver(&gw, &hook, &client, body) => {}
@@ -138,7 +153,7 @@ pub async fn run(gw: Control, shutdown: CancellationToken) {
     }
 }
 
-async fn deliver<C>(gw: &Control, hook: &Webhook, client: &Client<C, Full<Bytes>>, body: Bytes)
+async fn deliver<C>(gw: &Courier, hook: &Webhook, client: &Client<C, Full<Bytes>>, body: Bytes)
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
@@ -155,7 +170,7 @@ where
             tracing::error!(secret_name = %hook.secret, "the alert webhook's secret is not set; set it with `keyway secret set`");
             continue;
         };
-        let t = gw.now() / 1000;
+        let t = gw.clock.now_ms() / 1000;
         let req = Request::post(hook.url.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header(

@@ -283,7 +283,18 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
         shutdown.clone(),
     ));
     tasks.spawn(portscan::run_scheduled(gw.control(), shutdown.clone()));
-    tasks.spawn(alerts::run(gw.control(), shutdown.clone()));
+    let courier = alerts::Courier {
+        secrets: gw.secrets.clone(),
+        metrics: gw.metrics.clone(),
+        clock: gw.clock.clone(),
+    };
+    let webhook = gw.config().alerts.webhook.clone();
+    tasks.spawn(alerts::run(
+        gw.alerts.clone(),
+        courier,
+        webhook,
+        shutdown.clone(),
+    ));
     while tasks.join_next().await.is_some() {}
     gw.end_sessions().await;
     gw.tokens.flush_last_used(0).await;

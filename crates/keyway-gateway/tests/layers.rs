@@ -105,14 +105,13 @@ fn imported(text: &str) -> BTreeSet<String> {
     out
 }
 
-#[test]
-fn no_module_imports_from_a_layer_above_its_own() {
+/// Each top-level module of the gateway and the modules it imports.
+fn import_graph() -> BTreeMap<String, BTreeSet<String>> {
     let src = workspace().join("crates/keyway-gateway/src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     assert!(files.len() > 10, "found the gateway's sources in {src:?}");
-    let mut upward = BTreeSet::new();
-    let mut modules = BTreeMap::new();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for file in &files {
         let rel = file.strip_prefix(&src).unwrap();
         let first = rel
@@ -122,20 +121,30 @@ fn no_module_imports_from_a_layer_above_its_own() {
             .as_os_str()
             .to_string_lossy();
         let module = first.trim_end_matches(".rs").to_owned();
-        modules.insert(module.clone(), layer_of(&module));
         let text = std::fs::read_to_string(file).unwrap();
-        for to in imported(&text) {
-            if to != module && layer_of(&to) > layer_of(&module) {
-                upward.insert((module.clone(), to));
-            }
-        }
+        let imports = graph.entry(module.clone()).or_default();
+        imports.extend(imported(&text).into_iter().filter(|m| *m != module));
     }
+    graph
+}
+
+#[test]
+fn no_module_imports_from_a_layer_above_its_own() {
+    let graph = import_graph();
     for (_, mods) in LAYERS {
         for m in *mods {
             assert!(
-                modules.contains_key(*m),
+                graph.contains_key(*m),
                 "LAYERS names `{m}`, which is not a module"
             );
+        }
+    }
+    let mut upward = BTreeSet::new();
+    for (module, imports) in &graph {
+        for to in imports {
+            if layer_of(to) > layer_of(module) {
+                upward.insert((module.clone(), to.clone()));
+            }
         }
     }
     assert!(
@@ -143,6 +152,42 @@ fn no_module_imports_from_a_layer_above_its_own() {
         "imports that run up a layer (module, imported): {upward:?}; pass what is needed down \
          as a handle instead"
     );
+}
+
+#[test]
+fn no_modules_import_each_other_in_a_circle() {
+    // Depth-first search from every module; a module met again on the current path
+    // closes a circle.
+    fn visit<'a>(
+        graph: &'a BTreeMap<String, BTreeSet<String>>,
+        at: &'a str,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+    ) -> Option<Vec<String>> {
+        if let Some(i) = path.iter().position(|m| *m == at) {
+            return Some(path[i..].iter().map(|m| (*m).to_owned()).collect());
+        }
+        if !done.insert(at) {
+            return None;
+        }
+        path.push(at);
+        for to in graph.get(at).into_iter().flatten() {
+            if let Some(circle) = visit(graph, to, path, done) {
+                return Some(circle);
+            }
+        }
+        path.pop();
+        None
+    }
+    let graph = import_graph();
+    let mut done = BTreeSet::new();
+    for module in graph.keys() {
+        let circle = visit(&graph, module, &mut Vec::new(), &mut done);
+        assert!(
+            circle.is_none(),
+            "modules that import each other in a circle: {circle:?}"
+        );
+    }
 }
 
 #[test]
