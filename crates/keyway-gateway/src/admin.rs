@@ -106,10 +106,7 @@ impl FromRequestParts<Gw> for Admin {
             c.peer.ip().to_canonical()
         });
         let cert = conn.and_then(|c| c.cert_thumbprint.as_deref());
-        let result = gw
-            .authz
-            .authenticate(TokenKind::Admin, text, source, cert)
-            .map_err(|r| (r.reason, r.token_id));
+        let result = gw.authz.authenticate(TokenKind::Admin, text, source, cert);
         match result {
             Ok(entry) => {
                 entry.mark_used(gw.now());
@@ -118,10 +115,11 @@ impl FromRequestParts<Gw> for Admin {
                     principal: entry.record.principal.clone(),
                 })
             }
-            Err((reason, token_id)) => {
+            Err(refused) => {
                 let mut ev = gw.event(EventKind::AdminDenied);
-                ev.deny(reason);
-                ev.token_id = token_id;
+                ev.deny(refused.reason);
+                ev.token_id = refused.token_id;
+                ev.principal = refused.principal;
                 ev.source = conn.map(|c| c.peer.ip().to_canonical().to_string());
                 ev.detail = json!({ "path": keyway_core::token::redact(parts.uri.path()) });
                 gw.audit.record(ev);

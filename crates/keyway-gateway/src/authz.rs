@@ -9,6 +9,9 @@
 //!    in force: none by that name (never configured, or removed by a reload) is
 //!    `unknown_service`; a listener that holds its own copy (HTTP, PostgreSQL) whose
 //!    copy a reload replaced is `reloading` (a new connection reaches the new one).
+//!    A name the client sent (the tunnel's opening frame) that no service has is
+//!    refused only after the token (step 3), so that a client without a token cannot
+//!    tell which names exist.
 //! 2. **The source address** in the service's `allow_cidrs`, before the token is
 //!    looked at, so that a stolen token cannot even be tested from elsewhere.
 //! 3. **The token** ([`Authorizer::authenticate`]): present, well-formed, known,
@@ -23,13 +26,14 @@
 //!
 //! Checks that belong to one protocol (a token in the URL, TRACE, the rate limit, an
 //! upstream credential that is not set) stay in that protocol. The authorizer writes
-//! nothing: an admitted attempt is marked used, and the caller audits the decision.
+//! nothing: the caller marks the token used once its own checks pass too
+//! ([`Admitted::mark_used`]), and audits the decision.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use keyway_core::config::{Config, Service, ServiceKind};
-use keyway_core::{path, Clock, DenyReason, Pepper, TokenKind};
+use keyway_core::{path, Clock, DenyReason, Pepper, TokenKind, UnixMillis};
 
 use crate::index::{Entry, TokenIndex};
 use crate::runtime::ConfigInForce;
@@ -128,7 +132,20 @@ impl Authorizer {
     /// Judges an attempt to reach a service, in the order of the module's doc.
     pub fn admit(&self, attempt: &Attempt<'_>) -> Result<Admitted, Refused> {
         let config = self.config.current();
-        let svc = in_force(&config, attempt.service).map_err(Refused::from)?;
+        let svc = match in_force(&config, attempt.service) {
+            Ok(svc) => svc,
+            // An unknown name is told only to a client with a token.
+            Err(DenyReason::UnknownService) if matches!(attempt.service, Reached::Named(_)) => {
+                let entry = self.authenticate(
+                    TokenKind::Access,
+                    attempt.token,
+                    attempt.source,
+                    attempt.cert,
+                )?;
+                return Err(Refused::with_entry(DenyReason::UnknownService, &entry));
+            }
+            Err(reason) => return Err(reason.into()),
+        };
         if !svc.allows_source(attempt.source) {
             return Err(DenyReason::SourceNotAllowed.into());
         }
@@ -163,7 +180,6 @@ impl Authorizer {
             }
         };
         let service = svc.name.clone();
-        entry.mark_used(self.clock.now_ms());
         Ok(Admitted {
             entry,
             config,
@@ -256,6 +272,11 @@ fn speaks(svc: &Service, protocol: Protocol) -> bool {
 // === impl Admitted ===
 
 impl Admitted {
+    /// Records the use of the token, once the protocol's own checks passed too.
+    pub fn mark_used(&self, now: UnixMillis) {
+        self.entry.mark_used(now);
+    }
+
     /// The service admitted to, as it is in [`Admitted::config`].
     pub fn service(&self) -> &Service {
         match self.config.service(&self.service) {

@@ -26,7 +26,7 @@ use crate::tokens::Tokens;
 pub struct Control {
     pub config: ConfigInForce,
     pub clock: Arc<dyn Clock>,
-    pub store: Arc<dyn Store>,
+    pub store: StoreView,
     pub index: Arc<TokenIndex>,
     pub authz: Authorizer,
     pub tokens: Arc<Tokens>,
@@ -37,6 +37,47 @@ pub struct Control {
     pub agents: Arc<Registry>,
     pub alerts: Arc<Alerts>,
     pub reloads: Arc<Reloads>,
+}
+
+/// The store as the control plane sees it: token records and the audit log to read;
+/// the one write it makes is an agent's revocation. Tokens and secrets are written
+/// through their own handles, never here.
+#[derive(Clone)]
+pub struct StoreView(Arc<dyn Store>);
+
+// === impl StoreView ===
+
+impl StoreView {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self(store)
+    }
+
+    /// Every token record (never a secret: they hold keyed hashes).
+    pub async fn tokens(&self) -> Result<Vec<keyway_store::TokenRecord>, StoreError> {
+        self.0.tokens().await
+    }
+
+    /// Audit events, as `q` asks.
+    pub async fn audit_events(
+        &self,
+        q: &keyway_store::AuditQuery,
+    ) -> Result<Vec<keyway_store::StoredEvent>, StoreError> {
+        self.0.audit_events(q).await
+    }
+
+    /// What each token did since `since`, for the report.
+    pub async fn audit_usage(
+        &self,
+        since: UnixMillis,
+        limit: u32,
+    ) -> Result<Vec<keyway_store::Usage>, StoreError> {
+        self.0.audit_usage(since, limit).await
+    }
+
+    /// Refuses `agent`'s certificates issued before `at`, across restarts.
+    async fn revoke_agent(&self, agent: &str, at: UnixMillis) -> Result<(), StoreError> {
+        self.0.revoke_agent(agent, at).await
+    }
 }
 
 // === impl Control ===

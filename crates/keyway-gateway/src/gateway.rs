@@ -36,8 +36,7 @@ pub struct Gateway {
     pub config: ConfigInForce,
     pub clock: Arc<dyn Clock>,
     pub store: Arc<dyn Store>,
-    pub pepper: Pepper,
-    pub index: Arc<TokenIndex>,
+    pub(crate) index: Arc<TokenIndex>,
     /// The one rule every protocol's attempts are judged by.
     pub authz: Authorizer,
     /// The token lifecycle: the only writers of tokens.
@@ -187,7 +186,6 @@ impl Gateway {
             config,
             clock,
             store,
-            pepper,
             index,
             authz,
             tokens: Arc::new(tokens),
@@ -213,8 +211,8 @@ impl Gateway {
             config: self.config.clone(),
             clock: self.clock.clone(),
             authz: self.authz.clone(),
-            tokens: self.tokens.clone(),
-            secrets: self.secrets.clone(),
+            tokens: crate::tokens::TokenUse::new(self.tokens.clone()),
+            secrets: crate::secrets::SecretHeaders::new(self.secrets.clone()),
             audit: self.audit.clone(),
             sessions: self.sessions.clone(),
             admission: self.admission.clone(),
@@ -229,7 +227,7 @@ impl Gateway {
         crate::control::Control {
             config: self.config.clone(),
             clock: self.clock.clone(),
-            store: self.store.clone(),
+            store: crate::control::StoreView::new(self.store.clone()),
             index: self.index.clone(),
             authz: self.authz.clone(),
             tokens: self.tokens.clone(),

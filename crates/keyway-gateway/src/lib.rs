@@ -1,31 +1,33 @@
 //! The Keyway gateway: the listeners of every service, the admin API, the token
-//! index, and the audit writer, wired together.
+//! index and the audit writer, in layers. Each module imports only from its own
+//! layer and those below (`tests/layers.rs` checks it); a part is given the narrow
+//! handles it uses, never the whole gateway.
 //!
 //! # Layout
 //!
-//! - [`gateway`]: the shared state ([`Gateway`]) and the operations on it: open the
-//!   data folder, issue and revoke tokens, set secrets.
-//! - [`index`]: the in-memory token index the hot path reads; revocation cuts streams.
-//! - [`proxy`]: the data plane, one module per protocol (`proxy::http`).
-//! - [`admin`]: the admin API (axum), always authenticated.
-//! - [`token_api`]: the token endpoint, where workloads exchange a client credential
-//!   for a short-lived access token.
-//! - [`audit`]: the bounded, batched audit writer (`fail_closed` by default).
-//! - [`listener`]: accepting HTTP/1 connections with bounds (and TLS), for every
-//!   listener.
-//! - [`tls`]: TLS configuration, client certificates and their thumbprints, the
-//!   local CA.
-//! - [`tunnel`]: the tunnel listener: TCP services for `keyway connect`, and agents.
-//! - [`agents`]: agents: enrollment, their HTTP/2 connections, dialing through them.
-//! - [`telemetry`]: the Prometheus metrics, fed by the audit events.
-//! - [`detect`]: the intrusion detectors on the event stream; the blocklist.
-//! - [`alerts`]: signed alert webhooks, retried.
-//! - [`report`]: the hygiene report: what to revoke, narrow or close.
-//! - [`portscan`]: the port audit, for `keyway audit ports` and on a schedule.
-//! - [`reload`]: plan and apply a new config to the running gateway; the rule live
-//!   sessions follow after a reload.
+//! Top to bottom:
 //!
-//! [`run`] takes bound listeners and a shutdown signal, so tests bind port 0.
+//! - supervisor: this file ([`run`], [`Listeners`]); [`gateway`], which opens the
+//!   data folder and builds every handle once; [`reload`], which plans and applies a
+//!   new config.
+//! - control, given [`control::Control`]: [`admin`] (the admin API), [`detect`] (the
+//!   detectors' task and its actions), [`alerts`] (signed webhooks), [`portscan`] (the
+//!   port audit), [`report`] (the hygiene report).
+//! - protocol proxies, given [`proxy::Handles`]: [`proxy`] (`http`, `postgres`),
+//!   [`tunnel`] (TCP streams for `keyway connect`, and agents enrolling and serving),
+//!   [`token_api`] (workloads exchange a client credential for an access token).
+//! - network: [`listener`] (accepting with bounds and TLS), [`tls`] (certificates,
+//!   thumbprints, the local CA), `relay` (bytes both ways, audited), `upstream`
+//!   (dialling directly or through an agent), [`agents`] (the agents' registry).
+//! - authorization and token lifecycle: [`authz`] (the one authorizer), [`tokens`]
+//!   (the only writers of tokens), [`secrets`] (upstream credentials).
+//! - audit: [`audit`] (the sink and the batched writer), [`telemetry`] (Prometheus
+//!   metrics, a subscriber of the audit events), [`admission`] (the blocklist and the
+//!   detectors' intake, another subscriber).
+//! - tokens and sessions: [`index`] (the in-memory token index), [`sessions`] (live
+//!   sessions, the rule that ends them, their registry).
+//! - runtime: [`runtime`] (the config in force, shared types, limits), [`reloads`]
+//!   (the way to ask the supervisor for a new config).
 
 #![forbid(unsafe_code)]
 

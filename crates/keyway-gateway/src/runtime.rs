@@ -28,7 +28,7 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The config in force, replaced whole by a reload (`keyway apply`, SIGHUP). Cheap to
 /// clone: every clone reads and watches the same value. Only the supervisor replaces
-/// it ([`ConfigInForce::replace`]); the other parts read it or watch it.
+/// it (`ConfigInForce::replace`); the other parts read it or watch it.
 #[derive(Clone)]
 pub struct ConfigInForce(watch::Sender<Arc<Config>>);
 

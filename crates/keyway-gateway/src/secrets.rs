@@ -13,6 +13,11 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::audit::AuditSink;
 
+/// The read side of the upstream credentials, what a proxy injects: it cannot set
+/// one.
+#[derive(Clone)]
+pub struct SecretHeaders(Arc<Secrets>);
+
 /// The opened upstream credentials, and the way to set one.
 pub struct Secrets {
     sealer: Sealer,
@@ -31,6 +36,19 @@ pub enum SecretError {
     BadValue,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+// === impl SecretHeaders ===
+
+impl SecretHeaders {
+    pub fn new(secrets: Arc<Secrets>) -> Self {
+        Self(secrets)
+    }
+
+    /// The opened upstream credential called `name`.
+    pub fn header(&self, name: &str) -> Option<HeaderValue> {
+        self.0.header(name)
+    }
 }
 
 // === impl Secrets ===

@@ -1,8 +1,9 @@
-//! The token lifecycle: the only writers of tokens. Issue, rotation, exchange and
-//! enrollment all make their token through [`Tokens::mint`] (or its credential
-//! twin), so all are stored, indexed and audited alike; revocation holds in memory
-//! first (the token stops working and its live streams end at once) and is then
-//! made durable. Nothing else inserts into the token index or revokes in it.
+//! The token lifecycle: the only writers of tokens. Issue, rotation, exchange,
+//! enrollment and the admin credential all make their token through
+//! `Tokens::generate` and `Tokens::keep`, so all are stored, indexed and audited
+//! alike; revocation holds in memory first (the token stops working and its live
+//! streams end at once) and is then made durable. Nothing else inserts into the
+//! token index or revokes in it (`tests/layers.rs` checks).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -47,6 +48,12 @@ pub enum AdminTokenError {
     Store(#[from] StoreError),
 }
 
+/// What a protocol may do with tokens, and no more: revoke one leaked into a URL,
+/// exchange a client credential (the token endpoint), spend an agent's enrollment
+/// token, look one up. It cannot issue, rotate or revoke at will.
+#[derive(Clone)]
+pub struct TokenUse(Arc<Tokens>);
+
 /// The token lifecycle's handle. Cheap to share behind an `Arc`.
 pub struct Tokens {
     config: ConfigInForce,
@@ -56,6 +63,43 @@ pub struct Tokens {
     index: Arc<TokenIndex>,
     authz: Authorizer,
     audit: AuditSink,
+}
+
+// === impl TokenUse ===
+
+impl TokenUse {
+    pub fn new(tokens: Arc<Tokens>) -> Self {
+        Self(tokens)
+    }
+
+    /// [`Tokens::refuse_token_in_url`].
+    pub fn refuse_token_in_url(&self, uri: &http::Uri, ev: &mut keyway_store::AuditEvent) -> bool {
+        self.0.refuse_token_in_url(uri, ev)
+    }
+
+    /// [`Tokens::exchange`].
+    pub async fn exchange(
+        &self,
+        credential: &Entry,
+        service: &str,
+        ttl: Option<Duration>,
+        source: std::net::IpAddr,
+        presented_cert: Option<&str>,
+    ) -> Result<(IssuedToken, TokenRecord), ExchangeError> {
+        self.0
+            .exchange(credential, service, ttl, source, presented_cert)
+            .await
+    }
+
+    /// [`Tokens::use_once`].
+    pub async fn use_once(&self, id: &str) -> Result<bool, StoreError> {
+        self.0.use_once(id).await
+    }
+
+    /// [`Tokens::token`].
+    pub fn token(&self, id: &str) -> Option<Arc<Entry>> {
+        self.0.token(id)
+    }
 }
 
 // === impl Tokens ===

@@ -224,9 +224,11 @@ fn decide(
     ev.token_id = Some(entry.id().to_owned());
     ev.principal = Some(entry.record.principal.clone());
     let svc = admitted.service();
+    // The authorizer admitted a TCP service; a refusal, not a panic, if not.
     let ServiceKind::Tcp(tcp) = &svc.kind else {
         return Err(DenyReason::WrongService);
     };
+    admitted.mark_used(h.now());
     // The session's upstream and agent are the service's, as they are now.
     let session = crate::sessions::Session::new(svc, entry, source);
     Ok((admitted.entry.clone(), tcp.connect_timeout, session))
@@ -234,7 +236,7 @@ fn decide(
 
 /// The client side: opens one tunnel stream to `service` through the gateway at
 /// `addr` (TLS, verified against the gateway's CA as `server_name`), all within
-/// [`OPEN_TIMEOUT`].
+/// `OPEN_TIMEOUT`.
 pub async fn open(
     addr: &str,
     server_name: &str,

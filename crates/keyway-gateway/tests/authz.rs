@@ -12,15 +12,18 @@ mod support;
 
 use std::net::SocketAddr;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use keyway_core::config::Config;
+use keyway_gateway::proxy::http::HttpProxy;
 use keyway_gateway::IssueRequest;
 use secrecy::ExposeSecret;
 use support::{send, TestGateway, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 /// The three services, on port 0, each with `extra` lines. A reload sends the same
 /// text changed: a listener whose address is unchanged is kept.
@@ -216,8 +219,17 @@ async fn a_token_above_a_lowered_max_ttl_is_refused_by_every_protocol() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_token_during_a_reload_that_removed_its_service_is_refused_as_unknown() {
-    let (gw, up, echo) = start("").await;
+    let (gw, up, _) = start("").await;
     let t = tokens(&gw).await;
+    assert_eq!(
+        send(gw.addr("billing"), "GET", "/", Some(&t.http))
+            .await
+            .status,
+        200
+    );
+    // The HTTP service as its proxy holds it: a connection the replaced proxy
+    // accepted is answered by this copy after the reload.
+    let billing = gw.gw.config().service("billing").cloned().unwrap();
 
     // A PostgreSQL client accepted by the listener, asked for its password, still
     // typing it while the reload removes the service.
@@ -232,14 +244,16 @@ async fn a_token_during_a_reload_that_removed_its_service_is_refused_as_unknown(
     let (kind, _) = message(&mut pg).await;
     assert_eq!(kind, b'R', "asked for a password");
 
-    let without = config(&up.url(), echo, "")
-        .split("[services.")
-        .filter(|s| !s.starts_with("cache]") && !s.starts_with("orders-db]"))
-        .collect::<Vec<_>>()
-        .join("[services.");
-    let without = Config::parse(&without, gw.dir.path()).unwrap();
-    gw.gw.reload(without, "test", None, false).await.unwrap();
+    // Every service removed.
+    let none = format!(
+        "admin_listen = \"127.0.0.1:0\"\ntunnel_listen = \"127.0.0.1:0\"\nmax_ttl = \"24h\"\n\
+         [services.other]\nprotocol = \"http\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\nmax_ttl = \"1h\"\n",
+        up.url()
+    );
+    let none = Config::parse(&none, gw.dir.path()).unwrap();
+    gw.gw.reload(none, "test", None, false).await.unwrap();
 
+    // PostgreSQL: the password arrives after the reload.
     buf.clear();
     postgres_protocol::message::frontend::password_message(t.pg.as_bytes(), &mut buf).unwrap();
     pg.write_all(&buf).await.unwrap();
@@ -248,8 +262,43 @@ async fn a_token_during_a_reload_that_removed_its_service_is_refused_as_unknown(
     let said = String::from_utf8_lossy(&body).into_owned();
     assert!(said.contains("28000"), "{said}");
 
+    // The tunnel: a stream opened after the reload names the removed service.
     let refused = tunnel(&gw, "cache", &t.tcp).await.unwrap_err();
     assert!(refused.contains("forbidden"), "{refused}");
+
+    // HTTP: a request on a connection the removed service's proxy accepted.
+    let old = HttpProxy::new(gw.gw.proxy_handles(), billing).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(old.serve(Arc::new(listener), None, stop.clone()));
+    let got = send(addr, "GET", "/", Some(&t.http)).await;
+    assert_eq!(got.status, 403);
+    assert_eq!(got.headers["connection"], "close");
+    stop.cancel();
+
+    // The tunnel's event names no service: only configured names reach the log.
+    let refused = [
+        denials(&gw, "request", "billing").await.pop(),
+        denials(&gw, "connection.open", "unknown").await.pop(),
+        denials(&gw, "connection.open", "orders-db").await.pop(),
+    ];
+    assert_eq!(refused, all("unknown_service"));
+    assert_eq!(
+        up.seen().len(),
+        1,
+        "only the request before the reload went upstream"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tunnel_client_without_a_token_cannot_tell_which_names_exist() {
+    let (gw, _, _) = start("").await;
+    let junk = "kwat_not-a-token";
+    let known = tunnel(&gw, "cache", junk).await.unwrap_err();
+    let unknown = tunnel(&gw, "no-such-service", junk).await.unwrap_err();
+    assert_eq!(known, unknown);
     let reasons: Vec<_> = gw
         .audit()
         .await
@@ -257,14 +306,14 @@ async fn a_token_during_a_reload_that_removed_its_service_is_refused_as_unknown(
         .filter(|e| e.event.kind == "connection.open")
         .filter_map(|e| e.event.reason)
         .collect();
-    assert_eq!(reasons, ["unknown_service", "unknown_service"]);
-    // The HTTP service stays and still serves.
-    assert_eq!(
-        send(gw.addr("billing"), "GET", "/", Some(&t.http))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(reasons, ["malformed_token", "malformed_token"]);
+    // With a live token, the name is told: it is not a service.
+    let t = tokens(&gw).await;
+    let refused = tunnel(&gw, "no-such-service", &t.tcp).await.unwrap_err();
+    assert!(refused.contains("forbidden"), "{refused}");
+    let last = gw.audit().await.pop().unwrap().event;
+    assert_eq!(last.reason.as_deref(), Some("unknown_service"));
+    assert_eq!(last.service.as_deref(), Some("unknown"));
     gw.stop().await;
 }
 

@@ -75,34 +75,73 @@ fn layer_of(module: &str) -> usize {
         .unwrap_or_else(|| panic!("module `{module}` has no layer: add it to LAYERS"))
 }
 
-/// The top-level modules a file names through `crate::`.
-fn imported(text: &str) -> BTreeSet<String> {
+/// The first path segment of each item of a `{…}` group that starts `group`, nested
+/// groups included: `{a, b::{c, d}, e}` gives `a`, `b`, `e`.
+fn group_heads(group: &str) -> Vec<&str> {
+    let mut heads = Vec::new();
+    let (mut depth, mut start) = (0usize, 1usize);
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => {
+                depth += 1;
+            }
+            '}' | ',' if depth == 1 => {
+                let item = group[start..i].trim();
+                let head = item.split("::").next().unwrap_or("").trim();
+                heads.push(head.trim_start_matches('{').trim());
+                start = i + 1;
+                if c == '}' {
+                    break;
+                }
+            }
+            '}' => depth -= 1,
+            _ => {}
+        }
+    }
+    heads
+}
+
+/// The top-level modules a file names through `crate::`, and, from a top-level
+/// file (whose parent is the crate root), through `super::`.
+fn imported(text: &str, top_level: bool) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("crate::") {
-        rest = &rest[at + "crate::".len()..];
-        let names: Vec<&str> = if let Some(group) = rest.strip_prefix('{') {
-            // `crate::{a, b::c}`: the first segment of each path in the group.
-            let end = group.find('}').unwrap_or(group.len());
-            group[..end]
-                .split(',')
-                .map(|p| p.trim().split("::").next().unwrap_or("").trim())
-                .collect()
-        } else {
-            let end = rest
-                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
-                .unwrap_or(rest.len());
-            vec![&rest[..end]]
-        };
-        for name in names.into_iter().filter(|n| !n.is_empty()) {
-            let module = ROOT_ITEMS
-                .iter()
-                .find(|(item, _)| *item == name)
-                .map_or(name, |(_, m)| m);
-            out.insert(module.to_owned());
+    let prefixes: &[&str] = if top_level {
+        &["crate::", "super::"]
+    } else {
+        &["crate::"]
+    };
+    for prefix in prefixes {
+        let mut rest = text;
+        while let Some(at) = rest.find(prefix) {
+            rest = &rest[at + prefix.len()..];
+            let names: Vec<&str> = if rest.starts_with('{') {
+                group_heads(rest)
+            } else {
+                let end = rest
+                    .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                vec![&rest[..end]]
+            };
+            for name in names.into_iter().filter(|n| !n.is_empty() && *n != "*") {
+                let module = ROOT_ITEMS
+                    .iter()
+                    .find(|(item, _)| *item == name)
+                    .map_or(name, |(_, m)| m);
+                out.insert(module.to_owned());
+            }
         }
     }
     out
+}
+
+#[test]
+fn nested_groups_and_super_are_read() {
+    let text = "use crate::{authz::{Ask, Attempt}, tokens, Gateway};
+use super::reload;";
+    let modules: Vec<_> = imported(text, true).into_iter().collect();
+    assert_eq!(modules, ["authz", "gateway", "reload", "tokens"]);
+    let modules: Vec<_> = imported(text, false).into_iter().collect();
+    assert_eq!(modules, ["authz", "gateway", "tokens"]);
 }
 
 /// Each top-level module of the gateway and the modules it imports.
@@ -122,8 +161,13 @@ fn import_graph() -> BTreeMap<String, BTreeSet<String>> {
             .to_string_lossy();
         let module = first.trim_end_matches(".rs").to_owned();
         let text = std::fs::read_to_string(file).unwrap();
+        let top_level = rel.components().count() == 1 && module != "lib";
         let imports = graph.entry(module.clone()).or_default();
-        imports.extend(imported(&text).into_iter().filter(|m| *m != module));
+        imports.extend(
+            imported(&text, top_level)
+                .into_iter()
+                .filter(|m| *m != module),
+        );
     }
     graph
 }

@@ -326,6 +326,7 @@ impl HttpProxy {
                 return Err((DenyReason::UpstreamCredentialMissing, None));
             }
         }
+        entry.mark_used(h.now());
         Ok((entry, path))
     }
 

@@ -1,10 +1,11 @@
 //! The data plane: one module per protocol, and the handles every protocol is given.
 //!
 //! A proxy reaches the rest of the gateway only through [`Handles`]: the
-//! authorizer, the token lifecycle (to revoke a token leaked into a URL, to exchange
-//! and enroll), the upstream credentials, the audit sink, the session registry, the
-//! admission check, the metrics and the agents to dial through. It never sees the
-//! store, the keys, the detectors or the reloads.
+//! authorizer, what a protocol may do with tokens (revoke one leaked into a URL,
+//! exchange a credential, spend an enrollment token), the upstream credentials to
+//! inject (read only), the audit sink, the session registry, the admission check, the
+//! metrics and the agents to dial through. It never sees the store, the keys, the
+//! detectors or the reloads, and cannot issue a token or set a secret.
 
 use std::sync::Arc;
 
@@ -16,10 +17,10 @@ use crate::agents::Registry;
 use crate::audit::AuditSink;
 use crate::authz::Authorizer;
 use crate::runtime::ConfigInForce;
-use crate::secrets::Secrets;
+use crate::secrets::SecretHeaders;
 use crate::sessions::Sessions;
 use crate::telemetry::Metrics;
-use crate::tokens::Tokens;
+use crate::tokens::TokenUse;
 
 pub mod http;
 pub mod postgres;
@@ -30,8 +31,8 @@ pub struct Handles {
     pub config: ConfigInForce,
     pub clock: Arc<dyn Clock>,
     pub authz: Authorizer,
-    pub tokens: Arc<Tokens>,
-    pub secrets: Arc<Secrets>,
+    pub tokens: TokenUse,
+    pub secrets: SecretHeaders,
     pub audit: AuditSink,
     pub sessions: Sessions,
     pub admission: Arc<Admission>,

@@ -63,8 +63,10 @@ impl Tokens {
         if !scope.allows_source(source) {
             return Err(ExchangeError::Source);
         }
-        // A bound credential works only with its certificate; the access token is bound
-        // to the certificate of the exchange (RFC 8705), whether or not the credential is.
+        // A bound credential works only with its certificate (the token endpoint's
+        // authenticate step checks it first; this holds for any other caller); the
+        // access token is bound to the certificate of the exchange (RFC 8705), whether
+        // or not the credential is.
         if let Some(bound) = &credential.record.cert_thumbprint {
             if !presented_cert.is_some_and(|p| crate::authz::same_thumbprint(p, bound)) {
                 return Err(ExchangeError::Certificate);

@@ -92,7 +92,7 @@ impl Tokens {
 
     /// Revokes at once, in memory: the token, and with a client credential every
     /// token obtained with it. Returns the ids this call revoked, to persist.
-    pub fn revoke_in_memory(&self, id: &str, now: UnixMillis) -> Vec<String> {
+    fn revoke_in_memory(&self, id: &str, now: UnixMillis) -> Vec<String> {
         let mut ids = Vec::new();
         let Some(entry) = self.index.get(id) else {
             return ids;

@@ -242,6 +242,7 @@ impl PgProxy {
             ev.principal = r.principal;
             r.reason
         })?;
+        admitted.mark_used(self.h.now());
         let Admitted { entry, role, .. } = admitted;
         ev.token_id = Some(entry.id().to_owned());
         ev.principal = Some(entry.record.principal.clone());
