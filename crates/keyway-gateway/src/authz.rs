@@ -133,20 +133,11 @@ impl Authorizer {
     pub fn admit(&self, attempt: &Attempt<'_>) -> Result<Admitted, Refused> {
         let config = self.config.current();
         let svc = match in_force(&config, attempt.service) {
-            Ok(svc) => svc,
-            // An unknown name is told only to a client with a token.
-            Err(DenyReason::UnknownService) if matches!(attempt.service, Reached::Named(_)) => {
-                let entry = self.authenticate(
-                    TokenKind::Access,
-                    attempt.token,
-                    attempt.source,
-                    attempt.cert,
-                )?;
-                return Err(Refused::with_entry(DenyReason::UnknownService, &entry));
-            }
-            Err(reason) => return Err(reason.into()),
+            // An unknown name the client sent is told only to a client with a token.
+            Err(DenyReason::UnknownService) if matches!(attempt.service, Reached::Named(_)) => None,
+            found => Some(found.map_err(Refused::from)?),
         };
-        if !svc.allows_source(attempt.source) {
+        if svc.is_some_and(|svc| !svc.allows_source(attempt.source)) {
             return Err(DenyReason::SourceNotAllowed.into());
         }
         let entry = self.authenticate(
@@ -155,6 +146,9 @@ impl Authorizer {
             attempt.source,
             attempt.cert,
         )?;
+        let Some(svc) = svc else {
+            return Err(Refused::with_entry(DenyReason::UnknownService, &entry));
+        };
         let refuse = |reason| Refused::with_entry(reason, &entry);
         let grant = entry
             .grant()
