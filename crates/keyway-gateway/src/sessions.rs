@@ -5,16 +5,19 @@
 //! A session ends when its token is revoked or expires, when a reload leaves it
 //! outside its service ([`fits`]: its service gone, its source outside the service's
 //! `allow_cidrs`, its token's lifetime above the `max_ttl`, its database role gone,
-//! its upstream another one), or when the gateway stops ([`Sessions::end_all`]). It
-//! outlives its listener across a reload, not the gateway.
+//! its upstream another one), when an operator ends it ([`Sessions::end`]), or when
+//! the gateway stops ([`Sessions::end_all`]). It outlives its listener across a
+//! reload, not the gateway. The registry lists the live ones ([`Sessions::list`]).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keyway_core::config::{Config, Service, ServiceKind};
-use keyway_core::Clock;
+use keyway_core::{Clock, UnixMillis};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -58,8 +61,36 @@ pub enum SessionEnd {
     Expired,
     /// A reload left it outside its service.
     Unfit(Unfit),
+    /// An operator ended it ([`Sessions::end`]).
+    Terminated,
     /// The gateway stopped.
     Shutdown,
+}
+
+/// A live session as the registry lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SessionInfo {
+    pub id: u64,
+    /// `tcp`, `postgres` or `websocket`.
+    pub protocol: &'static str,
+    pub service: String,
+    pub principal: String,
+    pub token_id: String,
+    pub source: IpAddr,
+    pub started_at: UnixMillis,
+}
+
+/// A session's place in the registry: listed while it is held, ended by
+/// [`Sessions::end`]; dropping it takes the session off the list.
+pub struct Live {
+    id: u64,
+    registry: Arc<Mutex<HashMap<u64, Listed>>>,
+}
+
+/// A listed session, and the handle that ends it.
+struct Listed {
+    info: SessionInfo,
+    end: CancellationToken,
 }
 
 /// The registry of live sessions: they run on it rather than on their listener's
@@ -72,6 +103,9 @@ pub struct Sessions {
     tracker: TaskTracker,
     /// Fired by [`Sessions::end_all`]; each session then ends with `shutdown`.
     stopping: CancellationToken,
+    /// The sessions opened with [`Sessions::open`], by id.
+    live: Arc<Mutex<HashMap<u64, Listed>>>,
+    ids: Arc<AtomicU64>,
 }
 
 /// Whether `s` still fits `config`.
@@ -171,6 +205,7 @@ impl SessionEnd {
             SessionEnd::Revoked => "revoked",
             SessionEnd::Expired => "expired",
             SessionEnd::Unfit(why) => why.as_str(),
+            SessionEnd::Terminated => "terminated",
             SessionEnd::Shutdown => "shutdown",
         }
     }
@@ -185,6 +220,72 @@ impl Sessions {
             clock,
             tracker: TaskTracker::new(),
             stopping: CancellationToken::new(),
+            live: Arc::default(),
+            ids: Arc::default(),
+        }
+    }
+
+    /// Lists a session that has started (`protocol` of `svc`, with `entry`'s token,
+    /// as `session` describes it) and returns its place in the list, to hold while it
+    /// runs, and the future that resolves when it must end: [`Sessions::end_of`], or
+    /// an operator ending it ([`Sessions::end`]).
+    pub fn open(
+        &self,
+        protocol: &'static str,
+        entry: Arc<Entry>,
+        session: Session,
+    ) -> (Live, impl Future<Output = SessionEnd> + Send + 'static) {
+        let id = self.ids.fetch_add(1, Ordering::Relaxed) + 1;
+        let end = CancellationToken::new();
+        let info = SessionInfo {
+            id,
+            protocol,
+            service: session.service.clone(),
+            principal: entry.record.principal.clone(),
+            token_id: entry.id().to_owned(),
+            source: session.source,
+            started_at: self.clock.now_ms(),
+        };
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id,
+            Listed {
+                info,
+                end: end.clone(),
+            },
+        );
+        let watch = self.end_of(entry, session);
+        let ended = async move {
+            tokio::select! {
+                biased;
+                why = watch => why,
+                () = end.cancelled() => SessionEnd::Terminated,
+            }
+        };
+        let live = Live {
+            id,
+            registry: self.live.clone(),
+        };
+        (live, ended)
+    }
+
+    /// The sessions live now, oldest first.
+    pub fn list(&self) -> Vec<SessionInfo> {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = live.values().map(|l| l.info.clone()).collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+
+    /// Ends the session `id` at once (it says goodbye and records its end as
+    /// `terminated`). `false` when no such session is live.
+    pub fn end(&self, id: u64) -> bool {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        match live.get(&id) {
+            Some(l) => {
+                l.end.cancel();
+                true
+            }
+            None => false,
         }
     }
 
@@ -252,6 +353,23 @@ impl Sessions {
                  without their end in the audit log"
             );
         }
+    }
+}
+
+// === impl Live ===
+
+impl Live {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
     }
 }
 

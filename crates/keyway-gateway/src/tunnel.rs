@@ -195,7 +195,7 @@ async fn open_stream(
     close.token_id = token_id;
     close.principal = principal;
     close.source = Some(source.to_string());
-    let end = h.sessions.end_of(entry, session);
+    let (_live, end) = h.sessions.open("tcp", entry, session);
     crate::relay::relay_audited(&h.audit, tls, upstream, end, close).await;
 }
 

@@ -5,6 +5,8 @@
 
 pub mod pki;
 
+pub mod protocols;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -75,12 +75,13 @@ impl HttpProxy {
         entry: Arc<Entry>,
         source: IpAddr,
     ) {
-        let ended = self.ended(entry.clone(), source);
+        let session = crate::sessions::Session::new(&self.svc, &entry, source);
+        let (live, ended) = self.h.sessions.open("websocket", entry.clone(), session);
         let service = self.svc.name.clone();
         let active = self.h.metrics.session(&service);
         let audit = self.h.audit.clone();
         self.h.sessions.spawn(async move {
-            let _active = active;
+            let (_active, _live) = (active, live);
             let (client, upstream) = match tokio::join!(client, upstream) {
                 (Ok(c), Ok(u)) => (c, u),
                 (Err(e), _) | (_, Err(e)) => {
@@ -117,8 +118,11 @@ impl HttpProxy {
                     SessionEnd::Expired => Box::new(Expired),
                     SessionEnd::Shutdown => Box::new(ShuttingDown),
                     SessionEnd::Revoked => Box::new(Revoked),
-                    // Never from the watch: the body's own end is the stream's.
-                    SessionEnd::Closed | SessionEnd::Error => Box::new(ShuttingDown),
+                    // Never from the watch: the body's own end is the stream's, and a
+                    // response body is not a listed session.
+                    SessionEnd::Closed | SessionEnd::Error | SessionEnd::Terminated => {
+                        Box::new(ShuttingDown)
+                    }
                 };
                 why
             }),

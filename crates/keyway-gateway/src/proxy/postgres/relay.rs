@@ -22,7 +22,7 @@ impl PgProxy {
         let mut session = crate::sessions::Session::new(&self.svc, entry, source);
         let user = self.pg.roles.get(role).map(|r| r.user.clone());
         session.role = Some((role.to_owned(), user.unwrap_or_default()));
-        let ended = self.h.sessions.end_of(entry.clone(), session);
+        let (_live, ended) = self.h.sessions.open("postgres", entry.clone(), session);
         tokio::pin!(ended);
         let (mut client_r, mut client_w) = tokio::io::split(client);
         let (mut up_r, mut up_w) = tokio::io::split(upstream);
@@ -60,6 +60,7 @@ impl PgProxy {
                     SessionEnd::Revoked => "terminating connection: the Keyway token was revoked".into(),
                     SessionEnd::Expired => "terminating connection: the Keyway token expired".into(),
                     SessionEnd::Shutdown => "terminating connection: the Keyway gateway is shutting down".into(),
+                    SessionEnd::Terminated => "terminating connection: a Keyway operator ended this session".into(),
                     why => format!(
                         "terminating connection: the gateway's config changed and this session no longer fits it ({})",
                         why.as_str()
