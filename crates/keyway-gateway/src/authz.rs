@@ -93,9 +93,8 @@ pub struct Attempt<'a> {
 #[derive(Debug)]
 pub struct Admitted {
     pub entry: Arc<Entry>,
-    /// The config the attempt was judged against; [`Admitted::service`] is in it.
+    /// The config the attempt was judged against: the service admitted to is in it.
     pub config: Arc<Config>,
-    service: String,
     /// For an HTTP request: the normalised path, the one to forward.
     pub path: Option<String>,
     /// For a database session: the grant's role.
@@ -173,11 +172,9 @@ impl Authorizer {
                 (None, Some(role))
             }
         };
-        let service = svc.name.clone();
         Ok(Admitted {
             entry,
             config,
-            service,
             path,
             role,
         })
@@ -269,15 +266,6 @@ impl Admitted {
     /// Records the use of the token, once the protocol's own checks passed too.
     pub fn mark_used(&self, now: UnixMillis) {
         self.entry.mark_used(now);
-    }
-
-    /// The service admitted to, as it is in [`Admitted::config`].
-    pub fn service(&self) -> &Service {
-        match self.config.service(&self.service) {
-            Some(svc) => svc,
-            // `admit` found it in this very config.
-            None => unreachable!("an admitted service is in the config it was judged by"),
-        }
     }
 }
 

@@ -329,7 +329,7 @@ impl Gateway {
 
     /// A fresh audit event at the gateway's clock.
     pub fn event(&self, kind: EventKind) -> AuditEvent {
-        AuditEvent::new(kind, self.now())
+        self.audit.event(kind)
     }
 
     async fn ensure_admin_token(&mut self) -> Result<(), OpenError> {

@@ -257,11 +257,6 @@ impl Tokens {
         Ok(true)
     }
 
-    /// The client credential a token was obtained with, if it is in the index.
-    pub fn parent_credential(&self, entry: &Entry) -> Option<Arc<Entry>> {
-        self.authz.parent_credential(entry)
-    }
-
     /// Ends the live streams of a token when its (shortened) expiry comes.
     fn cut_at_expiry(&self, entry: Arc<Entry>) {
         let left = entry.expires_at().saturating_sub(self.now()).max(0);

@@ -223,9 +223,13 @@ fn decide(
     let entry = &admitted.entry;
     ev.token_id = Some(entry.id().to_owned());
     ev.principal = Some(entry.record.principal.clone());
-    let svc = admitted.service();
-    // The authorizer admitted a TCP service; a refusal, not a panic, if not.
-    let ServiceKind::Tcp(tcp) = &svc.kind else {
+    // The TCP service admitted to, in the config it was judged by; a refusal, not a
+    // panic, if it were not.
+    let Some((svc, ServiceKind::Tcp(tcp))) = admitted
+        .config
+        .service(&open.service)
+        .map(|svc| (svc, &svc.kind))
+    else {
         return Err(DenyReason::WrongService);
     };
     admitted.mark_used(h.now());

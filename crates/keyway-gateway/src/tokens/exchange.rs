@@ -137,7 +137,7 @@ impl Tokens {
                 // A token obtained with a credential stays in its lineage: the
                 // successor is the credential's child too (so revoking the credential
                 // takes it), and lives no longer than the credential.
-                if let Some(credential) = self.parent_credential(&old) {
+                if let Some(credential) = self.authz.parent_credential(&old) {
                     credential
                         .check_live(now)
                         .map_err(|_| RotateError::NotLive)?;
