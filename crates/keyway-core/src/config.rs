@@ -40,8 +40,9 @@ pub use detect::{
     RawWebhook, Webhook,
 };
 pub use model::{
-    Agent, AuditConfig, Config, HttpService, HttpUpstream, OnFull, PgRole, PortAuditConfig,
-    PostgresService, Service, ServiceKind, TcpService, TlsConfig, UpstreamAuth, Written,
+    Agent, AuditConfig, Config, Durability, HttpService, HttpUpstream, OnFull, PgRole,
+    PortAuditConfig, PostgresService, Service, ServiceKind, TcpService, TlsConfig, UpstreamAuth,
+    Written,
 };
 pub use problem::{ConfigError, Problem};
 pub use raw::{

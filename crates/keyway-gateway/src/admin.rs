@@ -84,6 +84,19 @@ pub fn router(gw: Gw) -> Router {
 
 // === impl Admin ===
 
+/// A refused admin call, answered once its event is committed (a 503 if the store
+/// did not take it).
+async fn refuse(gw: &Gw, ev: keyway_store::AuditEvent) -> Response {
+    if gw.audit.record(ev).wait().await {
+        error(StatusCode::UNAUTHORIZED, "unauthorized")
+    } else {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the audit log cannot be written now (audit_unavailable); retry shortly",
+        )
+    }
+}
+
 impl FromRequestParts<Gw> for Admin {
     type Rejection = Response;
 
@@ -91,8 +104,7 @@ impl FromRequestParts<Gw> for Admin {
         let mut leak = gw.event(EventKind::AdminDenied);
         if gw.tokens.refuse_token_in_url(&parts.uri, &mut leak) {
             leak.deny(keyway_core::DenyReason::TokenInUrl);
-            gw.audit.record(leak);
-            return Err(error(StatusCode::UNAUTHORIZED, "unauthorized"));
+            return Err(refuse(gw, leak).await);
         }
         let text = parts
             .headers
@@ -122,8 +134,7 @@ impl FromRequestParts<Gw> for Admin {
                 ev.principal = refused.principal;
                 ev.source = conn.map(|c| c.peer.ip().to_canonical().to_string());
                 ev.detail = json!({ "path": keyway_core::token::redact(parts.uri.path()) });
-                gw.audit.record(ev);
-                Err(error(StatusCode::UNAUTHORIZED, "unauthorized"))
+                Err(refuse(gw, ev).await)
             }
         }
     }

@@ -1,23 +1,33 @@
 //! The audit writer: events leave the hot path through a bounded queue and are written
-//! in batches, one transaction each.
+//! in batches, one transaction each (group commit).
 //!
-//! When the queue is full the gateway does what the config says: `fail_closed` refuses
-//! new requests until the writer catches up (a request reserves its event's place in
-//! the queue before it is forwarded), `fail_open` lets them through and counts the
-//! dropped events. Nothing is lost silently.
+//! With `durability = "commit"` (the default) an answer waits for its event: the
+//! caller gets a [`Committed`] for each event it sends, and releases the response (an
+//! HTTP status, a tunnel's opening, a database session, a statement) only once it
+//! resolves `true`, so an answer implies a durable event, even across `kill -9` or a
+//! power cut. Many answers share one write and fsync. With `"batched"` the answer goes
+//! at once and the event follows within milliseconds; a crash can lose those.
+//!
+//! When the queue is full, or the store refuses writes (a full disk), the gateway does
+//! what the config says: `fail_closed` refuses new requests (503 `audit_unavailable`)
+//! until the writer catches up (a request reserves its event's place in the queue
+//! before it is forwarded), `fail_open` lets them through and counts the dropped
+//! events. Nothing is lost silently. A failed batch is kept and retried until the
+//! store takes it; the answers that waited for it were refused, and their events say
+//! so (`"withheld": "audit_unavailable"`).
 //!
 //! Every event, even one that cannot be queued, is shown first to the [`Subscriber`]s
 //! the gateway was built with: the metrics count it and the intrusion detectors see
 //! it. The sink knows them only through that trait.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyway_core::config::OnFull;
+use keyway_core::config::{Durability, OnFull};
 use keyway_core::{Clock, EventKind, UnixMillis};
 use keyway_store::{AuditEvent, Store};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::runtime::ConfigInForce;
@@ -25,16 +35,31 @@ use crate::runtime::ConfigInForce;
 const BATCH: usize = 1024;
 /// How long the writer, under load, waits for more events when a batch is small.
 const LINGER: Duration = Duration::from_millis(5);
+/// The longest wait between two tries of a batch the store refused: once the disk
+/// has room again, the gateway serves within about this long.
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// The sending side, shared by every listener.
 #[derive(Clone)]
 pub struct AuditSink {
-    tx: mpsc::Sender<AuditEvent>,
+    tx: mpsc::Sender<Queued>,
     on_full: OnFull,
+    durability: Durability,
     stats: Arc<AuditStats>,
     tap: Arc<Tap>,
     clock: Arc<dyn Clock>,
 }
+
+/// An event on its way to the store, and who waits for its commit.
+struct Queued {
+    event: AuditEvent,
+    ack: Option<oneshot::Sender<bool>>,
+}
+
+/// Resolves once an event is durable: `true` when the answer it gates may go,
+/// `false` when the store did not take it (the answer must then be a refusal).
+#[must_use = "an answer waits for its event's commit"]
+pub struct Committed(Result<oneshot::Receiver<bool>, bool>);
 
 /// What watches the event stream on its way to the store: it sees every event,
 /// before the queue, on the task that records it, so it must be quick (count, or
@@ -59,10 +84,16 @@ pub struct AuditStats {
     pub written: AtomicU64,
     pub dropped: AtomicU64,
     pub write_errors: AtomicU64,
+    /// Set while the store refuses the writer's batches; cleared by the next commit.
+    pub failing: AtomicBool,
 }
 
 /// A reserved place in the queue for one event.
-pub struct Reservation(Option<mpsc::OwnedPermit<AuditEvent>>, Arc<Tap>);
+pub struct Reservation {
+    permit: Option<mpsc::OwnedPermit<Queued>>,
+    tap: Arc<Tap>,
+    durability: Durability,
+}
 
 /// The queue is full and the config says to fail closed.
 #[derive(Debug, Clone, Copy)]
@@ -75,26 +106,52 @@ impl AuditSink {
     /// ends.
     pub fn start(
         store: Arc<dyn Store>,
-        capacity: usize,
-        on_full: OnFull,
+        config: &keyway_core::config::AuditConfig,
         stop: CancellationToken,
         subscribers: Vec<Arc<dyn Subscriber>>,
         clock: Arc<dyn Clock>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(capacity);
+        let (tx, rx) = mpsc::channel(config.queue);
         let stats = Arc::new(AuditStats::default());
         let task = tokio::spawn(write_loop(store, rx, stats.clone(), stop));
         let tap = Arc::new(Tap(subscribers));
         (
             Self {
                 tx,
-                on_full,
+                on_full: config.on_full,
+                durability: config.durability,
                 stats,
                 tap,
                 clock,
             },
             task,
         )
+    }
+
+    /// Whether the store refuses writes now (a full disk, an I/O error) and the
+    /// config says to refuse rather than answer unaudited.
+    fn refusing(&self) -> bool {
+        self.on_full == OnFull::FailClosed && self.stats.failing.load(Ordering::Relaxed)
+    }
+
+    fn reservation(&self, permit: Option<mpsc::OwnedPermit<Queued>>) -> Reservation {
+        Reservation {
+            permit,
+            tap: self.tap.clone(),
+            durability: self.durability,
+        }
+    }
+
+    /// Events the store took outside the queue, each in the transaction of the
+    /// change it records (a token issued, a secret set): shown to the subscribers
+    /// and counted as written.
+    pub fn committed(&self, events: &[AuditEvent]) {
+        for e in events {
+            self.tap.see(e);
+        }
+        self.stats
+            .written
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
     }
 
     /// Now, by the clock events are dated with.
@@ -118,12 +175,15 @@ impl AuditSink {
 
     /// Reserves a place for a request's event before the request goes on.
     pub fn reserve(&self) -> Result<Reservation, AuditFull> {
+        if self.refusing() {
+            return Err(AuditFull);
+        }
         match self.tx.clone().try_reserve_owned() {
-            Ok(p) => Ok(Reservation(Some(p), self.tap.clone())),
+            Ok(p) => Ok(self.reservation(Some(p))),
             Err(_) if self.on_full == OnFull::FailOpen => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("audit queue full; continuing without an audit event (fail_open)");
-                Ok(Reservation(None, self.tap.clone()))
+                Ok(self.reservation(None))
             }
             Err(_) => Err(AuditFull),
         }
@@ -133,7 +193,7 @@ impl AuditSink {
     /// has stopped, so the change can be refused before it is made.
     pub async fn reserve_reliably(&self) -> Result<Reservation, AuditFull> {
         match self.tx.clone().reserve_owned().await {
-            Ok(p) => Ok(Reservation(Some(p), self.tap.clone())),
+            Ok(p) => Ok(self.reservation(Some(p))),
             Err(_) => Err(AuditFull),
         }
     }
@@ -145,33 +205,50 @@ impl AuditSink {
     pub async fn reserve_waiting(&self) -> Reservation {
         if self.on_full == OnFull::FailClosed {
             if let Ok(p) = self.tx.clone().reserve_owned().await {
-                return Reservation(Some(p), self.tap.clone());
+                return self.reservation(Some(p));
             }
         }
         self.reserve().unwrap_or_else(|_| {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::error!("audit writer has stopped; a session's event was not recorded");
-            Reservation(None, self.tap.clone())
+            self.reservation(None)
         })
     }
 
-    /// Records an event that gates nothing (a denial); counted when it cannot be
-    /// queued. Denials may use only half the queue, so that a flood of unauthenticated
-    /// requests cannot take the room allowed requests need under `fail_closed`.
-    pub fn record(&self, event: AuditEvent) {
+    /// Records a refusal, whose answer (the refusal itself) waits for the returned
+    /// [`Committed`] under `durability = "commit"`. Counted when it cannot be queued;
+    /// under `fail_closed` the answer is then a 503 instead. Refusals may use only
+    /// half the queue, so that a flood of unauthenticated requests cannot take the
+    /// room allowed requests need.
+    pub fn record(&self, event: AuditEvent) -> Committed {
         self.tap.see(&event);
-        if self.tx.capacity() <= self.tx.max_capacity() / 2 || self.tx.try_send(event).is_err() {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("audit queue full; an event was dropped and counted");
+        if self.refusing() || self.tx.capacity() <= self.tx.max_capacity() / 2 {
+            return self.not_queued();
+        }
+        match self.tx.clone().try_reserve_owned() {
+            Ok(p) => self.reservation(Some(p)).queue(event),
+            Err(_) => self.not_queued(),
         }
     }
 
-    /// Records an event that must not be dropped (admin changes): waits for room.
-    pub async fn record_reliably(&self, event: AuditEvent) {
-        self.tap.see(&event);
-        if self.tx.send(event).await.is_err() {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::error!("audit writer has stopped; an admin event was not recorded");
+    fn not_queued(&self) -> Committed {
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("audit queue full or store failing; an event was dropped and counted");
+        Committed::ready(self.durability == Durability::Batched || self.on_full == OnFull::FailOpen)
+    }
+
+    /// Records an event that must not be dropped (a configuration applied, a block
+    /// by the detectors): waits for room. The returned [`Committed`] says when it is
+    /// durable.
+    pub async fn record_reliably(&self, event: AuditEvent) -> Committed {
+        match self.reserve_reliably().await {
+            Ok(r) => r.send(event),
+            Err(AuditFull) => {
+                self.tap.see(&event);
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("audit writer has stopped; an event was not recorded");
+                Committed::ready(false)
+            }
         }
     }
 }
@@ -191,10 +268,44 @@ impl AuditStats {
 // === impl Reservation ===
 
 impl Reservation {
-    pub fn send(self, event: AuditEvent) {
-        self.1.see(&event);
-        if let Some(p) = self.0 {
-            p.send(event);
+    /// Queues the event; under `durability = "commit"` the answer it gates waits
+    /// for the returned [`Committed`].
+    pub fn send(self, event: AuditEvent) -> Committed {
+        self.tap.see(&event);
+        self.queue(event)
+    }
+
+    fn queue(self, event: AuditEvent) -> Committed {
+        let Some(permit) = self.permit else {
+            // Not queued under `fail_open`: the config chose to answer.
+            return Committed::ready(true);
+        };
+        if self.durability == Durability::Batched {
+            permit.send(Queued { event, ack: None });
+            return Committed::ready(true);
+        }
+        let (ack, done) = oneshot::channel();
+        permit.send(Queued {
+            event,
+            ack: Some(ack),
+        });
+        Committed(Ok(done))
+    }
+}
+
+// === impl Committed ===
+
+impl Committed {
+    pub fn ready(ok: bool) -> Self {
+        Self(Err(ok))
+    }
+
+    /// Waits for the commit: `true` once the event is durable (or the config does
+    /// not wait), `false` when the store did not take it in time.
+    pub async fn wait(self) -> bool {
+        match self.0 {
+            Err(ok) => ok,
+            Ok(done) => done.await.unwrap_or(false),
         }
     }
 }
@@ -211,7 +322,7 @@ impl Tap {
 
 async fn write_loop(
     store: Arc<dyn Store>,
-    mut rx: mpsc::Receiver<AuditEvent>,
+    mut rx: mpsc::Receiver<Queued>,
     stats: Arc<AuditStats>,
     stop: CancellationToken,
 ) {
@@ -230,10 +341,12 @@ async fn write_loop(
             break;
         }
         // Under load (events came in while the last batch was written), a moment's
-        // wait fills the batch: one transaction (and one trip to SQLite's thread)
-        // for many events instead of a few. When events are sparse, each is written
-        // at once.
-        if busy && n < BATCH / 4 && !rx.is_closed() {
+        // wait fills the batch: one transaction (and one fsync) for many events
+        // instead of a few. When events are sparse, each is written at once; and
+        // never when an answer waits for the commit: what arrived during the last
+        // write is the group, and more come only once these are answered.
+        let waited_on = batch.iter().any(|q| q.ack.is_some());
+        if busy && !waited_on && n < BATCH / 4 && !rx.is_closed() {
             tokio::time::sleep(LINGER).await;
             while batch.len() < BATCH {
                 match rx.try_recv() {
@@ -242,31 +355,62 @@ async fn write_loop(
                 }
             }
         }
-        write_batch(&*store, &batch, &stats).await;
-        batch.clear();
+        let (mut events, acks): (Vec<_>, Vec<_>) =
+            batch.drain(..).map(|q| (q.event, q.ack)).unzip();
+        write_batch(&*store, &mut events, acks, &stats).await;
         busy = !rx.is_empty();
     }
 }
 
-async fn write_batch(store: &dyn Store, batch: &[AuditEvent], stats: &AuditStats) {
+/// Writes one batch, retrying until the store takes it, then tells those waiting.
+/// On the first failure the waiters are told at once (their answers become
+/// refusals) and their events say so; the events themselves are kept and retried.
+async fn write_batch(
+    store: &dyn Store,
+    events: &mut [AuditEvent],
+    mut acks: Vec<Option<oneshot::Sender<bool>>>,
+    stats: &AuditStats,
+) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match store.append_audit(batch).await {
+        match store.append_audit(events).await {
             Ok(()) => {
                 stats
                     .written
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                if stats.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("audit store writable again; serving");
+                }
+                for ack in acks.into_iter().flatten() {
+                    let _ = ack.send(true);
+                }
                 return;
             }
             Err(e) => {
-                // Keep the batch and retry: while we wait the queue fills, and
-                // `fail_closed` then refuses new requests rather than lose events.
                 stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, events = batch.len(), "audit write failed; retrying");
+                stats.failing.store(true, Ordering::Relaxed);
+                tracing::error!(error = %e, events = events.len(), "audit write failed; refusing new requests and retrying");
+                for (ev, ack) in events.iter_mut().zip(acks.iter_mut()) {
+                    if let Some(ack) = ack.take() {
+                        if ack.send(false).is_ok() {
+                            withheld(ev);
+                        }
+                    }
+                }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(RETRY_MAX);
             }
         }
+    }
+}
+
+/// Marks an event whose answer was withheld: the client got a 503
+/// `audit_unavailable` instead of what the event records.
+fn withheld(ev: &mut AuditEvent) {
+    if let serde_json::Value::Object(detail) = &mut ev.detail {
+        detail.insert("withheld".into(), "audit_unavailable".into());
+    } else {
+        ev.detail = serde_json::json!({ "withheld": "audit_unavailable" });
     }
 }
 
@@ -318,7 +462,7 @@ async fn prune(store: &dyn Store, audit: &AuditSink, retention: Duration) {
                 "through_seq": anchor,
                 "before": keyway_core::clock::format_ms(before),
             });
-            audit.record_reliably(ev).await;
+            let _ = audit.record_reliably(ev).await;
         }
         Ok(None) => {}
         Err(e) => tracing::error!(error = %e, "could not prune the audit log"),

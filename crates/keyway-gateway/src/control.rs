@@ -74,9 +74,15 @@ impl StoreView {
         self.0.audit_usage(since, limit).await
     }
 
-    /// Refuses `agent`'s certificates issued before `at`, across restarts.
-    async fn revoke_agent(&self, agent: &str, at: UnixMillis) -> Result<(), StoreError> {
-        self.0.revoke_agent(agent, at).await
+    /// Refuses `agent`'s certificates issued before `at`, across restarts, with the
+    /// events that record it.
+    async fn revoke_agent(
+        &self,
+        agent: &str,
+        at: UnixMillis,
+        events: &[AuditEvent],
+    ) -> Result<(), StoreError> {
+        self.0.revoke_agent(agent, at, events).await
     }
 }
 
@@ -103,7 +109,12 @@ impl Control {
     pub async fn revoke_agent(&self, agent: &str, by: &str) -> Result<usize, StoreError> {
         let now = self.now();
         let closed = self.agents.revoke(agent, now);
-        self.store.revoke_agent(agent, now).await?;
+        let mut ev = self.audit.event(EventKind::AgentRevoked);
+        ev.principal = Some(agent.to_owned());
+        ev.detail = serde_json::json!({ "by": by, "connections_closed": closed });
+        let events = [ev];
+        self.store.revoke_agent(agent, now, &events).await?;
+        self.audit.committed(&events);
         // Unspent enrollment tokens would bring it back: they die too.
         let pending: Vec<String> = self
             .index
@@ -119,10 +130,6 @@ impl Control {
         for id in pending {
             self.tokens.revoke(&id, by, Some("agent_revoked")).await?;
         }
-        let mut ev = self.audit.event(EventKind::AgentRevoked);
-        ev.principal = Some(agent.to_owned());
-        ev.detail = serde_json::json!({ "by": by, "connections_closed": closed });
-        self.audit.record_reliably(ev).await;
         Ok(closed)
     }
 

@@ -190,7 +190,7 @@ async fn act(r: &Responders, f: Firing) {
     ev.reason = Some(detector.into());
     ev.detail = detail.into();
     r.alerts.send(&ev);
-    r.audit.record_reliably(ev).await;
+    let _ = r.audit.record_reliably(ev).await;
 }
 
 // === impl Detectors ===

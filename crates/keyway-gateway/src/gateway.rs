@@ -97,7 +97,11 @@ impl Gateway {
         };
         std::fs::create_dir_all(dir).map_err(dir_err)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("keyway.db")).await?);
+        // Under `durability = "commit"` every commit is fsynced: an answer implies an
+        // event that survives a power cut, not only a killed process.
+        let durable = config.audit.durability == keyway_core::config::Durability::Commit;
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_with(&dir.join("keyway.db"), durable).await?);
         Self::with_store(config, clock, store).await
     }
 
@@ -163,8 +167,7 @@ impl Gateway {
         let audit_stop = CancellationToken::new();
         let (audit, audit_task) = AuditSink::start(
             store.clone(),
-            config.audit.queue,
-            config.audit.on_full,
+            &config.audit,
             audit_stop.clone(),
             vec![metrics.clone(), admission.clone()],
             clock.clone(),
@@ -172,7 +175,7 @@ impl Gateway {
         let config = ConfigInForce::new(config);
         let authz = Authorizer::new(config.clone(), index.clone(), pepper.clone(), clock.clone());
         let sessions = Sessions::new(config.clone(), clock.clone());
-        let secrets = Secrets::load(sealer, store.clone(), audit.clone(), clock.clone()).await?;
+        let secrets = Secrets::load(sealer, store.clone(), audit.clone()).await?;
         let tokens = Tokens::new(
             config.clone(),
             clock.clone(),

@@ -183,6 +183,35 @@ impl TokenIndex {
         Some(entry)
     }
 
+    /// Revokes, in one pass under the read lock, every live entry `matches` picks and
+    /// then every entry obtained with one of them (a credential's tokens). Returns
+    /// those this call revoked: first the matched, then their children.
+    pub(crate) fn revoke_matching(
+        &self,
+        at: UnixMillis,
+        matches: impl Fn(&Entry) -> bool,
+    ) -> (Vec<Arc<Entry>>, Vec<Arc<Entry>>) {
+        let map = self.read();
+        let matched: Vec<_> = map
+            .values()
+            .filter(|e| !e.revoked() && matches(e) && e.revoke(at))
+            .cloned()
+            .collect();
+        let parents: std::collections::HashSet<&str> = matched.iter().map(|e| e.id()).collect();
+        let children = map
+            .values()
+            .filter(|e| {
+                e.record
+                    .parent_id
+                    .as_deref()
+                    .is_some_and(|p| parents.contains(p))
+                    && e.revoke(at)
+            })
+            .cloned()
+            .collect();
+        (matched, children)
+    }
+
     /// Revokes `id` if this call is the first to: `true` then.
     pub(crate) fn revoke_first(&self, id: &str, at: UnixMillis) -> bool {
         self.get(id).is_some_and(|e| e.revoke(at))

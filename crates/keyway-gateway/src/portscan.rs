@@ -295,7 +295,7 @@ pub async fn run_scheduled(gw: Control, shutdown: CancellationToken) {
         {
             gw.alerts.send(&ev);
         }
-        gw.audit.record_reliably(ev).await;
+        let _ = gw.audit.record_reliably(ev).await;
     }
 }
 

@@ -45,7 +45,8 @@ pub(crate) async fn relay_audited<C, U>(
     );
     close.at = audit.now();
     close.detail = detail.into();
-    audit.reserve_waiting().await.send(close);
+    // Nothing waits on a session's end; its event is queued like any other.
+    let _ = audit.reserve_waiting().await.send(close);
 }
 
 /// Carries bytes both ways until either side ends or the session must

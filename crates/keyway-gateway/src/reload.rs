@@ -290,10 +290,22 @@ impl Services {
             renewed.push((i, loaded));
         }
 
-        // The change is recorded, or not made.
-        let Ok(reservation) = self.gw.audit.reserve_reliably().await else {
+        // The change is recorded, or not made: its event is committed first.
+        let mut ev = self.gw.event(EventKind::ConfigApplied);
+        ev.principal = Some(by.to_owned());
+        ev.token_id = token_id;
+        ev.detail = serde_json::json!({
+            "sha256": new.written.sha256,
+            "previous_sha256": old.written.sha256,
+            "added": names(&outcome.plan, Op::Add),
+            "changed": names(&outcome.plan, Op::Change),
+            "removed": names(&outcome.plan, Op::Remove),
+            "services": new.services.keys().collect::<Vec<_>>(),
+        });
+        let recorded = self.gw.audit.record_reliably(ev).await;
+        if !recorded.wait().await {
             return Err(ApplyError::Unaudited);
-        };
+        }
 
         // Nothing can fail from here: the new config goes in force, and sessions
         // judge themselves against it.
@@ -319,18 +331,6 @@ impl Services {
         outcome.applied = true;
         outcome.listening = self.listening();
 
-        let mut ev = self.gw.event(EventKind::ConfigApplied);
-        ev.principal = Some(by.to_owned());
-        ev.token_id = token_id;
-        ev.detail = serde_json::json!({
-            "sha256": new.written.sha256,
-            "previous_sha256": old.written.sha256,
-            "added": names(&outcome.plan, Op::Add),
-            "changed": names(&outcome.plan, Op::Change),
-            "removed": names(&outcome.plan, Op::Remove),
-            "services": new.services.keys().collect::<Vec<_>>(),
-        });
-        reservation.send(ev);
         tracing::info!(
             by,
             sha256 = %new.written.sha256,

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use http::HeaderValue;
 use keyway_core::config::{valid_secret_name, Config, ServiceKind};
-use keyway_core::{Clock, EventKind};
+use keyway_core::EventKind;
 use keyway_store::{Sealer, Store, StoreError};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -25,7 +25,6 @@ pub struct Secrets {
     /// By name, as header values marked sensitive.
     map: RwLock<HashMap<String, HeaderValue>>,
     audit: AuditSink,
-    clock: Arc<dyn Clock>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +59,6 @@ impl Secrets {
         sealer: Sealer,
         store: Arc<dyn Store>,
         audit: AuditSink,
-        clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
         let mut map = HashMap::new();
         for (name, sealed) in store.secrets().await? {
@@ -78,7 +76,6 @@ impl Secrets {
             store,
             map: RwLock::new(map),
             audit,
-            clock,
         })
     }
 
@@ -90,13 +87,14 @@ impl Secrets {
         }
         let header = header_value(value).ok_or(SecretError::BadValue)?;
         let sealed = self.sealer.seal(name, value);
-        self.store
-            .put_secret(name, &sealed, self.clock.now_ms())
-            .await?;
-        self.write().insert(name.to_owned(), header);
         let mut ev = self.audit.event(EventKind::SecretSet);
         ev.detail = serde_json::json!({ "name": name, "by": by });
-        self.audit.record_reliably(ev).await;
+        let events = [ev];
+        self.store
+            .put_secret(name, &sealed, events[0].at, &events)
+            .await?;
+        self.write().insert(name.to_owned(), header);
+        self.audit.committed(&events);
         Ok(())
     }
 

@@ -51,19 +51,16 @@ async fn exchange(
     let mut ev = h.audit.event(EventKind::TokenExchange);
     ev.source = Some(source.to_string());
     if h.tokens.refuse_token_in_url(&uri, &mut ev) {
-        ev.deny(DenyReason::TokenInUrl);
-        h.audit.record(ev);
-        return error(
+        return deny(
+            &h,
+            ev,
+            DenyReason::TokenInUrl.as_str(),
             StatusCode::UNAUTHORIZED,
             "invalid_request",
             "a token never goes in a URL; this one is revoked",
-        );
+        )
+        .await;
     }
-    let deny = |mut ev: keyway_store::AuditEvent, reason: &str, status, code, msg| {
-        ev.deny_with(reason);
-        h.audit.record(ev);
-        error(status, code, msg)
-    };
     let text = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -87,12 +84,14 @@ async fn exchange(
                 _ => "the client credential was refused",
             };
             return deny(
+                &h,
                 ev,
                 r.reason.as_str(),
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 msg,
-            );
+            )
+            .await;
         }
     };
     let now = h.now();
@@ -100,12 +99,14 @@ async fn exchange(
     ev.principal = Some(credential.record.principal.clone());
     let Ok(b) = serde_json::from_slice::<Body>(&body) else {
         return deny(
+            &h,
             ev,
             "bad_request",
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "body must be JSON: {\"service\": …, \"ttl\": \"15m\"}",
-        );
+        )
+        .await;
     };
     ev.service = Some(b.service.chars().take(64).collect());
     let ttl = match b.ttl.as_deref().map(keyway_core::units::parse_duration) {
@@ -113,12 +114,14 @@ async fn exchange(
         Some(Ok(d)) => Some(d),
         Some(Err(e)) => {
             return deny(
+                &h,
                 ev,
                 "bad_request",
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 &format!("ttl: {e}"),
             )
+            .await
         }
     };
     let result = h
@@ -135,11 +138,7 @@ async fn exchange(
         Ok(x) => x,
         Err(ExchangeError::Store(e)) => {
             tracing::error!(error = %e, "could not store an exchanged token");
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "see the gateway log",
-            );
+            return unavailable();
         }
         Err(e @ (ExchangeError::Certificate | ExchangeError::TooOld | ExchangeError::Revoked)) => {
             let (reason, msg) = match e {
@@ -150,7 +149,15 @@ async fn exchange(
                 ExchangeError::TooOld => ("expired", "the client credential was refused"),
                 _ => ("revoked", "the client credential was refused"),
             };
-            return deny(ev, reason, StatusCode::UNAUTHORIZED, "invalid_client", msg);
+            return deny(
+                &h,
+                ev,
+                reason,
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                msg,
+            )
+            .await;
         }
         Err(
             e @ (ExchangeError::Source | ExchangeError::Service | ExchangeError::NotACredential),
@@ -160,12 +167,14 @@ async fn exchange(
                 _ => "service_not_granted",
             };
             return deny(
+                &h,
                 ev,
                 reason,
                 StatusCode::FORBIDDEN,
                 "access_denied",
                 "this credential cannot get a token for that service from here",
-            );
+            )
+            .await;
         }
     };
     // Only a successful exchange counts as use of the credential.
@@ -176,7 +185,9 @@ async fn exchange(
         "expires_at": format_ms(record.expires_at),
         "cert_thumbprint": record.cert_thumbprint,
     });
-    h.audit.record(ev);
+    if !h.audit.record(ev).wait().await {
+        return unavailable();
+    }
     let lifetime = record.expires_at - record.created_at;
     let mut body = json!({
         "access_token": secrecy::ExposeSecret::expose_secret(token.secret()),
@@ -192,7 +203,7 @@ async fn exchange(
         warn.token_id = Some(credential.id().to_owned());
         warn.principal = Some(credential.record.principal.clone());
         warn.detail = json!({ "expires_at": format_ms(credential.expires_at()) });
-        h.audit.record(warn);
+        let _ = h.audit.record(warn);
         tracing::warn!(
             token_id = %credential.id(),
             "a client credential is within 14 days of its maximum age; issue a new one"
@@ -207,6 +218,35 @@ async fn exchange(
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),
     );
+    resp
+}
+
+/// Audits a refusal and answers it once its event is committed (a 503 if the store
+/// did not take it).
+async fn deny(
+    h: &Handles,
+    mut ev: keyway_store::AuditEvent,
+    reason: &str,
+    status: StatusCode,
+    code: &str,
+    msg: &str,
+) -> Response {
+    ev.deny_with(reason);
+    if !h.audit.record(ev).wait().await {
+        return unavailable();
+    }
+    error(status, code, msg)
+}
+
+/// The store or the audit log cannot take a write now: nothing was issued.
+fn unavailable() -> Response {
+    let mut resp = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the gateway cannot record this now (store_unavailable); retry shortly",
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(1));
     resp
 }
 

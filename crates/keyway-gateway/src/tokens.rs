@@ -160,22 +160,24 @@ impl Tokens {
         (token, record)
     }
 
-    /// Stores a generated token, indexes it, and audits it as `kind` with `detail`:
-    /// from here on it works, and its event is in the log.
+    /// Stores a generated token with its `kind` event (with `detail`), then indexes
+    /// it: from here on it works, and its event is in the log.
     async fn keep(
         &self,
         record: &TokenRecord,
         kind: EventKind,
         detail: serde_json::Value,
     ) -> Result<(), StoreError> {
-        self.store.insert_token(record).await?;
-        self.index.insert(record.clone());
         let mut ev = self.audit.event(kind);
         ev.token_id = Some(record.id.clone());
         ev.principal = Some(record.principal.clone());
         ev.service = record.grant.as_ref().map(|g| g.service.clone());
         ev.detail = detail;
-        self.audit.record_reliably(ev).await;
+        let events = [ev];
+        // The row and its event in one transaction: a token that exists is audited.
+        self.store.insert_token(record, &events).await?;
+        self.index.insert(record.clone());
+        self.audit.committed(&events);
         Ok(())
     }
 

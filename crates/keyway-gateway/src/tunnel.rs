@@ -141,8 +141,8 @@ async fn open_stream(
         Ok(x) => x,
         Err(reason) => {
             ev.deny(reason);
-            h.audit.record(ev);
             let shown = match reason.status() {
+                _ if !h.audit.record(ev).wait().await => "unavailable",
                 401 => "unauthorized",
                 403 => "forbidden",
                 _ => "unavailable",
@@ -168,15 +168,18 @@ async fn open_stream(
             tracing::warn!(service = ?ev.service, why, "tunnel upstream unreachable");
             ev.allow();
             ev.detail = json!({ "error": "upstream_unreachable", "why": why });
-            reservation.send(ev);
-            reply(&mut tls, Some("upstream unreachable"), None).await;
+            let shown = match reservation.send(ev).wait().await {
+                true => "upstream unreachable",
+                false => "unavailable",
+            };
+            reply(&mut tls, Some(shown), None).await;
             return;
         }
     };
     // Revoked while the upstream connection was being made: no byte goes through.
     if let Err(reason) = entry.check_live(h.now()) {
         ev.deny(reason);
-        reservation.send(ev);
+        let _ = reservation.send(ev).wait().await;
         reply(&mut tls, Some("unauthorized"), None).await;
         return;
     }
@@ -186,7 +189,11 @@ async fn open_stream(
         ev.token_id.clone(),
         ev.principal.clone(),
     );
-    reservation.send(ev);
+    // The opening is answered once its event is committed (`durability = "commit"`).
+    if !reservation.send(ev).wait().await {
+        reply(&mut tls, Some("unavailable"), None).await;
+        return;
+    }
     reply(&mut tls, None, None).await;
 
     let _active = h.metrics.session(service.as_deref().unwrap_or_default());

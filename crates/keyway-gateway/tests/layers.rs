@@ -269,13 +269,14 @@ fn only_the_token_lifecycle_writes_tokens() {
     // The index's and the store's writers of tokens; `tokens.rs` (and `tokens/`) is
     // the one module that calls them, so every token is stored, indexed and audited
     // alike.
-    const WRITERS: [&str; 8] = [
+    const WRITERS: [&str; 9] = [
         "index.insert(",
         "index.revoke(",
         "index.revoke_first(",
+        "index.revoke_matching(",
         "index.prune_expired(",
         ".insert_token(",
-        ".revoke_token(",
+        ".revoke_tokens(",
         ".shorten_expiry(",
         ".shorten(",
     ];

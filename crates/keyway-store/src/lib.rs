@@ -161,29 +161,51 @@ pub struct Usage {
     pub last: UnixMillis,
 }
 
+/// How a revocation's audit event is made from the token record it revoked.
+pub type TokenRevocations<'a> = dyn Fn(&TokenRecord) -> AuditEvent + Sync + 'a;
+
 /// The store, whatever its backend.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     async fn meta_put(&self, key: &str, value: &[u8]) -> Result<()>;
 
-    async fn insert_token(&self, t: &TokenRecord) -> Result<()>;
+    // Every change of state is written with its audit events in one transaction:
+    // both are in the store, or neither.
+
+    async fn insert_token(&self, t: &TokenRecord, events: &[AuditEvent]) -> Result<()>;
     async fn tokens(&self) -> Result<Vec<TokenRecord>>;
-    /// Marks a token revoked at `at` (keeping an earlier revocation time); `None` if
-    /// there is no such token.
-    async fn revoke_token(&self, id: &str, at: UnixMillis) -> Result<Option<TokenRecord>>;
+    /// Marks the tokens revoked at `at` (keeping an earlier revocation time), with
+    /// `event(record)` for each one this call revoked. Returns the records found
+    /// (those revoked now first, then those revoked before) and how many it revoked.
+    async fn revoke_tokens(
+        &self,
+        ids: &[String],
+        at: UnixMillis,
+        event: &TokenRevocations<'_>,
+    ) -> Result<(Vec<TokenRecord>, usize)>;
     /// Brings a token's expiry forward to `expires_at` (never later); `None` if there
     /// is no such token.
-    async fn shorten_expiry(&self, id: &str, expires_at: UnixMillis)
-        -> Result<Option<TokenRecord>>;
+    async fn shorten_expiry(
+        &self,
+        id: &str,
+        expires_at: UnixMillis,
+        events: &[AuditEvent],
+    ) -> Result<Option<TokenRecord>>;
     /// Records when tokens were last used.
     async fn touch_tokens(&self, used: &[(String, UnixMillis)]) -> Result<()>;
 
-    async fn put_secret(&self, name: &str, sealed: &Sealed, at: UnixMillis) -> Result<()>;
+    async fn put_secret(
+        &self,
+        name: &str,
+        sealed: &Sealed,
+        at: UnixMillis,
+        events: &[AuditEvent],
+    ) -> Result<()>;
     async fn secrets(&self) -> Result<Vec<(String, Sealed)>>;
 
     /// Refuses the agent's certificates issued before `at` (a later call moves it).
-    async fn revoke_agent(&self, name: &str, at: UnixMillis) -> Result<()>;
+    async fn revoke_agent(&self, name: &str, at: UnixMillis, events: &[AuditEvent]) -> Result<()>;
     async fn agent_revocations(&self) -> Result<Vec<(String, UnixMillis)>>;
 
     /// Chains audit events from now on under `key` (kept outside the store).

@@ -16,9 +16,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use keyway_core::UnixMillis;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::{Connection, SqliteConnection, SqlitePool};
 
-use crate::{AuditEvent, AuditQuery, Result, Sealed, Store, StoredEvent, TokenRecord};
+use crate::{
+    AuditEvent, AuditQuery, Result, Sealed, Store, StoredEvent, TokenRecord, TokenRevocations,
+};
 use audit::Chain;
 
 mod agents;
@@ -33,21 +35,53 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// The chain key and the newest event's hash, once the gateway set the key.
-    chain: std::sync::Arc<std::sync::Mutex<Option<Chain>>>,
+    /// The chain key and the newest event's hash, once the gateway set the key. Held
+    /// across each write, so that writes commit in the order they chain.
+    chain: std::sync::Arc<tokio::sync::Mutex<Option<Chain>>>,
+}
+
+/// A change of state, written in one transaction with its audit events.
+enum Change<'a> {
+    /// Only the events.
+    Events,
+    InsertToken(&'a TokenRecord),
+    RevokeTokens(&'a [String], UnixMillis),
+    ShortenExpiry(&'a str, UnixMillis),
+    PutSecret(&'a str, &'a Sealed, UnixMillis),
+    RevokeAgent(&'a str, UnixMillis),
+}
+
+/// The events a change is written with.
+enum Events<'a> {
+    These(&'a [AuditEvent]),
+    /// One for each token the change revoked.
+    PerRevoked(&'a TokenRevocations<'a>),
 }
 
 // === impl SqliteStore ===
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to
-    /// date.
+    /// date. Every commit is on disk before it returns (`synchronous = FULL`), so a
+    /// power cut loses nothing that was acknowledged.
     pub async fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, true).await
+    }
+
+    /// [`SqliteStore::open`]; with `durable` false, commits reach the disk at the
+    /// next checkpoint (`synchronous = NORMAL`): a killed process loses nothing, a
+    /// power cut may lose the last commits.
+    pub async fn open_with(path: &Path, durable: bool) -> Result<Self> {
+        let sync = if durable {
+            SqliteSynchronous::Full
+        } else {
+            SqliteSynchronous::Normal
+        };
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(sync)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         Self::connect(opts).await
@@ -79,6 +113,68 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// Writes a change and its events in one transaction, chained on from the head:
+    /// both are in, or neither. Returns the token records the change touched.
+    /// Returns the token records the change touched, and how many of them (the
+    /// first) it revoked.
+    async fn write(
+        &self,
+        change: Change<'_>,
+        events: Events<'_>,
+    ) -> Result<(Vec<TokenRecord>, usize)> {
+        let mut chain = self.chain.lock().await;
+        let mut conn = self.pool.acquire().await?;
+        match write_on(&mut conn, chain.as_ref(), change, events).await {
+            Ok((records, revoked, head)) => {
+                if head.is_some() {
+                    *chain = head;
+                }
+                Ok((records, revoked))
+            }
+            Err(e) => {
+                // A failed write (a full disk, an I/O error) can leave a connection
+                // inside a transaction it cannot end, holding the write lock: close
+                // it (SQLite rolls back) and let the pool open a fresh one.
+                let _ = conn.detach().close().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+async fn write_on(
+    conn: &mut SqliteConnection,
+    chain: Option<&Chain>,
+    change: Change<'_>,
+    events: Events<'_>,
+) -> Result<(Vec<TokenRecord>, usize, Option<Chain>)> {
+    let mut tx = conn.begin().await?;
+    let mut records = Vec::new();
+    let mut revoked = 0;
+    match change {
+        Change::Events => {}
+        Change::InsertToken(t) => tokens::insert(&mut tx, t).await?,
+        Change::RevokeTokens(ids, at) => {
+            (records, revoked) = tokens::revoke(&mut tx, ids, at).await?
+        }
+        Change::ShortenExpiry(id, at) => {
+            records.extend(tokens::shorten_expiry(&mut tx, id, at).await?)
+        }
+        Change::PutSecret(name, sealed, at) => secrets::put(&mut tx, name, sealed, at).await?,
+        Change::RevokeAgent(name, at) => agents::revoke(&mut tx, name, at).await?,
+    }
+    let made: Vec<AuditEvent>;
+    let events = match events {
+        Events::These(e) => e,
+        Events::PerRevoked(f) => {
+            made = records[..revoked].iter().map(f).collect();
+            &made
+        }
+    };
+    let head = audit::append_on(&mut tx, chain, events).await?;
+    tx.commit().await?;
+    Ok((records, revoked, head))
 }
 
 // === impl Store for SqliteStore ===
@@ -93,40 +189,62 @@ impl Store for SqliteStore {
         meta::put(&self.pool, key, value).await
     }
 
-    async fn insert_token(&self, t: &TokenRecord) -> Result<()> {
-        tokens::insert(&self.pool, t).await
+    async fn insert_token(&self, t: &TokenRecord, events: &[AuditEvent]) -> Result<()> {
+        self.write(Change::InsertToken(t), Events::These(events))
+            .await
+            .map(drop)
     }
 
     async fn tokens(&self) -> Result<Vec<TokenRecord>> {
         tokens::all(&self.pool).await
     }
 
-    async fn revoke_token(&self, id: &str, at: UnixMillis) -> Result<Option<TokenRecord>> {
-        tokens::revoke(&self.pool, id, at).await
+    async fn revoke_tokens(
+        &self,
+        ids: &[String],
+        at: UnixMillis,
+        event: &TokenRevocations<'_>,
+    ) -> Result<(Vec<TokenRecord>, usize)> {
+        self.write(Change::RevokeTokens(ids, at), Events::PerRevoked(event))
+            .await
     }
 
     async fn shorten_expiry(
         &self,
         id: &str,
         expires_at: UnixMillis,
+        events: &[AuditEvent],
     ) -> Result<Option<TokenRecord>> {
-        tokens::shorten_expiry(&self.pool, id, expires_at).await
+        let (mut r, _) = self
+            .write(Change::ShortenExpiry(id, expires_at), Events::These(events))
+            .await?;
+        Ok(r.pop())
     }
 
     async fn touch_tokens(&self, used: &[(String, UnixMillis)]) -> Result<()> {
         tokens::touch(&self.pool, used).await
     }
 
-    async fn put_secret(&self, name: &str, sealed: &Sealed, at: UnixMillis) -> Result<()> {
-        secrets::put(&self.pool, name, sealed, at).await
+    async fn put_secret(
+        &self,
+        name: &str,
+        sealed: &Sealed,
+        at: UnixMillis,
+        events: &[AuditEvent],
+    ) -> Result<()> {
+        self.write(Change::PutSecret(name, sealed, at), Events::These(events))
+            .await
+            .map(drop)
     }
 
     async fn secrets(&self) -> Result<Vec<(String, Sealed)>> {
         secrets::all(&self.pool).await
     }
 
-    async fn revoke_agent(&self, name: &str, at: UnixMillis) -> Result<()> {
-        agents::revoke(&self.pool, name, at).await
+    async fn revoke_agent(&self, name: &str, at: UnixMillis, events: &[AuditEvent]) -> Result<()> {
+        self.write(Change::RevokeAgent(name, at), Events::These(events))
+            .await
+            .map(drop)
     }
 
     async fn agent_revocations(&self) -> Result<Vec<(String, UnixMillis)>> {
@@ -138,7 +256,9 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, events: &[AuditEvent]) -> Result<()> {
-        audit::append(&self.pool, &self.chain, events).await
+        self.write(Change::Events, Events::These(events))
+            .await
+            .map(drop)
     }
 
     async fn checkpoint_audit(&self, at: UnixMillis) -> Result<Option<crate::Checkpoint>> {

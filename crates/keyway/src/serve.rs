@@ -65,7 +65,9 @@ pub async fn gateway(config_path: &Path) -> Result<ExitCode> {
         "services": gw.config().services.keys().collect::<Vec<_>>(),
         "detectors": gw.config().detect.detectors.keys().map(|d| d.as_str()).collect::<Vec<_>>(),
     });
-    gw.audit.record_reliably(ev).await;
+    if !gw.audit.record_reliably(ev).await.wait().await {
+        anyhow::bail!("cannot write the audit log; refusing to serve unaudited");
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     tokio::spawn(reload_on_hangup(

@@ -11,8 +11,8 @@ use ipnet::IpNet;
 
 use super::problem::{ConfigError, Problems};
 use super::{
-    Agent, AuditConfig, Config, OnFull, PortAuditConfig, RawConfig, ServiceKind, TlsConfig,
-    Written, DEFAULT_ADMIN_LISTEN, DEFAULT_DATA_DIR, PORT_AUDIT_DEFAULT,
+    Agent, AuditConfig, Config, Durability, OnFull, PortAuditConfig, RawConfig, ServiceKind,
+    TlsConfig, Written, DEFAULT_ADMIN_LISTEN, DEFAULT_DATA_DIR, PORT_AUDIT_DEFAULT,
 };
 
 const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -99,6 +99,17 @@ impl RawConfig {
                     "must be `fail_closed` (the default) or `fail_open`",
                 );
                 OnFull::FailClosed
+            }
+        };
+        let durability = match self.audit.durability.as_deref() {
+            None | Some("commit") => Durability::Commit,
+            Some("batched") => Durability::Batched,
+            Some(_) => {
+                p.push(
+                    "audit.durability",
+                    "must be `commit` (the default) or `batched`",
+                );
+                Durability::Commit
             }
         };
         let retention = self
@@ -292,6 +303,7 @@ impl RawConfig {
             audit: AuditConfig {
                 queue,
                 on_full,
+                durability,
                 retention,
                 checkpoint_every,
                 ports,

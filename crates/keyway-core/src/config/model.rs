@@ -78,6 +78,8 @@ pub struct AuditConfig {
     /// Events waiting to be written before `on_full` applies.
     pub queue: usize,
     pub on_full: OnFull,
+    /// When an answer may go relative to its event's commit.
+    pub durability: Durability,
     /// Events older than this are pruned (up to a signed checkpoint, which stays as
     /// the chain's anchor); kept for ever when unset.
     pub retention: Option<Duration>,
@@ -92,6 +94,17 @@ pub struct PortAuditConfig {
     pub every: Duration,
     pub hosts: Vec<String>,
     pub ports: std::collections::BTreeSet<u16>,
+}
+
+/// `audit.durability`: when an answer may go relative to its audit event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// An answer is released only once its event is committed and on disk (group
+    /// commit: many answers share one write and fsync). The default.
+    Commit,
+    /// An answer goes at once; its event is written within milliseconds. A crash or
+    /// power cut can lose the events of the last moments.
+    Batched,
 }
 
 /// What the gateway does when the audit writer cannot keep up.

@@ -51,6 +51,9 @@ pub struct RawAgent {
 pub struct RawAudit {
     pub queue: Option<usize>,
     pub on_full: Option<String>,
+    /// `commit` (the default): an answer waits for its event's commit; `batched`:
+    /// it does not, and a crash can lose the last events.
+    pub durability: Option<String>,
     pub retention: Option<String>,
     pub checkpoint_every: Option<String>,
     /// The port audit, run by the gateway on a schedule.

@@ -25,8 +25,8 @@ pub(super) async fn set_secret(
         Err(SecretError::Store(e)) => {
             tracing::error!(error = %e, "could not store a secret");
             error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the store failed; see the gateway log",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable: nothing was changed; see the gateway log and retry",
             )
         }
         Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
@@ -92,8 +92,8 @@ pub(super) async fn audit(
         Err(e) => {
             tracing::error!(error = %e, "could not read the audit log");
             error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the store failed; see the gateway log",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable: see the gateway log and retry",
             )
         }
     }
@@ -119,8 +119,8 @@ pub(super) async fn report(
         Err(e) => {
             tracing::error!(error = %e, "could not build the report");
             error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the store failed; see the gateway log",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable: see the gateway log and retry",
             )
         }
     }
@@ -210,8 +210,8 @@ pub(super) async fn enroll_agent(
         Err(IssueError::Store(e)) => {
             tracing::error!(error = %e, "could not store an enrollment token");
             error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the store failed; see the gateway log",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable: nothing was changed; see the gateway log and retry",
             )
         }
         Err(e) => error(StatusCode::NOT_FOUND, &e.to_string()),
@@ -234,8 +234,8 @@ pub(super) async fn revoke_agent(
         Err(e) => {
             tracing::error!(error = %e, "could not record an agent revocation");
             error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the agent is disconnected, but the store failed to record the revocation; revoke again",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the agent is disconnected, but the store (store_unavailable) failed to record the revocation; revoke again",
             )
         }
     }

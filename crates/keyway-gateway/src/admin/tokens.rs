@@ -19,8 +19,8 @@ pub(super) async fn issue_token(admin: Admin, State(gw): State<Gw>, body: Bytes)
         Err(IssueError::Store(e)) => {
             tracing::error!(error = %e, "could not store a new token");
             error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the store failed; see the gateway log",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable: nothing was changed; see the gateway log and retry",
             )
         }
         Err(IssueError::UnknownService(_)) => error(
@@ -53,8 +53,8 @@ pub(super) async fn issue_credential(admin: Admin, State(gw): State<Gw>, body: B
         Err(IssueError::Store(e)) => {
             tracing::error!(error = %e, "could not store a new credential");
             error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the store failed; see the gateway log",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable: nothing was changed; see the gateway log and retry",
             )
         }
         Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
@@ -77,8 +77,8 @@ pub(super) async fn list_tokens(
         Err(e) => {
             tracing::error!(error = %e, "could not list tokens");
             return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the store failed; see the gateway log",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable: see the gateway log and retry",
             );
         }
     };
@@ -154,8 +154,8 @@ pub(super) async fn revoke_matching(admin: Admin, State(gw): State<Gw>, body: By
             Json(infos).into_response()
         }
         Err(_) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the store failed part way; the tokens revoked so far are revoked; see the gateway log and run again",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable: the tokens are revoked in the running gateway, but the store failed to record it (they would come back after a restart); see the gateway log and run again",
         ),
     }
 }
@@ -199,8 +199,8 @@ pub(super) async fn rotate_token(
         Err(RotateError::Store(e)) => {
             tracing::error!(error = %e, "could not rotate a token");
             error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the store failed; see the gateway log",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable: nothing was changed; see the gateway log and retry",
             )
         }
         Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
@@ -217,8 +217,8 @@ pub(super) async fn revoke_token(
         Ok(None) => error(StatusCode::NOT_FOUND, "no token with that id"),
         // Logged by `revoke`, which also cut the token's use in this process.
         Err(_) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the token is revoked in the running gateway, but the store failed to record it \
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the token is revoked in the running gateway, but the store (store_unavailable) failed to record it \
              (it would come back after a restart); see the gateway log and revoke again",
         ),
     }

@@ -202,12 +202,14 @@ impl HttpProxy {
         let decision = self.decide(&req, conn, source, &mut ev, &mut detail);
         let (entry, path) = match decision {
             Ok(x) => x,
-            Err((reason, retry_after)) => return self.deny(ev, detail, reason, retry_after),
+            Err((reason, retry_after)) => return self.deny(ev, detail, reason, retry_after).await,
         };
         // Reserve the audit event before forwarding: with `fail_closed`, no request
         // goes on unless its event can be recorded.
         let Ok(reservation) = h.audit.reserve() else {
-            return self.deny(ev, detail, DenyReason::AuditUnavailable, None);
+            return self
+                .deny(ev, detail, DenyReason::AuditUnavailable, None)
+                .await;
         };
 
         let started = Instant::now();
@@ -217,7 +219,7 @@ impl HttpProxy {
             Ok(r) => r,
             Err(reason) => {
                 drop(reservation);
-                return self.deny(ev, detail, reason, None);
+                return self.deny(ev, detail, reason, None).await;
             }
         };
         let result = tokio::time::timeout(
@@ -257,7 +259,10 @@ impl HttpProxy {
             }
         };
         ev.detail = detail.into();
-        reservation.send(ev);
+        // Under `durability = "commit"` the answer waits for its event's commit.
+        if !reservation.send(ev).wait().await {
+            return refusal(DenyReason::AuditUnavailable, None);
+        }
         response
     }
 
@@ -330,7 +335,9 @@ impl HttpProxy {
         Ok((entry, path))
     }
 
-    fn deny(
+    /// Audits a refusal and answers it (once its event is committed, under
+    /// `durability = "commit"`; a 503 if the store did not take it).
+    async fn deny(
         &self,
         mut ev: AuditEvent,
         mut detail: serde_json::Map<String, serde_json::Value>,
@@ -342,44 +349,53 @@ impl HttpProxy {
         ev.deny(reason);
         ev.detail = detail.into();
         tracing::debug!(service = %self.svc.name, reason = reason.as_str(), token_id = ?ev.token_id, "request denied");
-        self.h.audit.record(ev);
-
-        let body = match status {
-            StatusCode::UNAUTHORIZED => "unauthorized\n",
-            StatusCode::FORBIDDEN => "forbidden\n",
-            StatusCode::TOO_MANY_REQUESTS => "too many requests\n",
-            StatusCode::BAD_REQUEST => "bad request\n",
-            StatusCode::METHOD_NOT_ALLOWED => "method not allowed\n",
-            _ => "service unavailable\n",
-        };
-        let mut resp = plain(status, body);
-        let h = resp.headers_mut();
-        match status {
-            StatusCode::UNAUTHORIZED => {
-                h.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"keyway\""),
-                );
-            }
-            StatusCode::TOO_MANY_REQUESTS => {
-                let secs = retry_after.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64);
-                h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            }
-            StatusCode::BAD_REQUEST => {
-                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            _ => {}
+        if !self.h.audit.record(ev).wait().await {
+            return refusal(DenyReason::AuditUnavailable, None);
         }
-        if reason == DenyReason::Reloading {
-            // This connection belongs to a replaced proxy: the next goes to the new.
-            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-            h.insert(header::RETRY_AFTER, HeaderValue::from(0));
-        } else if reason == DenyReason::UnknownService {
-            // This connection belongs to a removed proxy: nothing serves it any more.
-            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        resp
+        refusal(reason, retry_after)
     }
+}
+
+/// The answer to a refused request.
+fn refusal(reason: DenyReason, retry_after: Option<Duration>) -> Response<ProxyBody> {
+    let status = StatusCode::from_u16(reason.status()).unwrap_or(StatusCode::FORBIDDEN);
+    let body = match status {
+        StatusCode::UNAUTHORIZED => "unauthorized\n",
+        StatusCode::FORBIDDEN => "forbidden\n",
+        StatusCode::TOO_MANY_REQUESTS => "too many requests\n",
+        StatusCode::BAD_REQUEST => "bad request\n",
+        StatusCode::METHOD_NOT_ALLOWED => "method not allowed\n",
+        _ => "service unavailable\n",
+    };
+    let mut resp = plain(status, body);
+    let h = resp.headers_mut();
+    match status {
+        StatusCode::UNAUTHORIZED => {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"keyway\""),
+            );
+        }
+        StatusCode::TOO_MANY_REQUESTS => {
+            let secs = retry_after.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64);
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        StatusCode::BAD_REQUEST => {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        _ => {}
+    }
+    if reason == DenyReason::Reloading {
+        // This connection belongs to a replaced proxy: the next goes to the new.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        h.insert(header::RETRY_AFTER, HeaderValue::from(0));
+    } else if reason == DenyReason::UnknownService {
+        // This connection belongs to a removed proxy: nothing serves it any more.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    } else if reason == DenyReason::AuditUnavailable {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(1));
+    }
+    resp
 }
 
 fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {

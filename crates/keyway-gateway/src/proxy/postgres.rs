@@ -233,7 +233,7 @@ impl PgProxy {
         }
         // Only then, with the sockets closed and the query stopped, its event: under
         // `fail_closed` it waits for room in the audit queue, as statements do.
-        self.h.audit.reserve_waiting().await.send(ended.event);
+        let _ = self.h.audit.reserve_waiting().await.send(ended.event);
     }
 }
 

@@ -164,9 +164,6 @@ impl Tokens {
         let until = now
             .saturating_add(duration_ms(overlap))
             .min(old.expires_at());
-        self.store.shorten_expiry(id, until).await?;
-        old.shorten(until);
-        self.cut_at_expiry(old.clone());
         let mut ev = self.audit.event(EventKind::TokenRotated);
         // The successor's `token.issued` names the credential it descends from; this
         // event links it to the token it replaces.
@@ -178,7 +175,11 @@ impl Tokens {
             "successor": record.id,
             "expires_at": format_ms(until),
         });
-        self.audit.record_reliably(ev).await;
+        let events = [ev];
+        self.store.shorten_expiry(id, until, &events).await?;
+        old.shorten(until);
+        self.cut_at_expiry(old.clone());
+        self.audit.committed(&events);
         Ok((token, record, until))
     }
 }

@@ -29,7 +29,7 @@ impl Tokens {
         if !self.index.revoke_first(id, now) {
             return Ok(false);
         }
-        self.persist_revocation(id, now, "gateway", Some("used"))
+        self.persist_revocations(&[id.to_owned()], now, "gateway", &|_| Some("used"))
             .await?;
         Ok(true)
     }
@@ -46,19 +46,27 @@ impl Tokens {
         reason: Option<&str>,
     ) -> Result<Option<TokenRecord>, StoreError> {
         let now = self.now();
-        let revoked_now = self.revoke_in_memory(id, now);
-        let Some(record) = self.persist_revocation(id, now, by, reason).await? else {
-            return Ok(None);
+        let mut ids = vec![id.to_owned()];
+        ids.extend(
+            self.revoke_in_memory(id, now)
+                .into_iter()
+                .filter(|c| c.as_str() != id),
+        );
+        let why = |r: &TokenRecord| {
+            if r.id == id {
+                reason
+            } else {
+                Some("credential_revoked")
+            }
         };
-        for child in revoked_now.iter().filter(|c| c.as_str() != id) {
-            self.persist_revocation(child, now, by, Some("credential_revoked"))
-                .await?;
-        }
-        Ok(Some(record))
+        let records = self.persist_revocations(&ids, now, by, &why).await?;
+        Ok(records.into_iter().find(|r| r.id == id))
     }
 
     /// Revokes every live access token and client credential that matches all the
-    /// filters given (at least one): the panic button after an incident.
+    /// filters given (at least one): the panic button after an incident. All of them
+    /// stop working at once, in memory, whatever their number; then they and their
+    /// events are written in one transaction.
     pub async fn revoke_where(
         &self,
         f: &RevokeFilter,
@@ -67,27 +75,33 @@ impl Tokens {
         if f.principal.is_none() && f.service.is_none() && f.issued_before.is_none() {
             return Ok(Vec::new());
         }
-        let mut revoked = Vec::new();
-        for t in self.store.tokens().await? {
-            let kind_ok = matches!(t.kind, TokenKind::Access | TokenKind::ClientCredential);
-            // Revoked since the listing (a credential's tokens go with it): skip.
-            let already = self.index.get(&t.id).is_some_and(|e| e.revoked());
-            let matches = t.revoked_at.is_none()
-                && !already
-                && kind_ok
+        let now = self.now();
+        let (matched, children) = self.index.revoke_matching(now, |e| {
+            let t = &e.record;
+            matches!(t.kind, TokenKind::Access | TokenKind::ClientCredential)
                 && f.principal.as_ref().is_none_or(|p| *p == t.principal)
                 && f.service.as_ref().is_none_or(|s| {
                     t.grant.as_ref().is_some_and(|g| g.service == *s)
                         || t.scope.as_ref().is_some_and(|c| c.grant(s).is_some())
                 })
-                && f.issued_before.is_none_or(|b| t.created_at < b);
-            if matches {
-                if let Some(r) = self.revoke(&t.id, by, Some("bulk")).await? {
-                    revoked.push(r);
-                }
+                && f.issued_before.is_none_or(|b| t.created_at < b)
+        });
+        let ids: Vec<String> = matched
+            .iter()
+            .chain(&children)
+            .map(|e| e.id().to_owned())
+            .collect();
+        let matched: std::collections::HashSet<&str> = matched.iter().map(|e| e.id()).collect();
+        let why = |r: &TokenRecord| {
+            if matched.contains(r.id.as_str()) {
+                Some("bulk")
+            } else {
+                Some("credential_revoked")
             }
-        }
-        Ok(revoked)
+        };
+        let mut records = self.persist_revocations(&ids, now, by, &why).await?;
+        records.retain(|r| matched.contains(r.id.as_str()));
+        Ok(records)
     }
 
     /// Revokes at once, in memory: the token, and with a client credential every
@@ -147,66 +161,68 @@ impl Tokens {
                 continue;
             }
             let ids = self.revoke_in_memory(&f.id, now);
-            let gw = self.clone();
+            let (gw, leaked) = (self.clone(), f.id.clone());
             tokio::spawn(async move {
-                for (i, id) in ids.iter().enumerate() {
-                    let reason = if i == 0 {
-                        "exposed_in_url"
+                let why = |r: &TokenRecord| {
+                    if r.id == leaked {
+                        Some("exposed_in_url")
                     } else {
-                        "credential_revoked"
-                    };
-                    if gw
-                        .persist_revocation(id, now, "gateway", Some(reason))
-                        .await
-                        .is_ok()
-                        && i == 0
-                    {
-                        tracing::warn!(token_id = %id, "revoked a token sent in a URL");
+                        Some("credential_revoked")
                     }
+                };
+                if gw
+                    .persist_revocations(&ids, now, "gateway", &why)
+                    .await
+                    .is_ok()
+                {
+                    tracing::warn!(token_id = %leaked, "revoked a token sent in a URL");
                 }
             });
         }
         true
     }
 
-    /// Writes a revocation (already in force in memory) to the store, retrying, and
-    /// audits it.
-    async fn persist_revocation(
+    /// Writes revocations (already in force in memory) to the store with their
+    /// events, in one transaction, retrying. `reason` gives each record's reason.
+    /// Returns the records found, those revoked by this call first.
+    async fn persist_revocations<'a>(
         &self,
-        id: &str,
+        ids: &[String],
         now: UnixMillis,
         by: &str,
-        reason: Option<&str>,
-    ) -> Result<Option<TokenRecord>, StoreError> {
+        reason: &(dyn Fn(&TokenRecord) -> Option<&'a str> + Sync),
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let event = |r: &TokenRecord| {
+            let mut ev = AuditEvent::new(EventKind::TokenRevoked, now);
+            ev.token_id = Some(r.id.clone());
+            ev.principal = Some(r.principal.clone());
+            ev.service = r.grant.as_ref().map(|g| g.service.clone());
+            ev.reason = reason(r).map(str::to_owned);
+            ev.detail = serde_json::json!({ "by": by });
+            ev
+        };
         let mut attempt = 0;
-        let record = loop {
-            match self.store.revoke_token(id, now).await {
-                Ok(r) => break r,
+        loop {
+            match self.store.revoke_tokens(ids, now, &event).await {
+                Ok((records, fresh)) => {
+                    let events: Vec<_> = records[..fresh].iter().map(event).collect();
+                    self.audit.committed(&events);
+                    return Ok(records);
+                }
                 Err(e) if attempt < 3 => {
                     attempt += 1;
-                    tracing::warn!(error = %e, token_id = id, attempt, "could not record a revocation; retrying");
+                    tracing::warn!(error = %e, tokens = ids.len(), attempt, "could not record a revocation; retrying");
                     tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
                 }
                 Err(e) => {
                     tracing::error!(
                         error = %e,
-                        token_id = id,
+                        tokens = ids.len(),
                         "a revocation holds in this process but is not in the store"
                     );
                     return Err(e);
                 }
             }
-        };
-        let Some(record) = record else {
-            return Ok(None);
-        };
-        let mut ev = self.audit.event(EventKind::TokenRevoked);
-        ev.token_id = Some(record.id.clone());
-        ev.principal = Some(record.principal.clone());
-        ev.service = record.grant.as_ref().map(|g| g.service.clone());
-        ev.reason = reason.map(str::to_owned);
-        ev.detail = serde_json::json!({ "by": by });
-        self.audit.record_reliably(ev).await;
-        Ok(Some(record))
+        }
     }
 }

@@ -105,13 +105,17 @@ async fn answer_with_certificate(
     match decided {
         Ok(cert) => {
             ev.allow();
-            h.audit.record_reliably(ev).await;
+            // The certificate goes out once its event is committed.
+            if !h.audit.record_reliably(ev).await.wait().await {
+                reply(tls, Some("unavailable"), None).await;
+                return;
+            }
             reply(tls, None, Some(cert)).await;
         }
         Err(reason) => {
             ev.deny_with(reason.as_str());
             // Bounded like every denial: unauthenticated peers cannot fill the queue.
-            h.audit.record(ev);
+            let _ = h.audit.record(ev).wait().await;
             reply(tls, Some(refusal), None).await;
         }
     }
@@ -169,7 +173,7 @@ pub async fn serve(
         Ok(a) => a,
         Err(reason) => {
             ev.deny_with(reason.as_str());
-            h.audit.record(ev);
+            let _ = h.audit.record(ev).wait().await;
             tracing::warn!(%peer, reason = reason.as_str(), "an agent connection was refused");
             reply(&mut tls, Some("agent refused"), None).await;
             return;
@@ -189,7 +193,10 @@ pub async fn serve(
     let version = printable(&hello.version, 32);
     ev.allow();
     ev.detail = json!({ "version": version });
-    h.audit.record_reliably(ev).await;
+    // The agent carries nothing until its connection is on record.
+    if !h.audit.record_reliably(ev).await.wait().await {
+        return;
+    }
     tracing::info!(agent, %peer, version, "agent connected");
     let added = h.agents.add(&agent, issued, send, version, peer, h.now());
     let conn = match added {
@@ -199,7 +206,7 @@ pub async fn serve(
             ev.principal = Some(agent);
             ev.source = Some(peer.ip().to_canonical().to_string());
             ev.deny_with(reason.as_str());
-            h.audit.record(ev);
+            let _ = h.audit.record(ev);
             return;
         }
     };
@@ -222,7 +229,7 @@ pub async fn serve(
     });
     // Under `fail_closed` it waits for room in the audit queue, as a session's end
     // does.
-    h.audit.reserve_waiting().await.send(ev);
+    let _ = h.audit.reserve_waiting().await.send(ev);
 }
 
 /// Asks the agent `GET /health` every [`HEARTBEAT`]; returns after

@@ -1,18 +1,18 @@
 //! Agent revocations: the time before which an agent's certificates are refused.
 
 use keyway_core::UnixMillis;
-use sqlx::{Row, SqlitePool};
+use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use crate::Result;
 
-pub(super) async fn revoke(pool: &SqlitePool, name: &str, at: UnixMillis) -> Result<()> {
+pub(super) async fn revoke(conn: &mut SqliteConnection, name: &str, at: UnixMillis) -> Result<()> {
     sqlx::query(
         "INSERT INTO agent_revocations (name, revoked_at) VALUES (?, ?)
          ON CONFLICT(name) DO UPDATE SET revoked_at = excluded.revoked_at",
     )
     .bind(name)
     .bind(at)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }

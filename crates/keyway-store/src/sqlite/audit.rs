@@ -1,11 +1,11 @@
 //! The audit log: appended in batches on a keyed hash chain, checkpointed, pruned up
 //! to a checkpoint, verified in one snapshot, and read back.
 
-use std::sync::Mutex;
+use tokio::sync::Mutex;
 
 use keyway_core::UnixMillis;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqlitePool};
+use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use crate::{AuditEvent, AuditQuery, Result, StoreError, StoredEvent};
 
@@ -34,11 +34,8 @@ impl std::fmt::Debug for Chain {
 }
 
 /// The audit chain's key, once the gateway has set it.
-fn chain_key(state: &Mutex<Option<Chain>>) -> Option<crate::ChainKey> {
-    state
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .map(|c| c.key)
+async fn chain_key(state: &Mutex<Option<Chain>>) -> Option<crate::ChainKey> {
+    state.lock().await.map(|c| c.key)
 }
 
 pub(super) async fn set_key(
@@ -54,35 +51,34 @@ pub(super) async fn set_key(
     let head = head
         .and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
         .unwrap_or(crate::chain::GENESIS);
-    *state.lock().unwrap_or_else(|p| p.into_inner()) = Some(Chain { key, head });
+    *state.lock().await = Some(Chain { key, head });
     Ok(())
 }
 
-pub(super) async fn append(
-    pool: &SqlitePool,
-    state: &Mutex<Option<Chain>>,
+/// Appends `events` on `conn`, inside the caller's transaction, each linked to the one
+/// before from `chain`'s head. Returns the head once they are in (unchanged without a
+/// key); the caller moves it only after the commit.
+pub(super) async fn append_on(
+    conn: &mut SqliteConnection,
+    chain: Option<&Chain>,
     events: &[AuditEvent],
-) -> Result<()> {
-    // One writer appends, in batches; the head moves only once a batch is in.
-    let chain = *state.lock().unwrap_or_else(|p| p.into_inner());
+) -> Result<Option<Chain>> {
     let mut head = chain.map(|c| c.head);
     let mut rows = Vec::with_capacity(events.len());
     for e in events {
         let detail = e.detail.to_string();
-        let (prev, hash) = match chain {
-            Some(c) => {
-                let prev = head.unwrap_or(crate::chain::GENESIS);
+        let (prev, hash) = match (chain, head) {
+            (Some(c), Some(prev)) => {
                 let hash = crate::chain::link(&c.key, &prev, e, &detail);
                 head = Some(hash);
                 (Some(prev.to_vec()), Some(hash.to_vec()))
             }
-            None => (None, None),
+            _ => (None, None),
         };
         rows.push((e, detail, prev, hash));
     }
     // Many rows a statement: each statement is a round trip to SQLite's thread,
     // which under load costs more than the insert itself.
-    let mut tx = pool.begin().await?;
     for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO audit_events (at, kind, decision, reason, principal, service, token_id, source, detail, prev_hash, hash) ",
@@ -100,13 +96,9 @@ pub(super) async fn append(
                 .push_bind(prev)
                 .push_bind(hash);
         });
-        q.build().execute(&mut *tx).await?;
+        q.build().execute(&mut *conn).await?;
     }
-    tx.commit().await?;
-    if let (Some(c), Some(head)) = (chain, head) {
-        *state.lock().unwrap_or_else(|p| p.into_inner()) = Some(Chain { key: c.key, head });
-    }
-    Ok(())
+    Ok(chain.zip(head).map(|(c, head)| Chain { key: c.key, head }))
 }
 
 pub(super) async fn checkpoint(
@@ -114,7 +106,7 @@ pub(super) async fn checkpoint(
     state: &Mutex<Option<Chain>>,
     at: UnixMillis,
 ) -> Result<Option<crate::Checkpoint>> {
-    let Some(key) = chain_key(state) else {
+    let Some(key) = chain_key(state).await else {
         return Ok(None);
     };
     let head = sqlx::query(
@@ -144,7 +136,7 @@ pub(super) async fn prune(
     state: &Mutex<Option<Chain>>,
     before: UnixMillis,
 ) -> Result<Option<(i64, u64)>> {
-    let Some(key) = chain_key(state) else {
+    let Some(key) = chain_key(state).await else {
         return Ok(None);
     };
     // IMMEDIATE: the write lock from the start, so the audit writer cannot commit

@@ -1,12 +1,12 @@
 //! Upstream secrets, as sealed (never their plaintext), by name.
 
 use keyway_core::UnixMillis;
-use sqlx::{Row, SqlitePool};
+use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use crate::{Result, Sealed};
 
 pub(super) async fn put(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     name: &str,
     sealed: &Sealed,
     at: UnixMillis,
@@ -21,7 +21,7 @@ pub(super) async fn put(
     .bind(&sealed.nonce)
     .bind(&sealed.ciphertext)
     .bind(at)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }

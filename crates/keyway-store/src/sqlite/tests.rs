@@ -26,18 +26,45 @@ async fn tokens_round_trip_and_revoke_keeps_the_first_time() {
         scope: None,
         cert_thumbprint: Some("x5t".into()),
     };
-    store.insert_token(&rec).await.unwrap();
+    store.insert_token(&rec, &[]).await.unwrap();
     assert_eq!(store.tokens().await.unwrap(), vec![rec.clone()]);
-    let r = store.revoke_token(t.id(), 15).await.unwrap().unwrap();
-    assert_eq!(r.revoked_at, Some(15));
-    let r = store.revoke_token(t.id(), 18).await.unwrap().unwrap();
-    assert_eq!(r.revoked_at, Some(15));
-    assert!(store.revoke_token("nope", 1).await.unwrap().is_none());
+    let revoked = |r: &TokenRecord| AuditEvent {
+        kind: "token.revoked".into(),
+        token_id: Some(r.id.clone()),
+        ..AuditEvent::default()
+    };
+    let ids = [t.id().to_owned(), "nope".to_owned()];
+    let (r, fresh) = store.revoke_tokens(&ids, 15, &revoked).await.unwrap();
+    assert_eq!((r.len(), fresh), (1, 1), "the unknown id is not found");
+    assert_eq!(r[0].revoked_at, Some(15));
+    let (r, fresh) = store.revoke_tokens(&ids, 18, &revoked).await.unwrap();
+    assert_eq!((r[0].revoked_at, fresh), (Some(15), 0));
+    let events = store
+        .audit_events(&AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        events.len(),
+        1,
+        "one event, for the call that revoked it: {events:?}"
+    );
+    assert_eq!(events[0].event.token_id.as_deref(), Some(t.id()));
     store.touch_tokens(&[(t.id().into(), 17)]).await.unwrap();
     assert_eq!(store.tokens().await.unwrap()[0].last_used_at, Some(17));
-    let r = store.shorten_expiry(t.id(), 30).await.unwrap().unwrap();
+    let r = store
+        .shorten_expiry(t.id(), 30, &[])
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(r.expires_at, 20, "never later");
-    let r = store.shorten_expiry(t.id(), 12).await.unwrap().unwrap();
+    let r = store
+        .shorten_expiry(t.id(), 12, &[])
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(r.expires_at, 12);
 }
 
@@ -46,8 +73,8 @@ async fn secrets_and_audit() {
     let store = SqliteStore::in_memory().await.unwrap();
     let sealer = Sealer::new(&SecretBox::new(Box::new([2; 32])));
     let sealed = sealer.seal("k", &SecretString::from("v"));
-    store.put_secret("k", &sealed, 1).await.unwrap();
-    store.put_secret("k", &sealed, 2).await.unwrap();
+    store.put_secret("k", &sealed, 1, &[]).await.unwrap();
+    store.put_secret("k", &sealed, 2, &[]).await.unwrap();
     assert_eq!(
         store.secrets().await.unwrap(),
         vec![("k".to_owned(), sealed)]
@@ -166,4 +193,48 @@ async fn a_failed_batch_leaves_the_chain_as_it_was_and_its_retry_fits() {
     store.append_audit(&events[10..]).await.unwrap();
     assert_eq!(stored(&store).await, events);
     assert_intact(&store, key, 300).await;
+}
+
+#[tokio::test]
+async fn a_change_that_fails_leaves_neither_its_row_nor_its_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("k.db")).await.unwrap();
+    let key = [7; 32];
+    store.set_audit_key(key).await.unwrap();
+    let pepper = Pepper::new(&SecretBox::new(Box::new([1; 32])));
+    let t = IssuedToken::generate(TokenKind::Admin);
+    let rec = TokenRecord {
+        id: t.id().into(),
+        kind: TokenKind::Admin,
+        principal: "admin".into(),
+        grant: None,
+        hash: t.hash(&pepper),
+        created_at: 1,
+        expires_at: 2,
+        revoked_at: None,
+        last_used_at: None,
+        parent_id: None,
+        scope: None,
+        cert_thumbprint: None,
+    };
+    let issued = AuditEvent {
+        kind: "token.issued".into(),
+        token_id: Some(rec.id.clone()),
+        ..AuditEvent::default()
+    };
+    store.insert_token(&rec, std::slice::from_ref(&issued)).await.unwrap();
+    // The same id again: the insert fails, and its event goes with it.
+    assert!(store.insert_token(&rec, &[issued]).await.is_err());
+    let events = store
+        .audit_events(&AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(store.tokens().await.unwrap().len(), 1);
+    // The chain moved only for what was committed, and goes on from there.
+    store.append_audit(&[AuditEvent::default()]).await.unwrap();
+    assert_intact(&store, key, 2).await;
 }

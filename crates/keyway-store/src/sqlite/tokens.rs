@@ -2,7 +2,7 @@
 
 use keyway_core::{Grant, TokenHash, TokenKind, UnixMillis};
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqlitePool};
+use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use crate::{Result, StoreError, TokenRecord};
 
@@ -10,7 +10,7 @@ const TOKEN_COLUMNS: &str =
     "id, kind, principal, grant_json, hash, created_at, expires_at, revoked_at, \
                              last_used_at, parent_id, scope_json, cert_thumbprint";
 
-pub(super) async fn insert(pool: &SqlitePool, t: &TokenRecord) -> Result<()> {
+pub(super) async fn insert(conn: &mut SqliteConnection, t: &TokenRecord) -> Result<()> {
     let grant = to_json(&t.grant)?;
     let scope = to_json(&t.scope)?;
     sqlx::query(&format!(
@@ -28,7 +28,7 @@ pub(super) async fn insert(pool: &SqlitePool, t: &TokenRecord) -> Result<()> {
     .bind(&t.parent_id)
     .bind(scope)
     .bind(&t.cert_thumbprint)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }
@@ -42,23 +42,59 @@ pub(super) async fn all(pool: &SqlitePool) -> Result<Vec<TokenRecord>> {
     rows.iter().map(token_from_row).collect()
 }
 
+/// Ids one statement revokes at most (bound as one JSON array).
+const REVOKE_CHUNK: usize = 10_000;
+
+/// Marks the tokens revoked at `at`, keeping an earlier revocation. Returns the
+/// records found, and how many of them (the first) this call revoked.
 pub(super) async fn revoke(
-    pool: &SqlitePool,
-    id: &str,
+    conn: &mut SqliteConnection,
+    ids: &[String],
     at: UnixMillis,
-) -> Result<Option<TokenRecord>> {
-    let row = sqlx::query(&format!(
-        "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? RETURNING {TOKEN_COLUMNS}"
-    ))
-    .bind(at)
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    row.as_ref().map(token_from_row).transpose()
+) -> Result<(Vec<TokenRecord>, usize)> {
+    let mut fresh = Vec::new();
+    let mut before = Vec::new();
+    for chunk in ids.chunks(REVOKE_CHUNK) {
+        let list = serde_json::to_string(chunk).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let rows = sqlx::query(&format!(
+            "UPDATE tokens SET revoked_at = ? WHERE id IN (SELECT value FROM json_each(?))
+             AND revoked_at IS NULL RETURNING {TOKEN_COLUMNS}"
+        ))
+        .bind(at)
+        .bind(&list)
+        .fetch_all(&mut *conn)
+        .await?;
+        let n = rows.len();
+        let mut now = std::collections::HashSet::with_capacity(n);
+        for r in &rows {
+            let t = token_from_row(r)?;
+            now.insert(t.id.clone());
+            fresh.push(t);
+        }
+        // Those revoked before: found, not revoked again (a short read but for a
+        // repeated call).
+        if n < chunk.len() {
+            let rows = sqlx::query(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM tokens WHERE id IN (SELECT value FROM json_each(?))"
+            ))
+            .bind(&list)
+            .fetch_all(&mut *conn)
+            .await?;
+            for r in &rows {
+                let t = token_from_row(r)?;
+                if !now.contains(&t.id) {
+                    before.push(t);
+                }
+            }
+        }
+    }
+    let n = fresh.len();
+    fresh.extend(before);
+    Ok((fresh, n))
 }
 
 pub(super) async fn shorten_expiry(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     id: &str,
     expires_at: UnixMillis,
 ) -> Result<Option<TokenRecord>> {
@@ -67,7 +103,7 @@ pub(super) async fn shorten_expiry(
     ))
     .bind(expires_at)
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?;
     row.as_ref().map(token_from_row).transpose()
 }

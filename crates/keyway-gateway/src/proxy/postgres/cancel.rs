@@ -33,7 +33,8 @@ impl PgProxy {
         ev.service = Some(self.svc.name.clone());
         ev.token_id = Some(entry.id().to_owned());
         ev.principal = Some(entry.record.principal.clone());
-        self.h.audit.record(ev);
+        // A cancel has no answer to hold back.
+        let _ = self.h.audit.record(ev);
     }
 
     /// A `CancelRequest` to the upstream for backend `pid`, on its own connection.

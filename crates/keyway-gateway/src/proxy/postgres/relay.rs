@@ -215,6 +215,7 @@ pub(super) async fn client_to_upstream<R, W>(
     let mut r = BufReader::with_capacity(RELAY_BUFFER / 2, r);
     let mut w = BufWriter::with_capacity(RELAY_BUFFER / 2, w);
     let mut buf = vec![0u8; RELAY_BUFFER / 2];
+    let mut pending = Vec::new();
     loop {
         let mut header = [0u8; 5];
         if r.read_exact(&mut header).await.is_err() {
@@ -250,10 +251,20 @@ pub(super) async fn client_to_upstream<R, W>(
             left -= n;
         }
         if let Some(reservation) = reservation {
-            audit.record(reservation, &capture);
+            pending.push(audit.record(reservation, &capture));
         }
-        if !whole_frame_waiting(r.buffer()) && w.flush().await.is_err() {
-            return;
+        if !whole_frame_waiting(r.buffer()) {
+            // The statements go to the server only once their events are committed
+            // (`durability = "commit"`); one the store did not take ends the session.
+            for committed in pending.drain(..) {
+                if !committed.wait().await {
+                    tracing::error!("a statement could not be audited; ending the session");
+                    return;
+                }
+            }
+            if w.flush().await.is_err() {
+                return;
+            }
         }
         if kind == b'X' {
             break;

@@ -128,7 +128,9 @@ impl PgProxy {
             Ok(x) => x,
             Err(reason) => {
                 ev.deny(reason);
-                self.h.audit.record(ev);
+                if !self.h.audit.record(ev).wait().await {
+                    return Err(unrecorded());
+                }
                 let (code, msg) = match reason.status() {
                     401 => ("28P01", "password authentication failed: Keyway refused the token (wrong, expired or revoked)"),
                     403 => ("28000", "Keyway: this token does not grant this database"),
@@ -139,10 +141,7 @@ impl PgProxy {
             }
         };
         let Ok(reservation) = self.h.audit.reserve() else {
-            return Err(Refused::Client(
-                "53300",
-                "Keyway cannot record this session now".into(),
-            ));
+            return Err(unrecorded());
         };
         let login = tokio::select! {
             biased;
@@ -154,14 +153,18 @@ impl PgProxy {
             Err(refused) => {
                 ev.allow();
                 ev.detail = json!({ "role": role, "error": refused.text() });
-                reservation.send(ev);
+                if !reservation.send(ev).wait().await {
+                    return Err(unrecorded());
+                }
                 return Err(refused);
             }
         };
         // Revoked while the upstream login went on: the session does not start.
         if let Err(reason) = entry.check_live(self.h.now()) {
             ev.deny(reason);
-            reservation.send(ev);
+            if !reservation.send(ev).wait().await {
+                return Err(unrecorded());
+            }
             return Err(Refused::Client(
                 "28P01",
                 "password authentication failed: Keyway refused the token (wrong, expired or revoked)"
@@ -171,7 +174,10 @@ impl PgProxy {
         let upstream_user = self.pg.roles.get(&role).map(|r| r.user.clone());
         ev.allow();
         ev.detail = json!({ "role": role, "upstream_user": upstream_user, "tls": is_tls });
-        reservation.send(ev);
+        // The session opens once its event is committed (`durability = "commit"`).
+        if !reservation.send(ev).wait().await {
+            return Err(unrecorded());
+        }
         client
             .write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0])
             .await
@@ -288,4 +294,10 @@ pub(super) fn parse_params(body: &[u8]) -> HashMap<String, String> {
         );
     }
     out
+}
+
+/// The session cannot be audited now (the audit queue is full or the store refuses
+/// writes): refused, with a code a client may retry on.
+fn unrecorded() -> Refused {
+    Refused::Client("53300", "Keyway cannot record this session now".into())
 }

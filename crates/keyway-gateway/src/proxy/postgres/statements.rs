@@ -14,7 +14,13 @@ pub(super) struct StatementAudit {
 }
 
 impl StatementAudit {
-    pub(super) fn record(&self, reservation: crate::audit::Reservation, c: &Capture) {
+    /// Queues the statement's event; the statement goes to the server once the
+    /// returned commit resolves.
+    pub(super) fn record(
+        &self,
+        reservation: crate::audit::Reservation,
+        c: &Capture,
+    ) -> crate::audit::Committed {
         let detail = if c.kind == b'F' {
             let oid = (c.kept.len() == 4)
                 .then(|| u32::from_be_bytes([c.kept[0], c.kept[1], c.kept[2], c.kept[3]]));
@@ -40,7 +46,7 @@ impl StatementAudit {
         ev.token_id = Some(self.token_id.clone());
         ev.principal = Some(self.principal.clone());
         ev.detail = detail;
-        reservation.send(ev);
+        reservation.send(ev)
     }
 }
 
