@@ -53,7 +53,7 @@ if targets("http"):
     print("| target | req/s | p50 ms | p99 ms | p99.9 ms | vs direct | vs nginx | vs HAProxy | errors |")
     print("|---|---|---|---|---|---|---|---|---|")
     direct, nginx, haproxy = (med("http", t, "rps") for t in ("direct", "nginx", "haproxy"))
-    for t in ("direct", "keyway", "nginx", "haproxy", "hyper-floor"):
+    for t in ("direct", "keyway", "keyway-batched", "nginx", "haproxy", "hyper-floor"):
         rps = med("http", t, "rps")
         if rps is None:
             continue
@@ -68,6 +68,12 @@ if targets("http"):
     if kw and floor and best:
         print(f"The floor (a bare hyper proxy with the peers' check, no Keyway): "
               f"{floor / best:.2f}× the better peer; Keyway is {kw / floor:.2f}× the floor.")
+    batched = med("http", "keyway-batched", "rps")
+    if kw and batched:
+        print(f"Audit durability: `commit` (the default: an answer waits for its event's "
+              f"fsync, shared by a group) is {kw / batched:.2f}× `batched` in req/s; p99 "
+              f"{cell('http', 'keyway', 'p99_ms', '{:.2f}')} ms against "
+              f"{cell('http', 'keyway-batched', 'p99_ms', '{:.2f}')} ms.")
     rss = med("http", "keyway", "rss_kib")
     if rss:
         print(f"Keyway's resident memory after the HTTP runs: {rss / 1024:.0f} MiB.")
