@@ -2,6 +2,10 @@
 request on each (so every one is checked and proxied), keeps them all open and idle,
 and prints the gateway's resident memory then.
 
+To a loopback gateway the connections come from 127.0.0.1 to 127.0.0.8 in turn: one
+source may hold only a quarter of a data listener's slots (DATA_CAPS in
+crates/keyway-gateway/src/runtime.rs).
+
     python3 bench/idle.py HOST PORT TOKEN N GATEWAY_PID
 """
 import resource
@@ -17,12 +21,14 @@ request = f"GET /idle HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\
 
 held = []
 batch = 250
+SOURCES = 8
 deadline = time.time() + 120
 while len(held) < n and time.time() < deadline:
     sel = selectors.DefaultSelector()
     pending = {}
-    for _ in range(min(batch, n - len(held))):
-        s = socket.create_connection((host, port))
+    for i in range(min(batch, n - len(held))):
+        source = (f"127.0.0.{1 + (len(held) + i) % SOURCES}", 0) if host.startswith("127.") else None
+        s = socket.create_connection((host, port), source_address=source)
         s.sendall(request)
         s.setblocking(False)
         sel.register(s, selectors.EVENT_READ)

@@ -69,7 +69,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use gateway::{Gateway, IssueRequest};
-pub(crate) use runtime::{Stream, MAX_CONNECTIONS};
+pub(crate) use runtime::{Stream, DATA_CAPS};
 
 /// The sockets a gateway serves, bound before it starts.
 pub struct Listeners {
@@ -223,10 +223,13 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
     let token_tls = own_tls(TOKEN_LISTENER, "token_tls", tls::alpn::HTTP);
     let tunnel_tls = own_tls(TUNNEL_LISTENER, "tunnel_tls", tls::alpn::TUNNEL);
     tasks.spawn(services.run());
-    // The admin API and the token endpoint: small JSON APIs, bounded like the rest.
+    // The admin API and the token endpoint: small JSON APIs, each with slots of its
+    // own (the data plane cannot take them), and a short deadline for clients that
+    // have not asked anything yet.
     let limits = listener::Limits {
-        max_connections: 256,
-        header_timeout: Duration::from_secs(10),
+        caps: runtime::CONTROL_CAPS,
+        header_timeout: runtime::CONTROL_IDLE_TIMEOUT,
+        first_request: Some(runtime::FIRST_REQUEST_TIMEOUT),
         max_header_bytes: 16 * 1024,
         max_headers: 64,
     };

@@ -1,55 +1,82 @@
-//! Accepting HTTP/1 connections, the same way for every listener: a cap on
-//! connections, TLS where configured (with the client certificate's thumbprint handed
-//! on), hyper's header-size and header-time bounds, and a bounded drain on shutdown.
+//! Accepting connections, the same way for every listener: the blocklist, then a
+//! slot under the listener's [`ConnectionCaps`] (in all, per source, a reserve for
+//! new sources; [`Slots`]). For HTTP/1 ([`serve_http1`]): TLS where configured (with
+//! the client certificate's thumbprint handed on), a deadline for the first request
+//! where the listener has one, hyper's header-size and header-time bounds, and a
+//! bounded drain on shutdown.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
-use hyper::service::HttpService;
+use hyper::service::Service;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod slots;
+
+pub(crate) use slots::{Slot, Slots};
+
 use crate::admission::Admission;
 use crate::runtime::BoxError;
+pub use crate::runtime::ConnectionCaps;
 pub use crate::runtime::DRAIN_TIMEOUT;
 
 /// The bounds of one listener.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    pub max_connections: usize,
+    pub caps: ConnectionCaps,
+    /// Time for each request's header, counted from the end of the previous response
+    /// on a kept-alive connection: hyper's one timer, so also the keep-alive idle
+    /// time.
     pub header_timeout: Duration,
+    /// Time from accept to the end of the first request's header, TLS handshake
+    /// included, where shorter than `header_timeout`: a connection that has not yet
+    /// asked for anything holds a slot only this long.
+    pub first_request: Option<Duration>,
     pub max_header_bytes: usize,
     pub max_headers: usize,
 }
 
 /// What serving one connection needs of its service: hyper's bounds, said once.
 pub trait ConnService:
-    HttpService<
-        Incoming,
+    Service<
+        Request<Incoming>,
+        Response = Response<Self::Body>,
         Future: Send + 'static,
         Error: Into<BoxError>,
-        ResBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
     > + Send
     + 'static
 {
+    type Body: Body<Data: Send, Error: Into<BoxError>> + Send + 'static;
 }
 
-impl<S> ConnService for S where
-    S: HttpService<
-            Incoming,
+impl<S, B> ConnService for S
+where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<B>,
             Future: Send + 'static,
             Error: Into<BoxError>,
-            ResBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
         > + Send
-        + 'static
+        + 'static,
+    B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
 {
+    type Body = B;
+}
+
+/// A connection's service, noting that a first request's header has arrived.
+struct Noting<S> {
+    inner: S,
+    asked: Option<Arc<AtomicBool>>,
 }
 
 /// What a request handler knows about its connection.
@@ -85,11 +112,12 @@ pub async fn serve_http1<S, F>(
         .keep_alive(true);
     let make = Arc::new(make);
     let tracker = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    while let Some((stream, peer, permit)) =
+    let slots = Slots::new(limits.caps);
+    while let Some((stream, peer, slot)) =
         next_connection(&listener, name, &slots, &admission, &shutdown).await
     {
         let (builder, make, stop) = (builder.clone(), make.clone(), shutdown.clone());
+        let first = limits.first_request.map(|d| Instant::now() + d);
         // Two kinds of task, not one with two arms: a task is as large as its largest
         // state, and a plain connection need not carry room for a TLS session (6 KiB
         // a task with it, 1.2 KiB without).
@@ -101,16 +129,18 @@ pub async fn serve_http1<S, F>(
                     cert_thumbprint: None,
                 };
                 tracker.spawn(async move {
-                    serve_one(&builder, stream, make(info), stop).await;
-                    drop(permit);
+                    serve_one(&builder, stream, make(info), first, stop).await;
+                    drop(slot);
                 });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.current();
+                // The handshake is bounded like the header block, or by the first
+                // request's deadline where there is one.
+                let handshake = first.unwrap_or_else(|| Instant::now() + limits.header_timeout);
                 tracker.spawn(async move {
-                    // The handshake is bounded like the header block.
                     let accepted =
-                        tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await;
+                        tokio::time::timeout_at(handshake, acceptor.accept(stream)).await;
                     let stream = match accepted {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -133,8 +163,8 @@ pub async fn serve_http1<S, F>(
                         tls: true,
                         cert_thumbprint,
                     };
-                    serve_one(&builder, stream, make(info), stop).await;
-                    drop(permit);
+                    serve_one(&builder, stream, make(info), first, stop).await;
+                    drop(slot);
                 });
             }
         }
@@ -152,17 +182,17 @@ pub async fn serve_http1<S, F>(
     }
 }
 
-/// The next connection a listener may serve, or None once `shutdown` fires. Accept
-/// errors (out of descriptors) are waited out; a blocked source, or a connection
-/// beyond the listener's cap, is closed at once; the rest are shown to the
-/// `scanning` detector.
+/// The next connection a listener may serve, with its slot, or None once `shutdown`
+/// fires. Accept errors (out of descriptors) are waited out; a blocked source, or a
+/// connection the listener's caps leave no slot for, is closed at once; the rest are
+/// shown to the `scanning` detector.
 pub(crate) async fn next_connection(
     listener: &TcpListener,
     name: &str,
-    slots: &Arc<Semaphore>,
+    slots: &Slots,
     admission: &Admission,
     shutdown: &CancellationToken,
-) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+) -> Option<(TcpStream, SocketAddr, Slot)> {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     loop {
         let (stream, peer) = tokio::select! {
@@ -183,38 +213,79 @@ pub(crate) async fn next_connection(
             tracing::debug!(listener = name, %peer, "blocked source; connection closed");
             continue;
         }
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(
-                listener = name,
-                "connection limit reached; refusing a connection"
-            );
+        // Refusals are logged by the slots, at most every few seconds.
+        let Ok(slot) = slots.take(peer.ip(), name) else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        return Some((stream, peer, permit));
+        return Some((stream, peer, slot));
     }
 }
 
-async fn serve_one<I, S>(builder: &http1::Builder, io: I, svc: S, stop: CancellationToken)
-where
+/// Serves one connection; closes it at `first` (if given) unless a request's header
+/// has arrived by then.
+async fn serve_one<I, S>(
+    builder: &http1::Builder,
+    io: I,
+    svc: S,
+    first: Option<Instant>,
+    stop: CancellationToken,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: ConnService,
 {
+    let asked = first.map(|_| Arc::new(AtomicBool::new(false)));
+    let svc = Noting {
+        inner: svc,
+        asked: asked.clone(),
+    };
     // Upgrades are served so that a WebSocket can be passed through on purpose; the
     // proxy decides which upgrades to honour.
     let conn = builder
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = stop.cancelled() => {
-            // Finish the request in flight, then close.
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let deadline = async {
+        match first {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut deadline = std::pin::pin!(deadline);
+    let mut waiting_first = first.is_some();
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            () = stop.cancelled() => {
+                // Finish the request in flight, then close.
+                conn.as_mut().graceful_shutdown();
+                break conn.await;
+            }
+            () = deadline.as_mut(), if waiting_first => {
+                if !asked.as_ref().is_some_and(|a| a.load(Ordering::Relaxed)) {
+                    tracing::debug!("no request within the first request's deadline; closed");
+                    return;
+                }
+                waiting_first = false;
+            }
         }
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+// === impl Noting ===
+
+impl<S: ConnService> Service<Request<Incoming>> for Noting<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        if let Some(asked) = &self.asked {
+            asked.store(true, Ordering::Relaxed);
+        }
+        self.inner.call(req)
     }
 }

@@ -19,8 +19,51 @@ pub(crate) trait Stream:
 }
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
-/// Open connections one listener holds before it refuses more.
-pub(crate) const MAX_CONNECTIONS: usize = 10_000;
+/// How many connections one listener holds at once, and how they are shared out
+/// between sources. A source is an IPv4 address or an IPv6 /64, as for the
+/// blocklist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionCaps {
+    /// In all.
+    pub total: usize,
+    /// From one source.
+    pub per_source: usize,
+    /// The last free slots, kept for sources that hold fewer than `reserved_below`
+    /// connections: a few sources that fill the listener still leave room for
+    /// everyone else's first connection or two.
+    pub reserved: usize,
+    pub reserved_below: usize,
+}
+
+/// Each data listener (a service's, the tunnel's). One source may hold a quarter of
+/// it: enough for a NAT or a load balancer in front of many clients, not the whole
+/// listener. (`bench/idle.py` spreads its 10,000 connections over loopback sources.)
+pub const DATA_CAPS: ConnectionCaps = ConnectionCaps {
+    total: 10_000,
+    per_source: 2_500,
+    reserved: 0,
+    reserved_below: 0,
+};
+
+/// The admin listener and the token endpoint, each its own: small APIs whose clients
+/// hold a connection or two. Filling one takes 8 sources, then 16 more for the
+/// reserve, each holding connections that [`FIRST_REQUEST_TIMEOUT`] closes.
+pub const CONTROL_CAPS: ConnectionCaps = ConnectionCaps {
+    total: 256,
+    per_source: 24,
+    reserved: 64,
+    reserved_below: 4,
+};
+
+/// The admin listener's and the token endpoint's deadline for a new connection to
+/// finish its TLS handshake and its first request's header, counted from accept:
+/// short, since these clients have not authenticated yet. After the first request
+/// [`CONTROL_IDLE_TIMEOUT`] holds instead.
+pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The admin listener's and the token endpoint's keep-alive idle time, which is also
+/// the time for each later request's header (hyper counts both as one).
+pub const CONTROL_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a stopping listener waits for its connections' requests in flight, and
 /// then the sessions for their goodbyes, each.

@@ -19,7 +19,6 @@ use keyway_core::EventKind;
 use serde_json::json;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -57,15 +56,15 @@ pub async fn serve(
     ca: Option<Arc<crate::tls::LocalCa>>,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(crate::MAX_CONNECTIONS));
-    while let Some((stream, peer, permit)) =
+    let slots = crate::listener::Slots::new(crate::DATA_CAPS);
+    while let Some((stream, peer, slot)) =
         crate::listener::next_connection(&listener, "tunnel", &slots, &h.admission, &shutdown).await
     {
         let session = {
             let (h, acceptor, ca) = (h.clone(), acceptor.current(), ca.clone());
             async move {
                 handle(&h, stream, peer, acceptor, ca.as_deref()).await;
-                drop(permit);
+                drop(slot);
             }
         };
         h.sessions.spawn(session);

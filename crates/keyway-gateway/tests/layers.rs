@@ -39,7 +39,7 @@ const ROOT_ITEMS: &[(&str, &str)] = &[
     ("Gateway", "gateway"),
     ("IssueRequest", "gateway"),
     ("Stream", "runtime"),
-    ("MAX_CONNECTIONS", "runtime"),
+    ("DATA_CAPS", "runtime"),
     ("Listeners", "lib"),
     ("BindError", "lib"),
     ("TOKEN_LISTENER", "lib"),

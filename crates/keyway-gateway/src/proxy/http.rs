@@ -153,8 +153,9 @@ impl HttpProxy {
             });
         }
         let limits = Limits {
-            max_connections: crate::MAX_CONNECTIONS,
+            caps: crate::DATA_CAPS,
             header_timeout: self.http.header_timeout,
+            first_request: None,
             max_header_bytes: self.http.max_header_bytes,
             max_headers: self.http.max_headers,
         };

@@ -34,7 +34,6 @@ use rand::Rng;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -186,8 +185,8 @@ impl PgProxy {
     /// Accepts sessions until `shutdown` (a reload's or the gateway's). The sessions
     /// are the gateway's ([`Sessions::end_all`](crate::sessions::Sessions::end_all)): a reload does not end them.
     pub async fn serve(self: Arc<Self>, listener: Arc<TcpListener>, shutdown: CancellationToken) {
-        let slots = Arc::new(Semaphore::new(crate::MAX_CONNECTIONS));
-        while let Some((stream, peer, permit)) = crate::listener::next_connection(
+        let slots = crate::listener::Slots::new(crate::DATA_CAPS);
+        while let Some((stream, peer, slot)) = crate::listener::next_connection(
             &listener,
             &self.svc.name,
             &slots,
@@ -199,7 +198,7 @@ impl PgProxy {
             let this = self.clone();
             self.h.sessions.spawn(async move {
                 this.session(stream, peer).await;
-                drop(permit);
+                drop(slot);
             });
         }
     }
