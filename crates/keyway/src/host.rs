@@ -1,6 +1,9 @@
 //! What the host does that Keyway cannot change from inside, but its operator can.
 //!
-//! One thing so far. On AMD Zen 3 and later (CPUs that advertise fast short
+//! The open-files limit ([`raise_open_files`]): Keyway raises its soft limit to the
+//! hard one, and says when even that is below what its listeners may hold.
+//!
+//! Slow copies. On AMD Zen 3 and later (CPUs that advertise fast short
 //! `rep movsb`, `fsrm`), glibc before 2.40 copies a few KiB or more with `rep movsb`,
 //! which these CPUs can run many times slower when the buffers are not aligned alike
 //! (glibc bug 30994). A TLS record is such a copy: rustls moves each decrypted record
@@ -22,6 +25,39 @@ pub const MEMCPY_TUNABLE: &str = "glibc.cpu.x86_rep_movsb_threshold=2000000";
 const FIXED_GLIBC: (u32, u32) = (2, 40);
 /// The first glibc with the tunable: an older one would ignore the advice.
 const TUNABLE_GLIBC: (u32, u32) = (2, 32);
+
+/// Raises this process's soft limit of open files to its hard limit, as Go's runtime
+/// does: a gateway holds two descriptors a proxied connection, and at a usual soft
+/// limit (1,024) the data plane would take them all and leave the admin listener none
+/// to accept with. Warns when the limit is still below `need`.
+pub fn raise_open_files(need: u64) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let was = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: was.maximum,
+        maximum: was.maximum,
+    };
+    // No hard limit (None) cannot be a soft one for open files on Linux: leave it.
+    let limit = match was.maximum {
+        Some(_) if was.current != was.maximum => match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => was.maximum,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot raise the open-files limit");
+                was.current
+            }
+        },
+        _ => was.current,
+    };
+    if let Some(limit) = limit.filter(|&l| l < need) {
+        tracing::warn!(
+            limit,
+            need,
+            "the open-files limit is below what the listeners may hold: once the data plane \
+             uses every descriptor, the admin API cannot accept a connection; raise it \
+             (LimitNOFILE= in a systemd unit, ulimit -Hn)"
+        );
+    }
+}
 
 /// Logs, once, what the operator of this host could set to make Keyway faster.
 pub fn log_hints() {

@@ -52,6 +52,7 @@ pub fn config_dir(path: &Path) -> std::path::PathBuf {
 
 pub async fn gateway(config_path: &Path) -> Result<ExitCode> {
     let config = load_config(config_path)?;
+    crate::host::raise_open_files(open_files_needed(&config));
     let hash = config.written.sha256.clone();
     // Open first, bind second: once a port accepts, the gateway (and the admin
     // credential the CLI reads) is ready.
@@ -78,6 +79,15 @@ pub async fn gateway(config_path: &Path) -> Result<ExitCode> {
     keyway_gateway::run(gw, listeners, shutdown).await;
     tracing::info!("gateway stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The descriptors the gateway may hold at its connection caps: two a connection
+/// (client and upstream) on every data listener, one on the admin API and the token
+/// endpoint, and some for the store and the logs.
+fn open_files_needed(config: &keyway_core::config::Config) -> u64 {
+    use keyway_gateway::runtime::{CONTROL_CAPS, DATA_CAPS};
+    let data = config.services.len() + usize::from(config.tunnel_listen.is_some());
+    (2 * data * DATA_CAPS.total + 2 * CONTROL_CAPS.total + 256) as u64
 }
 
 /// Says where everything listens, and where the admin credential is.

@@ -1,0 +1,72 @@
+//! What `keyway gateway` does about its host at start, as an operator sees it in the
+//! process and its log.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// A gateway config with one HTTP service, its data in `data`.
+fn write_config(dir: &Path, admin: u16) {
+    let api = free_port();
+    std::fs::write(
+        dir.join("keyway.toml"),
+        format!(
+            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+             [services.api]\nprotocol = \"http\"\nlisten = \"127.0.0.1:{api}\"\n\
+             upstream = \"http://127.0.0.1:9\"\nmax_ttl = \"1h\"\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// `keyway gateway` started by `sh -c` with `prelude` first (to set limits), its log
+/// in `gateway.log`, once the admin API accepts.
+fn start_with_shell(dir: &Path, admin: u16, prelude: &str) -> KillOnDrop {
+    let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
+    let child = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{prelude} || exit 97; exec {BIN} gateway --config keyway.toml"
+        ))
+        .current_dir(dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap();
+    wait_for_port(admin);
+    child
+}
+
+#[test]
+fn the_gateway_raises_its_open_files_limit_and_says_when_it_is_too_low() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let admin = free_port();
+    write_config(dir, admin);
+    // A soft limit of 1,024 under a hard one of 4,096: raised to 4,096, still below
+    // what the listeners may hold.
+    let gateway = start_with_shell(dir, admin, "ulimit -Sn 1024 && ulimit -Hn 4096");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", gateway.id())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect::<Vec<_>>();
+    assert_eq!(open_files, ["4096", "4096"], "{limits}");
+    let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap();
+    assert!(
+        log.contains("the open-files limit is below what the listeners may hold")
+            && log.contains("limit=4096"),
+        "{log}"
+    );
+}
