@@ -95,6 +95,10 @@ impl Gateway {
             path: dir.display().to_string(),
             source,
         };
+        // A folder made now has the umask's mode: only one that was there is judged.
+        if dir.exists() {
+            warn_if_others_could_write(dir);
+        }
         std::fs::create_dir_all(dir).map_err(dir_err)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
         // Under `durability = "commit"` every commit is fsynced: an answer implies an
@@ -341,6 +345,25 @@ impl Gateway {
             self.admin_token_written = Some(path);
         }
         Ok(())
+    }
+}
+
+/// A data folder others could write to may hold files they put there (a store, keys,
+/// an admin credential of their own): it is closed to them from now on (0700), and
+/// the operator is told to look.
+fn warn_if_others_could_write(dir: &std::path::Path) {
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        tracing::warn!(
+            path = %dir.display(),
+            mode = %format!("{mode:04o}"),
+            "the data folder was writable by group or others: anyone who could write there \
+             could have replaced the store, the keys or the admin credential; it is now 0700; \
+             check its contents"
+        );
     }
 }
 

@@ -1,10 +1,11 @@
 //! The keys that must live outside the database: the pepper of token hashes and the
 //! master key that seals upstream credentials.
 //!
-//! Each comes from an environment variable (64 hex characters) or a file of that form.
-//! A missing file is created (mode 0600) only when the store is new; the store keeps a
-//! fingerprint of each key, so starting with the wrong one is a clear error instead of
-//! every token silently failing or every secret failing to open.
+//! Each comes from an environment variable (64 hex characters) or a file of that form;
+//! a file readable by group or others is refused. A missing file is created (mode
+//! 0600) only when the store is new; the store keeps a fingerprint of each key, so
+//! starting with the wrong one is a clear error instead of every token silently
+//! failing or every secret failing to open.
 
 use std::fs;
 use std::io::Write;
@@ -35,6 +36,11 @@ pub enum KeyError {
          (or set {var}) rather than starting with a new key"
     )]
     MissingForExistingStore { path: String, var: String },
+    #[error(
+        "{path} holds a key but is readable by group or others (mode {mode:04o}); \
+         run `chmod 600 {path}`, and consider the key exposed if others could log in here"
+    )]
+    TooOpen { path: String, mode: u32 },
 }
 
 /// Where a key came from, for the start-up log.
@@ -59,17 +65,19 @@ pub fn load_or_create(
         return Ok((key, KeySource::Env));
     }
     let shown = path.display().to_string();
+    // Refused before it is read: a key others can read is not used.
+    if let Ok(meta) = fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o044 != 0 {
+            return Err(KeyError::TooOpen { path: shown, mode });
+        }
+    }
     match fs::read_to_string(path) {
         Ok(text) => {
             let text = Zeroizing::new(text);
             let key = decode(&text).ok_or(KeyError::BadFile {
                 path: shown.clone(),
             })?;
-            if let Ok(meta) = fs::metadata(path) {
-                if meta.permissions().mode() & 0o077 != 0 {
-                    tracing::warn!(path = %shown, "key file is readable by group or others; chmod 600 it");
-                }
-            }
             Ok((key, KeySource::File))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -145,13 +153,38 @@ mod tests {
     }
 
     #[test]
+    fn a_key_file_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pepper.key");
+        let (_, _) = load_or_create(&path, "KEYWAY_TEST_UNSET_VAR", true).unwrap();
+        for mode in [0o640, 0o604, 0o644] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let e = load_or_create(&path, "KEYWAY_TEST_UNSET_VAR", false).unwrap_err();
+            let shown = e.to_string();
+            assert!(matches!(e, KeyError::TooOpen { .. }), "{shown}");
+            assert!(
+                shown.contains(&format!("chmod 600 {}", path.display())),
+                "{shown}"
+            );
+            assert!(shown.contains(&format!("{mode:04o}")), "{shown}");
+        }
+        // Writable by its owner only, or not even that: fine.
+        for mode in [0o600, 0o400] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            assert!(load_or_create(&path, "KEYWAY_TEST_UNSET_VAR", false).is_ok());
+        }
+    }
+
+    #[test]
     fn a_bad_file_does_not_echo_its_content() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.key");
         fs::write(&path, "hunter2").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         let e = load_or_create(&path, "KEYWAY_TEST_UNSET_VAR", false)
             .unwrap_err()
             .to_string();
+        assert!(e.contains("64 hexadecimal"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
     }
 }

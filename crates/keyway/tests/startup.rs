@@ -70,3 +70,55 @@ fn the_gateway_raises_its_open_files_limit_and_says_when_it_is_too_low() {
         "{log}"
     );
 }
+
+#[test]
+fn a_data_folder_others_could_write_is_closed_and_reported() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let admin = free_port();
+    write_config(dir, admin);
+    std::fs::create_dir(dir.join("data")).unwrap();
+    std::fs::set_permissions(dir.join("data"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let _gateway = start_gateway(dir, admin);
+    let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap();
+    assert!(
+        log.contains("the data folder was writable by group or others") && log.contains("0777"),
+        "{log}"
+    );
+    let mode = std::fs::metadata(dir.join("data"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+#[test]
+fn a_key_file_others_can_read_stops_the_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let admin = free_port();
+    write_config(dir, admin);
+    // A first start makes the keys (0600); then one is opened to the group.
+    let mut gateway = start_gateway(dir, admin);
+    interrupt(&mut gateway);
+    let key = dir.join("data/master.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = Command::new(BIN)
+        .args(["gateway", "--config", "keyway.toml"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let shown = key.canonicalize().unwrap();
+    assert!(
+        err.contains(&format!("chmod 600 {}", shown.display())) && err.contains("0640"),
+        "{err}"
+    );
+    // Closed again, it starts.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let _gateway = start_gateway(dir, admin);
+}
