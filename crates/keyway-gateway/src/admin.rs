@@ -20,10 +20,14 @@
 //! | `POST /v1/config/plan` | what `{"config": "<toml>"}` would change in the running gateway |
 //! | `POST /v1/config/apply` | apply it, as one atomic change, audited as `config.applied` |
 //! | `GET /metrics` | Prometheus text format (needs the admin token too) |
+//!
+//! A write (every `POST` and `PUT`) that carries a body must say it is JSON
+//! (`Content-Type: application/json`), or is refused with 415 ([`JsonBody`]), after
+//! the admin token is checked.
 
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -82,6 +86,12 @@ pub fn router(gw: Gw) -> Router {
         .with_state(gw)
 }
 
+/// The body of a write: JSON, said so in `Content-Type` (parameters such as
+/// `charset` allowed). An empty body needs no type: the calls whose fields are all
+/// optional take none. Taken last, after [`Admin`], so an unauthenticated write is
+/// refused (and audited) as such.
+pub struct JsonBody(pub Bytes);
+
 // === impl Admin ===
 
 /// A refused admin call, answered once its event is committed (a 503 if the store
@@ -137,6 +147,31 @@ impl FromRequestParts<Gw> for Admin {
                 Err(refuse(gw, ev).await)
             }
         }
+    }
+}
+
+// === impl JsonBody ===
+
+impl FromRequest<Gw> for JsonBody {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, gw: &Gw) -> Result<Self, Self::Rejection> {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+        let body = Bytes::from_request(req, gw)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        if !body.is_empty() && !json {
+            return Err(error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send the body as JSON, with Content-Type: application/json",
+            ));
+        }
+        Ok(Self(body))
     }
 }
 

@@ -430,6 +430,72 @@ async fn the_admin_api_needs_the_admin_token_even_on_loopback() {
 }
 
 #[tokio::test]
+async fn admin_writes_must_say_their_body_is_json() {
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&config(&[("billing", &svc(&up, ""))])).await;
+    let admin = gw.admin_token();
+    let issue = r#"{"service": "billing", "principal": "bob", "ttl": "5m"}"#;
+    let post = |token: Option<String>, headers: &'static [(&'static str, &'static str)]| {
+        let addr = gw.admin;
+        async move {
+            send_with(
+                addr,
+                "POST",
+                "/v1/tokens",
+                token.as_deref(),
+                headers,
+                Bytes::from(issue),
+            )
+            .await
+        }
+    };
+    for headers in [&[][..], &[("content-type", "text/plain")][..]] {
+        let r = post(Some(admin.clone()), headers).await;
+        assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{headers:?}");
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert!(
+            v["error"].as_str().unwrap().contains("application/json"),
+            "{}",
+            r.body
+        );
+    }
+    // The admin token is checked first: without it, 401 whatever the type.
+    let r = post(None, &[("content-type", "text/plain")]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = send_with(
+        gw.admin,
+        "PUT",
+        "/v1/secrets/k",
+        Some(&admin),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        Bytes::from(r#"{"value": "v"}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(gw.gw.secrets.names().is_empty());
+    // JSON with a charset is JSON; a write with no body needs no type.
+    let r = post(
+        Some(admin.clone()),
+        &[("content-type", "Application/JSON; charset=utf-8")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = send(
+        gw.admin,
+        "POST",
+        &format!("/v1/tokens/{id}/revoke"),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn revoking_tokens_found_in_urls_can_be_turned_off() {
     let up = Upstream::start().await;
     let cfg = config(&[("billing", &svc(&up, ""))]).replace(

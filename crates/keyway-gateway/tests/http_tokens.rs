@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use keyway_core::Clock;
-use support::{config, send, send_with, svc, Conn, TestGateway, Upstream};
+use support::{config, send, send_with, svc, Conn, TestGateway, Upstream, JSON};
 
 #[tokio::test]
 async fn expiry_is_exact() {
@@ -230,7 +230,7 @@ async fn rotation_gives_a_successor_and_the_old_token_dies_after_the_overlap() {
         "POST",
         &format!("/v1/tokens/{old_id}/rotate"),
         Some(&gw.admin_token()),
-        &[],
+        &[JSON],
         Bytes::from(r#"{"overlap": "5m"}"#),
     )
     .await;
@@ -366,7 +366,7 @@ async fn bulk_revocation_by_principal_service_and_issue_time() {
             "POST",
             "/v1/tokens/revoke",
             Some(&admin_token),
-            &[],
+            &[JSON],
             Bytes::from(body),
         )
     };

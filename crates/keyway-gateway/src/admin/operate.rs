@@ -7,7 +7,7 @@ pub(super) async fn set_secret(
     admin: Admin,
     State(gw): State<Gw>,
     Path(name): Path<String>,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Response {
     #[derive(Deserialize)]
     struct Body {
@@ -140,11 +140,19 @@ pub(super) async fn current_config(_: Admin, State(gw): State<Gw>) -> Response {
     .into_response()
 }
 
-pub(super) async fn plan_config(admin: Admin, State(gw): State<Gw>, body: Bytes) -> Response {
+pub(super) async fn plan_config(
+    admin: Admin,
+    State(gw): State<Gw>,
+    JsonBody(body): JsonBody,
+) -> Response {
     reload(admin, gw, body, true).await
 }
 
-pub(super) async fn apply_config(admin: Admin, State(gw): State<Gw>, body: Bytes) -> Response {
+pub(super) async fn apply_config(
+    admin: Admin,
+    State(gw): State<Gw>,
+    JsonBody(body): JsonBody,
+) -> Response {
     reload(admin, gw, body, false).await
 }
 
@@ -187,6 +195,7 @@ pub(super) async fn enroll_agent(
     admin: Admin,
     State(gw): State<Gw>,
     Path(name): Path<String>,
+    _: JsonBody,
 ) -> Response {
     let pin = match crate::tls::local_ca_pin(&gw.config().data_dir) {
         Ok(p) => p,
@@ -222,6 +231,7 @@ pub(super) async fn revoke_agent(
     admin: Admin,
     State(gw): State<Gw>,
     Path(name): Path<String>,
+    _: JsonBody,
 ) -> Response {
     if !gw.config().agents.contains_key(&name) {
         return error(

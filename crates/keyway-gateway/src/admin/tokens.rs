@@ -3,7 +3,11 @@
 
 use super::*;
 
-pub(super) async fn issue_token(admin: Admin, State(gw): State<Gw>, body: Bytes) -> Response {
+pub(super) async fn issue_token(
+    admin: Admin,
+    State(gw): State<Gw>,
+    JsonBody(body): JsonBody,
+) -> Response {
     let Ok(req) = serde_json::from_slice::<IssueRequest>(&body) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -37,7 +41,11 @@ pub(super) struct ListParams {
     unused: Option<String>,
 }
 
-pub(super) async fn issue_credential(admin: Admin, State(gw): State<Gw>, body: Bytes) -> Response {
+pub(super) async fn issue_credential(
+    admin: Admin,
+    State(gw): State<Gw>,
+    JsonBody(body): JsonBody,
+) -> Response {
     let Ok(req) = serde_json::from_slice::<CredentialRequest>(&body) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -108,7 +116,11 @@ pub(super) fn live_info(
     (token_info(r, revoked, last, now), last)
 }
 
-pub(super) async fn revoke_matching(admin: Admin, State(gw): State<Gw>, body: Bytes) -> Response {
+pub(super) async fn revoke_matching(
+    admin: Admin,
+    State(gw): State<Gw>,
+    JsonBody(body): JsonBody,
+) -> Response {
     #[derive(Deserialize)]
     struct Body {
         principal: Option<String>,
@@ -164,7 +176,7 @@ pub(super) async fn rotate_token(
     admin: Admin,
     State(gw): State<Gw>,
     Path(id): Path<String>,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Response {
     #[derive(Deserialize)]
     struct Body {
@@ -211,6 +223,7 @@ pub(super) async fn revoke_token(
     admin: Admin,
     State(gw): State<Gw>,
     Path(id): Path<String>,
+    _: JsonBody,
 ) -> Response {
     match gw.tokens.revoke(&id, &admin.token_id, None).await {
         Ok(Some(record)) => Json(live_info(&gw, &record, gw.now()).0).into_response(),

@@ -339,6 +339,9 @@ impl TestGateway {
     }
 }
 
+/// The header every write to the admin API with a body carries.
+pub const JSON: (&str, &str) = ("content-type", "application/json");
+
 /// A response as a client sees it.
 #[derive(Debug)]
 pub struct Got {
