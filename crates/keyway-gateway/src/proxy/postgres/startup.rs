@@ -18,7 +18,7 @@ impl PgProxy {
         let mut is_tls = false;
         let mut cert = None;
         let (minor, params) = loop {
-            let (code, body) = read_startup(client).await.ok_or(Refused::Silent)?;
+            let (code, body) = read_startup(client).await?;
             match code {
                 SSL_REQUEST | GSSENC_REQUEST if is_tls => {
                     return Err(Refused::Client(
@@ -45,10 +45,14 @@ impl PgProxy {
                 }
                 CANCEL_REQUEST => return Ok(Opening::Cancel(body)),
                 c if c >> 16 == PROTOCOL_MAJOR_3 => break (c & 0xffff, parse_params(&body)),
-                _ => {
+                c => {
                     return Err(Refused::Client(
                         "08P01",
-                        "unsupported frontend protocol".into(),
+                        format!(
+                            "unsupported frontend protocol {}.{}: Keyway speaks 3.0",
+                            c >> 16,
+                            c & 0xffff
+                        ),
                     ))
                 }
             }
@@ -268,16 +272,29 @@ pub(super) fn negotiate_protocol_version(unknown: &[&String]) -> Vec<u8> {
     frame(b'v', &body)
 }
 
-/// The first packet: length (bounded) and code, then the rest.
-pub(super) async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Option<(i32, Vec<u8>)> {
-    let len = r.read_i32().await.ok()?;
-    let len = usize::try_from(len)
+/// The first packet: length (bounded) and code, then the rest. A length no start-up
+/// packet has (an HTTP request, TLS without `SSLRequest`, noise) is answered with
+/// `08P01`, as a client that reads PostgreSQL's errors shows it; a connection that
+/// closes first just closes.
+pub(super) async fn read_startup<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<(i32, Vec<u8>), Refused> {
+    let len = r.read_i32().await.map_err(|_| Refused::Silent)?;
+    let Some(len) = usize::try_from(len)
         .ok()
-        .filter(|&l| (8..=MAX_STARTUP).contains(&l))?;
-    let code = r.read_i32().await.ok()?;
+        .filter(|&l| (8..=MAX_STARTUP).contains(&l))
+    else {
+        return Err(Refused::Client(
+            "08P01",
+            "invalid length of startup packet: this Keyway port speaks the PostgreSQL \
+             protocol (psql, libpq, a PostgreSQL driver)"
+                .into(),
+        ));
+    };
+    let code = r.read_i32().await.map_err(|_| Refused::Silent)?;
     let mut body = vec![0u8; len - 8];
-    r.read_exact(&mut body).await.ok()?;
-    Some((code, body))
+    r.read_exact(&mut body).await.map_err(|_| Refused::Silent)?;
+    Ok((code, body))
 }
 
 /// Start-up parameters: NUL-terminated key, value pairs.

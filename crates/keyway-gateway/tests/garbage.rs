@@ -1,0 +1,78 @@
+//! A client that does not speak a listener's protocol is told so before the
+//! connection closes: PostgreSQL's `ErrorResponse` with `08P01` on a PostgreSQL port.
+//! Raw sockets, as the wrong client would send.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::protocols::{config, echo};
+use support::{TestGateway, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Everything the gateway sends after `bytes`, until it closes (within 5 s).
+async fn answer_to(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("the gateway did not close the connection")
+        .unwrap();
+    out
+}
+
+/// The fields of one PostgreSQL `ErrorResponse`, by field type.
+fn error_fields(message: &[u8]) -> Vec<(char, String)> {
+    assert_eq!(
+        message.first(),
+        Some(&b'E'),
+        "not an ErrorResponse: {message:?}"
+    );
+    let len = u32::from_be_bytes(message[1..5].try_into().unwrap()) as usize;
+    assert_eq!(message.len(), 1 + len, "one whole message, then the close");
+    message[5..]
+        .split(|&b| b == 0)
+        .filter(|f| !f.is_empty())
+        .map(|f| (f[0] as char, String::from_utf8_lossy(&f[1..]).into_owned()))
+        .collect()
+}
+
+async fn gateway() -> (TestGateway, Upstream) {
+    // The PostgreSQL upstream is never dialled: no start-up gets that far.
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&config(&up.url(), echo().await, "")).await;
+    (gw, up)
+}
+
+#[tokio::test]
+async fn garbage_on_a_postgres_port_gets_a_protocol_violation() {
+    let (gw, _up) = gateway().await;
+    let pg = gw.addr("orders-db");
+
+    let http = answer_to(pg, b"GET / HTTP/1.1\r\nHost: db\r\n\r\n").await;
+    let fields = error_fields(&http);
+    assert!(fields.contains(&('S', "FATAL".into())), "{fields:?}");
+    assert!(fields.contains(&('C', "08P01".into())), "{fields:?}");
+    let message = &fields.iter().find(|(k, _)| *k == 'M').unwrap().1;
+    assert!(
+        message.contains("invalid length of startup packet") && message.contains("PostgreSQL"),
+        "{message}"
+    );
+
+    // A length a start-up packet may have, with a code no protocol has.
+    let odd = answer_to(pg, &[0, 0, 0, 8, 0x12, 0x34, 0x56, 0x78]).await;
+    let fields = error_fields(&odd);
+    assert!(fields.contains(&('C', "08P01".into())), "{fields:?}");
+    assert!(
+        fields.contains(&(
+            'M',
+            "unsupported frontend protocol 4660.22136: Keyway speaks 3.0".into()
+        )),
+        "{fields:?}"
+    );
+    gw.stop().await;
+}
