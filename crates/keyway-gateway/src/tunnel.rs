@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyway_core::config::ServiceKind;
-use keyway_core::tunnel::{self, read_frame, Hello, Open, Reply};
+use keyway_core::tunnel::{self, read_frame, FrameError, Hello, Open, Reply};
 use keyway_core::DenyReason;
 use keyway_core::EventKind;
 use serde_json::json;
@@ -30,6 +30,10 @@ use crate::proxy::Handles;
 
 /// Time for the TLS handshake and the opening frame.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a client that does not speak TLS is told before the connection closes.
+const NOT_TLS: &str = "this is a Keyway tunnel port: it speaks TLS to `keyway connect` and \
+                       `keyway agent` only\n";
 
 /// The gateway's answer to a first frame: a refusal, or go-ahead (with a
 /// certificate, for an enrolling or renewing agent).
@@ -79,8 +83,15 @@ async fn handle(
     ca: Option<&crate::tls::LocalCa>,
 ) {
     let opening = tokio::time::timeout(OPEN_TIMEOUT, async {
+        let mut stream = stream;
+        if !starts_with_tls(&stream).await {
+            // Not a TLS client (curl, nc, psql at the wrong port): told in plain text.
+            let _ = stream.write_all(NOT_TLS.as_bytes()).await;
+            let _ = stream.shutdown().await;
+            return None;
+        }
         let mut tls = acceptor.accept(stream).await.ok()?;
-        let hello: Hello = read_frame(&mut tls).await.ok()?;
+        let hello = read_frame::<Hello, _>(&mut tls).await;
         Some((tls, hello))
     });
     // A stream not yet open when the gateway stops is not waited for.
@@ -92,6 +103,20 @@ async fn handle(
     let Ok(Some((mut tls, hello))) = opened else {
         tracing::debug!(%peer, "tunnel stream did not open");
         return;
+    };
+    let hello = match hello {
+        Ok(hello) => hello,
+        Err(FrameError::Closed) => return,
+        // A client of another version, or something else speaking TLS: say so.
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "tunnel: not an opening frame");
+            let why = format!(
+                "not a Keyway tunnel opening ({e}); use `keyway connect` or `keyway agent` \
+                 of this gateway's version"
+            );
+            reply(&mut tls, Some(&why), None).await;
+            return;
+        }
     };
     let open = match (hello, ca) {
         (Hello::Open(open), _) => open,
@@ -109,6 +134,15 @@ async fn handle(
         }
     };
     open_stream(h, tls, peer, open).await;
+}
+
+/// Whether the client's first byte begins a TLS handshake record; waits for it (the
+/// caller bounds the wait).
+async fn starts_with_tls(stream: &TcpStream) -> bool {
+    /// A TLS record's content type: handshake.
+    const HANDSHAKE: u8 = 0x16;
+    let mut first = [0u8; 1];
+    matches!(stream.peek(&mut first).await, Ok(1) if first[0] == HANDSHAKE)
 }
 
 /// A `keyway connect` stream to a TCP service.

@@ -1,6 +1,8 @@
 //! A client that does not speak a listener's protocol is told so before the
-//! connection closes: PostgreSQL's `ErrorResponse` with `08P01` on a PostgreSQL port.
-//! Raw sockets, as the wrong client would send.
+//! connection closes: PostgreSQL's `ErrorResponse` with `08P01` on a PostgreSQL port,
+//! a plain line on the tunnel for a client without TLS, and a refusal frame for a
+//! TLS client whose first frame is not an opening. Raw sockets, as the wrong client
+//! would send.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,6 +10,7 @@ mod support;
 
 use std::time::Duration;
 
+use keyway_core::tunnel::{read_frame, Reply};
 use support::protocols::{config, echo};
 use support::{TestGateway, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -74,5 +77,43 @@ async fn garbage_on_a_postgres_port_gets_a_protocol_violation() {
         )),
         "{fields:?}"
     );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_on_the_tunnel_is_answered_before_the_close() {
+    let (gw, _up) = gateway().await;
+    let tunnel = gw.tunnel.unwrap();
+
+    // Without TLS: a line a person reads in nc or curl.
+    let plain = answer_to(tunnel, b"hello\r\n").await;
+    let plain = String::from_utf8(plain).unwrap();
+    assert!(
+        plain.contains("Keyway tunnel port") && plain.contains("keyway connect"),
+        "{plain:?}"
+    );
+
+    // With TLS, a first frame that is not JSON, then one too long: a refusal frame,
+    // as `keyway connect` reads refusals.
+    let tls = keyway_gateway::tls::client_config(&gw.data_dir().join("ca.pem")).unwrap();
+    for frame in [&b"\x00\x00\x00\x05hello"[..], &b"\xff\xff\xff\xff"[..]] {
+        let tcp = TcpStream::connect(tunnel).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut s = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        s.write_all(frame).await.unwrap();
+        let reply: Reply = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut s))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!reply.ok);
+        let error = reply.error.unwrap();
+        assert!(
+            error.contains("not a Keyway tunnel opening") && error.contains("keyway connect"),
+            "{error}"
+        );
+    }
     gw.stop().await;
 }
