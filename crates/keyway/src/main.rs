@@ -55,9 +55,10 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
 
-    /// Log filter (`info`, `debug`, `keyway_gateway=trace`, …).
-    #[arg(long, global = true, env = "KEYWAY_LOG", default_value = "info")]
-    log: String,
+    /// Log filter (`info`, `debug`, `keyway_gateway=trace`, …). Without `--log` or
+    /// KEYWAY_LOG, RUST_LOG is used if set, else `info`.
+    #[arg(long, global = true, env = "KEYWAY_LOG")]
+    log: Option<String>,
 
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = serve::LogFormat::Text)]
@@ -142,6 +143,20 @@ enum Command {
     Schema,
 }
 
+// === impl Cli ===
+
+impl Cli {
+    /// The log filter: `--log` or KEYWAY_LOG, then RUST_LOG (as most Rust programs
+    /// read it), then `info`.
+    fn log_filter(&self) -> String {
+        self.log
+            .clone()
+            .or_else(|| std::env::var("RUST_LOG").ok())
+            .filter(|f| !f.trim().is_empty())
+            .unwrap_or_else(|| "info".into())
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match runtime() {
@@ -194,13 +209,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let log = cli.log_filter();
     match cli.command {
         Command::Demo(args) => {
-            serve::init_logging(&cli.log, cli.log_format)?;
+            serve::init_logging(&log, cli.log_format)?;
             demo::run(args).await
         }
         Command::Gateway { config } => {
-            serve::init_logging(&cli.log, cli.log_format)?;
+            serve::init_logging(&log, cli.log_format)?;
             serve::gateway(&config).await
         }
         Command::Token(cmd) => token::run(cmd).await,
@@ -208,7 +224,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Scan(args) => scan::run(args).await,
         Command::Connect(args) => connect::run(args).await,
         Command::Secret(cmd) => secret::run(cmd).await,
-        Command::Agent(cmd) => agent::run(cmd, &cli.log, cli.log_format).await,
+        Command::Agent(cmd) => agent::run(cmd, &log, cli.log_format).await,
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Validate(args) => validate::run(args),
         Command::Schema => validate::schema(),

@@ -18,7 +18,7 @@ pub enum LogFormat {
 
 pub fn init_logging(filter: &str, format: LogFormat) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .map_err(|e| anyhow!("--log `{filter}`: {e}"))?;
+        .map_err(|e| anyhow!("log filter `{filter}` (--log, KEYWAY_LOG or RUST_LOG): {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -122,3 +122,57 @@ fn a_key_file_others_can_read_stops_the_start() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let _gateway = start_gateway(dir, admin);
 }
+
+/// The gateway's log with `env` set (and KEYWAY_LOG unset unless given) and `args`
+/// added, once it has served an admin call.
+fn log_with(env: &[(&str, &str)], args: &[&str]) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let admin = free_port();
+    write_config(dir, admin);
+    let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
+    let mut gateway = Command::new(BIN)
+        .args(["gateway", "--config", "keyway.toml"])
+        .args(args)
+        .env_remove("KEYWAY_LOG")
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap();
+    wait_for_port(admin);
+    let (status, _) = admin_api(dir, admin, "GET", "/v1/status", None);
+    assert_eq!(status, 200);
+    interrupt(&mut gateway);
+    std::fs::read_to_string(dir.join("gateway.log")).unwrap()
+}
+
+#[test]
+fn rust_log_is_honoured_when_keyway_log_and_log_are_not_given() {
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("RUST_LOG"), "{help}");
+
+    let listening = "admin API listening";
+    let quiet = log_with(&[("RUST_LOG", "warn")], &[]);
+    assert!(!quiet.contains(" INFO "), "RUST_LOG=warn: {quiet}");
+    let loud = log_with(&[("RUST_LOG", "debug")], &[]);
+    assert!(loud.contains(" DEBUG "), "RUST_LOG=debug: {loud}");
+    // KEYWAY_LOG, and --log, come first.
+    let keyway_log = log_with(&[("RUST_LOG", "warn"), ("KEYWAY_LOG", "info")], &[]);
+    assert!(
+        keyway_log.contains(listening),
+        "KEYWAY_LOG=info: {keyway_log}"
+    );
+    let flag = log_with(&[("RUST_LOG", "warn")], &["--log", "info"]);
+    assert!(flag.contains(listening), "--log info: {flag}");
+    // Neither: info.
+    let default = log_with(&[], &[]);
+    assert!(
+        default.contains(listening) && !default.contains(" DEBUG "),
+        "{default}"
+    );
+}
