@@ -67,9 +67,6 @@ pub enum DenyReason {
     /// The token lives longer than the service's `max_ttl` allows since a reload
     /// lowered it.
     TtlAboveMax,
-    /// The connection was accepted by a service's proxy a reload just replaced; a
-    /// new connection reaches the new one.
-    Reloading,
     /// The service reached is not in the config in force: never configured, or
     /// removed by a reload.
     UnknownService,
@@ -154,7 +151,7 @@ impl Grant {
 // === impl DenyReason ===
 
 impl DenyReason {
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 21] = [
         Self::NoToken,
         Self::MalformedToken,
         Self::BadChecksum,
@@ -175,7 +172,6 @@ impl DenyReason {
         Self::AuditUnavailable,
         Self::UpstreamCredentialMissing,
         Self::TtlAboveMax,
-        Self::Reloading,
         Self::UnknownService,
     ];
 
@@ -207,7 +203,6 @@ impl DenyReason {
             DenyReason::AuditUnavailable => "audit_unavailable",
             DenyReason::UpstreamCredentialMissing => "upstream_credential_missing",
             DenyReason::TtlAboveMax => "ttl_above_max",
-            DenyReason::Reloading => "reloading",
             DenyReason::UnknownService => "unknown_service",
         }
     }
@@ -234,9 +229,7 @@ impl DenyReason {
             DenyReason::BadPath => 400,
             DenyReason::MethodNotAllowed => 405,
             DenyReason::RateLimited => 429,
-            DenyReason::AuditUnavailable
-            | DenyReason::UpstreamCredentialMissing
-            | DenyReason::Reloading => 503,
+            DenyReason::AuditUnavailable | DenyReason::UpstreamCredentialMissing => 503,
         }
     }
 }

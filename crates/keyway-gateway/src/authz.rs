@@ -6,12 +6,15 @@
 //! The order of the checks for a service ([`Authorizer::admit`]):
 //!
 //! 1. **The service in force.** The service the attempt reaches must be in the config
-//!    in force: none by that name (never configured, or removed by a reload) is
-//!    `unknown_service`; a listener that holds its own copy (HTTP, PostgreSQL) whose
-//!    copy a reload replaced is `reloading` (a new connection reaches the new one).
-//!    A name the client sent (the tunnel's opening frame) that no service has is
-//!    refused only after the token (step 3), so that a client without a token cannot
-//!    tell which names exist.
+//!    in force: none by that name (never configured, or removed by a reload), or one
+//!    of another protocol now, is `unknown_service`. A listener's proxy (HTTP,
+//!    PostgreSQL) is judged by its own copy of the service, whole: a reload that
+//!    changes the service starts a new proxy (an HTTP proxy hands it its
+//!    connections), so an attempt meets the old service or the new, never a mix and
+//!    never a refusal for the swap; a session admitted by the old copy is then held
+//!    to the new by [`crate::sessions::fits`]. A name the client sent (the tunnel's
+//!    opening frame) that no service has is refused only after the token (step 3),
+//!    so that a client without a token cannot tell which names exist.
 //! 2. **The source address** in the service's `allow_cidrs`, before the token is
 //!    looked at, so that a stolen token cannot even be tested from elsewhere.
 //! 3. **The token** ([`Authorizer::authenticate`]): present, well-formed, known,
@@ -19,8 +22,8 @@
 //!    (the credential it was obtained with is not revoked and allows the source) and
 //!    its binding to a client certificate (RFC 8705).
 //! 4. **The grant** names this service, and the service is of the attempt's protocol.
-//! 5. **The lifetime** is within the service's `max_ttl` as it is now (a reload may
-//!    have lowered it).
+//! 5. **The lifetime** is within the service's `max_ttl` (a reload may have lowered
+//!    it) and the global one in force.
 //! 6. **What the protocol asks:** for HTTP, the normalised path and the method within
 //!    the grant; for a database, a role in the grant.
 //!
@@ -93,7 +96,9 @@ pub struct Attempt<'a> {
 #[derive(Debug)]
 pub struct Admitted {
     pub entry: Arc<Entry>,
-    /// The config the attempt was judged against: the service admitted to is in it.
+    /// The config in force the attempt was judged against. The service admitted to
+    /// is in it, as the name sent reached it or as a listener's proxy holds it (the
+    /// one in force but for the moment a reload swaps proxies).
     pub config: Arc<Config>,
     /// For an HTTP request: the normalised path, the one to forward.
     pub path: Option<String>,
@@ -238,16 +243,20 @@ pub fn same_thumbprint(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// Step 1: the service the attempt reaches, as it is in force.
-fn in_force<'c>(config: &'c Config, reached: Reached<'_>) -> Result<&'c Service, DenyReason> {
+/// Step 1: the service the attempt reaches: a listener's own copy while a service of
+/// that name and protocol is in force, or the one in force by the name sent.
+fn in_force<'c>(config: &'c Config, reached: Reached<'c>) -> Result<&'c Service, DenyReason> {
     match reached {
         Reached::Served(own) => match config.service(&own.name) {
-            None => Err(DenyReason::UnknownService),
-            Some(now) if now != own => Err(DenyReason::Reloading),
-            Some(now) => Ok(now),
+            Some(now) if same_protocol(now, own) => Ok(own),
+            _ => Err(DenyReason::UnknownService),
         },
         Reached::Named(name) => config.service(name).ok_or(DenyReason::UnknownService),
     }
+}
+
+fn same_protocol(a: &Service, b: &Service) -> bool {
+    std::mem::discriminant(&a.kind) == std::mem::discriminant(&b.kind)
 }
 
 /// Whether `svc` is reached by `protocol`.

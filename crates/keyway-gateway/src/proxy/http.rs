@@ -386,11 +386,7 @@ fn refusal(reason: DenyReason, retry_after: Option<Duration>) -> Response<ProxyB
         }
         _ => {}
     }
-    if reason == DenyReason::Reloading {
-        // This connection belongs to a replaced proxy: the next goes to the new.
-        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        h.insert(header::RETRY_AFTER, HeaderValue::from(0));
-    } else if reason == DenyReason::UnknownService {
+    if reason == DenyReason::UnknownService {
         // This connection belongs to a removed proxy: nothing serves it any more.
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     } else if reason == DenyReason::AuditUnavailable {
