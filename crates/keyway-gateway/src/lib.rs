@@ -246,7 +246,7 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
         Arc::new(listeners.admin),
         limits,
         None,
-        shutdown.clone(),
+        listener::Stop::new(shutdown.clone()),
         admin,
     ));
     if let Some(token) = listeners.token {
@@ -257,7 +257,7 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
             Arc::new(token),
             limits,
             token_tls,
-            shutdown.clone(),
+            listener::Stop::new(shutdown.clone()),
             api,
         ));
     }

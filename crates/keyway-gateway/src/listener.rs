@@ -4,6 +4,12 @@
 //! the client certificate's thumbprint handed on), a deadline for the first request
 //! where the listener has one, hyper's header-size and header-time bounds, and a
 //! bounded drain on shutdown.
+//!
+//! A listener stops in one of two ways ([`Stop`]): drained (the gateway stops, or its
+//! service is removed), or retired (a reload put another server on the same port).
+//! Only a drain closes open connections; a retired listener's connections stay with
+//! their server, which answers their next request and closes them then
+//! (`Connection: close`), so no client's request is cut by a reload.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,6 +85,16 @@ struct Noting<S> {
     asked: Option<Arc<AtomicBool>>,
 }
 
+/// When a listener stops. Cheap to clone; every clone stops the same listener.
+#[derive(Debug, Clone)]
+pub struct Stop {
+    /// Fired: no more connections, and those open finish their requests in flight
+    /// and close, within [`DRAIN_TIMEOUT`].
+    drain: CancellationToken,
+    /// Fired (also by `drain`, of which it is a child): no more connections.
+    accepting: CancellationToken,
+}
+
 /// What a request handler knows about its connection.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -89,15 +105,15 @@ pub struct ConnInfo {
     pub cert_thumbprint: Option<String>,
 }
 
-/// Serves `listener` until `shutdown` fires; `make` builds the service of each
-/// connection.
+/// Serves `listener` until `stop` drains or retires it; `make` builds the service of
+/// each connection.
 pub async fn serve_http1<S, F>(
     admission: Arc<Admission>,
     name: &str,
     listener: Arc<TcpListener>,
     limits: Limits,
     tls: Option<crate::tls::Renewable>,
-    shutdown: CancellationToken,
+    stop: Stop,
     make: F,
 ) where
     F: Fn(ConnInfo) -> S + Send + Sync + 'static,
@@ -114,9 +130,9 @@ pub async fn serve_http1<S, F>(
     let tracker = TaskTracker::new();
     let slots = Slots::new(limits.caps);
     while let Some((stream, peer, slot)) =
-        next_connection(&listener, name, &slots, &admission, &shutdown).await
+        next_connection(&listener, name, &slots, &admission, &stop.accepting).await
     {
-        let (builder, make, stop) = (builder.clone(), make.clone(), shutdown.clone());
+        let (builder, make, drain) = (builder.clone(), make.clone(), stop.drain.clone());
         let first = limits.first_request.map(|d| Instant::now() + d);
         // Two kinds of task, not one with two arms: a task is as large as its largest
         // state, and a plain connection need not carry room for a TLS session (6 KiB
@@ -129,7 +145,7 @@ pub async fn serve_http1<S, F>(
                     cert_thumbprint: None,
                 };
                 tracker.spawn(async move {
-                    serve_one(&builder, stream, make(info), first, stop).await;
+                    serve_one(&builder, stream, make(info), first, drain).await;
                     drop(slot);
                 });
             }
@@ -163,7 +179,7 @@ pub async fn serve_http1<S, F>(
                         tls: true,
                         cert_thumbprint,
                     };
-                    serve_one(&builder, stream, make(info), first, stop).await;
+                    serve_one(&builder, stream, make(info), first, drain).await;
                     drop(slot);
                 });
             }
@@ -171,14 +187,52 @@ pub async fn serve_http1<S, F>(
     }
     drop(listener);
     tracker.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
-        .await
-        .is_err()
-    {
+    // Retired: the connections end with their next answer (or idle out after the
+    // header timeout); drained: within the drain timeout.
+    let drained = async {
+        stop.drain.cancelled().await;
+        tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await
+    };
+    let finished = tokio::select! {
+        () = tracker.wait() => Ok(()),
+        r = drained => r,
+    };
+    if finished.is_err() {
         tracing::warn!(
             listener = name,
             "connections still open after the drain timeout; they end with the process"
         );
+    }
+}
+
+// === impl Stop ===
+
+impl Stop {
+    /// A listener drained when `drain` fires.
+    pub fn new(drain: CancellationToken) -> Self {
+        let accepting = drain.child_token();
+        Self { drain, accepting }
+    }
+
+    /// Stops the listener and closes its connections once their requests in flight
+    /// are answered.
+    pub fn drain(&self) {
+        self.drain.cancel();
+    }
+
+    /// Stops the listener taking connections; those open stay with their server.
+    pub fn retire(&self) {
+        self.accepting.cancel();
+    }
+
+    /// The token that drains it, for a server that has no connections to hand over.
+    pub fn drain_token(&self) -> CancellationToken {
+        self.drain.clone()
+    }
+
+    /// Resolves once the listener takes no more connections (retired or drained).
+    pub async fn no_more_connections(&self) {
+        self.accepting.cancelled().await;
     }
 }
 
@@ -229,7 +283,7 @@ async fn serve_one<I, S>(
     io: I,
     svc: S,
     first: Option<Instant>,
-    stop: CancellationToken,
+    drain: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: ConnService,
@@ -256,8 +310,9 @@ async fn serve_one<I, S>(
     let result = loop {
         tokio::select! {
             r = conn.as_mut() => break r,
-            () = stop.cancelled() => {
-                // Finish the request in flight, then close.
+            () = drain.cancelled() => {
+                // Finish the request in flight (its answer says `Connection: close`),
+                // then close; an idle connection closes at once.
                 conn.as_mut().graceful_shutdown();
                 break conn.await;
             }

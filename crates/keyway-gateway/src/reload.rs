@@ -3,8 +3,11 @@
 //!
 //! A reload replaces the config whole ([`Gateway::config`]). Services that did not
 //! change keep their listener and every connection. A removed service's port closes
-//! and its sessions end; a changed service gets a new proxy on the same port (its
-//! HTTP keep-alive connections close after the request in flight). Every live
+//! and its sessions end; a changed service gets a new proxy on the same port, started
+//! before the old one is retired. An HTTP proxy hands its open connections to its
+//! successor: the next request on each is served by the new proxy and its answer
+//! closes the connection (`Connection: close`), so no request is refused or cut for
+//! the swap. Every live
 //! session (TCP, PostgreSQL, WebSocket, streamed response) watches the config and
 //! ends when it no longer fits ([`crate::sessions::fits`]).
 //!
@@ -22,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::listener::Stop;
 pub use crate::reloads::{check_text, ApplyError, Outcome};
 use crate::{proxy, Gateway};
 
@@ -29,7 +33,9 @@ use crate::{proxy, Gateway};
 struct Running {
     svc: Service,
     listener: Option<Arc<TcpListener>>,
-    stop: CancellationToken,
+    stop: Stop,
+    /// An HTTP service's proxy, to hand its connections to the next one.
+    http: Option<Arc<proxy::http::HttpProxy>>,
     /// SHA-256 over its certificate, key and client CA files when it started: a
     /// renewed certificate at the same path is a change.
     tls_files: Option<[u8; 32]>,
@@ -110,18 +116,20 @@ impl Services {
         listener: Option<Arc<TcpListener>>,
         tls: Option<crate::tls::Loaded>,
     ) {
-        let stop = self.shutdown.child_token();
+        let stop = Stop::new(self.shutdown.child_token());
         let tls_files = tls.as_ref().and_then(|t| t.files);
         let tls = tls.map(|t| t.acceptor);
+        let mut http = None;
         if let Some(l) = listener.clone() {
             let h = self.gw.proxy_handles();
             let cancels = self.cancels.entry(svc.name.clone()).or_default().clone();
             if let Some(pg) =
                 proxy::postgres::PgProxy::new(h.clone(), svc.clone(), tls.clone(), cancels)
             {
-                self.tasks.spawn(pg.serve(l, stop.clone()));
-            } else if let Some(http) = proxy::http::HttpProxy::new(h, svc.clone()) {
-                self.tasks.spawn(http.serve(l, tls, stop.clone()));
+                self.tasks.spawn(pg.serve(l, stop.drain_token()));
+            } else if let Some(proxy) = proxy::http::HttpProxy::new(h, svc.clone()) {
+                self.tasks.spawn(proxy.clone().serve(l, tls, stop.clone()));
+                http = Some(proxy);
             }
         }
         self.running.insert(
@@ -130,9 +138,25 @@ impl Services {
                 svc,
                 listener,
                 stop,
+                http,
                 tls_files,
             },
         );
+    }
+
+    /// Stops `old`, the proxy of a changed service, once its successor is serving:
+    /// an HTTP proxy followed by an HTTP proxy hands over its connections and only
+    /// stops taking new ones; any other stops (its sessions live on, judged by
+    /// [`crate::sessions::fits`]).
+    fn retire(&self, old: Running) {
+        let next = self.running.get(&old.svc.name).and_then(|r| r.http.clone());
+        match (old.http, next) {
+            (Some(old_http), Some(next)) => {
+                old_http.hand_over(next);
+                old.stop.retire();
+            }
+            _ => old.stop.drain(),
+        }
     }
 
     /// Hands the TLS of one of the gateway's own listeners (setting `key`, speaking
@@ -311,10 +335,17 @@ impl Services {
         // judge themselves against it.
         let new = Arc::new(new);
         self.gw.replace_config(new.clone());
+        // A removed service stops now; a changed one once its successor serves.
+        let mut replaced = HashMap::new();
         for c in &outcome.plan.changes {
             if c.section == "service" && c.op != Op::Add {
                 if let Some(r) = self.running.remove(&c.name) {
-                    r.stop.cancel();
+                    match c.op {
+                        Op::Remove => r.stop.drain(),
+                        _ => {
+                            replaced.insert(c.name.clone(), r);
+                        }
+                    }
                 }
                 if c.op == Op::Remove {
                     self.cancels.remove(&c.name);
@@ -322,7 +353,14 @@ impl Services {
             }
         }
         for (svc, listener, tls) in starting {
+            let old = replaced.remove(&svc.name);
             self.start(svc, listener, tls);
+            if let Some(old) = old {
+                self.retire(old);
+            }
+        }
+        for old in replaced.into_values() {
+            old.stop.drain();
         }
         for (i, loaded) in renewed {
             self.own_tls[i].acceptor.replace(loaded.acceptor);

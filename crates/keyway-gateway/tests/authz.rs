@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use keyway_core::config::Config;
+use keyway_gateway::listener::Stop;
 use keyway_gateway::proxy::http::HttpProxy;
 use support::protocols::{config, start, tokens, tunnel};
 use support::{send, TestGateway};
@@ -193,7 +194,7 @@ async fn a_token_during_a_reload_that_removed_its_service_is_refused_as_unknown(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(old.serve(Arc::new(listener), None, stop.clone()));
+    tokio::spawn(old.serve(Arc::new(listener), None, Stop::new(stop.clone())));
     let got = send(addr, "GET", "/", Some(&t.http)).await;
     assert_eq!(got.status, 403);
     assert_eq!(got.headers["connection"], "close");

@@ -11,13 +11,21 @@
 //! claims, with the upstream credential injected, over a pooled keep-alive
 //! connection. Bodies stream both ways; a response body stops the moment its token is
 //! revoked or expires, or a reload leaves it outside its service.
+//!
+//! A reload that changes the service starts a new proxy on the same port and hands it
+//! this one's connections ([`HttpProxy::hand_over`]): a request that arrives on one of
+//! them is decided and forwarded by the new proxy, and its answer says
+//! `Connection: close`, so the client's next request opens a connection to the new
+//! proxy. A request already in flight finishes here and closes its connection the
+//! same way. No request is refused or cut for the swap: each is served by the old
+//! service or the new, whole.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -41,11 +49,10 @@ use keyway_core::DenyReason;
 use keyway_core::EventKind;
 use keyway_store::AuditEvent;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::authz::{Admitted, Ask, Attempt, Protocol, Reached};
 use crate::index::Entry;
-use crate::listener::{serve_http1, ConnInfo, Limits};
+use crate::listener::{serve_http1, ConnInfo, Limits, Stop};
 use crate::proxy::Handles;
 use crate::sessions::SessionEnd;
 
@@ -68,6 +75,8 @@ pub struct HttpProxy {
     limiter: Option<DefaultKeyedRateLimiter<String>>,
     /// `keyway_bytes_total{direction="out"}` of the service, registered once.
     bytes_out: metrics::Counter,
+    /// The proxy a reload put in this one's place ([`HttpProxy::hand_over`]).
+    successor: OnceLock<Arc<HttpProxy>>,
 }
 
 /// The pooled keep-alive client to the upstream: direct, or through an agent.
@@ -130,22 +139,63 @@ impl HttpProxy {
             client,
             limiter,
             bytes_out,
+            successor: OnceLock::new(),
         }))
     }
 
-    /// Accepts connections on `listener` until `shutdown` fires, then waits (bounded)
-    /// for in-flight requests to finish.
+    /// Hands this proxy's connections to `next`, the proxy a reload started in its
+    /// place: their next requests go to it, and each connection closes after its
+    /// next answer. Once only; the caller then retires this proxy's listener.
+    pub fn hand_over(&self, next: Arc<HttpProxy>) {
+        if self.successor.set(next).is_err() {
+            tracing::warn!(service = %self.svc.name, "a proxy was handed over twice");
+        }
+    }
+
+    /// The proxy in force for this one's connections: the last it was handed over to,
+    /// or itself.
+    fn in_force(self: &Arc<Self>) -> &Arc<Self> {
+        let mut p = self;
+        while let Some(next) = p.successor.get() {
+            p = next;
+        }
+        p
+    }
+
+    /// One request on a connection this proxy accepted: handled by the proxy in force,
+    /// and answered with `Connection: close` once this one was handed over (a request
+    /// in flight then included), so that the client's next request reaches the proxy
+    /// in force on a connection of its own. A switch of protocols keeps its
+    /// connection: it is a session, which the reload's rule judges.
+    async fn answer(
+        self: &Arc<Self>,
+        conn: &ConnInfo,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let mut resp = self.in_force().handle(conn, req).await;
+        if self.successor.get().is_some() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+
+    /// Accepts connections on `listener` until `stop` retires it (its connections are
+    /// then served until each has its last answer) or drains it (in-flight requests
+    /// finish, bounded).
     pub async fn serve(
         self: Arc<Self>,
         listener: Arc<TcpListener>,
         tls: Option<tokio_rustls::TlsAcceptor>,
-        shutdown: CancellationToken,
+        stop: Stop,
     ) {
         if let Some(this) = self.limiter.is_some().then(|| self.clone()) {
-            let stop = shutdown.clone();
+            // Until retired: a proxy handed over no longer decides requests.
+            let stop = stop.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(60));
-                while tokio::select! { () = stop.cancelled() => false, _ = tick.tick() => true } {
+                while tokio::select! { () = stop.no_more_connections() => false, _ = tick.tick() => true }
+                {
                     if let Some(l) = &this.limiter {
                         l.retain_recent();
                     }
@@ -167,12 +217,12 @@ impl HttpProxy {
             listener,
             limits,
             tls.map(crate::tls::Renewable::new),
-            shutdown,
+            stop,
             move |conn: ConnInfo| {
                 let this = this.clone();
                 service_fn(move |req| {
                     let (this, conn) = (this.clone(), conn.clone());
-                    async move { Ok::<_, Infallible>(this.handle(&conn, req).await) }
+                    async move { Ok::<_, Infallible>(this.answer(&conn, req).await) }
                 })
             },
         )
