@@ -292,9 +292,20 @@ pub fn start_gateway(dir: &Path, admin_port: u16) -> KillOnDrop {
 
 /// [`start_gateway`] with `env` set for the gateway.
 pub fn start_gateway_with(dir: &Path, admin_port: u16, env: &[(&str, &str)]) -> KillOnDrop {
+    start_gateway_logging(dir, admin_port, "trace", env)
+}
+
+/// [`start_gateway_with`] at log level `level` (under load, a trace log would be what
+/// the test measures).
+pub fn start_gateway_logging(
+    dir: &Path,
+    admin_port: u16,
+    level: &str,
+    env: &[(&str, &str)],
+) -> KillOnDrop {
     let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
     let gateway = Command::new(BIN)
-        .args(["gateway", "--config", "keyway.toml", "--log", "trace"])
+        .args(["gateway", "--config", "keyway.toml", "--log", level])
         .envs(env.iter().copied())
         .current_dir(dir)
         .stdout(log.try_clone().unwrap())
