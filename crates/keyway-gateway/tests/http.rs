@@ -2,8 +2,8 @@
 //! requests pass (token, service, grant after path normalisation, source), how a
 //! refusal looks and is audited, tokens leaked in URLs, and what reaches the upstream
 //! (the injected credential, never the client's token; bodies; hop-by-hop headers;
-//! pooled connections; 502 and 504). A real gateway on port 0 with a real SQLite
-//! store, in front of a real HTTP server.
+//! pooled connections; 502 and 504), and kept-alive connections across a reload. A
+//! real gateway on port 0 with a real SQLite store, in front of a real HTTP server.
 //!
 //! A token's life (expiry, revocation, rotation) is in `http_tokens.rs`; what the
 //! gateway refuses to hold (header size, framing, slow and idle connections, rate
@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
-use support::{config, send, send_with, svc, TestGateway, Upstream};
+use keyway_core::config::Config;
+use support::{config, send, send_with, svc, Conn, TestGateway, Upstream};
 
 #[tokio::test]
 async fn a_token_works_only_on_its_own_service() {
@@ -520,5 +521,63 @@ async fn revoking_tokens_found_in_urls_can_be_turned_off() {
             .status,
         StatusCode::OK
     );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_answers_kept_alive_connections_by_the_new_config_then_closes_them() {
+    let up = Upstream::start().await;
+    let text = config(&[("billing", &svc(&up, ""))]);
+    let gw = TestGateway::start(&text).await;
+    let (token, _, _) = gw.issue("billing", &[], &[], "45m").await;
+    let with_max_ttl = |ttl: &str| {
+        let text = text.replace("max_ttl = \"1h\"", &format!("max_ttl = \"{ttl}\""));
+        Config::parse(&text, gw.dir.path()).unwrap()
+    };
+    async fn get(c: &mut Conn, token: &str) -> support::Got {
+        c.send("GET", "/x", Some(token), &[], Bytes::new()).await
+    }
+    // Two kept-alive connections, each answered before the reloads.
+    let mut a = Conn::open(gw.addr("billing")).await;
+    let mut b = Conn::open(gw.addr("billing")).await;
+    for c in [&mut a, &mut b] {
+        let got = get(c, &token).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert!(!got.headers.contains_key("connection"));
+    }
+
+    // Widened: `a`'s next request is served (by the new proxy), and its answer
+    // closes `a` cleanly.
+    gw.gw
+        .reload(with_max_ttl("2h"), "test", None, false)
+        .await
+        .unwrap();
+    let got = get(&mut a, &token).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.headers["connection"], "close");
+
+    // Narrowed below the token's 45 minutes: `b`, accepted two proxies ago, is
+    // answered by the policy in force (a refusal by policy, not by the swap).
+    let done = gw
+        .gw
+        .reload(with_max_ttl("30m"), "test", None, false)
+        .await
+        .unwrap();
+    let got = get(&mut b, &token).await;
+    assert_eq!(got.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(got.headers["connection"], "close");
+    let at = done.listening["billing"].parse().unwrap();
+    assert_eq!(
+        send(at, "GET", "/x", Some(&token)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let reasons: Vec<_> = gw
+        .audit()
+        .await
+        .into_iter()
+        .filter(|e| e.event.kind == "request")
+        .map(|e| e.event.reason.unwrap_or_default())
+        .collect();
+    assert_eq!(reasons, ["", "", "", "ttl_above_max", "ttl_above_max"]);
     gw.stop().await;
 }
