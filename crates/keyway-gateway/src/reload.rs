@@ -7,9 +7,8 @@
 //! before the old one is retired. An HTTP proxy hands its open connections to its
 //! successor: the next request on each is served by the new proxy and its answer
 //! closes the connection (`Connection: close`), so no request is refused or cut for
-//! the swap. Every live
-//! session (TCP, PostgreSQL, WebSocket, streamed response) watches the config and
-//! ends when it no longer fits ([`crate::sessions::fits`]).
+//! the swap. Every live session (TCP, PostgreSQL, WebSocket, streamed response)
+//! watches the config and ends when it no longer fits ([`crate::sessions::fits`]).
 //!
 //! Everything that can fail (binding new ports, reading certificates) happens before
 //! anything is replaced, so a reload is applied whole or not at all.
@@ -340,11 +339,10 @@ impl Services {
         for c in &outcome.plan.changes {
             if c.section == "service" && c.op != Op::Add {
                 if let Some(r) = self.running.remove(&c.name) {
-                    match c.op {
-                        Op::Remove => r.stop.drain(),
-                        _ => {
-                            replaced.insert(c.name.clone(), r);
-                        }
+                    if c.op == Op::Remove {
+                        r.stop.drain();
+                    } else {
+                        replaced.insert(c.name.clone(), r);
                     }
                 }
                 if c.op == Op::Remove {

@@ -194,8 +194,11 @@ impl HttpProxy {
             let stop = stop.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(60));
-                while tokio::select! { () = stop.no_more_connections() => false, _ = tick.tick() => true }
-                {
+                loop {
+                    tokio::select! {
+                        () = stop.no_more_connections() => break,
+                        _ = tick.tick() => {}
+                    }
                     if let Some(l) = &this.limiter {
                         l.retain_recent();
                     }
