@@ -222,7 +222,10 @@ async fn a_change_that_fails_leaves_neither_its_row_nor_its_event() {
         token_id: Some(rec.id.clone()),
         ..AuditEvent::default()
     };
-    store.insert_token(&rec, std::slice::from_ref(&issued)).await.unwrap();
+    store
+        .insert_token(&rec, std::slice::from_ref(&issued))
+        .await
+        .unwrap();
     // The same id again: the insert fails, and its event goes with it.
     assert!(store.insert_token(&rec, &[issued]).await.is_err());
     let events = store
