@@ -140,6 +140,13 @@ if targets("revoke"):
           f"p99 {cell('revoke', 'keyway', 'p99_ms', '{:.2f}')} ms, max {cell('revoke', 'keyway', 'max_ms', '{:.2f}')} ms "
           "(goal ≤ 50 ms).\n")
 
+if targets("bulk"):
+    print("### Bulk revocation: `keyway token revoke --principal` over many tokens\n")
+    print(f"{cell('bulk', 'keyway', 'tokens')} tokens (issued at {cell('bulk', 'keyway', 'issued_per_s')}/s "
+          f"over the admin API): {text.get(('bulk', 'keyway', 'refused_at_100ms'), '—')} sampled tokens "
+          f"refused 100 ms after the command started (goal: all); the command took "
+          f"{cell('bulk', 'keyway', 'revoke_s', '{:.2f}')} s (goal ≤ 2 s for 100,000).\n")
+
 if ("token", "keyway", "estimate") in text:
     print("### Token check (criterion, in process, 10,000 tokens indexed)\n")
     print(f"{text[('token', 'keyway', 'estimate')]} per check: criterion's estimate, the "

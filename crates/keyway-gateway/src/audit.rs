@@ -357,7 +357,7 @@ async fn write_loop(
         }
         let (mut events, acks): (Vec<_>, Vec<_>) =
             batch.drain(..).map(|q| (q.event, q.ack)).unzip();
-        write_batch(&*store, &mut events, acks, &stats).await;
+        write_batch(&*store, &mut events, acks, &stats, &stop).await;
         busy = !rx.is_empty();
     }
 }
@@ -370,8 +370,10 @@ async fn write_batch(
     events: &mut [AuditEvent],
     mut acks: Vec<Option<oneshot::Sender<bool>>>,
     stats: &AuditStats,
+    stop: &CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let mut stopping_since: Option<tokio::time::Instant> = None;
     loop {
         match store.append_audit(events).await {
             Ok(()) => {
@@ -395,6 +397,22 @@ async fn write_batch(
                         if ack.send(false).is_ok() {
                             withheld(ev);
                         }
+                    }
+                }
+                // Stopping with a store that still refuses: the gateway may not wait
+                // for ever. Under `durability = "commit"` the answers these events
+                // record were refused (503); under `batched` they were not.
+                if stop.is_cancelled() {
+                    let since = *stopping_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() > crate::runtime::DRAIN_TIMEOUT {
+                        stats
+                            .dropped
+                            .fetch_add(events.len() as u64, Ordering::Relaxed);
+                        tracing::error!(
+                            events = events.len(),
+                            "stopping: the store still refuses writes; these events are not recorded (counted as dropped)"
+                        );
+                        return;
                     }
                 }
                 tokio::time::sleep(backoff).await;
