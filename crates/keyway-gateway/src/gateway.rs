@@ -13,7 +13,7 @@ use keyway_core::config::Config;
 use keyway_core::EventKind;
 use keyway_core::{Clock, IssuedToken, Pepper, UnixMillis};
 use keyway_store::keys::{self, KeySource};
-use keyway_store::{AuditEvent, Sealer, SqliteStore, Store, StoreError, TokenRecord};
+use keyway_store::{AuditEvent, Sealer, Store, StoreError, TokenRecord};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +28,9 @@ pub use crate::tokens::{
     CredentialRequest, ExchangeError, IssueError, IssueRequest, RevokeFilter, RotateError, Tokens,
     DEFAULT_TTL,
 };
+pub use data::{Start, LOCK_FILE};
+
+mod data;
 
 /// Everything the listeners and the admin API share.
 pub struct Gateway {
@@ -48,6 +51,9 @@ pub struct Gateway {
     audit_stop: CancellationToken,
     /// Where the admin credential was written, when this start wrote one.
     pub admin_token_written: Option<PathBuf>,
+    /// The data folder's lock, held while the gateway lives (when it opened the
+    /// folder itself).
+    data_lock: Option<std::fs::File>,
     /// Agents' live connections and revocations.
     pub agents: Arc<crate::agents::Registry>,
     pub metrics: Arc<crate::telemetry::Metrics>,
@@ -80,16 +86,41 @@ pub enum OpenError {
     KeyMismatch { what: &'static str },
     #[error(transparent)]
     AdminToken(#[from] crate::tokens::AdminTokenError),
+    /// The store's files are not what they should be; the message says what was
+    /// found and how to go on.
+    #[error("{0}")]
+    StoreRefused(String),
+    #[error(
+        "another Keyway process{} uses the data folder {dir} (it holds {dir}/keyway.lock): \
+         stop it first: one gateway at a time uses a data folder",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Locked { dir: String, pid: Option<u32> },
+    #[error(
+        "--init starts over only a store that cannot be used, and {path} opens and checks \
+         fine: start without --init (to start over anyway, move the data folder aside first)"
+    )]
+    InitNotNeeded { path: String },
 }
 
 // === impl Gateway ===
 
 impl Gateway {
-    /// Opens the data folder (creating it, 0700), the store, and the keys; loads the
-    /// token index and the upstream credentials; writes an admin credential when
-    /// there is no live one. Must run inside a Tokio runtime (it starts the audit
+    /// Opens the data folder (creating it, 0700; locked while the gateway lives), the
+    /// store (refused when missing or damaged, see `gateway/data.rs`), and the keys;
+    /// loads the token index and the upstream credentials; writes an admin credential
+    /// when there is no live one. Must run inside a Tokio runtime (it starts the audit
     /// writer).
     pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Self, OpenError> {
+        Self::open_with(config, clock, Start::Normal).await
+    }
+
+    /// As [`Gateway::open`], treating the data folder as `start` says.
+    pub async fn open_with(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        start: Start,
+    ) -> Result<Self, OpenError> {
         let dir = &config.data_dir;
         let dir_err = |source| OpenError::DataDir {
             path: dir.display().to_string(),
@@ -101,12 +132,11 @@ impl Gateway {
         }
         std::fs::create_dir_all(dir).map_err(dir_err)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
-        // Under `durability = "commit"` every commit is fsynced: an answer implies an
-        // event that survives a power cut, not only a killed process.
-        let durable = config.audit.durability == keyway_core::config::Durability::Commit;
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open_with(&dir.join("keyway.db"), durable).await?);
-        Self::with_store(config, clock, store).await
+        let lock = data::lock(dir)?;
+        let store: Arc<dyn Store> = Arc::new(data::open_store(&config, start).await?);
+        let mut gw = Self::with_store(config, clock, store).await?;
+        gw.data_lock = Some(lock);
+        Ok(gw)
     }
 
     /// As [`Gateway::open`], on a store the caller opened.
@@ -201,6 +231,7 @@ impl Gateway {
             audit_task: std::sync::Mutex::new(Some(audit_task)),
             audit_stop,
             admin_token_written: None,
+            data_lock: None,
             agents,
             metrics,
             admission,

@@ -35,6 +35,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("store holds a record this version cannot read: {0}")]
     Corrupt(String),
+    /// The store's files cannot be used as they are (what was found, for the
+    /// operator); nothing was written to them.
+    #[error("{0}")]
+    Damaged(String),
 }
 
 /// A token as the store keeps it: metadata and the keyed hash, never the secret.

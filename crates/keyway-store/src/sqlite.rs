@@ -7,6 +7,9 @@
 //! - `secrets`: upstream secrets, sealed.
 //! - `agents`: agent revocations.
 //! - `audit`: the audit log on its hash chain: append, checkpoint, prune, verify, read.
+//! - [`files`]: the files on disk read before SQLite opens them (a missing, empty or
+//!   foreign database file, a damaged log), which SQLite would take for a new store.
+//! - `log`: the check at open.
 //! - `tests`: the store against an in-memory or temporary database.
 
 use std::path::Path;
@@ -19,12 +22,15 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 
 use crate::{
-    AuditEvent, AuditQuery, Result, Sealed, Store, StoredEvent, TokenRecord, TokenRevocations,
+    AuditEvent, AuditQuery, Result, Sealed, Store, StoreError, StoredEvent, TokenRecord,
+    TokenRevocations,
 };
 use audit::Chain;
 
 mod agents;
 mod audit;
+pub mod files;
+mod log;
 mod meta;
 mod secrets;
 mod tokens;
@@ -58,20 +64,42 @@ enum Events<'a> {
     PerRevoked(&'a TokenRevocations<'a>),
 }
 
+/// What SQLite's busy handler waits for a lock, for the store's work.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 // === impl SqliteStore ===
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and brings its schema up to
-    /// date. Every commit is on disk before it returns (`synchronous = FULL`), so a
-    /// power cut loses nothing that was acknowledged.
+    /// Opens (creating if needed) the database at `path`, checks it (`PRAGMA
+    /// quick_check`) and brings its schema up to date. A database SQLite cannot read
+    /// is [`StoreError::Damaged`]. A caller that must not take a missing or damaged
+    /// file for a new store looks with [`files::inspect`] first, or calls
+    /// [`SqliteStore::open_existing`].
+    /// Every commit is on disk before it returns (`synchronous = FULL`), so a power
+    /// cut loses nothing that was acknowledged.
     pub async fn open(path: &Path) -> Result<Self> {
-        Self::open_with(path, true).await
+        Self::open_file(path, true, true).await
     }
 
     /// [`SqliteStore::open`]; with `durable` false, commits reach the disk at the
     /// next checkpoint (`synchronous = NORMAL`): a killed process loses nothing, a
     /// power cut may lose the last commits.
     pub async fn open_with(path: &Path, durable: bool) -> Result<Self> {
+        Self::open_file(path, true, durable).await
+    }
+
+    /// Opens the store at `path` only when its files hold one as they should
+    /// ([`files::inspect`] finds [`files::Found::Store`]); never creates one.
+    pub async fn open_existing(path: &Path) -> Result<Self> {
+        let found = files::inspect(path)
+            .map_err(|e| StoreError::Damaged(format!("cannot read {}: {e}", path.display())))?;
+        if found != files::Found::Store {
+            return Err(StoreError::Damaged(found.describe(path)));
+        }
+        Self::open_file(path, false, true).await
+    }
+
+    async fn open_file(path: &Path, create: bool, durable: bool) -> Result<Self> {
         let sync = if durable {
             SqliteSynchronous::Full
         } else {
@@ -79,21 +107,21 @@ impl SqliteStore {
         };
         let opts = SqliteConnectOptions::new()
             .filename(path)
-            .create_if_missing(true)
+            .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(sync)
-            .busy_timeout(Duration::from_secs(5))
+            .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        Self::connect(opts).await
+        Self::connect(opts, true).await
     }
 
     /// An in-memory store, for tests.
     pub async fn in_memory() -> Result<Self> {
         let opts = SqliteConnectOptions::from_str("sqlite::memory:")?;
-        Self::connect(opts).await
+        Self::connect(opts, false).await
     }
 
-    async fn connect(opts: SqliteConnectOptions) -> Result<Self> {
+    async fn connect(opts: SqliteConnectOptions, check: bool) -> Result<Self> {
         // One writer at a time is SQLite's way; a small pool lets reads go alongside.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -102,8 +130,16 @@ impl SqliteStore {
             // file database does not go away underneath.
             .test_before_acquire(false)
             .connect_with(opts)
-            .await?;
-        MIGRATOR.run(&pool).await?;
+            .await
+            .map_err(damaged)?;
+        if check {
+            // Before the migrations, which would write into a damaged file.
+            log::quick_check(&pool).await?;
+        }
+        MIGRATOR.run(&pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(e) => damaged(e),
+            e => StoreError::Migrate(e),
+        })?;
         Ok(Self {
             pool,
             chain: Default::default(),
@@ -175,6 +211,24 @@ async fn write_on(
     let head = audit::append_on(&mut tx, chain, events).await?;
     tx.commit().await?;
     Ok((records, revoked, head))
+}
+
+/// An error SQLite gives for a file it cannot read as a database, as
+/// [`StoreError::Damaged`]; any other as it is.
+fn damaged(e: sqlx::Error) -> StoreError {
+    // SQLITE_CORRUPT (11) and SQLITE_NOTADB (26), with their extended codes.
+    let code = e
+        .as_database_error()
+        .and_then(|d| d.code())
+        .and_then(|c| c.parse::<i32>().ok());
+    match code {
+        Some(c) if c & 0xff == 11 || c & 0xff == 26 => StoreError::Damaged(format!(
+            "SQLite cannot read it: {}",
+            e.as_database_error()
+                .map_or(String::new(), |d| d.message().to_owned())
+        )),
+        _ => StoreError::Db(e),
+    }
 }
 
 // === impl Store for SqliteStore ===

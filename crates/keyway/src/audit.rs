@@ -170,7 +170,9 @@ pub async fn run(cmd: AuditCommand) -> Result<ExitCode> {
                 keyway_store::keys::load_or_create(&config.pepper_file, "KEYWAY_PEPPER", false)
                     .context("the pepper keys the audit chain")?;
             let pepper = Pepper::new(&key);
-            let store = SqliteStore::open(&db).await?;
+            // Never `open`: a missing or damaged file would be taken for a new store
+            // (and a damaged log cut short, losing the very events to verify).
+            let store = SqliteStore::open_existing(&db).await?;
             let known = store.meta_get("pepper_fingerprint").await?;
             if known.is_some_and(|fp| fp[..] != pepper.fingerprint()[..]) {
                 bail!("this pepper is not the one the store was created with");

@@ -79,6 +79,12 @@ enum Command {
         /// The config file.
         #[arg(long, short, env = "KEYWAY_CONFIG", default_value = "keyway.toml")]
         config: PathBuf,
+        /// Start over on purpose with a new, empty store when the one in the data
+        /// folder is missing, empty or damaged (start-up refuses those otherwise):
+        /// its files are moved into `<data_dir>/damaged-<time>/`, the keys are kept.
+        /// Refused when the store is fine.
+        #[arg(long)]
+        init: bool,
     },
     /// Issue, list and revoke access tokens (through the admin API).
     #[command(subcommand)]
@@ -215,9 +221,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             serve::init_logging(&log, cli.log_format)?;
             demo::run(args).await
         }
-        Command::Gateway { config } => {
+        Command::Gateway { config, init } => {
             serve::init_logging(&log, cli.log_format)?;
-            serve::gateway(&config).await
+            serve::gateway(&config, init).await
         }
         Command::Token(cmd) => token::run(cmd).await,
         Command::Credential(cmd) => credential::run(cmd).await,

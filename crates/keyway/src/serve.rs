@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context, Result};
 use keyway_core::config::Config;
 use keyway_core::SystemClock;
+use keyway_gateway::gateway::Start;
 use keyway_gateway::{Gateway, Listeners};
 use tokio_util::sync::CancellationToken;
 
@@ -50,13 +51,14 @@ pub fn config_dir(path: &Path) -> std::path::PathBuf {
     std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
-pub async fn gateway(config_path: &Path) -> Result<ExitCode> {
+pub async fn gateway(config_path: &Path, init: bool) -> Result<ExitCode> {
     let config = load_config(config_path)?;
     crate::host::raise_open_files(open_files_needed(&config));
     let hash = config.written.sha256.clone();
     // Open first, bind second: once a port accepts, the gateway (and the admin
     // credential the CLI reads) is ready.
-    let gw = Arc::new(Gateway::open(config, Arc::new(SystemClock)).await?);
+    let start = if init { Start::Init } else { Start::Normal };
+    let gw = Arc::new(Gateway::open_with(config, Arc::new(SystemClock), start).await?);
     let listeners = Listeners::bind(&gw.config()).await?;
     announce(&gw, &listeners);
     let mut ev = gw.event(keyway_core::EventKind::ConfigApplied);
