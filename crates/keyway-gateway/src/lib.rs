@@ -199,7 +199,8 @@ impl Listeners {
 
 /// Serves until `shutdown` fires, then drains connections (at most
 /// [`listener::DRAIN_TIMEOUT`]), ends the sessions ([`Gateway::end_sessions`], at most
-/// as long again), flushes last-used times and the audit queue, and returns.
+/// as long again), flushes last-used times and the audit queue, folds the store's
+/// write-ahead log into its database file, and returns.
 pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationToken) {
     let mut tasks = tokio::task::JoinSet::new();
     let mut services = reload::Services::new(gw.clone(), shutdown.clone());
@@ -306,6 +307,10 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
     gw.close().await;
     // The last events are written: sign the head, so that removing them shows.
     audit::checkpoint(&*gw.store, gw.now()).await;
+    // Then fold the log into the database file: stopped, keyway.db holds everything.
+    if let Err(e) = gw.store.close().await {
+        tracing::error!(error = %e, "could not fold the write-ahead log into the database");
+    }
 }
 
 /// Behind the hot path: last-used times to the store; long-expired tokens out of the

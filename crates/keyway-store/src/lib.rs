@@ -231,4 +231,9 @@ pub trait Store: Send + Sync + 'static {
     /// What allowed requests and connections since `since` used, grouped: at most
     /// `limit` rows, newest use first.
     async fn audit_usage(&self, since: UnixMillis, limit: u32) -> Result<Vec<Usage>>;
+
+    /// After the last write: folds the log into the database and closes.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
 }

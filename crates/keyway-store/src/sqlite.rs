@@ -9,7 +9,7 @@
 //! - `audit`: the audit log on its hash chain: append, checkpoint, prune, verify, read.
 //! - [`files`]: the files on disk read before SQLite opens them (a missing, empty or
 //!   foreign database file, a damaged log), which SQLite would take for a new store.
-//! - `log`: the check at open.
+//! - `log`: the write-ahead log folded in at close, and the check at open.
 //! - `tests`: the store against an in-memory or temporary database.
 
 use std::path::Path;
@@ -146,14 +146,26 @@ impl SqliteStore {
         })
     }
 
-    pub async fn close(&self) {
+    /// Closes the connections without folding the log in: for a reader beside a
+    /// running gateway (which folds the log itself).
+    pub async fn disconnect(&self) {
         self.pool.close().await;
     }
 
+    /// Folds the log into the database file and empties it, then closes: after it,
+    /// `keyway.db` alone holds everything. Call after the last write.
+    pub async fn close(&self) -> Result<()> {
+        let folded = log::fold(&self.pool).await;
+        let closing = self.pool.close();
+        if tokio::time::timeout(BUSY_TIMEOUT, closing).await.is_err() {
+            tracing::warn!("a store connection was still in use at close");
+        }
+        folded.map(|_| ())
+    }
+
     /// Writes a change and its events in one transaction, chained on from the head:
-    /// both are in, or neither. Returns the token records the change touched.
-    /// Returns the token records the change touched, and how many of them (the
-    /// first) it revoked.
+    /// both are in, or neither. Returns the token records the change touched, and
+    /// how many of them (the first) it revoked.
     async fn write(
         &self,
         change: Change<'_>,
@@ -337,6 +349,10 @@ impl Store for SqliteStore {
 
     async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<StoredEvent>> {
         audit::events(&self.pool, q).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        SqliteStore::close(self).await
     }
 }
 

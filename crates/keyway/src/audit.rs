@@ -179,7 +179,7 @@ pub async fn run(cmd: AuditCommand) -> Result<ExitCode> {
             }
             let key = keyway_gateway::gateway::audit_chain_key(&pepper);
             let verdict = store.verify_audit(&key, &expect).await?;
-            store.close().await;
+            store.disconnect().await;
             if json {
                 println!("{}", serde_json::to_string(&verdict)?);
             }

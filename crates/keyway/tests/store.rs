@@ -2,7 +2,7 @@
 //! command: `keyway gateway` refuses a store that is missing, empty or damaged while
 //! the keys and the admin credential show there was one, says what it found, writes
 //! no new admin credential and changes no file; `--init` starts over on purpose and
-//! keeps the old files aside.
+//! keeps the old files aside; a graceful stop leaves everything in `keyway.db`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -281,4 +281,46 @@ async fn a_page_damaged_inside_the_database_fails_the_check_at_start() {
     bytes[n / 4..n / 2].fill(0x55);
     std::fs::write(&db, bytes).unwrap();
     assert_refused(&dir, "cannot be used");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_graceful_stop_leaves_everything_in_keyway_db() {
+    let (up, _) = upstream().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, admin_port, url) = run_dir(tmp.path(), "run", up);
+    let mut gateway = start_gateway(&dir, admin_port);
+    let token = issue(&dir, "p", "billing");
+    for _ in 0..5 {
+        assert_eq!(curl(&url, Some(&token), "GET"), 200);
+    }
+    assert!(
+        std::fs::metadata(dir.join("data/keyway.db-wal"))
+            .unwrap()
+            .len()
+            > 0
+    );
+    assert!(interrupt(&mut gateway).success());
+    let wal = std::fs::metadata(dir.join("data/keyway.db-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "the log is folded into the database at stop");
+
+    // keyway.db alone, beside the keys, is the whole store.
+    let alone = tmp.path().join("alone");
+    std::fs::create_dir_all(alone.join("data")).unwrap();
+    std::fs::copy(dir.join("keyway.toml"), alone.join("keyway.toml")).unwrap();
+    for f in ["keyway.db", "pepper.key", "master.key", "admin.token"] {
+        std::fs::copy(dir.join("data").join(f), alone.join("data").join(f)).unwrap();
+    }
+    let requests = store_query(
+        &alone,
+        "SELECT count(*) FROM audit_events WHERE kind = 'request'",
+    );
+    assert_eq!(requests.trim(), "5");
+    let _gateway = start_gateway(&alone, admin_port);
+    assert_eq!(curl(&url, Some(&token), "GET"), 200);
+    assert!(ok_stdout(keyway(
+        &alone,
+        &["audit", "verify", "--config", "keyway.toml"],
+        None
+    ))
+    .contains("intact"));
 }

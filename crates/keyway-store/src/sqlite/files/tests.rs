@@ -164,3 +164,31 @@ async fn a_damaged_page_fails_the_check() {
     assert!(matches!(err, StoreError::Damaged(_)), "{err}");
     assert_eq!(std::fs::read(&db).unwrap(), bytes, "nothing written");
 }
+
+#[tokio::test]
+async fn close_folds_the_log_into_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, store) = written(dir.path(), 2000).await;
+    assert!(std::fs::metadata(wal_path(&db)).unwrap().len() > 0);
+    store.close().await.unwrap();
+    assert_eq!(
+        std::fs::metadata(wal_path(&db)).map_or(0, |m| m.len()),
+        0,
+        "the log is folded into the database"
+    );
+    // The database file alone holds it all.
+    let alone = dir.path().join("alone");
+    std::fs::create_dir(&alone).unwrap();
+    std::fs::copy(&db, alone.join("keyway.db")).unwrap();
+    let store = SqliteStore::open_existing(&alone.join("keyway.db"))
+        .await
+        .unwrap();
+    let events = store
+        .audit_events(&crate::AuditQuery {
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2000);
+}
