@@ -39,6 +39,11 @@ pub enum StoreError {
     /// operator); nothing was written to them.
     #[error("{0}")]
     Damaged(String),
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// A token as the store keeps it: metadata and the keyed hash, never the secret.

@@ -9,7 +9,8 @@
 //! - `audit`: the audit log on its hash chain: append, checkpoint, prune, verify, read.
 //! - [`files`]: the files on disk read before SQLite opens them (a missing, empty or
 //!   foreign database file, a damaged log), which SQLite would take for a new store.
-//! - `log`: the write-ahead log folded in at close, and the check at open.
+//! - `log`: the write-ahead log folded in at close, the check at open, an online copy
+//!   of the database.
 //! - `tests`: the store against an in-memory or temporary database.
 
 use std::path::Path;
@@ -112,16 +113,26 @@ impl SqliteStore {
             .synchronous(sync)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        Self::connect(opts, true).await
+        Self::connect(opts, true, true).await
     }
 
     /// An in-memory store, for tests.
     pub async fn in_memory() -> Result<Self> {
         let opts = SqliteConnectOptions::from_str("sqlite::memory:")?;
-        Self::connect(opts, false).await
+        Self::connect(opts, false, true).await
     }
 
-    async fn connect(opts: SqliteConnectOptions, check: bool) -> Result<Self> {
+    /// Opens a copy of a store (a backup) to read it, without writing a byte to it
+    /// or beside it; checked as [`SqliteStore::open`] checks.
+    pub async fn open_copy(path: &Path) -> Result<Self> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true)
+            .immutable(true);
+        Self::connect(opts, true, false).await
+    }
+
+    async fn connect(opts: SqliteConnectOptions, check: bool, migrate: bool) -> Result<Self> {
         // One writer at a time is SQLite's way; a small pool lets reads go alongside.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -136,18 +147,27 @@ impl SqliteStore {
             // Before the migrations, which would write into a damaged file.
             log::quick_check(&pool).await?;
         }
-        MIGRATOR.run(&pool).await.map_err(|e| match e {
-            sqlx::migrate::MigrateError::Execute(e) => damaged(e),
-            e => StoreError::Migrate(e),
-        })?;
+        if migrate {
+            MIGRATOR.run(&pool).await.map_err(|e| match e {
+                sqlx::migrate::MigrateError::Execute(e) => damaged(e),
+                e => StoreError::Migrate(e),
+            })?;
+        }
         Ok(Self {
             pool,
             chain: Default::default(),
         })
     }
 
+    /// Writes a consistent copy of the database to `out`, a new file (mode 0600),
+    /// while the store is in use: SQLite's `VACUUM INTO`, one read snapshot. Returns
+    /// the copy's size in bytes.
+    pub async fn backup_into(&self, out: &Path) -> Result<u64> {
+        log::backup_into(&self.pool, out).await
+    }
+
     /// Closes the connections without folding the log in: for a reader beside a
-    /// running gateway (which folds the log itself).
+    /// running gateway (which folds the log itself), or of a copy.
     pub async fn disconnect(&self) {
         self.pool.close().await;
     }

@@ -162,24 +162,10 @@ pub async fn run(cmd: AuditCommand) -> Result<ExitCode> {
             expect,
         } => {
             let config = serve::load_config(&config)?;
-            let db = config.data_dir.join("keyway.db");
-            if !db.exists() {
-                bail!("no store at {}; is `data_dir` right?", db.display());
-            }
-            let (key, _) =
-                keyway_store::keys::load_or_create(&config.pepper_file, "KEYWAY_PEPPER", false)
-                    .context("the pepper keys the audit chain")?;
-            let pepper = Pepper::new(&key);
-            // Never `open`: a missing or damaged file would be taken for a new store
-            // (and a damaged log cut short, losing the very events to verify).
-            let store = SqliteStore::open_existing(&db).await?;
-            let known = store.meta_get("pepper_fingerprint").await?;
-            if known.is_some_and(|fp| fp[..] != pepper.fingerprint()[..]) {
-                bail!("this pepper is not the one the store was created with");
-            }
-            let key = keyway_gateway::gateway::audit_chain_key(&pepper);
-            let verdict = store.verify_audit(&key, &expect).await?;
+            let (store, key) = open_with_chain_key(&config).await?;
+            let verdict = store.verify_audit(&key, &expect).await;
             store.disconnect().await;
+            let verdict = verdict?;
             if json {
                 println!("{}", serde_json::to_string(&verdict)?);
             }
@@ -225,6 +211,30 @@ pub async fn run(cmd: AuditCommand) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// The store in the config's data folder, opened beside a gateway that may be
+/// running, and the key of its audit chain (from the pepper, checked against the
+/// store's fingerprint of it).
+pub async fn open_with_chain_key(
+    config: &keyway_core::config::Config,
+) -> Result<(SqliteStore, keyway_store::ChainKey)> {
+    let db = config.data_dir.join("keyway.db");
+    if !db.exists() {
+        bail!("no store at {}; is `data_dir` right?", db.display());
+    }
+    let (key, _) = keyway_store::keys::load_or_create(&config.pepper_file, "KEYWAY_PEPPER", false)
+        .context("the pepper keys the audit chain")?;
+    let pepper = Pepper::new(&key);
+    // Never `open`: a missing or damaged file would be taken for a new store (and a
+    // damaged log cut short, losing the very events to verify).
+    let store = SqliteStore::open_existing(&db).await?;
+    let known = store.meta_get("pepper_fingerprint").await;
+    if known?.is_some_and(|fp| fp[..] != pepper.fingerprint()[..]) {
+        store.disconnect().await;
+        bail!("this pepper is not the one the store was created with");
+    }
+    Ok((store, keyway_gateway::gateway::audit_chain_key(&pepper)))
 }
 
 fn print_events(events: &[StoredEvent]) {

@@ -189,7 +189,7 @@ fn refusal(db: &Path, what: &str, before: &[PathBuf], lost: Lost) -> String {
         Lost::Unreadable => "SQLite cannot use it as it is.\n",
     });
     m.push_str(&format!(
-        "Nothing was changed. To restore a backup: copy it to \
+        "Nothing was changed. To restore a backup (made by `keyway backup`): copy it to \
          {db_s}, with no {db_s}-wal or {db_s}-shm beside it, keep the same pepper and master \
          key, start again, and check the audit log against the head the backup printed: \
          `keyway audit verify --config … --expect SEQ:HASH`.\n"

@@ -192,3 +192,32 @@ async fn close_folds_the_log_into_the_database() {
         .unwrap();
     assert_eq!(events.len(), 2000);
 }
+
+#[tokio::test]
+async fn a_backup_is_a_store_read_back_without_a_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, store) = written(dir.path(), 300).await;
+    let out = dir.path().join("backup.db");
+    let bytes = store.backup_into(&out).await.unwrap();
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), bytes);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&out).unwrap().permissions())
+            & 0o777,
+        0o600
+    );
+    assert!(
+        store.backup_into(&out).await.is_err(),
+        "never over an existing file"
+    );
+    assert_eq!(inspect(&out).unwrap(), Found::Store);
+    let written = std::fs::read(&out).unwrap();
+    let copy = SqliteStore::open_copy(&out).await.unwrap();
+    let v = copy.verify_audit(&[7; 32], &[]).await.unwrap();
+    assert!(
+        matches!(v, crate::Verdict::Intact { events: 300, .. }),
+        "{v:?}"
+    );
+    copy.disconnect().await;
+    assert_eq!(std::fs::read(&out).unwrap(), written, "read, not written");
+    assert!(!wal_path(&out).exists() && !shm_path(&out).exists());
+}
