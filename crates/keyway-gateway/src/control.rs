@@ -74,6 +74,11 @@ impl StoreView {
         self.0.audit_usage(since, limit).await
     }
 
+    /// The store's write-ahead log on disk, in bytes, when it keeps one.
+    pub fn log_bytes(&self) -> Option<u64> {
+        self.0.log_bytes()
+    }
+
     /// Refuses `agent`'s certificates issued before `at`, across restarts, with the
     /// events that record it.
     async fn revoke_agent(
@@ -161,6 +166,7 @@ impl Control {
         s.audit_queue = self.audit.queued();
         s.blocked_sources = self.admission.blocked_sources(now);
         s.observations_dropped = self.admission.dropped();
+        s.store_wal_bytes = self.store.log_bytes();
         s.agents = self
             .agents
             .status(&self.config())

@@ -272,6 +272,7 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
         ));
     }
     tasks.spawn(housekeeping(gw.clone(), shutdown.clone()));
+    tasks.spawn(bound_store_log(gw.store.clone(), shutdown.clone()));
     let responders = detect::Responders {
         admission: gw.admission.clone(),
         tokens: gw.tokens.clone(),
@@ -310,6 +311,39 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
     // Then fold the log into the database file: stopped, keyway.db holds everything.
     if let Err(e) = gw.store.close().await {
         tracing::error!(error = %e, "could not fold the write-ahead log into the database");
+    }
+}
+
+/// The store's write-ahead log past this is folded in and emptied at once.
+const LOG_LIMIT_BYTES: u64 = 16 * 1024 * 1024;
+/// How often the log's size is looked at (a `stat`): a burst of token issues can grow
+/// it by some 60 MB a second.
+const LOG_WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// Keeps the store's log bounded: SQLite's own checkpoints cannot start it over while
+/// commits keep coming from several connections, so a burst of writes would grow it
+/// for as long as it lasts ([`keyway_store::Store::bound_log`]).
+async fn bound_store_log(store: Arc<dyn keyway_store::Store>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(LOG_WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let before = store.log_bytes();
+        match store.bound_log(LOG_LIMIT_BYTES).await {
+            Ok(true) => tracing::debug!(
+                bytes = before,
+                "write-ahead log folded into the database and emptied"
+            ),
+            Ok(false) if before.is_some_and(|b| b > LOG_LIMIT_BYTES) => tracing::debug!(
+                bytes = before,
+                "write-ahead log not emptied yet: connections in the way; trying again"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not fold the write-ahead log in"),
+        }
     }
 }
 

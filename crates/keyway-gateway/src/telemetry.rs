@@ -46,6 +46,8 @@ pub struct States {
     pub audit_queue: usize,
     pub blocked_sources: usize,
     pub observations_dropped: u64,
+    /// The store's write-ahead log on disk, in bytes (when the store keeps one).
+    pub store_wal_bytes: Option<u64>,
     /// Each configured agent: name, state (`connected`, `disconnected`, `revoked`),
     /// live connections.
     pub agents: Vec<(String, String, usize)>,
@@ -204,6 +206,9 @@ impl Metrics {
             gauge!("keyway_audit_queue").set(s.audit_queue as f64);
             gauge!("keyway_blocked_sources").set(s.blocked_sources as f64);
             counter!("keyway_detector_observations_dropped_total").absolute(s.observations_dropped);
+            if let Some(bytes) = s.store_wal_bytes {
+                gauge!("keyway_store_wal_bytes").set(bytes as f64);
+            }
             for state in ["connected", "disconnected", "revoked"] {
                 let n = s.agents.iter().filter(|a| a.1 == state).count();
                 gauge!("keyway_agents", "state" => state).set(n as f64);
@@ -271,6 +276,11 @@ fn describe() {
         "Failed audit batch writes (retried)."
     );
     describe_gauge!("keyway_audit_queue", "Audit events waiting to be written.");
+    describe_gauge!(
+        "keyway_store_wal_bytes",
+        Unit::Bytes,
+        "The store's write-ahead log (keyway.db-wal) on disk; folded in and emptied past 16 MiB."
+    );
     describe_gauge!("keyway_agents", "Declared and enrolled agents, by state.");
     describe_gauge!(
         "keyway_agent_connections",

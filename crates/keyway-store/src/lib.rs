@@ -237,6 +237,18 @@ pub trait Store: Send + Sync + 'static {
     /// `limit` rows, newest use first.
     async fn audit_usage(&self, since: UnixMillis, limit: u32) -> Result<Vec<Usage>>;
 
+    /// The size of the store's write-ahead log on disk, in bytes; `None` for a
+    /// backend that keeps none.
+    fn log_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// Folds the write-ahead log into the database and empties it once it has grown
+    /// past `limit` bytes (a burst of writes outran the backend's own checkpoints);
+    /// gives up quickly rather than hold writers back when a reader is in the way.
+    /// Whether it did.
+    async fn bound_log(&self, _limit: u64) -> Result<bool> {
+        Ok(false)
+    }
     /// After the last write: folds the log into the database and closes.
     async fn close(&self) -> Result<()> {
         Ok(())

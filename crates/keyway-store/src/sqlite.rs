@@ -9,8 +9,8 @@
 //! - `audit`: the audit log on its hash chain: append, checkpoint, prune, verify, read.
 //! - [`files`]: the files on disk read before SQLite opens them (a missing, empty or
 //!   foreign database file, a damaged log), which SQLite would take for a new store.
-//! - `log`: the write-ahead log folded in at close, the check at open, an online copy
-//!   of the database.
+//! - `log`: the write-ahead log kept small while running and folded in at close; an
+//!   online copy of the database.
 //! - `tests`: the store against an in-memory or temporary database.
 
 use std::path::Path;
@@ -45,6 +45,8 @@ pub struct SqliteStore {
     /// The chain key and the newest event's hash, once the gateway set the key. Held
     /// across each write, so that writes commit in the order they chain.
     chain: std::sync::Arc<tokio::sync::Mutex<Option<Chain>>>,
+    /// The database's log, for a store on disk.
+    log: Option<std::sync::Arc<log::Log>>,
 }
 
 /// A change of state, written in one transaction with its audit events.
@@ -112,8 +114,14 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(sync)
             .busy_timeout(BUSY_TIMEOUT)
+            // Once the log restarts, its file is cut back to this (SQLite otherwise
+            // keeps it at its largest).
+            .pragma("journal_size_limit", log::SIZE_LIMIT.to_string())
             .foreign_keys(true);
-        Self::connect(opts, true, true).await
+        let log = log::Log::new(path, &opts);
+        let mut store = Self::connect(opts, true, true).await?;
+        store.log = Some(std::sync::Arc::new(log));
+        Ok(store)
     }
 
     /// An in-memory store, for tests.
@@ -156,6 +164,7 @@ impl SqliteStore {
         Ok(Self {
             pool,
             chain: Default::default(),
+            log: None,
         })
     }
 
@@ -169,6 +178,9 @@ impl SqliteStore {
     /// Closes the connections without folding the log in: for a reader beside a
     /// running gateway (which folds the log itself), or of a copy.
     pub async fn disconnect(&self) {
+        if let Some(l) = &self.log {
+            l.close().await;
+        }
         self.pool.close().await;
     }
 
@@ -176,6 +188,9 @@ impl SqliteStore {
     /// `keyway.db` alone holds everything. Call after the last write.
     pub async fn close(&self) -> Result<()> {
         let folded = log::fold(&self.pool).await;
+        if let Some(l) = &self.log {
+            l.close().await;
+        }
         let closing = self.pool.close();
         if tokio::time::timeout(BUSY_TIMEOUT, closing).await.is_err() {
             tracing::warn!("a store connection was still in use at close");
@@ -369,6 +384,17 @@ impl Store for SqliteStore {
 
     async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<StoredEvent>> {
         audit::events(&self.pool, q).await
+    }
+
+    fn log_bytes(&self) -> Option<u64> {
+        self.log.as_ref().map(|l| l.bytes())
+    }
+
+    async fn bound_log(&self, limit: u64) -> Result<bool> {
+        match &self.log {
+            Some(l) => l.bound(limit).await,
+            None => Ok(false),
+        }
     }
 
     async fn close(&self) -> Result<()> {

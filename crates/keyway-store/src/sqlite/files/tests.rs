@@ -221,3 +221,25 @@ async fn a_backup_is_a_store_read_back_without_a_write() {
     assert_eq!(std::fs::read(&out).unwrap(), written, "read, not written");
     assert!(!wal_path(&out).exists() && !shm_path(&out).exists());
 }
+
+#[tokio::test]
+async fn the_log_is_folded_in_and_emptied_past_a_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, store) = written(dir.path(), 300).await;
+    let before = store.log_bytes().unwrap();
+    assert!(before > 0);
+    assert!(!store.bound_log(before).await.unwrap(), "under the limit");
+    assert!(store.bound_log(0).await.unwrap());
+    assert_eq!(store.log_bytes(), Some(0));
+    assert_eq!(
+        store
+            .audit_events(&crate::AuditQuery {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len(),
+        300
+    );
+}
