@@ -24,6 +24,9 @@ pub enum EventKind {
     CredentialNearMaxAge,
     AdminDenied,
     AdminTokenCreated,
+    /// `keyway admin reset`: the admin tokens revoked and a new one written, with
+    /// the gateway stopped.
+    AdminReset,
     SecretSet,
     AgentEnrollmentIssued,
     AgentEnroll,
@@ -47,7 +50,7 @@ pub enum Decision {
 // === impl EventKind ===
 
 impl EventKind {
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 25] = [
         Self::Request,
         Self::ConnectionOpen,
         Self::ConnectionClose,
@@ -61,6 +64,7 @@ impl EventKind {
         Self::CredentialNearMaxAge,
         Self::AdminDenied,
         Self::AdminTokenCreated,
+        Self::AdminReset,
         Self::SecretSet,
         Self::AgentEnrollmentIssued,
         Self::AgentEnroll,
@@ -90,6 +94,7 @@ impl EventKind {
             Self::CredentialNearMaxAge => "credential.near_max_age",
             Self::AdminDenied => "admin.denied",
             Self::AdminTokenCreated => "admin.token_created",
+            Self::AdminReset => "admin.reset",
             Self::SecretSet => "secret.set",
             Self::AgentEnrollmentIssued => "agent.enrollment_issued",
             Self::AgentEnroll => "agent.enroll",
@@ -121,6 +126,7 @@ impl EventKind {
             "credential.near_max_age" => Self::CredentialNearMaxAge,
             "admin.denied" => Self::AdminDenied,
             "admin.token_created" => Self::AdminTokenCreated,
+            "admin.reset" => Self::AdminReset,
             "secret.set" => Self::SecretSet,
             "agent.enrollment_issued" => Self::AgentEnrollmentIssued,
             "agent.enroll" => Self::AgentEnroll,

@@ -92,7 +92,7 @@ pub enum OpenError {
     StoreRefused(String),
     #[error(
         "another Keyway process{} uses the data folder {dir} (it holds {dir}/keyway.lock): \
-         stop it first: one gateway at a time uses a data folder",
+         stop it first: one gateway (or `keyway admin reset`) at a time uses a data folder",
         pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
     )]
     Locked { dir: String, pid: Option<u32> },
@@ -101,6 +101,8 @@ pub enum OpenError {
          fine: start without --init (to start over anyway, move the data folder aside first)"
     )]
     InitNotNeeded { path: String },
+    #[error("there is no store at {path}: is `data_dir` right?")]
+    NoStore { path: String },
 }
 
 // === impl Gateway ===
@@ -115,7 +117,8 @@ impl Gateway {
         Self::open_with(config, clock, Start::Normal).await
     }
 
-    /// As [`Gateway::open`], treating the data folder as `start` says.
+    /// As [`Gateway::open`], treating the data folder as `start` says; with
+    /// [`Start::Recovery`] the admin credential is left to [`Gateway::reset_admin`].
     pub async fn open_with(
         config: Config,
         clock: Arc<dyn Clock>,
@@ -134,13 +137,27 @@ impl Gateway {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
         let lock = data::lock(dir)?;
         let store: Arc<dyn Store> = Arc::new(data::open_store(&config, start).await?);
-        let mut gw = Self::with_store(config, clock, store).await?;
+        let mut gw = Self::assemble(config, clock, store).await?;
         gw.data_lock = Some(lock);
+        if start != Start::Recovery {
+            gw.ensure_admin_token().await?;
+        }
         Ok(gw)
     }
 
     /// As [`Gateway::open`], on a store the caller opened.
     pub async fn with_store(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, OpenError> {
+        let mut gw = Self::assemble(config, clock, store).await?;
+        gw.ensure_admin_token().await?;
+        Ok(gw)
+    }
+
+    /// Every handle, on `store`; the admin credential aside.
+    async fn assemble(
         config: Config,
         clock: Arc<dyn Clock>,
         store: Arc<dyn Store>,
@@ -219,7 +236,7 @@ impl Gateway {
             authz.clone(),
             audit.clone(),
         );
-        let mut gw = Self {
+        Ok(Self {
             config,
             clock,
             store,
@@ -238,9 +255,7 @@ impl Gateway {
             alerts,
             reloads: Arc::default(),
             sessions,
-        };
-        gw.ensure_admin_token().await?;
-        Ok(gw)
+        })
     }
 
     /// The handles the protocol proxies are given, and nothing else.
@@ -368,6 +383,15 @@ impl Gateway {
     /// A fresh audit event at the gateway's clock.
     pub fn event(&self, kind: EventKind) -> AuditEvent {
         self.audit.event(kind)
+    }
+
+    /// `keyway admin reset`: revokes every live admin token and writes a new one to
+    /// `<data_dir>/admin.token` ([`Tokens::reset_admin`]). Returns the ids revoked.
+    pub async fn reset_admin(&mut self) -> Result<Vec<String>, OpenError> {
+        let path = self.config().data_dir.join("admin.token");
+        let revoked = self.tokens.reset_admin(&path, "(admin reset)").await?;
+        self.admin_token_written = Some(path);
+        Ok(revoked)
     }
 
     async fn ensure_admin_token(&mut self) -> Result<(), OpenError> {

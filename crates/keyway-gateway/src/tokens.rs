@@ -259,6 +259,30 @@ impl Tokens {
         Ok(true)
     }
 
+    /// The way back from a lost or revoked admin credential (`keyway admin reset`,
+    /// with the gateway stopped): revokes every admin token still live, audits the
+    /// reset, and writes a new credential to `path` through [`Tokens::ensure_admin`].
+    /// Returns the ids revoked.
+    pub async fn reset_admin(&self, path: &Path, by: &str) -> Result<Vec<String>, AdminTokenError> {
+        let now = self.now();
+        let live: Vec<String> = self
+            .index
+            .entries()
+            .iter()
+            .filter(|e| e.record.kind == TokenKind::Admin && e.check_live(now).is_ok())
+            .map(|e| e.id().to_owned())
+            .collect();
+        for id in &live {
+            self.revoke(id, by, Some("admin_reset")).await?;
+        }
+        let mut ev = self.audit.event(EventKind::AdminReset);
+        ev.principal = Some(by.to_owned());
+        ev.detail = serde_json::json!({ "revoked": live });
+        self.audit.record_reliably(ev).await;
+        self.ensure_admin(path).await?;
+        Ok(live)
+    }
+
     /// Ends the live streams of a token when its (shortened) expiry comes.
     fn cut_at_expiry(&self, entry: Arc<Entry>) {
         let left = entry.expires_at().saturating_sub(self.now()).max(0);

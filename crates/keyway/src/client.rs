@@ -37,6 +37,8 @@ pub struct AdminArgs {
 pub struct AdminClient {
     base: String,
     token: SecretString,
+    /// Where the token came from, for the hint when it is refused.
+    token_from: String,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -48,10 +50,12 @@ impl AdminClient {
         let env_token = std::env::var("KEYWAY_ADMIN_TOKEN")
             .ok()
             .filter(|t| !t.is_empty());
-        let (base, token) = if let Some(url) = &a.admin_url {
+        let env_from = || "KEYWAY_ADMIN_TOKEN".to_owned();
+        let file_from = |f: &std::path::Path| f.display().to_string();
+        let (base, (token, token_from)) = if let Some(url) = &a.admin_url {
             let token = match (&a.admin_token_file, env_token) {
-                (Some(f), _) => read_token(f)?,
-                (None, Some(t)) => SecretString::from(t),
+                (Some(f), _) => (read_token(f)?, file_from(f)),
+                (None, Some(t)) => (SecretString::from(t), env_from()),
                 (None, None) => bail!("--admin-url needs an admin token: set KEYWAY_ADMIN_TOKEN or pass --admin-token-file"),
             };
             (url.trim_end_matches('/').to_owned(), token)
@@ -75,11 +79,15 @@ impl AdminClient {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
             let token = match (&a.admin_token_file, env_token) {
-                (Some(f), _) => read_token(f)?,
-                (None, Some(t)) => SecretString::from(t),
-                (None, None) => read_token(&config.data_dir.join("admin.token")).context(
-                    "the gateway writes data_dir/admin.token on its first start; is this its config?",
-                )?,
+                (Some(f), _) => (read_token(f)?, file_from(f)),
+                (None, Some(t)) => (SecretString::from(t), env_from()),
+                (None, None) => {
+                    let f = config.data_dir.join("admin.token");
+                    let token = read_token(&f).context(
+                        "the gateway writes data_dir/admin.token on its first start; is this its config?",
+                    )?;
+                    (token, file_from(&f))
+                }
             };
             (format!("http://{addr}"), token)
         };
@@ -89,6 +97,7 @@ impl AdminClient {
         Ok(Self {
             base,
             token,
+            token_from,
             client,
         })
     }
@@ -150,7 +159,12 @@ impl AdminClient {
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
             .unwrap_or_else(|| status.to_string());
         if status == StatusCode::UNAUTHORIZED {
-            bail!("the admin API refused the admin token (is it the one in <data_dir>/admin.token of this gateway?)");
+            bail!(
+                "the admin API refused the admin token from {}: it is not this gateway's, or it \
+                 was revoked (an admin token sent in a URL is revoked at once). For a new one, \
+                 stop the gateway and run `keyway admin reset --config <its keyway.toml>`",
+                self.token_from
+            );
         }
         bail!("{msg}")
     }

@@ -13,6 +13,7 @@
 //! - `agent.rs`: `keyway agent`: enrolling, running, listing and revoking agents.
 //! - `audit.rs`: `keyway audit`: querying, exporting and verifying the audit log (offline).
 //! - `backup.rs`: `keyway backup`, a consistent copy of the store while the gateway runs.
+//! - `admin.rs`: `keyway admin reset`, a new admin credential with the gateway stopped.
 //! - `demo.rs`: `keyway demo`, a gateway with a demo upstream and a token to try.
 //! - `serve.rs`: `keyway gateway`, and the start-up shared with the demo.
 //! - `host.rs`: what the host's operator could change for Keyway, as hints in the log.
@@ -23,6 +24,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod agent;
 mod audit;
 mod backup;
@@ -117,6 +119,9 @@ enum Command {
     /// (`SEQ:HASH`) on stdout: keep it apart from the copy, and after a restore
     /// `keyway audit verify --expect SEQ:HASH` shows whether events are missing.
     Backup(backup::BackupArgs),
+    /// The admin credential without a running gateway (`keyway admin reset`).
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// Check a config file without starting anything: syntax (an unknown key names
     /// its path), policy (every service names its `max_ttl`), risks (plaintext
     /// upstreams beyond this host, `allow_cidrs` open to every address: warnings),
@@ -240,6 +245,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Agent(cmd) => agent::run(cmd, &log, cli.log_format).await,
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Backup(args) => backup::run(args).await,
+        Command::Admin(cmd) => admin::run(cmd).await,
         Command::Validate(args) => validate::run(args),
         Command::Schema => validate::schema(),
         Command::Plan(args) => plan::run(args, false).await,

@@ -37,6 +37,8 @@ pub enum Start {
     /// `keyway gateway --init`: start over on purpose. A store that cannot be used
     /// as it is is moved aside and a new one made, with the same keys.
     Init,
+    /// `keyway admin reset`: open the store there, never a new one.
+    Recovery,
 }
 
 /// Takes the data folder's lock, or says which process holds it.
@@ -87,6 +89,11 @@ pub(super) async fn open_store(config: &Config, start: Start) -> Result<SqliteSt
     let before = earlier_store(config);
     let new_folder =
         before.is_empty() && matches!(found, Found::Nothing | Found::Empty { log_bytes: 0 });
+    if start == Start::Recovery && new_folder {
+        return Err(OpenError::NoStore {
+            path: db.display().to_string(),
+        });
+    }
     if found != Found::Store && !new_folder {
         let what = found.describe(&db);
         let lost = match found {
