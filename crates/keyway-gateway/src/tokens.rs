@@ -46,6 +46,8 @@ pub enum AdminTokenError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the audit log could not record the reset; nothing new was written")]
+    Unaudited,
 }
 
 /// What a protocol may do with tokens, and no more: revoke one leaked into a URL,
@@ -278,7 +280,9 @@ impl Tokens {
         let mut ev = self.audit.event(EventKind::AdminReset);
         ev.principal = Some(by.to_owned());
         ev.detail = serde_json::json!({ "revoked": live });
-        self.audit.record_reliably(ev).await;
+        if !self.audit.record_reliably(ev).await.wait().await {
+            return Err(AdminTokenError::Unaudited);
+        }
         self.ensure_admin(path).await?;
         Ok(live)
     }
