@@ -21,15 +21,7 @@ use hyper_util::rt::TokioIo;
 use common::*;
 
 fn write_config(dir: &Path, admin: u16, svc: u16, up: std::net::SocketAddr) {
-    std::fs::write(
-        dir.join("keyway.toml"),
-        format!(
-            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
-             [services.billing]\nprotocol = \"http\"\nlisten = \"127.0.0.1:{svc}\"\n\
-             upstream = \"http://{up}\"\nmax_ttl = \"1h\"\n"
-        ),
-    )
-    .unwrap();
+    billing_config(dir, admin, svc, &up.to_string(), "1h", "");
 }
 
 /// One client: keep-alive requests with unique paths until the gateway is gone or

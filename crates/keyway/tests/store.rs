@@ -22,14 +22,7 @@ fn run_dir(tmp: &Path, name: &str, up: std::net::SocketAddr) -> (PathBuf, u16, S
     let dir = tmp.join(name);
     std::fs::create_dir(&dir).unwrap();
     let (admin_port, svc_port) = (free_port(), free_port());
-    std::fs::write(
-        dir.join("keyway.toml"),
-        format!(
-            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
-             [services.billing]\nprotocol = \"http\"\nlisten = \"127.0.0.1:{svc_port}\"\nupstream = \"http://{up}\"\nmax_ttl = \"1h\"\n"
-        ),
-    )
-    .unwrap();
+    billing_config(&dir, admin_port, svc_port, &up.to_string(), "1h", "");
     (
         dir,
         admin_port,

@@ -284,6 +284,28 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Writes `keyway.toml` in `dir`: data in `data/`, the admin API on `admin`, and one
+/// HTTP service, `billing`, on `svc` in front of `upstream` (`host:port`) with
+/// `max_ttl`; `extra` goes at the end.
+pub fn billing_config(
+    dir: &Path,
+    admin: u16,
+    svc: u16,
+    upstream: &str,
+    max_ttl: &str,
+    extra: &str,
+) {
+    std::fs::write(
+        dir.join("keyway.toml"),
+        format!(
+            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+             [services.billing]\nprotocol = \"http\"\nlisten = \"127.0.0.1:{svc}\"\n\
+             upstream = \"http://{upstream}\"\nmax_ttl = \"{max_ttl}\"\n{extra}"
+        ),
+    )
+    .unwrap();
+}
+
 /// `keyway gateway --config keyway.toml --log trace` in `dir`, its output in
 /// `gateway.log` there (the canary searches it), once the admin API answers.
 pub fn start_gateway(dir: &Path, admin_port: u16) -> KillOnDrop {
