@@ -34,7 +34,7 @@ async fn a_revoked_admin_token_is_reset_with_the_gateway_stopped() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (admin_port, svc_port) = (free_port(), free_port());
-    billing_config(&dir, admin_port, svc_port, &up.to_string(), "1h", "");
+    billing_config(dir, admin_port, svc_port, &up.to_string(), "1h", "");
     let cfg = ["--config", "keyway.toml"];
     let mut gateway = start_gateway(dir, admin_port);
     let token = issue(dir, "p", "billing");

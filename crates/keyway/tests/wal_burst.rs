@@ -64,7 +64,7 @@ async fn the_log_shrinks_back_after_a_burst_of_100_000_token_issues() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (admin_port, svc_port) = (free_port(), free_port());
-    billing_config(&dir, admin_port, svc_port, "127.0.0.1:9", "2h", "");
+    billing_config(dir, admin_port, svc_port, "127.0.0.1:9", "2h", "");
     let mut gateway = start_gateway_with(dir, admin_port, &[("KEYWAY_LOG", "info")]);
     let token = Arc::new(
         std::fs::read_to_string(dir.join("data/admin.token"))
