@@ -37,7 +37,7 @@ async fn a_backup_taken_under_load_restores_with_its_tokens_and_its_chain_head()
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (admin_port, svc_port) = (free_port(), free_port());
-    billing_config(&dir, admin_port, svc_port, &up.to_string(), "1h", "");
+    billing_config(dir, admin_port, svc_port, &up.to_string(), "1h", "");
     let url = format!("http://127.0.0.1:{svc_port}/invoices/1");
     let mut gateway = start_gateway(dir, admin_port);
     let before = issue(dir, "before", "billing");
