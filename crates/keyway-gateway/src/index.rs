@@ -146,10 +146,16 @@ impl Entry {
     /// Revokes; `true` for the one call that did it (a one-use token is spent by
     /// exactly one caller, however many race).
     fn revoke(&self, at: UnixMillis) -> bool {
-        self.revoked_at.fetch_min(at, Ordering::AcqRel);
-        let first = !self.revoked.swap(true, Ordering::AcqRel);
+        let first = self.refuse(at);
         self.cancel.cancel();
         first
+    }
+
+    /// Refuses the token from now on, without cutting its streams yet ([`Entry::cut`]
+    /// does): a bulk revocation refuses every match first, then cuts.
+    fn refuse(&self, at: UnixMillis) -> bool {
+        self.revoked_at.fetch_min(at, Ordering::AcqRel);
+        !self.revoked.swap(true, Ordering::AcqRel)
     }
 }
 
@@ -184,8 +190,9 @@ impl TokenIndex {
     }
 
     /// Revokes, in one pass under the read lock, every live entry `matches` picks and
-    /// then every entry obtained with one of them (a credential's tokens). Returns
-    /// those this call revoked: first the matched, then their children.
+    /// then every entry obtained with one of them (a credential's tokens): all are
+    /// refused (an atomic flag each) before any stream is cut. Returns those this
+    /// call revoked: first the matched, then their children.
     pub(crate) fn revoke_matching(
         &self,
         at: UnixMillis,
@@ -194,7 +201,7 @@ impl TokenIndex {
         let map = self.read();
         let matched: Vec<_> = map
             .values()
-            .filter(|e| !e.revoked() && matches(e) && e.revoke(at))
+            .filter(|e| !e.revoked() && matches(e) && e.refuse(at))
             .cloned()
             .collect();
         let parents: std::collections::HashSet<&str> = matched.iter().map(|e| e.id()).collect();
@@ -205,10 +212,15 @@ impl TokenIndex {
                     .parent_id
                     .as_deref()
                     .is_some_and(|p| parents.contains(p))
-                    && e.revoke(at)
+                    && e.refuse(at)
             })
             .cloned()
-            .collect();
+            .collect::<Vec<_>>();
+        drop(parents);
+        drop(map);
+        for e in matched.iter().chain(&children) {
+            e.cut();
+        }
         (matched, children)
     }
 

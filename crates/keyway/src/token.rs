@@ -190,14 +190,17 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
             let client = AdminClient::resolve(&admin)?;
             let body = json!({ "principal": principal, "service": service, "issued_before": issued_before });
             let revoked: Vec<TokenInfo> = client.post("/v1/tokens/revoke", &body).await?;
+            // One write for the whole list: after an incident it can be 100,000 lines.
+            let mut lines = String::with_capacity(revoked.len() * 48);
             for info in &revoked {
-                eprintln!(
-                    "revoked {} ({} on {})",
+                lines.push_str(&format!(
+                    "revoked {} ({} on {})\n",
                     info.id,
                     info.principal,
                     info.service.as_deref().unwrap_or("-")
-                );
+                ));
             }
+            std::io::Write::write_all(&mut std::io::stderr().lock(), lines.as_bytes())?;
             let cascade = if revoked.iter().any(|t| t.kind == "client_credential") {
                 " (and with each credential, the access tokens obtained with it)"
             } else {

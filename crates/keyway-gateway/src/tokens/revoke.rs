@@ -75,6 +75,7 @@ impl Tokens {
         if f.principal.is_none() && f.service.is_none() && f.issued_before.is_none() {
             return Ok(Vec::new());
         }
+        let started = std::time::Instant::now();
         let now = self.now();
         let (matched, children) = self.index.revoke_matching(now, |e| {
             let t = &e.record;
@@ -86,6 +87,8 @@ impl Tokens {
                 })
                 && f.issued_before.is_none_or(|b| t.created_at < b)
         });
+        // Every match is refused from here on; what follows makes it durable.
+        let in_memory = started.elapsed();
         let ids: Vec<String> = matched
             .iter()
             .chain(&children)
@@ -101,6 +104,12 @@ impl Tokens {
         };
         let mut records = self.persist_revocations(&ids, now, by, &why).await?;
         records.retain(|r| matched.contains(r.id.as_str()));
+        tracing::info!(
+            tokens = ids.len(),
+            in_memory_ms = in_memory.as_millis() as u64,
+            stored_ms = (started.elapsed() - in_memory).as_millis() as u64,
+            "bulk revocation: refused in memory, then stored with its events"
+        );
         Ok(records)
     }
 
