@@ -124,10 +124,5 @@ async fn a_revoked_admin_token_is_reset_with_the_gateway_stopped() {
     let _gateway = start_gateway(dir, admin_port);
     assert_eq!(admin_status(admin_port, &admin_token(dir)), 200);
     assert_eq!(admin_status(admin_port, &new), 401);
-    assert!(ok_stdout(keyway(
-        dir,
-        &[&["audit", "verify"][..], &cfg].concat(),
-        None
-    ))
-    .contains("intact"));
+    assert!(ok_stdout(audit_verify(dir, None)).contains("intact"));
 }

@@ -10,13 +10,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::*;
-
-fn verify(dir: &Path) -> Output {
-    keyway(dir, &["audit", "verify", "--config", "keyway.toml"], None)
-}
 
 /// `<tmp>/run` with a `keyway.toml` for one HTTP service in front of `up`, plus
 /// `extra` (an `[audit]` table): the folder, the admin port and the service's port.
@@ -129,7 +125,7 @@ async fn editing_the_store_breaks_the_chain_where_it_was_edited() {
 
     assert!(interrupt(&mut gateway).success());
 
-    let out = verify(dir);
+    let out = audit_verify(dir, None);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -174,7 +170,7 @@ async fn editing_the_store_breaks_the_chain_where_it_was_edited() {
     for (name, sql, at, what) in cases {
         let copy = tmp.path().join(name);
         tampered(dir, &copy, sql);
-        let out = verify(&copy);
+        let out = audit_verify(&copy, None);
         let said = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(1), "{name}: {said}");
         assert!(
@@ -198,19 +194,11 @@ async fn editing_the_store_breaks_the_chain_where_it_was_edited() {
         "delete from audit_events where seq = (select max(seq) from audit_events); \
          delete from audit_checkpoints where seq = (select max(seq) from audit_checkpoints)",
     );
-    assert!(verify(&copy).status.success(), "the chain left holds");
-    let out = keyway(
-        &copy,
-        &[
-            "audit",
-            "verify",
-            "--config",
-            "keyway.toml",
-            "--expect",
-            &head,
-        ],
-        None,
+    assert!(
+        audit_verify(&copy, None).status.success(),
+        "the chain left holds"
     );
+    let out = audit_verify(&copy, Some(&head));
     let said = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("a checkpoint names it"), "{said}");
@@ -218,7 +206,7 @@ async fn editing_the_store_breaks_the_chain_where_it_was_edited() {
     // Without the pepper the chain cannot be checked (nor re-linked by whoever edits
     // the database alone).
     std::fs::remove_file(dir.join("data/pepper.key")).unwrap();
-    assert!(!verify(dir).status.success());
+    assert!(!audit_verify(dir, None).status.success());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -257,7 +245,7 @@ async fn retention_prunes_to_a_signed_anchor_that_still_verifies() {
         first - 1,
         "the oldest checkpoint anchors the first event left"
     );
-    let out = verify(dir);
+    let out = audit_verify(dir, None);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{said}");
     assert!(
@@ -280,7 +268,7 @@ async fn retention_prunes_to_a_signed_anchor_that_still_verifies() {
         "delete from audit_events where seq <= (select seq from audit_checkpoints order by seq limit 1 offset 1); \
          delete from audit_checkpoints where seq < (select seq from audit_checkpoints order by seq limit 1 offset 1)",
     );
-    let out = verify(&copy);
+    let out = audit_verify(&copy, None);
     let said = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("BROKEN"), "{said}");
@@ -292,7 +280,7 @@ async fn retention_prunes_to_a_signed_anchor_that_still_verifies() {
         &copy,
         &format!("delete from audit_checkpoints where seq = {anchor}"),
     );
-    let out = verify(&copy);
+    let out = audit_verify(&copy, None);
     let said = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(

@@ -8,28 +8,10 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::*;
-
-fn verify(dir: &Path, expect: Option<&str>) -> std::process::Output {
-    let mut args = vec!["audit", "verify", "--config", "keyway.toml"];
-    if let Some(e) = expect {
-        args.extend(["--expect", e]);
-    }
-    keyway(dir, &args, None)
-}
-
-/// The newest event of the store in `dir`, as `SEQ:HASH`.
-fn chain_head(dir: &Path) -> String {
-    let out = ok_stdout(verify(dir, None));
-    out.lines()
-        .find_map(|l| l.strip_prefix("newest event: "))
-        .unwrap_or_else(|| panic!("no head in {out}"))
-        .replacen(' ', ":", 1)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_taken_under_load_restores_with_its_tokens_and_its_chain_head() {
@@ -136,7 +118,7 @@ async fn a_backup_taken_under_load_restores_with_its_tokens_and_its_chain_head()
         401,
         "issued after the copy"
     );
-    let out = verify(dir, Some(&head));
+    let out = audit_verify(dir, Some(&head));
     assert!(
         out.status.success(),
         "{}",
@@ -144,7 +126,7 @@ async fn a_backup_taken_under_load_restores_with_its_tokens_and_its_chain_head()
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("intact"));
     // The head kept from the live store is what catches the events the copy lacks.
-    let out = verify(dir, Some(&later_head));
+    let out = audit_verify(dir, Some(&later_head));
     assert_eq!(
         out.status.code(),
         Some(1),

@@ -143,7 +143,7 @@ async fn kill_9_under_load_leaves_no_answered_request_unaudited() {
         wait_for_port(svc);
     }
     eprintln!("{total} answers over 3 kills, none unaudited");
-    let out = keyway(dir, &["audit", "verify", "--config", "keyway.toml"], None);
+    let out = audit_verify(dir, None);
     assert!(
         out.status.success(),
         "{}",
@@ -365,7 +365,7 @@ async fn a_full_disk_refuses_rather_than_loses_and_recovers_by_itself() {
             "a printed token works"
         );
     }
-    let out = keyway(dir, &["audit", "verify", "--config", "keyway.toml"], None);
+    let out = audit_verify(dir, None);
     assert!(
         out.status.success(),
         "{}",

@@ -12,16 +12,7 @@ use common::*;
 
 /// A gateway config with one HTTP service, its data in `data`.
 fn write_config(dir: &Path, admin: u16) {
-    let api = free_port();
-    std::fs::write(
-        dir.join("keyway.toml"),
-        format!(
-            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
-             [services.api]\nprotocol = \"http\"\nlisten = \"127.0.0.1:{api}\"\n\
-             upstream = \"http://127.0.0.1:9\"\nmax_ttl = \"1h\"\n"
-        ),
-    )
-    .unwrap();
+    billing_config(dir, admin, free_port(), "127.0.0.1:9", "1h", "");
 }
 
 /// `keyway gateway` started by `sh -c` with `prelude` first (to set limits), its log

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -65,17 +65,11 @@ fn gateway_exits(dir: &Path, extra: &[&str]) -> Output {
         .spawn()
         .map(KillOnDrop)
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway started on a store it should have refused"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_exit(
+        &mut child,
+        Duration::from_secs(30),
+        "the gateway started on a store it should have refused",
+    );
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     child
         .stdout
@@ -109,20 +103,6 @@ fn assert_refused(dir: &Path, found: &str) -> String {
     assert!(!said.contains("wrote a new admin credential"), "{said}");
     assert_eq!(data_files(dir), before, "the data folder changed:\n{said}");
     said
-}
-
-/// `keyway audit verify` in `dir`: the newest event as `SEQ:HASH`.
-fn chain_head(dir: &Path) -> String {
-    let out = ok_stdout(keyway(
-        dir,
-        &["audit", "verify", "--config", "keyway.toml"],
-        None,
-    ));
-    let line = out
-        .lines()
-        .find_map(|l| l.strip_prefix("newest event: "))
-        .unwrap_or_else(|| panic!("no head in {out}"));
-    line.replacen(' ', ":", 1)
 }
 
 /// Flips a byte in the page of the log's middle frame (4 KiB pages).
@@ -197,18 +177,7 @@ async fn a_damaged_store_is_refused_with_what_was_found_and_nothing_changed() {
         .output()
         .expect("sqlite3 (apt-get install sqlite3)");
     assert!(out.status.success());
-    let out = keyway(
-        &torn,
-        &[
-            "audit",
-            "verify",
-            "--config",
-            "keyway.toml",
-            "--expect",
-            &head,
-        ],
-        None,
-    );
+    let out = audit_verify(&torn, Some(&head));
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -310,10 +279,5 @@ async fn a_graceful_stop_leaves_everything_in_keyway_db() {
     assert_eq!(requests.trim(), "5");
     let _gateway = start_gateway(&alone, admin_port);
     assert_eq!(curl(&url, Some(&token), "GET"), 200);
-    assert!(ok_stdout(keyway(
-        &alone,
-        &["audit", "verify", "--config", "keyway.toml"],
-        None
-    ))
-    .contains("intact"));
+    assert!(ok_stdout(audit_verify(&alone, None)).contains("intact"));
 }

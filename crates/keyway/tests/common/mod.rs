@@ -205,17 +205,41 @@ pub fn interrupt(child: &mut Child) -> std::process::ExitStatus {
         .status()
         .unwrap();
     assert!(ok.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
+    wait_exit(
+        child,
+        Duration::from_secs(20),
+        "the gateway did not stop on Ctrl-C",
+    )
+}
+
+/// Waits for `child` to exit, failing with `otherwise` after `within`.
+pub fn wait_exit(child: &mut Child, within: Duration, otherwise: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway did not stop on Ctrl-C"
-        );
+        assert!(Instant::now() < deadline, "{otherwise}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The newest event of the store in `dir`, as `SEQ:HASH` (what `--expect` takes).
+pub fn chain_head(dir: &Path) -> String {
+    let out = ok_stdout(audit_verify(dir, None));
+    out.lines()
+        .find_map(|l| l.strip_prefix("newest event: "))
+        .unwrap_or_else(|| panic!("no head in {out}"))
+        .replacen(' ', ":", 1)
+}
+
+/// `keyway audit verify` on the store of `dir`, with `--expect SEQ:HASH` when given.
+pub fn audit_verify(dir: &Path, expect: Option<&str>) -> Output {
+    let mut args = vec!["audit", "verify", "--config", "keyway.toml"];
+    if let Some(e) = expect {
+        args.extend(["--expect", e]);
+    }
+    keyway(dir, &args, None)
 }
 
 /// What `sqlite3` answers to `query` on the store in `<dir>/data`: one row a line,
