@@ -186,13 +186,13 @@ pub trait Store: Send + Sync + 'static {
     async fn tokens(&self) -> Result<Vec<TokenRecord>>;
     /// Marks the tokens revoked at `at` (keeping an earlier revocation time), with
     /// `event(record)` for each one this call revoked. Returns the records found
-    /// (those revoked now first, then those revoked before) and how many it revoked.
+    /// (those revoked now first, then those revoked before) and the events written.
     async fn revoke_tokens(
         &self,
         ids: &[String],
         at: UnixMillis,
         event: &TokenRevocations<'_>,
-    ) -> Result<(Vec<TokenRecord>, usize)>;
+    ) -> Result<(Vec<TokenRecord>, Vec<AuditEvent>)>;
     /// Brings a token's expiry forward to `expires_at` (never later); `None` if there
     /// is no such token.
     async fn shorten_expiry(

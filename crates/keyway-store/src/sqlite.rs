@@ -61,6 +61,7 @@ enum Change<'a> {
 }
 
 /// The events a change is written with.
+#[derive(Clone, Copy)]
 enum Events<'a> {
     These(&'a [AuditEvent]),
     /// One for each token the change revoked.
@@ -200,20 +201,21 @@ impl SqliteStore {
 
     /// Writes a change and its events in one transaction, chained on from the head:
     /// both are in, or neither. Returns the token records the change touched, and
-    /// how many of them (the first) it revoked.
+    /// the events it made ([`Events::PerRevoked`]; none for [`Events::These`], which
+    /// the caller holds).
     async fn write(
         &self,
         change: Change<'_>,
         events: Events<'_>,
-    ) -> Result<(Vec<TokenRecord>, usize)> {
+    ) -> Result<(Vec<TokenRecord>, Vec<AuditEvent>)> {
         let mut chain = self.chain.lock().await;
         let mut conn = self.pool.acquire().await?;
         match write_on(&mut conn, chain.as_ref(), change, events).await {
-            Ok((records, revoked, head)) => {
+            Ok((records, made, head)) => {
                 if head.is_some() {
                     *chain = head;
                 }
-                Ok((records, revoked))
+                Ok((records, made))
             }
             Err(e) => {
                 // A failed write (a full disk, an I/O error) can leave a connection
@@ -231,7 +233,7 @@ async fn write_on(
     chain: Option<&Chain>,
     change: Change<'_>,
     events: Events<'_>,
-) -> Result<(Vec<TokenRecord>, usize, Option<Chain>)> {
+) -> Result<(Vec<TokenRecord>, Vec<AuditEvent>, Option<Chain>)> {
     let mut tx = conn.begin().await?;
     let mut records = Vec::new();
     let mut revoked = 0;
@@ -247,17 +249,17 @@ async fn write_on(
         Change::PutSecret(name, sealed, at) => secrets::put(&mut tx, name, sealed, at).await?,
         Change::RevokeAgent(name, at) => agents::revoke(&mut tx, name, at).await?,
     }
-    let made: Vec<AuditEvent>;
-    let events = match events {
-        Events::These(e) => e,
-        Events::PerRevoked(f) => {
-            made = records[..revoked].iter().map(f).collect();
-            &made
-        }
+    let made: Vec<AuditEvent> = match events {
+        Events::These(_) => Vec::new(),
+        Events::PerRevoked(f) => records[..revoked].iter().map(f).collect(),
     };
-    let head = audit::append_on(&mut tx, chain, events).await?;
+    let written = match events {
+        Events::These(e) => e,
+        Events::PerRevoked(_) => &made,
+    };
+    let head = audit::append_on(&mut tx, chain, written).await?;
     tx.commit().await?;
-    Ok((records, revoked, head))
+    Ok((records, made, head))
 }
 
 /// An error SQLite gives for a file it cannot read as a database, as
@@ -305,7 +307,7 @@ impl Store for SqliteStore {
         ids: &[String],
         at: UnixMillis,
         event: &TokenRevocations<'_>,
-    ) -> Result<(Vec<TokenRecord>, usize)> {
+    ) -> Result<(Vec<TokenRecord>, Vec<AuditEvent>)> {
         self.write(Change::RevokeTokens(ids, at), Events::PerRevoked(event))
             .await
     }

@@ -213,9 +213,8 @@ impl Tokens {
         let mut attempt = 0;
         loop {
             match self.store.revoke_tokens(ids, now, &event).await {
-                Ok((records, fresh)) => {
-                    let events: Vec<_> = records[..fresh].iter().map(event).collect();
-                    self.audit.committed(&events);
+                Ok((records, written)) => {
+                    self.audit.committed(&written);
                     return Ok(records);
                 }
                 Err(e) if attempt < 3 => {
