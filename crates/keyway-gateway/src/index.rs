@@ -71,6 +71,17 @@ impl Entry {
         &self.record.id
     }
 
+    /// The record as it stands now: with the revocation, expiry and last use this
+    /// process knows, which the store may not have yet.
+    pub fn current(&self) -> TokenRecord {
+        TokenRecord {
+            revoked_at: self.revoked_at(),
+            expires_at: self.expires_at(),
+            last_used_at: self.last_used().or(self.record.last_used_at),
+            ..self.record.clone()
+        }
+    }
+
     pub fn grant(&self) -> Option<&Grant> {
         self.record.grant.as_ref()
     }

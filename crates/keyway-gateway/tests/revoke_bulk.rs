@@ -111,8 +111,18 @@ async fn a_bulk_revocation_of_100k_tokens_holds_in_memory_before_the_store_is_wr
         events.extend(page);
     }
     assert_eq!(events.len(), TOKENS);
-    assert!(events
+    assert!(events.iter().all(|e| {
+        let e = &e.event;
+        (
+            e.reason.as_deref(),
+            e.principal.as_deref(),
+            e.service.as_deref(),
+        ) == (Some("bulk"), Some("mallory"), Some("billing"))
+    }));
+    let ids: std::collections::HashSet<_> = events
         .iter()
-        .all(|e| e.event.reason.as_deref() == Some("bulk")));
+        .filter_map(|e| e.event.token_id.clone())
+        .collect();
+    assert_eq!(ids.len(), TOKENS, "one event for each token");
     gw.stop().await;
 }

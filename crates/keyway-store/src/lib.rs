@@ -170,8 +170,19 @@ pub struct Usage {
     pub last: UnixMillis,
 }
 
-/// How a revocation's audit event is made from the token record it revoked.
-pub type TokenRevocations<'a> = dyn Fn(&TokenRecord) -> AuditEvent + Sync + 'a;
+/// A token a revocation found, as its audit event names it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct RevokedToken {
+    pub id: String,
+    pub principal: String,
+    /// The service its grant names; none for a client credential's scope.
+    pub service: Option<String>,
+    /// Whether this call revoked it (else it was revoked before, and keeps that time).
+    pub fresh: bool,
+}
+
+/// How a revocation's audit event is made from a token it revoked.
+pub type TokenRevocations<'a> = dyn Fn(&RevokedToken) -> AuditEvent + Sync + 'a;
 
 /// The store, whatever its backend.
 #[async_trait]
@@ -184,15 +195,19 @@ pub trait Store: Send + Sync + 'static {
 
     async fn insert_token(&self, t: &TokenRecord, events: &[AuditEvent]) -> Result<()>;
     async fn tokens(&self) -> Result<Vec<TokenRecord>>;
+    async fn token(&self, id: &str) -> Result<Option<TokenRecord>>;
     /// Marks the tokens revoked at `at` (keeping an earlier revocation time), with
-    /// `event(record)` for each one this call revoked. Returns the records found
-    /// (those revoked now first, then those revoked before) and the events written.
+    /// `event(token)` for each one this call revoked. Returns the tokens found (those
+    /// revoked now first, then those revoked before) and the events written. Only
+    /// the tokens' names come back, not their records: a bulk revocation's caller
+    /// already has those, and reading 100,000 records back costs more than revoking
+    /// them.
     async fn revoke_tokens(
         &self,
         ids: &[String],
         at: UnixMillis,
         event: &TokenRevocations<'_>,
-    ) -> Result<(Vec<TokenRecord>, Vec<AuditEvent>)>;
+    ) -> Result<(Vec<RevokedToken>, Vec<AuditEvent>)>;
     /// Brings a token's expiry forward to `expires_at` (never later); `None` if there
     /// is no such token.
     async fn shorten_expiry(

@@ -23,8 +23,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 
 use crate::{
-    AuditEvent, AuditQuery, Result, Sealed, Store, StoreError, StoredEvent, TokenRecord,
-    TokenRevocations,
+    AuditEvent, AuditQuery, Result, RevokedToken, Sealed, Store, StoreError, StoredEvent,
+    TokenRecord, TokenRevocations,
 };
 use audit::Chain;
 
@@ -60,6 +60,17 @@ enum Change<'a> {
     RevokeAgent(&'a str, UnixMillis),
 }
 
+/// What a change found, and the events written with it.
+#[derive(Default)]
+struct Written {
+    /// The token a change of one token found.
+    token: Option<TokenRecord>,
+    /// The tokens a revocation found, those it revoked first.
+    revoked: Vec<RevokedToken>,
+    /// The events made for the change ([`Events::PerRevoked`]).
+    made: Vec<AuditEvent>,
+}
+
 /// The events a change is written with.
 #[derive(Clone, Copy)]
 enum Events<'a> {
@@ -67,6 +78,9 @@ enum Events<'a> {
     /// One for each token the change revoked.
     PerRevoked(&'a TokenRevocations<'a>),
 }
+
+/// Each connection's page cache at most, in KiB.
+const CACHE_KIB: i64 = 32 * 1024;
 
 /// What SQLite's busy handler waits for a lock, for the store's work.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -115,6 +129,11 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(sync)
             .busy_timeout(BUSY_TIMEOUT)
+            // A bulk change (100,000 revocations and their events) touches tens of
+            // MiB of pages; with SQLite's default 2 MiB cache it spills them to the
+            // log mid-transaction and reads them back. The cache grows only as used.
+            // (A negative `cache_size` is in KiB, a positive one in pages.)
+            .pragma("cache_size", format!("-{CACHE_KIB}"))
             // Once the log restarts, its file is cut back to this (SQLite otherwise
             // keeps it at its largest).
             .pragma("journal_size_limit", log::SIZE_LIMIT.to_string())
@@ -203,19 +222,15 @@ impl SqliteStore {
     /// both are in, or neither. Returns the token records the change touched, and
     /// the events it made ([`Events::PerRevoked`]; none for [`Events::These`], which
     /// the caller holds).
-    async fn write(
-        &self,
-        change: Change<'_>,
-        events: Events<'_>,
-    ) -> Result<(Vec<TokenRecord>, Vec<AuditEvent>)> {
+    async fn write(&self, change: Change<'_>, events: Events<'_>) -> Result<Written> {
         let mut chain = self.chain.lock().await;
         let mut conn = self.pool.acquire().await?;
         match write_on(&mut conn, chain.as_ref(), change, events).await {
-            Ok((records, made, head)) => {
+            Ok((written, head)) => {
                 if head.is_some() {
                     *chain = head;
                 }
-                Ok((records, made))
+                Ok(written)
             }
             Err(e) => {
                 // A failed write (a full disk, an I/O error) can leave a connection
@@ -233,33 +248,27 @@ async fn write_on(
     chain: Option<&Chain>,
     change: Change<'_>,
     events: Events<'_>,
-) -> Result<(Vec<TokenRecord>, Vec<AuditEvent>, Option<Chain>)> {
+) -> Result<(Written, Option<Chain>)> {
     let mut tx = conn.begin().await?;
-    let mut records = Vec::new();
-    let mut revoked = 0;
+    let mut w = Written::default();
     match change {
         Change::Events => {}
         Change::InsertToken(t) => tokens::insert(&mut tx, t).await?,
-        Change::RevokeTokens(ids, at) => {
-            (records, revoked) = tokens::revoke(&mut tx, ids, at).await?
-        }
-        Change::ShortenExpiry(id, at) => {
-            records.extend(tokens::shorten_expiry(&mut tx, id, at).await?)
-        }
+        Change::RevokeTokens(ids, at) => w.revoked = tokens::revoke(&mut tx, ids, at).await?,
+        Change::ShortenExpiry(id, at) => w.token = tokens::shorten_expiry(&mut tx, id, at).await?,
         Change::PutSecret(name, sealed, at) => secrets::put(&mut tx, name, sealed, at).await?,
         Change::RevokeAgent(name, at) => agents::revoke(&mut tx, name, at).await?,
     }
-    let made: Vec<AuditEvent> = match events {
-        Events::These(_) => Vec::new(),
-        Events::PerRevoked(f) => records[..revoked].iter().map(f).collect(),
-    };
+    if let Events::PerRevoked(f) = events {
+        w.made = w.revoked.iter().take_while(|t| t.fresh).map(f).collect();
+    }
     let written = match events {
         Events::These(e) => e,
-        Events::PerRevoked(_) => &made,
+        Events::PerRevoked(_) => &w.made,
     };
     let head = audit::append_on(&mut tx, chain, written).await?;
     tx.commit().await?;
-    Ok((records, made, head))
+    Ok((w, head))
 }
 
 /// An error SQLite gives for a file it cannot read as a database, as
@@ -302,14 +311,20 @@ impl Store for SqliteStore {
         tokens::all(&self.pool).await
     }
 
+    async fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        tokens::one(&self.pool, id).await
+    }
+
     async fn revoke_tokens(
         &self,
         ids: &[String],
         at: UnixMillis,
         event: &TokenRevocations<'_>,
-    ) -> Result<(Vec<TokenRecord>, Vec<AuditEvent>)> {
-        self.write(Change::RevokeTokens(ids, at), Events::PerRevoked(event))
-            .await
+    ) -> Result<(Vec<RevokedToken>, Vec<AuditEvent>)> {
+        let w = self
+            .write(Change::RevokeTokens(ids, at), Events::PerRevoked(event))
+            .await?;
+        Ok((w.revoked, w.made))
     }
 
     async fn shorten_expiry(
@@ -318,10 +333,10 @@ impl Store for SqliteStore {
         expires_at: UnixMillis,
         events: &[AuditEvent],
     ) -> Result<Option<TokenRecord>> {
-        let (mut r, _) = self
+        let w = self
             .write(Change::ShortenExpiry(id, expires_at), Events::These(events))
             .await?;
-        Ok(r.pop())
+        Ok(w.token)
     }
 
     async fn touch_tokens(&self, used: &[(String, UnixMillis)]) -> Result<()> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyway_core::{EventKind, TokenKind, UnixMillis};
-use keyway_store::{AuditEvent, StoreError, TokenRecord};
+use keyway_store::{AuditEvent, RevokedToken, StoreError, TokenRecord};
 
 use super::Tokens;
 
@@ -52,15 +52,22 @@ impl Tokens {
                 .into_iter()
                 .filter(|c| c.as_str() != id),
         );
-        let why = |r: &TokenRecord| {
-            if r.id == id {
+        let why = |t: &str| {
+            if t == id {
                 reason
             } else {
                 Some("credential_revoked")
             }
         };
-        let records = self.persist_revocations(&ids, now, by, &why).await?;
-        Ok(records.into_iter().find(|r| r.id == id))
+        let found = self.persist_revocations(&ids, now, by, &why).await?;
+        if !found.iter().any(|t| t.id == id) {
+            return Ok(None);
+        }
+        match self.index.get(id) {
+            Some(e) => Ok(Some(e.current())),
+            // Long expired, and no longer in memory.
+            None => self.store.token(id).await,
+        }
     }
 
     /// Revokes every live access token and client credential that matches all the
@@ -77,7 +84,7 @@ impl Tokens {
         }
         let started = std::time::Instant::now();
         let now = self.now();
-        let (matched, children) = self.index.revoke_matching(now, |e| {
+        let (mut matched, children) = self.index.revoke_matching(now, |e| {
             let t = &e.record;
             matches!(t.kind, TokenKind::Access | TokenKind::ClientCredential)
                 && f.principal.as_ref().is_none_or(|p| *p == t.principal)
@@ -89,21 +96,26 @@ impl Tokens {
         });
         // Every match is refused from here on; what follows makes it durable.
         let in_memory = started.elapsed();
+        // In the order they were issued, which is the order of their rows: the store
+        // then revokes them page after page, not all over the table.
+        matched.sort_unstable_by(|a, b| {
+            (a.record.created_at, a.id()).cmp(&(b.record.created_at, b.id()))
+        });
         let ids: Vec<String> = matched
             .iter()
             .chain(&children)
             .map(|e| e.id().to_owned())
             .collect();
-        let matched: std::collections::HashSet<&str> = matched.iter().map(|e| e.id()).collect();
-        let why = |r: &TokenRecord| {
-            if matched.contains(r.id.as_str()) {
+        let picked: std::collections::HashSet<&str> = matched.iter().map(|e| e.id()).collect();
+        let why = |t: &str| {
+            if picked.contains(t) {
                 Some("bulk")
             } else {
                 Some("credential_revoked")
             }
         };
-        let mut records = self.persist_revocations(&ids, now, by, &why).await?;
-        records.retain(|r| matched.contains(r.id.as_str()));
+        self.persist_revocations(&ids, now, by, &why).await?;
+        let records = matched.iter().map(|e| e.current()).collect();
         tracing::info!(
             tokens = ids.len(),
             in_memory_ms = in_memory.as_millis() as u64,
@@ -172,8 +184,8 @@ impl Tokens {
             let ids = self.revoke_in_memory(&f.id, now);
             let (gw, leaked) = (self.clone(), f.id.clone());
             tokio::spawn(async move {
-                let why = |r: &TokenRecord| {
-                    if r.id == leaked {
+                let why = |t: &str| {
+                    if t == leaked {
                         Some("exposed_in_url")
                     } else {
                         Some("credential_revoked")
@@ -192,30 +204,30 @@ impl Tokens {
     }
 
     /// Writes revocations (already in force in memory) to the store with their
-    /// events, in one transaction, retrying. `reason` gives each record's reason.
-    /// Returns the records found, those revoked by this call first.
+    /// events, in one transaction, retrying. `reason` gives each token's reason, by
+    /// id. Returns the tokens found, those revoked by this call first.
     async fn persist_revocations<'a>(
         &self,
         ids: &[String],
         now: UnixMillis,
         by: &str,
-        reason: &(dyn Fn(&TokenRecord) -> Option<&'a str> + Sync),
-    ) -> Result<Vec<TokenRecord>, StoreError> {
-        let event = |r: &TokenRecord| {
+        reason: &(dyn Fn(&str) -> Option<&'a str> + Sync),
+    ) -> Result<Vec<RevokedToken>, StoreError> {
+        let event = |t: &RevokedToken| {
             let mut ev = AuditEvent::new(EventKind::TokenRevoked, now);
-            ev.token_id = Some(r.id.clone());
-            ev.principal = Some(r.principal.clone());
-            ev.service = r.grant.as_ref().map(|g| g.service.clone());
-            ev.reason = reason(r).map(str::to_owned);
+            ev.token_id = Some(t.id.clone());
+            ev.principal = Some(t.principal.clone());
+            ev.service = t.service.clone();
+            ev.reason = reason(&t.id).map(str::to_owned);
             ev.detail = serde_json::json!({ "by": by });
             ev
         };
         let mut attempt = 0;
         loop {
             match self.store.revoke_tokens(ids, now, &event).await {
-                Ok((records, written)) => {
+                Ok((found, written)) => {
                     self.audit.committed(&written);
-                    return Ok(records);
+                    return Ok(found);
                 }
                 Err(e) if attempt < 3 => {
                     attempt += 1;

@@ -28,9 +28,11 @@ async fn tokens_round_trip_and_revoke_keeps_the_first_time() {
     };
     store.insert_token(&rec, &[]).await.unwrap();
     assert_eq!(store.tokens().await.unwrap(), vec![rec.clone()]);
-    let revoked = |r: &TokenRecord| AuditEvent {
+    let revoked = |t: &RevokedToken| AuditEvent {
         kind: "token.revoked".into(),
-        token_id: Some(r.id.clone()),
+        token_id: Some(t.id.clone()),
+        principal: Some(t.principal.clone()),
+        service: t.service.clone(),
         ..AuditEvent::default()
     };
     let ids = [t.id().to_owned(), "nope".to_owned()];
@@ -40,9 +42,25 @@ async fn tokens_round_trip_and_revoke_keeps_the_first_time() {
         (1, 1),
         "the unknown id is not found"
     );
-    assert_eq!(r[0].revoked_at, Some(15));
+    assert!(r[0].fresh);
+    assert_eq!(
+        (
+            written[0].principal.as_deref(),
+            written[0].service.as_deref()
+        ),
+        (
+            Some(rec.principal.as_str()),
+            rec.grant.as_ref().map(|g| g.service.as_str())
+        ),
+        "the event names the token's principal and service"
+    );
+    let stored = store.token(t.id()).await.unwrap().unwrap();
+    assert_eq!(stored.revoked_at, Some(15));
     let (r, written) = store.revoke_tokens(&ids, 18, &revoked).await.unwrap();
-    assert_eq!((r[0].revoked_at, written.len()), (Some(15), 0));
+    assert_eq!((r.len(), r[0].fresh, written.len()), (1, false, 0));
+    let stored = store.token(t.id()).await.unwrap().unwrap();
+    assert_eq!(stored.revoked_at, Some(15), "an earlier revocation stands");
+    assert_eq!(store.token("nope").await.unwrap(), None);
     let events = store
         .audit_events(&AuditQuery {
             limit: 10,
