@@ -375,14 +375,25 @@ async fn a_token_in_a_url_is_refused_and_revoked() {
         );
         leaks.push((token, id));
     }
-    let events = gw.audit().await;
-    for (token, id) in &leaks {
-        assert!(
-            events.iter().any(|e| e.event.kind == "token.revoked"
+    // The refusal's own event is committed before the answer; the revocation is
+    // written beside it, in a task of its own.
+    let revoked = |events: &[keyway_store::StoredEvent], id: &str| {
+        events.iter().any(|e| {
+            e.event.kind == "token.revoked"
                 && e.event.reason.as_deref() == Some("exposed_in_url")
-                && e.event.token_id.as_deref() == Some(id.as_str())),
-            "{id}"
-        );
+                && e.event.token_id.as_deref() == Some(id)
+        })
+    };
+    let mut events = gw.audit().await;
+    for _ in 0..50 {
+        if leaks.iter().all(|(_, id)| revoked(&events, id)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        events = gw.audit().await;
+    }
+    for (token, id) in &leaks {
+        assert!(revoked(&events, id), "no revocation event for {id}");
         let all =
             serde_json::to_string(&events.iter().map(|e| &e.event).collect::<Vec<_>>()).unwrap();
         assert!(
