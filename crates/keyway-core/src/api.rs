@@ -62,6 +62,12 @@ pub struct TokenInfo {
     pub expires_at: String,
     pub revoked_at: Option<String>,
     pub last_used_at: Option<String>,
+    /// For a token obtained through a policy: the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// And the issuer of the identity that obtained it (`iss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
 }
 
 /// The answer to `POST /v1/tokens`. Its `Debug` leaves the token out.

@@ -14,14 +14,16 @@
 //! - `check`: raw into checked: global keys, audit, listeners' ports, agents.
 //! - `service`: what every service checks alike, before its protocol's own part.
 //! - `http`, `tcp`, `postgres`: each protocol's own part of a service's check.
+//! - `access`: `[identity.workload.*]` and `[policies.*]`: whose signed tokens are
+//!   taken, and which subjects obtain which grants.
 //! - `detect`: `[detect.*]` and `[alerts.webhook]`: the detectors and where alerts go.
 //! - [`lint`]: what `keyway validate` checks beyond what start-up refuses.
 //! - [`plan`]: what putting one config in place of another changes.
 //! - `tests`: the config contract, parsed from text.
 
-use check::is_loopback_host;
 use problem::Problems;
 
+mod access;
 mod check;
 mod detect;
 mod http;
@@ -34,7 +36,11 @@ mod raw;
 mod service;
 mod tcp;
 
-pub use check::valid_secret_name;
+pub use access::{
+    policy_for, IdentityConfig, Policy, RawIdentity, RawPolicy, RawPolicyGrant, RawWorkloadIssuer,
+    WorkloadIssuer, DEFAULT_POLICY_TTL, WORKLOAD_ALGORITHMS,
+};
+pub use check::{is_loopback_host, valid_secret_name};
 pub use detect::{
     Action, AlertsConfig, DetectConfig, Detector, DetectorKind, RawAlerts, RawDetect, RawDetector,
     RawWebhook, Webhook,

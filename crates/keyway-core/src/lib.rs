@@ -23,6 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod event;
 pub mod grant;
+pub mod jwt;
 pub mod path;
 pub mod token;
 pub mod tunnel;

@@ -35,6 +35,7 @@ fn bench(c: &mut Criterion) {
             parent_id: None,
             scope: None,
             cert_thumbprint: None,
+            origin: None,
         });
     }
     let index = TokenIndex::load(records);

@@ -236,6 +236,15 @@ impl Gateway {
             authz.clone(),
             audit.clone(),
         );
+        // Policies changed while the gateway was down end the tokens they no longer
+        // allow, as an `apply` would have.
+        let ended = tokens.revoke_unallowed(&config.current(), "config").await?;
+        if !ended.is_empty() {
+            tracing::info!(
+                tokens = ended.len(),
+                "the config's policies no longer allow these tokens; revoked"
+            );
+        }
         Ok(Self {
             config,
             clock,

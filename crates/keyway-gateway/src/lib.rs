@@ -15,12 +15,14 @@
 //!   port audit), [`report`] (the hygiene report).
 //! - protocol proxies, given [`proxy::Handles`]: [`proxy`] (`http`, `postgres`),
 //!   [`tunnel`] (TCP streams for `keyway connect`, and agents enrolling and serving),
-//!   [`token_api`] (workloads exchange a client credential for an access token).
+//!   [`token_api`] (workloads exchange a client credential, or a JWT their platform
+//!   signed, for an access token).
 //! - network: [`listener`] (accepting with bounds and TLS), [`tls`] (certificates,
 //!   thumbprints, the local CA), `relay` (bytes both ways, audited), `upstream`
 //!   (dialling directly or through an agent), [`agents`] (the agents' registry).
 //! - authorization and token lifecycle: [`authz`] (the one authorizer), [`tokens`]
-//!   (the only writers of tokens), [`secrets`] (upstream credentials).
+//!   (the only writers of tokens), [`identity`] (workload JWTs verified against their
+//!   issuers' keys), [`secrets`] (upstream credentials).
 //! - audit: [`audit`] (the sink and the batched writer), [`telemetry`] (Prometheus
 //!   metrics, a subscriber of the audit events), [`admission`] (the blocklist and the
 //!   detectors' intake, another subscriber).
@@ -40,6 +42,7 @@ pub mod authz;
 pub mod control;
 pub mod detect;
 pub mod gateway;
+pub mod identity;
 pub mod index;
 pub mod listener;
 pub mod portscan;

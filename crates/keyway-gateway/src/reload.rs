@@ -364,6 +364,22 @@ impl Services {
             self.own_tls[i].acceptor.replace(loaded.acceptor);
             self.own_tls[i].files = loaded.files;
         }
+        // A policy removed or narrowed ends the tokens (and their sessions) it no
+        // longer allows.
+        if outcome.plan.changes.iter().any(|c| c.section == "policy") {
+            match self.gw.tokens.revoke_unallowed(&new, by).await {
+                Ok(ended) if !ended.is_empty() => {
+                    tracing::info!(
+                        tokens = ended.len(),
+                        "a policy change ended tokens it no longer allows"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "tokens a changed policy no longer allows are refused, but the store did not record it")
+                }
+            }
+        }
         outcome.applied = true;
         outcome.listening = self.listening();
 

@@ -5,6 +5,13 @@
 //! `POST /v1/token/exchange` with `Authorization: Bearer <client credential>` and
 //! `{"service": "billing", "ttl": "10m"}` answers
 //! `{"access_token", "token_type": "Bearer", "expires_in", "expires_at", "refresh_after", …}`.
+//!
+//! A workload with no stored secret posts instead the JWT its platform signed for it,
+//! as an RFC 8693 token exchange (form-encoded or JSON): `grant_type` (optional)
+//! `urn:ietf:params:oauth:grant-type:token-exchange`, `subject_token`,
+//! `subject_token_type` `urn:ietf:params:oauth:token-type:jwt` (or `id_token`),
+//! `service` (or `audience`), `ttl`. A policy decides what it gets. Every refusal of
+//! the JWT answers the same `invalid_grant`; the audit log has the reason.
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -18,9 +25,10 @@ use keyway_core::{DenyReason, TokenKind};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::identity::IdentityError;
 use crate::listener::ConnInfo;
 use crate::proxy::Handles;
-use crate::tokens::ExchangeError;
+use crate::tokens::{ExchangeError, IdentityExchangeError};
 
 pub fn router(h: Handles) -> Router {
     Router::new()
@@ -60,6 +68,13 @@ async fn exchange(
             "a token never goes in a URL; this one is revoked",
         )
         .await;
+    }
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if form || looks_like_token_exchange(&body) {
+        return exchange_workload(&h, ev, form, &body).await;
     }
     let text = headers
         .get(header::AUTHORIZATION)
@@ -213,6 +228,157 @@ async fn exchange(
             format_ms(credential.expires_at())
         ));
     }
+    let mut resp = (StatusCode::OK, Json(body)).into_response();
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+/// The token-exchange grant, and the subject token types taken for a JWT.
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const JWT_TYPES: [&str; 2] = [
+    "urn:ietf:params:oauth:token-type:jwt",
+    "urn:ietf:params:oauth:token-type:id_token",
+];
+
+/// A JSON body with a `subject_token`: a workload's exchange, not a credential's.
+fn looks_like_token_exchange(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+        .is_ok_and(|m| m.contains_key("subject_token"))
+}
+
+/// A token exchange's JWT, service and ttl; else the OAuth error code and why.
+#[allow(clippy::type_complexity)]
+fn read_exchange(
+    form: bool,
+    body: &[u8],
+) -> Result<(String, String, Option<std::time::Duration>), (&'static str, String)> {
+    #[derive(Deserialize)]
+    struct Request {
+        grant_type: Option<String>,
+        subject_token: Option<String>,
+        subject_token_type: Option<String>,
+        service: Option<String>,
+        audience: Option<String>,
+        ttl: Option<String>,
+    }
+    const USAGE: &str = "a token exchange names subject_token (the JWT), subject_token_type \
+                         urn:ietf:params:oauth:token-type:jwt and service";
+    let parsed: Option<Request> = if form {
+        serde_urlencoded::from_bytes(body).ok()
+    } else {
+        serde_json::from_slice(body).ok()
+    };
+    let r = parsed.ok_or(("invalid_request", USAGE.to_owned()))?;
+    if r.grant_type.as_deref().is_some_and(|g| g != TOKEN_EXCHANGE) {
+        return Err((
+            "unsupported_grant_type",
+            "grant_type must be urn:ietf:params:oauth:grant-type:token-exchange".into(),
+        ));
+    }
+    let ttl = r
+        .ttl
+        .as_deref()
+        .map(keyway_core::units::parse_duration)
+        .transpose()
+        .map_err(|e| ("invalid_request", format!("ttl: {e}")))?;
+    let jwt_type = r
+        .subject_token_type
+        .as_deref()
+        .is_some_and(|t| JWT_TYPES.contains(&t));
+    match (r.subject_token, r.service.or(r.audience)) {
+        (Some(jwt), Some(service)) if jwt_type => Ok((jwt, service, ttl)),
+        _ => Err(("invalid_request", USAGE.to_owned())),
+    }
+}
+
+/// A workload's JWT for an access token, as a policy allows.
+async fn exchange_workload(
+    h: &Handles,
+    mut ev: keyway_store::AuditEvent,
+    form: bool,
+    body: &[u8],
+) -> Response {
+    let (jwt, service, ttl) = match read_exchange(form, body) {
+        Ok(r) => r,
+        Err((code, msg)) => {
+            return deny(h, ev, "bad_request", StatusCode::BAD_REQUEST, code, &msg).await;
+        }
+    };
+    ev.detail = json!({ "grant": "workload_jwt" });
+    ev.service = Some(service.chars().take(64).collect());
+    let refused = "the subject token was refused";
+    let (token, record) = match h.tokens.exchange_identity(&jwt, &service, ttl).await {
+        Ok(x) => x,
+        Err(IdentityExchangeError::Identity(IdentityError::IssuerUnreachable(why))) => {
+            tracing::warn!(error = %why, "a workload exchange waits on its identity provider");
+            ev.deny_with("issuer_unreachable");
+            let _ = h.audit.record(ev).wait().await;
+            let mut resp = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the identity provider's keys cannot be fetched now; retry shortly",
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(5));
+            return resp;
+        }
+        Err(IdentityExchangeError::Identity(e)) => {
+            ev.detail["why"] = json!(e.to_string());
+            return deny(
+                h,
+                ev,
+                e.reason(),
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                refused,
+            )
+            .await;
+        }
+        Err(IdentityExchangeError::NoPolicy { subject, .. }) => {
+            ev.principal = Some(subject);
+            return deny(
+                h,
+                ev,
+                "no_policy",
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                refused,
+            )
+            .await;
+        }
+        Err(IdentityExchangeError::Store(e)) => {
+            tracing::error!(error = %e, "could not store a workload's token");
+            return unavailable();
+        }
+    };
+    let origin = record.origin.clone();
+    ev.principal = Some(record.principal.clone());
+    ev.allow();
+    ev.detail = json!({
+        "grant": "workload_jwt",
+        "access_token_id": record.id,
+        "expires_at": format_ms(record.expires_at),
+        "origin": origin,
+    });
+    if !h.audit.record(ev).wait().await {
+        return unavailable();
+    }
+    let lifetime = record.expires_at - record.created_at;
+    let body = json!({
+        "access_token": secrecy::ExposeSecret::expose_secret(token.secret()),
+        "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "token_type": "Bearer",
+        "id": record.id,
+        "service": service,
+        "expires_in": lifetime / 1000,
+        "expires_at": format_ms(record.expires_at),
+        "refresh_after": format_ms(record.created_at + lifetime * 2 / 3),
+        "policy": origin.as_ref().map(|o| o.policy.clone()),
+        "subject": record.principal,
+    });
     let mut resp = (StatusCode::OK, Json(body)).into_response();
     resp.headers_mut().insert(
         header::CACHE_CONTROL,

@@ -21,7 +21,7 @@ mod exchange;
 mod issue;
 mod revoke;
 
-pub use exchange::{ExchangeError, RotateError};
+pub use exchange::{ExchangeError, IdentityExchangeError, RotateError};
 pub use issue::{CredentialRequest, IssueError, IssueRequest};
 pub use revoke::RevokeFilter;
 
@@ -65,6 +65,8 @@ pub struct Tokens {
     index: Arc<TokenIndex>,
     authz: Authorizer,
     audit: AuditSink,
+    /// Workload JWTs: the issuers' keys, and those already taken.
+    workloads: crate::identity::Verifier,
 }
 
 // === impl TokenUse ===
@@ -91,6 +93,16 @@ impl TokenUse {
         self.0
             .exchange(credential, service, ttl, source, presented_cert)
             .await
+    }
+
+    /// [`Tokens::exchange_identity`].
+    pub async fn exchange_identity(
+        &self,
+        jwt: &str,
+        service: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(IssuedToken, TokenRecord), IdentityExchangeError> {
+        self.0.exchange_identity(jwt, service, ttl).await
     }
 
     /// [`Tokens::use_once`].
@@ -124,6 +136,7 @@ impl Tokens {
             index,
             authz,
             audit,
+            workloads: Default::default(),
         }
     }
 
@@ -158,6 +171,7 @@ impl Tokens {
             parent_id: None,
             scope: None,
             cert_thumbprint: None,
+            origin: None,
         };
         (token, record)
     }

@@ -20,7 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("audit", &["audit", "telemetry", "admission"]),
     (
         "authorization and token lifecycle",
-        &["authz", "tokens", "secrets"],
+        &["authz", "tokens", "identity", "secrets"],
     ),
     (
         "network",

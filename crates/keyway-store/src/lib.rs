@@ -66,6 +66,20 @@ pub struct TokenRecord {
     /// When bound to a client certificate: its SHA-256 thumbprint (base64url, RFC
     /// 8705 `x5t#S256`); the token is then accepted only over mTLS with it.
     pub cert_thumbprint: Option<String>,
+    /// For a token obtained through a policy: which, and by whom.
+    pub origin: Option<Origin>,
+}
+
+/// The policy a token was obtained through, and the identity that obtained it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Origin {
+    pub policy: String,
+    /// The identity provider's name in the config (`[identity.workload.NAME]`).
+    pub provider: String,
+    /// Its issuer URL, as the identity's token carried it (`iss`).
+    pub issuer: String,
+    /// The subject as the policy names it: `workload:<provider>:<subject>`.
+    pub subject: String,
 }
 
 /// One audit event. Never holds a secret: callers put public ids and redacted text in.

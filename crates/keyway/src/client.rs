@@ -189,7 +189,7 @@ pub struct TlsArgs {
 pub async fn exchange(
     base: &str,
     tls: &TlsArgs,
-    credential: &SecretString,
+    credential: Option<&SecretString>,
     body: &serde_json::Value,
 ) -> Result<serde_json::Value> {
     let uri: http::Uri = format!("{}/v1/token/exchange", base.trim_end_matches('/'))
@@ -205,14 +205,17 @@ pub async fn exchange(
         .ok_or_else(|| anyhow!("`{base}` has no host"))?
         .to_owned();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(Method::POST)
         .uri(uri.path())
-        .header(header::HOST, format!("{host}:{port}"))
-        .header(
+        .header(header::HOST, format!("{host}:{port}"));
+    if let Some(c) = credential {
+        req = req.header(
             header::AUTHORIZATION,
-            format!("Bearer {}", credential.expose_secret()),
-        )
+            format!("Bearer {}", c.expose_secret()),
+        );
+    }
+    let req = req
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
         .context("building the exchange request")?;

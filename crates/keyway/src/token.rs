@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use keyway_core::api::{Issued, TokenInfo};
+use secrecy::ExposeSecret;
 use serde_json::json;
 
 use crate::client::{self, AdminArgs, AdminClient};
@@ -48,15 +49,22 @@ pub enum TokenCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Trade a client credential for an access token at the gateway's token endpoint.
-    /// Prints the access token alone on stdout; when to refresh it on stderr.
+    /// Trade a client credential, or a JWT the workload's platform signed for it (a
+    /// CI job's OIDC token, a Kubernetes service-account token), for an access token
+    /// at the gateway's token endpoint. With a JWT, a policy in the gateway's config
+    /// decides what the token may do. Prints the access token alone on stdout; when
+    /// to refresh it on stderr.
     Exchange {
         /// The token endpoint, like `http://127.0.0.1:7071` (`token_listen`).
         #[arg(long, env = "KEYWAY_GATEWAY")]
         gateway: String,
         /// A file holding the client credential.
-        #[arg(long)]
-        credential_file: PathBuf,
+        #[arg(long, required_unless_present = "id_token_file")]
+        credential_file: Option<PathBuf>,
+        /// A file holding the workload's JWT (`[identity.workload.*]` and
+        /// `[policies.*]` in the gateway's config decide what it gets).
+        #[arg(long, conflicts_with = "credential_file", value_name = "FILE")]
+        id_token_file: Option<PathBuf>,
         /// The service to get a token for.
         #[arg(long)]
         service: String,
@@ -211,18 +219,37 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
         TokenCommand::Exchange {
             gateway,
             credential_file,
+            id_token_file,
             service,
             ttl,
             tls,
         } => {
-            let credential = client::read_token(&credential_file)?;
             let mut body = json!({ "service": service });
             if let Some(t) = ttl {
                 body["ttl"] = json!(t);
             }
-            let answer = client::exchange(&gateway, &tls, &credential, &body).await?;
+            let credential = match (credential_file, id_token_file) {
+                (Some(f), _) => Some(client::read_token(&f)?),
+                (None, Some(f)) => {
+                    let jwt = client::read_token(&f)?;
+                    body["subject_token"] = json!(jwt.expose_secret());
+                    body["subject_token_type"] = json!("urn:ietf:params:oauth:token-type:jwt");
+                    None
+                }
+                (None, None) => anyhow::bail!("give --credential-file or --id-token-file"),
+            };
+            let answer = client::exchange(&gateway, &tls, credential.as_ref(), &body).await?;
+            let policy = answer["policy"]
+                .as_str()
+                .map(|p| {
+                    format!(
+                        " (policy {p}, {})",
+                        answer["subject"].as_str().unwrap_or("-")
+                    )
+                })
+                .unwrap_or_default();
             eprintln!(
-                "access token {} for {service}, expires {}; refresh after {}",
+                "access token {} for {service}{policy}, expires {}; refresh after {}",
                 answer["id"].as_str().unwrap_or("-"),
                 answer["expires_at"].as_str().unwrap_or("-"),
                 answer["refresh_after"].as_str().unwrap_or("-"),
@@ -293,7 +320,10 @@ fn print_tokens(tokens: &[TokenInfo]) {
                 },
                 t.principal.clone(),
                 t.service.clone().unwrap_or_else(|| "-".into()),
-                describe(t),
+                match &t.policy {
+                    Some(p) => format!("{} (policy {p})", describe(t)),
+                    None => describe(t),
+                },
                 t.state.clone(),
                 t.expires_at.clone(),
                 t.last_used_at.clone().unwrap_or_else(|| "never".into()),

@@ -285,6 +285,21 @@ impl RawConfig {
 
         let detect = self.detect.check(&mut p);
         let alerts = self.alerts.check(&mut p);
+        let identity = self.identity.check(&mut p);
+        let policies = self
+            .policies
+            .into_iter()
+            .map(|(name, raw)| {
+                let policy = raw.check(&name, &services, &identity, &mut p);
+                (name, policy)
+            })
+            .collect();
+        if !identity.workload.is_empty() && token_listen.is_none() {
+            p.push(
+                "identity.workload",
+                "workloads exchange their JWTs at the token endpoint; set `token_listen`",
+            );
+        }
 
         p.finish(Config {
             data_dir,
@@ -312,6 +327,8 @@ impl RawConfig {
             agents,
             detect,
             alerts,
+            identity,
+            policies,
             written: Written {
                 base_dir: base_dir.to_path_buf(),
                 ..Written::default()
@@ -327,7 +344,7 @@ pub(super) fn valid_name(s: &str) -> bool {
 }
 
 /// `localhost` or a loopback address (IPv6 in brackets or not).
-pub(super) fn is_loopback_host(host: &str) -> bool {
+pub fn is_loopback_host(host: &str) -> bool {
     host == "localhost"
         || host
             .trim_start_matches('[')

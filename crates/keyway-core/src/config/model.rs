@@ -11,7 +11,7 @@ use http::HeaderName;
 use ipnet::IpNet;
 
 use super::problem::{without_values, ConfigError, Problem};
-use super::{lint, AlertsConfig, DetectConfig, RawConfig};
+use super::{lint, AlertsConfig, DetectConfig, IdentityConfig, Policy, RawConfig};
 use crate::units::Rate;
 
 /// The checked configuration.
@@ -50,6 +50,10 @@ pub struct Config {
     pub detect: DetectConfig,
     /// Where alerts go besides the audit log and the metrics.
     pub alerts: AlertsConfig,
+    /// The identity providers whose signed tokens Keyway takes.
+    pub identity: IdentityConfig,
+    /// Who may obtain which grant, by name.
+    pub policies: BTreeMap<String, Policy>,
     /// Where the config came from, and its shape as written.
     pub written: Written,
 }

@@ -27,7 +27,7 @@ pub enum Op {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Change {
     pub op: Op,
-    /// `service`, `agent`, `detect`, `alerts` or `setting`.
+    /// `service`, `agent`, `policy`, `identity`, `detect`, `alerts` or `setting`.
     pub section: String,
     pub name: String,
     /// The keys that differ, as written (values masked where they look secret).
@@ -67,6 +67,9 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         &c.services
     });
     keyed(&mut changes, ("agent", "agents"), (old, new), |c| &c.agents);
+    keyed(&mut changes, ("policy", "policies"), (old, new), |c| {
+        &c.policies
+    });
     let top = |c: &Config, key: &str| c.written.value.get(key).cloned().unwrap_or(Value::Null);
     // A setting is shown under its own key.
     let keyed_top = |c: &Config, key: &str| {
@@ -79,6 +82,15 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
             "detect",
             top(old, "detect"),
             top(new, "detect"),
+        ));
+    }
+    if old.identity != new.identity {
+        changes.push(section(
+            Op::Change,
+            "identity",
+            "identity",
+            top(old, "identity"),
+            top(new, "identity"),
         ));
     }
     if old.alerts != new.alerts {

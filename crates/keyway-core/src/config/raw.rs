@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{RawAlerts, RawDetect};
+use super::{RawAlerts, RawDetect, RawIdentity, RawPolicy};
 
 /// The file as written.
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
@@ -36,6 +36,12 @@ pub struct RawConfig {
     pub detect: RawDetect,
     #[serde(default)]
     pub alerts: RawAlerts,
+    /// The identity providers whose signed tokens Keyway takes.
+    #[serde(default)]
+    pub identity: RawIdentity,
+    /// Who may obtain which grant, without the admin token.
+    #[serde(default)]
+    pub policies: BTreeMap<String, RawPolicy>,
 }
 
 /// An agent: a Keyway process inside a private network that dials out to the

@@ -310,3 +310,121 @@ fn the_port_audit_hosts_are_checked() {
     );
     assert!(!e.contains("hosts[1]"), "{e}");
 }
+
+const ACCESS: &str = r#"
+token_listen = "127.0.0.1:7071"
+tunnel_listen = "127.0.0.1:7443"
+
+[services.billing]
+protocol = "http"
+listen = "127.0.0.1:9001"
+upstream = "http://127.0.0.1:8080"
+max_ttl = "1h"
+
+[services.cache]
+protocol = "tcp"
+upstream = "127.0.0.1:6379"
+
+[services.orders-db]
+protocol = "postgres"
+listen = "127.0.0.1:6432"
+upstream = "127.0.0.1:5432"
+database = "test"
+roles.readonly = { user = "root", secret = "kw-ro" }
+
+[identity.workload.github]
+issuer = "https://token.actions.githubusercontent.com"
+audience = "keyway"
+"#;
+
+#[test]
+fn policies_and_workload_issuers_parse() {
+    let text = format!(
+        "{ACCESS}\n[policies.deploy-from-ci]\nsubjects = [\"workload:github:repo:acme/billing:ref:refs/heads/main\"]\n\
+         grants = [{{ service = \"billing\", methods = [\"post\"], paths = [\"/deploys/\"] }}, {{ service = \"orders-db\", role = \"readonly\" }}]\n\
+         max_ttl = \"15m\"\n"
+    );
+    let c = parse(&text).unwrap();
+    let gh = &c.identity.workload["github"];
+    assert_eq!(gh.subject_claim, "sub");
+    assert!(!gh.algorithms.iter().any(|a| a.starts_with("HS")));
+    let p = &c.policies["deploy-from-ci"];
+    assert_eq!(p.max_ttl, Duration::from_secs(900));
+    let subject = "workload:github:repo:acme/billing:ref:refs/heads/main";
+    let (found, grant) = policy_for(&c.policies, subject, "billing").unwrap();
+    assert_eq!(found.name, "deploy-from-ci");
+    assert_eq!(grant.methods, vec!["POST".to_owned()]);
+    assert_eq!(
+        policy_for(&c.policies, subject, "orders-db")
+            .unwrap()
+            .1
+            .role
+            .as_deref(),
+        Some("readonly")
+    );
+    assert!(policy_for(&c.policies, subject, "cache").is_none());
+    assert!(policy_for(&c.policies, "workload:github:repo:x", "billing").is_none());
+}
+
+#[test]
+fn policies_are_refused_with_the_key_and_the_fix() {
+    let cases = [
+        (
+            "[policies.p]\nsubjects = [\"workload:github:x\"]\ngrants = [{ service = \"nope\" }]",
+            "policies.p.grants[0].service",
+            "names no service",
+        ),
+        (
+            "[policies.p]\nsubjects = [\"workload:gitlab:x\"]\ngrants = [{ service = \"billing\" }]",
+            "policies.p.subjects[0]",
+            "[identity.workload.gitlab]",
+        ),
+        (
+            "[policies.p]\nsubjects = [\"group:sre\"]\ngrants = [{ service = \"billing\" }]",
+            "policies.p.subjects[0]",
+            "not in this version",
+        ),
+        (
+            "[policies.p]\nsubjects = [\"workload:github:x\"]\ngrants = [{ service = \"orders-db\" }]",
+            "policies.p.grants[0].role",
+            "names its role",
+        ),
+        (
+            "[policies.p]\nsubjects = [\"workload:github:x\"]\ngrants = [{ service = \"orders-db\", role = \"admin\" }]",
+            "policies.p.grants[0].role",
+            "it has: readonly",
+        ),
+        (
+            "[policies.p]\nsubjects = [\"workload:github:x\"]\ngrants = [{ service = \"cache\", paths = [\"/x\"] }]",
+            "policies.p.grants[0]",
+            "narrow HTTP services only",
+        ),
+        (
+            "[policies.p]\nsubjects = []\ngrants = [{ service = \"billing\" }]",
+            "policies.p.subjects",
+            "at least one",
+        ),
+        (
+            "[identity.workload.k8s]\nissuer = \"http://kubernetes.example\"\naudience = \"keyway\"",
+            "identity.workload.k8s.issuer",
+            "must be https",
+        ),
+        (
+            "[identity.workload.k8s]\nissuer = \"https://k8s.example\"\naudience = \"keyway\"\nalgorithms = [\"HS256\"]",
+            "identity.workload.k8s.algorithms[0]",
+            "public-key signatures only",
+        ),
+    ];
+    for (extra, key, says) in cases {
+        let e = parse(&format!("{ACCESS}\n{extra}\n")).unwrap_err();
+        let p = e
+            .problems
+            .iter()
+            .find(|p| p.key.as_deref() == Some(key))
+            .unwrap_or_else(|| panic!("{key}: {e}"));
+        assert!(p.message.contains(says), "{key}: {}", p.message);
+    }
+    // Workloads reach the token endpoint.
+    let e = parse(&ACCESS.replace("token_listen = \"127.0.0.1:7071\"", "")).unwrap_err();
+    assert!(e.to_string().contains("set `token_listen`"), "{e}");
+}

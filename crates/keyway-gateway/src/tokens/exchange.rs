@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use keyway_core::clock::{duration_ms, format_ms};
 use keyway_core::{EventKind, IssuedToken, TokenKind, UnixMillis};
-use keyway_store::{StoreError, TokenRecord};
+use keyway_store::{Origin, StoreError, TokenRecord};
 
 use super::{Tokens, DEFAULT_TTL};
+use crate::identity::IdentityError;
 use crate::index::Entry;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,18 @@ pub enum ExchangeError {
     TooOld,
     #[error("the credential was revoked")]
     Revoked,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a workload's JWT got no token.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityExchangeError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The identity is verified, but no policy gives it the service.
+    #[error("no policy gives {subject} the service `{service}`")]
+    NoPolicy { subject: String, service: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -110,6 +123,48 @@ impl Tokens {
                 .await?;
             return Err(ExchangeError::Revoked);
         }
+        Ok((token, record))
+    }
+
+    /// Trades a workload's JWT for an access token to `service`, as a policy allows:
+    /// verified against its issuer's keys and taken once; the token has the policy's
+    /// grant, lives at most the policy's and the service's `max_ttl` (15 minutes when
+    /// none is asked), and records the policy and the identity it came from.
+    pub async fn exchange_identity(
+        &self,
+        jwt: &str,
+        service: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(IssuedToken, TokenRecord), IdentityExchangeError> {
+        let config = self.config();
+        let who = self.workloads.verify(&config, jwt, self.now()).await?;
+        let no_policy = || IdentityExchangeError::NoPolicy {
+            subject: who.subject.clone(),
+            service: service.chars().take(64).collect(),
+        };
+        let (policy, grant) =
+            keyway_core::config::policy_for(&config.policies, &who.subject, service)
+                .ok_or_else(no_policy)?;
+        let svc = config.service(service).ok_or_else(no_policy)?;
+        let ttl = ttl
+            .unwrap_or(DEFAULT_TTL)
+            .min(policy.max_ttl)
+            .min(config.max_ttl_of(svc));
+        let (token, mut record) = self.generate(TokenKind::Access, &who.subject, ttl);
+        record.grant = Some(grant.clone());
+        record.origin = Some(Origin {
+            policy: policy.name.clone(),
+            provider: who.provider,
+            issuer: who.issuer,
+            subject: who.subject,
+        });
+        let detail = serde_json::json!({
+            "by": format!("policy:{}", policy.name),
+            "expires_at": format_ms(record.expires_at),
+            "grant": record.grant,
+            "origin": record.origin,
+        });
+        self.keep(&record, EventKind::TokenIssued, detail).await?;
         Ok((token, record))
     }
 

@@ -5,10 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use keyway_core::config::Config;
 use keyway_core::{EventKind, TokenKind, UnixMillis};
 use keyway_store::{AuditEvent, RevokedToken, StoreError, TokenRecord};
 
 use super::Tokens;
+use crate::index::Entry;
 
 /// Which tokens `revoke_where` revokes: those matching every filter given.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -82,9 +84,7 @@ impl Tokens {
         if f.principal.is_none() && f.service.is_none() && f.issued_before.is_none() {
             return Ok(Vec::new());
         }
-        let started = std::time::Instant::now();
-        let now = self.now();
-        let (mut matched, children) = self.index.revoke_matching(now, |e| {
+        let pick = |e: &Entry| {
             let t = &e.record;
             matches!(t.kind, TokenKind::Access | TokenKind::ClientCredential)
                 && f.principal.as_ref().is_none_or(|p| *p == t.principal)
@@ -93,9 +93,50 @@ impl Tokens {
                         || t.scope.as_ref().is_some_and(|c| c.grant(s).is_some())
                 })
                 && f.issued_before.is_none_or(|b| t.created_at < b)
-        });
+        };
+        self.revoke_picked(pick, by, "bulk").await
+    }
+
+    /// Revokes every token obtained through a policy that `config` no longer allows
+    /// as it is (the policy is gone, no longer names the subject, or grants the
+    /// service otherwise): a narrowed policy ends the access it gave, live sessions
+    /// included. Returns the tokens revoked.
+    pub async fn revoke_unallowed(
+        &self,
+        config: &Config,
+        by: &str,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let pick = |e: &Entry| {
+            let Some(origin) = &e.record.origin else {
+                return false;
+            };
+            let kept = config.policies.get(&origin.policy).is_some_and(|p| {
+                p.names(&origin.subject)
+                    && e.grant()
+                        .is_some_and(|g| p.grant(&g.service).is_some_and(|pg| pg == g))
+            });
+            !kept
+        };
+        self.revoke_picked(pick, by, "policy_changed").await
+    }
+
+    /// Revokes every live token `pick` takes, and the tokens obtained with them:
+    /// all refused at once in memory, then written with their events in one
+    /// transaction. `reason` is recorded for the picked ones.
+    async fn revoke_picked(
+        &self,
+        pick: impl Fn(&Entry) -> bool,
+        by: &str,
+        reason: &str,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let started = std::time::Instant::now();
+        let now = self.now();
+        let (mut matched, children) = self.index.revoke_matching(now, pick);
         // Every match is refused from here on; what follows makes it durable.
         let in_memory = started.elapsed();
+        if matched.is_empty() && children.is_empty() {
+            return Ok(Vec::new());
+        }
         // In the order they were issued, which is the order of their rows: the store
         // then revokes them page after page, not all over the table.
         matched.sort_unstable_by(|a, b| {
@@ -109,7 +150,7 @@ impl Tokens {
         let picked: std::collections::HashSet<&str> = matched.iter().map(|e| e.id()).collect();
         let why = |t: &str| {
             if picked.contains(t) {
-                Some("bulk")
+                Some(reason)
             } else {
                 Some("credential_revoked")
             }
@@ -118,9 +159,10 @@ impl Tokens {
         let records = matched.iter().map(|e| e.current()).collect();
         tracing::info!(
             tokens = ids.len(),
+            reason,
             in_memory_ms = in_memory.as_millis() as u64,
             stored_ms = (started.elapsed() - in_memory).as_millis() as u64,
-            "bulk revocation: refused in memory, then stored with its events"
+            "revoked in bulk: refused in memory, then stored with their events"
         );
         Ok(records)
     }

@@ -25,6 +25,7 @@ async fn tokens_round_trip_and_revoke_keeps_the_first_time() {
         parent_id: Some("parent".into()),
         scope: None,
         cert_thumbprint: Some("x5t".into()),
+        origin: None,
     };
     store.insert_token(&rec, &[]).await.unwrap();
     assert_eq!(store.tokens().await.unwrap(), vec![rec.clone()]);
@@ -238,6 +239,7 @@ async fn a_change_that_fails_leaves_neither_its_row_nor_its_event() {
         parent_id: None,
         scope: None,
         cert_thumbprint: None,
+        origin: None,
     };
     let issued = AuditEvent {
         kind: "token.issued".into(),

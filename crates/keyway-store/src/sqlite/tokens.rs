@@ -8,13 +8,14 @@ use crate::{Result, RevokedToken, StoreError, TokenRecord};
 
 const TOKEN_COLUMNS: &str =
     "id, kind, principal, grant_json, hash, created_at, expires_at, revoked_at, \
-                             last_used_at, parent_id, scope_json, cert_thumbprint";
+                             last_used_at, parent_id, scope_json, cert_thumbprint, origin_json";
 
 pub(super) async fn insert(conn: &mut SqliteConnection, t: &TokenRecord) -> Result<()> {
     let grant = to_json(&t.grant)?;
     let scope = to_json(&t.scope)?;
+    let origin = to_json(&t.origin)?;
     sqlx::query(&format!(
-        "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ))
     .bind(&t.id)
     .bind(t.kind.as_str())
@@ -28,6 +29,7 @@ pub(super) async fn insert(conn: &mut SqliteConnection, t: &TokenRecord) -> Resu
     .bind(&t.parent_id)
     .bind(scope)
     .bind(&t.cert_thumbprint)
+    .bind(origin)
     .execute(conn)
     .await?;
     Ok(())
@@ -155,6 +157,7 @@ fn token_from_row(r: &SqliteRow) -> Result<TokenRecord> {
         parent_id: r.get(9),
         scope: from_json(r.get(10), "token scope")?,
         cert_thumbprint: r.get(11),
+        origin: from_json(r.get(12), "token origin")?,
     })
 }
 

@@ -1,0 +1,324 @@
+//! Who may obtain what: `[identity.workload.*]`, the issuers whose signed JWTs the
+//! token endpoint takes in place of a stored secret, and `[policies.*]`, which
+//! subjects get which grants, for how long.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::check::{is_loopback_host, valid_name};
+use super::problem::Problems;
+use super::{Service, ServiceKind};
+use crate::Grant;
+
+/// The longest a policy's token lives when the policy does not say (within the
+/// service's own maximum).
+pub const DEFAULT_POLICY_TTL: Duration = Duration::from_secs(3600);
+
+/// Signature algorithms a workload JWT may use when the issuer does not narrow them:
+/// public-key ones only (never `none`, never HMAC, whose key a JWKS would publish).
+pub const WORKLOAD_ALGORITHMS: [&str; 9] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// `[identity]` as written.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    #[serde(default)]
+    pub workload: BTreeMap<String, RawWorkloadIssuer>,
+}
+
+/// `[identity.workload.NAME]` as written.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkloadIssuer {
+    /// The `iss` its JWTs carry; discovery is at
+    /// `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// The `aud` its JWTs must carry for Keyway.
+    pub audience: String,
+    /// The claim that names the workload; `sub` when unset.
+    pub subject_claim: Option<String>,
+    /// The issuer's key set, when it has no discovery document.
+    pub jwks_url: Option<String>,
+    /// Narrows the accepted signature algorithms (public-key ones only).
+    pub algorithms: Option<Vec<String>>,
+}
+
+/// `[policies.NAME]` as written.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    /// `workload:<issuer>:<subject>`.
+    pub subjects: Vec<String>,
+    pub grants: Vec<RawPolicyGrant>,
+    /// Like `15m`; 1h when unset, and never above the service's `max_ttl`.
+    pub max_ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicyGrant {
+    pub service: String,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// For a database service: the role its sessions log in as.
+    pub role: Option<String>,
+}
+
+/// The identity providers Keyway trusts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IdentityConfig {
+    pub workload: BTreeMap<String, WorkloadIssuer>,
+}
+
+/// An issuer of workload JWTs (a CI system, a Kubernetes cluster, a cloud).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadIssuer {
+    pub name: String,
+    pub issuer: String,
+    pub audience: String,
+    pub subject_claim: String,
+    pub jwks_url: Option<String>,
+    pub algorithms: Vec<String>,
+}
+
+/// A policy: which subjects obtain which grants, for how long at most.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub name: String,
+    /// As written: `workload:<issuer>:<subject>`.
+    pub subjects: Vec<String>,
+    /// At most one per service.
+    pub grants: Vec<Grant>,
+    pub max_ttl: Duration,
+}
+
+// === impl Policy ===
+
+impl Policy {
+    /// Whether the policy names `subject` (`workload:<issuer>:<subject>`).
+    pub fn names(&self, subject: &str) -> bool {
+        self.subjects.iter().any(|s| s == subject)
+    }
+
+    pub fn grant(&self, service: &str) -> Option<&Grant> {
+        self.grants.iter().find(|g| g.service == service)
+    }
+}
+
+/// The policy that gives `subject` a grant on `service`: the first by name.
+pub fn policy_for<'a>(
+    policies: &'a BTreeMap<String, Policy>,
+    subject: &str,
+    service: &str,
+) -> Option<(&'a Policy, &'a Grant)> {
+    policies
+        .values()
+        .filter(|p| p.names(subject))
+        .find_map(|p| p.grant(service).map(|g| (p, g)))
+}
+
+// === impl RawIdentity ===
+
+impl RawIdentity {
+    pub(super) fn check(self, p: &mut Problems) -> IdentityConfig {
+        let mut workload = BTreeMap::new();
+        for (name, raw) in self.workload {
+            let key = format!("identity.workload.{name}");
+            if !valid_name(&name) {
+                p.push(
+                    &key,
+                    "an issuer's name is 1 to 63 characters of a-z, 0-9, `-` and `_`",
+                );
+            }
+            check_url(p, &format!("{key}.issuer"), &raw.issuer);
+            if let Some(u) = &raw.jwks_url {
+                check_url(p, &format!("{key}.jwks_url"), u);
+            }
+            if raw.audience.is_empty() || raw.audience.len() > 256 {
+                p.push(&format!("{key}.audience"), "must be 1 to 256 characters");
+            }
+            let subject_claim = raw.subject_claim.unwrap_or_else(|| "sub".into());
+            if subject_claim.is_empty() || subject_claim.len() > 64 {
+                p.push(
+                    &format!("{key}.subject_claim"),
+                    "must be 1 to 64 characters",
+                );
+            }
+            let algorithms = match raw.algorithms {
+                None => WORKLOAD_ALGORITHMS.iter().map(|a| a.to_string()).collect(),
+                Some(list) => {
+                    for (i, a) in list.iter().enumerate() {
+                        if !WORKLOAD_ALGORITHMS.contains(&a.as_str()) {
+                            p.push(
+                                &format!("{key}.algorithms[{i}]"),
+                                &format!(
+                                    "must be one of {}: public-key signatures only",
+                                    WORKLOAD_ALGORITHMS.join(", ")
+                                ),
+                            );
+                        }
+                    }
+                    if list.is_empty() {
+                        p.push(&format!("{key}.algorithms"), "name at least one");
+                    }
+                    list
+                }
+            };
+            workload.insert(
+                name.clone(),
+                WorkloadIssuer {
+                    name,
+                    issuer: raw.issuer,
+                    audience: raw.audience,
+                    subject_claim,
+                    jwks_url: raw.jwks_url,
+                    algorithms,
+                },
+            );
+        }
+        IdentityConfig { workload }
+    }
+}
+
+/// An issuer's URL: HTTPS, or HTTP on loopback (a test's own issuer).
+fn check_url(p: &mut Problems, key: &str, url: &str) {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        p.push(
+            key,
+            "is not a URL like https://token.actions.githubusercontent.com",
+        );
+        return;
+    };
+    let host = uri.host().unwrap_or_default();
+    match uri.scheme_str() {
+        Some("https") if !host.is_empty() => {}
+        Some("http") if is_loopback_host(host) => {}
+        Some("http") => p.push(
+            key,
+            "must be https (http only on loopback): its keys decide who gets tokens",
+        ),
+        _ => p.push(
+            key,
+            "is not a URL like https://token.actions.githubusercontent.com",
+        ),
+    }
+}
+
+// === impl RawPolicy ===
+
+impl RawPolicy {
+    pub(super) fn check(
+        self,
+        name: &str,
+        services: &BTreeMap<String, Service>,
+        identity: &IdentityConfig,
+        p: &mut Problems,
+    ) -> Policy {
+        let key = format!("policies.{name}");
+        if !valid_name(name) {
+            p.push(
+                &key,
+                "a policy name is 1 to 63 characters of a-z, 0-9, `-` and `_`",
+            );
+        }
+        if self.subjects.is_empty() {
+            p.push(&format!("{key}.subjects"), "name at least one subject");
+        }
+        for (i, s) in self.subjects.iter().enumerate() {
+            let at = format!("{key}.subjects[{i}]");
+            match s.split_once(':') {
+                Some(("workload", rest)) => match rest.split_once(':') {
+                    Some((issuer, sub)) if !sub.is_empty() => {
+                        if !identity.workload.contains_key(issuer) {
+                            p.push(
+                                &at,
+                                &format!(
+                                    "no identity provider can produce it: declare `[identity.workload.{}]`",
+                                    issuer.chars().take(63).collect::<String>()
+                                ),
+                            );
+                        }
+                    }
+                    _ => p.push(&at, "a workload subject is `workload:<issuer>:<subject>`"),
+                },
+                Some(("user" | "group", _)) => p.push(
+                    &at,
+                    "people's sign-in ([identity.oidc]) is not in this version; name workloads as `workload:<issuer>:<subject>`",
+                ),
+                _ => p.push(&at, "a subject is `workload:<issuer>:<subject>`"),
+            }
+        }
+        let max_ttl = p.duration_or(
+            &format!("{key}.max_ttl"),
+            self.max_ttl.as_deref(),
+            DEFAULT_POLICY_TTL,
+        );
+        if self.grants.is_empty() {
+            p.push(&format!("{key}.grants"), "name at least one grant");
+        }
+        let mut grants: Vec<Grant> = Vec::new();
+        for (i, g) in self.grants.into_iter().enumerate() {
+            let at = format!("{key}.grants[{i}]");
+            let Some(svc) = services.get(&g.service) else {
+                p.push(
+                    &format!("{at}.service"),
+                    &format!(
+                        "names no service; declare `[services.{}]`",
+                        g.service.chars().take(64).collect::<String>()
+                    ),
+                );
+                continue;
+            };
+            if grants.iter().any(|x| x.service == g.service) {
+                p.push(&at, "a policy grants a service once; merge the two");
+                continue;
+            }
+            let narrows = !g.methods.is_empty() || !g.paths.is_empty();
+            match (&svc.kind, &g.role) {
+                (ServiceKind::Http(_), Some(_)) => {
+                    p.push(&format!("{at}.role"), "an HTTP service has no roles");
+                }
+                (ServiceKind::Postgres(pg), Some(r)) if !pg.roles.contains_key(r) => p.push(
+                    &format!("{at}.role"),
+                    &format!(
+                        "names no role of `{}`; it has: {}",
+                        g.service,
+                        pg.roles.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ),
+                (ServiceKind::Postgres(_), None) => {
+                    p.push(&format!("{at}.role"), "a database grant names its role");
+                }
+                (ServiceKind::Tcp(_), Some(_)) => {
+                    p.push(&format!("{at}.role"), "a tcp service has no roles");
+                }
+                _ => {}
+            }
+            if narrows && !matches!(svc.kind, ServiceKind::Http(_)) {
+                p.push(
+                    &at,
+                    "methods and paths narrow HTTP services only; this service would take them as a grant to everything",
+                );
+            }
+            match Grant::new(&g.service, &g.methods, &g.paths) {
+                Ok(mut grant) => {
+                    grant.role = g.role;
+                    grants.push(grant);
+                }
+                Err(e) => p.push(&at, &e.to_string()),
+            }
+        }
+        Policy {
+            name: name.to_owned(),
+            subjects: self.subjects,
+            grants,
+            max_ttl,
+        }
+    }
+}

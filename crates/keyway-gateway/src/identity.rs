@@ -1,0 +1,218 @@
+//! Workload identity: a JWT that a workload's platform signed for it (a CI job's
+//! OIDC token, a Kubernetes service-account token), verified against its issuer's
+//! published keys, stands in for a stored secret at the token endpoint.
+//!
+//! Verification, in order: the header's algorithm is on the issuer's allow-list
+//! (public-key signatures only: never `none`, never HMAC, whose key a JWKS would
+//! publish); the unverified `iss` picks the configured issuer; the `kid` picks one of
+//! its keys (fetched, cached, fetched again on an unknown `kid`); the signature;
+//! `iss`, `aud`, `exp`, `nbf`, `iat` with a minute's leeway; the subject claim; and a
+//! JWT is taken once only (its `jti`, or its hash, kept until it expires).
+//!
+//! # Layout
+//!
+//! - `keys`: the issuers' key sets, fetched (discovery or `jwks_url`) within bounds
+//!   of size and time, and cached.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use jsonwebtoken::{Algorithm, Validation};
+use keyway_core::config::{Config, WorkloadIssuer};
+use keyway_core::UnixMillis;
+use sha2::Digest;
+
+mod keys;
+
+pub use keys::KeyCache;
+
+/// Leeway on `exp`, `nbf` and `iat`, for clocks a little apart.
+const LEEWAY_SECS: u64 = 60;
+
+/// JWTs kept against replay at most; past it, exchanges are refused until some
+/// expire (fail closed, never forget one that is still valid).
+const REPLAY_CAP: usize = 200_000;
+
+/// A workload, as its verified JWT names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadIdentity {
+    /// The issuer's name in the config (`[identity.workload.NAME]`).
+    pub provider: String,
+    /// `iss`.
+    pub issuer: String,
+    /// As policies name it: `workload:<provider>:<subject claim>`.
+    pub subject: String,
+}
+
+/// Why a JWT was refused; `reason()` goes to the audit log, never to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("not a JWT")]
+    Malformed,
+    #[error("its signature algorithm is not allowed")]
+    Algorithm,
+    #[error("no configured issuer has its `iss`")]
+    UnknownIssuer,
+    #[error("the issuer has no key with its `kid`")]
+    UnknownKey,
+    #[error("the signature does not verify")]
+    Signature,
+    #[error("it is for another audience")]
+    Audience,
+    #[error("it has expired")]
+    Expired,
+    #[error("it is not valid yet")]
+    NotYetValid,
+    #[error("it was issued in the future")]
+    IssuedInFuture,
+    #[error("it lacks a claim it needs: {0}")]
+    MissingClaim(String),
+    #[error("it was used before")]
+    Replayed,
+    #[error("too many JWTs are kept against replay; retry once some expire")]
+    ReplayFull,
+    #[error("the issuer's keys cannot be fetched: {0}")]
+    IssuerUnreachable(String),
+}
+
+// === impl IdentityError ===
+
+impl IdentityError {
+    /// The audit log's reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed_jwt",
+            Self::Algorithm => "algorithm_not_allowed",
+            Self::UnknownIssuer => "unknown_issuer",
+            Self::UnknownKey => "unknown_key",
+            Self::Signature => "bad_signature",
+            Self::Audience => "wrong_audience",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::IssuedInFuture => "issued_in_future",
+            Self::MissingClaim(_) => "missing_claim",
+            Self::Replayed => "replayed",
+            Self::ReplayFull => "replay_cache_full",
+            Self::IssuerUnreachable(_) => "issuer_unreachable",
+        }
+    }
+}
+
+/// Verifies workload JWTs against the issuers of the config in force.
+#[derive(Debug, Default)]
+pub struct Verifier {
+    keys: KeyCache,
+    /// Replay key (the `jti`, else the JWT's hash) → its `exp` (Unix seconds).
+    seen: Mutex<HashMap<String, u64>>,
+}
+
+// === impl Verifier ===
+
+impl Verifier {
+    /// Verifies `jwt` at `now` against `config`'s issuers, and takes it: the same
+    /// JWT is refused from then on while it is valid.
+    pub async fn verify(
+        &self,
+        config: &Config,
+        jwt: &str,
+        now: UnixMillis,
+    ) -> Result<WorkloadIdentity, IdentityError> {
+        let keyway_core::jwt::Unverified { alg, kid, claims } =
+            keyway_core::jwt::read(jwt).map_err(|_| IdentityError::Malformed)?;
+        // Unverified, only to pick the issuer whose keys verify it.
+        let iss = claims
+            .get("iss")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| IdentityError::MissingClaim("iss".into()))?;
+        let issuer = config
+            .identity
+            .workload
+            .values()
+            .find(|i| i.issuer == iss)
+            .ok_or(IdentityError::UnknownIssuer)?;
+        if !issuer.algorithms.contains(&alg) {
+            return Err(IdentityError::Algorithm);
+        }
+        let alg: Algorithm = alg.parse().map_err(|_| IdentityError::Algorithm)?;
+        let key = self.keys.key(issuer, kid.as_deref(), alg).await?;
+        let claims = check(jwt, issuer, alg, &key)?;
+        // Times against the gateway's clock, as every other expiry is.
+        let now_s = u64::try_from(now / 1000).unwrap_or(0);
+        let time = |name: &str| claims.get(name).and_then(|v| v.as_u64());
+        let exp = time("exp").ok_or_else(|| IdentityError::MissingClaim("exp".into()))?;
+        if now_s > exp.saturating_add(LEEWAY_SECS) {
+            return Err(IdentityError::Expired);
+        }
+        if time("nbf").is_some_and(|nbf| nbf > now_s + LEEWAY_SECS) {
+            return Err(IdentityError::NotYetValid);
+        }
+        if time("iat").is_some_and(|iat| iat > now_s + LEEWAY_SECS) {
+            return Err(IdentityError::IssuedInFuture);
+        }
+        let sub = claims
+            .get(&issuer.subject_claim)
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty() && s.len() <= 512 && !s.chars().any(char::is_control))
+            .ok_or_else(|| IdentityError::MissingClaim(issuer.subject_claim.clone()))?;
+        let replay_key = match claims.get("jti").and_then(|v| v.as_str()) {
+            Some(jti) => format!("{}\u{0}jti\u{0}{jti}", issuer.name),
+            None => format!(
+                "{}\u{0}sha256\u{0}{}",
+                issuer.name,
+                hex::encode(sha2::Sha256::digest(jwt))
+            ),
+        };
+        self.take(replay_key, exp, now_s)?;
+        Ok(WorkloadIdentity {
+            provider: issuer.name.clone(),
+            issuer: issuer.issuer.clone(),
+            subject: format!("workload:{}:{sub}", issuer.name),
+        })
+    }
+
+    /// Marks a JWT used until `exp` (plus the leeway); refuses one already used.
+    fn take(&self, key: String, exp: u64, now_s: u64) -> Result<(), IdentityError> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.get(&key).is_some_and(|&until| until >= now_s) {
+            return Err(IdentityError::Replayed);
+        }
+        if seen.len() >= REPLAY_CAP {
+            seen.retain(|_, &mut until| until >= now_s);
+            if seen.len() >= REPLAY_CAP {
+                return Err(IdentityError::ReplayFull);
+            }
+        }
+        seen.insert(key, exp.saturating_add(LEEWAY_SECS));
+        Ok(())
+    }
+}
+
+/// Verifies the signature and the registered claims; returns the claims.
+fn check(
+    jwt: &str,
+    issuer: &WorkloadIssuer,
+    alg: Algorithm,
+    key: &jsonwebtoken::DecodingKey,
+) -> Result<serde_json::Map<String, serde_json::Value>, IdentityError> {
+    use jsonwebtoken::errors::ErrorKind;
+    let mut v = Validation::new(alg);
+    // `exp`, `nbf` and `iat` are checked by the caller, against the gateway's clock.
+    v.validate_exp = false;
+    v.validate_nbf = false;
+    v.set_issuer(&[&issuer.issuer]);
+    v.set_audience(&[&issuer.audience]);
+    v.set_required_spec_claims(&["exp", "iss", "aud"]);
+    match jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(jwt, key, &v) {
+        Ok(data) => Ok(data.claims),
+        Err(e) => Err(match e.kind() {
+            ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => IdentityError::Signature,
+            ErrorKind::InvalidAudience => IdentityError::Audience,
+            ErrorKind::InvalidIssuer => IdentityError::UnknownIssuer,
+            ErrorKind::MissingRequiredClaim(c) => IdentityError::MissingClaim(c.clone()),
+            _ => IdentityError::Malformed,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;
