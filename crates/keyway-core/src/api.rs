@@ -131,6 +131,9 @@ pub struct Unused {
     pub service: Option<String>,
     pub expires_at: String,
     pub last_used_at: Option<String>,
+    /// The policy the token came through: narrow or remove it there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -152,6 +155,9 @@ pub struct BroadGrant {
     /// Granted path prefixes nothing was asked under.
     #[serde(default)]
     pub unused_paths: Vec<String>,
+    /// The policy the grant came from: narrow it there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 /// What a reload did, or would do.

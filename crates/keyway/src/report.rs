@@ -23,6 +23,11 @@ pub async fn run(since: &str, json: bool, admin: &AdminArgs) -> Result<ExitCode>
     } else {
         println!("Since {}:", r.since);
         let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        // A token from a policy is narrowed or ended in the policy.
+        let who = |principal: &str, policy: &Option<String>| match policy {
+            Some(p) => format!("{principal} (policy {p})"),
+            None => principal.to_owned(),
+        };
         if !r.unused_tokens.is_empty() {
             println!("\nTokens not used (revoke them):");
             let rows: Vec<[String; 5]> = r
@@ -32,7 +37,7 @@ pub async fn run(since: &str, json: bool, admin: &AdminArgs) -> Result<ExitCode>
                     [
                         t.id.clone(),
                         t.kind.clone(),
-                        t.principal.clone(),
+                        who(&t.principal, &t.policy),
                         dash(&t.service),
                         dash(&t.last_used_at),
                     ]
@@ -77,7 +82,7 @@ pub async fn run(since: &str, json: bool, admin: &AdminArgs) -> Result<ExitCode>
                             all(&g.granted_paths, "/")
                         ),
                         format!("{} {}", g.used_methods.join(","), g.used_paths.join(",")),
-                        g.principal.clone(),
+                        who(&g.principal, &g.policy),
                     ]
                 })
                 .collect();
