@@ -113,6 +113,20 @@ impl Grant {
         })
     }
 
+    /// Whether everything this grant allows, `wider` allows too: the same service and
+    /// role, methods among its methods, paths under its prefixes.
+    pub fn within(&self, wider: &Grant) -> bool {
+        let methods = wider.methods.is_empty()
+            || (!self.methods.is_empty() && self.methods.iter().all(|m| wider.methods.contains(m)));
+        let paths = wider.paths.is_empty()
+            || (!self.paths.is_empty()
+                && self
+                    .paths
+                    .iter()
+                    .all(|p| wider.paths.iter().any(|w| path::under_prefix(p, w))));
+        self.service == wider.service && self.role == wider.role && methods && paths
+    }
+
     /// Whether this grant narrows paths (and so refuses encoded slashes).
     pub fn restricts_paths(&self) -> bool {
         !self.paths.is_empty()
@@ -240,6 +254,35 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn a_grant_within_another() {
+        let g = |m: &[&str], p: &[&str]| Grant::new("billing", &s(m), &s(p)).unwrap();
+        let deploys = g(&["POST"], &["/deploys/"]);
+        assert!(deploys.within(&deploys));
+        assert!(
+            deploys.within(&g(&["GET", "POST"], &["/deploys/", "/x/"])),
+            "reordered, wider"
+        );
+        assert!(deploys.within(&g(&[], &[])), "the whole service");
+        assert!(g(&["POST"], &["/deploys/prod/"]).within(&deploys));
+        assert!(
+            !deploys.within(&g(&["POST"], &["/deploys/prod/"])),
+            "narrowed paths"
+        );
+        assert!(
+            !deploys.within(&g(&["GET"], &["/deploys/"])),
+            "narrowed methods"
+        );
+        assert!(
+            !g(&[], &["/deploys/"]).within(&deploys),
+            "every method is not POST"
+        );
+        assert!(!deploys.within(&Grant::new("orders", &s(&["POST"]), &s(&["/deploys/"])).unwrap()));
+        let mut ro = g(&[], &[]);
+        ro.role = Some("readonly".into());
+        assert!(!g(&[], &[]).within(&ro), "another role");
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! (public-key signatures only: never `none`, never HMAC, whose key a JWKS would
 //! publish); the unverified `iss` picks the configured issuer; the `kid` picks one of
 //! its keys (fetched, cached, fetched again on an unknown `kid`); the signature;
-//! `iss`, `aud`, `exp`, `nbf`, `iat` with a minute's leeway; the subject claim; and a
-//! JWT is taken once only (its `jti`, or its hash, kept until it expires).
+//! `iss`, `aud`, `exp`, `nbf`, `iat` with a minute's leeway; the subject claim. A JWT
+//! is taken once only, once a policy gives it something (its `jti`, or the hash of
+//! its signed part, kept until it expires).
 //!
 //! # Layout
 //!
@@ -42,6 +43,12 @@ pub struct WorkloadIdentity {
     pub issuer: String,
     /// As policies name it: `workload:<provider>:<subject claim>`.
     pub subject: String,
+    /// What [`Verifier::take`] keeps against a replay: a hash of the issuer and the
+    /// `jti`, or of the signed part (an ECDSA signature can be rewritten and still
+    /// verify, so never of the signature).
+    replay: String,
+    /// `exp` (Unix seconds).
+    exp: u64,
 }
 
 /// Why a JWT was refused; `reason()` goes to the audit log, never to the client.
@@ -109,8 +116,8 @@ pub struct Verifier {
 // === impl Verifier ===
 
 impl Verifier {
-    /// Verifies `jwt` at `now` against `config`'s issuers, and takes it: the same
-    /// JWT is refused from then on while it is valid.
+    /// Verifies `jwt` at `now` against `config`'s issuers. Nothing is kept: the
+    /// caller [`Verifier::take`]s the identity once it has decided to use it.
     pub async fn verify(
         &self,
         config: &Config,
@@ -138,15 +145,20 @@ impl Verifier {
         let claims = check(jwt, issuer, alg, &key)?;
         // Times against the gateway's clock, as every other expiry is.
         let now_s = u64::try_from(now / 1000).unwrap_or(0);
-        let time = |name: &str| claims.get(name).and_then(|v| v.as_u64());
-        let exp = time("exp").ok_or_else(|| IdentityError::MissingClaim("exp".into()))?;
+        // A time is whole seconds since the epoch; present in another form, the JWT is
+        // refused rather than the check skipped.
+        let time = |name: &str| match claims.get(name) {
+            None => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or(IdentityError::Malformed),
+        };
+        let exp = time("exp")?.ok_or_else(|| IdentityError::MissingClaim("exp".into()))?;
         if now_s > exp.saturating_add(LEEWAY_SECS) {
             return Err(IdentityError::Expired);
         }
-        if time("nbf").is_some_and(|nbf| nbf > now_s + LEEWAY_SECS) {
+        if time("nbf")?.is_some_and(|nbf| nbf > now_s + LEEWAY_SECS) {
             return Err(IdentityError::NotYetValid);
         }
-        if time("iat").is_some_and(|iat| iat > now_s + LEEWAY_SECS) {
+        if time("iat")?.is_some_and(|iat| iat > now_s + LEEWAY_SECS) {
             return Err(IdentityError::IssuedInFuture);
         }
         let sub = claims
@@ -154,26 +166,34 @@ impl Verifier {
             .and_then(|v| v.as_str())
             .filter(|s| !s.is_empty() && s.len() <= 512 && !s.chars().any(char::is_control))
             .ok_or_else(|| IdentityError::MissingClaim(issuer.subject_claim.clone()))?;
-        let replay_key = match claims.get("jti").and_then(|v| v.as_str()) {
-            Some(jti) => format!("{}\u{0}jti\u{0}{jti}", issuer.name),
-            None => format!(
-                "{}\u{0}sha256\u{0}{}",
-                issuer.name,
-                hex::encode(sha2::Sha256::digest(jwt))
-            ),
-        };
-        self.take(replay_key, exp, now_s)?;
+        let mut h = sha2::Sha256::new();
+        h.update(issuer.name.as_bytes());
+        match claims.get("jti").and_then(|v| v.as_str()) {
+            Some(jti) => {
+                h.update(b"\0jti\0");
+                h.update(jti.as_bytes());
+            }
+            None => {
+                let signed = jwt.rsplit_once('.').map_or(jwt, |(signed, _)| signed);
+                h.update(b"\0signed\0");
+                h.update(signed.as_bytes());
+            }
+        }
         Ok(WorkloadIdentity {
             provider: issuer.name.clone(),
             issuer: issuer.issuer.clone(),
             subject: format!("workload:{}:{sub}", issuer.name),
+            replay: hex::encode(h.finalize()),
+            exp,
         })
     }
 
-    /// Marks a JWT used until `exp` (plus the leeway); refuses one already used.
-    fn take(&self, key: String, exp: u64, now_s: u64) -> Result<(), IdentityError> {
+    /// Takes a verified JWT: refused as a replay from now until it expires (plus
+    /// the leeway).
+    pub fn take(&self, who: &WorkloadIdentity, now: UnixMillis) -> Result<(), IdentityError> {
+        let now_s = u64::try_from(now / 1000).unwrap_or(0);
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.get(&key).is_some_and(|&until| until >= now_s) {
+        if seen.get(&who.replay).is_some_and(|&until| until >= now_s) {
             return Err(IdentityError::Replayed);
         }
         if seen.len() >= REPLAY_CAP {
@@ -182,8 +202,15 @@ impl Verifier {
                 return Err(IdentityError::ReplayFull);
             }
         }
-        seen.insert(key, exp.saturating_add(LEEWAY_SECS));
+        seen.insert(who.replay.clone(), who.exp.saturating_add(LEEWAY_SECS));
         Ok(())
+    }
+
+    /// Gives a taken JWT back: nothing was issued for it (the store failed), so the
+    /// workload's retry is not a replay.
+    pub fn release(&self, who: &WorkloadIdentity) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.remove(&who.replay);
     }
 }
 

@@ -366,7 +366,12 @@ impl Services {
         }
         // A policy removed or narrowed ends the tokens (and their sessions) it no
         // longer allows.
-        if outcome.plan.changes.iter().any(|c| c.section == "policy") {
+        if outcome
+            .plan
+            .changes
+            .iter()
+            .any(|c| c.section == "policy" || c.section == "identity")
+        {
             match self.gw.tokens.revoke_unallowed(&new, by).await {
                 Ok(ended) if !ended.is_empty() => {
                     tracing::info!(

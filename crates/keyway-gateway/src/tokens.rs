@@ -56,6 +56,17 @@ pub enum AdminTokenError {
 #[derive(Clone)]
 pub struct TokenUse(Arc<Tokens>);
 
+/// Where an access token comes from, besides who asked for it.
+#[derive(Debug, Default)]
+struct Lineage {
+    /// The token it was rotated from, or the credential it was exchanged for.
+    parent_id: Option<String>,
+    /// The client certificate it is bound to.
+    cert_thumbprint: Option<String>,
+    /// The policy and identity it was obtained through.
+    origin: Option<keyway_store::Origin>,
+}
+
 /// The token lifecycle's handle. Cheap to share behind an `Arc`.
 pub struct Tokens {
     config: ConfigInForce,
@@ -203,20 +214,21 @@ impl Tokens {
         principal: &str,
         grant: Grant,
         ttl: Duration,
-        parent_id: Option<String>,
-        cert_thumbprint: Option<String>,
+        lineage: Lineage,
         by: &str,
     ) -> Result<(IssuedToken, TokenRecord), StoreError> {
         let (token, mut record) = self.generate(TokenKind::Access, principal, ttl);
         record.grant = Some(grant);
-        record.parent_id = parent_id;
-        record.cert_thumbprint = cert_thumbprint;
+        record.parent_id = lineage.parent_id;
+        record.cert_thumbprint = lineage.cert_thumbprint;
+        record.origin = lineage.origin;
         let detail = serde_json::json!({
             "by": by,
             "expires_at": format_ms(record.expires_at),
             "grant": record.grant,
             "parent": record.parent_id,
             "cert_thumbprint": record.cert_thumbprint,
+            "origin": record.origin,
         });
         self.keep(&record, EventKind::TokenIssued, detail).await?;
         Ok((token, record))

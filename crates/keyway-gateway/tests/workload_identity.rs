@@ -125,6 +125,26 @@ grants = [
 max_ttl = \"15m\"
 ";
 
+/// n - s, for P-256's group order n: the other signature that verifies.
+fn p256_negate(s: &[u8]) -> [u8; 32] {
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ];
+    let mut out = [0u8; 32];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let mut d = N[i] as i16 - s[i] as i16 - borrow;
+        borrow = (d < 0) as i16;
+        if d < 0 {
+            d += 256;
+        }
+        out[i] = d as u8;
+    }
+    out
+}
+
 /// Claims as the issuer makes them, at the gateway's `now` (ms), with a fresh `jti`.
 fn claims(issuer: &str, now: i64) -> Value {
     let s = now / 1000;
@@ -313,6 +333,25 @@ async fn a_workload_jwt_is_exchanged_by_policy_and_every_bad_one_is_refused() {
         Some("no_policy")
     );
 
+    // A JWT without `jti` is taken by its signed part: the same JWT with its ECDSA
+    // signature rewritten to (r, n - s), which still verifies, is a replay too.
+    let mut c = claims(&issuer.url, now);
+    c.as_object_mut().unwrap().remove("jti");
+    let plain = first.sign(&c);
+    let got = exchange(&gw, asking(&plain, "billing")).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    let (signed, sig) = plain.rsplit_once('.').unwrap();
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)
+        .unwrap();
+    let flipped = format!(
+        "{signed}.{}",
+        b64(&[&sig[..32], &p256_negate(&sig[32..])].concat())
+    );
+    let got = exchange(&gw, asking(&flipped, "billing")).await;
+    assert_eq!(got.status, StatusCode::BAD_REQUEST, "{}", got.body);
+    assert_eq!(last_exchange(&gw).await.reason.as_deref(), Some("replayed"));
+
     // The issuer rotates its key: a JWT with the new `kid` makes the gateway fetch
     // the set again.
     let second = Key::new("k2");
@@ -380,11 +419,13 @@ async fn narrowing_a_policy_ends_the_tokens_and_sessions_it_no_longer_allows() {
         .await;
     let now = gw.clock.now_ms();
     let mut tokens = std::collections::HashMap::new();
+    let mut ids = std::collections::HashMap::new();
     for service in ["billing", "cache", "orders-db"] {
         let got = exchange(&gw, asking(&key.sign(&claims(&issuer.url, now)), service)).await;
         assert_eq!(got.status, StatusCode::OK, "{}", got.body);
         let answer: Value = serde_json::from_str(&got.body).unwrap();
         tokens.insert(service, answer["access_token"].as_str().unwrap().to_owned());
+        ids.insert(service, answer["id"].as_str().unwrap().to_owned());
     }
 
     // A tunnel stream and a psql session, live.
@@ -411,6 +452,44 @@ async fn narrowing_a_policy_ends_the_tokens_and_sessions_it_no_longer_allows() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(gw.gw.sessions.list().len(), 2);
+
+    // Broadened: every token it gave still fits, none ends.
+    let broadened = POLICIES.replace("methods = [\"POST\"]", "methods = [\"GET\", \"POST\"]");
+    let text = config(&up, echo, &issuer.url, &broadened);
+    let new = Config::parse(&text, gw.dir.path()).unwrap();
+    assert!(
+        gw.gw
+            .reload(new, "test", None, false)
+            .await
+            .unwrap()
+            .applied
+    );
+    let revoked = |events: &[keyway_store::StoredEvent]| {
+        events
+            .iter()
+            .filter(|e| e.event.kind == "token.revoked")
+            .count()
+    };
+    assert_eq!(
+        revoked(&gw.audit().await),
+        0,
+        "a broader policy ends nothing"
+    );
+
+    // A rotated token stays the policy's.
+    let billing_id = ids["billing"].clone();
+    let (successor, record, _) = gw
+        .gw
+        .tokens
+        .rotate(&billing_id, Duration::from_secs(300), "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        record.origin.as_ref().map(|o| o.policy.as_str()),
+        Some("deploy-from-ci")
+    );
+    assert!(record.expires_at - record.created_at <= 15 * 60 * 1000);
+    let successor = secrecy::ExposeSecret::expose_secret(successor.secret()).to_owned();
 
     // The policy keeps only billing, and narrower.
     let narrowed = "\
@@ -445,18 +524,51 @@ max_ttl = \"15m\"
         StatusCode::UNAUTHORIZED,
         "a token whose grant the policy no longer gives is revoked"
     );
+    assert_eq!(
+        send(
+            gw.addr("billing"),
+            "POST",
+            "/deploys/prod/1",
+            Some(&successor)
+        )
+        .await
+        .status,
+        StatusCode::UNAUTHORIZED,
+        "the rotated successor ends with its policy too"
+    );
     let revoked: Vec<_> = gw
         .audit()
         .await
         .into_iter()
         .filter(|e| e.event.kind == "token.revoked")
         .collect();
-    assert_eq!(revoked.len(), 3, "{revoked:?}");
+    assert_eq!(revoked.len(), 4, "{revoked:?}");
     assert!(revoked
         .iter()
         .all(|e| e.event.reason.as_deref() == Some("policy_changed")));
     // The narrowed policy still gives what it says.
     let got = exchange(&gw, asking(&key.sign(&claims(&issuer.url, now)), "billing")).await;
     assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    let answer: Value = serde_json::from_str(&got.body).unwrap();
+    let last = answer["access_token"].as_str().unwrap().to_owned();
+
+    // The issuer repointed (say, after its keys leaked): what it vouched for ends.
+    let other = Issuer::start().await;
+    other.publish(&[&key]);
+    let text = config(&up, echo, &other.url, narrowed);
+    let new = Config::parse(&text, gw.dir.path()).unwrap();
+    assert!(
+        gw.gw
+            .reload(new, "test", None, false)
+            .await
+            .unwrap()
+            .applied
+    );
+    assert_eq!(
+        send(gw.addr("billing"), "POST", "/deploys/prod/1", Some(&last))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
     gw.stop().await;
 }

@@ -163,4 +163,25 @@ max_ttl = "15m"
             && audit.contains("token.exchange|deny|replayed|"),
         "{audit}"
     );
+
+    // The policy narrowed while the gateway was down: at start, the token it no
+    // longer allows is revoked, as `apply` would have.
+    let text = std::fs::read_to_string(dir.join("keyway.toml")).unwrap();
+    std::fs::write(
+        dir.join("keyway.toml"),
+        text.replace("paths = [\"/deploys/\"]", "paths = [\"/deploys/prod/\"]"),
+    )
+    .unwrap();
+    let mut gateway = start_gateway(dir, admin_port);
+    assert_eq!(
+        curl(&format!("{base}/deploys/prod/1"), Some(&token), "POST"),
+        401
+    );
+    let status = interrupt(&mut gateway);
+    assert!(status.success(), "the gateway exited with {status}");
+    let revoked = store_query(
+        dir,
+        "select reason from audit_events where kind = 'token.revoked' order by seq",
+    );
+    assert_eq!(revoked.trim(), "policy_changed");
 }

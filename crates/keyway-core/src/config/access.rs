@@ -137,6 +137,20 @@ impl RawIdentity {
                 );
             }
             check_url(p, &format!("{key}.issuer"), &raw.issuer);
+            // A JWT's `iss` picks its issuer: two entries for one would leave the
+            // second's audience and keys unused.
+            if let Some(other) = workload
+                .values()
+                .find(|w: &&WorkloadIssuer| w.issuer == raw.issuer)
+            {
+                p.push(
+                    &format!("{key}.issuer"),
+                    &format!(
+                        "is also `identity.workload.{}`'s; one entry per issuer",
+                        other.name
+                    ),
+                );
+            }
             if let Some(u) = &raw.jwks_url {
                 check_url(p, &format!("{key}.jwks_url"), u);
             }

@@ -99,6 +99,27 @@ pub fn lint(text: &str, config: &Config) -> Vec<Finding> {
             ));
         }
     }
+    // A policy promising longer than a service gives: its tokens get the service's.
+    for (name, p) in &config.policies {
+        for (i, g) in p.grants.iter().enumerate() {
+            let Some(svc) = config.service(&g.service) else {
+                continue;
+            };
+            let max = config.max_ttl_of(svc);
+            if p.max_ttl > max {
+                out.push(warning(
+                    format!("policies.{name}.grants[{i}]"),
+                    format!(
+                        "the policy's max_ttl of {} is above the {} that `{}` allows; its tokens live {}",
+                        crate::units::format_duration(p.max_ttl),
+                        crate::units::format_duration(max),
+                        g.service,
+                        crate::units::format_duration(max),
+                    ),
+                ));
+            }
+        }
+    }
     out.sort_by(|a, b| a.severity.cmp(&b.severity).then(a.at.cmp(&b.at)));
     out
 }
@@ -289,6 +310,39 @@ max_ttl = "1h"
                 (Severity::Warning, "services.billing.upstream"),
             ],
             "{f:?}"
+        );
+    }
+
+    #[test]
+    fn a_policy_longer_than_its_service_is_a_warning() {
+        let text = r#"
+token_listen = "127.0.0.1:7071"
+
+[services.billing]
+protocol = "http"
+listen = "127.0.0.1:9001"
+upstream = "http://127.0.0.1:8080"
+max_ttl = "1h"
+
+[identity.workload.ci]
+issuer = "https://ci.example"
+audience = "keyway"
+
+[policies.long]
+subjects = ["workload:ci:repo:x"]
+grants = [{ service = "billing" }]
+max_ttl = "8h"
+"#;
+        let f = lint(text, &config(text));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(
+            (f[0].severity, f[0].at.as_str()),
+            (Severity::Warning, "policies.long.grants[0]")
+        );
+        assert!(
+            f[0].message.contains("its tokens live 1h"),
+            "{}",
+            f[0].message
         );
     }
 

@@ -410,6 +410,11 @@ fn policies_are_refused_with_the_key_and_the_fix() {
             "must be https",
         ),
         (
+            "[identity.workload.other]\nissuer = \"https://token.actions.githubusercontent.com\"\naudience = \"other\"",
+            "identity.workload.other.issuer",
+            "one entry per issuer",
+        ),
+        (
             "[identity.workload.k8s]\nissuer = \"https://k8s.example\"\naudience = \"keyway\"\nalgorithms = [\"HS256\"]",
             "identity.workload.k8s.algorithms[0]",
             "public-key signatures only",

@@ -4,7 +4,7 @@
 //! the set is old.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use keyway_core::config::WorkloadIssuer;
 
@@ -22,7 +22,8 @@ use super::IdentityError;
 const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 /// Keys of one issuer kept at most.
 const MAX_KEYS: usize = 64;
-/// Each fetch, connection to last byte.
+/// Each fetch, connection to last byte (discovery and key set each, and both
+/// together).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// A set older than this is fetched again before use.
 const MAX_AGE: Duration = Duration::from_secs(10 * 60);
@@ -37,15 +38,26 @@ type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Byte
 /// Key sets by issuer name.
 #[derive(Default)]
 pub struct KeyCache {
-    /// Held across a fetch: concurrent misses fetch once.
-    sets: tokio::sync::Mutex<HashMap<String, KeySet>>,
+    /// One slot per issuer, each behind its own lock: an issuer that is slow or down
+    /// holds up only its own JWTs, and only one fetch of it is in flight.
+    slots: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
     client: OnceLock<Result<HttpsClient, String>>,
+}
+
+/// One issuer's keys, and its last fetch.
+#[derive(Default)]
+struct Slot {
+    set: Option<KeySet>,
+    /// The last fetch tried, whether it worked or not: the next waits
+    /// [`MIN_REFETCH`] after it (real time, not the gateway's clock).
+    tried_at: Option<Instant>,
+    /// Why the last fetch failed, while it is the last one.
+    failed: Option<String>,
 }
 
 struct KeySet {
     /// The issuer's config the set was fetched for: a changed one fetches anew.
     issuer: WorkloadIssuer,
-    /// Real time, not the gateway's clock: it paces fetches over the network.
     fetched_at: Instant,
     keys: Vec<Key>,
 }
@@ -73,39 +85,55 @@ impl KeyCache {
         kid: Option<&str>,
         alg: Algorithm,
     ) -> Result<DecodingKey, IdentityError> {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(issuer.name.clone())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
         let now = Instant::now();
-        let mut sets = self.sets.lock().await;
-        let (cached_at, found) = match sets.get(&issuer.name).filter(|s| s.issuer == *issuer) {
-            Some(s) => (Some(s.fetched_at), pick(&s.keys, kid, alg).cloned()),
-            None => (None, None),
-        };
-        let age = |limit| cached_at.is_some_and(|t: Instant| now.duration_since(t) < limit);
-        if let (true, Some(k)) = (age(MAX_AGE), &found) {
+        if slot.set.as_ref().is_some_and(|s| s.issuer != *issuer) {
+            *slot = Slot::default();
+        }
+        let fetched_at = slot.set.as_ref().map(|s| s.fetched_at);
+        let found = slot
+            .set
+            .as_ref()
+            .and_then(|s| pick(&s.keys, kid, alg).cloned());
+        let within = |t: Option<Instant>, limit| t.is_some_and(|t| now.duration_since(t) < limit);
+        if let (true, Some(k)) = (within(fetched_at, MAX_AGE), &found) {
             return Ok(k.clone());
         }
-        // Missing, old, or without this `kid`: fetch, unless just fetched.
-        if age(MIN_REFETCH) {
-            return found.ok_or(IdentityError::UnknownKey);
+        let stale_ok = |found: Option<DecodingKey>| found.filter(|_| within(fetched_at, STALE_OK));
+        // Missing, old, or without this `kid`: fetch, unless one was just tried.
+        if within(slot.tried_at, MIN_REFETCH) {
+            return match (stale_ok(found), &slot.failed) {
+                (Some(k), _) => Ok(k),
+                (None, Some(e)) => Err(IdentityError::IssuerUnreachable(e.clone())),
+                (None, None) => Err(IdentityError::UnknownKey),
+            };
         }
-        match self.fetch(issuer).await {
+        slot.tried_at = Some(now);
+        let fetched = tokio::time::timeout(FETCH_TIMEOUT, self.fetch(issuer))
+            .await
+            .unwrap_or_else(|_| Err(format!("no key set within {}s", FETCH_TIMEOUT.as_secs())));
+        match fetched {
             Ok(keys) => {
                 let k = pick(&keys, kid, alg).cloned();
-                sets.insert(
-                    issuer.name.clone(),
-                    KeySet {
-                        issuer: issuer.clone(),
-                        fetched_at: now,
-                        keys,
-                    },
-                );
+                slot.set = Some(KeySet {
+                    issuer: issuer.clone(),
+                    fetched_at: now,
+                    keys,
+                });
+                slot.failed = None;
                 k.ok_or(IdentityError::UnknownKey)
             }
             Err(e) => {
                 tracing::warn!(issuer = %issuer.name, error = %e, "could not fetch an identity issuer's keys");
-                match found {
-                    Some(k) if age(STALE_OK) => Ok(k),
-                    _ => Err(IdentityError::IssuerUnreachable(e)),
-                }
+                slot.failed = Some(e.clone());
+                stale_ok(found).ok_or(IdentityError::IssuerUnreachable(e))
             }
         }
     }
@@ -156,7 +184,10 @@ impl KeyCache {
             .filter_map(|k| serde_json::from_value::<Jwk>(k.clone()).ok())
             .filter_map(|jwk| {
                 // Never a shared secret: a published HMAC key would let anyone sign.
-                if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
+                // Nor a key published for encryption.
+                if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_))
+                    || jwk.common.public_key_use == Some(PublicKeyUse::Encryption)
+                {
                     return None;
                 }
                 let key = DecodingKey::from_jwk(&jwk).ok()?;

@@ -10,17 +10,22 @@ use super::*;
 #[test]
 fn a_jwt_is_taken_once_while_it_is_valid() {
     let v = Verifier::default();
-    v.take("gh\0jti\0a".into(), 100, 50).unwrap();
-    assert_eq!(
-        v.take("gh\0jti\0a".into(), 100, 60),
-        Err(IdentityError::Replayed)
-    );
+    let who = WorkloadIdentity {
+        provider: "gh".into(),
+        issuer: "https://gh.example".into(),
+        subject: "workload:gh:x".into(),
+        replay: "k".into(),
+        exp: 100,
+    };
+    v.take(&who, 50_000).unwrap();
+    assert_eq!(v.take(&who, 60_000), Err(IdentityError::Replayed));
+    // Given back (nothing was issued for it): the retry is not a replay.
+    v.release(&who);
+    v.take(&who, 60_000).unwrap();
     // Past its expiry (and the leeway) the key may be reused: the JWT is refused as
     // expired anyway.
-    assert_eq!(
-        v.take("gh\0jti\0a".into(), 300, 100 + LEEWAY_SECS + 1),
-        Ok(())
-    );
+    let later = (100 + LEEWAY_SECS + 1) as i64 * 1000;
+    assert_eq!(v.take(&who, later), Ok(()));
 }
 
 #[tokio::test]

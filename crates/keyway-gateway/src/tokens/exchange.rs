@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use keyway_core::clock::{duration_ms, format_ms};
+use keyway_core::config::Config;
 use keyway_core::{EventKind, IssuedToken, TokenKind, UnixMillis};
 use keyway_store::{Origin, StoreError, TokenRecord};
 
-use super::{Tokens, DEFAULT_TTL};
+use super::{Lineage, Tokens, DEFAULT_TTL};
 use crate::identity::IdentityError;
 use crate::index::Entry;
 
@@ -51,8 +52,32 @@ pub enum RotateError {
     NotLive,
     #[error("the token's service is no longer configured")]
     ServiceGone,
+    #[error("the policy the token came through no longer gives it; obtain a new one")]
+    PolicyGone,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Whether the policy a token came through still gives it as it is: the policy names
+/// its subject, grants at least its grant, and its issuer is still configured as it
+/// was. A token from no policy is judged elsewhere.
+pub(super) fn allowed_by_policy(config: &Config, record: &TokenRecord) -> bool {
+    let Some(origin) = &record.origin else {
+        return true;
+    };
+    let issuer = config
+        .identity
+        .workload
+        .get(&origin.provider)
+        .is_some_and(|w| w.issuer == origin.issuer);
+    let policy = config.policies.get(&origin.policy).is_some_and(|p| {
+        p.names(&origin.subject)
+            && record
+                .grant
+                .as_ref()
+                .is_some_and(|g| p.grant(&g.service).is_some_and(|wider| g.within(wider)))
+    });
+    issuer && policy
 }
 
 // === impl Tokens ===
@@ -112,8 +137,11 @@ impl Tokens {
                 &credential.record.principal,
                 grant,
                 ttl,
-                Some(credential.id().to_owned()),
-                binding,
+                Lineage {
+                    parent_id: Some(credential.id().to_owned()),
+                    cert_thumbprint: binding,
+                    origin: None,
+                },
                 "token_exchange",
             )
             .await?;
@@ -146,25 +174,41 @@ impl Tokens {
             keyway_core::config::policy_for(&config.policies, &who.subject, service)
                 .ok_or_else(no_policy)?;
         let svc = config.service(service).ok_or_else(no_policy)?;
+        // Taken only now that it gets something: a JWT refused by policy is not used
+        // up, and one from an issuer anyone can mint for fills nothing.
+        self.workloads.take(&who, self.now())?;
         let ttl = ttl
             .unwrap_or(DEFAULT_TTL)
             .min(policy.max_ttl)
             .min(config.max_ttl_of(svc));
-        let (token, mut record) = self.generate(TokenKind::Access, &who.subject, ttl);
-        record.grant = Some(grant.clone());
-        record.origin = Some(Origin {
-            policy: policy.name.clone(),
-            provider: who.provider,
-            issuer: who.issuer,
-            subject: who.subject,
-        });
-        let detail = serde_json::json!({
-            "by": format!("policy:{}", policy.name),
-            "expires_at": format_ms(record.expires_at),
-            "grant": record.grant,
-            "origin": record.origin,
-        });
-        self.keep(&record, EventKind::TokenIssued, detail).await?;
+        let lineage = Lineage {
+            origin: Some(Origin {
+                policy: policy.name.clone(),
+                provider: who.provider.clone(),
+                issuer: who.issuer.clone(),
+                subject: who.subject.clone(),
+            }),
+            ..Lineage::default()
+        };
+        let by = format!("policy:{}", policy.name);
+        let minted = self
+            .mint(&who.subject, grant.clone(), ttl, lineage, &by)
+            .await;
+        let (token, record) = match minted {
+            Ok(x) => x,
+            Err(e) => {
+                self.workloads.release(&who);
+                return Err(e.into());
+            }
+        };
+        // The config may have changed while the issuer's keys were fetched, after
+        // the reload ended what the old policy allowed: judged again by the config
+        // in force now.
+        if !allowed_by_policy(&self.config(), &record) {
+            self.revoke(&record.id, "gateway", Some("policy_changed"))
+                .await?;
+            return Err(no_policy());
+        }
         Ok((token, record))
     }
 
@@ -199,11 +243,22 @@ impl Tokens {
                     let left = u64::try_from(credential.expires_at() - now).unwrap_or(0);
                     ttl = ttl.min(Duration::from_millis(left));
                 }
-                let (parent, cert) = (
-                    old.record.parent_id.clone(),
-                    old.record.cert_thumbprint.clone(),
-                );
-                self.mint(&old.record.principal, grant, ttl, parent, cert, by)
+                // A policy's token stays the policy's: its successor is judged by it
+                // (and ended with it), and lives no longer than it allows.
+                if let Some(origin) = &old.record.origin {
+                    if !allowed_by_policy(&config, &old.record) {
+                        return Err(RotateError::PolicyGone);
+                    }
+                    if let Some(p) = config.policies.get(&origin.policy) {
+                        ttl = ttl.min(p.max_ttl);
+                    }
+                }
+                let lineage = Lineage {
+                    parent_id: old.record.parent_id.clone(),
+                    cert_thumbprint: old.record.cert_thumbprint.clone(),
+                    origin: old.record.origin.clone(),
+                };
+                self.mint(&old.record.principal, grant, ttl, lineage, by)
                     .await?
             }
             TokenKind::ClientCredential => {

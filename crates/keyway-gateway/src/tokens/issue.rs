@@ -12,7 +12,7 @@ use keyway_store::{StoreError, TokenRecord};
 
 pub use keyway_core::api::{CredentialRequest, IssueRequest};
 
-use super::{Tokens, DEFAULT_TTL, ENROLLMENT_TTL};
+use super::{Lineage, Tokens, DEFAULT_TTL, ENROLLMENT_TTL};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
@@ -69,7 +69,16 @@ impl Tokens {
         grant.role = check_role(svc, req.role.as_deref())?;
         let bound = check_thumbprint(req.cert_thumbprint.as_deref())?;
         Ok(self
-            .mint(&req.principal, grant, ttl, None, bound, by)
+            .mint(
+                &req.principal,
+                grant,
+                ttl,
+                Lineage {
+                    cert_thumbprint: bound,
+                    ..Lineage::default()
+                },
+                by,
+            )
             .await?)
     }
 

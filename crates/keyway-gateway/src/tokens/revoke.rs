@@ -98,25 +98,15 @@ impl Tokens {
     }
 
     /// Revokes every token obtained through a policy that `config` no longer allows
-    /// as it is (the policy is gone, no longer names the subject, or grants the
-    /// service otherwise): a narrowed policy ends the access it gave, live sessions
-    /// included. Returns the tokens revoked.
+    /// as it is (the policy is gone, no longer names the subject, no longer grants
+    /// all of the token's grant, or the identity's issuer changed): a narrowed policy
+    /// ends the access it gave, live sessions included. Returns the tokens revoked.
     pub async fn revoke_unallowed(
         &self,
         config: &Config,
         by: &str,
     ) -> Result<Vec<TokenRecord>, StoreError> {
-        let pick = |e: &Entry| {
-            let Some(origin) = &e.record.origin else {
-                return false;
-            };
-            let kept = config.policies.get(&origin.policy).is_some_and(|p| {
-                p.names(&origin.subject)
-                    && e.grant()
-                        .is_some_and(|g| p.grant(&g.service).is_some_and(|pg| pg == g))
-            });
-            !kept
-        };
+        let pick = |e: &Entry| !super::exchange::allowed_by_policy(config, &e.record);
         self.revoke_picked(pick, by, "policy_changed").await
     }
 
