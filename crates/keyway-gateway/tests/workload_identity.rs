@@ -176,6 +176,13 @@ fn asking(jwt: &str, service: &str) -> Value {
     })
 }
 
+/// Puts `text` in force, as `keyway apply` does.
+async fn apply(gw: &TestGateway, text: &str) {
+    let new = Config::parse(text, gw.dir.path()).unwrap();
+    let outcome = gw.gw.reload(new, "test", None, false).await.unwrap();
+    assert!(outcome.applied);
+}
+
 /// The newest `token.exchange` event.
 async fn last_exchange(gw: &TestGateway) -> keyway_store::AuditEvent {
     gw.audit()
@@ -456,14 +463,7 @@ async fn narrowing_a_policy_ends_the_tokens_and_sessions_it_no_longer_allows() {
     // Broadened: every token it gave still fits, none ends.
     let broadened = POLICIES.replace("methods = [\"POST\"]", "methods = [\"GET\", \"POST\"]");
     let text = config(&up, echo, &issuer.url, &broadened);
-    let new = Config::parse(&text, gw.dir.path()).unwrap();
-    assert!(
-        gw.gw
-            .reload(new, "test", None, false)
-            .await
-            .unwrap()
-            .applied
-    );
+    apply(&gw, &text).await;
     let revoked = |events: &[keyway_store::StoredEvent]| {
         events
             .iter()
@@ -499,9 +499,7 @@ grants = [{ service = \"billing\", methods = [\"POST\"], paths = [\"/deploys/pro
 max_ttl = \"15m\"
 ";
     let text = config(&up, echo, &issuer.url, narrowed);
-    let new = Config::parse(&text, gw.dir.path()).unwrap();
-    let outcome = gw.gw.reload(new, "test", None, false).await.unwrap();
-    assert!(outcome.applied);
+    apply(&gw, &text).await;
 
     let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
         .await
@@ -556,14 +554,7 @@ max_ttl = \"15m\"
     let other = Issuer::start().await;
     other.publish(&[&key]);
     let text = config(&up, echo, &other.url, narrowed);
-    let new = Config::parse(&text, gw.dir.path()).unwrap();
-    assert!(
-        gw.gw
-            .reload(new, "test", None, false)
-            .await
-            .unwrap()
-            .applied
-    );
+    apply(&gw, &text).await;
     assert_eq!(
         send(gw.addr("billing"), "POST", "/deploys/prod/1", Some(&last))
             .await
