@@ -21,6 +21,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use bytes::Bytes;
 use http::StatusCode;
+use http_body_util::BodyExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use keyway_core::config::Config;
 use keyway_core::Clock;
@@ -459,6 +460,26 @@ async fn narrowing_a_policy_ends_the_tokens_and_sessions_it_no_longer_allows() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(gw.gw.sessions.list().len(), 2);
+    // And an HTTP response streaming through the billing grant.
+    let mut conn = support::Conn::open(gw.addr("billing")).await;
+    let resp = conn
+        .request(
+            "POST",
+            "/deploys/stream",
+            Some(&tokens["billing"]),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut download = resp.into_body();
+    assert!(download
+        .frame()
+        .await
+        .unwrap()
+        .unwrap()
+        .data_ref()
+        .is_some());
 
     // Broadened: every token it gave still fits, none ends.
     let broadened = POLICIES.replace("methods = [\"POST\"]", "methods = [\"GET\", \"POST\"]");
@@ -501,6 +522,15 @@ max_ttl = \"15m\"
     let text = config(&up, echo, &issuer.url, narrowed);
     apply(&gw, &text).await;
 
+    let cut = tokio::time::timeout(Duration::from_secs(5), async {
+        // Chunks keep coming until the response is cut.
+        while let Some(Ok(_)) = download.frame().await {}
+    })
+    .await;
+    assert!(
+        cut.is_ok(),
+        "the HTTP stream went on after its policy narrowed"
+    );
     let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
         .await
         .expect("the tunnel stream ended")

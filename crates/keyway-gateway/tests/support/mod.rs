@@ -45,8 +45,8 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Routes: `/slow` answers after 3 s; `/stream` sends a chunk every 20 ms for
-    /// 10 s; `/echo` returns the request body; anything else `upstream ok <path>`.
+    /// Routes: `/slow` answers after 3 s; `/stream` (and any path ending in it)
+    /// sends a chunk every 20 ms for 10 s; `/echo` returns the request body; anything else `upstream ok <path>`.
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -107,7 +107,7 @@ async fn answer(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response
             tokio::time::sleep(Duration::from_secs(3)).await;
             Response::new(Full::new(Bytes::from("slow")).boxed())
         }
-        "/stream" => {
+        p if p == "/stream" || p.ends_with("/stream") => {
             let stream = async_stream(Duration::from_millis(20), 500);
             Response::new(stream.boxed())
         }
