@@ -65,6 +65,9 @@ pub enum SessionEnd {
     Terminated,
     /// The gateway stopped.
     Shutdown,
+    /// A statement's audit event could not be written, so it was not run
+    /// (PostgreSQL, under `fail_closed`).
+    Unaudited,
 }
 
 /// A live session as the registry lists it.
@@ -207,6 +210,7 @@ impl SessionEnd {
             SessionEnd::Unfit(why) => why.as_str(),
             SessionEnd::Terminated => "terminated",
             SessionEnd::Shutdown => "shutdown",
+            SessionEnd::Unaudited => "audit_unavailable",
         }
     }
 }

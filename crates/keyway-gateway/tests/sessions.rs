@@ -10,10 +10,9 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::protocols::{start, tokens, tunnel_stream};
+use support::protocols::{psql, start, tokens, tunnel_stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -32,25 +31,13 @@ async fn an_operator_ends_one_live_session_by_its_id() {
     assert_eq!(&buf, b"ping");
 
     // A psql session, in a long query.
-    let port = gw.addr("orders-db").port().to_string();
-    let psql = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "whoever",
-            "-d",
-            "test",
-        ])
-        .args(["-XAtqc", "select pg_sleep(30)"])
-        .env("PGPASSWORD", &t.pg)
-        .env("PGSSLMODE", "disable")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("psql must be installed (apt-get install postgresql-client)");
+    let psql = psql(
+        gw.addr("orders-db").port(),
+        &t.pg,
+        &["-XAtqc", "select pg_sleep(30)"],
+    )
+    .spawn()
+    .expect("psql must be installed (apt-get install postgresql-client)");
 
     let mut listed = Vec::new();
     for _ in 0..100 {

@@ -12,7 +12,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -443,16 +442,13 @@ async fn narrowing_a_policy_ends_the_tokens_and_sessions_it_no_longer_allows() {
     stream.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 4];
     stream.read_exact(&mut buf).await.unwrap();
-    let port = gw.addr("orders-db").port().to_string();
-    let psql = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &port, "-U", "ci", "-d", "test"])
-        .args(["-XAtqc", "select pg_sleep(30)"])
-        .env("PGPASSWORD", &tokens["orders-db"])
-        .env("PGSSLMODE", "disable")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("psql must be installed (apt-get install postgresql-client)");
+    let psql = support::protocols::psql(
+        gw.addr("orders-db").port(),
+        &tokens["orders-db"],
+        &["-XAtqc", "select pg_sleep(30)"],
+    )
+    .spawn()
+    .expect("psql must be installed (apt-get install postgresql-client)");
     for _ in 0..100 {
         if gw.gw.sessions.list().len() == 2 {
             break;

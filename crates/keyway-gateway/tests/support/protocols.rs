@@ -22,6 +22,28 @@ pub fn config(up: &str, echo: SocketAddr, extra: &str) -> String {
     )
 }
 
+/// `psql` to the gateway's PostgreSQL listener on `port`, the token as its password,
+/// in plaintext (loopback), with its output piped; `args` follow (`-XAtqc …`).
+pub fn psql(port: u16, token: &str, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("psql");
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "whoever",
+        "-d",
+        "test",
+    ])
+    .args(args)
+    .env("PGPASSWORD", token)
+    .env("PGSSLMODE", "disable")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    c
+}
+
 /// A TCP upstream that echoes.
 pub async fn echo() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

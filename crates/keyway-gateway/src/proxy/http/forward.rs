@@ -120,9 +120,10 @@ impl HttpProxy {
                     SessionEnd::Revoked => Box::new(Revoked),
                     // Never from the watch: the body's own end is the stream's, and a
                     // response body is not a listed session.
-                    SessionEnd::Closed | SessionEnd::Error | SessionEnd::Terminated => {
-                        Box::new(ShuttingDown)
-                    }
+                    SessionEnd::Closed
+                    | SessionEnd::Error
+                    | SessionEnd::Terminated
+                    | SessionEnd::Unaudited => Box::new(ShuttingDown),
                 };
                 why
             }),

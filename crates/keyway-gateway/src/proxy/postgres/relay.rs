@@ -49,8 +49,12 @@ impl PgProxy {
                     why = &mut ended => break why,
                     () = &mut down => break SessionEnd::Closed,
                     // The client said Terminate or went away: the upstream, told so,
-                    // closes, and that ends `down`.
-                    () = &mut up, if !client_done => client_done = true,
+                    // closes, and that ends `down`. A statement that could not be
+                    // audited was not sent: the session ends, and the client is told.
+                    sent = &mut up, if !client_done => match sent {
+                        Sent::Unaudited => break SessionEnd::Unaudited,
+                        Sent::All => client_done = true,
+                    },
                 }
             }
         };
@@ -61,6 +65,7 @@ impl PgProxy {
                     SessionEnd::Expired => "terminating connection: the Keyway token expired".into(),
                     SessionEnd::Shutdown => "terminating connection: the Keyway gateway is shutting down".into(),
                     SessionEnd::Terminated => "terminating connection: a Keyway operator ended this session".into(),
+                    SessionEnd::Unaudited => "terminating connection: Keyway could not write the statement's audit event (audit_unavailable), so it was not run; retry shortly".into(),
                     why => format!(
                         "terminating connection: the gateway's config changed and this session no longer fits it ({})",
                         why.as_str()
@@ -199,6 +204,14 @@ where
     }
 }
 
+/// How the client's side of a session ended.
+pub(super) enum Sent {
+    /// The client closed (or the connection failed): everything read was sent.
+    All,
+    /// A statement's audit event could not be written: it was not sent.
+    Unaudited,
+}
+
 /// Client frames to the upstream, as they are, in batches: a frame is flushed when no
 /// whole frame is waiting behind it. `Q`, `P` and `F` are read for the audit on the
 /// way; under `fail_closed` a frame waits for its audit event's place before it goes.
@@ -208,7 +221,8 @@ pub(super) async fn client_to_upstream<R, W>(
     audit: &StatementAudit,
     bytes: &std::sync::atomic::AtomicU64,
     syncs: &Syncs,
-) where
+) -> Sent
+where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -236,14 +250,14 @@ pub(super) async fn client_to_upstream<R, W>(
         };
         let mut capture = Capture::new(kind);
         if w.write_all(&header).await.is_err() {
-            return;
+            return Sent::All;
         }
         let mut left = len - 4;
         while left > 0 {
             let n = left.min(buf.len());
             if r.read_exact(&mut buf[..n]).await.is_err() || w.write_all(&buf[..n]).await.is_err() {
                 let _ = w.shutdown().await;
-                return;
+                return Sent::All;
             }
             if audited {
                 capture.feed(&buf[..n]);
@@ -259,11 +273,11 @@ pub(super) async fn client_to_upstream<R, W>(
             for committed in pending.drain(..) {
                 if !committed.wait().await {
                     tracing::error!("a statement could not be audited; ending the session");
-                    return;
+                    return Sent::Unaudited;
                 }
             }
             if w.flush().await.is_err() {
-                return;
+                return Sent::All;
             }
         }
         if kind == b'X' {
@@ -271,6 +285,7 @@ pub(super) async fn client_to_upstream<R, W>(
         }
     }
     let _ = w.shutdown().await;
+    Sent::All
 }
 
 /// Whether `buffered` holds at least one whole frame (type byte, then its length,
