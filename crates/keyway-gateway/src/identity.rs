@@ -7,16 +7,14 @@
 //! publish); the unverified `iss` picks the configured issuer; the `kid` picks one of
 //! its keys (fetched, cached, fetched again on an unknown `kid`); the signature;
 //! `iss`, `aud`, `exp`, `nbf`, `iat` with a minute's leeway; the subject claim. A JWT
-//! is taken once only, once a policy gives it something (its `jti`, or the hash of
-//! its signed part, kept until it expires).
+//! is taken once, when a policy gives it something: its `jti` (or the hash of its
+//! signed part) is spent in the store with the token it buys, in one transaction,
+//! and kept until the JWT expires.
 //!
 //! # Layout
 //!
 //! - `keys`: the issuers' key sets, fetched (discovery or `jwks_url`) within bounds
 //!   of size and time, and cached.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
 
 use jsonwebtoken::{Algorithm, Validation};
 use keyway_core::config::{Config, WorkloadIssuer};
@@ -30,10 +28,6 @@ pub use keys::KeyCache;
 /// Leeway on `exp`, `nbf` and `iat`, for clocks a little apart.
 const LEEWAY_SECS: u64 = 60;
 
-/// JWTs kept against replay at most; past it, exchanges are refused until some
-/// expire (fail closed, never forget one that is still valid).
-const REPLAY_CAP: usize = 200_000;
-
 /// A workload, as its verified JWT names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkloadIdentity {
@@ -43,12 +37,29 @@ pub struct WorkloadIdentity {
     pub issuer: String,
     /// As policies name it: `workload:<provider>:<subject claim>`.
     pub subject: String,
-    /// What [`Verifier::take`] keeps against a replay: a hash of the issuer and the
-    /// `jti`, or of the signed part (an ECDSA signature can be rewritten and still
-    /// verify, so never of the signature).
+    /// What is spent against a replay ([`WorkloadIdentity::spend`]): a hash of the
+    /// issuer and the `jti`, or of the signed part (an ECDSA signature can be
+    /// rewritten and still verify, so never of the signature).
     replay: String,
     /// `exp` (Unix seconds).
     exp: u64,
+}
+
+// === impl WorkloadIdentity ===
+
+impl WorkloadIdentity {
+    /// The JWT as a one-use value: kept until it expires (plus the leeway), so the
+    /// same JWT is refused until then, by every gateway on the store, across restarts.
+    pub fn spend(&self, now: UnixMillis) -> keyway_store::Spend {
+        let until = i64::try_from(self.exp.saturating_add(LEEWAY_SECS))
+            .unwrap_or(i64::MAX / 1000)
+            .saturating_mul(1000);
+        keyway_store::Spend {
+            key: format!("jwt:{}", self.replay),
+            until,
+            now,
+        }
+    }
 }
 
 /// Why a JWT was refused; `reason()` goes to the audit log, never to the client.
@@ -76,8 +87,6 @@ pub enum IdentityError {
     MissingClaim(String),
     #[error("it was used before")]
     Replayed,
-    #[error("too many JWTs are kept against replay; retry once some expire")]
-    ReplayFull,
     #[error("the issuer's keys cannot be fetched: {0}")]
     IssuerUnreachable(String),
 }
@@ -99,7 +108,6 @@ impl IdentityError {
             Self::IssuedInFuture => "issued_in_future",
             Self::MissingClaim(_) => "missing_claim",
             Self::Replayed => "replayed",
-            Self::ReplayFull => "replay_cache_full",
             Self::IssuerUnreachable(_) => "issuer_unreachable",
         }
     }
@@ -109,15 +117,13 @@ impl IdentityError {
 #[derive(Debug, Default)]
 pub struct Verifier {
     keys: KeyCache,
-    /// Replay key (the `jti`, else the JWT's hash) → its `exp` (Unix seconds).
-    seen: Mutex<HashMap<String, u64>>,
 }
 
 // === impl Verifier ===
 
 impl Verifier {
     /// Verifies `jwt` at `now` against `config`'s issuers. Nothing is kept: the
-    /// caller [`Verifier::take`]s the identity once it has decided to use it.
+    /// caller spends the identity ([`WorkloadIdentity::spend`]) with what it buys.
     pub async fn verify(
         &self,
         config: &Config,
@@ -186,31 +192,6 @@ impl Verifier {
             replay: hex::encode(h.finalize()),
             exp,
         })
-    }
-
-    /// Takes a verified JWT: refused as a replay from now until it expires (plus
-    /// the leeway).
-    pub fn take(&self, who: &WorkloadIdentity, now: UnixMillis) -> Result<(), IdentityError> {
-        let now_s = u64::try_from(now / 1000).unwrap_or(0);
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.get(&who.replay).is_some_and(|&until| until >= now_s) {
-            return Err(IdentityError::Replayed);
-        }
-        if seen.len() >= REPLAY_CAP {
-            seen.retain(|_, &mut until| until >= now_s);
-            if seen.len() >= REPLAY_CAP {
-                return Err(IdentityError::ReplayFull);
-            }
-        }
-        seen.insert(who.replay.clone(), who.exp.saturating_add(LEEWAY_SECS));
-        Ok(())
-    }
-
-    /// Gives a taken JWT back: nothing was issued for it (the store failed), so the
-    /// workload's retry is not a replay.
-    pub fn release(&self, who: &WorkloadIdentity) {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.remove(&who.replay);
     }
 }
 

@@ -65,6 +65,8 @@ struct Lineage {
     cert_thumbprint: Option<String>,
     /// The policy and identity it was obtained through.
     origin: Option<keyway_store::Origin>,
+    /// A one-use value it is bought with (a workload's JWT), spent with it.
+    spend: Option<keyway_store::Spend>,
 }
 
 /// The token lifecycle's handle. Cheap to share behind an `Arc`.
@@ -195,6 +197,18 @@ impl Tokens {
         kind: EventKind,
         detail: serde_json::Value,
     ) -> Result<(), StoreError> {
+        self.keep_spending(record, kind, detail, None).await
+    }
+
+    /// [`Tokens::keep`], spending a one-use value in the same transaction: the token
+    /// exists only if the value was not spent before ([`StoreError::Spent`]).
+    async fn keep_spending(
+        &self,
+        record: &TokenRecord,
+        kind: EventKind,
+        detail: serde_json::Value,
+        spend: Option<&keyway_store::Spend>,
+    ) -> Result<(), StoreError> {
         let mut ev = self.audit.event(kind);
         ev.token_id = Some(record.id.clone());
         ev.principal = Some(record.principal.clone());
@@ -202,7 +216,10 @@ impl Tokens {
         ev.detail = detail;
         let events = [ev];
         // The row and its event in one transaction: a token that exists is audited.
-        self.store.insert_token(record, &events).await?;
+        match spend {
+            None => self.store.insert_token(record, &events).await?,
+            Some(s) => self.store.insert_token_spending(record, &events, s).await?,
+        }
         self.index.insert(record.clone());
         self.audit.committed(&events);
         Ok(())
@@ -221,7 +238,7 @@ impl Tokens {
         record.grant = Some(grant);
         record.parent_id = lineage.parent_id;
         record.cert_thumbprint = lineage.cert_thumbprint;
-        record.origin = lineage.origin;
+        record.origin = lineage.origin.clone();
         let detail = serde_json::json!({
             "by": by,
             "expires_at": format_ms(record.expires_at),
@@ -230,7 +247,13 @@ impl Tokens {
             "cert_thumbprint": record.cert_thumbprint,
             "origin": record.origin,
         });
-        self.keep(&record, EventKind::TokenIssued, detail).await?;
+        self.keep_spending(
+            &record,
+            EventKind::TokenIssued,
+            detail,
+            lineage.spend.as_ref(),
+        )
+        .await?;
         Ok((token, record))
     }
 

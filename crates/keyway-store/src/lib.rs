@@ -44,6 +44,22 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    /// A one-use value ([`Spend`]) was used before, and is still valid: nothing was
+    /// written.
+    #[error("already used")]
+    Spent,
+}
+
+/// A one-use value spent with a write (a workload's JWT with the token it buys): kept
+/// until `until`, and refused again before then, atomically with the write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spend {
+    /// What identifies the value (a hash, never the value itself).
+    pub key: String,
+    /// When it stops being valid anyway (Unix ms): kept until then.
+    pub until: UnixMillis,
+    /// Now, to forget those past their `until`.
+    pub now: UnixMillis,
 }
 
 /// A token as the store keeps it: metadata and the keyed hash, never the secret.
@@ -208,6 +224,14 @@ pub trait Store: Send + Sync + 'static {
     // both are in the store, or neither.
 
     async fn insert_token(&self, t: &TokenRecord, events: &[AuditEvent]) -> Result<()>;
+    /// [`Store::insert_token`], spending `spend` in the same transaction: neither is
+    /// written if it was spent before ([`StoreError::Spent`]).
+    async fn insert_token_spending(
+        &self,
+        t: &TokenRecord,
+        events: &[AuditEvent],
+        spend: &Spend,
+    ) -> Result<()>;
     async fn tokens(&self) -> Result<Vec<TokenRecord>>;
     async fn token(&self, id: &str) -> Result<Option<TokenRecord>>;
     /// Marks the tokens revoked at `at` (keeping an earlier revocation time), with

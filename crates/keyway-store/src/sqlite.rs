@@ -23,7 +23,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 
 use crate::{
-    AuditEvent, AuditQuery, Result, RevokedToken, Sealed, Store, StoreError, StoredEvent,
+    AuditEvent, AuditQuery, Result, RevokedToken, Sealed, Spend, Store, StoreError, StoredEvent,
     TokenRecord, TokenRevocations,
 };
 use audit::Chain;
@@ -53,7 +53,8 @@ pub struct SqliteStore {
 enum Change<'a> {
     /// Only the events.
     Events,
-    InsertToken(&'a TokenRecord),
+    /// A token, spending a one-use value with it when given.
+    InsertToken(&'a TokenRecord, Option<&'a Spend>),
     RevokeTokens(&'a [String], UnixMillis),
     ShortenExpiry(&'a str, UnixMillis),
     PutSecret(&'a str, &'a Sealed, UnixMillis),
@@ -232,6 +233,8 @@ impl SqliteStore {
                 }
                 Ok(written)
             }
+            // Refused, not failed: the transaction is rolled back as it is dropped.
+            Err(StoreError::Spent) => Err(StoreError::Spent),
             Err(e) => {
                 // A failed write (a full disk, an I/O error) can leave a connection
                 // inside a transaction it cannot end, holding the write lock: close
@@ -253,7 +256,12 @@ async fn write_on(
     let mut w = Written::default();
     match change {
         Change::Events => {}
-        Change::InsertToken(t) => tokens::insert(&mut tx, t).await?,
+        Change::InsertToken(t, spend) => {
+            if let Some(s) = spend {
+                tokens::spend(&mut tx, s).await?;
+            }
+            tokens::insert(&mut tx, t).await?
+        }
         Change::RevokeTokens(ids, at) => w.revoked = tokens::revoke(&mut tx, ids, at).await?,
         Change::ShortenExpiry(id, at) => w.token = tokens::shorten_expiry(&mut tx, id, at).await?,
         Change::PutSecret(name, sealed, at) => secrets::put(&mut tx, name, sealed, at).await?,
@@ -302,7 +310,18 @@ impl Store for SqliteStore {
     }
 
     async fn insert_token(&self, t: &TokenRecord, events: &[AuditEvent]) -> Result<()> {
-        self.write(Change::InsertToken(t), Events::These(events))
+        self.write(Change::InsertToken(t, None), Events::These(events))
+            .await
+            .map(drop)
+    }
+
+    async fn insert_token_spending(
+        &self,
+        t: &TokenRecord,
+        events: &[AuditEvent],
+        spend: &Spend,
+    ) -> Result<()> {
+        self.write(Change::InsertToken(t, Some(spend)), Events::These(events))
             .await
             .map(drop)
     }

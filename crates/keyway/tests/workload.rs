@@ -177,6 +177,12 @@ max_ttl = "15m"
         curl(&format!("{base}/deploys/prod/1"), Some(&token), "POST"),
         401
     );
+    // The JWT stays spent across the restart: the store keeps it until it expires.
+    let out = keyway(dir, &args, None);
+    assert!(
+        !out.status.success(),
+        "a JWT was taken twice across a restart"
+    );
     let status = interrupt(&mut gateway);
     assert!(status.success(), "the gateway exited with {status}");
     let revoked = store_query(
@@ -184,4 +190,9 @@ max_ttl = "15m"
         "select reason from audit_events where kind = 'token.revoked' order by seq",
     );
     assert_eq!(revoked.trim(), "policy_changed");
+    let replays = store_query(
+        dir,
+        "select count(*) from audit_events where kind = 'token.exchange' and reason = 'replayed'",
+    );
+    assert_eq!(replays.trim(), "2");
 }

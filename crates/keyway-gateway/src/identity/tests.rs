@@ -8,24 +8,18 @@ use base64::Engine;
 use super::*;
 
 #[test]
-fn a_jwt_is_taken_once_while_it_is_valid() {
-    let v = Verifier::default();
+fn a_jwt_is_spent_until_it_expires_plus_the_leeway() {
     let who = WorkloadIdentity {
         provider: "gh".into(),
         issuer: "https://gh.example".into(),
         subject: "workload:gh:x".into(),
-        replay: "k".into(),
+        replay: "abc".into(),
         exp: 100,
     };
-    v.take(&who, 50_000).unwrap();
-    assert_eq!(v.take(&who, 60_000), Err(IdentityError::Replayed));
-    // Given back (nothing was issued for it): the retry is not a replay.
-    v.release(&who);
-    v.take(&who, 60_000).unwrap();
-    // Past its expiry (and the leeway) the key may be reused: the JWT is refused as
-    // expired anyway.
-    let later = (100 + LEEWAY_SECS + 1) as i64 * 1000;
-    assert_eq!(v.take(&who, later), Ok(()));
+    let s = who.spend(50_000);
+    assert_eq!(s.key, "jwt:abc");
+    assert_eq!(s.until, (100 + LEEWAY_SECS as i64) * 1000);
+    assert_eq!(s.now, 50_000);
 }
 
 #[tokio::test]

@@ -140,7 +140,7 @@ impl Tokens {
                 Lineage {
                     parent_id: Some(credential.id().to_owned()),
                     cert_thumbprint: binding,
-                    origin: None,
+                    ..Lineage::default()
                 },
                 "token_exchange",
             )
@@ -174,13 +174,13 @@ impl Tokens {
             keyway_core::config::policy_for(&config.policies, &who.subject, service)
                 .ok_or_else(no_policy)?;
         let svc = config.service(service).ok_or_else(no_policy)?;
-        // Taken only now that it gets something: a JWT refused by policy is not used
-        // up, and one from an issuer anyone can mint for fills nothing.
-        self.workloads.take(&who, self.now())?;
         let ttl = ttl
             .unwrap_or(DEFAULT_TTL)
             .min(policy.max_ttl)
             .min(config.max_ttl_of(svc));
+        // The JWT is spent with the token it buys, in one transaction, and only now
+        // that a policy gives it something: one refused by policy is not used up,
+        // nor one whose token the store failed to write.
         let lineage = Lineage {
             origin: Some(Origin {
                 policy: policy.name.clone(),
@@ -188,18 +188,17 @@ impl Tokens {
                 issuer: who.issuer.clone(),
                 subject: who.subject.clone(),
             }),
+            spend: Some(who.spend(self.now())),
             ..Lineage::default()
         };
         let by = format!("policy:{}", policy.name);
-        let minted = self
+        let (token, record) = match self
             .mint(&who.subject, grant.clone(), ttl, lineage, &by)
-            .await;
-        let (token, record) = match minted {
+            .await
+        {
             Ok(x) => x,
-            Err(e) => {
-                self.workloads.release(&who);
-                return Err(e.into());
-            }
+            Err(StoreError::Spent) => return Err(IdentityError::Replayed.into()),
+            Err(e) => return Err(e.into()),
         };
         // The config may have changed while the issuer's keys were fetched, after
         // the reload ended what the old policy allowed: judged again by the config
@@ -257,6 +256,7 @@ impl Tokens {
                     parent_id: old.record.parent_id.clone(),
                     cert_thumbprint: old.record.cert_thumbprint.clone(),
                     origin: old.record.origin.clone(),
+                    spend: None,
                 };
                 self.mint(&old.record.principal, grant, ttl, lineage, by)
                     .await?

@@ -75,8 +75,38 @@ async fn tokens_round_trip_and_revoke_keeps_the_first_time() {
         "one event, for the call that revoked it: {events:?}"
     );
     assert_eq!(events[0].event.token_id.as_deref(), Some(t.id()));
+    // A token bought with a one-use value: the value is spent with it, once.
+    let spend = |key: &str, until, now| Spend {
+        key: key.into(),
+        until,
+        now,
+    };
+    let bought = |id: &str| TokenRecord {
+        id: id.into(),
+        ..rec.clone()
+    };
+    store
+        .insert_token_spending(&bought("b1"), &[], &spend("jwt:1", 100, 10))
+        .await
+        .unwrap();
+    let again = store
+        .insert_token_spending(&bought("b2"), &[], &spend("jwt:1", 100, 50))
+        .await;
+    assert!(matches!(again, Err(StoreError::Spent)), "{again:?}");
+    assert!(
+        !store.tokens().await.unwrap().iter().any(|t| t.id == "b2"),
+        "nothing is written for a spent value"
+    );
+    // Past its `until`, it is forgotten.
+    store
+        .insert_token_spending(&bought("b3"), &[], &spend("jwt:1", 300, 101))
+        .await
+        .unwrap();
     store.touch_tokens(&[(t.id().into(), 17)]).await.unwrap();
-    assert_eq!(store.tokens().await.unwrap()[0].last_used_at, Some(17));
+    assert_eq!(
+        store.token(t.id()).await.unwrap().unwrap().last_used_at,
+        Some(17)
+    );
     let r = store
         .shorten_expiry(t.id(), 30, &[])
         .await

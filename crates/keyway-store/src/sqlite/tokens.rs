@@ -4,7 +4,7 @@ use keyway_core::{Grant, TokenHash, TokenKind, UnixMillis};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
-use crate::{Result, RevokedToken, StoreError, TokenRecord};
+use crate::{Result, RevokedToken, Spend, StoreError, TokenRecord};
 
 const TOKEN_COLUMNS: &str =
     "id, kind, principal, grant_json, hash, created_at, expires_at, revoked_at, \
@@ -32,6 +32,26 @@ pub(super) async fn insert(conn: &mut SqliteConnection, t: &TokenRecord) -> Resu
     .bind(origin)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Spends a one-use value, forgetting those past their `until` first;
+/// [`StoreError::Spent`] if it is spent and still valid.
+pub(super) async fn spend(conn: &mut SqliteConnection, s: &Spend) -> Result<()> {
+    sqlx::query("DELETE FROM spent WHERE until < ?")
+        .bind(s.now)
+        .execute(&mut *conn)
+        .await?;
+    let taken =
+        sqlx::query("INSERT INTO spent (key, until) VALUES (?, ?) ON CONFLICT(key) DO NOTHING")
+            .bind(&s.key)
+            .bind(s.until)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+    if taken == 0 {
+        return Err(StoreError::Spent);
+    }
     Ok(())
 }
 
