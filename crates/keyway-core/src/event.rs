@@ -18,6 +18,8 @@ pub enum EventKind {
     TokenIssued,
     TokenRevoked,
     TokenRotated,
+    /// A token's expiry brought forward: its policy's `max_ttl` was lowered.
+    TokenShortened,
     /// A client credential traded for an access token at the token endpoint.
     TokenExchange,
     CredentialIssued,
@@ -50,7 +52,7 @@ pub enum Decision {
 // === impl EventKind ===
 
 impl EventKind {
-    pub const ALL: [Self; 25] = [
+    pub const ALL: [Self; 26] = [
         Self::Request,
         Self::ConnectionOpen,
         Self::ConnectionClose,
@@ -59,6 +61,7 @@ impl EventKind {
         Self::TokenIssued,
         Self::TokenRevoked,
         Self::TokenRotated,
+        Self::TokenShortened,
         Self::TokenExchange,
         Self::CredentialIssued,
         Self::CredentialNearMaxAge,
@@ -89,6 +92,7 @@ impl EventKind {
             Self::TokenIssued => "token.issued",
             Self::TokenRevoked => "token.revoked",
             Self::TokenRotated => "token.rotated",
+            Self::TokenShortened => "token.shortened",
             Self::TokenExchange => "token.exchange",
             Self::CredentialIssued => "credential.issued",
             Self::CredentialNearMaxAge => "credential.near_max_age",
@@ -121,6 +125,7 @@ impl EventKind {
             "token.issued" => Self::TokenIssued,
             "token.revoked" => Self::TokenRevoked,
             "token.rotated" => Self::TokenRotated,
+            "token.shortened" => Self::TokenShortened,
             "token.exchange" => Self::TokenExchange,
             "credential.issued" => Self::CredentialIssued,
             "credential.near_max_age" => Self::CredentialNearMaxAge,

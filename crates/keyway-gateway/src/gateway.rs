@@ -238,11 +238,12 @@ impl Gateway {
         );
         // Policies changed while the gateway was down end the tokens they no longer
         // allow, as an `apply` would have.
-        let ended = tokens.revoke_unallowed(&config.current(), "config").await?;
-        if !ended.is_empty() {
+        let (revoked, shortened) = tokens.enforce_policies(&config.current(), "config").await?;
+        if revoked + shortened > 0 {
             tracing::info!(
-                tokens = ended.len(),
-                "the config's policies no longer allow these tokens; revoked"
+                revoked,
+                shortened,
+                "the config's policies changed while the gateway was down; their tokens follow"
             );
         }
         Ok(Self {

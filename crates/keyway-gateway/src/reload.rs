@@ -365,21 +365,20 @@ impl Services {
             self.own_tls[i].files = loaded.files;
         }
         // A policy removed or narrowed ends the tokens (and their sessions) it no
-        // longer allows.
+        // longer allows; a lowered `max_ttl` shortens them.
         if outcome
             .plan
             .changes
             .iter()
             .any(|c| c.section == "policy" || c.section == "identity")
         {
-            match self.gw.tokens.revoke_unallowed(&new, by).await {
-                Ok(ended) if !ended.is_empty() => {
-                    tracing::info!(
-                        tokens = ended.len(),
-                        "a policy change ended tokens it no longer allows"
-                    );
-                }
-                Ok(_) => {}
+            match self.gw.tokens.enforce_policies(&new, by).await {
+                Ok((0, 0)) => {}
+                Ok((revoked, shortened)) => tracing::info!(
+                    revoked,
+                    shortened,
+                    "a policy change ended or shortened the tokens it gave"
+                ),
                 Err(e) => {
                     tracing::error!(error = %e, "tokens a changed policy no longer allows are refused, but the store did not record it")
                 }

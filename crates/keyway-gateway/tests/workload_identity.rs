@@ -477,8 +477,11 @@ async fn narrowing_a_policy_ends_the_tokens_and_sessions_it_no_longer_allows() {
         .data_ref()
         .is_some());
 
-    // Broadened: every token it gave still fits, none ends.
-    let broadened = POLICIES.replace("methods = [\"POST\"]", "methods = [\"GET\", \"POST\"]");
+    // Broadened, with a shorter max_ttl: every token it gave still fits, none ends,
+    // and each now expires within the new max_ttl of its issue.
+    let broadened = POLICIES
+        .replace("methods = [\"POST\"]", "methods = [\"GET\", \"POST\"]")
+        .replace("max_ttl = \"15m\"", "max_ttl = \"5m\"");
     let text = config(&up, echo, &issuer.url, &broadened);
     apply(&gw, &text).await;
     let revoked = |events: &[keyway_store::StoredEvent]| {
@@ -487,11 +490,17 @@ async fn narrowing_a_policy_ends_the_tokens_and_sessions_it_no_longer_allows() {
             .filter(|e| e.event.kind == "token.revoked")
             .count()
     };
-    assert_eq!(
-        revoked(&gw.audit().await),
-        0,
-        "a broader policy ends nothing"
-    );
+    let events = gw.audit().await;
+    assert_eq!(revoked(&events), 0, "a broader policy ends nothing");
+    let shortened = events
+        .iter()
+        .filter(|e| e.event.kind == "token.shortened")
+        .count();
+    assert_eq!(shortened, 3);
+    for id in ids.values() {
+        let e = gw.gw.tokens.token(id).unwrap();
+        assert!(e.expires_at() - e.record.created_at <= 5 * 60 * 1000);
+    }
 
     // A rotated token stays the policy's.
     let billing_id = ids["billing"].clone();
@@ -505,7 +514,7 @@ async fn narrowing_a_policy_ends_the_tokens_and_sessions_it_no_longer_allows() {
         record.origin.as_ref().map(|o| o.policy.as_str()),
         Some("deploy-from-ci")
     );
-    assert!(record.expires_at - record.created_at <= 15 * 60 * 1000);
+    assert!(record.expires_at - record.created_at <= 5 * 60 * 1000);
     let successor = secrecy::ExposeSecret::expose_secret(successor.secret()).to_owned();
 
     // The policy keeps only billing, and narrower.

@@ -101,13 +101,67 @@ impl Tokens {
     /// as it is (the policy is gone, no longer names the subject, no longer grants
     /// all of the token's grant, or the identity's issuer changed): a narrowed policy
     /// ends the access it gave, live sessions included. Returns the tokens revoked.
-    pub async fn revoke_unallowed(
+    /// Holds the tokens the config's policies gave to what those policies now say:
+    /// revokes those no longer allowed ([`Tokens::revoke_unallowed`]) and shortens
+    /// those given longer than a policy's `max_ttl` now allows
+    /// ([`Tokens::shorten_to_policies`]). Returns how many of each.
+    pub async fn enforce_policies(
+        &self,
+        config: &Config,
+        by: &str,
+    ) -> Result<(usize, usize), StoreError> {
+        let revoked = self.revoke_unallowed(config, by).await?.len();
+        let shortened = self.shorten_to_policies(config, by).await?;
+        Ok((revoked, shortened))
+    }
+
+    async fn revoke_unallowed(
         &self,
         config: &Config,
         by: &str,
     ) -> Result<Vec<TokenRecord>, StoreError> {
         let pick = |e: &Entry| !super::exchange::allowed_by_policy(config, &e.record);
         self.revoke_picked(pick, by, "policy_changed").await
+    }
+
+    /// Brings forward the expiry of every live token whose policy's `max_ttl` is now
+    /// shorter than the token was given (to its issue plus the new `max_ttl`): a
+    /// policy never promises less than its tokens hold. Live streams end then.
+    /// Returns how many.
+    async fn shorten_to_policies(&self, config: &Config, by: &str) -> Result<usize, StoreError> {
+        let now = self.now();
+        let mut n = 0;
+        for e in self.index.entries() {
+            let Some(origin) = &e.record.origin else {
+                continue;
+            };
+            let Some(policy) = config.policies.get(&origin.policy) else {
+                continue;
+            };
+            let end = e
+                .record
+                .created_at
+                .saturating_add(keyway_core::clock::duration_ms(policy.max_ttl));
+            if end >= e.expires_at() || e.check_live(now).is_err() {
+                continue;
+            }
+            let mut ev = AuditEvent::new(EventKind::TokenShortened, now);
+            ev.token_id = Some(e.id().to_owned());
+            ev.principal = Some(e.record.principal.clone());
+            ev.service = e.grant().map(|g| g.service.clone());
+            ev.detail = serde_json::json!({
+                "by": by,
+                "policy": origin.policy,
+                "expires_at": keyway_core::clock::format_ms(end),
+            });
+            let events = [ev];
+            self.store.shorten_expiry(e.id(), end, &events).await?;
+            e.shorten(end);
+            self.cut_at_expiry(e.clone());
+            self.audit.committed(&events);
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Revokes every live token `pick` takes, and the tokens obtained with them:
