@@ -51,7 +51,9 @@ impl WorkloadIdentity {
     /// The JWT as a one-use value: kept until it expires (plus the leeway), so the
     /// same JWT is refused until then, by every gateway on the store, across restarts.
     pub fn spend(&self, now: UnixMillis) -> keyway_store::Spend {
-        let until = i64::try_from(self.exp.saturating_add(LEEWAY_SECS))
+        // Accepted while `now` (whole seconds) is at most `exp` plus the leeway: kept
+        // through the end of that last second.
+        let until = i64::try_from(self.exp.saturating_add(LEEWAY_SECS + 1))
             .unwrap_or(i64::MAX / 1000)
             .saturating_mul(1000);
         keyway_store::Spend {
@@ -172,8 +174,10 @@ impl Verifier {
             .and_then(|v| v.as_str())
             .filter(|s| !s.is_empty() && s.len() <= 512 && !s.chars().any(char::is_control))
             .ok_or_else(|| IdentityError::MissingClaim(issuer.subject_claim.clone()))?;
+        // By the issuer's URL, not its name in the config: renaming the entry does not
+        // make a spent JWT new.
         let mut h = sha2::Sha256::new();
-        h.update(issuer.name.as_bytes());
+        h.update(issuer.issuer.as_bytes());
         match claims.get("jti").and_then(|v| v.as_str()) {
             Some(jti) => {
                 h.update(b"\0jti\0");

@@ -252,7 +252,10 @@ async fn write_on(
     change: Change<'_>,
     events: Events<'_>,
 ) -> Result<(Written, Option<Chain>)> {
-    let mut tx = conn.begin().await?;
+    // IMMEDIATE: the write lock from the start. A change that reads before it writes
+    // (a revocation finds its tokens first) would otherwise fail at once, busy, when
+    // another writer (last-use times, checkpoints) commits in between.
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     let mut w = Written::default();
     match change {
         Change::Events => {}

@@ -18,7 +18,7 @@ fn a_jwt_is_spent_until_it_expires_plus_the_leeway() {
     };
     let s = who.spend(50_000);
     assert_eq!(s.key, "jwt:abc");
-    assert_eq!(s.until, (100 + LEEWAY_SECS as i64) * 1000);
+    assert_eq!(s.until, (100 + LEEWAY_SECS as i64 + 1) * 1000);
     assert_eq!(s.now, 50_000);
 }
 

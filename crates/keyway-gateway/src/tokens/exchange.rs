@@ -203,10 +203,17 @@ impl Tokens {
         // The config may have changed while the issuer's keys were fetched, after
         // the reload ended what the old policy allowed: judged again by the config
         // in force now.
-        if !allowed_by_policy(&self.config(), &record) {
+        let now_config = self.config();
+        if !allowed_by_policy(&now_config, &record) {
             self.revoke(&record.id, "gateway", Some("policy_changed"))
                 .await?;
             return Err(no_policy());
+        }
+        let mut record = record;
+        if let Some(e) = self.index.get(&record.id) {
+            if self.shorten_to_policy(&e, &now_config, "gateway").await? {
+                record.expires_at = e.expires_at();
+            }
         }
         Ok((token, record))
     }

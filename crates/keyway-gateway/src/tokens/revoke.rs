@@ -129,39 +129,60 @@ impl Tokens {
     /// policy never promises less than its tokens hold. Live streams end then.
     /// Returns how many.
     async fn shorten_to_policies(&self, config: &Config, by: &str) -> Result<usize, StoreError> {
-        let now = self.now();
         let mut n = 0;
+        let mut failed = None;
         for e in self.index.entries() {
-            let Some(origin) = &e.record.origin else {
-                continue;
-            };
-            let Some(policy) = config.policies.get(&origin.policy) else {
-                continue;
-            };
-            let end = e
-                .record
-                .created_at
-                .saturating_add(keyway_core::clock::duration_ms(policy.max_ttl));
-            if end >= e.expires_at() || e.check_live(now).is_err() {
-                continue;
+            match self.shorten_to_policy(&e, config, by).await {
+                Ok(true) => n += 1,
+                Ok(false) => {}
+                // In force in memory already; the others are still shortened.
+                Err(err) => failed = Some(err),
             }
-            let mut ev = AuditEvent::new(EventKind::TokenShortened, now);
-            ev.token_id = Some(e.id().to_owned());
-            ev.principal = Some(e.record.principal.clone());
-            ev.service = e.grant().map(|g| g.service.clone());
-            ev.detail = serde_json::json!({
-                "by": by,
-                "policy": origin.policy,
-                "expires_at": keyway_core::clock::format_ms(end),
-            });
-            let events = [ev];
-            self.store.shorten_expiry(e.id(), end, &events).await?;
-            e.shorten(end);
-            self.cut_at_expiry(e.clone());
-            self.audit.committed(&events);
-            n += 1;
         }
-        Ok(n)
+        failed.map_or(Ok(n), Err)
+    }
+
+    /// Brings `e`'s expiry forward to its issue plus its policy's `max_ttl`, when
+    /// that is sooner: in memory first (it holds at once), then in the store with its
+    /// event. Whether it did.
+    pub(super) async fn shorten_to_policy(
+        &self,
+        e: &Arc<Entry>,
+        config: &Config,
+        by: &str,
+    ) -> Result<bool, StoreError> {
+        let now = self.now();
+        let Some(origin) = &e.record.origin else {
+            return Ok(false);
+        };
+        let Some(policy) = config.policies.get(&origin.policy) else {
+            return Ok(false);
+        };
+        let end = e
+            .record
+            .created_at
+            .saturating_add(keyway_core::clock::duration_ms(policy.max_ttl));
+        if end >= e.expires_at() || e.check_live(now).is_err() {
+            return Ok(false);
+        }
+        e.shorten(end);
+        self.cut_at_expiry(e.clone());
+        let mut ev = AuditEvent::new(EventKind::TokenShortened, now);
+        ev.token_id = Some(e.id().to_owned());
+        ev.principal = Some(e.record.principal.clone());
+        ev.service = e.grant().map(|g| g.service.clone());
+        ev.detail = serde_json::json!({
+            "by": by,
+            "policy": origin.policy,
+            "expires_at": keyway_core::clock::format_ms(end),
+        });
+        let events = [ev];
+        if let Err(err) = self.store.shorten_expiry(e.id(), end, &events).await {
+            tracing::error!(error = %err, token_id = %e.id(), "a token's shortened expiry holds in this process but is not in the store");
+            return Err(err);
+        }
+        self.audit.committed(&events);
+        Ok(true)
     }
 
     /// Revokes every live token `pick` takes, and the tokens obtained with them:
@@ -199,8 +220,18 @@ impl Tokens {
                 Some("credential_revoked")
             }
         };
-        self.persist_revocations(&ids, now, by, &why).await?;
-        let records = matched.iter().map(|e| e.current()).collect();
+        let found = self.persist_revocations(&ids, now, by, &why).await?;
+        // Those this call revoked in the store too, and so wrote an event for.
+        let fresh: std::collections::HashSet<&str> = found
+            .iter()
+            .filter(|t| t.fresh)
+            .map(|t| t.id.as_str())
+            .collect();
+        let records = matched
+            .iter()
+            .filter(|e| fresh.contains(e.id()))
+            .map(|e| e.current())
+            .collect();
         tracing::info!(
             tokens = ids.len(),
             reason,
