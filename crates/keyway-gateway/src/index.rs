@@ -277,13 +277,14 @@ impl TokenIndex {
         Ok(entry)
     }
 
-    /// The live tokens whose parent is `id` (those obtained with a credential).
+    /// The tokens whose parent is `id` (those obtained with a credential).
     pub fn children_of(&self, id: &str) -> Vec<Arc<Entry>> {
-        self.read()
-            .values()
-            .filter(|e| e.record.parent_id.as_deref() == Some(id))
-            .cloned()
-            .collect()
+        self.select(|e| e.record.parent_id.as_deref() == Some(id))
+    }
+
+    /// The entries `pick` takes, in no order, in one pass under the read lock.
+    pub fn select(&self, pick: impl Fn(&Entry) -> bool) -> Vec<Arc<Entry>> {
+        self.read().values().filter(|e| pick(e)).cloned().collect()
     }
 
     /// Every entry, for listings.
