@@ -37,8 +37,8 @@ mod service;
 mod tcp;
 
 pub use access::{
-    policy_for, IdentityConfig, Policy, RawIdentity, RawPolicy, RawPolicyGrant, RawWorkloadIssuer,
-    WorkloadIssuer, DEFAULT_POLICY_TTL, WORKLOAD_ALGORITHMS,
+    https_or_loopback, policy_for, IdentityConfig, Policy, RawIdentity, RawPolicy, RawPolicyGrant,
+    RawWorkloadIssuer, WorkloadIssuer, DEFAULT_POLICY_TTL, WORKLOAD_ALGORITHMS,
 };
 pub use check::{is_loopback_host, valid_secret_name};
 pub use detect::{

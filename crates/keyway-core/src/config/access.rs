@@ -200,28 +200,35 @@ impl RawIdentity {
     }
 }
 
-/// An issuer's URL: HTTPS, or HTTP on loopback (a test's own issuer).
-fn check_url(p: &mut Problems, key: &str, url: &str) {
+/// Whether an identity provider's URL may be trusted for its keys: HTTPS, or HTTP on
+/// loopback (a test's own issuer). The config's check and the gateway's fetch of a
+/// discovery document's `jwks_uri` both ask this.
+pub fn https_or_loopback(url: &str) -> bool {
     let Ok(uri) = url.parse::<http::Uri>() else {
-        p.push(
-            key,
-            "is not a URL like https://token.actions.githubusercontent.com",
-        );
-        return;
+        return false;
     };
     let host = uri.host().unwrap_or_default();
     match uri.scheme_str() {
-        Some("https") if !host.is_empty() => {}
-        Some("http") if is_loopback_host(host) => {}
-        Some("http") => p.push(
-            key,
-            "must be https (http only on loopback): its keys decide who gets tokens",
-        ),
-        _ => p.push(
-            key,
-            "is not a URL like https://token.actions.githubusercontent.com",
-        ),
+        Some("https") => !host.is_empty(),
+        Some("http") => is_loopback_host(host),
+        _ => false,
     }
+}
+
+/// An issuer's URL, as [`https_or_loopback`] takes it.
+fn check_url(p: &mut Problems, key: &str, url: &str) {
+    if https_or_loopback(url) {
+        return;
+    }
+    let http = url
+        .parse::<http::Uri>()
+        .is_ok_and(|u| u.scheme_str() == Some("http"));
+    let msg = if http {
+        "must be https (http only on loopback): its keys decide who gets tokens"
+    } else {
+        "is not a URL like https://token.actions.githubusercontent.com"
+    };
+    p.push(key, msg);
 }
 
 // === impl RawPolicy ===

@@ -167,7 +167,7 @@ impl KeyCache {
                     .get("jwks_uri")
                     .and_then(|u| u.as_str())
                     .ok_or("the discovery document has no jwks_uri")?;
-                if !safe_url(uri) {
+                if !keyway_core::config::https_or_loopback(uri) {
                     return Err("the discovery document's jwks_uri is not https".into());
                 }
                 uri.to_owned()
@@ -220,19 +220,6 @@ fn pick<'a>(keys: &'a [Key], kid: Option<&str>, alg: Algorithm) -> Option<&'a De
         None => None,
     }
     .map(|k| &k.key)
-}
-
-/// HTTPS, or HTTP on loopback.
-fn safe_url(url: &str) -> bool {
-    let Ok(uri) = url.parse::<http::Uri>() else {
-        return false;
-    };
-    let host = uri.host().unwrap_or_default();
-    match uri.scheme_str() {
-        Some("https") => !host.is_empty(),
-        Some("http") => keyway_core::config::is_loopback_host(host),
-        _ => false,
-    }
 }
 
 /// GETs a JSON document, within [`FETCH_TIMEOUT`] and [`MAX_DOCUMENT_BYTES`].
