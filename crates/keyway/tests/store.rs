@@ -30,6 +30,18 @@ fn run_dir(tmp: &Path, name: &str, up: std::net::SocketAddr) -> (PathBuf, u16, S
     )
 }
 
+/// A gateway serving from `<tmp>/run`, with a token that has made five requests:
+/// the folder, the admin port, the service's URL, the gateway, the token.
+fn serving(tmp: &Path, up: std::net::SocketAddr) -> (PathBuf, u16, String, KillOnDrop, String) {
+    let (dir, admin_port, url) = run_dir(tmp, "run", up);
+    let gateway = start_gateway(&dir, admin_port);
+    let token = issue(&dir, "p", "billing");
+    for _ in 0..5 {
+        assert_eq!(curl(&url, Some(&token), "GET"), 200);
+    }
+    (dir, admin_port, url, gateway, token)
+}
+
 /// A copy of the whole folder (config and data) at `to`.
 fn copy_dir(from: &Path, to: &Path) {
     let ok = Command::new("cp")
@@ -120,12 +132,7 @@ fn damage_log_frame(dir: &Path) {
 async fn a_damaged_store_is_refused_with_what_was_found_and_nothing_changed() {
     let (up, _) = upstream().await;
     let tmp = tempfile::tempdir().unwrap();
-    let (dir, admin_port, url) = run_dir(tmp.path(), "run", up);
-    let mut gateway = start_gateway(&dir, admin_port);
-    let token = issue(&dir, "p", "billing");
-    for _ in 0..5 {
-        assert_eq!(curl(&url, Some(&token), "GET"), 200);
-    }
+    let (dir, admin_port, url, mut gateway, token) = serving(tmp.path(), up);
     let head = chain_head(&dir);
     // A crash: everything since the start is in the log, none of it in keyway.db.
     gateway.kill().unwrap();
@@ -249,12 +256,7 @@ async fn a_page_damaged_inside_the_database_fails_the_check_at_start() {
 async fn a_graceful_stop_leaves_everything_in_keyway_db() {
     let (up, _) = upstream().await;
     let tmp = tempfile::tempdir().unwrap();
-    let (dir, admin_port, url) = run_dir(tmp.path(), "run", up);
-    let mut gateway = start_gateway(&dir, admin_port);
-    let token = issue(&dir, "p", "billing");
-    for _ in 0..5 {
-        assert_eq!(curl(&url, Some(&token), "GET"), 200);
-    }
+    let (dir, admin_port, url, mut gateway, token) = serving(tmp.path(), up);
     assert!(
         std::fs::metadata(dir.join("data/keyway.db-wal"))
             .unwrap()
