@@ -14,8 +14,8 @@
 //! - `check`: raw into checked: global keys, audit, listeners' ports, agents.
 //! - `service`: what every service checks alike, before its protocol's own part.
 //! - `http`, `tcp`, `postgres`: each protocol's own part of a service's check.
-//! - `access`: `[identity.workload.*]` and `[policies.*]`: whose signed tokens are
-//!   taken, and which subjects obtain which grants.
+//! - `access`: `[identity.oidc.*]`, `[identity.workload.*]` and `[policies.*]`: who
+//!   signs in, whose signed tokens are taken, which subjects obtain which grants.
 //! - `detect`: `[detect.*]` and `[alerts.webhook]`: the detectors and where alerts go.
 //! - [`lint`]: what `keyway validate` checks beyond what start-up refuses.
 //! - [`plan`]: what putting one config in place of another changes.
@@ -37,8 +37,9 @@ mod service;
 mod tcp;
 
 pub use access::{
-    https_or_loopback, policy_for, IdentityConfig, Policy, RawIdentity, RawPolicy, RawPolicyGrant,
-    RawWorkloadIssuer, WorkloadIssuer, DEFAULT_POLICY_TTL, WORKLOAD_ALGORITHMS,
+    https_or_loopback, person_subjects, policy_for, Approval, IdentityConfig, OidcProvider, Policy,
+    RawApproval, RawIdentity, RawOidcProvider, RawPolicy, RawPolicyGrant, RawWorkloadIssuer,
+    WorkloadIssuer, DEFAULT_POLICY_TTL, DEFAULT_SESSION_TTL, WORKLOAD_ALGORITHMS,
 };
 pub use check::{is_loopback_host, valid_secret_name};
 pub use detect::{

@@ -22,6 +22,17 @@ pub enum EventKind {
     TokenShortened,
     /// A client credential traded for an access token at the token endpoint.
     TokenExchange,
+    /// A person's sign-in through an identity provider (`keyway login`).
+    Login,
+    /// A person's ask for access (`keyway access`): given, filed for approval, or
+    /// refused.
+    Access,
+    /// An access request filed, awaiting approval.
+    AccessRequested,
+    /// An approver approved an access request.
+    AccessApproved,
+    /// An approver rejected an access request.
+    AccessRejected,
     CredentialIssued,
     CredentialNearMaxAge,
     AdminDenied,
@@ -52,7 +63,7 @@ pub enum Decision {
 // === impl EventKind ===
 
 impl EventKind {
-    pub const ALL: [Self; 26] = [
+    pub const ALL: [Self; 31] = [
         Self::Request,
         Self::ConnectionOpen,
         Self::ConnectionClose,
@@ -63,6 +74,11 @@ impl EventKind {
         Self::TokenRotated,
         Self::TokenShortened,
         Self::TokenExchange,
+        Self::Login,
+        Self::Access,
+        Self::AccessRequested,
+        Self::AccessApproved,
+        Self::AccessRejected,
         Self::CredentialIssued,
         Self::CredentialNearMaxAge,
         Self::AdminDenied,
@@ -94,6 +110,11 @@ impl EventKind {
             Self::TokenRotated => "token.rotated",
             Self::TokenShortened => "token.shortened",
             Self::TokenExchange => "token.exchange",
+            Self::Login => "login",
+            Self::Access => "access",
+            Self::AccessRequested => "access.requested",
+            Self::AccessApproved => "access.approved",
+            Self::AccessRejected => "access.rejected",
             Self::CredentialIssued => "credential.issued",
             Self::CredentialNearMaxAge => "credential.near_max_age",
             Self::AdminDenied => "admin.denied",
@@ -127,6 +148,11 @@ impl EventKind {
             "token.rotated" => Self::TokenRotated,
             "token.shortened" => Self::TokenShortened,
             "token.exchange" => Self::TokenExchange,
+            "login" => Self::Login,
+            "access" => Self::Access,
+            "access.requested" => Self::AccessRequested,
+            "access.approved" => Self::AccessApproved,
+            "access.rejected" => Self::AccessRejected,
             "credential.issued" => Self::CredentialIssued,
             "credential.near_max_age" => Self::CredentialNearMaxAge,
             "admin.denied" => Self::AdminDenied,

@@ -8,7 +8,7 @@
 //!
 //! - The prefix makes a token easy for secret scanners to find; the kind says what it
 //!   is for (`at` access token, `cc` client credential, `ae` agent enrollment, `ad`
-//!   admin).
+//!   admin, `se` a person's session after an SSO login).
 //! - The public id (16 base62 characters, ~95 bits) is safe to log, show and audit.
 //! - The secret is 43 base62 characters drawn from the OS CSPRNG: 256 bits.
 //! - The checksum is CRC32 over everything before it, so a scanner can tell a real
@@ -52,6 +52,10 @@ pub enum TokenKind {
     AgentEnrollment,
     /// Calls the admin API.
     Admin,
+    /// A person signed in through an identity provider (`keyway login`): obtains
+    /// access tokens as policies allow, and files and decides access requests;
+    /// calls nothing itself.
+    Session,
 }
 
 /// Why a string is not a token. The variants are kept apart because they mean
@@ -107,11 +111,12 @@ pub struct Found {
 // === impl TokenKind ===
 
 impl TokenKind {
-    pub const ALL: [TokenKind; 4] = [
+    pub const ALL: [TokenKind; 5] = [
         TokenKind::Access,
         TokenKind::ClientCredential,
         TokenKind::AgentEnrollment,
         TokenKind::Admin,
+        TokenKind::Session,
     ];
 
     /// The two letters after `kw`.
@@ -121,6 +126,7 @@ impl TokenKind {
             TokenKind::ClientCredential => "cc",
             TokenKind::AgentEnrollment => "ae",
             TokenKind::Admin => "ad",
+            TokenKind::Session => "se",
         }
     }
 
@@ -131,6 +137,7 @@ impl TokenKind {
             TokenKind::ClientCredential => "client_credential",
             TokenKind::AgentEnrollment => "agent_enrollment",
             TokenKind::Admin => "admin",
+            TokenKind::Session => "session",
         }
     }
 

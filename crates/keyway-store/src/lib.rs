@@ -48,6 +48,10 @@ pub enum StoreError {
     /// written.
     #[error("already used")]
     Spent,
+    /// The record changed since it was read (another writer came first): nothing was
+    /// written.
+    #[error("changed meanwhile")]
+    Conflict,
 }
 
 /// A one-use value spent with a write (a workload's JWT with the token it buys): kept
@@ -87,15 +91,54 @@ pub struct TokenRecord {
 }
 
 /// The policy a token was obtained through, and the identity that obtained it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Origin {
+    /// Empty for a person's session, which no one policy gives.
     pub policy: String,
-    /// The identity provider's name in the config (`[identity.workload.NAME]`).
+    /// The identity provider's name in the config (`[identity.workload.NAME]` or
+    /// `[identity.oidc.NAME]`).
     pub provider: String,
     /// Its issuer URL, as the identity's token carried it (`iss`).
     pub issuer: String,
-    /// The subject as the policy names it: `workload:<provider>:<subject>`.
+    /// The subject as policies name it: `workload:<provider>:<subject>` or
+    /// `user:<user>`.
     pub subject: String,
+    /// A person's groups at sign-in (policies name them as `group:<name>`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// The approved access request the token was minted for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+}
+
+/// A person's request for access that a policy makes wait for approval.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AccessRequest {
+    /// Public, like a token's id.
+    pub id: String,
+    /// Bumped by every change: a change is written only over the version it read.
+    pub version: u32,
+    /// The policy, and who asks (`subject` is `user:<user>`, with their groups).
+    pub origin: Origin,
+    /// What is asked: within the policy's grant.
+    pub grant: Grant,
+    /// How long the token would live, in ms.
+    pub ttl_ms: u64,
+    pub reason: Option<String>,
+    pub created_at: UnixMillis,
+    /// A pending request expires then; an approved one can be collected until then.
+    pub expires_at: UnixMillis,
+    pub approvals: Vec<RequestDecision>,
+    pub rejected: Option<RequestDecision>,
+}
+
+/// One approver's decision on an [`AccessRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RequestDecision {
+    /// `user:<user>`.
+    pub by: String,
+    pub at: UnixMillis,
+    pub reason: Option<String>,
 }
 
 /// One audit event. Never holds a secret: callers put public ids and redacted text in.
@@ -268,6 +311,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Refuses the agent's certificates issued before `at` (a later call moves it).
     async fn revoke_agent(&self, name: &str, at: UnixMillis, events: &[AuditEvent]) -> Result<()>;
+
+    /// Writes an access request: a new one (`version` 0), or a change over the
+    /// version before it ([`StoreError::Conflict`] if that is not the stored one).
+    async fn put_request(&self, r: &AccessRequest, events: &[AuditEvent]) -> Result<()>;
+    async fn request(&self, id: &str) -> Result<Option<AccessRequest>>;
+    /// Requests that expire after `after`, newest first, at most `limit`.
+    async fn requests(&self, after: UnixMillis, limit: u32) -> Result<Vec<AccessRequest>>;
     async fn agent_revocations(&self) -> Result<Vec<(String, UnixMillis)>>;
 
     /// Chains audit events from now on under `key` (kept outside the store).

@@ -33,6 +33,7 @@ mod audit;
 pub mod files;
 mod log;
 mod meta;
+mod requests;
 mod secrets;
 mod tokens;
 
@@ -59,6 +60,7 @@ enum Change<'a> {
     ShortenExpiry(&'a str, UnixMillis),
     PutSecret(&'a str, &'a Sealed, UnixMillis),
     RevokeAgent(&'a str, UnixMillis),
+    PutRequest(&'a crate::AccessRequest),
 }
 
 /// What a change found, and the events written with it.
@@ -235,6 +237,7 @@ impl SqliteStore {
             }
             // Refused, not failed: the transaction is rolled back as it is dropped.
             Err(StoreError::Spent) => Err(StoreError::Spent),
+            Err(StoreError::Conflict) => Err(StoreError::Conflict),
             Err(e) => {
                 // A failed write (a full disk, an I/O error) can leave a connection
                 // inside a transaction it cannot end, holding the write lock: close
@@ -269,6 +272,7 @@ async fn write_on(
         Change::ShortenExpiry(id, at) => w.token = tokens::shorten_expiry(&mut tx, id, at).await?,
         Change::PutSecret(name, sealed, at) => secrets::put(&mut tx, name, sealed, at).await?,
         Change::RevokeAgent(name, at) => agents::revoke(&mut tx, name, at).await?,
+        Change::PutRequest(r) => requests::put(&mut tx, r).await?,
     }
     if let Events::PerRevoked(f) = events {
         w.made = w.revoked.iter().take_while(|t| t.fresh).map(f).collect();
@@ -389,6 +393,20 @@ impl Store for SqliteStore {
 
     async fn agent_revocations(&self) -> Result<Vec<(String, UnixMillis)>> {
         agents::revocations(&self.pool).await
+    }
+
+    async fn put_request(&self, r: &crate::AccessRequest, events: &[AuditEvent]) -> Result<()> {
+        self.write(Change::PutRequest(r), Events::These(events))
+            .await
+            .map(drop)
+    }
+
+    async fn request(&self, id: &str) -> Result<Option<crate::AccessRequest>> {
+        requests::get(&self.pool, id).await
+    }
+
+    async fn requests(&self, after: UnixMillis, limit: u32) -> Result<Vec<crate::AccessRequest>> {
+        requests::list(&self.pool, after, limit).await
     }
 
     async fn set_audit_key(&self, key: crate::ChainKey) -> Result<()> {

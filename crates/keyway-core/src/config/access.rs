@@ -1,6 +1,7 @@
-//! Who may obtain what: `[identity.workload.*]`, the issuers whose signed JWTs the
-//! token endpoint takes in place of a stored secret, and `[policies.*]`, which
-//! subjects get which grants, for how long.
+//! Who may obtain what: `[identity.oidc.*]`, the identity providers people sign in
+//! with (`keyway login`); `[identity.workload.*]`, the issuers whose signed JWTs the
+//! token endpoint takes in place of a stored secret; and `[policies.*]`, which
+//! subjects get which grants, for how long, and whose approval they wait for.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,7 +28,32 @@ pub const WORKLOAD_ALGORITHMS: [&str; 9] = [
 #[serde(deny_unknown_fields)]
 pub struct RawIdentity {
     #[serde(default)]
+    pub oidc: BTreeMap<String, RawOidcProvider>,
+    #[serde(default)]
     pub workload: BTreeMap<String, RawWorkloadIssuer>,
+}
+
+/// `[identity.oidc.NAME]` as written: an OpenID Connect provider people sign in with.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawOidcProvider {
+    /// The provider's issuer URL; discovery is at
+    /// `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// Keyway's client id at the provider; the `aud` of its ID tokens.
+    pub client_id: String,
+    /// The name of the secret (`keyway secret set NAME`) holding the client secret;
+    /// unset for a public client (PKCE alone).
+    pub client_secret: Option<String>,
+    /// The ID token claim listing the person's groups; `groups` when unset.
+    pub groups_claim: Option<String>,
+    /// The ID token claim naming the person (`user:<value>` in policies); `email`
+    /// when unset.
+    pub user_claim: Option<String>,
+    /// Scopes asked for; `["openid", "email", "groups"]` when unset.
+    pub scopes: Option<Vec<String>>,
+    /// How long a sign-in lasts; `12h` when unset.
+    pub session_ttl: Option<String>,
 }
 
 /// `[identity.workload.NAME]` as written.
@@ -51,11 +77,25 @@ pub struct RawWorkloadIssuer {
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
-    /// `workload:<issuer>:<subject>`.
+    /// `user:<email>`, `group:<name>` or `workload:<issuer>:<subject>`.
     pub subjects: Vec<String>,
     pub grants: Vec<RawPolicyGrant>,
     /// Like `15m`; 1h when unset, and never above the service's `max_ttl`.
     pub max_ttl: Option<String>,
+    /// When set, a person's access waits for approvers.
+    pub approval: Option<RawApproval>,
+}
+
+/// `approval = { approvers = [...], min = 1, request_ttl = "1h" }` as written.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawApproval {
+    /// `user:<email>` or `group:<name>`.
+    pub approvers: Vec<String>,
+    /// Distinct approvals needed; 1 when unset.
+    pub min: Option<u32>,
+    /// How long a request waits before it expires; `1h` when unset.
+    pub request_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -73,8 +113,26 @@ pub struct RawPolicyGrant {
 /// The identity providers Keyway trusts.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct IdentityConfig {
+    pub oidc: BTreeMap<String, OidcProvider>,
     pub workload: BTreeMap<String, WorkloadIssuer>,
 }
+
+/// An OpenID Connect provider people sign in with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcProvider {
+    pub name: String,
+    pub issuer: String,
+    pub client_id: String,
+    /// The secret's name, not the secret.
+    pub client_secret: Option<String>,
+    pub groups_claim: String,
+    pub user_claim: String,
+    pub scopes: Vec<String>,
+    pub session_ttl: Duration,
+}
+
+/// The longest a sign-in lasts when the provider's entry does not say.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
 /// An issuer of workload JWTs (a CI system, a Kubernetes cluster, a cloud).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +154,33 @@ pub struct Policy {
     /// At most one per service.
     pub grants: Vec<Grant>,
     pub max_ttl: Duration,
+    pub approval: Option<Approval>,
+}
+
+/// Who approves a policy's access, how many of them, and how long a request waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// `user:<email>` or `group:<name>`.
+    pub approvers: Vec<String>,
+    pub min: u32,
+    pub request_ttl: Duration,
+}
+
+// === impl Approval ===
+
+impl Approval {
+    /// Whether a person with these subjects ([`person_subjects`]) may approve.
+    pub fn approver(&self, subjects: &[String]) -> bool {
+        self.approvers.iter().any(|a| subjects.contains(a))
+    }
+}
+
+/// The subjects a person is, as policies name them: `user:<user>` and
+/// `group:<group>` for each of their groups.
+pub fn person_subjects(user: &str, groups: &[String]) -> Vec<String> {
+    std::iter::once(format!("user:{user}"))
+        .chain(groups.iter().map(|g| format!("group:{g}")))
+        .collect()
 }
 
 // === impl Policy ===
@@ -104,6 +189,11 @@ impl Policy {
     /// Whether the policy names `subject` (`workload:<issuer>:<subject>`).
     pub fn names(&self, subject: &str) -> bool {
         self.subjects.iter().any(|s| s == subject)
+    }
+
+    /// Whether the policy names any of `subjects` (a person's user and groups).
+    pub fn names_any(&self, subjects: &[String]) -> bool {
+        subjects.iter().any(|s| self.names(s))
     }
 
     pub fn grant(&self, service: &str) -> Option<&Grant> {
@@ -127,6 +217,76 @@ pub fn policy_for<'a>(
 
 impl RawIdentity {
     pub(super) fn check(self, p: &mut Problems) -> IdentityConfig {
+        let mut oidc = BTreeMap::new();
+        for (name, raw) in self.oidc {
+            let key = format!("identity.oidc.{name}");
+            if !valid_name(&name) {
+                p.push(
+                    &key,
+                    "a provider's name is 1 to 63 characters of a-z, 0-9, `-` and `_`",
+                );
+            }
+            check_url(p, &format!("{key}.issuer"), &raw.issuer);
+            if raw.client_id.is_empty() || raw.client_id.len() > 256 {
+                p.push(&format!("{key}.client_id"), "must be 1 to 256 characters");
+            }
+            if let Some(s) = &raw.client_secret {
+                if !super::valid_secret_name(s) {
+                    p.push(
+                        &format!("{key}.client_secret"),
+                        "names a secret (`keyway secret set NAME`), never holds one: 1 to 64 characters of a-z, 0-9, `-`, `_` and `.`",
+                    );
+                }
+            }
+            let claim = |p: &mut Problems, field: &str, v: Option<String>, default: &str| {
+                let v = v.unwrap_or_else(|| default.into());
+                if v.is_empty() || v.len() > 64 {
+                    p.push(&format!("{key}.{field}"), "must be 1 to 64 characters");
+                }
+                v
+            };
+            let groups_claim = claim(p, "groups_claim", raw.groups_claim, "groups");
+            let user_claim = claim(p, "user_claim", raw.user_claim, "email");
+            let scopes = raw
+                .scopes
+                .unwrap_or_else(|| ["openid", "email", "groups"].map(String::from).to_vec());
+            if !scopes.iter().any(|s| s == "openid") {
+                p.push(
+                    &format!("{key}.scopes"),
+                    "must include `openid`: the sign-in is an ID token",
+                );
+            }
+            if scopes
+                .iter()
+                .any(|s| s.is_empty() || s.len() > 64 || !s.bytes().all(|c| c.is_ascii_graphic()))
+            {
+                p.push(
+                    &format!("{key}.scopes"),
+                    "each scope is 1 to 64 printable characters without spaces",
+                );
+            }
+            let session_ttl = p.duration_or(
+                &format!("{key}.session_ttl"),
+                raw.session_ttl.as_deref(),
+                DEFAULT_SESSION_TTL,
+            );
+            if !(Duration::from_secs(60)..=Duration::from_secs(30 * 86400)).contains(&session_ttl) {
+                p.push(&format!("{key}.session_ttl"), "must be between 1m and 30d");
+            }
+            oidc.insert(
+                name.clone(),
+                OidcProvider {
+                    name,
+                    issuer: raw.issuer,
+                    client_id: raw.client_id,
+                    client_secret: raw.client_secret,
+                    groups_claim,
+                    user_claim,
+                    scopes,
+                    session_ttl,
+                },
+            );
+        }
         let mut workload = BTreeMap::new();
         for (name, raw) in self.workload {
             let key = format!("identity.workload.{name}");
@@ -196,7 +356,7 @@ impl RawIdentity {
                 },
             );
         }
-        IdentityConfig { workload }
+        IdentityConfig { oidc, workload }
     }
 }
 
@@ -253,28 +413,34 @@ impl RawPolicy {
         }
         for (i, s) in self.subjects.iter().enumerate() {
             let at = format!("{key}.subjects[{i}]");
-            match s.split_once(':') {
-                Some(("workload", rest)) => match rest.split_once(':') {
-                    Some((issuer, sub)) if !sub.is_empty() => {
-                        if !identity.workload.contains_key(issuer) {
-                            p.push(
-                                &at,
-                                &format!(
-                                    "no identity provider can produce it: declare `[identity.workload.{}]`",
-                                    issuer.chars().take(63).collect::<String>()
-                                ),
-                            );
-                        }
-                    }
-                    _ => p.push(&at, "a workload subject is `workload:<issuer>:<subject>`"),
-                },
-                Some(("user" | "group", _)) => p.push(
-                    &at,
-                    "people's sign-in ([identity.oidc]) is not in this version; name workloads as `workload:<issuer>:<subject>`",
-                ),
-                _ => p.push(&at, "a subject is `workload:<issuer>:<subject>`"),
-            }
+            check_subject(p, &at, s, identity, true);
         }
+        let approval = self.approval.map(|raw| {
+            let at = format!("{key}.approval");
+            if raw.approvers.is_empty() {
+                p.push(&format!("{at}.approvers"), "name at least one approver");
+            }
+            for (i, s) in raw.approvers.iter().enumerate() {
+                check_subject(p, &format!("{at}.approvers[{i}]"), s, identity, false);
+            }
+            let min = raw.min.unwrap_or(1);
+            if !(1..=16).contains(&min) {
+                p.push(&format!("{at}.min"), "must be between 1 and 16");
+            }
+            let request_ttl = p.duration_or(
+                &format!("{at}.request_ttl"),
+                raw.request_ttl.as_deref(),
+                Duration::from_secs(3600),
+            );
+            if !(Duration::from_secs(1)..=Duration::from_secs(7 * 86400)).contains(&request_ttl) {
+                p.push(&format!("{at}.request_ttl"), "must be between 1s and 7d");
+            }
+            Approval {
+                approvers: raw.approvers,
+                min,
+                request_ttl,
+            }
+        });
         let max_ttl = p.duration_or(
             &format!("{key}.max_ttl"),
             self.max_ttl.as_deref(),
@@ -340,6 +506,49 @@ impl RawPolicy {
             subjects: self.subjects,
             grants,
             max_ttl,
+            approval,
         }
+    }
+}
+
+/// A policy's subject or approver: `user:<user>` and `group:<group>` need a sign-in
+/// provider, `workload:<issuer>:<subject>` its issuer (and approves nothing).
+fn check_subject(p: &mut Problems, at: &str, s: &str, identity: &IdentityConfig, workloads: bool) {
+    let shapes = if workloads {
+        "`user:<email>`, `group:<name>` or `workload:<issuer>:<subject>`"
+    } else {
+        "`user:<email>` or `group:<name>`"
+    };
+    if s.len() > 512 || s.chars().any(char::is_control) {
+        p.push(
+            at,
+            &format!("a subject is {shapes}, at most 512 characters"),
+        );
+        return;
+    }
+    match s.split_once(':') {
+        Some(("workload", rest)) if workloads => match rest.split_once(':') {
+            Some((issuer, sub)) if !sub.is_empty() => {
+                if !identity.workload.contains_key(issuer) {
+                    p.push(
+                        at,
+                        &format!(
+                            "no identity provider can produce it: declare `[identity.workload.{}]`",
+                            issuer.chars().take(63).collect::<String>()
+                        ),
+                    );
+                }
+            }
+            _ => p.push(at, "a workload subject is `workload:<issuer>:<subject>`"),
+        },
+        Some(("user" | "group", who)) if !who.is_empty() => {
+            if identity.oidc.is_empty() {
+                p.push(
+                    at,
+                    "no identity provider can produce it: people sign in through `[identity.oidc.NAME]`",
+                );
+            }
+        }
+        _ => p.push(at, &format!("a subject is {shapes}")),
     }
 }

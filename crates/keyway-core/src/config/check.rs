@@ -300,6 +300,12 @@ impl RawConfig {
                 "workloads exchange their JWTs at the token endpoint; set `token_listen`",
             );
         }
+        if !identity.oidc.is_empty() && token_listen.is_none() {
+            p.push(
+                "identity.oidc",
+                "people sign in and ask for access at the token endpoint; set `token_listen`",
+            );
+        }
 
         p.finish(Config {
             data_dir,

@@ -367,6 +367,31 @@ fn policies_and_workload_issuers_parse() {
 }
 
 #[test]
+fn people_sign_in_providers_and_approvals_parse() {
+    let text = format!(
+        "{ACCESS}\n[identity.oidc.corp]\nissuer = \"https://login.example.com\"\nclient_id = \"keyway\"\nclient_secret = \"oidc-corp\"\n\
+         [policies.orders-db-write]\nsubjects = [\"group:sre\", \"user:alice@example.com\"]\ngrants = [{{ service = \"orders-db\", role = \"readonly\" }}]\n\
+         max_ttl = \"1h\"\napproval = {{ approvers = [\"group:db-owners\"], min = 2, request_ttl = \"30m\" }}\n"
+    );
+    let c = parse(&text).unwrap();
+    let corp = &c.identity.oidc["corp"];
+    assert_eq!(corp.client_secret.as_deref(), Some("oidc-corp"));
+    assert_eq!(
+        (corp.groups_claim.as_str(), corp.user_claim.as_str()),
+        ("groups", "email")
+    );
+    assert_eq!(corp.session_ttl, Duration::from_secs(12 * 3600));
+    let p = &c.policies["orders-db-write"];
+    let a = p.approval.as_ref().unwrap();
+    assert_eq!((a.min, a.request_ttl), (2, Duration::from_secs(1800)));
+    let bob = person_subjects("bob@example.com", &["sre".into()]);
+    assert!(p.names_any(&bob));
+    assert!(!a.approver(&bob));
+    assert!(a.approver(&person_subjects("carol@example.com", &["db-owners".into()])));
+    assert!(!p.names_any(&person_subjects("eve@example.com", &["finance".into()])));
+}
+
+#[test]
 fn policies_are_refused_with_the_key_and_the_fix() {
     let cases = [
         (
@@ -382,7 +407,22 @@ fn policies_are_refused_with_the_key_and_the_fix() {
         (
             "[policies.p]\nsubjects = [\"group:sre\"]\ngrants = [{ service = \"billing\" }]",
             "policies.p.subjects[0]",
-            "not in this version",
+            "[identity.oidc.NAME]",
+        ),
+        (
+            "[policies.p]\nsubjects = [\"workload:github:x\"]\ngrants = [{ service = \"billing\" }]\napproval = { approvers = [\"workload:github:y\"] }",
+            "policies.p.approval.approvers[0]",
+            "`user:<email>` or `group:<name>`",
+        ),
+        (
+            "[identity.oidc.corp]\nissuer = \"https://login.example.com\"\nclient_id = \"keyway\"\nclient_secret = \"s3cr3t value\"",
+            "identity.oidc.corp.client_secret",
+            "names a secret",
+        ),
+        (
+            "[identity.oidc.corp]\nissuer = \"https://login.example.com\"\nclient_id = \"keyway\"\nscopes = [\"email\"]",
+            "identity.oidc.corp.scopes",
+            "must include `openid`",
         ),
         (
             "[policies.p]\nsubjects = [\"workload:github:x\"]\ngrants = [{ service = \"orders-db\" }]",

@@ -295,3 +295,54 @@ async fn a_change_that_fails_leaves_neither_its_row_nor_its_event() {
     store.append_audit(&[AuditEvent::default()]).await.unwrap();
     assert_intact(&store, key, 2).await;
 }
+
+#[tokio::test]
+async fn an_access_request_changes_only_over_the_version_it_read() {
+    let store = SqliteStore::in_memory().await.unwrap();
+    let mut r = crate::AccessRequest {
+        id: "req1".into(),
+        version: 0,
+        origin: crate::Origin {
+            policy: "orders-db-write".into(),
+            subject: "user:bob@example.com".into(),
+            groups: vec!["sre".into()],
+            ..Default::default()
+        },
+        grant: Grant::new("orders-db", &[], &[]).unwrap(),
+        ttl_ms: 60_000,
+        reason: Some("incident 42".into()),
+        created_at: 10,
+        expires_at: 1_000,
+        approvals: vec![],
+        rejected: None,
+    };
+    store.put_request(&r, &requests(1)).await.unwrap();
+    // The same id again is not a second request.
+    assert!(matches!(
+        store.put_request(&r, &[]).await,
+        Err(StoreError::Conflict)
+    ));
+    let mut approved = r.clone();
+    approved.version = 1;
+    approved.approvals.push(crate::RequestDecision {
+        by: "user:carol@example.com".into(),
+        at: 20,
+        reason: None,
+    });
+    store.put_request(&approved, &[]).await.unwrap();
+    // A second approver who read version 0 comes too late, and writes nothing.
+    r.version = 1;
+    r.rejected = approved.approvals.first().cloned();
+    assert!(matches!(
+        store.put_request(&r, &requests(1)).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(store.request("req1").await.unwrap(), Some(approved.clone()));
+    assert_eq!(
+        stored(&store).await.len(),
+        1,
+        "the refused write left no event"
+    );
+    assert_eq!(store.requests(999, 10).await.unwrap(), vec![approved]);
+    assert!(store.requests(1_000, 10).await.unwrap().is_empty());
+}
