@@ -61,6 +61,8 @@ pub struct Gateway {
     pub admission: Arc<crate::admission::Admission>,
     /// Alerts on their way to the webhook.
     pub alerts: Arc<crate::alerts::Alerts>,
+    /// Sign-ins, people's access and access requests (the token endpoint's).
+    pub people: Arc<crate::people::People>,
     /// Reloads on their way to the task that runs the services.
     pub(crate) reloads: Arc<crate::reloads::Reloads>,
     /// The sessions that outlive a request: tunnel streams, PostgreSQL sessions,
@@ -246,14 +248,29 @@ impl Gateway {
                 "the config's policies changed while the gateway was down; their tokens follow"
             );
         }
+        let tokens = Arc::new(tokens);
+        let secrets = Arc::new(secrets);
+        let people = Arc::new(crate::people::People::new(
+            config.clone(),
+            clock.clone(),
+            store.clone(),
+            tokens.clone(),
+            secrets.clone(),
+            audit.clone(),
+            {
+                let alerts = alerts.clone();
+                Arc::new(move |ev: &keyway_store::AuditEvent| alerts.send(ev))
+            },
+        ));
         Ok(Self {
             config,
             clock,
             store,
             index,
             authz,
-            tokens: Arc::new(tokens),
-            secrets: Arc::new(secrets),
+            tokens,
+            secrets,
+            people,
             audit,
             audit_task: std::sync::Mutex::new(Some(audit_task)),
             audit_stop,

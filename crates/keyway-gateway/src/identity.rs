@@ -145,30 +145,9 @@ impl Verifier {
             .values()
             .find(|i| i.issuer == iss)
             .ok_or(IdentityError::UnknownIssuer)?;
-        if !issuer.algorithms.contains(&alg) {
-            return Err(IdentityError::Algorithm);
-        }
-        let alg: Algorithm = alg.parse().map_err(|_| IdentityError::Algorithm)?;
-        let key = self.keys.key(issuer, kid.as_deref(), alg).await?;
-        let claims = check(jwt, issuer, alg, &key)?;
-        // Times against the gateway's clock, as every other expiry is.
-        let now_s = u64::try_from(now / 1000).unwrap_or(0);
-        // A time is whole seconds since the epoch; present in another form, the JWT is
-        // refused rather than the check skipped.
-        let time = |name: &str| match claims.get(name) {
-            None => Ok(None),
-            Some(v) => v.as_u64().map(Some).ok_or(IdentityError::Malformed),
-        };
-        let exp = time("exp")?.ok_or_else(|| IdentityError::MissingClaim("exp".into()))?;
-        if now_s > exp.saturating_add(LEEWAY_SECS) {
-            return Err(IdentityError::Expired);
-        }
-        if time("nbf")?.is_some_and(|nbf| nbf > now_s + LEEWAY_SECS) {
-            return Err(IdentityError::NotYetValid);
-        }
-        if time("iat")?.is_some_and(|iat| iat > now_s + LEEWAY_SECS) {
-            return Err(IdentityError::IssuedInFuture);
-        }
+        let (claims, exp) = self
+            .verify_signed(issuer, &alg, kid.as_deref(), jwt, now)
+            .await?;
         let sub = claims
             .get(&issuer.subject_claim)
             .and_then(|v| v.as_str())
@@ -196,6 +175,50 @@ impl Verifier {
             replay: hex::encode(h.finalize()),
             exp,
         })
+    }
+
+    /// Verifies a JWT `issuer` signed (its header's `alg` and `kid` given): the
+    /// algorithm is allowed, the signature verifies with the issuer's key, `iss` and
+    /// `aud` are the issuer's, and `exp`, `nbf`, `iat` hold at `now` (the gateway's
+    /// clock) within the leeway. Returns the claims and `exp`.
+    pub async fn verify_signed(
+        &self,
+        issuer: &WorkloadIssuer,
+        alg: &str,
+        kid: Option<&str>,
+        jwt: &str,
+        now: UnixMillis,
+    ) -> Result<(serde_json::Map<String, serde_json::Value>, u64), IdentityError> {
+        if !issuer.algorithms.iter().any(|a| a == alg) {
+            return Err(IdentityError::Algorithm);
+        }
+        let alg: Algorithm = alg.parse().map_err(|_| IdentityError::Algorithm)?;
+        let key = self.keys.key(issuer, kid, alg).await?;
+        let claims = check(jwt, issuer, alg, &key)?;
+        // Times against the gateway's clock, as every other expiry is.
+        let now_s = u64::try_from(now / 1000).unwrap_or(0);
+        // A time is whole seconds since the epoch; present in another form, the JWT is
+        // refused rather than the check skipped.
+        let time = |name: &str| match claims.get(name) {
+            None => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or(IdentityError::Malformed),
+        };
+        let exp = time("exp")?.ok_or_else(|| IdentityError::MissingClaim("exp".into()))?;
+        if now_s > exp.saturating_add(LEEWAY_SECS) {
+            return Err(IdentityError::Expired);
+        }
+        if time("nbf")?.is_some_and(|nbf| nbf > now_s + LEEWAY_SECS) {
+            return Err(IdentityError::NotYetValid);
+        }
+        if time("iat")?.is_some_and(|iat| iat > now_s + LEEWAY_SECS) {
+            return Err(IdentityError::IssuedInFuture);
+        }
+        Ok((claims, exp))
+    }
+
+    /// The HTTP client of the identity providers (bounded in size and time).
+    pub fn http(&self) -> &KeyCache {
+        &self.keys
     }
 }
 

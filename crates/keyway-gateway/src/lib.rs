@@ -45,6 +45,7 @@ pub mod gateway;
 pub mod identity;
 pub mod index;
 pub mod listener;
+pub mod people;
 pub mod portscan;
 pub mod proxy;
 mod relay;
@@ -254,7 +255,7 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
         admin,
     ));
     if let Some(token) = listeners.token {
-        let api = with_conn(token_api::router(gw.proxy_handles()));
+        let api = with_conn(token_api::router(gw.proxy_handles(), gw.people.clone()));
         tasks.spawn(listener::serve_http1(
             gw.admission.clone(),
             "token",

@@ -120,8 +120,21 @@ impl Secrets {
         v
     }
 
-    /// Warns about upstream credentials the config names but nobody has set.
+    /// Warns about upstream credentials (and identity providers' client secrets) the
+    /// config names but nobody has set.
     pub fn warn_missing(&self, config: &Config) {
+        for p in config.identity.oidc.values() {
+            if let Some(name) = &p.client_secret {
+                if self.header(name).is_none() {
+                    tracing::warn!(
+                        provider = %p.name,
+                        secret = %name,
+                        "the identity provider's client secret is not set; sign-ins will fail \
+                         until `keyway secret set {name}` is run"
+                    );
+                }
+            }
+        }
         for svc in config.services.values() {
             let ServiceKind::Http(h) = &svc.kind else {
                 continue;

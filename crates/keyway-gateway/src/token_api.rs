@@ -12,6 +12,8 @@
 //! `subject_token_type` `urn:ietf:params:oauth:token-type:jwt` (or `id_token`),
 //! `service` (or `audience`), `ttl`. A policy decides what it gets. Every refusal of
 //! the JWT answers the same `invalid_grant`; the audit log has the reason.
+//!
+//! People sign in, ask for access and decide access requests here too (`people`).
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -30,17 +32,20 @@ use crate::listener::ConnInfo;
 use crate::proxy::Handles;
 use crate::tokens::{ExchangeError, IdentityExchangeError};
 
-pub fn router(h: Handles) -> Router {
+mod people;
+
+pub fn router(h: Handles, people: std::sync::Arc<crate::people::People>) -> Router {
     Router::new()
         .route("/v1/token/exchange", post(exchange))
+        .with_state(h.clone())
+        .merge(people::router(h, people))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "POST /v1/token/exchange",
+                "POST /v1/token/exchange; people: /v1/login/start, /v1/access, /v1/requests",
             )
         })
-        .with_state(h)
 }
 
 async fn exchange(
@@ -76,12 +81,7 @@ async fn exchange(
     if form || looks_like_token_exchange(&body) {
         return exchange_workload(&h, ev, form, &body).await;
     }
-    let text = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim());
+    let text = bearer(&headers);
     let cert = conn.cert_thumbprint.as_deref();
     let credential = match h
         .authz
@@ -234,6 +234,16 @@ async fn exchange(
         header::HeaderValue::from_static("no-store"),
     );
     resp
+}
+
+/// The `Authorization: Bearer` token of a request, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
 }
 
 /// The token-exchange grant, and the subject token types taken for a JWT.

@@ -19,10 +19,12 @@ use secrecy::ExposeSecret;
 
 mod exchange;
 mod issue;
+mod people;
 mod revoke;
 
 pub use exchange::{ExchangeError, IdentityExchangeError, RotateError};
 pub use issue::{CredentialRequest, IssueError, IssueRequest};
+pub use people::PersonTokenError;
 pub use revoke::RevokeFilter;
 
 use crate::audit::AuditSink;

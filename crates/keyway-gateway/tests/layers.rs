@@ -20,7 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("audit", &["audit", "telemetry", "admission"]),
     (
         "authorization and token lifecycle",
-        &["authz", "tokens", "identity", "secrets"],
+        &["authz", "tokens", "identity", "secrets", "people"],
     ),
     (
         "network",

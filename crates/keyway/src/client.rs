@@ -192,7 +192,38 @@ pub async fn exchange(
     credential: Option<&SecretString>,
     body: &serde_json::Value,
 ) -> Result<serde_json::Value> {
-    let uri: http::Uri = format!("{}/v1/token/exchange", base.trim_end_matches('/'))
+    let (status, v) = token_endpoint(
+        base,
+        tls,
+        credential,
+        Method::POST,
+        "/v1/token/exchange",
+        Some(body),
+    )
+    .await?;
+    if !status.is_success() {
+        bail!("the token endpoint refused: {} ({status})", refusal(&v));
+    }
+    Ok(v)
+}
+
+/// What a refusal from the token endpoint says.
+pub fn refusal(v: &serde_json::Value) -> &str {
+    v["error_description"].as_str().unwrap_or("refused")
+}
+
+/// Calls the token endpoint `base` (`http://` or `https://`, with mTLS when a client
+/// certificate is given) with a Bearer token when given: the status and the JSON
+/// answer, whatever the status.
+pub async fn token_endpoint(
+    base: &str,
+    tls: &TlsArgs,
+    bearer: Option<&SecretString>,
+    method: Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<(StatusCode, serde_json::Value)> {
+    let uri: http::Uri = format!("{}{path}", base.trim_end_matches('/'))
         .parse()
         .map_err(|_| anyhow!("`{base}` is not a URL like http://127.0.0.1:7071"))?;
     let https = match uri.scheme_str() {
@@ -206,19 +237,20 @@ pub async fn exchange(
         .to_owned();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let mut req = Request::builder()
-        .method(Method::POST)
+        .method(method)
         .uri(uri.path())
         .header(header::HOST, format!("{host}:{port}"));
-    if let Some(c) = credential {
+    if let Some(c) = bearer {
         req = req.header(
             header::AUTHORIZATION,
             format!("Bearer {}", c.expose_secret()),
         );
     }
+    let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
     let req = req
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .context("building the exchange request")?;
+        .body(Full::new(body))
+        .context("building the request to the token endpoint")?;
     let call = async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
@@ -244,11 +276,7 @@ pub async fn exchange(
         .map_err(|_| anyhow!("the token endpoint at {base} did not answer within 30s"))??;
     let v: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|_| anyhow!("the token endpoint answered {status} with something unexpected"))?;
-    if !status.is_success() {
-        let msg = v["error_description"].as_str().unwrap_or("refused");
-        bail!("the token endpoint refused: {msg} ({status})");
-    }
-    Ok(v)
+    Ok((status, v))
 }
 
 async fn send_one<IO>(io: IO, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes)>

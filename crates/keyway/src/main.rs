@@ -10,6 +10,8 @@
 //! - `secret.rs`: `keyway secret`, upstream credentials stored encrypted.
 //! - `report.rs`: `keyway report`, the hygiene report.
 //! - `connect.rs`: `keyway connect`, a local port for a TCP service behind the gateway.
+//! - `login.rs`: `keyway login` and `keyway whoami`, a person's SSO session.
+//! - `access.rs`: `keyway access` and `keyway requests`, a person's access by policy.
 //! - `agent.rs`: `keyway agent`: enrolling, running, listing and revoking agents.
 //! - `audit.rs`: `keyway audit`: querying, exporting and verifying the audit log (offline).
 //! - `backup.rs`: `keyway backup`, a consistent copy of the store while the gateway runs.
@@ -24,6 +26,7 @@
 
 #![forbid(unsafe_code)]
 
+mod access;
 mod admin;
 mod agent;
 mod audit;
@@ -33,6 +36,7 @@ mod connect;
 mod credential;
 mod demo;
 mod host;
+mod login;
 mod plan;
 mod ports;
 mod report;
@@ -93,6 +97,23 @@ enum Command {
     /// Issue, list and revoke access tokens (through the admin API).
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Sign in with the gateway's identity provider (SSO): through a browser, or
+    /// with `--device` on another device. Keeps a Keyway session (never the
+    /// provider's tokens) in ~/.config/keyway/sessions.json, mode 0600.
+    Login(login::LoginArgs),
+    /// Who you are signed in as: your identity, groups, and what the policies allow
+    /// you.
+    Whoami(login::SessionArgs),
+    /// Get a token for a service as your policies allow, alone on stdout (for
+    /// `PGPASSWORD=$(keyway access orders-db) psql …` or `curl -H "Authorization:
+    /// Bearer $(keyway access billing)"`). A broader ask than any policy gives is
+    /// refused with what they give. When the policy needs approval, a request is
+    /// filed: its id is printed on stdout and the exit status is 3; `--wait` waits
+    /// for the approval and prints the token instead.
+    Access(access::AccessArgs),
+    /// Access requests: list them, and approve, reject, collect or revoke one.
+    #[command(subcommand)]
+    Requests(access::RequestsCommand),
     /// Issue client credentials: workloads exchange them for short-lived access tokens.
     #[command(subcommand)]
     Credential(credential::CredentialCommand),
@@ -239,6 +260,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Token(cmd) => token::run(cmd).await,
         Command::Credential(cmd) => credential::run(cmd).await,
+        Command::Login(args) => login::login(args).await,
+        Command::Whoami(args) => login::whoami(args).await,
+        Command::Access(args) => access::access(args).await,
+        Command::Requests(cmd) => access::requests(cmd).await,
         Command::Scan(args) => scan::run(args).await,
         Command::Connect(args) => connect::run(args).await,
         Command::Secret(cmd) => secret::run(cmd).await,

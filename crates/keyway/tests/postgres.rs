@@ -39,28 +39,6 @@ fn psql_admin(sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// `psql` through the gateway with `token` as the password.
-fn psql(port: u16, token: &str, sql: &str) -> Output {
-    Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "whoever",
-            "-d",
-            "test",
-            "-XAtqc",
-            sql,
-        ])
-        .env("PGPASSWORD", token)
-        .env("PGSSLMODE", "disable")
-        .env("PGCONNECT_TIMEOUT", "10")
-        .output()
-        .unwrap()
-}
-
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).trim().to_owned(),

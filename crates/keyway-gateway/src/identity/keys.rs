@@ -138,9 +138,8 @@ impl KeyCache {
         }
     }
 
-    async fn fetch(&self, issuer: &WorkloadIssuer) -> Result<Vec<Key>, String> {
-        let client = self
-            .client
+    fn client(&self) -> Result<&HttpsClient, String> {
+        self.client
             .get_or_init(|| {
                 hyper_rustls::HttpsConnectorBuilder::new()
                     .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
@@ -151,7 +150,52 @@ impl KeyCache {
                     .map_err(|e| format!("no trusted roots: {e}"))
             })
             .as_ref()
-            .map_err(Clone::clone)?;
+            .map_err(Clone::clone)
+    }
+
+    /// GETs a JSON document from an identity provider, within the bounds.
+    pub async fn get_json(&self, url: &str) -> Result<serde_json::Value, String> {
+        get_json(self.client()?, url).await
+    }
+
+    /// POSTs a form to an identity provider (its token or device endpoint), with
+    /// HTTP Basic client authentication when `basic` is given; within the bounds.
+    /// Returns the status and the JSON answer (an OAuth error is JSON too).
+    pub async fn post_form(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+    ) -> Result<(http::StatusCode, serde_json::Value), String> {
+        use base64::Engine;
+        let client = self.client()?;
+        let body = serde_urlencoded::to_string(form).map_err(|e| e.to_string())?;
+        let mut req = http::Request::post(url)
+            .header(http::header::ACCEPT, "application/json")
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            );
+        if let Some((id, secret)) = basic {
+            // RFC 6749 §2.3.1: each form-encoded, then joined and base64-encoded.
+            let enc = |v: &str| serde_urlencoded::to_string([("", v)]).unwrap_or_default();
+            let pair = format!("{}:{}", &enc(id)[1..], &enc(secret)[1..]);
+            let mut v = http::HeaderValue::from_str(&format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            ))
+            .map_err(|_| "the client secret is not a header value".to_owned())?;
+            v.set_sensitive(true);
+            req = req.header(http::header::AUTHORIZATION, v);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|_| format!("`{url}` is not a URL"))?;
+        send(client, url, req).await
+    }
+
+    async fn fetch(&self, issuer: &WorkloadIssuer) -> Result<Vec<Key>, String> {
+        let client = self.client()?;
         let url = match &issuer.jwks_url {
             Some(u) => u.clone(),
             None => {
@@ -228,20 +272,33 @@ async fn get_json(client: &HttpsClient, url: &str) -> Result<serde_json::Value, 
         .header(http::header::ACCEPT, "application/json")
         .body(Full::new(Bytes::new()))
         .map_err(|_| format!("`{url}` is not a URL"))?;
+    match send(client, url, req).await? {
+        (status, _) if !status.is_success() => Err(format!("{url} answered {status}")),
+        (_, json) => Ok(json),
+    }
+}
+
+/// Sends `req` to `url`: the status and the JSON answer, within [`FETCH_TIMEOUT`]
+/// and [`MAX_DOCUMENT_BYTES`].
+async fn send(
+    client: &HttpsClient,
+    url: &str,
+    req: http::Request<Full<Bytes>>,
+) -> Result<(http::StatusCode, serde_json::Value), String> {
     let fetch = async {
         let resp = client
             .request(req)
             .await
             .map_err(|e| format!("{url}: {e}"))?;
-        if !resp.status().is_success() {
-            return Err(format!("{url} answered {}", resp.status()));
-        }
+        let status = resp.status();
         let body = Limited::new(resp.into_body(), MAX_DOCUMENT_BYTES)
             .collect()
             .await
-            .map_err(|_| format!("{url}: the document is over {MAX_DOCUMENT_BYTES} bytes"))?
+            .map_err(|_| format!("{url}: the answer is over {MAX_DOCUMENT_BYTES} bytes"))?
             .to_bytes();
-        serde_json::from_slice(&body).map_err(|_| format!("{url}: not JSON"))
+        let json = serde_json::from_slice(&body)
+            .map_err(|_| format!("{url} answered {status}, not JSON"))?;
+        Ok((status, json))
     };
     tokio::time::timeout(FETCH_TIMEOUT, fetch)
         .await

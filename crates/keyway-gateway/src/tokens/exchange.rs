@@ -59,25 +59,45 @@ pub enum RotateError {
 }
 
 /// Whether the policy a token came through still gives it as it is: the policy names
-/// its subject, grants at least its grant, and its issuer is still configured as it
-/// was. A token from no policy is judged elsewhere.
-pub(super) fn allowed_by_policy(config: &Config, record: &TokenRecord) -> bool {
+/// its subject (for a person: their user or a group they had at sign-in), grants at
+/// least its grant, and its identity provider is still configured as it was. A
+/// person's session needs only its provider. A token from no policy is judged
+/// elsewhere.
+pub(crate) fn allowed_by_policy(config: &Config, record: &TokenRecord) -> bool {
     let Some(origin) = &record.origin else {
         return true;
     };
-    let issuer = config
-        .identity
-        .workload
-        .get(&origin.provider)
-        .is_some_and(|w| w.issuer == origin.issuer);
-    let policy = config.policies.get(&origin.policy).is_some_and(|p| {
-        p.names(&origin.subject)
+    let (provider, subjects) = match origin.subject.strip_prefix("user:") {
+        Some(user) => (
+            config
+                .identity
+                .oidc
+                .get(&origin.provider)
+                .map(|o| &o.issuer),
+            keyway_core::config::person_subjects(user, &origin.groups),
+        ),
+        None => (
+            config
+                .identity
+                .workload
+                .get(&origin.provider)
+                .map(|w| &w.issuer),
+            vec![origin.subject.clone()],
+        ),
+    };
+    if provider != Some(&origin.issuer) {
+        return false;
+    }
+    if record.kind == TokenKind::Session {
+        return true;
+    }
+    config.policies.get(&origin.policy).is_some_and(|p| {
+        p.names_any(&subjects)
             && record
                 .grant
                 .as_ref()
                 .is_some_and(|g| p.grant(&g.service).is_some_and(|wider| g.within(wider)))
-    });
-    issuer && policy
+    })
 }
 
 // === impl Tokens ===
@@ -187,6 +207,7 @@ impl Tokens {
                 provider: who.provider.clone(),
                 issuer: who.issuer.clone(),
                 subject: who.subject.clone(),
+                ..Origin::default()
             }),
             spend: Some(who.spend(self.now())),
             ..Lineage::default()

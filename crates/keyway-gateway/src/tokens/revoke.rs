@@ -192,7 +192,7 @@ impl Tokens {
     /// Revokes every live token `pick` takes, and the tokens obtained with them:
     /// all refused at once in memory, then written with their events in one
     /// transaction. `reason` is recorded for the picked ones.
-    async fn revoke_picked(
+    pub(super) async fn revoke_picked(
         &self,
         pick: impl Fn(&Entry) -> bool,
         by: &str,

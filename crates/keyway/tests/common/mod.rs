@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod oidc;
+
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -479,4 +481,26 @@ pub fn connect(dir: &std::path::Path, service: &str, tunnel: u16, token: &str) -
         .unwrap();
     let port = line.trim().rsplit_once(':').unwrap().1.parse().unwrap();
     Connect(KillOnDrop(child), port)
+}
+
+/// `psql` through the gateway with `token` as the password.
+pub fn psql(port: u16, token: &str, sql: &str) -> Output {
+    Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "whoever",
+            "-d",
+            "test",
+            "-XAtqc",
+            sql,
+        ])
+        .env("PGPASSWORD", token)
+        .env("PGSSLMODE", "disable")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .unwrap()
 }
