@@ -245,7 +245,11 @@ pub(crate) fn token_info(
         expires_at: format_ms(r.expires_at),
         revoked_at: revoked_at.map(format_ms),
         last_used_at: last_used.map(format_ms),
-        policy: r.origin.as_ref().map(|o| o.policy.clone()),
+        policy: r
+            .origin
+            .as_ref()
+            .map(|o| o.policy.clone())
+            .filter(|p| !p.is_empty()),
         issuer: r.origin.as_ref().map(|o| o.issuer.clone()),
     }
 }

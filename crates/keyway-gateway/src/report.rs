@@ -58,7 +58,11 @@ pub async fn build(gw: &Control, since: UnixMillis) -> Result<Report, keyway_sto
             service: r.grant.as_ref().map(|g| g.service.clone()),
             expires_at: format_ms(e.expires_at()),
             last_used_at: e.last_used().map(format_ms),
-            policy: r.origin.as_ref().map(|o| o.policy.clone()),
+            policy: r
+                .origin
+                .as_ref()
+                .map(|o| o.policy.clone())
+                .filter(|p| !p.is_empty()),
         };
         match r.kind {
             TokenKind::Access | TokenKind::ClientCredential => {}
@@ -107,7 +111,11 @@ pub async fn build(gw: &Control, since: UnixMillis) -> Result<Report, keyway_sto
                 used_methods: methods.iter().cloned().collect(),
                 used_paths: segments.into_iter().collect(),
                 unused_paths,
-                policy: r.origin.as_ref().map(|o| o.policy.clone()),
+                policy: r
+                    .origin
+                    .as_ref()
+                    .map(|o| o.policy.clone())
+                    .filter(|p| !p.is_empty()),
             });
         }
     }

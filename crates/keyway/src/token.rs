@@ -293,6 +293,9 @@ pub fn describe(t: &TokenInfo) -> String {
     if t.kind == "admin" {
         return "admin API".to_owned();
     }
+    if t.kind == "session" {
+        return "sign-in: obtains access by policy".to_owned();
+    }
     if let Some(role) = &t.role {
         return format!("role {role}");
     }

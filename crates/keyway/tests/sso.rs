@@ -389,6 +389,27 @@ async fn people_sign_in_and_get_exactly_what_their_policies_give() {
     let found = files_containing(&w.dir, secret_part(&session));
     assert_eq!(found, vec![w.home("alice").join("keyway/sessions.json")]);
 
+    // Repointing the provider ends the sessions it vouched for.
+    let text = std::fs::read_to_string(w.dir.join("v2.toml")).unwrap();
+    std::fs::write(
+        w.dir.join("v3.toml"),
+        text.replace(&w.provider.issuer, "http://127.0.0.1:9"),
+    )
+    .unwrap();
+    let out = keyway(
+        &w.dir,
+        &["apply", "v3.toml", "--config", "keyway.toml"],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = w.run("dave", &["whoami"]);
+    assert!(
+        stderr(&out).contains("your session with"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(curl(&billing("/invoices/7"), Some(&dave), "GET"), 401);
+
     // The canary: no provider token, ID token or client secret in any file the
     // gateway or the CLI wrote (the store, the audit log, the logs, the sessions).
     let tokens = w.provider.issued();

@@ -225,6 +225,7 @@ async fn session(
         .authenticate(TokenKind::Session, text, source, cert)
     {
         Ok(s) => {
+            s.mark_used(api.h.now());
             ev.principal = Some(s.record.principal.clone());
             ev.token_id = Some(s.id().to_owned());
             Ok(s)
@@ -369,19 +370,27 @@ async fn access(
             }
             no_store(StatusCode::OK, token_body(&token, &record))
         }
-        Ok(Given::Filed(r, approval)) => (
-            StatusCode::ACCEPTED,
-            Json(json!({
-                "request_id": r.id,
-                "state": "pending",
-                "policy": r.origin.policy,
-                "grant": r.grant,
-                "approvers": approval.approvers,
-                "min": approval.min,
-                "expires_at": format_ms(r.expires_at),
-            })),
-        )
-            .into_response(),
+        Ok(Given::Filed(r, approval)) => {
+            // Filed, not given: the `access.requested` event is in; this one says
+            // from where.
+            ev.detail = json!({ "request": r.id, "state": "pending", "reason": ask.reason });
+            if !api.h.audit.record(ev).wait().await {
+                return unavailable();
+            }
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "request_id": r.id,
+                    "state": "pending",
+                    "policy": r.origin.policy,
+                    "grant": r.grant,
+                    "approvers": approval.approvers,
+                    "min": approval.min,
+                    "expires_at": format_ms(r.expires_at),
+                })),
+            )
+                .into_response()
+        }
         Err(e) => {
             let (reason, status, code) = match &e {
                 AccessError::NoService(_) => {
@@ -561,6 +570,7 @@ async fn request_action(
         "collect" => match api.people.collect(&s, &id).await {
             Ok((token, record)) => {
                 ev.allow();
+                ev.service = record.grant.as_ref().map(|g| g.service.clone());
                 ev.detail["access_token_id"] = json!(record.id);
                 ev.detail["expires_at"] = json!(format_ms(record.expires_at));
                 if !api.h.audit.record(ev).wait().await {
