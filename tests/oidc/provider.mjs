@@ -11,7 +11,8 @@
 //   CLIENT_SECRET  secret of the single client "keyway" (required)
 //   ACCOUNTS_FILE  JSON {"alice": {"password", "email", "groups": [..]}, ..},
 //                  re-read at every login and every findAccount (required)
-//   ISSUED_FILE    optional: every token /token hands out is appended, one a line
+//   ISSUED_FILE    optional: every token /token hands out, every device code and
+//                  every authorization code is appended, one a line
 //   CONTROL_FILE   optional JSON, re-read at every request:
 //                    "clock_offset_s": N     ID tokens are minted with the clock
 //                                            shifted by N seconds (iat/exp move)
@@ -69,7 +70,7 @@ async function findAccount(_ctx, id) {
     accountId: id,
     async claims() {
       const now = accounts()[id] || acct;
-      return { sub: id, email: now.email, groups: now.groups || [] };
+      return { sub: id, email: now.email, email_verified: true, groups: now.groups || [] };
     },
   };
 }
@@ -94,7 +95,7 @@ const provider = new Provider(issuer, {
   findAccount,
   claims: {
     acr: null, sid: null, auth_time: null, iss: null,
-    openid: ['sub'], email: ['email'], groups: ['groups'],
+    openid: ['sub'], email: ['email', 'email_verified'], groups: ['groups'],
   },
   scopes: ['openid', 'email', 'groups', 'offline_access'],
   conformIdTokenClaims: false,
@@ -156,10 +157,16 @@ provider.use(async (ctx, next) => {
 
   // Every token the provider hands out, one a line, so a test can show Keyway
   // wrote none of them anywhere (the canary).
-  if (ISSUED_FILE && ctx.method === 'POST' && ctx.path === '/token' && ctx.body) {
-    for (const k of ['id_token', 'access_token', 'refresh_token']) {
+  if (ISSUED_FILE && ctx.method === 'POST' && ['/token', '/device/auth'].includes(ctx.path) && ctx.body) {
+    for (const k of ['id_token', 'access_token', 'refresh_token', 'device_code']) {
       if (typeof ctx.body[k] === 'string') appendFileSync(ISSUED_FILE, `${ctx.body[k]}\n`);
     }
+  }
+  // And every authorization code, from the redirect that carries it.
+  const location = ctx.response.get('location');
+  if (ISSUED_FILE && location && location.includes('code=')) {
+    const code = new URL(location, issuer).searchParams.get('code');
+    if (code) appendFileSync(ISSUED_FILE, `${code}\n`);
   }
 
   if (ctx.method === 'POST' && ctx.path === '/token' && control.tamper_id_token

@@ -215,22 +215,27 @@ impl Authorizer {
         Ok(entry)
     }
 
-    /// The client credential a token was obtained with, if it is in the index.
-    pub fn parent_credential(&self, entry: &Entry) -> Option<Arc<Entry>> {
+    /// What a token was obtained with, if it is in the index: the client credential
+    /// it was exchanged for, or the person's session it was asked through.
+    pub fn lineage_parent(&self, entry: &Entry) -> Option<Arc<Entry>> {
         let parent = self.index.get(entry.record.parent_id.as_deref()?)?;
-        (parent.record.kind == TokenKind::ClientCredential).then_some(parent)
+        matches!(
+            parent.record.kind,
+            TokenKind::ClientCredential | TokenKind::Session
+        )
+        .then_some(parent)
     }
 
-    /// A token obtained with a credential is held to it on every use: the credential
-    /// must not be revoked, and its source networks apply.
+    /// A token obtained with a credential or through a session is held to it on
+    /// every use: it must not be revoked, and a credential's source networks apply.
     fn check_lineage(&self, entry: &Entry, source: IpAddr) -> Result<(), DenyReason> {
-        let Some(credential) = self.parent_credential(entry) else {
+        let Some(parent) = self.lineage_parent(entry) else {
             return Ok(());
         };
-        if credential.revoked() {
+        if parent.revoked() {
             return Err(DenyReason::Revoked);
         }
-        match &credential.record.scope {
+        match &parent.record.scope {
             Some(scope) if !scope.allows_source(source) => Err(DenyReason::SourceNotAllowed),
             _ => Ok(()),
         }

@@ -73,11 +73,16 @@ pub enum AccessError {
     /// A policy names the person for the service, but gives less than asked.
     #[error("you asked for more of `{service}` than your policies give: {gives}")]
     Broader { service: String, gives: String },
+    #[error("you have {MAX_OPEN_REQUESTS} access requests open; withdraw one (`keyway requests revoke ID`) or wait for them to expire")]
+    TooManyRequests,
     #[error(transparent)]
     Token(#[from] PersonTokenError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// Access requests one person may have open at once.
+pub const MAX_OPEN_REQUESTS: usize = 10;
 
 /// Sign-ins, people's access, and access requests.
 pub struct People {
@@ -166,11 +171,14 @@ impl People {
         &self,
         provider: Option<&str>,
         redirect_uri: Option<&str>,
+        source: std::net::IpAddr,
     ) -> Result<Started, LoginError> {
         let config = self.config.current();
         let p = Self::provider(&config, provider)?;
         let secret = self.client_secret(&p)?;
-        self.oidc.start(&p, redirect_uri, secret.as_ref()).await
+        self.oidc
+            .start(&p, redirect_uri, secret.as_ref(), source)
+            .await
     }
 
     /// Finishes a sign-in and makes the person's session.
@@ -196,6 +204,7 @@ impl People {
             issuer: person.issuer.clone(),
             subject: format!("user:{}", person.user),
             groups: person.groups.clone(),
+            read_as: Some(p.read_as()),
             ..Origin::default()
         };
         let (token, record) = self
@@ -204,6 +213,14 @@ impl People {
             .await
             .map_err(LoginFinishError::Store)?;
         Ok((person, token, record))
+    }
+
+    /// Ends the session, and every access token obtained through it.
+    pub async fn logout(&self, session: &Entry) -> Result<(), StoreError> {
+        self.tokens
+            .revoke(session.id(), &session.record.principal, Some("logout"))
+            .await
+            .map(drop)
     }
 
     /// The policies that name the person of `session`, for `keyway whoami`.
@@ -292,6 +309,19 @@ impl People {
             .min(policy.max_ttl)
             .min(config.max_ttl_of(svc));
         if let Some(approval) = &policy.approval {
+            // Open requests (not yet expired, nor ended) of this person, at most
+            // [`MAX_OPEN_REQUESTS`]: one person cannot flood the approvers.
+            let me = &session.record.principal;
+            let open = self
+                .store
+                .requests(self.now(), 500)
+                .await?
+                .iter()
+                .filter(|r| r.origin.subject == *me && r.rejected.is_none())
+                .count();
+            if open >= MAX_OPEN_REQUESTS {
+                return Err(AccessError::TooManyRequests);
+            }
             let r = self
                 .file(session, policy, approval, grant, ttl, ask.reason.clone())
                 .await?;
@@ -382,13 +412,13 @@ pub enum LoginError {
     IdToken(IdentityError),
     #[error("the ID token lacks the user claim `{0}`, or it is not a plain string")]
     NoUser(String),
-    #[error("the ID token says the email address is not verified")]
+    #[error("the ID token does not say the email address is verified (`email_verified`); name a claim the provider vouches for in `user_claim`")]
     EmailNotVerified,
     #[error("the client secret `{0}` is not set; run `keyway secret set {0}`")]
     NoClientSecret(String),
     #[error("the identity provider cannot be reached: {0}")]
     Unreachable(String),
-    #[error("too many sign-ins under way; retry shortly")]
+    #[error("too many sign-ins under way (from this address, or in all); retry in a few minutes")]
     Busy,
 }
 

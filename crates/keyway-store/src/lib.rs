@@ -103,6 +103,10 @@ pub struct Origin {
     /// The subject as policies name it: `workload:<provider>:<subject>` or
     /// `user:<user>`.
     pub subject: String,
+    /// For a person: how the provider's ID token was read (client id, user and groups
+    /// claims); a change of those ends the sessions read the old way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_as: Option<String>,
     /// A person's groups at sign-in (policies name them as `group:<name>`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
@@ -137,6 +141,10 @@ pub struct AccessRequest {
 pub struct RequestDecision {
     /// `user:<user>`.
     pub by: String,
+    /// The approver entry of the policy that made them one (`group:db-owners`): an
+    /// approval counts while the policy still names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     pub at: UnixMillis,
     pub reason: Option<String>,
 }

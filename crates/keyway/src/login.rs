@@ -394,6 +394,35 @@ async fn device(gateway: &str, args: &LoginArgs) -> Result<serde_json::Value> {
     }
 }
 
+/// Ends the session at the gateway (its access tokens end with it) and forgets it.
+pub async fn logout(args: SessionArgs) -> Result<ExitCode> {
+    let session = Session::load(args)?;
+    let ended = session.call(Method::POST, "/v1/logout", None).await;
+    let mut all = read_all()?;
+    all.remove(&session.gateway);
+    write_all(&all)?;
+    match ended {
+        Ok((status, _)) if status.is_success() => {
+            eprintln!(
+                "signed out of {}; the session and its tokens are revoked",
+                session.gateway
+            );
+        }
+        // Already ended: nothing to revoke.
+        Err(e) if e.to_string().contains("has ended") => {
+            eprintln!(
+                "signed out of {} (the session had already ended)",
+                session.gateway
+            );
+        }
+        Ok((status, v)) => bail!("{} ({status}); the session was forgotten here", refusal(&v)),
+        Err(e) => {
+            return Err(e.context("the session was forgotten here, but the gateway did not end it"))
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn whoami(args: SessionArgs) -> Result<ExitCode> {
     let session = Session::load(args)?;
     let (status, v) = session.call(Method::GET, "/v1/whoami", None).await?;

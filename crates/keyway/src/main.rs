@@ -104,6 +104,9 @@ enum Command {
     /// Who you are signed in as: your identity, groups, and what the policies allow
     /// you.
     Whoami(login::SessionArgs),
+    /// Sign out: the session ends at the gateway, with every token obtained through
+    /// it, and is forgotten here.
+    Logout(login::SessionArgs),
     /// Get a token for a service as your policies allow, alone on stdout (for
     /// `PGPASSWORD=$(keyway access orders-db) psql …` or `curl -H "Authorization:
     /// Bearer $(keyway access billing)"`). A broader ask than any policy gives is
@@ -262,6 +265,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Credential(cmd) => credential::run(cmd).await,
         Command::Login(args) => login::login(args).await,
         Command::Whoami(args) => login::whoami(args).await,
+        Command::Logout(args) => login::logout(args).await,
         Command::Access(args) => access::access(args).await,
         Command::Requests(cmd) => access::requests(cmd).await,
         Command::Scan(args) => scan::run(args).await,

@@ -9,213 +9,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
-use common::oidc;
 use common::*;
 use serde_json::json;
 
-const CLIENT_SECRET: &str = "oidc-client-secret-canary-5150";
-
-fn accounts() -> serde_json::Value {
-    json!({
-        "alice": {"password": "pw-alice", "email": "alice@example.com", "groups": ["finance"]},
-        "bob":   {"password": "pw-bob",   "email": "bob@example.com",   "groups": ["sre"]},
-        "carol": {"password": "pw-carol", "email": "carol@example.com", "groups": ["db-owners"]},
-        "dave":  {"password": "pw-dave",  "email": "dave@example.com",  "groups": []},
-    })
-}
-
-/// A gateway trusting the provider, with one HTTP and one PostgreSQL service and
-/// three policies (one needing approval).
-struct World {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-    token_url: String,
-    svc_port: u16,
-    pg_port: u16,
-    _gateway: KillOnDrop,
-    provider: oidc::Provider,
-    _ptmp: tempfile::TempDir,
-}
-
-async fn world(
-    extra: &str,
-) -> (
-    World,
-    std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
-) {
-    require(
-        5432,
-        "PostgreSQL",
-        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
-    );
-    let (up, _) = upstream().await;
-    let (hook, got) = webhook().await;
-    let ptmp = tempfile::tempdir().unwrap();
-    let provider = oidc::start(ptmp.path(), CLIENT_SECRET, accounts());
-    provider.set_control(json!({ "device_interval": 1 }));
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_owned();
-    let (admin, token, svc, pg) = (free_port(), free_port(), free_port(), free_port());
-    std::fs::write(
-        dir.join("keyway.toml"),
-        format!(
-            r#"data_dir = "data"
-admin_listen = "127.0.0.1:{admin}"
-token_listen = "127.0.0.1:{token}"
-
-[services.billing]
-protocol = "http"
-listen = "127.0.0.1:{svc}"
-upstream = "http://{up}"
-max_ttl = "8h"
-
-[services.orders-db]
-protocol = "postgres"
-listen = "127.0.0.1:{pg}"
-upstream = "127.0.0.1:5432"
-database = "test"
-max_ttl = "1h"
-roles.readwrite = {{ user = "postgres", secret = "pg-rw" }}
-
-[identity.oidc.corp]
-issuer = "{issuer}"
-client_id = "keyway"
-client_secret = "oidc-corp"
-
-[policies.billing-readers]
-subjects = ["group:finance", "user:dave@example.com"]
-grants = [{{ service = "billing", methods = ["GET", "HEAD"], paths = ["/invoices/"] }}]
-max_ttl = "8h"
-
-[policies.orders-db-write]
-subjects = ["group:sre"]
-grants = [{{ service = "orders-db", role = "readwrite" }}]
-max_ttl = "1h"
-approval = {{ approvers = ["group:db-owners", "group:sre"], min = 1, request_ttl = "1h" }}
-
-[alerts.webhook]
-url = "http://{hook}/hook"
-secret = "hook-key"
-{extra}"#,
-            issuer = provider.issuer
-        ),
-    )
-    .unwrap();
-    let gateway = start_gateway(&dir, admin);
-    wait_for_port(token);
-    for (name, value) in [
-        ("oidc-corp", CLIENT_SECRET),
-        ("pg-rw", "unused-with-trust"),
-        ("hook-key", "hook-signing-key"),
-    ] {
-        let out = keyway(
-            &dir,
-            &["secret", "set", name, "--config", "keyway.toml"],
-            Some(value),
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    (
-        World {
-            _tmp: tmp,
-            dir,
-            token_url: format!("http://127.0.0.1:{token}"),
-            svc_port: svc,
-            pg_port: pg,
-            _gateway: gateway,
-            provider,
-            _ptmp: ptmp,
-        },
-        got,
-    )
-}
-
-impl World {
-    /// A person's own config folder (their `~/.config`).
-    fn home(&self, who: &str) -> PathBuf {
-        let h = self.dir.join("homes").join(who);
-        std::fs::create_dir_all(&h).unwrap();
-        h
-    }
-
-    fn cmd(&self, who: &str, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .current_dir(&self.dir)
-            .env("XDG_CONFIG_HOME", self.home(who))
-            .env("KEYWAY_GATEWAY", &self.token_url)
-            .env_remove("DISPLAY")
-            .env_remove("WAYLAND_DISPLAY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c
-    }
-
-    /// `keyway ARGS` as `who`; stderr kept for the canary.
-    fn run(&self, who: &str, args: &[&str]) -> Output {
-        let out = self.cmd(who, args).output().unwrap();
-        self.keep_stderr(&out.stderr);
-        out
-    }
-
-    fn keep_stderr(&self, e: &[u8]) {
-        use std::io::Write;
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("cli.stderr"))
-            .unwrap();
-        log.write_all(e).unwrap();
-    }
-
-    /// `keyway login`, the test playing `who`'s browser.
-    fn login(&self, who: &str, password: &str) -> Output {
-        let out = oidc::login_in_browser(self.cmd(who, &["login"]), who, password);
-        self.keep_stderr(&out.stderr);
-        out
-    }
-
-    /// `keyway login --device`, the test confirming the code in `who`'s browser.
-    fn login_device(&self, who: &str, password: &str) -> Output {
-        let out = oidc::login_on_device(self.cmd(who, &["login", "--device"]), who, password);
-        self.keep_stderr(&out.stderr);
-        out
-    }
-
-    fn audit(&self, kind: &str) -> Vec<serde_json::Value> {
-        let out = keyway(
-            &self.dir,
-            &[
-                "audit",
-                "query",
-                "--kind",
-                kind,
-                "--json",
-                "--limit",
-                "1000",
-                "--config",
-                "keyway.toml",
-            ],
-            None,
-        );
-        let text = ok_stdout(out);
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::sso::{accounts, stderr, world, CLIENT_SECRET};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn people_sign_in_and_get_exactly_what_their_policies_give() {
@@ -389,6 +188,81 @@ async fn people_sign_in_and_get_exactly_what_their_policies_give() {
     let found = files_containing(&w.dir, secret_part(&session));
     assert_eq!(found, vec![w.home("alice").join("keyway/sessions.json")]);
 
+    // The sign-in endpoints refuse a redirect off this machine, a wrong `state`, and a
+    // second try with the same sign-in.
+    let post = |path: &str, body: serde_json::Value| -> (u16, serde_json::Value) {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                "content-type: application/json",
+                "-d",
+            ])
+            .arg(body.to_string())
+            .arg(format!("{}{path}", w.token_url))
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (body, status) = text.rsplit_once('\n').unwrap();
+        (status.parse().unwrap(), serde_json::from_str(body).unwrap())
+    };
+    let (status, v) = post(
+        "/v1/login/start",
+        json!({ "redirect_uri": "http://evil.example:5555/cb" }),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("must go to this machine"),
+        "{v}"
+    );
+    let (status, v) = post(
+        "/v1/login/start",
+        json!({ "redirect_uri": "http://127.0.0.1:5555/callback" }),
+    );
+    assert_eq!(status, 200, "{v}");
+    let login_id = v["login_id"].as_str().unwrap().to_owned();
+    let (status, v) = post(
+        "/v1/login/finish",
+        json!({ "login_id": login_id, "code": "x", "state": "forged" }),
+    );
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{v}"
+    );
+    let (status, v) = post(
+        "/v1/login/finish",
+        json!({ "login_id": login_id, "code": "x", "state": "forged" }),
+    );
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("no sign-in under way"),
+        "{status} {v}"
+    );
+
+    // Signing out ends the session and every token obtained through it.
+    let out = w.run("dave", &["logout"]);
+    assert!(stderr(&out).contains("signed out of"), "{}", stderr(&out));
+    assert_eq!(curl(&billing("/invoices/7"), Some(&dave), "GET"), 401);
+    let out = w.run("dave", &["whoami"]);
+    assert!(stderr(&out).contains("not signed in"), "{}", stderr(&out));
+    let revoked = w.audit("token.revoked");
+    let reasons: Vec<&str> = revoked
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert!(
+        reasons.contains(&"logout") && reasons.contains(&"session_ended"),
+        "{reasons:?}"
+    );
+
     // Repointing the provider ends the sessions it vouched for.
     let text = std::fs::read_to_string(w.dir.join("v2.toml")).unwrap();
     std::fs::write(
@@ -402,13 +276,12 @@ async fn people_sign_in_and_get_exactly_what_their_policies_give() {
         None,
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = w.run("dave", &["whoami"]);
+    let out = w.run("alice", &["whoami"]);
     assert!(
         stderr(&out).contains("your session with"),
         "{}",
         stderr(&out)
     );
-    assert_eq!(curl(&billing("/invoices/7"), Some(&dave), "GET"), 401);
 
     // The canary: no provider token, ID token or client secret in any file the
     // gateway or the CLI wrote (the store, the audit log, the logs, the sessions).
@@ -490,10 +363,10 @@ async fn an_access_request_waits_for_an_approver_and_ends_early_when_revoked() {
         "{}",
         stderr(&out)
     );
-    let out = w.run("dave", &["requests", "list"]);
+    let listed = ok_stdout(w.run("dave", &["requests", "list"]));
     assert!(
-        !String::from_utf8_lossy(&out.stdout).contains(&id),
-        "dave sees nothing to decide"
+        !listed.contains(&id),
+        "dave sees nothing to decide: {listed}"
     );
     // Carol approves: Bob's `--wait` prints the token, and psql takes it.
     let out = w.run(

@@ -131,6 +131,19 @@ pub struct OidcProvider {
     pub session_ttl: Duration,
 }
 
+// === impl OidcProvider ===
+
+impl OidcProvider {
+    /// How its ID tokens are read into a person: a session keeps it, and one read
+    /// another way (another client, other claims) ends.
+    pub fn read_as(&self) -> String {
+        format!(
+            "client_id={} user_claim={} groups_claim={}",
+            self.client_id, self.user_claim, self.groups_claim
+        )
+    }
+}
+
 /// The longest a sign-in lasts when the provider's entry does not say.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
@@ -285,6 +298,12 @@ impl RawIdentity {
                     scopes,
                     session_ttl,
                 },
+            );
+        }
+        if oidc.len() > 1 {
+            p.push(
+                "identity.oidc",
+                "one sign-in provider in this version: `user:` and `group:` subjects name no provider, so a second would let its people claim the first's names",
             );
         }
         let mut workload = BTreeMap::new();

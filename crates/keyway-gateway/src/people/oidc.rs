@@ -24,6 +24,9 @@ use crate::identity::{IdentityError, Verifier};
 const LOGIN_TTL: Duration = Duration::from_secs(10 * 60);
 /// Sign-ins under way at once, at most (each is a few hundred bytes).
 const MAX_PENDING: usize = 4096;
+/// Sign-ins under way from one address at once, at most: one client cannot take
+/// every slot.
+const MAX_PENDING_PER_SOURCE: usize = 16;
 /// A discovery document is fetched again after this.
 const DISCOVERY_MAX_AGE: Duration = Duration::from_secs(10 * 60);
 /// Groups taken from an ID token, at most.
@@ -43,6 +46,7 @@ type Discovered = (Instant, Arc<Endpoints>, OidcProvider);
 /// A sign-in under way.
 struct Pending {
     provider: String,
+    source: std::net::IpAddr,
     started: Instant,
     flow: Flow,
 }
@@ -111,21 +115,21 @@ impl Client {
         provider: &OidcProvider,
         redirect_uri: Option<&str>,
         client_secret: Option<&SecretString>,
+        source: std::net::IpAddr,
     ) -> Result<Started, LoginError> {
+        if redirect_uri.is_some_and(|u| !loopback_redirect(u)) {
+            return Err(LoginError::RedirectNotLoopback);
+        }
+        self.room_for(source)?;
         let endpoints = self.endpoints(provider).await?;
         let login_id = random();
         let flow = match redirect_uri {
-            Some(uri) => {
-                if !loopback_redirect(uri) {
-                    return Err(LoginError::RedirectNotLoopback);
-                }
-                Flow::Code {
-                    state: random(),
-                    nonce: random(),
-                    verifier: SecretString::from(random()),
-                    redirect_uri: uri.to_owned(),
-                }
-            }
+            Some(uri) => Flow::Code {
+                state: random(),
+                nonce: random(),
+                verifier: SecretString::from(random()),
+                redirect_uri: uri.to_owned(),
+            },
             None => {
                 let url = endpoints
                     .device
@@ -172,6 +176,7 @@ impl Client {
                     login_id,
                     Pending {
                         provider: provider.name.clone(),
+                        source,
                         started: Instant::now(),
                         flow: Flow::Device {
                             device_code: SecretString::from(device_code),
@@ -215,6 +220,7 @@ impl Client {
             login_id.clone(),
             Pending {
                 provider: provider.name.clone(),
+                source,
                 started: Instant::now(),
                 flow,
             },
@@ -340,6 +346,12 @@ impl Client {
                             interval: *interval,
                         });
                     }
+                    // The provider failing is not the person refusing: poll again.
+                    _ if status.is_server_error() => {
+                        return Err(LoginError::Unreachable(format!(
+                            "the provider's token endpoint answered {status}"
+                        )));
+                    }
                     _ => {
                         self.lock().remove(login_id);
                     }
@@ -387,8 +399,9 @@ impl Client {
                 !s.is_empty() && s.len() <= 256 && !s.chars().any(|c| c.is_control() || c == ' ')
             })
             .ok_or_else(|| LoginError::NoUser(provider.user_claim.clone()))?;
+        // An address the provider has not verified is anyone's to type in.
         if provider.user_claim == "email"
-            && claims.get("email_verified").and_then(|v| v.as_bool()) == Some(false)
+            && claims.get("email_verified").and_then(|v| v.as_bool()) != Some(true)
         {
             return Err(LoginError::EmailNotVerified);
         }
@@ -460,15 +473,20 @@ impl Client {
         Ok(e)
     }
 
-    fn keep(&self, id: String, p: Pending) -> Result<(), LoginError> {
+    /// Whether one more sign-in may start from `source`: old ones are dropped first.
+    fn room_for(&self, source: std::net::IpAddr) -> Result<(), LoginError> {
         let mut pending = self.lock();
-        if pending.len() >= MAX_PENDING {
-            pending.retain(|_, p| p.started.elapsed() <= LOGIN_TTL);
-            if pending.len() >= MAX_PENDING {
-                return Err(LoginError::Busy);
-            }
+        pending.retain(|_, p| p.started.elapsed() <= LOGIN_TTL);
+        let mine = pending.values().filter(|p| p.source == source).count();
+        if pending.len() >= MAX_PENDING || mine >= MAX_PENDING_PER_SOURCE {
+            return Err(LoginError::Busy);
         }
-        pending.insert(id, p);
+        Ok(())
+    }
+
+    fn keep(&self, id: String, p: Pending) -> Result<(), LoginError> {
+        self.room_for(p.source)?;
+        self.lock().insert(id, p);
         Ok(())
     }
 

@@ -142,14 +142,16 @@ impl People {
         if r.origin.subject == me {
             return Err(RequestError::SelfApproval);
         }
-        if !approval.approver(&subjects_of(session)) {
+        let mine = subjects_of(session);
+        let Some(via) = approval.approvers.iter().find(|a| mine.contains(a)) else {
             return Err(RequestError::NotApprover(r.origin.policy.clone()));
-        }
+        };
         if r.approvals.iter().any(|a| a.by == me) {
             return Err(RequestError::AlreadyApproved);
         }
         let decision = RequestDecision {
             by: me.clone(),
+            via: Some(via.clone()),
             at: now,
             reason: reason.map(|r| r.chars().take(512).collect()),
         };
@@ -193,7 +195,7 @@ impl People {
             "rejected" => return Err(RequestError::Rejected),
             "expired" => return Err(RequestError::Expired),
             _ => {
-                let left = approval.min.saturating_sub(r.approvals.len() as u32);
+                let left = approval.min.saturating_sub(counted(&r, &approval) as u32);
                 return Err(RequestError::Pending(left));
             }
         }
@@ -201,6 +203,9 @@ impl People {
             return Err(RequestError::PolicyGone(r.origin.policy.clone()));
         };
         let ttl = Duration::from_millis(r.ttl_ms).min(policy.max_ttl);
+        let ttl = config
+            .service(&r.grant.service)
+            .map_or(ttl, |svc| ttl.min(config.max_ttl_of(svc)));
         let minted = self
             .tokens
             .mint_for_person(
@@ -211,12 +216,22 @@ impl People {
                 Some((&r.id, r.expires_at)),
             )
             .await;
-        match minted {
+        let (token, record) = match minted {
             Err(PersonTokenError::PolicyChanged) => {
-                Err(RequestError::PolicyGone(r.origin.policy.clone()))
+                return Err(RequestError::PolicyGone(r.origin.policy.clone()))
             }
-            other => Ok(other?),
+            other => other?,
+        };
+        // Revoked while it was minted: the revocation may have looked for the token
+        // before it was there.
+        let now_r = self.store.request(id).await?;
+        if now_r.is_none_or(|r| r.rejected.is_some()) {
+            self.tokens
+                .revoke(&record.id, "gateway", Some("request_revoked"))
+                .await?;
+            return Err(RequestError::Rejected);
         }
+        Ok((token, record))
     }
 
     /// Ends a request early: the requester withdraws it, or an approver or the
@@ -238,6 +253,7 @@ impl People {
         if r.rejected.is_none() {
             r.rejected = Some(RequestDecision {
                 by: me.clone(),
+                via: None,
                 at: now,
                 reason: Some("revoked".into()),
             });
@@ -269,9 +285,75 @@ fn state(r: &AccessRequest, approval: Option<&Approval>, now: UnixMillis) -> &'s
         "rejected"
     } else if now >= r.expires_at {
         "expired"
-    } else if r.approvals.len() >= a.min as usize {
+    } else if counted(r, a) >= a.min as usize {
         "approved"
     } else {
         "pending"
+    }
+}
+
+/// The approvals that count: by someone who was an approver by a subject the policy
+/// still names as one.
+fn counted(r: &AccessRequest, a: &Approval) -> usize {
+    r.approvals
+        .iter()
+        .filter(|d| d.via.as_ref().is_some_and(|v| a.approvers.contains(v)))
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_approval_counts_only_while_the_policy_names_its_approver() {
+        let decision = |by: &str, via: &str| RequestDecision {
+            by: by.into(),
+            via: Some(via.into()),
+            at: 1,
+            reason: None,
+        };
+        let r = AccessRequest {
+            id: "req_x".into(),
+            version: 2,
+            origin: Default::default(),
+            grant: keyway_core::Grant::new("orders-db", &[], &[]).unwrap_or_else(|e| panic!("{e}")),
+            ttl_ms: 60_000,
+            reason: None,
+            created_at: 0,
+            expires_at: 1_000,
+            approvals: vec![
+                decision("user:carol@example.com", "group:db-owners"),
+                decision("user:erin@example.com", "group:dba"),
+            ],
+            rejected: None,
+        };
+        let approval = |approvers: &[&str], min| Approval {
+            approvers: approvers.iter().map(|a| a.to_string()).collect(),
+            min,
+            request_ttl: Duration::from_secs(60),
+        };
+        assert_eq!(
+            state(
+                &r,
+                Some(&approval(&["group:db-owners", "group:dba"], 2)),
+                10
+            ),
+            "approved"
+        );
+        // `group:dba` is no longer an approver: Erin's approval no longer counts.
+        assert_eq!(
+            state(&r, Some(&approval(&["group:db-owners"], 2)), 10),
+            "pending"
+        );
+        assert_eq!(
+            state(&r, Some(&approval(&["group:db-owners"], 1)), 10),
+            "approved"
+        );
+        assert_eq!(
+            state(&r, Some(&approval(&["group:db-owners"], 1)), 1_000),
+            "expired"
+        );
+        assert_eq!(state(&r, None, 10), "policy_gone");
     }
 }

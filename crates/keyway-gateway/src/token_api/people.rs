@@ -6,7 +6,8 @@
 //! - `POST /v1/login/finish` `{login_id, code?, state?}`: redeems the browser's code,
 //!   or polls the device flow (`428 authorization_pending` until confirmed); answers
 //!   the session `{session_token, user, groups, expires_at}`.
-//! - with `Authorization: Bearer <session>`: `GET /v1/whoami`; `POST /v1/access`
+//! - with `Authorization: Bearer <session>`: `GET /v1/whoami`; `POST /v1/logout`
+//!   (the session and its tokens end); `POST /v1/access`
 //!   `{service, role?, methods?, paths?, ttl?, reason?}` (a token, or `202` and a
 //!   filed request); `GET /v1/requests`; `POST /v1/requests/{id}/approve`,
 //!   `…/reject`, `…/collect`, `…/revoke`.
@@ -15,7 +16,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -30,10 +31,12 @@ use super::{bearer, deny, error, unavailable};
 use crate::index::Entry;
 use crate::listener::ConnInfo;
 use crate::people::{
-    describe, AccessError, Ask, Given, LoginError, LoginFinishError, People, RequestError, Started,
+    describe, AccessError, Ask, Given, LoginError, LoginFinishError, People, Started,
 };
 use crate::proxy::Handles;
 use crate::tokens::PersonTokenError;
+
+mod requests;
 
 #[derive(Clone)]
 struct Api {
@@ -46,9 +49,10 @@ pub(super) fn router(h: Handles, people: Arc<People>) -> Router {
         .route("/v1/login/start", post(login_start))
         .route("/v1/login/finish", post(login_finish))
         .route("/v1/whoami", get(whoami))
+        .route("/v1/logout", post(logout))
         .route("/v1/access", post(access))
-        .route("/v1/requests", get(list_requests))
-        .route("/v1/requests/{id}/{action}", post(request_action))
+        .route("/v1/requests", get(requests::list))
+        .route("/v1/requests/{id}/{action}", post(requests::action))
         .with_state(Api { h, people })
 }
 
@@ -92,7 +96,11 @@ async fn login_start(
     };
     let started = api
         .people
-        .login_start(b.provider.as_deref(), b.redirect_uri.as_deref())
+        .login_start(
+            b.provider.as_deref(),
+            b.redirect_uri.as_deref(),
+            conn.peer.ip().to_canonical(),
+        )
         .await;
     match started {
         Ok(Started::Browser { login_id, url }) => no_store(
@@ -119,7 +127,8 @@ async fn login_start(
         ),
         Err(e) => {
             let mut ev = event(&api, EventKind::Login, &conn);
-            ev.detail = json!({ "provider": b.provider, "step": "start", "why": e.to_string() });
+            let provider = b.provider.map(|p| p.chars().take(64).collect::<String>());
+            ev.detail = json!({ "provider": provider, "step": "start", "why": e.to_string() });
             login_refused(&api, ev, e).await
         }
     }
@@ -246,6 +255,30 @@ async fn session(
     }
 }
 
+async fn logout(
+    State(api): State<Api>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+) -> Response {
+    let mut ev = event(&api, EventKind::Login, &conn);
+    let s = match session(&api, &conn, &headers, &mut ev).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    // The revocation's own events (`token.revoked`, its children too) say it.
+    match api.people.logout(&s).await {
+        Ok(_) => (
+            StatusCode::OK,
+            Json(json!({ "session_id": s.id(), "state": "ended" })),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "could not end a session");
+            unavailable()
+        }
+    }
+}
+
 async fn whoami(
     State(api): State<Api>,
     Extension(conn): Extension<ConnInfo>,
@@ -353,7 +386,7 @@ async fn access(
         methods: b.methods,
         paths: b.paths,
         ttl,
-        reason: b.reason,
+        reason: b.reason.map(|r| r.chars().take(512).collect()),
     };
     match api.people.access(&s, &ask).await {
         Ok(Given::Token(token, record)) => {
@@ -402,6 +435,11 @@ async fn access(
                 AccessError::NoPolicy { .. } => {
                     ("no_policy", StatusCode::FORBIDDEN, "access_denied")
                 }
+                AccessError::TooManyRequests => (
+                    "too_many_requests",
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "invalid_request",
+                ),
                 AccessError::Broader { .. } => (
                     "broader_than_policy",
                     StatusCode::FORBIDDEN,
@@ -423,174 +461,5 @@ async fn access(
             };
             deny(&api.h, ev, reason, status, code, &e.to_string()).await
         }
-    }
-}
-
-async fn list_requests(
-    State(api): State<Api>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
-) -> Response {
-    let mut ev = event(&api, EventKind::Access, &conn);
-    let s = match session(&api, &conn, &headers, &mut ev).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let listed = match api.people.requests(&s).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "could not read the access requests");
-            return unavailable();
-        }
-    };
-    let rows: Vec<_> = listed
-        .into_iter()
-        .map(|l| {
-            let r = l.request;
-            json!({
-                "id": r.id,
-                "state": l.state,
-                "requester": r.origin.subject,
-                "policy": r.origin.policy,
-                "service": r.grant.service,
-                "grant": describe(&r.grant),
-                "ttl_s": r.ttl_ms / 1000,
-                "reason": r.reason,
-                "approvals": r.approvals.iter().map(|a| a.by.clone()).collect::<Vec<_>>(),
-                "min": l.needed,
-                "can_decide": l.can_decide,
-                "created_at": format_ms(r.created_at),
-                "expires_at": format_ms(r.expires_at),
-            })
-        })
-        .collect();
-    (StatusCode::OK, Json(json!({ "requests": rows }))).into_response()
-}
-
-async fn request_action(
-    State(api): State<Api>,
-    Extension(conn): Extension<ConnInfo>,
-    Path((id, action)): Path<(String, String)>,
-    headers: HeaderMap,
-    bytes: axum::body::Bytes,
-) -> Response {
-    #[derive(Deserialize, Default)]
-    struct Body {
-        reason: Option<String>,
-    }
-    let kind = match action.as_str() {
-        "approve" => EventKind::AccessApproved,
-        "reject" => EventKind::AccessRejected,
-        "collect" | "revoke" => EventKind::Access,
-        _ => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "POST /v1/requests/{id}/approve, reject, collect or revoke",
-            )
-        }
-    };
-    let mut ev = event(&api, kind, &conn);
-    let s = match session(&api, &conn, &headers, &mut ev).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let b: Body = if bytes.is_empty() {
-        Body::default()
-    } else {
-        match serde_json::from_slice::<Body>(&bytes) {
-            Ok(b) => b,
-            Err(_) => return bad_body("{\"reason\": …}"),
-        }
-    };
-    let id: String = id.chars().take(64).collect();
-    ev.detail = json!({ "request": id, "action": action });
-    let refused = |e: RequestError| {
-        let (reason, status) = match &e {
-            RequestError::Unknown => ("unknown_request", StatusCode::NOT_FOUND),
-            RequestError::NotRequester => ("not_requester", StatusCode::FORBIDDEN),
-            RequestError::NotApprover(_) => ("not_approver", StatusCode::FORBIDDEN),
-            RequestError::SelfApproval => ("self_approval", StatusCode::FORBIDDEN),
-            RequestError::AlreadyApproved => ("already_approved", StatusCode::CONFLICT),
-            RequestError::Expired => ("request_expired", StatusCode::GONE),
-            RequestError::Rejected => ("request_rejected", StatusCode::GONE),
-            RequestError::Decided => ("already_decided", StatusCode::CONFLICT),
-            RequestError::Pending(_) => ("pending", StatusCode::CONFLICT),
-            RequestError::PolicyGone(_) => ("policy_changed", StatusCode::GONE),
-            RequestError::Conflict => ("conflict", StatusCode::CONFLICT),
-            RequestError::Token(PersonTokenError::Collected) => ("collected", StatusCode::GONE),
-            RequestError::Token(PersonTokenError::SessionEnded) => {
-                ("session_ended", StatusCode::UNAUTHORIZED)
-            }
-            RequestError::Token(PersonTokenError::PolicyChanged) => {
-                ("policy_changed", StatusCode::GONE)
-            }
-            RequestError::Token(PersonTokenError::Store(_)) | RequestError::Store(_) => {
-                ("store_unavailable", StatusCode::SERVICE_UNAVAILABLE)
-            }
-        };
-        (reason, status, e.to_string())
-    };
-    let deny_with = |ev, e| {
-        let (reason, status, msg) = refused(e);
-        let api = api.clone();
-        async move {
-            if status == StatusCode::SERVICE_UNAVAILABLE {
-                tracing::error!(error = %msg, "an access request could not be written");
-                return unavailable();
-            }
-            let code = if status == StatusCode::FORBIDDEN {
-                "access_denied"
-            } else {
-                "invalid_request"
-            };
-            deny(&api.h, ev, reason, status, code, &msg).await
-        }
-    };
-    match action.as_str() {
-        "approve" | "reject" => {
-            match api
-                .people
-                .decide(&s, &id, action == "approve", b.reason)
-                .await
-            {
-                // The decision's event is written with it.
-                Ok((r, state)) => (
-                    StatusCode::OK,
-                    Json(json!({
-                        "id": r.id,
-                        "state": state,
-                        "approvals": r.approvals.iter().map(|a| a.by.clone()).collect::<Vec<_>>(),
-                    })),
-                )
-                    .into_response(),
-                Err(e) => deny_with(ev, e).await,
-            }
-        }
-        "collect" => match api.people.collect(&s, &id).await {
-            Ok((token, record)) => {
-                ev.allow();
-                ev.service = record.grant.as_ref().map(|g| g.service.clone());
-                ev.detail["access_token_id"] = json!(record.id);
-                ev.detail["expires_at"] = json!(format_ms(record.expires_at));
-                if !api.h.audit.record(ev).wait().await {
-                    return unavailable();
-                }
-                no_store(StatusCode::OK, token_body(&token, &record))
-            }
-            Err(e) => deny_with(ev, e).await,
-        },
-        _ => match api.people.revoke_request(&s, &id).await {
-            Ok(revoked) => (
-                StatusCode::OK,
-                Json(json!({
-                    "id": id,
-                    "state": "revoked",
-                    "revoked_tokens": revoked.iter().map(|t| t.id.clone()).collect::<Vec<_>>(),
-                })),
-            )
-                .into_response(),
-            Err(e) => deny_with(ev, e).await,
-        },
     }
 }

@@ -68,11 +68,13 @@ pub(crate) fn allowed_by_policy(config: &Config, record: &TokenRecord) -> bool {
         return true;
     };
     let (provider, subjects) = match origin.subject.strip_prefix("user:") {
+        // A person's: the provider still reads ID tokens the way theirs was read.
         Some(user) => (
             config
                 .identity
                 .oidc
                 .get(&origin.provider)
+                .filter(|o| origin.read_as.as_deref() == Some(o.read_as().as_str()))
                 .map(|o| &o.issuer),
             keyway_core::config::person_subjects(user, &origin.groups),
         ),
@@ -260,10 +262,10 @@ impl Tokens {
                     .service(&grant.service)
                     .ok_or(RotateError::ServiceGone)?;
                 let mut ttl = Duration::from_millis(lifetime).min(config.max_ttl_of(svc));
-                // A token obtained with a credential stays in its lineage: the
-                // successor is the credential's child too (so revoking the credential
-                // takes it), and lives no longer than the credential.
-                if let Some(credential) = self.authz.parent_credential(&old) {
+                // A token obtained with a credential (or through a session) stays in
+                // its lineage: the successor is its child too (so revoking the
+                // credential or ending the session takes it), and lives no longer.
+                if let Some(credential) = self.authz.lineage_parent(&old) {
                     credential
                         .check_live(now)
                         .map_err(|_| RotateError::NotLive)?;

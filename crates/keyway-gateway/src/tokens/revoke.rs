@@ -58,7 +58,7 @@ impl Tokens {
             if t == id {
                 reason
             } else {
-                Some("credential_revoked")
+                Some(self.cascade_reason(t))
             }
         };
         let found = self.persist_revocations(&ids, now, by, &why).await?;
@@ -86,8 +86,10 @@ impl Tokens {
         }
         let pick = |e: &Entry| {
             let t = &e.record;
-            matches!(t.kind, TokenKind::Access | TokenKind::ClientCredential)
-                && f.principal.as_ref().is_none_or(|p| *p == t.principal)
+            matches!(
+                t.kind,
+                TokenKind::Access | TokenKind::ClientCredential | TokenKind::Session
+            ) && f.principal.as_ref().is_none_or(|p| *p == t.principal)
                 && f.service.as_ref().is_none_or(|s| {
                     t.grant.as_ref().is_some_and(|g| g.service == *s)
                         || t.scope.as_ref().is_some_and(|c| c.grant(s).is_some())
@@ -221,7 +223,7 @@ impl Tokens {
             if picked.contains(t) {
                 Some(reason)
             } else {
-                Some("credential_revoked")
+                Some(self.cascade_reason(t))
             }
         };
         let found = self.persist_revocations(&ids, now, by, &why).await?;
@@ -246,8 +248,22 @@ impl Tokens {
         Ok(records)
     }
 
-    /// Revokes at once, in memory: the token, and with a client credential every
-    /// token obtained with it. Returns the ids this call revoked, to persist.
+    /// Why a token revoked with its parent was: its credential was revoked, or its
+    /// session ended.
+    fn cascade_reason(&self, child: &str) -> &'static str {
+        let parent = self
+            .index
+            .get(child)
+            .and_then(|c| self.index.get(c.record.parent_id.as_deref()?));
+        match parent.map(|p| p.record.kind) {
+            Some(TokenKind::Session) => "session_ended",
+            _ => "credential_revoked",
+        }
+    }
+
+    /// Revokes at once, in memory: the token, and with a client credential or a
+    /// person's session every token obtained with it. Returns the ids this call
+    /// revoked, to persist.
     fn revoke_in_memory(&self, id: &str, now: UnixMillis) -> Vec<String> {
         let mut ids = Vec::new();
         let Some(entry) = self.index.get(id) else {
@@ -257,7 +273,10 @@ impl Tokens {
             ids.push(id.to_owned());
         }
         self.index.revoke(id, now);
-        if entry.record.kind == TokenKind::ClientCredential {
+        if matches!(
+            entry.record.kind,
+            TokenKind::ClientCredential | TokenKind::Session
+        ) {
             for child in self.index.children_of(id) {
                 if !child.revoked() {
                     self.index.revoke(child.id(), now);
@@ -309,7 +328,7 @@ impl Tokens {
                     if t == leaked {
                         Some("exposed_in_url")
                     } else {
-                        Some("credential_revoked")
+                        Some(gw.cascade_reason(t))
                     }
                 };
                 if gw

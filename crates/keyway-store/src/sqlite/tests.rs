@@ -326,6 +326,7 @@ async fn an_access_request_changes_only_over_the_version_it_read() {
     approved.version = 1;
     approved.approvals.push(crate::RequestDecision {
         by: "user:carol@example.com".into(),
+        via: Some("group:db-owners".into()),
         at: 20,
         reason: None,
     });

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod oidc;
+pub mod sso;
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Write};
