@@ -41,7 +41,7 @@ pub use access::{
     RawApproval, RawIdentity, RawOidcProvider, RawPolicy, RawPolicyGrant, RawWorkloadIssuer,
     WorkloadIssuer, DEFAULT_POLICY_TTL, DEFAULT_SESSION_TTL, WORKLOAD_ALGORITHMS,
 };
-pub use check::{is_loopback_host, valid_secret_name};
+pub use check::{is_loopback_host, valid_replica, valid_secret_name};
 pub use detect::{
     Action, AlertsConfig, DetectConfig, Detector, DetectorKind, RawAlerts, RawDetect, RawDetector,
     RawWebhook, Webhook,

@@ -28,7 +28,7 @@ pub use crate::tokens::{
     CredentialRequest, ExchangeError, IssueError, IssueRequest, RevokeFilter, RotateError, Tokens,
     DEFAULT_TTL,
 };
-pub use data::{Start, LOCK_FILE};
+pub use data::{store_url, Start, LOCK_FILE};
 
 mod data;
 
@@ -138,7 +138,7 @@ impl Gateway {
         std::fs::create_dir_all(dir).map_err(dir_err)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
         let lock = data::lock(dir)?;
-        let store: Arc<dyn Store> = Arc::new(data::open_store(&config, start).await?);
+        let store = data::open(&config, start).await?;
         let mut gw = Self::assemble(config, clock, store).await?;
         gw.data_lock = Some(lock);
         if start != Start::Recovery {

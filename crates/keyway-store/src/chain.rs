@@ -162,6 +162,35 @@ impl<'k> Walk<'k> {
 
     /// The record retention signed when it pruned: only the checkpoint it names can
     /// be where the chain starts.
+    /// A walk from what a store keeps: its checkpoints as rows `(seq, at, hash,
+    /// mac)`, its anchor proof as stored (`seq` big-endian, then the MAC), and
+    /// `(seq, hash)` pairs kept outside, which count as signed checkpoints.
+    pub fn from_stored(
+        key: &'k ChainKey,
+        stored: Vec<(i64, i64, Vec<u8>, Vec<u8>)>,
+        proof: Option<Vec<u8>>,
+        expect: &[(i64, [u8; 32])],
+    ) -> Result<Self, Verdict> {
+        let proof = proof.and_then(|v| {
+            let (seq, mac) = v.split_at_checked(8)?;
+            Some((i64::from_be_bytes(seq.try_into().ok()?), mac.to_vec()))
+        });
+        let mut checkpoints = Vec::with_capacity(stored.len() + expect.len());
+        for (seq, at, hash, mac) in stored {
+            // A hash of the wrong length cannot match its signature.
+            let hash = <[u8; 32]>::try_from(hash.as_slice()).unwrap_or([0xff; 32]);
+            checkpoints.push((Checkpoint { seq, at, hash }, mac));
+        }
+        for &(seq, hash) in expect {
+            let c = Checkpoint { seq, at: 0, hash };
+            checkpoints.push((c, c.mac(key).to_vec()));
+        }
+        checkpoints.sort_by_key(|(c, _)| c.seq);
+        Ok(Self::new(key)
+            .with_checkpoints(checkpoints)?
+            .with_anchor_proof(proof))
+    }
+
     pub fn with_anchor_proof(mut self, proof: Option<(i64, Vec<u8>)>) -> Self {
         self.proof = proof;
         self

@@ -5,6 +5,7 @@
 //! # Layout
 //!
 //! - [`sqlite`]: the embedded default, through sqlx with migrations.
+//! - [`postgres`]: the shared store of several replicas, one audit chain each.
 //! - [`keys`]: the pepper and the master key: files (mode 0600) or environment,
 //!   always outside the database, checked against fingerprints kept in it.
 //! - [`seal`]: encryption at rest of upstream credentials (XChaCha20-Poly1305).
@@ -14,14 +15,19 @@
 
 pub mod chain;
 pub mod keys;
+pub mod postgres;
 pub mod seal;
 pub mod sqlite;
+#[cfg(test)]
+mod suite;
+mod write;
 
 use async_trait::async_trait;
 use keyway_core::grant::CredentialScope;
 use keyway_core::{Grant, TokenHash, TokenKind, UnixMillis};
 
 pub use chain::{ChainKey, Checkpoint, Verdict};
+pub use postgres::PgStore;
 pub use seal::{Sealed, Sealer};
 pub use sqlite::SqliteStore;
 
@@ -364,4 +370,21 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self) -> Result<()> {
         Ok(())
     }
+}
+
+/// An optional value as the JSON text a store keeps.
+pub(crate) fn to_json<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>> {
+    v.as_ref()
+        .map(|v| serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .transpose()
+}
+
+/// JSON text a store keeps, back; `what` names it when it does not read.
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
+    v: Option<String>,
+    what: &str,
+) -> Result<Option<T>> {
+    v.map(|s| serde_json::from_str(&s))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }

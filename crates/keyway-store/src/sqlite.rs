@@ -22,6 +22,7 @@ use keyway_core::UnixMillis;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 
+use crate::write::{Change, Events, Written};
 use crate::{
     AuditEvent, AuditQuery, Result, RevokedToken, Sealed, Spend, Store, StoreError, StoredEvent,
     TokenRecord, TokenRevocations,
@@ -48,38 +49,6 @@ pub struct SqliteStore {
     chain: std::sync::Arc<tokio::sync::Mutex<Option<Chain>>>,
     /// The database's log, for a store on disk.
     log: Option<std::sync::Arc<log::Log>>,
-}
-
-/// A change of state, written in one transaction with its audit events.
-enum Change<'a> {
-    /// Only the events.
-    Events,
-    /// A token, spending a one-use value with it when given.
-    InsertToken(&'a TokenRecord, Option<&'a Spend>),
-    RevokeTokens(&'a [String], UnixMillis),
-    ShortenExpiry(&'a str, UnixMillis),
-    PutSecret(&'a str, &'a Sealed, UnixMillis),
-    RevokeAgent(&'a str, UnixMillis),
-    PutRequest(&'a crate::AccessRequest),
-}
-
-/// What a change found, and the events written with it.
-#[derive(Default)]
-struct Written {
-    /// The token a change of one token found.
-    token: Option<TokenRecord>,
-    /// The tokens a revocation found, those it revoked first.
-    revoked: Vec<RevokedToken>,
-    /// The events made for the change ([`Events::PerRevoked`]).
-    made: Vec<AuditEvent>,
-}
-
-/// The events a change is written with.
-#[derive(Clone, Copy)]
-enum Events<'a> {
-    These(&'a [AuditEvent]),
-    /// One for each token the change revoked.
-    PerRevoked(&'a TokenRevocations<'a>),
 }
 
 /// Each connection's page cache at most, in KiB.
@@ -274,13 +243,7 @@ async fn write_on(
         Change::RevokeAgent(name, at) => agents::revoke(&mut tx, name, at).await?,
         Change::PutRequest(r) => requests::put(&mut tx, r).await?,
     }
-    if let Events::PerRevoked(f) = events {
-        w.made = w.revoked.iter().take_while(|t| t.fresh).map(f).collect();
-    }
-    let written = match events {
-        Events::These(e) => e,
-        Events::PerRevoked(_) => &w.made,
-    };
+    let written = w.events(events);
     let head = audit::append_on(&mut tx, chain, written).await?;
     tx.commit().await?;
     Ok((w, head))

@@ -162,10 +162,23 @@ pub async fn run(cmd: AuditCommand) -> Result<ExitCode> {
             expect,
         } => {
             let config = serve::load_config(&config)?;
-            let (store, key) = open_with_chain_key(&config).await?;
-            let verdict = store.verify_audit(&key, &expect).await;
-            store.disconnect().await;
-            let verdict = verdict?;
+            let verdict = match keyway_gateway::gateway::store_url(&config) {
+                // A shared store: every replica's chain, beside the running ones.
+                Some(url) => {
+                    let key = chain_key(&config)?;
+                    let store = keyway_store::PgStore::open_reader(&url).await?;
+                    check_pepper(&store, &key.1).await?;
+                    let verdict = store.verify_audit(&key.0, &expect).await;
+                    store.close().await?;
+                    verdict?
+                }
+                None => {
+                    let (store, key) = open_with_chain_key(&config).await?;
+                    let verdict = store.verify_audit(&key, &expect).await;
+                    store.disconnect().await;
+                    verdict?
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string(&verdict)?);
             }
@@ -219,22 +232,45 @@ pub async fn run(cmd: AuditCommand) -> Result<ExitCode> {
 pub async fn open_with_chain_key(
     config: &keyway_core::config::Config,
 ) -> Result<(SqliteStore, keyway_store::ChainKey)> {
+    if keyway_gateway::gateway::store_url(config).is_some() {
+        bail!(
+            "this gateway's store is PostgreSQL (`store`, KEYWAY_STORE_URL): back it up with \
+             the database's own tools (pg_dump, a managed backup)"
+        );
+    }
     let db = config.data_dir.join("keyway.db");
     if !db.exists() {
         bail!("no store at {}; is `data_dir` right?", db.display());
     }
-    let (key, _) = keyway_store::keys::load_or_create(&config.pepper_file, "KEYWAY_PEPPER", false)
-        .context("the pepper keys the audit chain")?;
-    let pepper = Pepper::new(&key);
+    let (key, pepper) = chain_key(config)?;
     // Never `open`: a missing or damaged file would be taken for a new store (and a
     // damaged log cut short, losing the very events to verify).
     let store = SqliteStore::open_existing(&db).await?;
-    let known = store.meta_get("pepper_fingerprint").await;
-    if known?.is_some_and(|fp| fp[..] != pepper.fingerprint()[..]) {
+    if let Err(e) = check_pepper(&store, &pepper).await {
         store.disconnect().await;
+        return Err(e);
+    }
+    Ok((store, key))
+}
+
+/// The audit chain's key, from the pepper (and the pepper's fingerprint).
+fn chain_key(config: &keyway_core::config::Config) -> Result<(keyway_store::ChainKey, [u8; 32])> {
+    let (key, _) = keyway_store::keys::load_or_create(&config.pepper_file, "KEYWAY_PEPPER", false)
+        .context("the pepper keys the audit chain")?;
+    let pepper = Pepper::new(&key);
+    Ok((
+        keyway_gateway::gateway::audit_chain_key(&pepper),
+        pepper.fingerprint(),
+    ))
+}
+
+/// Refuses a pepper that is not the one the store was made with.
+async fn check_pepper(store: &dyn Store, fingerprint: &[u8; 32]) -> Result<()> {
+    let known = store.meta_get("pepper_fingerprint").await?;
+    if known.is_some_and(|fp| fp[..] != fingerprint[..]) {
         bail!("this pepper is not the one the store was created with");
     }
-    Ok((store, keyway_gateway::gateway::audit_chain_key(&pepper)))
+    Ok(())
 }
 
 fn print_events(events: &[StoredEvent]) {

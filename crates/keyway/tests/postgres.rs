@@ -14,31 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// `sql` run directly on the machine's PostgreSQL as `postgres`; its rows, unaligned.
-fn psql_admin(sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "test",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-XAtqc",
-            sql,
-        ])
-        .output()
-        .expect("psql must be installed (apt-get install postgresql-client)");
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).trim().to_owned(),

@@ -33,6 +33,16 @@ impl RawConfig {
         };
 
         let data_dir = rel(self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()));
+        if let Some(url) = &self.store {
+            check_store_url(&mut p, url);
+        }
+        let replica = self.replica.unwrap_or_else(default_replica);
+        if !valid_replica(&replica) {
+            p.push(
+                "replica",
+                "a replica's name is 1 to 63 characters of a-z, 0-9, `-`, `_` and `.`",
+            );
+        }
         let admin_listen = p
             .addr(
                 "admin_listen",
@@ -309,6 +319,8 @@ impl RawConfig {
 
         p.finish(Config {
             data_dir,
+            store: self.store,
+            replica,
             admin_listen,
             max_ttl,
             admin_token_ttl,
@@ -383,4 +395,63 @@ fn claim(
     }
     listens.insert(addr, key);
     None
+}
+
+/// Whether `name` may name a replica: 1 to 63 of `a-z`, `0-9`, `-`, `_`, `.`.
+pub fn valid_replica(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"-_.".contains(&c))
+}
+
+/// The host's name, as a replica's name (lowercased; other characters as `-`).
+fn default_replica() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let name: String = host
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    if name.is_empty() {
+        "gateway".into()
+    } else {
+        name
+    }
+}
+
+/// A store URL: `postgres://` or `postgresql://`, and no password in it (the config
+/// file is not where secrets go).
+fn check_store_url(p: &mut Problems, url: &str) {
+    let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    else {
+        p.push(
+            "store",
+            "is a PostgreSQL URL like postgres://keyway@db.internal/keyway (SQLite, the default, needs no `store`)",
+        );
+        return;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    if authority
+        .rsplit_once('@')
+        .is_some_and(|(user, _)| user.contains(':'))
+    {
+        p.push(
+            "store",
+            "holds a password; give it in KEYWAY_STORE_URL or PGPASSWORD, never in the file",
+        );
+    }
 }

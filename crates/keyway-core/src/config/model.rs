@@ -18,6 +18,11 @@ use crate::units::Rate;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// A shared PostgreSQL store's URL (never with a password); SQLite in
+    /// `data_dir` when `None`.
+    pub store: Option<String>,
+    /// This gateway's name among the replicas of a shared store.
+    pub replica: String,
     pub admin_listen: SocketAddr,
     /// No token anywhere lives longer.
     pub max_ttl: Duration,

@@ -105,7 +105,7 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         changes.push(c);
     }
     // Top-level settings: a resolved difference, shown as written.
-    let settings: [(&str, bool); 14] = [
+    let settings: [(&str, bool); 16] = [
         ("max_ttl", old.max_ttl != new.max_ttl),
         (
             "admin_token_ttl",
@@ -121,6 +121,8 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
             old.revoke_tokens_in_urls != new.revoke_tokens_in_urls,
         ),
         ("data_dir", old.data_dir != new.data_dir),
+        ("store", old.store != new.store),
+        ("replica", old.replica != new.replica),
         ("admin_listen", old.admin_listen != new.admin_listen),
         ("token_listen", old.token_listen != new.token_listen),
         ("token_tls", old.token_tls != new.token_tls),

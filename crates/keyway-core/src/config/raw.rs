@@ -14,6 +14,13 @@ use super::{RawAlerts, RawDetect, RawIdentity, RawPolicy};
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub data_dir: Option<PathBuf>,
+    /// A PostgreSQL store shared by several gateways, like
+    /// `postgres://keyway@db.internal/keyway` (no password here: `KEYWAY_STORE_URL`
+    /// or `PGPASSWORD`); the embedded SQLite in `data_dir` when unset.
+    pub store: Option<String>,
+    /// This gateway's name among the replicas on a shared store; the host name when
+    /// unset.
+    pub replica: Option<String>,
     pub admin_listen: Option<String>,
     pub max_ttl: Option<String>,
     pub admin_token_ttl: Option<String>,

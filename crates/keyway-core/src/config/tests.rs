@@ -473,3 +473,32 @@ fn policies_are_refused_with_the_key_and_the_fix() {
     let e = parse(&ACCESS.replace("token_listen = \"127.0.0.1:7071\"", "")).unwrap_err();
     assert!(e.to_string().contains("set `token_listen`"), "{e}");
 }
+
+#[test]
+fn a_shared_store_is_a_postgres_url_without_a_password() {
+    let c =
+        parse("store = \"postgres://keyway@db.internal/keyway\"\nreplica = \"gw-1\"\n").unwrap();
+    assert_eq!(
+        c.store.as_deref(),
+        Some("postgres://keyway@db.internal/keyway")
+    );
+    assert_eq!(c.replica, "gw-1");
+    let c = parse("").unwrap();
+    assert_eq!(c.store, None, "SQLite in the data folder by default");
+    assert!(
+        valid_replica(&c.replica),
+        "the host's name, made a replica's: {}",
+        c.replica
+    );
+    for (text, says) in [
+        (
+            "store = \"postgres://keyway:hunter2@db/keyway\"",
+            "holds a password",
+        ),
+        ("store = \"mysql://db/keyway\"", "is a PostgreSQL URL"),
+        ("replica = \"GW 1\"", "a replica's name"),
+    ] {
+        let e = parse(text).unwrap_err();
+        assert!(e.to_string().contains(says), "{text}: {e}");
+    }
+}

@@ -18,10 +18,12 @@ use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use keyway_core::config::Config;
 use keyway_store::sqlite::files::{self, Found};
-use keyway_store::{SqliteStore, StoreError};
+
+use keyway_store::{PgStore, SqliteStore, Store, StoreError};
 
 use super::OpenError;
 
@@ -74,6 +76,32 @@ pub(super) fn lock(dir: &Path) -> Result<File, OpenError> {
     file.rewind().map_err(err)?;
     writeln!(file, "{}", std::process::id()).map_err(err)?;
     Ok(file)
+}
+
+/// The shared store's URL: `KEYWAY_STORE_URL` (which may carry a password), else the
+/// config's `store`; `None` for the embedded SQLite.
+pub fn store_url(config: &Config) -> Option<String> {
+    std::env::var("KEYWAY_STORE_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .or_else(|| config.store.clone())
+}
+
+/// Opens the store as `start` says: the shared PostgreSQL store when one is
+/// configured, else the SQLite store in the data folder (or refuses with what was
+/// found there).
+pub(super) async fn open(config: &Config, start: Start) -> Result<Arc<dyn Store>, OpenError> {
+    match store_url(config) {
+        Some(url) => {
+            if start == Start::Init {
+                return Err(OpenError::StoreRefused(
+                    "--init starts the embedded SQLite store over; a PostgreSQL store is the database's to restore".into(),
+                ));
+            }
+            Ok(Arc::new(PgStore::connect(&url, &config.replica).await?))
+        }
+        None => Ok(Arc::new(open_store(config, start).await?)),
+    }
 }
 
 /// Opens the store in the data folder as `start` says, or refuses with what was found.

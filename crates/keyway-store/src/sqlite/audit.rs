@@ -196,34 +196,16 @@ pub(super) async fn verify(
     // One read transaction: one snapshot, whatever the gateway writes or prunes
     // meanwhile (WAL: the writer is not held up).
     let mut tx = pool.begin().await?;
-    let stored = sqlx::query("SELECT seq, at, hash, mac FROM audit_checkpoints ORDER BY seq")
-        .fetch_all(&mut *tx)
-        .await?;
+    let stored: Vec<(i64, i64, Vec<u8>, Vec<u8>)> =
+        sqlx::query_as("SELECT seq, at, hash, mac FROM audit_checkpoints ORDER BY seq")
+            .fetch_all(&mut *tx)
+            .await?;
     let proof: Option<Vec<u8>> =
         sqlx::query_scalar("SELECT value FROM meta WHERE key = 'audit_anchor'")
             .fetch_optional(&mut *tx)
             .await?;
-    let proof = proof.and_then(|v| {
-        let (seq, mac) = v.split_at_checked(8)?;
-        Some((i64::from_be_bytes(seq.try_into().ok()?), mac.to_vec()))
-    });
-    let mut checkpoints = Vec::with_capacity(stored.len());
-    for r in &stored {
-        let (seq, at): (i64, i64) = (r.get(0), r.get(1));
-        let hash: Vec<u8> = r.get(2);
-        let mac: Vec<u8> = r.get(3);
-        // A hash of the wrong length cannot match its signature.
-        let hash = <[u8; 32]>::try_from(hash.as_slice()).unwrap_or([0xff; 32]);
-        checkpoints.push((crate::Checkpoint { seq, at, hash }, mac));
-    }
-    // Pairs kept outside are as good as signed ones: sign them here, in order.
-    for &(seq, hash) in expect {
-        let c = crate::Checkpoint { seq, at: 0, hash };
-        checkpoints.push((c, c.mac(key).to_vec()));
-    }
-    checkpoints.sort_by_key(|(c, _)| c.seq);
-    let mut walk = match crate::chain::Walk::new(key).with_checkpoints(checkpoints) {
-        Ok(w) => w.with_anchor_proof(proof),
+    let mut walk = match crate::chain::Walk::from_stored(key, stored, proof, expect) {
+        Ok(w) => w,
         Err(v) => return Ok(v),
     };
     let mut after = i64::MIN;

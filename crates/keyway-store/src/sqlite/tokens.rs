@@ -4,7 +4,7 @@ use keyway_core::{Grant, TokenHash, TokenKind, UnixMillis};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
-use crate::{Result, RevokedToken, Spend, StoreError, TokenRecord};
+use crate::{from_json, to_json, Result, RevokedToken, Spend, StoreError, TokenRecord};
 
 const TOKEN_COLUMNS: &str =
     "id, kind, principal, grant_json, hash, created_at, expires_at, revoked_at, \
@@ -179,16 +179,4 @@ fn token_from_row(r: &SqliteRow) -> Result<TokenRecord> {
         cert_thumbprint: r.get(11),
         origin: from_json(r.get(12), "token origin")?,
     })
-}
-
-fn to_json<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>> {
-    v.as_ref()
-        .map(|v| serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string())))
-        .transpose()
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(v: Option<String>, what: &str) -> Result<Option<T>> {
-    v.map(|s| serde_json::from_str(&s))
-        .transpose()
-        .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }

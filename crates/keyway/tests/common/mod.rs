@@ -505,3 +505,34 @@ pub fn psql(port: u16, token: &str, sql: &str) -> Output {
         .output()
         .unwrap()
 }
+
+/// `sql` run directly on the machine's PostgreSQL database `test` as `postgres`; its
+/// rows, unaligned.
+pub fn psql_admin(sql: &str) -> String {
+    psql_admin_on("test", sql)
+}
+
+/// [`psql_admin`] on database `db`.
+pub fn psql_admin_on(db: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-XAtqc",
+            sql,
+        ])
+        .output()
+        .expect("psql must be installed (apt-get install postgresql-client)");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}

@@ -1,0 +1,391 @@
+//! The store on PostgreSQL, for several gateways (replicas) sharing one database.
+//!
+//! Every change is written with its audit events in one transaction, as on SQLite.
+//! The audit log holds one keyed hash chain per replica (`rseq` counts within it), so
+//! a replica appends without waiting on the others; verification walks each chain.
+//! A replica's name is held with a session advisory lock while it runs: two
+//! processes writing one chain would break it, so the second is refused.
+//!
+//! # Layout
+//!
+//! - `tokens`: token records, one-use values, revocation, expiry, last use.
+//! - `audit`: the per-replica chains: append, checkpoint, prune, verify, read.
+//! - `tests`: the store's suite against a fresh database on the machine's server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyway_core::UnixMillis;
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Row};
+use tokio::sync::Mutex;
+
+use crate::write::{Change, Events, Written};
+use crate::{
+    AccessRequest, AuditEvent, AuditQuery, Result, RevokedToken, Sealed, Spend, Store, StoreError,
+    StoredEvent, TokenRecord, TokenRevocations,
+};
+
+mod audit;
+mod tokens;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How long to wait for a connection from the pool, or to open one.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The PostgreSQL store, as one replica uses it.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    replica: String,
+    /// This replica's chain: its key once set, its head, and its last `rseq`. Held
+    /// across each write, so that writes commit in the order they chain.
+    chain: Arc<Mutex<audit::Chain>>,
+    /// The connection holding the replica's advisory lock, for as long as it runs.
+    holder: Arc<Mutex<Option<PgConnection>>>,
+}
+
+// === impl PgStore ===
+
+impl PgStore {
+    /// Connects to the database at `url` as replica `replica`, brings its schema up
+    /// to date (sqlx's migrator takes its own lock, so replicas starting together
+    /// migrate once) and takes the replica's name. Refused while another process
+    /// holds that name.
+    pub async fn connect(url: &str, replica: &str) -> Result<Self> {
+        if !keyway_core::config::valid_replica(replica) {
+            return Err(StoreError::Damaged(format!(
+                "`{replica}` cannot name a replica: 1 to 63 of a-z, 0-9, `-`, `_`, `.`"
+            )));
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .min_connections(1)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect(url)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        let mut holder = PgConnection::connect(url).await?;
+        let taken: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(format!("keyway replica {replica}"))
+                .fetch_one(&mut holder)
+                .await?;
+        if !taken {
+            return Err(StoreError::Damaged(format!(
+                "replica `{replica}` is already running on this store; give each gateway its own `replica` name"
+            )));
+        }
+        let chain = audit::Chain::load(&pool, replica).await?;
+        Ok(Self {
+            pool,
+            replica: replica.to_owned(),
+            chain: Arc::new(Mutex::new(chain)),
+            holder: Arc::new(Mutex::new(Some(holder))),
+        })
+    }
+
+    /// Connects to read (`keyway audit verify` beside running replicas): no replica's
+    /// name is taken and nothing is written; verification walks every replica's
+    /// chain.
+    pub async fn open_reader(url: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect(url)
+            .await?;
+        Ok(Self {
+            pool,
+            replica: String::new(),
+            chain: Arc::new(Mutex::new(audit::Chain::empty())),
+            holder: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// This replica's name.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    async fn write(&self, change: Change<'_>, events: Events<'_>) -> Result<Written> {
+        let mut chain = self.chain.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let mut w = Written::default();
+        match change {
+            Change::Events => {}
+            Change::InsertToken(t, spend) => {
+                if let Some(s) = spend {
+                    tokens::spend(&mut tx, s).await?;
+                }
+                tokens::insert(&mut tx, t).await?;
+            }
+            Change::RevokeTokens(ids, at) => w.revoked = tokens::revoke(&mut tx, ids, at).await?,
+            Change::ShortenExpiry(id, at) => {
+                w.token = tokens::shorten_expiry(&mut tx, id, at).await?
+            }
+            Change::PutSecret(name, sealed, at) => {
+                sqlx::query(
+                    "INSERT INTO secrets (name, key_id, nonce, ciphertext, updated_at)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (name) DO UPDATE SET key_id = excluded.key_id,
+                         nonce = excluded.nonce, ciphertext = excluded.ciphertext,
+                         updated_at = excluded.updated_at",
+                )
+                .bind(name)
+                .bind(&sealed.key_id)
+                .bind(&sealed.nonce)
+                .bind(&sealed.ciphertext)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Change::RevokeAgent(name, at) => {
+                sqlx::query(
+                    "INSERT INTO agent_revocations (name, revoked_at) VALUES ($1, $2)
+                     ON CONFLICT (name) DO UPDATE SET revoked_at = excluded.revoked_at",
+                )
+                .bind(name)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Change::PutRequest(r) => put_request(&mut tx, r).await?,
+        }
+        let written = w.events(events);
+        let next = audit::append_on(&mut tx, &self.replica, &chain, written).await?;
+        tx.commit().await?;
+        *chain = next;
+        Ok(w)
+    }
+}
+
+async fn put_request(conn: &mut PgConnection, r: &AccessRequest) -> Result<()> {
+    let json = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let done = if r.version == 0 {
+        sqlx::query(
+            "INSERT INTO access_requests (id, version, expires_at, json) VALUES ($1, 0, $2, $3)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&r.id)
+        .bind(r.expires_at)
+        .bind(json)
+        .execute(conn)
+        .await?
+    } else {
+        sqlx::query(
+            "UPDATE access_requests SET version = $1, expires_at = $2, json = $3
+             WHERE id = $4 AND version = $5",
+        )
+        .bind(i64::from(r.version))
+        .bind(r.expires_at)
+        .bind(json)
+        .bind(&r.id)
+        .bind(i64::from(r.version) - 1)
+        .execute(conn)
+        .await?
+    };
+    if done.rows_affected() == 0 {
+        return Err(StoreError::Conflict);
+    }
+    Ok(())
+}
+
+fn read_request(json: String) -> Result<AccessRequest> {
+    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("access request: {e}")))
+}
+
+// === impl Store for PgStore ===
+
+#[async_trait]
+impl Store for PgStore {
+    async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn meta_put(&self, key: &str, value: &[u8]) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_token(&self, t: &TokenRecord, events: &[AuditEvent]) -> Result<()> {
+        self.write(Change::InsertToken(t, None), Events::These(events))
+            .await
+            .map(drop)
+    }
+
+    async fn insert_token_spending(
+        &self,
+        t: &TokenRecord,
+        events: &[AuditEvent],
+        spend: &Spend,
+    ) -> Result<()> {
+        self.write(Change::InsertToken(t, Some(spend)), Events::These(events))
+            .await
+            .map(drop)
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        tokens::all(&self.pool).await
+    }
+
+    async fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        tokens::one(&self.pool, id).await
+    }
+
+    async fn revoke_tokens(
+        &self,
+        ids: &[String],
+        at: UnixMillis,
+        event: &TokenRevocations<'_>,
+    ) -> Result<(Vec<RevokedToken>, Vec<AuditEvent>)> {
+        let w = self
+            .write(Change::RevokeTokens(ids, at), Events::PerRevoked(event))
+            .await?;
+        Ok((w.revoked, w.made))
+    }
+
+    async fn shorten_expiry(
+        &self,
+        id: &str,
+        expires_at: UnixMillis,
+        events: &[AuditEvent],
+    ) -> Result<Option<TokenRecord>> {
+        let w = self
+            .write(Change::ShortenExpiry(id, expires_at), Events::These(events))
+            .await?;
+        Ok(w.token)
+    }
+
+    async fn touch_tokens(&self, used: &[(String, UnixMillis)]) -> Result<()> {
+        tokens::touch(&self.pool, used).await
+    }
+
+    async fn put_secret(
+        &self,
+        name: &str,
+        sealed: &Sealed,
+        at: UnixMillis,
+        events: &[AuditEvent],
+    ) -> Result<()> {
+        self.write(Change::PutSecret(name, sealed, at), Events::These(events))
+            .await
+            .map(drop)
+    }
+
+    async fn secrets(&self) -> Result<Vec<(String, Sealed)>> {
+        let rows = sqlx::query("SELECT name, key_id, nonce, ciphertext FROM secrets ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let sealed = Sealed {
+                    key_id: r.get(1),
+                    nonce: r.get(2),
+                    ciphertext: r.get(3),
+                };
+                (r.get(0), sealed)
+            })
+            .collect())
+    }
+
+    async fn revoke_agent(&self, name: &str, at: UnixMillis, events: &[AuditEvent]) -> Result<()> {
+        self.write(Change::RevokeAgent(name, at), Events::These(events))
+            .await
+            .map(drop)
+    }
+
+    async fn put_request(&self, r: &AccessRequest, events: &[AuditEvent]) -> Result<()> {
+        self.write(Change::PutRequest(r), Events::These(events))
+            .await
+            .map(drop)
+    }
+
+    async fn request(&self, id: &str) -> Result<Option<AccessRequest>> {
+        let json: Option<String> =
+            sqlx::query_scalar("SELECT json FROM access_requests WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        json.map(read_request).transpose()
+    }
+
+    async fn requests(&self, after: UnixMillis, limit: u32) -> Result<Vec<AccessRequest>> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT json FROM access_requests WHERE expires_at > $1
+             ORDER BY expires_at DESC LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(read_request).collect()
+    }
+
+    async fn agent_revocations(&self) -> Result<Vec<(String, UnixMillis)>> {
+        let rows = sqlx::query("SELECT name, revoked_at FROM agent_revocations ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn set_audit_key(&self, key: crate::ChainKey) -> Result<()> {
+        self.chain.lock().await.set_key(key);
+        Ok(())
+    }
+
+    async fn append_audit(&self, events: &[AuditEvent]) -> Result<()> {
+        self.write(Change::Events, Events::These(events))
+            .await
+            .map(drop)
+    }
+
+    async fn verify_audit(
+        &self,
+        key: &crate::ChainKey,
+        expect: &[(i64, [u8; 32])],
+    ) -> Result<crate::Verdict> {
+        audit::verify(&self.pool, &self.replica, key, expect).await
+    }
+
+    async fn checkpoint_audit(&self, at: UnixMillis) -> Result<Option<crate::Checkpoint>> {
+        let chain = *self.chain.lock().await;
+        audit::checkpoint(&self.pool, &self.replica, &chain, at).await
+    }
+
+    async fn prune_audit(&self, before: UnixMillis) -> Result<Option<(i64, u64)>> {
+        let chain = *self.chain.lock().await;
+        audit::prune(&self.pool, &self.replica, &chain, before).await
+    }
+
+    async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<StoredEvent>> {
+        audit::events(&self.pool, q).await
+    }
+
+    async fn audit_usage(&self, since: UnixMillis, limit: u32) -> Result<Vec<crate::Usage>> {
+        audit::usage(&self.pool, since, limit).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        if let Some(c) = self.holder.lock().await.take() {
+            let _ = c.close().await;
+        }
+        self.pool.close().await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
