@@ -63,6 +63,8 @@ pub struct Gateway {
     pub alerts: Arc<crate::alerts::Alerts>,
     /// Sign-ins, people's access and access requests (the token endpoint's).
     pub people: Arc<crate::people::People>,
+    /// The shared store's revision this gateway's memory is at ([`Gateway::follow_store`]).
+    store_rev: std::sync::atomic::AtomicI64,
     /// Reloads on their way to the task that runs the services.
     pub(crate) reloads: Arc<crate::reloads::Reloads>,
     /// The sessions that outlive a request: tunnel streams, PostgreSQL sessions,
@@ -204,6 +206,8 @@ impl Gateway {
 
         // The audit chain's key: from the pepper, so it lives outside the database.
         store.set_audit_key(audit_chain_key(&pepper)).await?;
+        // Before the tokens are read: following the store from here misses nothing.
+        let store_rev = store.change_head().await?;
         let index = Arc::new(TokenIndex::load(store.tokens().await?));
         let agents = Arc::new(crate::agents::Registry::new(
             store.agent_revocations().await?,
@@ -271,6 +275,7 @@ impl Gateway {
             tokens,
             secrets,
             people,
+            store_rev: std::sync::atomic::AtomicI64::new(store_rev),
             audit,
             audit_task: std::sync::Mutex::new(Some(audit_task)),
             audit_stop,
@@ -319,6 +324,55 @@ impl Gateway {
             alerts: self.alerts.clone(),
             reloads: self.reloads.clone(),
         }
+    }
+
+    /// Follows a shared store until `stop`: what other replicas change (tokens issued,
+    /// revoked or shortened, secrets set, agents revoked) is put in force here, woken
+    /// by the store's hint and at least every second. A store only this gateway
+    /// writes has nothing to follow.
+    pub async fn follow_store(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        use keyway_store::ChangeKind;
+        use std::sync::atomic::Ordering;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.store.changed() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+            let rev = self.store_rev.load(Ordering::Acquire);
+            let changes = match self.store.changes_since(rev, 10_000).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the shared store's changes");
+                    continue;
+                }
+            };
+            for c in changes {
+                // Ours are in force already.
+                let theirs = c.replica != self.config().replica;
+                let applied = match c.kind {
+                    _ if !theirs => Ok(()),
+                    ChangeKind::Token => self.tokens.follow_token(&c.key).await.map(drop),
+                    ChangeKind::Secret => self.secrets.follow(&c.key).await,
+                    ChangeKind::Agent => self.follow_agent(&c.key).await,
+                };
+                if let Err(e) = applied {
+                    // Read again at the next round.
+                    tracing::warn!(error = %e, change = c.rev, "cannot apply a change of the shared store");
+                    break;
+                }
+                self.store_rev.store(c.rev, Ordering::Release);
+            }
+        }
+    }
+
+    /// An agent another replica revoked: refused here too, its connections closed.
+    async fn follow_agent(&self, name: &str) -> Result<(), StoreError> {
+        let revoked = self.store.agent_revocations().await?;
+        if let Some((_, at)) = revoked.iter().find(|(n, _)| n == name) {
+            self.agents.revoke(name, *at);
+        }
+        Ok(())
     }
 
     /// Revokes an agent ([`crate::control::Control::revoke_agent`]).

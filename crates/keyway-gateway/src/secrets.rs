@@ -98,6 +98,23 @@ impl Secrets {
         Ok(())
     }
 
+    /// Reads the secret `name` again from the store (another replica set it).
+    pub async fn follow(&self, name: &str) -> Result<(), StoreError> {
+        let all = self.store.secrets().await?;
+        let Some((_, sealed)) = all.iter().find(|(n, _)| n == name) else {
+            return Ok(());
+        };
+        match self.sealer.open(name, sealed) {
+            Ok(v) => {
+                if let Some(h) = header_value(&v) {
+                    self.write().insert(name.to_owned(), h);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "an upstream credential could not be opened"),
+        }
+        Ok(())
+    }
+
     /// The opened upstream credential called `name`.
     pub fn header(&self, name: &str) -> Option<HeaderValue> {
         self.map

@@ -18,6 +18,7 @@ use keyway_store::{Store, StoreError, TokenRecord};
 use secrecy::ExposeSecret;
 
 mod exchange;
+mod follow;
 mod issue;
 mod people;
 mod revoke;

@@ -155,6 +155,45 @@ pub struct RequestDecision {
     pub reason: Option<String>,
 }
 
+/// A change another replica made to the shared store, as its log of changes has it:
+/// what to read again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreChange {
+    pub rev: i64,
+    pub replica: String,
+    pub kind: ChangeKind,
+    /// The token's id, the secret's or the agent's name.
+    pub key: String,
+}
+
+/// What a [`StoreChange`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Issued, revoked, or its expiry brought forward.
+    Token,
+    Secret,
+    /// Revoked.
+    Agent,
+}
+
+// === impl ChangeKind ===
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::Secret => "secret",
+            Self::Agent => "agent",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        [Self::Token, Self::Secret, Self::Agent]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
 /// One audit event. Never holds a secret: callers put public ids and redacted text in.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AuditEvent {
@@ -353,6 +392,24 @@ pub trait Store: Send + Sync + 'static {
     /// What allowed requests and connections since `since` used, grouped: at most
     /// `limit` rows, newest use first.
     async fn audit_usage(&self, since: UnixMillis, limit: u32) -> Result<Vec<Usage>>;
+
+    // Replicas: a store others write too says what they changed. A store only this
+    // process writes (SQLite) has nothing to say.
+
+    /// The newest change's revision: read before the tokens are loaded, so that
+    /// following from it misses nothing.
+    async fn change_head(&self) -> Result<i64> {
+        Ok(0)
+    }
+    /// Changes other replicas made after `rev`, oldest first, at most `limit`.
+    async fn changes_since(&self, _rev: i64, _limit: u32) -> Result<Vec<StoreChange>> {
+        Ok(Vec::new())
+    }
+    /// Resolves when another replica may have changed something (a hint: the caller
+    /// also reads on a timer, so a lost hint delays a change, never loses it).
+    async fn changed(&self) {
+        std::future::pending::<()>().await
+    }
 
     /// The size of the store's write-ahead log on disk, in bytes; `None` for a
     /// backend that keeps none.

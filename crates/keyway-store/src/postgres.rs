@@ -23,8 +23,8 @@ use tokio::sync::Mutex;
 
 use crate::write::{Change, Events, Written};
 use crate::{
-    AccessRequest, AuditEvent, AuditQuery, Result, RevokedToken, Sealed, Spend, Store, StoreError,
-    StoredEvent, TokenRecord, TokenRevocations,
+    AccessRequest, AuditEvent, AuditQuery, ChangeKind, Result, RevokedToken, Sealed, Spend, Store,
+    StoreError, StoredEvent, TokenRecord, TokenRevocations,
 };
 
 mod audit;
@@ -45,7 +45,14 @@ pub struct PgStore {
     chain: Arc<Mutex<audit::Chain>>,
     /// The connection holding the replica's advisory lock, for as long as it runs.
     holder: Arc<Mutex<Option<PgConnection>>>,
+    /// Woken by the other replicas' `NOTIFY keyway_changes`.
+    hint: Arc<tokio::sync::Notify>,
+    /// The task listening for them.
+    listener: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
+
+/// How long a change is kept in the log of changes.
+const CHANGES_KEPT_MS: i64 = 24 * 3600 * 1000;
 
 // === impl PgStore ===
 
@@ -79,11 +86,15 @@ impl PgStore {
             )));
         }
         let chain = audit::Chain::load(&pool, replica).await?;
+        let hint = Arc::new(tokio::sync::Notify::new());
+        let listener = tokio::spawn(listen(url.to_owned(), hint.clone()));
         Ok(Self {
             pool,
             replica: replica.to_owned(),
             chain: Arc::new(Mutex::new(chain)),
             holder: Arc::new(Mutex::new(Some(holder))),
+            hint,
+            listener: Arc::new(std::sync::Mutex::new(Some(listener))),
         })
     }
 
@@ -101,6 +112,8 @@ impl PgStore {
             replica: String::new(),
             chain: Arc::new(Mutex::new(audit::Chain::empty())),
             holder: Arc::new(Mutex::new(None)),
+            hint: Arc::new(tokio::sync::Notify::new()),
+            listener: Arc::new(std::sync::Mutex::new(None)),
         })
     }
 
@@ -153,11 +166,78 @@ impl PgStore {
             }
             Change::PutRequest(r) => put_request(&mut tx, r).await?,
         }
+        let changed: Vec<(ChangeKind, &str)> = match change {
+            Change::InsertToken(t, _) => vec![(ChangeKind::Token, t.id.as_str())],
+            Change::RevokeTokens(..) => w
+                .revoked
+                .iter()
+                .filter(|t| t.fresh)
+                .map(|t| (ChangeKind::Token, t.id.as_str()))
+                .collect(),
+            Change::ShortenExpiry(id, _) => vec![(ChangeKind::Token, id)],
+            Change::PutSecret(name, ..) => vec![(ChangeKind::Secret, name)],
+            Change::RevokeAgent(name, _) => vec![(ChangeKind::Agent, name)],
+            Change::Events | Change::PutRequest(_) => vec![],
+        };
+        if !changed.is_empty() {
+            record_changes(&mut tx, &self.replica, &changed).await?;
+        }
         let written = w.events(events);
         let next = audit::append_on(&mut tx, &self.replica, &chain, written).await?;
         tx.commit().await?;
         *chain = next;
         Ok(w)
+    }
+}
+
+/// Logs what a write changed, for the other replicas, and wakes them at commit.
+async fn record_changes(
+    conn: &mut PgConnection,
+    replica: &str,
+    changed: &[(ChangeKind, &str)],
+) -> Result<()> {
+    // Revisions in commit order: the lock holds until this transaction ends, so a
+    // follower past revision N never sees a smaller one commit later.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('keyway changes', 0))")
+        .execute(&mut *conn)
+        .await?;
+    let (kinds, keys): (Vec<&str>, Vec<&str>) =
+        changed.iter().map(|(k, key)| (k.as_str(), *key)).unzip();
+    let now = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+    sqlx::query(&format!(
+        "INSERT INTO changes (replica, kind, key, at)
+         SELECT $1, k, key, {now} FROM UNNEST($2::text[], $3::text[]) AS c(k, key)"
+    ))
+    .bind(replica)
+    .bind(kinds)
+    .bind(keys)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(&format!("DELETE FROM changes WHERE at < {now} - $1"))
+        .bind(CHANGES_KEPT_MS)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("SELECT pg_notify('keyway_changes', '')")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Listens for the other replicas' changes and wakes the follower; connects again
+/// after a failure (the follower's timer covers the gap).
+async fn listen(url: String, hint: Arc<tokio::sync::Notify>) {
+    loop {
+        match sqlx::postgres::PgListener::connect(&url).await {
+            Ok(mut l) => {
+                if l.listen("keyway_changes").await.is_ok() {
+                    while l.recv().await.is_ok() {
+                        hint.notify_one();
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot listen for the store's changes"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -378,7 +458,47 @@ impl Store for PgStore {
         audit::usage(&self.pool, since, limit).await
     }
 
+    async fn change_head(&self) -> Result<i64> {
+        let rev: Option<i64> = sqlx::query_scalar("SELECT MAX(rev) FROM changes")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(rev.unwrap_or(0))
+    }
+
+    async fn changes_since(&self, rev: i64, limit: u32) -> Result<Vec<crate::StoreChange>> {
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+            "SELECT rev, replica, kind, key FROM changes WHERE rev > $1 ORDER BY rev LIMIT $2",
+        )
+        .bind(rev)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(rev, replica, kind, key)| {
+                Some(crate::StoreChange {
+                    rev,
+                    kind: ChangeKind::from_name(&kind)?,
+                    replica,
+                    key,
+                })
+            })
+            .collect())
+    }
+
+    async fn changed(&self) {
+        self.hint.notified().await
+    }
+
     async fn close(&self) -> Result<()> {
+        if let Some(l) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            l.abort();
+        }
         if let Some(c) = self.holder.lock().await.take() {
             let _ = c.close().await;
         }

@@ -1,7 +1,7 @@
 //! Gateways on a shared PostgreSQL store (the machine's server, a fresh database for
-//! the test): two replicas with the same keys, each with its own audit chain; what
-//! one writes the other reads from the store; one replica's name runs once; `keyway
-//! audit verify` walks every chain.
+//! the test): two replicas with the same keys, each with its own audit chain; a
+//! token issued or revoked through one is in force through the other within a
+//! second; one replica's name runs once; `keyway audit verify` walks every chain.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -84,7 +84,27 @@ async fn two_replicas_share_one_store_and_keep_a_chain_each() {
     let err = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("replica `gw-1` is already running"), "{err}");
 
-    // Revoked through the first; the second, restarted, reads the revocation.
+    // Issued through the first after the second started: the second follows the
+    // store and takes it within a second.
+    let later = issue(d1, "bob", "billing");
+    let until = |what: &str, want: u16, token: &str| {
+        let started = std::time::Instant::now();
+        while curl(&url(s2), Some(token), "GET") != want {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(3),
+                "{what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        started.elapsed()
+    };
+    until(
+        "the second replica takes a token issued through the first",
+        200,
+        &later,
+    );
+
+    // Revoked through the first: refused through the second within a second.
     let id = &token[5..21];
     let out = keyway(
         d1,
@@ -96,7 +116,19 @@ async fn two_replicas_share_one_store_and_keep_a_chain_each() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let took = until(
+        "the second replica refuses a token revoked through the first",
+        401,
+        &token,
+    );
+    eprintln!(
+        "revocation reached the other replica in {} ms",
+        took.as_millis()
+    );
     assert_eq!(curl(&url(s1), Some(&token), "GET"), 401);
+    assert_eq!(curl(&url(s2), Some(&later), "GET"), 200, "only that one");
+
+    // A restarted replica reads what it missed from the store.
     interrupt(&mut gw2);
     let _gw2 = start_gateway(d2, a2);
     assert_eq!(curl(&url(s2), Some(&token), "GET"), 401);

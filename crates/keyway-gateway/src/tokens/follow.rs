@@ -1,0 +1,37 @@
+//! Following the shared store: a token another replica issued, revoked or shortened
+//! is read back and put in force here too, in memory, as if it had been done here
+//! (a revocation cuts the token's live streams at once).
+
+use keyway_store::StoreError;
+
+use super::Tokens;
+
+// === impl Tokens ===
+
+impl Tokens {
+    /// Brings the token `id` in memory up to its state in the store. Whether it
+    /// changed anything here.
+    pub async fn follow_token(&self, id: &str) -> Result<bool, StoreError> {
+        let Some(stored) = self.store.token(id).await? else {
+            return Ok(false);
+        };
+        let Some(here) = self.index.get(id) else {
+            // New here (issued through another replica): in force from now.
+            self.index.insert(stored);
+            return Ok(true);
+        };
+        let mut changed = false;
+        if let Some(at) = stored.revoked_at {
+            if !here.revoked() {
+                self.index.revoke(id, at);
+                changed = true;
+            }
+        }
+        if stored.expires_at < here.expires_at() {
+            here.shorten(stored.expires_at);
+            self.cut_at_expiry(here.clone());
+            changed = true;
+        }
+        Ok(changed)
+    }
+}
