@@ -51,6 +51,8 @@ pub enum EventKind {
     DetectAlert,
     PortsAudit,
     AuditPruned,
+    /// A replica fell behind the shared store (it refuses requests), or caught up.
+    StoreLag,
 }
 
 /// What was decided about an attempt.
@@ -63,7 +65,7 @@ pub enum Decision {
 // === impl EventKind ===
 
 impl EventKind {
-    pub const ALL: [Self; 31] = [
+    pub const ALL: [Self; 32] = [
         Self::Request,
         Self::ConnectionOpen,
         Self::ConnectionClose,
@@ -95,6 +97,7 @@ impl EventKind {
         Self::DetectAlert,
         Self::PortsAudit,
         Self::AuditPruned,
+        Self::StoreLag,
     ];
 
     /// As the audit log names it.
@@ -131,6 +134,7 @@ impl EventKind {
             Self::DetectAlert => "detect.alert",
             Self::PortsAudit => "ports.audit",
             Self::AuditPruned => "audit.pruned",
+            Self::StoreLag => "store.lag",
         }
     }
 
@@ -169,6 +173,7 @@ impl EventKind {
             "detect.alert" => Self::DetectAlert,
             "ports.audit" => Self::PortsAudit,
             "audit.pruned" => Self::AuditPruned,
+            "store.lag" => Self::StoreLag,
             _ => return None,
         })
     }

@@ -70,6 +70,9 @@ pub enum DenyReason {
     /// The service reached is not in the config in force: never configured, or
     /// removed by a reload.
     UnknownService,
+    /// This replica has not caught up with the shared store for longer than
+    /// `store_max_lag`: it might honour a revoked token, so it refuses all.
+    StoreBehind,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -165,7 +168,7 @@ impl Grant {
 // === impl DenyReason ===
 
 impl DenyReason {
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 22] = [
         Self::NoToken,
         Self::MalformedToken,
         Self::BadChecksum,
@@ -187,6 +190,7 @@ impl DenyReason {
         Self::UpstreamCredentialMissing,
         Self::TtlAboveMax,
         Self::UnknownService,
+        Self::StoreBehind,
     ];
 
     /// The reason an audit log names, back.
@@ -218,6 +222,7 @@ impl DenyReason {
             DenyReason::UpstreamCredentialMissing => "upstream_credential_missing",
             DenyReason::TtlAboveMax => "ttl_above_max",
             DenyReason::UnknownService => "unknown_service",
+            DenyReason::StoreBehind => "store_behind",
         }
     }
 
@@ -243,7 +248,9 @@ impl DenyReason {
             DenyReason::BadPath => 400,
             DenyReason::MethodNotAllowed => 405,
             DenyReason::RateLimited => 429,
-            DenyReason::AuditUnavailable | DenyReason::UpstreamCredentialMissing => 503,
+            DenyReason::AuditUnavailable
+            | DenyReason::UpstreamCredentialMissing
+            | DenyReason::StoreBehind => 503,
         }
     }
 }

@@ -66,6 +66,8 @@ pub struct Admin {
 pub fn router(gw: Gw) -> Router {
     Router::new()
         .route("/v1/status", get(status))
+        .route("/healthz", get(healthz))
+        .route("/v1/cluster", get(cluster))
         .route("/v1/tokens", get(list_tokens).post(issue_token))
         .route("/v1/tokens/revoke", post(revoke_matching))
         .route("/v1/tokens/{id}/revoke", post(revoke_token))
@@ -172,6 +174,33 @@ impl FromRequest<Gw> for JsonBody {
             ));
         }
         Ok(Self(body))
+    }
+}
+
+/// For a load balancer, without a token: 200 while this gateway serves, 503 while
+/// it drains (SIGTERM) or is behind the shared store.
+async fn healthz(State(gw): State<Gw>) -> Response {
+    let h = gw.authz.health();
+    let (status, text) = if h.draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if h.behind() {
+        (StatusCode::SERVICE_UNAVAILABLE, "behind the shared store\n")
+    } else {
+        (StatusCode::OK, "serving\n")
+    };
+    (status, text).into_response()
+}
+
+/// The replicas on the shared store, as their heartbeats say.
+async fn cluster(_: Admin, State(gw): State<Gw>) -> Response {
+    match gw.store.replicas().await {
+        Ok(r) => Json(serde_json::json!({
+            "head": gw.store.change_head().await.unwrap_or(0),
+            "now": keyway_core::clock::format_ms(gw.clock.now_ms()),
+            "replicas": r,
+        }))
+        .into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
 

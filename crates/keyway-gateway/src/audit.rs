@@ -58,6 +58,9 @@ struct Queued {
 
 /// Resolves once an event is durable: `true` when the answer it gates may go,
 /// `false` when the store did not take it (the answer must then be a refusal).
+/// The longest an answer waits for its event's commit.
+pub const COMMIT_WAIT: Duration = Duration::from_secs(10);
+
 #[must_use = "an answer waits for its event's commit"]
 pub struct Committed(Result<oneshot::Receiver<bool>, bool>);
 
@@ -301,11 +304,22 @@ impl Committed {
     }
 
     /// Waits for the commit: `true` once the event is durable (or the config does
-    /// not wait), `false` when the store did not take it in time.
+    /// not wait), `false` when the store did not take it, or not within
+    /// [`COMMIT_WAIT`] (a store gone away: the writer retries the event, the answer
+    /// does not wait for it).
     pub async fn wait(self) -> bool {
         match self.0 {
             Err(ok) => ok,
-            Ok(done) => done.await.unwrap_or(false),
+            Ok(done) => match tokio::time::timeout(COMMIT_WAIT, done).await {
+                Ok(r) => r.unwrap_or(false),
+                Err(_) => {
+                    tracing::error!(
+                        wait_s = COMMIT_WAIT.as_secs(),
+                        "an event was not durable in time; answering as if the store refused it"
+                    );
+                    false
+                }
+            },
         }
     }
 }

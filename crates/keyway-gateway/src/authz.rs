@@ -49,6 +49,7 @@ pub struct Authorizer {
     index: Arc<TokenIndex>,
     pepper: Pepper,
     clock: Arc<dyn Clock>,
+    health: Arc<crate::runtime::Health>,
 }
 
 /// Which protocol an attempt speaks: a service of another protocol is not reached.
@@ -130,11 +131,22 @@ impl Authorizer {
             index,
             pepper,
             clock,
+            health: Arc::default(),
         }
+    }
+
+    /// Whether this gateway should serve; the authorizer refuses all while it is
+    /// behind a shared store.
+    pub fn health(&self) -> &Arc<crate::runtime::Health> {
+        &self.health
     }
 
     /// Judges an attempt to reach a service, in the order of the module's doc.
     pub fn admit(&self, attempt: &Attempt<'_>) -> Result<Admitted, Refused> {
+        // Behind a shared store, a revoked token may still look live here.
+        if self.health.behind() {
+            return Err(DenyReason::StoreBehind.into());
+        }
         let config = self.config.current();
         let svc = match in_force(&config, attempt.service) {
             // An unknown name the client sent is told only to a client with a token.

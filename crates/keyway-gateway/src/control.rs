@@ -52,6 +52,16 @@ impl StoreView {
         Self(store)
     }
 
+    /// Every replica's last heartbeat on a shared store (none on SQLite).
+    pub async fn replicas(&self) -> Result<Vec<keyway_store::Beat>, StoreError> {
+        self.0.replicas().await
+    }
+
+    /// The shared store's newest change.
+    pub async fn change_head(&self) -> Result<i64, StoreError> {
+        self.0.change_head().await
+    }
+
     /// Every token record (never a secret: they hold keyed hashes).
     pub async fn tokens(&self) -> Result<Vec<keyway_store::TokenRecord>, StoreError> {
         self.0.tokens().await

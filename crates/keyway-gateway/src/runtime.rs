@@ -97,3 +97,42 @@ impl ConfigInForce {
         self.0.send_replace(config);
     }
 }
+
+/// Whether this gateway should be sent traffic: `/healthz` answers from it, and the
+/// authorizer refuses everything while the gateway is behind a shared store.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Not caught up with the shared store for longer than `store_max_lag`.
+    behind: std::sync::atomic::AtomicBool,
+    /// Stopping: the load balancer should move away.
+    draining: std::sync::atomic::AtomicBool,
+}
+
+// === impl Health ===
+
+impl Health {
+    pub fn behind(&self) -> bool {
+        self.behind.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Sets whether it is behind; returns whether that changed.
+    pub fn set_behind(&self, behind: bool) -> bool {
+        self.behind
+            .swap(behind, std::sync::atomic::Ordering::AcqRel)
+            != behind
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a load balancer should send it requests.
+    pub fn serving(&self) -> bool {
+        !self.behind() && !self.draining()
+    }
+}

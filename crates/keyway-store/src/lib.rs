@@ -166,6 +166,24 @@ pub struct StoreChange {
     pub key: String,
 }
 
+/// A replica's heartbeat on a shared store.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Beat {
+    pub replica: String,
+    /// When it beat (the replica's clock, Unix ms).
+    pub at: UnixMillis,
+    pub started_at: UnixMillis,
+    /// The newest change it has followed.
+    pub rev: i64,
+    /// SHA-256 of the config file it runs (empty when not read from a file).
+    pub config_sha256: String,
+    /// The agents connected to it.
+    pub agents: Vec<String>,
+    /// Whether it takes requests (not draining, not behind the store).
+    pub serving: bool,
+    pub version: String,
+}
+
 /// What a [`StoreChange`] changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
@@ -396,6 +414,10 @@ pub trait Store: Send + Sync + 'static {
     // Replicas: a store others write too says what they changed. A store only this
     // process writes (SQLite) has nothing to say.
 
+    /// Whether other processes write this store too (then this one follows it).
+    fn shared(&self) -> bool {
+        false
+    }
     /// The newest change's revision: read before the tokens are loaded, so that
     /// following from it misses nothing.
     async fn change_head(&self) -> Result<i64> {
@@ -403,6 +425,14 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Changes other replicas made after `rev`, oldest first, at most `limit`.
     async fn changes_since(&self, _rev: i64, _limit: u32) -> Result<Vec<StoreChange>> {
+        Ok(Vec::new())
+    }
+    /// Records this replica's heartbeat.
+    async fn heartbeat(&self, _beat: &Beat) -> Result<()> {
+        Ok(())
+    }
+    /// Every replica's last heartbeat, by name.
+    async fn replicas(&self) -> Result<Vec<Beat>> {
         Ok(Vec::new())
     }
     /// Resolves when another replica may have changed something (a hint: the caller

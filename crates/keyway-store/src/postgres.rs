@@ -458,6 +458,10 @@ impl Store for PgStore {
         audit::usage(&self.pool, since, limit).await
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn change_head(&self) -> Result<i64> {
         let rev: Option<i64> = sqlx::query_scalar("SELECT MAX(rev) FROM changes")
             .fetch_one(&self.pool)
@@ -484,6 +488,31 @@ impl Store for PgStore {
                 })
             })
             .collect())
+    }
+
+    async fn heartbeat(&self, beat: &crate::Beat) -> Result<()> {
+        let json = serde_json::to_string(beat).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO replicas (name, at, json) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET at = excluded.at, json = excluded.json",
+        )
+        .bind(&beat.replica)
+        .bind(beat.at)
+        .bind(json)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn replicas(&self) -> Result<Vec<crate::Beat>> {
+        let rows: Vec<String> = sqlx::query_scalar("SELECT json FROM replicas ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|j| {
+                serde_json::from_str(j).map_err(|e| StoreError::Corrupt(format!("heartbeat: {e}")))
+            })
+            .collect()
     }
 
     async fn changed(&self) {

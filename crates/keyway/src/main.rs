@@ -9,6 +9,7 @@
 //! - `credential.rs`: `keyway credential`, client credentials to exchange for tokens.
 //! - `secret.rs`: `keyway secret`, upstream credentials stored encrypted.
 //! - `report.rs`: `keyway report`, the hygiene report.
+//! - `cluster.rs`: `keyway cluster status`, the replicas on a shared store.
 //! - `connect.rs`: `keyway connect`, a local port for a TCP service behind the gateway.
 //! - `login.rs`: `keyway login` and `keyway whoami`, a person's SSO session.
 //! - `access.rs`: `keyway access` and `keyway requests`, a person's access by policy.
@@ -32,6 +33,7 @@ mod agent;
 mod audit;
 mod backup;
 mod client;
+mod cluster;
 mod connect;
 mod credential;
 mod demo;
@@ -117,6 +119,9 @@ enum Command {
     /// Access requests: list them, and approve, reject, collect or revoke one.
     #[command(subcommand)]
     Requests(access::RequestsCommand),
+    /// The replicas sharing a PostgreSQL store (`store` in keyway.toml).
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Issue client credentials: workloads exchange them for short-lived access tokens.
     #[command(subcommand)]
     Credential(credential::CredentialCommand),
@@ -263,6 +268,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Token(cmd) => token::run(cmd).await,
         Command::Credential(cmd) => credential::run(cmd).await,
+        Command::Cluster(cmd) => cluster::run(cmd).await,
         Command::Login(args) => login::login(args).await,
         Command::Whoami(args) => login::whoami(args).await,
         Command::Logout(args) => login::logout(args).await,

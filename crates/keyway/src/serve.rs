@@ -72,7 +72,7 @@ pub async fn gateway(config_path: &Path, init: bool) -> Result<ExitCode> {
         anyhow::bail!("cannot write the audit log; refusing to serve unaudited");
     }
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(stop_on_signal_draining(shutdown.clone(), Some(gw.clone())));
     tokio::spawn(reload_on_hangup(
         gw.clone(),
         config_path.to_path_buf(),
@@ -159,6 +159,16 @@ async fn reload_on_hangup(gw: Arc<Gateway>, path: std::path::PathBuf, shutdown: 
 
 /// Fires `shutdown` on Ctrl-C or SIGTERM.
 pub async fn stop_on_signal(shutdown: CancellationToken) {
+    stop_on_signal_draining(shutdown, None).await
+}
+
+/// [`stop_on_signal`]; on SIGTERM with `gw`, first drains: `/healthz` answers 503
+/// while requests are still served for `drain_grace`, so a load balancer moves
+/// away before the listeners close. Ctrl-C stops at once.
+pub async fn stop_on_signal_draining(
+    shutdown: CancellationToken,
+    gw: Option<std::sync::Arc<keyway_gateway::Gateway>>,
+) {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -167,9 +177,20 @@ pub async fn stop_on_signal(shutdown: CancellationToken) {
             Err(_) => std::future::pending().await,
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
+    let terminated = tokio::select! {
+        _ = tokio::signal::ctrl_c() => false,
+        () = term => true,
+    };
+    if let Some(gw) = gw.filter(|_| terminated) {
+        let grace = gw.config().drain_grace;
+        if !grace.is_zero() {
+            gw.authz.health().start_draining();
+            tracing::info!(
+                grace_ms = grace.as_millis() as u64,
+                "SIGTERM: /healthz answers 503; still serving for the drain grace"
+            );
+            tokio::time::sleep(grace).await;
+        }
     }
     tracing::info!("shutting down: draining connections, flushing the audit log");
     shutdown.cancel();

@@ -12,6 +12,48 @@ use std::process::Command;
 
 use common::*;
 
+/// A TCP relay to PostgreSQL on loopback that the test can cut (every connection
+/// closed, the port shut) and restore on the same port.
+struct Relay {
+    port: u16,
+    tasks: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Relay {
+    async fn start(port: u16) -> Self {
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = l.local_addr().unwrap().port();
+        let tasks = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut c, _)) = l.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut pg) = tokio::net::TcpStream::connect("127.0.0.1:5432").await {
+                        let _ = tokio::io::copy_bidirectional(&mut c, &mut pg).await;
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            tasks: Some(tasks),
+        }
+    }
+
+    /// Closes the port and every connection through it.
+    fn cut(&mut self) {
+        if let Some(t) = self.tasks.take() {
+            t.abort();
+        }
+    }
+}
+
+/// `/healthz` of the admin API on `port`.
+fn healthz(port: u16) -> u16 {
+    curl_status(&format!("http://127.0.0.1:{port}/healthz"), &[])
+}
+
 /// A replica's folder and config on `db`.
 fn replica(dir: &Path, name: &str, db: &str, admin: u16, svc: u16, upstream: &str) {
     billing_config(
@@ -133,6 +175,27 @@ async fn two_replicas_share_one_store_and_keep_a_chain_each() {
     let _gw2 = start_gateway(d2, a2);
     assert_eq!(curl(&url(s2), Some(&token), "GET"), 401);
 
+    // Both beat; `cluster status` lists them, serving and caught up.
+    assert_eq!((healthz(a1), healthz(a2)), (200, 200));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let status = loop {
+        let out = keyway(d1, &["cluster", "status", "--config", "keyway.toml"], None);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() && text.contains("gw-1") && text.contains("gw-2") {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(
+        status.lines().filter(|l| l.contains(" serving ")).count() == 2,
+        "{status}"
+    );
+
     // Each replica wrote its own chain; verification walks both, beside them.
     let out = audit_verify(d1, None);
     let text =
@@ -144,6 +207,104 @@ async fn two_replicas_share_one_store_and_keep_a_chain_each() {
 
     drop(gw1);
     drop(_gw2);
+    psql_admin_on(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_cut_off_from_the_store_refuses_then_serves_again_and_drains_on_sigterm() {
+    require(
+        5432,
+        "PostgreSQL",
+        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+    );
+    let db = format!("keyway_e2e_cut_{}", std::process::id());
+    psql_admin_on(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+    );
+    psql_admin_on("postgres", &format!("CREATE DATABASE {db}"));
+    let (up, _) = upstream().await;
+    let mut relay = Relay::start(0).await;
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let (admin, svc) = (free_port(), free_port());
+    billing_config(d, admin, svc, &up.to_string(), "1h", "");
+    let text = std::fs::read_to_string(d.join("keyway.toml")).unwrap();
+    std::fs::write(
+        d.join("keyway.toml"),
+        format!(
+            "store = \"postgres://postgres@127.0.0.1:{}/{db}\"\nreplica = \"gw-cut\"\nstore_max_lag = \"1s\"\ndrain_grace = \"2s\"\n{text}",
+            relay.port
+        ),
+    )
+    .unwrap();
+    let mut gw = start_gateway(d, admin);
+    let token = issue(d, "alice", "billing");
+    let url = format!("http://127.0.0.1:{svc}/invoices/1");
+    assert_eq!(curl(&url, Some(&token), "GET"), 200);
+
+    // The store goes away: after `store_max_lag` the replica refuses (it could no
+    // longer hear of a revocation) and says so on /healthz.
+    relay.cut();
+    let started = std::time::Instant::now();
+    while healthz(admin) != 503 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "still healthy"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "not before store_max_lag"
+    );
+    assert_eq!(curl(&url, Some(&token), "GET"), 503);
+    // Back: it catches up and serves again by itself.
+    let relay2 = Relay::start(relay.port).await;
+    let started = std::time::Instant::now();
+    while curl(&url, Some(&token), "GET") != 200 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "did not recover"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(healthz(admin), 200);
+    let log = std::fs::read_to_string(d.join("gateway.log")).unwrap();
+    assert!(
+        log.contains("behind the shared store") && log.contains("caught up"),
+        "{log}"
+    );
+
+    // SIGTERM: /healthz turns 503 at once, requests are still served for the
+    // grace, then the gateway stops.
+    Command::new("kill")
+        .args(["-TERM", &gw.id().to_string()])
+        .status()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while healthz(admin) != 503 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "not draining"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        curl(&url, Some(&token), "GET"),
+        200,
+        "still served while draining"
+    );
+    let status = wait_exit(
+        &mut gw,
+        std::time::Duration::from_secs(15),
+        "the gateway did not stop",
+    );
+    assert!(status.success());
+    drop(relay2);
     psql_admin_on(
         "postgres",
         &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),

@@ -37,6 +37,23 @@ impl RawConfig {
             check_store_url(&mut p, url);
         }
         let replica = self.replica.unwrap_or_else(default_replica);
+        let store_max_lag = p.duration_or(
+            "store_max_lag",
+            self.store_max_lag.as_deref(),
+            Duration::from_secs(5),
+        );
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&store_max_lag) {
+            p.push("store_max_lag", "must be between 1s and 1h");
+        }
+        let grace = if self.store.is_some() { 5 } else { 0 };
+        let drain_grace = p.duration_or(
+            "drain_grace",
+            self.drain_grace.as_deref(),
+            Duration::from_secs(grace),
+        );
+        if drain_grace > Duration::from_secs(600) {
+            p.push("drain_grace", "must be at most 10m");
+        }
         if !valid_replica(&replica) {
             p.push(
                 "replica",
@@ -321,6 +338,8 @@ impl RawConfig {
             data_dir,
             store: self.store,
             replica,
+            store_max_lag,
+            drain_grace,
             admin_listen,
             max_ttl,
             admin_token_ttl,

@@ -23,6 +23,10 @@ pub struct Config {
     pub store: Option<String>,
     /// This gateway's name among the replicas of a shared store.
     pub replica: String,
+    /// How long this replica may be behind a shared store before it refuses.
+    pub store_max_lag: Duration,
+    /// On SIGTERM, how long it keeps serving with `/healthz` at 503.
+    pub drain_grace: Duration,
     pub admin_listen: SocketAddr,
     /// No token anywhere lives longer.
     pub max_ttl: Duration,

@@ -52,7 +52,9 @@ pub struct Plan {
 
 /// Settings a running gateway takes at once; every other top-level key needs a
 /// restart.
-const LIVE_SETTINGS: [&str; 5] = [
+const LIVE_SETTINGS: [&str; 7] = [
+    "store_max_lag",
+    "drain_grace",
     "max_ttl",
     "admin_token_ttl",
     "credential_max_age",
@@ -105,7 +107,7 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         changes.push(c);
     }
     // Top-level settings: a resolved difference, shown as written.
-    let settings: [(&str, bool); 16] = [
+    let settings: [(&str, bool); 18] = [
         ("max_ttl", old.max_ttl != new.max_ttl),
         (
             "admin_token_ttl",
@@ -123,6 +125,8 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         ("data_dir", old.data_dir != new.data_dir),
         ("store", old.store != new.store),
         ("replica", old.replica != new.replica),
+        ("store_max_lag", old.store_max_lag != new.store_max_lag),
+        ("drain_grace", old.drain_grace != new.drain_grace),
         ("admin_listen", old.admin_listen != new.admin_listen),
         ("token_listen", old.token_listen != new.token_listen),
         ("token_tls", old.token_tls != new.token_tls),

@@ -21,6 +21,12 @@ pub struct RawConfig {
     /// This gateway's name among the replicas on a shared store; the host name when
     /// unset.
     pub replica: Option<String>,
+    /// On a shared store: how long this replica may go without catching up with it
+    /// before it refuses requests (fail closed); `5s` when unset.
+    pub store_max_lag: Option<String>,
+    /// On SIGTERM: how long `/healthz` answers 503 while requests are still served,
+    /// so a load balancer moves away first; `5s` on a shared store, else `0s`.
+    pub drain_grace: Option<String>,
     pub admin_listen: Option<String>,
     pub max_ttl: Option<String>,
     pub admin_token_ttl: Option<String>,

@@ -182,10 +182,19 @@ pub fn curl(url: &str, token: Option<&str>, method: &str) -> u16 {
 }
 
 /// `curl`'s status code for `url` with `args` added: 0 when the connection was closed
-/// unanswered (curl's reason then goes to the test's output).
+/// unanswered, or nothing came within 60 s (curl's reason then goes to the test's
+/// output).
 pub fn curl_status(url: &str, args: &[&str]) -> u16 {
     let out = Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args([
+            "-sS",
+            "--max-time",
+            "60",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
         .args(args)
         .arg(url)
         .output()
