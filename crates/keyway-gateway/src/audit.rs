@@ -58,9 +58,6 @@ struct Queued {
 
 /// Resolves once an event is durable: `true` when the answer it gates may go,
 /// `false` when the store did not take it (the answer must then be a refusal).
-/// The longest an answer waits for its event's commit.
-pub const COMMIT_WAIT: Duration = Duration::from_secs(10);
-
 #[must_use = "an answer waits for its event's commit"]
 pub struct Committed(Result<oneshot::Receiver<bool>, bool>);
 
@@ -304,22 +301,13 @@ impl Committed {
     }
 
     /// Waits for the commit: `true` once the event is durable (or the config does
-    /// not wait), `false` when the store did not take it, or not within
-    /// [`COMMIT_WAIT`] (a store gone away: the writer retries the event, the answer
-    /// does not wait for it).
+    /// not wait), `false` when the store did not take it. With the store gone, an
+    /// answer already on its way waits for it to come back (the writer retries);
+    /// new requests are refused at once meanwhile.
     pub async fn wait(self) -> bool {
         match self.0 {
             Err(ok) => ok,
-            Ok(done) => match tokio::time::timeout(COMMIT_WAIT, done).await {
-                Ok(r) => r.unwrap_or(false),
-                Err(_) => {
-                    tracing::error!(
-                        wait_s = COMMIT_WAIT.as_secs(),
-                        "an event was not durable in time; answering as if the store refused it"
-                    );
-                    false
-                }
-            },
+            Ok(done) => done.await.unwrap_or(false),
         }
     }
 }

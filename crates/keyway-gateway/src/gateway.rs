@@ -350,7 +350,17 @@ impl Gateway {
                 _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
             }
             let rev = self.store_rev.load(Ordering::Acquire);
-            let read = self.store.changes_since(rev, FOLLOW_BATCH).await;
+            // A read that hangs (a connection black-holed) counts as behind.
+            let lag = self.config().store_max_lag;
+            let read = match tokio::time::timeout(lag, self.store.changes_since(rev, FOLLOW_BATCH))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Damaged(format!(
+                    "no answer within store_max_lag ({}s)",
+                    lag.as_secs()
+                ))),
+            };
             let whole = match read {
                 Ok(changes) => {
                     let all = changes.len() < FOLLOW_BATCH as usize;

@@ -124,6 +124,27 @@ impl PgStore {
 
     async fn write(&self, change: Change<'_>, events: Events<'_>) -> Result<Written> {
         let mut chain = self.chain.lock().await;
+        match self.write_on(&mut chain, change, events).await {
+            Ok(w) => Ok(w),
+            Err(e) => {
+                // The commit's outcome may be unknown (a connection lost at COMMIT):
+                // the chain is read back from the store before the next write.
+                if !matches!(e, StoreError::Spent | StoreError::Conflict) {
+                    if let Ok(reloaded) = audit::Chain::load(&self.pool, &self.replica).await {
+                        chain.reload(reloaded);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn write_on(
+        &self,
+        chain: &mut audit::Chain,
+        change: Change<'_>,
+        events: Events<'_>,
+    ) -> Result<Written> {
         let mut tx = self.pool.begin().await?;
         let mut w = Written::default();
         match change {
@@ -183,7 +204,7 @@ impl PgStore {
             record_changes(&mut tx, &self.replica, &changed).await?;
         }
         let written = w.events(events);
-        let next = audit::append_on(&mut tx, &self.replica, &chain, written).await?;
+        let next = audit::append_on(&mut tx, &self.replica, chain, written).await?;
         tx.commit().await?;
         *chain = next;
         Ok(w)
@@ -213,10 +234,17 @@ async fn record_changes(
     .bind(keys)
     .execute(&mut *conn)
     .await?;
-    sqlx::query(&format!("DELETE FROM changes WHERE at < {now} - $1"))
-        .bind(CHANGES_KEPT_MS)
-        .execute(&mut *conn)
-        .await?;
+    // Forgotten after a day; the newest revision forgotten is kept, so that a
+    // replica further behind knows it missed some.
+    sqlx::query(&format!(
+        "WITH gone AS (DELETE FROM changes WHERE at < {now} - $1 RETURNING rev)
+         INSERT INTO meta (key, value)
+         SELECT 'changes_pruned_through', int8send(MAX(rev)) FROM gone HAVING COUNT(*) > 0
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+    ))
+    .bind(CHANGES_KEPT_MS)
+    .execute(&mut *conn)
+    .await?;
     sqlx::query("SELECT pg_notify('keyway_changes', '')")
         .execute(conn)
         .await?;
@@ -470,6 +498,18 @@ impl Store for PgStore {
     }
 
     async fn changes_since(&self, rev: i64, limit: u32) -> Result<Vec<crate::StoreChange>> {
+        let pruned: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'changes_pruned_through'")
+                .fetch_optional(&self.pool)
+                .await?;
+        let pruned = pruned
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, i64::from_be_bytes);
+        if rev < pruned {
+            return Err(StoreError::Damaged(format!(
+                "changes up to revision {pruned} were forgotten before this replica read them (it is at {rev}); restart it to read everything again"
+            )));
+        }
         let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
             "SELECT rev, replica, kind, key FROM changes WHERE rev > $1 ORDER BY rev LIMIT $2",
         )

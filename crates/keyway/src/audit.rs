@@ -165,6 +165,12 @@ pub async fn run(cmd: AuditCommand) -> Result<ExitCode> {
             let verdict = match keyway_gateway::gateway::store_url(&config) {
                 // A shared store: every replica's chain, beside the running ones.
                 Some(url) => {
+                    if !expect.is_empty() {
+                        bail!(
+                            "--expect names one chain; a shared store keeps one per replica and \
+                             --expect does not say which yet"
+                        );
+                    }
                     let key = chain_key(&config)?;
                     let store = keyway_store::PgStore::open_reader(&url).await?;
                     check_pepper(&store, &key.1).await?;

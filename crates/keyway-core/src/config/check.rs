@@ -464,9 +464,14 @@ fn check_store_url(p: &mut Problems, url: &str) {
         return;
     };
     let authority = rest.split(['/', '?']).next().unwrap_or("");
-    if authority
-        .rsplit_once('@')
-        .is_some_and(|(user, _)| user.contains(':'))
+    let query = rest.split_once('?').map_or("", |(_, q)| q);
+    let in_query = query
+        .split('&')
+        .any(|kv| kv.to_ascii_lowercase().starts_with("password="));
+    if in_query
+        || authority
+            .rsplit_once('@')
+            .is_some_and(|(user, _)| user.contains(':'))
     {
         p.push(
             "store",

@@ -495,6 +495,10 @@ fn a_shared_store_is_a_postgres_url_without_a_password() {
             "store = \"postgres://keyway:hunter2@db/keyway\"",
             "holds a password",
         ),
+        (
+            "store = \"postgres://keyway@db/keyway?sslmode=require&password=x\"",
+            "holds a password",
+        ),
         ("store = \"mysql://db/keyway\"", "is a PostgreSQL URL"),
         ("replica = \"GW 1\"", "a replica's name"),
     ] {

@@ -26,6 +26,20 @@ impl Tokens {
                 self.index.revoke(id, at);
                 changed = true;
             }
+            // A credential or a session ends what was obtained with it, here too:
+            // children issued through this replica may be unknown to the one that
+            // revoked it (refused by their lineage anyway; their streams end now).
+            if matches!(
+                here.record.kind,
+                keyway_core::TokenKind::ClientCredential | keyway_core::TokenKind::Session
+            ) {
+                for child in self.index.children_of(id) {
+                    if !child.revoked() {
+                        self.index.revoke(child.id(), at);
+                        changed = true;
+                    }
+                }
+            }
         }
         if stored.expires_at < here.expires_at() {
             here.shorten(stored.expires_at);

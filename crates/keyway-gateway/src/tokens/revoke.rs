@@ -31,9 +31,12 @@ impl Tokens {
         if !self.index.revoke_first(id, now) {
             return Ok(false);
         }
-        self.persist_revocations(&[id.to_owned()], now, "gateway", &|_| Some("used"))
+        // On a shared store another replica may have spent it first: only the call
+        // that revoked it in the store used it.
+        let found = self
+            .persist_revocations(&[id.to_owned()], now, "gateway", &|_| Some("used"))
             .await?;
-        Ok(true)
+        Ok(found.iter().any(|t| t.id == id && t.fresh))
     }
 
     /// Revokes a token, and audits it. Memory first, so the token stops working and

@@ -67,6 +67,13 @@ impl Chain {
         }
     }
 
+    /// Takes the head and `rseq` of `stored` (read back from the store), keeping the
+    /// key.
+    pub(super) fn reload(&mut self, stored: Chain) {
+        self.head = stored.head;
+        self.rseq = stored.rseq;
+    }
+
     pub(super) fn set_key(&mut self, key: crate::ChainKey) {
         self.key = Some(key);
     }

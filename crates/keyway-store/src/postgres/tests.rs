@@ -117,6 +117,17 @@ async fn replicas_keep_a_chain_each_and_one_name_runs_once() {
         b.append_audit(&pair[1..]).await.unwrap();
     }
     assert_eq!(stored(&a).await, events, "read back merged, in order");
+    // Each chain is its own, numbered 1.. without a gap.
+    let chains: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT replica, MIN(rseq), MAX(rseq), COUNT(*) FROM audit_events GROUP BY replica ORDER BY replica",
+    )
+    .fetch_all(&a.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        chains,
+        vec![("gw-1".into(), 1, 20, 20), ("gw-2".into(), 1, 20, 20)]
+    );
     assert_intact(&a, key, 40).await;
     assert_intact(&b, key, 40).await;
     // A second process under a taken name is refused: it would fork the chain.
