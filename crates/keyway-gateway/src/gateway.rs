@@ -175,14 +175,16 @@ impl Gateway {
         let (pepper_key, src) = keys::load_or_create(&config.pepper_file, "KEYWAY_PEPPER", is_new)?;
         log_key("pepper", &config.pepper_file, src);
         let pepper = Pepper::new(&pepper_key);
-        match pepper_fp {
+        let pepper_fp = match pepper_fp {
+            Some(fp) => fp,
             None => {
                 store
-                    .meta_put("pepper_fingerprint", &pepper.fingerprint())
+                    .meta_put_if_absent("pepper_fingerprint", &pepper.fingerprint())
                     .await?
             }
-            Some(fp) if fp[..] == pepper.fingerprint()[..] => {}
-            Some(_) => return Err(OpenError::KeyMismatch { what: "the pepper" }),
+        };
+        if pepper_fp[..] != pepper.fingerprint()[..] {
+            return Err(OpenError::KeyMismatch { what: "the pepper" });
         }
 
         let master_fp = store.meta_get("master_key_id").await?;
@@ -193,18 +195,18 @@ impl Gateway {
         )?;
         log_key("master key", &config.master_key_file, src);
         let sealer = Sealer::new(&master);
-        match master_fp {
+        let master_id = match master_fp {
+            Some(id) => id,
             None => {
                 store
-                    .meta_put("master_key_id", sealer.key_id().as_bytes())
+                    .meta_put_if_absent("master_key_id", sealer.key_id().as_bytes())
                     .await?
             }
-            Some(id) if id == sealer.key_id().as_bytes() => {}
-            Some(_) => {
-                return Err(OpenError::KeyMismatch {
-                    what: "the master key",
-                })
-            }
+        };
+        if master_id != sealer.key_id().as_bytes() {
+            return Err(OpenError::KeyMismatch {
+                what: "the master key",
+            });
         }
 
         // The audit chain's key: from the pepper, so it lives outside the database.

@@ -333,6 +333,15 @@ pub type TokenRevocations<'a> = dyn Fn(&RevokedToken) -> AuditEvent + Sync + 'a;
 pub trait Store: Send + Sync + 'static {
     async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     async fn meta_put(&self, key: &str, value: &[u8]) -> Result<()>;
+    /// Puts `value` under `key` unless one is there: the value in force afterwards
+    /// (the one given, or the one another process put first).
+    async fn meta_put_if_absent(&self, key: &str, value: &[u8]) -> Result<Vec<u8>> {
+        if let Some(v) = self.meta_get(key).await? {
+            return Ok(v);
+        }
+        self.meta_put(key, value).await?;
+        Ok(value.to_vec())
+    }
 
     // Every change of state is written with its audit events in one transaction:
     // both are in the store, or neither.

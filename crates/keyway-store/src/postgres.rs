@@ -67,14 +67,15 @@ impl PgStore {
                 "`{replica}` cannot name a replica: 1 to 63 of a-z, 0-9, `-`, `_`, `.`"
             )));
         }
+        let opts = bounded(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .min_connections(1)
             .acquire_timeout(CONNECT_TIMEOUT)
-            .connect(url)
+            .connect_with(opts.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
-        let mut holder = PgConnection::connect(url).await?;
+        let mut holder = PgConnection::connect_with(&opts).await?;
         let taken: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
                 .bind(format!("keyway replica {replica}"))
@@ -211,6 +212,18 @@ impl PgStore {
     }
 }
 
+/// The connection options of `url`, with the server bounding what one connection
+/// can hold: a statement, a wait for a lock, an idle transaction. A replica cut off
+/// mid-transaction releases the changes lock within a minute, not at TCP's pace.
+fn bounded(url: &str) -> Result<sqlx::postgres::PgConnectOptions> {
+    use std::str::FromStr;
+    Ok(sqlx::postgres::PgConnectOptions::from_str(url)?.options([
+        ("statement_timeout", "30s"),
+        ("lock_timeout", "10s"),
+        ("idle_in_transaction_session_timeout", "60s"),
+    ]))
+}
+
 /// Logs what a write changed, for the other replicas, and wakes them at commit.
 async fn record_changes(
     conn: &mut PgConnection,
@@ -325,6 +338,19 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn meta_put_if_absent(&self, key: &str, value: &[u8]) -> Result<Vec<u8>> {
+        // Replicas starting together on an empty database: the first one's stands.
+        sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
+            .bind(key)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     async fn insert_token(&self, t: &TokenRecord, events: &[AuditEvent]) -> Result<()> {

@@ -304,3 +304,19 @@ pub(crate) async fn an_access_request_changes_only_over_the_version_it_read(stor
     assert_eq!(store.requests(999, 10).await.unwrap(), vec![approved]);
     assert!(store.requests(1_000, 10).await.unwrap().is_empty());
 }
+
+pub(crate) async fn the_first_key_fingerprint_stands(store: &dyn Store) {
+    assert_eq!(
+        store.meta_put_if_absent("fp", b"one").await.unwrap(),
+        b"one"
+    );
+    assert_eq!(
+        store.meta_put_if_absent("fp", b"two").await.unwrap(),
+        b"one",
+        "a second process's fingerprint does not replace the first"
+    );
+    assert_eq!(
+        store.meta_get("fp").await.unwrap().as_deref(),
+        Some(&b"one"[..])
+    );
+}

@@ -214,3 +214,10 @@ async fn revocations_and_one_use_values_hold_across_replicas() {
     b.close().await.unwrap();
     db.drop().await;
 }
+
+#[tokio::test]
+async fn the_first_key_fingerprint_stands() {
+    let db = Fresh::new().await;
+    crate::suite::the_first_key_fingerprint_stands(&db.store("r1").await).await;
+    db.drop().await;
+}

@@ -73,3 +73,8 @@ async fn an_access_request_changes_only_over_the_version_it_read() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_first_key_fingerprint_stands() {
+    crate::suite::the_first_key_fingerprint_stands(&SqliteStore::in_memory().await.unwrap()).await;
+}
