@@ -393,7 +393,15 @@ impl Gateway {
             if whole {
                 caught_up = std::time::Instant::now();
             }
-            let behind = caught_up.elapsed() > self.config().store_max_lag;
+            // Without its name, this replica's chain could be forked: fail closed.
+            let named = match self.store.keep_name().await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "this replica no longer holds its name on the shared store");
+                    false
+                }
+            };
+            let behind = !named || caught_up.elapsed() > self.config().store_max_lag;
             if self.authz.health().set_behind(behind) {
                 self.store_lag_changed(behind, caught_up.elapsed());
             }

@@ -436,6 +436,12 @@ pub trait Store: Send + Sync + 'static {
     async fn changes_since(&self, _rev: i64, _limit: u32) -> Result<Vec<StoreChange>> {
         Ok(Vec::new())
     }
+    /// Checks that this replica still holds its name on a shared store (the
+    /// connection holding it may have dropped), taking it again if it can; an error
+    /// when another process holds it now.
+    async fn keep_name(&self) -> Result<()> {
+        Ok(())
+    }
     /// Records this replica's heartbeat.
     async fn heartbeat(&self, _beat: &Beat) -> Result<()> {
         Ok(())

@@ -47,6 +47,8 @@ pub struct PgStore {
     holder: Arc<Mutex<Option<PgConnection>>>,
     /// Woken by the other replicas' `NOTIFY keyway_changes`.
     hint: Arc<tokio::sync::Notify>,
+    /// How to connect again (the name's holder).
+    opts: Option<sqlx::postgres::PgConnectOptions>,
     /// The task listening for them.
     listener: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -75,17 +77,7 @@ impl PgStore {
             .connect_with(opts.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
-        let mut holder = PgConnection::connect_with(&opts).await?;
-        let taken: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-                .bind(format!("keyway replica {replica}"))
-                .fetch_one(&mut holder)
-                .await?;
-        if !taken {
-            return Err(StoreError::Damaged(format!(
-                "replica `{replica}` is already running on this store; give each gateway its own `replica` name"
-            )));
-        }
+        let holder = take_name(&opts, replica).await?;
         let chain = audit::Chain::load(&pool, replica).await?;
         let hint = Arc::new(tokio::sync::Notify::new());
         let listener = tokio::spawn(listen(url.to_owned(), hint.clone()));
@@ -95,6 +87,7 @@ impl PgStore {
             chain: Arc::new(Mutex::new(chain)),
             holder: Arc::new(Mutex::new(Some(holder))),
             hint,
+            opts: Some(opts),
             listener: Arc::new(std::sync::Mutex::new(Some(listener))),
         })
     }
@@ -114,6 +107,7 @@ impl PgStore {
             chain: Arc::new(Mutex::new(audit::Chain::empty())),
             holder: Arc::new(Mutex::new(None)),
             hint: Arc::new(tokio::sync::Notify::new()),
+            opts: None,
             listener: Arc::new(std::sync::Mutex::new(None)),
         })
     }
@@ -210,6 +204,22 @@ impl PgStore {
         *chain = next;
         Ok(w)
     }
+}
+
+/// A connection holding the advisory lock on `replica`'s name; refused while
+/// another process holds it.
+async fn take_name(opts: &sqlx::postgres::PgConnectOptions, replica: &str) -> Result<PgConnection> {
+    let mut holder = PgConnection::connect_with(opts).await?;
+    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+        .bind(format!("keyway replica {replica}"))
+        .fetch_one(&mut holder)
+        .await?;
+    if !taken {
+        return Err(StoreError::Damaged(format!(
+            "replica `{replica}` is already running on this store; give each gateway its own `replica` name"
+        )));
+    }
+    Ok(holder)
 }
 
 /// The connection options of `url`, with the server bounding what one connection
@@ -554,6 +564,27 @@ impl Store for PgStore {
                 })
             })
             .collect())
+    }
+
+    async fn keep_name(&self) -> Result<()> {
+        let Some(opts) = &self.opts else {
+            return Ok(());
+        };
+        let mut holder = self.holder.lock().await;
+        if let Some(c) = holder.as_mut() {
+            if sqlx::query("SELECT 1").execute(&mut *c).await.is_ok() {
+                return Ok(());
+            }
+        }
+        // The lock went with its connection: take it again, and read the chain back
+        // (another process may have written under the name meanwhile).
+        *holder = None;
+        let taken = take_name(opts, &self.replica).await?;
+        *holder = Some(taken);
+        let reloaded = audit::Chain::load(&self.pool, &self.replica).await?;
+        self.chain.lock().await.reload(reloaded);
+        tracing::warn!(replica = %self.replica, "the replica's name was held again after its connection dropped");
+        Ok(())
     }
 
     async fn heartbeat(&self, beat: &crate::Beat) -> Result<()> {

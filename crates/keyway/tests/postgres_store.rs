@@ -284,7 +284,9 @@ async fn a_replica_cut_off_from_the_store_refuses_then_serves_again_and_drains_o
     assert_eq!(healthz(admin), 200);
     let log = std::fs::read_to_string(d.join("gateway.log")).unwrap();
     assert!(
-        log.contains("behind the shared store") && log.contains("caught up"),
+        log.contains("behind the shared store")
+            && log.contains("caught up")
+            && log.contains("name was held again"),
         "{log}"
     );
 
