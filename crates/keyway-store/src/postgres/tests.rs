@@ -153,6 +153,23 @@ async fn replicas_keep_a_chain_each_and_one_name_runs_once() {
         matches!(&verdict, crate::Verdict::Broken { seq: 3, what, .. } if what == "altered (replica gw-2)"),
         "{verdict:?}"
     );
+    // A row added by hand, without a hash, is not taken for one from before the
+    // chain: every event on a shared store is chained.
+    sqlx::query("UPDATE audit_events SET reason = NULL WHERE replica = 'gw-2' AND rseq = 3")
+        .execute(&a.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO audit_events (replica, rseq, at, kind) VALUES ('gw-3', 1, 1, 'token.issued')",
+    )
+    .execute(&a.pool)
+    .await
+    .unwrap();
+    let verdict = a.verify_audit(&key, &[]).await.unwrap();
+    assert!(
+        matches!(&verdict, crate::Verdict::Broken { seq: 1, what, .. } if what == "altered (replica gw-3)"),
+        "{verdict:?}"
+    );
     a.close().await.unwrap();
     b.close().await.unwrap();
     db.drop().await;
