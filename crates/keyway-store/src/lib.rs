@@ -490,3 +490,19 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
         .transpose()
         .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
+
+/// An access request as the stores keep it: JSON text.
+pub(crate) fn request_json(r: &AccessRequest) -> Result<String> {
+    serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// An access request back from the JSON text a store keeps.
+pub(crate) fn request_from_json(json: String) -> Result<AccessRequest> {
+    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("access request: {e}")))
+}
+
+/// A 32-byte hash as a store keeps it; `what` names its row when it is not one.
+pub(crate) fn stored_hash(bytes: &[u8], what: impl FnOnce() -> String) -> Result<[u8; 32]> {
+    <[u8; 32]>::try_from(bytes)
+        .map_err(|_| StoreError::Corrupt(format!("{} has a hash of the wrong length", what())))
+}

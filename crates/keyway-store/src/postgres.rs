@@ -205,7 +205,7 @@ impl PgStore {
 }
 
 async fn put_request(conn: &mut PgConnection, r: &AccessRequest) -> Result<()> {
-    let json = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let json = crate::request_json(r)?;
     let done = if r.version == 0 {
         sqlx::query(
             "INSERT INTO access_requests (id, version, expires_at, json) VALUES ($1, 0, $2, $3)
@@ -233,10 +233,6 @@ async fn put_request(conn: &mut PgConnection, r: &AccessRequest) -> Result<()> {
         return Err(StoreError::Conflict);
     }
     Ok(())
-}
-
-fn read_request(json: String) -> Result<AccessRequest> {
-    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("access request: {e}")))
 }
 
 // === impl Store for PgStore ===
@@ -375,7 +371,7 @@ impl Store for PgStore {
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
-        json.map(read_request).transpose()
+        json.map(crate::request_from_json).transpose()
     }
 
     async fn requests(&self, after: UnixMillis, limit: u32) -> Result<Vec<AccessRequest>> {
@@ -387,7 +383,7 @@ impl Store for PgStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter().map(read_request).collect()
+        rows.into_iter().map(crate::request_from_json).collect()
     }
 
     async fn agent_revocations(&self) -> Result<Vec<(String, UnixMillis)>> {

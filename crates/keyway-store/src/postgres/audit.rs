@@ -147,7 +147,7 @@ pub(super) async fn checkpoint(
     let Some(head) = head else { return Ok(None) };
     let seq: i64 = head.get(0);
     let hash: Vec<u8> = head.get(1);
-    let hash = stored_hash(&hash, || format!("audit event {replica}/{seq}"))?;
+    let hash = crate::stored_hash(&hash, || format!("audit event {replica}/{seq}"))?;
     let c = crate::Checkpoint { seq, at, hash };
     let done = sqlx::query(
         "INSERT INTO audit_checkpoints (replica, rseq, at, hash, mac) VALUES ($1, $2, $3, $4, $5)
@@ -199,7 +199,7 @@ pub(super) async fn prune(
     };
     let seq: i64 = anchor.get(0);
     let hash: Vec<u8> = anchor.get(1);
-    let hash = stored_hash(&hash, || format!("audit checkpoint {replica}/{seq}"))?;
+    let hash = crate::stored_hash(&hash, || format!("audit checkpoint {replica}/{seq}"))?;
     let deleted = sqlx::query("DELETE FROM audit_events WHERE replica = $1 AND rseq <= $2")
         .bind(replica)
         .bind(seq)
@@ -414,11 +414,6 @@ pub(super) async fn events(pool: &PgPool, q: &AuditQuery) -> Result<Vec<StoredEv
             })
         })
         .collect()
-}
-
-fn stored_hash(bytes: &[u8], what: impl FnOnce() -> String) -> Result<[u8; 32]> {
-    <[u8; 32]>::try_from(bytes)
-        .map_err(|_| StoreError::Corrupt(format!("{} has a hash of the wrong length", what())))
 }
 
 fn event_from_row(r: &PgRow, detail: serde_json::Value) -> Result<AuditEvent> {

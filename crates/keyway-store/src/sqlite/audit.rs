@@ -117,7 +117,7 @@ pub(super) async fn checkpoint(
     let Some(head) = head else { return Ok(None) };
     let seq: i64 = head.get(0);
     let hash: Vec<u8> = head.get(1);
-    let hash = stored_hash(&hash, || format!("audit event {seq}"))?;
+    let hash = crate::stored_hash(&hash, || format!("audit event {seq}"))?;
     let c = crate::Checkpoint { seq, at, hash };
     let done = sqlx::query(
         "INSERT OR IGNORE INTO audit_checkpoints (seq, at, hash, mac) VALUES (?, ?, ?, ?)",
@@ -165,7 +165,7 @@ pub(super) async fn prune(
     };
     let seq: i64 = anchor.get(0);
     let hash: Vec<u8> = anchor.get(1);
-    let hash = stored_hash(&hash, || format!("audit checkpoint {seq}"))?;
+    let hash = crate::stored_hash(&hash, || format!("audit checkpoint {seq}"))?;
     let deleted = sqlx::query("DELETE FROM audit_events WHERE seq <= ?")
         .bind(seq)
         .execute(&mut *tx)
@@ -302,12 +302,6 @@ pub(super) async fn events(pool: &SqlitePool, q: &AuditQuery) -> Result<Vec<Stor
             })
         })
         .collect()
-}
-
-/// A 32-byte hash as stored; `what` names its row when it is not.
-fn stored_hash(bytes: &[u8], what: impl FnOnce() -> String) -> Result<[u8; 32]> {
-    <[u8; 32]>::try_from(bytes)
-        .map_err(|_| StoreError::Corrupt(format!("{} has a hash of the wrong length", what())))
 }
 
 /// An audit row (`seq, at, kind, decision, reason, principal, service, token_id,

@@ -7,7 +7,7 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use crate::{AccessRequest, Result, StoreError};
 
 pub(super) async fn put(conn: &mut SqliteConnection, r: &AccessRequest) -> Result<()> {
-    let json = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let json = crate::request_json(r)?;
     let done = if r.version == 0 {
         sqlx::query(
             "INSERT INTO access_requests (id, version, expires_at, json) VALUES (?, 0, ?, ?)
@@ -42,7 +42,7 @@ pub(super) async fn get(pool: &SqlitePool, id: &str) -> Result<Option<AccessRequ
         .bind(id)
         .fetch_optional(pool)
         .await?;
-    row.map(|r| read(r.get(0))).transpose()
+    row.map(|r| crate::request_from_json(r.get(0))).transpose()
 }
 
 pub(super) async fn list(
@@ -58,9 +58,7 @@ pub(super) async fn list(
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    rows.into_iter().map(|r| read(r.get(0))).collect()
-}
-
-fn read(json: String) -> Result<AccessRequest> {
-    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("access request: {e}")))
+    rows.into_iter()
+        .map(|r| crate::request_from_json(r.get(0)))
+        .collect()
 }
