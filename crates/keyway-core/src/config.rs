@@ -33,6 +33,7 @@ pub mod plan;
 mod postgres;
 mod problem;
 mod raw;
+mod replicas;
 mod service;
 mod tcp;
 
@@ -55,6 +56,7 @@ pub use problem::{ConfigError, Problem};
 pub use raw::{
     RawAgent, RawAudit, RawConfig, RawPortAudit, RawRole, RawService, RawTls, RawUpstreamAuth,
 };
+pub use replicas::{for_this_process, RawReplica, PER_PROCESS};
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_DATA_DIR: &str = "keyway-data";

@@ -193,10 +193,15 @@ async fn healthz(State(gw): State<Gw>) -> Response {
 
 /// The replicas on the shared store, as their heartbeats say.
 async fn cluster(_: Admin, State(gw): State<Gw>) -> Response {
+    let applied = match gw.store.applied_config().await {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
     match gw.store.replicas().await {
         Ok(r) => Json(serde_json::json!({
             "head": gw.store.change_head().await.unwrap_or(0),
             "now": keyway_core::clock::format_ms(gw.clock.now_ms()),
+            "config": applied.map(|a| json!({ "sha256": a.sha256, "at": format_ms(a.at) })),
             "replicas": r,
         }))
         .into_response(),

@@ -57,6 +57,16 @@ impl StoreView {
         self.0.replicas().await
     }
 
+    /// Whether other replicas share the store.
+    pub fn shared(&self) -> bool {
+        self.0.shared()
+    }
+
+    /// The config last applied (to every replica, on a shared store).
+    pub async fn applied_config(&self) -> Result<Option<keyway_store::AppliedConfig>, StoreError> {
+        self.0.applied_config().await
+    }
+
     /// The shared store's newest change.
     pub async fn change_head(&self) -> Result<i64, StoreError> {
         self.0.change_head().await
@@ -111,6 +121,21 @@ impl Control {
     /// The config in force now.
     pub fn config(&self) -> Arc<Config> {
         self.config.current()
+    }
+
+    /// Plans (`dry_run`) or applies a config text for the admin token `by`
+    /// ([`Reloads::propose`]).
+    pub async fn propose(
+        &self,
+        text: &str,
+        by: &str,
+        token_id: Option<&str>,
+        dry_run: bool,
+    ) -> Result<crate::reloads::Outcome, crate::reloads::ApplyError> {
+        let shared = self.store.shared();
+        self.reloads
+            .propose(text, &self.config(), shared, (by, token_id), dry_run)
+            .await
     }
 
     /// A fresh audit event, dated now.

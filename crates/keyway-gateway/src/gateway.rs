@@ -28,8 +28,10 @@ pub use crate::tokens::{
     CredentialRequest, ExchangeError, IssueError, IssueRequest, RevokeFilter, RotateError, Tokens,
     DEFAULT_TTL,
 };
+pub(crate) use applied::config_mac;
 pub use data::{store_url, Start, LOCK_FILE};
 
+mod applied;
 mod data;
 mod follow;
 
@@ -68,6 +70,10 @@ pub struct Gateway {
     store_rev: std::sync::atomic::AtomicI64,
     /// Reloads on their way to the task that runs the services.
     pub(crate) reloads: Arc<crate::reloads::Reloads>,
+    /// The key of the applied config's MAC, from the pepper (`gateway/applied.rs`).
+    pub(crate) config_key: [u8; 32],
+    /// Woken when another replica applies a config to the cluster.
+    config_applied: tokio::sync::Notify,
     /// The sessions that outlive a request: tunnel streams, PostgreSQL sessions,
     /// WebSockets, agents. They outlive their listener across a reload, not the
     /// gateway: [`Gateway::end_sessions`].
@@ -209,6 +215,10 @@ impl Gateway {
 
         // The audit chain's key: from the pepper, so it lives outside the database.
         store.set_audit_key(audit_chain_key(&pepper)).await?;
+        // On a shared store, the config applied to the cluster (if the file is not
+        // it), before anything is started or enforced from the file's.
+        let config_key = applied::config_key(&pepper);
+        let config = applied::at_start(store.as_ref(), &config_key, config).await;
         // Before the tokens are read: following the store from here misses nothing.
         let store_rev = store.change_head().await?;
         let index = Arc::new(TokenIndex::load(store.tokens().await?));
@@ -289,6 +299,8 @@ impl Gateway {
             admission,
             alerts,
             reloads: Arc::default(),
+            config_key,
+            config_applied: tokio::sync::Notify::new(),
             sessions,
         })
     }
@@ -390,7 +402,7 @@ impl Gateway {
     }
 
     /// Plans `config` against the one in force and, unless `dry_run`, applies it
-    /// ([`crate::reloads::Reloads::ask`]).
+    /// ([`crate::reloads::Reloads::ask`]); nothing is recorded as the cluster's.
     pub async fn reload(
         &self,
         config: Config,

@@ -278,6 +278,7 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
     tasks.spawn(housekeeping(gw.clone(), shutdown.clone()));
     tasks.spawn(bound_store_log(gw.store.clone(), shutdown.clone()));
     tasks.spawn(gw.clone().follow_store(shutdown.clone()));
+    tasks.spawn(gw.clone().follow_config(shutdown.clone()));
     let responders = detect::Responders {
         admission: gw.admission.clone(),
         tokens: gw.tokens.clone(),

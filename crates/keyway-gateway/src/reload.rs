@@ -189,7 +189,12 @@ impl Services {
                     },
                 };
                 let result = self
-                    .apply(req.config, (&req.by, req.token_id), req.dry_run)
+                    .apply(
+                        req.config,
+                        (&req.by, req.token_id),
+                        req.dry_run,
+                        req.publish,
+                    )
                     .await;
                 let _ = req.reply.send(result);
             }
@@ -205,6 +210,7 @@ impl Services {
         new: Config,
         (by, token_id): (&str, Option<String>),
         dry_run: bool,
+        publish: Option<String>,
     ) -> Result<Outcome, ApplyError> {
         let old = self.gw.config();
         let mut plan = plan::plan(&old, &new);
@@ -257,7 +263,23 @@ impl Services {
         // nothing running, but is still put in force and audited: the hash the
         // gateway reports is the file's.
         let same_text = new.written.sha256 == old.written.sha256;
-        if dry_run || (outcome.plan.is_empty() && same_text) {
+        // The config the store holds now: a text to publish is recorded over it
+        // (and only over it), even when this replica runs the text already (the
+        // other replicas may not).
+        let stored = match &publish {
+            Some(_) if !dry_run => match self.gw.store.applied_config().await {
+                Ok(a) => Some(a.map(|a| a.sha256)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the config applied");
+                    return Err(ApplyError::Unaudited);
+                }
+            },
+            _ => None,
+        };
+        let unpublished = stored
+            .as_ref()
+            .is_some_and(|s| s.as_deref() != Some(&new.written.sha256));
+        if dry_run || (outcome.plan.is_empty() && same_text && !unpublished) {
             return Ok(outcome);
         }
         if !restart.is_empty() {
@@ -313,7 +335,8 @@ impl Services {
             renewed.push((i, loaded));
         }
 
-        // The change is recorded, or not made: its event is committed first.
+        // The change is recorded, or not made: its event is committed first, with
+        // the text when it is published to every replica of the store.
         let mut ev = self.gw.event(EventKind::ConfigApplied);
         ev.principal = Some(by.to_owned());
         ev.token_id = token_id;
@@ -325,9 +348,41 @@ impl Services {
             "removed": names(&outcome.plan, Op::Remove),
             "services": new.services.keys().collect::<Vec<_>>(),
         });
-        let recorded = self.gw.audit.record_reliably(ev).await;
-        if !recorded.wait().await {
-            return Err(ApplyError::Unaudited);
+        match publish {
+            Some(text) => {
+                let applied = keyway_store::AppliedConfig {
+                    sha256: new.written.sha256.clone(),
+                    mac: crate::gateway::config_mac(&self.gw.config_key, &text),
+                    text,
+                    at: ev.at,
+                };
+                let events = [ev];
+                let over = stored.flatten();
+                match self
+                    .gw
+                    .store
+                    .put_config(&applied, over.as_deref(), &events)
+                    .await
+                {
+                    Ok(()) => self.gw.audit.committed(&events),
+                    Err(keyway_store::StoreError::Conflict) => {
+                        let now = self.gw.store.applied_config().await.ok().flatten();
+                        return Err(ApplyError::Conflict(
+                            now.map(|a| a.sha256).unwrap_or_default(),
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot record the config applied");
+                        return Err(ApplyError::Unaudited);
+                    }
+                }
+            }
+            None => {
+                let recorded = self.gw.audit.record_reliably(ev).await;
+                if !recorded.wait().await {
+                    return Err(ApplyError::Unaudited);
+                }
+            }
         }
 
         // Nothing can fail from here: the new config goes in force, and sessions

@@ -15,6 +15,24 @@ use tokio::sync::{mpsc, oneshot};
 /// service without `max_ttl`, …) refuses it. Relative paths are taken from
 /// `base_dir`. The answer names keys and lines, with anything secret-looking masked.
 pub fn check_text(text: &str, base_dir: &std::path::Path) -> Result<Config, String> {
+    check_text_as(text, text, base_dir)
+}
+
+/// [`check_text`] for a replica of a shared store given the cluster's config
+/// `shared`: the replica runs it with its own per-process settings
+/// ([`keyway_core::config::PER_PROCESS`], from `running`, the config it runs), and
+/// reports the hash of `shared`.
+pub fn check_shared(shared: &str, running: &Config) -> Result<Config, String> {
+    let mine = keyway_core::config::for_this_process(shared, &running.written.value);
+    check_text_as(&mine, shared, &running.written.base_dir)
+}
+
+/// Checks `text`, whose hash is reported as the hash of `as_written`.
+fn check_text_as(
+    text: &str,
+    as_written: &str,
+    base_dir: &std::path::Path,
+) -> Result<Config, String> {
     let (config, findings) = lint::check(text, base_dir);
     let errors: Vec<String> = findings
         .into_iter()
@@ -22,7 +40,12 @@ pub fn check_text(text: &str, base_dir: &std::path::Path) -> Result<Config, Stri
         .map(|f| format!("{}: {}", f.at, f.message))
         .collect();
     match config {
-        Some(c) if errors.is_empty() => Ok(c),
+        Some(mut c) if errors.is_empty() => {
+            if as_written != text {
+                c.written.sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(as_written));
+            }
+            Ok(c)
+        }
         Some(_) => Err(format!(
             "the config does not pass `keyway validate`:\n{}",
             errors.join("\n")
@@ -40,11 +63,18 @@ pub struct Request {
     pub token_id: Option<String>,
     /// Plan only.
     pub dry_run: bool,
+    /// The text to record in the store as the config applied (for the other
+    /// replicas of a shared store); `None` when this replica follows one another
+    /// applied, or for a config not read from a text.
+    pub publish: Option<String>,
     pub reply: oneshot::Sender<Result<Outcome, ApplyError>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    /// The text does not pass `keyway validate`.
+    #[error("{0}")]
+    Invalid(String),
     #[error("only a restart can change {0}; nothing was applied")]
     NeedsRestart(String),
     #[error("cannot listen on {addr} for service `{service}`: {why}; nothing was applied")]
@@ -61,6 +91,11 @@ pub enum ApplyError {
     Stopped,
     #[error("the audit log cannot record the change; nothing was applied")]
     Unaudited,
+    #[error(
+        "another config was applied to the cluster since this one was planned \
+         (sha256:{0}); plan again; nothing was applied"
+    )]
+    Conflict(String),
 }
 
 /// The way to the task that owns the running services.
@@ -92,12 +127,48 @@ impl Reloads {
         token_id: Option<&str>,
         dry_run: bool,
     ) -> Result<Outcome, ApplyError> {
+        self.send(config, None, by, token_id, dry_run).await
+    }
+
+    /// Plans (`dry_run`) or applies the config `text` over `running`, checked as
+    /// `keyway validate` checks it (relative paths from the running config's
+    /// folder). Applied, the text is recorded in the store; on a `shared` store it
+    /// is the cluster's, which every replica runs with its own per-process settings
+    /// ([`keyway_core::config::PER_PROCESS`]). `by` and the admin token asking are
+    /// for the audit log.
+    pub async fn propose(
+        &self,
+        text: &str,
+        running: &Config,
+        shared: bool,
+        (by, token_id): (&str, Option<&str>),
+        dry_run: bool,
+    ) -> Result<Outcome, ApplyError> {
+        // The text as written first, so that problems name the lines people wrote.
+        let mut config =
+            check_text(text, &running.written.base_dir).map_err(ApplyError::Invalid)?;
+        if shared {
+            config = check_shared(text, running).map_err(ApplyError::Invalid)?;
+        }
+        self.send(config, Some(text.to_owned()), by, token_id, dry_run)
+            .await
+    }
+
+    async fn send(
+        &self,
+        config: Config,
+        publish: Option<String>,
+        by: &str,
+        token_id: Option<&str>,
+        dry_run: bool,
+    ) -> Result<Outcome, ApplyError> {
         let (reply, answer) = oneshot::channel();
         let req = Request {
             config,
             by: by.to_owned(),
             token_id: token_id.map(str::to_owned),
             dry_run,
+            publish,
             reply,
         };
         self.tx.send(req).await.map_err(|_| ApplyError::Stopped)?;

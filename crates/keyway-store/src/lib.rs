@@ -184,6 +184,19 @@ pub struct Beat {
     pub version: String,
 }
 
+/// A config applied to every gateway on the store: the text as applied (it passed
+/// `keyway validate`, which refuses a secret written in it), its SHA-256, and a MAC
+/// of the text under a key the database does not hold (the gateway's, from its
+/// pepper): whoever can write the database cannot make the replicas run a config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedConfig {
+    /// Hex.
+    pub sha256: String,
+    pub text: String,
+    pub at: UnixMillis,
+    pub mac: Vec<u8>,
+}
+
 /// What a [`StoreChange`] changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
@@ -192,6 +205,8 @@ pub enum ChangeKind {
     Secret,
     /// Revoked.
     Agent,
+    /// A config applied to every replica ([`Store::applied_config`]).
+    Config,
 }
 
 // === impl ChangeKind ===
@@ -202,11 +217,12 @@ impl ChangeKind {
             Self::Token => "token",
             Self::Secret => "secret",
             Self::Agent => "agent",
+            Self::Config => "config",
         }
     }
 
     pub fn from_name(s: &str) -> Option<Self> {
-        [Self::Token, Self::Secret, Self::Agent]
+        [Self::Token, Self::Secret, Self::Agent, Self::Config]
             .into_iter()
             .find(|k| k.as_str() == s)
     }
@@ -399,6 +415,18 @@ pub trait Store: Send + Sync + 'static {
     /// Requests that expire after `after`, newest first, at most `limit`.
     async fn requests(&self, after: UnixMillis, limit: u32) -> Result<Vec<AccessRequest>>;
     async fn agent_revocations(&self) -> Result<Vec<(String, UnixMillis)>>;
+
+    /// Records `config` as the one every gateway on this store runs, replacing the
+    /// one before if that is still `previous` (the hash read before; `None`: none
+    /// was applied), else [`StoreError::Conflict`] and nothing is written.
+    async fn put_config(
+        &self,
+        config: &AppliedConfig,
+        previous: Option<&str>,
+        events: &[AuditEvent],
+    ) -> Result<()>;
+    /// The config last applied, if any.
+    async fn applied_config(&self) -> Result<Option<AppliedConfig>>;
 
     /// Chains audit events from now on under `key` (kept outside the store).
     async fn set_audit_key(&self, key: ChainKey) -> Result<()>;

@@ -23,8 +23,8 @@ use tokio::sync::Mutex;
 
 use crate::write::{Change, Events, Written};
 use crate::{
-    AccessRequest, AuditEvent, AuditQuery, ChangeKind, Result, RevokedToken, Sealed, Spend, Store,
-    StoreError, StoredEvent, TokenRecord, TokenRevocations,
+    AccessRequest, AppliedConfig, AuditEvent, AuditQuery, ChangeKind, Result, RevokedToken, Sealed,
+    Spend, Store, StoreError, StoredEvent, TokenRecord, TokenRevocations,
 };
 
 mod audit;
@@ -179,6 +179,28 @@ impl PgStore {
                 .await?;
             }
             Change::PutRequest(r) => put_request(&mut tx, r).await?,
+            Change::PutConfig(c, previous) => {
+                let stored: Option<String> =
+                    sqlx::query_scalar("SELECT sha256 FROM applied_config WHERE id = 1 FOR UPDATE")
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if stored.as_deref() != previous {
+                    return Err(StoreError::Conflict);
+                }
+                sqlx::query(
+                    "INSERT INTO applied_config (id, sha256, text, applied_at, mac)
+                     VALUES (1, $1, $2, $3, $4)
+                     ON CONFLICT (id) DO UPDATE SET sha256 = excluded.sha256,
+                         text = excluded.text, applied_at = excluded.applied_at,
+                         mac = excluded.mac",
+                )
+                .bind(&c.sha256)
+                .bind(&c.text)
+                .bind(c.at)
+                .bind(&c.mac)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         let changed: Vec<(ChangeKind, &str)> = match change {
             Change::InsertToken(t, _) => vec![(ChangeKind::Token, t.id.as_str())],
@@ -191,6 +213,7 @@ impl PgStore {
             Change::ShortenExpiry(id, _) => vec![(ChangeKind::Token, id)],
             Change::PutSecret(name, ..) => vec![(ChangeKind::Secret, name)],
             Change::RevokeAgent(name, _) => vec![(ChangeKind::Agent, name)],
+            Change::PutConfig(c, _) => vec![(ChangeKind::Config, c.sha256.as_str())],
             Change::Events | Change::PutRequest(_) => vec![],
         };
         if !changed.is_empty() {
@@ -391,6 +414,30 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn put_config(
+        &self,
+        config: &AppliedConfig,
+        previous: Option<&str>,
+        events: &[AuditEvent],
+    ) -> Result<()> {
+        self.write(Change::PutConfig(config, previous), Events::These(events))
+            .await
+            .map(drop)
+    }
+
+    async fn applied_config(&self) -> Result<Option<AppliedConfig>> {
+        let row =
+            sqlx::query("SELECT sha256, text, applied_at, mac FROM applied_config WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|r| AppliedConfig {
+            sha256: r.get(0),
+            text: r.get(1),
+            at: r.get(2),
+            mac: r.get(3),
+        }))
     }
 
     async fn set_audit_key(&self, key: crate::ChainKey) -> Result<()> {

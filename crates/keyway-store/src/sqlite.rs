@@ -242,6 +242,7 @@ async fn write_on(
         Change::PutSecret(name, sealed, at) => secrets::put(&mut tx, name, sealed, at).await?,
         Change::RevokeAgent(name, at) => agents::revoke(&mut tx, name, at).await?,
         Change::PutRequest(r) => requests::put(&mut tx, r).await?,
+        Change::PutConfig(c, previous) => meta::put_config(&mut tx, c, previous).await?,
     }
     let written = w.events(events);
     let head = audit::append_on(&mut tx, chain, written).await?;
@@ -356,6 +357,21 @@ impl Store for SqliteStore {
 
     async fn agent_revocations(&self) -> Result<Vec<(String, UnixMillis)>> {
         agents::revocations(&self.pool).await
+    }
+
+    async fn put_config(
+        &self,
+        config: &crate::AppliedConfig,
+        previous: Option<&str>,
+        events: &[AuditEvent],
+    ) -> Result<()> {
+        self.write(Change::PutConfig(config, previous), Events::These(events))
+            .await
+            .map(drop)
+    }
+
+    async fn applied_config(&self) -> Result<Option<crate::AppliedConfig>> {
+        meta::applied_config(&self.pool).await
     }
 
     async fn put_request(&self, r: &crate::AccessRequest, events: &[AuditEvent]) -> Result<()> {

@@ -320,3 +320,33 @@ pub(crate) async fn the_first_key_fingerprint_stands(store: &dyn Store) {
         Some(&b"one"[..])
     );
 }
+
+pub(crate) async fn the_last_applied_config_stands(store: &dyn Store) {
+    assert_eq!(store.applied_config().await.unwrap(), None);
+    let config = |sha: &str, text: &str, at| crate::AppliedConfig {
+        sha256: sha.into(),
+        text: text.into(),
+        at,
+        mac: vec![at as u8; 32],
+    };
+    let first = config("aa", "max_ttl = \"1h\"\n", 1);
+    let second = config("bb", "max_ttl = \"2h\"\n# 'quoted' — text\n", 2);
+    let applied = requests(1);
+    store.put_config(&first, None, &applied).await.unwrap();
+    store
+        .put_config(&second, Some("aa"), &applied)
+        .await
+        .unwrap();
+    assert_eq!(store.applied_config().await.unwrap(), Some(second.clone()));
+    // Planned over "aa", which is no longer the one applied: refused, not written.
+    let late = config("cc", "max_ttl = \"3h\"\n", 3);
+    for over in [Some("aa"), None] {
+        assert!(matches!(
+            store.put_config(&late, over, &applied).await,
+            Err(StoreError::Conflict)
+        ));
+    }
+    assert_eq!(store.applied_config().await.unwrap(), Some(second));
+    // Each config written was written with its event, and only those.
+    assert_eq!(stored(store).await.len(), 2);
+}

@@ -4,7 +4,8 @@
 use keyway_core::UnixMillis;
 
 use crate::{
-    AccessRequest, AuditEvent, RevokedToken, Sealed, Spend, TokenRecord, TokenRevocations,
+    AccessRequest, AppliedConfig, AuditEvent, RevokedToken, Sealed, Spend, TokenRecord,
+    TokenRevocations,
 };
 
 /// A change of state, written in one transaction with its audit events.
@@ -18,6 +19,8 @@ pub(crate) enum Change<'a> {
     PutSecret(&'a str, &'a Sealed, UnixMillis),
     RevokeAgent(&'a str, UnixMillis),
     PutRequest(&'a AccessRequest),
+    /// Over the one whose hash is given (`None`: over none).
+    PutConfig(&'a AppliedConfig, Option<&'a str>),
 }
 
 /// What a change found, and the events written with it.

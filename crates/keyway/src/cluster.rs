@@ -10,8 +10,9 @@ use crate::client::{AdminArgs, AdminClient};
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Every replica on the shared store: whether it serves, its last heartbeat,
-    /// how many changes it is behind, the config it runs, its agents. Exit status 1
-    /// when one is not serving or has not beaten for 5 seconds.
+    /// how many changes it is behind, the config it runs, its agents; then the
+    /// config applied to the cluster (`keyway apply`). Exit status 1 when one is not
+    /// serving, has not beaten for 5 seconds, or runs another config.
     Status {
         #[command(flatten)]
         admin: AdminArgs,
@@ -33,6 +34,8 @@ pub async fn run(cmd: ClusterCommand) -> Result<ExitCode> {
         eprintln!("no replicas: this gateway's store is its own (SQLite)");
         return Ok(ExitCode::SUCCESS);
     }
+    // The config applied last, which every replica should run.
+    let cluster_config = v["config"]["sha256"].as_str();
     let mut healthy = true;
     let rows: Vec<[String; 7]> = replicas
         .iter()
@@ -41,7 +44,9 @@ pub async fn run(cmd: ClusterCommand) -> Result<ExitCode> {
             let beat = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at.max(0) as u64);
             let age = now.duration_since(beat).unwrap_or_default();
             let serving = r["serving"].as_bool().unwrap_or(false);
-            if !serving || age > std::time::Duration::from_secs(5) {
+            let config = r["config_sha256"].as_str().unwrap_or_default();
+            let differs = cluster_config.is_some_and(|c| c != config);
+            if !serving || age > std::time::Duration::from_secs(5) || differs {
                 healthy = false;
             }
             let agents: Vec<&str> = r["agents"]
@@ -53,10 +58,11 @@ pub async fn run(cmd: ClusterCommand) -> Result<ExitCode> {
                 if serving { "serving" } else { "not serving" }.to_owned(),
                 format!("{:.1}s ago", age.as_secs_f64()),
                 (head - r["rev"].as_i64().unwrap_or(0)).max(0).to_string(),
-                r["config_sha256"]
-                    .as_str()
-                    .map(|s| s.chars().take(12).collect())
-                    .unwrap_or_default(),
+                format!(
+                    "{}{}",
+                    config.chars().take(12).collect::<String>(),
+                    if differs { " (not the cluster's)" } else { "" }
+                ),
                 if agents.is_empty() {
                     "-".into()
                 } else {
@@ -78,6 +84,14 @@ pub async fn run(cmd: ClusterCommand) -> Result<ExitCode> {
         ],
         &rows,
     );
+    match cluster_config {
+        Some(c) => println!(
+            "\nThe cluster's config: sha256:{} (applied {}).",
+            c,
+            v["config"]["at"].as_str().unwrap_or("-")
+        ),
+        None => println!("\nNo config applied to the cluster yet: each replica runs its own file."),
+    }
     Ok(if healthy {
         ExitCode::SUCCESS
     } else {

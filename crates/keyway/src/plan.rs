@@ -85,7 +85,13 @@ pub async fn run(mut args: PlanArgs, apply: bool) -> Result<ExitCode> {
         short(&outcome.sha256)
     );
     print!("{}", outcome.plan.render());
-    if apply && outcome.applied && outcome.plan.is_empty() {
+    if apply
+        && outcome.applied
+        && outcome.plan.is_empty()
+        && outcome.sha256 == outcome.previous_sha256
+    {
+        println!("\nRecorded as the config applied (on a shared store, every replica runs it); nothing changed here.");
+    } else if apply && outcome.applied && outcome.plan.is_empty() {
         println!("\nThe text changed, not what it means: recorded as applied, nothing restarted.");
     } else if apply && outcome.applied {
         println!("\nApplied. Services listening:");

@@ -54,7 +54,6 @@ pub fn config_dir(path: &Path) -> std::path::PathBuf {
 pub async fn gateway(config_path: &Path, init: bool) -> Result<ExitCode> {
     let config = load_config(config_path)?;
     crate::host::raise_open_files(open_files_needed(&config));
-    let hash = config.written.sha256.clone();
     // Open first, bind second: once a port accepts, the gateway (and the admin
     // credential the CLI reads) is ready.
     let start = if init { Start::Init } else { Start::Normal };
@@ -64,7 +63,7 @@ pub async fn gateway(config_path: &Path, init: bool) -> Result<ExitCode> {
     let mut ev = gw.event(keyway_core::EventKind::ConfigApplied);
     ev.principal = Some("(start-up)".into());
     ev.detail = serde_json::json!({
-        "sha256": hash,
+        "sha256": gw.config().written.sha256,
         "services": gw.config().services.keys().collect::<Vec<_>>(),
         "detectors": gw.config().detect.detectors.keys().map(|d| d.as_str()).collect::<Vec<_>>(),
     });
@@ -123,8 +122,9 @@ pub fn announce(gw: &Gateway, l: &Listeners) {
     }
 }
 
-/// On SIGHUP, reads the config file again and applies it as `keyway apply` would;
-/// a config that does not check, or needs a restart, is refused and logged, and the
+/// On SIGHUP, reads the config file again and applies it as `keyway apply` would
+/// (on a shared store, applies the cluster's config again: [`Gateway::hangup`]); a
+/// config that does not check, or needs a restart, is refused and logged, and the
 /// running one stays.
 async fn reload_on_hangup(gw: Arc<Gateway>, path: std::path::PathBuf, shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -137,17 +137,14 @@ async fn reload_on_hangup(gw: Arc<Gateway>, path: std::path::PathBuf, shutdown: 
             () = shutdown.cancelled() => return,
             _ = hup.recv() => {}
         }
-        let checked = std::fs::read_to_string(&path)
-            .map_err(|e| format!("reading {}: {e}", path.display()))
-            .and_then(|text| keyway_gateway::reload::check_text(&text, &config_dir(&path)));
-        let config = match checked {
-            Ok(c) => c,
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
             Err(e) => {
-                tracing::error!(path = %path.display(), "SIGHUP: reload refused, the running config stays: {e}");
+                tracing::error!(path = %path.display(), "SIGHUP: cannot read the config, the running one stays: {e}");
                 continue;
             }
         };
-        match gw.reload(config, "SIGHUP", None, false).await {
+        match gw.hangup(&text).await {
             Ok(o) if !o.applied || o.plan.is_empty() => {
                 tracing::info!(sha256 = %o.sha256, applied = o.applied, "SIGHUP: no changes")
             }

@@ -22,7 +22,7 @@ const DEFAULT_CREDENTIAL_MAX_AGE: Duration = Duration::from_secs(90 * 24 * 3600)
 // === impl RawConfig ===
 
 impl RawConfig {
-    pub fn check(self, base_dir: &Path) -> Result<Config, ConfigError> {
+    pub fn check(mut self, base_dir: &Path) -> Result<Config, ConfigError> {
         let mut p = Problems::default();
         let rel = |path: PathBuf| {
             if path.is_absolute() {
@@ -37,6 +37,7 @@ impl RawConfig {
             check_store_url(&mut p, url);
         }
         let replica = self.replica.unwrap_or_else(default_replica);
+        super::replicas::apply(&mut p, &self.replicas, &replica, &mut self.services);
         let store_max_lag = p.duration_or(
             "store_max_lag",
             self.store_max_lag.as_deref(),

@@ -55,6 +55,9 @@ pub struct RawConfig {
     /// Who may obtain which grant, without the admin token.
     #[serde(default)]
     pub policies: BTreeMap<String, RawPolicy>,
+    /// What differs per replica on a shared store: `[replicas.NAME.listen]`.
+    #[serde(default)]
+    pub replicas: BTreeMap<String, super::RawReplica>,
 }
 
 /// An agent: a Keyway process inside a private network that dials out to the

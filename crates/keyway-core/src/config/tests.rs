@@ -506,3 +506,52 @@ fn a_shared_store_is_a_postgres_url_without_a_password() {
         assert!(e.to_string().contains(says), "{text}: {e}");
     }
 }
+
+#[test]
+fn a_replica_listens_where_its_section_says() {
+    let text = |me: &str| {
+        format!(
+            "replica = \"{me}\"\n{CONTRACT}\n[replicas.gw-2.listen]\nbilling = \"127.0.0.1:9002\"\n"
+        )
+    };
+    let port = |me: &str| parse(&text(me)).unwrap().service("billing").unwrap().listen;
+    assert_eq!(port("gw-1").unwrap().port(), 9001);
+    assert_eq!(port("gw-2").unwrap().port(), 9002);
+
+    let bad = format!(
+        "{CONTRACT}\n[replicas.gw-2.listen]\nledger = \"127.0.0.1:9002\"\nbilling = \"nine\"\n"
+    );
+    let e = parse(&bad).unwrap_err();
+    let keys: Vec<_> = e.problems.iter().filter_map(|p| p.key.clone()).collect();
+    assert!(
+        keys.contains(&"replicas.gw-2.listen.ledger".to_owned()),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"replicas.gw-2.listen.billing".to_owned()),
+        "{keys:?}"
+    );
+}
+
+#[test]
+fn a_replica_keeps_its_own_process_settings_under_the_clusters_config() {
+    let local = parse(&format!(
+        "replica = \"gw-2\"\nstore = \"postgres://keyway@db/keyway\"\n{}",
+        CONTRACT.replace("127.0.0.1:7070", "127.0.0.1:7072")
+    ))
+    .unwrap();
+    // The cluster's config, applied from gw-1's file, with a service more.
+    let shared = format!(
+        "replica = \"gw-1\"\n{CONTRACT}\n[services.ledger]\nprotocol = \"http\"\nlisten = \"127.0.0.1:9003\"\nupstream = \"http://127.0.0.1:8081\"\nmax_ttl = \"1h\"\n"
+    );
+    let mine = parse(&for_this_process(&shared, &local.written.value)).unwrap();
+    assert_eq!(mine.replica, "gw-2");
+    assert_eq!(mine.admin_listen.port(), 7072);
+    assert_eq!(mine.store.as_deref(), Some("postgres://keyway@db/keyway"));
+    assert!(mine.service("ledger").is_some());
+    // A text that does not parse is left for the checks to refuse.
+    assert_eq!(
+        for_this_process("max_ttl = ", &local.written.value),
+        "max_ttl = "
+    );
+}

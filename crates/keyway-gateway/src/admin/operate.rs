@@ -165,19 +165,17 @@ pub(super) async fn reload(admin: Admin, gw: Gw, body: Bytes, dry_run: bool) -> 
             "expected {\"config\": \"<keyway.toml text>\"}",
         );
     };
-    let base = gw.config().written.base_dir.clone();
-    let config = match crate::reloads::check_text(&b.config, &base) {
-        Ok(c) => c,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
-    };
     match gw
-        .reloads
-        .ask(config, &admin.principal, Some(&admin.token_id), dry_run)
+        .propose(&b.config, &admin.principal, Some(&admin.token_id), dry_run)
         .await
     {
         Ok(outcome) => Json(outcome).into_response(),
-        Err(e @ crate::reloads::ApplyError::NeedsRestart(_)) => {
-            error(StatusCode::CONFLICT, &e.to_string())
+        Err(
+            e @ (crate::reloads::ApplyError::NeedsRestart(_)
+            | crate::reloads::ApplyError::Conflict(_)),
+        ) => error(StatusCode::CONFLICT, &e.to_string()),
+        Err(e @ crate::reloads::ApplyError::Invalid(_)) => {
+            error(StatusCode::BAD_REQUEST, &e.to_string())
         }
         Err(e @ crate::reloads::ApplyError::Stopped) => {
             error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())

@@ -15,7 +15,8 @@ const FOLLOW_BATCH: u32 = 10_000;
 
 impl Gateway {
     /// Follows a shared store until `stop`: what other replicas change (tokens issued,
-    /// revoked or shortened, secrets set, agents revoked) is put in force here, woken
+    /// revoked or shortened, secrets set, agents revoked) is put in force here (a
+    /// config applied, by [`Gateway::follow_config`], which this wakes), woken
     /// by the store's hint and at least every second. A store only this gateway
     /// writes has nothing to follow.
     pub async fn follow_store(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
@@ -57,6 +58,10 @@ impl Gateway {
                             ChangeKind::Token => self.tokens.follow_token(&c.key).await.map(drop),
                             ChangeKind::Secret => self.secrets.follow(&c.key).await,
                             ChangeKind::Agent => self.follow_agent(&c.key).await,
+                            ChangeKind::Config => {
+                                self.config_applied.notify_one();
+                                Ok(())
+                            }
                         };
                         if let Err(e) = applied {
                             // Read again at the next round.

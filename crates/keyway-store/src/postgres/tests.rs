@@ -238,3 +238,25 @@ async fn the_first_key_fingerprint_stands() {
     crate::suite::the_first_key_fingerprint_stands(&db.store("r1").await).await;
     db.drop().await;
 }
+
+#[tokio::test]
+async fn the_last_applied_config_stands_and_reaches_the_other_replicas() {
+    let db = Fresh::new().await;
+    let (a, b) = (db.store("gw-1").await, db.store("gw-2").await);
+    let head = b.change_head().await.unwrap();
+    crate::suite::the_last_applied_config_stands(&a).await;
+    let changes = b.changes_since(head, 10).await.unwrap();
+    let configs: Vec<_> = changes
+        .iter()
+        .map(|c| (c.replica.as_str(), c.kind, c.key.as_str()))
+        .collect();
+    assert_eq!(
+        configs,
+        [
+            ("gw-1", ChangeKind::Config, "aa"),
+            ("gw-1", ChangeKind::Config, "bb")
+        ]
+    );
+    assert_eq!(b.applied_config().await.unwrap().unwrap().sha256, "bb");
+    db.drop().await;
+}

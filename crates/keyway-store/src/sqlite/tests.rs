@@ -78,3 +78,8 @@ async fn an_access_request_changes_only_over_the_version_it_read() {
 async fn the_first_key_fingerprint_stands() {
     crate::suite::the_first_key_fingerprint_stands(&SqliteStore::in_memory().await.unwrap()).await;
 }
+
+#[tokio::test]
+async fn the_last_applied_config_stands() {
+    crate::suite::the_last_applied_config_stands(&SqliteStore::in_memory().await.unwrap()).await;
+}
