@@ -15,6 +15,8 @@
 //! - **Staying up**: on any loss it reconnects with jittered exponential backoff
 //!   (reset after a stable session), so it survives gateway restarts; it renews its
 //!   certificate when two thirds of its life have passed.
+//! - **Several gateways**: it keeps a tunnel to every address of every gateway it is
+//!   given (replicas on one shared store), see `gateways.rs`.
 //!
 //! It does not link the gateway or its store.
 
@@ -25,7 +27,7 @@ use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -52,11 +54,14 @@ const STABLE: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+mod gateways;
+
 /// How the agent runs.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The gateway's tunnel listener, `host:port`.
-    pub gateway: String,
+    /// The gateways' tunnel listeners, each `host:port`; a name may resolve to
+    /// several addresses. The agent keeps a tunnel to every one.
+    pub gateways: Vec<String>,
     /// Holds the key, the certificate and the gateway's CA (mode 0700).
     pub data_dir: PathBuf,
     /// The enrollment token file, needed on the first start only.
@@ -109,13 +114,23 @@ impl Files {
 /// Runs the agent until `shutdown` turns true: enrolls if it has no certificate,
 /// then serves, reconnecting as needed. Returns early only for what retrying cannot
 /// fix (no enrollment token, a refused enrollment).
-pub async fn run(opts: Options, mut shutdown: Shutdown) -> Result<(), AgentError> {
+pub async fn run(opts: Options, shutdown: Shutdown) -> Result<(), AgentError> {
     if opts.allow_upstreams.is_empty() && !opts.allow_any_upstream {
         return Err(AgentError::Setup(
             "name the upstreams this agent may dial (--allow-upstream HOST:PORT, repeated), \
              or pass --allow-any-upstream to trust the gateway with every address it can reach"
                 .into(),
         ));
+    }
+    if opts.gateways.is_empty() {
+        return Err(AgentError::Setup(
+            "name the gateway: --gateway HOST:PORT".into(),
+        ));
+    }
+    if let Some(g) = opts.gateways.iter().find(|g| !g.contains(':')) {
+        return Err(AgentError::Setup(format!(
+            "--gateway is HOST:PORT (the gateway's tunnel_listen), not `{g}`"
+        )));
     }
     if !opts.data_dir.exists() {
         std::fs::create_dir_all(&opts.data_dir).map_err(setup("creating the data folder"))?;
@@ -133,28 +148,8 @@ pub async fn run(opts: Options, mut shutdown: Shutdown) -> Result<(), AgentError
         let text = std::fs::read_to_string(path).map_err(setup("reading the enrollment token"))?;
         enroll(&opts, &files, text.trim()).await?;
     }
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        if let Err(e) = renew_if_due(&opts, &files).await {
-            tracing::warn!(error = %e, "certificate renewal failed; will retry");
-        }
-        let started = Instant::now();
-        match session(&opts, &files, shutdown.clone()).await {
-            Ok(()) if *shutdown.borrow() => return Ok(()),
-            Ok(()) => tracing::warn!("the gateway closed the tunnel"),
-            Err(e) => tracing::warn!(error = %e, "tunnel session failed"),
-        }
-        if started.elapsed() >= STABLE {
-            backoff = BACKOFF_MIN;
-        }
-        let wait = jitter(backoff);
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-        tracing::info!(wait_ms = wait.as_millis() as u64, "reconnecting");
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            _ = shutdown.changed() => return Ok(()),
-        }
-    }
+    gateways::keep_all(Arc::new(opts), files, shutdown).await;
+    Ok(())
 }
 
 /// `d` give or take a quarter.
@@ -185,7 +180,26 @@ async fn enroll(opts: &Options, files: &Files, enrollment: &str) -> Result<(), A
         .with_custom_certificate_verifier(Arc::new(PinnedCa { pin, provider }))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"keyway-tunnel".to_vec()];
-    let mut tls = connect(&opts.gateway, Arc::new(config)).await?;
+    let config = Arc::new(config);
+    // Any one gateway will do: the token is spent in the store they share.
+    let (addrs, failed) = gateways::resolve(&opts.gateways).await;
+    let mut tls = None;
+    let mut why = failed;
+    for addr in addrs {
+        match connect(&addr.to_string(), config.clone()).await {
+            Ok(t) => {
+                tls = Some(t);
+                break;
+            }
+            Err(e) => why.push(e.to_string()),
+        }
+    }
+    let mut tls = tls.ok_or_else(|| {
+        AgentError::Io(format!(
+            "cannot enroll: no gateway answered ({})",
+            why.join("; ")
+        ))
+    })?;
     // The CA that matched the pin, kept for every later connection.
     let ca = tls
         .get_ref()
@@ -264,11 +278,13 @@ fn enrolled_config(files: &Files) -> Result<Arc<rustls::ClientConfig>, AgentErro
     roots
         .add(CertificateDer::from(ca))
         .map_err(setup("the gateway's CA"))?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.identity)
-        .map_err(setup("reading the certificate"))?
+    // Read once: a renewal through another tunnel replaces the file whole, and two
+    // reads could straddle it (a certificate with the other key).
+    let pem = std::fs::read(&files.identity).map_err(setup("reading the certificate"))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(setup("reading the certificate"))?;
-    let key = PrivateKeyDer::from_pem_file(&files.identity).map_err(setup("reading the key"))?;
+    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(setup("reading the key"))?;
     let provider = Arc::new(tunnel::crypto_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -310,15 +326,21 @@ fn renewal_due_in(files: &Files) -> Option<Duration> {
     Some(Duration::from_secs(due.saturating_sub(now).max(0) as u64))
 }
 
-/// Renews the certificate once two thirds of its life have passed.
-async fn renew_if_due(opts: &Options, files: &Files) -> Result<(), AgentError> {
+/// Renews the certificate through `gateway` once two thirds of its life have
+/// passed; one tunnel at a time (`renewing`), the others find it renewed.
+async fn renew_if_due(
+    gateway: &str,
+    files: &Files,
+    renewing: &tokio::sync::Mutex<()>,
+) -> Result<(), AgentError> {
+    let _one = renewing.lock().await;
     let Some(due_in) = renewal_due_in(files) else {
         return Err(AgentError::Setup("the certificate cannot be read".into()));
     };
     if !due_in.is_zero() {
         return Ok(());
     }
-    let mut tls = connect(&opts.gateway, enrolled_config(files)?).await?;
+    let mut tls = connect(gateway, enrolled_config(files)?).await?;
     let key = rcgen::KeyPair::generate().map_err(setup("making a key"))?;
     let csr = rcgen::CertificateParams::new(Vec::<String>::new())
         .and_then(|p| p.serialize_request(&key))
@@ -334,10 +356,16 @@ async fn renew_if_due(opts: &Options, files: &Files) -> Result<(), AgentError> {
 }
 
 /// One tunnel session: connect, say who we are, serve HTTP/2 until it ends.
-async fn session(opts: &Options, files: &Files, mut shutdown: Shutdown) -> Result<(), AgentError> {
+async fn session(
+    opts: &Options,
+    files: &Files,
+    renewing: &tokio::sync::Mutex<()>,
+    gateway: &str,
+    mut shutdown: Shutdown,
+) -> Result<(), AgentError> {
     let agent = agent_name(files)
         .ok_or_else(|| AgentError::Setup("the certificate names no agent".into()))?;
-    let mut tls = connect(&opts.gateway, enrolled_config(files)?).await?;
+    let mut tls = connect(gateway, enrolled_config(files)?).await?;
     exchange(
         &mut tls,
         &Hello::Agent(AgentHello {
@@ -346,7 +374,7 @@ async fn session(opts: &Options, files: &Files, mut shutdown: Shutdown) -> Resul
         }),
     )
     .await?;
-    tracing::info!(agent, gateway = %opts.gateway, "connected; serving");
+    tracing::info!(agent, gateway, "connected; serving");
     let allow = Arc::new(opts.allow_upstreams.clone());
     let service = hyper::service::service_fn(move |req| handle(req, allow.clone()));
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -364,7 +392,7 @@ async fn session(opts: &Options, files: &Files, mut shutdown: Shutdown) -> Resul
         let renewal = async {
             let due_in = renewal_due_in(files).unwrap_or(Duration::from_secs(3600));
             tokio::time::sleep(due_in).await;
-            if let Err(e) = renew_if_due(opts, files).await {
+            if let Err(e) = renew_if_due(gateway, files, renewing).await {
                 tracing::warn!(error = %e, "certificate renewal failed; will retry");
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }

@@ -46,9 +46,11 @@ pub enum AgentCommand {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The gateway's tunnel listener, HOST:PORT.
-    #[arg(long, env = "KEYWAY_GATEWAY")]
-    gateway: String,
+    /// A gateway's tunnel listener, HOST:PORT. Repeat it (or separate with commas)
+    /// for the replicas of a cluster; a name that resolves to several addresses
+    /// counts as all of them. The agent keeps a tunnel to each.
+    #[arg(long, env = "KEYWAY_GATEWAY", value_delimiter = ',', required = true)]
+    gateway: Vec<String>,
     /// The enrollment token (`keyway agent enroll NAME > tok`); needed on the first
     /// start only.
     #[arg(long)]
@@ -94,7 +96,7 @@ pub async fn run(cmd: AgentCommand, log: &str, format: serve::LogFormat) -> Resu
                 let _ = stop.send(true);
             });
             let opts = keyway_agent::Options {
-                gateway: args.gateway,
+                gateways: args.gateway,
                 data_dir: args.data_dir,
                 enroll_token_file: args.enroll_token_file,
                 allow_upstreams: args.allow_upstreams,
