@@ -147,6 +147,22 @@ if targets("bulk"):
           f"refused 100 ms after the command started (goal: all); the command took "
           f"{cell('bulk', 'keyway', 'revoke_s', '{:.2f}')} s (goal ≤ 2 s for 100,000).\n")
 
+if targets("cluster"):
+    print("### Cluster: two replicas on one PostgreSQL store\n")
+    ms = lambda t, m: cell("cluster", t, m, "{:.1f}")
+    print(f"{cell('cluster', 'revoke', 'runs')} tokens issued, then revoked, through replica 1 and "
+          f"probed on replica 2. Revocation (answered on 1 → refused on 2): p50 {ms('revoke', 'p50_ms')} ms, "
+          f"p99 {ms('revoke', 'p99_ms')} ms, max {ms('revoke', 'max_ms')} ms (goal p99 ≤ 100 ms; "
+          f"the contract ≤ 1 s). Issue (answered on 1 → accepted on 2): p50 {ms('issue', 'p50_ms')} ms, "
+          f"p99 {ms('issue', 'p99_ms')} ms.\n")
+    pg, lite = med("cluster", "postgres", "rps"), med("cluster", "sqlite", "rps")
+    if pg and lite:
+        print("| store | req/s (wrk -t1 -c64) | vs SQLite |")
+        print("|---|---|---|")
+        print(f"| PostgreSQL (a replica) | {cell('cluster', 'postgres', 'rps')} | {ratio(pg, lite)} |")
+        print(f"| SQLite (one gateway) | {cell('cluster', 'sqlite', 'rps')} | {ratio(lite, lite)} |")
+        print()
+
 if ("token", "keyway", "estimate") in text:
     print("### Token check (criterion, in process, 10,000 tokens indexed)\n")
     print(f"{text[('token', 'keyway', 'estimate')]} per check: criterion's estimate, the "
