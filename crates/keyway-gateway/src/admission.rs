@@ -235,6 +235,26 @@ impl Admission {
         Some(until)
     }
 
+    /// Blocks `source` until `until` as a block made elsewhere says (another
+    /// replica's detectors, or this gateway's before a restart): a later end already
+    /// here stands, and no strike is added. `source` is a block's key (an address,
+    /// or an IPv6 /64 by its first address); `never_block` still wins.
+    pub fn block_until(&self, source: IpAddr, until: UnixMillis) {
+        let source = source_key(source);
+        if self
+            .settings()
+            .never_block
+            .iter()
+            .any(|n| n.contains(&source))
+        {
+            return;
+        }
+        let mut blocks = self.blocks.write().unwrap_or_else(|p| p.into_inner());
+        let b = blocks.entry(source).or_insert(Block { until, strikes: 0 });
+        b.until = b.until.max(until);
+        self.blocked_until.fetch_max(until, Ordering::Relaxed);
+    }
+
     /// Sources blocked now.
     pub fn blocked_sources(&self, now: UnixMillis) -> usize {
         let blocks = self.blocks.read().unwrap_or_else(|p| p.into_inner());

@@ -67,6 +67,11 @@ impl StoreView {
         self.0.applied_config().await
     }
 
+    /// Records a detector's block of `source` (a block's key) until `until`.
+    pub async fn put_block(&self, source: &str, until: UnixMillis) -> Result<(), StoreError> {
+        self.0.put_block(source, until, &[]).await
+    }
+
     /// The shared store's newest change.
     pub async fn change_head(&self) -> Result<i64, StoreError> {
         self.0.change_head().await

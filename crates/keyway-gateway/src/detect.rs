@@ -91,6 +91,8 @@ struct TokenState {
 /// revoke with, and where an alert goes.
 pub struct Responders {
     pub admission: Arc<Admission>,
+    /// Where a block is recorded, for the other replicas and the next start.
+    pub store: crate::control::StoreView,
     pub tokens: Arc<Tokens>,
     pub audit: AuditSink,
     pub alerts: Arc<Alerts>,
@@ -149,6 +151,10 @@ async fn act(r: &Responders, f: Firing) {
         (Action::Block, _) => match r.admission.block(f.source, r.clock.now_ms()) {
             Some(until) => {
                 detail.insert("blocked_until".into(), format_ms(until).into());
+                let key = source_key(f.source).to_string();
+                if let Err(e) = r.store.put_block(&key, until).await {
+                    tracing::error!(error = %e, source = %key, "a block holds here but the store did not record it (other replicas, a restart)");
+                }
                 "blocked"
             }
             None => "exempt",

@@ -281,6 +281,7 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
     tasks.spawn(gw.clone().follow_config(shutdown.clone()));
     let responders = detect::Responders {
         admission: gw.admission.clone(),
+        store: control::StoreView::new(gw.store.clone()),
         tokens: gw.tokens.clone(),
         audit: gw.audit.clone(),
         alerts: gw.alerts.clone(),

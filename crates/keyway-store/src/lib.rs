@@ -207,6 +207,8 @@ pub enum ChangeKind {
     Agent,
     /// A config applied to every replica ([`Store::applied_config`]).
     Config,
+    /// A source blocked by a detector ([`Store::blocks`]).
+    Block,
 }
 
 // === impl ChangeKind ===
@@ -218,13 +220,20 @@ impl ChangeKind {
             Self::Secret => "secret",
             Self::Agent => "agent",
             Self::Config => "config",
+            Self::Block => "block",
         }
     }
 
     pub fn from_name(s: &str) -> Option<Self> {
-        [Self::Token, Self::Secret, Self::Agent, Self::Config]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            Self::Token,
+            Self::Secret,
+            Self::Agent,
+            Self::Config,
+            Self::Block,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 
@@ -427,6 +436,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
     /// The config last applied, if any.
     async fn applied_config(&self) -> Result<Option<AppliedConfig>>;
+
+    /// Blocks `source` (as the detectors key it) until `until`, or keeps a later
+    /// end already stored.
+    async fn put_block(&self, source: &str, until: UnixMillis, events: &[AuditEvent])
+        -> Result<()>;
+    /// The blocks that end after `now`: source and end.
+    async fn blocks(&self, now: UnixMillis) -> Result<Vec<(String, UnixMillis)>>;
 
     /// Chains audit events from now on under `key` (kept outside the store).
     async fn set_audit_key(&self, key: ChainKey) -> Result<()>;

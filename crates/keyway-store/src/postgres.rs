@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use keyway_core::UnixMillis;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
-use sqlx::{Connection, Row};
+use sqlx::Connection;
 use tokio::sync::Mutex;
 
 use crate::write::{Change, Events, Written};
@@ -29,6 +29,7 @@ use crate::{
 
 mod audit;
 mod cluster;
+mod state;
 mod tokens;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -153,54 +154,12 @@ impl PgStore {
                 w.token = tokens::shorten_expiry(&mut tx, id, at).await?
             }
             Change::PutSecret(name, sealed, at) => {
-                sqlx::query(
-                    "INSERT INTO secrets (name, key_id, nonce, ciphertext, updated_at)
-                     VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (name) DO UPDATE SET key_id = excluded.key_id,
-                         nonce = excluded.nonce, ciphertext = excluded.ciphertext,
-                         updated_at = excluded.updated_at",
-                )
-                .bind(name)
-                .bind(&sealed.key_id)
-                .bind(&sealed.nonce)
-                .bind(&sealed.ciphertext)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
+                state::put_secret(&mut tx, name, sealed, at).await?
             }
-            Change::RevokeAgent(name, at) => {
-                sqlx::query(
-                    "INSERT INTO agent_revocations (name, revoked_at) VALUES ($1, $2)
-                     ON CONFLICT (name) DO UPDATE SET revoked_at = excluded.revoked_at",
-                )
-                .bind(name)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            Change::PutRequest(r) => put_request(&mut tx, r).await?,
-            Change::PutConfig(c, previous) => {
-                let stored: Option<String> =
-                    sqlx::query_scalar("SELECT sha256 FROM applied_config WHERE id = 1 FOR UPDATE")
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                if stored.as_deref() != previous {
-                    return Err(StoreError::Conflict);
-                }
-                sqlx::query(
-                    "INSERT INTO applied_config (id, sha256, text, applied_at, mac)
-                     VALUES (1, $1, $2, $3, $4)
-                     ON CONFLICT (id) DO UPDATE SET sha256 = excluded.sha256,
-                         text = excluded.text, applied_at = excluded.applied_at,
-                         mac = excluded.mac",
-                )
-                .bind(&c.sha256)
-                .bind(&c.text)
-                .bind(c.at)
-                .bind(&c.mac)
-                .execute(&mut *tx)
-                .await?;
-            }
+            Change::RevokeAgent(name, at) => state::revoke_agent(&mut tx, name, at).await?,
+            Change::PutRequest(r) => state::put_request(&mut tx, r).await?,
+            Change::PutBlock(source, until) => state::block(&mut tx, source, until).await?,
+            Change::PutConfig(c, previous) => state::put_config(&mut tx, c, previous).await?,
         }
         let changed: Vec<(ChangeKind, &str)> = match change {
             Change::InsertToken(t, _) => vec![(ChangeKind::Token, t.id.as_str())],
@@ -214,6 +173,7 @@ impl PgStore {
             Change::PutSecret(name, ..) => vec![(ChangeKind::Secret, name)],
             Change::RevokeAgent(name, _) => vec![(ChangeKind::Agent, name)],
             Change::PutConfig(c, _) => vec![(ChangeKind::Config, c.sha256.as_str())],
+            Change::PutBlock(source, _) => vec![(ChangeKind::Block, source)],
             Change::Events | Change::PutRequest(_) => vec![],
         };
         if !changed.is_empty() {
@@ -225,37 +185,6 @@ impl PgStore {
         *chain = next;
         Ok(w)
     }
-}
-
-async fn put_request(conn: &mut PgConnection, r: &AccessRequest) -> Result<()> {
-    let json = crate::request_json(r)?;
-    let done = if r.version == 0 {
-        sqlx::query(
-            "INSERT INTO access_requests (id, version, expires_at, json) VALUES ($1, 0, $2, $3)
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&r.id)
-        .bind(r.expires_at)
-        .bind(json)
-        .execute(conn)
-        .await?
-    } else {
-        sqlx::query(
-            "UPDATE access_requests SET version = $1, expires_at = $2, json = $3
-             WHERE id = $4 AND version = $5",
-        )
-        .bind(i64::from(r.version))
-        .bind(r.expires_at)
-        .bind(json)
-        .bind(&r.id)
-        .bind(i64::from(r.version) - 1)
-        .execute(conn)
-        .await?
-    };
-    if done.rows_affected() == 0 {
-        return Err(StoreError::Conflict);
-    }
-    Ok(())
 }
 
 // === impl Store for PgStore ===
@@ -360,20 +289,7 @@ impl Store for PgStore {
     }
 
     async fn secrets(&self) -> Result<Vec<(String, Sealed)>> {
-        let rows = sqlx::query("SELECT name, key_id, nonce, ciphertext FROM secrets ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let sealed = Sealed {
-                    key_id: r.get(1),
-                    nonce: r.get(2),
-                    ciphertext: r.get(3),
-                };
-                (r.get(0), sealed)
-            })
-            .collect())
+        state::secrets(&self.pool).await
     }
 
     async fn revoke_agent(&self, name: &str, at: UnixMillis, events: &[AuditEvent]) -> Result<()> {
@@ -389,31 +305,15 @@ impl Store for PgStore {
     }
 
     async fn request(&self, id: &str) -> Result<Option<AccessRequest>> {
-        let json: Option<String> =
-            sqlx::query_scalar("SELECT json FROM access_requests WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-        json.map(crate::request_from_json).transpose()
+        state::request(&self.pool, id).await
     }
 
     async fn requests(&self, after: UnixMillis, limit: u32) -> Result<Vec<AccessRequest>> {
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT json FROM access_requests WHERE expires_at > $1
-             ORDER BY expires_at DESC LIMIT $2",
-        )
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(crate::request_from_json).collect()
+        state::requests(&self.pool, after, limit).await
     }
 
     async fn agent_revocations(&self) -> Result<Vec<(String, UnixMillis)>> {
-        let rows = sqlx::query("SELECT name, revoked_at FROM agent_revocations ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        state::agent_revocations(&self.pool).await
     }
 
     async fn put_config(
@@ -427,17 +327,23 @@ impl Store for PgStore {
             .map(drop)
     }
 
+    async fn put_block(
+        &self,
+        source: &str,
+        until: UnixMillis,
+        events: &[AuditEvent],
+    ) -> Result<()> {
+        self.write(Change::PutBlock(source, until), Events::These(events))
+            .await
+            .map(drop)
+    }
+
+    async fn blocks(&self, now: UnixMillis) -> Result<Vec<(String, UnixMillis)>> {
+        state::blocks(&self.pool, now).await
+    }
+
     async fn applied_config(&self) -> Result<Option<AppliedConfig>> {
-        let row =
-            sqlx::query("SELECT sha256, text, applied_at, mac FROM applied_config WHERE id = 1")
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map(|r| AppliedConfig {
-            sha256: r.get(0),
-            text: r.get(1),
-            at: r.get(2),
-            mac: r.get(3),
-        }))
+        state::applied_config(&self.pool).await
     }
 
     async fn set_audit_key(&self, key: crate::ChainKey) -> Result<()> {

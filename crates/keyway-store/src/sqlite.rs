@@ -243,6 +243,7 @@ async fn write_on(
         Change::RevokeAgent(name, at) => agents::revoke(&mut tx, name, at).await?,
         Change::PutRequest(r) => requests::put(&mut tx, r).await?,
         Change::PutConfig(c, previous) => meta::put_config(&mut tx, c, previous).await?,
+        Change::PutBlock(source, until) => agents::block(&mut tx, source, until).await?,
     }
     let written = w.events(events);
     let head = audit::append_on(&mut tx, chain, written).await?;
@@ -368,6 +369,21 @@ impl Store for SqliteStore {
         self.write(Change::PutConfig(config, previous), Events::These(events))
             .await
             .map(drop)
+    }
+
+    async fn put_block(
+        &self,
+        source: &str,
+        until: UnixMillis,
+        events: &[AuditEvent],
+    ) -> Result<()> {
+        self.write(Change::PutBlock(source, until), Events::These(events))
+            .await
+            .map(drop)
+    }
+
+    async fn blocks(&self, now: UnixMillis) -> Result<Vec<(String, UnixMillis)>> {
+        agents::blocks(&self.pool, now).await
     }
 
     async fn applied_config(&self) -> Result<Option<crate::AppliedConfig>> {

@@ -350,3 +350,24 @@ pub(crate) async fn the_last_applied_config_stands(store: &dyn Store) {
     // Each config written was written with its event, and only those.
     assert_eq!(stored(store).await.len(), 2);
 }
+
+pub(crate) async fn a_block_keeps_its_latest_end(store: &dyn Store) {
+    store
+        .put_block("192.0.2.7", 100, &requests(1))
+        .await
+        .unwrap();
+    store.put_block("192.0.2.7", 50, &[]).await.unwrap();
+    store.put_block("2001:db8::", 300, &[]).await.unwrap();
+    assert_eq!(
+        store.blocks(60).await.unwrap(),
+        [
+            ("192.0.2.7".to_owned(), 100),
+            ("2001:db8::".to_owned(), 300)
+        ]
+    );
+    assert_eq!(
+        store.blocks(100).await.unwrap(),
+        [("2001:db8::".to_owned(), 300)]
+    );
+    assert_eq!(stored(store).await.len(), 1);
+}

@@ -21,6 +21,7 @@ pub(crate) enum Change<'a> {
     PutRequest(&'a AccessRequest),
     /// Over the one whose hash is given (`None`: over none).
     PutConfig(&'a AppliedConfig, Option<&'a str>),
+    PutBlock(&'a str, UnixMillis),
 }
 
 /// What a change found, and the events written with it.

@@ -6,6 +6,7 @@
 //! - a token issued through replica 1 works through 2 and 3; revoked through 2, it is
 //!   refused on all three, and a live `psql` session and a streamed download through
 //!   3 end (the time it took is printed);
+//! - a source a detector blocks on replica 1 is refused by all three;
 //! - an agent keeps a tunnel to all three; killing the replica a request came
 //!   through does not stop the next requests to its service;
 //! - `kill -9` of a replica under steady load: requests keep succeeding once the
@@ -46,7 +47,9 @@ fn shared_config(replicas: &[Replica], upstream: SocketAddr, extra: &str) -> Str
          roles.readonly = {{ user = \"kw_ro\", secret = \"kw-ro\" }}\n\n\
          [services.ledger]\nprotocol = \"http\"\nlisten = \"127.0.0.1:{}\"\n\
          upstream = \"http://{upstream}\"\nvia = \"edge\"\nmax_ttl = \"1h\"\n\n\
-         [agents.edge]\nservices = [\"ledger\"]\n{extra}",
+         [agents.edge]\nservices = [\"ledger\"]\n\n\
+         [detect]\nblock_for = \"60s\"\nnever_block = [\"127.0.0.1/32\"]\n\n\
+         [detect.brute_force]\nthreshold = 5\nwindow = \"60s\"\naction = \"block\"\n{extra}",
         r1.port("billing"),
         r1.port("orders-db"),
         r1.port("ledger"),
@@ -311,6 +314,35 @@ async fn three_replicas_behind_haproxy() {
     eprintln!(
         "from the revoke command's return to the last refusal or ended session: {} ms",
         last.as_millis()
+    );
+
+    // A source a detector blocks on r1 is refused by every replica. (HAProxy, in
+    // front, is 127.0.0.1: `never_block`, or it would block everyone behind it.)
+    for i in 0..5 {
+        let auth = format!("Authorization: Bearer password{i}");
+        let url = format!("http://127.0.0.1:{}/", replicas[0].port("billing"));
+        assert_eq!(
+            curl_status(&url, &["--interface", "127.0.0.2", "-H", &auth]),
+            401
+        );
+    }
+    let took = until("127.0.0.2 is refused on every replica", LIMIT, || {
+        replicas.iter().all(|r| {
+            let url = format!("http://127.0.0.1:{}/", r.port("billing"));
+            curl_status(&url, &["--interface", "127.0.0.2", "--max-time", "2"]) == 0
+        })
+    });
+    eprintln!(
+        "a block made on r1 held on all three in {} ms",
+        took.as_millis()
+    );
+    assert_eq!(
+        curl(
+            &format!("http://127.0.0.1:{lb_billing}/invoices"),
+            None,
+            "GET"
+        ),
+        401
     );
 
     // An agent with a tunnel to every replica.

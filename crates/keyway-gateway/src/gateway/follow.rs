@@ -58,6 +58,7 @@ impl Gateway {
                             ChangeKind::Token => self.tokens.follow_token(&c.key).await.map(drop),
                             ChangeKind::Secret => self.secrets.follow(&c.key).await,
                             ChangeKind::Agent => self.follow_agent(&c.key).await,
+                            ChangeKind::Block => self.follow_block(&c.key).await,
                             ChangeKind::Config => {
                                 self.config_applied.notify_one();
                                 Ok(())
@@ -141,6 +142,19 @@ impl Gateway {
         }
         ev.detail = serde_json::json!({ "replica": self.config().replica, "lag_ms": lag_ms });
         let _ = self.audit.record(ev);
+    }
+
+    /// A source another replica's detectors blocked: blocked here too.
+    async fn follow_block(&self, source: &str) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        for (s, until) in self.store.blocks(now).await? {
+            if s == source {
+                if let Ok(ip) = s.parse() {
+                    self.admission.block_until(ip, until);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// An agent another replica revoked: refused here too, its connections closed.

@@ -260,3 +260,21 @@ async fn the_last_applied_config_stands_and_reaches_the_other_replicas() {
     assert_eq!(b.applied_config().await.unwrap().unwrap().sha256, "bb");
     db.drop().await;
 }
+
+#[tokio::test]
+async fn a_block_keeps_its_latest_end_and_reaches_the_other_replicas() {
+    let db = Fresh::new().await;
+    let (a, b) = (db.store("gw-1").await, db.store("gw-2").await);
+    let head = b.change_head().await.unwrap();
+    crate::suite::a_block_keeps_its_latest_end(&a).await;
+    let blocked: Vec<_> = b
+        .changes_since(head, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.kind == ChangeKind::Block)
+        .map(|c| c.key)
+        .collect();
+    assert_eq!(blocked, ["192.0.2.7", "192.0.2.7", "2001:db8::"]);
+    db.drop().await;
+}

@@ -1,4 +1,5 @@
-//! Agent revocations: the time before which an agent's certificates are refused.
+//! Agent revocations (the time before which an agent's certificates are refused),
+//! and the sources the detectors blocked: who may not come in.
 
 use keyway_core::UnixMillis;
 use sqlx::{Row, SqliteConnection, SqlitePool};
@@ -19,6 +20,33 @@ pub(super) async fn revoke(conn: &mut SqliteConnection, name: &str, at: UnixMill
 
 pub(super) async fn revocations(pool: &SqlitePool) -> Result<Vec<(String, UnixMillis)>> {
     let rows = sqlx::query("SELECT name, revoked_at FROM agent_revocations ORDER BY name")
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+pub(super) async fn block(
+    conn: &mut SqliteConnection,
+    source: &str,
+    until: UnixMillis,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO blocks (source, until) VALUES (?, ?)
+         ON CONFLICT(source) DO UPDATE SET until = MAX(until, excluded.until)",
+    )
+    .bind(source)
+    .bind(until)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn blocks(
+    pool: &SqlitePool,
+    now: UnixMillis,
+) -> Result<Vec<(String, UnixMillis)>> {
+    let rows = sqlx::query("SELECT source, until FROM blocks WHERE until > ? ORDER BY source")
+        .bind(now)
         .fetch_all(pool)
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())

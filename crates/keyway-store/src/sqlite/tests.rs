@@ -83,3 +83,8 @@ async fn the_first_key_fingerprint_stands() {
 async fn the_last_applied_config_stands() {
     crate::suite::the_last_applied_config_stands(&SqliteStore::in_memory().await.unwrap()).await;
 }
+
+#[tokio::test]
+async fn a_block_keeps_its_latest_end() {
+    crate::suite::a_block_keeps_its_latest_end(&SqliteStore::in_memory().await.unwrap()).await;
+}
