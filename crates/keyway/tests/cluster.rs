@@ -8,7 +8,8 @@
 //!   3 end (the time it took is printed);
 //! - a source a detector blocks on replica 1 is refused by all three;
 //! - an agent keeps a tunnel to all three; killing the replica a request came
-//!   through does not stop the next requests to its service;
+//!   through does not stop the next requests to its service; revoked through one,
+//!   it is cut on all;
 //! - `kill -9` of a replica under steady load: requests keep succeeding once the
 //!   health check notices, and every answer has its audit event (`audit verify`);
 //! - a rolling restart of all three under the same load fails no request.
@@ -211,6 +212,20 @@ async fn three_replicas_behind_haproxy() {
     let text = String::from_utf8_lossy(&plan.stdout);
     assert!(plan.status.success(), "{text}");
     assert!(text.contains("No changes"), "{text}");
+    // SIGHUP on r2, whose file predates the apply, re-applies the cluster's config
+    // and publishes nothing: the service stays on every replica.
+    let before = cluster(&replicas[0])["config"]["sha256"].clone();
+    let pid = replicas[1].process.as_ref().unwrap().0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(cluster(&replicas[0])["config"]["sha256"], before);
+    for p in &notes {
+        assert_eq!(curl(&format!("http://127.0.0.1:{p}/"), None, "GET"), 401);
+    }
 
     let lb_billing = free_port();
     let lb_ledger = free_port();
@@ -491,6 +506,28 @@ async fn three_replicas_behind_haproxy() {
     assert_eq!(curl(&format!("http://127.0.0.1:{evil}/"), None, "GET"), 0);
     let log = std::fs::read_to_string(replicas[2].dir.join("gateway.log")).unwrap();
     assert!(log.contains("its MAC does not verify"), "{log}");
+
+    // An agent revoked through r2 is cut on every replica.
+    let out = replicas[1].cli(&["agent", "revoke", "edge"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let took = until("the agent is cut on every replica", LIMIT, || {
+        let c = cluster(&replicas[0]);
+        c["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["agents"].as_array().is_some_and(|a| a.is_empty()))
+    });
+    eprintln!(
+        "an agent revoked through r2 was off all three within {} ms (heartbeats)",
+        took.as_millis()
+    );
+    let url = format!("http://127.0.0.1:{lb_ledger}/entries");
+    assert_ne!(curl(&url, Some(&ledger), "GET"), 200);
 
     // Every replica's chain is intact, the killed one's included.
     let verify = replicas[0].cli(&["audit", "verify"], None);
