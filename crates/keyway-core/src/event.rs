@@ -53,6 +53,11 @@ pub enum EventKind {
     AuditPruned,
     /// A replica fell behind the shared store (it refuses requests), or caught up.
     StoreLag,
+    /// A person signed in to the console, or was refused.
+    ConsoleSignIn,
+    ConsoleSignOut,
+    /// A live session ended from the console (or the admin API).
+    SessionTerminated,
 }
 
 /// What was decided about an attempt.
@@ -65,7 +70,7 @@ pub enum Decision {
 // === impl EventKind ===
 
 impl EventKind {
-    pub const ALL: [Self; 32] = [
+    pub const ALL: [Self; 35] = [
         Self::Request,
         Self::ConnectionOpen,
         Self::ConnectionClose,
@@ -98,6 +103,9 @@ impl EventKind {
         Self::PortsAudit,
         Self::AuditPruned,
         Self::StoreLag,
+        Self::ConsoleSignIn,
+        Self::ConsoleSignOut,
+        Self::SessionTerminated,
     ];
 
     /// As the audit log names it.
@@ -135,6 +143,9 @@ impl EventKind {
             Self::PortsAudit => "ports.audit",
             Self::AuditPruned => "audit.pruned",
             Self::StoreLag => "store.lag",
+            Self::ConsoleSignIn => "console.signin",
+            Self::ConsoleSignOut => "console.signout",
+            Self::SessionTerminated => "session.terminated",
         }
     }
 
@@ -174,6 +185,9 @@ impl EventKind {
             "ports.audit" => Self::PortsAudit,
             "audit.pruned" => Self::AuditPruned,
             "store.lag" => Self::StoreLag,
+            "console.signin" => Self::ConsoleSignIn,
+            "console.signout" => Self::ConsoleSignOut,
+            "session.terminated" => Self::SessionTerminated,
             _ => return None,
         })
     }

@@ -37,6 +37,8 @@ pub struct Control {
     pub agents: Arc<Registry>,
     pub alerts: Arc<Alerts>,
     pub reloads: Arc<Reloads>,
+    /// The live sessions, to list and end (the console).
+    pub sessions: crate::sessions::Sessions,
 }
 
 /// The store as the control plane sees it: token records and the audit log to read;

@@ -345,6 +345,7 @@ impl Gateway {
             agents: self.agents.clone(),
             alerts: self.alerts.clone(),
             reloads: self.reloads.clone(),
+            sessions: self.sessions.clone(),
         }
     }
 

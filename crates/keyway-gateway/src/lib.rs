@@ -39,6 +39,7 @@ pub mod agents;
 pub mod alerts;
 pub mod audit;
 pub mod authz;
+pub mod console;
 pub mod control;
 pub mod detect;
 pub mod gateway;
@@ -244,7 +245,7 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
             hyper_util::service::TowerToHyperService::new(router)
         }
     };
-    let admin = with_conn(admin::router(gw.control()));
+    let admin = with_conn(console::router(gw.control()).merge(admin::router(gw.control())));
     tasks.spawn(listener::serve_http1(
         gw.admission.clone(),
         "admin",

@@ -29,7 +29,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("protocol proxies", &["proxy", "tunnel", "token_api"]),
     (
         "control",
-        &["control", "detect", "alerts", "portscan", "report", "admin"],
+        &[
+            "control", "detect", "alerts", "portscan", "report", "admin", "console",
+        ],
     ),
     ("supervisor", &["gateway", "reload", "lib"]),
 ];

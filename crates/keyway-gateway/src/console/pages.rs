@@ -1,0 +1,376 @@
+//! The console's pages, rendered on the server with maud (which escapes every value
+//! it is given). Forms post to the routes in `console.rs`; the only script,
+//! `console.js`, refreshes the live sessions' rows every second.
+
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use keyway_core::clock::format_ms;
+use maud::{html, Markup, DOCTYPE};
+
+use super::{AuditFilter, Console, Person};
+
+/// Audit events on one page.
+const AUDIT_PAGE: u32 = 100;
+
+fn page(title: &str, p: Option<&Person>, body: Markup) -> Response {
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Keyway" }
+                link rel="stylesheet" href="/ui/console.css";
+                script src="/ui/console.js" defer {}
+            }
+            body {
+                header {
+                    strong { "Keyway" }
+                    @if let Some(p) = p {
+                        nav aria-label="Pages" {
+                            a href="/ui/" { "Overview" }
+                            a href="/ui/sessions" { "Live sessions" }
+                            a href="/ui/tokens" { "Tokens" }
+                            a href="/ui/audit" { "Audit" }
+                        }
+                        form method="post" action="/ui/logout" class="signout" {
+                            input type="hidden" name="csrf" value=(p.csrf);
+                            span { (p.principal) }
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main { h1 { (title) } (body) }
+            }
+        }
+    };
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        markup.into_string(),
+    )
+        .into_response()
+}
+
+pub(super) async fn login() -> Response {
+    login_page(None)
+}
+
+pub(super) async fn login_refused() -> Response {
+    let mut r = login_page(Some(
+        "That token was refused: it is not a live admin token.",
+    ));
+    *r.status_mut() = axum::http::StatusCode::UNAUTHORIZED;
+    r
+}
+
+fn login_page(error: Option<&str>) -> Response {
+    page(
+        "Sign in",
+        None,
+        html! {
+            @if let Some(e) = error { p class="error" role="alert" { (e) } }
+            form method="post" action="/ui/login" {
+                label for="token" { "Admin token" }
+                input id="token" name="token" type="password" autocomplete="off" required autofocus;
+                p class="hint" { "From " code { "data/admin.token" } " or " code { "keyway admin reset" } ". It is sent once; the console keeps a session of its own for an hour." }
+                button type="submit" { "Sign in" }
+            }
+        },
+    )
+}
+
+pub(super) async fn overview(State(c): State<Console>, p: Person) -> Response {
+    let now = c.gw.now();
+    let config = c.gw.config();
+    let live = c.gw.sessions.list().len();
+    let tokens =
+        c.gw.index
+            .entries()
+            .into_iter()
+            .filter(|e| !e.revoked() && e.record.expires_at > now)
+            .count();
+    let agents = c.gw.agents.status(&config);
+    let connected = agents.iter().filter(|a| a.state == "connected").count();
+    let recent =
+        c.gw.store
+            .audit_events(&keyway_store::AuditQuery {
+                limit: 10_000,
+                since: Some(now - 3_600_000),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_default();
+    let denied = recent
+        .iter()
+        .filter(|e| e.event.decision.as_deref() == Some("deny"))
+        .count();
+    let alerts: Vec<_> = recent
+        .iter()
+        .rev()
+        .filter(|e| e.event.kind == "detect.alert")
+        .take(5)
+        .collect();
+    page(
+        "Overview",
+        Some(&p),
+        html! {
+            dl class="figures" {
+                div { dt { "Services" } dd { (config.services.len()) } }
+                div { dt { a href="/ui/sessions" { "Live sessions" } } dd { (live) } }
+                div { dt { a href="/ui/tokens" { "Live tokens" } } dd { (tokens) } }
+                div { dt { "Agents connected" } dd { (connected) " of " (agents.len()) } }
+                div { dt { "Events, last hour" } dd { (recent.len()) } }
+                div { dt { "Denied, last hour" } dd { (denied) } }
+            }
+            h2 { "Recent alerts" }
+            @if alerts.is_empty() { p { "None in the last hour." } }
+            ul {
+                @for a in &alerts {
+                    li { (format_ms(a.event.at)) " — " (a.event.detail["summary"].as_str().unwrap_or("")) }
+                }
+            }
+            p class="hint" { "Config sha256:" code { (config.written.sha256.get(..12).unwrap_or("")) } }
+        },
+    )
+}
+
+fn session_table(c: &Console, p: &Person) -> Markup {
+    let mut live = c.gw.sessions.list();
+    live.sort_by_key(|s| s.id);
+    html! {
+        tbody id="session-rows" {
+            @if live.is_empty() { tr { td colspan="7" { "No live session." } } }
+            @for s in &live {
+                tr {
+                    td { (s.protocol) }
+                    td { (s.service) }
+                    td { (s.principal) }
+                    td { code { (s.token_id) } }
+                    td { (s.source) }
+                    td { (format_ms(s.started_at)) }
+                    td {
+                        form method="post" action={ "/ui/sessions/" (s.id) "/terminate" } {
+                            input type="hidden" name="csrf" value=(p.csrf);
+                            label { input type="checkbox" name="revoke" value="1"; " and revoke its token" }
+                            button type="submit" class="danger" aria-label={ "Terminate session " (s.id) } { "Terminate" }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(super) async fn sessions(State(c): State<Console>, p: Person) -> Response {
+    let rows = session_table(&c, &p);
+    page(
+        "Live sessions",
+        Some(&p),
+        html! {
+            p class="hint" { "Tunnel streams, PostgreSQL sessions and WebSockets open now; refreshed every second." }
+            table data-refresh="/ui/sessions/rows" {
+                thead { tr { th { "Protocol" } th { "Service" } th { "Principal" } th { "Token" } th { "Source" } th { "Started" } th { "" } } }
+                (rows)
+            }
+        },
+    )
+}
+
+/// The rows alone, for the page's refresh.
+pub(super) async fn session_rows(State(c): State<Console>, p: Person) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        session_table(&c, &p).into_string(),
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize, Default)]
+pub(super) struct TokenFilter {
+    #[serde(default)]
+    principal: String,
+    #[serde(default)]
+    service: String,
+}
+
+pub(super) async fn tokens(
+    State(c): State<Console>,
+    p: Person,
+    Query(f): Query<TokenFilter>,
+) -> Response {
+    let now = c.gw.now();
+    let mut entries: Vec<_> =
+        c.gw.index
+            .entries()
+            .into_iter()
+            .filter(|e| !e.revoked() && e.record.expires_at > now)
+            .filter(|e| f.principal.is_empty() || e.record.principal == f.principal)
+            .filter(|e| {
+                f.service.is_empty()
+                    || e.record
+                        .grant
+                        .as_ref()
+                        .is_some_and(|g| g.service == f.service)
+            })
+            .collect();
+    entries.sort_by_key(|e| std::cmp::Reverse(e.record.created_at));
+    page(
+        "Tokens",
+        Some(&p),
+        html! {
+            form method="get" action="/ui/tokens" class="filters" {
+                label { "Principal " input name="principal" value=(f.principal); }
+                label { "Service " input name="service" value=(f.service); }
+                button type="submit" { "Filter" }
+            }
+            table {
+                thead { tr { th { "Id" } th { "Kind" } th { "Principal" } th { "Service" } th { "Expires" } th { "" } } }
+                tbody {
+                    @if entries.is_empty() { tr { td colspan="6" { "No live token matches." } } }
+                    @for e in entries.iter().take(500) {
+                        tr {
+                            td { code { (e.record.id) } }
+                            td { (e.record.kind.as_str()) }
+                            td { (e.record.principal) }
+                            td { (e.record.grant.as_ref().map(|g| g.service.as_str()).unwrap_or("—")) }
+                            td { (format_ms(e.record.expires_at)) }
+                            td {
+                                form method="post" action={ "/ui/tokens/" (e.record.id) "/revoke" } {
+                                    input type="hidden" name="csrf" value=(p.csrf);
+                                    button type="submit" class="danger" aria-label={ "Revoke token " (e.record.id) } { "Revoke" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub(super) async fn audit(
+    State(c): State<Console>,
+    p: Person,
+    Query(f): Query<AuditFilter>,
+) -> Response {
+    let events = match c.gw.store.audit_events(&f.query(AUDIT_PAGE)).await {
+        Ok(e) => e,
+        Err(e) => {
+            return (axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
+        }
+    };
+    let next = (events.len() == AUDIT_PAGE as usize)
+        .then(|| events.last().map(|e| e.seq))
+        .flatten();
+    let link = |after: i64| {
+        serde_urlencoded::to_string([
+            ("principal", f.principal.as_str()),
+            ("service", f.service.as_str()),
+            ("decision", f.decision.as_str()),
+            ("kind", f.kind.as_str()),
+            ("after", &after.to_string()),
+        ])
+        .unwrap_or_default()
+    };
+    page(
+        "Audit",
+        Some(&p),
+        html! {
+            form method="get" action="/ui/audit" class="filters" {
+                label { "Principal " input name="principal" value=(f.principal); }
+                label { "Service " input name="service" value=(f.service); }
+                label { "Decision "
+                    select name="decision" {
+                        option value="" selected[f.decision.is_empty()] { "any" }
+                        option value="allow" selected[f.decision == "allow"] { "allow" }
+                        option value="deny" selected[f.decision == "deny"] { "deny" }
+                    }
+                }
+                label { "Kind " input name="kind" value=(f.kind) placeholder="request"; }
+                button type="submit" { "Search" }
+                a href={ "/ui/audit/export?" (link(0)) } { "Export as JSON lines" }
+            }
+            table {
+                thead { tr { th { "Seq" } th { "Time" } th { "Kind" } th { "Decision" } th { "Principal" } th { "Service" } th { "Detail" } } }
+                tbody {
+                    @if events.is_empty() { tr { td colspan="7" { "No event matches." } } }
+                    @for e in &events {
+                        tr {
+                            td { (e.seq) }
+                            td { (format_ms(e.event.at)) }
+                            td { (e.event.kind) }
+                            td { (e.event.decision.as_deref().unwrap_or("")) " " (e.event.reason.as_deref().unwrap_or("")) }
+                            td { (e.event.principal.as_deref().unwrap_or("")) }
+                            td { (e.event.service.as_deref().unwrap_or("")) }
+                            td { code { (e.event.detail.to_string()) } }
+                        }
+                    }
+                }
+            }
+            @if let Some(after) = next { p { a href={ "/ui/audit?" (link(after)) } rel="next" { "Next page" } } }
+        },
+    )
+}
+
+/// Events in one export; past it, `X-Keyway-Next-After` gives the cursor to go on.
+const EXPORT_MAX: usize = 100_000;
+
+/// The matching events as JSON lines, paged through the store, at most
+/// [`EXPORT_MAX`] a download.
+pub(super) async fn export(
+    State(c): State<Console>,
+    _: Person,
+    Query(mut f): Query<AuditFilter>,
+) -> Response {
+    let mut out = String::new();
+    let mut n = 0;
+    while n < EXPORT_MAX {
+        let page = match c.gw.store.audit_events(&f.query(10_000)).await {
+            Ok(p) => p,
+            Err(e) => {
+                return (axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
+            }
+        };
+        let Some(last) = page.last() else { break };
+        f.after = last.seq;
+        n += page.len();
+        for e in &page {
+            out.push_str(&serde_json::to_string(e).unwrap_or_default());
+            out.push('\n');
+        }
+    }
+    let mut r = (
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"keyway-audit.jsonl\"",
+            ),
+        ],
+        out,
+    )
+        .into_response();
+    if n >= EXPORT_MAX {
+        if let Ok(v) = f.after.to_string().parse() {
+            r.headers_mut().insert("x-keyway-next-after", v);
+        }
+    }
+    r
+}
+
+pub(super) async fn css() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("console.css"),
+    )
+        .into_response()
+}
+
+pub(super) async fn js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("console.js"),
+    )
+        .into_response()
+}

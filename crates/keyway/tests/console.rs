@@ -1,0 +1,293 @@
+//! The console in a real browser (Debian's headless Chromium through chromedriver)
+//! against a real gateway: sign in with the admin token; a live `psql` session
+//! appears on its own; terminated from the page, `psql` says an operator ended it;
+//! a token revoked from the list is refused by the next `curl`; the audit log is
+//! searched and exported; a change without the session's CSRF token is refused;
+//! signed out, the pages send the browser back to sign in. Each page is
+//! screenshotted at 1280 and 390 px into the test's target folder (not committed).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+
+use common::*;
+
+/// chromedriver on a free port, stopped when dropped.
+fn chromedriver() -> (KillOnDrop, u16) {
+    let mut child = Command::new("chromedriver")
+        .arg("--port=0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver is not installed; apt-get install chromium chromium-driver (scripts/test does)");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = lines
+        .by_ref()
+        .find_map(|l| {
+            l.ok()?
+                .split("successfully on port ")
+                .nth(1)?
+                .trim_end_matches('.')
+                .parse()
+                .ok()
+        })
+        .expect("chromedriver says its port");
+    std::thread::spawn(move || lines.for_each(drop));
+    (KillOnDrop(child), port)
+}
+
+async fn browser(port: u16) -> Client {
+    let caps = serde_json::json!({ "goog:chromeOptions": { "args": [
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-dev-shm-usage"
+    ]}});
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps.as_object().unwrap().clone())
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a browser session")
+}
+
+/// Screenshots of the page at both widths, into the test's target folder.
+async fn shoot(c: &Client, name: &str) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (w, h) in [(1280, 900), (390, 844)] {
+        c.set_window_size(w, h).await.unwrap();
+        let png = c.screenshot().await.unwrap();
+        std::fs::write(dir.join(format!("{name}-{w}.png")), png).unwrap();
+    }
+    c.set_window_size(1280, 900).await.unwrap();
+}
+
+/// Clicks the element `css` names.
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Types `text` into the field `css` names.
+async fn type_into(c: &Client, css: &str, text: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
+/// Waits (5 s at most) for the page's heading to be `want`: after a click, the old
+/// page may still be there for a moment.
+async fn expect_heading(c: &Client, want: &str) {
+    let started = Instant::now();
+    loop {
+        if let Ok(h) = c.find(Locator::Css("h1")).await {
+            if h.text().await.is_ok_and(|t| t == want) {
+                return;
+            }
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            panic!("no heading {want:?} on {:?}", c.source().await);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_in_a_browser() {
+    require(
+        5432,
+        "PostgreSQL",
+        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+    );
+    psql_admin(
+        "DO $$ BEGIN CREATE ROLE kw_ro LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+         GRANT EXECUTE ON FUNCTION pg_sleep(double precision) TO kw_ro;",
+    );
+    let (up, _) = upstream().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (admin, svc, pg) = (free_port(), free_port(), free_port());
+    billing_config(
+        dir,
+        admin,
+        svc,
+        &up.to_string(),
+        "1h",
+        &format!(
+            "\n[services.orders-db]\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:{pg}\"\n\
+             upstream = \"127.0.0.1:5432\"\ndatabase = \"test\"\nmax_ttl = \"1h\"\n\
+             roles.readonly = {{ user = \"kw_ro\", secret = \"kw-ro\" }}\n"
+        ),
+    );
+    let _gw = start_gateway(dir, admin);
+    let out = keyway(
+        dir,
+        &["secret", "set", "kw-ro", "--config", "keyway.toml"],
+        Some("unused"),
+    );
+    assert!(out.status.success());
+    let ui = format!("http://127.0.0.1:{admin}/ui");
+
+    let (_driver, driver_port) = chromedriver();
+    let c = browser(driver_port).await;
+    c.set_window_size(1280, 900).await.unwrap();
+
+    // Not signed in: sent to the sign-in page; a wrong token is refused there.
+    c.goto(&format!("{ui}/sessions")).await.unwrap();
+    expect_heading(&c, "Sign in").await;
+    shoot(&c, "sign-in").await;
+    type_into(&c, "#token", "kwad_nope").await;
+    click(&c, "form button").await;
+    let alert = c
+        .find(Locator::Css("[role=alert]"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(alert.contains("refused"), "{alert}");
+    let admin_token = std::fs::read_to_string(dir.join("data/admin.token")).unwrap();
+    type_into(&c, "#token", admin_token.trim()).await;
+    click(&c, "form button").await;
+    expect_heading(&c, "Overview").await;
+    shoot(&c, "overview").await;
+
+    // A live psql session appears on the sessions page by itself.
+    c.goto(&format!("{ui}/sessions")).await.unwrap();
+    let pg_token = ok_stdout(issue_as(dir, "alice", "orders-db", Some("readonly"), &[]));
+    let mut session = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.to_string(),
+            "-U",
+            "alice",
+            "-d",
+            "test",
+        ])
+        .args(["-XAtqc", "SELECT pg_sleep(60)"])
+        .env("PGPASSWORD", &pg_token)
+        .env("PGSSLMODE", "disable")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap();
+    let appeared = Instant::now();
+    let row = c
+        .wait()
+        .at_most(Duration::from_secs(5))
+        .for_element(Locator::XPath(
+            "//tbody[@id='session-rows']/tr[td[text()='alice']]",
+        ))
+        .await
+        .expect("the psql session is listed");
+    eprintln!(
+        "the psql session appeared after {} ms",
+        appeared.elapsed().as_millis()
+    );
+    assert!(appeared.elapsed() < Duration::from_secs(3));
+    shoot(&c, "sessions").await;
+    row.find(Locator::Css("button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let ended = Instant::now();
+    while session.0.try_wait().unwrap().is_none() {
+        assert!(ended.elapsed() < Duration::from_secs(5), "psql still runs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut session.0.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(
+        said.contains("a Keyway operator ended this session"),
+        "{said}"
+    );
+
+    // A token revoked from the list: the next curl is refused.
+    let token = issue(dir, "bob", "billing");
+    let url = format!("http://127.0.0.1:{svc}/invoices");
+    assert_eq!(curl(&url, Some(&token), "GET"), 200);
+    c.goto(&format!("{ui}/tokens?principal=bob")).await.unwrap();
+    shoot(&c, "tokens").await;
+    let id = &token[5..21];
+    click(&c, &format!("button[aria-label='Revoke token {id}']")).await;
+    expect_heading(&c, "Tokens").await;
+    assert_eq!(curl(&url, Some(&token), "GET"), 401);
+
+    // The audit log, searched and exported.
+    c.goto(&format!("{ui}/audit?kind=session.terminated"))
+        .await
+        .unwrap();
+    shoot(&c, "audit").await;
+    let table = c
+        .find(Locator::Css("tbody"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(table.contains("session.terminated"), "{table}");
+    assert!(
+        !table.contains("token.revoked"),
+        "only what was searched: {table}"
+    );
+    let export = c
+        .execute(
+            "return fetch('/ui/audit/export?kind=token.revoked').then(r => r.text())",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let lines: Vec<serde_json::Value> = export
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.iter().any(|e| e["token_id"] == id), "{lines:?}");
+
+    // A change without the session's CSRF token is refused, even with its cookie.
+    let cookie = c.get_named_cookie("keyway_console").await.unwrap();
+    let other = issue(dir, "carol", "billing");
+    for form in ["", "csrf=forged"] {
+        let status = curl_status(
+            &format!("{ui}/tokens/{}/revoke", &other[5..21]),
+            &[
+                "-X",
+                "POST",
+                "-H",
+                &format!("Cookie: keyway_console={}", cookie.value()),
+                "--data",
+                form,
+            ],
+        );
+        assert_eq!(status, 403, "form {form:?}");
+    }
+    assert_eq!(curl(&url, Some(&other), "GET"), 200);
+
+    // Signed out: back to sign-in, and the old cookie opens nothing.
+    c.goto(&format!("{ui}/")).await.unwrap();
+    click(&c, ".signout button").await;
+    expect_heading(&c, "Sign in").await;
+    let status = curl_status(
+        &format!("{ui}/sessions"),
+        &["-H", &format!("Cookie: keyway_console={}", cookie.value())],
+    );
+    assert_eq!(status, 303);
+    c.close().await.unwrap();
+}
