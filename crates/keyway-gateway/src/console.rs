@@ -27,11 +27,16 @@ use subtle::ConstantTimeEq;
 
 use crate::control::Control;
 
+mod operate;
 mod pages;
 
 /// How long a console session lives.
 pub const SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 const COOKIE: &str = "keyway_console";
+/// What the HTTP proxy strips from a request's cookies (`COOKIE=`).
+pub const COOKIE_PREFIX: &str = "keyway_console=";
+/// Console sessions kept at most.
+const MAX_SESSIONS: usize = 1_000;
 
 /// The console's state: the control plane's handles and its sessions.
 #[derive(Clone)]
@@ -47,6 +52,9 @@ struct Signed {
     principal: String,
     /// The admin token it was opened with: revoked or expired, the session ends.
     token_id: String,
+    /// The client certificate the admin token is bound to, if it is: every request
+    /// must come with it, as every admin API call must.
+    cert: Option<String>,
     csrf: String,
     expires_at: UnixMillis,
 }
@@ -55,6 +63,8 @@ struct Signed {
 pub struct Person {
     principal: String,
     token_id: String,
+    /// The connection's source, for the audit log.
+    source: Option<String>,
     csrf: String,
     /// The cookie's digest, to end the session.
     key: [u8; 32],
@@ -83,10 +93,16 @@ pub fn router(gw: Control) -> Router {
         .route("/ui/sessions/{id}/terminate", post(terminate))
         .route("/ui/tokens", get(pages::tokens))
         .route("/ui/tokens/{id}/revoke", post(revoke))
+        .route("/ui/agents", get(operate::agents))
+        .route("/ui/agents/{name}/revoke", post(operate::revoke_agent))
+        .route("/ui/config", get(operate::config))
         .route("/ui/audit", get(pages::audit))
         .route("/ui/audit/export", get(pages::export))
         .route("/ui/console.css", get(pages::css))
         .route("/ui/console.js", get(pages::js))
+        .route("/ui/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .route("/ui/{*rest}", get(pages::not_found).post(pages::not_found))
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(console)
 }
@@ -149,6 +165,13 @@ impl FromRequestParts<Console> for Person {
         let mut sessions = c.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions.retain(|_, s| s.expires_at > now);
         let s = sessions.get(&key).cloned().ok_or_else(to_login)?;
+        let conn = parts.extensions.get::<crate::listener::ConnInfo>();
+        let presented = conn.and_then(|c| c.cert_thumbprint.as_deref());
+        if let Some(bound) = &s.cert {
+            if !presented.is_some_and(|p| crate::authz::same_thumbprint(p, bound)) {
+                return Err(to_login());
+            }
+        }
         // The admin token behind it must still be live.
         let live =
             c.gw.index
@@ -161,6 +184,7 @@ impl FromRequestParts<Console> for Person {
         Ok(Person {
             principal: s.principal,
             token_id: s.token_id,
+            source: conn.map(|c| c.peer.ip().to_canonical().to_string()),
             csrf: s.csrf,
             key,
         })
@@ -187,20 +211,46 @@ fn forged() -> Response {
 /// committed, or 503 when the audit log cannot take it.
 async fn audited(
     c: &Console,
-    mut ev: keyway_store::AuditEvent,
+    ev: keyway_store::AuditEvent,
     p: &Person,
     then: Response,
 ) -> Response {
-    ev.principal = Some(p.principal.clone());
-    ev.token_id = Some(p.token_id.clone());
-    if c.gw.audit.record(ev).wait().await {
+    if record(c, ev, p).await {
         then
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the audit log cannot be written now; nothing was recorded, retry shortly",
-        )
-            .into_response()
+        unaudited()
+    }
+}
+
+/// Records `ev` as the person's, with their source: whether it was committed.
+async fn record(c: &Console, mut ev: keyway_store::AuditEvent, p: &Person) -> bool {
+    ev.principal = Some(p.principal.clone());
+    ev.token_id = Some(p.token_id.clone());
+    ev.source = p.source.clone();
+    c.gw.audit.record(ev).wait().await
+}
+
+fn unaudited() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the audit log cannot be written now, so nothing was done; retry shortly",
+    )
+        .into_response()
+}
+
+/// Whether a form was posted from the console's own pages: a browser says where a
+/// POST comes from (`Sec-Fetch-Site`, or `Origin`); one that says another site is
+/// refused, so no other site can sign a person in to a session of its choosing.
+fn same_origin(headers: &axum::http::HeaderMap) -> bool {
+    let get = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
+    if let Some(site) = get("sec-fetch-site") {
+        return site == "same-origin" || site == "none";
+    }
+    match (get("origin"), get("host")) {
+        (Some(origin), Some(host)) => origin.split_once("://").is_some_and(|(_, o)| o == host),
+        (Some(_), None) => false,
+        // Not a browser's cross-site form (curl, a script): the token decides.
+        (None, _) => true,
     }
 }
 
@@ -211,8 +261,17 @@ struct SignIn {
 }
 
 /// Takes an admin token once and opens a console session.
-async fn sign_in(State(c): State<Console>, parts: Parts, Form(f): Form<SignIn>) -> Response {
-    let conn = parts.extensions.get::<crate::listener::ConnInfo>();
+async fn sign_in(
+    State(c): State<Console>,
+    conn: Option<axum::Extension<crate::listener::ConnInfo>>,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<SignIn>,
+) -> Response {
+    if !same_origin(&headers) {
+        return forged();
+    }
+    let conn = conn.map(|axum::Extension(c)| c);
+    let conn = conn.as_ref();
     let source = conn.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| {
         c.peer.ip().to_canonical()
     });
@@ -229,6 +288,7 @@ async fn sign_in(State(c): State<Console>, parts: Parts, Form(f): Form<SignIn>) 
         Err(refused) => {
             ev.deny(refused.reason);
             ev.token_id = refused.token_id;
+            ev.principal = refused.principal;
             let _ = c.gw.audit.record(ev).wait().await;
             return pages::login_refused().await;
         }
@@ -239,6 +299,7 @@ async fn sign_in(State(c): State<Console>, parts: Parts, Form(f): Form<SignIn>) 
     let s = Signed {
         principal: entry.record.principal.clone(),
         token_id: entry.id().to_owned(),
+        cert: entry.record.cert_thumbprint.clone(),
         csrf: random(),
         expires_at: now + SESSION_TTL.as_millis() as UnixMillis,
     };
@@ -252,10 +313,21 @@ async fn sign_in(State(c): State<Console>, parts: Parts, Form(f): Form<SignIn>) 
         )
             .into_response();
     }
-    c.sessions
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(digest(&cookie), s);
+    {
+        let mut sessions = c.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.retain(|_, s| s.expires_at > now);
+        // Bounded: past it, the session closest to its end makes room.
+        if sessions.len() >= MAX_SESSIONS {
+            let oldest = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.expires_at)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                sessions.remove(&k);
+            }
+        }
+        sessions.insert(digest(&cookie), s);
+    }
     let secure = if tls { "; Secure" } else { "" };
     let set = format!(
         "{COOKIE}={cookie}; HttpOnly; SameSite=Strict; Path=/ui; Max-Age={}{secure}",
@@ -322,9 +394,12 @@ async fn terminate(
         "session_token": s.token_id,
         "revoke": revoke,
     });
+    // Recorded first: an action the audit log cannot take is not done.
+    if !record(&c, ev, &p).await {
+        return unaudited();
+    }
     if revoke {
-        let by = format!("console:{}", p.principal);
-        if let Err(e) = c.gw.tokens.revoke(&s.token_id, &by, Some("console")).await {
+        if let Err(e) = c.gw.tokens.revoke(&s.token_id, &p.token_id, None).await {
             tracing::error!(error = %e, "the console could not revoke a token");
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -334,7 +409,7 @@ async fn terminate(
         }
     }
     c.gw.sessions.end(id);
-    audited(&c, ev, &p, Redirect::to("/ui/sessions").into_response()).await
+    Redirect::to("/ui/sessions").into_response()
 }
 
 /// Revokes a token (and its children, as `token revoke` does).
@@ -347,8 +422,8 @@ async fn revoke(
     if !p.checks(&f) {
         return forged();
     }
-    let by = format!("console:{}", p.principal);
-    match c.gw.tokens.revoke(&id, &by, Some("console")).await {
+    // Recorded as the admin API records it: by the admin token behind the session.
+    match c.gw.tokens.revoke(&id, &p.token_id, None).await {
         Ok(Some(_)) => Redirect::to("/ui/tokens").into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, "no such token").into_response(),
         Err(e) => {

@@ -200,12 +200,13 @@ async fn the_console_in_a_browser() {
     );
     assert!(appeared.elapsed() < Duration::from_secs(3));
     shoot(&c, "sessions").await;
-    row.find(Locator::Css("button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    drop(row);
+    // The rows are replaced every second: the button is found again to be clicked.
+    let button = "tbody#session-rows button[aria-label^='Terminate']";
+    let started = Instant::now();
+    while let Err(e) = async { c.find(Locator::Css(button)).await?.click().await }.await {
+        assert!(started.elapsed() < Duration::from_secs(5), "{e}");
+    }
     let ended = Instant::now();
     while session.0.try_wait().unwrap().is_none() {
         assert!(ended.elapsed() < Duration::from_secs(5), "psql still runs");
@@ -227,7 +228,14 @@ async fn the_console_in_a_browser() {
     let id = &token[5..21];
     click(&c, &format!("button[aria-label='Revoke token {id}']")).await;
     expect_heading(&c, "Tokens").await;
-    assert_eq!(curl(&url, Some(&token), "GET"), 401);
+    let started = Instant::now();
+    while curl(&url, Some(&token), "GET") != 401 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the revoked token still works"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // The audit log, searched and exported.
     c.goto(&format!("{ui}/audit?kind=session.terminated"))
@@ -261,6 +269,22 @@ async fn the_console_in_a_browser() {
         .collect();
     assert!(lines.iter().any(|e| e["token_id"] == id), "{lines:?}");
 
+    // The config in force, with its hash and how it got there; the agents.
+    c.goto(&format!("{ui}/config")).await.unwrap();
+    expect_heading(&c, "Config").await;
+    shoot(&c, "config").await;
+    let text = c
+        .find(Locator::Css("main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("orders-db"), "{text}");
+    c.goto(&format!("{ui}/agents")).await.unwrap();
+    expect_heading(&c, "Agents").await;
+    shoot(&c, "agents").await;
+
     // A change without the session's CSRF token is refused, even with its cookie.
     let cookie = c.get_named_cookie("keyway_console").await.unwrap();
     let other = issue(dir, "carol", "billing");
@@ -279,6 +303,13 @@ async fn the_console_in_a_browser() {
         assert_eq!(status, 403, "form {form:?}");
     }
     assert_eq!(curl(&url, Some(&other), "GET"), 200);
+
+    // A mistyped console path is the console's 404, not a failed admin call.
+    assert_eq!(curl_status(&format!("{ui}/nope"), &[]), 404);
+    assert_eq!(
+        curl_status(&format!("http://127.0.0.1:{admin}/favicon.ico"), &[]),
+        204
+    );
 
     // Signed out: back to sign-in, and the old cookie opens nothing.
     c.goto(&format!("{ui}/")).await.unwrap();

@@ -10,10 +10,12 @@ use maud::{html, Markup, DOCTYPE};
 
 use super::{AuditFilter, Console, Person};
 
+/// Events the overview reads from the last hour at most.
+const OVERVIEW_MAX: usize = 10_000;
 /// Audit events on one page.
 const AUDIT_PAGE: u32 = 100;
 
-fn page(title: &str, p: Option<&Person>, body: Markup) -> Response {
+pub(super) fn page(title: &str, p: Option<&Person>, body: Markup) -> Response {
     let markup = html! {
         (DOCTYPE)
         html lang="en" {
@@ -22,6 +24,7 @@ fn page(title: &str, p: Option<&Person>, body: Markup) -> Response {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Keyway" }
                 link rel="stylesheet" href="/ui/console.css";
+                link rel="icon" href="/ui/favicon.ico";
                 script src="/ui/console.js" defer {}
             }
             body {
@@ -33,6 +36,8 @@ fn page(title: &str, p: Option<&Person>, body: Markup) -> Response {
                             a href="/ui/sessions" { "Live sessions" }
                             a href="/ui/tokens" { "Tokens" }
                             a href="/ui/audit" { "Audit" }
+                            a href="/ui/agents" { "Agents" }
+                            a href="/ui/config" { "Config" }
                         }
                         form method="post" action="/ui/logout" class="signout" {
                             input type="hidden" name="csrf" value=(p.csrf);
@@ -50,6 +55,16 @@ fn page(title: &str, p: Option<&Person>, body: Markup) -> Response {
         markup.into_string(),
     )
         .into_response()
+}
+
+pub(super) async fn not_found() -> Response {
+    let mut r = page(
+        "Not found",
+        None,
+        html! { p { a href="/ui/" { "To the console" } } },
+    );
+    *r.status_mut() = axum::http::StatusCode::NOT_FOUND;
+    r
 }
 
 pub(super) async fn login() -> Response {
@@ -92,25 +107,38 @@ pub(super) async fn overview(State(c): State<Console>, p: Person) -> Response {
             .count();
     let agents = c.gw.agents.status(&config);
     let connected = agents.iter().filter(|a| a.state == "connected").count();
+    // Bounded reads: the last hour's events up to OVERVIEW_MAX, and its alerts.
+    let hour = |kind: Option<&str>| keyway_store::AuditQuery {
+        limit: OVERVIEW_MAX as u32,
+        since: Some(now - 3_600_000),
+        kind: kind.map(str::to_owned),
+        ..Default::default()
+    };
     let recent =
         c.gw.store
-            .audit_events(&keyway_store::AuditQuery {
-                limit: 10_000,
-                since: Some(now - 3_600_000),
-                ..Default::default()
-            })
+            .audit_events(&hour(None))
             .await
             .unwrap_or_default();
-    let denied = recent
-        .iter()
-        .filter(|e| e.event.decision.as_deref() == Some("deny"))
-        .count();
-    let alerts: Vec<_> = recent
-        .iter()
-        .rev()
-        .filter(|e| e.event.kind == "detect.alert")
-        .take(5)
-        .collect();
+    let many = |n: usize| {
+        if n >= OVERVIEW_MAX {
+            format!("{OVERVIEW_MAX}+")
+        } else {
+            n.to_string()
+        }
+    };
+    let events = many(recent.len());
+    let denied = many(
+        recent
+            .iter()
+            .filter(|e| e.event.decision.as_deref() == Some("deny"))
+            .count(),
+    );
+    let alerts =
+        c.gw.store
+            .audit_events(&hour(Some("detect.alert")))
+            .await
+            .unwrap_or_default();
+    let alerts: Vec<_> = alerts.iter().rev().take(5).collect();
     page(
         "Overview",
         Some(&p),
@@ -120,7 +148,7 @@ pub(super) async fn overview(State(c): State<Console>, p: Person) -> Response {
                 div { dt { a href="/ui/sessions" { "Live sessions" } } dd { (live) } }
                 div { dt { a href="/ui/tokens" { "Live tokens" } } dd { (tokens) } }
                 div { dt { "Agents connected" } dd { (connected) " of " (agents.len()) } }
-                div { dt { "Events, last hour" } dd { (recent.len()) } }
+                div { dt { "Events, last hour" } dd { (events) } }
                 div { dt { "Denied, last hour" } dd { (denied) } }
             }
             h2 { "Recent alerts" }
@@ -256,9 +284,7 @@ pub(super) async fn audit(
 ) -> Response {
     let events = match c.gw.store.audit_events(&f.query(AUDIT_PAGE)).await {
         Ok(e) => e,
-        Err(e) => {
-            return (axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
-        }
+        Err(e) => return unreadable(&e),
     };
     let next = (events.len() == AUDIT_PAGE as usize)
         .then(|| events.last().map(|e| e.seq))
@@ -328,9 +354,7 @@ pub(super) async fn export(
     while n < EXPORT_MAX {
         let page = match c.gw.store.audit_events(&f.query(10_000)).await {
             Ok(p) => p,
-            Err(e) => {
-                return (axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
-            }
+            Err(e) => return unreadable(&e),
         };
         let Some(last) = page.last() else { break };
         f.after = last.seq;
@@ -357,6 +381,16 @@ pub(super) async fn export(
         }
     }
     r
+}
+
+/// The audit log could not be read: logged, and said without the store's words.
+fn unreadable(e: &keyway_store::StoreError) -> Response {
+    tracing::error!(error = %e, "the console cannot read the audit log");
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "the audit log cannot be read now; retry shortly",
+    )
+        .into_response()
 }
 
 pub(super) async fn css() -> Response {

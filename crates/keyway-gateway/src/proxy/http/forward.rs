@@ -40,6 +40,7 @@ impl HttpProxy {
         strip_hop_by_hop(h);
         strip_client_claims(h);
         h.remove(header::AUTHORIZATION);
+        strip_console_cookie(h);
         if websocket {
             h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -220,6 +221,31 @@ pub(super) fn strip_client_claims(h: &mut HeaderMap) {
         "x-original-method",
     ] {
         h.remove(n);
+    }
+}
+
+/// Removes the console's session cookie (`crate::console`): a browser sends it to
+/// every port of the gateway's host for paths under `/ui`, and an upstream must
+/// never see it. Other cookies go on as they came.
+pub(super) fn strip_console_cookie(h: &mut HeaderMap) {
+    let kept: Vec<HeaderValue> = h
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| {
+            let Ok(text) = v.to_str() else {
+                return Some(v.clone());
+            };
+            let rest: Vec<&str> = text
+                .split(';')
+                .map(str::trim)
+                .filter(|c| !c.starts_with(crate::console::COOKIE_PREFIX))
+                .collect();
+            (!rest.is_empty()).then(|| HeaderValue::from_str(&rest.join("; ")).ok())?
+        })
+        .collect();
+    h.remove(header::COOKIE);
+    for v in kept {
+        h.append(header::COOKIE, v);
     }
 }
 

@@ -1,6 +1,6 @@
 //! Unit tests of the HTTP proxy's header handling.
 
-use super::forward::{bearer, strip_hop_by_hop};
+use super::forward::{bearer, strip_console_cookie, strip_hop_by_hop};
 use super::*;
 
 #[test]
@@ -36,4 +36,20 @@ fn bearer_parsing() {
         HeaderValue::from_static("Bearer abc"),
     );
     assert_eq!(bearer(&h), None, "two Authorization headers are refused");
+}
+
+#[test]
+fn the_consoles_cookie_never_reaches_an_upstream() {
+    let mut h = HeaderMap::new();
+    h.append(
+        header::COOKIE,
+        HeaderValue::from_static("theme=dark; keyway_console=s3cr3t; lang=en"),
+    );
+    h.append(
+        header::COOKIE,
+        HeaderValue::from_static("keyway_console=again"),
+    );
+    strip_console_cookie(&mut h);
+    let left: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+    assert_eq!(left, [HeaderValue::from_static("theme=dark; lang=en")]);
 }

@@ -1,0 +1,135 @@
+//! The console's pages about what runs: the agents (revoke one) and the config in
+//! force with the history of its changes.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use keyway_core::clock::format_ms;
+use maud::html;
+
+use super::pages::page;
+use super::{forged, Console, Csrf, Person};
+
+/// `config.applied` events the config page lists, newest first.
+const HISTORY: usize = 20;
+
+pub(super) async fn agents(State(c): State<Console>, p: Person) -> Response {
+    let agents = c.gw.agents.status(&c.gw.config());
+    page(
+        "Agents",
+        Some(&p),
+        html! {
+            p class="hint" { "Agents dial out from private networks and carry the services assigned to them." }
+            table {
+                thead { tr { th { "Agent" } th { "State" } th { "Connections" } th { "Version" } th { "Last heartbeat" } th { "Services" } th { "" } } }
+                tbody {
+                    @if agents.is_empty() { tr { td colspan="7" { "No agent in the config." } } }
+                    @for a in &agents {
+                        tr {
+                            td { (a.name) }
+                            td { (a.state) }
+                            td { (a.connections) }
+                            td { (a.version.as_deref().unwrap_or("—")) }
+                            td { (a.last_heartbeat.as_deref().unwrap_or("—")) }
+                            td { (a.services.join(", ")) }
+                            td {
+                                @if a.state != "revoked" {
+                                    form method="post" action={ "/ui/agents/" (a.name) "/revoke" } {
+                                        input type="hidden" name="csrf" value=(p.csrf);
+                                        button type="submit" class="danger" aria-label={ "Revoke agent " (a.name) } { "Revoke" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// Disconnects an agent and refuses its certificates from now on.
+pub(super) async fn revoke_agent(
+    State(c): State<Console>,
+    p: Person,
+    Path(name): Path<String>,
+    Form(f): Form<Csrf>,
+) -> Response {
+    if !p.checks(&f) {
+        return forged();
+    }
+    if !c.gw.config().agents.contains_key(&name) {
+        return (StatusCode::NOT_FOUND, "no such agent in the config").into_response();
+    }
+    match c
+        .gw
+        .revoke_agent(&name, &format!("console:{}", p.principal))
+        .await
+    {
+        Ok(_) => Redirect::to("/ui/agents").into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "the console could not revoke an agent");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store did not take the revocation",
+            )
+                .into_response()
+        }
+    }
+}
+
+pub(super) async fn config(State(c): State<Console>, p: Person) -> Response {
+    let config = c.gw.config();
+    let now = c.gw.now();
+    let text = serde_json::to_string_pretty(&config.written.value).unwrap_or_default();
+    let history =
+        c.gw.store
+            .audit_events(&keyway_store::AuditQuery {
+                kind: Some("config.applied".into()),
+                since: Some(now - 90 * 24 * 3_600_000),
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_default();
+    page(
+        "Config",
+        Some(&p),
+        html! {
+            p { "In force: sha256:" code { (config.written.sha256) } }
+            h2 { "Changes" }
+            table {
+                thead { tr { th { "Time" } th { "By" } th { "sha256" } th { "Added" } th { "Changed" } th { "Removed" } } }
+                tbody {
+                    @if history.is_empty() { tr { td colspan="6" { "None recorded in the last 90 days." } } }
+                    @for e in history.iter().rev().take(HISTORY) {
+                        tr {
+                            td { (format_ms(e.event.at)) }
+                            td { (e.event.principal.as_deref().unwrap_or("")) }
+                            td { code { (e.event.detail["sha256"].as_str().unwrap_or("").get(..12).unwrap_or("")) } }
+                            td { (list(&e.event.detail["added"])) }
+                            td { (list(&e.event.detail["changed"])) }
+                            td { (list(&e.event.detail["removed"])) }
+                        }
+                    }
+                }
+            }
+            h2 { "As written (secrets masked)" }
+            pre { code { (keyway_core::config::lint::mask_secrets(&text)) } }
+            p class="hint" { "Change it with " code { "keyway plan" } " and " code { "keyway apply" } "." }
+        },
+    )
+}
+
+/// A JSON array of strings, as one line.
+fn list(v: &serde_json::Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
