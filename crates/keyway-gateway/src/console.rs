@@ -32,9 +32,7 @@ mod pages;
 
 /// How long a console session lives.
 pub const SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
-const COOKIE: &str = "keyway_console";
-/// What the HTTP proxy strips from a request's cookies (`COOKIE=`).
-pub const COOKIE_PREFIX: &str = "keyway_console=";
+const COOKIE: &str = crate::runtime::CONSOLE_COOKIE;
 /// Console sessions kept at most.
 const MAX_SESSIONS: usize = 1_000;
 

@@ -224,9 +224,9 @@ pub(super) fn strip_client_claims(h: &mut HeaderMap) {
     }
 }
 
-/// Removes the console's session cookie (`crate::console`): a browser sends it to
-/// every port of the gateway's host for paths under `/ui`, and an upstream must
-/// never see it. Other cookies go on as they came.
+/// Removes the console's session cookie ([`crate::runtime::CONSOLE_COOKIE`]): a
+/// browser sends it to every port of the gateway's host for paths under `/ui`, and
+/// an upstream must never see it. Other cookies go on as they came.
 pub(super) fn strip_console_cookie(h: &mut HeaderMap) {
     let kept: Vec<HeaderValue> = h
         .get_all(header::COOKIE)
@@ -238,7 +238,10 @@ pub(super) fn strip_console_cookie(h: &mut HeaderMap) {
             let rest: Vec<&str> = text
                 .split(';')
                 .map(str::trim)
-                .filter(|c| !c.starts_with(crate::console::COOKIE_PREFIX))
+                .filter(|c| {
+                    c.split_once('=')
+                        .is_none_or(|(name, _)| name != crate::runtime::CONSOLE_COOKIE)
+                })
                 .collect();
             (!rest.is_empty()).then(|| HeaderValue::from_str(&rest.join("; ")).ok())?
         })
