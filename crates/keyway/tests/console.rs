@@ -42,10 +42,21 @@ fn chromedriver() -> (KillOnDrop, u16) {
     (KillOnDrop(child), port)
 }
 
-async fn browser(port: u16) -> Client {
+/// Ends every browser process of the profile in its folder when dropped: a test
+/// that fails before it closes its session would leave Chromium running, since
+/// stopping chromedriver does not stop the browser it started.
+struct Profile(tempfile::TempDir);
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill").arg("-f").arg(self.0.path()).status();
+    }
+}
+
+async fn browser(port: u16, profile: &Profile) -> Client {
     let caps = serde_json::json!({ "goog:chromeOptions": { "args": [
         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-dev-shm-usage"
+        "--disable-dev-shm-usage", format!("--user-data-dir={}", profile.0.path().display())
     ]}});
     ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps.as_object().unwrap().clone())
@@ -140,7 +151,8 @@ async fn the_console_in_a_browser() {
     let ui = format!("http://127.0.0.1:{admin}/ui");
 
     let (_driver, driver_port) = chromedriver();
-    let c = browser(driver_port).await;
+    let profile = Profile(tempfile::tempdir().unwrap());
+    let c = browser(driver_port, &profile).await;
     c.set_window_size(1280, 900).await.unwrap();
 
     // Not signed in: sent to the sign-in page; a wrong token is refused there.
