@@ -37,7 +37,7 @@ use bytes::Bytes;
 use keyway_core::clock::format_ms;
 use keyway_core::config::ServiceKind;
 use keyway_core::EventKind;
-use keyway_core::{TokenKind, UnixMillis};
+use keyway_core::UnixMillis;
 use keyway_store::{AuditQuery, TokenRecord};
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -126,19 +126,11 @@ impl FromRequestParts<Gw> for Admin {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim());
         let conn = parts.extensions.get::<crate::listener::ConnInfo>();
-        let source = conn.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| {
-            c.peer.ip().to_canonical()
-        });
-        let cert = conn.and_then(|c| c.cert_thumbprint.as_deref());
-        let result = gw.authz.authenticate(TokenKind::Admin, text, source, cert);
-        match result {
-            Ok(entry) => {
-                entry.mark_used(gw.now());
-                Ok(Admin {
-                    token_id: entry.id().to_owned(),
-                    principal: entry.record.principal.clone(),
-                })
-            }
+        match gw.authenticate_admin(text, conn) {
+            Ok(entry) => Ok(Admin {
+                token_id: entry.id().to_owned(),
+                principal: entry.record.principal.clone(),
+            }),
             Err(refused) => {
                 let mut ev = gw.event(EventKind::AdminDenied);
                 ev.deny(refused.reason);

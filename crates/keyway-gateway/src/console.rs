@@ -20,7 +20,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
-use keyway_core::{EventKind, TokenKind, UnixMillis};
+use keyway_core::{EventKind, UnixMillis};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -174,7 +174,7 @@ impl FromRequestParts<Console> for Person {
         let live =
             c.gw.index
                 .get(&s.token_id)
-                .is_some_and(|e| !e.revoked() && e.record.expires_at > now);
+                .is_some_and(|e| e.check_live(now).is_ok());
         if !live {
             sessions.remove(&key);
             return Err(to_login());
@@ -270,18 +270,10 @@ async fn sign_in(
     }
     let conn = conn.map(|axum::Extension(c)| c);
     let conn = conn.as_ref();
-    let source = conn.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| {
-        c.peer.ip().to_canonical()
-    });
-    let cert = conn.and_then(|c| c.cert_thumbprint.as_deref());
     let tls = conn.is_some_and(|c| c.tls);
     let mut ev = c.gw.event(EventKind::ConsoleSignIn);
-    ev.source = Some(source.to_string());
-    let entry = match c
-        .gw
-        .authz
-        .authenticate(TokenKind::Admin, Some(f.token.trim()), source, cert)
-    {
+    ev.source = conn.map(|c| c.peer.ip().to_canonical().to_string());
+    let entry = match c.gw.authenticate_admin(Some(f.token.trim()), conn) {
         Ok(e) => e,
         Err(refused) => {
             ev.deny(refused.reason);
@@ -291,7 +283,6 @@ async fn sign_in(
             return pages::login_refused().await;
         }
     };
-    entry.mark_used(c.gw.now());
     let cookie = random();
     let now = c.gw.now();
     let s = Signed {
@@ -305,11 +296,7 @@ async fn sign_in(
     ev.principal = Some(s.principal.clone());
     ev.token_id = Some(s.token_id.clone());
     if !c.gw.audit.record(ev).wait().await {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the audit log cannot be written now; retry shortly",
-        )
-            .into_response();
+        return unaudited();
     }
     {
         let mut sessions = c.sessions.lock().unwrap_or_else(|p| p.into_inner());

@@ -145,6 +145,25 @@ impl Control {
             .await
     }
 
+    /// The admin token `token` presented on connection `conn`, checked as every
+    /// admin call checks it (source, lineage, certificate binding) and marked used;
+    /// the refusal otherwise. The admin API and the console's sign-in take it here.
+    pub fn authenticate_admin(
+        &self,
+        token: Option<&str>,
+        conn: Option<&crate::listener::ConnInfo>,
+    ) -> Result<Arc<crate::index::Entry>, crate::authz::Refused> {
+        let source = conn.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| {
+            c.peer.ip().to_canonical()
+        });
+        let cert = conn.and_then(|c| c.cert_thumbprint.as_deref());
+        let entry = self
+            .authz
+            .authenticate(TokenKind::Admin, token, source, cert)?;
+        entry.mark_used(self.now());
+        Ok(entry)
+    }
+
     /// A fresh audit event, dated now.
     pub fn event(&self, kind: EventKind) -> AuditEvent {
         self.audit.event(kind)

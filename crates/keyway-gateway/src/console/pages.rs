@@ -103,7 +103,7 @@ pub(super) async fn overview(State(c): State<Console>, p: Person) -> Response {
         c.gw.index
             .entries()
             .into_iter()
-            .filter(|e| !e.revoked() && e.record.expires_at > now)
+            .filter(|e| e.check_live(now).is_ok())
             .count();
     let agents = c.gw.agents.status(&config);
     let connected = agents.iter().filter(|a| a.state == "connected").count();
@@ -232,7 +232,7 @@ pub(super) async fn tokens(
         c.gw.index
             .entries()
             .into_iter()
-            .filter(|e| !e.revoked() && e.record.expires_at > now)
+            .filter(|e| e.check_live(now).is_ok())
             .filter(|e| f.principal.is_empty() || e.record.principal == f.principal)
             .filter(|e| {
                 f.service.is_empty()
@@ -262,7 +262,7 @@ pub(super) async fn tokens(
                             td { (e.record.kind.as_str()) }
                             td { (e.record.principal) }
                             td { (e.record.grant.as_ref().map(|g| g.service.as_str()).unwrap_or("—")) }
-                            td { (format_ms(e.record.expires_at)) }
+                            td { (format_ms(e.expires_at())) }
                             td {
                                 form method="post" action={ "/ui/tokens/" (e.record.id) "/revoke" } {
                                     input type="hidden" name="csrf" value=(p.csrf);
