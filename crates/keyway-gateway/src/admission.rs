@@ -255,6 +255,15 @@ impl Admission {
         self.blocked_until.fetch_max(until, Ordering::Relaxed);
     }
 
+    /// [`Admission::block_until`] for a block as the store keeps it (its source as
+    /// text); one that names no address is ignored, and logged.
+    pub fn block_stored(&self, source: &str, until: UnixMillis) {
+        match source.parse() {
+            Ok(ip) => self.block_until(ip, until),
+            Err(_) => tracing::warn!(source, "a stored block names no address; ignored"),
+        }
+    }
+
     /// Sources blocked now.
     pub fn blocked_sources(&self, now: UnixMillis) -> usize {
         let blocks = self.blocks.read().unwrap_or_else(|p| p.into_inner());

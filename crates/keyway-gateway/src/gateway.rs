@@ -235,10 +235,7 @@ impl Gateway {
         ));
         // Blocks the detectors made (here before a restart, or on another replica).
         for (source, until) in store.blocks(clock.now_ms()).await? {
-            match source.parse() {
-                Ok(ip) => admission.block_until(ip, until),
-                Err(_) => tracing::warn!(source, "a stored block names no address; ignored"),
-            }
+            admission.block_stored(&source, until);
         }
         let alerts = Arc::new(crate::alerts::Alerts::new(config.alerts.webhook.as_ref()));
         let audit_stop = CancellationToken::new();

@@ -149,9 +149,7 @@ impl Gateway {
         let now = self.clock.now_ms();
         for (s, until) in self.store.blocks(now).await? {
             if s == source {
-                if let Ok(ip) = s.parse() {
-                    self.admission.block_until(ip, until);
-                }
+                self.admission.block_stored(&s, until);
             }
         }
         Ok(())
