@@ -42,7 +42,7 @@ fn check_text_as(
     match config {
         Some(mut c) if errors.is_empty() => {
             if as_written != text {
-                c.written.sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(as_written));
+                c.written.sha256 = keyway_core::config::Written::sha256_of(as_written);
             }
             Ok(c)
         }

@@ -79,6 +79,16 @@ pub struct Written {
     pub base_dir: PathBuf,
 }
 
+// === impl Written ===
+
+impl Written {
+    /// The hash a config's text is known by ([`Written::sha256`]): what `plan`
+    /// prints, what replicas report, what an applied config is stored under.
+    pub fn sha256_of(text: &str) -> String {
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text))
+    }
+}
+
 /// An agent and the services it carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Agent {
@@ -255,7 +265,7 @@ impl Config {
             .ok()
             .and_then(|v| serde_json::to_value(v).ok())
             .unwrap_or_default();
-        config.written.sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text));
+        config.written.sha256 = Written::sha256_of(text);
         Ok(config)
     }
 

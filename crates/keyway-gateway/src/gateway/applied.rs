@@ -47,7 +47,7 @@ pub(crate) async fn verified(store: &dyn Store, key: &[u8; 32]) -> Option<Applie
         }
     };
     let ok = keyed(key, &applied.text).verify_slice(&applied.mac).is_ok()
-        && hex::encode(<Sha256 as sha2::Digest>::digest(&applied.text)) == applied.sha256;
+        && keyway_core::config::Written::sha256_of(&applied.text) == applied.sha256;
     if !ok {
         tracing::error!(
             sha256 = %applied.sha256,
