@@ -261,21 +261,7 @@ async fn three_replicas_behind_haproxy() {
         Some("readonly"),
         &[],
     ));
-    let mut session = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &replicas[2].port("orders-db").to_string(),
-        ])
-        .args(["-U", "alice", "-d", "test", "-XAtqc", "SELECT pg_sleep(60)"])
-        .env("PGPASSWORD", &pg_token)
-        .env("PGSSLMODE", "disable")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map(KillOnDrop)
-        .unwrap();
+    let mut session = sleeping_psql(replicas[2].port("orders-db"), &pg_token);
     let mut download = Command::new("curl")
         .args([
             "-sSN",

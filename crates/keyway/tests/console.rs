@@ -178,25 +178,7 @@ async fn the_console_in_a_browser() {
     // A live psql session appears on the sessions page by itself.
     c.goto(&format!("{ui}/sessions")).await.unwrap();
     let pg_token = ok_stdout(issue_as(dir, "alice", "orders-db", Some("readonly"), &[]));
-    let mut session = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.to_string(),
-            "-U",
-            "alice",
-            "-d",
-            "test",
-        ])
-        .args(["-XAtqc", "SELECT pg_sleep(60)"])
-        .env("PGPASSWORD", &pg_token)
-        .env("PGSSLMODE", "disable")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map(KillOnDrop)
-        .unwrap();
+    let mut session = sleeping_psql(pg, &pg_token);
     let appeared = Instant::now();
     let row = c
         .wait()

@@ -494,6 +494,30 @@ pub fn connect(dir: &std::path::Path, service: &str, tunnel: u16, token: &str) -
     Connect(KillOnDrop(child), port)
 }
 
+/// A `psql` session through the gateway on `port` with `token`, as `alice` on `test`,
+/// running `SELECT pg_sleep(60)`: live until something ends it; its stderr is piped.
+pub fn sleeping_psql(port: u16, token: &str) -> KillOnDrop {
+    Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "alice",
+            "-d",
+            "test",
+        ])
+        .args(["-XAtqc", "SELECT pg_sleep(60)"])
+        .env("PGPASSWORD", token)
+        .env("PGSSLMODE", "disable")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap()
+}
+
 /// `psql` through the gateway with `token` as the password.
 pub fn psql(port: u16, token: &str, sql: &str) -> Output {
     Command::new("psql")
