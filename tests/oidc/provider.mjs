@@ -90,7 +90,8 @@ const provider = new Provider(issuer, {
     grant_types: ['authorization_code', 'urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
     response_types: ['code'],
     application_type: 'native',
-    redirect_uris: ['http://127.0.0.1/callback'],
+    // The CLI's loopback callback, and the console's on the admin listener.
+    redirect_uris: ['http://127.0.0.1/callback', 'http://127.0.0.1/ui/login/callback'],
   }],
   findAccount,
   claims: {

@@ -2,7 +2,8 @@
 //! the admin listener, rendered on the server (`console/pages.rs`), with one small
 //! script of its own and nothing fetched from elsewhere.
 //!
-//! Sign-in takes an admin token once; the console then keeps a session of its own,
+//! Sign-in takes an admin token once, or goes through the identity provider
+//! (`[identity.oidc]`, `console/sign.rs`); the console then keeps a session of its own,
 //! named by a random cookie (`HttpOnly`, `SameSite=Strict`, `Secure` over TLS,
 //! `Path=/ui`) that lives [`SESSION_TTL`] and ends at sign-out, when the gateway
 //! stops, or when the admin token behind it is revoked or expires. Every form that
@@ -10,6 +11,11 @@
 //! Every page is sent with a strict Content-Security-Policy (no inline script or
 //! style), `X-Frame-Options: DENY`, `no-store`. Sign-in, sign-out and every action
 //! are audit events naming the person.
+//!
+//! Who signed in with an admin token acts (terminates, revokes, issues, approves);
+//! who signed in through the provider acts when `identity.console_admins` names
+//! them or one of their groups, and otherwise only looks: the pages show a viewer
+//! no action, and every action's route refuses one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,9 +32,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::control::Control;
+use crate::people::People;
 
+mod grant;
 mod operate;
 mod pages;
+mod sign;
 
 /// How long a console session lives.
 pub const SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -40,6 +49,8 @@ const MAX_SESSIONS: usize = 1_000;
 #[derive(Clone)]
 pub struct Console {
     gw: Control,
+    /// Sign-ins through the provider, and access requests.
+    people: Arc<People>,
     /// By the SHA-256 of the cookie's value.
     sessions: Arc<Mutex<HashMap<[u8; 32], Signed>>>,
 }
@@ -48,8 +59,11 @@ pub struct Console {
 #[derive(Clone)]
 struct Signed {
     principal: String,
-    /// The admin token it was opened with: revoked or expired, the session ends.
+    /// The admin token it was opened with, or the person's `kwse_` session made
+    /// by a sign-in through the provider: revoked or expired, the session ends.
     token_id: String,
+    /// Signed in through the provider (else with an admin token).
+    sso: bool,
     /// The client certificate the admin token is bound to, if it is: every request
     /// must come with it, as every admin API call must.
     cert: Option<String>,
@@ -61,6 +75,10 @@ struct Signed {
 pub struct Person {
     principal: String,
     token_id: String,
+    /// May act (terminate, revoke, issue, approve); a viewer only looks.
+    admin: bool,
+    /// Signed in through the provider: sign-out ends the `kwse_` session too.
+    sso: bool,
     /// The connection's source, for the audit log.
     source: Option<String>,
     csrf: String,
@@ -76,26 +94,33 @@ struct Csrf {
 }
 
 /// Served under `/ui` by the admin listener.
-pub fn router(gw: Control) -> Router {
+pub fn router(gw: Control, people: Arc<People>) -> Router {
     let console = Console {
         gw,
+        people,
         sessions: Arc::default(),
     };
     Router::new()
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
         .route("/ui/", get(pages::overview))
-        .route("/ui/login", get(pages::login).post(sign_in))
-        .route("/ui/logout", post(sign_out))
+        .route("/ui/login", get(sign::login).post(sign::with_token))
+        .route("/ui/login/sso", get(sign::sso_start))
+        .route("/ui/login/callback", get(sign::sso_callback))
+        .route("/ui/logout", post(sign::sign_out))
         .route("/ui/sessions", get(pages::sessions))
         .route("/ui/sessions/rows", get(pages::session_rows))
         .route("/ui/sessions/{id}/terminate", post(terminate))
         .route("/ui/tokens", get(pages::tokens))
+        .route("/ui/tokens/new", get(grant::new_token).post(grant::issue))
         .route("/ui/tokens/{id}/revoke", post(revoke))
+        .route("/ui/requests", get(grant::inbox))
+        .route("/ui/requests/{id}/{action}", post(grant::decide))
         .route("/ui/agents", get(operate::agents))
         .route("/ui/agents/{name}/revoke", post(operate::revoke_agent))
         .route("/ui/config", get(operate::config))
         .route("/ui/audit", get(pages::audit))
         .route("/ui/audit/export", get(pages::export))
+        .route("/ui/audit/{seq}", get(pages::event))
         .route("/ui/console.css", get(pages::css))
         .route("/ui/console.js", get(pages::js))
         .route("/ui/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
@@ -139,15 +164,15 @@ fn random() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn cookie_of(parts: &Parts) -> Option<String> {
-    parts
-        .headers
+/// The value of the cookie `name` the request brings.
+fn cookie_named(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_owned())
 }
 
@@ -158,7 +183,7 @@ impl FromRequestParts<Console> for Person {
 
     async fn from_request_parts(parts: &mut Parts, c: &Console) -> Result<Self, Self::Rejection> {
         let to_login = || Redirect::to("/ui/login").into_response();
-        let key = digest(&cookie_of(parts).ok_or_else(to_login)?);
+        let key = digest(&cookie_named(&parts.headers, COOKIE).ok_or_else(to_login)?);
         let now = c.gw.now();
         let mut sessions = c.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions.retain(|_, s| s.expires_at > now);
@@ -170,18 +195,27 @@ impl FromRequestParts<Console> for Person {
                 return Err(to_login());
             }
         }
-        // The admin token behind it must still be live.
-        let live =
+        // The token behind it must still be live.
+        let Some(entry) =
             c.gw.index
                 .get(&s.token_id)
-                .is_some_and(|e| e.check_live(now).is_ok());
-        if !live {
+                .filter(|e| e.check_live(now).is_ok())
+        else {
             sessions.remove(&key);
             return Err(to_login());
-        }
+        };
+        // A person's role follows the config in force, not the one at sign-in.
+        let admin = !s.sso || {
+            let admins = &c.gw.config().identity.console_admins;
+            crate::people::subjects_of(&entry)
+                .iter()
+                .any(|s| admins.contains(s))
+        };
         Ok(Person {
             principal: s.principal,
             token_id: s.token_id,
+            admin,
+            sso: s.sso,
             source: conn.map(|c| c.peer.ip().to_canonical().to_string()),
             csrf: s.csrf,
             key,
@@ -193,6 +227,24 @@ impl Person {
     /// Whether `form`'s CSRF token is this session's (constant time).
     fn checks(&self, form: &Csrf) -> bool {
         !form.csrf.is_empty() && bool::from(form.csrf.as_bytes().ct_eq(self.csrf.as_bytes()))
+    }
+
+    /// Why this person may not make a change with `csrf`, as the answer: the form
+    /// is not the session's own, or the person looks rather than acts. `None` when
+    /// they may.
+    fn refusal(&self, csrf: &str) -> Option<Response> {
+        if !self.checks(&Csrf {
+            csrf: csrf.to_owned(),
+        }) {
+            return Some(forged());
+        }
+        (!self.admin).then(|| {
+            (
+                StatusCode::FORBIDDEN,
+                "refused: you signed in as a viewer; only the people `identity.console_admins` names (or an admin token) can change anything",
+            )
+                .into_response()
+        })
     }
 }
 
@@ -236,112 +288,6 @@ fn unaudited() -> Response {
         .into_response()
 }
 
-/// Whether a form was posted from the console's own pages: a browser says where a
-/// POST comes from (`Sec-Fetch-Site`, or `Origin`); one that says another site is
-/// refused, so no other site can sign a person in to a session of its choosing.
-fn same_origin(headers: &axum::http::HeaderMap) -> bool {
-    let get = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
-    if let Some(site) = get("sec-fetch-site") {
-        return site == "same-origin" || site == "none";
-    }
-    match (get("origin"), get("host")) {
-        (Some(origin), Some(host)) => origin.split_once("://").is_some_and(|(_, o)| o == host),
-        (Some(_), None) => false,
-        // Not a browser's cross-site form (curl, a script): the token decides.
-        (None, _) => true,
-    }
-}
-
-#[derive(Deserialize)]
-struct SignIn {
-    #[serde(default)]
-    token: String,
-}
-
-/// Takes an admin token once and opens a console session.
-async fn sign_in(
-    State(c): State<Console>,
-    conn: Option<axum::Extension<crate::listener::ConnInfo>>,
-    headers: axum::http::HeaderMap,
-    Form(f): Form<SignIn>,
-) -> Response {
-    if !same_origin(&headers) {
-        return forged();
-    }
-    let conn = conn.map(|axum::Extension(c)| c);
-    let conn = conn.as_ref();
-    let tls = conn.is_some_and(|c| c.tls);
-    let mut ev = c.gw.event(EventKind::ConsoleSignIn);
-    ev.source = conn.map(|c| c.peer.ip().to_canonical().to_string());
-    let entry = match c.gw.authenticate_admin(Some(f.token.trim()), conn) {
-        Ok(e) => e,
-        Err(refused) => {
-            ev.deny(refused.reason);
-            ev.token_id = refused.token_id;
-            ev.principal = refused.principal;
-            let _ = c.gw.audit.record(ev).wait().await;
-            return pages::login_refused().await;
-        }
-    };
-    let cookie = random();
-    let now = c.gw.now();
-    let s = Signed {
-        principal: entry.record.principal.clone(),
-        token_id: entry.id().to_owned(),
-        cert: entry.record.cert_thumbprint.clone(),
-        csrf: random(),
-        expires_at: now + SESSION_TTL.as_millis() as UnixMillis,
-    };
-    ev.allow();
-    ev.principal = Some(s.principal.clone());
-    ev.token_id = Some(s.token_id.clone());
-    if !c.gw.audit.record(ev).wait().await {
-        return unaudited();
-    }
-    {
-        let mut sessions = c.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.retain(|_, s| s.expires_at > now);
-        // Bounded: past it, the session closest to its end makes room.
-        if sessions.len() >= MAX_SESSIONS {
-            let oldest = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.expires_at)
-                .map(|(k, _)| *k);
-            if let Some(k) = oldest {
-                sessions.remove(&k);
-            }
-        }
-        sessions.insert(digest(&cookie), s);
-    }
-    let secure = if tls { "; Secure" } else { "" };
-    let set = format!(
-        "{COOKIE}={cookie}; HttpOnly; SameSite=Strict; Path=/ui; Max-Age={}{secure}",
-        SESSION_TTL.as_secs()
-    );
-    let mut r = Redirect::to("/ui/").into_response();
-    if let Ok(v) = HeaderValue::from_str(&set) {
-        r.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    r
-}
-
-async fn sign_out(State(c): State<Console>, p: Person, Form(f): Form<Csrf>) -> Response {
-    if !p.checks(&f) {
-        return forged();
-    }
-    c.sessions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&p.key);
-    let mut r = Redirect::to("/ui/login").into_response();
-    r.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("keyway_console=; HttpOnly; SameSite=Strict; Path=/ui; Max-Age=0"),
-    );
-    let ev = c.gw.event(EventKind::ConsoleSignOut);
-    audited(&c, ev, &p, r).await
-}
-
 #[derive(Deserialize)]
 struct Terminate {
     #[serde(default)]
@@ -359,8 +305,8 @@ async fn terminate(
     Path(id): Path<u64>,
     Form(f): Form<Terminate>,
 ) -> Response {
-    if !p.checks(&Csrf { csrf: f.csrf }) {
-        return forged();
+    if let Some(refused) = p.refusal(&f.csrf) {
+        return refused;
     }
     let Some(s) = c.gw.sessions.list().into_iter().find(|s| s.id == id) else {
         return (
@@ -404,8 +350,8 @@ async fn revoke(
     Path(id): Path<String>,
     Form(f): Form<Csrf>,
 ) -> Response {
-    if !p.checks(&f) {
-        return forged();
+    if let Some(refused) = p.refusal(&f.csrf) {
+        return refused;
     }
     // Recorded as the admin API records it: by the admin token behind the session.
     match c.gw.tokens.revoke(&id, &p.token_id, None).await {

@@ -245,7 +245,9 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
             hyper_util::service::TowerToHyperService::new(router)
         }
     };
-    let admin = with_conn(console::router(gw.control()).merge(admin::router(gw.control())));
+    let admin = with_conn(
+        console::router(gw.control(), gw.people.clone()).merge(admin::router(gw.control())),
+    );
     tasks.spawn(listener::serve_http1(
         gw.admission.clone(),
         "admin",

@@ -166,8 +166,31 @@ impl People {
         Ok(Some(value))
     }
 
-    /// Starts a sign-in ([`oidc::Client::start`]).
+    /// Starts a sign-in ([`oidc::Client::start`]) for the CLI: in a browser back to
+    /// a loopback `redirect_uri` the CLI listens on, or with the device flow.
     pub async fn login_start(
+        &self,
+        provider: Option<&str>,
+        redirect_uri: Option<&str>,
+        source: std::net::IpAddr,
+    ) -> Result<Started, LoginError> {
+        if redirect_uri.is_some_and(|u| !oidc::loopback_redirect(u)) {
+            return Err(LoginError::RedirectNotLoopback);
+        }
+        self.start(provider, redirect_uri, source).await
+    }
+
+    /// Starts a browser sign-in for the console, back to its own `callback` on the
+    /// admin listener (which the provider must have registered).
+    pub async fn console_login_start(
+        &self,
+        callback: &str,
+        source: std::net::IpAddr,
+    ) -> Result<Started, LoginError> {
+        self.start(None, Some(callback), source).await
+    }
+
+    async fn start(
         &self,
         provider: Option<&str>,
         redirect_uri: Option<&str>,

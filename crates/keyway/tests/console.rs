@@ -5,6 +5,12 @@
 //! searched and exported; a change without the session's CSRF token is refused;
 //! signed out, the pages send the browser back to sign in. Each page is
 //! screenshotted at 1280 and 390 px into the test's target folder (not committed).
+//!
+//! Through the identity provider (a real OpenID provider): a person the config's
+//! `console_admins` does not name is a viewer, who sees no action and whose posts
+//! are refused even with the session's CSRF token; an approver the config names
+//! approves an access request from the inbox and issues a token from the form,
+//! whose secret is shown once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -97,13 +103,13 @@ async fn type_into(c: &Client, css: &str, text: &str) {
         .unwrap();
 }
 
-/// Waits (5 s at most) for the page's heading to be `want`: after a click, the old
+/// Waits (5 s at most) for the page's heading to start with `want`: after a click, the old
 /// page may still be there for a moment.
 async fn expect_heading(c: &Client, want: &str) {
     let started = Instant::now();
     loop {
         if let Ok(h) = c.find(Locator::Css("h1")).await {
-            if h.text().await.is_ok_and(|t| t == want) {
+            if h.text().await.is_ok_and(|t| t.starts_with(want)) {
                 return;
             }
         }
@@ -112,6 +118,203 @@ async fn expect_heading(c: &Client, want: &str) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Signs in through the identity provider as `user`: from the console's sign-in
+/// page through the provider's login (and consent) forms, back to the console.
+async fn provider_sign_in(c: &Client, ui: &str, user: &str, password: &str) {
+    c.goto(&format!("{ui}/login")).await.unwrap();
+    click(c, "a[href='/ui/login/sso']").await;
+    let started = Instant::now();
+    loop {
+        let url = c.current_url().await.unwrap();
+        if url.as_str().starts_with(ui) && !url.path().starts_with("/ui/login") {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the sign-in did not come back to the console: {url} {:?}",
+            c.source().await
+        );
+        if !url.as_str().starts_with(ui) {
+            if let Ok(login) = c.find(Locator::Css("input[name=login]")).await {
+                let _ = login.send_keys(user).await;
+                type_into(c, "input[name=password]", password).await;
+                let _ = async {
+                    c.find(Locator::Css("button[type=submit]"))
+                        .await?
+                        .click()
+                        .await
+                }
+                .await;
+            } else if let Ok(b) = c.find(Locator::Css("button[type=submit]")).await {
+                let _ = b.click().await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The text of the first element `css` names.
+async fn text_of(c: &Client, css: &str) -> String {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Posts `path` from the page with the session's own CSRF token: the status.
+async fn post_with_csrf(c: &Client, path: &str) -> u64 {
+    let script = format!(
+        "const csrf = document.querySelector('input[name=csrf]').value; \
+         return fetch('{path}', {{ method: 'POST', \
+           headers: {{ 'content-type': 'application/x-www-form-urlencoded' }}, \
+           body: 'csrf=' + encodeURIComponent(csrf) }}).then(r => r.status)"
+    );
+    c.execute(&script, vec![]).await.unwrap().as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn viewers_look_and_approvers_act_through_the_provider() {
+    let (w, _hook) = sso::world("\n[identity]\nconsole_admins = [\"group:db-owners\"]\n").await;
+    let ui = format!("http://127.0.0.1:{}/ui", w.admin_port);
+    // Bob files a request the policy makes wait for an approver.
+    let out = w.login("bob", "pw-bob");
+    assert!(out.status.success(), "{}", sso::stderr(&out));
+    let out = w.run("bob", &["access", "orders-db", "--reason", "INC-7 fix"]);
+    let request = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(!request.is_empty(), "{}", sso::stderr(&out));
+    // Something for a viewer to look at: a live psql session and a token.
+    let pg = ok_stdout(issue_as(
+        &w.dir,
+        "erin",
+        "orders-db",
+        Some("readwrite"),
+        &[],
+    ));
+    let _psql = sleeping_psql(w.pg_port, &pg);
+    let token = issue(&w.dir, "erin", "billing");
+    let billing = format!("http://127.0.0.1:{}/invoices", w.svc_port);
+
+    let (_driver, driver_port) = chromedriver();
+    let profile = Profile(tempfile::tempdir().unwrap());
+    let c = browser(driver_port, &profile).await;
+    c.set_window_size(1280, 900).await.unwrap();
+
+    // Dave is in no group `console_admins` names: a viewer.
+    provider_sign_in(&c, &ui, "dave", "pw-dave").await;
+    expect_heading(&c, "Overview").await;
+    let who = text_of(&c, ".signout span").await;
+    assert_eq!(who, "user:dave@example.com (viewer)");
+    c.goto(&format!("{ui}/sessions")).await.unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(5))
+        .for_element(Locator::XPath(
+            "//tbody[@id='session-rows']/tr[td[text()='erin']]",
+        ))
+        .await
+        .expect("the viewer sees the live session");
+    shoot(&c, "sessions-viewer").await;
+    let buttons = c.find_all(Locator::Css("main button")).await.unwrap();
+    assert!(buttons.is_empty(), "a viewer is offered an action");
+    c.goto(&format!("{ui}/tokens")).await.unwrap();
+    assert!(text_of(&c, "tbody").await.contains("erin"));
+    assert!(c
+        .find_all(Locator::Css("main button[class=danger]"))
+        .await
+        .unwrap()
+        .is_empty());
+    c.goto(&format!("{ui}/requests")).await.unwrap();
+    let inbox = text_of(&c, "tbody").await;
+    assert!(
+        inbox.contains("user:bob@example.com") && inbox.contains("pending"),
+        "{inbox}"
+    );
+    assert!(c
+        .find_all(Locator::Css("main form"))
+        .await
+        .unwrap()
+        .is_empty());
+    // Even with the session's own CSRF token, a viewer's change is refused.
+    let id = &token[5..21];
+    assert_eq!(
+        post_with_csrf(&c, &format!("/ui/tokens/{id}/revoke")).await,
+        403
+    );
+    assert_eq!(
+        post_with_csrf(&c, &format!("/ui/requests/{request}/approve")).await,
+        403
+    );
+    assert_eq!(curl(&billing, Some(&token), "GET"), 200);
+    click(&c, ".signout button").await;
+    expect_heading(&c, "Sign in").await;
+    // The provider's session too, so the next person signs in as themselves.
+    c.delete_all_cookies().await.unwrap();
+
+    // Carol is in `db-owners`: she acts, and approves Bob's request.
+    provider_sign_in(&c, &ui, "carol", "pw-carol").await;
+    expect_heading(&c, "Overview").await;
+    assert_eq!(text_of(&c, ".signout span").await, "user:carol@example.com");
+    c.goto(&format!("{ui}/requests")).await.unwrap();
+    shoot(&c, "requests").await;
+    type_into(&c, "input[name=reason]", "ok for INC-7").await;
+    click(
+        &c,
+        &format!("button[aria-label='Approve request {request}']"),
+    )
+    .await;
+    expect_heading(&c, "Access requests").await;
+    assert!(text_of(&c, "tbody").await.contains("approved"));
+    let out = w.run("bob", &["requests", "collect", &request]);
+    assert!(out.status.success(), "{}", sso::stderr(&out));
+    let approved = w.audit("access.approved");
+    assert!(
+        approved
+            .iter()
+            .any(|e| e["principal"] == "user:carol@example.com"),
+        "{approved:?}"
+    );
+
+    // She issues a token from the form: its secret is shown once, and works.
+    c.goto(&format!("{ui}/tokens/new")).await.unwrap();
+    expect_heading(&c, "Issue a token").await;
+    shoot(&c, "issue").await;
+    type_into(&c, "#principal", "frank").await;
+    type_into(&c, "#ttl", "10m").await;
+    type_into(&c, "#methods", "GET").await;
+    click(&c, "form.stacked button").await;
+    expect_heading(&c, "Token issued").await;
+    let secret = c
+        .find(Locator::Css("#secret"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(curl(&billing, Some(&secret), "GET"), 200);
+    assert_eq!(curl(&billing, Some(&secret), "POST"), 403);
+    c.goto(&format!("{ui}/tokens?principal=frank"))
+        .await
+        .unwrap();
+    let listed = c.source().await.unwrap();
+    assert!(listed.contains(&secret[5..21]) && !listed.contains(&secret));
+
+    // Each sign-in is in the audit log with its way in and role; one event's page.
+    c.goto(&format!("{ui}/audit?kind=console.signin"))
+        .await
+        .unwrap();
+    click(&c, "tbody a").await;
+    expect_heading(&c, "Event").await;
+    shoot(&c, "event").await;
+    let detail = text_of(&c, "main").await;
+    assert!(
+        detail.contains("\"via\": \"sso\"") && detail.contains("\"role\": \"viewer\""),
+        "{detail}"
+    );
+    c.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

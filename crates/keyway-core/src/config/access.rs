@@ -31,6 +31,11 @@ pub struct RawIdentity {
     pub oidc: BTreeMap<String, RawOidcProvider>,
     #[serde(default)]
     pub workload: BTreeMap<String, RawWorkloadIssuer>,
+    /// Who may act in the console (terminate, revoke, approve) when signed in
+    /// through the provider, like `["group:sre"]`; everyone else who signs in there
+    /// only looks. An admin token always acts.
+    #[serde(default)]
+    pub console_admins: Vec<String>,
 }
 
 /// `[identity.oidc.NAME]` as written: an OpenID Connect provider people sign in with.
@@ -115,6 +120,8 @@ pub struct RawPolicyGrant {
 pub struct IdentityConfig {
     pub oidc: BTreeMap<String, OidcProvider>,
     pub workload: BTreeMap<String, WorkloadIssuer>,
+    /// The people (`user:`, `group:`) who act in the console; others look.
+    pub console_admins: Vec<String>,
 }
 
 /// An OpenID Connect provider people sign in with.
@@ -375,7 +382,22 @@ impl RawIdentity {
                 },
             );
         }
-        IdentityConfig { oidc, workload }
+        let mut identity = IdentityConfig {
+            oidc,
+            workload,
+            console_admins: vec![],
+        };
+        for (i, s) in self.console_admins.iter().enumerate() {
+            check_subject(
+                p,
+                &format!("identity.console_admins[{i}]"),
+                s,
+                &identity,
+                false,
+            );
+        }
+        identity.console_admins = self.console_admins;
+        identity
     }
 }
 

@@ -415,6 +415,16 @@ fn policies_are_refused_with_the_key_and_the_fix() {
             "`user:<email>` or `group:<name>`",
         ),
         (
+            "[identity]\nconsole_admins = [\"workload:github:x\"]",
+            "identity.console_admins[0]",
+            "`user:<email>` or `group:<name>`",
+        ),
+        (
+            "[identity]\nconsole_admins = [\"group:sre\"]",
+            "identity.console_admins[0]",
+            "[identity.oidc.NAME]",
+        ),
+        (
             "[identity.oidc.corp]\nissuer = \"https://login.example.com\"\nclient_id = \"keyway\"\nclient_secret = \"s3cr3t value\"",
             "identity.oidc.corp.client_secret",
             "names a secret",

@@ -9,7 +9,7 @@ use keyway_core::clock::format_ms;
 use maud::html;
 
 use super::pages::page;
-use super::{forged, Console, Csrf, Person};
+use super::{Console, Csrf, Person};
 
 /// `config.applied` events the config page lists, newest first.
 const HISTORY: usize = 20;
@@ -34,7 +34,7 @@ pub(super) async fn agents(State(c): State<Console>, p: Person) -> Response {
                             td { (a.last_heartbeat.as_deref().unwrap_or("—")) }
                             td { (a.services.join(", ")) }
                             td {
-                                @if a.state != "revoked" {
+                                @if a.state != "revoked" && p.admin {
                                     form method="post" action={ "/ui/agents/" (a.name) "/revoke" } {
                                         input type="hidden" name="csrf" value=(p.csrf);
                                         button type="submit" class="danger" aria-label={ "Revoke agent " (a.name) } { "Revoke" }
@@ -56,8 +56,8 @@ pub(super) async fn revoke_agent(
     Path(name): Path<String>,
     Form(f): Form<Csrf>,
 ) -> Response {
-    if !p.checks(&f) {
-        return forged();
+    if let Some(refused) = p.refusal(&f.csrf) {
+        return refused;
     }
     if !c.gw.config().agents.contains_key(&name) {
         return (StatusCode::NOT_FOUND, "no such agent in the config").into_response();

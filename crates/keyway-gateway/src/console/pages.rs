@@ -35,13 +35,14 @@ pub(super) fn page(title: &str, p: Option<&Person>, body: Markup) -> Response {
                             a href="/ui/" { "Overview" }
                             a href="/ui/sessions" { "Live sessions" }
                             a href="/ui/tokens" { "Tokens" }
+                            a href="/ui/requests" { "Requests" }
                             a href="/ui/audit" { "Audit" }
                             a href="/ui/agents" { "Agents" }
                             a href="/ui/config" { "Config" }
                         }
                         form method="post" action="/ui/logout" class="signout" {
                             input type="hidden" name="csrf" value=(p.csrf);
-                            span { (p.principal) }
+                            span { (p.principal) @if !p.admin { " (viewer)" } }
                             button type="submit" { "Sign out" }
                         }
                     }
@@ -65,34 +66,6 @@ pub(super) async fn not_found() -> Response {
     );
     *r.status_mut() = axum::http::StatusCode::NOT_FOUND;
     r
-}
-
-pub(super) async fn login() -> Response {
-    login_page(None)
-}
-
-pub(super) async fn login_refused() -> Response {
-    let mut r = login_page(Some(
-        "That token was refused: it is not a live admin token.",
-    ));
-    *r.status_mut() = axum::http::StatusCode::UNAUTHORIZED;
-    r
-}
-
-fn login_page(error: Option<&str>) -> Response {
-    page(
-        "Sign in",
-        None,
-        html! {
-            @if let Some(e) = error { p class="error" role="alert" { (e) } }
-            form method="post" action="/ui/login" {
-                label for="token" { "Admin token" }
-                input id="token" name="token" type="password" autocomplete="off" required autofocus;
-                p class="hint" { "From " code { "data/admin.token" } " or " code { "keyway admin reset" } ". It is sent once; the console keeps a session of its own for an hour." }
-                button type="submit" { "Sign in" }
-            }
-        },
-    )
 }
 
 pub(super) async fn overview(State(c): State<Console>, p: Person) -> Response {
@@ -178,10 +151,12 @@ fn session_table(c: &Console, p: &Person) -> Markup {
                     td { (s.source) }
                     td { (format_ms(s.started_at)) }
                     td {
-                        form method="post" action={ "/ui/sessions/" (s.id) "/terminate" } {
-                            input type="hidden" name="csrf" value=(p.csrf);
-                            label { input type="checkbox" name="revoke" value="1"; " and revoke its token" }
-                            button type="submit" class="danger" aria-label={ "Terminate session " (s.id) } { "Terminate" }
+                        @if p.admin {
+                            form method="post" action={ "/ui/sessions/" (s.id) "/terminate" } {
+                                input type="hidden" name="csrf" value=(p.csrf);
+                                label { input type="checkbox" name="revoke" value="1"; " and revoke its token" }
+                                button type="submit" class="danger" aria-label={ "Terminate session " (s.id) } { "Terminate" }
+                            }
                         }
                     }
                 }
@@ -247,6 +222,7 @@ pub(super) async fn tokens(
         "Tokens",
         Some(&p),
         html! {
+            @if p.admin { p { a href="/ui/tokens/new" { "Issue a token" } } }
             form method="get" action="/ui/tokens" class="filters" {
                 label { "Principal " input name="principal" value=(f.principal); }
                 label { "Service " input name="service" value=(f.service); }
@@ -264,9 +240,11 @@ pub(super) async fn tokens(
                             td { (e.record.grant.as_ref().map(|g| g.service.as_str()).unwrap_or("—")) }
                             td { (format_ms(e.expires_at())) }
                             td {
-                                form method="post" action={ "/ui/tokens/" (e.record.id) "/revoke" } {
-                                    input type="hidden" name="csrf" value=(p.csrf);
-                                    button type="submit" class="danger" aria-label={ "Revoke token " (e.record.id) } { "Revoke" }
+                                @if p.admin {
+                                    form method="post" action={ "/ui/tokens/" (e.record.id) "/revoke" } {
+                                        input type="hidden" name="csrf" value=(p.csrf);
+                                        button type="submit" class="danger" aria-label={ "Revoke token " (e.record.id) } { "Revoke" }
+                                    }
                                 }
                             }
                         }
@@ -323,7 +301,7 @@ pub(super) async fn audit(
                     @if events.is_empty() { tr { td colspan="7" { "No event matches." } } }
                     @for e in &events {
                         tr {
-                            td { (e.seq) }
+                            td { a href={ "/ui/audit/" (e.seq) } aria-label={ "Event " (e.seq) } { (e.seq) } }
                             td { (format_ms(e.event.at)) }
                             td { (e.event.kind) }
                             td { (e.event.decision.as_deref().unwrap_or("")) " " (e.event.reason.as_deref().unwrap_or("")) }
@@ -335,6 +313,57 @@ pub(super) async fn audit(
                 }
             }
             @if let Some(after) = next { p { a href={ "/ui/audit?" (link(after)) } rel="next" { "Next page" } } }
+        },
+    )
+}
+
+/// One event, every field of it.
+pub(super) async fn event(
+    State(c): State<Console>,
+    p: Person,
+    axum::extract::Path(seq): axum::extract::Path<i64>,
+) -> Response {
+    let q = keyway_store::AuditQuery {
+        after_seq: seq.saturating_sub(1).max(0),
+        limit: 1,
+        ..Default::default()
+    };
+    let e = match c.gw.store.audit_events(&q).await {
+        Ok(e) => e.into_iter().find(|e| e.seq == seq),
+        Err(e) => return unreadable(&e),
+    };
+    let Some(e) = e else {
+        let mut r = page(
+            "No such event",
+            Some(&p),
+            html! { p { a href="/ui/audit" { "To the audit log" } } },
+        );
+        *r.status_mut() = axum::http::StatusCode::NOT_FOUND;
+        return r;
+    };
+    let v = &e.event;
+    let row = |k: &'static str, val: Option<&str>| (k, val.unwrap_or("—").to_owned());
+    let rows = [
+        ("Seq", e.seq.to_string()),
+        ("Time", format_ms(v.at)),
+        ("Kind", v.kind.clone()),
+        row("Decision", v.decision.as_deref()),
+        row("Reason", v.reason.as_deref()),
+        row("Principal", v.principal.as_deref()),
+        row("Token", v.token_id.as_deref()),
+        row("Service", v.service.as_deref()),
+        row("Source", v.source.as_deref()),
+    ];
+    page(
+        &format!("Event {seq}"),
+        Some(&p),
+        html! {
+            dl class="event" {
+                @for (k, val) in &rows { dt { (k) } dd { (val) } }
+            }
+            h2 { "Detail" }
+            pre { code { (serde_json::to_string_pretty(&v.detail).unwrap_or_default()) } }
+            p { a href={ "/ui/audit?after=" (seq.saturating_sub(51).max(0)) } { "Around it in the log" } }
         },
     )
 }

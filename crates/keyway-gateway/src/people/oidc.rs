@@ -109,7 +109,8 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Starts a sign-in with `provider`: through the browser back to `redirect_uri`
-    /// (a loopback address the CLI listens on), or with the device flow.
+    /// (checked by the caller: the CLI's loopback address, or the console's own
+    /// callback), or with the device flow.
     pub async fn start(
         &self,
         provider: &OidcProvider,
@@ -117,9 +118,6 @@ impl Client {
         client_secret: Option<&SecretString>,
         source: std::net::IpAddr,
     ) -> Result<Started, LoginError> {
-        if redirect_uri.is_some_and(|u| !loopback_redirect(u)) {
-            return Err(LoginError::RedirectNotLoopback);
-        }
         self.room_for(source)?;
         let endpoints = self.endpoints(provider).await?;
         let login_id = random();
@@ -543,7 +541,7 @@ fn random() -> String {
 
 /// `http://127.0.0.1:<port>/…` or `http://[::1]:<port>/…` (RFC 8252 §7.3): the
 /// browser brings the code back to this machine only.
-fn loopback_redirect(uri: &str) -> bool {
+pub(super) fn loopback_redirect(uri: &str) -> bool {
     let Ok(u) = uri.parse::<http::Uri>() else {
         return false;
     };

@@ -92,6 +92,16 @@ impl People {
 
     /// The requests a person filed or may decide, with their state now.
     pub async fn requests(&self, session: &Entry) -> Result<Vec<Listed>, StoreError> {
+        self.listed(session, false).await
+    }
+
+    /// Every request of the last day with its state now, and whether the person of
+    /// `session` may decide each: the console's inbox, which operators read whole.
+    pub async fn inbox(&self, session: &Entry) -> Result<Vec<Listed>, StoreError> {
+        self.listed(session, true).await
+    }
+
+    async fn listed(&self, session: &Entry, every: bool) -> Result<Vec<Listed>, StoreError> {
         let config = self.config.current();
         let now = self.now();
         let me = &session.record.principal;
@@ -108,7 +118,7 @@ impl People {
                 let can_decide = approval
                     .as_ref()
                     .is_some_and(|a| a.approver(&subjects) && r.origin.subject != *me);
-                (r.origin.subject == *me || can_decide).then(|| Listed {
+                (every || r.origin.subject == *me || can_decide).then(|| Listed {
                     state: state(&r, approval.as_ref(), now),
                     needed: approval.map_or(0, |a| a.min),
                     can_decide,
