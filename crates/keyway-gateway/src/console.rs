@@ -36,6 +36,7 @@ use crate::people::People;
 
 mod grant;
 mod operate;
+mod overview;
 mod pages;
 mod sign;
 
@@ -102,7 +103,7 @@ pub fn router(gw: Control, people: Arc<People>) -> Router {
     };
     Router::new()
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
-        .route("/ui/", get(pages::overview))
+        .route("/ui/", get(overview::overview))
         .route("/ui/login", get(sign::login).post(sign::with_token))
         .route("/ui/login/sso", get(sign::sso_start))
         .route("/ui/login/callback", get(sign::sso_callback))

@@ -16,6 +16,8 @@ use metrics_exporter_prometheus::{
 
 use crate::audit::AuditCounts;
 
+pub mod traffic;
+
 const LATENCY: &str = "keyway_upstream_latency_seconds";
 /// Upstream latency buckets, in seconds: 1 ms to 30 s.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -29,6 +31,8 @@ pub struct Metrics {
     /// Configured service names: the only values of the `service` label, so that a
     /// client cannot grow the series by naming services that do not exist.
     services: std::sync::RwLock<HashSet<String>>,
+    /// The last hour by minute, per service (the console's overview).
+    pub traffic: traffic::Traffic,
 }
 
 /// Counts a session as active until dropped.
@@ -72,6 +76,7 @@ impl Metrics {
             recorder,
             handle,
             services: std::sync::RwLock::new(services.into_iter().collect()),
+            traffic: traffic::Traffic::default(),
         };
         m.with(describe);
         m
@@ -113,6 +118,11 @@ impl Metrics {
         self.with(|| {
             if let Some(d) = &decision {
                 let kind = EventKind::from_name(&ev.kind);
+                if matches!(kind, Some(EventKind::Request | EventKind::ConnectionOpen))
+                    && ev.service.is_some()
+                {
+                    self.traffic.count(&service, ev.at, ev.denied());
+                }
                 match kind {
                     Some(EventKind::Request) => {
                         counter!("keyway_requests_total", "service" => service.clone(), "decision" => d.clone())

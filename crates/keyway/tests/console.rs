@@ -434,6 +434,27 @@ async fn the_console_in_a_browser() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // The overview draws each service's last hour: the requests above are in it.
+    c.goto(&format!("{ui}/")).await.unwrap();
+    expect_heading(&c, "Overview").await;
+    shoot(&c, "overview-traffic").await;
+    let chart = c
+        .find(Locator::Css("svg[aria-label^='billing:']"))
+        .await
+        .unwrap()
+        .attr("aria-label")
+        .await
+        .unwrap()
+        .unwrap();
+    let count = |what: &str| -> u64 {
+        let before = chart.split(what).next().unwrap();
+        before.trim().rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(
+        count(" let through") >= 1 && count(" refused") >= 1,
+        "{chart}"
+    );
+
     // The audit log, searched and exported.
     c.goto(&format!("{ui}/audit?kind=session.terminated"))
         .await

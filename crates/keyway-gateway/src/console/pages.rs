@@ -10,8 +10,6 @@ use maud::{html, Markup, DOCTYPE};
 
 use super::{AuditFilter, Console, Person};
 
-/// Events the overview reads from the last hour at most.
-const OVERVIEW_MAX: usize = 10_000;
 /// Audit events on one page.
 const AUDIT_PAGE: u32 = 100;
 
@@ -66,74 +64,6 @@ pub(super) async fn not_found() -> Response {
     );
     *r.status_mut() = axum::http::StatusCode::NOT_FOUND;
     r
-}
-
-pub(super) async fn overview(State(c): State<Console>, p: Person) -> Response {
-    let now = c.gw.now();
-    let config = c.gw.config();
-    let live = c.gw.sessions.list().len();
-    let tokens =
-        c.gw.index
-            .entries()
-            .into_iter()
-            .filter(|e| e.check_live(now).is_ok())
-            .count();
-    let agents = c.gw.agents.status(&config);
-    let connected = agents.iter().filter(|a| a.state == "connected").count();
-    // Bounded reads: the last hour's events up to OVERVIEW_MAX, and its alerts.
-    let hour = |kind: Option<&str>| keyway_store::AuditQuery {
-        limit: OVERVIEW_MAX as u32,
-        since: Some(now - 3_600_000),
-        kind: kind.map(str::to_owned),
-        ..Default::default()
-    };
-    let recent =
-        c.gw.store
-            .audit_events(&hour(None))
-            .await
-            .unwrap_or_default();
-    let many = |n: usize| {
-        if n >= OVERVIEW_MAX {
-            format!("{OVERVIEW_MAX}+")
-        } else {
-            n.to_string()
-        }
-    };
-    let events = many(recent.len());
-    let denied = many(
-        recent
-            .iter()
-            .filter(|e| e.event.decision.as_deref() == Some("deny"))
-            .count(),
-    );
-    let alerts =
-        c.gw.store
-            .audit_events(&hour(Some("detect.alert")))
-            .await
-            .unwrap_or_default();
-    let alerts: Vec<_> = alerts.iter().rev().take(5).collect();
-    page(
-        "Overview",
-        Some(&p),
-        html! {
-            dl class="figures" {
-                div { dt { "Services" } dd { (config.services.len()) } }
-                div { dt { a href="/ui/sessions" { "Live sessions" } } dd { (live) } }
-                div { dt { a href="/ui/tokens" { "Live tokens" } } dd { (tokens) } }
-                div { dt { "Agents connected" } dd { (connected) " of " (agents.len()) } }
-                div { dt { "Events, last hour" } dd { (events) } }
-                div { dt { "Denied, last hour" } dd { (denied) } }
-            }
-            h2 { "Recent alerts" }
-            @if alerts.is_empty() { p { "None in the last hour." } }
-            ul {
-                @for a in &alerts {
-                    li { (format_ms(a.event.at)) " — " (a.event.detail["summary"].as_str().unwrap_or("")) }
-                }
-            }
-            p class="hint" { "Config sha256:" code { (config.written.sha256.get(..12).unwrap_or("")) } }
-        },
-    )
 }
 
 fn session_table(c: &Console, p: &Person) -> Markup {
