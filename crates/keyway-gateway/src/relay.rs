@@ -6,6 +6,8 @@
 //! reports them too. Each such session ends with one `connection.close`.
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -13,7 +15,7 @@ use keyway_store::AuditEvent;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::audit::AuditSink;
-use crate::sessions::SessionEnd;
+use crate::sessions::{Meter, SessionEnd};
 
 /// A stream session from its first byte to its audited end: [`relay`], then `close`
 /// (a `connection.close` with who and where filled in, and anything else in its
@@ -26,12 +28,13 @@ pub(crate) async fn relay_audited<C, U>(
     upstream: U,
     end: impl std::future::Future<Output = SessionEnd>,
     mut close: AuditEvent,
+    meter: Arc<Meter>,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let (why, (bytes_in, bytes_out)) = relay(client, upstream, end).await;
+    let (why, (bytes_in, bytes_out)) = relay(client, upstream, end, meter).await;
     let mut detail = match close.detail.take() {
         serde_json::Value::Object(m) => m,
         _ => serde_json::Map::new(),
@@ -57,12 +60,16 @@ async fn relay<C, U>(
     mut client: C,
     upstream: U,
     end: impl std::future::Future<Output = SessionEnd>,
+    meter: Arc<Meter>,
 ) -> (SessionEnd, (u64, u64))
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut upstream = Counted::new(upstream);
+    let mut upstream = Counted {
+        inner: upstream,
+        meter,
+    };
     // Biased: the session's end wins over bytes that are ready to go.
     let why = tokio::select! {
         biased;
@@ -72,24 +79,15 @@ where
             Err(_) => SessionEnd::Error,
         },
     };
-    (why, (upstream.written, upstream.read))
+    let m = &upstream.meter;
+    (why, (m.bytes_in.load(Relaxed), m.bytes_out.load(Relaxed)))
 }
 
-/// A stream that counts the bytes read from it and written to it.
+/// The upstream's side, counting the bytes written to it (the client's, in) and
+/// read from it (out) on the session's meter, where the live listing reads them.
 struct Counted<S> {
     inner: S,
-    read: u64,
-    written: u64,
-}
-
-impl<S> Counted<S> {
-    fn new(inner: S) -> Self {
-        Self {
-            inner,
-            read: 0,
-            written: 0,
-        }
-    }
+    meter: Arc<Meter>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -100,7 +98,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.read += (buf.filled().len() - before) as u64;
+        let n = (buf.filled().len() - before) as u64;
+        self.meter.bytes_out.fetch_add(n, Relaxed);
         r
     }
 }
@@ -113,7 +112,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
-            self.written += n as u64;
+            self.meter.bytes_in.fetch_add(n as u64, Relaxed);
         }
         r
     }

@@ -81,6 +81,33 @@ pub struct SessionInfo {
     pub token_id: String,
     pub source: IpAddr,
     pub started_at: UnixMillis,
+    /// Bytes from the client to the upstream so far.
+    pub bytes_in: u64,
+    /// Bytes from the upstream to the client so far.
+    pub bytes_out: u64,
+    /// PostgreSQL: the last statement the client sent, redacted as the audit
+    /// log has it, cut to [`STATEMENT_SHOWN`] characters.
+    pub statement: Option<String>,
+}
+
+/// The characters of a session's last statement that its listing shows.
+pub const STATEMENT_SHOWN: usize = 200;
+
+/// What a live session has carried so far, kept up to date by its proxy as bytes
+/// go (one relaxed atomic add a read or write) and read by the listing.
+#[derive(Debug, Default)]
+pub struct Meter {
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    statement: Mutex<Option<String>>,
+}
+
+impl Meter {
+    /// The session's latest statement, already redacted.
+    pub fn set_statement(&self, text: &str) {
+        let shown: String = text.chars().take(STATEMENT_SHOWN).collect();
+        *self.statement.lock().unwrap_or_else(|p| p.into_inner()) = Some(shown);
+    }
 }
 
 /// A session's place in the registry: listed while it is held, ended by
@@ -88,12 +115,14 @@ pub struct SessionInfo {
 pub struct Live {
     id: u64,
     registry: Arc<Mutex<HashMap<u64, Listed>>>,
+    meter: Arc<Meter>,
 }
 
-/// A listed session, and the handle that ends it.
+/// A listed session, the handle that ends it, and what it has carried.
 struct Listed {
     info: SessionInfo,
     end: CancellationToken,
+    meter: Arc<Meter>,
 }
 
 /// The registry of live sessions: they run on it rather than on their listener's
@@ -249,12 +278,17 @@ impl Sessions {
             token_id: entry.id().to_owned(),
             source: session.source,
             started_at: self.clock.now_ms(),
+            bytes_in: 0,
+            bytes_out: 0,
+            statement: None,
         };
+        let meter = Arc::new(Meter::default());
         self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(
             id,
             Listed {
                 info,
                 end: end.clone(),
+                meter: meter.clone(),
             },
         );
         let watch = self.end_of(entry, session);
@@ -268,6 +302,7 @@ impl Sessions {
         let live = Live {
             id,
             registry: self.live.clone(),
+            meter,
         };
         (live, ended)
     }
@@ -275,7 +310,20 @@ impl Sessions {
     /// The sessions live now, oldest first.
     pub fn list(&self) -> Vec<SessionInfo> {
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<_> = live.values().map(|l| l.info.clone()).collect();
+        let mut v: Vec<_> = live
+            .values()
+            .map(|l| SessionInfo {
+                bytes_in: l.meter.bytes_in.load(Ordering::Relaxed),
+                bytes_out: l.meter.bytes_out.load(Ordering::Relaxed),
+                statement: l
+                    .meter
+                    .statement
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+                ..l.info.clone()
+            })
+            .collect();
         v.sort_by_key(|s| s.id);
         v
     }
@@ -365,6 +413,13 @@ impl Sessions {
 impl Live {
     pub fn id(&self) -> u64 {
         self.id
+    }
+}
+
+impl Live {
+    /// Where the session's proxy counts what it carries.
+    pub fn meter(&self) -> Arc<Meter> {
+        self.meter.clone()
     }
 }
 

@@ -235,8 +235,8 @@ async fn open_stream(
     close.token_id = token_id;
     close.principal = principal;
     close.source = Some(source.to_string());
-    let (_live, end) = h.sessions.open("tcp", entry, session);
-    crate::relay::relay_audited(&h.audit, tls, upstream, end, close).await;
+    let (live, end) = h.sessions.open("tcp", entry, session);
+    crate::relay::relay_audited(&h.audit, tls, upstream, end, close, live.meter()).await;
 }
 
 /// The [`Authorizer`](crate::authz::Authorizer)'s checks, as for every protocol.

@@ -396,6 +396,10 @@ async fn the_console_in_a_browser() {
         appeared.elapsed().as_millis()
     );
     assert!(appeared.elapsed() < Duration::from_secs(3));
+    // With what it has carried and, for PostgreSQL, its statement now.
+    let text = row.text().await.unwrap();
+    assert!(text.contains("SELECT pg_sleep(60)"), "{text}");
+    assert!(!text.contains("0 B / 0 B"), "bytes counted: {text}");
     shoot(&c, "sessions").await;
     drop(row);
     // The rows are replaced every second: the button is found again to be clicked.

@@ -71,15 +71,17 @@ fn session_table(c: &Console, p: &Person) -> Markup {
     live.sort_by_key(|s| s.id);
     html! {
         tbody id="session-rows" {
-            @if live.is_empty() { tr { td colspan="7" { "No live session." } } }
+            @if live.is_empty() { tr { td colspan="9" { "No live session." } } }
             @for s in &live {
                 tr {
-                    td { (s.protocol) }
-                    td { (s.service) }
-                    td { (s.principal) }
-                    td { code { (s.token_id) } }
-                    td { (s.source) }
-                    td { (format_ms(s.started_at)) }
+                    td data-label="Protocol" { (s.protocol) }
+                    td data-label="Service" { (s.service) }
+                    td data-label="Principal" { (s.principal) }
+                    td data-label="Token" { code { (s.token_id) } }
+                    td data-label="Source" { (s.source) }
+                    td data-label="Started" { (format_ms(s.started_at)) }
+                    td data-label="In / out" class="num" { (bytes(s.bytes_in)) " / " (bytes(s.bytes_out)) }
+                    td data-label="Statement" { @if let Some(st) = &s.statement { code class="statement" { (st) } } }
                     td {
                         @if p.admin {
                             form method="post" action={ "/ui/sessions/" (s.id) "/terminate" } {
@@ -95,6 +97,22 @@ fn session_table(c: &Console, p: &Person) -> Markup {
     }
 }
 
+/// A byte count as people read it.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
 pub(super) async fn sessions(State(c): State<Console>, p: Person) -> Response {
     let rows = session_table(&c, &p);
     page(
@@ -102,8 +120,8 @@ pub(super) async fn sessions(State(c): State<Console>, p: Person) -> Response {
         Some(&p),
         html! {
             p class="hint" { "Tunnel streams, PostgreSQL sessions and WebSockets open now; refreshed every second." }
-            table data-refresh="/ui/sessions/rows" {
-                thead { tr { th { "Protocol" } th { "Service" } th { "Principal" } th { "Token" } th { "Source" } th { "Started" } th { "" } } }
+            table data-refresh="/ui/sessions/rows" class="cards" {
+                thead { tr { th { "Protocol" } th { "Service" } th { "Principal" } th { "Token" } th { "Source" } th { "Started" } th { "In / out" } th { "Last statement" } th { "" } } }
                 (rows)
             }
         },

@@ -97,7 +97,8 @@ impl HttpProxy {
             close.source = Some(source.to_string());
             close.detail = serde_json::json!({ "upgrade": "websocket" });
             let (client, upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-            crate::relay::relay_audited(&audit, client, upstream, ended, close).await;
+            let meter = _live.meter();
+            crate::relay::relay_audited(&audit, client, upstream, ended, close, meter).await;
         });
     }
 

@@ -22,7 +22,8 @@ impl PgProxy {
         let mut session = crate::sessions::Session::new(&self.svc, entry, source);
         let user = self.pg.roles.get(role).map(|r| r.user.clone());
         session.role = Some((role.to_owned(), user.unwrap_or_default()));
-        let (_live, ended) = self.h.sessions.open("postgres", entry.clone(), session);
+        let (live, ended) = self.h.sessions.open("postgres", entry.clone(), session);
+        let meter = live.meter();
         tokio::pin!(ended);
         let (mut client_r, mut client_w) = tokio::io::split(client);
         let (mut up_r, mut up_w) = tokio::io::split(upstream);
@@ -32,15 +33,15 @@ impl PgProxy {
             token_id: entry.id().to_owned(),
             principal: entry.record.principal.clone(),
             role: role.to_owned(),
+            meter: meter.clone(),
         };
         let _active = self.h.metrics.session(&self.svc.name);
         let started = Instant::now();
         let mut framing = Framing::default();
-        let bytes_in = std::sync::atomic::AtomicU64::new(0);
         let syncs = Syncs::default();
         let end = {
-            let down = upstream_to_client(&mut up_r, &mut client_w, &mut framing);
-            let up = client_to_upstream(&mut client_r, &mut up_w, &audit, &bytes_in, &syncs);
+            let down = upstream_to_client(&mut up_r, &mut client_w, &mut framing, &meter);
+            let up = client_to_upstream(&mut client_r, &mut up_w, &audit, &meter.bytes_in, &syncs);
             tokio::pin!(down, up);
             let mut client_done = false;
             loop {
@@ -85,7 +86,7 @@ impl PgProxy {
         ev.detail = json!({
             "end": end.as_str(),
             "role": role,
-            "bytes_in": bytes_in.load(std::sync::atomic::Ordering::Relaxed),
+            "bytes_in": meter.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
             "bytes_out": framing.bytes,
             "duration_ms": started.elapsed().as_millis() as u64,
         });
@@ -184,8 +185,12 @@ impl Framing {
 }
 
 /// Upstream bytes to the client, as they are, until either side ends.
-pub(super) async fn upstream_to_client<R, W>(r: &mut R, w: &mut W, framing: &mut Framing)
-where
+pub(super) async fn upstream_to_client<R, W>(
+    r: &mut R,
+    w: &mut W,
+    framing: &mut Framing,
+    meter: &crate::sessions::Meter,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -201,6 +206,9 @@ where
         }
         framing.writing = false;
         framing.advance(&buf[..n]);
+        meter
+            .bytes_out
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -11,6 +11,8 @@ pub(super) struct StatementAudit {
     pub(super) token_id: String,
     pub(super) principal: String,
     pub(super) role: String,
+    /// The live listing's view of the session: its latest statement.
+    pub(super) meter: std::sync::Arc<crate::sessions::Meter>,
 }
 
 impl StatementAudit {
@@ -29,6 +31,7 @@ impl StatementAudit {
             let text = String::from_utf8_lossy(&c.kept);
             // Redact first, then cut: a token across the cut is still found whole.
             let text = keyway_core::token::redact(&text);
+            self.meter.set_statement(&text);
             let mut cut = text.len().min(MAX_STATEMENT);
             while !text.is_char_boundary(cut) {
                 cut -= 1;
