@@ -71,8 +71,24 @@ async fn browser(port: u16, profile: &Profile) -> Client {
         .expect("a browser session")
 }
 
-/// Screenshots of the page at both widths, into the test's target folder.
+/// Screenshots of the page at both widths, into the test's target folder; and a
+/// check that every control on it has a name a screen reader says (a label, text,
+/// or `aria-label`).
 async fn shoot(c: &Client, name: &str) {
+    let unnamed = c
+        .execute(
+            "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button, a')]
+               .filter(e => !((e.labels && e.labels.length) || e.getAttribute('aria-label') || e.textContent.trim()))
+               .map(e => e.outerHTML)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        unnamed,
+        serde_json::json!([]),
+        "{name}: controls without a name"
+    );
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console");
     std::fs::create_dir_all(&dir).unwrap();
     for (w, h) in [(1280, 900), (390, 844)] {
@@ -81,6 +97,20 @@ async fn shoot(c: &Client, name: &str) {
         std::fs::write(dir.join(format!("{name}-{w}.png")), png).unwrap();
     }
     c.set_window_size(1280, 900).await.unwrap();
+}
+
+/// Presses Tab until the element `css` names has the focus (40 presses at most):
+/// the console can be worked from the keyboard.
+async fn tab_to(c: &Client, css: &str) {
+    let target = c.find(Locator::Css(css)).await.unwrap().element_id();
+    for _ in 0..40 {
+        let active = c.active_element().await.unwrap();
+        if active.element_id() == target {
+            return;
+        }
+        active.send_keys("\u{e004}").await.unwrap();
+    }
+    panic!("Tab never reached {css}");
 }
 
 /// Clicks the element `css` names.
@@ -372,9 +402,14 @@ async fn the_console_in_a_browser() {
         .await
         .unwrap();
     assert!(alert.contains("refused"), "{alert}");
+    // From the keyboard: the token field has the focus; Enter signs in.
     let admin_token = std::fs::read_to_string(dir.join("data/admin.token")).unwrap();
-    type_into(&c, "#token", admin_token.trim()).await;
-    click(&c, "form button").await;
+    let field = c.active_element().await.unwrap();
+    assert_eq!(field.attr("id").await.unwrap().as_deref(), Some("token"));
+    field
+        .send_keys(&format!("{}\u{e007}", admin_token.trim()))
+        .await
+        .unwrap();
     expect_heading(&c, "Overview").await;
     shoot(&c, "overview").await;
 
@@ -427,7 +462,15 @@ async fn the_console_in_a_browser() {
     c.goto(&format!("{ui}/tokens?principal=bob")).await.unwrap();
     shoot(&c, "tokens").await;
     let id = &token[5..21];
-    click(&c, &format!("button[aria-label='Revoke token {id}']")).await;
+    // From the keyboard: Tab to the row's button, Enter.
+    let button = format!("button[aria-label='Revoke token {id}']");
+    tab_to(&c, &button).await;
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys("\u{e007}")
+        .await
+        .unwrap();
     expect_heading(&c, "Tokens").await;
     let started = Instant::now();
     while curl(&url, Some(&token), "GET") != 401 {
