@@ -119,6 +119,8 @@ pub fn router(gw: Control, people: Arc<People>) -> Router {
         .route("/ui/agents", get(operate::agents))
         .route("/ui/agents/{name}/revoke", post(operate::revoke_agent))
         .route("/ui/config", get(operate::config))
+        .route("/ui/config/plan", post(operate::plan))
+        .route("/ui/config/apply", post(operate::apply))
         .route("/ui/audit", get(pages::audit))
         .route("/ui/audit/export", get(pages::export))
         .route("/ui/audit/{seq}", get(pages::event))

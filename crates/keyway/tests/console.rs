@@ -546,6 +546,46 @@ async fn the_console_in_a_browser() {
         .await
         .unwrap();
     assert!(text.contains("orders-db"), "{text}");
+    // A change planned from the page, then applied: billing's tokens now live 30
+    // minutes at most.
+    let proposed = std::fs::read_to_string(dir.join("keyway.toml"))
+        .unwrap()
+        .replacen("max_ttl = \"1h\"", "max_ttl = \"30m\"", 1);
+    c.execute(
+        "document.querySelector('#proposed').value = arguments[0]",
+        vec![proposed.into()],
+    )
+    .await
+    .unwrap();
+    click(&c, "form[action='/ui/config/plan'] button").await;
+    expect_heading(&c, "Plan").await;
+    shoot(&c, "plan").await;
+    let planned = text_of(&c, "main").await;
+    assert!(
+        planned.contains("~ service billing") && planned.contains("max_ttl"),
+        "{planned}"
+    );
+    click(&c, "form[action='/ui/config/apply'] button").await;
+    expect_heading(&c, "Config").await;
+    let out = keyway(
+        dir,
+        &[
+            "token",
+            "issue",
+            "--service",
+            "billing",
+            "--principal",
+            "x",
+            "--ttl",
+            "45m",
+            "--config",
+            "keyway.toml",
+        ],
+        None,
+    );
+    assert!(!out.status.success(), "a 45m token under a 30m max_ttl");
+    let history = text_of(&c, "tbody").await;
+    assert!(history.contains("admin"), "{history}");
     c.goto(&format!("{ui}/agents")).await.unwrap();
     expect_heading(&c, "Agents").await;
     shoot(&c, "agents").await;

@@ -1,5 +1,6 @@
-//! The console's pages about what runs: the agents (revoke one) and the config in
-//! force with the history of its changes.
+//! The console's pages about what runs: the agents (revoke one), and the config in
+//! force with the history of its changes and the plan of a proposed one (anyone
+//! signed in may plan; an admin may then apply what was planned).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -117,7 +118,14 @@ pub(super) async fn config(State(c): State<Console>, p: Person) -> Response {
             }
             h2 { "As written (secrets masked)" }
             pre { code { (keyway_core::config::lint::mask_secrets(&text)) } }
-            p class="hint" { "Change it with " code { "keyway plan" } " and " code { "keyway apply" } "." }
+            h2 { "Plan a change" }
+            form method="post" action="/ui/config/plan" class="stacked" {
+                input type="hidden" name="csrf" value=(p.csrf);
+                label for="proposed" { "A whole keyway.toml, as " code { "keyway plan" } " takes it" }
+                textarea id="proposed" name="config" rows="12" required spellcheck="false" {}
+                button type="submit" { "Plan" }
+            }
+            p class="hint" { "Or from a shell: " code { "keyway plan" } " and " code { "keyway apply" } "." }
         },
     )
 }
@@ -132,4 +140,88 @@ fn list(v: &serde_json::Value) -> String {
                 .join(", ")
         })
         .unwrap_or_default()
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct Proposed {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    config: String,
+    /// On apply: the hash of the config the plan was made over.
+    #[serde(default)]
+    over: String,
+}
+
+/// What a proposed config would change, as `keyway plan` says it; for an admin,
+/// with the button that applies it.
+pub(super) async fn plan(State(c): State<Console>, p: Person, Form(f): Form<Proposed>) -> Response {
+    if !p.checks(&Csrf {
+        csrf: f.csrf.clone(),
+    }) {
+        return super::forged();
+    }
+    let outcome =
+        c.gw.propose(&f.config, &p.principal, Some(&p.token_id), true)
+            .await;
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => return refused_plan(&p, &e.to_string()),
+    };
+    page(
+        "Plan",
+        Some(&p),
+        html! {
+            p { "Over sha256:" code { (outcome.previous_sha256.get(..12).unwrap_or("")) } " → sha256:" code { (outcome.sha256.get(..12).unwrap_or("")) } }
+            pre { code { (keyway_core::config::lint::mask_secrets(&outcome.plan.render())) } }
+            @if p.admin && !outcome.plan.changes.is_empty() {
+                form method="post" action="/ui/config/apply" {
+                    input type="hidden" name="csrf" value=(p.csrf);
+                    input type="hidden" name="over" value=(outcome.previous_sha256);
+                    textarea name="config" hidden aria-label="The planned config" { (f.config) }
+                    button type="submit" class="danger" { "Apply this plan" }
+                }
+            }
+            p { a href="/ui/config" { "Back to the config" } }
+        },
+    )
+}
+
+fn refused_plan(p: &Person, why: &str) -> Response {
+    let mut r = page(
+        "Plan",
+        Some(p),
+        html! {
+            p class="error" role="alert" { "Refused: " (why) }
+            p { a href="/ui/config" { "Back to the config" } }
+        },
+    );
+    *r.status_mut() = StatusCode::BAD_REQUEST;
+    r
+}
+
+/// Applies a planned config, as `keyway apply` does, if the config in force is
+/// still the one it was planned over.
+pub(super) async fn apply(
+    State(c): State<Console>,
+    p: Person,
+    Form(f): Form<Proposed>,
+) -> Response {
+    if let Some(refused) = p.refusal(&f.csrf) {
+        return refused;
+    }
+    if f.over != c.gw.config().written.sha256 {
+        return refused_plan(
+            &p,
+            "the config in force changed since this plan; plan again",
+        );
+    }
+    match c
+        .gw
+        .propose(&f.config, &p.principal, Some(&p.token_id), false)
+        .await
+    {
+        Ok(_) => Redirect::to("/ui/config").into_response(),
+        Err(e) => refused_plan(&p, &e.to_string()),
+    }
 }
