@@ -58,6 +58,8 @@ pub enum EventKind {
     ConsoleSignOut,
     /// A live session ended from the console (or the admin API).
     SessionTerminated,
+    /// Audit events were exported from the console: who took which filter.
+    AuditExported,
 }
 
 /// What was decided about an attempt.
@@ -70,7 +72,7 @@ pub enum Decision {
 // === impl EventKind ===
 
 impl EventKind {
-    pub const ALL: [Self; 35] = [
+    pub const ALL: [Self; 36] = [
         Self::Request,
         Self::ConnectionOpen,
         Self::ConnectionClose,
@@ -106,6 +108,7 @@ impl EventKind {
         Self::ConsoleSignIn,
         Self::ConsoleSignOut,
         Self::SessionTerminated,
+        Self::AuditExported,
     ];
 
     /// As the audit log names it.
@@ -146,6 +149,7 @@ impl EventKind {
             Self::ConsoleSignIn => "console.signin",
             Self::ConsoleSignOut => "console.signout",
             Self::SessionTerminated => "session.terminated",
+            Self::AuditExported => "audit.exported",
         }
     }
 
@@ -188,6 +192,7 @@ impl EventKind {
             "console.signin" => Self::ConsoleSignIn,
             "console.signout" => Self::ConsoleSignOut,
             "session.terminated" => Self::SessionTerminated,
+            "audit.exported" => Self::AuditExported,
             _ => return None,
         })
     }

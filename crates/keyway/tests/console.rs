@@ -533,6 +533,15 @@ async fn the_console_in_a_browser() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(lines.iter().any(|e| e["token_id"] == id), "{lines:?}");
+    // The export itself is in the log: who took which events.
+    c.goto(&format!("{ui}/audit?kind=audit.exported"))
+        .await
+        .unwrap();
+    let exported = text_of(&c, "tbody").await;
+    assert!(
+        exported.contains("admin") && exported.contains("token.revoked"),
+        "{exported}"
+    );
 
     // The config in force, with its hash and how it got there; the agents.
     c.goto(&format!("{ui}/config")).await.unwrap();
