@@ -11,7 +11,7 @@
 //! | `POST /v1/credentials` | issue a client credential (the response holds it, once) |
 //! | `PUT /v1/secrets/{name}` | seal and store an upstream credential |
 //! | `GET /v1/secrets` | names of the credentials that are set |
-//! | `GET /v1/audit?after=N&limit=M&principal=&service=&decision=&kind=&since=&until=` | audit events after sequence number N, filtered |
+//! | `GET /v1/audit?after=N&limit=M&principal=&service=&decision=&reason=&kind=&since=&until=` | audit events after sequence number N, filtered |
 //! | `POST /v1/agents/{name}/enroll` | a one-use enrollment token for an agent, with the CA pin (once) |
 //! | `POST /v1/agents/{name}/revoke` | disconnect an agent now and refuse its certificates |
 //! | `GET /v1/agents` | each agent's state, version, last heartbeat and services |

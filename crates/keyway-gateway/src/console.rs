@@ -381,22 +381,67 @@ pub(crate) struct AuditFilter {
     #[serde(default)]
     decision: String,
     #[serde(default)]
+    reason: String,
+    #[serde(default)]
     kind: String,
+    /// From this time on (UTC, `2026-12-06T09:30`), and before `to`.
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
     #[serde(default)]
     after: i64,
 }
 
 impl AuditFilter {
-    fn query(&self, limit: u32) -> keyway_store::AuditQuery {
+    /// The store's query, or which time was not understood.
+    fn query(&self, limit: u32) -> Result<keyway_store::AuditQuery, &'static str> {
         let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
-        keyway_store::AuditQuery {
+        Ok(keyway_store::AuditQuery {
             after_seq: self.after.max(0),
             limit,
             principal: some(&self.principal),
             service: some(&self.service),
             decision: some(&self.decision),
+            reason: some(&self.reason),
             kind: some(&self.kind),
-            ..keyway_store::AuditQuery::default()
-        }
+            since: time(&self.from).map_err(|()| "from")?,
+            until: time(&self.to).map_err(|()| "to")?,
+        })
     }
+
+    /// The filter as a query string, from `after`.
+    fn link(&self, after: i64) -> String {
+        serde_urlencoded::to_string([
+            ("principal", self.principal.as_str()),
+            ("service", self.service.as_str()),
+            ("decision", self.decision.as_str()),
+            ("reason", self.reason.as_str()),
+            ("kind", self.kind.as_str()),
+            ("from", self.from.as_str()),
+            ("to", self.to.as_str()),
+            ("after", &after.to_string()),
+        ])
+        .unwrap_or_default()
+    }
+}
+
+/// A time as a form gives it (`2026-12-06T09:30`, seconds optional), in UTC; none
+/// when empty.
+fn time(s: &str) -> Result<Option<UnixMillis>, ()> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let full = if s.len() == 16 {
+        format!("{s}:00")
+    } else {
+        s.to_owned()
+    };
+    let t = humantime::parse_rfc3339_weak(&full).map_err(drop)?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(drop)?
+        .as_millis();
+    Ok(Some(UnixMillis::try_from(ms).map_err(drop)?))
 }

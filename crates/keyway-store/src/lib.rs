@@ -321,6 +321,8 @@ pub struct AuditQuery {
     pub service: Option<String>,
     /// `allow` or `deny`.
     pub decision: Option<String>,
+    /// Why it was refused: `revoked`, `rate_limited`, …
+    pub reason: Option<String>,
     pub kind: Option<String>,
     /// At or after (Unix ms).
     pub since: Option<UnixMillis>,

@@ -180,6 +180,17 @@ pub(crate) async fn secrets_and_audit(store: &dyn Store) {
         .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].seq, &got[0].event), (2, &ev));
+    // Searched by why it was refused.
+    for (reason, n) in [("no_token", 2), ("revoked", 0)] {
+        let got = store
+            .audit_events(&AuditQuery {
+                reason: Some(reason.into()),
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(got.len(), n, "{reason}");
+    }
 }
 
 pub(crate) async fn a_large_batch_is_stored_in_order_on_an_intact_chain(store: &dyn Store) {

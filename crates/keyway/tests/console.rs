@@ -533,6 +533,37 @@ async fn the_console_in_a_browser() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(lines.iter().any(|e| e["token_id"] == id), "{lines:?}");
+    // Searched by why it was refused, within a time range (UTC).
+    let utc = |ago: &str| {
+        let out = Command::new("date")
+            .args(["-u", "-d", ago, "+%Y-%m-%dT%H:%M:%S"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (hour_ago, hour_on) = (utc("1 hour ago"), utc("1 hour"));
+    c.goto(&format!("{ui}/audit?reason=revoked&from={hour_ago}"))
+        .await
+        .unwrap();
+    let refused = text_of(&c, "tbody").await;
+    assert!(refused.contains("deny revoked"), "{refused}");
+    c.goto(&format!("{ui}/audit?reason=revoked&from={hour_on}"))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&c, "tbody").await, "No event matches.");
+    assert_eq!(
+        curl_status(
+            &format!("{ui}/audit?from=yesterday"),
+            &[
+                "-H",
+                &format!(
+                    "Cookie: keyway_console={}",
+                    c.get_named_cookie("keyway_console").await.unwrap().value()
+                )
+            ]
+        ),
+        400
+    );
     // The export itself is in the log: who took which events.
     c.goto(&format!("{ui}/audit?kind=audit.exported"))
         .await

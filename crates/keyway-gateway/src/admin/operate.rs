@@ -46,6 +46,7 @@ pub(super) struct AuditParams {
     principal: Option<String>,
     service: Option<String>,
     decision: Option<String>,
+    reason: Option<String>,
     kind: Option<String>,
     /// RFC 3339, or a duration back from now (`1h`).
     since: Option<String>,
@@ -82,6 +83,7 @@ pub(super) async fn audit(
             principal: p.principal,
             service: p.service,
             decision: p.decision,
+            reason: p.reason,
             kind: p.kind,
             since,
             until,

@@ -208,23 +208,18 @@ pub(super) async fn audit(
     p: Person,
     Query(f): Query<AuditFilter>,
 ) -> Response {
-    let events = match c.gw.store.audit_events(&f.query(AUDIT_PAGE)).await {
+    let query = match f.query(AUDIT_PAGE) {
+        Ok(q) => q,
+        Err(which) => return bad_time(which),
+    };
+    let events = match c.gw.store.audit_events(&query).await {
         Ok(e) => e,
         Err(e) => return unreadable(&e),
     };
     let next = (events.len() == AUDIT_PAGE as usize)
         .then(|| events.last().map(|e| e.seq))
         .flatten();
-    let link = |after: i64| {
-        serde_urlencoded::to_string([
-            ("principal", f.principal.as_str()),
-            ("service", f.service.as_str()),
-            ("decision", f.decision.as_str()),
-            ("kind", f.kind.as_str()),
-            ("after", &after.to_string()),
-        ])
-        .unwrap_or_default()
-    };
+    let link = |after: i64| f.link(after);
     page(
         "Audit",
         Some(&p),
@@ -239,7 +234,10 @@ pub(super) async fn audit(
                         option value="deny" selected[f.decision == "deny"] { "deny" }
                     }
                 }
+                label { "Reason " input name="reason" value=(f.reason) placeholder="revoked"; }
                 label { "Kind " input name="kind" value=(f.kind) placeholder="request"; }
+                label { "From (UTC) " input type="datetime-local" step="1" name="from" value=(f.from); }
+                label { "To (UTC) " input type="datetime-local" step="1" name="to" value=(f.to); }
                 button type="submit" { "Search" }
                 a href={ "/ui/audit/export?" (link(0)) } { "Export as JSON lines" }
                 span class="hint" { "(at most 100,000 events a file; the next starts after the last one's seq)" }
@@ -331,10 +329,14 @@ pub(super) async fn export(
     p: Person,
     Query(f): Query<AuditFilter>,
 ) -> Response {
+    if let Err(which) = f.query(1) {
+        return bad_time(which);
+    }
     let mut ev = c.gw.event(keyway_core::EventKind::AuditExported);
     ev.detail = serde_json::json!({
         "principal": f.principal, "service": f.service, "decision": f.decision,
-        "kind": f.kind, "after": f.after, "max": EXPORT_MAX,
+        "reason": f.reason, "kind": f.kind, "from": f.from, "to": f.to,
+        "after": f.after, "max": EXPORT_MAX,
     });
     if !super::record(&c, ev, &p).await {
         return super::unaudited();
@@ -347,7 +349,8 @@ pub(super) async fn export(
                 return None;
             }
             let want = EXPORT_PAGE.min((EXPORT_MAX - sent) as u32);
-            match store.audit_events(&f.query(want)).await {
+            let query = f.query(want).ok()?;
+            match store.audit_events(&query).await {
                 Ok(page) => {
                     let last = page.last()?.seq;
                     let mut out = String::new();
@@ -376,6 +379,15 @@ pub(super) async fn export(
             ),
         ],
         axum::body::Body::from_stream(pages),
+    )
+        .into_response()
+}
+
+/// A time in the filter that is not one.
+fn bad_time(which: &str) -> Response {
+    (
+        axum::http::StatusCode::BAD_REQUEST,
+        format!("`{which}` is not a time like 2026-12-06T09:30 (UTC)"),
     )
         .into_response()
 }

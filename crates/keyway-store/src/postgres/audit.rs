@@ -390,7 +390,11 @@ pub(super) async fn events(pool: &PgPool, q: &AuditQuery) -> Result<Vec<StoredEv
                 .push_bind(v.as_bytes().to_vec());
         }
     }
-    for (column, value) in [("decision", &q.decision), ("kind", &q.kind)] {
+    for (column, value) in [
+        ("decision", &q.decision),
+        ("reason", &q.reason),
+        ("kind", &q.kind),
+    ] {
         if let Some(v) = value {
             sql.push(format!(" AND {column} = ")).push_bind(v.clone());
         }

@@ -277,6 +277,7 @@ pub(super) async fn events(pool: &SqlitePool, q: &AuditQuery) -> Result<Vec<Stor
         ("principal", &q.principal),
         ("service", &q.service),
         ("decision", &q.decision),
+        ("reason", &q.reason),
         ("kind", &q.kind),
     ] {
         if let Some(v) = value {
