@@ -113,6 +113,7 @@ pub fn router(gw: Control, people: Arc<People>) -> Router {
         .route("/ui/sessions/{id}/terminate", post(terminate))
         .route("/ui/tokens", get(pages::tokens))
         .route("/ui/tokens/new", get(grant::new_token).post(grant::issue))
+        .route("/ui/tokens/revoke", post(revoke_matching))
         .route("/ui/tokens/{id}/revoke", post(revoke))
         .route("/ui/requests", get(grant::inbox))
         .route("/ui/requests/{id}/{action}", post(grant::decide))
@@ -365,6 +366,48 @@ async fn revoke(
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the store did not take the revocation",
+            )
+                .into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Matching {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    principal: String,
+    #[serde(default)]
+    service: String,
+}
+
+/// Revokes every live token of a principal, a service or both, with the matching
+/// `keyway token revoke --principal/--service` uses.
+async fn revoke_matching(State(c): State<Console>, p: Person, Form(f): Form<Matching>) -> Response {
+    if let Some(refused) = p.refusal(&f.csrf) {
+        return refused;
+    }
+    let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
+    let filter = crate::tokens::RevokeFilter {
+        principal: some(&f.principal),
+        service: some(&f.service),
+        issued_before: None,
+    };
+    if filter.principal.is_none() && filter.service.is_none() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "name a principal, a service or both",
+        )
+            .into_response();
+    }
+    match c.gw.tokens.revoke_where(&filter, &p.token_id).await {
+        Ok(_) => Redirect::to("/ui/tokens?state=revoked").into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "the console could not revoke tokens");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store did not take the revocations; they hold in this gateway until it restarts; run it again",
             )
                 .into_response()
         }

@@ -481,6 +481,20 @@ async fn the_console_in_a_browser() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // Every live token of a principal at once, as `token revoke --principal` does.
+    let dans = [issue(dir, "dan", "billing"), issue(dir, "dan", "billing")];
+    c.goto(&format!("{ui}/tokens?principal=dan")).await.unwrap();
+    click(&c, "form[action='/ui/tokens/revoke'] button").await;
+    expect_heading(&c, "Tokens").await;
+    for t in &dans {
+        assert_eq!(curl(&url, Some(t), "GET"), 401);
+    }
+    c.goto(&format!("{ui}/tokens?principal=dan&state=revoked"))
+        .await
+        .unwrap();
+    let listed = text_of(&c, "tbody").await;
+    assert_eq!(listed.matches("revoked").count(), 2, "{listed}");
+
     // The overview draws each service's last hour: the requests above are in it.
     c.goto(&format!("{ui}/")).await.unwrap();
     expect_heading(&c, "Overview").await;

@@ -143,6 +143,21 @@ pub(super) struct TokenFilter {
     principal: String,
     #[serde(default)]
     service: String,
+    /// The policy a person's token came through.
+    #[serde(default)]
+    policy: String,
+    /// `live` (when empty), `revoked`, `expired` or `all`.
+    #[serde(default)]
+    state: String,
+}
+
+/// A token's state at `now`, as the tokens page names it.
+fn state_of(e: &crate::index::Entry, now: keyway_core::UnixMillis) -> &'static str {
+    match e.check_live(now) {
+        Ok(()) => "live",
+        Err(keyway_core::DenyReason::Revoked) => "revoked",
+        Err(_) => "expired",
+    }
 }
 
 pub(super) async fn tokens(
@@ -151,11 +166,23 @@ pub(super) async fn tokens(
     Query(f): Query<TokenFilter>,
 ) -> Response {
     let now = c.gw.now();
+    let state = if f.state.is_empty() {
+        "live"
+    } else {
+        f.state.as_str()
+    };
     let mut entries: Vec<_> =
         c.gw.index
             .entries()
             .into_iter()
-            .filter(|e| e.check_live(now).is_ok())
+            .filter(|e| state == "all" || state_of(e, now) == state)
+            .filter(|e| {
+                f.policy.is_empty()
+                    || e.record
+                        .origin
+                        .as_ref()
+                        .is_some_and(|o| o.policy == f.policy)
+            })
             .filter(|e| f.principal.is_empty() || e.record.principal == f.principal)
             .filter(|e| {
                 f.service.is_empty()
@@ -174,21 +201,41 @@ pub(super) async fn tokens(
             form method="get" action="/ui/tokens" class="filters" {
                 label { "Principal " input name="principal" value=(f.principal); }
                 label { "Service " input name="service" value=(f.service); }
+                label { "Policy " input name="policy" value=(f.policy); }
+                label { "State "
+                    select name="state" {
+                        @for s in ["live", "revoked", "expired", "all"] {
+                            option value=(s) selected[s == state] { (s) }
+                        }
+                    }
+                }
                 button type="submit" { "Filter" }
             }
+            @if p.admin && state == "live" && (!f.principal.is_empty() || !f.service.is_empty()) && !entries.is_empty() {
+                form method="post" action="/ui/tokens/revoke" {
+                    input type="hidden" name="csrf" value=(p.csrf);
+                    input type="hidden" name="principal" value=(f.principal);
+                    input type="hidden" name="service" value=(f.service);
+                    button type="submit" class="danger" {
+                        "Revoke every live token of " (if f.principal.is_empty() { "any principal" } else { f.principal.as_str() })
+                        " for " (if f.service.is_empty() { "any service" } else { f.service.as_str() })
+                    }
+                }
+            }
             table {
-                thead { tr { th { "Id" } th { "Kind" } th { "Principal" } th { "Service" } th { "Expires" } th { "" } } }
+                thead { tr { th { "Id" } th { "Kind" } th { "Principal" } th { "Service" } th { "State" } th { "Expires" } th { "" } } }
                 tbody {
-                    @if entries.is_empty() { tr { td colspan="6" { "No live token matches." } } }
+                    @if entries.is_empty() { tr { td colspan="7" { "No token matches." } } }
                     @for e in entries.iter().take(500) {
                         tr {
                             td { code { (e.record.id) } }
                             td { (e.record.kind.as_str()) }
                             td { (e.record.principal) }
                             td { (e.record.grant.as_ref().map(|g| g.service.as_str()).unwrap_or("—")) }
+                            td { (state_of(e, now)) }
                             td { (format_ms(e.expires_at())) }
                             td {
-                                @if p.admin {
+                                @if p.admin && state_of(e, now) == "live" {
                                     form method="post" action={ "/ui/tokens/" (e.record.id) "/revoke" } {
                                         input type="hidden" name="csrf" value=(p.csrf);
                                         button type="submit" class="danger" aria-label={ "Revoke token " (e.record.id) } { "Revoke" }
