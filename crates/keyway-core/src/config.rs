@@ -35,6 +35,7 @@ mod problem;
 mod raw;
 mod replicas;
 mod service;
+mod subject;
 mod tcp;
 
 pub use access::{

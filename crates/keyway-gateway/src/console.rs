@@ -45,6 +45,8 @@ pub const SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(3600
 const COOKIE: &str = crate::runtime::CONSOLE_COOKIE;
 /// Console sessions kept at most.
 const MAX_SESSIONS: usize = 1_000;
+/// Console sessions one person keeps at most: a new sign-in ends their oldest.
+const MAX_SESSIONS_EACH: usize = 10;
 
 /// The console's state: the control plane's handles and its sessions.
 #[derive(Clone)]
@@ -65,6 +67,9 @@ struct Signed {
     token_id: String,
     /// Signed in through the provider (else with an admin token).
     sso: bool,
+    /// Whether it acted at sign-in: when sessions must make room, a viewer's goes
+    /// first.
+    admin: bool,
     /// The client certificate the admin token is bound to, if it is: every request
     /// must come with it, as every admin API call must.
     cert: Option<String>,
@@ -132,6 +137,36 @@ pub fn router(gw: Control, people: Arc<People>) -> Router {
         .route("/ui/{*rest}", get(pages::not_found).post(pages::not_found))
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(console)
+}
+
+/// What a person may do in the console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Admin,
+    Viewer,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Viewer => "viewer",
+        }
+    }
+}
+
+/// The role `identity.console_admins` or `console_viewers` gives a person signed in
+/// through the provider with these subjects; none when neither names them.
+fn role_of(config: &keyway_core::config::Config, subjects: &[String]) -> Option<Role> {
+    let named = |list: &[String]| subjects.iter().any(|s| list.contains(s));
+    let id = &config.identity;
+    if named(&id.console_admins) {
+        Some(Role::Admin)
+    } else if named(&id.console_viewers) {
+        Some(Role::Viewer)
+    } else {
+        None
+    }
 }
 
 /// The headers every console answer carries.
@@ -208,13 +243,18 @@ impl FromRequestParts<Console> for Person {
             sessions.remove(&key);
             return Err(to_login());
         };
-        // A person's role follows the config in force, not the one at sign-in.
-        let admin = !s.sso || {
-            let admins = &c.gw.config().identity.console_admins;
-            crate::people::subjects_of(&entry)
-                .iter()
-                .any(|s| admins.contains(s))
+        // A person's role follows the config in force, not the one at sign-in; one
+        // it no longer names at all is signed out.
+        let role = if s.sso {
+            role_of(&c.gw.config(), &crate::people::subjects_of(&entry))
+        } else {
+            Some(Role::Admin)
         };
+        let Some(role) = role else {
+            sessions.remove(&key);
+            return Err(to_login());
+        };
+        let admin = role == Role::Admin;
         Ok(Person {
             principal: s.principal,
             token_id: s.token_id,
@@ -380,38 +420,40 @@ struct Matching {
     principal: String,
     #[serde(default)]
     service: String,
+    #[serde(default)]
+    policy: String,
 }
 
-/// Revokes every live token of a principal, a service or both, with the matching
-/// `keyway token revoke --principal/--service` uses.
+/// Revokes exactly the live tokens the tokens page lists for a filter (each with
+/// its children, as `keyway token revoke ID` does).
 async fn revoke_matching(State(c): State<Console>, p: Person, Form(f): Form<Matching>) -> Response {
     if let Some(refused) = p.refusal(&f.csrf) {
         return refused;
     }
-    let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
-    let filter = crate::tokens::RevokeFilter {
-        principal: some(&f.principal),
-        service: some(&f.service),
-        issued_before: None,
+    let filter = pages::TokenFilter {
+        principal: f.principal.trim().to_owned(),
+        service: f.service.trim().to_owned(),
+        policy: f.policy.trim().to_owned(),
+        state: "live".into(),
     };
-    if filter.principal.is_none() && filter.service.is_none() {
+    if filter.principal.is_empty() && filter.service.is_empty() && filter.policy.is_empty() {
         return (
             StatusCode::BAD_REQUEST,
-            "name a principal, a service or both",
+            "name a principal, a service or a policy",
         )
             .into_response();
     }
-    match c.gw.tokens.revoke_where(&filter, &p.token_id).await {
-        Ok(_) => Redirect::to("/ui/tokens?state=revoked").into_response(),
-        Err(e) => {
+    for e in pages::matching(&c, &filter, c.gw.now()) {
+        if let Err(e) = c.gw.tokens.revoke(e.id(), &p.token_id, None).await {
             tracing::error!(error = %e, "the console could not revoke tokens");
-            (
+            return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "the store did not take the revocations; they hold in this gateway until it restarts; run it again",
+                "the store did not take every revocation; those not taken hold in this gateway only until it restarts; run it again",
             )
-                .into_response()
+                .into_response();
         }
     }
+    Redirect::to("/ui/tokens?state=revoked").into_response()
 }
 
 /// The query of the audit page and its export.

@@ -6,209 +6,33 @@
 //! signed out, the pages send the browser back to sign in. Each page is
 //! screenshotted at 1280 and 390 px into the test's target folder (not committed).
 //!
-//! Through the identity provider (a real OpenID provider): a person the config's
-//! `console_admins` does not name is a viewer, who sees no action and whose posts
-//! are refused even with the session's CSRF token; an approver the config names
-//! approves an access request from the inbox and issues a token from the form,
-//! whose secret is shown once.
+//! Through the identity provider (a real OpenID provider): a person the console
+//! names nowhere is refused; one `console_viewers` names sees no action, and every
+//! route that changes something refuses them even with the session's CSRF token;
+//! an approver `console_admins` names approves an access request from the inbox
+//! and issues a token from the form, whose secret is shown once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "console/browser.rs"]
+mod browser;
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::Locator;
 
+use browser::*;
 use common::*;
-
-/// chromedriver on a free port, stopped when dropped.
-fn chromedriver() -> (KillOnDrop, u16) {
-    let mut child = Command::new("chromedriver")
-        .arg("--port=0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver is not installed; apt-get install chromium chromium-driver (scripts/test does)");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = lines
-        .by_ref()
-        .find_map(|l| {
-            l.ok()?
-                .split("successfully on port ")
-                .nth(1)?
-                .trim_end_matches('.')
-                .parse()
-                .ok()
-        })
-        .expect("chromedriver says its port");
-    std::thread::spawn(move || lines.for_each(drop));
-    (KillOnDrop(child), port)
-}
-
-/// Ends every browser process of the profile in its folder when dropped: a test
-/// that fails before it closes its session would leave Chromium running, since
-/// stopping chromedriver does not stop the browser it started.
-struct Profile(tempfile::TempDir);
-
-impl Drop for Profile {
-    fn drop(&mut self) {
-        let _ = Command::new("pkill").arg("-f").arg(self.0.path()).status();
-    }
-}
-
-async fn browser(port: u16, profile: &Profile) -> Client {
-    let caps = serde_json::json!({ "goog:chromeOptions": { "args": [
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-dev-shm-usage", format!("--user-data-dir={}", profile.0.path().display())
-    ]}});
-    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps.as_object().unwrap().clone())
-        .connect(&format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("a browser session")
-}
-
-/// Screenshots of the page at both widths, into the test's target folder; and a
-/// check that every control on it has a name a screen reader says (a label, text,
-/// or `aria-label`).
-async fn shoot(c: &Client, name: &str) {
-    let unnamed = c
-        .execute(
-            "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button, a')]
-               .filter(e => !((e.labels && e.labels.length) || e.getAttribute('aria-label') || e.textContent.trim()))
-               .map(e => e.outerHTML)",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        unnamed,
-        serde_json::json!([]),
-        "{name}: controls without a name"
-    );
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (w, h) in [(1280, 900), (390, 844)] {
-        c.set_window_size(w, h).await.unwrap();
-        let png = c.screenshot().await.unwrap();
-        std::fs::write(dir.join(format!("{name}-{w}.png")), png).unwrap();
-    }
-    c.set_window_size(1280, 900).await.unwrap();
-}
-
-/// Presses Tab until the element `css` names has the focus (40 presses at most):
-/// the console can be worked from the keyboard.
-async fn tab_to(c: &Client, css: &str) {
-    let target = c.find(Locator::Css(css)).await.unwrap().element_id();
-    for _ in 0..40 {
-        let active = c.active_element().await.unwrap();
-        if active.element_id() == target {
-            return;
-        }
-        active.send_keys("\u{e004}").await.unwrap();
-    }
-    panic!("Tab never reached {css}");
-}
-
-/// Clicks the element `css` names.
-async fn click(c: &Client, css: &str) {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-}
-
-/// Types `text` into the field `css` names.
-async fn type_into(c: &Client, css: &str, text: &str) {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap()
-        .send_keys(text)
-        .await
-        .unwrap();
-}
-
-/// Waits (5 s at most) for the page's heading to start with `want`: after a click, the old
-/// page may still be there for a moment.
-async fn expect_heading(c: &Client, want: &str) {
-    let started = Instant::now();
-    loop {
-        if let Ok(h) = c.find(Locator::Css("h1")).await {
-            if h.text().await.is_ok_and(|t| t.starts_with(want)) {
-                return;
-            }
-        }
-        if started.elapsed() > Duration::from_secs(5) {
-            panic!("no heading {want:?} on {:?}", c.source().await);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Signs in through the identity provider as `user`: from the console's sign-in
-/// page through the provider's login (and consent) forms, back to the console.
-async fn provider_sign_in(c: &Client, ui: &str, user: &str, password: &str) {
-    c.goto(&format!("{ui}/login")).await.unwrap();
-    click(c, "a[href='/ui/login/sso']").await;
-    let started = Instant::now();
-    loop {
-        let url = c.current_url().await.unwrap();
-        if url.as_str().starts_with(ui) && !url.path().starts_with("/ui/login") {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the sign-in did not come back to the console: {url} {:?}",
-            c.source().await
-        );
-        if !url.as_str().starts_with(ui) {
-            if let Ok(login) = c.find(Locator::Css("input[name=login]")).await {
-                let _ = login.send_keys(user).await;
-                type_into(c, "input[name=password]", password).await;
-                let _ = async {
-                    c.find(Locator::Css("button[type=submit]"))
-                        .await?
-                        .click()
-                        .await
-                }
-                .await;
-            } else if let Ok(b) = c.find(Locator::Css("button[type=submit]")).await {
-                let _ = b.click().await;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The text of the first element `css` names.
-async fn text_of(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// Posts `path` from the page with the session's own CSRF token: the status.
-async fn post_with_csrf(c: &Client, path: &str) -> u64 {
-    let script = format!(
-        "const csrf = document.querySelector('input[name=csrf]').value; \
-         return fetch('{path}', {{ method: 'POST', \
-           headers: {{ 'content-type': 'application/x-www-form-urlencoded' }}, \
-           body: 'csrf=' + encodeURIComponent(csrf) }}).then(r => r.status)"
-    );
-    c.execute(&script, vec![]).await.unwrap().as_u64().unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn viewers_look_and_approvers_act_through_the_provider() {
-    let (w, _hook) = sso::world("\n[identity]\nconsole_admins = [\"group:db-owners\"]\n").await;
+    let (w, _hook) = sso::world(
+        "\n[identity]\nconsole_admins = [\"group:db-owners\"]\n\
+         console_viewers = [\"user:dave@example.com\"]\n",
+    )
+    .await;
     let ui = format!("http://127.0.0.1:{}/ui", w.admin_port);
     // Bob files a request the policy makes wait for an approver.
     let out = w.login("bob", "pw-bob");
@@ -233,7 +57,22 @@ async fn viewers_look_and_approvers_act_through_the_provider() {
     let c = browser(driver_port, &profile).await;
     c.set_window_size(1280, 900).await.unwrap();
 
-    // Dave is in no group `console_admins` names: a viewer.
+    // Alice is known to the provider, but the console names her nowhere.
+    provider_sign_in(&c, &ui, "alice", "pw-alice").await;
+    expect_heading(&c, "Sign in").await;
+    let alert = text_of(&c, "[role=alert]").await;
+    assert!(
+        alert.contains("user:alice@example.com is named in neither"),
+        "{alert}"
+    );
+    let refused = w.audit("console.signin");
+    assert!(
+        refused.iter().any(|e| e["reason"] == "not_console_user"),
+        "{refused:?}"
+    );
+    c.delete_all_cookies().await.unwrap();
+
+    // Dave is named as a viewer.
     provider_sign_in(&c, &ui, "dave", "pw-dave").await;
     expect_heading(&c, "Overview").await;
     let who = text_of(&c, ".signout span").await;
@@ -267,16 +106,21 @@ async fn viewers_look_and_approvers_act_through_the_provider() {
         .await
         .unwrap()
         .is_empty());
-    // Even with the session's own CSRF token, a viewer's change is refused.
+    // Even with the session's own CSRF token, a viewer's change is refused, on
+    // every route that changes something.
     let id = &token[5..21];
-    assert_eq!(
-        post_with_csrf(&c, &format!("/ui/tokens/{id}/revoke")).await,
-        403
-    );
-    assert_eq!(
-        post_with_csrf(&c, &format!("/ui/requests/{request}/approve")).await,
-        403
-    );
+    for route in [
+        format!("/ui/tokens/{id}/revoke"),
+        "/ui/tokens/revoke".to_owned(),
+        "/ui/tokens/new".to_owned(),
+        format!("/ui/requests/{request}/approve"),
+        format!("/ui/requests/{request}/reject"),
+        "/ui/sessions/1/terminate".to_owned(),
+        "/ui/agents/edge/revoke".to_owned(),
+        "/ui/config/apply".to_owned(),
+    ] {
+        assert_eq!(post_with_csrf(&c, &route).await, 403, "{route}");
+    }
     assert_eq!(curl(&billing, Some(&token), "GET"), 200);
     click(&c, ".signout button").await;
     expect_heading(&c, "Sign in").await;
@@ -333,9 +177,11 @@ async fn viewers_look_and_approvers_act_through_the_provider() {
     assert!(listed.contains(&secret[5..21]) && !listed.contains(&secret));
 
     // Each sign-in is in the audit log with its way in and role; one event's page.
-    c.goto(&format!("{ui}/audit?kind=console.signin"))
-        .await
-        .unwrap();
+    c.goto(&format!(
+        "{ui}/audit?kind=console.signin&decision=allow&principal=user:dave@example.com"
+    ))
+    .await
+    .unwrap();
     click(&c, "tbody a").await;
     expect_heading(&c, "Event").await;
     shoot(&c, "event").await;

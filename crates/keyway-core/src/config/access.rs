@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::check::{is_loopback_host, valid_name};
 use super::problem::Problems;
+use super::subject::check_subject;
 use super::{Service, ServiceKind};
 use crate::Grant;
 
@@ -32,10 +33,13 @@ pub struct RawIdentity {
     #[serde(default)]
     pub workload: BTreeMap<String, RawWorkloadIssuer>,
     /// Who may act in the console (terminate, revoke, approve) when signed in
-    /// through the provider, like `["group:sre"]`; everyone else who signs in there
-    /// only looks. An admin token always acts.
+    /// through the provider, like `["group:sre"]`. An admin token always acts.
     #[serde(default)]
     pub console_admins: Vec<String>,
+    /// Who may sign in to the console through the provider only to look; no one
+    /// else the provider knows may sign in there at all.
+    #[serde(default)]
+    pub console_viewers: Vec<String>,
 }
 
 /// `[identity.oidc.NAME]` as written: an OpenID Connect provider people sign in with.
@@ -120,8 +124,10 @@ pub struct RawPolicyGrant {
 pub struct IdentityConfig {
     pub oidc: BTreeMap<String, OidcProvider>,
     pub workload: BTreeMap<String, WorkloadIssuer>,
-    /// The people (`user:`, `group:`) who act in the console; others look.
+    /// The people (`user:`, `group:`) who act in the console.
     pub console_admins: Vec<String>,
+    /// The people who may sign in to the console to look; no one else may.
+    pub console_viewers: Vec<String>,
 }
 
 /// An OpenID Connect provider people sign in with.
@@ -386,17 +392,18 @@ impl RawIdentity {
             oidc,
             workload,
             console_admins: vec![],
+            console_viewers: vec![],
         };
-        for (i, s) in self.console_admins.iter().enumerate() {
-            check_subject(
-                p,
-                &format!("identity.console_admins[{i}]"),
-                s,
-                &identity,
-                false,
-            );
+        for (key, list) in [
+            ("console_admins", &self.console_admins),
+            ("console_viewers", &self.console_viewers),
+        ] {
+            for (i, s) in list.iter().enumerate() {
+                check_subject(p, &format!("identity.{key}[{i}]"), s, &identity, false);
+            }
         }
         identity.console_admins = self.console_admins;
+        identity.console_viewers = self.console_viewers;
         identity
     }
 }
@@ -549,47 +556,5 @@ impl RawPolicy {
             max_ttl,
             approval,
         }
-    }
-}
-
-/// A policy's subject or approver: `user:<user>` and `group:<group>` need a sign-in
-/// provider, `workload:<issuer>:<subject>` its issuer (and approves nothing).
-fn check_subject(p: &mut Problems, at: &str, s: &str, identity: &IdentityConfig, workloads: bool) {
-    let shapes = if workloads {
-        "`user:<email>`, `group:<name>` or `workload:<issuer>:<subject>`"
-    } else {
-        "`user:<email>` or `group:<name>`"
-    };
-    if s.len() > 512 || s.chars().any(char::is_control) {
-        p.push(
-            at,
-            &format!("a subject is {shapes}, at most 512 characters"),
-        );
-        return;
-    }
-    match s.split_once(':') {
-        Some(("workload", rest)) if workloads => match rest.split_once(':') {
-            Some((issuer, sub)) if !sub.is_empty() => {
-                if !identity.workload.contains_key(issuer) {
-                    p.push(
-                        at,
-                        &format!(
-                            "no identity provider can produce it: declare `[identity.workload.{}]`",
-                            issuer.chars().take(63).collect::<String>()
-                        ),
-                    );
-                }
-            }
-            _ => p.push(at, "a workload subject is `workload:<issuer>:<subject>`"),
-        },
-        Some(("user" | "group", who)) if !who.is_empty() => {
-            if identity.oidc.is_empty() {
-                p.push(
-                    at,
-                    "no identity provider can produce it: people sign in through `[identity.oidc.NAME]`",
-                );
-            }
-        }
-        _ => p.push(at, &format!("a subject is {shapes}")),
     }
 }

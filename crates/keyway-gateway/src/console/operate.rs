@@ -12,6 +12,8 @@ use maud::html;
 use super::pages::page;
 use super::{Console, Csrf, Person};
 
+/// The largest config the page plans.
+const MAX_PROPOSED: usize = 1 << 20;
 /// `config.applied` events the config page lists, newest first.
 const HISTORY: usize = 20;
 
@@ -161,8 +163,13 @@ pub(super) async fn plan(State(c): State<Console>, p: Person, Form(f): Form<Prop
     }) {
         return super::forged();
     }
+    // A browser sends a textarea's lines with CRLF: planned as the file is written.
+    let text = f.config.replace("\r\n", "\n");
+    if text.len() > MAX_PROPOSED {
+        return refused_plan(&p, "a config of more than 1 MiB");
+    }
     let outcome =
-        c.gw.propose(&f.config, &p.principal, Some(&p.token_id), true)
+        c.gw.propose(&text, &p.principal, Some(&p.token_id), true)
             .await;
     let outcome = match outcome {
         Ok(o) => o,
@@ -178,7 +185,8 @@ pub(super) async fn plan(State(c): State<Console>, p: Person, Form(f): Form<Prop
                 form method="post" action="/ui/config/apply" {
                     input type="hidden" name="csrf" value=(p.csrf);
                     input type="hidden" name="over" value=(outcome.previous_sha256);
-                    textarea name="config" hidden aria-label="The planned config" { (f.config) }
+                    // The newline a textarea's first line loses, given back.
+                    textarea name="config" hidden aria-label="The planned config" { "\n" (text) }
                     button type="submit" class="danger" { "Apply this plan" }
                 }
             }
@@ -216,9 +224,10 @@ pub(super) async fn apply(
             "the config in force changed since this plan; plan again",
         );
     }
+    let text = f.config.replace("\r\n", "\n");
     match c
         .gw
-        .propose(&f.config, &p.principal, Some(&p.token_id), false)
+        .propose(&text, &p.principal, Some(&p.token_id), false)
         .await
     {
         Ok(_) => Redirect::to("/ui/config").into_response(),

@@ -104,14 +104,14 @@ pub(super) async fn overview(State(c): State<Console>, p: Person) -> Response {
 fn chart(name: &str, hour: &[Minute; MINUTES]) -> Markup {
     let peak = hour
         .iter()
-        .map(|m| m.allowed + m.denied)
+        .map(|m| u64::from(m.allowed) + u64::from(m.denied))
         .max()
         .unwrap_or(0)
         .max(1);
     let (allowed, denied) = hour.iter().fold((0u64, 0u64), |(a, d), m| {
         (a + u64::from(m.allowed), d + u64::from(m.denied))
     });
-    let scale = |n: u32| (u64::from(n) * u64::from(HEIGHT) / u64::from(peak)) as u32;
+    let scale = |n: u64| (n * u64::from(HEIGHT) / peak) as u32;
     let summary = format!("{name}: {allowed} let through, {denied} refused in the last hour");
     let width = BAR * MINUTES as u32;
     html! {
@@ -120,11 +120,11 @@ fn chart(name: &str, hour: &[Minute; MINUTES]) -> Markup {
                 title { (summary) }
                 line x1="0" y1=(HEIGHT) x2=(width) y2=(HEIGHT) stroke="#d0d7de" {}
                 @for (i, m) in hour.iter().enumerate() {
-                    @let total = scale(m.allowed + m.denied);
-                    @let refused = scale(m.denied);
+                    @let total = scale(u64::from(m.allowed) + u64::from(m.denied));
+                    @let refused = scale(u64::from(m.denied));
                     @let x = i as u32 * BAR;
                     @if total > refused {
-                        rect x=(x) y=(HEIGHT - total) width=(BAR - 1) height=(total - refused) fill="#0b5cad" {}
+                        rect x=(x) y=(HEIGHT - total + refused) width=(BAR - 1) height=(total - refused) fill="#0b5cad" {}
                     }
                     @if refused > 0 {
                         rect x=(x) y=(HEIGHT - total) width=(BAR - 1) height=(refused) fill="#b42318" {}

@@ -140,15 +140,56 @@ pub(super) async fn session_rows(State(c): State<Console>, p: Person) -> Respons
 #[derive(serde::Deserialize, Default)]
 pub(super) struct TokenFilter {
     #[serde(default)]
-    principal: String,
+    pub(super) principal: String,
     #[serde(default)]
-    service: String,
+    pub(super) service: String,
     /// The policy a person's token came through.
     #[serde(default)]
-    policy: String,
+    pub(super) policy: String,
     /// `live` (when empty), `revoked`, `expired` or `all`.
     #[serde(default)]
-    state: String,
+    pub(super) state: String,
+}
+
+impl TokenFilter {
+    /// The state asked for: `live` when none is.
+    fn state(&self) -> &str {
+        if self.state.is_empty() {
+            "live"
+        } else {
+            &self.state
+        }
+    }
+}
+
+/// The tokens the filter matches at `now`: what the tokens page lists, and exactly
+/// what its "revoke every" button revokes.
+pub(super) fn matching(
+    c: &Console,
+    f: &TokenFilter,
+    now: keyway_core::UnixMillis,
+) -> Vec<std::sync::Arc<crate::index::Entry>> {
+    let state = f.state();
+    c.gw.index
+        .entries()
+        .into_iter()
+        .filter(|e| state == "all" || state_of(e, now) == state)
+        .filter(|e| {
+            f.policy.is_empty()
+                || e.record
+                    .origin
+                    .as_ref()
+                    .is_some_and(|o| o.policy == f.policy)
+        })
+        .filter(|e| f.principal.is_empty() || e.record.principal == f.principal)
+        .filter(|e| {
+            f.service.is_empty()
+                || e.record
+                    .grant
+                    .as_ref()
+                    .is_some_and(|g| g.service == f.service)
+        })
+        .collect()
 }
 
 /// A token's state at `now`, as the tokens page names it.
@@ -166,32 +207,8 @@ pub(super) async fn tokens(
     Query(f): Query<TokenFilter>,
 ) -> Response {
     let now = c.gw.now();
-    let state = if f.state.is_empty() {
-        "live"
-    } else {
-        f.state.as_str()
-    };
-    let mut entries: Vec<_> =
-        c.gw.index
-            .entries()
-            .into_iter()
-            .filter(|e| state == "all" || state_of(e, now) == state)
-            .filter(|e| {
-                f.policy.is_empty()
-                    || e.record
-                        .origin
-                        .as_ref()
-                        .is_some_and(|o| o.policy == f.policy)
-            })
-            .filter(|e| f.principal.is_empty() || e.record.principal == f.principal)
-            .filter(|e| {
-                f.service.is_empty()
-                    || e.record
-                        .grant
-                        .as_ref()
-                        .is_some_and(|g| g.service == f.service)
-            })
-            .collect();
+    let state = f.state();
+    let mut entries = matching(&c, &f, now);
     entries.sort_by_key(|e| std::cmp::Reverse(e.record.created_at));
     page(
         "Tokens",
@@ -211,15 +228,13 @@ pub(super) async fn tokens(
                 }
                 button type="submit" { "Filter" }
             }
-            @if p.admin && state == "live" && (!f.principal.is_empty() || !f.service.is_empty()) && !entries.is_empty() {
+            @if p.admin && state == "live" && (!f.principal.is_empty() || !f.service.is_empty() || !f.policy.is_empty()) && !entries.is_empty() {
                 form method="post" action="/ui/tokens/revoke" {
                     input type="hidden" name="csrf" value=(p.csrf);
                     input type="hidden" name="principal" value=(f.principal);
                     input type="hidden" name="service" value=(f.service);
-                    button type="submit" class="danger" {
-                        "Revoke every live token of " (if f.principal.is_empty() { "any principal" } else { f.principal.as_str() })
-                        " for " (if f.service.is_empty() { "any service" } else { f.service.as_str() })
-                    }
+                    input type="hidden" name="policy" value=(f.policy);
+                    button type="submit" class="danger" { "Revoke these " (entries.len()) " live tokens (and their children)" }
                 }
             }
             table {
@@ -388,31 +403,54 @@ pub(super) async fn export(
     if !super::record(&c, ev, &p).await {
         return super::unaudited();
     }
-    let store = c.gw.store.clone();
-    let pages = futures_util::stream::unfold((f, 0usize), move |(mut f, sent)| {
+    // The first page before the answer: a store that cannot be read is a 503, not
+    // an empty file.
+    let (first, store) = (f.query(EXPORT_PAGE), c.gw.store.clone());
+    let first = match first {
+        Ok(q) => store.audit_events(&q).await,
+        Err(which) => return bad_time(which),
+    };
+    let first = match first {
+        Ok(page) => page,
+        Err(e) => return unreadable(&e),
+    };
+    let lines = |page: &[keyway_store::StoredEvent]| {
+        let mut out = String::new();
+        for e in page {
+            out.push_str(&serde_json::to_string(e).unwrap_or_default());
+            out.push('\n');
+        }
+        bytes::Bytes::from(out)
+    };
+    let sent = first.len();
+    let mut next = f.clone();
+    next.after = first.last().map_or(next.after, |e| e.seq);
+    let more = first.len() == EXPORT_PAGE as usize;
+    let head = futures_util::stream::iter([Ok::<_, std::io::Error>(lines(&first))]);
+    // Then page after page while pages are full; a store error part-way ends the
+    // download with an error.
+    let rest = futures_util::stream::unfold((next, sent, more), move |(mut f, sent, more)| {
         let store = store.clone();
         async move {
-            if sent >= EXPORT_MAX || f.after < 0 {
+            if !more || sent >= EXPORT_MAX {
                 return None;
             }
             let want = EXPORT_PAGE.min((EXPORT_MAX - sent) as u32);
-            let query = f.query(want).ok()?;
-            match store.audit_events(&query).await {
+            let page = match f.query(want) {
+                Ok(q) => store.audit_events(&q).await,
+                Err(_) => return None,
+            };
+            match page {
                 Ok(page) => {
                     let last = page.last()?.seq;
-                    let mut out = String::new();
-                    for e in &page {
-                        out.push_str(&serde_json::to_string(e).unwrap_or_default());
-                        out.push('\n');
-                    }
                     f.after = last;
-                    Some((Ok(bytes::Bytes::from(out)), (f, sent + page.len())))
+                    let full = page.len() == want as usize;
+                    Some((Ok(lines(&page)), (f, sent + page.len(), full)))
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "the console's export could not read the audit log");
-                    f.after = -1;
                     let cut = std::io::Error::other("the audit log cannot be read now");
-                    Some((Err(cut), (f, sent)))
+                    Some((Err(cut), (f, sent, false)))
                 }
             }
         }
@@ -425,7 +463,8 @@ pub(super) async fn export(
                 "attachment; filename=\"keyway-audit.jsonl\"",
             ),
         ],
-        axum::body::Body::from_stream(pages),
+        [("x-keyway-export-max", EXPORT_MAX.to_string())],
+        axum::body::Body::from_stream(futures_util::StreamExt::chain(head, rest)),
     )
         .into_response()
 }

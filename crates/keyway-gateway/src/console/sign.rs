@@ -20,7 +20,7 @@ use serde::Deserialize;
 use super::pages::page;
 use super::{
     digest, forged, random, unaudited, Console, Csrf, Person, Signed, COOKIE, MAX_SESSIONS,
-    SESSION_TTL,
+    MAX_SESSIONS_EACH, SESSION_TTL,
 };
 use crate::listener::ConnInfo;
 use crate::people::Started;
@@ -118,6 +118,7 @@ pub(super) async fn with_token(
         principal: entry.record.principal.clone(),
         token_id: entry.id().to_owned(),
         sso: false,
+        admin: true,
         cert: entry.record.cert_thumbprint.clone(),
         csrf: random(),
         expires_at: 0,
@@ -153,15 +154,22 @@ async fn open(
     {
         let mut sessions = c.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions.retain(|_, s| s.expires_at > now);
-        // Bounded: past it, the session closest to its end makes room.
-        if sessions.len() >= MAX_SESSIONS {
-            let oldest = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.expires_at)
-                .map(|(k, _)| *k);
-            if let Some(k) = oldest {
-                sessions.remove(&k);
-            }
+        // Bounded, each person and all: past a bound, the person's own oldest
+        // session makes room, else the oldest viewer's, else the oldest of all; so
+        // no one signing in again and again can push the admins out.
+        let mine = sessions
+            .iter()
+            .filter(|(_, x)| x.principal == s.principal)
+            .count();
+        let room = if mine >= MAX_SESSIONS_EACH {
+            oldest(&sessions, |x| x.principal == s.principal)
+        } else if sessions.len() >= MAX_SESSIONS {
+            oldest(&sessions, |x| !x.admin).or_else(|| oldest(&sessions, |_| true))
+        } else {
+            None
+        };
+        if let Some(k) = room {
+            sessions.remove(&k);
         }
         sessions.insert(digest(&cookie), s);
     }
@@ -174,6 +182,18 @@ async fn open(
         then.headers_mut().append(header::SET_COOKIE, v);
     }
     then
+}
+
+/// The session closest to its end among those `which` picks.
+fn oldest(
+    sessions: &std::collections::HashMap<[u8; 32], Signed>,
+    which: impl Fn(&Signed) -> bool,
+) -> Option<[u8; 32]> {
+    sessions
+        .iter()
+        .filter(|(_, s)| which(s))
+        .min_by_key(|(_, s)| s.expires_at)
+        .map(|(k, _)| *k)
 }
 
 /// Starts a sign-in through the identity provider: to the provider's page, with
@@ -201,20 +221,12 @@ pub(super) async fn sso_start(
         .await;
     let (login_id, url) = match started {
         Ok(Started::Browser { login_id, url }) => (login_id, url),
-        Ok(Started::Device { .. }) => {
-            return refused(
-                &c,
-                StatusCode::BAD_GATEWAY,
-                "The provider's sign-in could not start.",
-            )
-        }
+        Ok(Started::Device { .. }) => return could_not_start(&c),
         Err(e) => {
+            // The details (a provider unreachable, a client secret not set) are for
+            // the log, not for a page anyone can open.
             tracing::warn!(error = %e, "a console sign-in through the provider could not start");
-            return refused(
-                &c,
-                StatusCode::BAD_GATEWAY,
-                &format!("The sign-in could not start: {e}."),
-            );
+            return could_not_start(&c);
         }
     };
     let secure = if conn.tls { "; Secure" } else { "" };
@@ -227,6 +239,31 @@ pub(super) async fn sso_start(
     }
     r
 }
+
+fn could_not_start(c: &Console) -> Response {
+    refused(
+        c,
+        StatusCode::BAD_GATEWAY,
+        "The sign-in through the provider could not start; the gateway's log says why.",
+    )
+}
+
+/// The OAuth error codes a provider sends back (RFC 6749 §4.1.2.1, OpenID Connect
+/// §3.1.2.6): the only words of its answer the page repeats.
+const OAUTH_ERRORS: [&str; 12] = [
+    "access_denied",
+    "invalid_request",
+    "unauthorized_client",
+    "unsupported_response_type",
+    "invalid_scope",
+    "server_error",
+    "temporarily_unavailable",
+    "interaction_required",
+    "login_required",
+    "account_selection_required",
+    "consent_required",
+    "invalid_request_uri",
+];
 
 #[derive(Deserialize)]
 pub(super) struct Callback {
@@ -259,17 +296,26 @@ pub(super) async fn sso_callback(
             )
         }
     };
+    // Nothing was attempted with a credential: no event (a visit here cannot fill
+    // the audit log).
     let Some(login_id) = login_id else {
-        return deny(
-            ev,
-            "no_login",
-            "no sign-in is under way in this browser".into(),
-        )
-        .await;
+        return refused(
+            &c,
+            StatusCode::BAD_REQUEST,
+            "No sign-in is under way in this browser; start again.",
+        );
     };
     if let Some(e) = q.error {
-        let e: String = e.chars().filter(|c| !c.is_control()).take(100).collect();
-        return deny(ev, "refused", format!("the identity provider said {e}")).await;
+        let code = OAUTH_ERRORS
+            .iter()
+            .find(|k| **k == e)
+            .unwrap_or(&"an error");
+        return deny(
+            ev,
+            "refused",
+            format!("the identity provider answered {code}"),
+        )
+        .await;
     }
     let done = c
         .people
@@ -285,18 +331,28 @@ pub(super) async fn sso_callback(
             return unaudited();
         }
     };
-    let admins = &c.gw.config().identity.console_admins;
     let subjects = keyway_core::config::person_subjects(&person.user, &person.groups);
-    let role = if subjects.iter().any(|s| admins.contains(s)) {
-        "admin"
-    } else {
-        "viewer"
+    let Some(role) = super::role_of(&c.gw.config(), &subjects) else {
+        // The provider knows them; the console does not: the session just made ends.
+        if let Some(entry) = c.gw.index.get(&record.id) {
+            if let Err(e) = c.people.logout(&entry).await {
+                tracing::error!(error = %e, "could not end the session of a refused console sign-in");
+            }
+        }
+        ev.principal = Some(record.principal.clone());
+        let why = format!(
+            "{} is named in neither identity.console_admins nor identity.console_viewers",
+            record.principal
+        );
+        return deny(ev, "not_console_user", why).await;
     };
+    let role = role.as_str();
     ev.detail = serde_json::json!({ "via": "sso", "provider": person.provider, "role": role });
     let signed = Signed {
         principal: record.principal.clone(),
         token_id: record.id.clone(),
         sso: true,
+        admin: role == "admin",
         cert: None,
         csrf: random(),
         expires_at: 0,

@@ -48,7 +48,12 @@ impl Traffic {
             None => all.entry(service.to_owned()).or_default(),
         };
         let (stamp, counts) = &mut ring.0[slot];
-        if *stamp != minute {
+        // An event dated before the minute its slot counts now (late by an hour or
+        // more, or a clock stepped back) is not drawn rather than wiping newer counts.
+        if minute < *stamp {
+            return;
+        }
+        if minute > *stamp {
             *stamp = minute;
             *counts = Minute::default();
         }
@@ -129,12 +134,13 @@ mod tests {
         );
         // Counted later, the slot of an older minute starts from zero.
         t.count("db", now, false);
-        assert_eq!(
-            t.last_hour(now)[1].1[MINUTES - 1],
-            Minute {
-                allowed: 1,
-                denied: 0
-            }
-        );
+        let one = Minute {
+            allowed: 1,
+            denied: 0,
+        };
+        assert_eq!(t.last_hour(now)[1].1[MINUTES - 1], one);
+        // An event an hour late leaves the minute now in its slot alone.
+        t.count("db", now - 60 * 60_000, true);
+        assert_eq!(t.last_hour(now)[1].1[MINUTES - 1], one);
     }
 }
