@@ -26,7 +26,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
-use keyway_core::{EventKind, UnixMillis};
+use keyway_core::UnixMillis;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -35,6 +35,7 @@ use crate::control::Control;
 use crate::people::People;
 
 mod grant;
+mod live;
 mod operate;
 mod overview;
 mod pages;
@@ -113,9 +114,9 @@ pub fn router(gw: Control, people: Arc<People>) -> Router {
         .route("/ui/login/sso", get(sign::sso_start))
         .route("/ui/login/callback", get(sign::sso_callback))
         .route("/ui/logout", post(sign::sign_out))
-        .route("/ui/sessions", get(pages::sessions))
-        .route("/ui/sessions/rows", get(pages::session_rows))
-        .route("/ui/sessions/{id}/terminate", post(terminate))
+        .route("/ui/sessions", get(live::sessions))
+        .route("/ui/sessions/rows", get(live::session_rows))
+        .route("/ui/sessions/{id}/terminate", post(live::terminate))
         .route("/ui/tokens", get(pages::tokens))
         .route("/ui/tokens/new", get(grant::new_token).post(grant::issue))
         .route("/ui/tokens/revoke", post(revoke_matching))
@@ -330,61 +331,6 @@ fn unaudited() -> Response {
         "the audit log cannot be written now, so nothing was done; retry shortly",
     )
         .into_response()
-}
-
-#[derive(Deserialize)]
-struct Terminate {
-    #[serde(default)]
-    csrf: String,
-    /// Also revoke the session's token.
-    #[serde(default)]
-    revoke: Option<String>,
-}
-
-/// Ends a live session at once (its client is told where the protocol can say
-/// so), and revokes its token when asked.
-async fn terminate(
-    State(c): State<Console>,
-    p: Person,
-    Path(id): Path<u64>,
-    Form(f): Form<Terminate>,
-) -> Response {
-    if let Some(refused) = p.refusal(&f.csrf) {
-        return refused;
-    }
-    let Some(s) = c.gw.sessions.list().into_iter().find(|s| s.id == id) else {
-        return (
-            StatusCode::NOT_FOUND,
-            "no such live session (it may have ended)",
-        )
-            .into_response();
-    };
-    let revoke = f.revoke.is_some();
-    let mut ev = c.gw.event(EventKind::SessionTerminated);
-    ev.service = Some(s.service.clone());
-    ev.detail = serde_json::json!({
-        "session": id,
-        "protocol": s.protocol,
-        "session_principal": s.principal,
-        "session_token": s.token_id,
-        "revoke": revoke,
-    });
-    // Recorded first: an action the audit log cannot take is not done.
-    if !record(&c, ev, &p).await {
-        return unaudited();
-    }
-    if revoke {
-        if let Err(e) = c.gw.tokens.revoke(&s.token_id, &p.token_id, None).await {
-            tracing::error!(error = %e, "the console could not revoke a token");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the store did not take the revocation; the session is left as it was",
-            )
-                .into_response();
-        }
-    }
-    c.gw.sessions.end(id);
-    Redirect::to("/ui/sessions").into_response()
 }
 
 /// Revokes a token (and its children, as `token revoke` does).

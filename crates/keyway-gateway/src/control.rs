@@ -42,7 +42,8 @@ pub struct Control {
 }
 
 /// The store as the control plane sees it: token records and the audit log to read;
-/// the one write it makes is an agent's revocation. Tokens and secrets are written
+/// the writes it makes are an agent's revocation and a request to another replica to
+/// end a session. Tokens and secrets are written
 /// through their own handles, never here.
 #[derive(Clone)]
 pub struct StoreView(Arc<dyn Store>);
@@ -82,6 +83,16 @@ impl StoreView {
     /// Every token record (never a secret: they hold keyed hashes).
     pub async fn tokens(&self) -> Result<Vec<keyway_store::TokenRecord>, StoreError> {
         self.0.tokens().await
+    }
+
+    /// Asks another replica to end one of its live sessions (`REPLICA:ID`), with
+    /// the audit event that says who asked.
+    pub async fn end_session(
+        &self,
+        key: &str,
+        events: &[keyway_store::AuditEvent],
+    ) -> Result<(), StoreError> {
+        self.0.end_session(key, events).await
     }
 
     /// Audit events, as `q` asks.

@@ -90,6 +90,24 @@ pub struct SessionInfo {
     pub statement: Option<String>,
 }
 
+impl SessionInfo {
+    /// As this replica's heartbeat carries it to the others' consoles.
+    pub fn to_beat(&self) -> keyway_store::BeatSession {
+        keyway_store::BeatSession {
+            id: self.id,
+            protocol: self.protocol.to_owned(),
+            service: self.service.clone(),
+            principal: self.principal.clone(),
+            token_id: self.token_id.clone(),
+            source: self.source.to_string(),
+            started_at: self.started_at,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            statement: self.statement.clone(),
+        }
+    }
+}
+
 /// The characters of a session's last statement that its listing shows.
 pub const STATEMENT_SHOWN: usize = 200;
 

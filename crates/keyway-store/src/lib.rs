@@ -182,6 +182,28 @@ pub struct Beat {
     /// Whether it takes requests (not draining, not behind the store).
     pub serving: bool,
     pub version: String,
+    /// Its live sessions, at most [`BEAT_SESSIONS`], for the other replicas'
+    /// consoles.
+    #[serde(default)]
+    pub sessions: Vec<BeatSession>,
+}
+
+/// Live sessions a heartbeat carries at most.
+pub const BEAT_SESSIONS: usize = 500;
+
+/// A live session as a heartbeat carries it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BeatSession {
+    pub id: u64,
+    pub protocol: String,
+    pub service: String,
+    pub principal: String,
+    pub token_id: String,
+    pub source: String,
+    pub started_at: UnixMillis,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub statement: Option<String>,
 }
 
 /// A config applied to every gateway on the store: the text as applied (it passed
@@ -209,6 +231,8 @@ pub enum ChangeKind {
     Config,
     /// A source blocked by a detector ([`Store::blocks`]).
     Block,
+    /// A live session to end, keyed `REPLICA:ID` ([`Store::end_session`]).
+    Session,
 }
 
 // === impl ChangeKind ===
@@ -221,6 +245,7 @@ impl ChangeKind {
             Self::Agent => "agent",
             Self::Config => "config",
             Self::Block => "block",
+            Self::Session => "session",
         }
     }
 
@@ -231,6 +256,7 @@ impl ChangeKind {
             Self::Agent,
             Self::Config,
             Self::Block,
+            Self::Session,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -445,6 +471,9 @@ pub trait Store: Send + Sync + 'static {
         -> Result<()>;
     /// The blocks that end after `now`: source and end.
     async fn blocks(&self, now: UnixMillis) -> Result<Vec<(String, UnixMillis)>>;
+    /// Asks the replica that runs it to end the live session `REPLICA:ID`, with
+    /// `events` (on a store of one gateway, only the events are written).
+    async fn end_session(&self, key: &str, events: &[AuditEvent]) -> Result<()>;
 
     /// Chains audit events from now on under `key` (kept outside the store).
     async fn set_audit_key(&self, key: ChainKey) -> Result<()>;

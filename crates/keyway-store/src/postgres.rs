@@ -160,6 +160,7 @@ impl PgStore {
             Change::PutRequest(r) => state::put_request(&mut tx, r).await?,
             Change::PutBlock(source, until) => state::block(&mut tx, source, until).await?,
             Change::PutConfig(c, previous) => state::put_config(&mut tx, c, previous).await?,
+            Change::EndSession(_) => {}
         }
         let changed: Vec<(ChangeKind, &str)> = match change {
             Change::InsertToken(t, _) => vec![(ChangeKind::Token, t.id.as_str())],
@@ -174,6 +175,7 @@ impl PgStore {
             Change::RevokeAgent(name, _) => vec![(ChangeKind::Agent, name)],
             Change::PutConfig(c, _) => vec![(ChangeKind::Config, c.sha256.as_str())],
             Change::PutBlock(source, _) => vec![(ChangeKind::Block, source)],
+            Change::EndSession(key) => vec![(ChangeKind::Session, key)],
             Change::Events | Change::PutRequest(_) => vec![],
         };
         if !changed.is_empty() {
@@ -340,6 +342,12 @@ impl Store for PgStore {
 
     async fn blocks(&self, now: UnixMillis) -> Result<Vec<(String, UnixMillis)>> {
         state::blocks(&self.pool, now).await
+    }
+
+    async fn end_session(&self, key: &str, events: &[AuditEvent]) -> Result<()> {
+        self.write(Change::EndSession(key), Events::These(events))
+            .await
+            .map(drop)
     }
 
     async fn applied_config(&self) -> Result<Option<AppliedConfig>> {

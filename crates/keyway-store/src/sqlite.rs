@@ -244,6 +244,8 @@ async fn write_on(
         Change::PutRequest(r) => requests::put(&mut tx, r).await?,
         Change::PutConfig(c, previous) => meta::put_config(&mut tx, c, previous).await?,
         Change::PutBlock(source, until) => agents::block(&mut tx, source, until).await?,
+        // No other replica reads this store: nothing to tell.
+        Change::EndSession(_) => {}
     }
     let written = w.events(events);
     let head = audit::append_on(&mut tx, chain, written).await?;
@@ -384,6 +386,12 @@ impl Store for SqliteStore {
 
     async fn blocks(&self, now: UnixMillis) -> Result<Vec<(String, UnixMillis)>> {
         agents::blocks(&self.pool, now).await
+    }
+
+    async fn end_session(&self, key: &str, events: &[AuditEvent]) -> Result<()> {
+        self.write(Change::EndSession(key), Events::These(events))
+            .await
+            .map(drop)
     }
 
     async fn applied_config(&self) -> Result<Option<crate::AppliedConfig>> {

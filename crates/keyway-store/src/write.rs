@@ -22,6 +22,8 @@ pub(crate) enum Change<'a> {
     /// Over the one whose hash is given (`None`: over none).
     PutConfig(&'a AppliedConfig, Option<&'a str>),
     PutBlock(&'a str, UnixMillis),
+    /// Another replica's live session to end, `REPLICA:ID`: a change row only.
+    EndSession(&'a str),
 }
 
 /// What a change found, and the events written with it.

@@ -253,6 +253,57 @@ async fn three_replicas_behind_haproxy() {
         200
     );
 
+    // The console on r1 lists a psql session running through r3 (from r3's
+    // heartbeat) and ends it there; psql is told why.
+    let erin = ok_stdout(issue_as(
+        &replicas[0].dir,
+        "erin",
+        "orders-db",
+        Some("readonly"),
+        &[],
+    ));
+    let mut far = sleeping_psql(replicas[2].port("orders-db"), &erin);
+    let ui = ConsoleClient::sign_in(&replicas[0], tmp.path());
+    let mut page = String::new();
+    let listed = until(
+        "r3's session on r1's console",
+        Duration::from_secs(5),
+        || {
+            page = ui.get("/ui/sessions");
+            page.contains(">erin<") && page.contains(" on r3\"")
+        },
+    );
+    eprintln!("r3's psql session was listed on r1's console after {listed:?}");
+    let id: String = page
+        .split("Terminate session ")
+        .filter_map(|rest| rest.split_once(" on r3\""))
+        .map(|(id, _)| id.to_owned())
+        .next()
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let asked = Instant::now();
+    let status = ui.post(
+        &format!("/ui/sessions/{id}/terminate"),
+        &[("csrf", &csrf), ("replica", "r3")],
+    );
+    assert_eq!(status, 303);
+    until("psql through r3 ends", Duration::from_secs(5), || {
+        far.0.try_wait().unwrap().is_some()
+    });
+    let ended = asked.elapsed();
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut far.0.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(
+        said.contains("a Keyway operator ended this session"),
+        "{said}"
+    );
+    eprintln!("from the terminate on r1's console to psql's end through r3: {ended:?}");
+
     // Revoked through r2: refused on all three, and the live sessions through r3 end.
     let pg_token = ok_stdout(issue_as(
         &replicas[0].dir,

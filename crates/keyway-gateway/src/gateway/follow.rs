@@ -59,6 +59,10 @@ impl Gateway {
                             ChangeKind::Secret => self.secrets.follow(&c.key).await,
                             ChangeKind::Agent => self.follow_agent(&c.key).await,
                             ChangeKind::Block => self.follow_block(&c.key).await,
+                            ChangeKind::Session => {
+                                self.follow_session_end(&c.key);
+                                Ok(())
+                            }
                             ChangeKind::Config => {
                                 self.config_applied.notify_one();
                                 Ok(())
@@ -121,6 +125,26 @@ impl Gateway {
                 .collect(),
             serving: self.authz.health().serving(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            sessions: self
+                .sessions
+                .list()
+                .iter()
+                .take(keyway_store::BEAT_SESSIONS)
+                .map(crate::sessions::SessionInfo::to_beat)
+                .collect(),
+        }
+    }
+
+    /// Another replica's console asked for a live session to end (`REPLICA:ID`):
+    /// ended here when it is one of this replica's.
+    fn follow_session_end(&self, key: &str) {
+        let Some((replica, id)) = key.rsplit_once(':') else {
+            return;
+        };
+        if replica == self.config().replica {
+            if let Ok(id) = id.parse() {
+                self.sessions.end(id);
+            }
         }
     }
 

@@ -278,3 +278,40 @@ async fn a_block_keeps_its_latest_end_and_reaches_the_other_replicas() {
     assert_eq!(blocked, ["192.0.2.7", "192.0.2.7", "2001:db8::"]);
     db.drop().await;
 }
+
+#[tokio::test]
+async fn a_session_to_end_reaches_the_other_replicas_with_its_event() {
+    let db = Fresh::new().await;
+    let (a, b) = (db.store("gw-1").await, db.store("gw-2").await);
+    let head = b.change_head().await.unwrap();
+    let ev = AuditEvent {
+        at: 7,
+        kind: "session.terminated".into(),
+        detail: serde_json::json!({ "session": 3, "replica": "gw-2" }),
+        ..Default::default()
+    };
+    a.end_session("gw-2:3", std::slice::from_ref(&ev))
+        .await
+        .unwrap();
+    let changes: Vec<_> = b
+        .changes_since(head, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.replica, c.kind, c.key))
+        .collect();
+    assert_eq!(
+        changes,
+        [("gw-1".to_owned(), ChangeKind::Session, "gw-2:3".to_owned())]
+    );
+    let logged = b
+        .audit_events(&crate::AuditQuery {
+            kind: Some("session.terminated".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(logged.len(), 1);
+    assert_eq!(logged[0].event, ev);
+    db.drop().await;
+}

@@ -320,3 +320,47 @@ async fn connect_to(
     tokio::spawn(conn);
     Some(sender)
 }
+
+/// A person at r's console, played with curl and a cookie jar.
+pub struct ConsoleClient {
+    base: String,
+    jar: std::path::PathBuf,
+}
+
+impl ConsoleClient {
+    /// Signed in with the admin token.
+    pub fn sign_in(r: &Replica, dir: &std::path::Path) -> Self {
+        let c = Self {
+            base: format!("http://127.0.0.1:{}", r.admin),
+            jar: dir.join(format!("console-{}.jar", r.name)),
+        };
+        let token = std::fs::read_to_string(r.dir.join("data/admin.token")).unwrap();
+        assert_eq!(c.post("/ui/login", &[("token", token.trim())]), 303);
+        c
+    }
+
+    fn curl(&self, path: &str) -> Command {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "--max-time", "10", "-b"])
+            .arg(&self.jar)
+            .arg("-c")
+            .arg(&self.jar)
+            .arg(format!("{}{path}", self.base));
+        cmd
+    }
+
+    pub fn get(&self, path: &str) -> String {
+        String::from_utf8(self.curl(path).output().unwrap().stdout).unwrap()
+    }
+
+    /// The status of a form posted to `path`.
+    pub fn post(&self, path: &str, form: &[(&str, &str)]) -> u16 {
+        let mut cmd = self.curl(path);
+        cmd.args(["-o", "/dev/null", "-w", "%{http_code}"]);
+        for (k, v) in form {
+            cmd.arg("--data-urlencode").arg(format!("{k}={v}"));
+        }
+        let out = cmd.output().unwrap();
+        String::from_utf8(out.stdout).unwrap().parse().unwrap()
+    }
+}
