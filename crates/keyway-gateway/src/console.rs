@@ -57,6 +57,9 @@ pub struct Console {
     people: Arc<People>,
     /// By the SHA-256 of the cookie's value.
     sessions: Arc<Mutex<HashMap<[u8; 32], Signed>>>,
+    /// The last walk of the audit chain from the console, and when; held while one
+    /// runs, so one runs at a time.
+    verified: Arc<tokio::sync::Mutex<Option<(UnixMillis, keyway_store::Verdict)>>>,
 }
 
 /// A signed-in person's console session.
@@ -106,6 +109,7 @@ pub fn router(gw: Control, people: Arc<People>) -> Router {
         gw,
         people,
         sessions: Arc::default(),
+        verified: Arc::default(),
     };
     Router::new()
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
@@ -130,6 +134,7 @@ pub fn router(gw: Control, people: Arc<People>) -> Router {
         .route("/ui/config/apply", post(operate::apply))
         .route("/ui/audit", get(pages::audit))
         .route("/ui/audit/export", get(pages::export))
+        .route("/ui/audit/verify", post(overview::verify))
         .route("/ui/audit/{seq}", get(pages::event))
         .route("/ui/console.css", get(pages::css))
         .route("/ui/console.js", get(pages::js))

@@ -39,6 +39,8 @@ pub struct Control {
     pub reloads: Arc<Reloads>,
     /// The live sessions, to list and end (the console).
     pub sessions: crate::sessions::Sessions,
+    /// The audit chain's key, to verify the chain (the console).
+    pub chain_key: Arc<secrecy::SecretBox<keyway_store::ChainKey>>,
 }
 
 /// The store as the control plane sees it: token records and the audit log to read;
@@ -93,6 +95,15 @@ impl StoreView {
         events: &[keyway_store::AuditEvent],
     ) -> Result<(), StoreError> {
         self.0.end_session(key, events).await
+    }
+
+    /// Walks the whole audit chain (every replica's, on a shared store) and its
+    /// signed checkpoints under `key`, as `keyway audit verify` does.
+    pub async fn verify_audit(
+        &self,
+        key: &keyway_store::ChainKey,
+    ) -> Result<keyway_store::Verdict, StoreError> {
+        self.0.verify_audit(key, &[]).await
     }
 
     /// Audit events, as `q` asks.

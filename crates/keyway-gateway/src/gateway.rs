@@ -72,6 +72,8 @@ pub struct Gateway {
     pub(crate) reloads: Arc<crate::reloads::Reloads>,
     /// The key of the applied config's MAC, from the pepper (`gateway/applied.rs`).
     pub(crate) config_key: [u8; 32],
+    /// The audit chain's key, from the pepper: the console verifies the chain with it.
+    chain_key: Arc<secrecy::SecretBox<keyway_store::ChainKey>>,
     /// Woken when another replica applies a config to the cluster.
     config_applied: tokio::sync::Notify,
     /// The sessions that outlive a request: tunnel streams, PostgreSQL sessions,
@@ -214,7 +216,9 @@ impl Gateway {
         }
 
         // The audit chain's key: from the pepper, so it lives outside the database.
-        store.set_audit_key(audit_chain_key(&pepper)).await?;
+        let chain_key = audit_chain_key(&pepper);
+        store.set_audit_key(chain_key).await?;
+        let chain_key = Arc::new(secrecy::SecretBox::new(Box::new(chain_key)));
         // On a shared store, the config applied to the cluster (if the file is not
         // it), before anything is started or enforced from the file's.
         let config_key = applied::config_key(&pepper);
@@ -304,6 +308,7 @@ impl Gateway {
             alerts,
             reloads: Arc::default(),
             config_key,
+            chain_key,
             config_applied: tokio::sync::Notify::new(),
             sessions,
         })
@@ -343,6 +348,7 @@ impl Gateway {
             alerts: self.alerts.clone(),
             reloads: self.reloads.clone(),
             sessions: self.sessions.clone(),
+            chain_key: self.chain_key.clone(),
         }
     }
 

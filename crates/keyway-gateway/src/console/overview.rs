@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use keyway_core::clock::format_ms;
 use maud::{html, Markup};
 
@@ -60,6 +60,11 @@ pub(super) async fn overview(State(c): State<Console>, p: Person) -> Response {
             })
             .await
             .unwrap_or_default();
+    let verified = match c.verified.try_lock() {
+        Ok(v) => v.clone(),
+        // A walk under way: the page does not wait for it.
+        Err(_) => None,
+    };
     let stats = c.gw.audit.stats();
     let failing = stats.failing.load(Ordering::Relaxed);
     let written = stats.written.load(Ordering::Relaxed);
@@ -81,7 +86,20 @@ pub(super) async fn overview(State(c): State<Console>, p: Person) -> Response {
             } @else {
                 p { "Writing: " (written) " events since the gateway started, " (dropped) " dropped. " }
             }
-            p class="hint" { "Check the hash chain and its signed checkpoints with " code { "keyway audit verify" } "." }
+            @match verified {
+                Some((at, keyway_store::Verdict::Intact { events, checkpoints, .. })) => {
+                    p { "Hash chain intact at " (format_ms(at)) ": " (events) " events, " (checkpoints) " signed checkpoints match." }
+                }
+                Some((at, keyway_store::Verdict::Broken { seq, kind, what })) => {
+                    p class="error" role="alert" { "Hash chain BROKEN at " (format_ms(at)) ": event " (seq) " (" (kind) ") " (what) ". See " code { "keyway audit verify" } "." }
+                }
+                None => { p class="hint" { "The hash chain has not been verified from the console since the gateway started." } }
+            }
+            form method="post" action="/ui/audit/verify" {
+                input type="hidden" name="csrf" value=(p.csrf);
+                button type="submit" { "Verify the chain now" }
+                span class="hint" { " (reads the whole log, as " code { "keyway audit verify" } " does)" }
+            }
             h2 { "Traffic, last hour" }
             p class="hint" { "Requests and connections per minute on this gateway since it started, at most the last hour: let through in blue, refused in red." }
             div class="charts" {
@@ -134,4 +152,41 @@ fn chart(name: &str, hour: &[Minute; MINUTES]) -> Markup {
             figcaption { strong { (name) } " " (allowed) " let through, " (denied) " refused" }
         }
     }
+}
+
+/// Walks the audit chain now (one walk at a time), and shows the overview with the
+/// verdict. Reading only: any signed-in person may.
+pub(super) async fn verify(
+    State(c): State<Console>,
+    p: Person,
+    axum::Form(f): axum::Form<super::Csrf>,
+) -> Response {
+    if !p.checks(&f) {
+        return super::forged();
+    }
+    let Ok(mut last) = c.verified.try_lock() else {
+        return (
+            axum::http::StatusCode::CONFLICT,
+            "a verification of the chain is running; its verdict will be on the overview",
+        )
+            .into_response();
+    };
+    let key = secrecy::ExposeSecret::expose_secret(&*c.gw.chain_key);
+    match c.gw.store.verify_audit(key).await {
+        Ok(v) => {
+            if let keyway_store::Verdict::Broken { seq, what, .. } = &v {
+                tracing::error!(seq, what = %what, "the audit chain is broken (verified from the console)");
+            }
+            *last = Some((c.gw.now(), v));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the console could not verify the audit chain");
+            return (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "the audit log cannot be read now; retry shortly",
+            )
+                .into_response();
+        }
+    }
+    axum::response::Redirect::to("/ui/").into_response()
 }
