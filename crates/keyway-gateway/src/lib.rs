@@ -140,7 +140,7 @@ impl Listeners {
         let mut tls = BTreeMap::new();
         let mut local_ca = None;
         for (name, svc) in &config.services {
-            if let Some(acceptor) = tls::service_acceptor(svc) {
+            if let Some(acceptor) = tls::service_acceptor(svc, &config.data_dir) {
                 let acceptor = acceptor.map_err(|source| BindError::Tls {
                     key: format!("services.{name}.tls"),
                     source,

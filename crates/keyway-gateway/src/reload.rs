@@ -316,7 +316,7 @@ impl Services {
                         })?),
                     }),
                 };
-            let tls = crate::tls::service_acceptor(&svc)
+            let tls = crate::tls::service_acceptor(&svc, &new.data_dir)
                 .transpose()
                 .map_err(|e| ApplyError::Tls {
                     service: svc.name.clone(),

@@ -51,14 +51,28 @@ pub fn load(t: &TlsConfig, alpn: &[u8]) -> Result<Loaded, TlsError> {
     Ok(Loaded { acceptor, files })
 }
 
-/// The TLS of a service's listener, speaking its protocol's ALPN; `None` without
-/// `tls`. At start-up and on a reload alike.
-pub fn service_acceptor(svc: &keyway_core::config::Service) -> Option<Result<Loaded, TlsError>> {
-    let alpn = match svc.kind {
-        keyway_core::config::ServiceKind::Postgres(_) => alpn::POSTGRES,
-        _ => alpn::HTTP,
-    };
-    Some(load(svc.tls.as_ref()?, alpn))
+/// The TLS of a service's listener, speaking its protocol's ALPN. A PostgreSQL
+/// service without `tls` gets a certificate from the gateway's local CA in
+/// `data_dir` (`ca.pem`, as the tunnel's): clients send a password-like token, so
+/// `sslmode=require` works with no setup and `verify-full` with
+/// `sslrootcert=<data_dir>/ca.pem`. `None` for other services without `tls`. At
+/// start-up and on a reload alike.
+pub fn service_acceptor(
+    svc: &keyway_core::config::Service,
+    data_dir: &std::path::Path,
+) -> Option<Result<Loaded, TlsError>> {
+    let postgres = matches!(svc.kind, keyway_core::config::ServiceKind::Postgres(_));
+    let alpn = if postgres { alpn::POSTGRES } else { alpn::HTTP };
+    match (&svc.tls, svc.listen) {
+        (Some(t), _) => Some(load(t, alpn)),
+        (None, Some(listen)) if postgres => Some(LocalCa::open(data_dir).and_then(|ca| {
+            Ok(Loaded {
+                acceptor: tokio_rustls::TlsAcceptor::from(ca.server_config(listen, alpn, false)?),
+                files: None,
+            })
+        })),
+        (None, _) => None,
+    }
 }
 
 /// The TLS of one of the gateway's own listeners (the token endpoint, the tunnel),
@@ -248,6 +262,19 @@ impl LocalCa {
         &self,
         listen: std::net::SocketAddr,
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        self.server_config(listen, alpn::TUNNEL, true)
+    }
+
+    /// A listener's TLS from the local CA: a fresh server certificate for
+    /// `localhost`, `127.0.0.1` and the address it listens on (sent with the CA),
+    /// speaking `alpn`; with `agents`, client certificates of the CA are verified
+    /// when presented.
+    pub fn server_config(
+        &self,
+        listen: std::net::SocketAddr,
+        alpn: &[u8],
+        agents: bool,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         use rcgen::{CertificateParams, DnType, KeyPair};
         let cfg_err = |e: rcgen::Error| TlsError::Config(format!("local CA: {e}"));
         // `gateway.keyway`: the name agents verify, whatever address they dial (their
@@ -277,18 +304,22 @@ impl LocalCa {
         roots
             .add(self.der.clone())
             .map_err(|e| TlsError::Config(format!("local CA: {e}")))?;
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let builder = if agents {
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .allow_unauthenticated()
                 .build()
                 .map_err(|e| TlsError::Config(e.to_string()))?;
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_client_cert_verifier(verifier)
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config = builder
             .with_single_cert(vec![cert.der().clone(), self.der.clone()], key_der)
             .map_err(|e| TlsError::Config(e.to_string()))?;
-        config.alpn_protocols = vec![alpn::TUNNEL.to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         Ok(Arc::new(config))
     }
 
