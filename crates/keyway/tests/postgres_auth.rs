@@ -455,9 +455,82 @@ async fn tls_is_on_by_default_from_the_local_ca() {
         let (who, err) = psql_with(pg, &token, conn, "select current_user");
         assert_eq!(who, "kw_ro", "{conn}: {err}");
     }
+    // PostgreSQL 17's direct TLS, as `sslnegotiation=direct` makes it (this
+    // machine's psql is older): a whole session, and a ClientHello without ALPN
+    // `postgresql` closed.
+    let who = direct_tls_query(pg, &ca, &token, true).await;
+    assert_eq!(who.as_deref(), Some("kw_ro"));
+    assert_eq!(direct_tls_query(pg, &ca, &token, false).await, None);
     let (info, err) = psql_with(pg, &token, "sslmode=disable dbname=test", "\\conninfo");
     assert!(
         info.contains("connected") && !info.contains("SSL"),
         "{info} {err}"
     );
+}
+
+/// Over direct TLS (no `SSLRequest`), with or without ALPN `postgresql`: logs in with
+/// `token` and runs `select current_user`; `None` when the gateway closes first.
+async fn direct_tls_query(port: u16, ca: &Path, token: &str, alpn: bool) -> Option<String> {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    if alpn {
+        config.alpn_protocols = vec![b"postgresql".to_vec()];
+    }
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    let msg = |kind: Option<u8>, body: &[u8]| {
+        let mut m = kind.map(|k| vec![k]).unwrap_or_default();
+        m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    };
+    let startup = msg(
+        None,
+        b"\x00\x03\x00\x00user\x00x\x00database\x00test\x00\x00",
+    );
+    tls.write_all(&startup).await.ok()?;
+    // Each message: kind, length, body; until `want`, with the rows' first column.
+    async fn until<S: tokio::io::AsyncRead + Unpin>(s: &mut S, want: u8) -> Option<Vec<String>> {
+        let mut cols = Vec::new();
+        loop {
+            let kind = s.read_u8().await.ok()?;
+            let len = s.read_i32().await.ok()? as usize;
+            let mut body = vec![0u8; len - 4];
+            s.read_exact(&mut body).await.ok()?;
+            match kind {
+                b'E' => return None,
+                b'D' => {
+                    let n = i32::from_be_bytes(body[2..6].try_into().ok()?) as usize;
+                    cols.push(String::from_utf8_lossy(&body[6..6 + n]).into_owned());
+                }
+                k if k == want => return Some(cols),
+                _ => {}
+            }
+        }
+    }
+    until(&mut tls, b'R').await?;
+    let mut password = token.as_bytes().to_vec();
+    password.push(0);
+    tls.write_all(&msg(Some(b'p'), &password)).await.ok()?;
+    until(&mut tls, b'Z').await?;
+    tls.write_all(&msg(Some(b'Q'), b"select current_user\x00"))
+        .await
+        .ok()?;
+    until(&mut tls, b'Z').await?.into_iter().next()
 }

@@ -17,6 +17,35 @@ impl PgProxy {
     ) -> Result<Opening, Refused> {
         let mut is_tls = false;
         let mut cert = None;
+        // PostgreSQL 17's direct TLS (`sslnegotiation=direct`): a TLS ClientHello
+        // where the start-up packet would be, which must agree on ALPN `postgresql`
+        // (as PostgreSQL itself requires, against cross-protocol tricks).
+        let mut first = [0u8; 1];
+        client
+            .read_exact(&mut first)
+            .await
+            .map_err(|_| Refused::Silent)?;
+        let read = std::mem::replace(client, Box::new(tokio::io::duplex(1).0));
+        *client = Box::new(Prefixed {
+            first: Some(first[0]),
+            inner: read,
+        });
+        if first[0] == TLS_HANDSHAKE {
+            let acceptor = self.tls.clone().ok_or(Refused::Silent)?;
+            let plain = std::mem::replace(client, Box::new(tokio::io::duplex(1).0));
+            let tls = acceptor.accept(plain).await.map_err(|_| Refused::Silent)?;
+            if tls.get_ref().1.alpn_protocol() != Some(crate::tls::alpn::POSTGRES) {
+                return Err(Refused::Silent);
+            }
+            cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| crate::tls::thumbprint(c.as_ref()));
+            *client = Box::new(tls);
+            is_tls = true;
+        }
         let (minor, params) = loop {
             let (code, body) = read_startup(client).await?;
             match code {
@@ -317,4 +346,54 @@ pub(super) fn parse_params(body: &[u8]) -> HashMap<String, String> {
 /// writes): refused, with a code a client may retry on.
 fn unrecorded() -> Refused {
     Refused::Client("53300", "Keyway cannot record this session now".into())
+}
+
+/// The first byte of a TLS record carrying a handshake (a ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// A client stream with its first byte, already read to tell direct TLS from a
+/// start-up packet, given back first.
+struct Prefixed {
+    first: Option<u8>,
+    inner: Box<dyn Io>,
+}
+
+impl tokio::io::AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if buf.remaining() > 0 {
+            if let Some(b) = self.first.take() {
+                buf.put_slice(&[b]);
+                return std::task::Poll::Ready(Ok(()));
+            }
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
