@@ -1,6 +1,7 @@
-//! `keyway connect`: a local port for one TCP service behind the gateway. Each
-//! connection accepted on `127.0.0.1:PORT` is carried over its own TLS stream to the
-//! gateway's tunnel listener, authenticated with the user's token.
+//! `keyway connect`: a local port (or a Unix socket only its user may open) for one
+//! TCP service behind the gateway. Each connection accepted there is carried over
+//! its own TLS stream to the gateway's tunnel listener, authenticated with the
+//! user's token.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,7 +9,8 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
@@ -22,8 +24,13 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "CA.pem")]
     ca: PathBuf,
     /// The local port to listen on, on 127.0.0.1 (default: any free one, printed).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "unix")]
     port: u16,
+    /// Listen on a Unix socket at this path instead, made with mode 0600 so only
+    /// your user can open it (any local user can open a port on 127.0.0.1); it
+    /// must not exist yet, and is removed on Ctrl-C.
+    #[arg(long, value_name = "PATH")]
+    unix: Option<PathBuf>,
     /// A file holding your access token (else `KEYWAY_TOKEN`, else
     /// `~/.config/keyway/token`, which must be mode 0600).
     #[arg(long)]
@@ -38,6 +45,35 @@ pub async fn run(a: ConnectArgs) -> Result<ExitCode> {
         .rsplit_once(':')
         .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_owned())
         .ok_or_else(|| anyhow!("--gateway takes HOST:PORT, like gw.example:7443"))?;
+    let tunnel = Tunnel {
+        tls,
+        token,
+        gateway: a.gateway.clone(),
+        host,
+        service: a.service.clone(),
+    };
+    if let Some(path) = &a.unix {
+        let listener = private_socket(path)?;
+        eprintln!(
+            "listening on {} (mode 0600) for `{}` through {}; Ctrl-C stops",
+            path.display(),
+            a.service,
+            a.gateway
+        );
+        println!("{}", path.display());
+        let done = loop {
+            let (client, _) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => break Err(e.into()),
+                },
+                _ = tokio::signal::ctrl_c() => break Ok(ExitCode::SUCCESS),
+            };
+            tokio::spawn(tunnel.clone().carry(client));
+        };
+        let _ = std::fs::remove_file(path);
+        return done;
+    }
     let listener = TcpListener::bind(("127.0.0.1", a.port))
         .await
         .with_context(|| format!("listening on 127.0.0.1:{}", a.port))?;
@@ -48,41 +84,81 @@ pub async fn run(a: ConnectArgs) -> Result<ExitCode> {
     );
     println!("{local}");
     loop {
-        let (mut client, _) = tokio::select! {
+        let (client, _) = tokio::select! {
             r = listener.accept() => r?,
             _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
         };
         let _ = client.set_nodelay(true);
-        let (tls, token, gateway, host, service) = (
-            tls.clone(),
-            token.clone(),
-            a.gateway.clone(),
-            host.clone(),
-            a.service.clone(),
-        );
-        tokio::spawn(async move {
-            match keyway_gateway::tunnel::open(
-                &gateway,
-                &host,
-                tls,
-                &service,
-                token.expose_secret(),
-            )
-            .await
-            {
-                Ok(mut stream) => {
-                    let _ = tokio::io::copy_bidirectional_with_sizes(
-                        &mut client,
-                        &mut stream,
-                        keyway_core::tunnel::RELAY_BUFFER,
-                        keyway_core::tunnel::RELAY_BUFFER,
-                    )
-                    .await;
-                }
-                Err(e) => eprintln!("connection to `{service}` not opened: {e}"),
-            }
-        });
+        tokio::spawn(tunnel.clone().carry(client));
     }
+}
+
+/// Where each local connection goes: one TLS stream to the gateway's tunnel each.
+#[derive(Clone)]
+struct Tunnel {
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    token: SecretString,
+    gateway: String,
+    host: String,
+    service: String,
+}
+
+impl Tunnel {
+    async fn carry<S: AsyncRead + AsyncWrite + Unpin>(self, mut client: S) {
+        let opened = keyway_gateway::tunnel::open(
+            &self.gateway,
+            &self.host,
+            self.tls,
+            &self.service,
+            self.token.expose_secret(),
+        )
+        .await;
+        match opened {
+            Ok(mut stream) => {
+                let _ = tokio::io::copy_bidirectional_with_sizes(
+                    &mut client,
+                    &mut stream,
+                    keyway_core::tunnel::RELAY_BUFFER,
+                    keyway_core::tunnel::RELAY_BUFFER,
+                )
+                .await;
+            }
+            Err(e) => eprintln!("connection to `{}` not opened: {e}", self.service),
+        }
+    }
+}
+
+/// A Unix socket at `path` that only this user may open: bound inside a fresh
+/// directory of mode 0700, made 0600, then moved into place, so it is never open to
+/// others, not even for a moment.
+fn private_socket(path: &Path) -> Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if path.symlink_metadata().is_ok() {
+        bail!(
+            "{} exists; remove it or choose another path",
+            path.display()
+        );
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let staging = parent.join(format!(".keyway-connect-{}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .with_context(|| format!("creating {}", staging.display()))?;
+    let inside = staging.join("socket");
+    let made = (|| -> Result<UnixListener> {
+        let listener = UnixListener::bind(&inside)
+            .with_context(|| format!("listening on {}", inside.display()))?;
+        std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&inside, path)
+            .with_context(|| format!("moving the socket to {}", path.display()))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir(&staging);
+    made
 }
 
 fn resolve_token(file: Option<&Path>) -> Result<SecretString> {

@@ -93,6 +93,51 @@ async fn tcp_services_through_keyway_connect() {
         .expect("redis-cli");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "PONG");
 
+    // And on a Unix socket only this user may open (mode 0600), not clobbering one
+    // that exists.
+    let sock = dir.join("cache.sock");
+    let mut unix = std::process::Command::new(BIN)
+        .args(["connect", "cache", "--gateway"])
+        .arg(format!("127.0.0.1:{tunnel_port}"))
+        .args(["--ca", "data/ca.pem", "--unix"])
+        .arg(&sock)
+        .env("KEYWAY_TOKEN", &cache_token)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(unix.0.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), sock.display().to_string());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let out = Command::new("redis-cli")
+        .arg("-s")
+        .arg(&sock)
+        .arg("PING")
+        .output()
+        .expect("redis-cli");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "PONG");
+    let again = std::process::Command::new(BIN)
+        .args(["connect", "cache", "--gateway"])
+        .arg(format!("127.0.0.1:{tunnel_port}"))
+        .args(["--ca", "data/ca.pem", "--unix"])
+        .arg(&sock)
+        .env("KEYWAY_TOKEN", &cache_token)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
+    drop(unix);
+
     // mysql -e 'select 1' through the tunnel.
     let db = connect(dir, "db", tunnel_port, &issue("db"));
     let out = Command::new("mysql")
