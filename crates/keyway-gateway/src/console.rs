@@ -275,17 +275,15 @@ impl FromRequestParts<Console> for Person {
 
 impl Person {
     /// Whether `form`'s CSRF token is this session's (constant time).
-    fn checks(&self, form: &Csrf) -> bool {
-        !form.csrf.is_empty() && bool::from(form.csrf.as_bytes().ct_eq(self.csrf.as_bytes()))
+    fn checks(&self, csrf: &str) -> bool {
+        !csrf.is_empty() && bool::from(csrf.as_bytes().ct_eq(self.csrf.as_bytes()))
     }
 
     /// Why this person may not make a change with `csrf`, as the answer: the form
     /// is not the session's own, or the person looks rather than acts. `None` when
     /// they may.
     fn refusal(&self, csrf: &str) -> Option<Response> {
-        if !self.checks(&Csrf {
-            csrf: csrf.to_owned(),
-        }) {
+        if !self.checks(csrf) {
             return Some(forged());
         }
         (!self.admin).then(|| {
@@ -474,10 +472,5 @@ fn time(s: &str) -> Result<Option<UnixMillis>, ()> {
     } else {
         s.to_owned()
     };
-    let t = humantime::parse_rfc3339_weak(&full).map_err(drop)?;
-    let ms = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(drop)?
-        .as_millis();
-    Ok(Some(UnixMillis::try_from(ms).map_err(drop)?))
+    keyway_core::clock::parse_time(&full).map(Some).ok_or(())
 }

@@ -158,9 +158,7 @@ pub(super) struct Proposed {
 /// What a proposed config would change, as `keyway plan` says it; for an admin,
 /// with the button that applies it.
 pub(super) async fn plan(State(c): State<Console>, p: Person, Form(f): Form<Proposed>) -> Response {
-    if !p.checks(&Csrf {
-        csrf: f.csrf.clone(),
-    }) {
+    if !p.checks(&f.csrf) {
         return super::forged();
     }
     // A browser sends a textarea's lines with CRLF: planned as the file is written.

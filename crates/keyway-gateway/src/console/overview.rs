@@ -161,7 +161,7 @@ pub(super) async fn verify(
     p: Person,
     axum::Form(f): axum::Form<super::Csrf>,
 ) -> Response {
-    if !p.checks(&f) {
+    if !p.checks(&f.csrf) {
         return super::forged();
     }
     let Ok(mut last) = c.verified.try_lock() else {

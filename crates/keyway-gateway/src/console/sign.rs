@@ -379,7 +379,7 @@ pub(super) async fn sso_callback(
 
 /// Ends the console's session (and the `kwse_` session a provider sign-in made).
 pub(super) async fn sign_out(State(c): State<Console>, p: Person, Form(f): Form<Csrf>) -> Response {
-    if !p.checks(&f) {
+    if !p.checks(&f.csrf) {
         return forged();
     }
     c.sessions

@@ -7,6 +7,29 @@ use super::*;
 // === impl PgProxy ===
 
 impl PgProxy {
+    /// Puts TLS on `client` (after `SSLRequest`, or directly when `direct`, which
+    /// must agree on ALPN `postgresql`): the thumbprint of the client certificate it
+    /// presented, if any.
+    async fn accept_tls(
+        &self,
+        client: &mut Box<dyn Io>,
+        direct: bool,
+    ) -> Result<Option<String>, Refused> {
+        let acceptor = self.tls.clone().ok_or(Refused::Silent)?;
+        let plain = std::mem::replace(client, Box::new(tokio::io::duplex(1).0));
+        let tls = acceptor.accept(plain).await.map_err(|_| Refused::Silent)?;
+        let session = tls.get_ref().1;
+        if direct && session.alpn_protocol() != Some(crate::tls::alpn::POSTGRES) {
+            return Err(Refused::Silent);
+        }
+        let cert = session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| crate::tls::thumbprint(c.as_ref()));
+        *client = Box::new(tls);
+        Ok(cert)
+    }
+
     /// The client's part of start-up, up to its password: encryption, the start-up
     /// packet, protocol negotiation, the password asked for and read. The client
     /// sets its pace; [`Self::start`] races it against the gateway's stop.
@@ -31,19 +54,7 @@ impl PgProxy {
             inner: read,
         });
         if first[0] == TLS_HANDSHAKE {
-            let acceptor = self.tls.clone().ok_or(Refused::Silent)?;
-            let plain = std::mem::replace(client, Box::new(tokio::io::duplex(1).0));
-            let tls = acceptor.accept(plain).await.map_err(|_| Refused::Silent)?;
-            if tls.get_ref().1.alpn_protocol() != Some(crate::tls::alpn::POSTGRES) {
-                return Err(Refused::Silent);
-            }
-            cert = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| crate::tls::thumbprint(c.as_ref()));
-            *client = Box::new(tls);
+            cert = self.accept_tls(client, true).await?;
             is_tls = true;
         }
         let (minor, params) = loop {
@@ -57,16 +68,7 @@ impl PgProxy {
                 }
                 SSL_REQUEST if self.tls.is_some() => {
                     client.write_all(b"S").await.map_err(|_| Refused::Silent)?;
-                    let acceptor = self.tls.clone().ok_or(Refused::Silent)?;
-                    let plain = std::mem::replace(client, Box::new(tokio::io::duplex(1).0));
-                    let tls = acceptor.accept(plain).await.map_err(|_| Refused::Silent)?;
-                    cert = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .map(|c| crate::tls::thumbprint(c.as_ref()));
-                    *client = Box::new(tls);
+                    cert = self.accept_tls(client, false).await?;
                     is_tls = true;
                 }
                 SSL_REQUEST | GSSENC_REQUEST => {
