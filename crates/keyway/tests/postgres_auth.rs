@@ -407,37 +407,8 @@ async fn the_gateway_logs_in_with_scram_and_md5_over_tls_and_ends_expired_sessio
 /// `ca.pem`, by name and by address; a plaintext client on loopback still works.
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_is_on_by_default_from_the_local_ca() {
-    require(
-        5432,
-        "PostgreSQL",
-        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
-    );
-    psql_admin(
-        "DO $$ BEGIN CREATE ROLE kw_ro LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
-    );
-    let (up, _) = upstream().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let (admin, svc, pg) = (free_port(), free_port(), free_port());
-    billing_config(
-        dir,
-        admin,
-        svc,
-        &up.to_string(),
-        "1h",
-        &format!(
-            "\n[services.orders-db]\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:{pg}\"\n\
-             upstream = \"127.0.0.1:5432\"\ndatabase = \"test\"\nmax_ttl = \"1h\"\n\
-             roles.readonly = {{ user = \"kw_ro\", secret = \"kw-ro\" }}\n"
-        ),
-    );
-    let _gw = start_gateway(dir, admin);
-    let out = keyway(
-        dir,
-        &["secret", "set", "kw-ro", "--config", "keyway.toml"],
-        Some("unused"),
-    );
-    assert!(out.status.success());
+    let world = billing_and_orders_db().await;
+    let (dir, pg) = (world.dir.as_path(), world.pg);
     let token = ok_stdout(issue_as(dir, "alice", "orders-db", Some("readonly"), &[]));
     let ca = dir.join("data/ca.pem");
     let cases = [

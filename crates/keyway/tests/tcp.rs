@@ -96,13 +96,9 @@ async fn tcp_services_through_keyway_connect() {
     // And on a Unix socket only this user may open (mode 0600), not clobbering one
     // that exists.
     let sock = dir.join("cache.sock");
-    let mut unix = std::process::Command::new(BIN)
-        .args(["connect", "cache", "--gateway"])
-        .arg(format!("127.0.0.1:{tunnel_port}"))
-        .args(["--ca", "data/ca.pem", "--unix"])
+    let mut unix = connect_command(dir, "cache", tunnel_port, &cache_token)
+        .arg("--unix")
         .arg(&sock)
-        .env("KEYWAY_TOKEN", &cache_token)
-        .current_dir(dir)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -125,13 +121,9 @@ async fn tcp_services_through_keyway_connect() {
         .output()
         .expect("redis-cli");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "PONG");
-    let again = std::process::Command::new(BIN)
-        .args(["connect", "cache", "--gateway"])
-        .arg(format!("127.0.0.1:{tunnel_port}"))
-        .args(["--ca", "data/ca.pem", "--unix"])
+    let again = connect_command(dir, "cache", tunnel_port, &cache_token)
+        .arg("--unix")
         .arg(&sock)
-        .env("KEYWAY_TOKEN", &cache_token)
-        .current_dir(dir)
         .output()
         .unwrap();
     assert!(!again.status.success());

@@ -1,11 +1,15 @@
 //! Helpers of the binary's end-to-end tests: a real upstream, free ports, running the
-//! CLI, curl, Ctrl-C, and the canary's file search.
+//! CLI, curl, Ctrl-C, and the canary's file search; `pg`: psql, through the gateway
+//! and directly.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cluster;
 pub mod oidc;
+mod pg;
 pub mod sso;
+
+pub use pg::*;
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Write};
@@ -469,19 +473,21 @@ pub fn require(port: u16, what: &str, start: &str) {
 /// A running `keyway connect`, and the local port it listens on.
 pub struct Connect(pub KillOnDrop, pub u16);
 
+/// `keyway connect SERVICE` in `dir` to the tunnel on `tunnel`, with the token in
+/// KEYWAY_TOKEN, not yet run.
+pub fn connect_command(dir: &std::path::Path, service: &str, tunnel: u16, token: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["connect", service, "--gateway"])
+        .arg(format!("127.0.0.1:{tunnel}"))
+        .args(["--ca", "data/ca.pem"])
+        .env("KEYWAY_TOKEN", token)
+        .current_dir(dir);
+    cmd
+}
+
 /// `keyway connect SERVICE` with the token in KEYWAY_TOKEN; its local port.
 pub fn connect(dir: &std::path::Path, service: &str, tunnel: u16, token: &str) -> Connect {
-    let mut child = Command::new(BIN)
-        .args([
-            "connect",
-            service,
-            "--gateway",
-            &format!("127.0.0.1:{tunnel}"),
-            "--ca",
-            "data/ca.pem",
-        ])
-        .env("KEYWAY_TOKEN", token)
-        .current_dir(dir)
+    let mut child = connect_command(dir, service, tunnel, token)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -492,81 +498,4 @@ pub fn connect(dir: &std::path::Path, service: &str, tunnel: u16, token: &str) -
         .unwrap();
     let port = line.trim().rsplit_once(':').unwrap().1.parse().unwrap();
     Connect(KillOnDrop(child), port)
-}
-
-/// A `psql` session through the gateway on `port` with `token`, as `alice` on `test`,
-/// running `SELECT pg_sleep(60)`: live until something ends it; its stderr is piped.
-pub fn sleeping_psql(port: u16, token: &str) -> KillOnDrop {
-    Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "alice",
-            "-d",
-            "test",
-        ])
-        .args(["-XAtqc", "SELECT pg_sleep(60)"])
-        .env("PGPASSWORD", token)
-        .env("PGSSLMODE", "disable")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map(KillOnDrop)
-        .unwrap()
-}
-
-/// `psql` through the gateway with `token` as the password.
-pub fn psql(port: u16, token: &str, sql: &str) -> Output {
-    Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "whoever",
-            "-d",
-            "test",
-            "-XAtqc",
-            sql,
-        ])
-        .env("PGPASSWORD", token)
-        .env("PGSSLMODE", "disable")
-        .env("PGCONNECT_TIMEOUT", "10")
-        .output()
-        .unwrap()
-}
-
-/// `sql` run directly on the machine's PostgreSQL database `test` as `postgres`; its
-/// rows, unaligned.
-pub fn psql_admin(sql: &str) -> String {
-    psql_admin_on("test", sql)
-}
-
-/// [`psql_admin`] on database `db`.
-pub fn psql_admin_on(db: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            db,
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-XAtqc",
-            sql,
-        ])
-        .output()
-        .expect("psql must be installed (apt-get install postgresql-client)");
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

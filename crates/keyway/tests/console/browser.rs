@@ -187,6 +187,39 @@ pub async fn text_of(c: &Client, css: &str) -> String {
         .unwrap()
 }
 
+/// Waits (5 s at most) for the first element `css` names to have a text `want`
+/// takes, and returns it: after a click, the old page may still be there, or be
+/// going, for a moment.
+pub async fn wait_text(c: &Client, css: &str, want: impl Fn(&str) -> bool) -> String {
+    let started = Instant::now();
+    loop {
+        let text = match c.find(Locator::Css(css)).await {
+            Ok(e) => e.text().await.ok(),
+            Err(_) => None,
+        };
+        match text {
+            Some(t) if want(&t) => return t,
+            last if started.elapsed() > Duration::from_secs(5) => {
+                panic!("{css}: no text as wanted; the last was {last:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Waits (5 s at most) for the page's address to contain `part`: the answer to a
+/// form that redirects there has arrived.
+pub async fn wait_url(c: &Client, part: &str) {
+    let started = Instant::now();
+    while !c.current_url().await.unwrap().as_str().contains(part) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no page at …{part}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Posts `path` from the page with the session's own CSRF token: the status.
 pub async fn post_with_csrf(c: &Client, path: &str) -> u64 {
     let script = format!(
