@@ -37,6 +37,7 @@ mod replicas;
 mod service;
 mod subject;
 mod tcp;
+mod upstream_tls;
 
 pub use access::{
     https_or_loopback, person_subjects, policy_for, Approval, IdentityConfig, OidcProvider, Policy,
@@ -49,13 +50,14 @@ pub use detect::{
     RawWebhook, Webhook,
 };
 pub use model::{
-    Agent, AuditConfig, Config, Durability, HttpService, HttpUpstream, OnFull, PgRole,
+    Agent, AuditConfig, ClientCert, Config, Durability, HttpService, HttpUpstream, OnFull, PgRole,
     PortAuditConfig, PostgresService, Service, ServiceKind, TcpService, TlsConfig, UpstreamAuth,
-    Written,
+    UpstreamTls, Written,
 };
 pub use problem::{ConfigError, Problem};
 pub use raw::{
-    RawAgent, RawAudit, RawConfig, RawPortAudit, RawRole, RawService, RawTls, RawUpstreamAuth,
+    RawAgent, RawAudit, RawConfig, RawListenerTls, RawPortAudit, RawRole, RawService, RawTls,
+    RawUpstreamAuth,
 };
 pub use replicas::{for_this_process, RawReplica, PER_PROCESS};
 

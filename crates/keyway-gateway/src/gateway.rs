@@ -59,6 +59,8 @@ pub struct Gateway {
     data_lock: Option<std::fs::File>,
     /// Agents' live connections and revocations.
     pub agents: Arc<crate::agents::Registry>,
+    /// Each service's TLS to its upstream, as loaded.
+    pub upstream_tls: Arc<crate::upstream::UpstreamTlsCache>,
     pub metrics: Arc<crate::telemetry::Metrics>,
     /// The admission check (the blocklist) and the detectors' intake.
     pub admission: Arc<crate::admission::Admission>,
@@ -303,6 +305,7 @@ impl Gateway {
             admin_token_written: None,
             data_lock: None,
             agents,
+            upstream_tls: Arc::default(),
             metrics,
             admission,
             alerts,
@@ -327,6 +330,10 @@ impl Gateway {
             admission: self.admission.clone(),
             metrics: self.metrics.clone(),
             agents: self.agents.clone(),
+            dialer: crate::upstream::Dialer {
+                agents: self.agents.clone(),
+                tls: self.upstream_tls.clone(),
+            },
         }
     }
 

@@ -61,7 +61,7 @@ pub mod tls;
 pub mod token_api;
 pub mod tokens;
 pub mod tunnel;
-mod upstream;
+pub mod upstream;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -90,6 +90,8 @@ pub struct Listeners {
     pub tls: BTreeMap<String, tls::Loaded>,
     /// The gateway's own CA, when the tunnel uses it: it enrolls agents.
     pub local_ca: Option<Arc<tls::LocalCa>>,
+    /// TLS to the services' upstreams, loaded with the listeners' for the same reason.
+    pub upstream_tls: upstream::tls::Prepared,
 }
 
 /// The key of the token endpoint in [`Listeners::tls`].
@@ -137,6 +139,13 @@ impl Listeners {
                 );
             }
         }
+        // TLS to upstreams: its files read and checked now, as the listeners' are.
+        let upstream_tls = upstream::UpstreamTlsCache::default()
+            .prepare(config)
+            .map_err(|(name, source)| BindError::Tls {
+                key: format!("services.{name}.upstream_tls"),
+                source,
+            })?;
         let mut tls = BTreeMap::new();
         let mut local_ca = None;
         for (name, svc) in &config.services {
@@ -182,6 +191,7 @@ impl Listeners {
             services,
             tls,
             local_ca,
+            upstream_tls,
         })
     }
 
@@ -210,6 +220,7 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
     let mut tasks = tokio::task::JoinSet::new();
     let mut services = reload::Services::new(gw.clone(), shutdown.clone());
     let mut ports = listeners.services;
+    gw.upstream_tls.install(listeners.upstream_tls);
     let config = gw.config();
     for (name, svc) in &config.services {
         let listener = ports.remove(name).map(Arc::new);

@@ -279,7 +279,21 @@ impl Services {
         let unpublished = stored
             .as_ref()
             .is_some_and(|s| s.as_deref() != Some(&new.written.sha256));
-        if dry_run || (outcome.plan.is_empty() && same_text && !unpublished) {
+        // TLS to upstreams, loaded (their files read and checked) before anything
+        // changes; renewed files are taken even when nothing else changed.
+        let upstream_tls =
+            self.gw
+                .upstream_tls
+                .prepare(&new)
+                .map_err(|(service, e)| ApplyError::Tls {
+                    service,
+                    why: e.to_string(),
+                })?;
+        if dry_run {
+            return Ok(outcome);
+        }
+        if outcome.plan.is_empty() && same_text && !unpublished {
+            self.gw.upstream_tls.install(upstream_tls);
             return Ok(outcome);
         }
         if !restart.is_empty() {
@@ -388,6 +402,7 @@ impl Services {
         // Nothing can fail from here: the new config goes in force, and sessions
         // judge themselves against it.
         let new = Arc::new(new);
+        self.gw.upstream_tls.install(upstream_tls);
         self.gw.replace_config(new.clone());
         // A removed service stops now; a changed one once its successor serves.
         let mut replaced = HashMap::new();

@@ -52,20 +52,23 @@ pub fn load(t: &TlsConfig, alpn: &[u8]) -> Result<Loaded, TlsError> {
 }
 
 /// The TLS of a service's listener, speaking its protocol's ALPN. A PostgreSQL
-/// service without `tls` gets a certificate from the gateway's local CA in
-/// `data_dir` (`ca.pem`, as the tunnel's): clients send a password-like token, so
-/// `sslmode=require` works with no setup and `verify-full` with
-/// `sslrootcert=<data_dir>/ca.pem`. `None` for other services without `tls`. At
-/// start-up and on a reload alike.
+/// service without `tls`, and an HTTP service with `tls = "local"`, get a
+/// certificate from the gateway's local CA in `data_dir` (`ca.pem`, as the
+/// tunnel's): clients send a password-like token, so `sslmode=require` works with
+/// no setup and `verify-full` with `sslrootcert=<data_dir>/ca.pem` (`curl --cacert`
+/// likewise). `None` for other services without `tls`. At start-up and on a reload
+/// alike.
 pub fn service_acceptor(
     svc: &keyway_core::config::Service,
     data_dir: &std::path::Path,
 ) -> Option<Result<Loaded, TlsError>> {
-    let postgres = matches!(svc.kind, keyway_core::config::ServiceKind::Postgres(_));
+    use keyway_core::config::ServiceKind;
+    let postgres = matches!(svc.kind, ServiceKind::Postgres(_));
+    let local = postgres || matches!(&svc.kind, ServiceKind::Http(h) if h.local_tls);
     let alpn = if postgres { alpn::POSTGRES } else { alpn::HTTP };
     match (&svc.tls, svc.listen) {
         (Some(t), _) => Some(load(t, alpn)),
-        (None, Some(listen)) if postgres => Some(LocalCa::open(data_dir).and_then(|ca| {
+        (None, Some(listen)) if local => Some(LocalCa::open(data_dir).and_then(|ca| {
             Ok(Loaded {
                 acceptor: tokio_rustls::TlsAcceptor::from(ca.server_config(listen, alpn, false)?),
                 files: None,
@@ -159,7 +162,7 @@ pub fn thumbprint_of_pem(path: &Path) -> Result<String, TlsError> {
     Ok(thumbprint(certs[0].as_ref()))
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = |why: String| TlsError::Certs {
         path: path.display().to_string(),
         why,
@@ -176,7 +179,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 
 /// The certificates of the PEM file `path` as trust roots; a certificate refused is
 /// named by `label` in the error.
-fn roots(path: &Path, label: &str) -> Result<RootCertStore, TlsError> {
+pub(crate) fn roots(path: &Path, label: &str) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in read_certs(path)? {
         roots

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyway_core::config::ServiceKind;
+use keyway_core::config::{Service, ServiceKind};
 use keyway_core::tunnel::{self, read_frame, FrameError, Hello, Open, Reply};
 use keyway_core::DenyReason;
 use keyway_core::EventKind;
@@ -170,7 +170,7 @@ async fn open_stream(
 
     let decided = decide(h, &open, source, cert.as_deref(), &mut ev);
     drop(open);
-    let (entry, connect_timeout, session) = match decided {
+    let (entry, svc, session) = match decided {
         Ok(x) => x,
         Err(reason) => {
             ev.deny(reason);
@@ -188,19 +188,20 @@ async fn open_stream(
         reply(&mut tls, Some("unavailable"), None).await;
         return;
     };
-    let upstream = match crate::upstream::dial(
-        &h.agents,
-        session.via.as_deref(),
-        &session.upstream,
-        connect_timeout,
-    )
-    .await
+    let connect_timeout = match &svc.kind {
+        ServiceKind::Tcp(tcp) => tcp.connect_timeout,
+        _ => Duration::from_secs(5),
+    };
+    let upstream = match h
+        .dialer
+        .dial(&svc, &session.upstream, connect_timeout)
+        .await
     {
         Ok(s) => s,
-        Err(why) => {
-            tracing::warn!(service = ?ev.service, why, "tunnel upstream unreachable");
+        Err(e) => {
+            tracing::warn!(service = ?ev.service, reason = e.reason, why = %e.why, "tunnel upstream unreachable");
             ev.allow();
-            ev.detail = json!({ "error": "upstream_unreachable", "why": why });
+            ev.detail = json!({ "error": e.reason, "why": e.why });
             let shown = match reservation.send(ev).wait().await {
                 true => "upstream unreachable",
                 false => "unavailable",
@@ -246,7 +247,7 @@ fn decide(
     source: std::net::IpAddr,
     cert: Option<&str>,
     ev: &mut keyway_store::AuditEvent,
-) -> Result<(Arc<Entry>, Duration, crate::sessions::Session), DenyReason> {
+) -> Result<(Arc<Entry>, Service, crate::sessions::Session), DenyReason> {
     let attempt = Attempt {
         protocol: Protocol::Tcp,
         service: Reached::Named(&open.service),
@@ -265,17 +266,17 @@ fn decide(
     ev.principal = Some(entry.record.principal.clone());
     // The TCP service admitted to, in the config it was judged by; a refusal, not a
     // panic, if it were not.
-    let Some((svc, ServiceKind::Tcp(tcp))) = admitted
+    let Some(svc) = admitted
         .config
         .service(&open.service)
-        .map(|svc| (svc, &svc.kind))
+        .filter(|svc| matches!(svc.kind, ServiceKind::Tcp(_)))
     else {
         return Err(DenyReason::WrongService);
     };
     admitted.mark_used(h.now());
     // The session's upstream and agent are the service's, as they are now.
     let session = crate::sessions::Session::new(svc, entry, source);
-    Ok((admitted.entry.clone(), tcp.connect_timeout, session))
+    Ok((admitted.entry.clone(), svc.clone(), session))
 }
 
 /// The client side: opens one tunnel stream to `service` through the gateway at

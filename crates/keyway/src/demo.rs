@@ -81,6 +81,7 @@ upstream_auth = {{ header = "X-Api-Key", secret = "billing-key" }}
         tls: Default::default(),
         services: [("billing".to_owned(), service)].into(),
         local_ca: None,
+        upstream_tls: Default::default(),
     };
     let gw = Arc::new(Gateway::open(config, Arc::new(SystemClock)).await?);
     gw.set_secret("billing-key", &api_key, "demo").await?;

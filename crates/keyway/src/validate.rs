@@ -19,12 +19,19 @@ pub struct ValidateArgs {
     /// One JSON object per finding instead of lines for people.
     #[arg(long)]
     json: bool,
+    /// Accept certificate verification turned off on purpose
+    /// (`upstream_insecure_skip_verify = true`) as a warning, not an error.
+    #[arg(long)]
+    allow_insecure: bool,
 }
 
 pub fn run(args: ValidateArgs) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
-    let (_, findings) = lint::check(&text, &crate::serve::config_dir(&args.file));
+    let (_, mut findings) = lint::check(&text, &crate::serve::config_dir(&args.file));
+    if args.allow_insecure {
+        lint::allow_insecure(&mut findings);
+    }
     let errors = findings
         .iter()
         .filter(|f| f.severity == Severity::Error)

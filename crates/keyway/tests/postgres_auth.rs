@@ -9,126 +9,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// A throwaway cluster: stopped (and removed with its folder) on drop.
-struct Cluster {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    port: u16,
-}
-
-impl Cluster {
-    fn start() -> Self {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL server binaries are needed (apt-get install postgresql)")
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().join("bin"))
-            .find(|p| p.join("initdb").exists())
-            .expect("initdb not found under /usr/lib/postgresql/*/bin");
-        let dir = tempfile::tempdir().unwrap();
-        let chown = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(
-            chown.success(),
-            "this test runs as root to make a cluster owned by `postgres`"
-        );
-        let data = dir.path().join("data");
-        let as_postgres = |args: &[&str]| {
-            let out = Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .args(args)
-                .stdout(Stdio::null())
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let initdb = bin.join("initdb");
-        as_postgres(&[
-            initdb.to_str().unwrap(),
-            "-D",
-            data.to_str().unwrap(),
-            "-U",
-            "postgres",
-            "--auth-local=trust",
-            "--auth-host=md5",
-        ]);
-        let port = free_port();
-        let pg_ctl = bin.join("pg_ctl");
-        let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1",
-            dir.path().display()
-        );
-        as_postgres(&[
-            pg_ctl.to_str().unwrap(),
-            "-D",
-            data.to_str().unwrap(),
-            "-o",
-            &opts,
-            "-w",
-            "start",
-        ]);
-        Self { dir, bin, port }
-    }
-
-    /// SQL over the cluster's local socket, as the superuser; the rows, unaligned.
-    fn sql(&self, sql: &str) -> String {
-        let out = Command::new("psql")
-            .args([
-                "-h",
-                self.dir.path().to_str().unwrap(),
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-            ])
-            .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-XAtqc", sql])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let pg_ctl = self.bin.join("pg_ctl");
-        let _ = Command::new("runuser")
-            .args([
-                "-u",
-                "postgres",
-                "--",
-                pg_ctl.to_str().unwrap(),
-                "-D",
-                self.data().to_str().unwrap(),
-                "-m",
-                "immediate",
-                "stop",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
 
 fn psql(port: u16, token: &str) -> (String, String) {
     psql_with(port, token, "sslmode=disable", "select current_user")
@@ -156,23 +41,9 @@ fn psql_command(port: u16, token: &str, conn: &str, sql: &str) -> Command {
 /// A CA, and a certificate for 127.0.0.1 that it signed: `ca.pem`, `server.pem`,
 /// `server.key` in `dir`.
 fn write_pki(dir: &Path) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    // Distinct names: OpenSSL takes a certificate whose issuer is its own subject for
-    // a self-signed one.
-    ca.distinguished_name
-        .push(DnType::CommonName, "keyway test CA");
-    std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    leaf.distinguished_name
-        .push(DnType::CommonName, "keyway test gateway");
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    let ca = TestCa::new("keyway test CA");
+    ca.write(&dir.join("ca.pem"));
+    ca.server(dir, "server", &["127.0.0.1"], Validity::Now);
 }
 
 /// How many queries containing `marker` the cluster is running, after waiting up to

@@ -16,7 +16,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -190,27 +190,6 @@ fn run(dir: &Path, args: &[&str]) -> (bool, String, String) {
 
 fn token(dir: &Path, service: &str, role: Option<&str>) -> String {
     ok_stdout(issue_as(dir, "alice", service, role, &[]))
-}
-
-fn hangup(pid: &str) {
-    let kill = Command::new("kill").args(["-HUP", pid]).status().unwrap();
-    assert!(kill.success());
-}
-
-/// Waits (up to 10 s) for `needle` in the gateway's log.
-fn wait_log(dir: &Path, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap();
-        if log.contains(needle) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no `{needle}` in the log:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

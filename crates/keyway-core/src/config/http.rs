@@ -1,4 +1,5 @@
-//! An http service's part of its check: an `http://` upstream without credentials,
+//! An http service's part of its check: an `http://` or `https://` upstream without
+//! credentials,
 //! the header set from a secret, the timeouts and header limits, TLS and client
 //! certificates on its listener.
 
@@ -11,7 +12,11 @@ use http::{HeaderName, Uri};
 use super::check::valid_secret_name;
 use super::problem::Problems;
 use super::service::Common;
-use super::{HttpService, HttpUpstream, RawService, Service, ServiceKind, TlsConfig, UpstreamAuth};
+use super::upstream_tls::Asked;
+use super::{
+    HttpService, HttpUpstream, RawListenerTls, RawService, Service, ServiceKind, TlsConfig,
+    UpstreamAuth,
+};
 
 // === impl RawService ===
 
@@ -19,6 +24,23 @@ impl RawService {
     pub(super) fn check_http(self, c: Common<'_>, p: &mut Problems) -> Option<Service> {
         let key = |k: &str| c.key(k);
         let upstream = check_http_upstream(&self.upstream, &key("upstream"), p);
+        if self.upstream_tls.is_some() {
+            p.push(
+                &key("upstream_tls"),
+                "an http service says TLS to its upstream with `https://` in `upstream`",
+            );
+        }
+        if self.allow_weak_upstream_auth.is_some() {
+            p.push(
+                &key("allow_weak_upstream_auth"),
+                "applies to postgres services only",
+            );
+        }
+        let asked = match &upstream {
+            Some(u) if u.https => Asked::Verified,
+            _ => Asked::No,
+        };
+        let upstream_tls = self.check_upstream_tls(asked, true, &c, p);
         let upstream_auth = self.upstream_auth.and_then(|a| {
             let header = match HeaderName::from_bytes(a.header.as_bytes()) {
                 Ok(h) if !is_reserved_header(&h) => Some(h),
@@ -44,10 +66,15 @@ impl RawService {
             })
         });
         let http = HttpService {
-            upstream: upstream.unwrap_or(HttpUpstream {
-                authority: Authority::from_static("invalid"),
-                base_path: String::new(),
-            }),
+            upstream: upstream.map_or(
+                HttpUpstream {
+                    authority: Authority::from_static("invalid"),
+                    base_path: String::new(),
+                },
+                |u| u.upstream,
+            ),
+            upstream_tls,
+            local_tls: matches!(&self.tls, Some(RawListenerTls::Local(_))),
             upstream_auth,
             connect_timeout: p.duration_or(
                 &key("connect_timeout"),
@@ -82,7 +109,22 @@ impl RawService {
         };
         let require = self.require_client_cert.unwrap_or(false);
         let tls = match self.tls {
-            Some(t) => {
+            Some(RawListenerTls::Local(l)) => {
+                if l != "local" {
+                    p.push(
+                        &key("tls"),
+                        "is `{ cert = \"…\", key = \"…\" }` or `\"local\"` (a certificate from the gateway's local CA)",
+                    );
+                }
+                if self.client_ca.is_some() || require {
+                    p.push(
+                        &key("client_ca"),
+                        "client certificates need `tls = { cert = …, key = … }` on the listener, not `\"local\"`",
+                    );
+                }
+                None
+            }
+            Some(RawListenerTls::Files(t)) => {
                 if t.client_ca.is_some() {
                     p.push(&key("tls.client_ca"), "goes beside `tls`, as `client_ca`");
                 }
@@ -114,18 +156,25 @@ impl RawService {
     }
 }
 
-fn check_http_upstream(s: &str, key: &str, p: &mut Problems) -> Option<HttpUpstream> {
+/// An upstream URL checked, and whether it is `https://`.
+struct Checked {
+    upstream: HttpUpstream,
+    https: bool,
+}
+
+fn check_http_upstream(s: &str, key: &str, p: &mut Problems) -> Option<Checked> {
     let Ok(uri) = s.parse::<Uri>() else {
         p.push(key, "is not a URL like `http://10.0.0.5:8080`");
         return None;
     };
-    if uri.scheme() != Some(&Scheme::HTTP) {
-        p.push(
-            key,
-            "must be an `http://` URL (https upstreams are not supported yet)",
-        );
-        return None;
-    }
+    let https = match uri.scheme() {
+        Some(s) if *s == Scheme::HTTP => false,
+        Some(s) if *s == Scheme::HTTPS => true,
+        _ => {
+            p.push(key, "must be an `http://` or `https://` URL");
+            return None;
+        }
+    };
     let authority = uri.authority()?.clone();
     if authority.as_str().contains('@') {
         p.push(
@@ -139,9 +188,12 @@ fn check_http_upstream(s: &str, key: &str, p: &mut Problems) -> Option<HttpUpstr
         return None;
     }
     let base_path = uri.path().trim_end_matches('/').to_owned();
-    Some(HttpUpstream {
-        authority,
-        base_path,
+    Some(Checked {
+        upstream: HttpUpstream {
+            authority,
+            base_path,
+        },
+        https,
     })
 }
 

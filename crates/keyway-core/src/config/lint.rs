@@ -22,6 +22,18 @@ pub struct Finding {
     /// The key's path (`services.billing.upstream`) or `line N`.
     pub at: String,
     pub message: String,
+    /// An error only because it weakens TLS on purpose (certificate verification
+    /// turned off): `keyway validate --allow-insecure` and the gateway, which warns
+    /// loudly at start, take it as a warning ([`allow_insecure`]).
+    #[serde(skip)]
+    pub insecure: bool,
+}
+
+/// `findings` with the errors that only weaken TLS on purpose made warnings.
+pub fn allow_insecure(findings: &mut [Finding]) {
+    for f in findings.iter_mut().filter(|f| f.insecure) {
+        f.severity = Severity::Warning;
+    }
 }
 
 /// Everything `keyway validate` reports about a config text, and the config when it
@@ -83,21 +95,7 @@ pub fn lint(text: &str, config: &Config) -> Vec<Finding> {
                 ));
             }
         }
-        if svc.via.is_some() {
-            // The agent dials it inside its own network.
-            continue;
-        }
-        // Upstreams are plain HTTP, TCP or PostgreSQL in this version.
-        let host = host_of(&svc.upstream_addr());
-        if !super::is_loopback_host(&host) {
-            out.push(warning(
-                key("upstream"),
-                format!(
-                    "{} to {host} crosses the network in plaintext; use TLS to the upstream, or an agent beside it (`via`)",
-                    svc.protocol()
-                ),
-            ));
-        }
+        out.extend(upstream_tls_findings(svc));
     }
     // A policy promising longer than a service gives: its tokens get the service's.
     for (name, p) in &config.policies {
@@ -257,11 +255,67 @@ fn host_of(addr: &str) -> String {
         .to_owned()
 }
 
+/// What a service's TLS to its upstream risks: plaintext beyond this host, a
+/// certificate not verified, a weak password method allowed in plaintext.
+fn upstream_tls_findings(svc: &super::Service) -> Vec<Finding> {
+    let key = |k: &str| format!("services.{}.{k}", svc.name);
+    let mut out = Vec::new();
+    let host = host_of(&svc.upstream_addr());
+    let beyond = !super::is_loopback_host(&host);
+    match svc.upstream_tls() {
+        // The agent dials it inside its own network.
+        None if svc.via.is_some() => {}
+        None if beyond => {
+            let fix = match svc.kind {
+                super::ServiceKind::Http(_) => "an `https://` upstream",
+                _ => "`upstream_tls = \"verify-full\"`",
+            };
+            out.push(warning(
+                key("upstream"),
+                format!(
+                    "{} to {host} crosses the network in plaintext; use TLS to the upstream ({fix}), or an agent beside it (`via`)",
+                    svc.protocol()
+                ),
+            ));
+        }
+        None => {}
+        Some(t) if t.verify => {}
+        Some(_) if matches!(svc.kind, super::ServiceKind::Http(_)) => {
+            let mut f = error(
+                key("upstream_insecure_skip_verify"),
+                "turns certificate verification off: anyone on the path can pose as the upstream and read its credential; \
+                 trust its CA with `upstream_ca` instead (or pass `--allow-insecure` to accept the risk)"
+                    .into(),
+            );
+            f.insecure = true;
+            out.push(f);
+        }
+        Some(_) => out.push(warning(
+            key("upstream_tls"),
+            "`require` encrypts but does not verify the upstream's certificate: anyone on the path can pose as it; \
+             use `verify-full` with `upstream_ca`"
+                .into(),
+        )),
+    }
+    if let super::ServiceKind::Postgres(pg) = &svc.kind {
+        if pg.upstream_tls.is_none() && beyond && svc.via.is_none() {
+            for m in &pg.allow_weak_upstream_auth {
+                out.push(warning(
+                    key("allow_weak_upstream_auth"),
+                    format!("lets the `{m}` password method cross the network in plaintext"),
+                ));
+            }
+        }
+    }
+    out
+}
+
 fn error(at: String, message: String) -> Finding {
     Finding {
         severity: Severity::Error,
         at,
         message,
+        insecure: false,
     }
 }
 
@@ -270,6 +324,7 @@ fn warning(at: String, message: String) -> Finding {
         severity: Severity::Warning,
         at,
         message,
+        insecure: false,
     }
 }
 

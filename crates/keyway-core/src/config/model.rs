@@ -187,6 +187,11 @@ pub struct PostgresService {
     pub connect_timeout: Duration,
     /// Accept plaintext from beyond loopback (never by default).
     pub allow_plaintext: bool,
+    /// TLS to the database; `None`: plaintext.
+    pub upstream_tls: Option<UpstreamTls>,
+    /// Password methods the database may ask for in plaintext beyond loopback
+    /// (`md5`, `password`): refused unless named.
+    pub allow_weak_upstream_auth: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,11 +207,38 @@ pub struct TcpService {
     /// `host:port`.
     pub upstream: String,
     pub connect_timeout: Duration,
+    /// TLS around the upstream connection; `None`: the bytes go as they are.
+    pub upstream_tls: Option<UpstreamTls>,
+}
+
+/// TLS from the gateway to an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// Verify the certificate's chain and name. `false` only where the service says
+    /// so (`upstream_tls = "require"`, `upstream_insecure_skip_verify = true`).
+    pub verify: bool,
+    /// Trust this CA (PEM) instead of the system's roots.
+    pub ca: Option<PathBuf>,
+    /// The certificate (and key) the gateway presents: mutual TLS.
+    pub client_cert: Option<ClientCert>,
+    /// The name verified and sent as SNI; the upstream's host when `None`.
+    pub server_name: Option<String>,
+}
+
+/// A certificate chain and its private key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpService {
     pub upstream: HttpUpstream,
+    /// `https://` upstreams; `None` for `http://`.
+    pub upstream_tls: Option<UpstreamTls>,
+    /// `tls = "local"`: the listener serves a certificate from the gateway's local CA.
+    pub local_tls: bool,
     pub upstream_auth: Option<UpstreamAuth>,
     pub connect_timeout: Duration,
     /// Time for the upstream to start answering.
@@ -283,12 +315,14 @@ impl Config {
 // === impl Service ===
 
 impl Service {
-    /// The upstream as `host:port` (an HTTP upstream's port is 80 unless it says).
+    /// The upstream as `host:port` (an HTTP upstream's port is 80, or 443 for
+    /// `https://`, unless it says).
     pub fn upstream_addr(&self) -> String {
         match &self.kind {
             ServiceKind::Http(h) => {
                 let a = &h.upstream.authority;
-                format!("{}:{}", a.host(), a.port_u16().unwrap_or(80))
+                let default = if h.upstream_tls.is_some() { 443 } else { 80 };
+                format!("{}:{}", a.host(), a.port_u16().unwrap_or(default))
             }
             ServiceKind::Tcp(t) => t.upstream.clone(),
             ServiceKind::Postgres(p) => p.upstream.clone(),
@@ -298,6 +332,15 @@ impl Service {
     /// Whether `allow_cidrs` lets `source` in (an empty list lets every address in).
     pub fn allows_source(&self, source: std::net::IpAddr) -> bool {
         self.allow_cidrs.is_empty() || self.allow_cidrs.iter().any(|n| n.contains(&source))
+    }
+
+    /// The service's TLS to its upstream, if any.
+    pub fn upstream_tls(&self) -> Option<&UpstreamTls> {
+        match &self.kind {
+            ServiceKind::Http(h) => h.upstream_tls.as_ref(),
+            ServiceKind::Tcp(t) => t.upstream_tls.as_ref(),
+            ServiceKind::Postgres(p) => p.upstream_tls.as_ref(),
+        }
     }
 
     /// `http`, `tcp` or `postgres`, as `protocol` says in the file.

@@ -1,5 +1,6 @@
 //! A postgres service's part of its check: the database its sessions open, the grant
-//! roles mapped to upstream users and their secrets, TLS on its listener.
+//! roles mapped to upstream users and their secrets, TLS on its listener and to the
+//! database, the weak password methods it may accept.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use super::check::{valid_name, valid_secret_name};
 use super::problem::Problems;
 use super::service::Common;
 use super::tcp::check_tcp_upstream;
-use super::{PgRole, PostgresService, RawService, Service, ServiceKind, TlsConfig};
+use super::{PgRole, PostgresService, RawListenerTls, RawService, Service, ServiceKind, TlsConfig};
 
 // === impl RawService ===
 
@@ -49,6 +50,17 @@ impl RawService {
                 p.push(&key(k), "applies to http services only");
             }
         }
+        let asked = self.upstream_tls_mode(&c, p);
+        let upstream_tls = self.check_upstream_tls(asked, false, &c, p);
+        let weak = self.allow_weak_upstream_auth.clone().unwrap_or_default();
+        for (i, m) in weak.iter().enumerate() {
+            if !matches!(m.as_str(), "md5" | "password") {
+                p.push(
+                    &format!("{}[{i}]", key("allow_weak_upstream_auth")),
+                    "names `md5` or `password` (cleartext), the methods pg_hba.conf calls so",
+                );
+            }
+        }
         let pg = PostgresService {
             upstream: check_tcp_upstream(&self.upstream, &key("upstream"), p).unwrap_or_default(),
             database,
@@ -59,6 +71,8 @@ impl RawService {
                 Duration::from_secs(5),
             ),
             allow_plaintext: self.allow_plaintext.unwrap_or(false),
+            upstream_tls,
+            allow_weak_upstream_auth: weak,
         };
         let rel = |path: PathBuf| {
             if path.is_absolute() {
@@ -67,12 +81,25 @@ impl RawService {
                 c.base_dir.join(path)
             }
         };
-        let tls = self.tls.map(|t| TlsConfig {
-            cert: rel(t.cert),
-            key: rel(t.key),
-            client_ca: self.client_ca.clone().map(rel),
-            require_client_cert: self.require_client_cert.unwrap_or(false),
-        });
+        let tls = match self.tls {
+            Some(RawListenerTls::Files(t)) => Some(TlsConfig {
+                cert: rel(t.cert),
+                key: rel(t.key),
+                client_ca: self.client_ca.clone().map(rel),
+                require_client_cert: self.require_client_cert.unwrap_or(false),
+            }),
+            Some(RawListenerTls::Local(l)) => {
+                if l != "local" {
+                    p.push(
+                        &key("tls"),
+                        "is `{ cert = \"…\", key = \"…\" }` or `\"local\"`",
+                    );
+                }
+                // A postgres listener without files serves the local CA's certificate.
+                None
+            }
+            None => None,
+        };
         c.service(p, None, tls, ServiceKind::Postgres(pg))
     }
 }

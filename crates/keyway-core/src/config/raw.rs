@@ -109,9 +109,29 @@ pub struct RawService {
     pub header_timeout: Option<String>,
     pub max_header_bytes: Option<usize>,
     pub max_headers: Option<usize>,
-    pub tls: Option<RawTls>,
+    /// HTTPS on the listener: `{ cert = …, key = … }`, or `"local"` for a
+    /// certificate from the gateway's local CA.
+    pub tls: Option<RawListenerTls>,
     pub client_ca: Option<PathBuf>,
     pub require_client_cert: Option<bool>,
+    /// PostgreSQL and TCP: TLS to the upstream, `verify-full`, `require` (encrypted,
+    /// not verified) or `disable` (the default). An http service says it with
+    /// `https://`.
+    pub upstream_tls: Option<String>,
+    /// Trust this CA (PEM) for the upstream's certificate instead of the system's.
+    pub upstream_ca: Option<PathBuf>,
+    /// A client certificate (PEM) the gateway presents to the upstream, with its key.
+    pub upstream_client_cert: Option<PathBuf>,
+    pub upstream_client_key: Option<PathBuf>,
+    /// The name verified in the upstream's certificate (and sent as SNI) when it is
+    /// not the upstream's host.
+    pub upstream_server_name: Option<String>,
+    /// http: accept any certificate from an `https://` upstream. Never silently:
+    /// `keyway validate` refuses it without `--allow-insecure`, start-up warns.
+    pub upstream_insecure_skip_verify: Option<bool>,
+    /// PostgreSQL: password methods the upstream may ask for in plaintext beyond
+    /// loopback (`md5`, `password`); refused unless named here.
+    pub allow_weak_upstream_auth: Option<Vec<String>>,
     /// PostgreSQL: the database every session opens.
     pub database: Option<String>,
     /// PostgreSQL: grant role name → upstream user and the secret holding its password.
@@ -136,6 +156,17 @@ pub struct RawTls {
     pub key: PathBuf,
     /// Only in `token_tls`: verify client certificates against this CA.
     pub client_ca: Option<PathBuf>,
+}
+
+/// A listener's TLS as written: certificate files, or `"local"`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(
+    untagged,
+    expecting = "`{ cert = \"…\", key = \"…\" }` or `\"local\"` (a certificate from the gateway's local CA)"
+)]
+pub enum RawListenerTls {
+    Local(String),
+    Files(RawTls),
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]

@@ -1,5 +1,5 @@
 //! A tcp service's part of its check: a `host:port` upstream, reached through the
-//! tunnel with `keyway connect`; the HTTP-only keys are refused.
+//! tunnel with `keyway connect`, maybe wrapped in TLS; the HTTP-only keys are refused.
 
 use std::time::Duration;
 
@@ -12,6 +12,8 @@ use super::{RawService, Service, ServiceKind, TcpService};
 impl RawService {
     pub(super) fn check_tcp(self, c: Common<'_>, p: &mut Problems) -> Option<Service> {
         let key = |k: &str| c.key(k);
+        let asked = self.upstream_tls_mode(&c, p);
+        let upstream_tls = self.check_upstream_tls(asked, false, &c, p);
         let tcp = TcpService {
             upstream: check_tcp_upstream(&self.upstream, &key("upstream"), p).unwrap_or_default(),
             connect_timeout: p.duration_or(
@@ -19,6 +21,7 @@ impl RawService {
                 self.connect_timeout.as_deref(),
                 Duration::from_secs(5),
             ),
+            upstream_tls,
         };
         let http_only = [
             ("upstream_auth", self.upstream_auth.is_some()),
@@ -31,6 +34,12 @@ impl RawService {
             if set {
                 p.push(&key(k), "applies to http services only");
             }
+        }
+        if self.allow_weak_upstream_auth.is_some() {
+            p.push(
+                &key("allow_weak_upstream_auth"),
+                "applies to postgres services only",
+            );
         }
         c.service(p, None, None, ServiceKind::Tcp(tcp))
     }

@@ -129,7 +129,7 @@ fn two_services_on_one_port_are_refused() {
 #[test]
 fn upstream_urls_are_checked() {
     for (bad, why) in [
-        ("https://10.0.0.1", "https upstreams"),
+        ("ftp://10.0.0.1", "`http://` or `https://`"),
         ("http://user:pw@10.0.0.1", "credentials"),
         ("http://10.0.0.1/?a=b", "query"),
         ("not a url", "is not a URL"),

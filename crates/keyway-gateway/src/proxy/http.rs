@@ -39,7 +39,6 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use keyway_core::config::{HttpService, Service, ServiceKind};
@@ -79,20 +78,9 @@ pub struct HttpProxy {
     successor: OnceLock<Arc<HttpProxy>>,
 }
 
-/// The pooled keep-alive client to the upstream: direct, or through an agent.
-enum Upstream {
-    Direct(Client<HttpConnector, Incoming>),
-    Agent(Client<crate::agents::AgentConnector, Incoming>),
-}
-
-impl Upstream {
-    fn request(&self, req: http::Request<Incoming>) -> hyper_util::client::legacy::ResponseFuture {
-        match self {
-            Upstream::Direct(c) => c.request(req),
-            Upstream::Agent(c) => c.request(req),
-        }
-    }
-}
+/// The pooled keep-alive client to the upstream: direct or through an agent, in TLS
+/// for an `https://` upstream ([`crate::upstream::HttpConnector`]).
+type Upstream = Client<crate::upstream::HttpConnector, Incoming>;
 
 // === impl HttpProxy ===
 
@@ -108,20 +96,19 @@ impl HttpProxy {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256);
-        let client = match &svc.via {
-            Some(agent) => Upstream::Agent(builder.build(crate::agents::AgentConnector {
-                agents: h.agents.clone(),
-                agent: agent.clone(),
-                timeout: http.connect_timeout,
-            })),
-            None => {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(http.connect_timeout));
-                connector.set_nodelay(true);
-                connector.set_keepalive(Some(Duration::from_secs(60)));
-                Upstream::Direct(builder.build(connector))
-            }
-        };
+        if http.upstream_tls.as_ref().is_some_and(|t| !t.verify) {
+            tracing::warn!(
+                service = %svc.name,
+                upstream = %http.upstream.authority,
+                "CERTIFICATE VERIFICATION IS OFF for this upstream (upstream_insecure_skip_verify): \
+                 anyone on the path can pose as it and read the credential Keyway sends"
+            );
+        }
+        let client = builder.build(crate::upstream::HttpConnector {
+            dialer: h.dialer.clone(),
+            svc: Arc::new(svc.clone()),
+            timeout: http.connect_timeout,
+        });
         let limiter = svc.rate_limit.map(|r| {
             let count = r.count.get().min(1_000_000);
             let period = r.per / count;
@@ -300,9 +287,18 @@ impl HttpProxy {
                 }
             }
             Ok(Err(e)) => {
-                tracing::warn!(service = %self.svc.name, error = %e, "upstream request failed");
+                let dial = dial_error(&e);
+                let reason = dial.map_or("upstream_unreachable", |d| d.reason);
+                match dial {
+                    Some(d) => {
+                        tracing::warn!(service = %self.svc.name, reason, why = %d.why, "upstream request failed")
+                    }
+                    None => {
+                        tracing::warn!(service = %self.svc.name, error = %e, "upstream request failed")
+                    }
+                }
                 detail.insert("status".into(), 502.into());
-                detail.insert("error".into(), "upstream_unreachable".into());
+                detail.insert("error".into(), reason.into());
                 plain(StatusCode::BAD_GATEWAY, "bad gateway\n")
             }
             Err(_) => {
@@ -408,6 +404,19 @@ impl HttpProxy {
         }
         refusal(reason, retry_after)
     }
+}
+
+/// The dialler's account of a failed upstream request, when the failure was
+/// making the connection (unreachable, a certificate refused, …).
+fn dial_error(e: &hyper_util::client::legacy::Error) -> Option<&crate::upstream::DialError> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(d) = s.downcast_ref::<crate::upstream::DialError>() {
+            return Some(d);
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// The answer to a refused request.

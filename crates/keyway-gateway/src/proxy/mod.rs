@@ -38,6 +38,8 @@ pub struct Handles {
     pub admission: Arc<Admission>,
     pub metrics: Arc<Metrics>,
     pub agents: Arc<Registry>,
+    /// Dials upstreams: directly or through agents, in TLS where a service says.
+    pub dialer: crate::upstream::Dialer,
 }
 
 // === impl Handles ===

@@ -7,9 +7,15 @@
 pub mod cluster;
 pub mod oidc;
 mod pg;
+mod pg_cluster;
+mod pki;
 pub mod sso;
 
 pub use pg::*;
+#[allow(unused_imports)]
+pub use pg_cluster::Cluster;
+#[allow(unused_imports)]
+pub use pki::{TestCa, Validity};
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Write};
@@ -498,4 +504,26 @@ pub fn connect(dir: &std::path::Path, service: &str, tunnel: u16, token: &str) -
         .unwrap();
     let port = line.trim().rsplit_once(':').unwrap().1.parse().unwrap();
     Connect(KillOnDrop(child), port)
+}
+
+/// Sends SIGHUP to the process `pid`: the gateway reloads its config file.
+pub fn hangup(pid: &str) {
+    let kill = Command::new("kill").args(["-HUP", pid]).status().unwrap();
+    assert!(kill.success());
+}
+
+/// Waits (up to 10 s) for `needle` in the gateway's log.
+pub fn wait_log(dir: &Path, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap();
+        if log.contains(needle) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `{needle}` in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

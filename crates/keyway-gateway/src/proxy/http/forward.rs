@@ -28,8 +28,13 @@ impl HttpProxy {
             pq.push('?');
             pq.push_str(q);
         }
+        let scheme = if self.http.upstream_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         parts.uri = Uri::builder()
-            .scheme("http")
+            .scheme(scheme)
             .authority(up.authority.clone())
             .path_and_query(pq)
             .build()

@@ -41,14 +41,7 @@ impl PgProxy {
     pub(super) async fn cancel_upstream(&self, pid: i32, key: i32) {
         let mut buf = BytesMut::new();
         frontend::cancel_request(pid, key, &mut buf);
-        if let Ok(mut up) = crate::upstream::dial(
-            &self.h.agents,
-            self.svc.via.as_deref(),
-            &self.pg.upstream,
-            self.pg.connect_timeout,
-        )
-        .await
-        {
+        if let Ok((mut up, _)) = self.connect_upstream().await {
             let _ = up.write_all(&buf).await;
             let _ = up.shutdown().await;
         }

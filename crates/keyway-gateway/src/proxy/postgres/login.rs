@@ -1,8 +1,25 @@
-//! The upstream login: a connection to the database (directly or through an agent)
-//! as the grant's role, with its sealed password: trust, md5 or SCRAM-SHA-256 (whose
-//! server signature must check out); never cleartext.
+//! The upstream login: a connection to the database (directly or through an agent,
+//! in TLS when `upstream_tls` says) as the grant's role, with its sealed password:
+//! SCRAM-SHA-256 (whose server signature must check out; with channel binding,
+//! `-PLUS`, over TLS when the server offers it), trust, or md5 and cleartext where
+//! no one on the path can read them: over verified TLS, on loopback, or where the
+//! service allows them by name (`allow_weak_upstream_auth`).
+
+use sha2::Digest;
 
 use super::*;
+
+/// How the connection to the database is carried, which decides the password
+/// methods it may take.
+pub(super) struct Transport {
+    /// TLS with a verified certificate: the server is who it claims.
+    verified: bool,
+    /// `tls-server-end-point` channel binding data (RFC 5929): the hash of the
+    /// server's certificate, over TLS.
+    endpoint: Option<Vec<u8>>,
+    /// Plaintext on this host, dialled by the gateway itself.
+    local: bool,
+}
 
 // === impl PgProxy ===
 
@@ -13,7 +30,7 @@ impl PgProxy {
         &self,
         role: &str,
         params: &HashMap<String, String>,
-    ) -> Result<Box<dyn Io>, Refused> {
+    ) -> Result<(Box<dyn Io>, &'static str), Refused> {
         let pg_role = self
             .pg
             .roles
@@ -26,16 +43,13 @@ impl PgProxy {
                 "Keyway has no credential for this database role yet".into(),
             ));
         };
-        let mut upstream = crate::upstream::dial(
-            &self.h.agents,
-            self.svc.via.as_deref(),
-            &self.pg.upstream,
-            self.pg.connect_timeout,
-        )
-        .await
-        .map_err(|why| {
-            tracing::warn!(service = %self.svc.name, why, "database upstream unreachable");
-            Refused::Client("08006", "the database is unreachable".into())
+        let (mut upstream, transport) = self.connect_upstream().await.map_err(|e| {
+            tracing::warn!(service = %self.svc.name, reason = e.reason, why = %e.why, "database upstream unreachable");
+            let shown = match e.reason {
+                "upstream_unreachable" | "upstream_timeout" => "the database is unreachable".into(),
+                reason => format!("Keyway could not reach the database over TLS ({reason}; see the gateway log)"),
+            };
+            Refused::Client("08006", shown)
         })?;
         let mut buf = BytesMut::new();
         let mut startup: Vec<(&str, &str)> =
@@ -57,20 +71,90 @@ impl PgProxy {
             .write_all(&buf)
             .await
             .map_err(|_| Refused::Silent)?;
-        self.upstream_login(&mut upstream, &pg_role.user, password.as_bytes())
+        let method = self
+            .upstream_login(
+                &mut upstream,
+                &transport,
+                &pg_role.user,
+                password.as_bytes(),
+            )
             .await?;
-        Ok(upstream)
+        Ok((upstream, method))
     }
 
-    /// Logs in upstream as `user`: trust, md5 or SCRAM-SHA-256 (whose server
-    /// signature must check out). A cleartext password is never sent: the upstream
-    /// connection is not encrypted, and whoever answers on its address would read it.
+    /// A connection to the database, in TLS when `upstream_tls` says: an
+    /// `SSLRequest` first, which the database must accept. Cancel requests take the
+    /// same way.
+    pub(super) async fn connect_upstream(
+        &self,
+    ) -> Result<(Box<dyn Io>, Transport), crate::upstream::DialError> {
+        let dialer = &self.h.dialer;
+        let timeout = self.pg.connect_timeout;
+        let via = self.svc.via.as_deref();
+        let mut up = dialer.plain(via, &self.pg.upstream, timeout).await?;
+        let host = crate::upstream::host_of(&self.pg.upstream);
+        let Some(t) = &self.pg.upstream_tls else {
+            let local = via.is_none() && keyway_core::config::is_loopback_host(host);
+            let transport = Transport {
+                verified: false,
+                endpoint: None,
+                local,
+            };
+            return Ok((up, transport));
+        };
+        let refused = |why: &str| crate::upstream::DialError {
+            reason: "upstream_tls_refused",
+            why: why.into(),
+        };
+        let mut buf = BytesMut::new();
+        frontend::ssl_request(&mut buf);
+        let answer = tokio::time::timeout(timeout, async {
+            up.write_all(&buf).await?;
+            up.read_u8().await
+        })
+        .await;
+        match answer {
+            Ok(Ok(b'S')) => {}
+            Ok(Ok(b'N')) => return Err(refused("the database does not offer TLS (ssl = off)")),
+            Ok(Ok(_)) => {
+                return Err(refused(
+                    "the database answered SSLRequest with neither S nor N",
+                ))
+            }
+            Ok(Err(e)) => return Err(refused(&format!("the database closed: {e}"))),
+            Err(_) => return Err(refused("the database did not answer SSLRequest in time")),
+        }
+        let tls = tokio::time::timeout(timeout, dialer.tls.connect(&self.svc, host, up))
+            .await
+            .map_err(|_| crate::upstream::DialError {
+                reason: "upstream_timeout",
+                why: "the database's TLS handshake did not finish in time".into(),
+            })??;
+        let endpoint = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| end_point_hash(c.as_ref()));
+        let transport = Transport {
+            verified: t.verify,
+            endpoint,
+            local: false,
+        };
+        Ok((Box::new(tls), transport))
+    }
+
+    /// Logs in upstream as `user`, and says how (`SCRAM-SHA-256-PLUS`, `md5`, …).
+    /// SCRAM's server signature must check out. md5 and cleartext go only where no
+    /// one on the path can take them ([`Transport`]) or where the service allows
+    /// them by name.
     pub(super) async fn upstream_login(
         &self,
         up: &mut Box<dyn Io>,
+        transport: &Transport,
         user: &str,
         password: &[u8],
-    ) -> Result<(), Refused> {
+    ) -> Result<&'static str, Refused> {
         let fail = |why: &str| {
             tracing::warn!(service = %self.svc.name, why, "the database refused the gateway's login");
             Refused::Client(
@@ -78,8 +162,20 @@ impl PgProxy {
                 "the database refused Keyway's login for this role (see the gateway log)".into(),
             )
         };
-        let mut scram: Option<ScramSha256> = None;
+        let weak_ok = |method: &str| {
+            transport.verified
+                || transport.local
+                || self.pg.allow_weak_upstream_auth.iter().any(|m| m == method)
+        };
+        let weak_refused = |method: &str| {
+            fail(&format!(
+                "the database asks for `{method}`, which would cross an unverified path where it can be read or cracked; \
+                 use scram-sha-256 for this role, `upstream_tls = \"verify-full\"`, or name it in `allow_weak_upstream_auth`"
+            ))
+        };
+        let mut scram: Option<(ScramSha256, &'static str)> = None;
         let mut scram_verified = false;
+        let mut method = "trust";
         loop {
             let (kind, body) = read_message(up, MAX_AUTH_MESSAGE)
                 .await
@@ -101,18 +197,16 @@ impl PgProxy {
                         "SCRAM ended before the server proved it knows the password",
                     ))
                 }
-                0 => return Ok(()),
-                3 => return Err(fail(
-                    "the database asks for a cleartext password; configure md5 or scram-sha-256",
-                )),
+                0 => return Ok(scram.map_or(method, |(_, m)| m)),
+                3 if !weak_ok("password") => return Err(weak_refused("password")),
+                3 => {
+                    frontend::password_message(password, &mut out).map_err(|_| fail("password"))?;
+                    method = "password";
+                }
                 // Through an agent, the upstream's answer passes a machine Keyway does
                 // not fully trust; an md5 response to a salt it chose could be cracked
                 // offline. SCRAM proves both sides without that.
-                5 if self.svc.via.is_some() => {
-                    return Err(fail(
-                        "md5 through an agent; use scram-sha-256 for this role",
-                    ))
-                }
+                5 if !weak_ok("md5") => return Err(weak_refused("md5")),
                 5 if body.len() >= 8 => {
                     let salt = [body[4], body[5], body[6], body[7]];
                     let hash = postgres_protocol::authentication::md5_hash(
@@ -122,19 +216,31 @@ impl PgProxy {
                     );
                     frontend::password_message(hash.as_bytes(), &mut out)
                         .map_err(|_| fail("md5"))?;
+                    method = "md5";
                 }
                 10 => {
-                    let offers_scram = body[4..].split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
-                    if !offers_scram {
+                    let offered = |name: &[u8]| body[4..].split(|&b| b == 0).any(|m| m == name);
+                    // Over TLS, bound to the server's certificate when it can be: a
+                    // relay in the middle then cannot complete the exchange. Saying
+                    // "y" (could, was not offered) lets the server catch a downgrade.
+                    let (binding, mechanism) = match &transport.endpoint {
+                        Some(hash) if offered(b"SCRAM-SHA-256-PLUS") => (
+                            ChannelBinding::tls_server_end_point(hash.clone()),
+                            "SCRAM-SHA-256-PLUS",
+                        ),
+                        Some(_) => (ChannelBinding::unrequested(), "SCRAM-SHA-256"),
+                        None => (ChannelBinding::unsupported(), "SCRAM-SHA-256"),
+                    };
+                    if !offered(b"SCRAM-SHA-256") && mechanism == "SCRAM-SHA-256" {
                         return Err(fail("no SCRAM-SHA-256 offered"));
                     }
-                    let s = ScramSha256::new(password, ChannelBinding::unsupported());
-                    frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)
+                    let s = ScramSha256::new(password, binding);
+                    frontend::sasl_initial_response(mechanism, s.message(), &mut out)
                         .map_err(|_| fail("sasl"))?;
-                    scram = Some(s);
+                    scram = Some((s, mechanism));
                 }
                 11 => {
-                    let s = scram
+                    let (s, _) = scram
                         .as_mut()
                         .ok_or_else(|| fail("SASL continue without start"))?;
                     s.update(&body[4..])
@@ -142,7 +248,7 @@ impl PgProxy {
                     frontend::sasl_response(s.message(), &mut out).map_err(|_| fail("sasl"))?;
                 }
                 12 => {
-                    let s = scram
+                    let (s, _) = scram
                         .as_mut()
                         .ok_or_else(|| fail("SASL final without start"))?;
                     s.finish(&body[4..])
@@ -154,5 +260,26 @@ impl PgProxy {
             }
             up.write_all(&out).await.map_err(|_| fail("write"))?;
         }
+    }
+}
+
+/// The `tls-server-end-point` hash of a DER certificate (RFC 5929 §4.1): with the
+/// hash of its signature algorithm, SHA-256 for MD5, SHA-1 and anything else.
+fn end_point_hash(der: &[u8]) -> Vec<u8> {
+    use x509_parser::oid_registry::{
+        OID_PKCS1_SHA384WITHRSA, OID_PKCS1_SHA512WITHRSA, OID_SIG_ECDSA_WITH_SHA384,
+        OID_SIG_ECDSA_WITH_SHA512,
+    };
+    let alg = x509_parser::parse_x509_certificate(der)
+        .ok()
+        .map(|(_, c)| c.signature_algorithm.algorithm.clone());
+    match alg {
+        Some(a) if a == OID_PKCS1_SHA384WITHRSA || a == OID_SIG_ECDSA_WITH_SHA384 => {
+            sha2::Sha384::digest(der).to_vec()
+        }
+        Some(a) if a == OID_PKCS1_SHA512WITHRSA || a == OID_SIG_ECDSA_WITH_SHA512 => {
+            sha2::Sha512::digest(der).to_vec()
+        }
+        _ => sha2::Sha256::digest(der).to_vec(),
     }
 }

@@ -183,7 +183,7 @@ impl PgProxy {
             () = self.h.sessions.stopping() => Err(shutting_down()),
             login = self.login_upstream(&role, &params) => login,
         };
-        let mut upstream = match login {
+        let (mut upstream, upstream_auth) = match login {
             Ok(up) => up,
             Err(refused) => {
                 ev.allow();
@@ -208,7 +208,13 @@ impl PgProxy {
         }
         let upstream_user = self.pg.roles.get(&role).map(|r| r.user.clone());
         ev.allow();
-        ev.detail = json!({ "role": role, "upstream_user": upstream_user, "tls": is_tls });
+        ev.detail = json!({
+            "role": role,
+            "upstream_user": upstream_user,
+            "tls": is_tls,
+            "upstream_tls": self.pg.upstream_tls.is_some(),
+            "upstream_auth": upstream_auth,
+        });
         // The session opens once its event is committed (`durability = "commit"`).
         if !reservation.send(ev).wait().await {
             return Err(unrecorded());
