@@ -143,7 +143,7 @@ impl Listeners {
         let upstream_tls = upstream::UpstreamTlsCache::default()
             .prepare(config)
             .map_err(|(name, source)| BindError::Tls {
-                key: format!("services.{name}.upstream_tls"),
+                key: format!("services.{name} (its upstream's TLS files)"),
                 source,
             })?;
         let mut tls = BTreeMap::new();
@@ -158,7 +158,7 @@ impl Listeners {
             }
         }
         if let Some(t) = &config.token_tls {
-            let loaded = tls::load(t, tls::alpn::HTTP).map_err(|source| BindError::Tls {
+            let loaded = tls::load(t, &[tls::alpn::HTTP]).map_err(|source| BindError::Tls {
                 key: "token_tls".into(),
                 source,
             })?;
@@ -167,7 +167,7 @@ impl Listeners {
         if let (Some(l), Some(addr)) = (&tunnel, config.tunnel_listen) {
             let local = l.local_addr().unwrap_or(addr);
             let loaded = match &config.tunnel_tls {
-                Some(t) => tls::load(t, tls::alpn::TUNNEL),
+                Some(t) => tls::load(t, &[tls::alpn::TUNNEL]),
                 // The local CA's certificate for the tunnel: no files to renew.
                 None => tls::LocalCa::open(&config.data_dir).and_then(|ca| {
                     let server = ca.tunnel_server_config(local);
@@ -229,7 +229,7 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
     // The token endpoint's and the tunnel's TLS: a reload loads their certificate
     // files again when they are renewed in place (the tunnel's only with
     // `tunnel_tls`: the local CA's certificate has no files).
-    let mut own_tls = |listener: &str, key: &'static str, alpn: &'static [u8]| {
+    let mut own_tls = |listener: &str, key: &'static str, alpn: &'static [&'static [u8]]| {
         let loaded = listeners.tls.get(listener)?;
         let renewable = tls::Renewable::new(loaded.acceptor.clone());
         if loaded.files.is_some() {
@@ -237,8 +237,8 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
         }
         Some(renewable)
     };
-    let token_tls = own_tls(TOKEN_LISTENER, "token_tls", tls::alpn::HTTP);
-    let tunnel_tls = own_tls(TUNNEL_LISTENER, "tunnel_tls", tls::alpn::TUNNEL);
+    let token_tls = own_tls(TOKEN_LISTENER, "token_tls", &[tls::alpn::HTTP]);
+    let tunnel_tls = own_tls(TUNNEL_LISTENER, "tunnel_tls", &[tls::alpn::TUNNEL]);
     tasks.spawn(services.run());
     // The admin API and the token endpoint: small JSON APIs, each with slots of its
     // own (the data plane cannot take them), and a short deadline for clients that
@@ -249,6 +249,7 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
         first_request: Some(runtime::FIRST_REQUEST_TIMEOUT),
         max_header_bytes: 16 * 1024,
         max_headers: 64,
+        http2: None,
     };
     let with_conn = |router: axum::Router| {
         move |conn: listener::ConnInfo| {
@@ -259,7 +260,7 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
     let admin = with_conn(
         console::router(gw.control(), gw.people.clone()).merge(admin::router(gw.control())),
     );
-    tasks.spawn(listener::serve_http1(
+    tasks.spawn(listener::serve_http(
         gw.admission.clone(),
         "admin",
         Arc::new(listeners.admin),
@@ -270,7 +271,7 @@ pub async fn run(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationT
     ));
     if let Some(token) = listeners.token {
         let api = with_conn(token_api::router(gw.proxy_handles(), gw.people.clone()));
-        tasks.spawn(listener::serve_http1(
+        tasks.spawn(listener::serve_http(
             gw.admission.clone(),
             "token",
             Arc::new(token),

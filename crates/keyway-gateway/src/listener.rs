@@ -1,9 +1,13 @@
 //! Accepting connections, the same way for every listener: the blocklist, then a
 //! slot under the listener's [`ConnectionCaps`] (in all, per source, a reserve for
-//! new sources; [`Slots`]). For HTTP/1 ([`serve_http1`]): TLS where configured (with
+//! new sources; [`Slots`]). For HTTP ([`serve_http`]): TLS where configured (with
 //! the client certificate's thumbprint handed on), a deadline for the first request
 //! where the listener has one, hyper's header-size and header-time bounds, and a
-//! bounded drain on shutdown.
+//! bounded drain on shutdown. A listener that takes HTTP/2 ([`Http2`]) speaks it when
+//! TLS agrees on ALPN `h2`, or in cleartext when the client opens with HTTP/2's
+//! preface (`h2c`), with its own attack classes bounded: concurrent streams, the
+//! header list's size (CONTINUATION floods included), streams reset before they are
+//! served (rapid reset, CVE-2023-44487) and streams the gateway had to reset.
 //!
 //! A listener stops in one of two ways ([`Stop`]): drained (the gateway stops, or its
 //! service is removed), or retired (a reload put another server on the same port).
@@ -17,10 +21,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
-use hyper::server::conn::http1;
 use hyper::service::Service;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -50,7 +54,26 @@ pub struct Limits {
     pub first_request: Option<Duration>,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// HTTP/2 as well as HTTP/1.1; `None`: HTTP/1.1 only.
+    pub http2: Option<Http2>,
 }
+
+/// How a listener takes HTTP/2.
+#[derive(Debug, Clone, Copy)]
+pub struct Http2 {
+    /// Cleartext HTTP/2 with prior knowledge, on a listener without TLS.
+    pub h2c: bool,
+}
+
+/// Streams one HTTP/2 connection may have open at once.
+const MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Streams a client may reset before the gateway took them, before its connection
+/// is closed with `ENHANCE_YOUR_CALM` (rapid reset).
+const MAX_PENDING_RESETS: usize = 20;
+/// Streams the gateway may reset for a client's protocol errors, likewise.
+const MAX_ERROR_RESETS: usize = 256;
+/// HTTP/2's first bytes from a client with prior knowledge.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What serving one connection needs of its service: hyper's bounds, said once.
 pub trait ConnService:
@@ -107,7 +130,7 @@ pub struct ConnInfo {
 
 /// Serves `listener` until `stop` drains or retires it; `make` builds the service of
 /// each connection.
-pub async fn serve_http1<S, F>(
+pub async fn serve_http<S, F>(
     admission: Arc<Admission>,
     name: &str,
     listener: Arc<TcpListener>,
@@ -119,21 +142,38 @@ pub async fn serve_http1<S, F>(
     F: Fn(ConnInfo) -> S + Send + Sync + 'static,
     S: ConnService,
 {
-    let mut builder = http1::Builder::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
         .keep_alive(true);
+    let header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(header_list)
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(MAX_ERROR_RESETS)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(limits.header_timeout);
+    let builders = Arc::new(Builders {
+        h1: builder.clone().http1_only(),
+        h2: builder.http2_only(),
+    });
     let make = Arc::new(make);
     let tracker = TaskTracker::new();
     let slots = Slots::new(limits.caps);
     while let Some((stream, peer, slot)) =
         next_connection(&listener, name, &slots, &admission, &stop.accepting).await
     {
-        let (builder, make, drain) = (builder.clone(), make.clone(), stop.drain.clone());
+        let (builders, make, drain) = (builders.clone(), make.clone(), stop.drain.clone());
         let first = limits.first_request.map(|d| Instant::now() + d);
+        let opening = first.unwrap_or_else(|| Instant::now() + limits.header_timeout);
+        let http2 = limits.http2;
         // Two kinds of task, not one with two arms: a task is as large as its largest
         // state, and a plain connection need not carry room for a TLS session (6 KiB
         // a task with it, 1.2 KiB without).
@@ -145,7 +185,18 @@ pub async fn serve_http1<S, F>(
                     cert_thumbprint: None,
                 };
                 tracker.spawn(async move {
-                    serve_one(&builder, stream, make(info), first, drain).await;
+                    // Cleartext HTTP/2 only from a client that opens with its preface.
+                    let h2 = match http2 {
+                        Some(Http2 { h2c: true }) => {
+                            match opens_with_preface(&stream, opening).await {
+                                Some(h2) => h2,
+                                None => return,
+                            }
+                        }
+                        _ => false,
+                    };
+                    let builder = if h2 { &builders.h2 } else { &builders.h1 };
+                    serve_one(builder, stream, make(info), first, drain).await;
                     drop(slot);
                 });
             }
@@ -153,10 +204,8 @@ pub async fn serve_http1<S, F>(
                 let acceptor = acceptor.current();
                 // The handshake is bounded like the header block, or by the first
                 // request's deadline where there is one.
-                let handshake = first.unwrap_or_else(|| Instant::now() + limits.header_timeout);
                 tracker.spawn(async move {
-                    let accepted =
-                        tokio::time::timeout_at(handshake, acceptor.accept(stream)).await;
+                    let accepted = tokio::time::timeout_at(opening, acceptor.accept(stream)).await;
                     let stream = match accepted {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -179,7 +228,10 @@ pub async fn serve_http1<S, F>(
                         tls: true,
                         cert_thumbprint,
                     };
-                    serve_one(&builder, stream, make(info), first, drain).await;
+                    let h2 = http2.is_some()
+                        && stream.get_ref().1.alpn_protocol() == Some(crate::tls::alpn::H2);
+                    let builder = if h2 { &builders.h2 } else { &builders.h1 };
+                    serve_one(builder, stream, make(info), first, drain).await;
                     drop(slot);
                 });
             }
@@ -276,10 +328,43 @@ pub(crate) async fn next_connection(
     }
 }
 
+/// A listener's connection builders, one per protocol: the protocol is chosen
+/// before serving (by ALPN, or by the preface), never by hyper reading unbounded.
+struct Builders {
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+}
+
+/// Whether a cleartext connection opens with HTTP/2's preface, read without taking
+/// it, by `deadline`; `None` if it closed or said nothing in time.
+async fn opens_with_preface(stream: &TcpStream, deadline: Instant) -> Option<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(true);
+        }
+        // A part of the preface (or of `POST`): the rest is on its way.
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Serves one connection; closes it at `first` (if given) unless a request's header
 /// has arrived by then.
 async fn serve_one<I, S>(
-    builder: &http1::Builder,
+    builder: &auto::Builder<TokioExecutor>,
     io: I,
     svc: S,
     first: Option<Instant>,
@@ -295,9 +380,7 @@ async fn serve_one<I, S>(
     };
     // Upgrades are served so that a WebSocket can be passed through on purpose; the
     // proxy decides which upgrades to honour.
-    let conn = builder
-        .serve_connection(TokioIo::new(io), svc)
-        .with_upgrades();
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     let mut conn = std::pin::pin!(conn);
     let deadline = async {
         match first {

@@ -46,7 +46,7 @@ struct Running {
 struct OwnTls {
     /// Its setting: `token_tls` or `tunnel_tls`.
     key: &'static str,
-    alpn: &'static [u8],
+    alpn: &'static [&'static [u8]],
     acceptor: crate::tls::Renewable,
     /// SHA-256 over its files as loaded.
     files: Option<[u8; 32]>,
@@ -164,7 +164,7 @@ impl Services {
     pub(crate) fn renew_own_tls(
         &mut self,
         key: &'static str,
-        alpn: &'static [u8],
+        alpn: &'static [&'static [u8]],
         acceptor: crate::tls::Renewable,
         files: Option<[u8; 32]>,
     ) {

@@ -31,6 +31,8 @@ pub enum TlsError {
 /// ALPN must find its protocol here, or rustls ends the handshake.
 pub mod alpn {
     pub const HTTP: &[u8] = b"http/1.1";
+    /// HTTP/2, which a proxied HTTP service's listener offers before HTTP/1.1.
+    pub const H2: &[u8] = b"h2";
     pub const TUNNEL: &[u8] = b"keyway-tunnel";
     /// What libpq 17+ offers.
     pub const POSTGRES: &[u8] = b"postgresql";
@@ -44,8 +46,8 @@ pub struct Loaded {
     pub files: Option<[u8; 32]>,
 }
 
-/// Loads the TLS of a listener that speaks `alpn`.
-pub fn load(t: &TlsConfig, alpn: &[u8]) -> Result<Loaded, TlsError> {
+/// Loads the TLS of a listener that speaks the protocols `alpn` (preferred first).
+pub fn load(t: &TlsConfig, alpn: &[&[u8]]) -> Result<Loaded, TlsError> {
     let files = files_digest(t);
     let acceptor = tokio_rustls::TlsAcceptor::from(server_config(t, alpn)?);
     Ok(Loaded { acceptor, files })
@@ -65,7 +67,11 @@ pub fn service_acceptor(
     use keyway_core::config::ServiceKind;
     let postgres = matches!(svc.kind, ServiceKind::Postgres(_));
     let local = postgres || matches!(&svc.kind, ServiceKind::Http(h) if h.local_tls);
-    let alpn = if postgres { alpn::POSTGRES } else { alpn::HTTP };
+    let alpn: &[&[u8]] = if postgres {
+        &[alpn::POSTGRES]
+    } else {
+        &[alpn::H2, alpn::HTTP]
+    };
     match (&svc.tls, svc.listen) {
         (Some(t), _) => Some(load(t, alpn)),
         (None, Some(listen)) if local => Some(LocalCa::open(data_dir).and_then(|ca| {
@@ -118,7 +124,10 @@ pub fn files_digest(t: &TlsConfig) -> Option<[u8; 32]> {
 }
 
 /// A rustls server configuration for a listener that speaks `alpn`.
-pub fn server_config(tls: &TlsConfig, alpn: &[u8]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn server_config(
+    tls: &TlsConfig,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certs(&tls.cert)?;
     let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| TlsError::Key {
@@ -147,7 +156,7 @@ pub fn server_config(tls: &TlsConfig, alpn: &[u8]) -> Result<Arc<rustls::ServerC
     let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    config.alpn_protocols = vec![alpn.to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 
@@ -265,7 +274,7 @@ impl LocalCa {
         &self,
         listen: std::net::SocketAddr,
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        self.server_config(listen, alpn::TUNNEL, true)
+        self.server_config(listen, &[alpn::TUNNEL], true)
     }
 
     /// A listener's TLS from the local CA: a fresh server certificate for
@@ -275,7 +284,7 @@ impl LocalCa {
     pub fn server_config(
         &self,
         listen: std::net::SocketAddr,
-        alpn: &[u8],
+        alpn: &[&[u8]],
         agents: bool,
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         use rcgen::{CertificateParams, DnType, KeyPair};
@@ -322,7 +331,7 @@ impl LocalCa {
         let mut config = builder
             .with_single_cert(vec![cert.der().clone(), self.der.clone()], key_der)
             .map_err(|e| TlsError::Config(e.to_string()))?;
-        config.alpn_protocols = vec![alpn.to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
     }
 
@@ -442,7 +451,7 @@ mod tests {
     async fn tunnel_clients_choose_aes_128_and_other_clients_keep_their_choice() {
         let dir = tempfile::tempdir().unwrap();
         let tls = configured(dir.path());
-        let tunnel = server_config(&tls, alpn::TUNNEL).unwrap();
+        let tunnel = server_config(&tls, &[alpn::TUNNEL]).unwrap();
         let ours = (*client_config(&dir.path().join("ca.pem")).unwrap()).clone();
         let agreed = agree(tunnel.clone(), ours.clone(), alpn::TUNNEL).await;
         assert_eq!(
@@ -474,13 +483,13 @@ mod tests {
         let tls = configured(dir.path());
         let client = (*client_config(&dir.path().join("ca.pem")).unwrap()).clone();
         // A configured tunnel certificate serves `keyway connect`.
-        let tunnel = server_config(&tls, alpn::TUNNEL).unwrap();
+        let tunnel = server_config(&tls, &[alpn::TUNNEL]).unwrap();
         assert_eq!(
             handshake(tunnel.clone(), client.clone(), alpn::TUNNEL).await,
             Some(alpn::TUNNEL.to_vec())
         );
         // libpq 17+ offers `postgresql`.
-        let pg = server_config(&tls, alpn::POSTGRES).unwrap();
+        let pg = server_config(&tls, &[alpn::POSTGRES]).unwrap();
         assert_eq!(
             handshake(pg, client.clone(), alpn::POSTGRES).await,
             Some(alpn::POSTGRES.to_vec())

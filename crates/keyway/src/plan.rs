@@ -21,6 +21,10 @@ pub struct PlanArgs {
     /// The answer as JSON instead of a plan for people.
     #[arg(long)]
     json: bool,
+    /// Accept certificate verification turned off on purpose
+    /// (`upstream_insecure_skip_verify = true`), as `keyway validate` does.
+    #[arg(long)]
+    allow_insecure: bool,
     #[command(flatten)]
     admin: AdminArgs,
 }
@@ -42,8 +46,9 @@ pub async fn run(mut args: PlanArgs, apply: bool) -> Result<ExitCode> {
     // warnings are only shown here.
     let here = crate::serve::config_dir(&file);
     let (_, mut findings) = keyway_core::config::lint::check(&text, &here);
-    // The gateway takes turned-off verification as a warning; so does its preview.
-    keyway_core::config::lint::allow_insecure(&mut findings);
+    if args.allow_insecure {
+        keyway_core::config::lint::allow_insecure(&mut findings);
+    }
     for f in &findings {
         let level = match f.severity {
             Severity::Error => "error",

@@ -75,6 +75,18 @@ impl RawService {
             ),
             upstream_tls,
             local_tls: matches!(&self.tls, Some(RawListenerTls::Local(_))),
+            h2c: self.h2c.unwrap_or(false),
+            upstream_h2: match self.upstream_protocol.as_deref() {
+                None | Some("http1") => false,
+                Some("h2") => true,
+                Some(_) => {
+                    p.push(
+                        &key("upstream_protocol"),
+                        "is `http1` (the default) or `h2` (HTTP/2, as gRPC servers speak)",
+                    );
+                    false
+                }
+            },
             upstream_auth,
             connect_timeout: p.duration_or(
                 &key("connect_timeout"),
@@ -151,6 +163,12 @@ impl RawService {
                 None
             }
         };
+        if http.h2c && (tls.is_some() || http.local_tls) {
+            p.push(
+                &key("h2c"),
+                "is cleartext HTTP/2; a listener with `tls` offers HTTP/2 by ALPN already",
+            );
+        }
         let rate_limit = c.rate_limit;
         c.service(p, rate_limit, tls, ServiceKind::Http(http))
     }

@@ -298,11 +298,14 @@ fn upstream_tls_findings(svc: &super::Service) -> Vec<Finding> {
         )),
     }
     if let super::ServiceKind::Postgres(pg) = &svc.kind {
-        if pg.upstream_tls.is_none() && beyond && svc.via.is_none() {
+        let verified = pg.upstream_tls.as_ref().is_some_and(|t| t.verify);
+        if !verified && (beyond || svc.via.is_some()) {
             for m in &pg.allow_weak_upstream_auth {
                 out.push(warning(
                     key("allow_weak_upstream_auth"),
-                    format!("lets the `{m}` password method cross the network in plaintext"),
+                    format!(
+                        "lets the `{m}` login cross a path to the database that is not verified, where it can be read, cracked or faked"
+                    ),
                 ));
             }
         }

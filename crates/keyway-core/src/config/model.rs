@@ -189,8 +189,8 @@ pub struct PostgresService {
     pub allow_plaintext: bool,
     /// TLS to the database; `None`: plaintext.
     pub upstream_tls: Option<UpstreamTls>,
-    /// Password methods the database may ask for in plaintext beyond loopback
-    /// (`md5`, `password`): refused unless named.
+    /// Weak login methods the database may use where the path to it is not verified
+    /// (`md5`, `password`, `trust`): refused unless named.
     pub allow_weak_upstream_auth: Vec<String>,
 }
 
@@ -239,6 +239,10 @@ pub struct HttpService {
     pub upstream_tls: Option<UpstreamTls>,
     /// `tls = "local"`: the listener serves a certificate from the gateway's local CA.
     pub local_tls: bool,
+    /// Cleartext HTTP/2 with prior knowledge on a listener without TLS.
+    pub h2c: bool,
+    /// HTTP/2 to the upstream (`upstream_protocol = "h2"`).
+    pub upstream_h2: bool,
     pub upstream_auth: Option<UpstreamAuth>,
     pub connect_timeout: Duration,
     /// Time for the upstream to start answering.

@@ -45,6 +45,8 @@ impl RawService {
         for (k, set) in [
             ("upstream_auth", self.upstream_auth.is_some()),
             ("rate_limit", self.rate_limit.is_some()),
+            ("h2c", self.h2c.is_some()),
+            ("upstream_protocol", self.upstream_protocol.is_some()),
         ] {
             if set {
                 p.push(&key(k), "applies to http services only");
@@ -54,10 +56,10 @@ impl RawService {
         let upstream_tls = self.check_upstream_tls(asked, false, &c, p);
         let weak = self.allow_weak_upstream_auth.clone().unwrap_or_default();
         for (i, m) in weak.iter().enumerate() {
-            if !matches!(m.as_str(), "md5" | "password") {
+            if !matches!(m.as_str(), "md5" | "password" | "trust") {
                 p.push(
                     &format!("{}[{i}]", key("allow_weak_upstream_auth")),
-                    "names `md5` or `password` (cleartext), the methods pg_hba.conf calls so",
+                    "names `md5`, `password` (cleartext) or `trust` (no password), as pg_hba.conf calls them",
                 );
             }
         }

@@ -114,6 +114,12 @@ pub struct RawService {
     pub tls: Option<RawListenerTls>,
     pub client_ca: Option<PathBuf>,
     pub require_client_cert: Option<bool>,
+    /// http: cleartext HTTP/2 with prior knowledge on a listener without TLS (gRPC
+    /// clients' `insecure` channels). Over TLS, HTTP/2 is offered by ALPN always.
+    pub h2c: Option<bool>,
+    /// http: `http1` (the default) or `h2` to the upstream (ALPN `h2` for
+    /// `https://`, prior knowledge for `http://`); gRPC servers need `h2`.
+    pub upstream_protocol: Option<String>,
     /// PostgreSQL and TCP: TLS to the upstream, `verify-full`, `require` (encrypted,
     /// not verified) or `disable` (the default). An http service says it with
     /// `https://`.
@@ -129,8 +135,9 @@ pub struct RawService {
     /// http: accept any certificate from an `https://` upstream. Never silently:
     /// `keyway validate` refuses it without `--allow-insecure`, start-up warns.
     pub upstream_insecure_skip_verify: Option<bool>,
-    /// PostgreSQL: password methods the upstream may ask for in plaintext beyond
-    /// loopback (`md5`, `password`); refused unless named here.
+    /// PostgreSQL: weak login methods the upstream may use where the path to it is not
+    /// verified (plaintext beyond loopback, `upstream_tls = "require"`): `md5`,
+    /// `password` (cleartext), `trust`; refused unless named here.
     pub allow_weak_upstream_auth: Option<Vec<String>>,
     /// PostgreSQL: the database every session opens.
     pub database: Option<String>,

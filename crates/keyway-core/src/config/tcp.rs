@@ -29,6 +29,8 @@ impl RawService {
             ("tls", self.tls.is_some()),
             ("upstream_timeout", self.upstream_timeout.is_some()),
             ("header_timeout", self.header_timeout.is_some()),
+            ("h2c", self.h2c.is_some()),
+            ("upstream_protocol", self.upstream_protocol.is_some()),
         ];
         for (k, set) in http_only {
             if set {

@@ -113,6 +113,12 @@ impl RawService {
                 );
             }
         }
+        if asked == Asked::Unverified && self.upstream_ca.is_some() {
+            p.push(
+                &key("upstream_ca"),
+                "is not used by `upstream_tls = \"require\"`, which verifies nothing; use `\"verify-full\"` to verify against it",
+            );
+        }
         if skip && self.upstream_ca.is_some() {
             p.push(
                 &key("upstream_insecure_skip_verify"),
@@ -253,7 +259,7 @@ mod tests {
                 "10.0.0.5:5432",
                 "allow_weak_upstream_auth = [\"plain\"]",
                 "allow_weak_upstream_auth[0]",
-                "`md5` or `password`",
+                "names `md5`, `password`",
             ),
             (
                 "http",
@@ -268,6 +274,13 @@ mod tests {
                 "upstream_ca = \"ca.pem\"\nupstream_insecure_skip_verify = true",
                 "upstream_insecure_skip_verify",
                 "contradicts",
+            ),
+            (
+                "postgres",
+                "10.0.0.5:5432",
+                "upstream_tls = \"require\"\nupstream_ca = \"ca.pem\"",
+                "upstream_ca",
+                "is not used by",
             ),
         ] {
             let e = problems(&service(protocol, upstream, extra));

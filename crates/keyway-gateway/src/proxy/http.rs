@@ -51,12 +51,13 @@ use tokio::net::TcpListener;
 
 use crate::authz::{Admitted, Ask, Attempt, Protocol, Reached};
 use crate::index::Entry;
-use crate::listener::{serve_http1, ConnInfo, Limits, Stop};
+use crate::listener::{serve_http, ConnInfo, Limits, Stop};
 use crate::proxy::Handles;
 use crate::sessions::SessionEnd;
 
 mod body;
 mod forward;
+mod grpc;
 
 use body::Cancellable;
 use forward::{bearer, is_websocket_upgrade, upgraded_response};
@@ -95,7 +96,8 @@ impl HttpProxy {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256);
+            .pool_max_idle_per_host(256)
+            .http2_only(http.upstream_h2);
         if http.upstream_tls.as_ref().is_some_and(|t| !t.verify) {
             tracing::warn!(
                 service = %svc.name,
@@ -159,8 +161,17 @@ impl HttpProxy {
         conn: &ConnInfo,
         req: Request<Incoming>,
     ) -> Response<ProxyBody> {
+        let grpc = grpc::is_grpc(req.headers());
+        let http1 = req.version() < Version::HTTP_2;
         let mut resp = self.in_force().handle(conn, req).await;
-        if self.successor.get().is_some() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        if grpc && resp.extensions().get::<grpc::OwnAnswer>().is_some() {
+            resp = grpc::as_grpc(resp);
+        }
+        // HTTP/2 has no `Connection`; its clients stay with the proxy in force.
+        if http1
+            && self.successor.get().is_some()
+            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -198,10 +209,11 @@ impl HttpProxy {
             first_request: None,
             max_header_bytes: self.http.max_header_bytes,
             max_headers: self.http.max_headers,
+            http2: Some(crate::listener::Http2 { h2c: self.http.h2c }),
         };
         let name = self.svc.name.clone();
         let this = self.clone();
-        serve_http1(
+        serve_http(
             self.h.admission.clone(),
             &name,
             listener,
@@ -468,6 +480,7 @@ fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    resp.extensions_mut().insert(grpc::OwnAnswer);
     resp
 }
 

@@ -106,7 +106,9 @@ impl UpstreamTlsCache {
     }
 
     /// Wraps `stream`, a connection to `host`, in TLS as `svc` says. A service whose
-    /// configuration is not loaded yet (a reload under way) loads it.
+    /// configuration is not the one loaded (a proxy a reload is replacing, still
+    /// finishing its work) loads its own for this connection, and leaves the cache
+    /// to the config in force.
     pub(crate) async fn connect(
         &self,
         svc: &Service,
@@ -123,16 +125,12 @@ impl UpstreamTlsCache {
         let config = match self.current(name, t, alpn) {
             Some(l) => l.config.clone(),
             None => {
-                let l = Arc::new(load(t, alpn).map_err(|e| HandshakeError {
-                    reason: "upstream_tls_config",
-                    why: e.to_string(),
-                })?);
-                let config = l.config.clone();
-                self.loaded
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(name.clone(), l);
-                config
+                load(t, alpn)
+                    .map_err(|e| HandshakeError {
+                        reason: "upstream_tls_config",
+                        why: e.to_string(),
+                    })?
+                    .config
             }
         };
         let host = t.server_name.as_deref().unwrap_or(host);
@@ -148,11 +146,13 @@ impl UpstreamTlsCache {
     }
 }
 
-/// The ALPN a service offers its upstream: HTTP/1.1, PostgreSQL's, or none (TCP).
+/// The ALPN a service offers its upstream: HTTP/2 or HTTP/1.1, PostgreSQL's, or none
+/// (TCP).
 fn alpn_of(svc: &Service) -> &'static [&'static [u8]] {
     use keyway_core::config::ServiceKind;
-    match svc.kind {
-        ServiceKind::Http(_) => &[b"http/1.1"],
+    match &svc.kind {
+        ServiceKind::Http(h) if h.upstream_h2 => &[crate::tls::alpn::H2],
+        ServiceKind::Http(_) => &[crate::tls::alpn::HTTP],
         ServiceKind::Postgres(_) => &[crate::tls::alpn::POSTGRES],
         ServiceKind::Tcp(_) => &[],
     }
@@ -246,24 +246,22 @@ fn load(t: &UpstreamTls, alpn: &[&[u8]]) -> Result<Loaded, TlsError> {
     })
 }
 
-/// The system's trusted roots, read once.
+/// The system's trusted roots, read once found (until then, at each load: a
+/// system without them may get them, and a reload then finds them).
 fn system_roots() -> Result<RootCertStore, TlsError> {
-    static ROOTS: OnceLock<Result<RootCertStore, String>> = OnceLock::new();
-    ROOTS
-        .get_or_init(|| {
-            let found = rustls_native_certs::load_native_certs();
-            let mut roots = RootCertStore::empty();
-            let (added, _) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err(
-                    "no trusted roots on this system (install ca-certificates, or set upstream_ca)"
-                        .into(),
-                );
-            }
-            Ok(roots)
-        })
-        .clone()
-        .map_err(TlsError::Config)
+    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
+    if let Some(roots) = ROOTS.get() {
+        return Ok(roots.clone());
+    }
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(TlsError::Config(
+            "no trusted roots on this system (install ca-certificates, or set upstream_ca)".into(),
+        ));
+    }
+    Ok(ROOTS.get_or_init(|| roots).clone())
 }
 
 /// A verifier that takes any certificate (the service said so:

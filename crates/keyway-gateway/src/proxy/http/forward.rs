@@ -39,10 +39,20 @@ impl HttpProxy {
             .path_and_query(pq)
             .build()
             .map_err(|_| DenyReason::BadPath)?;
-        parts.version = Version::HTTP_11;
+        parts.version = if self.http.upstream_h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
 
         let h = &mut parts.headers;
+        // `TE: trailers` is the one hop-by-hop header that goes on: gRPC servers ask
+        // for it, and it only says the client takes trailers.
+        let trailers = lists(h, header::TE, "trailers");
         strip_hop_by_hop(h);
+        if trailers {
+            h.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         strip_client_claims(h);
         h.remove(header::AUTHORIZATION);
         strip_console_cookie(h);
@@ -59,7 +69,10 @@ impl HttpProxy {
                 .ok_or(DenyReason::UpstreamCredentialMissing)?;
             h.insert(auth.header.clone(), value);
         }
-        if let Ok(v) = HeaderValue::from_str(up.authority.as_str()) {
+        // HTTP/2 names the authority in the request's URI (`:authority`).
+        if self.http.upstream_h2 {
+            h.remove(header::HOST);
+        } else if let Ok(v) = HeaderValue::from_str(up.authority.as_str()) {
             h.insert(header::HOST, v);
         }
         if let Ok(v) = HeaderValue::from_str(&conn.peer.ip().to_canonical().to_string()) {
@@ -161,16 +174,20 @@ pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// Whether the comma-separated lists of header `name` hold `token` (in any case).
+fn lists(h: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
 /// A WebSocket opening handshake: `GET` with `Upgrade: websocket` named in
 /// `Connection`.
 pub(super) fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
     let h = req.headers();
-    let names_upgrade = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let names_upgrade = lists(h, header::CONNECTION, "upgrade");
     let websocket = h
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())

@@ -12,12 +12,14 @@ use super::*;
 /// How the connection to the database is carried, which decides the password
 /// methods it may take.
 pub(super) struct Transport {
+    /// TLS, verified or not.
+    tls: bool,
     /// TLS with a verified certificate: the server is who it claims.
     verified: bool,
     /// `tls-server-end-point` channel binding data (RFC 5929): the hash of the
-    /// server's certificate, over TLS.
+    /// server's certificate, over TLS, where its signature names the hash.
     endpoint: Option<Vec<u8>>,
-    /// Plaintext on this host, dialled by the gateway itself.
+    /// On this host, dialled by the gateway itself.
     local: bool,
 }
 
@@ -93,9 +95,10 @@ impl PgProxy {
         let via = self.svc.via.as_deref();
         let mut up = dialer.plain(via, &self.pg.upstream, timeout).await?;
         let host = crate::upstream::host_of(&self.pg.upstream);
+        let local = via.is_none() && keyway_core::config::is_loopback_host(host);
         let Some(t) = &self.pg.upstream_tls else {
-            let local = via.is_none() && keyway_core::config::is_loopback_host(host);
             let transport = Transport {
+                tls: false,
                 verified: false,
                 endpoint: None,
                 local,
@@ -135,11 +138,15 @@ impl PgProxy {
             .1
             .peer_certificates()
             .and_then(|c| c.first())
-            .map(|c| end_point_hash(c.as_ref()));
+            .and_then(|c| end_point_hash(c.as_ref()));
+        if endpoint.is_none() {
+            tracing::warn!(service = %self.svc.name, "the database's certificate names no hash for channel binding (Ed25519?); SCRAM goes without it");
+        }
         let transport = Transport {
+            tls: true,
             verified: t.verify,
             endpoint,
-            local: false,
+            local,
         };
         Ok((Box::new(tls), transport))
     }
@@ -162,11 +169,7 @@ impl PgProxy {
                 "the database refused Keyway's login for this role (see the gateway log)".into(),
             )
         };
-        let weak_ok = |method: &str| {
-            transport.verified
-                || transport.local
-                || self.pg.allow_weak_upstream_auth.iter().any(|m| m == method)
-        };
+        let weak_ok = |method: &str| transport.allows(method, &self.pg.allow_weak_upstream_auth);
         let weak_refused = |method: &str| {
             fail(&format!(
                 "the database asks for `{method}`, which would cross an unverified path where it can be read or cracked; \
@@ -196,6 +199,11 @@ impl PgProxy {
                     return Err(fail(
                         "SCRAM ended before the server proved it knows the password",
                     ))
+                }
+                // No password asked, over TLS nothing verified: whoever answered may
+                // be anyone, and the session would be theirs.
+                0 if scram.is_none() && method == "trust" && transport.tls && !weak_ok("trust") => {
+                    return Err(weak_refused("trust"))
                 }
                 0 => return Ok(scram.map_or(method, |(_, m)| m)),
                 3 if !weak_ok("password") => return Err(weak_refused("password")),
@@ -229,6 +237,7 @@ impl PgProxy {
                             "SCRAM-SHA-256-PLUS",
                         ),
                         Some(_) => (ChannelBinding::unrequested(), "SCRAM-SHA-256"),
+                        // Plaintext, or a certificate whose hash binding cannot name.
                         None => (ChannelBinding::unsupported(), "SCRAM-SHA-256"),
                     };
                     if !offered(b"SCRAM-SHA-256") && mechanism == "SCRAM-SHA-256" {
@@ -263,23 +272,104 @@ impl PgProxy {
     }
 }
 
+// === impl Transport ===
+
+impl Transport {
+    /// Whether a weak login `method` (`md5`, `password`, `trust`) may go this way:
+    /// to a verified server, on this host, or where the service names it in
+    /// `allowed`.
+    fn allows(&self, method: &str, allowed: &[String]) -> bool {
+        self.verified || self.local || allowed.iter().any(|m| m == method)
+    }
+}
+
 /// The `tls-server-end-point` hash of a DER certificate (RFC 5929 §4.1): with the
-/// hash of its signature algorithm, SHA-256 for MD5, SHA-1 and anything else.
-fn end_point_hash(der: &[u8]) -> Vec<u8> {
+/// hash of its signature algorithm (RSA-PSS's from its parameters), SHA-256 for MD5
+/// and SHA-1; `None` where the signature names no hash (Ed25519) or the certificate
+/// cannot be read.
+fn end_point_hash(der: &[u8]) -> Option<Vec<u8>> {
     use x509_parser::oid_registry::{
-        OID_PKCS1_SHA384WITHRSA, OID_PKCS1_SHA512WITHRSA, OID_SIG_ECDSA_WITH_SHA384,
+        OID_NIST_HASH_SHA256, OID_NIST_HASH_SHA384, OID_NIST_HASH_SHA512, OID_PKCS1_RSASSAPSS,
+        OID_PKCS1_SHA1WITHRSA, OID_PKCS1_SHA256WITHRSA, OID_PKCS1_SHA384WITHRSA,
+        OID_PKCS1_SHA512WITHRSA, OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384,
         OID_SIG_ECDSA_WITH_SHA512,
     };
-    let alg = x509_parser::parse_x509_certificate(der)
-        .ok()
-        .map(|(_, c)| c.signature_algorithm.algorithm.clone());
-    match alg {
-        Some(a) if a == OID_PKCS1_SHA384WITHRSA || a == OID_SIG_ECDSA_WITH_SHA384 => {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let sig = &cert.signature_algorithm;
+    let by_hash = |h: &x509_parser::der_parser::Oid<'_>| {
+        if *h == OID_NIST_HASH_SHA384 {
             sha2::Sha384::digest(der).to_vec()
-        }
-        Some(a) if a == OID_PKCS1_SHA512WITHRSA || a == OID_SIG_ECDSA_WITH_SHA512 => {
+        } else if *h == OID_NIST_HASH_SHA512 {
             sha2::Sha512::digest(der).to_vec()
+        } else {
+            // SHA-1 and SHA-256 alike (RFC 5929: MD5 and SHA-1 become SHA-256).
+            sha2::Sha256::digest(der).to_vec()
         }
-        _ => sha2::Sha256::digest(der).to_vec(),
+    };
+    let a = &sig.algorithm;
+    if *a == OID_PKCS1_RSASSAPSS {
+        let params = sig.parameters.as_ref()?;
+        let pss = x509_parser::signature_algorithm::RsaSsaPssParams::try_from(params).ok()?;
+        Some(by_hash(pss.hash_algorithm_oid()))
+    } else if [
+        OID_PKCS1_SHA1WITHRSA,
+        OID_PKCS1_SHA256WITHRSA,
+        OID_SIG_ECDSA_WITH_SHA256,
+    ]
+    .contains(a)
+    {
+        Some(by_hash(&OID_NIST_HASH_SHA256))
+    } else if *a == OID_PKCS1_SHA384WITHRSA || *a == OID_SIG_ECDSA_WITH_SHA384 {
+        Some(by_hash(&OID_NIST_HASH_SHA384))
+    } else if *a == OID_PKCS1_SHA512WITHRSA || *a == OID_SIG_ECDSA_WITH_SHA512 {
+        Some(by_hash(&OID_NIST_HASH_SHA512))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::{end_point_hash, Transport};
+
+    #[test]
+    fn weak_logins_go_only_where_no_one_can_take_them() {
+        let path = |tls, verified, local| Transport {
+            tls,
+            verified,
+            endpoint: None,
+            local,
+        };
+        let named = ["md5".to_owned()];
+        for (way, allows_md5) in [
+            (path(false, false, false), false), // plaintext beyond this host
+            (path(true, false, false), false),  // TLS, not verified
+            (path(true, true, false), true),    // verified TLS
+            (path(false, false, true), true),   // this host
+        ] {
+            assert_eq!(way.allows("md5", &[]), allows_md5);
+            assert!(way.allows("md5", &named), "named by the service");
+            assert_eq!(way.allows("password", &named), allows_md5, "named md5 only");
+        }
+    }
+
+    /// A self-signed certificate signed with `alg`, as DER.
+    fn signed_with(alg: &'static rcgen::SignatureAlgorithm) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        let params = rcgen::CertificateParams::new(vec!["db.test".to_owned()]).unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn the_end_point_hash_follows_the_signature() {
+        let p256 = signed_with(&rcgen::PKCS_ECDSA_P256_SHA256);
+        assert_eq!(end_point_hash(&p256).unwrap().len(), 32);
+        let p384 = signed_with(&rcgen::PKCS_ECDSA_P384_SHA384);
+        assert_eq!(end_point_hash(&p384).unwrap().len(), 48);
+        // Ed25519 names no hash: no binding, said so by the caller.
+        assert_eq!(end_point_hash(&signed_with(&rcgen::PKCS_ED25519)), None);
+        assert_eq!(end_point_hash(b"not a certificate"), None);
     }
 }

@@ -1,0 +1,234 @@
+//! HTTP/2 and gRPC through the gateway, with a gRPC stack no one here wrote (Python's
+//! `grpcio`, server and client, `tests/grpc/billing.py`): unary, server-streaming,
+//! client-streaming and bidirectional calls over HTTP/2 with TLS (ALPN `h2`, the
+//! local CA's certificate) and over cleartext HTTP/2 (`h2c`), to an HTTP/2 upstream;
+//! a method outside the grant refused as `PERMISSION_DENIED`, a missing token as
+//! `UNAUTHENTICATED`; a revoked token's live stream ended. Then HTTP/2's own attacks,
+//! written frame by frame: rapid reset and a CONTINUATION flood are refused while
+//! another client is served.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BILLING_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/grpc/billing.py");
+
+/// `billing.py` with `args`, its stdout piped.
+fn billing_py(args: &[&str]) -> KillOnDrop {
+    Command::new("python3")
+        .arg(BILLING_PY)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map(KillOnDrop)
+        .expect("python3 with grpcio (scripts/test installs tests/grpc/requirements.txt)")
+}
+
+/// The first line `child` prints.
+fn first_line(child: &mut KillOnDrop) -> String {
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim().to_owned()
+}
+
+/// A gateway in `dir` with two gRPC services in front of `upstream` (an HTTP/2
+/// server): `grpc-tls` on HTTPS from the local CA, `grpc-h2c` on cleartext HTTP/2.
+/// Their ports, and the gateway.
+fn grpc_gateway(dir: &Path, upstream: &str) -> (u16, u16, u16, KillOnDrop) {
+    let (admin, tls, h2c) = (free_port(), free_port(), free_port());
+    let service = |name: &str, port: u16, extra: &str| {
+        format!(
+            "[services.{name}]\nprotocol = \"http\"\nlisten = \"127.0.0.1:{port}\"\n\
+             upstream = \"http://{upstream}\"\nupstream_protocol = \"h2\"\nmax_ttl = \"1h\"\n{extra}\n"
+        )
+    };
+    std::fs::write(
+        dir.join("keyway.toml"),
+        format!(
+            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin}\"\n{}{}",
+            service("grpc-tls", tls, "tls = \"local\""),
+            service("grpc-h2c", h2c, "h2c = true"),
+        ),
+    )
+    .unwrap();
+    let gateway = start_gateway(dir, admin);
+    (admin, tls, h2c, gateway)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_calls_of_every_kind_through_h2_with_tls_and_h2c() {
+    let mut server = billing_py(&["server"]);
+    let upstream = format!("127.0.0.1:{}", first_line(&mut server));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_admin, tls, h2c, _gateway) = grpc_gateway(dir, &upstream);
+    let ca = dir.join("data/ca.pem");
+    let grant = ["--path", "/billing.v1.Invoices/"];
+
+    for (svc, target, ca) in [
+        ("grpc-tls", format!("localhost:{tls}"), ca.to_str().unwrap()),
+        ("grpc-h2c", format!("127.0.0.1:{h2c}"), "-"),
+    ] {
+        let token = ok_stdout(issue_as(dir, "alice", svc, None, &grant));
+        let mut calls = billing_py(&["calls", &target, ca, &token]);
+        let said: serde_json::Value = serde_json::from_str(&first_line(&mut calls)).unwrap();
+        let want = serde_json::json!({
+            "unary": ["invoice 42", "billing"],
+            "server_stream": ["invoice 1", "invoice 2", "invoice 3"],
+            "client_stream": "3 parts",
+            "bidi": ["echo x", "echo y"],
+            "outside_grant": "error PERMISSION_DENIED",
+            "no_token": "error UNAUTHENTICATED",
+            "wrong_token": "error UNAUTHENTICATED",
+        });
+        assert_eq!(said, want, "{svc}");
+    }
+    // The refusal is audited with the method's path.
+    let refused = store_query(
+        dir,
+        "select reason || ' ' || json_extract(detail, '$.path') from audit_events \
+         where kind = 'request' and decision = 'deny' and service = 'grpc-h2c' \
+         and json_extract(detail, '$.path') like '/billing.v1.Admin/%'",
+    );
+    assert_eq!(refused.trim(), "path_not_granted /billing.v1.Admin/Delete");
+
+    // A live server stream ends when its token is revoked.
+    let token = ok_stdout(issue_as(dir, "bob", "grpc-h2c", None, &grant));
+    let mut follow = billing_py(&["follow", &format!("127.0.0.1:{h2c}"), "-", &token]);
+    let mut lines = BufReader::new(follow.0.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "invoice 1");
+    let out = keyway(
+        dir,
+        &["token", "revoke", &token[5..21], "--config", "keyway.toml"],
+        None,
+    );
+    assert!(out.status.success());
+    let revoked = Instant::now();
+    let last = lines
+        .map(Result::unwrap)
+        .find(|l| l.starts_with("ended"))
+        .unwrap();
+    assert_ne!(last, "ended OK");
+    assert!(
+        revoked.elapsed() < Duration::from_secs(5),
+        "{last} after {:?}",
+        revoked.elapsed()
+    );
+}
+
+/// An HTTP/2 frame: its 9-byte header and `payload`.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+/// `:method: GET`, `:scheme: http`, `:path: /` from HPACK's static table.
+const GET_ROOT: &[u8] = &[0x82, 0x86, 0x84];
+
+/// A raw HTTP/2 connection to `port`, past the preface and an empty SETTINGS.
+fn raw_h2(port: u16) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&frame(SETTINGS, 0, 0, &[])).unwrap();
+    s
+}
+
+/// Reads frames until the server's GOAWAY or the end of the connection: the GOAWAY's
+/// error code, if one came.
+fn goaway_of(s: &mut std::net::TcpStream) -> Option<u32> {
+    let mut head = [0u8; 9];
+    loop {
+        s.read_exact(&mut head).ok()?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).ok()?;
+        if head[3] == GOAWAY && len >= 8 {
+            return Some(u32::from_be_bytes([
+                payload[4], payload[5], payload[6], payload[7],
+            ]));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_attacks_are_refused_while_others_are_served() {
+    let (up, _) = upstream().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (admin, svc) = (free_port(), free_port());
+    billing_config(dir, admin, svc, &up.to_string(), "1h", "h2c = true\n");
+    let _gateway = start_gateway(dir, admin);
+    let token = issue(dir, "alice", "billing");
+    let url = format!("http://127.0.0.1:{svc}/invoices");
+    let served = || {
+        curl_status(
+            &url,
+            &[
+                "--http2-prior-knowledge",
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+            ],
+        )
+    };
+    assert_eq!(served(), 200);
+
+    // Rapid reset (CVE-2023-44487): streams opened and reset at once, by the thousand.
+    let mut attacker = raw_h2(svc);
+    let mut flood = Vec::new();
+    for i in 0..2000u32 {
+        let id = 2 * i + 1;
+        flood.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, GET_ROOT));
+        flood.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+    }
+    let _ = attacker.write_all(&flood);
+    assert_eq!(goaway_of(&mut attacker), Some(0xb), "ENHANCE_YOUR_CALM");
+    assert_eq!(served(), 200);
+
+    // A CONTINUATION flood: one header block that never ends.
+    let mut attacker = raw_h2(svc);
+    attacker.write_all(&frame(HEADERS, 0, 1, GET_ROOT)).unwrap();
+    let mut junk = vec![0x00, 0x05];
+    junk.extend_from_slice(b"x-pad");
+    junk.extend_from_slice(&[0x7f, 0x81, 0x1f]); // a 4,096-byte value
+    junk.extend(std::iter::repeat_n(b'a', 4096));
+    let started = Instant::now();
+    let mut sent = 0usize;
+    while started.elapsed() < Duration::from_secs(10) && sent < 64 * 1024 * 1024 {
+        if attacker
+            .write_all(&frame(CONTINUATION, 0, 1, &junk))
+            .is_err()
+        {
+            break;
+        }
+        sent += junk.len();
+    }
+    // The gateway closed the connection long before the attacker ran out of time or
+    // bytes (what it wrote sat in the sockets' buffers, not in the gateway).
+    let closed = started.elapsed();
+    assert!(
+        closed < Duration::from_secs(5) && sent < 64 * 1024 * 1024,
+        "the gateway kept reading one header block: {sent} bytes in {closed:?}"
+    );
+    assert_eq!(served(), 200);
+}
