@@ -170,7 +170,7 @@ impl Listeners {
                 Some(t) => tls::load(t, &[tls::alpn::TUNNEL]),
                 // The local CA's certificate for the tunnel: no files to renew.
                 None => tls::LocalCa::open(&config.data_dir).and_then(|ca| {
-                    let server = ca.tunnel_server_config(local);
+                    let server = ca.tunnel_server_config(local, config.tunnel_client_ca.as_deref());
                     local_ca = Some(ca);
                     Ok(tls::Loaded {
                         acceptor: TlsAcceptor::from(server?),

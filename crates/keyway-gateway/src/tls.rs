@@ -76,7 +76,7 @@ pub fn service_acceptor(
         (Some(t), _) => Some(load(t, alpn)),
         (None, Some(listen)) if local => Some(LocalCa::open(data_dir).and_then(|ca| {
             Ok(Loaded {
-                acceptor: tokio_rustls::TlsAcceptor::from(ca.server_config(listen, alpn, false)?),
+                acceptor: tokio_rustls::TlsAcceptor::from(ca.server_config(listen, alpn, None)?),
                 files: None,
             })
         })),
@@ -273,19 +273,47 @@ impl LocalCa {
     pub fn tunnel_server_config(
         &self,
         listen: std::net::SocketAddr,
+        client_ca: Option<&Path>,
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        self.server_config(listen, &[alpn::TUNNEL], true)
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(self.der.clone())
+            .map_err(|e| TlsError::Config(format!("local CA: {e}")))?;
+        if let Some(ca) = client_ca {
+            roots
+                .roots
+                .extend(self::roots(ca, "tunnel_client_ca")?.roots);
+        }
+        self.server_config(listen, &[alpn::TUNNEL], Some(roots))
+    }
+
+    /// Whether the certificate `der` was issued by this CA (an agent's), not by
+    /// another CA the tunnel takes client certificates from.
+    pub fn issued(&self, der: &CertificateDer<'_>) -> bool {
+        let mut roots = RootCertStore::empty();
+        if roots.add(self.der.clone()).is_err() {
+            return false;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let Ok(verifier) =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()
+        else {
+            return false;
+        };
+        verifier
+            .verify_client_cert(der, &[], rustls::pki_types::UnixTime::now())
+            .is_ok()
     }
 
     /// A listener's TLS from the local CA: a fresh server certificate for
     /// `localhost`, `127.0.0.1` and the address it listens on (sent with the CA),
-    /// speaking `alpn`; with `agents`, client certificates of the CA are verified
-    /// when presented.
+    /// speaking `alpn`; with `clients`, client certificates of those roots are
+    /// verified when presented.
     pub fn server_config(
         &self,
         listen: std::net::SocketAddr,
         alpn: &[&[u8]],
-        agents: bool,
+        clients: Option<RootCertStore>,
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         use rcgen::{CertificateParams, DnType, KeyPair};
         let cfg_err = |e: rcgen::Error| TlsError::Config(format!("local CA: {e}"));
@@ -312,14 +340,10 @@ impl LocalCa {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let key_der = PrivateKeyDer::try_from(key.serialize_der())
             .map_err(|e| TlsError::Config(e.to_string()))?;
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(self.der.clone())
-            .map_err(|e| TlsError::Config(format!("local CA: {e}")))?;
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?;
-        let builder = if agents {
+        let builder = if let Some(roots) = clients {
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .allow_unauthenticated()
                 .build()
@@ -376,15 +400,32 @@ pub fn agent_identity(der: &[u8]) -> Option<(String, i64)> {
 }
 
 /// The TLS client configuration of `keyway connect`: the tunnel's ALPN and crypto
-/// ([`keyway_core::tunnel::crypto_provider`]), trusting the CA in `ca` (PEM).
-pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+/// ([`keyway_core::tunnel::crypto_provider`]), trusting the CA in `ca` (PEM), and
+/// presenting the client certificate `cert` (PEM: the certificate and its key)
+/// when given, for tokens bound to it.
+pub fn client_config(
+    ca: &Path,
+    cert: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let roots = roots(ca, &ca.display().to_string())?;
     let provider = Arc::new(keyway_core::tunnel::crypto_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = read_certs(cert)?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+                path: key.display().to_string(),
+                why: e.to_string(),
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| TlsError::Config(e.to_string()))?
+        }
+    };
     config.alpn_protocols = vec![alpn::TUNNEL.to_vec()];
     Ok(Arc::new(config))
 }
@@ -452,7 +493,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tls = configured(dir.path());
         let tunnel = server_config(&tls, &[alpn::TUNNEL]).unwrap();
-        let ours = (*client_config(&dir.path().join("ca.pem")).unwrap()).clone();
+        let ours = (*client_config(&dir.path().join("ca.pem"), None).unwrap()).clone();
         let agreed = agree(tunnel.clone(), ours.clone(), alpn::TUNNEL).await;
         assert_eq!(
             agreed.map(|a| a.1),
@@ -481,7 +522,7 @@ mod tests {
     async fn each_listener_agrees_on_its_own_protocol() {
         let dir = tempfile::tempdir().unwrap();
         let tls = configured(dir.path());
-        let client = (*client_config(&dir.path().join("ca.pem")).unwrap()).clone();
+        let client = (*client_config(&dir.path().join("ca.pem"), None).unwrap()).clone();
         // A configured tunnel certificate serves `keyway connect`.
         let tunnel = server_config(&tls, &[alpn::TUNNEL]).unwrap();
         assert_eq!(

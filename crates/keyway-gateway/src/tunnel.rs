@@ -122,7 +122,7 @@ async fn handle(
         (Hello::Open(open), _) => open,
         (Hello::Enroll(e), Some(ca)) => return agents::enroll(h, tls, peer, e, ca).await,
         (Hello::Renew(r), Some(ca)) => return agents::renew(h, tls, peer, r, ca).await,
-        (Hello::Agent(hello), Some(_)) => return agents::serve(h, tls, peer, hello).await,
+        (Hello::Agent(hello), Some(ca)) => return agents::serve(h, tls, peer, hello, ca).await,
         (_, None) => {
             reply(
                 &mut tls,

@@ -95,7 +95,7 @@ async fn garbage_on_the_tunnel_is_answered_before_the_close() {
 
     // With TLS, a first frame that is not JSON, then one too long: a refusal frame,
     // as `keyway connect` reads refusals.
-    let tls = keyway_gateway::tls::client_config(&gw.data_dir().join("ca.pem")).unwrap();
+    let tls = keyway_gateway::tls::client_config(&gw.data_dir().join("ca.pem"), None).unwrap();
     for frame in [&b"\x00\x00\x00\x05hello"[..], &b"\xff\xff\xff\xff"[..]] {
         let tcp = TcpStream::connect(tunnel).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();

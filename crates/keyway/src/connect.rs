@@ -31,6 +31,13 @@ pub struct ConnectArgs {
     /// must not exist yet, and is removed on Ctrl-C.
     #[arg(long, value_name = "PATH")]
     unix: Option<PathBuf>,
+    /// A client certificate (PEM) to present to the tunnel, for a token bound to it
+    /// (`keyway token issue --bind-cert`); its key goes in `--key`.
+    #[arg(long, value_name = "CERT.pem", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The private key (PEM) of `--cert`.
+    #[arg(long, value_name = "KEY.pem", requires = "cert")]
+    key: Option<PathBuf>,
     /// A file holding your access token (else `KEYWAY_TOKEN`, else
     /// `~/.config/keyway/token`, which must be mode 0600).
     #[arg(long)]
@@ -39,7 +46,8 @@ pub struct ConnectArgs {
 
 pub async fn run(a: ConnectArgs) -> Result<ExitCode> {
     let token = resolve_token(a.token_file.as_deref())?;
-    let tls = keyway_gateway::tls::client_config(&a.ca)?;
+    let cert = a.cert.as_deref().zip(a.key.as_deref());
+    let tls = keyway_gateway::tls::client_config(&a.ca, cert)?;
     let host = a
         .gateway
         .rsplit_once(':')

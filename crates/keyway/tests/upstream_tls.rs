@@ -438,6 +438,10 @@ async fn tcp_upstreams_may_be_wrapped_in_verified_tls() {
     ca.server(dir, "echo", &["localhost"], Validity::Now);
     ca.server(dir, "stale", &["localhost"], Validity::Expired);
     let (echo, stale) = (tls_echo(dir, "echo").await, tls_echo(dir, "stale").await);
+    let people = TestCa::new("keyway test people CA");
+    people.write(&dir.join("people-ca.pem"));
+    people.client(dir, "alice", "alice");
+    people.client(dir, "mallory", "mallory");
     let (admin, tunnel) = (free_port(), free_port());
     let service = |name: &str, port: u16| {
         format!(
@@ -448,7 +452,8 @@ async fn tcp_upstreams_may_be_wrapped_in_verified_tls() {
     std::fs::write(
         dir.join("keyway.toml"),
         format!(
-            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin}\"\ntunnel_listen = \"127.0.0.1:{tunnel}\"\n{}{}",
+            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin}\"\ntunnel_listen = \"127.0.0.1:{tunnel}\"\n\
+             tunnel_client_ca = \"people-ca.pem\"\n{}{}",
             service("echo", echo),
             service("stale", stale)
         ),
@@ -465,6 +470,49 @@ async fn tcp_upstreams_may_be_wrapped_in_verified_tls() {
     let mut got = [0u8; 14];
     std::io::Read::read_exact(&mut s, &mut got).unwrap();
     assert_eq!(&got, b"ping over tls\n");
+
+    // A token bound to alice's certificate: through with it, refused without it or
+    // with another's from the same CA.
+    let bound = ok_stdout(issue_as(
+        dir,
+        "alice",
+        "echo",
+        None,
+        &["--bind-cert", "alice.pem"],
+    ));
+    let with = |cert: Option<&str>| {
+        let args = match cert {
+            Some(c) => vec![
+                "--cert".to_owned(),
+                format!("{c}.pem"),
+                "--key".to_owned(),
+                format!("{c}.key"),
+            ],
+            None => Vec::new(),
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let through = connect_with(dir, "echo", tunnel, &bound, &args);
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", through.1)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let _ = std::io::Write::write_all(&mut s, b"bound\n");
+        let mut got = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::Read::take(&mut s, 6), &mut got);
+        got
+    };
+    assert_eq!(with(Some("alice")), b"bound\n");
+    assert_eq!(with(None), b"");
+    assert_eq!(with(Some("mallory")), b"");
+    let reasons = store_query(
+        dir,
+        "select reason from audit_events where kind = 'connection.open' \
+         and service = 'echo' and decision = 'deny' order by seq",
+    );
+    assert_eq!(
+        reasons.trim(),
+        "certificate_mismatch\ncertificate_mismatch",
+        "{reasons}"
+    );
 
     // An expired certificate: the stream is refused, and the audit log says why.
     let refused = connect(dir, "stale", tunnel, &issue(dir, "alice", "stale"));

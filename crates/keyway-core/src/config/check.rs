@@ -93,6 +93,13 @@ impl RawConfig {
             client_ca: t.client_ca.map(rel),
             require_client_cert: false,
         });
+        let tunnel_client_ca = self.tunnel_client_ca.map(rel);
+        if tunnel_client_ca.is_some() && tunnel_tls.is_some() {
+            p.push(
+                "tunnel_client_ca",
+                "with `tunnel_tls`, the tunnel's client CA is its `client_ca`",
+            );
+        }
         let credential_max_age = p.duration_or(
             "credential_max_age",
             self.credential_max_age.as_deref(),
@@ -348,6 +355,7 @@ impl RawConfig {
             token_tls,
             tunnel_listen,
             tunnel_tls,
+            tunnel_client_ca,
             credential_max_age,
             agent_cert_ttl,
             revoke_tokens_in_urls: self.revoke_tokens_in_urls.unwrap_or(true),

@@ -41,6 +41,8 @@ pub struct Config {
     /// The tunnel's certificate; without it, one from the gateway's local CA
     /// (`<data_dir>/ca.pem`).
     pub tunnel_tls: Option<TlsConfig>,
+    /// Client certificates from this CA are taken on the tunnel (with the local CA).
+    pub tunnel_client_ca: Option<PathBuf>,
     /// No client credential is accepted longer than this after its issue.
     pub credential_max_age: Duration,
     /// How long an agent's certificate lives; agents renew it at two thirds.

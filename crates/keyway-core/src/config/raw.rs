@@ -34,6 +34,10 @@ pub struct RawConfig {
     pub token_tls: Option<RawTls>,
     pub tunnel_listen: Option<String>,
     pub tunnel_tls: Option<RawTls>,
+    /// The CA whose client certificates the tunnel takes from `keyway connect
+    /// --cert`, beside the local CA's (agents'), for tokens bound to a certificate.
+    /// With `tunnel_tls`, its `client_ca` says it instead.
+    pub tunnel_client_ca: Option<PathBuf>,
     pub credential_max_age: Option<String>,
     pub agent_cert_ttl: Option<String>,
     pub revoke_tokens_in_urls: Option<bool>,

@@ -34,9 +34,14 @@ fn printable(s: &str, max: usize) -> String {
         .collect()
 }
 
-/// The agent a connection's client certificate names, and when it was issued.
-fn presented_agent(tls: &TlsStream<TcpStream>) -> Option<(String, UnixMillis)> {
+/// The agent a connection's client certificate names, and when it was issued: only
+/// a certificate the local CA issued names one (the tunnel may take others, for
+/// tokens bound to them, from `tunnel_client_ca`).
+fn presented_agent(tls: &TlsStream<TcpStream>, ca: &LocalCa) -> Option<(String, UnixMillis)> {
     let der = tls.get_ref().1.peer_certificates()?.first()?.clone();
+    if !ca.issued(&der) {
+        return None;
+    }
     crate::tls::agent_identity(der.as_ref())
 }
 
@@ -131,7 +136,7 @@ pub async fn renew(
 ) {
     let mut ev = h.audit.event(EventKind::AgentRenew);
     ev.source = Some(peer.ip().to_canonical().to_string());
-    let decided = match presented_agent(&tls) {
+    let decided = match presented_agent(&tls, ca) {
         Some((agent, issued)) if h.config().agents.contains_key(&agent) => {
             ev.principal = Some(agent.clone());
             if h.agents.is_revoked(&agent, issued) {
@@ -154,10 +159,11 @@ pub async fn serve(
     mut tls: TlsStream<TcpStream>,
     peer: SocketAddr,
     hello: AgentHello,
+    ca: &LocalCa,
 ) {
     let mut ev = h.audit.event(EventKind::AgentConnect);
     ev.source = Some(peer.ip().to_canonical().to_string());
-    let checked = match presented_agent(&tls) {
+    let checked = match presented_agent(&tls, ca) {
         None => Err(AgentRefusal::NoAgentCertificate),
         Some((agent, _)) if agent != hello.agent => Err(AgentRefusal::CertificateForAnotherAgent),
         Some((agent, _)) if !h.config().agents.contains_key(&agent) => {

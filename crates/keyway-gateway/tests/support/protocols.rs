@@ -111,7 +111,7 @@ pub async fn tunnel_stream(
     service: &str,
     token: &str,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-    let tls = keyway_gateway::tls::client_config(&gw.data_dir().join("ca.pem")).unwrap();
+    let tls = keyway_gateway::tls::client_config(&gw.data_dir().join("ca.pem"), None).unwrap();
     let addr = gw.tunnel.unwrap().to_string();
     keyway_gateway::tunnel::open(&addr, "localhost", tls, service, token).await
 }

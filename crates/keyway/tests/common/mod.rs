@@ -493,7 +493,19 @@ pub fn connect_command(dir: &std::path::Path, service: &str, tunnel: u16, token:
 
 /// `keyway connect SERVICE` with the token in KEYWAY_TOKEN; its local port.
 pub fn connect(dir: &std::path::Path, service: &str, tunnel: u16, token: &str) -> Connect {
+    connect_with(dir, service, tunnel, token, &[])
+}
+
+/// [`connect`] with `extra` arguments (`--cert`, …).
+pub fn connect_with(
+    dir: &std::path::Path,
+    service: &str,
+    tunnel: u16,
+    token: &str,
+    extra: &[&str],
+) -> Connect {
     let mut child = connect_command(dir, service, tunnel, token)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
