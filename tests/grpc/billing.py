@@ -80,7 +80,7 @@ def code_of(call):
     try:
         return call()
     except grpc.RpcError as e:
-        return "error " + e.code().name
+        return "error %s: %s" % (e.code().name, e.details())
 
 
 def calls(target, ca, token):

@@ -9,6 +9,7 @@
 //! - [`path`]: request path normalisation, so a grant's prefix cannot be escaped.
 //! - [`grant`]: what a token may do, and the reasons a request is denied.
 //! - [`event`]: the kinds of audit event and the decisions, typed.
+//! - [`forwarded`]: the client address behind trusted proxies (`X-Forwarded-For`).
 //! - [`api`]: the admin API's requests and answers, shared by the gateway and the CLI.
 //! - [`config`]: `keyway.toml` in two stages: a raw, strictly parsed shape, then a
 //!   checked configuration with real types.
@@ -22,6 +23,7 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod event;
+pub mod forwarded;
 pub mod grant;
 pub mod jwt;
 pub mod path;

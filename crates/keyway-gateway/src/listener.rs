@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod h2;
 mod slots;
 
 pub(crate) use slots::{Slot, Slots};
@@ -72,8 +73,6 @@ const MAX_CONCURRENT_STREAMS: u32 = 100;
 const MAX_PENDING_RESETS: usize = 20;
 /// Streams the gateway may reset for a client's protocol errors, likewise.
 const MAX_ERROR_RESETS: usize = 256;
-/// HTTP/2's first bytes from a client with prior knowledge.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What serving one connection needs of its service: hyper's bounds, said once.
 pub trait ConnService:
@@ -85,7 +84,7 @@ pub trait ConnService:
     > + Send
     + 'static
 {
-    type Body: Body<Data: Send, Error: Into<BoxError>> + Send + 'static;
+    type Body: Body<Data: Send, Error: Into<BoxError>> + Send + Unpin + 'static;
 }
 
 impl<S, B> ConnService for S
@@ -97,7 +96,7 @@ where
             Error: Into<BoxError>,
         > + Send
         + 'static,
-    B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
+    B: Body<Data: Send, Error: Into<BoxError>> + Send + Unpin + 'static,
 {
     type Body = B;
 }
@@ -126,6 +125,10 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The verified client certificate's RFC 8705 thumbprint, if one was presented.
     pub cert_thumbprint: Option<String>,
+    /// Cancelled by the service to close the connection once its requests in flight
+    /// are answered: HTTP/2's way of `Connection: close` (a blocked source, a
+    /// removed service).
+    pub close: CancellationToken,
 }
 
 /// Serves `listener` until `stop` drains or retires it; `make` builds the service of
@@ -170,10 +173,17 @@ pub async fn serve_http<S, F>(
     while let Some((stream, peer, slot)) =
         next_connection(&listener, name, &slots, &admission, &stop.accepting).await
     {
-        let (builders, make, drain) = (builders.clone(), make.clone(), stop.drain.clone());
+        let (builders, make) = (builders.clone(), make.clone());
         let first = limits.first_request.map(|d| Instant::now() + d);
         let opening = first.unwrap_or_else(|| Instant::now() + limits.header_timeout);
         let http2 = limits.http2;
+        let conn = Conn {
+            first,
+            drain: stop.drain.clone(),
+            retired: stop.accepting.clone(),
+            close: CancellationToken::new(),
+            idle: limits.header_timeout,
+        };
         // Two kinds of task, not one with two arms: a task is as large as its largest
         // state, and a plain connection need not carry room for a TLS session (6 KiB
         // a task with it, 1.2 KiB without).
@@ -183,20 +193,24 @@ pub async fn serve_http<S, F>(
                     peer,
                     tls: false,
                     cert_thumbprint: None,
+                    close: conn.close.clone(),
                 };
                 tracker.spawn(async move {
-                    // Cleartext HTTP/2 only from a client that opens with its preface.
-                    let h2 = match http2 {
-                        Some(Http2 { h2c: true }) => {
-                            match opens_with_preface(&stream, opening).await {
-                                Some(h2) => h2,
-                                None => return,
-                            }
+                    let mut stream = stream;
+                    if let Some(Http2 { h2c: true }) = http2 {
+                        // Cleartext HTTP/2 only from a client that opens with its
+                        // preface; what was read to tell is read again.
+                        let Some((h2, read)) = h2::read_preface(&mut stream, opening).await else {
+                            return;
+                        };
+                        let stream = crate::runtime::Rewound::new(read, stream);
+                        match h2 {
+                            true => conn.serve_h2(&builders.h2, stream, make(info)).await,
+                            false => conn.serve(&builders.h1, stream, make(info)).await,
                         }
-                        _ => false,
-                    };
-                    let builder = if h2 { &builders.h2 } else { &builders.h1 };
-                    serve_one(builder, stream, make(info), first, drain).await;
+                    } else {
+                        conn.serve(&builders.h1, stream, make(info)).await;
+                    }
                     drop(slot);
                 });
             }
@@ -227,11 +241,15 @@ pub async fn serve_http<S, F>(
                         peer,
                         tls: true,
                         cert_thumbprint,
+                        close: conn.close.clone(),
                     };
                     let h2 = http2.is_some()
                         && stream.get_ref().1.alpn_protocol() == Some(crate::tls::alpn::H2);
-                    let builder = if h2 { &builders.h2 } else { &builders.h1 };
-                    serve_one(builder, stream, make(info), first, drain).await;
+                    if h2 {
+                        conn.serve_h2(&builders.h2, stream, make(info)).await;
+                    } else {
+                        conn.serve(&builders.h1, stream, make(info)).await;
+                    }
                     drop(slot);
                 });
             }
@@ -335,81 +353,113 @@ struct Builders {
     h2: auto::Builder<TokioExecutor>,
 }
 
-/// Whether a cleartext connection opens with HTTP/2's preface, read without taking
-/// it, by `deadline`; `None` if it closed or said nothing in time.
-async fn opens_with_preface(stream: &TcpStream, deadline: Instant) -> Option<bool> {
-    let mut buf = [0u8; H2_PREFACE.len()];
-    loop {
-        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        if buf[..n] != H2_PREFACE[..n] {
-            return Some(false);
-        }
-        if n == H2_PREFACE.len() {
-            return Some(true);
-        }
-        // A part of the preface (or of `POST`): the rest is on its way.
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// How one connection is served: when it ends, and who may end it.
+struct Conn {
+    /// Closed at this time unless a request's header has arrived by then.
+    first: Option<Instant>,
+    /// The listener drains: requests in flight finish, then the connection closes.
+    drain: CancellationToken,
+    /// The listener is retired (a reload put another server on its port): an
+    /// HTTP/2 connection is told to go (GOAWAY, its streams finish), while an
+    /// HTTP/1 one closes after its next answer, which says `Connection: close`.
+    retired: CancellationToken,
+    /// The service closes the connection ([`ConnInfo::close`]).
+    close: CancellationToken,
+    /// An HTTP/2 connection with no stream open this long is closed.
+    idle: Duration,
 }
 
-/// Serves one connection; closes it at `first` (if given) unless a request's header
-/// has arrived by then.
-async fn serve_one<I, S>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
-    svc: S,
-    first: Option<Instant>,
-    drain: CancellationToken,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: ConnService,
-{
-    let asked = first.map(|_| Arc::new(AtomicBool::new(false)));
-    let svc = Noting {
-        inner: svc,
-        asked: asked.clone(),
-    };
-    // Upgrades are served so that a WebSocket can be passed through on purpose; the
-    // proxy decides which upgrades to honour.
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    let mut conn = std::pin::pin!(conn);
-    let deadline = async {
-        match first {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
-    };
-    let mut deadline = std::pin::pin!(deadline);
-    let mut waiting_first = first.is_some();
-    let result = loop {
-        tokio::select! {
-            r = conn.as_mut() => break r,
-            () = drain.cancelled() => {
-                // Finish the request in flight (its answer says `Connection: close`),
-                // then close; an idle connection closes at once.
-                conn.as_mut().graceful_shutdown();
-                break conn.await;
+impl Conn {
+    /// Serves an HTTP/1.1 connection.
+    async fn serve<I, S>(mut self, builder: &auto::Builder<TokioExecutor>, io: I, svc: S)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: ConnService,
+    {
+        self.retired = CancellationToken::new();
+        self.run(builder, io, svc, None).await;
+    }
+
+    /// Serves an HTTP/2 connection, its streams counted so that it closes when idle.
+    async fn serve_h2<I, S>(self, builder: &auto::Builder<TokioExecutor>, io: I, svc: S)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: ConnService,
+    {
+        let streams = h2::Streams::new();
+        let svc = h2::Tracked {
+            inner: svc,
+            streams: streams.clone(),
+        };
+        self.run(builder, io, svc, Some(streams)).await;
+    }
+
+    async fn run<I, S>(
+        self,
+        builder: &auto::Builder<TokioExecutor>,
+        io: I,
+        svc: S,
+        streams: Option<Arc<h2::Streams>>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: ConnService,
+    {
+        let first = self.first;
+        let asked = first.map(|_| Arc::new(AtomicBool::new(false)));
+        let svc = Noting {
+            inner: svc,
+            asked: asked.clone(),
+        };
+        // Upgrades are served so that a WebSocket can be passed through on purpose;
+        // the proxy decides which upgrades to honour.
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+        let mut conn = std::pin::pin!(conn);
+        let deadline = async {
+            match first {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
-            () = deadline.as_mut(), if waiting_first => {
-                if !asked.as_ref().is_some_and(|a| a.load(Ordering::Relaxed)) {
-                    tracing::debug!("no request within the first request's deadline; closed");
-                    return;
+        };
+        let mut deadline = std::pin::pin!(deadline);
+        let mut waiting_first = first.is_some();
+        let mut idle_check = tokio::time::interval(self.idle.max(Duration::from_millis(100)) / 2);
+        let result = loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                // Finish the requests in flight (an HTTP/1 answer says `Connection:
+                // close`, HTTP/2 sends GOAWAY), then close; an idle connection
+                // closes at once.
+                () = self.drain.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    break conn.await;
                 }
-                waiting_first = false;
+                () = self.close.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    break conn.await;
+                }
+                () = self.retired.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    break conn.await;
+                }
+                _ = idle_check.tick(), if streams.is_some() => {
+                    if streams.as_ref().is_some_and(|s| s.idle_for(self.idle)) {
+                        tracing::debug!("an HTTP/2 connection with no stream open; closed");
+                        conn.as_mut().graceful_shutdown();
+                        break conn.await;
+                    }
+                }
+                () = deadline.as_mut(), if waiting_first => {
+                    if !asked.as_ref().is_some_and(|a| a.load(Ordering::Relaxed)) {
+                        tracing::debug!("no request within the first request's deadline; closed");
+                        return;
+                    }
+                    waiting_first = false;
+                }
             }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "connection ended with an error");
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 

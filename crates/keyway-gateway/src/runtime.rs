@@ -8,6 +8,10 @@ use std::time::Duration;
 use keyway_core::config::Config;
 use tokio::sync::watch;
 
+mod rewound;
+
+pub(crate) use rewound::Rewound;
+
 /// The name of the web console's session cookie. Here, below the
 /// proxies, because the HTTP proxy strips it from every request it forwards.
 pub const CONSOLE_COOKIE: &str = "keyway_console";

@@ -87,9 +87,11 @@ async fn grpc_calls_of_every_kind_through_h2_with_tls_and_h2c() {
             "server_stream": ["invoice 1", "invoice 2", "invoice 3"],
             "client_stream": "3 parts",
             "bidi": ["echo x", "echo y"],
-            "outside_grant": "error PERMISSION_DENIED",
-            "no_token": "error UNAUTHENTICATED",
-            "wrong_token": "error UNAUTHENTICATED",
+            // Keyway's own words: a gRPC status it sent, not one grpcio made up
+            // from an HTTP status.
+            "outside_grant": "error PERMISSION_DENIED: permission denied: the token does not grant this method",
+            "no_token": "error UNAUTHENTICATED: unauthenticated: Keyway refused the token",
+            "wrong_token": "error UNAUTHENTICATED: unauthenticated: Keyway refused the token",
         });
         assert_eq!(said, want, "{svc}");
     }
@@ -177,7 +179,14 @@ async fn http2_attacks_are_refused_while_others_are_served() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (admin, svc) = (free_port(), free_port());
-    billing_config(dir, admin, svc, &up.to_string(), "1h", "h2c = true\n");
+    billing_config(
+        dir,
+        admin,
+        svc,
+        &up.to_string(),
+        "1h",
+        "h2c = true\nheader_timeout = \"1s\"\n",
+    );
     let _gateway = start_gateway(dir, admin);
     let token = issue(dir, "alice", "billing");
     let url = format!("http://127.0.0.1:{svc}/invoices");
@@ -192,6 +201,17 @@ async fn http2_attacks_are_refused_while_others_are_served() {
         )
     };
     assert_eq!(served(), 200);
+
+    // A connection that opens no stream is closed after the header timeout (hyper's
+    // HTTP/2 has none of its own, and answers pings for ever).
+    let mut idle = raw_h2(svc);
+    let opened = Instant::now();
+    let _ = goaway_of(&mut idle);
+    assert!(
+        opened.elapsed() < Duration::from_secs(5),
+        "an idle HTTP/2 connection stayed {:?}",
+        opened.elapsed()
+    );
 
     // Rapid reset (CVE-2023-44487): streams opened and reset at once, by the thousand.
     let mut attacker = raw_h2(svc);

@@ -76,6 +76,32 @@ impl RawService {
             upstream_tls,
             local_tls: matches!(&self.tls, Some(RawListenerTls::Local(_))),
             h2c: self.h2c.unwrap_or(false),
+            trusted_proxies: self
+                .trusted_proxies
+                .iter()
+                .flatten()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    let n = c
+                        .parse::<ipnet::IpNet>()
+                        .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+                    match n {
+                        Ok(n) => Some(n.trunc()),
+                        Err(_) => {
+                            p.push(
+                                &format!("{}[{i}]", key("trusted_proxies")),
+                                "is not a CIDR like `10.0.0.0/8` (or an address)",
+                            );
+                            None
+                        }
+                    }
+                })
+                .collect(),
+            body_timeout: p.duration_or(
+                &key("body_timeout"),
+                self.body_timeout.as_deref(),
+                Duration::from_secs(60),
+            ),
             upstream_h2: match self.upstream_protocol.as_deref() {
                 None | Some("http1") => false,
                 Some("h2") => true,

@@ -245,6 +245,10 @@ pub struct HttpService {
     pub h2c: bool,
     /// HTTP/2 to the upstream (`upstream_protocol = "h2"`).
     pub upstream_h2: bool,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// A request body that stalls this long is cut.
+    pub body_timeout: Duration,
     pub upstream_auth: Option<UpstreamAuth>,
     pub connect_timeout: Duration,
     /// Time for the upstream to start answering.

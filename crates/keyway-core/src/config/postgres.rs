@@ -46,6 +46,8 @@ impl RawService {
             ("upstream_auth", self.upstream_auth.is_some()),
             ("rate_limit", self.rate_limit.is_some()),
             ("h2c", self.h2c.is_some()),
+            ("trusted_proxies", self.trusted_proxies.is_some()),
+            ("body_timeout", self.body_timeout.is_some()),
             ("upstream_protocol", self.upstream_protocol.is_some()),
         ] {
             if set {

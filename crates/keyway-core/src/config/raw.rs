@@ -121,6 +121,13 @@ pub struct RawService {
     /// http: cleartext HTTP/2 with prior knowledge on a listener without TLS (gRPC
     /// clients' `insecure` channels). Over TLS, HTTP/2 is offered by ALPN always.
     pub h2c: Option<bool>,
+    /// http: the proxies in front of this listener (CIDRs) whose `X-Forwarded-For`
+    /// is believed; the client address is then the first hop, from the right, that
+    /// is not one of them. Without it, the socket's address.
+    pub trusted_proxies: Option<Vec<String>>,
+    /// http: how long a request body may stall between two reads before it is cut
+    /// (`60s` by default; gRPC streams are exempt, ended by their token instead).
+    pub body_timeout: Option<String>,
     /// http: `http1` (the default) or `h2` to the upstream (ALPN `h2` for
     /// `https://`, prior knowledge for `http://`); gRPC servers need `h2`.
     pub upstream_protocol: Option<String>,

@@ -30,6 +30,8 @@ impl RawService {
             ("upstream_timeout", self.upstream_timeout.is_some()),
             ("header_timeout", self.header_timeout.is_some()),
             ("h2c", self.h2c.is_some()),
+            ("trusted_proxies", self.trusted_proxies.is_some()),
+            ("body_timeout", self.body_timeout.is_some()),
             ("upstream_protocol", self.upstream_protocol.is_some()),
         ];
         for (k, set) in http_only {

@@ -56,6 +56,10 @@ use crate::proxy::Handles;
 use crate::sessions::SessionEnd;
 
 mod body;
+
+/// Where a request came from, as proxies in front say it (believed only from
+/// `trusted_proxies`).
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 mod forward;
 mod grpc;
 
@@ -81,7 +85,7 @@ pub struct HttpProxy {
 
 /// The pooled keep-alive client to the upstream: direct or through an agent, in TLS
 /// for an `https://` upstream ([`crate::upstream::HttpConnector`]).
-type Upstream = Client<crate::upstream::HttpConnector, Incoming>;
+type Upstream = Client<crate::upstream::HttpConnector, body::Stalling>;
 
 // === impl HttpProxy ===
 
@@ -175,6 +179,14 @@ impl HttpProxy {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        // HTTP/2 has no `Connection: close`: the connection is told to go instead.
+        if resp
+            .headers()
+            .get(header::CONNECTION)
+            .is_some_and(|v| v == "close")
+        {
+            conn.close.cancel();
+        }
         resp
     }
 
@@ -237,7 +249,17 @@ impl HttpProxy {
         let h = &self.h;
         let mut ev = h.audit.event(EventKind::Request);
         ev.service = Some(self.svc.name.clone());
-        let source = peer.ip().to_canonical();
+        // Behind proxies the service trusts, the first hop they did not add.
+        let source = if self.http.trusted_proxies.is_empty() {
+            peer.ip().to_canonical()
+        } else {
+            let forwarded = req
+                .headers()
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            keyway_core::forwarded::client_address(peer.ip(), forwarded, &self.http.trusted_proxies)
+        };
         ev.source = Some(source.to_string());
         // Blocked while this keep-alive connection was open: refused, not audited (a
         // blocked flood must not fill the log), counted, and the connection closed.
@@ -266,20 +288,32 @@ impl HttpProxy {
         };
 
         let started = Instant::now();
+        let grpc = grpc::is_grpc(req.headers());
         // A WebSocket upgrade, on purpose: the one upgrade passed through (never h2c).
         let client_upgrade = is_websocket_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-        let upstream_req = match self.upstream_request(req, conn, &path, client_upgrade.is_some()) {
-            Ok(r) => r,
-            Err(reason) => {
-                drop(reservation);
-                return self.deny(ev, detail, reason, None).await;
+        let upstream_req =
+            match self.upstream_request(req, conn, source, &path, client_upgrade.is_some()) {
+                Ok(r) => r,
+                Err(reason) => {
+                    drop(reservation);
+                    return self.deny(ev, detail, reason, None).await;
+                }
+            };
+        let request = self.client.request(upstream_req);
+        // A gRPC server may send its headers only with its first message or its
+        // status, after a client stream of any length: no time limit until then,
+        // but the call ends when its token does (revoked, expired).
+        let result = if grpc {
+            let ended = self.ended(entry.clone(), source);
+            tokio::select! {
+                r = request => Ok(r),
+                _ = ended => Err(Waited::Ended),
             }
+        } else {
+            tokio::time::timeout(self.http.upstream_timeout, request)
+                .await
+                .map_err(|_| Waited::TooLong)
         };
-        let result = tokio::time::timeout(
-            self.http.upstream_timeout,
-            self.client.request(upstream_req),
-        )
-        .await;
         let elapsed = started.elapsed().as_secs_f64() * 1000.0;
         detail.insert(
             "upstream_ms".into(),
@@ -298,6 +332,14 @@ impl HttpProxy {
                     _ => self.downstream_response(resp, &entry, source),
                 }
             }
+            Ok(Err(e)) if caused_by::<body::Stalled>(&e) => {
+                detail.insert("status".into(), 408.into());
+                detail.insert("error".into(), "body_stalled".into());
+                let mut resp = plain(StatusCode::REQUEST_TIMEOUT, "request body timed out\n");
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                resp
+            }
             Ok(Err(e)) => {
                 let dial = dial_error(&e);
                 let reason = dial.map_or("upstream_unreachable", |d| d.reason);
@@ -313,11 +355,16 @@ impl HttpProxy {
                 detail.insert("error".into(), reason.into());
                 plain(StatusCode::BAD_GATEWAY, "bad gateway\n")
             }
-            Err(_) => {
+            Err(Waited::TooLong) => {
                 tracing::warn!(service = %self.svc.name, timeout = ?self.http.upstream_timeout, "upstream timed out");
                 detail.insert("status".into(), 504.into());
                 detail.insert("error".into(), "upstream_timeout".into());
                 plain(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n")
+            }
+            Err(Waited::Ended) => {
+                detail.insert("status".into(), 401.into());
+                detail.insert("error".into(), "token_ended".into());
+                refusal(DenyReason::Revoked, None)
             }
         };
         ev.detail = detail.into();
@@ -418,17 +465,35 @@ impl HttpProxy {
     }
 }
 
+/// Why the wait for an upstream's answer ended without one.
+enum Waited {
+    /// Past `upstream_timeout`.
+    TooLong,
+    /// The request's token was revoked or expired (a gRPC call waits no longer).
+    Ended,
+}
+
 /// The dialler's account of a failed upstream request, when the failure was
 /// making the connection (unreachable, a certificate refused, …).
 fn dial_error(e: &hyper_util::client::legacy::Error) -> Option<&crate::upstream::DialError> {
+    cause::<crate::upstream::DialError>(e)
+}
+
+/// The first error of type `E` among `e`'s causes.
+fn cause<E: std::error::Error + 'static>(e: &hyper_util::client::legacy::Error) -> Option<&E> {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        if let Some(d) = s.downcast_ref::<crate::upstream::DialError>() {
+        if let Some(d) = s.downcast_ref::<E>() {
             return Some(d);
         }
         source = s.source();
     }
     None
+}
+
+/// Whether `e` was caused by an error of type `E`.
+fn caused_by<E: std::error::Error + 'static>(e: &hyper_util::client::legacy::Error) -> bool {
+    cause::<E>(e).is_some()
 }
 
 /// The answer to a refused request.

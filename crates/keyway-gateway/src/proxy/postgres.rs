@@ -4,8 +4,8 @@
 //! (`AuthenticationCleartextPassword`, only inside TLS or on loopback unless the
 //! service allows plaintext). The gateway checks the token like any other, then logs in
 //! upstream as the role the token's grant maps to, with the password stored sealed in
-//! Keyway (trust, md5 or SCRAM-SHA-256, as the upstream asks; never cleartext), and
-//! relays.
+//! Keyway (SCRAM-SHA-256, with channel binding over TLS; md5, cleartext or trust only
+//! where no one on the path can take them: `login.rs`), and relays.
 //! The client never learns the database password; read-only is the database role's
 //! business, not SQL parsing.
 //!

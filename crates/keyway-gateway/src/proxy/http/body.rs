@@ -64,3 +64,58 @@ impl Body for Cancellable {
         self.inner.size_hint()
     }
 }
+
+/// A request body on its way upstream, cut when it stalls: no frame from the client
+/// for `limit` (the service's `body_timeout`) ends it with an error, so a client
+/// that starts a body and stops holds neither the upstream connection nor its slot.
+pub(super) struct Stalling {
+    pub(super) inner: Incoming,
+    /// `None`: no limit (no body, or a gRPC stream, ended by its token instead).
+    pub(super) limit: Option<Duration>,
+    pub(super) timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// The error a stalled request body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body stalled for longer than body_timeout")]
+pub(super) struct Stalled;
+
+impl Body for Stalling {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let (Some(limit), Some(timer)) = (this.limit, this.timer.as_mut()) {
+                    timer.as_mut().reset(tokio::time::Instant::now() + limit);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let Some(limit) = this.limit else {
+                    return Poll::Pending;
+                };
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

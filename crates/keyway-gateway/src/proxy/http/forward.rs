@@ -6,7 +6,6 @@
 use super::body::{Expired, Revoked, ShuttingDown, Unfit};
 use super::*;
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 // === impl HttpProxy ===
@@ -16,10 +15,19 @@ impl HttpProxy {
         &self,
         req: Request<Incoming>,
         conn: &ConnInfo,
+        source: IpAddr,
         path: &str,
         websocket: bool,
-    ) -> Result<Request<Incoming>, DenyReason> {
+    ) -> Result<Request<body::Stalling>, DenyReason> {
         let (mut parts, body) = req.into_parts();
+        // A body that stalls is cut; a gRPC stream may rest as long as its token lives.
+        let limit = (!body.is_end_stream() && !grpc::is_grpc(&parts.headers))
+            .then_some(self.http.body_timeout);
+        let body = body::Stalling {
+            inner: body,
+            limit,
+            timer: None,
+        };
         let up = &self.http.upstream;
         let mut pq = String::with_capacity(up.base_path.len() + path.len() + 64);
         pq.push_str(&up.base_path);
@@ -75,7 +83,9 @@ impl HttpProxy {
         } else if let Ok(v) = HeaderValue::from_str(up.authority.as_str()) {
             h.insert(header::HOST, v);
         }
-        if let Ok(v) = HeaderValue::from_str(&conn.peer.ip().to_canonical().to_string()) {
+        // The client as the gateway judged it (behind trusted proxies, the first hop
+        // they did not add), never what the client claimed.
+        if let Ok(v) = HeaderValue::from_str(&source.to_string()) {
             h.insert(X_FORWARDED_FOR, v);
         }
         let proto = if conn.tls { "https" } else { "http" };

@@ -49,10 +49,7 @@ impl PgProxy {
             .await
             .map_err(|_| Refused::Silent)?;
         let read = std::mem::replace(client, Box::new(tokio::io::duplex(1).0));
-        *client = Box::new(Prefixed {
-            first: Some(first[0]),
-            inner: read,
-        });
+        *client = Box::new(crate::runtime::Rewound::new(first.to_vec(), read));
         if first[0] == TLS_HANDSHAKE {
             cert = self.accept_tls(client, true).await?;
             is_tls = true;
@@ -358,50 +355,3 @@ fn unrecorded() -> Refused {
 
 /// The first byte of a TLS record carrying a handshake (a ClientHello).
 const TLS_HANDSHAKE: u8 = 0x16;
-
-/// A client stream with its first byte, already read to tell direct TLS from a
-/// start-up packet, given back first.
-struct Prefixed {
-    first: Option<u8>,
-    inner: Box<dyn Io>,
-}
-
-impl tokio::io::AsyncRead for Prefixed {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if buf.remaining() > 0 {
-            if let Some(b) = self.first.take() {
-                buf.put_slice(&[b]);
-                return std::task::Poll::Ready(Ok(()));
-            }
-        }
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Prefixed {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
