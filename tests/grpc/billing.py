@@ -1,7 +1,8 @@
 """A gRPC billing service and its client, on Python's grpcio (a gRPC stack no one
 at Keyway wrote), for crates/keyway/tests/grpc.rs.
 
-    billing.py server                 serves on 127.0.0.1:0, prints the port
+    billing.py server [CERT KEY]      serves on 127.0.0.1:0 (TLS with CERT and KEY when
+                                      given), prints the port
     billing.py calls TARGET CA TOKEN  runs every kind of call, prints one JSON object
     billing.py follow TARGET CA TOKEN streams until the stream ends, a line per message
 
@@ -20,7 +21,7 @@ INVOICES = "billing.v1.Invoices"
 ADMIN = "billing.v1.Admin"
 
 
-def serve():
+def serve(tls=None):
     def get(request, context):
         context.set_trailing_metadata((("x-served-by", "billing"),))
         return b"invoice " + request
@@ -62,7 +63,12 @@ def serve():
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     server.add_generic_rpc_handlers((invoices, admin))
-    port = server.add_insecure_port("127.0.0.1:0")
+    if tls:
+        with open(tls[0], "rb") as c, open(tls[1], "rb") as k:
+            creds = grpc.ssl_server_credentials(((k.read(), c.read()),))
+        port = server.add_secure_port("127.0.0.1:0", creds)
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(port, flush=True)
     server.wait_for_termination()
@@ -131,7 +137,7 @@ def follow(target, ca, token):
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "server":
-        serve()
+        serve(sys.argv[2:4] or None)
     elif mode == "calls":
         calls(*sys.argv[2:5])
     elif mode == "follow":

@@ -41,43 +41,60 @@ fn first_line(child: &mut KillOnDrop) -> String {
     line.trim().to_owned()
 }
 
-/// A gateway in `dir` with two gRPC services in front of `upstream` (an HTTP/2
-/// server): `grpc-tls` on HTTPS from the local CA, `grpc-h2c` on cleartext HTTP/2.
-/// Their ports, and the gateway.
-fn grpc_gateway(dir: &Path, upstream: &str) -> (u16, u16, u16, KillOnDrop) {
-    let (admin, tls, h2c) = (free_port(), free_port(), free_port());
-    let service = |name: &str, port: u16, extra: &str| {
+/// A gateway in `dir` with three gRPC services: `grpc-tls` on HTTPS from the local
+/// CA and `grpc-h2c` on cleartext HTTP/2, in front of `upstream` (cleartext HTTP/2),
+/// and `grpc-up-tls` (h2c) in front of `upstream_tls` (HTTP/2 over TLS, ALPN `h2`,
+/// its certificate from `up-ca.pem`). Their ports, and the gateway.
+fn grpc_gateway(dir: &Path, upstream: &str, upstream_tls: &str) -> ([u16; 3], KillOnDrop) {
+    let admin = free_port();
+    let ports = [free_port(), free_port(), free_port()];
+    let service = |name: &str, port: u16, upstream: String, extra: &str| {
         format!(
             "[services.{name}]\nprotocol = \"http\"\nlisten = \"127.0.0.1:{port}\"\n\
-             upstream = \"http://{upstream}\"\nupstream_protocol = \"h2\"\nmax_ttl = \"1h\"\n{extra}\n"
+             upstream = \"{upstream}\"\nupstream_protocol = \"h2\"\nmax_ttl = \"1h\"\n{extra}\n"
         )
     };
+    let plain = format!("http://{upstream}");
     std::fs::write(
         dir.join("keyway.toml"),
         format!(
-            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin}\"\n{}{}",
-            service("grpc-tls", tls, "tls = \"local\""),
-            service("grpc-h2c", h2c, "h2c = true"),
+            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin}\"\n{}{}{}",
+            service("grpc-tls", ports[0], plain.clone(), "tls = \"local\""),
+            service("grpc-h2c", ports[1], plain, "h2c = true"),
+            service(
+                "grpc-up-tls",
+                ports[2],
+                format!("https://{upstream_tls}"),
+                "h2c = true\nupstream_ca = \"up-ca.pem\""
+            ),
         ),
     )
     .unwrap();
     let gateway = start_gateway(dir, admin);
-    (admin, tls, h2c, gateway)
+    (ports, gateway)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn grpc_calls_of_every_kind_through_h2_with_tls_and_h2c() {
-    let mut server = billing_py(&["server"]);
-    let upstream = format!("127.0.0.1:{}", first_line(&mut server));
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let (_admin, tls, h2c, _gateway) = grpc_gateway(dir, &upstream);
+    let ca = TestCa::new("keyway test gRPC CA");
+    ca.write(&dir.join("up-ca.pem"));
+    ca.server(dir, "up", &["localhost"], Validity::Now);
+    let mut server = billing_py(&["server"]);
+    let upstream = format!("127.0.0.1:{}", first_line(&mut server));
+    let (cert, key) = (dir.join("up.pem"), dir.join("up.key"));
+    let mut tls_server = billing_py(&["server", cert.to_str().unwrap(), key.to_str().unwrap()]);
+    let upstream_tls = format!("localhost:{}", first_line(&mut tls_server));
+    let ([tls, h2c, up_tls], _gateway) = grpc_gateway(dir, &upstream, &upstream_tls);
     let ca = dir.join("data/ca.pem");
     let grant = ["--path", "/billing.v1.Invoices/"];
 
     for (svc, target, ca) in [
         ("grpc-tls", format!("localhost:{tls}"), ca.to_str().unwrap()),
         ("grpc-h2c", format!("127.0.0.1:{h2c}"), "-"),
+        // HTTP/2 over TLS to the upstream too, agreed by ALPN.
+        ("grpc-up-tls", format!("127.0.0.1:{up_tls}"), "-"),
     ] {
         let token = ok_stdout(issue_as(dir, "alice", svc, None, &grant));
         let mut calls = billing_py(&["calls", &target, ca, &token]);
