@@ -29,7 +29,7 @@ fn billing_py(args: &[&str]) -> KillOnDrop {
         .stderr(Stdio::inherit())
         .spawn()
         .map(KillOnDrop)
-        .expect("python3 with grpcio (scripts/test installs tests/grpc/requirements.txt)")
+        .expect("python3 with grpcio (scripts/test installs tests/requirements.txt)")
 }
 
 /// The first line `child` prints.

@@ -296,6 +296,24 @@ async fn tls_is_on_by_default_from_the_local_ca() {
         assert!(info.contains("SSL connection"), "{conn}: {info} {err}");
         let (who, err) = psql_with(pg, &token, conn, "select current_user");
         assert_eq!(who, "kw_ro", "{conn}: {err}");
+        // psycopg, as a new user's Python would connect.
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import psycopg, sys; c = psycopg.connect(sys.argv[1]); \
+                 print(c.execute('select current_user').fetchone()[0], c.info.pgconn.ssl_in_use)",
+                &format!("host=127.0.0.1 port={pg} user=alice {conn}"),
+            ])
+            .env("PGPASSWORD", &token)
+            .output()
+            .expect("python3 with psycopg (scripts/test installs tests/requirements.txt)");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            said.trim(),
+            "kw_ro True",
+            "{conn}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // PostgreSQL 17's direct TLS, as `sslnegotiation=direct` makes it (this
     // machine's psql is older): a whole session, and a ClientHello without ALPN
