@@ -12,6 +12,7 @@ mod common;
 use std::convert::Infallible;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -54,23 +55,32 @@ fn acceptor(dir: &Path, stem: &str, client_ca: Option<&Path>) -> tokio_rustls::T
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
-/// An HTTPS server on 127.0.0.1:0 ([`acceptor`]). Each answer says which client
-/// certificate came (`client=<sha256 hex>` or `client=none`) and closes its
-/// connection, so every request makes a new one.
-async fn https_upstream(dir: &Path, stem: &str, client_ca: Option<&Path>) -> u16 {
+/// An HTTPS server on 127.0.0.1:0 ([`acceptor`]), and how many TLS sessions it
+/// accepted. Each answer says which client certificate came (`client=<sha256 hex>`
+/// or `client=none`); without `keep_alive` it closes its connection, so every
+/// request makes a new one.
+async fn https_upstream(
+    dir: &Path,
+    stem: &str,
+    client_ca: Option<&Path>,
+    keep_alive: bool,
+) -> (u16, Arc<AtomicUsize>) {
     let acceptor = acceptor(dir, stem, client_ca);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let sessions = Arc::new(AtomicUsize::new(0));
+    let counted = sessions.clone();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            let acceptor = acceptor.clone();
+            let (acceptor, counted) = (acceptor.clone(), counted.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
+                counted.fetch_add(1, Ordering::Relaxed);
                 let client = tls
                     .get_ref()
                     .1
@@ -82,13 +92,13 @@ async fn https_upstream(dir: &Path, stem: &str, client_ca: Option<&Path>) -> u16
                     async move { Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body)))) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
-                    .keep_alive(false)
+                    .keep_alive(keep_alive)
                     .serve_connection(TokioIo::new(tls), svc)
                     .await;
             });
         }
     });
-    port
+    (port, sessions)
 }
 
 /// A TLS echo server on 127.0.0.1:0 ([`acceptor`]).
@@ -179,10 +189,10 @@ async fn https_upstreams_are_verified_with_their_ca_client_certificate_and_name(
     clients.write(&dir.join("client-ca.pem"));
     clients.client(dir, "gateway", "keyway gateway");
 
-    let good = https_upstream(dir, "good", None).await;
-    let mtls = https_upstream(dir, "good", Some(&dir.join("client-ca.pem"))).await;
-    let other = https_upstream(dir, "other", None).await;
-    let expired = https_upstream(dir, "expired", None).await;
+    let (good, good_sessions) = https_upstream(dir, "good", None, true).await;
+    let (mtls, _) = https_upstream(dir, "good", Some(&dir.join("client-ca.pem")), false).await;
+    let (other, _) = https_upstream(dir, "other", None, false).await;
+    let (expired, _) = https_upstream(dir, "expired", None, false).await;
 
     let admin = free_port();
     let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
@@ -253,6 +263,18 @@ async fn https_upstreams_are_verified_with_their_ca_client_certificate_and_name(
     assert_eq!(
         (code, body.as_str()),
         (200, "GET /api/invoices over tls client=none")
+    );
+    // Pooled: more requests (each its own curl, its own client connection) ride the
+    // one TLS session the gateway keeps open to the upstream.
+    let good_token = token("good");
+    for _ in 0..4 {
+        let (code, _) = get(&url, &good_token, &["--cacert", cacert.to_str().unwrap()]);
+        assert_eq!(code, 200);
+    }
+    assert_eq!(
+        good_sessions.load(Ordering::Relaxed),
+        1,
+        "one upstream TLS session for five requests"
     );
 
     // Mutual TLS: the upstream saw the gateway's client certificate.
