@@ -64,6 +64,9 @@ impl HttpProxy {
         strip_client_claims(h);
         h.remove(header::AUTHORIZATION);
         strip_console_cookie(h);
+        if !self.http.upstream_h2 {
+            join_cookies(h);
+        }
         if websocket {
             h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -282,6 +285,23 @@ pub(super) fn strip_console_cookie(h: &mut HeaderMap) {
     h.remove(header::COOKIE);
     for v in kept {
         h.append(header::COOKIE, v);
+    }
+}
+
+/// Joins several `Cookie` fields into one, as HTTP/1.1 allows only one (an HTTP/2
+/// client may split its cookies into several fields, RFC 9113 §8.2.3).
+pub(super) fn join_cookies(h: &mut HeaderMap) {
+    if h.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined = h
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        h.insert(header::COOKIE, v);
     }
 }
 

@@ -1,6 +1,6 @@
 //! Unit tests of the HTTP proxy's header handling.
 
-use super::forward::{bearer, strip_console_cookie, strip_hop_by_hop};
+use super::forward::{bearer, join_cookies, strip_console_cookie, strip_hop_by_hop};
 use super::*;
 
 #[test]
@@ -52,4 +52,16 @@ fn the_consoles_cookie_never_reaches_an_upstream() {
     strip_console_cookie(&mut h);
     let left: Vec<_> = h.get_all(header::COOKIE).iter().collect();
     assert_eq!(left, [HeaderValue::from_static("theme=dark; lang=en")]);
+}
+
+#[test]
+fn cookies_split_by_http2_go_to_http1_as_one_field() {
+    let mut h = HeaderMap::new();
+    h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+    join_cookies(&mut h);
+    assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+    h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+    join_cookies(&mut h);
+    let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+    assert_eq!(all, ["a=1; b=2"]);
 }
