@@ -101,13 +101,14 @@ pub const TUNNEL_LISTENER: &str = "(tunnel)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
-    #[error("cannot listen on {addr} (`{key}`): {source}")]
+    // The cause is the error's source, which `{:#}` prints after it.
+    #[error("cannot listen on {addr} (`{key}`)")]
     Listen {
         key: String,
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("`{key}`: {source}")]
+    #[error("`{key}`")]
     Tls { key: String, source: tls::TlsError },
 }
 
