@@ -17,6 +17,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use sha2::{Digest, Sha256};
 
+mod renewing;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read certificates from {path}: {why}")]
@@ -199,10 +201,10 @@ pub(crate) fn roots(path: &Path, label: &str) -> Result<RootCertStore, TlsError>
 }
 
 /// The gateway's local CA: created on first start (`<data_dir>/ca.pem`, key in
-/// `ca.key`, mode 0600). It serves the tunnel when no certificate is configured (each
-/// start issues a 90-day server certificate for `localhost`, 127.0.0.1 and the listen
-/// address; clients pass `ca.pem` to `keyway connect --ca`), and it issues agents
-/// their client certificates.
+/// `ca.key`, mode 0600). It serves the tunnel when no certificate is configured (a
+/// 90-day server certificate for `localhost`, 127.0.0.1 and the listen address,
+/// renewed at 60 days; clients pass `ca.pem` to `keyway connect --ca`), and it
+/// issues agents their client certificates.
 pub struct LocalCa {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     der: CertificateDer<'static>,
@@ -271,7 +273,7 @@ impl LocalCa {
     /// can check its pin), and client certificates verified against the CA when
     /// presented (agents present theirs; `keyway connect` presents none).
     pub fn tunnel_server_config(
-        &self,
+        self: &Arc<Self>,
         listen: std::net::SocketAddr,
         client_ca: Option<&Path>,
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
@@ -305,18 +307,16 @@ impl LocalCa {
             .is_ok()
     }
 
-    /// A listener's TLS from the local CA: a fresh server certificate for
-    /// `localhost`, `127.0.0.1` and the address it listens on (sent with the CA),
-    /// speaking `alpn`; with `clients`, client certificates of those roots are
-    /// verified when presented.
+    /// A listener's TLS from the local CA: a server certificate for `localhost`,
+    /// `127.0.0.1` and the address it listens on (sent with the CA), renewed as it
+    /// ages ([`renewing`]), speaking `alpn`; with `clients`, client certificates of
+    /// those roots are verified when presented.
     pub fn server_config(
-        &self,
+        self: &Arc<Self>,
         listen: std::net::SocketAddr,
         alpn: &[&[u8]],
         clients: Option<RootCertStore>,
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        use rcgen::{CertificateParams, DnType, KeyPair};
-        let cfg_err = |e: rcgen::Error| TlsError::Config(format!("local CA: {e}"));
         // `gateway.keyway`: the name agents verify, whatever address they dial (their
         // CA is pinned, so a fixed name is enough).
         let mut names = vec![
@@ -327,19 +327,8 @@ impl LocalCa {
         if !listen.ip().is_unspecified() && !listen.ip().is_loopback() {
             names.push(listen.ip().to_string());
         }
-        let mut params = CertificateParams::new(names).map_err(cfg_err)?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Keyway gateway");
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let now = std::time::SystemTime::now();
-        params.not_before = (now - std::time::Duration::from_secs(3600)).into();
-        params.not_after = (now + std::time::Duration::from_secs(90 * 24 * 3600)).into();
-        let key = KeyPair::generate().map_err(cfg_err)?;
-        let cert = params.signed_by(&key, &self.issuer).map_err(cfg_err)?;
+        let resolver = renewing::LocalCert::new(self.clone(), names)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let key_der = PrivateKeyDer::try_from(key.serialize_der())
-            .map_err(|e| TlsError::Config(e.to_string()))?;
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?;
@@ -352,11 +341,37 @@ impl LocalCa {
         } else {
             builder.with_no_client_auth()
         };
-        let mut config = builder
-            .with_single_cert(vec![cert.der().clone(), self.der.clone()], key_der)
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut config = builder.with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
+    }
+
+    /// A server certificate for `names` from `now` (an hour's slack before) for
+    /// [`renewing::LIFETIME`], with the CA after it in the chain.
+    fn issue_server(
+        &self,
+        names: &[String],
+        now: std::time::SystemTime,
+    ) -> Result<rustls::sign::CertifiedKey, TlsError> {
+        use rcgen::{CertificateParams, DnType, KeyPair};
+        let cfg_err = |e: rcgen::Error| TlsError::Config(format!("local CA: {e}"));
+        let mut params = CertificateParams::new(names.to_vec()).map_err(cfg_err)?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Keyway gateway");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = (now - std::time::Duration::from_secs(3600)).into();
+        params.not_after = (now + renewing::LIFETIME).into();
+        let key = KeyPair::generate().map_err(cfg_err)?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(cfg_err)?;
+        let key_der = PrivateKeyDer::try_from(key.serialize_der())
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        Ok(rustls::sign::CertifiedKey::new(
+            vec![cert.der().clone(), self.der.clone()],
+            signing,
+        ))
     }
 
     /// Signs an agent's certificate request: the agent's name, client use only,
