@@ -8,6 +8,7 @@
 //!   keyed hashing, and finding tokens in text (redaction, leak scanning).
 //! - [`path`]: request path normalisation, so a grant's prefix cannot be escaped.
 //! - [`grant`]: what a token may do, and the reasons a request is denied.
+//! - [`jsonrpc`]: JSON-RPC 2.0 messages (MCP's), read with bounds.
 //! - [`event`]: the kinds of audit event and the decisions, typed.
 //! - [`forwarded`]: the client address behind trusted proxies (`X-Forwarded-For`).
 //! - [`api`]: the admin API's requests and answers, shared by the gateway and the CLI.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod event;
 pub mod forwarded;
 pub mod grant;
+pub mod jsonrpc;
 pub mod jwt;
 pub mod path;
 pub mod token;
