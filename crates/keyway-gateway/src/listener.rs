@@ -429,23 +429,13 @@ impl Conn {
                 // Finish the requests in flight (an HTTP/1 answer says `Connection:
                 // close`, HTTP/2 sends GOAWAY), then close; an idle connection
                 // closes at once.
-                () = self.drain.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    break conn.await;
-                }
-                () = self.close.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    break conn.await;
-                }
-                () = self.retired.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    break conn.await;
-                }
+                () = self.drain.cancelled() => break finish(conn.as_mut()).await,
+                () = self.close.cancelled() => break finish(conn.as_mut()).await,
+                () = self.retired.cancelled() => break finish(conn.as_mut()).await,
                 _ = idle_check.tick(), if streams.is_some() => {
                     if streams.as_ref().is_some_and(|s| s.idle_for(self.idle)) {
                         tracing::debug!("an HTTP/2 connection with no stream open; closed");
-                        conn.as_mut().graceful_shutdown();
-                        break conn.await;
+                        break finish(conn.as_mut()).await;
                     }
                 }
                 () = deadline.as_mut(), if waiting_first => {
@@ -460,6 +450,43 @@ impl Conn {
         if let Err(e) = result {
             tracing::debug!(error = %e, "connection ended with an error");
         }
+    }
+}
+
+/// Ends a connection gracefully (requests in flight answered, HTTP/2's GOAWAY), within
+/// [`DRAIN_TIMEOUT`]: a client that stops reading does not hold it open longer.
+async fn finish<C, E>(mut conn: std::pin::Pin<&mut C>) -> Result<(), E>
+where
+    C: std::future::Future<Output = Result<(), E>> + GracefulShutdown,
+{
+    conn.as_mut().shutdown_gracefully();
+    match tokio::time::timeout(DRAIN_TIMEOUT, conn).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::debug!("a connection did not finish within the drain timeout; closed");
+            Ok(())
+        }
+    }
+}
+
+/// A connection that can be asked to finish.
+trait GracefulShutdown {
+    fn shutdown_gracefully(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S> GracefulShutdown for auto::UpgradeableConnection<'_, I, S, TokioExecutor>
+where
+    auto::UpgradeableConnection<'static, I, S, TokioExecutor>: Sized,
+    S: hyper::service::HttpService<Incoming>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    S::ResBody: Body + Send + 'static,
+    <S::ResBody as Body>::Data: Send,
+    <S::ResBody as Body>::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    fn shutdown_gracefully(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
     }
 }
 

@@ -179,11 +179,19 @@ impl HttpProxy {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        // HTTP/2 has no `Connection: close`: the connection is told to go instead.
-        if resp
-            .headers()
-            .get(header::CONNECTION)
-            .is_some_and(|v| v == "close")
+        // HTTP/2 has no `Connection: close`: the connection is told to go instead,
+        // unless it is a trusted proxy's, which carries other clients' streams.
+        let shared = !http1
+            && self
+                .http
+                .trusted_proxies
+                .iter()
+                .any(|n| n.contains(&conn.peer.ip()));
+        if !shared
+            && resp
+                .headers()
+                .get(header::CONNECTION)
+                .is_some_and(|v| v == "close")
         {
             conn.close.cancel();
         }
@@ -250,8 +258,8 @@ impl HttpProxy {
         let mut ev = h.audit.event(EventKind::Request);
         ev.service = Some(self.svc.name.clone());
         // Behind proxies the service trusts, the first hop they did not add.
-        let source = if self.http.trusted_proxies.is_empty() {
-            peer.ip().to_canonical()
+        let forwarded = if self.http.trusted_proxies.is_empty() {
+            Some(peer.ip().to_canonical())
         } else {
             let forwarded = req
                 .headers()
@@ -260,6 +268,8 @@ impl HttpProxy {
                 .filter_map(|v| v.to_str().ok());
             keyway_core::forwarded::client_address(peer.ip(), forwarded, &self.http.trusted_proxies)
         };
+        // A trusted proxy that names no client: the client is unknown, not the proxy.
+        let source = forwarded.unwrap_or_else(|| peer.ip().to_canonical());
         ev.source = Some(source.to_string());
         // Blocked while this keep-alive connection was open: refused, not audited (a
         // blocked flood must not fill the log), counted, and the connection closed.
@@ -274,6 +284,14 @@ impl HttpProxy {
         let mut detail = serde_json::Map::new();
         detail.insert("method".into(), method.as_str().into());
 
+        if forwarded.is_none() {
+            detail.insert("forwarded_for".into(), "unknown".into());
+            if !self.svc.allow_cidrs.is_empty() {
+                return self
+                    .deny(ev, detail, DenyReason::SourceNotAllowed, None)
+                    .await;
+            }
+        }
         let decision = self.decide(&req, conn, source, &mut ev, &mut detail);
         let (entry, path) = match decision {
             Ok(x) => x,
@@ -288,7 +306,9 @@ impl HttpProxy {
         };
 
         let started = Instant::now();
-        let grpc = grpc::is_grpc(req.headers());
+        let grpc = req.version() == Version::HTTP_2
+            && self.http.upstream_h2
+            && grpc::is_grpc(req.headers());
         // A WebSocket upgrade, on purpose: the one upgrade passed through (never h2c).
         let client_upgrade = is_websocket_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let upstream_req =

@@ -37,19 +37,24 @@ impl LocalCert {
     }
 
     /// The certificate to serve at `now`: the current one, or a new one once it is
-    /// older than [`RENEW_AFTER`] (a failure to issue keeps the current one, said in
-    /// the log: it still has a month).
+    /// older than [`RENEW_AFTER`], or issued "in the future" (the clock was set
+    /// back: it may not be valid yet). A failure to issue keeps the current one, said
+    /// in the log, and is tried again an hour later.
     pub(super) fn at(&self, now: SystemTime) -> Arc<CertifiedKey> {
+        let due = |issued: SystemTime| {
+            now.duration_since(issued)
+                .map_or(true, |age| age >= RENEW_AFTER)
+        };
         let (cert, issued) = self
             .current
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if now.duration_since(issued).unwrap_or_default() < RENEW_AFTER {
+        if !due(issued) {
             return cert;
         }
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
-        if now.duration_since(current.1).unwrap_or_default() < RENEW_AFTER {
+        if !due(current.1) {
             return current.0.clone();
         }
         match self.ca.issue_server(&self.names, now) {
@@ -58,7 +63,9 @@ impl LocalCert {
                 *current = (Arc::new(new), now);
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot renew a server certificate from the local CA")
+                tracing::error!(error = %e, "cannot renew a server certificate from the local CA; trying again in an hour");
+                let retry = now + Duration::from_secs(3600);
+                current.1 = retry.checked_sub(RENEW_AFTER).unwrap_or(now);
             }
         }
         current.0.clone()
@@ -119,5 +126,8 @@ mod tests {
             &renewed,
             &cert.at(old + Duration::from_secs(60))
         ));
+        // The clock set back past its issue: renewed, since it may not be valid yet.
+        let back = old - Duration::from_secs(2 * 3600);
+        assert!(!Arc::ptr_eq(&renewed, &cert.at(back)));
     }
 }

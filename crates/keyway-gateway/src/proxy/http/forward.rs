@@ -21,8 +21,8 @@ impl HttpProxy {
     ) -> Result<Request<body::Stalling>, DenyReason> {
         let (mut parts, body) = req.into_parts();
         // A body that stalls is cut; a gRPC stream may rest as long as its token lives.
-        let limit = (!body.is_end_stream() && !grpc::is_grpc(&parts.headers))
-            .then_some(self.http.body_timeout);
+        let stream = grpc::is_stream(&parts, self.http.upstream_h2);
+        let limit = (!body.is_end_stream() && !stream).then_some(self.http.body_timeout);
         let body = body::Stalling {
             inner: body,
             limit,
@@ -264,22 +264,23 @@ pub(super) fn strip_client_claims(h: &mut HeaderMap) {
 /// browser sends it to every port of the gateway's host for paths under `/ui`, and
 /// an upstream must never see it. Other cookies go on as they came.
 pub(super) fn strip_console_cookie(h: &mut HeaderMap) {
+    // As bytes: a cookie that is not visible ASCII (any site on the host can set
+    // one) must not carry the console's cookie past this filter.
     let kept: Vec<HeaderValue> = h
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| {
-            let Ok(text) = v.to_str() else {
-                return Some(v.clone());
-            };
-            let rest: Vec<&str> = text
-                .split(';')
-                .map(str::trim)
+            let rest: Vec<&[u8]> = v
+                .as_bytes()
+                .split(|&b| b == b';')
+                .map(|c| c.trim_ascii())
+                .filter(|c| !c.is_empty())
                 .filter(|c| {
-                    c.split_once('=')
-                        .is_none_or(|(name, _)| name != crate::runtime::CONSOLE_COOKIE)
+                    let name = c.split(|&b| b == b'=').next().unwrap_or_default();
+                    name != crate::runtime::CONSOLE_COOKIE.as_bytes()
                 })
                 .collect();
-            (!rest.is_empty()).then(|| HeaderValue::from_str(&rest.join("; ")).ok())?
+            (!rest.is_empty()).then(|| HeaderValue::from_bytes(&rest.join(&b"; "[..])).ok())?
         })
         .collect();
     h.remove(header::COOKIE);
@@ -297,10 +298,10 @@ pub(super) fn join_cookies(h: &mut HeaderMap) {
     let joined = h
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        .map(HeaderValue::as_bytes)
         .collect::<Vec<_>>()
-        .join("; ");
-    if let Ok(v) = HeaderValue::from_str(&joined) {
+        .join(&b"; "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
         h.insert(header::COOKIE, v);
     }
 }

@@ -24,6 +24,13 @@ pub(super) fn is_grpc(headers: &HeaderMap) -> bool {
         })
 }
 
+/// Whether a request is a gRPC call that may stream without time limits (ended by
+/// its token instead): gRPC over HTTP/2 to an HTTP/2 upstream. A client's
+/// `content-type` alone over HTTP/1 buys no exemption.
+pub(super) fn is_stream(parts: &http::request::Parts, upstream_h2: bool) -> bool {
+    upstream_h2 && parts.version == Version::HTTP_2 && is_grpc(&parts.headers)
+}
+
 /// The gRPC form of one of the gateway's own answers: `200`, no body, the status
 /// code of the HTTP status (RFC: gRPC over HTTP/2, "HTTP to gRPC status code
 /// mapping", with 401 and 403 told apart), its words in `grpc-message`. The

@@ -65,3 +65,18 @@ fn cookies_split_by_http2_go_to_http1_as_one_field() {
     let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
     assert_eq!(all, ["a=1; b=2"]);
 }
+
+#[test]
+fn a_cookie_that_is_not_ascii_does_not_carry_the_consoles_past() {
+    let mut h = HeaderMap::new();
+    let value = HeaderValue::from_bytes("name=caf\u{e9}; keyway_console=s3cr3t; b=2".as_bytes())
+        .unwrap_or(HeaderValue::from_static("x"));
+    h.append(header::COOKIE, value);
+    strip_console_cookie(&mut h);
+    let left: Vec<&[u8]> = h
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    assert_eq!(left, [&"name=caf\u{e9}; b=2".as_bytes()[..]]);
+}
