@@ -78,5 +78,5 @@ fn a_cookie_that_is_not_ascii_does_not_carry_the_consoles_past() {
         .iter()
         .map(HeaderValue::as_bytes)
         .collect();
-    assert_eq!(left, [&"name=caf\u{e9}; b=2".as_bytes()[..]]);
+    assert_eq!(left, ["name=caf\u{e9}; b=2".as_bytes()]);
 }
