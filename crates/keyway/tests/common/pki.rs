@@ -58,10 +58,15 @@ impl TestCa {
     /// A client certificate with common name `cn`, written to `<stem>.pem` and
     /// `<stem>.key` in `dir`.
     pub fn client(&self, dir: &Path, stem: &str, cn: &str) {
+        self.client_named(dir, stem, cn, &[]);
+    }
+
+    /// A client certificate with common name `cn` and the DNS names `names`.
+    pub fn client_named(&self, dir: &Path, stem: &str, cn: &str, names: &[&str]) {
         self.leaf(
             dir,
             stem,
-            &[],
+            names,
             cn,
             Validity::Now,
             ExtendedKeyUsagePurpose::ClientAuth,
