@@ -361,7 +361,8 @@ struct Conn {
     drain: CancellationToken,
     /// The listener is retired (a reload put another server on its port): an
     /// HTTP/2 connection is told to go (GOAWAY, its streams finish), while an
-    /// HTTP/1 one closes after its next answer, which says `Connection: close`.
+    /// HTTP/1 one stays to close after its next answer, which says `Connection:
+    /// close`.
     retired: CancellationToken,
     /// The service closes the connection ([`ConnInfo::close`]).
     close: CancellationToken,
@@ -371,12 +372,11 @@ struct Conn {
 
 impl Conn {
     /// Serves an HTTP/1.1 connection.
-    async fn serve<I, S>(mut self, builder: &auto::Builder<TokioExecutor>, io: I, svc: S)
+    async fn serve<I, S>(self, builder: &auto::Builder<TokioExecutor>, io: I, svc: S)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: ConnService,
     {
-        self.retired = CancellationToken::new();
         self.run(builder, io, svc, None).await;
     }
 
@@ -423,20 +423,22 @@ impl Conn {
         let mut deadline = std::pin::pin!(deadline);
         let mut waiting_first = first.is_some();
         let mut idle_check = tokio::time::interval(self.idle.max(Duration::from_millis(100)) / 2);
+        // Asked to finish (requests in flight answered: an HTTP/1 answer says
+        // `Connection: close`, HTTP/2 sends GOAWAY; an idle connection closes at
+        // once), within DRAIN_TIMEOUT: a client that stops reading holds it no longer.
+        let h2 = streams.is_some();
         let result = loop {
-            tokio::select! {
+            let finish = tokio::select! {
                 r = conn.as_mut() => break r,
-                // Finish the requests in flight (an HTTP/1 answer says `Connection:
-                // close`, HTTP/2 sends GOAWAY), then close; an idle connection
-                // closes at once.
-                () = self.drain.cancelled() => break finish(conn.as_mut()).await,
-                () = self.close.cancelled() => break finish(conn.as_mut()).await,
-                () = self.retired.cancelled() => break finish(conn.as_mut()).await,
-                _ = idle_check.tick(), if streams.is_some() => {
-                    if streams.as_ref().is_some_and(|s| s.idle_for(self.idle)) {
+                () = self.drain.cancelled() => true,
+                () = self.close.cancelled() => true,
+                () = self.retired.cancelled(), if h2 => true,
+                _ = idle_check.tick(), if h2 => {
+                    let idle = streams.as_ref().is_some_and(|s| s.idle_for(self.idle));
+                    if idle {
                         tracing::debug!("an HTTP/2 connection with no stream open; closed");
-                        break finish(conn.as_mut()).await;
                     }
+                    idle
                 }
                 () = deadline.as_mut(), if waiting_first => {
                     if !asked.as_ref().is_some_and(|a| a.load(Ordering::Relaxed)) {
@@ -444,49 +446,25 @@ impl Conn {
                         return;
                     }
                     waiting_first = false;
+                    false
                 }
+            };
+            if finish {
+                conn.as_mut().graceful_shutdown();
+                break match tokio::time::timeout(DRAIN_TIMEOUT, conn.as_mut()).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::debug!(
+                            "a connection did not finish within the drain timeout; closed"
+                        );
+                        Ok(())
+                    }
+                };
             }
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "connection ended with an error");
         }
-    }
-}
-
-/// Ends a connection gracefully (requests in flight answered, HTTP/2's GOAWAY), within
-/// [`DRAIN_TIMEOUT`]: a client that stops reading does not hold it open longer.
-async fn finish<C, E>(mut conn: std::pin::Pin<&mut C>) -> Result<(), E>
-where
-    C: std::future::Future<Output = Result<(), E>> + GracefulShutdown,
-{
-    conn.as_mut().shutdown_gracefully();
-    match tokio::time::timeout(DRAIN_TIMEOUT, conn).await {
-        Ok(r) => r,
-        Err(_) => {
-            tracing::debug!("a connection did not finish within the drain timeout; closed");
-            Ok(())
-        }
-    }
-}
-
-/// A connection that can be asked to finish.
-trait GracefulShutdown {
-    fn shutdown_gracefully(self: std::pin::Pin<&mut Self>);
-}
-
-impl<I, S> GracefulShutdown for auto::UpgradeableConnection<'_, I, S, TokioExecutor>
-where
-    auto::UpgradeableConnection<'static, I, S, TokioExecutor>: Sized,
-    S: hyper::service::HttpService<Incoming>,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    S::ResBody: Body + Send + 'static,
-    <S::ResBody as Body>::Data: Send,
-    <S::ResBody as Body>::Error: Into<BoxError>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    fn shutdown_gracefully(self: std::pin::Pin<&mut Self>) {
-        self.graceful_shutdown();
     }
 }
 

@@ -6,7 +6,7 @@
 //! SHA-256 thumbprint of the DER certificate, base64url, `x5t#S256`) is accepted only
 //! on a connection that presented that certificate.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine;
@@ -114,11 +114,18 @@ impl Renewable {
 /// one cannot be read (loading them then fails with the reason): a reload compares
 /// it with the one taken when they were loaded, to tell a renewal in place.
 pub fn files_digest(t: &TlsConfig) -> Option<[u8; 32]> {
+    digest_of(
+        [Some(&t.cert), Some(&t.key), t.client_ca.as_ref()]
+            .into_iter()
+            .flatten(),
+    )
+}
+
+/// SHA-256 over the contents of `paths`, or None when one cannot be read: a reload
+/// compares it with the one taken when they were loaded, to tell a renewal.
+pub(crate) fn digest_of<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) -> Option<[u8; 32]> {
     let mut h = Sha256::new();
-    for path in [Some(&t.cert), Some(&t.key), t.client_ca.as_ref()]
-        .into_iter()
-        .flatten()
-    {
+    for path in paths {
         h.update(std::fs::read(path).ok()?);
         h.update([0]);
     }

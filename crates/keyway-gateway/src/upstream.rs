@@ -18,7 +18,7 @@ use crate::runtime::Stream;
 
 pub mod tls;
 
-pub use tls::{HandshakeError, UpstreamTlsCache};
+pub use tls::UpstreamTlsCache;
 
 /// Why an upstream could not be reached, as an audit event's `error` says it
 /// (`upstream_unreachable`, `upstream_certificate_expired`, …) and in words.
@@ -27,15 +27,6 @@ pub use tls::{HandshakeError, UpstreamTlsCache};
 pub struct DialError {
     pub reason: &'static str,
     pub why: String,
-}
-
-impl From<HandshakeError> for DialError {
-    fn from(e: HandshakeError) -> Self {
-        Self {
-            reason: e.reason,
-            why: e.why,
-        }
-    }
 }
 
 /// What dials upstreams: the agents' connections and each service's TLS.
@@ -94,14 +85,26 @@ impl Dialer {
         if svc.upstream_tls().is_none() {
             return Ok(stream);
         }
-        let host = host_of(addr);
-        let tls = tokio::time::timeout(timeout, self.tls.connect(svc, host, stream))
+        Ok(Box::new(
+            self.wrap(svc, host_of(addr), stream, timeout).await?,
+        ))
+    }
+
+    /// Opens TLS to `host` on `stream` as `svc` says, within `timeout`: for
+    /// [`Self::dial`], and for PostgreSQL once the database has agreed to TLS.
+    pub(crate) async fn wrap(
+        &self,
+        svc: &Service,
+        host: &str,
+        stream: Box<dyn Stream>,
+        timeout: Duration,
+    ) -> Result<tls::TlsStream, DialError> {
+        tokio::time::timeout(timeout, self.tls.connect(svc, host, stream))
             .await
             .map_err(|_| DialError {
                 reason: "upstream_timeout",
                 why: "the upstream's TLS handshake did not finish in time".into(),
-            })??;
-        Ok(Box::new(tls))
+            })?
     }
 }
 

@@ -56,12 +56,12 @@ use crate::proxy::Handles;
 use crate::sessions::SessionEnd;
 
 mod body;
+mod forward;
+mod grpc;
 
 /// Where a request came from, as proxies in front say it (believed only from
 /// `trusted_proxies`).
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-mod forward;
-mod grpc;
 
 use body::Cancellable;
 use forward::{bearer, is_websocket_upgrade, upgraded_response};
@@ -306,13 +306,11 @@ impl HttpProxy {
         };
 
         let started = Instant::now();
-        let grpc = req.version() == Version::HTTP_2
-            && self.http.upstream_h2
-            && grpc::is_grpc(req.headers());
+        let grpc = grpc::is_stream(&req, self.http.upstream_h2);
         // A WebSocket upgrade, on purpose: the one upgrade passed through (never h2c).
         let client_upgrade = is_websocket_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let upstream_req =
-            match self.upstream_request(req, conn, source, &path, client_upgrade.is_some()) {
+            match self.upstream_request(req, conn, source, &path, client_upgrade.is_some(), grpc) {
                 Ok(r) => r,
                 Err(reason) => {
                     drop(reservation);
@@ -352,7 +350,7 @@ impl HttpProxy {
                     _ => self.downstream_response(resp, &entry, source),
                 }
             }
-            Ok(Err(e)) if caused_by::<body::Stalled>(&e) => {
+            Ok(Err(e)) if cause::<body::Stalled>(&e).is_some() => {
                 detail.insert("status".into(), 408.into());
                 detail.insert("error".into(), "body_stalled".into());
                 let mut resp = plain(StatusCode::REQUEST_TIMEOUT, "request body timed out\n");
@@ -361,7 +359,7 @@ impl HttpProxy {
                 resp
             }
             Ok(Err(e)) => {
-                let dial = dial_error(&e);
+                let dial = cause::<crate::upstream::DialError>(&e);
                 let reason = dial.map_or("upstream_unreachable", |d| d.reason);
                 match dial {
                     Some(d) => {
@@ -493,13 +491,8 @@ enum Waited {
     Ended,
 }
 
-/// The dialler's account of a failed upstream request, when the failure was
-/// making the connection (unreachable, a certificate refused, …).
-fn dial_error(e: &hyper_util::client::legacy::Error) -> Option<&crate::upstream::DialError> {
-    cause::<crate::upstream::DialError>(e)
-}
-
-/// The first error of type `E` among `e`'s causes.
+/// The first error of type `E` among `e`'s causes: the dialler's account of a
+/// failed connection (unreachable, a certificate refused, …), a stalled body.
 fn cause<E: std::error::Error + 'static>(e: &hyper_util::client::legacy::Error) -> Option<&E> {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -509,11 +502,6 @@ fn cause<E: std::error::Error + 'static>(e: &hyper_util::client::legacy::Error) 
         source = s.source();
     }
     None
-}
-
-/// Whether `e` was caused by an error of type `E`.
-fn caused_by<E: std::error::Error + 'static>(e: &hyper_util::client::legacy::Error) -> bool {
-    cause::<E>(e).is_some()
 }
 
 /// The answer to a refused request.
@@ -552,6 +540,13 @@ fn refusal(reason: DenyReason, retry_after: Option<Duration>) -> Response<ProxyB
         h.insert(header::RETRY_AFTER, HeaderValue::from(1));
     }
     resp
+}
+
+/// A body with nothing in it.
+fn empty() -> ProxyBody {
+    http_body_util::Empty::new()
+        .map_err(|e| match e {})
+        .boxed_unsync()
 }
 
 fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {

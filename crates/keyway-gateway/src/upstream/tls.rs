@@ -8,27 +8,17 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use super::DialError;
+use crate::runtime::Stream;
+use crate::tls::TlsError;
 use keyway_core::config::{Config, Service, UpstreamTls};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use sha2::{Digest, Sha256};
-
-use crate::runtime::Stream;
-use crate::tls::TlsError;
 
 /// A TLS connection to an upstream.
 pub(crate) type TlsStream = tokio_rustls::client::TlsStream<Box<dyn Stream>>;
-
-/// Why a TLS handshake with an upstream failed, as an audit event's `error` says it
-/// (`upstream_certificate_expired`, …) and in words for the log.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{why}")]
-pub struct HandshakeError {
-    pub reason: &'static str,
-    pub why: String,
-}
 
 /// The client configurations of the services with TLS to their upstream.
 #[derive(Default)]
@@ -114,10 +104,10 @@ impl UpstreamTlsCache {
         svc: &Service,
         host: &str,
         stream: Box<dyn Stream>,
-    ) -> Result<TlsStream, HandshakeError> {
+    ) -> Result<TlsStream, DialError> {
         let (name, alpn) = (&svc.name, alpn_of(svc));
         let Some(t) = svc.upstream_tls() else {
-            return Err(HandshakeError {
+            return Err(DialError {
                 reason: "upstream_tls_config",
                 why: format!("service `{name}` has no TLS to its upstream"),
             });
@@ -126,7 +116,7 @@ impl UpstreamTlsCache {
             Some(l) => l.config.clone(),
             None => {
                 load(t, alpn)
-                    .map_err(|e| HandshakeError {
+                    .map_err(|e| DialError {
                         reason: "upstream_tls_config",
                         why: e.to_string(),
                     })?
@@ -134,8 +124,7 @@ impl UpstreamTlsCache {
             }
         };
         let host = t.server_name.as_deref().unwrap_or(host);
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let server_name = ServerName::try_from(host.to_owned()).map_err(|_| HandshakeError {
+        let server_name = ServerName::try_from(host.to_owned()).map_err(|_| DialError {
             reason: "upstream_tls_config",
             why: format!("`{host}` is not a name a certificate can be verified for"),
         })?;
@@ -159,7 +148,7 @@ fn alpn_of(svc: &Service) -> &'static [&'static [u8]] {
 }
 
 /// The audit reason of a failed handshake, from the rustls error inside `e`.
-fn classify(e: &std::io::Error) -> HandshakeError {
+fn classify(e: &std::io::Error) -> DialError {
     let tls = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
@@ -182,7 +171,7 @@ fn classify(e: &std::io::Error) -> HandshakeError {
         Some(_) => "upstream_tls_failed",
         None => "upstream_tls_failed",
     };
-    HandshakeError {
+    DialError {
         reason,
         why: format!("TLS with the upstream failed: {e}"),
     }
@@ -191,20 +180,16 @@ fn classify(e: &std::io::Error) -> HandshakeError {
 /// SHA-256 over the files of `t` (CA, client certificate and key), or None when one
 /// cannot be read.
 fn files_digest(t: &UpstreamTls) -> Option<[u8; 32]> {
-    let mut h = Sha256::new();
     let client = t.client_cert.as_ref();
-    for path in [
-        t.ca.as_ref(),
-        client.map(|c| &c.cert),
-        client.map(|c| &c.key),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        h.update(std::fs::read(path).ok()?);
-        h.update([0]);
-    }
-    Some(h.finalize().into())
+    crate::tls::digest_of(
+        [
+            t.ca.as_ref(),
+            client.map(|c| &c.cert),
+            client.map(|c| &c.key),
+        ]
+        .into_iter()
+        .flatten(),
+    )
 }
 
 /// The rustls client configuration of `t`, offering `alpn`.

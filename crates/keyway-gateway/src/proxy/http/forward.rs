@@ -18,10 +18,11 @@ impl HttpProxy {
         source: IpAddr,
         path: &str,
         websocket: bool,
+        stream: bool,
     ) -> Result<Request<body::Stalling>, DenyReason> {
         let (mut parts, body) = req.into_parts();
-        // A body that stalls is cut; a gRPC stream may rest as long as its token lives.
-        let stream = grpc::is_stream(&parts, self.http.upstream_h2);
+        // A body that stalls is cut; a gRPC stream (`stream`, [`grpc::is_stream`])
+        // may rest as long as its token lives.
         let limit = (!body.is_end_stream() && !stream).then_some(self.http.body_timeout);
         let body = body::Stalling {
             inner: body,
@@ -219,12 +220,7 @@ pub(super) fn upgraded_response(resp: Response<Incoming>) -> Response<ProxyBody>
     parts
         .headers
         .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    Response::from_parts(
-        parts,
-        http_body_util::Empty::new()
-            .map_err(|e| match e {})
-            .boxed_unsync(),
-    )
+    Response::from_parts(parts, empty())
 }
 
 /// Removes what a client could claim that the upstream might trust: where the request

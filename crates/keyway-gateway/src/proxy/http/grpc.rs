@@ -27,8 +27,8 @@ pub(super) fn is_grpc(headers: &HeaderMap) -> bool {
 /// Whether a request is a gRPC call that may stream without time limits (ended by
 /// its token instead): gRPC over HTTP/2 to an HTTP/2 upstream. A client's
 /// `content-type` alone over HTTP/1 buys no exemption.
-pub(super) fn is_stream(parts: &http::request::Parts, upstream_h2: bool) -> bool {
-    upstream_h2 && parts.version == Version::HTTP_2 && is_grpc(&parts.headers)
+pub(super) fn is_stream<B>(req: &Request<B>, upstream_h2: bool) -> bool {
+    upstream_h2 && req.version() == Version::HTTP_2 && is_grpc(req.headers())
 }
 
 /// The gRPC form of one of the gateway's own answers: `200`, no body, the status
@@ -45,11 +45,7 @@ pub(super) fn as_grpc(resp: Response<ProxyBody>) -> Response<ProxyBody> {
         StatusCode::GATEWAY_TIMEOUT => (4, "the upstream did not answer in time"),
         _ => (14, "unavailable: Keyway could not serve this call"),
     };
-    let mut out = Response::new(
-        http_body_util::Empty::new()
-            .map_err(|e| match e {})
-            .boxed_unsync(),
-    );
+    let mut out = Response::new(empty());
     let h = out.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -127,12 +127,7 @@ impl PgProxy {
             Ok(Err(e)) => return Err(refused(&format!("the database closed: {e}"))),
             Err(_) => return Err(refused("the database did not answer SSLRequest in time")),
         }
-        let tls = tokio::time::timeout(timeout, dialer.tls.connect(&self.svc, host, up))
-            .await
-            .map_err(|_| crate::upstream::DialError {
-                reason: "upstream_timeout",
-                why: "the database's TLS handshake did not finish in time".into(),
-            })??;
+        let tls = dialer.wrap(&self.svc, host, up, timeout).await?;
         let endpoint = tls
             .get_ref()
             .1
