@@ -188,13 +188,9 @@ async fn open_stream(
         reply(&mut tls, Some("unavailable"), None).await;
         return;
     };
-    let connect_timeout = match &svc.kind {
-        ServiceKind::Tcp(tcp) => tcp.connect_timeout,
-        _ => Duration::from_secs(5),
-    };
     let upstream = match h
         .dialer
-        .dial(&svc, &session.upstream, connect_timeout)
+        .dial(&svc, &session.upstream, svc.connect_timeout())
         .await
     {
         Ok(s) => s,

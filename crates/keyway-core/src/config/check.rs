@@ -24,13 +24,8 @@ const DEFAULT_CREDENTIAL_MAX_AGE: Duration = Duration::from_secs(90 * 24 * 3600)
 impl RawConfig {
     pub fn check(mut self, base_dir: &Path) -> Result<Config, ConfigError> {
         let mut p = Problems::default();
-        let rel = |path: PathBuf| {
-            if path.is_absolute() {
-                path
-            } else {
-                base_dir.join(path)
-            }
-        };
+        // `join` keeps an absolute path as it is.
+        let rel = |path: PathBuf| base_dir.join(path);
 
         let data_dir = rel(self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()));
         if let Some(url) = &self.store {

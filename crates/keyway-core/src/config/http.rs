@@ -3,7 +3,6 @@
 //! the header set from a secret, the timeouts and header limits, TLS and client
 //! certificates on its listener.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -138,13 +137,6 @@ impl RawService {
         if !(8..=1024).contains(&http.max_headers) {
             p.push(&key("max_headers"), "must be between 8 and 1024");
         }
-        let rel = |path: PathBuf| {
-            if path.is_absolute() {
-                path
-            } else {
-                c.base_dir.join(path)
-            }
-        };
         let require = self.require_client_cert.unwrap_or(false);
         let tls = match self.tls {
             Some(RawListenerTls::Local(l)) => {
@@ -173,9 +165,9 @@ impl RawService {
                     );
                 }
                 Some(TlsConfig {
-                    cert: rel(t.cert),
-                    key: rel(t.key),
-                    client_ca: self.client_ca.map(rel),
+                    cert: c.path(t.cert),
+                    key: c.path(t.key),
+                    client_ca: self.client_ca.map(|p| c.path(p)),
                     require_client_cert: require,
                 })
             }

@@ -353,6 +353,15 @@ impl Service {
         }
     }
 
+    /// Time for the upstream to accept a connection.
+    pub fn connect_timeout(&self) -> Duration {
+        match &self.kind {
+            ServiceKind::Http(h) => h.connect_timeout,
+            ServiceKind::Tcp(t) => t.connect_timeout,
+            ServiceKind::Postgres(p) => p.connect_timeout,
+        }
+    }
+
     /// `http`, `tcp` or `postgres`, as `protocol` says in the file.
     pub fn protocol(&self) -> &'static str {
         match &self.kind {

@@ -3,7 +3,6 @@
 //! database, the weak password methods it may accept.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use super::check::{valid_name, valid_secret_name};
@@ -78,18 +77,11 @@ impl RawService {
             upstream_tls,
             allow_weak_upstream_auth: weak,
         };
-        let rel = |path: PathBuf| {
-            if path.is_absolute() {
-                path
-            } else {
-                c.base_dir.join(path)
-            }
-        };
         let tls = match self.tls {
             Some(RawListenerTls::Files(t)) => Some(TlsConfig {
-                cert: rel(t.cert),
-                key: rel(t.key),
-                client_ca: self.client_ca.clone().map(rel),
+                cert: c.path(t.cert),
+                key: c.path(t.key),
+                client_ca: self.client_ca.clone().map(|p| c.path(p)),
                 require_client_cert: self.require_client_cert.unwrap_or(false),
             }),
             Some(RawListenerTls::Local(l)) => {

@@ -3,7 +3,7 @@
 //! (`http`, `tcp`, `postgres`).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -29,6 +29,12 @@ pub(super) struct Common<'a> {
 // === impl Common ===
 
 impl Common<'_> {
+    /// A path the file names, taken from the config file's folder when relative
+    /// (`join` keeps an absolute one as it is).
+    pub(super) fn path(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.base_dir.join(p)
+    }
+
     /// The path of this service's key `k`, as problems name it.
     pub(super) fn key(&self, k: &str) -> String {
         format!("services.{}.{k}", self.name)

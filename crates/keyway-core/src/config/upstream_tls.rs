@@ -4,8 +4,6 @@
 //! (`upstream_client_cert` / `upstream_client_key`) and the name it verifies
 //! (`upstream_server_name`). Verification is turned off only by a key that says so.
 
-use std::path::PathBuf;
-
 use super::problem::Problems;
 use super::service::Common;
 use super::{ClientCert, RawService, UpstreamTls};
@@ -51,13 +49,6 @@ impl RawService {
         p: &mut Problems,
     ) -> Option<UpstreamTls> {
         let key = |k: &str| c.key(k);
-        let rel = |path: &PathBuf| {
-            if path.is_absolute() {
-                path.clone()
-            } else {
-                c.base_dir.join(path)
-            }
-        };
         let skip = self.upstream_insecure_skip_verify.unwrap_or(false);
         if self.upstream_insecure_skip_verify.is_some() && !skip_key {
             p.push(
@@ -85,8 +76,8 @@ impl RawService {
         }
         let client_cert = match (&self.upstream_client_cert, &self.upstream_client_key) {
             (Some(cert), Some(k)) => Some(ClientCert {
-                cert: rel(cert),
-                key: rel(k),
+                cert: c.path(cert),
+                key: c.path(k),
             }),
             (None, None) => None,
             (Some(_), None) => {
@@ -127,7 +118,7 @@ impl RawService {
         }
         Some(UpstreamTls {
             verify: asked == Asked::Verified && !skip,
-            ca: self.upstream_ca.as_ref().map(rel),
+            ca: self.upstream_ca.as_ref().map(|p| c.path(p)),
             client_cert,
             server_name,
         })
