@@ -24,6 +24,14 @@ pub struct IssueRequest {
     /// For a database service: the role the token connects as.
     #[serde(default)]
     pub role: Option<String>,
+    /// For an MCP service: the tools, resources and prompts the token may reach
+    /// (patterns, `*` for any run of characters).
+    #[serde(default)]
+    pub tools: Vec<String>,
+    #[serde(default)]
+    pub resources: Vec<String>,
+    #[serde(default)]
+    pub prompts: Vec<String>,
 }
 
 /// What `credential issue` is asked for.
@@ -57,6 +65,9 @@ pub struct TokenInfo {
     /// For database services: the role the token connects as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// For MCP services: the tools, resources and prompts granted.
+    #[serde(default, skip_serializing_if = "crate::Mcp::is_open")]
+    pub mcp: crate::Mcp,
     pub state: String,
     pub created_at: String,
     pub expires_at: String,

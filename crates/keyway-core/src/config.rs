@@ -50,9 +50,9 @@ pub use detect::{
     RawWebhook, Webhook,
 };
 pub use model::{
-    Agent, AuditConfig, ClientCert, Config, Durability, HttpService, HttpUpstream, OnFull, PgRole,
-    PortAuditConfig, PostgresService, Service, ServiceKind, TcpService, TlsConfig, UpstreamAuth,
-    UpstreamTls, Written,
+    Agent, AuditConfig, ClientCert, Config, Durability, HttpService, HttpUpstream, McpService,
+    OnFull, PgRole, PortAuditConfig, PostgresService, Service, ServiceKind, TcpService, TlsConfig,
+    UpstreamAuth, UpstreamTls, Written,
 };
 pub use problem::{ConfigError, Problem};
 pub use raw::{

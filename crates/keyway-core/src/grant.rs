@@ -15,6 +15,30 @@ pub struct Grant {
     /// the service's config).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// For an MCP service: the tools, resources and prompts it may reach, as names
+    /// (or URIs) where `*` stands for any run of characters. When none of the three
+    /// is named the grant narrows nothing; once one is, an unnamed kind is denied.
+    #[serde(default, skip_serializing_if = "Mcp::is_open")]
+    pub mcp: Mcp,
+}
+
+/// What an MCP grant names: patterns of tool names, resource URIs and prompt names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Mcp {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompts: Vec<String>,
+}
+
+/// The kinds of thing an MCP grant names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum McpKind {
+    Tool,
+    Resource,
+    Prompt,
 }
 
 /// What a client credential may be exchanged for: for each service it names, the
@@ -73,6 +97,13 @@ pub enum DenyReason {
     /// This replica has not caught up with the shared store for longer than
     /// `store_max_lag`: it might honour a revoked token, so it refuses all.
     StoreBehind,
+    /// MCP: a tool call, resource read or prompt the grant does not name.
+    ToolNotGranted,
+    ResourceNotGranted,
+    PromptNotGranted,
+    /// MCP: a message that is not JSON-RPC as MCP sends it (malformed, a batch, its
+    /// `Mcp-Method` / `Mcp-Name` headers disagreeing with its body).
+    BadMcpMessage,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,6 +112,8 @@ pub enum GrantError {
     Method(String),
     #[error("path prefix `{0}` is not a valid absolute path: {1}")]
     Path(String, path::PathError),
+    #[error("`{0}` is not a tool, resource or prompt pattern: 1 to 256 printable characters without spaces, `*` for any run of characters")]
+    Pattern(String),
 }
 
 // === impl Grant ===
@@ -113,7 +146,40 @@ impl Grant {
             methods: ms,
             paths: ps,
             role: None,
+            mcp: Mcp::default(),
         })
+    }
+
+    /// This grant, narrowed to the MCP tools, resources and prompts named (each list
+    /// may also be given comma-separated).
+    pub fn with_mcp(
+        mut self,
+        tools: &[String],
+        resources: &[String],
+        prompts: &[String],
+    ) -> Result<Self, GrantError> {
+        let patterns = |given: &[String]| -> Result<Vec<String>, GrantError> {
+            let mut out: Vec<String> = Vec::new();
+            for p in given.iter().flat_map(|p| p.split(',')) {
+                let p = p.trim();
+                let ok = !p.is_empty()
+                    && p.len() <= 256
+                    && p.chars().all(|c| !c.is_whitespace() && !c.is_control());
+                if !ok {
+                    return Err(GrantError::Pattern(p.chars().take(64).collect()));
+                }
+                if !out.iter().any(|o| o == p) {
+                    out.push(p.to_owned());
+                }
+            }
+            Ok(out)
+        };
+        self.mcp = Mcp {
+            tools: patterns(tools)?,
+            resources: patterns(resources)?,
+            prompts: patterns(prompts)?,
+        };
+        Ok(self)
     }
 
     /// Whether everything this grant allows, `wider` allows too: the same service and
@@ -127,7 +193,11 @@ impl Grant {
                     .paths
                     .iter()
                     .all(|p| wider.paths.iter().any(|w| path::under_prefix(p, w))));
-        self.service == wider.service && self.role == wider.role && methods && paths
+        self.service == wider.service
+            && self.role == wider.role
+            && methods
+            && paths
+            && self.mcp.within(&wider.mcp)
     }
 
     /// Whether this grant narrows paths (and so refuses encoded slashes).
@@ -146,10 +216,14 @@ impl Grant {
         Ok(())
     }
 
-    /// A one-line description for people (`GET,HEAD /invoices/`, `role readonly`).
+    /// A one-line description for people (`GET,HEAD /invoices/`, `role readonly`,
+    /// `tools search_*,get_ticket`).
     pub fn describe(&self) -> String {
         if let Some(r) = &self.role {
             return format!("role {r}");
+        }
+        if !self.mcp.is_open() {
+            return self.mcp.describe();
         }
         let m = if self.methods.is_empty() {
             "any method".to_owned()
@@ -165,10 +239,94 @@ impl Grant {
     }
 }
 
+// === impl Mcp ===
+
+impl Mcp {
+    /// Whether nothing is named: the grant narrows no MCP call.
+    pub fn is_open(&self) -> bool {
+        self.tools.is_empty() && self.resources.is_empty() && self.prompts.is_empty()
+    }
+
+    /// What is named, for people: `tools search_*,get_ticket; prompts triage`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for (kind, list) in [
+            ("tools", &self.tools),
+            ("resources", &self.resources),
+            ("prompts", &self.prompts),
+        ] {
+            if !list.is_empty() {
+                parts.push(format!("{kind} {}", list.join(",")));
+            }
+        }
+        parts.join("; ")
+    }
+
+    /// Whether `name` (a tool or prompt name, a resource URI) is granted.
+    pub fn allows(&self, kind: McpKind, name: &str) -> bool {
+        if self.is_open() {
+            return true;
+        }
+        self.patterns(kind).iter().any(|p| glob(p, name))
+    }
+
+    fn patterns(&self, kind: McpKind) -> &[String] {
+        match kind {
+            McpKind::Tool => &self.tools,
+            McpKind::Resource => &self.resources,
+            McpKind::Prompt => &self.prompts,
+        }
+    }
+
+    /// Whether everything this allows, `wider` allows too. A pattern is within
+    /// another when the other matches it as text: the wider one's `*` then covers
+    /// whatever the narrower's `*` stands for.
+    fn within(&self, wider: &Mcp) -> bool {
+        if wider.is_open() {
+            return true;
+        }
+        if self.is_open() {
+            return false;
+        }
+        [McpKind::Tool, McpKind::Resource, McpKind::Prompt]
+            .into_iter()
+            .all(|k| {
+                self.patterns(k)
+                    .iter()
+                    .all(|p| wider.patterns(k).iter().any(|w| glob(w, p)))
+            })
+    }
+}
+
+/// Whether `text` matches `pattern`, where `*` stands for any run of characters and
+/// every other character for itself. Linear in practice: the last `*` is retried,
+/// never a tree of them.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
 // === impl DenyReason ===
 
 impl DenyReason {
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 26] = [
         Self::NoToken,
         Self::MalformedToken,
         Self::BadChecksum,
@@ -191,6 +349,10 @@ impl DenyReason {
         Self::TtlAboveMax,
         Self::UnknownService,
         Self::StoreBehind,
+        Self::ToolNotGranted,
+        Self::ResourceNotGranted,
+        Self::PromptNotGranted,
+        Self::BadMcpMessage,
     ];
 
     /// The reason an audit log names, back.
@@ -223,6 +385,10 @@ impl DenyReason {
             DenyReason::TtlAboveMax => "ttl_above_max",
             DenyReason::UnknownService => "unknown_service",
             DenyReason::StoreBehind => "store_behind",
+            DenyReason::ToolNotGranted => "tool_not_granted",
+            DenyReason::ResourceNotGranted => "resource_not_granted",
+            DenyReason::PromptNotGranted => "prompt_not_granted",
+            DenyReason::BadMcpMessage => "bad_mcp_message",
         }
     }
 
@@ -244,8 +410,11 @@ impl DenyReason {
             | DenyReason::UnknownService
             | DenyReason::MethodNotGranted
             | DenyReason::PathNotGranted
-            | DenyReason::SourceNotAllowed => 403,
-            DenyReason::BadPath => 400,
+            | DenyReason::SourceNotAllowed
+            | DenyReason::ToolNotGranted
+            | DenyReason::ResourceNotGranted
+            | DenyReason::PromptNotGranted => 403,
+            DenyReason::BadPath | DenyReason::BadMcpMessage => 400,
             DenyReason::MethodNotAllowed => 405,
             DenyReason::RateLimited => 429,
             DenyReason::AuditUnavailable
@@ -306,6 +475,61 @@ mod tests {
         let open = Grant::new("billing", &[], &[]).unwrap();
         assert_eq!(open.check("DELETE", "/anything"), Ok(()));
         assert_eq!(open.describe(), "any method any path");
+    }
+
+    #[test]
+    fn mcp_grants() {
+        let open = Grant::new("tickets", &[], &[]).unwrap();
+        assert!(
+            open.mcp.allows(McpKind::Tool, "delete_ticket"),
+            "nothing named: all"
+        );
+        let g = open
+            .clone()
+            .with_mcp(&s(&["search_*,get_ticket"]), &[], &[])
+            .unwrap();
+        assert_eq!(g.mcp.tools, s(&["search_*", "get_ticket"]));
+        assert!(g.mcp.allows(McpKind::Tool, "search_tickets"));
+        assert!(g.mcp.allows(McpKind::Tool, "get_ticket"));
+        assert!(!g.mcp.allows(McpKind::Tool, "get_tickets"));
+        assert!(!g.mcp.allows(McpKind::Tool, "delete_ticket"));
+        assert!(
+            !g.mcp.allows(McpKind::Resource, "tickets://1"),
+            "tools named: resources denied"
+        );
+        assert!(!g.mcp.allows(McpKind::Prompt, "triage"));
+        assert_eq!(g.describe(), "tools search_*,get_ticket");
+        assert!(g.within(&open) && !open.within(&g));
+        let narrower = open.clone().with_mcp(&s(&["search_t*"]), &[], &[]).unwrap();
+        assert!(narrower.within(&g));
+        let other = open.clone().with_mcp(&s(&["delete_*"]), &[], &[]).unwrap();
+        assert!(!other.within(&g));
+        assert!(open.clone().with_mcp(&s(&["a b"]), &[], &[]).is_err());
+        assert!(open.clone().with_mcp(&s(&[""]), &[], &[]).is_err());
+        let json = serde_json::to_value(&g).unwrap();
+        assert_eq!(json["mcp"]["tools"][0], "search_*");
+        assert!(serde_json::to_value(&open).unwrap().get("mcp").is_none());
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob("*", ""));
+        assert!(glob("a*c", "abbbc"));
+        assert!(glob("a*c", "ac"));
+        assert!(!glob("a*c", "acb"));
+        assert!(glob("*x*", "yyxyy"));
+        assert!(glob("tickets://*/comments", "tickets://7/comments"));
+        assert!(!glob("get", "get_ticket"));
+    }
+
+    proptest::proptest! {
+        /// What a pattern within another matches, the other matches too.
+        #[test]
+        fn within_is_sound(w in "[ab*]{0,6}", p in "[ab*]{0,6}", t in "[ab]{0,8}") {
+            if glob(&w, &p) && glob(&p, &t) {
+                proptest::prop_assert!(glob(&w, &t));
+            }
+        }
     }
 
     #[test]

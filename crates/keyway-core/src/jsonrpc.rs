@@ -188,6 +188,49 @@ fn message(v: Value) -> Result<Message, ReadError> {
     }
 }
 
+// === impl Message ===
+
+impl Message {
+    /// The message as JSON, as it is passed on: what was read, rebuilt, so that a
+    /// peer reads exactly what Keyway judged (no duplicate key for it to read
+    /// otherwise, no member Keyway did not look at).
+    pub fn to_value(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("jsonrpc".into(), "2.0".into());
+        match self {
+            Message::Request { id, method, params } => {
+                m.insert("id".into(), id.clone());
+                m.insert("method".into(), method.as_str().into());
+                if let Some(p) = params {
+                    m.insert("params".into(), p.clone());
+                }
+            }
+            Message::Notification { method, params } => {
+                m.insert("method".into(), method.as_str().into());
+                if let Some(p) = params {
+                    m.insert("params".into(), p.clone());
+                }
+            }
+            Message::Response { id, outcome } => {
+                m.insert("id".into(), id.clone());
+                match outcome {
+                    Outcome::Result(r) => m.insert("result".into(), r.clone()),
+                    Outcome::Error(e) => m.insert("error".into(), e.clone()),
+                };
+            }
+        }
+        Value::Object(m)
+    }
+
+    /// The method of a request or notification.
+    pub fn method(&self) -> Option<&str> {
+        match self {
+            Message::Request { method, .. } | Message::Notification { method, .. } => Some(method),
+            Message::Response { .. } => None,
+        }
+    }
+}
+
 /// A JSON-RPC error response to `id` (null when the request's id is unknown).
 pub fn error_response(id: &Value, code: i64, message: &str) -> Value {
     let mut error = Map::new();
@@ -318,6 +361,10 @@ mod tests {
         fn requests_read_back(id in any::<i64>(), method in "[a-z/_]{1,20}", arg in "[ -~]{0,40}") {
             let text = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": {"arg": arg}}).to_string();
             let got = read(text.as_bytes(), &Limits::default()).unwrap();
+            let Read::One(msg) = &got else { panic!("one message") };
+            // What is passed on reads back as what was judged.
+            let again = read(msg.to_value().to_string().as_bytes(), &Limits::default()).unwrap();
+            prop_assert_eq!(&again, &got);
             prop_assert_eq!(got, Read::One(Message::Request {
                 id: json!(id),
                 method: method.clone(),

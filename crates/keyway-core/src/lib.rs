@@ -29,11 +29,12 @@ pub mod grant;
 pub mod jsonrpc;
 pub mod jwt;
 pub mod path;
+pub mod sse;
 pub mod token;
 pub mod tunnel;
 pub mod units;
 
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
 pub use event::{Decision, EventKind};
-pub use grant::{DenyReason, Grant};
+pub use grant::{DenyReason, Grant, Mcp, McpKind};
 pub use token::{IssuedToken, Pepper, PresentedToken, TokenHash, TokenKind};

@@ -266,6 +266,7 @@ pub(crate) fn token_info(
         methods,
         paths,
         role: r.grant.as_ref().and_then(|g| g.role.clone()),
+        mcp: r.grant.as_ref().map(|g| g.mcp.clone()).unwrap_or_default(),
         state: state.into(),
         created_at: format_ms(r.created_at),
         expires_at: format_ms(r.expires_at),

@@ -127,6 +127,13 @@ impl Metrics {
                     Some(EventKind::Request) => {
                         counter!("keyway_requests_total", "service" => service.clone(), "decision" => d.clone())
                             .increment(1);
+                        // An MCP tool call. A refused call's name is the client's to
+                        // choose, so it is no label (the audit event has it).
+                        if let Some(tool) = ev.detail.get("tool").and_then(|t| t.as_str()) {
+                            let tool = if ev.denied() { "(refused)".to_owned() } else { tool.to_owned() };
+                            counter!("keyway_mcp_calls_total", "service" => service.clone(), "tool" => tool, "decision" => d.clone())
+                                .increment(1);
+                        }
                     }
                     Some(EventKind::ConnectionOpen) => {
                         counter!("keyway_connections_total", "service" => service.clone(), "decision" => d.clone())
@@ -243,6 +250,10 @@ fn describe() {
         "TCP and PostgreSQL connections, by service and decision."
     );
     describe_counter!("keyway_denials_total", "Refusals, by service and reason.");
+    describe_counter!(
+        "keyway_mcp_calls_total",
+        "MCP tool calls, by service, tool (`(refused)` for a refused call) and decision."
+    );
     describe_gauge!(
         "keyway_active_sessions",
         "Open TCP, PostgreSQL and WebSocket sessions."

@@ -33,6 +33,7 @@ async fn a_bulk_revocation_of_100k_tokens_holds_in_memory_before_the_store_is_wr
         paths: vec![],
         cert_thumbprint: None,
         role: None,
+        ..Default::default()
     };
     let mut sample = Vec::new();
     for i in 0..TOKENS {

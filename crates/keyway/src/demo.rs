@@ -95,6 +95,7 @@ upstream_auth = {{ header = "X-Api-Key", secret = "billing-key" }}
                 paths: vec!["/invoices/".into()],
                 cert_thumbprint: None,
                 role: None,
+                ..Default::default()
             },
             "demo",
         )

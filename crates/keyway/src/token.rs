@@ -109,6 +109,17 @@ pub struct IssueArgs {
     /// `roles`); read-only is enforced by the database role.
     #[arg(long)]
     role: Option<String>,
+    /// For an MCP service: the tools the token may list and call, comma-separated;
+    /// `*` stands for any run of characters (`search_*,get_ticket`). Once tools,
+    /// resources or prompts are named, what is not named is denied.
+    #[arg(long, value_delimiter = ',', value_name = "PATTERNS")]
+    tools: Vec<String>,
+    /// For an MCP service: the resource URIs the token may read (`tickets://*`).
+    #[arg(long, value_delimiter = ',', value_name = "PATTERNS")]
+    resources: Vec<String>,
+    /// For an MCP service: the prompts the token may get.
+    #[arg(long, value_delimiter = ',', value_name = "PATTERNS")]
+    prompts: Vec<String>,
     /// Bind the token to this client certificate (PEM): it is then accepted only
     /// over mTLS with that certificate, so a stolen token alone is useless.
     #[arg(long, value_name = "CERT.pem")]
@@ -137,6 +148,9 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
                 "paths": a.paths,
                 "cert_thumbprint": thumbprint(a.bind_cert.as_deref())?,
                 "role": a.role,
+                "tools": a.tools,
+                "resources": a.resources,
+                "prompts": a.prompts,
             });
             let issued: Issued = client.post("/v1/tokens", &body).await?;
             let i = &issued.info;
@@ -298,6 +312,9 @@ pub fn describe(t: &TokenInfo) -> String {
     }
     if let Some(role) = &t.role {
         return format!("role {role}");
+    }
+    if !t.mcp.is_open() {
+        return t.mcp.describe();
     }
     match (t.methods.is_empty(), t.paths.is_empty()) {
         (true, true) => "whole service".to_owned(),

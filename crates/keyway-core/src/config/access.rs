@@ -117,6 +117,15 @@ pub struct RawPolicyGrant {
     pub paths: Vec<String>,
     /// For a database service: the role its sessions log in as.
     pub role: Option<String>,
+    /// For an MCP service: the tools, resources and prompts it may reach (`*` for
+    /// any run of characters); once one kind is named, the others are denied unless
+    /// named too.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    #[serde(default)]
+    pub resources: Vec<String>,
+    #[serde(default)]
+    pub prompts: Vec<String>,
 }
 
 /// The identity providers Keyway trusts.
@@ -541,7 +550,16 @@ impl RawPolicy {
                     "methods and paths narrow HTTP services only; this service would take them as a grant to everything",
                 );
             }
-            match Grant::new(&g.service, &g.methods, &g.paths) {
+            let names_mcp = !g.tools.is_empty() || !g.resources.is_empty() || !g.prompts.is_empty();
+            if names_mcp && !svc.is_mcp() {
+                p.push(
+                    &at,
+                    "tools, resources and prompts narrow mcp services only; this service would take them as a grant to everything",
+                );
+            }
+            let grant = Grant::new(&g.service, &g.methods, &g.paths)
+                .and_then(|x| x.with_mcp(&g.tools, &g.resources, &g.prompts));
+            match grant {
                 Ok(mut grant) => {
                     grant.role = g.role;
                     grants.push(grant);

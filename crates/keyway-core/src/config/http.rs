@@ -13,8 +13,8 @@ use super::problem::Problems;
 use super::service::Common;
 use super::upstream_tls::Asked;
 use super::{
-    HttpService, HttpUpstream, RawListenerTls, RawService, Service, ServiceKind, TlsConfig,
-    UpstreamAuth,
+    HttpService, HttpUpstream, McpService, RawListenerTls, RawService, Service, ServiceKind,
+    TlsConfig, UpstreamAuth,
 };
 
 // === impl RawService ===
@@ -59,9 +59,18 @@ impl RawService {
                      a-z, A-Z, 0-9, `.`, `-` and `_`; never the secret's value",
                 );
             }
+            let prefix = a.prefix.unwrap_or_default();
+            let printable = prefix.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
+            if prefix.len() > 64 || !printable {
+                p.push(
+                    &key("upstream_auth.prefix"),
+                    "is up to 64 printable ASCII characters, like `Bearer `",
+                );
+            }
             Some(UpstreamAuth {
                 header: header?,
                 secret: a.secret,
+                prefix,
             })
         });
         let http = HttpService {
@@ -113,6 +122,16 @@ impl RawService {
                 }
             },
             upstream_auth,
+            mcp: match (self.protocol == "mcp", self.audit_arguments) {
+                (true, a) => Some(McpService {
+                    audit_arguments: a.unwrap_or(false),
+                }),
+                (false, None) => None,
+                (false, Some(_)) => {
+                    p.push(&key("audit_arguments"), "applies to mcp services only");
+                    None
+                }
+            },
             connect_timeout: p.duration_or(
                 &key("connect_timeout"),
                 self.connect_timeout.as_deref(),

@@ -257,6 +257,16 @@ pub struct HttpService {
     pub header_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// `protocol = "mcp"`: the upstream is an MCP server, and calls are judged
+    /// against the grant's tools, resources and prompts.
+    pub mcp: Option<McpService>,
+}
+
+/// What an MCP service adds to an HTTP one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpService {
+    /// Tool arguments in the audit log (redacted), not only their digest and size.
+    pub audit_arguments: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -272,6 +282,8 @@ pub struct UpstreamAuth {
     pub header: HeaderName,
     /// The secret's name (set with `keyway secret set NAME`), never its value.
     pub secret: String,
+    /// Written before the secret's value (`Bearer `); empty for none.
+    pub prefix: String,
 }
 
 // === impl Config ===
@@ -362,9 +374,15 @@ impl Service {
         }
     }
 
-    /// `http`, `tcp` or `postgres`, as `protocol` says in the file.
+    /// Whether this is an MCP service (`protocol = "mcp"`).
+    pub fn is_mcp(&self) -> bool {
+        matches!(&self.kind, ServiceKind::Http(h) if h.mcp.is_some())
+    }
+
+    /// `http`, `mcp`, `tcp` or `postgres`, as `protocol` says in the file.
     pub fn protocol(&self) -> &'static str {
         match &self.kind {
+            ServiceKind::Http(h) if h.mcp.is_some() => "mcp",
             ServiceKind::Http(_) => "http",
             ServiceKind::Tcp(_) => "tcp",
             ServiceKind::Postgres(_) => "postgres",

@@ -158,6 +158,9 @@ pub struct RawService {
     pub allow_plaintext: Option<bool>,
     /// Reach the upstream through this agent; the gateway never dials it itself.
     pub via: Option<String>,
+    /// mcp: record each tool call's arguments in the audit log, redacted like
+    /// statements (by default only their SHA-256 and size).
+    pub audit_arguments: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -192,4 +195,6 @@ pub enum RawListenerTls {
 pub struct RawUpstreamAuth {
     pub header: String,
     pub secret: String,
+    /// Written before the secret's value, like `"Bearer "`.
+    pub prefix: Option<String>,
 }

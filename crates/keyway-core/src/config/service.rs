@@ -86,17 +86,17 @@ impl RawService {
         let is_tcp = self.protocol == "tcp";
         let is_pg = self.protocol == "postgres";
         match self.protocol.as_str() {
-            "http" | "tcp" | "postgres" => {}
+            "http" | "tcp" | "postgres" | "mcp" => {}
             "mysql" | "redis" => p.push(
                 &key("protocol"),
                 &format!(
-                    "protocol `{}` is not supported yet by this version; use `http`, `tcp` or `postgres`",
+                    "protocol `{}` is not supported yet by this version; use `http`, `tcp`, `postgres` or `mcp`",
                     self.protocol
                 ),
             ),
             _ => p.push(
                 &key("protocol"),
-                "unknown protocol; this version supports `http`, `tcp` and `postgres`",
+                "unknown protocol; this version supports `http`, `tcp`, `postgres` and `mcp`",
             ),
         }
         let listen: Option<Option<SocketAddr>> = match (&self.listen, is_tcp) {
@@ -104,7 +104,7 @@ impl RawService {
             (None, false) => {
                 p.push(
                     &key("listen"),
-                    "an http service needs `listen`: the gateway port that stands for it",
+                    "an http, mcp or postgres service needs `listen`: the gateway port that stands for it",
                 );
                 None
             }

@@ -107,6 +107,7 @@ pub(super) async fn issue(State(c): State<Console>, p: Person, Form(f): Form<Iss
         paths: list(&f.paths),
         cert_thumbprint: None,
         role: some(&f.role),
+        ..Default::default()
     };
     let (token, record) = match c.gw.tokens.issue(&req, &p.token_id).await {
         Ok(x) => x,

@@ -58,6 +58,7 @@ use crate::sessions::SessionEnd;
 mod body;
 mod forward;
 mod grpc;
+mod mcp;
 
 /// Where a request came from, as proxies in front say it (believed only from
 /// `trusted_proxies`).
@@ -167,7 +168,12 @@ impl HttpProxy {
     ) -> Response<ProxyBody> {
         let grpc = grpc::is_grpc(req.headers());
         let http1 = req.version() < Version::HTTP_2;
+        let mcp_base = match self.mcp_front(&req, conn) {
+            Ok(base) => base,
+            Err(metadata) => return *metadata,
+        };
         let mut resp = self.in_force().handle(conn, req).await;
+        self.mcp_challenge(&mut resp, mcp_base);
         if grpc && resp.extensions().get::<grpc::OwnAnswer>().is_some() {
             resp = grpc::as_grpc(resp);
         }
@@ -309,8 +315,19 @@ impl HttpProxy {
         let grpc = grpc::is_stream(&req, self.http.upstream_h2);
         // A WebSocket upgrade, on purpose: the one upgrade passed through (never h2c).
         let client_upgrade = is_websocket_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let (req, call, path) = match &self.http.mcp {
+            None => (req.map(body::Outgoing::Streamed), None, path.as_str()),
+            Some(_) => match self.mcp_request(req, &path, &entry, &mut detail).await {
+                // The endpoint is the upstream's path, which the forwarding prepends.
+                Ok((r, c)) => (r, c, mcp::forwarded_path(&self.http.upstream)),
+                Err(refused) => {
+                    drop(reservation);
+                    return self.mcp_refuse(ev, detail, refused).await;
+                }
+            },
+        };
         let upstream_req =
-            match self.upstream_request(req, conn, source, &path, client_upgrade.is_some(), grpc) {
+            match self.upstream_request(req, conn, source, path, client_upgrade.is_some(), grpc) {
                 Ok(r) => r,
                 Err(reason) => {
                     drop(reservation);
@@ -347,7 +364,13 @@ impl HttpProxy {
                         self.bridge_upgraded(client, upstream, entry.clone(), source);
                         upgraded_response(resp)
                     }
-                    _ => self.downstream_response(resp, &entry, source),
+                    _ => match &call {
+                        Some(c) => match self.mcp_answer(resp, c, &mut detail).await {
+                            Ok(r) => r,
+                            Err(resp) => self.downstream_response(resp, &entry, source),
+                        },
+                        None => self.downstream_response(resp, &entry, source),
+                    },
                 }
             }
             Ok(Err(e)) if cause::<body::Stalled>(&e).is_some() => {

@@ -65,7 +65,20 @@ impl Tokens {
             None => DEFAULT_TTL.min(config.max_ttl_of(svc)),
         };
         Self::check_ttl(&config, svc, ttl)?;
-        let mut grant = Grant::new(&svc.name, &req.methods, &req.paths)?;
+        let names_mcp =
+            !(req.tools.is_empty() && req.resources.is_empty() && req.prompts.is_empty());
+        if names_mcp && !svc.is_mcp() {
+            return Err(IssueError::Invalid(format!(
+                "tools, resources and prompts narrow mcp services only; `{}` is {}",
+                svc.name,
+                svc.protocol()
+            )));
+        }
+        let mut grant = Grant::new(&svc.name, &req.methods, &req.paths)?.with_mcp(
+            &req.tools,
+            &req.resources,
+            &req.prompts,
+        )?;
         grant.role = check_role(svc, req.role.as_deref())?;
         let bound = check_thumbprint(req.cert_thumbprint.as_deref())?;
         Ok(self

@@ -296,6 +296,7 @@ impl TestGateway {
             paths: paths.iter().map(|s| s.to_string()).collect(),
             cert_thumbprint: None,
             role: None,
+            ..Default::default()
         };
         let (t, r) = self.gw.issue(&req, "test").await.unwrap();
         (t.secret().expose_secret().to_owned(), r.id, r.expires_at)

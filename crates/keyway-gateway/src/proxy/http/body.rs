@@ -69,10 +69,46 @@ impl Body for Cancellable {
 /// for `limit` (the service's `body_timeout`) ends it with an error, so a client
 /// that starts a body and stops holds neither the upstream connection nor its slot.
 pub(super) struct Stalling {
-    pub(super) inner: Incoming,
+    pub(super) inner: Outgoing,
     /// `None`: no limit (no body, or a gRPC stream, ended by its token instead).
     pub(super) limit: Option<Duration>,
     pub(super) timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// A request body as it goes upstream: the client's, streamed as it comes, or one
+/// the gateway read whole and judged (an MCP message, rebuilt).
+pub(super) enum Outgoing {
+    Streamed(Incoming),
+    Read(Full<Bytes>),
+}
+
+impl Body for Outgoing {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Outgoing::Streamed(b) => Pin::new(b).poll_frame(cx),
+            Outgoing::Read(b) => Pin::new(b).poll_frame(cx).map_err(|e| match e {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Outgoing::Streamed(b) => b.is_end_stream(),
+            Outgoing::Read(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Outgoing::Streamed(b) => b.size_hint(),
+            Outgoing::Read(b) => b.size_hint(),
+        }
+    }
 }
 
 /// The error a stalled request body ends with.

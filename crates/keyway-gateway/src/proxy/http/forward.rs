@@ -13,7 +13,7 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 impl HttpProxy {
     pub(super) fn upstream_request(
         &self,
-        req: Request<Incoming>,
+        req: Request<body::Outgoing>,
         conn: &ConnInfo,
         source: IpAddr,
         path: &str,
@@ -79,6 +79,15 @@ impl HttpProxy {
                 .secrets
                 .header(&auth.secret)
                 .ok_or(DenyReason::UpstreamCredentialMissing)?;
+            let value = if auth.prefix.is_empty() {
+                value
+            } else {
+                let joined = [auth.prefix.as_bytes(), value.as_bytes()].concat();
+                let mut v = HeaderValue::from_bytes(&joined)
+                    .map_err(|_| DenyReason::UpstreamCredentialMissing)?;
+                v.set_sensitive(true);
+                v
+            };
             h.insert(auth.header.clone(), value);
         }
         // HTTP/2 names the authority in the request's URI (`:authority`).

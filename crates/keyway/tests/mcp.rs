@@ -1,0 +1,365 @@
+//! The MCP gateway with MCP stacks no one here wrote: the Python SDK's FastMCP server
+//! (`tests/mcp/tickets.py`) behind Keyway, reached by the Python SDK's client
+//! (`tests/mcp/client.py`) with a Keyway token whose grant names tools. What the
+//! agent sees (the granted tools only; a call to another is a JSON-RPC error), what
+//! reached the server (the injected credential, never the Keyway token, never the
+//! refused call), what the audit log and the metrics say; malformed messages, a
+//! batch and headers that disagree with the body are refused before the server; a
+//! tokenless request learns where the metadata names Keyway's token endpoint.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+const TICKETS_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/mcp/tickets.py");
+const CLIENT_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/mcp/client.py");
+/// The credential Keyway injects for the server; a canary for leaks.
+const SERVER_SECRET: &str = "tickets-server-credential-canary-52";
+
+/// The tickets server with `args`, its calls logged to `<dir>/tickets.log`: the
+/// server and its port.
+fn tickets(dir: &Path, args: &[&str]) -> (KillOnDrop, u16) {
+    let mut child = Command::new("python3")
+        .arg(TICKETS_PY)
+        .args(args)
+        .env("TICKETS_SECRET", SERVER_SECRET)
+        .env("TICKETS_LOG", dir.join("tickets.log"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map(KillOnDrop)
+        .expect("python3 with mcp (scripts/test installs tests/requirements.txt)");
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| panic!("tickets.py said {line:?}"))
+        .parse()
+        .unwrap();
+    (child, port)
+}
+
+/// A gateway in `dir` with `tickets-mcp` on its own port in front of the server on
+/// `upstream`, the server's credential set: the gateway, its admin and service ports.
+fn gateway(dir: &Path, upstream: u16, extra: &str) -> (KillOnDrop, u16, u16) {
+    let (admin, svc, token) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        dir.join("keyway.toml"),
+        format!(
+            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+             token_listen = \"127.0.0.1:{token}\"\n\
+             [services.tickets-mcp]\nprotocol = \"mcp\"\nlisten = \"127.0.0.1:{svc}\"\n\
+             upstream = \"http://127.0.0.1:{upstream}/mcp\"\nmax_ttl = \"1h\"\n\
+             upstream_auth = {{ header = \"Authorization\", secret = \"tickets-mcp-token\", prefix = \"Bearer \" }}\n{extra}"
+        ),
+    )
+    .unwrap();
+    let gw = start_gateway(dir, admin);
+    ok_stdout(keyway(
+        dir,
+        &[
+            "secret",
+            "set",
+            "tickets-mcp-token",
+            "--config",
+            "keyway.toml",
+        ],
+        Some(SERVER_SECRET),
+    ));
+    (gw, admin, svc)
+}
+
+/// What the SDK's client saw through the gateway, as JSON.
+fn agent(url: &str, token: &str) -> serde_json::Value {
+    let out = Command::new("python3")
+        .args([CLIENT_PY, url, token])
+        .output()
+        .expect("python3 with mcp");
+    assert!(
+        out.status.success(),
+        "client.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// curl's status, headers and body for a POST of `body` to the MCP endpoint.
+fn post(port: u16, token: Option<&str>, headers: &[&str], body: &str) -> (u16, String, String) {
+    let mut c = Command::new("curl");
+    c.args([
+        "-s",
+        "-D",
+        "-",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        "POST",
+    ]);
+    c.args(["-H", "Content-Type: application/json"]);
+    c.args(["-H", "Accept: application/json, text/event-stream"]);
+    c.args(["-H", "MCP-Protocol-Version: 2025-11-25"]);
+    if let Some(t) = token {
+        c.arg("-H").arg(format!("Authorization: Bearer {t}"));
+    }
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    let out = c
+        .args(["--data-binary", body])
+        .arg(format!("http://127.0.0.1:{port}/mcp"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (rest, status) = text.rsplit_once('\n').unwrap();
+    let (head, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
+    (
+        status.trim().parse().unwrap(),
+        head.to_owned(),
+        body.to_owned(),
+    )
+}
+
+fn log_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("tickets.log")).unwrap_or_default()
+}
+
+#[test]
+fn an_agent_sees_and_calls_only_its_granted_tools() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_server, upstream) = tickets(dir, &[]);
+    let (_gw, admin, svc) = gateway(dir, upstream, "");
+    let url = format!("http://127.0.0.1:{svc}/mcp");
+    let narrow = ok_stdout(issue_as(
+        dir,
+        "support-bot",
+        "tickets-mcp",
+        None,
+        &["--tools", "search_*,get_ticket", "--ttl", "15m"],
+    ));
+
+    let seen = agent(&url, &narrow);
+    assert_eq!(seen["server"], "tickets");
+    assert_eq!(
+        seen["tools"],
+        serde_json::json!(["get_ticket", "search_tickets"])
+    );
+    assert_eq!(
+        seen["search"]["ok"],
+        serde_json::json!(["printer on fire", "printer jam"])
+    );
+    assert_eq!(
+        seen["get"]["ok"],
+        serde_json::json!(["ticket 7: printer on fire"])
+    );
+    let refused = seen["delete"]["error"].as_str().unwrap();
+    assert!(refused.contains("`delete_ticket` is not granted"), "{seen}");
+    // Tools named only: resources and prompts are denied, and listed as none.
+    assert_eq!(seen["resources"], serde_json::json!([]));
+    assert!(
+        seen["read"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not granted"),
+        "{seen}"
+    );
+    assert_eq!(seen["prompts"], serde_json::json!([]));
+
+    // The server ran the granted calls only, each with the injected credential
+    // (it refuses any other), and never saw the Keyway token.
+    let log = log_of(dir);
+    assert!(log.contains("search_tickets printer"), "{log}");
+    assert!(log.contains("get_ticket 7"), "{log}");
+    assert!(
+        !log.contains("delete_ticket"),
+        "a refused call reached the server: {log}"
+    );
+    assert!(!log.contains("REFUSED"), "{log}");
+
+    // Every call is in the audit log: the tool, the arguments' digest and size (not
+    // their values), the result's size; the refusal with its reason.
+    let rows = store_query(
+        dir,
+        "select decision, coalesce(reason, ''), json_extract(detail, '$.tool'), \
+         json_extract(detail, '$.arguments_bytes'), coalesce(json_extract(detail, '$.result_bytes') > 0, ''), \
+         length(json_extract(detail, '$.arguments_sha256')) \
+         from audit_events where json_extract(detail, '$.tool') is not null order by seq",
+    );
+    assert_eq!(
+        rows.trim(),
+        "allow||search_tickets|19|1|64\nallow||get_ticket|8|1|64\ndeny|tool_not_granted|delete_ticket|8||64",
+        "{rows}"
+    );
+    let detail = store_query(dir, "select group_concat(detail) from audit_events");
+    assert!(
+        !detail.contains("printer\""),
+        "argument values are not audited: {detail}"
+    );
+    let listed = store_query(
+        dir,
+        "select json_extract(detail, '$.hidden') from audit_events \
+         where json_extract(detail, '$.mcp_method') = 'tools/list'",
+    );
+    assert_eq!(listed.trim(), "1", "delete_ticket was cut from the list");
+
+    let m = metrics(dir, admin);
+    for line in [
+        "keyway_mcp_calls_total{service=\"tickets-mcp\",tool=\"search_tickets\",decision=\"allow\"} 1",
+        "keyway_mcp_calls_total{service=\"tickets-mcp\",tool=\"(refused)\",decision=\"deny\"} 1",
+    ] {
+        assert!(m.contains(line), "{line} not in\n{m}");
+    }
+
+    // A token naming no tool narrows nothing: the whole server, as for any service.
+    let whole = issue(dir, "admin-bot", "tickets-mcp");
+    let seen = agent(&url, &whole);
+    assert_eq!(
+        seen["tools"],
+        serde_json::json!(["delete_ticket", "get_ticket", "search_tickets"])
+    );
+    assert_eq!(seen["delete"]["ok"], serde_json::json!(["deleted 7"]));
+    assert_eq!(seen["read"]["ok"], "printer on fire");
+    assert_eq!(seen["prompts"], serde_json::json!(["triage"]));
+
+    // The server's credential is sealed in the store, in no log and no event.
+    let leaked = files_containing(dir, SERVER_SECRET);
+    assert!(
+        leaked.is_empty(),
+        "the server's credential is in {leaked:?}"
+    );
+}
+
+#[test]
+fn malformed_messages_never_reach_the_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_server, upstream) = tickets(dir, &["--stateless", "--json"]);
+    let (_gw, _admin, svc) = gateway(dir, upstream, "");
+    let token = ok_stdout(issue_as(
+        dir,
+        "support-bot",
+        "tickets-mcp",
+        None,
+        &["--tools", "get_ticket"],
+    ));
+    let call = |name: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{{"name":"{name}","arguments":{{"id":3}}}}}}"#
+        )
+    };
+
+    // A stateless call (2026-07-28's headers), granted: the server's answer.
+    let (status, _, body) = post(
+        svc,
+        Some(&token),
+        &["Mcp-Method: tools/call", "Mcp-Name: get_ticket"],
+        &call("get_ticket"),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("ticket 3: printer on fire"), "{body}");
+
+    for (what, headers, body, code, status) in [
+        ("not JSON", vec![], "{\"jsonrpc\":".to_owned(), -32700, 400),
+        (
+            "a batch",
+            vec![],
+            format!("[{}]", call("get_ticket")),
+            -32600,
+            400,
+        ),
+        (
+            "no jsonrpc member",
+            vec![],
+            r#"{"id":1,"method":"tools/list"}"#.to_owned(),
+            -32600,
+            400,
+        ),
+        (
+            "Mcp-Name names another tool",
+            vec!["Mcp-Name: get_ticket"],
+            call("delete_ticket"),
+            -32600,
+            400,
+        ),
+        (
+            "Mcp-Method names another method",
+            vec!["Mcp-Method: tools/list"],
+            call("get_ticket"),
+            -32600,
+            400,
+        ),
+        (
+            "a tool not granted",
+            vec![],
+            call("delete_ticket"),
+            -32602,
+            200,
+        ),
+        (
+            "nesting past the bound",
+            vec![],
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"get_ticket","arguments":{}1{}}}}}"#,
+                "[".repeat(100),
+                "]".repeat(100)
+            ),
+            -32700,
+            400,
+        ),
+    ] {
+        let (got, _, answer) = post(svc, Some(&token), &headers, &body);
+        assert_eq!(got, status, "{what}: {answer}");
+        let v: serde_json::Value =
+            serde_json::from_str(&answer).unwrap_or_else(|_| panic!("{what}: {answer}"));
+        assert_eq!(v["error"]["code"], code, "{what}: {answer}");
+    }
+    let log = log_of(dir);
+    assert_eq!(log.trim(), "get_ticket 3", "only the good call ran: {log}");
+    let reasons = store_query(
+        dir,
+        "select reason, count(*) from audit_events where decision = 'deny' group by reason order by reason",
+    );
+    assert_eq!(
+        reasons.trim(),
+        "bad_mcp_message|6\ntool_not_granted|1",
+        "{reasons}"
+    );
+
+    // No token: 401, and where the metadata is; the metadata names the token endpoint.
+    let (status, head, _) = post(svc, None, &[], &call("get_ticket"));
+    assert_eq!(status, 401);
+    let expected = format!(
+        "resource_metadata=\"http://127.0.0.1:{svc}/.well-known/oauth-protected-resource/mcp\""
+    );
+    assert!(head.contains(&expected), "{head}");
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            &format!("http://127.0.0.1:{svc}/.well-known/oauth-protected-resource/mcp"),
+        ])
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["resource"], format!("http://127.0.0.1:{svc}/mcp"));
+    let config = std::fs::read_to_string(dir.join("keyway.toml")).unwrap();
+    let token_port = config
+        .lines()
+        .find_map(|l| l.strip_prefix("token_listen = \"127.0.0.1:"))
+        .unwrap()
+        .trim_end_matches('"');
+    assert_eq!(
+        doc["authorization_servers"],
+        serde_json::json!([format!("http://127.0.0.1:{token_port}")])
+    );
+}

@@ -1,0 +1,53 @@
+"""An MCP client (the Python SDK's) that reaches the tickets server through Keyway
+and prints, as one JSON object, what an agent would see.
+
+    python3 client.py URL TOKEN
+"""
+
+import asyncio
+import json
+import sys
+
+from mcp import ClientSession
+from mcp.client.streamable_http import streamablehttp_client
+from mcp.shared.exceptions import McpError
+
+
+async def attempt(f):
+    try:
+        return {"ok": await f()}
+    except McpError as e:
+        return {"error": e.error.message}
+
+
+def text(result):
+    if result.isError:
+        return {"tool_error": [c.text for c in result.content]}
+    return [c.text for c in result.content]
+
+
+async def main(url, token):
+    out = {}
+    headers = {"Authorization": f"Bearer {token}"}
+    async with streamablehttp_client(url, headers=headers) as (read, write, _):
+        async with ClientSession(read, write) as s:
+            init = await s.initialize()
+            out["server"] = init.serverInfo.name
+            out["tools"] = sorted(t.name for t in (await s.list_tools()).tools)
+            out["search"] = await attempt(lambda: s.call_tool("search_tickets", {"query": "printer"}))
+            out["search"] = {"ok": text(out["search"]["ok"])} if "ok" in out["search"] else out["search"]
+            got = await attempt(lambda: s.call_tool("get_ticket", {"id": 7}))
+            out["get"] = {"ok": text(got["ok"])} if "ok" in got else got
+            deleted = await attempt(lambda: s.call_tool("delete_ticket", {"id": 7}))
+            out["delete"] = {"ok": text(deleted["ok"])} if "ok" in deleted else deleted
+            res = await attempt(lambda: s.list_resources())
+            out["resources"] = sorted(str(r.uri) for r in res["ok"].resources) if "ok" in res else res
+            read_ = await attempt(lambda: s.read_resource("tickets://recent"))
+            out["read"] = {"ok": read_["ok"].contents[0].text} if "ok" in read_ else read_
+            prompts = await attempt(lambda: s.list_prompts())
+            out["prompts"] = sorted(p.name for p in prompts["ok"].prompts) if "ok" in prompts else prompts
+    print(json.dumps(out, sort_keys=True), flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
