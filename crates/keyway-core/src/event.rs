@@ -60,6 +60,12 @@ pub enum EventKind {
     SessionTerminated,
     /// Audit events were exported from the console: who took which filter.
     AuditExported,
+    /// An MCP tool's definition seen for the first time, and pinned.
+    McpToolPinned,
+    /// An MCP tool's definition differs from its pin: withheld until approved.
+    McpToolChanged,
+    /// A changed MCP tool's definition approved by a person: pinned anew.
+    McpToolApproved,
 }
 
 /// What was decided about an attempt.
@@ -72,7 +78,7 @@ pub enum Decision {
 // === impl EventKind ===
 
 impl EventKind {
-    pub const ALL: [Self; 36] = [
+    pub const ALL: [Self; 39] = [
         Self::Request,
         Self::ConnectionOpen,
         Self::ConnectionClose,
@@ -109,6 +115,9 @@ impl EventKind {
         Self::ConsoleSignOut,
         Self::SessionTerminated,
         Self::AuditExported,
+        Self::McpToolPinned,
+        Self::McpToolChanged,
+        Self::McpToolApproved,
     ];
 
     /// As the audit log names it.
@@ -150,6 +159,9 @@ impl EventKind {
             Self::ConsoleSignOut => "console.signout",
             Self::SessionTerminated => "session.terminated",
             Self::AuditExported => "audit.exported",
+            Self::McpToolPinned => "mcp.tool_pinned",
+            Self::McpToolChanged => "mcp.tool_changed",
+            Self::McpToolApproved => "mcp.tool_approved",
         }
     }
 
@@ -193,6 +205,9 @@ impl EventKind {
             "console.signout" => Self::ConsoleSignOut,
             "session.terminated" => Self::SessionTerminated,
             "audit.exported" => Self::AuditExported,
+            "mcp.tool_pinned" => Self::McpToolPinned,
+            "mcp.tool_changed" => Self::McpToolChanged,
+            "mcp.tool_approved" => Self::McpToolApproved,
             _ => return None,
         })
     }

@@ -101,6 +101,10 @@ pub enum DenyReason {
     ToolNotGranted,
     ResourceNotGranted,
     PromptNotGranted,
+    /// MCP: a call to a tool no list through the gateway has shown (nothing pinned).
+    ToolNotListed,
+    /// MCP: a call to a tool whose definition changed since it was pinned.
+    ToolChanged,
     /// MCP: a message that is not JSON-RPC as MCP sends it (malformed, a batch, its
     /// `Mcp-Method` / `Mcp-Name` headers disagreeing with its body).
     BadMcpMessage,
@@ -239,6 +243,28 @@ impl Grant {
     }
 }
 
+// === impl McpKind ===
+
+impl McpKind {
+    /// `tool`, `resource` or `prompt`, as messages and the audit log name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            McpKind::Tool => "tool",
+            McpKind::Resource => "resource",
+            McpKind::Prompt => "prompt",
+        }
+    }
+
+    /// Why a call to one not named in the grant is refused.
+    pub fn not_granted(self) -> DenyReason {
+        match self {
+            McpKind::Tool => DenyReason::ToolNotGranted,
+            McpKind::Resource => DenyReason::ResourceNotGranted,
+            McpKind::Prompt => DenyReason::PromptNotGranted,
+        }
+    }
+}
+
 // === impl Mcp ===
 
 impl Mcp {
@@ -326,7 +352,7 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 // === impl DenyReason ===
 
 impl DenyReason {
-    pub const ALL: [Self; 26] = [
+    pub const ALL: [Self; 28] = [
         Self::NoToken,
         Self::MalformedToken,
         Self::BadChecksum,
@@ -352,6 +378,8 @@ impl DenyReason {
         Self::ToolNotGranted,
         Self::ResourceNotGranted,
         Self::PromptNotGranted,
+        Self::ToolNotListed,
+        Self::ToolChanged,
         Self::BadMcpMessage,
     ];
 
@@ -388,6 +416,8 @@ impl DenyReason {
             DenyReason::ToolNotGranted => "tool_not_granted",
             DenyReason::ResourceNotGranted => "resource_not_granted",
             DenyReason::PromptNotGranted => "prompt_not_granted",
+            DenyReason::ToolNotListed => "tool_not_listed",
+            DenyReason::ToolChanged => "tool_changed",
             DenyReason::BadMcpMessage => "bad_mcp_message",
         }
     }
@@ -413,7 +443,9 @@ impl DenyReason {
             | DenyReason::SourceNotAllowed
             | DenyReason::ToolNotGranted
             | DenyReason::ResourceNotGranted
-            | DenyReason::PromptNotGranted => 403,
+            | DenyReason::PromptNotGranted
+            | DenyReason::ToolNotListed
+            | DenyReason::ToolChanged => 403,
             DenyReason::BadPath | DenyReason::BadMcpMessage => 400,
             DenyReason::MethodNotAllowed => 405,
             DenyReason::RateLimited => 429,

@@ -47,9 +47,11 @@ use crate::control::Control;
 use crate::secrets::SecretError;
 use crate::tokens::{CredentialRequest, IssueError, IssueRequest, RotateError};
 
+mod mcp;
 mod operate;
 mod tokens;
 
+use mcp::*;
 use operate::*;
 use tokens::*;
 
@@ -79,6 +81,8 @@ pub fn router(gw: Gw) -> Router {
         .route("/v1/agents", get(list_agents))
         .route("/v1/agents/{name}/enroll", post(enroll_agent))
         .route("/v1/agents/{name}/revoke", post(revoke_agent))
+        .route("/v1/mcp/{service}/tools", get(list_tools))
+        .route("/v1/mcp/{service}/tools/{tool}/approve", post(approve_tool))
         .route("/v1/report", get(report))
         .route("/v1/config", get(current_config))
         .route("/v1/config/plan", post(plan_config))

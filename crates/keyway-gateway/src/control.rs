@@ -41,6 +41,8 @@ pub struct Control {
     pub sessions: crate::sessions::Sessions,
     /// The audit chain's key, to verify the chain (the console).
     pub chain_key: Arc<secrecy::SecretBox<keyway_store::ChainKey>>,
+    /// MCP tools' pins, to list and approve.
+    pub pins: Arc<crate::pins::Pins>,
 }
 
 /// The store as the control plane sees it: token records and the audit log to read;

@@ -68,6 +68,8 @@ pub struct Gateway {
     pub alerts: Arc<crate::alerts::Alerts>,
     /// Sign-ins, people's access and access requests (the token endpoint's).
     pub people: Arc<crate::people::People>,
+    /// MCP tools' pinned definitions.
+    pub pins: Arc<crate::pins::Pins>,
     /// The shared store's revision this gateway's memory is at ([`Gateway::follow_store`]).
     store_rev: std::sync::atomic::AtomicI64,
     /// Reloads on their way to the task that runs the services.
@@ -289,7 +291,15 @@ impl Gateway {
                 Arc::new(move |ev: &keyway_store::AuditEvent| alerts.send(ev))
             },
         ));
+        let pins = Arc::new(
+            crate::pins::Pins::load(store.clone(), audit.clone(), {
+                let alerts = alerts.clone();
+                Arc::new(move |ev: &keyway_store::AuditEvent| alerts.send(ev))
+            })
+            .await?,
+        );
         Ok(Self {
+            pins,
             config,
             clock,
             store,
@@ -334,6 +344,7 @@ impl Gateway {
                 agents: self.agents.clone(),
                 tls: self.upstream_tls.clone(),
             },
+            pins: self.pins.clone(),
         }
     }
 
@@ -356,6 +367,7 @@ impl Gateway {
             reloads: self.reloads.clone(),
             sessions: self.sessions.clone(),
             chain_key: self.chain_key.clone(),
+            pins: self.pins.clone(),
         }
     }
 

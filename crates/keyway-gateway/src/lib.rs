@@ -47,6 +47,7 @@ pub mod identity;
 pub mod index;
 pub mod listener;
 pub mod people;
+pub mod pins;
 pub mod portscan;
 pub mod proxy;
 mod relay;

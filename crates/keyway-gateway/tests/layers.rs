@@ -20,7 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("audit", &["audit", "telemetry", "admission"]),
     (
         "authorization and token lifecycle",
-        &["authz", "tokens", "identity", "secrets", "people"],
+        &["authz", "tokens", "identity", "secrets", "people", "pins"],
     ),
     (
         "network",

@@ -15,6 +15,7 @@
 
 pub mod chain;
 pub mod keys;
+mod pins;
 pub mod postgres;
 pub mod seal;
 pub mod sqlite;
@@ -27,6 +28,7 @@ use keyway_core::grant::CredentialScope;
 use keyway_core::{Grant, TokenHash, TokenKind, UnixMillis};
 
 pub use chain::{ChainKey, Checkpoint, Verdict};
+pub use pins::ToolPin;
 pub use postgres::PgStore;
 pub use seal::{Sealed, Sealer};
 pub use sqlite::SqliteStore;
@@ -233,6 +235,8 @@ pub enum ChangeKind {
     Block,
     /// A live session to end, keyed `REPLICA:ID` ([`Store::end_session`]).
     Session,
+    /// An MCP tool's pin, keyed `SERVICE/TOOL` ([`Store::tool_pins`]).
+    ToolPin,
 }
 
 // === impl ChangeKind ===
@@ -246,6 +250,7 @@ impl ChangeKind {
             Self::Config => "config",
             Self::Block => "block",
             Self::Session => "session",
+            Self::ToolPin => "tool_pin",
         }
     }
 
@@ -257,6 +262,7 @@ impl ChangeKind {
             Self::Config,
             Self::Block,
             Self::Session,
+            Self::ToolPin,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -471,6 +477,9 @@ pub trait Store: Send + Sync + 'static {
         -> Result<()>;
     /// The blocks that end after `now`: source and end.
     async fn blocks(&self, now: UnixMillis) -> Result<Vec<(String, UnixMillis)>>;
+    /// Writes an MCP tool's pin (first seen, changed, approved), replacing the one before.
+    async fn put_tool_pin(&self, pin: &ToolPin, events: &[AuditEvent]) -> Result<()>;
+    async fn tool_pins(&self) -> Result<Vec<ToolPin>>;
     /// Asks the replica that runs it to end the live session `REPLICA:ID`, with
     /// `events` (on a store of one gateway, only the events are written).
     async fn end_session(&self, key: &str, events: &[AuditEvent]) -> Result<()>;

@@ -159,9 +159,14 @@ impl PgStore {
             Change::RevokeAgent(name, at) => state::revoke_agent(&mut tx, name, at).await?,
             Change::PutRequest(r) => state::put_request(&mut tx, r).await?,
             Change::PutBlock(source, until) => state::block(&mut tx, source, until).await?,
+            Change::PutToolPin(pin) => state::put_pin(&mut tx, pin).await?,
             Change::PutConfig(c, previous) => state::put_config(&mut tx, c, previous).await?,
             Change::EndSession(_) => {}
         }
+        let pin_key = match change {
+            Change::PutToolPin(p) => p.key(),
+            _ => String::new(),
+        };
         let changed: Vec<(ChangeKind, &str)> = match change {
             Change::InsertToken(t, _) => vec![(ChangeKind::Token, t.id.as_str())],
             Change::RevokeTokens(..) => w
@@ -175,6 +180,7 @@ impl PgStore {
             Change::RevokeAgent(name, _) => vec![(ChangeKind::Agent, name)],
             Change::PutConfig(c, _) => vec![(ChangeKind::Config, c.sha256.as_str())],
             Change::PutBlock(source, _) => vec![(ChangeKind::Block, source)],
+            Change::PutToolPin(_) => vec![(ChangeKind::ToolPin, pin_key.as_str())],
             Change::EndSession(key) => vec![(ChangeKind::Session, key)],
             Change::Events | Change::PutRequest(_) => vec![],
         };
@@ -342,6 +348,16 @@ impl Store for PgStore {
 
     async fn blocks(&self, now: UnixMillis) -> Result<Vec<(String, UnixMillis)>> {
         state::blocks(&self.pool, now).await
+    }
+
+    async fn put_tool_pin(&self, pin: &crate::ToolPin, events: &[AuditEvent]) -> Result<()> {
+        self.write(Change::PutToolPin(pin), Events::These(events))
+            .await
+            .map(drop)
+    }
+
+    async fn tool_pins(&self) -> Result<Vec<crate::ToolPin>> {
+        state::pins(&self.pool).await
     }
 
     async fn end_session(&self, key: &str, events: &[AuditEvent]) -> Result<()> {

@@ -244,6 +244,7 @@ async fn write_on(
         Change::PutRequest(r) => requests::put(&mut tx, r).await?,
         Change::PutConfig(c, previous) => meta::put_config(&mut tx, c, previous).await?,
         Change::PutBlock(source, until) => agents::block(&mut tx, source, until).await?,
+        Change::PutToolPin(pin) => agents::put_pin(&mut tx, pin).await?,
         // No other replica reads this store: nothing to tell.
         Change::EndSession(_) => {}
     }
@@ -386,6 +387,16 @@ impl Store for SqliteStore {
 
     async fn blocks(&self, now: UnixMillis) -> Result<Vec<(String, UnixMillis)>> {
         agents::blocks(&self.pool, now).await
+    }
+
+    async fn put_tool_pin(&self, pin: &crate::ToolPin, events: &[AuditEvent]) -> Result<()> {
+        self.write(Change::PutToolPin(pin), Events::These(events))
+            .await
+            .map(drop)
+    }
+
+    async fn tool_pins(&self) -> Result<Vec<crate::ToolPin>> {
+        agents::pins(&self.pool).await
     }
 
     async fn end_session(&self, key: &str, events: &[AuditEvent]) -> Result<()> {

@@ -382,3 +382,26 @@ pub(crate) async fn a_block_keeps_its_latest_end(store: &dyn Store) {
     );
     assert_eq!(stored(store).await.len(), 1);
 }
+
+pub(crate) async fn a_tool_pin_is_replaced_whole_with_its_event(store: &dyn Store) {
+    let mut pin = crate::ToolPin {
+        service: "tickets-mcp".into(),
+        tool: "get_ticket".into(),
+        pinned: "aa".into(),
+        seen: "aa".into(),
+        definition: "{\"name\":\"get_ticket\"}".into(),
+        first_seen: 10,
+        changed_at: None,
+    };
+    store.put_tool_pin(&pin, &requests(1)).await.unwrap();
+    assert_eq!(store.tool_pins().await.unwrap(), [pin.clone()]);
+    assert_eq!(pin.state(), "pinned");
+    pin.seen = "bb".into();
+    pin.changed_at = Some(20);
+    store.put_tool_pin(&pin, &requests(1)).await.unwrap();
+    let stored_pin = store.tool_pins().await.unwrap();
+    assert_eq!(stored_pin, [pin.clone()]);
+    assert_eq!(stored_pin[0].state(), "changed");
+    assert_eq!(stored_pin[0].first_seen, 10, "first seen stays");
+    assert_eq!(stored(store).await.len(), 2);
+}

@@ -22,6 +22,7 @@ pub(crate) enum Change<'a> {
     /// Over the one whose hash is given (`None`: over none).
     PutConfig(&'a AppliedConfig, Option<&'a str>),
     PutBlock(&'a str, UnixMillis),
+    PutToolPin(&'a crate::ToolPin),
     /// Another replica's live session to end, `REPLICA:ID`: a change row only.
     EndSession(&'a str),
 }

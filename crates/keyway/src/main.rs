@@ -39,6 +39,7 @@ mod credential;
 mod demo;
 mod host;
 mod login;
+mod mcp;
 mod plan;
 mod ports;
 mod report;
@@ -140,6 +141,10 @@ enum Command {
     /// network opens no inbound port.
     #[command(subcommand)]
     Agent(agent::AgentCommand),
+    /// MCP services' tools: which the gateway pinned, which changed and wait for
+    /// approval, and the approval.
+    #[command(subcommand)]
+    Mcp(mcp::McpCommand),
     /// Check the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -279,6 +284,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Secret(cmd) => secret::run(cmd).await,
         Command::Agent(cmd) => agent::run(cmd, &log, cli.log_format).await,
         Command::Audit(cmd) => audit::run(cmd).await,
+        Command::Mcp(cmd) => mcp::run(cmd).await,
         Command::Backup(args) => backup::run(args).await,
         Command::Admin(cmd) => admin::run(cmd).await,
         Command::Validate(args) => validate::run(args),

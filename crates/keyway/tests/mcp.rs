@@ -194,7 +194,8 @@ fn an_agent_sees_and_calls_only_its_granted_tools() {
         "select decision, coalesce(reason, ''), json_extract(detail, '$.tool'), \
          json_extract(detail, '$.arguments_bytes'), coalesce(json_extract(detail, '$.result_bytes') > 0, ''), \
          length(json_extract(detail, '$.arguments_sha256')) \
-         from audit_events where json_extract(detail, '$.tool') is not null order by seq",
+         from audit_events where kind = 'request' and json_extract(detail, '$.tool') is not null \
+         order by seq",
     );
     assert_eq!(
         rows.trim(),
@@ -258,6 +259,25 @@ fn malformed_messages_never_reach_the_server() {
             r#"{{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{{"name":"{name}","arguments":{{"id":3}}}}}}"#
         )
     };
+
+    // A call to a tool no list through the gateway has shown: nothing is pinned yet.
+    let (status, _, body) = post(svc, Some(&token), &[], &call("get_ticket"));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("has not been listed through Keyway yet"),
+        "{body}"
+    );
+    let list = r#"{"jsonrpc":"2.0","id":4,"method":"tools/list"}"#;
+    let (status, _, body) = post(svc, Some(&token), &["Mcp-Method: tools/list"], list);
+    assert_eq!(status, 200, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<_> = listed["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["get_ticket"], "{body}");
 
     // A stateless call (2026-07-28's headers), granted: the server's answer.
     let (status, _, body) = post(
@@ -332,7 +352,7 @@ fn malformed_messages_never_reach_the_server() {
     );
     assert_eq!(
         reasons.trim(),
-        "bad_mcp_message|6\ntool_not_granted|1",
+        "bad_mcp_message|6\ntool_not_granted|1\ntool_not_listed|1",
         "{reasons}"
     );
 
@@ -361,5 +381,140 @@ fn malformed_messages_never_reach_the_server() {
     assert_eq!(
         doc["authorization_servers"],
         serde_json::json!([format!("http://127.0.0.1:{token_port}")])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tool_that_changes_is_withheld_until_approved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (hook, alerts) = webhook().await;
+    let (server, upstream) = tickets(dir, &[]);
+    let (_gw, _admin, svc) = gateway(
+        dir,
+        upstream,
+        &format!("[alerts.webhook]\nurl = \"http://{hook}/keyway\"\nsecret = \"hook-key\"\n"),
+    );
+    ok_stdout(keyway(
+        dir,
+        &["secret", "set", "hook-key", "--config", "keyway.toml"],
+        Some("hook-secret-value"),
+    ));
+    let url = format!("http://127.0.0.1:{svc}/mcp");
+    let token = issue(dir, "support-bot", "tickets-mcp");
+    let mcp_tools = |extra: &[&str]| {
+        let mut args = vec!["mcp", "tools", "tickets-mcp"];
+        args.extend(extra);
+        args.extend(["--config", "keyway.toml"]);
+        ok_stdout(keyway(dir, &args, None))
+    };
+    let (u, t) = (url.clone(), token.clone());
+    let seen = tokio::task::spawn_blocking(move || agent(&u, &t))
+        .await
+        .unwrap();
+    assert_eq!(
+        seen["get"]["ok"],
+        serde_json::json!(["ticket 7: printer on fire"])
+    );
+    let table = mcp_tools(&[]);
+    assert_eq!(table.matches(" pinned ").count(), 3, "{table}");
+
+    // The server changes what get_ticket says it does.
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-USR1", &pid])
+        .status()
+        .unwrap()
+        .success());
+    for _ in 0..2 {
+        let (u, t) = (url.clone(), token.clone());
+        let seen = tokio::task::spawn_blocking(move || agent(&u, &t))
+            .await
+            .unwrap();
+        assert_eq!(
+            seen["tools"],
+            serde_json::json!(["delete_ticket", "search_tickets"]),
+            "the changed tool is withheld"
+        );
+        let refused = seen["get"]["error"].as_str().unwrap();
+        assert!(refused.contains("changed since it was approved"), "{seen}");
+    }
+    assert_eq!(
+        log_of(dir).matches("get_ticket").count(),
+        1,
+        "one call reached it, before the change"
+    );
+    let table = mcp_tools(&[]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("get_ticket") && l.contains(" changed ")),
+        "{table}"
+    );
+    let json = mcp_tools(&["--json"]);
+    assert!(
+        json.contains("~/.ssh/id_rsa"),
+        "the new definition, to read: {json}"
+    );
+    let changed = store_query(
+        dir,
+        "select count(*) from audit_events where kind = 'mcp.tool_changed' \
+         and json_extract(detail, '$.tool') = 'get_ticket'",
+    );
+    assert_eq!(
+        changed.trim(),
+        "1",
+        "one event per new definition, not per list"
+    );
+    // The alert reached the webhook (its first attempt is refused, then retried).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let got = alerts.lock().unwrap().clone();
+        if got
+            .iter()
+            .any(|(_, _, body)| body.contains("mcp.tool_changed") && body.contains("get_ticket"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no mcp.tool_changed alert: {got:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // Approved: listed and callable again, with the new definition pinned.
+    let approve = || {
+        let args = [
+            "mcp",
+            "approve",
+            "tickets-mcp",
+            "get_ticket",
+            "--config",
+            "keyway.toml",
+        ];
+        keyway(dir, &args, None)
+    };
+    ok_stdout(approve());
+    assert!(!approve().status.success(), "nothing left to approve");
+    let (u, t) = (url.clone(), token.clone());
+    let seen = tokio::task::spawn_blocking(move || agent(&u, &t))
+        .await
+        .unwrap();
+    assert_eq!(
+        seen["tools"],
+        serde_json::json!(["delete_ticket", "get_ticket", "search_tickets"])
+    );
+    assert_eq!(
+        seen["get"]["ok"],
+        serde_json::json!(["ticket 7: printer on fire"])
+    );
+    let approved = store_query(
+        dir,
+        "select json_extract(detail, '$.by') from audit_events where kind = 'mcp.tool_approved'",
+    );
+    assert!(
+        !approved.trim().is_empty(),
+        "the approval names who approved"
     );
 }

@@ -59,6 +59,7 @@ impl Gateway {
                             ChangeKind::Secret => self.secrets.follow(&c.key).await,
                             ChangeKind::Agent => self.follow_agent(&c.key).await,
                             ChangeKind::Block => self.follow_block(&c.key).await,
+                            ChangeKind::ToolPin => self.pins.follow(&c.key).await,
                             ChangeKind::Session => {
                                 self.follow_session_end(&c.key);
                                 Ok(())

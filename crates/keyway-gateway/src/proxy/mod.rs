@@ -40,6 +40,8 @@ pub struct Handles {
     pub agents: Arc<Registry>,
     /// Dials upstreams: directly or through agents, in TLS where a service says.
     pub dialer: crate::upstream::Dialer,
+    /// MCP tools' pinned definitions.
+    pub pins: Arc<crate::pins::Pins>,
 }
 
 // === impl Handles ===

@@ -190,3 +190,28 @@ pub(super) async fn applied_config(pool: &PgPool) -> Result<Option<AppliedConfig
         mac: r.get(3),
     }))
 }
+
+pub(super) async fn put_pin(conn: &mut PgConnection, p: &crate::ToolPin) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO tool_pins (service, tool, pinned, seen, definition, first_seen, changed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (service, tool) DO UPDATE SET pinned = excluded.pinned,
+           seen = excluded.seen, definition = excluded.definition,
+           changed_at = excluded.changed_at",
+    )
+    .bind(&p.service)
+    .bind(&p.tool)
+    .bind(&p.pinned)
+    .bind(&p.seen)
+    .bind(&p.definition)
+    .bind(p.first_seen)
+    .bind(p.changed_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn pins(pool: &PgPool) -> Result<Vec<crate::ToolPin>> {
+    let rows = sqlx::query(crate::pins::SELECT).fetch_all(pool).await?;
+    Ok(rows.iter().map(crate::ToolPin::from_row).collect())
+}

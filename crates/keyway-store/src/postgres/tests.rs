@@ -280,6 +280,25 @@ async fn a_block_keeps_its_latest_end_and_reaches_the_other_replicas() {
 }
 
 #[tokio::test]
+async fn a_tool_pin_reaches_the_other_replicas() {
+    let db = Fresh::new().await;
+    let (a, b) = (db.store("gw-1").await, db.store("gw-2").await);
+    let head = b.change_head().await.unwrap();
+    crate::suite::a_tool_pin_is_replaced_whole_with_its_event(&a).await;
+    let pinned: Vec<_> = b
+        .changes_since(head, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.kind == ChangeKind::ToolPin)
+        .map(|c| c.key)
+        .collect();
+    assert_eq!(pinned, ["tickets-mcp/get_ticket", "tickets-mcp/get_ticket"]);
+    assert_eq!(b.tool_pins().await.unwrap().len(), 1);
+    db.drop().await;
+}
+
+#[tokio::test]
 async fn a_session_to_end_reaches_the_other_replicas_with_its_event() {
     let db = Fresh::new().await;
     let (a, b) = (db.store("gw-1").await, db.store("gw-2").await);

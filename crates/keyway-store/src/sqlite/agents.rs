@@ -51,3 +51,28 @@ pub(super) async fn blocks(
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
+
+pub(super) async fn put_pin(conn: &mut SqliteConnection, p: &crate::ToolPin) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO tool_pins (service, tool, pinned, seen, definition, first_seen, changed_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT(service, tool) DO UPDATE SET pinned = excluded.pinned,
+           seen = excluded.seen, definition = excluded.definition,
+           changed_at = excluded.changed_at",
+    )
+    .bind(&p.service)
+    .bind(&p.tool)
+    .bind(&p.pinned)
+    .bind(&p.seen)
+    .bind(&p.definition)
+    .bind(p.first_seen)
+    .bind(p.changed_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn pins(pool: &SqlitePool) -> Result<Vec<crate::ToolPin>> {
+    let rows = sqlx::query(crate::pins::SELECT).fetch_all(pool).await?;
+    Ok(rows.iter().map(crate::ToolPin::from_row).collect())
+}

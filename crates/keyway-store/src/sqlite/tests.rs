@@ -88,3 +88,11 @@ async fn the_last_applied_config_stands() {
 async fn a_block_keeps_its_latest_end() {
     crate::suite::a_block_keeps_its_latest_end(&SqliteStore::in_memory().await.unwrap()).await;
 }
+
+#[tokio::test]
+async fn a_tool_pin_is_replaced_whole_with_its_event() {
+    crate::suite::a_tool_pin_is_replaced_whole_with_its_event(
+        &SqliteStore::in_memory().await.unwrap(),
+    )
+    .await;
+}

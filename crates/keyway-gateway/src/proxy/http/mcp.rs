@@ -22,9 +22,9 @@ use sha2::{Digest, Sha256};
 
 use super::body::Outgoing;
 use super::*;
+use crate::pins::{Listed, Uncallable};
 
-/// The largest answer read from the server for one request (a list, a result).
-const MAX_ANSWER: usize = 16 * 1024 * 1024;
+mod answer;
 
 /// The stateless revision's headers: the body's method, and the tool, resource or
 /// prompt it names.
@@ -78,11 +78,6 @@ impl HttpProxy {
             status: StatusCode::FORBIDDEN,
             answer: jsonrpc::error_response(&Value::Null, -32600, "forbidden"),
         })?;
-        let malformed = |why: &str| Refused {
-            reason: DenyReason::BadMcpMessage,
-            status: StatusCode::BAD_REQUEST,
-            answer: jsonrpc::error_response(&Value::Null, -32600, why),
-        };
         if path != self.mcp_endpoint() {
             return Err(Refused {
                 reason: DenyReason::PathNotGranted,
@@ -152,67 +147,7 @@ impl HttpProxy {
                 m.chars().take(128).collect::<String>().into(),
             );
         }
-        let mut call = None;
-        if let Message::Request { id, method, params } = &msg {
-            let asked = asked(method, params.as_ref());
-            if let Some((kind, name)) = &asked {
-                let name = match name {
-                    Some(n) => n.as_str(),
-                    None => return Err(malformed("the call names no tool, resource or prompt")),
-                };
-                detail.insert(
-                    kind_key(*kind).into(),
-                    name.chars().take(256).collect::<String>().into(),
-                );
-                if header(&MCP_NAME).is_some_and(|said| said != name) {
-                    return Err(malformed("the Mcp-Name header names another than the body"));
-                }
-                if *kind == McpKind::Tool {
-                    let args = params
-                        .as_ref()
-                        .and_then(|p| p.get("arguments"))
-                        .map(|a| serde_json::to_vec(a).unwrap_or_default())
-                        .unwrap_or_else(|| b"{}".to_vec());
-                    detail.insert(
-                        "arguments_sha256".into(),
-                        hex::encode(Sha256::digest(&args)).into(),
-                    );
-                    detail.insert("arguments_bytes".into(), args.len().into());
-                    if self.http.mcp.as_ref().is_some_and(|m| m.audit_arguments) {
-                        let shown =
-                            String::from_utf8_lossy(&args[..args.len().min(4096)]).into_owned();
-                        detail.insert("arguments".into(), redact(&shown).into_owned().into());
-                    }
-                }
-                if !grant.mcp.allows(*kind, name) {
-                    let reason = match kind {
-                        McpKind::Tool => DenyReason::ToolNotGranted,
-                        McpKind::Resource => DenyReason::ResourceNotGranted,
-                        McpKind::Prompt => DenyReason::PromptNotGranted,
-                    };
-                    let what = match kind {
-                        McpKind::Tool => "tool",
-                        McpKind::Resource => "resource",
-                        McpKind::Prompt => "prompt",
-                    };
-                    let shown: String = name.chars().take(128).collect();
-                    return Err(Refused {
-                        reason,
-                        status: StatusCode::OK,
-                        answer: jsonrpc::error_response(
-                            id,
-                            -32602,
-                            &format!("{what} `{shown}` is not granted to this token"),
-                        ),
-                    });
-                }
-            }
-            call = Some(Call {
-                id: id.clone(),
-                grant: grant.clone(),
-                lists: lists(method),
-            });
-        }
+        let call = self.judge(&msg, grant, &parts.headers, detail)?;
         let body = Bytes::from(msg.to_value().to_string());
         parts.headers.remove(header::TRANSFER_ENCODING);
         parts
@@ -224,156 +159,79 @@ impl HttpProxy {
         ))
     }
 
-    /// The answer to a forwarded request, read up to its JSON-RPC response, with
-    /// lists cut to the grant; its size and error go into `detail`. An answer that is
-    /// neither JSON nor a stream of events (202 to a notification, an HTTP error)
-    /// is given back, to pass as any HTTP answer does.
-    pub(super) async fn mcp_answer(
+    /// Judges a request against the grant and the pins: what it reaches (a tool, a
+    /// resource, a prompt) must be named in the grant (and in `Mcp-Name`, when
+    /// sent), and a tool must be callable as pinned. A tool call's arguments are
+    /// audited by digest and size. What to read the answer by, for a request.
+    fn judge(
         &self,
-        resp: Response<Incoming>,
-        call: &Call,
+        msg: &Message,
+        grant: &Grant,
+        headers: &HeaderMap,
         detail: &mut serde_json::Map<String, Value>,
-    ) -> Result<Response<ProxyBody>, Response<Incoming>> {
-        let sse = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        let json = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
-        if !(sse || json) || !resp.status().is_success() {
-            return Err(resp);
+    ) -> Result<Option<Call>, Refused> {
+        let Message::Request { id, method, params } = msg else {
+            return Ok(None);
+        };
+        let call = Call {
+            id: id.clone(),
+            grant: grant.clone(),
+            lists: lists(method),
+        };
+        let Some((kind, name)) = asked(method, params.as_ref()) else {
+            return Ok(Some(call));
+        };
+        let Some(name) = name else {
+            return Err(malformed("the call names no tool, resource or prompt"));
+        };
+        let shown: String = name.chars().take(128).collect();
+        detail.insert(kind.as_str().into(), shown.clone().into());
+        let said = headers
+            .get(MCP_NAME)
+            .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+        if said.is_some_and(|said| said != name) {
+            return Err(malformed("the Mcp-Name header names another than the body"));
         }
-        let (mut parts, mut body) = resp.into_parts();
-        let mut out = Vec::new();
-        let mut seen = false;
-        let mut reader = sse::Reader::new(MAX_ANSWER);
-        let mut whole = Vec::new();
-        let read = tokio::time::timeout(self.http.upstream_timeout, async {
-            while !seen {
-                let Some(frame) = body.frame().await else {
-                    break;
-                };
-                let Ok(data) = frame.map(|f| f.into_data()) else {
-                    return Err("the server's answer broke off");
-                };
-                let Ok(data) = data else { continue };
-                if !sse {
-                    if whole.len() + data.len() > MAX_ANSWER {
-                        return Err("the server's answer is too large");
-                    }
-                    whole.extend_from_slice(&data);
-                    continue;
+        if kind == McpKind::Tool {
+            let args = params
+                .as_ref()
+                .and_then(|p| p.get("arguments"))
+                .map(|a| serde_json::to_vec(a).unwrap_or_default())
+                .unwrap_or_else(|| b"{}".to_vec());
+            detail.insert(
+                "arguments_sha256".into(),
+                hex::encode(Sha256::digest(&args)).into(),
+            );
+            detail.insert("arguments_bytes".into(), args.len().into());
+            if self.http.mcp.as_ref().is_some_and(|m| m.audit_arguments) {
+                let text = String::from_utf8_lossy(&args[..args.len().min(4096)]).into_owned();
+                detail.insert("arguments".into(), redact(&text).into_owned().into());
+            }
+        }
+        // A refusal is the answer a server gives for what does not exist (-32602).
+        let refuse = |reason: DenyReason, why: String| Refused {
+            reason,
+            status: StatusCode::OK,
+            answer: jsonrpc::error_response(id, -32602, &why),
+        };
+        if !grant.mcp.allows(kind, &name) {
+            let why = format!("{} `{shown}` is not granted to this token", kind.as_str());
+            return Err(refuse(kind.not_granted(), why));
+        }
+        if kind == McpKind::Tool {
+            match self.h.pins.callable(&self.svc.name, &name) {
+                Ok(()) => {}
+                Err(Uncallable::NotListed) => {
+                    let why = format!("tool `{shown}` has not been listed through Keyway yet; list the tools first");
+                    return Err(refuse(DenyReason::ToolNotListed, why));
                 }
-                let events = reader
-                    .push(&data)
-                    .map_err(|_| "a server-sent event is too large")?;
-                for mut ev in events {
-                    if let Some(text) = &ev.data {
-                        match self.mcp_message(text.as_bytes(), call, detail, &mut seen) {
-                            Some(v) => ev.data = Some(v.to_string()),
-                            None if text.is_empty() => {}
-                            None => continue,
-                        }
-                    }
-                    out.extend_from_slice(sse::write(&ev).as_bytes());
-                    if out.len() > MAX_ANSWER {
-                        return Err("the server's answer is too large");
-                    }
+                Err(Uncallable::Changed) => {
+                    let why = format!("tool `{shown}` changed since it was approved; it is withheld until an operator approves it");
+                    return Err(refuse(DenyReason::ToolChanged, why));
                 }
             }
-            Ok(())
-        })
-        .await;
-        let failed = match read {
-            Ok(Ok(())) => None,
-            Ok(Err(why)) => Some(why),
-            Err(_) => Some("the server did not finish its answer within upstream_timeout"),
-        };
-        if let Some(why) = failed {
-            tracing::warn!(service = %self.svc.name, why, "MCP answer refused");
-            detail.insert("status".into(), 502.into());
-            detail.insert("error".into(), "upstream_answer_refused".into());
-            return Ok(plain(StatusCode::BAD_GATEWAY, "bad gateway\n"));
         }
-        if json {
-            out = match self.mcp_message(&whole, call, detail, &mut seen) {
-                Some(v) => v.to_string().into_bytes(),
-                None => {
-                    detail.insert("status".into(), 502.into());
-                    detail.insert("error".into(), "upstream_answer_refused".into());
-                    return Ok(plain(StatusCode::BAD_GATEWAY, "bad gateway\n"));
-                }
-            };
-        }
-        self.bytes_out.increment(out.len() as u64);
-        parts.headers.remove(header::TRANSFER_ENCODING);
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-        forward::strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            Full::new(Bytes::from(out))
-                .map_err(|e| match e {})
-                .boxed_unsync(),
-        ))
-    }
-
-    /// One message of the server's answer, as it goes to the client: `None` when it
-    /// is not a JSON-RPC message (dropped). The response to `call` is cut to the
-    /// grant (a list) and measured.
-    fn mcp_message(
-        &self,
-        text: &[u8],
-        call: &Call,
-        detail: &mut serde_json::Map<String, Value>,
-        seen: &mut bool,
-    ) -> Option<Value> {
-        let limits = jsonrpc::Limits {
-            max_bytes: MAX_ANSWER,
-            max_depth: 128,
-            max_batch: 1,
-        };
-        let msg = match jsonrpc::read(text, &limits) {
-            Ok(Read::One(m)) => m,
-            _ => {
-                tracing::warn!(service = %self.svc.name, "the MCP server sent a message that is not JSON-RPC; dropped");
-                return None;
-            }
-        };
-        let Message::Response { id, outcome } = msg else {
-            return Some(msg.to_value());
-        };
-        if id != call.id {
-            return Some(Message::Response { id, outcome }.to_value());
-        }
-        *seen = true;
-        let outcome = match outcome {
-            Outcome::Result(mut r) => {
-                if let Some(kind) = call.lists {
-                    let hidden = cut_list(&mut r, kind, &call.grant);
-                    detail.insert("hidden".into(), hidden.into());
-                }
-                detail.insert(
-                    "result_bytes".into(),
-                    serde_json::to_vec(&r).map_or(0, |v| v.len()).into(),
-                );
-                if r.get("isError").and_then(Value::as_bool) == Some(true) {
-                    detail.insert("error".into(), "tool_error".into());
-                }
-                Outcome::Result(r)
-            }
-            Outcome::Error(e) => {
-                let code = e.get("code").and_then(Value::as_i64).unwrap_or(0);
-                detail.insert("error".into(), format!("jsonrpc {code}").into());
-                Outcome::Error(e)
-            }
-        };
-        Some(Message::Response { id, outcome }.to_value())
+        Ok(Some(call))
     }
 
     /// Before an MCP service's request is decided: where the client reached the
@@ -537,71 +395,18 @@ fn lists(method: &str) -> Option<McpKind> {
     }
 }
 
-/// The audit detail's key for the name a call reaches.
-fn kind_key(kind: McpKind) -> &'static str {
-    match kind {
-        McpKind::Tool => "tool",
-        McpKind::Resource => "resource",
-        McpKind::Prompt => "prompt",
+/// A message that is not MCP as Keyway passes it on: 400, and a JSON-RPC error.
+fn malformed(why: &str) -> Refused {
+    Refused {
+        reason: DenyReason::BadMcpMessage,
+        status: StatusCode::BAD_REQUEST,
+        answer: jsonrpc::error_response(&Value::Null, -32600, why),
     }
-}
-
-/// Removes from a list result what the grant does not name; how many were removed.
-/// An entry without the name it is judged by is removed too.
-fn cut_list(result: &mut Value, kind: McpKind, grant: &Grant) -> usize {
-    let (key, field): (&[&str], &str) = match kind {
-        McpKind::Tool => (&["tools"], "name"),
-        McpKind::Prompt => (&["prompts"], "name"),
-        McpKind::Resource => (&["resources", "resourceTemplates"], ""),
-    };
-    let mut hidden = 0;
-    for k in key {
-        let Some(Value::Array(items)) = result.get_mut(*k) else {
-            continue;
-        };
-        let before = items.len();
-        items.retain(|item| {
-            let name = match (kind, *k) {
-                (McpKind::Resource, "resourceTemplates") => item.get("uriTemplate"),
-                (McpKind::Resource, _) => item.get("uri"),
-                _ => item.get(field),
-            };
-            name.and_then(Value::as_str)
-                .is_some_and(|n| grant.mcp.allows(kind, n))
-        });
-        hidden += before - items.len();
-    }
-    hidden
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn grant(tools: &[&str]) -> Grant {
-        let t: Vec<String> = tools.iter().map(|s| s.to_string()).collect();
-        Grant::new("t", &[], &[])
-            .unwrap()
-            .with_mcp(&t, &[], &[])
-            .unwrap()
-    }
-
-    #[test]
-    fn lists_are_cut_to_the_grant() {
-        let mut r = serde_json::json!({"tools": [
-            {"name": "search_tickets"}, {"name": "delete_ticket"}, {"name": "get_ticket"}, {"title": "no name"}
-        ], "nextCursor": "2"});
-        let hidden = cut_list(&mut r, McpKind::Tool, &grant(&["search_*", "get_ticket"]));
-        assert_eq!(hidden, 2);
-        assert_eq!(r["tools"].as_array().unwrap().len(), 2);
-        assert_eq!(r["nextCursor"], "2", "pagination passes");
-        let mut r = serde_json::json!({"resources": [{"uri": "tickets://1"}]});
-        assert_eq!(
-            cut_list(&mut r, McpKind::Resource, &grant(&["x"])),
-            1,
-            "tools named: no resources"
-        );
-    }
 
     #[test]
     fn calls_name_what_they_reach() {
