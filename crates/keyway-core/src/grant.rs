@@ -105,6 +105,8 @@ pub enum DenyReason {
     ToolNotListed,
     /// MCP: a call to a tool whose definition changed since it was pinned.
     ToolChanged,
+    /// MCP: a session id the gateway did not hand to this token's client.
+    McpSessionNotGranted,
     /// MCP: a message that is not JSON-RPC as MCP sends it (malformed, a batch, its
     /// `Mcp-Method` / `Mcp-Name` headers disagreeing with its body).
     BadMcpMessage,
@@ -352,7 +354,7 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 // === impl DenyReason ===
 
 impl DenyReason {
-    pub const ALL: [Self; 28] = [
+    pub const ALL: [Self; 29] = [
         Self::NoToken,
         Self::MalformedToken,
         Self::BadChecksum,
@@ -380,6 +382,7 @@ impl DenyReason {
         Self::PromptNotGranted,
         Self::ToolNotListed,
         Self::ToolChanged,
+        Self::McpSessionNotGranted,
         Self::BadMcpMessage,
     ];
 
@@ -418,6 +421,7 @@ impl DenyReason {
             DenyReason::PromptNotGranted => "prompt_not_granted",
             DenyReason::ToolNotListed => "tool_not_listed",
             DenyReason::ToolChanged => "tool_changed",
+            DenyReason::McpSessionNotGranted => "mcp_session_not_granted",
             DenyReason::BadMcpMessage => "bad_mcp_message",
         }
     }
@@ -447,6 +451,8 @@ impl DenyReason {
             | DenyReason::ToolNotListed
             | DenyReason::ToolChanged => 403,
             DenyReason::BadPath | DenyReason::BadMcpMessage => 400,
+            // What a server answers for a session it does not know: start anew.
+            DenyReason::McpSessionNotGranted => 404,
             DenyReason::MethodNotAllowed => 405,
             DenyReason::RateLimited => 429,
             DenyReason::AuditUnavailable

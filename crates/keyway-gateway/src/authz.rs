@@ -142,6 +142,18 @@ impl Authorizer {
     }
 
     /// Judges an attempt to reach a service, in the order of the module's doc.
+    /// A MAC that binds `value` (an MCP session id handed to a client) to the token
+    /// `token_id`: 32 hex characters, keyed from the pepper, so every replica makes
+    /// the same and no other token's client can present the value as its own.
+    pub fn binding(&self, token_id: &str, value: &str) -> String {
+        let mut data = Vec::with_capacity(32 + token_id.len() + value.len());
+        data.extend_from_slice(b"keyway session binding v1\0");
+        data.extend_from_slice(token_id.as_bytes());
+        data.push(0);
+        data.extend_from_slice(value.as_bytes());
+        hex::encode(&self.pepper.hash(&data).0[..16])
+    }
+
     pub fn admit(&self, attempt: &Attempt<'_>) -> Result<Admitted, Refused> {
         // Behind a shared store, a revoked token may still look live here.
         if self.health.behind() {

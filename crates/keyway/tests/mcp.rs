@@ -518,3 +518,83 @@ async fn a_tool_that_changes_is_withheld_until_approved() {
         "the approval names who approved"
     );
 }
+
+#[test]
+fn a_session_is_bound_to_its_token_and_its_stream_ends_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_server, upstream) = tickets(dir, &[]);
+    let (_gw, _admin, svc) = gateway(dir, upstream, "");
+    let (alice, mallory) = (
+        issue(dir, "alice-bot", "tickets-mcp"),
+        issue(dir, "mallory-bot", "tickets-mcp"),
+    );
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#;
+    let (status, head, body) = post(svc, Some(&alice), &[], init);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"serverInfo\""), "{body}");
+    let session = head
+        .lines()
+        .find_map(|l| l.strip_prefix("mcp-session-id: "))
+        .unwrap_or_else(|| panic!("no session id in {head}"))
+        .trim()
+        .to_owned();
+    // The client holds the server's id bound to its token, never the bare id.
+    let (theirs, mac) = session.rsplit_once('.').unwrap();
+    assert_eq!(mac.len(), 32, "{session}");
+    assert!(!theirs.is_empty());
+    let with = |s: &str| format!("Mcp-Session-Id: {s}");
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let (status, _, body) = post(svc, Some(&alice), &[&with(&session)], initialized);
+    assert_eq!(status, 202, "{body}");
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    let (status, _, body) = post(svc, Some(&alice), &[&with(&session)], list);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("get_ticket"), "{body}");
+
+    // Another token's client, or the bare id: a session the server does not know.
+    for (token, id) in [(&mallory, session.as_str()), (&alice, theirs)] {
+        let (status, _, body) = post(svc, Some(token), &[&with(id)], list);
+        assert_eq!(status, 404, "{body}");
+        assert!(!body.contains("get_ticket"), "{body}");
+    }
+    let refused = store_query(
+        dir,
+        "select count(*) from audit_events where reason = 'mcp_session_not_granted'",
+    );
+    assert_eq!(refused.trim(), "2");
+
+    // The server's stream of notifications (GET) ends when the token is revoked.
+    let mut stream = Command::new("curl")
+        .args(["-sN", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(["-H", "Accept: text/event-stream"])
+        .args(["-H", "MCP-Protocol-Version: 2025-11-25"])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {alice}"))
+        .arg("-H")
+        .arg(with(&session))
+        .arg(format!("http://127.0.0.1:{svc}/mcp"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(stream.0.try_wait().unwrap().is_none(), "the stream is open");
+    ok_stdout(keyway(
+        dir,
+        &["token", "revoke", &alice[5..21], "--config", "keyway.toml"],
+        None,
+    ));
+    let status = wait_exit(
+        &mut stream.0,
+        std::time::Duration::from_secs(10),
+        "the stream outlived its token",
+    );
+    let mut code = String::new();
+    std::io::Read::read_to_string(stream.0.stdout.as_mut().unwrap(), &mut code).unwrap();
+    assert_eq!(code, "200", "the stream was open, then cut");
+    assert!(
+        !status.success(),
+        "curl saw the stream cut, not ended cleanly"
+    );
+}

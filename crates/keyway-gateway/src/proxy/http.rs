@@ -364,13 +364,12 @@ impl HttpProxy {
                         self.bridge_upgraded(client, upstream, entry.clone(), source);
                         upgraded_response(resp)
                     }
-                    _ => match &call {
-                        Some(c) => match self.mcp_answer(resp, c, &mut detail).await {
-                            Ok(r) => r,
-                            Err(resp) => self.downstream_response(resp, &entry, source),
-                        },
-                        None => self.downstream_response(resp, &entry, source),
-                    },
+                    _ if self.http.mcp.is_some() => {
+                        let call = call.as_ref();
+                        self.mcp_respond(resp, call, &entry, source, &mut detail)
+                            .await
+                    }
+                    _ => self.downstream_response(resp, &entry, source),
                 }
             }
             Ok(Err(e)) if cause::<body::Stalled>(&e).is_some() => {

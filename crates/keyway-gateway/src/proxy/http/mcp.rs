@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use super::body::Outgoing;
 use super::*;
 use crate::pins::{Listed, Uncallable};
+use subtle::ConstantTimeEq;
 
 mod answer;
 
@@ -30,6 +31,9 @@ mod answer;
 /// prompt it names.
 const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
 const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
+/// A session of the 2025-11-25 revision: the server's id, which the gateway binds to
+/// the token whose client it was handed to (`<server's id>.<MAC>`).
+const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 
 /// The path of the protected-resource metadata (RFC 9728).
 const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
@@ -88,6 +92,11 @@ impl HttpProxy {
                     "this MCP service answers at its endpoint only",
                 ),
             });
+        }
+        let mut req = req;
+        if let Some(bound) = req.headers().get(MCP_SESSION_ID) {
+            let theirs = self.unbind_session(bound, entry.id())?;
+            req.headers_mut().insert(MCP_SESSION_ID, theirs);
         }
         if *req.method() != Method::POST {
             // The server's stream (GET) and a session's end (DELETE) carry no message
@@ -157,6 +166,31 @@ impl HttpProxy {
             Request::from_parts(parts, Outgoing::Read(Full::new(body))),
             call,
         ))
+    }
+
+    /// The server's session id in a value the gateway handed to a client of the
+    /// token `token_id`; a value it did not hand to one is refused as the server
+    /// refuses a session it does not know (404: the client starts a new one).
+    fn unbind_session(&self, bound: &HeaderValue, token_id: &str) -> Result<HeaderValue, Refused> {
+        let not_granted = || Refused {
+            reason: DenyReason::McpSessionNotGranted,
+            status: StatusCode::NOT_FOUND,
+            answer: jsonrpc::error_response(&Value::Null, -32001, "session not found"),
+        };
+        let text = bound.to_str().map_err(|_| not_granted())?;
+        let (theirs, mac) = text.rsplit_once('.').ok_or_else(not_granted)?;
+        let expected = self.h.authz.binding(token_id, theirs);
+        if !bool::from(expected.as_bytes().ct_eq(mac.as_bytes())) {
+            return Err(not_granted());
+        }
+        HeaderValue::from_str(theirs).map_err(|_| not_granted())
+    }
+
+    /// The server's session id as the client of `token_id` is given it.
+    fn bind_session(&self, theirs: &HeaderValue, token_id: &str) -> Option<HeaderValue> {
+        let theirs = theirs.to_str().ok()?;
+        let mac = self.h.authz.binding(token_id, theirs);
+        HeaderValue::from_str(&format!("{theirs}.{mac}")).ok()
     }
 
     /// Judges a request against the grant and the pins: what it reaches (a tool, a

@@ -10,14 +10,44 @@ const MAX_ANSWER: usize = 16 * 1024 * 1024;
 // === impl HttpProxy ===
 
 impl HttpProxy {
+    /// An MCP server's answer, as the client gets it: a request's read and judged
+    /// ([`HttpProxy::mcp_answer`]), anything else streamed as HTTP is (the server's
+    /// stream of notifications ends when the token does); a session id bound to
+    /// the token.
+    pub(in crate::proxy::http) async fn mcp_respond(
+        &self,
+        resp: Response<Incoming>,
+        call: Option<&Call>,
+        entry: &Arc<Entry>,
+        source: IpAddr,
+        detail: &mut serde_json::Map<String, Value>,
+    ) -> Response<ProxyBody> {
+        let mut resp = match call {
+            Some(c) => match self.mcp_answer(resp, c, entry, source, detail).await {
+                Ok(r) => r,
+                Err(resp) => self.downstream_response(resp, entry, source),
+            },
+            None => self.downstream_response(resp, entry, source),
+        };
+        if let Some(theirs) = resp.headers().get(MCP_SESSION_ID) {
+            match self.bind_session(theirs, entry.id()) {
+                Some(bound) => resp.headers_mut().insert(MCP_SESSION_ID, bound),
+                None => resp.headers_mut().remove(MCP_SESSION_ID),
+            };
+        }
+        resp
+    }
+
     /// The answer to a forwarded request, read up to its JSON-RPC response, with
     /// lists cut to the grant; its size and error go into `detail`. An answer that is
     /// neither JSON nor a stream of events (202 to a notification, an HTTP error)
     /// is given back, to pass as any HTTP answer does.
-    pub(in crate::proxy::http) async fn mcp_answer(
+    async fn mcp_answer(
         &self,
         resp: Response<Incoming>,
         call: &Call,
+        entry: &Arc<Entry>,
+        source: IpAddr,
         detail: &mut serde_json::Map<String, Value>,
     ) -> Result<Response<ProxyBody>, Response<Incoming>> {
         let sse = resp
@@ -38,7 +68,7 @@ impl HttpProxy {
         let mut seen = false;
         let mut reader = sse::Reader::new(MAX_ANSWER);
         let mut whole = Vec::new();
-        let read = tokio::time::timeout(self.http.upstream_timeout, async {
+        let reading = tokio::time::timeout(self.http.upstream_timeout, async {
             while !seen {
                 let Some(frame) = body.frame().await else {
                     break;
@@ -75,8 +105,16 @@ impl HttpProxy {
                 }
             }
             Ok(())
-        })
-        .await;
+        });
+        // A call waits no longer than its token lives (revoked, expired).
+        let read = tokio::select! {
+            r = reading => r,
+            _ = self.ended(entry.clone(), source) => {
+                detail.insert("status".into(), 401.into());
+                detail.insert("error".into(), "token_ended".into());
+                return Ok(refusal(DenyReason::Revoked, None));
+            }
+        };
         let failed = match read {
             Ok(Ok(())) => None,
             Ok(Err(why)) => Some(why),
