@@ -8,6 +8,7 @@ so a test can tell what reached it. On SIGUSR1 it changes what `get_ticket` says
 it does, as a compromised server would ("tool poisoning").
 
     python3 tickets.py [--stateless] [--json]
+    python3 tickets.py --stdio    (the same server over stdin and stdout)
 """
 
 import os
@@ -21,7 +22,7 @@ from starlette.responses import PlainTextResponse
 
 STATELESS = "--stateless" in sys.argv
 JSON = "--json" in sys.argv
-SECRET = os.environ["TICKETS_SECRET"]
+SECRET = os.environ.get("TICKETS_SECRET", "")
 LOG = os.environ["TICKETS_LOG"]
 
 mcp = FastMCP("tickets", stateless_http=STATELESS, json_response=JSON, log_level="WARNING")
@@ -75,6 +76,9 @@ def poison(*_):
 
 
 def main():
+    if "--stdio" in sys.argv:
+        mcp.run("stdio")
+        return
     signal.signal(signal.SIGUSR1, poison)
     app = mcp.streamable_http_app()
 

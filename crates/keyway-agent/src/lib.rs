@@ -55,6 +55,7 @@ const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 mod gateways;
+pub mod stdio;
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -70,6 +71,9 @@ pub struct Options {
     pub allow_upstreams: Vec<String>,
     /// Dial whatever the gateway asks (only when `allow_upstreams` is empty).
     pub allow_any_upstream: bool,
+    /// Stdio MCP servers the agent runs, each served on its loopback address (which
+    /// the agent may then dial).
+    pub mcp_stdio: Vec<stdio::StdioServer>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +118,22 @@ impl Files {
 /// Runs the agent until `shutdown` turns true: enrolls if it has no certificate,
 /// then serves, reconnecting as needed. Returns early only for what retrying cannot
 /// fix (no enrollment token, a refused enrollment).
-pub async fn run(opts: Options, shutdown: Shutdown) -> Result<(), AgentError> {
+pub async fn run(mut opts: Options, shutdown: Shutdown) -> Result<(), AgentError> {
+    for server in std::mem::take(&mut opts.mcp_stdio) {
+        if !opts.allow_any_upstream {
+            opts.allow_upstreams.push(server.listen.to_string());
+        }
+        let mut stop = shutdown.clone();
+        let listen = server.listen;
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = server.serve(stopped).await {
+                tracing::error!(%listen, error = %e, "a stdio MCP server could not be served");
+            }
+        });
+    }
     if opts.allow_upstreams.is_empty() && !opts.allow_any_upstream {
         return Err(AgentError::Setup(
             "name the upstreams this agent may dial (--allow-upstream HOST:PORT, repeated), \

@@ -9,6 +9,7 @@
 //! - [`path`]: request path normalisation, so a grant's prefix cannot be escaped.
 //! - [`grant`]: what a token may do, and the reasons a request is denied.
 //! - [`jsonrpc`]: JSON-RPC 2.0 messages (MCP's), read with bounds.
+//! - [`sse`]: server-sent events (MCP streams), read with a bound per event.
 //! - [`event`]: the kinds of audit event and the decisions, typed.
 //! - [`forwarded`]: the client address behind trusted proxies (`X-Forwarded-For`).
 //! - [`api`]: the admin API's requests and answers, shared by the gateway and the CLI.

@@ -64,12 +64,19 @@ pub struct RunArgs {
     #[arg(
         long = "allow-upstream",
         value_name = "HOST:PORT",
-        required_unless_present = "allow_any_upstream"
+        required_unless_present_any = ["allow_any_upstream", "mcp_stdio"]
     )]
     allow_upstreams: Vec<String>,
     /// Dial whatever address the gateway asks for (instead of --allow-upstream).
     #[arg(long, conflicts_with = "allow_upstreams")]
     allow_any_upstream: bool,
+    /// Run a stdio MCP server inside this network and serve it to the gateway:
+    /// `ADDR=COMMAND ARGS…` (a loopback address; the command split on spaces, no
+    /// shell), like `127.0.0.1:8100=python3 tickets.py`. Each MCP session is one
+    /// process of it; the address is added to --allow-upstream. The gateway's
+    /// service: `protocol = "mcp"`, `upstream = "http://ADDR/mcp"`, `via` this agent.
+    #[arg(long = "mcp-stdio", value_name = "ADDR=COMMAND")]
+    mcp_stdio: Vec<String>,
 }
 
 pub async fn run(cmd: AgentCommand, log: &str, format: serve::LogFormat) -> Result<ExitCode> {
@@ -101,6 +108,11 @@ pub async fn run(cmd: AgentCommand, log: &str, format: serve::LogFormat) -> Resu
                 enroll_token_file: args.enroll_token_file,
                 allow_upstreams: args.allow_upstreams,
                 allow_any_upstream: args.allow_any_upstream,
+                mcp_stdio: args
+                    .mcp_stdio
+                    .iter()
+                    .map(|s| keyway_agent::stdio::StdioServer::parse(s))
+                    .collect::<Result<_, _>>()?,
             };
             keyway_agent::run(opts, stopped)
                 .await

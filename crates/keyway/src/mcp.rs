@@ -25,6 +25,18 @@ pub enum McpCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Serve a stdio MCP server over Streamable HTTP on a loopback address, so a
+    /// gateway's `mcp` service can reach it (`upstream = "http://ADDR/mcp"`). Each
+    /// MCP session is one process of the command. Runs until Ctrl-C. Inside a private
+    /// network, `keyway agent run --mcp-stdio ADDR=COMMAND` does the same.
+    Stdio {
+        /// The loopback address to serve on.
+        #[arg(long, value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// The server's command and its arguments (after `--`).
+        #[arg(trailing_var_arg = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Approve the new definition of a tool that changed: it is pinned anew, listed
     /// and callable again. Read it first (`keyway mcp tools SERVICE --json`).
     Approve {
@@ -69,6 +81,15 @@ pub async fn run(cmd: McpCommand) -> Result<ExitCode> {
                 })
                 .collect();
             print_table(["TOOL", "STATE", "PINNED", "FIRST SEEN", "CHANGED"], &rows);
+        }
+        McpCommand::Stdio { listen, command } => {
+            let spec = format!("{listen}={}", command.join(" "));
+            let server = keyway_agent::stdio::StdioServer::parse(&spec)?;
+            server
+                .serve(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await?;
         }
         McpCommand::Approve {
             service,

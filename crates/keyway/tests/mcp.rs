@@ -233,12 +233,12 @@ fn an_agent_sees_and_calls_only_its_granted_tools() {
     assert_eq!(seen["read"]["ok"], "printer on fire");
     assert_eq!(seen["prompts"], serde_json::json!(["triage"]));
 
-    // The server's credential is sealed in the store, in no log and no event.
-    let leaked = files_containing(dir, SERVER_SECRET);
-    assert!(
-        leaked.is_empty(),
-        "the server's credential is in {leaked:?}"
-    );
+    // The server's credential is sealed in the store, in no log and no event; no
+    // token is written anywhere either.
+    for secret in [SERVER_SECRET, &narrow[5..], &whole[5..]] {
+        let leaked = files_containing(dir, secret);
+        assert!(leaked.is_empty(), "a secret is in {leaked:?}");
+    }
 }
 
 #[test]
@@ -597,4 +597,91 @@ fn a_session_is_bound_to_its_token_and_its_stream_ends_with_it() {
         !status.success(),
         "curl saw the stream cut, not ended cleanly"
     );
+}
+
+#[test]
+fn a_stdio_server_behind_an_agent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (admin, tunnel, svc, bridge) = (free_port(), free_port(), free_port(), free_port());
+    std::fs::write(
+        dir.join("keyway.toml"),
+        format!(
+            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin}\"\ntunnel_listen = \"127.0.0.1:{tunnel}\"\n\
+             [agents.inside]\nservices = [\"tickets-mcp\"]\n\
+             [services.tickets-mcp]\nprotocol = \"mcp\"\nlisten = \"127.0.0.1:{svc}\"\n\
+             upstream = \"http://127.0.0.1:{bridge}/mcp\"\nvia = \"inside\"\nmax_ttl = \"1h\"\n"
+        ),
+    )
+    .unwrap();
+    let _gw = start_gateway(dir, admin);
+    wait_for_port(tunnel);
+    let cfg = ["--config", "keyway.toml"];
+    let enrollment = ok_stdout(keyway(
+        dir,
+        &[&["agent", "enroll", "inside"][..], &cfg].concat(),
+        None,
+    ));
+    std::fs::write(dir.join("enroll.tok"), &enrollment).unwrap();
+    // The agent runs the stdio server inside the private network; the gateway only
+    // ever reaches it through the agent's tunnel.
+    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+    let _agent = Command::new(BIN)
+        .args(["agent", "run", "--gateway", &format!("127.0.0.1:{tunnel}")])
+        .args(["--enroll-token-file", "enroll.tok", "--data-dir", "agent"])
+        .arg("--mcp-stdio")
+        .arg(format!("127.0.0.1:{bridge}=python3 {TICKETS_PY} --stdio"))
+        .env("TICKETS_LOG", dir.join("tickets.log"))
+        .current_dir(dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let list = ok_stdout(keyway(
+            dir,
+            &[&["agent", "list", "--json"][..], &cfg].concat(),
+            None,
+        ));
+        if list.contains("\"connected\"") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never connected: {list}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let token = ok_stdout(issue_as(
+        dir,
+        "support-bot",
+        "tickets-mcp",
+        None,
+        &["--tools", "search_*,get_ticket"],
+    ));
+    let seen = agent(&format!("http://127.0.0.1:{svc}/mcp"), &token);
+    assert_eq!(
+        seen["tools"],
+        serde_json::json!(["get_ticket", "search_tickets"])
+    );
+    assert_eq!(
+        seen["get"]["ok"],
+        serde_json::json!(["ticket 7: printer on fire"])
+    );
+    assert!(
+        seen["delete"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not granted"),
+        "{seen}"
+    );
+    let log = log_of(dir);
+    assert!(
+        log.contains("get_ticket 7") && !log.contains("delete_ticket"),
+        "{log}"
+    );
+    let leaked = files_containing(dir, &token[5..]);
+    assert!(leaked.is_empty(), "the token is in {leaked:?}");
 }
