@@ -1,6 +1,8 @@
 //! The MCP gateway with MCP stacks no one here wrote: the Python SDK's FastMCP server
-//! (`tests/mcp/tickets.py`) behind Keyway, reached by the Python SDK's client
-//! (`tests/mcp/client.py`) with a Keyway token whose grant names tools. What the
+//! (`tests/mcp/tickets.py`, over Streamable HTTP or stdio behind an agent) behind
+//! Keyway, reached by the Python SDK's client (`tests/mcp/client.py`) and the
+//! TypeScript SDK's (`tests/mcp/client.mjs`) with a Keyway token whose grant names
+//! tools. What the
 //! agent sees (the granted tools only; a call to another is a JSON-RPC error), what
 //! reached the server (the injected credential, never the Keyway token, never the
 //! refused call), what the audit log and the metrics say; malformed messages, a
@@ -19,6 +21,7 @@ use common::*;
 
 const TICKETS_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/mcp/tickets.py");
 const CLIENT_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/mcp/client.py");
+const CLIENT_MJS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/mcp/client.mjs");
 /// The credential Keyway injects for the server; a canary for leaks.
 const SERVER_SECRET: &str = "tickets-server-credential-canary-52";
 
@@ -684,4 +687,47 @@ fn a_stdio_server_behind_an_agent() {
     );
     let leaked = files_containing(dir, &token[5..]);
     assert!(leaked.is_empty(), "the token is in {leaked:?}");
+}
+
+#[test]
+fn the_typescript_sdks_client_sees_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_server, upstream) = tickets(dir, &[]);
+    let (_gw, _admin, svc) = gateway(dir, upstream, "");
+    let token = ok_stdout(issue_as(
+        dir,
+        "support-bot",
+        "tickets-mcp",
+        None,
+        &["--tools", "search_*,get_ticket"],
+    ));
+    let out = Command::new("node")
+        .args([CLIENT_MJS, &format!("http://127.0.0.1:{svc}/mcp"), &token])
+        .output()
+        .expect("node (scripts/test installs tests/mcp's packages)");
+    assert!(
+        out.status.success(),
+        "client.mjs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        seen["tools"],
+        serde_json::json!(["get_ticket", "search_tickets"])
+    );
+    assert_eq!(
+        seen["get"]["ok"],
+        serde_json::json!(["ticket 7: printer on fire"])
+    );
+    let refused = seen["delete"]["error"].as_str().unwrap();
+    assert!(refused.contains("`delete_ticket` is not granted"), "{seen}");
+    // The session the SDK held was bound to its token.
+    let session = seen["session"].as_str().unwrap();
+    assert_eq!(session.rsplit_once('.').unwrap().1.len(), 32, "{session}");
+    let log = log_of(dir);
+    assert!(
+        log.contains("get_ticket 7") && !log.contains("delete_ticket"),
+        "{log}"
+    );
 }
