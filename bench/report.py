@@ -88,6 +88,16 @@ if targets("conn"):
         print(f"| {t} | {cell('conn', t, 'conn_per_s')} | {ratio(med('conn', t, 'conn_per_s'), d)} |")
     print()
 
+if targets("mcp"):
+    print("### MCP: tool calls (FastMCP, stateless JSON), wrk -t1 -c16\n")
+    print("| target | calls/s | p50 ms | p99 ms | vs direct |")
+    print("|---|---|---|---|---|")
+    d = med("mcp", "direct", "rps")
+    for t in targets("mcp"):
+        print(f"| {t} | {cell('mcp', t, 'rps')} | {cell('mcp', t, 'p50_ms', '{:.2f}')} "
+              f"| {cell('mcp', t, 'p99_ms', '{:.2f}')} | {ratio(med('mcp', t, 'rps'), d)} |")
+    print()
+
 if targets("scale"):
     n = med("scale", "keyway", "idle_conns")
     before, idle = med("scale", "keyway", "rss_before_kib"), med("scale", "keyway", "rss_idle_kib")
