@@ -2,6 +2,7 @@
 and prints, as one JSON object, what an agent would see.
 
     python3 client.py URL TOKEN
+    python3 client.py URL TOKEN summarize    (a call whose server asks for sampling)
 """
 
 import asyncio
@@ -11,6 +12,7 @@ import sys
 from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
 from mcp.shared.exceptions import McpError
+from mcp.types import CreateMessageResult, TextContent
 
 
 async def attempt(f):
@@ -24,6 +26,21 @@ def text(result):
     if result.isError:
         return {"tool_error": [c.text for c in result.content]}
     return [c.text for c in result.content]
+
+
+async def sample(context, params):
+    """The agent's model, as far as the test needs one."""
+    return CreateMessageResult(role="assistant", content=TextContent(type="text", text="a fire"), model="test")
+
+
+async def summarize(url, token):
+    headers = {"Authorization": f"Bearer {token}"}
+    async with streamablehttp_client(url, headers=headers) as (read, write, _):
+        async with ClientSession(read, write, sampling_callback=sample) as s:
+            await s.initialize()
+            await s.list_tools()
+            got = await attempt(lambda: s.call_tool("summarize_ticket", {"id": 7}))
+            print(json.dumps({"ok": text(got["ok"])} if "ok" in got else got), flush=True)
 
 
 async def main(url, token):
@@ -50,4 +67,7 @@ async def main(url, token):
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    if sys.argv[3:] == ["summarize"]:
+        asyncio.run(summarize(sys.argv[1], sys.argv[2]))
+    else:
+        asyncio.run(main(sys.argv[1], sys.argv[2]))

@@ -7,8 +7,11 @@ request that carries a Keyway token; every tool it runs is appended to $TICKETS_
 so a test can tell what reached it. On SIGUSR1 it changes what `get_ticket` says
 it does, as a compromised server would ("tool poisoning").
 
-    python3 tickets.py [--stateless] [--json]
+    python3 tickets.py [--stateless] [--json] [--sampling]
     python3 tickets.py --stdio    (the same server over stdin and stdout)
+
+With --sampling it also has `summarize_ticket`, which asks the agent's model for a
+summary (a sampling request from the server to the client).
 """
 
 import os
@@ -17,7 +20,8 @@ import socket
 import sys
 
 import uvicorn
-from mcp.server.fastmcp import FastMCP
+from mcp.server.fastmcp import Context, FastMCP
+from mcp.types import SamplingMessage, TextContent
 from starlette.responses import PlainTextResponse
 
 STATELESS = "--stateless" in sys.argv
@@ -52,6 +56,17 @@ def delete_ticket(id: int) -> str:
     """Deletes a ticket for good."""
     ran("delete_ticket", str(id))
     return f"deleted {id}"
+
+
+if "--sampling" in sys.argv:
+
+    @mcp.tool()
+    async def summarize_ticket(id: int, ctx: Context) -> str:
+        """Summarizes a ticket with the agent's model."""
+        ran("summarize_ticket", str(id))
+        asked = SamplingMessage(role="user", content=TextContent(type="text", text=f"ticket {id}: printer on fire"))
+        answer = await ctx.session.create_message(messages=[asked], max_tokens=50)
+        return f"summary: {answer.content.text}"
 
 
 @mcp.resource("tickets://recent")

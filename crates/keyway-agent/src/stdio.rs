@@ -35,6 +35,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Processes (sessions) running at once.
 const MAX_SESSIONS: usize = 32;
+/// How long a message may take to be written to the process's input.
+const WRITE_WITHIN: Duration = Duration::from_secs(10);
 /// How long a request waits for its response.
 const ANSWER_WITHIN: Duration = Duration::from_secs(120);
 /// A session with no request for this long ends.
@@ -66,7 +68,7 @@ pub enum StdioError {
 /// and the stream its own messages go to.
 struct Session {
     child: Child,
-    stdin: ChildStdin,
+    stdin: Arc<tokio::sync::Mutex<ChildStdin>>,
     pending: Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>,
     stream: Arc<Mutex<Option<mpsc::Sender<Value>>>>,
     last_used: Instant,
@@ -148,6 +150,27 @@ impl StdioServer {
 
 impl Bridge {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        // Only what is on this host, by its address: a browser's page (an `Origin`)
+        // or a name that resolves here (DNS rebinding) is refused.
+        let host_ok = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+            .is_some_and(|a| {
+                let host = a.host().trim_start_matches('[').trim_end_matches(']');
+                host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
+        if !host_ok || req.headers().contains_key(header::ORIGIN) {
+            return error(
+                StatusCode::FORBIDDEN,
+                -32600,
+                "served to this host's processes only",
+            );
+        }
         let session = req
             .headers()
             .get(SESSION_HEADER)
@@ -200,35 +223,52 @@ impl Bridge {
                 )
             }
         };
-        let waiting = {
+        // The map is held only to find the session: a process slow to read its
+        // input holds up its own session, never the others.
+        let (stdin, pending) = {
             let mut sessions = self.sessions.lock().await;
             let Some(s) = sessions.get_mut(&id) else {
                 return error(StatusCode::NOT_FOUND, -32001, "session not found");
             };
             s.last_used = Instant::now();
-            let waiting = match &msg {
-                Message::Request { id, .. } => {
-                    let (tx, rx) = oneshot::channel();
-                    s.pending
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(id.to_string(), tx);
-                    Some(rx)
-                }
-                _ => None,
-            };
-            let mut line = msg.to_value().to_string();
-            line.push('\n');
-            if s.stdin.write_all(line.as_bytes()).await.is_err() {
-                sessions.remove(&id);
-                return error(StatusCode::NOT_FOUND, -32001, "the server's process ended");
-            }
-            waiting
+            (s.stdin.clone(), s.pending.clone())
         };
+        let key = match &msg {
+            Message::Request { id, .. } => Some(id.to_string()),
+            _ => None,
+        };
+        let waiting = key.as_ref().map(|k| {
+            let (tx, rx) = oneshot::channel();
+            pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(k.clone(), tx);
+            rx
+        });
+        let mut line = msg.to_value().to_string();
+        line.push('\n');
+        let written = tokio::time::timeout(WRITE_WITHIN, async {
+            stdin.lock().await.write_all(line.as_bytes()).await
+        })
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            if let Some(mut s) = self.sessions.lock().await.remove(&id) {
+                let _ = s.child.kill().await;
+            }
+            return error(
+                StatusCode::NOT_FOUND,
+                -32001,
+                "the server's process does not read its input; its session ended",
+            );
+        }
         let Some(rx) = waiting else {
             return answer(StatusCode::ACCEPTED, Some(&id));
         };
-        match tokio::time::timeout(ANSWER_WITHIN, rx).await {
+        let answered = tokio::time::timeout(ANSWER_WITHIN, rx).await;
+        if let (Err(_), Some(k)) = (&answered, &key) {
+            pending.lock().unwrap_or_else(|p| p.into_inner()).remove(k);
+        }
+        match answered {
             Ok(Ok(v)) => {
                 let mut resp = answer(StatusCode::OK, Some(&id));
                 *resp.body_mut() = full(v.to_string());
@@ -284,7 +324,7 @@ impl Bridge {
             id.clone(),
             Session {
                 child,
-                stdin,
+                stdin: Arc::new(tokio::sync::Mutex::new(stdin)),
                 pending,
                 stream,
                 last_used: Instant::now(),

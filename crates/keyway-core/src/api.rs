@@ -32,6 +32,12 @@ pub struct IssueRequest {
     pub resources: Vec<String>,
     #[serde(default)]
     pub prompts: Vec<String>,
+    /// For an MCP service: the server may ask the agent's model for completions.
+    #[serde(default)]
+    pub sampling: bool,
+    /// For an MCP service: the server may ask the agent's user for input.
+    #[serde(default)]
+    pub elicitation: bool,
 }
 
 /// What `credential issue` is asked for.
@@ -66,7 +72,7 @@ pub struct TokenInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     /// For MCP services: the tools, resources and prompts granted.
-    #[serde(default, skip_serializing_if = "crate::Mcp::is_open")]
+    #[serde(default, skip_serializing_if = "crate::Mcp::is_empty")]
     pub mcp: crate::Mcp,
     pub state: String,
     pub created_at: String,

@@ -2,6 +2,10 @@
 
 use crate::path;
 
+mod mcp;
+
+pub use mcp::{glob, Mcp, McpKind};
+
 /// The scope of a token: exactly one service, and inside it an optional narrowing to
 /// HTTP methods and path prefixes (empty lists mean no narrowing).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -18,27 +22,8 @@ pub struct Grant {
     /// For an MCP service: the tools, resources and prompts it may reach, as names
     /// (or URIs) where `*` stands for any run of characters. When none of the three
     /// is named the grant narrows nothing; once one is, an unnamed kind is denied.
-    #[serde(default, skip_serializing_if = "Mcp::is_open")]
+    #[serde(default, skip_serializing_if = "Mcp::is_empty")]
     pub mcp: Mcp,
-}
-
-/// What an MCP grant names: patterns of tool names, resource URIs and prompt names.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Mcp {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tools: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub resources: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub prompts: Vec<String>,
-}
-
-/// The kinds of thing an MCP grant names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum McpKind {
-    Tool,
-    Resource,
-    Prompt,
 }
 
 /// What a client credential may be exchanged for: for each service it names, the
@@ -107,6 +92,9 @@ pub enum DenyReason {
     ToolChanged,
     /// MCP: a session id the gateway did not hand to this token's client.
     McpSessionNotGranted,
+    /// MCP: a request of the server to the agent (sampling, elicitation) that the
+    /// grant does not allow; withheld, and answered for the agent.
+    ServerRequestNotGranted,
     /// MCP: a message that is not JSON-RPC as MCP sends it (malformed, a batch, its
     /// `Mcp-Method` / `Mcp-Name` headers disagreeing with its body).
     BadMcpMessage,
@@ -184,6 +172,7 @@ impl Grant {
             tools: patterns(tools)?,
             resources: patterns(resources)?,
             prompts: patterns(prompts)?,
+            ..self.mcp
         };
         Ok(self)
     }
@@ -228,7 +217,7 @@ impl Grant {
         if let Some(r) = &self.role {
             return format!("role {r}");
         }
-        if !self.mcp.is_open() {
+        if !self.mcp.is_empty() {
             return self.mcp.describe();
         }
         let m = if self.methods.is_empty() {
@@ -245,116 +234,10 @@ impl Grant {
     }
 }
 
-// === impl McpKind ===
-
-impl McpKind {
-    /// `tool`, `resource` or `prompt`, as messages and the audit log name it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            McpKind::Tool => "tool",
-            McpKind::Resource => "resource",
-            McpKind::Prompt => "prompt",
-        }
-    }
-
-    /// Why a call to one not named in the grant is refused.
-    pub fn not_granted(self) -> DenyReason {
-        match self {
-            McpKind::Tool => DenyReason::ToolNotGranted,
-            McpKind::Resource => DenyReason::ResourceNotGranted,
-            McpKind::Prompt => DenyReason::PromptNotGranted,
-        }
-    }
-}
-
-// === impl Mcp ===
-
-impl Mcp {
-    /// Whether nothing is named: the grant narrows no MCP call.
-    pub fn is_open(&self) -> bool {
-        self.tools.is_empty() && self.resources.is_empty() && self.prompts.is_empty()
-    }
-
-    /// What is named, for people: `tools search_*,get_ticket; prompts triage`.
-    pub fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        for (kind, list) in [
-            ("tools", &self.tools),
-            ("resources", &self.resources),
-            ("prompts", &self.prompts),
-        ] {
-            if !list.is_empty() {
-                parts.push(format!("{kind} {}", list.join(",")));
-            }
-        }
-        parts.join("; ")
-    }
-
-    /// Whether `name` (a tool or prompt name, a resource URI) is granted.
-    pub fn allows(&self, kind: McpKind, name: &str) -> bool {
-        if self.is_open() {
-            return true;
-        }
-        self.patterns(kind).iter().any(|p| glob(p, name))
-    }
-
-    fn patterns(&self, kind: McpKind) -> &[String] {
-        match kind {
-            McpKind::Tool => &self.tools,
-            McpKind::Resource => &self.resources,
-            McpKind::Prompt => &self.prompts,
-        }
-    }
-
-    /// Whether everything this allows, `wider` allows too. A pattern is within
-    /// another when the other matches it as text: the wider one's `*` then covers
-    /// whatever the narrower's `*` stands for.
-    fn within(&self, wider: &Mcp) -> bool {
-        if wider.is_open() {
-            return true;
-        }
-        if self.is_open() {
-            return false;
-        }
-        [McpKind::Tool, McpKind::Resource, McpKind::Prompt]
-            .into_iter()
-            .all(|k| {
-                self.patterns(k)
-                    .iter()
-                    .all(|p| wider.patterns(k).iter().any(|w| glob(w, p)))
-            })
-    }
-}
-
-/// Whether `text` matches `pattern`, where `*` stands for any run of characters and
-/// every other character for itself. Linear in practice: the last `*` is retried,
-/// never a tree of them.
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
 // === impl DenyReason ===
 
 impl DenyReason {
-    pub const ALL: [Self; 29] = [
+    pub const ALL: [Self; 30] = [
         Self::NoToken,
         Self::MalformedToken,
         Self::BadChecksum,
@@ -383,6 +266,7 @@ impl DenyReason {
         Self::ToolNotListed,
         Self::ToolChanged,
         Self::McpSessionNotGranted,
+        Self::ServerRequestNotGranted,
         Self::BadMcpMessage,
     ];
 
@@ -422,6 +306,7 @@ impl DenyReason {
             DenyReason::ToolNotListed => "tool_not_listed",
             DenyReason::ToolChanged => "tool_changed",
             DenyReason::McpSessionNotGranted => "mcp_session_not_granted",
+            DenyReason::ServerRequestNotGranted => "server_request_not_granted",
             DenyReason::BadMcpMessage => "bad_mcp_message",
         }
     }
@@ -449,7 +334,8 @@ impl DenyReason {
             | DenyReason::ResourceNotGranted
             | DenyReason::PromptNotGranted
             | DenyReason::ToolNotListed
-            | DenyReason::ToolChanged => 403,
+            | DenyReason::ToolChanged
+            | DenyReason::ServerRequestNotGranted => 403,
             DenyReason::BadPath | DenyReason::BadMcpMessage => 400,
             // What a server answers for a session it does not know: start anew.
             DenyReason::McpSessionNotGranted => 404,
@@ -513,61 +399,6 @@ mod tests {
         let open = Grant::new("billing", &[], &[]).unwrap();
         assert_eq!(open.check("DELETE", "/anything"), Ok(()));
         assert_eq!(open.describe(), "any method any path");
-    }
-
-    #[test]
-    fn mcp_grants() {
-        let open = Grant::new("tickets", &[], &[]).unwrap();
-        assert!(
-            open.mcp.allows(McpKind::Tool, "delete_ticket"),
-            "nothing named: all"
-        );
-        let g = open
-            .clone()
-            .with_mcp(&s(&["search_*,get_ticket"]), &[], &[])
-            .unwrap();
-        assert_eq!(g.mcp.tools, s(&["search_*", "get_ticket"]));
-        assert!(g.mcp.allows(McpKind::Tool, "search_tickets"));
-        assert!(g.mcp.allows(McpKind::Tool, "get_ticket"));
-        assert!(!g.mcp.allows(McpKind::Tool, "get_tickets"));
-        assert!(!g.mcp.allows(McpKind::Tool, "delete_ticket"));
-        assert!(
-            !g.mcp.allows(McpKind::Resource, "tickets://1"),
-            "tools named: resources denied"
-        );
-        assert!(!g.mcp.allows(McpKind::Prompt, "triage"));
-        assert_eq!(g.describe(), "tools search_*,get_ticket");
-        assert!(g.within(&open) && !open.within(&g));
-        let narrower = open.clone().with_mcp(&s(&["search_t*"]), &[], &[]).unwrap();
-        assert!(narrower.within(&g));
-        let other = open.clone().with_mcp(&s(&["delete_*"]), &[], &[]).unwrap();
-        assert!(!other.within(&g));
-        assert!(open.clone().with_mcp(&s(&["a b"]), &[], &[]).is_err());
-        assert!(open.clone().with_mcp(&s(&[""]), &[], &[]).is_err());
-        let json = serde_json::to_value(&g).unwrap();
-        assert_eq!(json["mcp"]["tools"][0], "search_*");
-        assert!(serde_json::to_value(&open).unwrap().get("mcp").is_none());
-    }
-
-    #[test]
-    fn globs() {
-        assert!(glob("*", ""));
-        assert!(glob("a*c", "abbbc"));
-        assert!(glob("a*c", "ac"));
-        assert!(!glob("a*c", "acb"));
-        assert!(glob("*x*", "yyxyy"));
-        assert!(glob("tickets://*/comments", "tickets://7/comments"));
-        assert!(!glob("get", "get_ticket"));
-    }
-
-    proptest::proptest! {
-        /// What a pattern within another matches, the other matches too.
-        #[test]
-        fn within_is_sound(w in "[ab*]{0,6}", p in "[ab*]{0,6}", t in "[ab]{0,8}") {
-            if glob(&w, &p) && glob(&p, &t) {
-                proptest::prop_assert!(glob(&w, &t));
-            }
-        }
     }
 
     #[test]

@@ -21,8 +21,9 @@ use sha2::{Digest, Sha256};
 
 use crate::audit::AuditSink;
 
-/// The most of a definition kept for a person to read.
-const MAX_DEFINITION: usize = 64 * 1024;
+/// The most of a definition kept for a person to read (the digest covers it all; a
+/// longer one is kept cut, and marked so).
+const MAX_DEFINITION: usize = 256 * 1024;
 /// The members of a tool's definition the digest covers.
 const PINNED_MEMBERS: [&str; 6] = [
     "name",
@@ -56,6 +57,10 @@ pub enum ApproveError {
     Unknown(String, String),
     #[error("tool `{1}` of `{0}` has not changed: nothing to approve")]
     Unchanged(String, String),
+    #[error(
+        "tool `{1}` of `{0}` changed again since the definition you read (now {2}…); read it again"
+    )]
+    Moved(String, String, String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -67,6 +72,9 @@ pub struct Pins {
     /// Sends an audit event as an alert (the webhook).
     alert: Arc<dyn Fn(&AuditEvent) + Send + Sync>,
     map: RwLock<HashMap<(String, String), ToolPin>>,
+    /// Held while a pin is decided and written, so two lists that see the same new
+    /// definition record it once.
+    writing: tokio::sync::Mutex<()>,
 }
 
 // === impl Pins ===
@@ -88,6 +96,7 @@ impl Pins {
             audit,
             alert,
             map: RwLock::new(map),
+            writing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -99,6 +108,15 @@ impl Pins {
             return Ok(Listed::Withheld);
         };
         let (digest, definition) = digest(tool);
+        let shown = |p: &ToolPin| p.pinned == digest || p.seen == digest;
+        if let Some(p) = self.get(service, name).filter(shown) {
+            return Ok(if p.pinned == digest {
+                Listed::Shown
+            } else {
+                Listed::Withheld
+            });
+        }
+        let _writing = self.writing.lock().await;
         let known = self.get(service, name);
         let (pin, kind) = match known {
             Some(p) if p.pinned == digest => return Ok(Listed::Shown),
@@ -147,16 +165,30 @@ impl Pins {
     }
 
     /// Approves the changed definition of `tool`: it is pinned anew, and shown.
+    /// With `read`, the digest (or its first 16 or more hex digits) of the definition
+    /// the person read: a definition that changed again since is not approved.
     pub async fn approve(
         &self,
         service: &str,
         tool: &str,
+        read: Option<&str>,
         by: &str,
     ) -> Result<ToolPin, ApproveError> {
+        let _writing = self.writing.lock().await;
         let unknown = || ApproveError::Unknown(service.to_owned(), tool.to_owned());
         let p = self.get(service, tool).ok_or_else(unknown)?;
         if p.pinned == p.seen {
             return Err(ApproveError::Unchanged(service.to_owned(), tool.to_owned()));
+        }
+        if let Some(read) = read {
+            if read.len() < 16 || !p.seen.starts_with(&read.to_ascii_lowercase()) {
+                let now = p.seen.chars().take(16).collect();
+                return Err(ApproveError::Moved(
+                    service.to_owned(),
+                    tool.to_owned(),
+                    now,
+                ));
+            }
         }
         let pin = ToolPin {
             pinned: p.seen.clone(),
@@ -250,6 +282,7 @@ pub fn digest(tool: &Value) -> (String, String) {
             end -= 1;
         }
         kept.truncate(end);
+        kept.push_str("…(cut: longer than 256 KiB)");
     }
     (digest, kept)
 }

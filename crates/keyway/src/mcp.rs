@@ -42,6 +42,11 @@ pub enum McpCommand {
     Approve {
         service: String,
         tool: String,
+        /// The digest of the definition you read (`seen_sha256` in `--json`; 16 hex
+        /// digits or more): if the server changed the tool again since, nothing is
+        /// approved.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -94,20 +99,24 @@ pub async fn run(cmd: McpCommand) -> Result<ExitCode> {
         McpCommand::Approve {
             service,
             tool,
+            sha256,
             admin,
         } => {
             let client = AdminClient::resolve(&admin)?;
-            let _: Value = client
+            let approved: Value = client
                 .post(
                     &format!(
                         "/v1/mcp/{}/tools/{}/approve",
                         client::path_segment(&service),
                         client::path_segment(&tool)
                     ),
-                    &json!({}),
+                    &json!({ "sha256": sha256 }),
                 )
                 .await?;
-            eprintln!("tool `{tool}` of `{service}` approved: its new definition is pinned");
+            let pinned = approved["pinned_sha256"].as_str().unwrap_or("-");
+            eprintln!(
+                "tool `{tool}` of `{service}` approved: its new definition ({pinned}) is pinned"
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

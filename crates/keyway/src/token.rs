@@ -120,6 +120,14 @@ pub struct IssueArgs {
     /// For an MCP service: the prompts the token may get.
     #[arg(long, value_delimiter = ',', value_name = "PATTERNS")]
     prompts: Vec<String>,
+    /// For an MCP service: let the server ask the agent's model for completions
+    /// (`sampling/createMessage`); withheld from the agent otherwise.
+    #[arg(long)]
+    allow_sampling: bool,
+    /// For an MCP service: let the server ask the agent's user for input
+    /// (`elicitation/create`); withheld from the agent otherwise.
+    #[arg(long)]
+    allow_elicitation: bool,
     /// Bind the token to this client certificate (PEM): it is then accepted only
     /// over mTLS with that certificate, so a stolen token alone is useless.
     #[arg(long, value_name = "CERT.pem")]
@@ -151,6 +159,8 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
                 "tools": a.tools,
                 "resources": a.resources,
                 "prompts": a.prompts,
+                "sampling": a.allow_sampling,
+                "elicitation": a.allow_elicitation,
             });
             let issued: Issued = client.post("/v1/tokens", &body).await?;
             let i = &issued.info;
@@ -313,7 +323,7 @@ pub fn describe(t: &TokenInfo) -> String {
     if let Some(role) = &t.role {
         return format!("role {role}");
     }
-    if !t.mcp.is_open() {
+    if !t.mcp.is_empty() {
         return t.mcp.describe();
     }
     match (t.methods.is_empty(), t.paths.is_empty()) {

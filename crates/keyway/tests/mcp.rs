@@ -1,141 +1,23 @@
 //! The MCP gateway with MCP stacks no one here wrote: the Python SDK's FastMCP server
-//! (`tests/mcp/tickets.py`, over Streamable HTTP or stdio behind an agent) behind
-//! Keyway, reached by the Python SDK's client (`tests/mcp/client.py`) and the
-//! TypeScript SDK's (`tests/mcp/client.mjs`) with a Keyway token whose grant names
-//! tools. What the
-//! agent sees (the granted tools only; a call to another is a JSON-RPC error), what
-//! reached the server (the injected credential, never the Keyway token, never the
-//! refused call), what the audit log and the metrics say; malformed messages, a
-//! batch and headers that disagree with the body are refused before the server; a
-//! tokenless request learns where the metadata names Keyway's token endpoint.
+//! (`tests/mcp/tickets.py`) behind Keyway, reached by the Python SDK's client
+//! (`tests/mcp/client.py`) and the TypeScript SDK's (`tests/mcp/client.mjs`) with a
+//! Keyway token whose grant names tools. What the agent sees (the granted tools
+//! only; a call to another is a JSON-RPC error), what reached the server (the
+//! injected credential, never the Keyway token, never the refused call), what the
+//! audit log and the metrics say; malformed messages, a batch, headers that disagree
+//! with the body, other methods and upgrades refused before the server; sessions
+//! bound to their token and ended with it; a tokenless request learns where the
+//! metadata names Keyway's token endpoint. `mcp_servers.rs` has what servers do:
+//! tools that change, stdio servers behind an agent, the server's own requests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 
+use common::mcp::*;
 use common::*;
-
-const TICKETS_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/mcp/tickets.py");
-const CLIENT_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/mcp/client.py");
-const CLIENT_MJS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/mcp/client.mjs");
-/// The credential Keyway injects for the server; a canary for leaks.
-const SERVER_SECRET: &str = "tickets-server-credential-canary-52";
-
-/// The tickets server with `args`, its calls logged to `<dir>/tickets.log`: the
-/// server and its port.
-fn tickets(dir: &Path, args: &[&str]) -> (KillOnDrop, u16) {
-    let mut child = Command::new("python3")
-        .arg(TICKETS_PY)
-        .args(args)
-        .env("TICKETS_SECRET", SERVER_SECRET)
-        .env("TICKETS_LOG", dir.join("tickets.log"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map(KillOnDrop)
-        .expect("python3 with mcp (scripts/test installs tests/requirements.txt)");
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
-        .strip_prefix("listening ")
-        .unwrap_or_else(|| panic!("tickets.py said {line:?}"))
-        .parse()
-        .unwrap();
-    (child, port)
-}
-
-/// A gateway in `dir` with `tickets-mcp` on its own port in front of the server on
-/// `upstream`, the server's credential set: the gateway, its admin and service ports.
-fn gateway(dir: &Path, upstream: u16, extra: &str) -> (KillOnDrop, u16, u16) {
-    let (admin, svc, token) = (free_port(), free_port(), free_port());
-    std::fs::write(
-        dir.join("keyway.toml"),
-        format!(
-            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
-             token_listen = \"127.0.0.1:{token}\"\n\
-             [services.tickets-mcp]\nprotocol = \"mcp\"\nlisten = \"127.0.0.1:{svc}\"\n\
-             upstream = \"http://127.0.0.1:{upstream}/mcp\"\nmax_ttl = \"1h\"\n\
-             upstream_auth = {{ header = \"Authorization\", secret = \"tickets-mcp-token\", prefix = \"Bearer \" }}\n{extra}"
-        ),
-    )
-    .unwrap();
-    let gw = start_gateway(dir, admin);
-    ok_stdout(keyway(
-        dir,
-        &[
-            "secret",
-            "set",
-            "tickets-mcp-token",
-            "--config",
-            "keyway.toml",
-        ],
-        Some(SERVER_SECRET),
-    ));
-    (gw, admin, svc)
-}
-
-/// What the SDK's client saw through the gateway, as JSON.
-fn agent(url: &str, token: &str) -> serde_json::Value {
-    let out = Command::new("python3")
-        .args([CLIENT_PY, url, token])
-        .output()
-        .expect("python3 with mcp");
-    assert!(
-        out.status.success(),
-        "client.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// curl's status, headers and body for a POST of `body` to the MCP endpoint.
-fn post(port: u16, token: Option<&str>, headers: &[&str], body: &str) -> (u16, String, String) {
-    let mut c = Command::new("curl");
-    c.args([
-        "-s",
-        "-D",
-        "-",
-        "-o",
-        "-",
-        "-w",
-        "\n%{http_code}",
-        "-X",
-        "POST",
-    ]);
-    c.args(["-H", "Content-Type: application/json"]);
-    c.args(["-H", "Accept: application/json, text/event-stream"]);
-    c.args(["-H", "MCP-Protocol-Version: 2025-11-25"]);
-    if let Some(t) = token {
-        c.arg("-H").arg(format!("Authorization: Bearer {t}"));
-    }
-    for h in headers {
-        c.args(["-H", h]);
-    }
-    let out = c
-        .args(["--data-binary", body])
-        .arg(format!("http://127.0.0.1:{port}/mcp"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (rest, status) = text.rsplit_once('\n').unwrap();
-    let (head, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
-    (
-        status.trim().parse().unwrap(),
-        head.to_owned(),
-        body.to_owned(),
-    )
-}
-
-fn log_of(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("tickets.log")).unwrap_or_default()
-}
 
 #[test]
 fn an_agent_sees_and_calls_only_its_granted_tools() {
@@ -154,20 +36,11 @@ fn an_agent_sees_and_calls_only_its_granted_tools() {
 
     let seen = agent(&url, &narrow);
     assert_eq!(seen["server"], "tickets");
-    assert_eq!(
-        seen["tools"],
-        serde_json::json!(["get_ticket", "search_tickets"])
-    );
+    assert_granted_only(&seen);
     assert_eq!(
         seen["search"]["ok"],
         serde_json::json!(["printer on fire", "printer jam"])
     );
-    assert_eq!(
-        seen["get"]["ok"],
-        serde_json::json!(["ticket 7: printer on fire"])
-    );
-    let refused = seen["delete"]["error"].as_str().unwrap();
-    assert!(refused.contains("`delete_ticket` is not granted"), "{seen}");
     // Tools named only: resources and prompts are denied, and listed as none.
     assert_eq!(seen["resources"], serde_json::json!([]));
     assert!(
@@ -205,9 +78,10 @@ fn an_agent_sees_and_calls_only_its_granted_tools() {
         "allow||search_tickets|19|1|64\nallow||get_ticket|8|1|64\ndeny|tool_not_granted|delete_ticket|8||64",
         "{rows}"
     );
+    // The query's value ("printer") is in no event: not as arguments, not anywhere.
     let detail = store_query(dir, "select group_concat(detail) from audit_events");
     assert!(
-        !detail.contains("printer\""),
+        !detail.contains("printer"),
         "argument values are not audited: {detail}"
     );
     let listed = store_query(
@@ -340,12 +214,63 @@ fn malformed_messages_never_reach_the_server() {
             -32700,
             400,
         ),
+        (
+            "an id the server could read as another (1.0 as 1)",
+            vec![],
+            r#"{"jsonrpc":"2.0","id":1.0,"method":"tools/list"}"#.to_owned(),
+            -32600,
+            400,
+        ),
+        (
+            "a call without an id (a notification runs unanswered)",
+            vec![],
+            r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"delete_ticket","arguments":{"id":3}}}"#.to_owned(),
+            -32600,
+            400,
+        ),
+        (
+            "completing a prompt's arguments, not granted",
+            vec![],
+            r#"{"jsonrpc":"2.0","id":6,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"triage"},"argument":{"name":"ticket","value":"pr"}}}"#.to_owned(),
+            -32602,
+            200,
+        ),
     ] {
         let (got, _, answer) = post(svc, Some(&token), &headers, &body);
         assert_eq!(got, status, "{what}: {answer}");
         let v: serde_json::Value =
             serde_json::from_str(&answer).unwrap_or_else(|_| panic!("{what}: {answer}"));
         assert_eq!(v["error"]["code"], code, "{what}: {answer}");
+    }
+    // Nothing passes that is not a message read: another method, a body on GET, an
+    // upgrade to another protocol.
+    let url = format!("http://127.0.0.1:{svc}/mcp");
+    let auth = format!("Authorization: Bearer {token}");
+    for (what, args, status) in [
+        ("PUT", vec!["-X", "PUT", "--data-binary", "{}"], 405),
+        (
+            "a GET with a body",
+            vec!["-X", "GET", "--data-binary", "{}"],
+            400,
+        ),
+        (
+            "an upgrade",
+            vec![
+                "-H",
+                "Connection: Upgrade",
+                "-H",
+                "Upgrade: websocket",
+                "-H",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                "-H",
+                "Sec-WebSocket-Version: 13",
+            ],
+            400,
+        ),
+    ] {
+        let mut a = vec!["-H", auth.as_str()];
+        a.extend(args);
+        assert_eq!(curl_status(&url, &a), status, "{what}");
     }
     let log = log_of(dir);
     assert_eq!(log.trim(), "get_ticket 3", "only the good call ran: {log}");
@@ -355,7 +280,7 @@ fn malformed_messages_never_reach_the_server() {
     );
     assert_eq!(
         reasons.trim(),
-        "bad_mcp_message|6\ntool_not_granted|1\ntool_not_listed|1",
+        "bad_mcp_message|10\nmethod_not_allowed|1\nprompt_not_granted|1\ntool_not_granted|1\ntool_not_listed|1",
         "{reasons}"
     );
 
@@ -384,141 +309,6 @@ fn malformed_messages_never_reach_the_server() {
     assert_eq!(
         doc["authorization_servers"],
         serde_json::json!([format!("http://127.0.0.1:{token_port}")])
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_tool_that_changes_is_withheld_until_approved() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let (hook, alerts) = webhook().await;
-    let (server, upstream) = tickets(dir, &[]);
-    let (_gw, _admin, svc) = gateway(
-        dir,
-        upstream,
-        &format!("[alerts.webhook]\nurl = \"http://{hook}/keyway\"\nsecret = \"hook-key\"\n"),
-    );
-    ok_stdout(keyway(
-        dir,
-        &["secret", "set", "hook-key", "--config", "keyway.toml"],
-        Some("hook-secret-value"),
-    ));
-    let url = format!("http://127.0.0.1:{svc}/mcp");
-    let token = issue(dir, "support-bot", "tickets-mcp");
-    let mcp_tools = |extra: &[&str]| {
-        let mut args = vec!["mcp", "tools", "tickets-mcp"];
-        args.extend(extra);
-        args.extend(["--config", "keyway.toml"]);
-        ok_stdout(keyway(dir, &args, None))
-    };
-    let (u, t) = (url.clone(), token.clone());
-    let seen = tokio::task::spawn_blocking(move || agent(&u, &t))
-        .await
-        .unwrap();
-    assert_eq!(
-        seen["get"]["ok"],
-        serde_json::json!(["ticket 7: printer on fire"])
-    );
-    let table = mcp_tools(&[]);
-    assert_eq!(table.matches(" pinned ").count(), 3, "{table}");
-
-    // The server changes what get_ticket says it does.
-    let pid = server.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-USR1", &pid])
-        .status()
-        .unwrap()
-        .success());
-    for _ in 0..2 {
-        let (u, t) = (url.clone(), token.clone());
-        let seen = tokio::task::spawn_blocking(move || agent(&u, &t))
-            .await
-            .unwrap();
-        assert_eq!(
-            seen["tools"],
-            serde_json::json!(["delete_ticket", "search_tickets"]),
-            "the changed tool is withheld"
-        );
-        let refused = seen["get"]["error"].as_str().unwrap();
-        assert!(refused.contains("changed since it was approved"), "{seen}");
-    }
-    assert_eq!(
-        log_of(dir).matches("get_ticket").count(),
-        1,
-        "one call reached it, before the change"
-    );
-    let table = mcp_tools(&[]);
-    assert!(
-        table
-            .lines()
-            .any(|l| l.starts_with("get_ticket") && l.contains(" changed ")),
-        "{table}"
-    );
-    let json = mcp_tools(&["--json"]);
-    assert!(
-        json.contains("~/.ssh/id_rsa"),
-        "the new definition, to read: {json}"
-    );
-    let changed = store_query(
-        dir,
-        "select count(*) from audit_events where kind = 'mcp.tool_changed' \
-         and json_extract(detail, '$.tool') = 'get_ticket'",
-    );
-    assert_eq!(
-        changed.trim(),
-        "1",
-        "one event per new definition, not per list"
-    );
-    // The alert reached the webhook (its first attempt is refused, then retried).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let got = alerts.lock().unwrap().clone();
-        if got
-            .iter()
-            .any(|(_, _, body)| body.contains("mcp.tool_changed") && body.contains("get_ticket"))
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no mcp.tool_changed alert: {got:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-
-    // Approved: listed and callable again, with the new definition pinned.
-    let approve = || {
-        let args = [
-            "mcp",
-            "approve",
-            "tickets-mcp",
-            "get_ticket",
-            "--config",
-            "keyway.toml",
-        ];
-        keyway(dir, &args, None)
-    };
-    ok_stdout(approve());
-    assert!(!approve().status.success(), "nothing left to approve");
-    let (u, t) = (url.clone(), token.clone());
-    let seen = tokio::task::spawn_blocking(move || agent(&u, &t))
-        .await
-        .unwrap();
-    assert_eq!(
-        seen["tools"],
-        serde_json::json!(["delete_ticket", "get_ticket", "search_tickets"])
-    );
-    assert_eq!(
-        seen["get"]["ok"],
-        serde_json::json!(["ticket 7: printer on fire"])
-    );
-    let approved = store_query(
-        dir,
-        "select json_extract(detail, '$.by') from audit_events where kind = 'mcp.tool_approved'",
-    );
-    assert!(
-        !approved.trim().is_empty(),
-        "the approval names who approved"
     );
 }
 
@@ -603,93 +393,6 @@ fn a_session_is_bound_to_its_token_and_its_stream_ends_with_it() {
 }
 
 #[test]
-fn a_stdio_server_behind_an_agent() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let (admin, tunnel, svc, bridge) = (free_port(), free_port(), free_port(), free_port());
-    std::fs::write(
-        dir.join("keyway.toml"),
-        format!(
-            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin}\"\ntunnel_listen = \"127.0.0.1:{tunnel}\"\n\
-             [agents.inside]\nservices = [\"tickets-mcp\"]\n\
-             [services.tickets-mcp]\nprotocol = \"mcp\"\nlisten = \"127.0.0.1:{svc}\"\n\
-             upstream = \"http://127.0.0.1:{bridge}/mcp\"\nvia = \"inside\"\nmax_ttl = \"1h\"\n"
-        ),
-    )
-    .unwrap();
-    let _gw = start_gateway(dir, admin);
-    wait_for_port(tunnel);
-    let cfg = ["--config", "keyway.toml"];
-    let enrollment = ok_stdout(keyway(
-        dir,
-        &[&["agent", "enroll", "inside"][..], &cfg].concat(),
-        None,
-    ));
-    std::fs::write(dir.join("enroll.tok"), &enrollment).unwrap();
-    // The agent runs the stdio server inside the private network; the gateway only
-    // ever reaches it through the agent's tunnel.
-    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-    let _agent = Command::new(BIN)
-        .args(["agent", "run", "--gateway", &format!("127.0.0.1:{tunnel}")])
-        .args(["--enroll-token-file", "enroll.tok", "--data-dir", "agent"])
-        .arg("--mcp-stdio")
-        .arg(format!("127.0.0.1:{bridge}=python3 {TICKETS_PY} --stdio"))
-        .env("TICKETS_LOG", dir.join("tickets.log"))
-        .current_dir(dir)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .map(KillOnDrop)
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let list = ok_stdout(keyway(
-            dir,
-            &[&["agent", "list", "--json"][..], &cfg].concat(),
-            None,
-        ));
-        if list.contains("\"connected\"") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the agent never connected: {list}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let token = ok_stdout(issue_as(
-        dir,
-        "support-bot",
-        "tickets-mcp",
-        None,
-        &["--tools", "search_*,get_ticket"],
-    ));
-    let seen = agent(&format!("http://127.0.0.1:{svc}/mcp"), &token);
-    assert_eq!(
-        seen["tools"],
-        serde_json::json!(["get_ticket", "search_tickets"])
-    );
-    assert_eq!(
-        seen["get"]["ok"],
-        serde_json::json!(["ticket 7: printer on fire"])
-    );
-    assert!(
-        seen["delete"]["error"]
-            .as_str()
-            .unwrap()
-            .contains("not granted"),
-        "{seen}"
-    );
-    let log = log_of(dir);
-    assert!(
-        log.contains("get_ticket 7") && !log.contains("delete_ticket"),
-        "{log}"
-    );
-    let leaked = files_containing(dir, &token[5..]);
-    assert!(leaked.is_empty(), "the token is in {leaked:?}");
-}
-
-#[test]
 fn the_typescript_sdks_client_sees_the_same() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -712,16 +415,7 @@ fn the_typescript_sdks_client_sees_the_same() {
         String::from_utf8_lossy(&out.stderr)
     );
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        seen["tools"],
-        serde_json::json!(["get_ticket", "search_tickets"])
-    );
-    assert_eq!(
-        seen["get"]["ok"],
-        serde_json::json!(["ticket 7: printer on fire"])
-    );
-    let refused = seen["delete"]["error"].as_str().unwrap();
-    assert!(refused.contains("`delete_ticket` is not granted"), "{seen}");
+    assert_granted_only(&seen);
     // The session the SDK held was bound to its token.
     let session = seen["session"].as_str().unwrap();
     assert_eq!(session.rsplit_once('.').unwrap().1.len(), 32, "{session}");

@@ -126,6 +126,12 @@ pub struct RawPolicyGrant {
     pub resources: Vec<String>,
     #[serde(default)]
     pub prompts: Vec<String>,
+    /// For an MCP service: the server may ask the agent's model for completions.
+    #[serde(default)]
+    pub sampling: bool,
+    /// For an MCP service: the server may ask the agent's user for input.
+    #[serde(default)]
+    pub elicitation: bool,
 }
 
 /// The identity providers Keyway trusts.
@@ -550,7 +556,11 @@ impl RawPolicy {
                     "methods and paths narrow HTTP services only; this service would take them as a grant to everything",
                 );
             }
-            let names_mcp = !g.tools.is_empty() || !g.resources.is_empty() || !g.prompts.is_empty();
+            let names_mcp = !g.tools.is_empty()
+                || !g.resources.is_empty()
+                || !g.prompts.is_empty()
+                || g.sampling
+                || g.elicitation;
             if names_mcp && !svc.is_mcp() {
                 p.push(
                     &at,
@@ -562,6 +572,8 @@ impl RawPolicy {
             match grant {
                 Ok(mut grant) => {
                     grant.role = g.role;
+                    grant.mcp.sampling = g.sampling;
+                    grant.mcp.elicitation = g.elicitation;
                     grants.push(grant);
                 }
                 Err(e) => p.push(&at, &e.to_string()),

@@ -39,13 +39,20 @@ pub(super) async fn approve_tool(
     admin: Admin,
     State(gw): State<Gw>,
     Path((service, tool)): Path<(String, String)>,
-    _: JsonBody,
+    JsonBody(body): JsonBody,
 ) -> Response {
-    match gw.pins.approve(&service, &tool, &admin.principal).await {
+    // `{"sha256": "…"}`: the definition the person read (all of its digest, or 16
+    // hex digits or more); without it, the one seen last.
+    let read: Option<String> = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("sha256").and_then(|s| s.as_str()).map(str::to_owned));
+    match gw.pins.approve(&service, &tool, read.as_deref(), &admin.principal).await {
         Ok(p) => Json(json!({ "service": service, "tool": tool, "state": p.state(), "pinned_sha256": p.pinned }))
             .into_response(),
         Err(e @ crate::pins::ApproveError::Unknown(..)) => error(StatusCode::NOT_FOUND, &e.to_string()),
-        Err(e @ crate::pins::ApproveError::Unchanged(..)) => error(StatusCode::CONFLICT, &e.to_string()),
+        Err(e @ (crate::pins::ApproveError::Unchanged(..) | crate::pins::ApproveError::Moved(..))) => {
+            error(StatusCode::CONFLICT, &e.to_string())
+        }
         Err(crate::pins::ApproveError::Store(e)) => {
             tracing::error!(error = %e, "could not record a tool's approval");
             error(

@@ -55,6 +55,7 @@ use crate::listener::{serve_http, ConnInfo, Limits, Stop};
 use crate::proxy::Handles;
 use crate::sessions::SessionEnd;
 
+mod answers;
 mod body;
 mod forward;
 mod grpc;
@@ -64,6 +65,7 @@ mod mcp;
 /// `trusted_proxies`).
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
+use answers::{empty, plain, refusal};
 use body::Cancellable;
 use forward::{bearer, is_websocket_upgrade, upgraded_response};
 
@@ -258,7 +260,11 @@ impl HttpProxy {
     }
 
     /// Decides one request and, if allowed, forwards it.
-    pub async fn handle(&self, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(
+        self: &Arc<Self>,
+        conn: &ConnInfo,
+        mut req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
         let peer = conn.peer;
         let h = &self.h;
         let mut ev = h.audit.event(EventKind::Request);
@@ -315,9 +321,12 @@ impl HttpProxy {
         let grpc = grpc::is_stream(&req, self.http.upstream_h2);
         // A WebSocket upgrade, on purpose: the one upgrade passed through (never h2c).
         let client_upgrade = is_websocket_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-        let (req, call, path) = match &self.http.mcp {
+        let (req, mut call, path) = match &self.http.mcp {
             None => (req.map(body::Outgoing::Streamed), None, path.as_str()),
-            Some(_) => match self.mcp_request(req, &path, &entry, &mut detail).await {
+            Some(_) => match self
+                .mcp_request(req, &path, &entry, (conn, source), &mut detail)
+                .await
+            {
                 // The endpoint is the upstream's path, which the forwarding prepends.
                 Ok((r, c)) => (r, c, mcp::forwarded_path(&self.http.upstream)),
                 Err(refused) => {
@@ -335,6 +344,7 @@ impl HttpProxy {
                 }
             };
         let request = self.client.request(upstream_req);
+        let mut finish = None;
         // A gRPC server may send its headers only with its first message or its
         // status, after a client stream of any length: no time limit until then,
         // but the call ends when its token does (revoked, expired).
@@ -365,9 +375,11 @@ impl HttpProxy {
                         upgraded_response(resp)
                     }
                     _ if self.http.mcp.is_some() => {
-                        let call = call.as_ref();
-                        self.mcp_respond(resp, call, &entry, source, &mut detail)
-                            .await
+                        let (resp, f) = self
+                            .mcp_respond(resp, call.take(), &entry, source, &mut detail)
+                            .await;
+                        finish = f;
+                        resp
                     }
                     _ => self.downstream_response(resp, &entry, source),
                 }
@@ -408,6 +420,11 @@ impl HttpProxy {
             }
         };
         ev.detail = detail.into();
+        // An MCP answer streamed: its event goes when the stream reaches the answer.
+        if let Some(f) = finish {
+            let _ = f.send((ev, reservation));
+            return response;
+        }
         // Under `durability = "commit"` the answer waits for its event's commit.
         if !reservation.send(ev).wait().await {
             return refusal(DenyReason::AuditUnavailable, None);
@@ -525,68 +542,6 @@ fn cause<E: std::error::Error + 'static>(e: &hyper_util::client::legacy::Error) 
     }
     None
 }
-
-/// The answer to a refused request.
-fn refusal(reason: DenyReason, retry_after: Option<Duration>) -> Response<ProxyBody> {
-    let status = StatusCode::from_u16(reason.status()).unwrap_or(StatusCode::FORBIDDEN);
-    let body = match status {
-        StatusCode::UNAUTHORIZED => "unauthorized\n",
-        StatusCode::FORBIDDEN => "forbidden\n",
-        StatusCode::TOO_MANY_REQUESTS => "too many requests\n",
-        StatusCode::BAD_REQUEST => "bad request\n",
-        StatusCode::METHOD_NOT_ALLOWED => "method not allowed\n",
-        _ => "service unavailable\n",
-    };
-    let mut resp = plain(status, body);
-    let h = resp.headers_mut();
-    match status {
-        StatusCode::UNAUTHORIZED => {
-            h.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"keyway\""),
-            );
-        }
-        StatusCode::TOO_MANY_REQUESTS => {
-            let secs = retry_after.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64);
-            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        StatusCode::BAD_REQUEST => {
-            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        _ => {}
-    }
-    if reason == DenyReason::UnknownService {
-        // This connection belongs to a removed proxy: nothing serves it any more.
-        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    } else if reason == DenyReason::AuditUnavailable {
-        h.insert(header::RETRY_AFTER, HeaderValue::from(1));
-    }
-    resp
-}
-
-/// A body with nothing in it.
-fn empty() -> ProxyBody {
-    http_body_util::Empty::new()
-        .map_err(|e| match e {})
-        .boxed_unsync()
-}
-
-fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
-    let mut resp = Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
-            .map_err(|e| match e {})
-            .boxed_unsync(),
-    );
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp.extensions_mut().insert(grpc::OwnAnswer);
-    resp
-}
-
-// === impl Cancellable ===
 
 #[cfg(test)]
 mod tests;

@@ -66,7 +66,9 @@ impl Tokens {
         };
         Self::check_ttl(&config, svc, ttl)?;
         let names_mcp =
-            !(req.tools.is_empty() && req.resources.is_empty() && req.prompts.is_empty());
+            !(req.tools.is_empty() && req.resources.is_empty() && req.prompts.is_empty())
+                || req.sampling
+                || req.elicitation;
         if names_mcp && !svc.is_mcp() {
             return Err(IssueError::Invalid(format!(
                 "tools, resources and prompts narrow mcp services only; `{}` is {}",
@@ -79,6 +81,8 @@ impl Tokens {
             &req.resources,
             &req.prompts,
         )?;
+        grant.mcp.sampling = req.sampling;
+        grant.mcp.elicitation = req.elicitation;
         grant.role = check_role(svc, req.role.as_deref())?;
         let bound = check_thumbprint(req.cert_thumbprint.as_deref())?;
         Ok(self

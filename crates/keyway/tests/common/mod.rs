@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cluster;
+pub mod mcp;
 pub mod oidc;
 mod pg;
 mod pg_cluster;

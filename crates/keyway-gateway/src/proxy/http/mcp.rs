@@ -34,17 +34,55 @@ const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
 /// A session of the 2025-11-25 revision: the server's id, which the gateway binds to
 /// the token whose client it was handed to (`<server's id>.<MAC>`).
 const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+/// Where a client asks a stream to resume.
+const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
 /// The path of the protected-resource metadata (RFC 9728).
 const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
 /// What a forwarded request asked, to read its answer by.
 pub(super) struct Call {
-    id: Value,
+    /// The request's id; `None` for what has no answer of its own (a notification,
+    /// the client's response, the server's stream asked with GET, DELETE).
+    id: Option<Value>,
     /// The token's grant, which lists are cut to.
     grant: Grant,
     /// For `tools/list` and the like: the kind of thing the answer lists.
     lists: Option<McpKind>,
+    /// How the request came, to answer the server on the agent's behalf (a request
+    /// of the server's that the grant withholds from the agent).
+    headers: HeaderMap,
+    conn: ConnInfo,
+    source: IpAddr,
+    /// The token's id and principal, for the events of what is withheld.
+    who: (String, String),
+}
+
+// === impl Call ===
+
+impl Call {
+    fn new(
+        id: Option<Value>,
+        grant: &Grant,
+        headers: &HeaderMap,
+        (conn, source): (&ConnInfo, IpAddr),
+    ) -> Self {
+        Self {
+            id,
+            grant: grant.clone(),
+            lists: None,
+            headers: headers.clone(),
+            conn: conn.clone(),
+            source,
+            who: (String::new(), String::new()),
+        }
+    }
+
+    /// This call, made with `entry`'s token.
+    fn of(mut self, entry: &Entry) -> Self {
+        self.who = (entry.id().to_owned(), entry.record.principal.clone());
+        self
+    }
 }
 
 /// A message refused before it reached the server.
@@ -74,6 +112,7 @@ impl HttpProxy {
         req: Request<Incoming>,
         path: &str,
         entry: &Entry,
+        from: (&ConnInfo, IpAddr),
         detail: &mut serde_json::Map<String, Value>,
     ) -> Result<(Request<Outgoing>, Option<Call>), Refused> {
         // Every token admitted to a service has its grant; without one, nothing.
@@ -98,10 +137,34 @@ impl HttpProxy {
             let theirs = self.unbind_session(bound, entry.id())?;
             req.headers_mut().insert(MCP_SESSION_ID, theirs);
         }
+        // Nothing passes that is not a message read here: no other method, no
+        // upgrade to another protocol, no body on GET or DELETE.
+        if !matches!(*req.method(), Method::POST | Method::GET | Method::DELETE) {
+            return Err(Refused {
+                reason: DenyReason::MethodNotAllowed,
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                answer: jsonrpc::error_response(
+                    &Value::Null,
+                    -32600,
+                    "MCP takes POST, GET and DELETE",
+                ),
+            });
+        }
+        if req.headers().contains_key(header::UPGRADE) {
+            return Err(malformed("MCP is not upgraded to another protocol"));
+        }
         if *req.method() != Method::POST {
+            if !req.body().is_end_stream() {
+                return Err(malformed("GET and DELETE carry no body"));
+            }
             // The server's stream (GET) and a session's end (DELETE) carry no message
-            // of the client's.
-            return Ok((req.map(Outgoing::Streamed), None));
+            // of the client's. A request's stream is not resumed through the gateway:
+            // its replay would pass unjudged.
+            req.headers_mut().remove(LAST_EVENT_ID);
+            let (parts, _) = req.into_parts();
+            let call = Call::new(None, grant, &parts.headers, from).of(entry);
+            let none = Outgoing::Read(Full::new(Bytes::new()));
+            return Ok((Request::from_parts(parts, none), Some(call)));
         }
         let (mut parts, body) = req.into_parts();
         let limits = jsonrpc::Limits::default();
@@ -137,6 +200,11 @@ impl HttpProxy {
                 })
             }
         };
+        if parts.headers.get_all(MCP_METHOD).iter().count() > 1
+            || parts.headers.get_all(MCP_NAME).iter().count() > 1
+        {
+            return Err(malformed("Mcp-Method and Mcp-Name are sent once"));
+        }
         let header = |h: &HeaderName| {
             parts
                 .headers
@@ -156,9 +224,18 @@ impl HttpProxy {
                 m.chars().take(128).collect::<String>().into(),
             );
         }
-        let call = self.judge(&msg, grant, &parts.headers, detail)?;
+        let call = self
+            .judge(&msg, grant, &parts.headers, from, detail)?
+            .map(|c| c.of(entry));
         let body = Bytes::from(msg.to_value().to_string());
+        // The body as rebuilt: JSON in UTF-8, whatever the client said of its own
+        // (a charset the server decodes otherwise would be a message unjudged).
         parts.headers.remove(header::TRANSFER_ENCODING);
+        parts.headers.remove(header::CONTENT_ENCODING);
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
@@ -202,21 +279,38 @@ impl HttpProxy {
         msg: &Message,
         grant: &Grant,
         headers: &HeaderMap,
+        (conn, source): (&ConnInfo, IpAddr),
         detail: &mut serde_json::Map<String, Value>,
     ) -> Result<Option<Call>, Refused> {
-        let Message::Request { id, method, params } = msg else {
-            return Ok(None);
+        let no_answer = || Ok(Some(Call::new(None, grant, headers, (conn, source))));
+        let (id, method, params) = match msg {
+            Message::Request { id, method, params } => (id, method, params),
+            // A notification runs its method too, unanswered: one that reaches
+            // something must be a request, to be judged and answered.
+            Message::Notification { method, params } => {
+                if asked(method, params.as_ref()).is_some() {
+                    return Err(malformed(
+                        "a call that reaches a tool, resource or prompt has an id",
+                    ));
+                }
+                return no_answer();
+            }
+            Message::Response { .. } => return no_answer(),
         };
-        let call = Call {
-            id: id.clone(),
-            grant: grant.clone(),
-            lists: lists(method),
-        };
+        // The answer is matched by its id: one a server could write back otherwise
+        // (`1.0` read as `1`) would pass unjudged.
+        if id.as_f64().is_some() && id.as_i64().is_none() && id.as_u64().is_none() {
+            return Err(malformed("an id is a string or an integer"));
+        }
+        let mut call = Call::new(Some(id.clone()), grant, headers, (conn, source));
+        call.lists = lists(method);
         let Some((kind, name)) = asked(method, params.as_ref()) else {
             return Ok(Some(call));
         };
-        let Some(name) = name else {
-            return Err(malformed("the call names no tool, resource or prompt"));
+        let Some(name) = name.filter(|n| n.len() <= 1024) else {
+            return Err(malformed(
+                "the call names no tool, resource or prompt (of at most 1024 bytes)",
+            ));
         };
         let shown: String = name.chars().take(128).collect();
         detail.insert(kind.as_str().into(), shown.clone().into());
@@ -342,8 +436,10 @@ impl HttpProxy {
             } else {
                 "http"
             };
-            let host = base.split("://").nth(1).unwrap_or_default();
-            let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+            let reached = base.split("://").nth(1).unwrap_or_default();
+            let host = reached
+                .parse::<http::uri::Authority>()
+                .map_or_else(|_| "localhost".to_owned(), |a| a.host().to_owned());
             doc["authorization_servers"] =
                 serde_json::json!([format!("{scheme}://{host}:{}", addr.port())]);
         }
@@ -404,19 +500,28 @@ fn challenge(base: &str, endpoint: &str) -> Option<HeaderValue> {
 /// What a request reaches: a tool (by `params.name`), a resource (`params.uri`) or a
 /// prompt (`params.name`); `Some((kind, None))` when the call names none.
 fn asked(method: &str, params: Option<&Value>) -> Option<(McpKind, Option<String>)> {
-    let (kind, field) = match method {
-        "tools/call" => (McpKind::Tool, "name"),
-        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-            (McpKind::Resource, "uri")
-        }
-        "prompts/get" => (McpKind::Prompt, "name"),
-        _ => return None,
+    let named = |v: Option<&Value>, field: &str| {
+        v.and_then(|p| p.get(field))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
     };
-    let name = params
-        .and_then(|p| p.get(field))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    Some((kind, name))
+    match method {
+        "tools/call" => Some((McpKind::Tool, named(params, "name"))),
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            Some((McpKind::Resource, named(params, "uri")))
+        }
+        "prompts/get" => Some((McpKind::Prompt, named(params, "name"))),
+        // Completing a prompt's or a resource template's arguments reveals them.
+        "completion/complete" => {
+            let r = params.and_then(|p| p.get("ref"));
+            match r.and_then(|r| r.get("type")).and_then(Value::as_str) {
+                Some("ref/prompt") => Some((McpKind::Prompt, named(r, "name"))),
+                Some("ref/resource") => Some((McpKind::Resource, named(r, "uri"))),
+                _ => Some((McpKind::Prompt, None)),
+            }
+        }
+        _ => None,
+    }
 }
 
 /// The kind of thing a list method's answer lists.

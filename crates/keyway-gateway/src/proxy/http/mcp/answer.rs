@@ -1,33 +1,65 @@
-//! The server's answer to a forwarded request: read up to its JSON-RPC response
-//! (JSON, or the server-sent events of its stream), lists cut to the grant and to
-//! the tools still as pinned, the call's result measured for its audit event.
+//! The server's answer to a forwarded request: its JSON-RPC response (JSON read
+//! whole, or the server-sent events of its stream relayed as they come,
+//! `stream.rs`), lists cut to the grant and to the tools still as pinned, the
+//! server's requests to the agent withheld where not granted, the call's result
+//! measured for its audit event.
 
 use super::*;
 
-/// The largest answer read from the server for one request (a list, a result).
+mod stream;
+
+pub(in crate::proxy::http) use stream::Finish;
+
+/// The largest answer read from the server for one request (a list, a result), and
+/// the largest event of a stream.
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
 // === impl HttpProxy ===
 
 impl HttpProxy {
-    /// An MCP server's answer, as the client gets it: a request's read and judged
-    /// ([`HttpProxy::mcp_answer`]), anything else streamed as HTTP is (the server's
-    /// stream of notifications ends when the token does); a session id bound to
-    /// the token.
+    /// An MCP server's answer, as the client gets it, with the session id bound to
+    /// the token. A request's answer: a stream of events relayed as it comes
+    /// ([`HttpProxy::mcp_stream`], which records the call's event when it reaches
+    /// the answer: the `Finish` it gives back takes the event), or JSON read whole
+    /// ([`HttpProxy::mcp_answer`]). Anything else streamed as HTTP is (the server's
+    /// own stream withholding what the grant does not allow), and ends when the
+    /// token does.
     pub(in crate::proxy::http) async fn mcp_respond(
-        &self,
+        self: &Arc<Self>,
         resp: Response<Incoming>,
-        call: Option<&Call>,
+        call: Option<Call>,
         entry: &Arc<Entry>,
         source: IpAddr,
         detail: &mut serde_json::Map<String, Value>,
-    ) -> Response<ProxyBody> {
-        let mut resp = match call {
-            Some(c) => match self.mcp_answer(resp, c, entry, source, detail).await {
-                Ok(r) => r,
-                Err(resp) => self.downstream_response(resp, entry, source),
-            },
-            None => self.downstream_response(resp, entry, source),
+    ) -> (Response<ProxyBody>, Option<Finish>) {
+        let stream = is_event_stream(resp.headers()) && resp.status().is_success();
+        let (mut resp, finish) = match call {
+            Some(c) if c.id.is_some() && stream => {
+                let (r, f) = self.mcp_stream(resp, c, entry, source);
+                (r, Some(f))
+            }
+            Some(c) if c.id.is_some() => {
+                match self.mcp_answer(resp, &c, entry, source, detail).await {
+                    Ok(r) => (r, None),
+                    Err(resp) => (self.downstream_response(resp, entry, source), None),
+                }
+            }
+            Some(c) if stream => {
+                // The server's own stream (GET): its requests to the agent pass only
+                // where the grant allows them, and are answered for it otherwise.
+                let resp = self.downstream_response(resp, entry, source);
+                let resp = resp.map(|inner| {
+                    Withholding {
+                        inner,
+                        reader: sse::Reader::new(MAX_ANSWER),
+                        proxy: self.clone(),
+                        call: c,
+                    }
+                    .boxed_unsync()
+                });
+                (resp, None)
+            }
+            _ => (self.downstream_response(resp, entry, source), None),
         };
         if let Some(theirs) = resp.headers().get(MCP_SESSION_ID) {
             match self.bind_session(theirs, entry.id()) {
@@ -35,12 +67,12 @@ impl HttpProxy {
                 None => resp.headers_mut().remove(MCP_SESSION_ID),
             };
         }
-        resp
+        (resp, finish)
     }
 
-    /// The answer to a forwarded request, read up to its JSON-RPC response, with
-    /// lists cut to the grant; its size and error go into `detail`. An answer that is
-    /// neither JSON nor a stream of events (202 to a notification, an HTTP error)
+    /// A JSON answer to a forwarded request, read whole (bounded in size and by
+    /// `upstream_timeout`), its lists cut to the grant; its size and error go into
+    /// `detail`. An answer that is not JSON (202 to a notification, an HTTP error)
     /// is given back, to pass as any HTTP answer does.
     async fn mcp_answer(
         &self,
@@ -50,62 +82,19 @@ impl HttpProxy {
         source: IpAddr,
         detail: &mut serde_json::Map<String, Value>,
     ) -> Result<Response<ProxyBody>, Response<Incoming>> {
-        let sse = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
         let json = resp
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json"));
-        if !(sse || json) || !resp.status().is_success() {
+        if !json || !resp.status().is_success() {
             return Err(resp);
         }
-        let (mut parts, mut body) = resp.into_parts();
-        let mut out = Vec::new();
-        let mut seen = false;
-        let mut reader = sse::Reader::new(MAX_ANSWER);
-        let mut whole = Vec::new();
-        let reading = tokio::time::timeout(self.http.upstream_timeout, async {
-            while !seen {
-                let Some(frame) = body.frame().await else {
-                    break;
-                };
-                let Ok(data) = frame.map(|f| f.into_data()) else {
-                    return Err("the server's answer broke off");
-                };
-                let Ok(data) = data else { continue };
-                if !sse {
-                    if whole.len() + data.len() > MAX_ANSWER {
-                        return Err("the server's answer is too large");
-                    }
-                    whole.extend_from_slice(&data);
-                    continue;
-                }
-                let events = reader
-                    .push(&data)
-                    .map_err(|_| "a server-sent event is too large")?;
-                for mut ev in events {
-                    if let Some(text) = &ev.data {
-                        match self
-                            .mcp_message(text.as_bytes(), call, detail, &mut seen)
-                            .await?
-                        {
-                            Some(v) => ev.data = Some(v.to_string()),
-                            None if text.is_empty() => {}
-                            None => continue,
-                        }
-                    }
-                    out.extend_from_slice(sse::write(&ev).as_bytes());
-                    if out.len() > MAX_ANSWER {
-                        return Err("the server's answer is too large");
-                    }
-                }
-            }
-            Ok(())
-        });
+        let (mut parts, body) = resp.into_parts();
+        let reading = tokio::time::timeout(
+            self.http.upstream_timeout,
+            Limited::new(body, MAX_ANSWER).collect(),
+        );
         // A call waits no longer than its token lives (revoked, expired).
         let read = tokio::select! {
             r = reading => r,
@@ -115,26 +104,22 @@ impl HttpProxy {
                 return Ok(refusal(DenyReason::Revoked, None));
             }
         };
-        let failed = match read {
-            Ok(Ok(())) => None,
-            Ok(Err(why)) => Some(why),
-            Err(_) => Some("the server did not finish its answer within upstream_timeout"),
+        let mut seen = false;
+        let out = match read {
+            Ok(Ok(whole)) => match self
+                .mcp_message(&whole.to_bytes(), call, detail, &mut seen)
+                .await
+            {
+                Ok(Some(v)) if seen => v.to_string().into_bytes(),
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
         };
-        if let Some(why) = failed {
-            tracing::warn!(service = %self.svc.name, why, "MCP answer refused");
+        if !seen {
+            tracing::warn!(service = %self.svc.name, "the MCP server's answer was not its response, whole and in time; refused");
             detail.insert("status".into(), 502.into());
             detail.insert("error".into(), "upstream_answer_refused".into());
             return Ok(plain(StatusCode::BAD_GATEWAY, "bad gateway\n"));
-        }
-        if json {
-            out = match self.mcp_message(&whole, call, detail, &mut seen).await {
-                Ok(Some(v)) => v.to_string().into_bytes(),
-                Ok(None) | Err(_) => {
-                    detail.insert("status".into(), 502.into());
-                    detail.insert("error".into(), "upstream_answer_refused".into());
-                    return Ok(plain(StatusCode::BAD_GATEWAY, "bad gateway\n"));
-                }
-            };
         }
         self.bytes_out.increment(out.len() as u64);
         parts.headers.remove(header::TRANSFER_ENCODING);
@@ -154,7 +139,7 @@ impl HttpProxy {
     /// is not a JSON-RPC message (dropped). The response to `call` is cut to the
     /// grant and to the tools whose definitions are still those pinned (a list), and
     /// measured. An error when a pin could not be stored: the list is not answered.
-    async fn mcp_message(
+    pub(super) async fn mcp_message(
         &self,
         text: &[u8],
         call: &Call,
@@ -173,11 +158,22 @@ impl HttpProxy {
                 return Ok(None);
             }
         };
+        if let Message::Request { id, method, .. } = &msg {
+            if !call.grant.mcp.allows_server_request(method) {
+                tracing::info!(service = %self.svc.name, method, "a request of the server to the agent is not granted; withheld");
+                detail.insert("withheld_server_request".into(), method.as_str().into());
+                self.answer_server(call, id, method);
+                return Ok(None);
+            }
+        }
         let Message::Response { id, outcome } = msg else {
             return Ok(Some(msg.to_value()));
         };
-        if id != call.id {
-            return Ok(Some(Message::Response { id, outcome }.to_value()));
+        if call.id.as_ref() != Some(&id) {
+            // On a request's stream only its own answer belongs; another would pass
+            // unjudged (a list, unfiltered).
+            tracing::warn!(service = %self.svc.name, "the MCP server answered another id than the request's; withheld");
+            return Ok(None);
         }
         *seen = true;
         let outcome = match outcome {
@@ -229,6 +225,145 @@ impl HttpProxy {
         let withheld = total - kept.len();
         *tools = kept;
         Ok(withheld)
+    }
+}
+
+impl HttpProxy {
+    /// Answers a request of the server's that the agent is not granted, on the
+    /// agent's behalf, so the server does not wait for it: a JSON-RPC error, sent as
+    /// the agent's own messages go (its session, the server's credential). In the
+    /// background: the server finishes the call only once it has this answer.
+    fn answer_server(&self, call: &Call, id: &Value, method: &str) {
+        let why = format!("{method} is not granted to this agent's token by the gateway");
+        let body = Bytes::from(jsonrpc::error_response(id, -1, &why).to_string());
+        let mut req = Request::new(Outgoing::Read(Full::new(body.clone())));
+        *req.method_mut() = http::Method::POST;
+        *req.headers_mut() = call.headers.clone();
+        let h = req.headers_mut();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        for stale in [MCP_METHOD, MCP_NAME, LAST_EVENT_ID] {
+            h.remove(stale);
+        }
+        let path = super::forwarded_path(&self.http.upstream);
+        let Ok(up) = self.upstream_request(req, &call.conn, call.source, path, false, false) else {
+            return;
+        };
+        let (client, service) = (self.client.clone(), self.svc.name.clone());
+        let within = self.http.upstream_timeout;
+        // Audited as a refusal of the agent's token, like a call it was not granted.
+        let mut ev = self.h.audit.event(EventKind::Request);
+        ev.service = Some(service.clone());
+        ev.token_id = Some(call.who.0.clone());
+        ev.principal = Some(call.who.1.clone());
+        ev.source = Some(call.source.to_string());
+        ev.deny(DenyReason::ServerRequestNotGranted);
+        ev.detail = serde_json::json!({ "mcp_method": method, "from": "server" });
+        let recorded = self.h.audit.record(ev);
+        tokio::spawn(async move {
+            if !recorded.wait().await {
+                tracing::warn!(%service, "the audit log did not take a withheld request's event; the server gets no answer for the agent");
+                return;
+            }
+            match tokio::time::timeout(within, client.request(up)).await {
+                Ok(Ok(r)) if r.status().is_success() => {}
+                Ok(Ok(r)) => {
+                    tracing::warn!(%service, status = %r.status(), "the server refused the gateway's answer to its request")
+                }
+                _ => {
+                    tracing::warn!(%service, "the gateway's answer to the server's request did not reach it")
+                }
+            }
+        });
+    }
+}
+
+/// Whether an answer is a stream of server-sent events.
+fn is_event_stream(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// The server's own stream (GET), passed event by event: what is not a JSON-RPC
+/// message, a response (the stream of a request is not resumed through the gateway,
+/// so none belongs here), and a request for sampling or elicitation the grant does
+/// not allow are withheld.
+struct Withholding {
+    inner: ProxyBody,
+    reader: sse::Reader,
+    proxy: Arc<HttpProxy>,
+    /// The GET's: the grant, and how to answer the server for the agent.
+    call: Call,
+}
+
+impl Withholding {
+    fn passes(&self, ev: &sse::Event) -> bool {
+        let Some(data) = ev.data.as_deref().filter(|d| !d.is_empty()) else {
+            return true;
+        };
+        let limits = jsonrpc::Limits {
+            max_bytes: MAX_ANSWER,
+            max_depth: 128,
+            max_batch: 1,
+        };
+        match jsonrpc::read(data.as_bytes(), &limits) {
+            Ok(Read::One(Message::Notification { .. })) => true,
+            Ok(Read::One(Message::Request { id, method, .. })) => {
+                let ok = self.call.grant.mcp.allows_server_request(&method);
+                if !ok {
+                    tracing::info!(service = %self.proxy.svc.name, method, "a request of the server to the agent is not granted; withheld");
+                    self.proxy.answer_server(&self.call, &id, &method);
+                }
+                ok
+            }
+            _ => {
+                tracing::warn!(service = %self.proxy.svc.name, "the MCP server's stream carried what is not a notification or request; withheld");
+                false
+            }
+        }
+    }
+}
+
+impl Body for Withholding {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(f))) => f,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let events = match this.reader.push(&data) {
+                Ok(e) => e,
+                Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+            };
+            let out: String = events
+                .iter()
+                .filter(|ev| this.passes(ev))
+                .map(sse::write)
+                .collect();
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+            }
+        }
     }
 }
 
