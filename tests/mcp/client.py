@@ -3,6 +3,7 @@ and prints, as one JSON object, what an agent would see.
 
     python3 client.py URL TOKEN
     python3 client.py URL TOKEN summarize    (a call whose server asks for sampling)
+    python3 client.py URL TOKEN export       (a call that reports progress)
 """
 
 import asyncio
@@ -43,6 +44,24 @@ async def summarize(url, token):
             print(json.dumps({"ok": text(got["ok"])} if "ok" in got else got), flush=True)
 
 
+async def export(url, token):
+    """When each progress report arrived, and when the result did, in seconds."""
+    headers = {"Authorization": f"Bearer {token}"}
+    loop = asyncio.get_running_loop()
+    started, seen = loop.time(), []
+
+    async def progress(done, total, message):
+        seen.append(round(loop.time() - started, 2))
+
+    async with streamablehttp_client(url, headers=headers) as (read, write, _):
+        async with ClientSession(read, write) as s:
+            await s.initialize()
+            await s.list_tools()
+            started = loop.time()
+            r = await s.call_tool("export_tickets", {"count": 4}, progress_callback=progress)
+            print(json.dumps({"progress_at": seen, "result_at": round(loop.time() - started, 2), "result": text(r)}), flush=True)
+
+
 async def main(url, token):
     out = {}
     headers = {"Authorization": f"Bearer {token}"}
@@ -69,5 +88,7 @@ async def main(url, token):
 if __name__ == "__main__":
     if sys.argv[3:] == ["summarize"]:
         asyncio.run(summarize(sys.argv[1], sys.argv[2]))
+    elif sys.argv[3:] == ["export"]:
+        asyncio.run(export(sys.argv[1], sys.argv[2]))
     else:
         asyncio.run(main(sys.argv[1], sys.argv[2]))

@@ -7,13 +7,15 @@ request that carries a Keyway token; every tool it runs is appended to $TICKETS_
 so a test can tell what reached it. On SIGUSR1 it changes what `get_ticket` says
 it does, as a compromised server would ("tool poisoning").
 
-    python3 tickets.py [--stateless] [--json] [--sampling]
+    python3 tickets.py [--stateless] [--json] [--sampling] [--progress]
     python3 tickets.py --stdio    (the same server over stdin and stdout)
 
 With --sampling it also has `summarize_ticket`, which asks the agent's model for a
-summary (a sampling request from the server to the client).
+summary (a sampling request from the server to the client); with --progress,
+`export_tickets`, which reports its progress as it goes.
 """
 
+import asyncio
 import os
 import signal
 import socket
@@ -56,6 +58,18 @@ def delete_ticket(id: int) -> str:
     """Deletes a ticket for good."""
     ran("delete_ticket", str(id))
     return f"deleted {id}"
+
+
+if "--progress" in sys.argv:
+
+    @mcp.tool()
+    async def export_tickets(count: int, ctx: Context) -> str:
+        """Exports tickets, saying how far it got as it goes."""
+        ran("export_tickets", str(count))
+        for done in range(1, count + 1):
+            await ctx.report_progress(done, count)
+            await asyncio.sleep(0.3)
+        return f"exported {count}"
 
 
 if "--sampling" in sys.argv:

@@ -123,7 +123,8 @@ fn malformed_messages_never_reach_the_server() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (_server, upstream) = tickets(dir, &["--stateless", "--json"]);
-    let (_gw, _admin, svc) = gateway(dir, upstream, "");
+    // This service records tool arguments themselves (redacted like statements).
+    let (_gw, _admin, svc) = gateway(dir, upstream, "audit_arguments = true\n");
     let token = ok_stdout(issue_as(
         dir,
         "support-bot",
@@ -165,6 +166,12 @@ fn malformed_messages_never_reach_the_server() {
     );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("ticket 3: printer on fire"), "{body}");
+    let args = store_query(
+        dir,
+        "select json_extract(detail, '$.arguments') from audit_events \
+         where decision = 'allow' and json_extract(detail, '$.tool') = 'get_ticket'",
+    );
+    assert_eq!(args.trim(), r#"{"id":3}"#, "audit_arguments = true");
 
     for (what, headers, body, code, status) in [
         ("not JSON", vec![], "{\"jsonrpc\":".to_owned(), -32700, 400),

@@ -310,3 +310,48 @@ fn the_servers_sampling_requests_pass_only_where_granted() {
         serde_json::json!(["summary: a fire"])
     );
 }
+
+#[test]
+fn a_long_call_streams_its_progress_through_the_gateway() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_server, upstream) = tickets(dir, &["--progress"]);
+    let (_gw, _admin, svc) = gateway(dir, upstream, "");
+    let token = issue(dir, "support-bot", "tickets-mcp");
+    let out = Command::new("python3")
+        .args([
+            CLIENT_PY,
+            &format!("http://127.0.0.1:{svc}/mcp"),
+            &token,
+            "export",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["result"], serde_json::json!(["exported 4"]), "{got}");
+    // Each report reached the agent while the call ran (0.3 s apart), not all at
+    // once with the answer: the request's stream is relayed as it comes.
+    let at: Vec<f64> = got["progress_at"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(at.len(), 4, "{got}");
+    let answered = got["result_at"].as_f64().unwrap();
+    assert!(
+        answered - at[0] >= 0.8,
+        "the first report came with the answer: {got}"
+    );
+    let recorded = store_query(
+        dir,
+        "select json_extract(detail, '$.result_bytes') > 0 from audit_events \
+         where json_extract(detail, '$.tool') = 'export_tickets'",
+    );
+    assert_eq!(recorded.trim(), "1", "the call's event, with its result");
+}
