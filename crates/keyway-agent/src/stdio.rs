@@ -159,7 +159,7 @@ impl Bridge {
             .and_then(|h| h.parse::<http::uri::Authority>().ok())
             .is_some_and(|a| {
                 let host = a.host().trim_start_matches('[').trim_end_matches(']');
-                host == "localhost"
+                host.eq_ignore_ascii_case("localhost")
                     || host
                         .parse::<std::net::IpAddr>()
                         .is_ok_and(|ip| ip.is_loopback())

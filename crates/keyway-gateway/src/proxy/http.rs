@@ -422,7 +422,8 @@ impl HttpProxy {
         ev.detail = detail.into();
         // An MCP answer streamed: its event goes when the stream reaches the answer.
         if let Some(f) = finish {
-            let _ = f.send((ev, reservation));
+            drop(reservation);
+            let _ = f.send(ev);
             return response;
         }
         // Under `durability = "commit"` the answer waits for its event's commit.

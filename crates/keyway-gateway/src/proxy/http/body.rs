@@ -7,8 +7,8 @@ use super::*;
 /// A response body that ends with an error when its token is revoked or expires, a
 /// reload leaves it outside its service, or the gateway stops (once its listener has
 /// drained).
-pub(super) struct Cancellable {
-    pub(super) inner: Incoming,
+pub(super) struct Cancellable<B = Incoming> {
+    pub(super) inner: B,
     /// `keyway_bytes_total{direction="out"}` of the service.
     pub(super) bytes: metrics::Counter,
     /// Resolves with why the stream must end.
@@ -35,7 +35,11 @@ pub(super) struct Expired;
 #[error("the gateway is shutting down")]
 pub(super) struct ShuttingDown;
 
-impl Body for Cancellable {
+impl<B> Body for Cancellable<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 

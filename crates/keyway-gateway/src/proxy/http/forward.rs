@@ -151,27 +151,37 @@ impl HttpProxy {
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let ended = self.ended(entry.clone(), source);
         let body = Cancellable {
             bytes: self.bytes_out.clone(),
             inner: body,
-            ended: Box::pin(async move {
-                let why: BoxError = match ended.await {
-                    SessionEnd::Unfit(why) => Box::new(Unfit(why.as_str())),
-                    SessionEnd::Expired => Box::new(Expired),
-                    SessionEnd::Shutdown => Box::new(ShuttingDown),
-                    SessionEnd::Revoked => Box::new(Revoked),
-                    // Never from the watch: the body's own end is the stream's, and a
-                    // response body is not a listed session.
-                    SessionEnd::Closed
-                    | SessionEnd::Error
-                    | SessionEnd::Terminated
-                    | SessionEnd::Unaudited => Box::new(ShuttingDown),
-                };
-                why
-            }),
+            ended: self.why_ended(entry, source),
         };
         Response::from_parts(parts, UnsyncBoxBody::new(body))
+    }
+
+    /// Resolves, when a response body of `entry`'s token must end, with the error it
+    /// ends with.
+    pub(super) fn why_ended(
+        &self,
+        entry: &Arc<Entry>,
+        source: IpAddr,
+    ) -> Pin<Box<dyn Future<Output = BoxError> + Send>> {
+        let ended = self.ended(entry.clone(), source);
+        Box::pin(async move {
+            let why: BoxError = match ended.await {
+                SessionEnd::Unfit(why) => Box::new(Unfit(why.as_str())),
+                SessionEnd::Expired => Box::new(Expired),
+                SessionEnd::Shutdown => Box::new(ShuttingDown),
+                SessionEnd::Revoked => Box::new(Revoked),
+                // Never from the watch: the body's own end is the stream's, and a
+                // response body is not a listed session.
+                SessionEnd::Closed
+                | SessionEnd::Error
+                | SessionEnd::Terminated
+                | SessionEnd::Unaudited => Box::new(ShuttingDown),
+            };
+            why
+        })
     }
 
     /// Resolves when a stream with `entry`'s token must end, with why.

@@ -227,6 +227,18 @@ impl HttpProxy {
         let call = self
             .judge(&msg, grant, &parts.headers, from, detail)?
             .map(|c| c.of(entry));
+        // What the server may route by goes on only as judged.
+        if msg.method().is_none() {
+            parts.headers.remove(MCP_METHOD);
+        }
+        let names = match &msg {
+            Message::Request { method, params, .. } => asked(method, params.as_ref()).is_some(),
+            _ => false,
+        };
+        if !names {
+            parts.headers.remove(MCP_NAME);
+        }
+        parts.headers.remove(LAST_EVENT_ID);
         let body = Bytes::from(msg.to_value().to_string());
         // The body as rebuilt: JSON in UTF-8, whatever the client said of its own
         // (a charset the server decodes otherwise would be a message unjudged).

@@ -32,7 +32,30 @@ impl HttpProxy {
         source: IpAddr,
         detail: &mut serde_json::Map<String, Value>,
     ) -> (Response<ProxyBody>, Option<Finish>) {
-        let stream = is_event_stream(resp.headers()) && resp.status().is_success();
+        let ok = resp.status().is_success();
+        let stream = ok && media_type(resp.headers()) == Some(EVENT_STREAM);
+        let kind = media_type(resp.headers());
+        let request = call.as_ref().is_some_and(|c| c.id.is_some());
+        // What has no answer of its own (a notification's 202, DELETE's answer)
+        // carries no message: whatever came with it stays here.
+        if ok && !request && !stream {
+            let (mut parts, _) = resp.into_parts();
+            parts.headers.remove(header::CONTENT_LENGTH);
+            parts.headers.remove(header::CONTENT_TYPE);
+            forward::strip_hop_by_hop(&mut parts.headers);
+            let mut resp = Response::from_parts(parts, empty());
+            self.bind_session_of(&mut resp, entry);
+            return (resp, None);
+        }
+        // A successful answer to a request the gateway cannot read is not passed on
+        // unread: it is JSON or a stream.
+        let readable = !ok || stream || kind == Some(JSON);
+        if !readable {
+            tracing::warn!(service = %self.svc.name, "the MCP server answered in a type the gateway does not read; refused");
+            detail.insert("status".into(), 502.into());
+            detail.insert("error".into(), "upstream_answer_refused".into());
+            return (plain(StatusCode::BAD_GATEWAY, "bad gateway\n"), None);
+        }
         let (mut resp, finish) = match call {
             Some(c) if c.id.is_some() && stream => {
                 let (r, f) = self.mcp_stream(resp, c, entry, source);
@@ -61,13 +84,18 @@ impl HttpProxy {
             }
             _ => (self.downstream_response(resp, entry, source), None),
         };
+        self.bind_session_of(&mut resp, entry);
+        (resp, finish)
+    }
+
+    /// The server's session id in `resp`, bound to `entry`'s token.
+    fn bind_session_of(&self, resp: &mut Response<ProxyBody>, entry: &Entry) {
         if let Some(theirs) = resp.headers().get(MCP_SESSION_ID) {
             match self.bind_session(theirs, entry.id()) {
                 Some(bound) => resp.headers_mut().insert(MCP_SESSION_ID, bound),
                 None => resp.headers_mut().remove(MCP_SESSION_ID),
             };
         }
-        (resp, finish)
     }
 
     /// A JSON answer to a forwarded request, read whole (bounded in size and by
@@ -82,11 +110,7 @@ impl HttpProxy {
         source: IpAddr,
         detail: &mut serde_json::Map<String, Value>,
     ) -> Result<Response<ProxyBody>, Response<Incoming>> {
-        let json = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
+        let json = media_type(resp.headers()) == Some(JSON);
         if !json || !resp.status().is_success() {
             return Err(resp);
         }
@@ -240,6 +264,8 @@ impl HttpProxy {
         *req.method_mut() = http::Method::POST;
         *req.headers_mut() = call.headers.clone();
         let h = req.headers_mut();
+        h.remove(header::CONTENT_ENCODING);
+        h.remove(header::TRANSFER_ENCODING);
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         h.insert(
             header::CONTENT_TYPE,
@@ -285,11 +311,16 @@ impl HttpProxy {
     }
 }
 
-/// Whether an answer is a stream of server-sent events.
-fn is_event_stream(h: &HeaderMap) -> bool {
-    h.get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"))
+const EVENT_STREAM: &str = "text/event-stream";
+const JSON: &str = "application/json";
+
+/// An answer's media type, lower-cased, without its parameters (`charset`).
+fn media_type(h: &HeaderMap) -> Option<&'static str> {
+    let v = h.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let t = v.split(';').next()?.trim();
+    [EVENT_STREAM, JSON]
+        .into_iter()
+        .find(|m| t.eq_ignore_ascii_case(m))
 }
 
 /// The server's own stream (GET), passed event by event: what is not a JSON-RPC
@@ -305,30 +336,36 @@ struct Withholding {
 }
 
 impl Withholding {
-    fn passes(&self, ev: &sse::Event) -> bool {
+    /// The event as it goes on, its message rebuilt from what was judged; `None`
+    /// when it is withheld.
+    fn judged(&self, ev: &sse::Event) -> Option<sse::Event> {
         let Some(data) = ev.data.as_deref().filter(|d| !d.is_empty()) else {
-            return true;
+            return Some(ev.clone());
         };
         let limits = jsonrpc::Limits {
             max_bytes: MAX_ANSWER,
             max_depth: 128,
             max_batch: 1,
         };
-        match jsonrpc::read(data.as_bytes(), &limits) {
-            Ok(Read::One(Message::Notification { .. })) => true,
-            Ok(Read::One(Message::Request { id, method, .. })) => {
-                let ok = self.call.grant.mcp.allows_server_request(&method);
-                if !ok {
-                    tracing::info!(service = %self.proxy.svc.name, method, "a request of the server to the agent is not granted; withheld");
-                    self.proxy.answer_server(&self.call, &id, &method);
-                }
-                ok
-            }
+        let msg = match jsonrpc::read(data.as_bytes(), &limits) {
+            Ok(Read::One(m @ Message::Notification { .. })) => m,
+            Ok(Read::One(m @ Message::Request { .. })) => m,
             _ => {
                 tracing::warn!(service = %self.proxy.svc.name, "the MCP server's stream carried what is not a notification or request; withheld");
-                false
+                return None;
+            }
+        };
+        if let Message::Request { id, method, .. } = &msg {
+            if !self.call.grant.mcp.allows_server_request(method) {
+                tracing::info!(service = %self.proxy.svc.name, method, "a request of the server to the agent is not granted; withheld");
+                self.proxy.answer_server(&self.call, id, method);
+                return None;
             }
         }
+        Some(sse::Event {
+            data: Some(msg.to_value().to_string()),
+            ..ev.clone()
+        })
     }
 }
 
@@ -357,8 +394,8 @@ impl Body for Withholding {
             };
             let out: String = events
                 .iter()
-                .filter(|ev| this.passes(ev))
-                .map(sse::write)
+                .filter_map(|ev| this.judged(ev))
+                .map(|ev| sse::write(&ev))
                 .collect();
             if !out.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
@@ -405,6 +442,20 @@ mod tests {
             .unwrap()
             .with_mcp(&t, &[], &[])
             .unwrap()
+    }
+
+    #[test]
+    fn media_types_are_told_whatever_their_case() {
+        let mut h = HeaderMap::new();
+        for (v, want) in [
+            ("Application/JSON; charset=UTF-8", Some(JSON)),
+            ("text/Event-Stream", Some(EVENT_STREAM)),
+            ("application/jsonx", None),
+            ("text/html", None),
+        ] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(v));
+            assert_eq!(media_type(&h), want, "{v}");
+        }
     }
 
     #[test]

@@ -13,11 +13,10 @@ use std::future::Future;
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
-use crate::audit::Reservation;
 
 /// Takes the call's audit event (and its slot in the queue) from the request's
 /// handler: the stream records it when it reaches the answer.
-pub(in crate::proxy::http) type Finish = oneshot::Sender<(AuditEvent, Reservation)>;
+pub(in crate::proxy::http) type Finish = oneshot::Sender<AuditEvent>;
 
 /// Why a request's stream ended without its answer.
 type Ended = &'static str;
@@ -42,8 +41,14 @@ impl HttpProxy {
         tokio::spawn(async move { this.relay(body, call, event, tx, ended).await });
         parts.headers.remove(header::CONTENT_LENGTH);
         forward::strip_hop_by_hop(&mut parts.headers);
+        // What is queued for the client stops too the moment the token ends.
+        let body = Cancellable {
+            inner: Channel(rx).boxed_unsync(),
+            bytes: self.bytes_out.clone(),
+            ended: self.why_ended(entry, source),
+        };
         (
-            Response::from_parts(parts, Channel(rx).boxed_unsync()),
+            Response::from_parts(parts, UnsyncBoxBody::new(body)),
             finish,
         )
     }
@@ -52,7 +57,7 @@ impl HttpProxy {
         self: Arc<Self>,
         mut body: Incoming,
         call: Call,
-        event: oneshot::Receiver<(AuditEvent, Reservation)>,
+        event: oneshot::Receiver<AuditEvent>,
         tx: mpsc::Sender<Result<Bytes, BoxError>>,
         ended: impl Future<Output = SessionEnd>,
     ) {
@@ -96,12 +101,15 @@ impl HttpProxy {
                 }
             }
             // The answer goes once its event is committed.
-            if seen && !record(event.take(), detail.clone(), None).await {
+            if seen && !record(&self.h.audit, event.take(), detail.clone(), None).await {
                 break Err("audit_unavailable");
             }
             if !out.is_empty() {
-                self.bytes_out.increment(out.len() as u64);
-                if tx.send(Ok(Bytes::from(out))).await.is_err() {
+                let sent = tokio::select! {
+                    r = tx.send(Ok(Bytes::from(out))) => r.is_ok(),
+                    _ = &mut ended => break Err("token_ended"),
+                };
+                if !sent {
                     break Err("client_left");
                 }
             }
@@ -111,7 +119,7 @@ impl HttpProxy {
         };
         if let Err(why) = outcome {
             tracing::debug!(service = %self.svc.name, why, "an MCP request's stream ended without its answer");
-            record(event.take(), detail, Some(why)).await;
+            record(&self.h.audit, event.take(), detail, Some(why)).await;
             let cut: BoxError = if why == "token_ended" {
                 Box::new(body::Revoked)
             } else {
@@ -123,15 +131,22 @@ impl HttpProxy {
 }
 
 /// Records the call's event with what the stream saw; whether it was committed.
+/// The slot reserved in the audit queue when the call came was given back when the
+/// stream began (a long call must not hold one); the answer takes one anew, and
+/// without room it does not go (`fail_closed`).
 async fn record(
-    event: Option<oneshot::Receiver<(AuditEvent, Reservation)>>,
+    audit: &crate::audit::AuditSink,
+    event: Option<oneshot::Receiver<AuditEvent>>,
     detail: serde_json::Map<String, Value>,
     error: Option<Ended>,
 ) -> bool {
-    let Some(Ok((mut ev, reservation))) = (match event {
+    let Some(Ok(mut ev)) = (match event {
         Some(e) => Some(e.await),
         None => None,
     }) else {
+        return false;
+    };
+    let Ok(reservation) = audit.reserve() else {
         return false;
     };
     if let Value::Object(m) = &mut ev.detail {
