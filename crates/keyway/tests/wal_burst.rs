@@ -86,12 +86,20 @@ async fn the_log_shrinks_back_after_a_burst_of_100_000_token_issues() {
         })
         .collect();
     let mut peak = 0;
+    // Bounded, not timed (its speed is the benchmark's): the burst must keep going,
+    // and end within five minutes on a loaded machine.
+    let (mut last, mut moved) = (0, Instant::now());
     while !clients.iter().all(|c| c.is_finished()) {
         peak = peak.max(wal_bytes(dir));
+        let now = done.load(Ordering::Relaxed);
+        if now > last {
+            (last, moved) = (now, Instant::now());
+        }
         assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the burst is too slow: {} issued",
-            done.load(Ordering::Relaxed)
+            moved.elapsed() < Duration::from_secs(30)
+                && started.elapsed() < Duration::from_secs(300),
+            "the burst stalled: {now} issued in {:?}",
+            started.elapsed()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
