@@ -565,3 +565,34 @@ fn a_replica_keeps_its_own_process_settings_under_the_clusters_config() {
         "max_ttl = "
     );
 }
+
+#[test]
+fn mcp_services_and_policies_that_grant_tools() {
+    let text = format!(
+        "{ACCESS}\n[services.tickets-mcp]\nprotocol = \"mcp\"\nlisten = \"127.0.0.1:9100\"\n\
+         upstream = \"http://127.0.0.1:8000/mcp\"\nmax_ttl = \"1h\"\naudit_arguments = true\n\
+         upstream_auth = {{ header = \"Authorization\", secret = \"tickets\", prefix = \"Bearer \" }}\n\
+         [policies.support]\nsubjects = [\"workload:github:repo:acme/support-bot\"]\n\
+         grants = [{{ service = \"tickets-mcp\", tools = [\"search_*\", \"get_ticket\"], sampling = true }}]\n"
+    );
+    let c = parse(&text).unwrap();
+    let svc = c.service("tickets-mcp").unwrap();
+    assert!(svc.is_mcp());
+    assert_eq!(svc.protocol(), "mcp");
+    let g = &c.policies["support"].grants[0];
+    assert_eq!(g.mcp.tools, ["search_*", "get_ticket"]);
+    assert!(g.mcp.sampling && !g.mcp.elicitation);
+    assert!(g.mcp.allows(crate::McpKind::Tool, "search_tickets"));
+    assert!(!g.mcp.allows(crate::McpKind::Tool, "delete_ticket"));
+    // Tools narrow mcp services only; an http service would take them as all.
+    let wrong = format!(
+        "{ACCESS}\n[policies.x]\nsubjects = [\"workload:github:repo:acme/x\"]\ngrants = [{{ service = \"billing\", tools = [\"a\"] }}]\n"
+    );
+    let e = parse(&wrong).unwrap_err().to_string();
+    assert!(e.contains("narrow mcp services only"), "{e}");
+    // audit_arguments belongs to mcp services.
+    let e = parse(&format!("{ACCESS}\n[services.x]\nprotocol = \"http\"\nlisten = \"127.0.0.1:9102\"\nupstream = \"http://127.0.0.1:1\"\naudit_arguments = true\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("applies to mcp services only"), "{e}");
+}
