@@ -179,13 +179,8 @@ impl Bridge {
         match (req.method().clone(), session) {
             (Method::POST, session) => self.post(req, session).await,
             (Method::GET, Some(id)) => self.stream(&id).await,
-            (Method::DELETE, Some(id)) => match self.sessions.lock().await.remove(&id) {
-                Some(mut s) => {
-                    let _ = s.child.kill().await;
-                    answer(StatusCode::OK, None)
-                }
-                None => answer(StatusCode::NOT_FOUND, None),
-            },
+            (Method::DELETE, Some(id)) if self.end(&id).await => answer(StatusCode::OK, None),
+            (Method::DELETE, Some(_)) => answer(StatusCode::NOT_FOUND, None),
             _ => answer(StatusCode::METHOD_NOT_ALLOWED, None),
         }
     }
@@ -252,9 +247,7 @@ impl Bridge {
         })
         .await;
         if !matches!(written, Ok(Ok(()))) {
-            if let Some(mut s) = self.sessions.lock().await.remove(&id) {
-                let _ = s.child.kill().await;
-            }
+            self.end(&id).await;
             return error(
                 StatusCode::NOT_FOUND,
                 -32001,
@@ -283,6 +276,18 @@ impl Bridge {
                 -32001,
                 "the server did not answer",
             ),
+        }
+    }
+
+    /// Ends session `id` and its process; whether there was one.
+    async fn end(&self, id: &str) -> bool {
+        let ended = self.sessions.lock().await.remove(id);
+        match ended {
+            Some(mut s) => {
+                let _ = s.child.kill().await;
+                true
+            }
+            None => false,
         }
     }
 

@@ -108,19 +108,22 @@ impl Pins {
             return Ok(Listed::Withheld);
         };
         let (digest, definition) = digest(tool);
-        let shown = |p: &ToolPin| p.pinned == digest || p.seen == digest;
-        if let Some(p) = self.get(service, name).filter(shown) {
-            return Ok(if p.pinned == digest {
-                Listed::Shown
-            } else {
-                Listed::Withheld
-            });
+        // A definition already recorded: nothing to write.
+        let recorded = |p: &Option<ToolPin>| match p {
+            Some(p) if p.pinned == digest => Some(Listed::Shown),
+            Some(p) if p.seen == digest => Some(Listed::Withheld),
+            _ => None,
+        };
+        if let Some(listed) = recorded(&self.get(service, name)) {
+            return Ok(listed);
         }
+        // Again under the writers' lock: another list may have recorded it meanwhile.
         let _writing = self.writing.lock().await;
         let known = self.get(service, name);
+        if let Some(listed) = recorded(&known) {
+            return Ok(listed);
+        }
         let (pin, kind) = match known {
-            Some(p) if p.pinned == digest => return Ok(Listed::Shown),
-            Some(p) if p.seen == digest => return Ok(Listed::Withheld),
             Some(p) => {
                 let at = self.audit.now();
                 let pin = ToolPin {

@@ -412,16 +412,8 @@ fn the_typescript_sdks_client_sees_the_same() {
         None,
         &["--tools", "search_*,get_ticket"],
     ));
-    let out = Command::new("node")
-        .args([CLIENT_MJS, &format!("http://127.0.0.1:{svc}/mcp"), &token])
-        .output()
-        .expect("node (scripts/test installs tests/mcp's packages)");
-    assert!(
-        out.status.success(),
-        "client.mjs failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let url = format!("http://127.0.0.1:{svc}/mcp");
+    let seen = sdk_client("node", CLIENT_MJS, &[&url, &token]);
     assert_granted_only(&seen);
     // The session the SDK held was bound to its token.
     let session = seen["session"].as_str().unwrap();

@@ -266,16 +266,7 @@ fn the_servers_sampling_requests_pass_only_where_granted() {
     let (_gw, _admin, svc) = gateway(dir, upstream, "");
     let url = format!("http://127.0.0.1:{svc}/mcp");
     let summarize = |token: &str| -> serde_json::Value {
-        let out = Command::new("python3")
-            .args([CLIENT_PY, &url, token, "summarize"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        sdk_client("python3", CLIENT_PY, &[&url, token, "summarize"])
     };
     // Not granted: the agent never sees the request, and the gateway answers the
     // server for it, so the call ends at once with the server's own error.
@@ -318,21 +309,8 @@ fn a_long_call_streams_its_progress_through_the_gateway() {
     let (_server, upstream) = tickets(dir, &["--progress"]);
     let (_gw, _admin, svc) = gateway(dir, upstream, "");
     let token = issue(dir, "support-bot", "tickets-mcp");
-    let out = Command::new("python3")
-        .args([
-            CLIENT_PY,
-            &format!("http://127.0.0.1:{svc}/mcp"),
-            &token,
-            "export",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let url = format!("http://127.0.0.1:{svc}/mcp");
+    let got = sdk_client("python3", CLIENT_PY, &[&url, &token, "export"]);
     assert_eq!(got["result"], serde_json::json!(["exported 4"]), "{got}");
     // Each report reached the agent while the call ran (0.3 s apart), not all at
     // once with the answer: the request's stream is relayed as it comes.

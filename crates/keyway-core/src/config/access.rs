@@ -556,17 +556,6 @@ impl RawPolicy {
                     "methods and paths narrow HTTP services only; this service would take them as a grant to everything",
                 );
             }
-            let names_mcp = !g.tools.is_empty()
-                || !g.resources.is_empty()
-                || !g.prompts.is_empty()
-                || g.sampling
-                || g.elicitation;
-            if names_mcp && !svc.is_mcp() {
-                p.push(
-                    &at,
-                    "tools, resources and prompts narrow mcp services only; this service would take them as a grant to everything",
-                );
-            }
             let grant = Grant::new(&g.service, &g.methods, &g.paths)
                 .and_then(|x| x.with_mcp(&g.tools, &g.resources, &g.prompts));
             match grant {
@@ -574,6 +563,12 @@ impl RawPolicy {
                     grant.role = g.role;
                     grant.mcp.sampling = g.sampling;
                     grant.mcp.elicitation = g.elicitation;
+                    if !grant.mcp.is_empty() && !svc.is_mcp() {
+                        p.push(
+                            &at,
+                            "tools, resources and prompts narrow mcp services only; this service would take them as a grant to everything",
+                        );
+                    }
                     grants.push(grant);
                 }
                 Err(e) => p.push(&at, &e.to_string()),

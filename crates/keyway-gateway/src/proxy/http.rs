@@ -65,7 +65,7 @@ mod mcp;
 /// `trusted_proxies`).
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-use answers::{empty, plain, refusal};
+use answers::{empty, json, plain, refusal, whole};
 use body::Cancellable;
 use forward::{bearer, is_websocket_upgrade, upgraded_response};
 
@@ -324,11 +324,20 @@ impl HttpProxy {
         let (req, mut call, path) = match &self.http.mcp {
             None => (req.map(body::Outgoing::Streamed), None, path.as_str()),
             Some(_) => match self
-                .mcp_request(req, &path, &entry, (conn, source), &mut detail)
+                .mcp_request(
+                    req,
+                    &path,
+                    mcp::Asker {
+                        entry: &entry,
+                        conn,
+                        source,
+                    },
+                    &mut detail,
+                )
                 .await
             {
                 // The endpoint is the upstream's path, which the forwarding prepends.
-                Ok((r, c)) => (r, c, mcp::forwarded_path(&self.http.upstream)),
+                Ok((r, c)) => (r, Some(c), mcp::forwarded_path(&self.http.upstream)),
                 Err(refused) => {
                     drop(reservation);
                     return self.mcp_refuse(ev, detail, refused).await;
@@ -374,14 +383,15 @@ impl HttpProxy {
                         self.bridge_upgraded(client, upstream, entry.clone(), source);
                         upgraded_response(resp)
                     }
-                    _ if self.http.mcp.is_some() => {
-                        let (resp, f) = self
-                            .mcp_respond(resp, call.take(), &entry, source, &mut detail)
-                            .await;
-                        finish = f;
-                        resp
-                    }
-                    _ => self.downstream_response(resp, &entry, source),
+                    _ => match call.take() {
+                        Some(c) => {
+                            let (resp, f) =
+                                self.mcp_respond(resp, c, &entry, source, &mut detail).await;
+                            finish = f;
+                            resp
+                        }
+                        None => self.downstream_response(resp, &entry, source),
+                    },
                 }
             }
             Ok(Err(e)) if cause::<body::Stalled>(&e).is_some() => {

@@ -65,17 +65,6 @@ impl Tokens {
             None => DEFAULT_TTL.min(config.max_ttl_of(svc)),
         };
         Self::check_ttl(&config, svc, ttl)?;
-        let names_mcp =
-            !(req.tools.is_empty() && req.resources.is_empty() && req.prompts.is_empty())
-                || req.sampling
-                || req.elicitation;
-        if names_mcp && !svc.is_mcp() {
-            return Err(IssueError::Invalid(format!(
-                "tools, resources and prompts narrow mcp services only; `{}` is {}",
-                svc.name,
-                svc.protocol()
-            )));
-        }
         let mut grant = Grant::new(&svc.name, &req.methods, &req.paths)?.with_mcp(
             &req.tools,
             &req.resources,
@@ -83,6 +72,13 @@ impl Tokens {
         )?;
         grant.mcp.sampling = req.sampling;
         grant.mcp.elicitation = req.elicitation;
+        if !grant.mcp.is_empty() && !svc.is_mcp() {
+            return Err(IssueError::Invalid(format!(
+                "tools, resources and prompts narrow mcp services only; `{}` is {}",
+                svc.name,
+                svc.protocol()
+            )));
+        }
         grant.role = check_role(svc, req.role.as_deref())?;
         let bound = check_thumbprint(req.cert_thumbprint.as_deref())?;
         Ok(self

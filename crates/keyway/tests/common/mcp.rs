@@ -69,15 +69,22 @@ pub fn gateway(dir: &Path, upstream: u16, extra: &str) -> (KillOnDrop, u16, u16)
     (gw, admin, svc)
 }
 
-/// What the SDK's client saw through the gateway, as JSON.
+/// What the Python SDK's client saw through the gateway, as JSON.
 pub fn agent(url: &str, token: &str) -> serde_json::Value {
-    let out = Command::new("python3")
-        .args([CLIENT_PY, url, token])
+    sdk_client("python3", CLIENT_PY, &[url, token])
+}
+
+/// The JSON an SDK client script (`client.py` with python3, `client.mjs` with node)
+/// prints, after checking it ran to its end.
+pub fn sdk_client(program: &str, script: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(program)
+        .arg(script)
+        .args(args)
         .output()
-        .expect("python3 with mcp");
+        .unwrap_or_else(|e| panic!("{program} (scripts/test installs tests/mcp's packages): {e}"));
     assert!(
         out.status.success(),
-        "client.py failed: {}",
+        "{script} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()

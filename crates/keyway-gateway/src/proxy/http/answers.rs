@@ -1,5 +1,5 @@
 //! The answers the proxy makes itself: a refusal (its status, a generic body, the
-//! headers that go with it), a plain one, an empty body.
+//! headers that go with it), a plain one, a JSON one, a whole or empty body.
 
 use super::*;
 
@@ -48,12 +48,26 @@ pub(super) fn empty() -> ProxyBody {
         .boxed_unsync()
 }
 
-pub(super) fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
-    let mut resp = Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
-            .map_err(|e| match e {})
-            .boxed_unsync(),
+/// A body of these bytes, whole.
+pub(super) fn whole(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|e| match e {})
+        .boxed_unsync()
+}
+
+/// An answer of JSON text (an MCP refusal, a metadata document).
+pub(super) fn json(status: StatusCode, text: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(whole(text));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
+    resp
+}
+
+pub(super) fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(whole(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

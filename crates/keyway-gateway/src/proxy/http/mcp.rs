@@ -8,10 +8,10 @@
 //! `prompts/get` are judged against the grant's tools, resources and prompts; a
 //! refusal is a JSON-RPC error (the tool, for this token, does not exist). What is
 //! forwarded is the message as Keyway read it, rebuilt, so the server reads what was
-//! judged. The answer to a request is read whole too (JSON, or the server-sent
-//! events of its stream up to the answer), lists are cut to what the grant names,
-//! and the call's audit event gets its result's size and error. GET (the server's
-//! stream of notifications) and DELETE (end of a session) pass as they are.
+//! judged. The server's answers are judged too (`mcp/answer.rs`): lists cut to what
+//! the grant names and to the tools still as pinned, its requests to the agent
+//! withheld where not granted, the call's audit event given its result's size and
+//! error. GET (the server's stream) and DELETE (end of a session) carry no body.
 
 use http::Method;
 use http_body_util::Limited;
@@ -40,6 +40,13 @@ const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 /// The path of the protected-resource metadata (RFC 9728).
 const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
+/// Who asks: the token's entry, and the connection the request came on.
+pub(super) struct Asker<'a> {
+    pub(super) entry: &'a Entry,
+    pub(super) conn: &'a ConnInfo,
+    pub(super) source: IpAddr,
+}
+
 /// What a forwarded request asked, to read its answer by.
 pub(super) struct Call {
     /// The request's id; `None` for what has no answer of its own (a notification,
@@ -61,27 +68,19 @@ pub(super) struct Call {
 // === impl Call ===
 
 impl Call {
-    fn new(
-        id: Option<Value>,
-        grant: &Grant,
-        headers: &HeaderMap,
-        (conn, source): (&ConnInfo, IpAddr),
-    ) -> Self {
+    fn new(id: Option<Value>, grant: &Grant, headers: &HeaderMap, asker: &Asker<'_>) -> Self {
         Self {
             id,
             grant: grant.clone(),
             lists: None,
             headers: headers.clone(),
-            conn: conn.clone(),
-            source,
-            who: (String::new(), String::new()),
+            conn: asker.conn.clone(),
+            source: asker.source,
+            who: (
+                asker.entry.id().to_owned(),
+                asker.entry.record.principal.clone(),
+            ),
         }
-    }
-
-    /// This call, made with `entry`'s token.
-    fn of(mut self, entry: &Entry) -> Self {
-        self.who = (entry.id().to_owned(), entry.record.principal.clone());
-        self
     }
 }
 
@@ -111,44 +110,34 @@ impl HttpProxy {
         &self,
         req: Request<Incoming>,
         path: &str,
-        entry: &Entry,
-        from: (&ConnInfo, IpAddr),
+        asker: Asker<'_>,
         detail: &mut serde_json::Map<String, Value>,
-    ) -> Result<(Request<Outgoing>, Option<Call>), Refused> {
+    ) -> Result<(Request<Outgoing>, Call), Refused> {
         // Every token admitted to a service has its grant; without one, nothing.
-        let grant = entry.record.grant.as_ref().ok_or(Refused {
-            reason: DenyReason::WrongKind,
-            status: StatusCode::FORBIDDEN,
-            answer: jsonrpc::error_response(&Value::Null, -32600, "forbidden"),
-        })?;
+        let grant =
+            asker.entry.record.grant.as_ref().ok_or_else(|| {
+                refused(DenyReason::WrongKind, StatusCode::FORBIDDEN, "forbidden")
+            })?;
         if path != self.mcp_endpoint() {
-            return Err(Refused {
-                reason: DenyReason::PathNotGranted,
-                status: StatusCode::NOT_FOUND,
-                answer: jsonrpc::error_response(
-                    &Value::Null,
-                    -32600,
-                    "this MCP service answers at its endpoint only",
-                ),
-            });
+            return Err(refused(
+                DenyReason::PathNotGranted,
+                StatusCode::NOT_FOUND,
+                "this MCP service answers at its endpoint only",
+            ));
         }
         let mut req = req;
         if let Some(bound) = req.headers().get(MCP_SESSION_ID) {
-            let theirs = self.unbind_session(bound, entry.id())?;
+            let theirs = self.unbind_session(bound, asker.entry.id())?;
             req.headers_mut().insert(MCP_SESSION_ID, theirs);
         }
         // Nothing passes that is not a message read here: no other method, no
         // upgrade to another protocol, no body on GET or DELETE.
         if !matches!(*req.method(), Method::POST | Method::GET | Method::DELETE) {
-            return Err(Refused {
-                reason: DenyReason::MethodNotAllowed,
-                status: StatusCode::METHOD_NOT_ALLOWED,
-                answer: jsonrpc::error_response(
-                    &Value::Null,
-                    -32600,
-                    "MCP takes POST, GET and DELETE",
-                ),
-            });
+            return Err(refused(
+                DenyReason::MethodNotAllowed,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MCP takes POST, GET and DELETE",
+            ));
         }
         if req.headers().contains_key(header::UPGRADE) {
             return Err(malformed("MCP is not upgraded to another protocol"));
@@ -162,9 +151,9 @@ impl HttpProxy {
             // its replay would pass unjudged.
             req.headers_mut().remove(LAST_EVENT_ID);
             let (parts, _) = req.into_parts();
-            let call = Call::new(None, grant, &parts.headers, from).of(entry);
+            let call = Call::new(None, grant, &parts.headers, &asker);
             let none = Outgoing::Read(Full::new(Bytes::new()));
-            return Ok((Request::from_parts(parts, none), Some(call)));
+            return Ok((Request::from_parts(parts, none), call));
         }
         let (mut parts, body) = req.into_parts();
         let limits = jsonrpc::Limits::default();
@@ -224,37 +213,15 @@ impl HttpProxy {
                 m.chars().take(128).collect::<String>().into(),
             );
         }
-        let call = self
-            .judge(&msg, grant, &parts.headers, from, detail)?
-            .map(|c| c.of(entry));
-        // What the server may route by goes on only as judged.
+        // What the server may route by goes on only as judged (`judge` keeps
+        // `Mcp-Name` where it checked it).
         if msg.method().is_none() {
             parts.headers.remove(MCP_METHOD);
         }
-        let names = match &msg {
-            Message::Request { method, params, .. } => asked(method, params.as_ref()).is_some(),
-            _ => false,
-        };
-        if !names {
-            parts.headers.remove(MCP_NAME);
-        }
+        let call = self.judge(&msg, grant, &mut parts.headers, &asker, detail)?;
         parts.headers.remove(LAST_EVENT_ID);
-        let body = Bytes::from(msg.to_value().to_string());
-        // The body as rebuilt: JSON in UTF-8, whatever the client said of its own
-        // (a charset the server decodes otherwise would be a message unjudged).
-        parts.headers.remove(header::TRANSFER_ENCODING);
-        parts.headers.remove(header::CONTENT_ENCODING);
-        parts.headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        Ok((
-            Request::from_parts(parts, Outgoing::Read(Full::new(body))),
-            call,
-        ))
+        let body = rebuilt(&mut parts.headers, msg.to_value());
+        Ok((Request::from_parts(parts, body), call))
     }
 
     /// The server's session id in a value the gateway handed to a client of the
@@ -284,23 +251,33 @@ impl HttpProxy {
 
     /// Judges a request against the grant and the pins: what it reaches (a tool, a
     /// resource, a prompt) must be named in the grant (and in `Mcp-Name`, when
-    /// sent), and a tool must be callable as pinned. A tool call's arguments are
-    /// audited by digest and size. What to read the answer by, for a request.
+    /// sent; a message that reaches nothing goes on without it), and a tool must be
+    /// callable as pinned. A tool call's arguments are audited by digest and size.
+    /// What to read the answer by.
     fn judge(
         &self,
         msg: &Message,
         grant: &Grant,
-        headers: &HeaderMap,
-        (conn, source): (&ConnInfo, IpAddr),
+        headers: &mut HeaderMap,
+        asker: &Asker<'_>,
         detail: &mut serde_json::Map<String, Value>,
-    ) -> Result<Option<Call>, Refused> {
-        let no_answer = || Ok(Some(Call::new(None, grant, headers, (conn, source))));
+    ) -> Result<Call, Refused> {
+        let reaches = match msg {
+            Message::Request { method, params, .. } | Message::Notification { method, params } => {
+                asked(method, params.as_ref())
+            }
+            Message::Response { .. } => None,
+        };
+        if reaches.is_none() {
+            headers.remove(MCP_NAME);
+        }
+        let no_answer = || Ok(Call::new(None, grant, headers, asker));
         let (id, method, params) = match msg {
             Message::Request { id, method, params } => (id, method, params),
             // A notification runs its method too, unanswered: one that reaches
             // something must be a request, to be judged and answered.
-            Message::Notification { method, params } => {
-                if asked(method, params.as_ref()).is_some() {
+            Message::Notification { .. } => {
+                if reaches.is_some() {
                     return Err(malformed(
                         "a call that reaches a tool, resource or prompt has an id",
                     ));
@@ -314,10 +291,10 @@ impl HttpProxy {
         if id.as_f64().is_some() && id.as_i64().is_none() && id.as_u64().is_none() {
             return Err(malformed("an id is a string or an integer"));
         }
-        let mut call = Call::new(Some(id.clone()), grant, headers, (conn, source));
+        let mut call = Call::new(Some(id.clone()), grant, headers, asker);
         call.lists = lists(method);
-        let Some((kind, name)) = asked(method, params.as_ref()) else {
-            return Ok(Some(call));
+        let Some((kind, name)) = reaches else {
+            return Ok(call);
         };
         let Some(name) = name.filter(|n| n.len() <= 1024) else {
             return Err(malformed(
@@ -371,7 +348,7 @@ impl HttpProxy {
                 }
             }
         }
-        Ok(Some(call))
+        Ok(call)
     }
 
     /// Before an MCP service's request is decided: where the client reached the
@@ -419,17 +396,7 @@ impl HttpProxy {
         if !self.h.audit.record(ev).wait().await {
             return refusal(DenyReason::AuditUnavailable, None);
         }
-        let mut resp = Response::new(
-            Full::new(Bytes::from(refused.answer.to_string()))
-                .map_err(|e| match e {})
-                .boxed_unsync(),
-        );
-        *resp.status_mut() = refused.status;
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        resp
+        json(refused.status, refused.answer.to_string())
     }
 
     /// The protected-resource metadata (RFC 9728) for this service at `base` (its
@@ -455,16 +422,7 @@ impl HttpProxy {
             doc["authorization_servers"] =
                 serde_json::json!([format!("{scheme}://{host}:{}", addr.port())]);
         }
-        let mut resp = Response::new(
-            Full::new(Bytes::from(doc.to_string()))
-                .map_err(|e| match e {})
-                .boxed_unsync(),
-        );
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        resp
+        json(StatusCode::OK, doc.to_string())
     }
 }
 
@@ -546,13 +504,33 @@ fn lists(method: &str) -> Option<McpKind> {
     }
 }
 
-/// A message that is not MCP as Keyway passes it on: 400, and a JSON-RPC error.
-fn malformed(why: &str) -> Refused {
+/// A message refused before anything of it was judged: a JSON-RPC error with no id.
+fn refused(reason: DenyReason, status: StatusCode, why: &str) -> Refused {
     Refused {
-        reason: DenyReason::BadMcpMessage,
-        status: StatusCode::BAD_REQUEST,
+        reason,
+        status,
         answer: jsonrpc::error_response(&Value::Null, -32600, why),
     }
+}
+
+/// A message that is not MCP as Keyway passes it on: 400, and a JSON-RPC error.
+fn malformed(why: &str) -> Refused {
+    refused(DenyReason::BadMcpMessage, StatusCode::BAD_REQUEST, why)
+}
+
+/// The body of a message Keyway sends the server, rebuilt from what was judged:
+/// JSON in UTF-8 whatever the client said of its own (a charset the server decodes
+/// otherwise would be a message unjudged), its headers set to match.
+fn rebuilt(headers: &mut HeaderMap, msg: Value) -> Outgoing {
+    let body = Bytes::from(msg.to_string());
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::CONTENT_ENCODING);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Outgoing::Read(Full::new(body))
 }
 
 #[cfg(test)]

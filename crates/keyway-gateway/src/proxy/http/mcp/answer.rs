@@ -14,6 +14,13 @@ pub(in crate::proxy::http) use stream::Finish;
 /// the largest event of a stream.
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
+/// How a message of the server's is read: one, within the answer's bounds.
+const ANSWER_LIMITS: jsonrpc::Limits = jsonrpc::Limits {
+    max_bytes: MAX_ANSWER,
+    max_depth: 128,
+    max_batch: 1,
+};
+
 // === impl HttpProxy ===
 
 impl HttpProxy {
@@ -27,15 +34,15 @@ impl HttpProxy {
     pub(in crate::proxy::http) async fn mcp_respond(
         self: &Arc<Self>,
         resp: Response<Incoming>,
-        call: Option<Call>,
+        call: Call,
         entry: &Arc<Entry>,
         source: IpAddr,
         detail: &mut serde_json::Map<String, Value>,
     ) -> (Response<ProxyBody>, Option<Finish>) {
         let ok = resp.status().is_success();
-        let stream = ok && media_type(resp.headers()) == Some(EVENT_STREAM);
         let kind = media_type(resp.headers());
-        let request = call.as_ref().is_some_and(|c| c.id.is_some());
+        let stream = ok && kind == Some(EVENT_STREAM);
+        let request = call.id.is_some();
         // What has no answer of its own (a notification's 202, DELETE's answer)
         // carries no message: whatever came with it stays here.
         if ok && !request && !stream {
@@ -52,22 +59,18 @@ impl HttpProxy {
         let readable = !ok || stream || kind == Some(JSON);
         if !readable {
             tracing::warn!(service = %self.svc.name, "the MCP server answered in a type the gateway does not read; refused");
-            detail.insert("status".into(), 502.into());
-            detail.insert("error".into(), "upstream_answer_refused".into());
-            return (plain(StatusCode::BAD_GATEWAY, "bad gateway\n"), None);
+            return (answer_refused(detail), None);
         }
         let (mut resp, finish) = match call {
-            Some(c) if c.id.is_some() && stream => {
+            c if request && stream => {
                 let (r, f) = self.mcp_stream(resp, c, entry, source);
                 (r, Some(f))
             }
-            Some(c) if c.id.is_some() => {
-                match self.mcp_answer(resp, &c, entry, source, detail).await {
-                    Ok(r) => (r, None),
-                    Err(resp) => (self.downstream_response(resp, entry, source), None),
-                }
-            }
-            Some(c) if stream => {
+            c if request => match self.mcp_answer(resp, &c, entry, source, detail).await {
+                Ok(r) => (r, None),
+                Err(resp) => (self.downstream_response(resp, entry, source), None),
+            },
+            c if stream => {
                 // The server's own stream (GET): its requests to the agent pass only
                 // where the grant allows them, and are answered for it otherwise.
                 let resp = self.downstream_response(resp, entry, source);
@@ -141,9 +144,7 @@ impl HttpProxy {
         };
         if !seen {
             tracing::warn!(service = %self.svc.name, "the MCP server's answer was not its response, whole and in time; refused");
-            detail.insert("status".into(), 502.into());
-            detail.insert("error".into(), "upstream_answer_refused".into());
-            return Ok(plain(StatusCode::BAD_GATEWAY, "bad gateway\n"));
+            return Ok(answer_refused(detail));
         }
         self.bytes_out.increment(out.len() as u64);
         parts.headers.remove(header::TRANSFER_ENCODING);
@@ -151,12 +152,7 @@ impl HttpProxy {
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
         forward::strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            Full::new(Bytes::from(out))
-                .map_err(|e| match e {})
-                .boxed_unsync(),
-        ))
+        Ok(Response::from_parts(parts, whole(out)))
     }
 
     /// One message of the server's answer, as it goes to the client: `None` when it
@@ -170,25 +166,16 @@ impl HttpProxy {
         detail: &mut serde_json::Map<String, Value>,
         seen: &mut bool,
     ) -> Result<Option<Value>, &'static str> {
-        let limits = jsonrpc::Limits {
-            max_bytes: MAX_ANSWER,
-            max_depth: 128,
-            max_batch: 1,
-        };
-        let msg = match jsonrpc::read(text, &limits) {
+        let msg = match jsonrpc::read(text, &ANSWER_LIMITS) {
             Ok(Read::One(m)) => m,
             _ => {
                 tracing::warn!(service = %self.svc.name, "the MCP server sent a message that is not JSON-RPC; dropped");
                 return Ok(None);
             }
         };
-        if let Message::Request { id, method, .. } = &msg {
-            if !call.grant.mcp.allows_server_request(method) {
-                tracing::info!(service = %self.svc.name, method, "a request of the server to the agent is not granted; withheld");
-                detail.insert("withheld_server_request".into(), method.as_str().into());
-                self.answer_server(call, id, method);
-                return Ok(None);
-            }
+        if let Some(method) = self.withholds(call, &msg) {
+            detail.insert("withheld_server_request".into(), method.into());
+            return Ok(None);
         }
         let Message::Response { id, outcome } = msg else {
             return Ok(Some(msg.to_value()));
@@ -253,24 +240,33 @@ impl HttpProxy {
 }
 
 impl HttpProxy {
+    /// Whether `msg` is a request of the server's to the agent that `call`'s grant
+    /// does not allow (sampling, elicitation): then it is withheld, answered for the
+    /// agent, and its method returned.
+    fn withholds(&self, call: &Call, msg: &Message) -> Option<String> {
+        let Message::Request { id, method, .. } = msg else {
+            return None;
+        };
+        if call.grant.mcp.allows_server_request(method) {
+            return None;
+        }
+        tracing::info!(service = %self.svc.name, method, "a request of the server to the agent is not granted; withheld");
+        self.answer_server(call, id, method);
+        Some(method.clone())
+    }
+
     /// Answers a request of the server's that the agent is not granted, on the
     /// agent's behalf, so the server does not wait for it: a JSON-RPC error, sent as
     /// the agent's own messages go (its session, the server's credential). In the
     /// background: the server finishes the call only once it has this answer.
     fn answer_server(&self, call: &Call, id: &Value, method: &str) {
         let why = format!("{method} is not granted to this agent's token by the gateway");
-        let body = Bytes::from(jsonrpc::error_response(id, -1, &why).to_string());
-        let mut req = Request::new(Outgoing::Read(Full::new(body.clone())));
+        let mut headers = call.headers.clone();
+        let body = super::rebuilt(&mut headers, jsonrpc::error_response(id, -1, &why));
+        let mut req = Request::new(body);
         *req.method_mut() = http::Method::POST;
-        *req.headers_mut() = call.headers.clone();
+        *req.headers_mut() = headers;
         let h = req.headers_mut();
-        h.remove(header::CONTENT_ENCODING);
-        h.remove(header::TRANSFER_ENCODING);
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
         h.insert(
             header::ACCEPT,
             HeaderValue::from_static("application/json, text/event-stream"),
@@ -342,25 +338,15 @@ impl Withholding {
         let Some(data) = ev.data.as_deref().filter(|d| !d.is_empty()) else {
             return Some(ev.clone());
         };
-        let limits = jsonrpc::Limits {
-            max_bytes: MAX_ANSWER,
-            max_depth: 128,
-            max_batch: 1,
-        };
-        let msg = match jsonrpc::read(data.as_bytes(), &limits) {
-            Ok(Read::One(m @ Message::Notification { .. })) => m,
-            Ok(Read::One(m @ Message::Request { .. })) => m,
+        let msg = match jsonrpc::read(data.as_bytes(), &ANSWER_LIMITS) {
+            Ok(Read::One(m @ (Message::Notification { .. } | Message::Request { .. }))) => m,
             _ => {
                 tracing::warn!(service = %self.proxy.svc.name, "the MCP server's stream carried what is not a notification or request; withheld");
                 return None;
             }
         };
-        if let Message::Request { id, method, .. } = &msg {
-            if !self.call.grant.mcp.allows_server_request(method) {
-                tracing::info!(service = %self.proxy.svc.name, method, "a request of the server to the agent is not granted; withheld");
-                self.proxy.answer_server(&self.call, id, method);
-                return None;
-            }
+        if self.proxy.withholds(&self.call, &msg).is_some() {
+            return None;
         }
         Some(sse::Event {
             data: Some(msg.to_value().to_string()),
@@ -404,27 +390,31 @@ impl Body for Withholding {
     }
 }
 
+/// A 502 for an answer of the server's that the gateway does not pass on.
+fn answer_refused(detail: &mut serde_json::Map<String, Value>) -> Response<ProxyBody> {
+    detail.insert("status".into(), 502.into());
+    detail.insert("error".into(), "upstream_answer_refused".into());
+    plain(StatusCode::BAD_GATEWAY, "bad gateway\n")
+}
+
 /// Removes from a list result what the grant does not name; how many were removed.
 /// An entry without the name it is judged by is removed too.
 fn cut_list(result: &mut Value, kind: McpKind, grant: &Grant) -> usize {
-    let (key, field): (&[&str], &str) = match kind {
-        McpKind::Tool => (&["tools"], "name"),
-        McpKind::Prompt => (&["prompts"], "name"),
-        McpKind::Resource => (&["resources", "resourceTemplates"], ""),
+    // Each list of the result, and the member its entries are judged by.
+    let lists: &[(&str, &str)] = match kind {
+        McpKind::Tool => &[("tools", "name")],
+        McpKind::Prompt => &[("prompts", "name")],
+        McpKind::Resource => &[("resources", "uri"), ("resourceTemplates", "uriTemplate")],
     };
     let mut hidden = 0;
-    for k in key {
-        let Some(Value::Array(items)) = result.get_mut(*k) else {
+    for (list, by) in lists {
+        let Some(Value::Array(items)) = result.get_mut(*list) else {
             continue;
         };
         let before = items.len();
         items.retain(|item| {
-            let name = match (kind, *k) {
-                (McpKind::Resource, "resourceTemplates") => item.get("uriTemplate"),
-                (McpKind::Resource, _) => item.get("uri"),
-                _ => item.get(field),
-            };
-            name.and_then(Value::as_str)
+            item.get(*by)
+                .and_then(Value::as_str)
                 .is_some_and(|n| grant.mcp.allows(kind, n))
         });
         hidden += before - items.len();
