@@ -229,7 +229,8 @@ impl Gateway {
         let config = applied::at_start(store.as_ref(), &config_key, config).await;
         // Before the tokens are read: following the store from here misses nothing.
         let store_rev = store.change_head().await?;
-        let index = Arc::new(TokenIndex::load(store.tokens().await?));
+        let index = Arc::new(TokenIndex::default());
+        store.each_token(&mut |t| index.load_one(t)).await?;
         let agents = Arc::new(crate::agents::Registry::new(
             store.agent_revocations().await?,
         ));

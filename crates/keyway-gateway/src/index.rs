@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use keyway_core::{DenyReason, Grant, Pepper, PresentedToken, TokenKind, UnixMillis};
 use keyway_store::TokenRecord;
@@ -32,8 +32,10 @@ pub struct Entry {
     expires_at: AtomicI64,
     last_used: AtomicI64,
     /// Fired when the token is revoked (or its shortened expiry comes); live streams
-    /// opened with it watch this ([`Entry::until_cut`]).
-    cancel: CancellationToken,
+    /// opened with it watch this ([`Entry::until_cut`]). Made by the first stream to
+    /// watch, or by the cut: most tokens never have a stream, and a million live
+    /// tokens need not carry a million of these.
+    cancel: OnceLock<CancellationToken>,
 }
 
 #[derive(Debug, Default)]
@@ -63,7 +65,7 @@ impl Entry {
             record,
             revoked_at: AtomicI64::new(revoked_at),
             last_used: AtomicI64::new(last_used),
-            cancel: CancellationToken::new(),
+            cancel: OnceLock::new(),
         }
     }
 
@@ -142,12 +144,18 @@ impl Entry {
     /// Resolves when the token is revoked, or cut at a shortened expiry: every live
     /// stream opened with it ends then.
     pub fn until_cut(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.cancel.cancelled()
+        self.cancellation().cancelled()
+    }
+
+    /// The token's cancellation, made on first use; the cut makes it too, so a
+    /// stream that starts watching after a cut sees it at once.
+    fn cancellation(&self) -> &CancellationToken {
+        self.cancel.get_or_init(CancellationToken::new)
     }
 
     /// Ends the live streams opened with the token (its shortened expiry came).
     pub(crate) fn cut(&self) {
-        self.cancel.cancel();
+        self.cancellation().cancel();
     }
 
     pub fn mark_used(&self, now: UnixMillis) {
@@ -158,7 +166,7 @@ impl Entry {
     /// exactly one caller, however many race).
     fn revoke(&self, at: UnixMillis) -> bool {
         let first = self.refuse(at);
-        self.cancel.cancel();
+        self.cancellation().cancel();
         first
     }
 
@@ -181,6 +189,12 @@ impl TokenIndex {
         Self {
             map: RwLock::new(map),
         }
+    }
+
+    /// Adds a token read from the store at start-up.
+    pub fn load_one(&self, record: TokenRecord) {
+        let entry = Arc::new(Entry::new(record));
+        self.write().insert(entry.record.id.clone(), entry);
     }
 
     pub(crate) fn insert(&self, record: TokenRecord) -> Arc<Entry> {
@@ -305,13 +319,16 @@ impl TokenIndex {
         before - map.len()
     }
 
-    /// Tokens used since their last flush, with when.
+    /// Tokens used since their last flush, with when: used after `since`, and after
+    /// the last use the store had when the token was loaded (so that a restart does
+    /// not write back every token ever used, a million rows for a million tokens).
     pub fn used_since(&self, since: UnixMillis) -> Vec<(String, UnixMillis)> {
         self.read()
             .values()
             .filter_map(|e| {
+                let stored = e.record.last_used_at.unwrap_or(0);
                 e.last_used()
-                    .filter(|&t| t > since)
+                    .filter(|&t| t > since && t > stored)
                     .map(|t| (e.record.id.clone(), t))
             })
             .collect()

@@ -5,11 +5,11 @@
 //! events on their way to the store ([`Metrics::event`]). What is a state rather than
 //! an event (live tokens, agents, blocked sources) is read when scraped.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use keyway_core::EventKind;
 use keyway_store::AuditEvent;
-use metrics::{counter, gauge, histogram, Gauge};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
@@ -29,10 +29,20 @@ pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     /// Configured service names: the only values of the `service` label, so that a
-    /// client cannot grow the series by naming services that do not exist.
-    services: std::sync::RwLock<HashSet<String>>,
+    /// client cannot grow the series by naming services that do not exist. Each with
+    /// the series every request feeds, registered once rather than looked up by
+    /// their labels per event.
+    services: std::sync::RwLock<HashMap<String, Series>>,
     /// The last hour by minute, per service (the console's overview).
     pub traffic: traffic::Traffic,
+}
+
+/// A service's request and connection counters by decision, and its upstream
+/// latency.
+struct Series {
+    requests: [Counter; 2],
+    connections: [Counter; 2],
+    latency: Histogram,
 }
 
 /// Counts a session as active until dropped.
@@ -75,10 +85,11 @@ impl Metrics {
         let m = Self {
             recorder,
             handle,
-            services: std::sync::RwLock::new(services.into_iter().collect()),
+            services: Default::default(),
             traffic: traffic::Traffic::default(),
         };
         m.with(describe);
+        m.add_services(services);
         m
     }
 
@@ -86,7 +97,25 @@ impl Metrics {
     /// services keep theirs, so their series stay readable.
     pub fn add_services(&self, names: impl IntoIterator<Item = String>) {
         let mut known = self.services.write().unwrap_or_else(|p| p.into_inner());
-        known.extend(names);
+        for name in names {
+            if let std::collections::hash_map::Entry::Vacant(slot) = known.entry(name) {
+                let series = self.series(slot.key());
+                slot.insert(series);
+            }
+        }
+    }
+
+    fn series(&self, service: &str) -> Series {
+        let s = service.to_owned();
+        self.with(|| Series {
+            requests: ["allow", "deny"].map(
+                |d| counter!("keyway_requests_total", "service" => s.clone(), "decision" => d),
+            ),
+            connections: ["allow", "deny"].map(
+                |d| counter!("keyway_connections_total", "service" => s.clone(), "decision" => d),
+            ),
+            latency: histogram!(LATENCY, "service" => s.clone()),
+        })
     }
 
     fn with<T>(&self, f: impl FnOnce() -> T) -> T {
@@ -96,7 +125,7 @@ impl Metrics {
     /// A `service` label: a configured name, else `(unknown)`.
     fn label(&self, service: &str) -> String {
         let known = self.services.read().unwrap_or_else(|p| p.into_inner());
-        if known.contains(service) {
+        if known.contains_key(service) {
             service.to_owned()
         } else {
             "(unknown)".into()
@@ -113,27 +142,45 @@ impl Metrics {
 
     /// Counts what one audit event says happened.
     pub fn event(&self, ev: &AuditEvent) {
+        let kind = EventKind::from_name(&ev.kind);
+        let counted = matches!(kind, Some(EventKind::Request | EventKind::ConnectionOpen));
+        // The common case, a request or a connection of a configured service: its
+        // series are at hand.
+        if let (true, Some(service), Some(d)) = (counted, &ev.service, &ev.decision) {
+            let known = self.services.read().unwrap_or_else(|p| p.into_inner());
+            let decided = match d.as_str() {
+                "allow" => Some(0),
+                "deny" => Some(1),
+                _ => None,
+            };
+            if let (Some(series), Some(i)) = (known.get(service), decided) {
+                self.traffic.count(service, ev.at, ev.denied());
+                match kind {
+                    Some(EventKind::Request) => series.requests[i].increment(1),
+                    _ => series.connections[i].increment(1),
+                }
+                if let Some(ms) = ev.detail.get("upstream_ms").and_then(|v| v.as_f64()) {
+                    series.latency.record(ms / 1000.0);
+                }
+                let tool = ev.detail.get("tool").and_then(|t| t.as_str());
+                if !ev.denied() && tool.is_none() {
+                    return;
+                }
+                drop(known);
+                self.by_labels(ev, service.clone(), d, kind, tool);
+                return;
+            }
+        }
         let service = self.service_label(ev);
-        let decision = ev.decision.clone();
         self.with(|| {
-            if let Some(d) = &decision {
-                let kind = EventKind::from_name(&ev.kind);
-                if matches!(kind, Some(EventKind::Request | EventKind::ConnectionOpen))
-                    && ev.service.is_some()
-                {
+            if let Some(d) = &ev.decision {
+                if counted && ev.service.is_some() {
                     self.traffic.count(&service, ev.at, ev.denied());
                 }
                 match kind {
                     Some(EventKind::Request) => {
                         counter!("keyway_requests_total", "service" => service.clone(), "decision" => d.clone())
                             .increment(1);
-                        // An MCP tool call. A refused call's name is the client's to
-                        // choose, so it is no label (the audit event has it).
-                        if let Some(tool) = ev.detail.get("tool").and_then(|t| t.as_str()) {
-                            let tool = if ev.denied() { "(refused)".to_owned() } else { tool.to_owned() };
-                            counter!("keyway_mcp_calls_total", "service" => service.clone(), "tool" => tool, "decision" => d.clone())
-                                .increment(1);
-                        }
                     }
                     Some(EventKind::ConnectionOpen) => {
                         counter!("keyway_connections_total", "service" => service.clone(), "decision" => d.clone())
@@ -141,11 +188,8 @@ impl Metrics {
                     }
                     _ => {}
                 }
-                if ev.denied() {
-                    let reason = ev.reason.clone().unwrap_or_else(|| "unknown".into());
-                    counter!("keyway_denials_total", "service" => service.clone(), "reason" => reason)
-                        .increment(1);
-                }
+                let tool = ev.detail.get("tool").and_then(|t| t.as_str());
+                self.by_labels(ev, service.clone(), d, kind, tool);
             }
             if let Some(ms) = ev.detail.get("upstream_ms").and_then(|v| v.as_f64()) {
                 histogram!(LATENCY, "service" => service.clone()).record(ms / 1000.0);
@@ -157,6 +201,32 @@ impl Metrics {
                             .increment(n);
                     }
                 }
+            }
+        });
+    }
+
+    /// The series whose labels come from the event itself: an MCP tool call's, and
+    /// a refusal's reason.
+    fn by_labels(
+        &self,
+        ev: &AuditEvent,
+        service: String,
+        decision: &str,
+        kind: Option<EventKind>,
+        tool: Option<&str>,
+    ) {
+        self.with(|| {
+            // An MCP tool call. A refused call's name is the client's to choose, so
+            // it is no label (the audit event has it).
+            if let (Some(EventKind::Request), Some(tool)) = (kind, tool) {
+                let tool = if ev.denied() { "(refused)".to_owned() } else { tool.to_owned() };
+                counter!("keyway_mcp_calls_total", "service" => service.clone(), "tool" => tool, "decision" => decision.to_owned())
+                    .increment(1);
+            }
+            if ev.denied() {
+                let reason = ev.reason.clone().unwrap_or_else(|| "unknown".into());
+                counter!("keyway_denials_total", "service" => service, "reason" => reason)
+                    .increment(1);
             }
         });
     }

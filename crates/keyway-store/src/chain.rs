@@ -31,30 +31,53 @@ pub const GENESIS: [u8; 32] = [0; 32];
 
 /// The hash of an event that follows `prev`; `detail` as stored.
 pub fn link(key: &ChainKey, prev: &[u8; 32], e: &AuditEvent, detail: &str) -> [u8; 32] {
-    // HMAC takes keys of any length; a 32-byte key cannot fail.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key");
-    mac.update(b"keyway audit v1");
-    mac.update(prev);
-    mac.update(&e.at.to_be_bytes());
-    for field in [
-        Some(e.kind.as_str()),
-        e.decision.as_deref(),
-        e.reason.as_deref(),
-        e.principal.as_deref(),
-        e.service.as_deref(),
-        e.token_id.as_deref(),
-        e.source.as_deref(),
-        Some(detail),
-    ] {
-        match field {
-            Some(s) => {
-                mac.update(&(s.len() as u32).to_be_bytes());
-                mac.update(s.as_bytes());
-            }
-            None => mac.update(&u32::MAX.to_be_bytes()),
-        }
+    Linker::new(key).link(prev, e, detail)
+}
+
+/// The chain's key, scheduled once: a batch of events (or a walk of the chain) links
+/// each from a copy of it instead of keying HMAC again per event.
+#[derive(Clone)]
+pub struct Linker(Hmac<Sha256>);
+
+impl Linker {
+    pub fn new(key: &ChainKey) -> Self {
+        // HMAC takes keys of any length; a 32-byte key cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key");
+        mac.update(b"keyway audit v1");
+        Self(mac)
     }
-    mac.finalize().into_bytes().into()
+
+    /// The hash of an event that follows `prev`; `detail` as stored.
+    pub fn link(&self, prev: &[u8; 32], e: &AuditEvent, detail: &str) -> [u8; 32] {
+        let mut mac = self.0.clone();
+        mac.update(prev);
+        mac.update(&e.at.to_be_bytes());
+        for field in [
+            Some(e.kind.as_str()),
+            e.decision.as_deref(),
+            e.reason.as_deref(),
+            e.principal.as_deref(),
+            e.service.as_deref(),
+            e.token_id.as_deref(),
+            e.source.as_deref(),
+            Some(detail),
+        ] {
+            match field {
+                Some(s) => {
+                    mac.update(&(s.len() as u32).to_be_bytes());
+                    mac.update(s.as_bytes());
+                }
+                None => mac.update(&u32::MAX.to_be_bytes()),
+            }
+        }
+        mac.finalize().into_bytes().into()
+    }
+}
+
+impl std::fmt::Debug for Linker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Linker(***)")
+    }
 }
 
 /// A signed statement that the chain's event `seq` had `hash` at time `at`.
@@ -135,6 +158,7 @@ pub enum Verdict {
 #[derive(Debug)]
 pub struct Walk<'k> {
     key: &'k ChainKey,
+    linker: Linker,
     last: Option<(i64, [u8; 32])>,
     events: u64,
     unchained: u64,
@@ -150,6 +174,7 @@ impl<'k> Walk<'k> {
     pub fn new(key: &'k ChainKey) -> Self {
         Self {
             key,
+            linker: Linker::new(key),
             last: None,
             events: 0,
             unchained: 0,
@@ -237,7 +262,7 @@ impl<'k> Walk<'k> {
         let (Ok(prev), Ok(hash)) = (<[u8; 32]>::try_from(prev), <[u8; 32]>::try_from(hash)) else {
             return Err(broken("altered"));
         };
-        if link(self.key, &prev, e, detail) != hash {
+        if self.linker.link(&prev, e, detail) != hash {
             return Err(broken("altered"));
         }
         // Events before a checkpoint can only have been pruned to it: the checkpoint

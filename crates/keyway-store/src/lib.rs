@@ -415,6 +415,10 @@ pub trait Store: Send + Sync + 'static {
         spend: &Spend,
     ) -> Result<()>;
     async fn tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// Every token, handed to `each` as it is read, in no particular order: the
+    /// gateway's start-up builds its index this way without holding a million rows
+    /// (and their records) at once.
+    async fn each_token(&self, each: &mut (dyn FnMut(TokenRecord) + Send)) -> Result<()>;
     async fn token(&self, id: &str) -> Result<Option<TokenRecord>>;
     /// Marks the tokens revoked at `at` (keeping an earlier revocation time), with
     /// `event(token)` for each one this call revoked. Returns the tokens found (those

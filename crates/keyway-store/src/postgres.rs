@@ -252,6 +252,10 @@ impl Store for PgStore {
         tokens::all(&self.pool).await
     }
 
+    async fn each_token(&self, each: &mut (dyn FnMut(TokenRecord) + Send)) -> Result<()> {
+        tokens::each(&self.pool, each).await
+    }
+
     async fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
         tokens::one(&self.pool, id).await
     }

@@ -305,6 +305,10 @@ impl Store for SqliteStore {
         tokens::all(&self.pool).await
     }
 
+    async fn each_token(&self, each: &mut (dyn FnMut(TokenRecord) + Send)) -> Result<()> {
+        tokens::each(&self.pool, each).await
+    }
+
     async fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
         tokens::one(&self.pool, id).await
     }

@@ -89,13 +89,14 @@ pub(super) async fn append_on(
     events: &[AuditEvent],
 ) -> Result<Chain> {
     let mut next = *chain;
+    let linker = next.key.as_ref().map(crate::chain::Linker::new);
     let mut rows = Vec::with_capacity(events.len());
     for e in events {
         let detail = e.detail.to_string();
         next.rseq += 1;
-        let (prev, hash) = match next.key {
-            Some(key) => {
-                let hash = crate::chain::link(&key, &next.head, e, &detail);
+        let (prev, hash) = match &linker {
+            Some(linker) => {
+                let hash = linker.link(&next.head, e, &detail);
                 let prev = next.head;
                 next.head = hash;
                 (Some(prev.to_vec()), Some(hash.to_vec()))

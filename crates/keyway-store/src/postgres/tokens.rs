@@ -64,6 +64,16 @@ pub(super) async fn one(pool: &PgPool, id: &str) -> Result<Option<TokenRecord>> 
     row.as_ref().map(token_from_row).transpose()
 }
 
+pub(super) async fn each(pool: &PgPool, each: &mut (dyn FnMut(TokenRecord) + Send)) -> Result<()> {
+    use futures_util::TryStreamExt as _;
+    let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens");
+    let mut rows = sqlx::query(&sql).fetch(pool);
+    while let Some(row) = rows.try_next().await? {
+        each(token_from_row(&row)?);
+    }
+    Ok(())
+}
+
 pub(super) async fn all(pool: &PgPool) -> Result<Vec<TokenRecord>> {
     let rows = sqlx::query(&format!(
         "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, id"

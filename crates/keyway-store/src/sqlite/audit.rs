@@ -64,12 +64,13 @@ pub(super) async fn append_on(
     events: &[AuditEvent],
 ) -> Result<Option<Chain>> {
     let mut head = chain.map(|c| c.head);
+    let linker = chain.map(|c| crate::chain::Linker::new(&c.key));
     let mut rows = Vec::with_capacity(events.len());
     for e in events {
         let detail = e.detail.to_string();
-        let (prev, hash) = match (chain, head) {
-            (Some(c), Some(prev)) => {
-                let hash = crate::chain::link(&c.key, &prev, e, &detail);
+        let (prev, hash) = match (&linker, head) {
+            (Some(linker), Some(prev)) => {
+                let hash = linker.link(&prev, e, &detail);
                 head = Some(hash);
                 (Some(prev.to_vec()), Some(hash.to_vec()))
             }

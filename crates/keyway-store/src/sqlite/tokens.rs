@@ -63,6 +63,58 @@ pub(super) async fn one(pool: &SqlitePool, id: &str) -> Result<Option<TokenRecor
     row.as_ref().map(token_from_row).transpose()
 }
 
+/// Tokens a page of the start-up read holds.
+const LOAD_PAGE: i64 = 10_000;
+
+/// A token's columns, in [`TOKEN_COLUMNS`]' order, the hash in hex.
+type Columns = (
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// Every token, a page of [`LOAD_PAGE`] at a time, each page one row of JSON:
+/// through the driver a row per token costs a few microseconds of hand-over
+/// between its thread and the caller's, seconds for a million tokens.
+pub(super) async fn each(
+    pool: &SqlitePool,
+    each: &mut (dyn FnMut(TokenRecord) + Send),
+) -> Result<()> {
+    let mut after = i64::MIN;
+    loop {
+        let (last, page): (Option<i64>, String) = sqlx::query_as(
+            "SELECT max(rowid), json_group_array(json_array(id, kind, principal, grant_json, \
+             hex(hash), created_at, expires_at, revoked_at, last_used_at, parent_id, scope_json, \
+             cert_thumbprint, origin_json)) \
+             FROM (SELECT rowid, * FROM tokens WHERE rowid > ? ORDER BY rowid LIMIT ?)",
+        )
+        .bind(after)
+        .bind(LOAD_PAGE)
+        .fetch_one(pool)
+        .await?;
+        let Some(last) = last else {
+            return Ok(());
+        };
+        let rows: Vec<Columns> = serde_json::from_str(&page)
+            .map_err(|e| StoreError::Corrupt(format!("token rows: {e}")))?;
+        for c in rows {
+            let hash = hex::decode(&c.4).map_err(|_| StoreError::Corrupt("token hash".into()))?;
+            each(token(c, &hash)?);
+        }
+        after = last;
+    }
+}
+
 pub(super) async fn all(pool: &SqlitePool) -> Result<Vec<TokenRecord>> {
     let rows = sqlx::query(&format!(
         "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, id"
@@ -158,25 +210,44 @@ pub(super) async fn touch(pool: &SqlitePool, used: &[(String, UnixMillis)]) -> R
 }
 
 fn token_from_row(r: &SqliteRow) -> Result<TokenRecord> {
-    let kind: String = r.get(1);
-    let kind = TokenKind::from_name(&kind)
-        .ok_or_else(|| StoreError::Corrupt(format!("token kind `{kind}`")))?;
-    let grant: Option<Grant> = from_json(r.get(3), "token grant")?;
     let hash: Vec<u8> = r.get(4);
+    let c: Columns = (
+        r.get(0),
+        r.get(1),
+        r.get(2),
+        r.get(3),
+        String::new(),
+        r.get(5),
+        r.get(6),
+        r.get(7),
+        r.get(8),
+        r.get(9),
+        r.get(10),
+        r.get(11),
+        r.get(12),
+    );
+    token(c, &hash)
+}
+
+/// A token from its columns (`hash` apart: a blob in a row, hex in a page).
+fn token(c: Columns, hash: &[u8]) -> Result<TokenRecord> {
+    let kind = TokenKind::from_name(&c.1)
+        .ok_or_else(|| StoreError::Corrupt(format!("token kind `{}`", c.1)))?;
+    let grant: Option<Grant> = from_json(c.3, "token grant")?;
     Ok(TokenRecord {
-        id: r.get(0),
+        id: c.0,
         kind,
-        principal: r.get(2),
+        principal: c.2,
         grant,
-        hash: TokenHash::from_slice(&hash)
+        hash: TokenHash::from_slice(hash)
             .ok_or_else(|| StoreError::Corrupt("token hash length".into()))?,
-        created_at: r.get(5),
-        expires_at: r.get(6),
-        revoked_at: r.get(7),
-        last_used_at: r.get(8),
-        parent_id: r.get(9),
-        scope: from_json(r.get(10), "token scope")?,
-        cert_thumbprint: r.get(11),
-        origin: from_json(r.get(12), "token origin")?,
+        created_at: c.5,
+        expires_at: c.6,
+        revoked_at: c.7,
+        last_used_at: c.8,
+        parent_id: c.9,
+        scope: from_json(c.10, "token scope")?,
+        cert_thumbprint: c.11,
+        origin: from_json(c.12, "token origin")?,
     })
 }

@@ -7,12 +7,52 @@ use super::*;
 /// A response body that ends with an error when its token is revoked or expires, a
 /// reload leaves it outside its service, or the gateway stops (once its listener has
 /// drained).
+///
+/// The watch that says so (a timer, the config's channel, the token's cancellation)
+/// is armed only once the body has to wait, or has more to come after its first
+/// frame: a small answer, whole in its first frame, goes without it (its token's
+/// revocation is still checked before that frame). Most answers are of that kind.
 pub(super) struct Cancellable<B = Incoming> {
-    pub(super) inner: B,
+    inner: B,
     /// `keyway_bytes_total{direction="out"}` of the service.
-    pub(super) bytes: metrics::Counter,
-    /// Resolves with why the stream must end.
-    pub(super) ended: Pin<Box<dyn Future<Output = BoxError> + Send>>,
+    bytes: metrics::Counter,
+    entry: Arc<Entry>,
+    watch: Watch,
+}
+
+/// Resolves with why a stream must end.
+pub(super) type Ended = Pin<Box<dyn Future<Output = BoxError> + Send>>;
+
+/// How to arm the watch of a body, when it comes to that.
+pub(super) type Arm = Box<dyn FnOnce() -> Ended + Send>;
+
+enum Watch {
+    Later(Arm),
+    Armed(Ended),
+    /// Only while it is being armed.
+    Arming,
+}
+
+impl<B> Cancellable<B> {
+    pub(super) fn new(inner: B, bytes: metrics::Counter, entry: Arc<Entry>, arm: Arm) -> Self {
+        Self {
+            inner,
+            bytes,
+            entry,
+            watch: Watch::Later(arm),
+        }
+    }
+
+    fn armed(&mut self) -> &mut Ended {
+        if let Watch::Later(arm) = std::mem::replace(&mut self.watch, Watch::Arming) {
+            self.watch = Watch::Armed(arm());
+        }
+        match &mut self.watch {
+            Watch::Armed(ended) => ended,
+            // Armed just above.
+            Watch::Later(_) | Watch::Arming => unreachable!("the watch is armed"),
+        }
+    }
 }
 
 /// The error a stream ends with when a reload leaves it outside its service.
@@ -48,14 +88,37 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if let Poll::Ready(why) = this.ended.as_mut().poll(cx) {
-            return Poll::Ready(Some(Err(why)));
+        match &mut this.watch {
+            Watch::Armed(ended) => {
+                if let Poll::Ready(why) = ended.as_mut().poll(cx) {
+                    return Poll::Ready(Some(Err(why)));
+                }
+            }
+            // Not armed: the revocation the watch would see, read from the token.
+            Watch::Later(_) | Watch::Arming => {
+                if this.entry.revoked() {
+                    return Poll::Ready(Some(Err(Box::new(Revoked))));
+                }
+            }
         }
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(f))) = &frame {
-            if let Some(data) = f.data_ref() {
-                this.bytes.increment(data.len() as u64);
+        match &frame {
+            Poll::Pending => {
+                // The body waits: from now on, so does the watch.
+                if let Poll::Ready(why) = this.armed().as_mut().poll(cx) {
+                    return Poll::Ready(Some(Err(why)));
+                }
             }
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(data) = f.data_ref() {
+                    this.bytes.increment(data.len() as u64);
+                }
+                if !this.inner.is_end_stream() {
+                    // More to come: watched from the next poll on.
+                    this.armed();
+                }
+            }
+            Poll::Ready(_) => {}
         }
         frame.map_err(Into::into)
     }

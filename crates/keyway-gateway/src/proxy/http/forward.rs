@@ -144,29 +144,31 @@ impl HttpProxy {
     }
 
     pub(super) fn downstream_response(
-        &self,
+        self: &Arc<Self>,
         resp: Response<Incoming>,
         entry: &Arc<Entry>,
         source: IpAddr,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let body = Cancellable {
-            bytes: self.bytes_out.clone(),
-            inner: body,
-            ended: self.why_ended(entry, source),
-        };
+        let body = Cancellable::new(
+            body,
+            self.bytes_out.clone(),
+            entry.clone(),
+            self.why_ended(entry, source),
+        );
         Response::from_parts(parts, UnsyncBoxBody::new(body))
     }
 
-    /// Resolves, when a response body of `entry`'s token must end, with the error it
-    /// ends with.
-    pub(super) fn why_ended(
-        &self,
-        entry: &Arc<Entry>,
-        source: IpAddr,
-    ) -> Pin<Box<dyn Future<Output = BoxError> + Send>> {
-        let ended = self.ended(entry.clone(), source);
+    /// How to arm the watch of a response body of `entry`'s token: it resolves, when
+    /// the body must end, with the error it ends with.
+    pub(super) fn why_ended(self: &Arc<Self>, entry: &Arc<Entry>, source: IpAddr) -> body::Arm {
+        let (this, entry) = (self.clone(), entry.clone());
+        Box::new(move || this.ending(entry, source))
+    }
+
+    fn ending(&self, entry: Arc<Entry>, source: IpAddr) -> body::Ended {
+        let ended = self.ended(entry, source);
         Box::pin(async move {
             let why: BoxError = match ended.await {
                 SessionEnd::Unfit(why) => Box::new(Unfit(why.as_str())),
@@ -247,30 +249,34 @@ pub(super) fn upgraded_response(resp: Response<Incoming>) -> Response<ProxyBody>
 /// `X-Forwarded-For` and `-Proto` itself) and which method or URL it "really" is
 /// (`X-HTTP-Method-Override`, `X-Original-URL`, …), which would step around the grant.
 pub(super) fn strip_client_claims(h: &mut HeaderMap) {
-    let forwarded: Vec<HeaderName> = h
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-forwarded-"))
-        .cloned()
-        .collect();
-    for n in forwarded {
-        h.remove(n);
-    }
-    for n in [
-        "forwarded",
-        "x-real-ip",
-        "true-client-ip",
-        "x-client-ip",
-        "x-cluster-client-ip",
-        "cf-connecting-ip",
-        "fastly-client-ip",
-        "x-originating-ip",
-        "x-http-method-override",
-        "x-http-method",
-        "x-method-override",
-        "x-original-url",
-        "x-rewrite-url",
-        "x-original-method",
-    ] {
+    remove_where(h, |k| {
+        let k = k.as_str();
+        k.starts_with("x-forwarded-")
+            || matches!(
+                k,
+                "forwarded"
+                    | "x-real-ip"
+                    | "true-client-ip"
+                    | "x-client-ip"
+                    | "x-cluster-client-ip"
+                    | "cf-connecting-ip"
+                    | "fastly-client-ip"
+                    | "x-originating-ip"
+                    | "x-http-method-override"
+                    | "x-http-method"
+                    | "x-method-override"
+                    | "x-original-url"
+                    | "x-rewrite-url"
+                    | "x-original-method"
+            )
+    });
+}
+
+/// Removes every header `doomed` picks, in one pass over the few a message has
+/// rather than one lookup for each name it might have.
+fn remove_where(h: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let names: Vec<HeaderName> = h.keys().filter(|k| doomed(k)).cloned().collect();
+    for n in names {
         h.remove(n);
     }
 }
@@ -298,6 +304,9 @@ pub(super) fn strip_console_cookie(h: &mut HeaderMap) {
             (!rest.is_empty()).then(|| HeaderValue::from_bytes(&rest.join(&b"; "[..])).ok())?
         })
         .collect();
+    if kept.is_empty() && !h.contains_key(header::COOKIE) {
+        return;
+    }
     h.remove(header::COOKIE);
     for v in kept {
         h.append(header::COOKIE, v);
@@ -333,17 +342,18 @@ pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in named {
         h.remove(n);
     }
-    for n in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-    ] {
-        h.remove(n);
-    }
-    h.remove("keep-alive");
-    h.remove("proxy-connection");
+    remove_where(h, |k| {
+        matches!(
+            k.as_str(),
+            "connection"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "proxy-authorization"
+                | "proxy-authenticate"
+                | "keep-alive"
+                | "proxy-connection"
+        )
+    });
 }

@@ -42,11 +42,12 @@ impl HttpProxy {
         parts.headers.remove(header::CONTENT_LENGTH);
         forward::strip_hop_by_hop(&mut parts.headers);
         // What is queued for the client stops too the moment the token ends.
-        let body = Cancellable {
-            inner: Channel(rx).boxed_unsync(),
-            bytes: self.bytes_out.clone(),
-            ended: self.why_ended(entry, source),
-        };
+        let body = Cancellable::new(
+            Channel(rx).boxed_unsync(),
+            self.bytes_out.clone(),
+            entry.clone(),
+            self.why_ended(entry, source),
+        );
         (
             Response::from_parts(parts, UnsyncBoxBody::new(body)),
             finish,
