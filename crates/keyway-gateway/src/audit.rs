@@ -12,7 +12,10 @@
 //! what the config says: `fail_closed` refuses new requests (503 `audit_unavailable`)
 //! until the writer catches up (a request reserves its event's place in the queue
 //! before it is forwarded), `fail_open` lets them through and counts the dropped
-//! events. Nothing is lost silently. A failed batch is kept and retried until the
+//! events. Nothing is lost silently. The queue is bounded twice: by events
+//! (`audit.queue`) and by the bytes they hold (`audit.queue_bytes`, counted from
+//! each event's queueing until its batch is written), so that under sustained
+//! overload its memory has a ceiling whatever the events carry. A failed batch is kept and retried until the
 //! store takes it; the answers that waited for it were refused, and their events say
 //! so (`"withheld": "audit_unavailable"`).
 //!
@@ -20,7 +23,7 @@
 //! the gateway was built with: the metrics count it and the intrusion detectors see
 //! it. The sink knows them only through that trait.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +46,8 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct AuditSink {
     tx: mpsc::Sender<Queued>,
+    /// The bytes queued events hold, against `audit.queue_bytes`.
+    bytes: Arc<Bytes>,
     on_full: OnFull,
     durability: Durability,
     stats: Arc<AuditStats>,
@@ -54,6 +59,16 @@ pub struct AuditSink {
 struct Queued {
     event: AuditEvent,
     ack: Option<oneshot::Sender<bool>>,
+    /// What it counts for in [`Bytes`].
+    bytes: usize,
+}
+
+/// The bytes (about: [`AuditEvent::approx_bytes`]) the events between queueing and
+/// their batch's write hold, and how many they may.
+#[derive(Debug)]
+struct Bytes {
+    held: AtomicUsize,
+    max: usize,
 }
 
 /// Resolves once an event is durable: `true` when the answer it gates may go,
@@ -91,6 +106,7 @@ pub struct AuditStats {
 /// A reserved place in the queue for one event.
 pub struct Reservation {
     permit: Option<mpsc::OwnedPermit<Queued>>,
+    bytes: Arc<Bytes>,
     tap: Arc<Tap>,
     durability: Durability,
 }
@@ -113,11 +129,16 @@ impl AuditSink {
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(config.queue);
         let stats = Arc::new(AuditStats::default());
-        let task = tokio::spawn(write_loop(store, rx, stats.clone(), stop));
+        let bytes = Arc::new(Bytes {
+            held: AtomicUsize::new(0),
+            max: config.queue_bytes,
+        });
+        let task = tokio::spawn(write_loop(store, rx, stats.clone(), bytes.clone(), stop));
         let tap = Arc::new(Tap(subscribers));
         (
             Self {
                 tx,
+                bytes,
                 on_full: config.on_full,
                 durability: config.durability,
                 stats,
@@ -137,6 +158,7 @@ impl AuditSink {
     fn reservation(&self, permit: Option<mpsc::OwnedPermit<Queued>>) -> Reservation {
         Reservation {
             permit,
+            bytes: self.bytes.clone(),
             tap: self.tap.clone(),
             durability: self.durability,
         }
@@ -173,12 +195,22 @@ impl AuditSink {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
+    /// The bytes (about) the events waiting to be written hold.
+    pub fn queued_bytes(&self) -> usize {
+        self.bytes.held()
+    }
+
     /// Reserves a place for a request's event before the request goes on.
     pub fn reserve(&self) -> Result<Reservation, AuditFull> {
         if self.refusing() {
             return Err(AuditFull);
         }
-        match self.tx.clone().try_reserve_owned() {
+        let room = if self.bytes.held() < self.bytes.max {
+            self.tx.clone().try_reserve_owned().map_err(|_| ())
+        } else {
+            Err(())
+        };
+        match room {
             Ok(p) => Ok(self.reservation(Some(p))),
             Err(_) if self.on_full == OnFull::FailOpen => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -204,6 +236,11 @@ impl AuditSink {
     /// or once the writer has stopped, an event without room is dropped and counted.
     pub async fn reserve_waiting(&self) -> Reservation {
         if self.on_full == OnFull::FailClosed {
+            // Room in bytes comes back as the writer writes; waiting for it is
+            // waiting for the store, as waiting for a place is.
+            while self.bytes.held() >= self.bytes.max && !self.tx.is_closed() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             if let Ok(p) = self.tx.clone().reserve_owned().await {
                 return self.reservation(Some(p));
             }
@@ -222,7 +259,10 @@ impl AuditSink {
     /// room allowed requests need.
     pub fn record(&self, event: AuditEvent) -> Committed {
         self.tap.see(&event);
-        if self.refusing() || self.tx.capacity() <= self.tx.max_capacity() / 2 {
+        if self.refusing()
+            || self.tx.capacity() <= self.tx.max_capacity() / 2
+            || self.bytes.held() >= self.bytes.max / 2
+        {
             return self.not_queued();
         }
         match self.tx.clone().try_reserve_owned() {
@@ -280,16 +320,31 @@ impl Reservation {
             // Not queued under `fail_open`: the config chose to answer.
             return Committed::ready(true);
         };
+        let bytes = event.approx_bytes();
+        self.bytes.held.fetch_add(bytes, Ordering::Relaxed);
         if self.durability == Durability::Batched {
-            permit.send(Queued { event, ack: None });
+            permit.send(Queued {
+                event,
+                ack: None,
+                bytes,
+            });
             return Committed::ready(true);
         }
         let (ack, done) = oneshot::channel();
         permit.send(Queued {
             event,
             ack: Some(ack),
+            bytes,
         });
         Committed(Ok(done))
+    }
+}
+
+// === impl Bytes ===
+
+impl Bytes {
+    fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
     }
 }
 
@@ -326,6 +381,7 @@ async fn write_loop(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<Queued>,
     stats: Arc<AuditStats>,
+    bytes: Arc<Bytes>,
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
@@ -357,9 +413,13 @@ async fn write_loop(
                 }
             }
         }
+        let held: usize = batch.iter().map(|q| q.bytes).sum();
         let (mut events, acks): (Vec<_>, Vec<_>) =
             batch.drain(..).map(|q| (q.event, q.ack)).unzip();
         write_batch(&*store, &mut events, acks, &stats, &stop).await;
+        // Written (or given up at a stop that could not wait): their memory is free.
+        drop(events);
+        bytes.held.fetch_sub(held, Ordering::Relaxed);
         busy = !rx.is_empty();
     }
 }
@@ -488,3 +548,6 @@ async fn prune(store: &dyn Store, audit: &AuditSink, retention: Duration) {
         Err(e) => tracing::error!(error = %e, "could not prune the audit log"),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -249,6 +249,7 @@ impl Control {
         }
         s.audit = self.audit.stats().snapshot();
         s.audit_queue = self.audit.queued();
+        s.audit_queue_bytes = self.audit.queued_bytes();
         s.blocked_sources = self.admission.blocked_sources(now);
         s.observations_dropped = self.admission.dropped();
         s.store_wal_bytes = self.store.log_bytes();

@@ -181,16 +181,6 @@ impl Entry {
 // === impl TokenIndex ===
 
 impl TokenIndex {
-    pub fn load(records: Vec<TokenRecord>) -> Self {
-        let map = records
-            .into_iter()
-            .map(|r| (r.id.clone(), Arc::new(Entry::new(r))))
-            .collect();
-        Self {
-            map: RwLock::new(map),
-        }
-    }
-
     /// Adds a token read from the store at start-up.
     pub fn load_one(&self, record: TokenRecord) {
         let entry = Arc::new(Entry::new(record));

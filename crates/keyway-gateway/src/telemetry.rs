@@ -58,6 +58,7 @@ pub struct States {
     pub credentials_near_max_age: u64,
     pub audit: AuditCounts,
     pub audit_queue: usize,
+    pub audit_queue_bytes: usize,
     pub blocked_sources: usize,
     pub observations_dropped: u64,
     /// The store's write-ahead log on disk, in bytes (when the store keeps one).
@@ -291,6 +292,7 @@ impl Metrics {
             counter!("keyway_audit_events_dropped_total").absolute(s.audit.dropped);
             counter!("keyway_audit_write_errors_total").absolute(s.audit.write_errors);
             gauge!("keyway_audit_queue").set(s.audit_queue as f64);
+            gauge!("keyway_audit_queue_bytes").set(s.audit_queue_bytes as f64);
             gauge!("keyway_blocked_sources").set(s.blocked_sources as f64);
             counter!("keyway_detector_observations_dropped_total").absolute(s.observations_dropped);
             if let Some(bytes) = s.store_wal_bytes {
@@ -367,6 +369,10 @@ fn describe() {
         "Failed audit batch writes (retried)."
     );
     describe_gauge!("keyway_audit_queue", "Audit events waiting to be written.");
+    describe_gauge!(
+        "keyway_audit_queue_bytes",
+        "Bytes (about) the audit events waiting to be written hold (bounded by audit.queue_bytes)."
+    );
     describe_gauge!(
         "keyway_store_wal_bytes",
         Unit::Bytes,

@@ -55,6 +55,14 @@ async fn cut_after_revoke(path: &str) -> (Duration, usize) {
         let _ = tx.send((Instant::now(), cut, bytes));
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut rx = rx;
+    assert!(
+        matches!(
+            rx.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        ),
+        "the stream ended before its token was revoked"
+    );
     let asked = Instant::now();
     gw.gw.revoke(&id, "test", None).await.unwrap();
     let (ended, cut, bytes) = tokio::time::timeout(Duration::from_secs(5), rx)

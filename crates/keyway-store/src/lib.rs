@@ -306,6 +306,33 @@ impl AuditEvent {
         }
     }
 
+    /// About how many bytes the event holds in memory: itself, its strings and its
+    /// detail. What bounds the audit queue by size, not only by count.
+    pub fn approx_bytes(&self) -> usize {
+        fn value(v: &serde_json::Value) -> usize {
+            use serde_json::Value;
+            match v {
+                Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+                Value::String(s) => s.len(),
+                Value::Array(a) => a.iter().map(|v| 32 + value(v)).sum(),
+                // A map entry: its key, its value, and its share of the tree's node.
+                Value::Object(m) => m.iter().map(|(k, v)| k.len() + 64 + value(v)).sum(),
+            }
+        }
+        let strings = [
+            &self.decision,
+            &self.reason,
+            &self.principal,
+            &self.service,
+            &self.token_id,
+            &self.source,
+        ]
+        .iter()
+        .map(|s| s.as_ref().map_or(0, String::len))
+        .sum::<usize>();
+        std::mem::size_of::<Self>() + self.kind.len() + strings + value(&self.detail)
+    }
+
     /// Records the decision.
     pub fn decide(&mut self, decision: keyway_core::Decision) {
         self.decision = Some(decision.as_str().to_owned());

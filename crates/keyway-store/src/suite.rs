@@ -59,6 +59,10 @@ pub(crate) async fn tokens_round_trip_and_revoke_keeps_the_first_time(store: &dy
     };
     store.insert_token(&rec, &[]).await.unwrap();
     assert_eq!(store.tokens().await.unwrap(), vec![rec.clone()]);
+    // The start-up read: every column as written.
+    let mut each = Vec::new();
+    store.each_token(&mut |t| each.push(t)).await.unwrap();
+    assert_eq!(each, vec![rec.clone()]);
     let revoked = |t: &RevokedToken| AuditEvent {
         kind: "token.revoked".into(),
         token_id: Some(t.id.clone()),

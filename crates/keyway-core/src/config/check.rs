@@ -15,6 +15,9 @@ use super::{
     TlsConfig, Written, DEFAULT_ADMIN_LISTEN, DEFAULT_DATA_DIR, PORT_AUDIT_DEFAULT,
 };
 
+/// `audit.queue_bytes` by default: 32 MiB, about 30,000 request events.
+const DEFAULT_QUEUE_BYTES: usize = 32 << 20;
+
 const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_ADMIN_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 const DEFAULT_CREDENTIAL_MAX_AGE: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -208,6 +211,13 @@ impl RawConfig {
         if !(64..=10_000_000).contains(&queue) {
             p.push("audit.queue", "must be between 64 and 10000000 events");
         }
+        let queue_bytes = self.audit.queue_bytes.unwrap_or(DEFAULT_QUEUE_BYTES);
+        if !((1 << 20)..=(4 << 30)).contains(&queue_bytes) {
+            p.push(
+                "audit.queue_bytes",
+                "must be between 1048576 (1 MiB) and 4294967296 (4 GiB)",
+            );
+        }
 
         let mut services = BTreeMap::new();
         let mut listens: BTreeMap<SocketAddr, String> = BTreeMap::new();
@@ -358,6 +368,7 @@ impl RawConfig {
             master_key_file,
             audit: AuditConfig {
                 queue,
+                queue_bytes,
                 on_full,
                 durability,
                 retention,

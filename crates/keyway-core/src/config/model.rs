@@ -102,6 +102,10 @@ pub struct Agent {
 pub struct AuditConfig {
     /// Events waiting to be written before `on_full` applies.
     pub queue: usize,
+    /// Bytes those events may hold in memory (about) before `on_full` applies:
+    /// under sustained overload the queue's memory is bounded by size, not only by
+    /// count.
+    pub queue_bytes: usize,
     pub on_full: OnFull,
     /// When an answer may go relative to its event's commit.
     pub durability: Durability,

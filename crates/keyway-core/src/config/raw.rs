@@ -76,6 +76,7 @@ pub struct RawAgent {
 #[serde(deny_unknown_fields)]
 pub struct RawAudit {
     pub queue: Option<usize>,
+    pub queue_bytes: Option<usize>,
     pub on_full: Option<String>,
     /// `commit` (the default): an answer waits for its event's commit; `batched`:
     /// it does not, and a crash can lose the last events.

@@ -12,6 +12,42 @@ async fn tokens_round_trip_and_revoke_keeps_the_first_time() {
     .await;
 }
 
+/// The start-up read pages through the tokens: every one comes once, whatever the
+/// page size, with all it was written with.
+#[tokio::test]
+async fn every_token_is_read_once_page_by_page() {
+    let store = SqliteStore::in_memory().await.unwrap();
+    let mut written = Vec::new();
+    for i in 0..7 {
+        let t = keyway_core::IssuedToken::generate(keyway_core::TokenKind::Access);
+        let rec = TokenRecord {
+            id: t.id().into(),
+            kind: keyway_core::TokenKind::Access,
+            principal: format!("p{i}"),
+            grant: Some(keyway_core::Grant::new("billing", &[], &[]).unwrap()),
+            hash: keyway_core::TokenHash::from_slice(&[i as u8; 32]).unwrap(),
+            created_at: i,
+            expires_at: 100 + i,
+            revoked_at: (i % 2 == 0).then_some(50),
+            last_used_at: Some(i),
+            parent_id: None,
+            scope: None,
+            cert_thumbprint: None,
+            origin: None,
+        };
+        store.insert_token(&rec, &[]).await.unwrap();
+        written.push(rec);
+    }
+    for page in [1, 2, 3, 7, 100] {
+        let mut read = Vec::new();
+        tokens::each_paged(&store.pool, page, &mut |t| read.push(t))
+            .await
+            .unwrap();
+        read.sort_by_key(|t| t.created_at);
+        assert_eq!(read, written, "pages of {page}");
+    }
+}
+
 #[tokio::test]
 async fn secrets_and_audit() {
     crate::suite::secrets_and_audit(&SqliteStore::in_memory().await.unwrap()).await;

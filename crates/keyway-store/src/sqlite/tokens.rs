@@ -90,6 +90,14 @@ pub(super) async fn each(
     pool: &SqlitePool,
     each: &mut (dyn FnMut(TokenRecord) + Send),
 ) -> Result<()> {
+    each_paged(pool, LOAD_PAGE, each).await
+}
+
+pub(super) async fn each_paged(
+    pool: &SqlitePool,
+    page_size: i64,
+    each: &mut (dyn FnMut(TokenRecord) + Send),
+) -> Result<()> {
     let mut after = i64::MIN;
     loop {
         let (last, page): (Option<i64>, String) = sqlx::query_as(
@@ -99,7 +107,7 @@ pub(super) async fn each(
              FROM (SELECT rowid, * FROM tokens WHERE rowid > ? ORDER BY rowid LIMIT ?)",
         )
         .bind(after)
-        .bind(LOAD_PAGE)
+        .bind(page_size)
         .fetch_one(pool)
         .await?;
         let Some(last) = last else {

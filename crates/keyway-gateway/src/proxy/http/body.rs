@@ -17,7 +17,9 @@ pub(super) struct Cancellable<B = Incoming> {
     /// `keyway_bytes_total{direction="out"}` of the service.
     bytes: metrics::Counter,
     entry: Arc<Entry>,
-    watch: Watch,
+    /// How to arm the watch, until it is.
+    arm: Option<Arm>,
+    ended: Option<Ended>,
 }
 
 /// Resolves with why a stream must end.
@@ -26,32 +28,25 @@ pub(super) type Ended = Pin<Box<dyn Future<Output = BoxError> + Send>>;
 /// How to arm the watch of a body, when it comes to that.
 pub(super) type Arm = Box<dyn FnOnce() -> Ended + Send>;
 
-enum Watch {
-    Later(Arm),
-    Armed(Ended),
-    /// Only while it is being armed.
-    Arming,
-}
-
 impl<B> Cancellable<B> {
     pub(super) fn new(inner: B, bytes: metrics::Counter, entry: Arc<Entry>, arm: Arm) -> Self {
         Self {
             inner,
             bytes,
             entry,
-            watch: Watch::Later(arm),
+            arm: Some(arm),
+            ended: None,
         }
     }
 
+    /// The watch, armed now if it was not yet.
     fn armed(&mut self) -> &mut Ended {
-        if let Watch::Later(arm) = std::mem::replace(&mut self.watch, Watch::Arming) {
-            self.watch = Watch::Armed(arm());
-        }
-        match &mut self.watch {
-            Watch::Armed(ended) => ended,
-            // Armed just above.
-            Watch::Later(_) | Watch::Arming => unreachable!("the watch is armed"),
-        }
+        let arm = &mut self.arm;
+        self.ended.get_or_insert_with(|| match arm.take() {
+            Some(arm) => arm(),
+            // Armed once only: the watch is there whenever `arm` is gone.
+            None => Box::pin(std::future::pending()),
+        })
     }
 }
 
@@ -88,14 +83,14 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        match &mut this.watch {
-            Watch::Armed(ended) => {
+        match &mut this.ended {
+            Some(ended) => {
                 if let Poll::Ready(why) = ended.as_mut().poll(cx) {
                     return Poll::Ready(Some(Err(why)));
                 }
             }
             // Not armed: the revocation the watch would see, read from the token.
-            Watch::Later(_) | Watch::Arming => {
+            None => {
                 if this.entry.revoked() {
                     return Poll::Ready(Some(Err(Box::new(Revoked))));
                 }
@@ -113,7 +108,7 @@ where
                 if let Some(data) = f.data_ref() {
                     this.bytes.increment(data.len() as u64);
                 }
-                if !this.inner.is_end_stream() {
+                if this.ended.is_none() && !this.inner.is_end_stream() {
                     // More to come: watched from the next poll on.
                     this.armed();
                 }
