@@ -377,7 +377,7 @@ impl People {
         let r = AccessRequest {
             id: format!("req_{id}"),
             version: 0,
-            origin,
+            origin: *origin,
             grant,
             ttl_ms: duration_ms(ttl).max(0).unsigned_abs(),
             reason: reason.map(|r| r.chars().take(512).collect()),

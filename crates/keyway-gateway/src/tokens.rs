@@ -241,7 +241,7 @@ impl Tokens {
         record.grant = Some(grant);
         record.parent_id = lineage.parent_id;
         record.cert_thumbprint = lineage.cert_thumbprint;
-        record.origin = lineage.origin.clone();
+        record.origin = lineage.origin.clone().map(Box::new);
         let detail = serde_json::json!({
             "by": by,
             "expires_at": format_ms(record.expires_at),
@@ -270,7 +270,7 @@ impl Tokens {
         by: &str,
     ) -> Result<(IssuedToken, TokenRecord), StoreError> {
         let (token, mut record) = self.generate(TokenKind::ClientCredential, principal, max_age);
-        record.scope = Some(scope);
+        record.scope = Some(Box::new(scope));
         record.cert_thumbprint = cert_thumbprint;
         let detail = serde_json::json!({
             "by": by,

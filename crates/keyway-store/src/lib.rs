@@ -90,12 +90,14 @@ pub struct TokenRecord {
     /// The token this one was rotated from, or the credential it was exchanged for.
     pub parent_id: Option<String>,
     /// For client credentials: what they may be exchanged for.
-    pub scope: Option<CredentialScope>,
+    /// Boxed, as `origin` is: few tokens have one, and a million live tokens each
+    /// carrying the room for it inline would take a fifth more memory.
+    pub scope: Option<Box<CredentialScope>>,
     /// When bound to a client certificate: its SHA-256 thumbprint (base64url, RFC
     /// 8705 `x5t#S256`); the token is then accepted only over mTLS with it.
     pub cert_thumbprint: Option<String>,
     /// For a token obtained through a policy: which, and by whom.
-    pub origin: Option<Origin>,
+    pub origin: Option<Box<Origin>>,
 }
 
 /// The policy a token was obtained through, and the identity that obtained it.

@@ -285,7 +285,7 @@ impl Tokens {
                 let lineage = Lineage {
                     parent_id: old.record.parent_id.clone(),
                     cert_thumbprint: old.record.cert_thumbprint.clone(),
-                    origin: old.record.origin.clone(),
+                    origin: old.record.origin.as_deref().cloned(),
                     spend: None,
                 };
                 self.mint(&old.record.principal, grant, ttl, lineage, by)
@@ -293,7 +293,12 @@ impl Tokens {
             }
             TokenKind::ClientCredential => {
                 // Same principal, scope and binding; a fresh max age within the policy.
-                let scope = old.record.scope.clone().ok_or(RotateError::NotAccess)?;
+                let scope = old
+                    .record
+                    .scope
+                    .as_deref()
+                    .cloned()
+                    .ok_or(RotateError::NotAccess)?;
                 let age = Duration::from_millis(lifetime).min(self.config().credential_max_age);
                 let cert = old.record.cert_thumbprint.clone();
                 self.mint_credential(&old.record.principal, scope, age, cert, by)

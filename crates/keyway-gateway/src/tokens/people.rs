@@ -40,7 +40,7 @@ impl Tokens {
     ) -> Result<(IssuedToken, TokenRecord), StoreError> {
         let (token, mut record) = self.generate(TokenKind::Session, &origin.subject, ttl);
         let by = format!("login:{}", origin.provider);
-        record.origin = Some(origin);
+        record.origin = Some(Box::new(origin));
         let detail = serde_json::json!({
             "by": by,
             "expires_at": format_ms(record.expires_at),
@@ -75,7 +75,7 @@ impl Tokens {
         let ttl = ttl.min(Duration::from_millis(left));
         let lineage = Lineage {
             parent_id: Some(session.id().to_owned()),
-            origin: Some(origin),
+            origin: Some(*origin),
             spend: request.map(|(id, until)| Spend {
                 key: format!("request:{id}"),
                 until,
