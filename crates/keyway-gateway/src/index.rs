@@ -153,6 +153,13 @@ impl Entry {
         self.cancel.get_or_init(CancellationToken::new)
     }
 
+    /// Whether the token's streams were cut (revoked, or its shortened expiry came).
+    pub fn is_cut(&self) -> bool {
+        self.cancel
+            .get()
+            .is_some_and(CancellationToken::is_cancelled)
+    }
+
     /// Ends the live streams opened with the token (its shortened expiry came).
     pub(crate) fn cut(&self) {
         self.cancellation().cancel();

@@ -367,6 +367,11 @@ impl Sessions {
         self.tracker.spawn(session);
     }
 
+    /// Whether the gateway is stopping.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.is_cancelled()
+    }
+
     /// Resolves once the gateway is stopping: a session not yet open is dropped then.
     pub fn stopping(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.stopping.cancelled()

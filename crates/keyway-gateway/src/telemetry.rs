@@ -6,6 +6,7 @@
 //! an event (live tokens, agents, blocked sources) is read when scraped.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use keyway_core::EventKind;
 use keyway_store::AuditEvent;
@@ -38,11 +39,13 @@ pub struct Metrics {
 }
 
 /// A service's request and connection counters by decision, and its upstream
-/// latency.
+/// latency: each registered the first time it counts (a series appears with its
+/// first event, as before), then at hand.
+#[derive(Default)]
 struct Series {
-    requests: [Counter; 2],
-    connections: [Counter; 2],
-    latency: Histogram,
+    requests: [OnceLock<Counter>; 2],
+    connections: [OnceLock<Counter>; 2],
+    latency: OnceLock<Histogram>,
 }
 
 /// Counts a session as active until dropped.
@@ -99,24 +102,8 @@ impl Metrics {
     pub fn add_services(&self, names: impl IntoIterator<Item = String>) {
         let mut known = self.services.write().unwrap_or_else(|p| p.into_inner());
         for name in names {
-            if let std::collections::hash_map::Entry::Vacant(slot) = known.entry(name) {
-                let series = self.series(slot.key());
-                slot.insert(series);
-            }
+            known.entry(name).or_default();
         }
-    }
-
-    fn series(&self, service: &str) -> Series {
-        let s = service.to_owned();
-        self.with(|| Series {
-            requests: ["allow", "deny"].map(
-                |d| counter!("keyway_requests_total", "service" => s.clone(), "decision" => d),
-            ),
-            connections: ["allow", "deny"].map(
-                |d| counter!("keyway_connections_total", "service" => s.clone(), "decision" => d),
-            ),
-            latency: histogram!(LATENCY, "service" => s.clone()),
-        })
     }
 
     fn with<T>(&self, f: impl FnOnce() -> T) -> T {
@@ -156,12 +143,21 @@ impl Metrics {
             };
             if let (Some(series), Some(i)) = (known.get(service), decided) {
                 self.traffic.count(service, ev.at, ev.denied());
+                let s = || service.clone();
                 match kind {
-                    Some(EventKind::Request) => series.requests[i].increment(1),
-                    _ => series.connections[i].increment(1),
+                    Some(EventKind::Request) => series.requests[i].get_or_init(|| {
+                        self.with(|| counter!("keyway_requests_total", "service" => s(), "decision" => d.clone()))
+                    }),
+                    _ => series.connections[i].get_or_init(|| {
+                        self.with(|| counter!("keyway_connections_total", "service" => s(), "decision" => d.clone()))
+                    }),
                 }
+                .increment(1);
                 if let Some(ms) = ev.detail.get("upstream_ms").and_then(|v| v.as_f64()) {
-                    series.latency.record(ms / 1000.0);
+                    series
+                        .latency
+                        .get_or_init(|| self.with(|| histogram!(LATENCY, "service" => s())))
+                        .record(ms / 1000.0);
                 }
                 let tool = ev.detail.get("tool").and_then(|t| t.as_str());
                 if !ev.denied() && tool.is_none() {

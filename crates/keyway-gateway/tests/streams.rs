@@ -82,6 +82,54 @@ async fn revocation_cuts_a_long_download() {
     assert!(bytes < 1024 * 1024 * 1024, "the whole download arrived");
 }
 
+/// An answer whole in its first frame goes without the armed watch, but not past
+/// what the watch would have seen: a token that expired, or was revoked, while the
+/// upstream was answering never gets the body (the connection ends before it).
+#[tokio::test]
+async fn a_token_that_ends_while_the_upstream_answers_gets_no_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let gw = gateway(&up.url()).await;
+    // `/slow` answers "slow" after 3 s, in one frame.
+    let (expiring, _, _) = gw.issue("billing", &[], &[], "2s").await;
+    let (revoked, id, _) = gw.issue("billing", &[], &[], "15m").await;
+    let (live, _, _) = gw.issue("billing", &[], &[], "15m").await;
+    let ask = |token: String| {
+        let addr = gw.addr("billing");
+        tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let req = format!(
+                "GET /slow HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+            );
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut got = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+            String::from_utf8_lossy(&got).into_owned()
+        })
+    };
+    let (expiring, revoked_body, live) = (ask(expiring), ask(revoked), ask(live));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The gateway's clock passes the first token's expiry; the second is revoked.
+    gw.clock.advance(Duration::from_secs(5));
+    gw.gw.revoke(&id, "test", None).await.unwrap();
+    let body = |answer: &str| answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+    let expiring = expiring.await.unwrap();
+    assert_ne!(
+        body(&expiring).as_deref(),
+        Some("slow"),
+        "an expired token's body went: {expiring}"
+    );
+    let revoked_body = revoked_body.await.unwrap();
+    assert_ne!(
+        body(&revoked_body).as_deref(),
+        Some("slow"),
+        "a revoked token's body went: {revoked_body}"
+    );
+    let live = live.await.unwrap();
+    assert_eq!(body(&live).as_deref(), Some("slow"), "{live}");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn revocation_cuts_a_server_sent_events_stream() {
     let (took, _) = cut_after_revoke("/sse").await;

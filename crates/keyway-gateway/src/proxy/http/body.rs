@@ -10,43 +10,78 @@ use super::*;
 ///
 /// The watch that says so (a timer, the config's channel, the token's cancellation)
 /// is armed only once the body has to wait, or has more to come after its first
-/// frame: a small answer, whole in its first frame, goes without it (its token's
-/// revocation is still checked before that frame). Most answers are of that kind.
+/// frame: a small answer, whole in its first frame, goes without it. Before such a
+/// frame goes, what the watch would see is read directly ([`Watch::now`]): the token
+/// revoked, cut or expired, or the gateway stopping, end the body at once; a reload
+/// since the answer began arms the watch, which judges the body against the new
+/// config. Most answers are of that kind.
 pub(super) struct Cancellable<B = Incoming> {
     inner: B,
     /// `keyway_bytes_total{direction="out"}` of the service.
     bytes: metrics::Counter,
     entry: Arc<Entry>,
-    /// How to arm the watch, until it is.
-    arm: Option<Arm>,
+    watch: Watch,
     ended: Option<Ended>,
 }
 
 /// Resolves with why a stream must end.
 pub(super) type Ended = Pin<Box<dyn Future<Output = BoxError> + Send>>;
 
-/// How to arm the watch of a body, when it comes to that.
-pub(super) type Arm = Box<dyn FnOnce() -> Ended + Send>;
+/// What a response body needs of its proxy: how to arm its watch, and whether a frame
+/// may go before it is armed.
+pub(super) struct Watch {
+    pub(super) proxy: Arc<HttpProxy>,
+    pub(super) source: IpAddr,
+    /// The config in force when the answer began: a reload since then arms the
+    /// watch, which judges the body against the new one.
+    pub(super) config: tokio::sync::watch::Receiver<Arc<keyway_core::config::Config>>,
+}
+
+/// What [`Watch::now`] finds.
+enum Now {
+    /// Nothing the armed watch would see.
+    Quiet,
+    /// The body must end, with this.
+    Ended(BoxError),
+    /// A reload since the answer began: the armed watch judges.
+    Judge,
+}
+
+impl Watch {
+    /// What the armed watch would see at once, read directly: the token revoked or
+    /// cut, its expiry past, the gateway stopping, or a reload.
+    fn now(&self, entry: &Entry) -> Now {
+        let h = &self.proxy.h;
+        if entry.revoked() || entry.is_cut() {
+            Now::Ended(Box::new(Revoked))
+        } else if h.now() >= entry.expires_at() {
+            Now::Ended(Box::new(Expired))
+        } else if h.sessions.is_stopping() {
+            Now::Ended(Box::new(ShuttingDown))
+        } else if self.config.has_changed().unwrap_or(true) {
+            Now::Judge
+        } else {
+            Now::Quiet
+        }
+    }
+}
 
 impl<B> Cancellable<B> {
-    pub(super) fn new(inner: B, bytes: metrics::Counter, entry: Arc<Entry>, arm: Arm) -> Self {
+    pub(super) fn new(inner: B, bytes: metrics::Counter, entry: Arc<Entry>, watch: Watch) -> Self {
         Self {
             inner,
             bytes,
             entry,
-            arm: Some(arm),
+            watch,
             ended: None,
         }
     }
 
     /// The watch, armed now if it was not yet.
     fn armed(&mut self) -> &mut Ended {
-        let arm = &mut self.arm;
-        self.ended.get_or_insert_with(|| match arm.take() {
-            Some(arm) => arm(),
-            // Armed once only: the watch is there whenever `arm` is gone.
-            None => Box::pin(std::future::pending()),
-        })
+        let (watch, entry) = (&self.watch, &self.entry);
+        self.ended
+            .get_or_insert_with(|| watch.proxy.ending(entry.clone(), watch.source))
     }
 }
 
@@ -83,27 +118,34 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        match &mut this.ended {
+        // Unarmed: what the watch would see is read directly, and a reload arms it.
+        if this.ended.is_none() {
+            match this.watch.now(&this.entry) {
+                Now::Quiet => {}
+                Now::Ended(why) => return Poll::Ready(Some(Err(why))),
+                Now::Judge => {
+                    this.armed();
+                }
+            }
+        }
+        let was_armed = match &mut this.ended {
             Some(ended) => {
                 if let Poll::Ready(why) = ended.as_mut().poll(cx) {
                     return Poll::Ready(Some(Err(why)));
                 }
+                true
             }
-            // Not armed: the revocation the watch would see, read from the token.
-            None => {
-                if this.entry.revoked() {
-                    return Poll::Ready(Some(Err(Box::new(Revoked))));
-                }
-            }
-        }
+            None => false,
+        };
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
         match &frame {
-            Poll::Pending => {
+            Poll::Pending if !was_armed => {
                 // The body waits: from now on, so does the watch.
                 if let Poll::Ready(why) = this.armed().as_mut().poll(cx) {
                     return Poll::Ready(Some(Err(why)));
                 }
             }
+            Poll::Pending => {}
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(data) = f.data_ref() {
                     this.bytes.increment(data.len() as u64);

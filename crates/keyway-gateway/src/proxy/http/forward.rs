@@ -155,19 +155,23 @@ impl HttpProxy {
             body,
             self.bytes_out.clone(),
             entry.clone(),
-            self.why_ended(entry, source),
+            self.watch(source),
         );
         Response::from_parts(parts, UnsyncBoxBody::new(body))
     }
 
-    /// How to arm the watch of a response body of `entry`'s token: it resolves, when
-    /// the body must end, with the error it ends with.
-    pub(super) fn why_ended(self: &Arc<Self>, entry: &Arc<Entry>, source: IpAddr) -> body::Arm {
-        let (this, entry) = (self.clone(), entry.clone());
-        Box::new(move || this.ending(entry, source))
+    /// The watch of a response body sent to `source`.
+    pub(super) fn watch(self: &Arc<Self>, source: IpAddr) -> body::Watch {
+        body::Watch {
+            proxy: self.clone(),
+            source,
+            config: self.h.config.watch(),
+        }
     }
 
-    fn ending(&self, entry: Arc<Entry>, source: IpAddr) -> body::Ended {
+    /// Resolves, when a response body of `entry`'s token must end, with the error it
+    /// ends with.
+    pub(super) fn ending(&self, entry: Arc<Entry>, source: IpAddr) -> body::Ended {
         let ended = self.ended(entry, source);
         Box::pin(async move {
             let why: BoxError = match ended.await {

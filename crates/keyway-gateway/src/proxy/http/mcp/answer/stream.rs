@@ -46,7 +46,7 @@ impl HttpProxy {
             Channel(rx).boxed_unsync(),
             self.bytes_out.clone(),
             entry.clone(),
-            self.why_ended(entry, source),
+            self.watch(source),
         );
         (
             Response::from_parts(parts, UnsyncBoxBody::new(body)),
