@@ -48,11 +48,14 @@ enum Now {
 }
 
 impl Watch {
-    /// What the armed watch would see at once, read directly: the token revoked or
-    /// cut, its expiry past, the gateway stopping, or a reload.
+    /// What the armed watch would see at once, read directly: the token's streams
+    /// cut (revoked), its expiry past, the gateway stopping, or a reload.
     fn now(&self, entry: &Entry) -> Now {
         let h = &self.proxy.h;
-        if entry.revoked() || entry.is_cut() {
+        // The cut, not the revoked flag: a bulk revocation refuses every token
+        // before it cuts their streams, and an answer already under way is judged
+        // by the cut, as the armed watch judges it.
+        if entry.is_cut() {
             Now::Ended(Box::new(Revoked))
         } else if h.now() >= entry.expires_at() {
             Now::Ended(Box::new(Expired))
