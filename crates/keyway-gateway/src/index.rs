@@ -190,8 +190,7 @@ impl Entry {
 impl TokenIndex {
     /// Adds a token read from the store at start-up.
     pub fn load_one(&self, record: TokenRecord) {
-        let entry = Arc::new(Entry::new(record));
-        self.write().insert(entry.record.id.clone(), entry);
+        self.insert(record);
     }
 
     pub(crate) fn insert(&self, record: TokenRecord) -> Arc<Entry> {

@@ -367,9 +367,19 @@ impl Sessions {
         self.tracker.spawn(session);
     }
 
-    /// Whether the gateway is stopping.
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.is_cancelled()
+    /// What [`Sessions::end_of`] would resolve with at once, read without arming it:
+    /// the token's streams cut (revoked), its expiry past, or the gateway stopping. A
+    /// reload's verdict needs the watch itself.
+    pub fn ended_now(&self, entry: &Entry) -> Option<SessionEnd> {
+        if entry.is_cut() {
+            Some(SessionEnd::Revoked)
+        } else if self.clock.now_ms() >= entry.expires_at() {
+            Some(SessionEnd::Expired)
+        } else if self.stopping.is_cancelled() {
+            Some(SessionEnd::Shutdown)
+        } else {
+            None
+        }
     }
 
     /// Resolves once the gateway is stopping: a session not yet open is dropped then.

@@ -48,19 +48,13 @@ enum Now {
 }
 
 impl Watch {
-    /// What the armed watch would see at once, read directly: the token's streams
-    /// cut (revoked), its expiry past, the gateway stopping, or a reload.
+    /// What the armed watch would see at once ([`Sessions::ended_now`]), or a
+    /// reload since the answer began.
+    ///
+    /// [`Sessions::ended_now`]: crate::sessions::Sessions::ended_now
     fn now(&self, entry: &Entry) -> Now {
-        let h = &self.proxy.h;
-        // The cut, not the revoked flag: a bulk revocation refuses every token
-        // before it cuts their streams, and an answer already under way is judged
-        // by the cut, as the armed watch judges it.
-        if entry.is_cut() {
-            Now::Ended(Box::new(Revoked))
-        } else if h.now() >= entry.expires_at() {
-            Now::Ended(Box::new(Expired))
-        } else if h.sessions.is_stopping() {
-            Now::Ended(Box::new(ShuttingDown))
+        if let Some(end) = self.proxy.h.sessions.ended_now(entry) {
+            Now::Ended(forward::why(end))
         } else if self.config.has_changed().unwrap_or(true) {
             Now::Judge
         } else {

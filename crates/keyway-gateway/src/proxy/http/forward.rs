@@ -173,21 +173,7 @@ impl HttpProxy {
     /// ends with.
     pub(super) fn ending(&self, entry: Arc<Entry>, source: IpAddr) -> body::Ended {
         let ended = self.ended(entry, source);
-        Box::pin(async move {
-            let why: BoxError = match ended.await {
-                SessionEnd::Unfit(why) => Box::new(Unfit(why.as_str())),
-                SessionEnd::Expired => Box::new(Expired),
-                SessionEnd::Shutdown => Box::new(ShuttingDown),
-                SessionEnd::Revoked => Box::new(Revoked),
-                // Never from the watch: the body's own end is the stream's, and a
-                // response body is not a listed session.
-                SessionEnd::Closed
-                | SessionEnd::Error
-                | SessionEnd::Terminated
-                | SessionEnd::Unaudited => Box::new(ShuttingDown),
-            };
-            why
-        })
+        Box::pin(async move { why(ended.await) })
     }
 
     /// Resolves when a stream with `entry`'s token must end, with why.
@@ -198,6 +184,21 @@ impl HttpProxy {
     ) -> impl Future<Output = SessionEnd> + Send + 'static {
         let session = crate::sessions::Session::new(&self.svc, &entry, source);
         self.h.sessions.end_of(entry, session)
+    }
+}
+
+/// The error a response body ends with, for why its session ended.
+pub(super) fn why(end: SessionEnd) -> BoxError {
+    match end {
+        SessionEnd::Unfit(why) => Box::new(Unfit(why.as_str())),
+        SessionEnd::Expired => Box::new(Expired),
+        SessionEnd::Shutdown => Box::new(ShuttingDown),
+        SessionEnd::Revoked => Box::new(Revoked),
+        // Never from the watch: the body's own end is the stream's, and a response
+        // body is not a listed session.
+        SessionEnd::Closed | SessionEnd::Error | SessionEnd::Terminated | SessionEnd::Unaudited => {
+            Box::new(ShuttingDown)
+        }
     }
 }
 
@@ -289,6 +290,9 @@ fn remove_where(h: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
 /// browser sends it to every port of the gateway's host for paths under `/ui`, and
 /// an upstream must never see it. Other cookies go on as they came.
 pub(super) fn strip_console_cookie(h: &mut HeaderMap) {
+    if !h.contains_key(header::COOKIE) {
+        return;
+    }
     // As bytes: a cookie that is not visible ASCII (any site on the host can set
     // one) must not carry the console's cookie past this filter.
     let kept: Vec<HeaderValue> = h
@@ -308,9 +312,6 @@ pub(super) fn strip_console_cookie(h: &mut HeaderMap) {
             (!rest.is_empty()).then(|| HeaderValue::from_bytes(&rest.join(&b"; "[..])).ok())?
         })
         .collect();
-    if kept.is_empty() && !h.contains_key(header::COOKIE) {
-        return;
-    }
     h.remove(header::COOKIE);
     for v in kept {
         h.append(header::COOKIE, v);
