@@ -463,8 +463,9 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
     /// Checks that this replica still holds its name on a shared store (the
-    /// connection holding it may have dropped), taking it again if it can; an error
-    /// when another process holds it now.
+    /// connection holding it may have dropped), taking it again if it can.
+    /// [`StoreError::Db`] when the store cannot be reached (whether the name is still
+    /// this replica's is not known); another error when another process holds it now.
     async fn keep_name(&self) -> Result<()> {
         Ok(())
     }

@@ -467,11 +467,13 @@ impl Store for PgStore {
         }
         // The lock went with its connection: take it again, and read the chain back
         // (another process may have written under the name meanwhile).
+        // Held again only once the chain is read back: a read that fails lets the
+        // lock go with `taken`, and the next call starts over.
         *holder = None;
         let taken = cluster::take_name(opts, &self.replica).await?;
-        *holder = Some(taken);
         let reloaded = audit::Chain::load(&self.pool, &self.replica).await?;
         self.chain.lock().await.reload(reloaded);
+        *holder = Some(taken);
         tracing::warn!(replica = %self.replica, "the replica's name was held again after its connection dropped");
         Ok(())
     }

@@ -143,15 +143,25 @@ impl SqliteStore {
             .connect_with(opts)
             .await
             .map_err(damaged)?;
-        if check {
-            // Before the migrations, which would write into a damaged file.
-            log::quick_check(&pool).await?;
-        }
-        if migrate {
-            MIGRATOR.run(&pool).await.map_err(|e| match e {
-                sqlx::migrate::MigrateError::Execute(e) => damaged(e),
-                e => StoreError::Migrate(e),
-            })?;
+        let ready = async {
+            if check {
+                // Before the migrations, which would write into a damaged file.
+                log::quick_check(&pool).await?;
+            }
+            if migrate {
+                MIGRATOR.run(&pool).await.map_err(|e| match e {
+                    sqlx::migrate::MigrateError::Execute(e) => damaged(e),
+                    e => StoreError::Migrate(e),
+                })?;
+            }
+            Ok(())
+        };
+        if let Err(e) = ready.await {
+            // Closed before the caller refuses and exits: SQLite then removes the log
+            // and index files its opening made, and the folder is left as it was
+            // found (a dropped pool closes its connections later, maybe never).
+            pool.close().await;
+            return Err(e);
         }
         Ok(Self {
             pool,

@@ -84,17 +84,23 @@ impl Gateway {
                     false
                 }
             };
-            if whole {
-                caught_up = std::time::Instant::now();
-            }
-            // Without its name, this replica's chain could be forked: fail closed.
-            let named = match self.store.keep_name().await {
-                Ok(()) => true,
+            // Without its name, this replica's chain could be forked: fail closed at
+            // once when another process holds it. A store out of reach is lag, as a
+            // read that fails is: refused after `store_max_lag`.
+            let (named, reached) = match self.store.keep_name().await {
+                Ok(()) => (true, true),
+                Err(e @ StoreError::Db(_)) => {
+                    tracing::warn!(error = %e, "cannot reach the shared store to hold this replica's name");
+                    (true, false)
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "this replica no longer holds its name on the shared store");
-                    false
+                    (false, false)
                 }
             };
+            if whole && reached {
+                caught_up = std::time::Instant::now();
+            }
             let behind = !named || caught_up.elapsed() > self.config().store_max_lag;
             if self.authz.health().set_behind(behind) {
                 self.store_lag_changed(behind, caught_up.elapsed());
