@@ -130,8 +130,17 @@ if targets("tcp"):
               f"{ratio(2 * rh, chain) if rh else '—'} of that floor.")
     if agent and chain3:
         print(f"Through an agent / three chained socats (its four TCP connections, without TLS): "
-              f"{ratio(agent, chain3)}; the agent goal is {ratio(1.5 * rh, chain3) if rh else '—'} "
-              "of that floor.")
+              f"**{ratio(agent, chain3)}** (goal ≥ 0.85×); the 1.5× rathole goal is "
+              f"{ratio(1.5 * rh, chain3) if rh else '—'} of that floor.")
+    tls2, tls3 = (med("tcp", t, "gbits") for t in ("socat-tls-chain2", "socat-tls-chain3"))
+    if kw and tls2:
+        print(f"The tunnel / two socats with TLS between them (its shape and its two AES-GCM "
+              f"passes a byte, on OpenSSL): {ratio(kw, tls2)}.")
+    if agent and tls3 and chain3:
+        print(f"Through an agent / three socats with TLS between them (its shape and its four "
+              f"AES-GCM passes a byte): **{ratio(agent, tls3)}**; that floor is itself "
+              f"{ratio(tls3, chain3)} of the three-socat chain, so the 0.85× goal is "
+              f"{ratio(0.85 * chain3, tls3)} of what the shape carries encrypted.")
     print()
 
 if targets("pg"):

@@ -4,7 +4,9 @@ at Keyway wrote), for crates/keyway/tests/grpc.rs.
     billing.py server [CERT KEY]      serves on 127.0.0.1:0 (TLS with CERT and KEY when
                                       given), prints the port
     billing.py calls TARGET CA TOKEN  runs every kind of call, prints one JSON object
-    billing.py follow TARGET CA TOKEN streams until the stream ends, a line per message
+    billing.py follow TARGET CA TOKEN...
+                                      a stream per token on one connection, until
+                                      each ends: a line per message
 
 CA is a PEM file for a TLS channel, or `-` for cleartext HTTP/2 (h2c). Messages are
 raw bytes (no .proto needed): the methods are registered with identity serializers.
@@ -121,17 +123,34 @@ def calls(target, ca, token):
     print(json.dumps(out), flush=True)
 
 
-def follow(target, ca, token):
+def follow(target, ca, *tokens):
+    """One server stream per token, all on one channel (one HTTP/2 connection):
+    `N invoice K` per message of the Nth, then `N ended CODE`."""
+    import threading
+
     ch = channel(target, ca)
-    stream = ch.unary_stream("/" + INVOICES + "/List")(
-        b"forever", metadata=(("authorization", "Bearer " + token),), timeout=60
-    )
-    try:
-        for r in stream:
-            print(r.decode(), flush=True)
-        print("ended OK", flush=True)
-    except grpc.RpcError as e:
-        print("ended " + e.code().name, flush=True)
+    lock = threading.Lock()
+
+    def say(line):
+        with lock:
+            print(line, flush=True)
+
+    def one(n, token):
+        stream = ch.unary_stream("/" + INVOICES + "/List")(
+            b"forever", metadata=(("authorization", "Bearer " + token),), timeout=60
+        )
+        try:
+            for r in stream:
+                say("%d %s" % (n, r.decode()))
+            say("%d ended OK" % n)
+        except grpc.RpcError as e:
+            say("%d ended %s" % (n, e.code().name))
+
+    threads = [threading.Thread(target=one, args=(n, t)) for n, t in enumerate(tokens)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 if __name__ == "__main__":
@@ -141,6 +160,6 @@ if __name__ == "__main__":
     elif mode == "calls":
         calls(*sys.argv[2:5])
     elif mode == "follow":
-        follow(*sys.argv[2:5])
+        follow(*sys.argv[2:])
     else:
-        sys.exit("usage: billing.py server | calls TARGET CA TOKEN | follow TARGET CA TOKEN")
+        sys.exit("usage: billing.py server | calls TARGET CA TOKEN | follow TARGET CA TOKEN...")

@@ -85,7 +85,9 @@ pub enum Ask<'a> {
 pub struct Attempt<'a> {
     pub protocol: Protocol,
     pub service: Reached<'a>,
-    pub source: IpAddr,
+    /// The client's address; `None` when a trusted proxy named no client, which no
+    /// network names: refused wherever networks are named.
+    pub source: Option<IpAddr>,
     /// The token as presented, if any.
     pub token: Option<&'a str>,
     /// The RFC 8705 thumbprint of the client certificate, if one was presented.
@@ -165,7 +167,7 @@ impl Authorizer {
             Err(DenyReason::UnknownService) if matches!(attempt.service, Reached::Named(_)) => None,
             found => Some(found.map_err(Refused::from)?),
         };
-        if svc.is_some_and(|svc| !svc.allows_source(attempt.source)) {
+        if svc.is_some_and(|svc| !within(&svc.allow_cidrs, attempt.source)) {
             return Err(DenyReason::SourceNotAllowed.into());
         }
         let entry = self.authenticate(
@@ -217,7 +219,7 @@ impl Authorizer {
         &self,
         kind: TokenKind,
         token: Option<&str>,
-        source: IpAddr,
+        source: Option<IpAddr>,
         cert: Option<&str>,
     ) -> Result<Arc<Entry>, Refused> {
         let text = token.ok_or(Refused::from(DenyReason::NoToken))?;
@@ -252,7 +254,7 @@ impl Authorizer {
 
     /// A token obtained with a credential or through a session is held to it on
     /// every use: it must not be revoked, and a credential's source networks apply.
-    fn check_lineage(&self, entry: &Entry, source: IpAddr) -> Result<(), DenyReason> {
+    fn check_lineage(&self, entry: &Entry, source: Option<IpAddr>) -> Result<(), DenyReason> {
         let Some(parent) = self.lineage_parent(entry) else {
             return Ok(());
         };
@@ -260,10 +262,16 @@ impl Authorizer {
             return Err(DenyReason::Revoked);
         }
         match &parent.record.scope {
-            Some(scope) if !scope.allows_source(source) => Err(DenyReason::SourceNotAllowed),
+            Some(scope) if !within(&scope.cidrs, source) => Err(DenyReason::SourceNotAllowed),
             _ => Ok(()),
         }
     }
+}
+
+/// Whether `source` is in one of `nets`, where any are named: an unknown source is in
+/// none of them.
+fn within(nets: &[ipnet::IpNet], source: Option<IpAddr>) -> bool {
+    nets.is_empty() || source.is_some_and(|s| nets.iter().any(|n| n.contains(&s)))
 }
 
 /// Constant-time comparison of two thumbprints.

@@ -183,7 +183,7 @@ impl Control {
         let cert = conn.and_then(|c| c.cert_thumbprint.as_deref());
         let entry = self
             .authz
-            .authenticate(TokenKind::Admin, token, source, cert)?;
+            .authenticate(TokenKind::Admin, token, Some(source), cert)?;
         entry.mark_used(self.now());
         Ok(entry)
     }

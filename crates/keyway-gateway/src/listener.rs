@@ -41,6 +41,10 @@ use crate::runtime::BoxError;
 pub use crate::runtime::ConnectionCaps;
 pub use crate::runtime::DRAIN_TIMEOUT;
 
+/// How long an idle HTTP/2 connection's GOAWAY may take to go out before it is
+/// closed anyway.
+const IDLE_GOODBYE: Duration = Duration::from_secs(1);
+
 /// The bounds of one listener.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -428,17 +432,20 @@ impl Conn {
         // once), within DRAIN_TIMEOUT: a client that stops reading holds it no longer.
         let h2 = streams.is_some();
         let result = loop {
+            // How long the connection may take to finish once asked to.
             let finish = tokio::select! {
                 r = conn.as_mut() => break r,
-                () = self.drain.cancelled() => true,
-                () = self.close.cancelled() => true,
-                () = self.retired.cancelled(), if h2 => true,
+                () = self.drain.cancelled() => Some(DRAIN_TIMEOUT),
+                () = self.close.cancelled() => Some(DRAIN_TIMEOUT),
+                () = self.retired.cancelled(), if h2 => Some(DRAIN_TIMEOUT),
                 _ = idle_check.tick(), if h2 => {
                     let idle = streams.as_ref().is_some_and(|s| s.idle_for(self.idle));
                     if idle {
                         tracing::debug!("an HTTP/2 connection with no stream open; closed");
                     }
-                    idle
+                    // Nothing in flight: its GOAWAY, then gone (a client that reads
+                    // nothing, a SETTINGS flood's, holds it no longer).
+                    idle.then_some(IDLE_GOODBYE)
                 }
                 () = deadline.as_mut(), if waiting_first => {
                     if !asked.as_ref().is_some_and(|a| a.load(Ordering::Relaxed)) {
@@ -446,12 +453,20 @@ impl Conn {
                         return;
                     }
                     waiting_first = false;
-                    false
+                    None
                 }
             };
-            if finish {
+            if let Some(patience) = finish {
                 conn.as_mut().graceful_shutdown();
-                break match tokio::time::timeout(DRAIN_TIMEOUT, conn.as_mut()).await {
+                let mut finished = tokio::time::timeout(patience, conn.as_mut()).await;
+                // A stream that raced an idle connection's GOAWAY is still answered.
+                let racing = streams
+                    .as_ref()
+                    .is_some_and(|s| !s.idle_for(Duration::ZERO));
+                if finished.is_err() && patience < DRAIN_TIMEOUT && racing {
+                    finished = tokio::time::timeout(DRAIN_TIMEOUT - patience, conn.as_mut()).await;
+                }
+                break match finished {
                     Ok(r) => r,
                     Err(_) => {
                         tracing::debug!(

@@ -83,32 +83,33 @@ async fn exchange(
     }
     let text = bearer(&headers);
     let cert = conn.cert_thumbprint.as_deref();
-    let credential = match h
-        .authz
-        .authenticate(TokenKind::ClientCredential, text, source, cert)
-    {
-        Ok(c) => c,
-        Err(r) => {
-            ev.token_id = r.token_id;
-            ev.principal = r.principal;
-            let msg = match r.reason {
-                DenyReason::NoToken => "send the client credential as a Bearer token",
-                DenyReason::CertificateMismatch => {
-                    "this credential is bound to a client certificate; present it (mTLS)"
-                }
-                _ => "the client credential was refused",
-            };
-            return deny(
-                &h,
-                ev,
-                r.reason.as_str(),
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                msg,
-            )
-            .await;
-        }
-    };
+    let credential =
+        match h
+            .authz
+            .authenticate(TokenKind::ClientCredential, text, Some(source), cert)
+        {
+            Ok(c) => c,
+            Err(r) => {
+                ev.token_id = r.token_id;
+                ev.principal = r.principal;
+                let msg = match r.reason {
+                    DenyReason::NoToken => "send the client credential as a Bearer token",
+                    DenyReason::CertificateMismatch => {
+                        "this credential is bound to a client certificate; present it (mTLS)"
+                    }
+                    _ => "the client credential was refused",
+                };
+                return deny(
+                    &h,
+                    ev,
+                    r.reason.as_str(),
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    msg,
+                )
+                .await;
+            }
+        };
     let now = h.now();
     ev.token_id = Some(credential.id().to_owned());
     ev.principal = Some(credential.record.principal.clone());

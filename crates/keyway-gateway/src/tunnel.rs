@@ -247,7 +247,7 @@ fn decide(
     let attempt = Attempt {
         protocol: Protocol::Tcp,
         service: Reached::Named(&open.service),
-        source,
+        source: Some(source),
         token: Some(&open.token),
         cert,
         ask: Ask::Stream,

@@ -55,30 +55,32 @@ async fn only_trusted_proxies_are_believed_and_stalled_bodies_are_cut() {
     let (up, seen) = reading_upstream().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let (admin, behind, direct) = (free_port(), free_port(), free_port());
+    let (admin, behind, direct, relayed) = (free_port(), free_port(), free_port(), free_port());
     let service = |name: &str, port: u16, extra: &str| {
         format!(
             "[services.{name}]\nprotocol = \"http\"\nlisten = \"127.0.0.1:{port}\"\n\
-             upstream = \"http://127.0.0.1:{up}\"\nmax_ttl = \"1h\"\n\
-             allow_cidrs = [\"198.51.100.0/24\"]\n{extra}\n"
+             upstream = \"http://127.0.0.1:{up}\"\nmax_ttl = \"1h\"\n{extra}\n"
         )
     };
     std::fs::write(
         dir.join("keyway.toml"),
         format!(
-            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin}\"\n{}{}",
+            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+             [detect.brute_force]\nthreshold = 3\nwindow = \"60s\"\naction = \"block\"\n{}{}{}",
             service(
                 "behind",
                 behind,
-                "trusted_proxies = [\"127.0.0.0/8\"]\nbody_timeout = \"1s\""
+                "allow_cidrs = [\"198.51.100.0/24\"]\n\
+                 trusted_proxies = [\"127.0.0.0/8\"]\nbody_timeout = \"1s\""
             ),
-            service("direct", direct, ""),
+            service("direct", direct, "allow_cidrs = [\"198.51.100.0/24\"]"),
+            service("relayed", relayed, "trusted_proxies = [\"127.0.0.0/8\"]"),
         ),
     )
     .unwrap();
     let _gateway = start_gateway(dir, admin);
     let token = |svc: &str| issue(dir, "alice", svc);
-    let (t_behind, t_direct) = (token("behind"), token("direct"));
+    let (t_behind, t_direct, t_relayed) = (token("behind"), token("direct"), token("relayed"));
     let get = |port: u16, token: &str, xff: Option<&str>| {
         let mut args = vec!["-H".to_owned(), format!("Authorization: Bearer {token}")];
         if let Some(x) = xff {
@@ -95,19 +97,46 @@ async fn only_trusted_proxies_are_believed_and_stalled_bodies_are_cut() {
         seen.lock().unwrap().last().unwrap(),
         "Some(\"198.51.100.7\")"
     );
-    // Without the header, the proxy itself: not in allow_cidrs.
+    // Without the header, the client is unknown (not the proxy): refused where
+    // networks are named.
     assert_eq!(get(behind, &t_behind, None), 403);
     // A service that trusts no proxy takes the socket's address, whatever is claimed.
     assert_eq!(get(direct, &t_direct, Some("198.51.100.7")), 403);
     let sources = store_query(
         dir,
-        "select service || ' ' || decision || ' ' || source from audit_events \
-         where kind = 'request' order by seq",
+        "select service || ' ' || decision || ' ' || \
+         coalesce(source, 'unknown via ' || json_extract(detail, '$.peer')) \
+         from audit_events where kind = 'request' order by seq",
     );
     assert_eq!(
         sources.trim(),
-        "behind allow 198.51.100.7\nbehind deny 127.0.0.1\ndirect deny 127.0.0.1"
+        "behind allow 198.51.100.7\nbehind deny unknown via 127.0.0.1\ndirect deny 127.0.0.1"
     );
+
+    // Detectors judge the client too, not the proxy that carries everyone: wrong
+    // tokens from an unknown client count against no one, and the client a trusted
+    // proxy names is the one blocked.
+    for _ in 0..5 {
+        assert_eq!(get(relayed, "kwat_wrong", None), 401);
+    }
+    let blocked = Instant::now();
+    loop {
+        let status = get(relayed, "kwat_wrong", Some("198.51.100.66"));
+        if status == 403 {
+            break;
+        }
+        assert_eq!(status, 401);
+        assert!(blocked.elapsed() < Duration::from_secs(10), "not blocked");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(relayed, &t_relayed, Some("198.51.100.66")), 403);
+    assert_eq!(get(relayed, &t_relayed, Some("198.51.100.7")), 200);
+    assert_eq!(get(relayed, &t_relayed, None), 200);
+    let alerted = store_query(
+        dir,
+        "select source from audit_events where kind = 'detect.alert'",
+    );
+    assert_eq!(alerted.trim(), "198.51.100.66");
 
     // A body that stops coming: cut after body_timeout, the upstream's request
     // failed, the client told 408.

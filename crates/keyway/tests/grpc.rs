@@ -121,28 +121,46 @@ async fn grpc_calls_of_every_kind_through_h2_with_tls_and_h2c() {
     );
     assert_eq!(refused.trim(), "path_not_granted /billing.v1.Admin/Delete");
 
-    // A live server stream ends when its token is revoked.
-    let token = ok_stdout(issue_as(dir, "bob", "grpc-h2c", None, &grant));
-    let mut follow = billing_py(&["follow", &format!("127.0.0.1:{h2c}"), "-", &token]);
+    // A live server stream ends when its token is revoked (a reset of that stream,
+    // which grpcio reports as CANCELLED); another token's stream on the same
+    // connection goes on.
+    let bob = ok_stdout(issue_as(dir, "bob", "grpc-h2c", None, &grant));
+    let carol = ok_stdout(issue_as(dir, "carol", "grpc-h2c", None, &grant));
+    let target = format!("127.0.0.1:{h2c}");
+    let mut follow = billing_py(&["follow", &target, "-", &bob, &carol]);
     let mut lines = BufReader::new(follow.0.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "invoice 1");
+    let mut next = || lines.next().unwrap().unwrap();
+    let (mut bob_live, mut carol_live) = (false, false);
+    while !(bob_live && carol_live) {
+        let line = next();
+        bob_live |= line == "0 invoice 1";
+        carol_live |= line == "1 invoice 1";
+    }
     let out = keyway(
         dir,
-        &["token", "revoke", &token[5..21], "--config", "keyway.toml"],
+        &["token", "revoke", &bob[5..21], "--config", "keyway.toml"],
         None,
     );
     assert!(out.status.success());
     let revoked = Instant::now();
-    let last = lines
-        .map(Result::unwrap)
-        .find(|l| l.starts_with("ended"))
-        .unwrap();
-    assert_ne!(last, "ended OK");
+    let ended = loop {
+        let line = next();
+        assert!(!line.starts_with("1 ended"), "{line}");
+        if line.starts_with("0 ended") {
+            break line;
+        }
+    };
+    assert_eq!(ended, "0 ended CANCELLED");
     assert!(
         revoked.elapsed() < Duration::from_secs(5),
-        "{last} after {:?}",
+        "{ended} after {:?}",
         revoked.elapsed()
     );
+    // Three more messages of the other stream, on the connection that carried both.
+    for _ in 0..3 {
+        let line = next();
+        assert!(line.starts_with("1 invoice "), "{line}");
+    }
 }
 
 /// An HTTP/2 frame: its 9-byte header and `payload`.
@@ -176,13 +194,9 @@ fn raw_h2(port: u16) -> std::net::TcpStream {
 /// Reads frames until the server's GOAWAY or the end of the connection: the GOAWAY's
 /// error code, if one came.
 fn goaway_of(s: &mut std::net::TcpStream) -> Option<u32> {
-    let mut head = [0u8; 9];
     loop {
-        s.read_exact(&mut head).ok()?;
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let mut payload = vec![0u8; len];
-        s.read_exact(&mut payload).ok()?;
-        if head[3] == GOAWAY && len >= 8 {
+        let (kind, _, payload) = read_frame(s)?;
+        if kind == GOAWAY && payload.len() >= 8 {
             return Some(u32::from_be_bytes([
                 payload[4], payload[5], payload[6], payload[7],
             ]));
@@ -268,4 +282,90 @@ async fn http2_attacks_are_refused_while_others_are_served() {
         "the gateway kept reading one header block: {sent} bytes in {closed:?}"
     );
     assert_eq!(served(), 200);
+
+    // Too many streams at once: past the 100 the gateway's SETTINGS allow, each new
+    // one is refused (RST_STREAM REFUSED_STREAM), the others are answered.
+    let mut greedy = raw_h2(svc);
+    let mut burst = Vec::new();
+    for i in 0..150u32 {
+        burst.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            2 * i + 1,
+            GET_ROOT,
+        ));
+    }
+    greedy.write_all(&burst).unwrap();
+    let (mut answered, mut refused, mut allowed) = (0, 0, None);
+    while answered + refused < 150 {
+        let (kind, stream, payload) = read_frame(&mut greedy).expect("the connection ended");
+        match kind {
+            SETTINGS if stream == 0 && allowed.is_none() => {
+                allowed = setting(&payload, SETTINGS_MAX_CONCURRENT_STREAMS)
+            }
+            HEADERS => answered += 1,
+            RST_STREAM if payload == 7u32.to_be_bytes() => refused += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(allowed, Some(100));
+    assert!(
+        answered <= 100 && refused >= 50,
+        "{answered} answered, {refused} refused"
+    );
+    assert_eq!(served(), 200);
+
+    // A SETTINGS flood from a client that never reads the acknowledgements: the
+    // gateway acknowledges each before reading the next, so the flood stalls in the
+    // sockets' buffers; the connection, with no stream open, is closed after the
+    // header timeout, and everyone else is served meanwhile.
+    let mut flooder = raw_h2(svc);
+    flooder
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let flood = std::thread::spawn(move || {
+        let settings = frame(SETTINGS, 0, 0, &[0, 0x3, 0, 0, 0, 10]).repeat(1000);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(15) {
+            match flooder.write_all(&settings) {
+                Ok(()) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return started.elapsed(),
+            }
+        }
+        started.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(served(), 200, "served during the flood");
+    let closed = flood.join().unwrap();
+    assert!(
+        closed < Duration::from_secs(5),
+        "a SETTINGS flood's connection stayed {closed:?}"
+    );
+    assert_eq!(served(), 200);
+}
+
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+
+/// One frame from `s`: its type, stream and payload.
+fn read_frame(s: &mut std::net::TcpStream) -> Option<(u8, u32, Vec<u8>)> {
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).ok()?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).ok()?;
+    Some((head[3], stream, payload))
+}
+
+/// The value of setting `id` in a SETTINGS frame's payload.
+fn setting(payload: &[u8], id: u16) -> Option<u32> {
+    payload
+        .chunks_exact(6)
+        .find(|c| u16::from_be_bytes([c[0], c[1]]) == id)
+        .map(|c| u32::from_be_bytes([c[2], c[3], c[4], c[5]]))
 }

@@ -202,44 +202,17 @@ fn a_stdio_server_behind_an_agent() {
     .unwrap();
     let _gw = start_gateway(dir, admin);
     wait_for_port(tunnel);
-    let cfg = ["--config", "keyway.toml"];
-    let enrollment = ok_stdout(keyway(
-        dir,
-        &[&["agent", "enroll", "inside"][..], &cfg].concat(),
-        None,
-    ));
-    std::fs::write(dir.join("enroll.tok"), &enrollment).unwrap();
     // The agent runs the stdio server inside the private network; the gateway only
     // ever reaches it through the agent's tunnel.
-    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-    let _agent = Command::new(BIN)
-        .args(["agent", "run", "--gateway", &format!("127.0.0.1:{tunnel}")])
-        .args(["--enroll-token-file", "enroll.tok", "--data-dir", "agent"])
-        .arg("--mcp-stdio")
-        .arg(format!("127.0.0.1:{bridge}=python3 {TICKETS_PY} --stdio"))
-        .env("TICKETS_LOG", dir.join("tickets.log"))
-        .current_dir(dir)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .map(KillOnDrop)
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let list = ok_stdout(keyway(
-            dir,
-            &[&["agent", "list", "--json"][..], &cfg].concat(),
-            None,
-        ));
-        if list.contains("\"connected\"") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the agent never connected: {list}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let stdio = format!("127.0.0.1:{bridge}=python3 {TICKETS_PY} --stdio");
+    let tickets_log = dir.join("tickets.log").to_string_lossy().into_owned();
+    let _agent = start_agent(
+        dir,
+        "inside",
+        tunnel,
+        &["--mcp-stdio", &stdio],
+        &[("TICKETS_LOG", tickets_log)],
+    );
     let token = ok_stdout(issue_as(
         dir,
         "support-bot",

@@ -195,7 +195,7 @@ async fn https_upstreams_are_verified_with_their_ca_client_certificate_and_name(
     let (expired, _) = https_upstream(dir, "expired", None, false).await;
 
     let admin = free_port();
-    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..7).map(|_| free_port()).collect();
     let service = |name: &str, port: u16, upstream: String, extra: &str| {
         format!(
             "[services.{name}]\nprotocol = \"http\"\nlisten = \"127.0.0.1:{port}\"\n\
@@ -226,6 +226,8 @@ async fn https_upstreams_are_verified_with_their_ca_client_certificate_and_name(
             format!("https://localhost:{expired}"),
             "upstream_insecure_skip_verify = true",
         ),
+        // No `upstream_ca`: the system's roots (which this test points at its CA).
+        service("system", ports[6], format!("https://localhost:{good}"), ""),
     ]
     .concat();
     std::fs::write(dir.join("keyway.toml"), &config).unwrap();
@@ -248,7 +250,13 @@ async fn https_upstreams_are_verified_with_their_ca_client_certificate_and_name(
         "{said}"
     );
 
-    let mut gateway = start_gateway(dir, admin);
+    // The system's roots are read where OpenSSL reads them; SSL_CERT_FILE moves them.
+    let system_roots = dir.join("upstream-ca.pem");
+    let mut gateway = start_gateway_with(
+        dir,
+        admin,
+        &[("SSL_CERT_FILE", system_roots.to_str().unwrap())],
+    );
     wait_log(dir, "CERTIFICATE VERIFICATION IS OFF");
     let token = |svc: &str| issue(dir, "alice", svc);
 
@@ -275,6 +283,17 @@ async fn https_upstreams_are_verified_with_their_ca_client_certificate_and_name(
         good_sessions.load(Ordering::Relaxed),
         1,
         "one upstream TLS session for five requests"
+    );
+
+    // Without `upstream_ca`, verified against the system's roots.
+    let (code, body) = get(
+        &format!("http://127.0.0.1:{}/invoices", ports[6]),
+        &token("system"),
+        &[],
+    );
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "GET /invoices over tls client=none")
     );
 
     // Mutual TLS: the upstream saw the gateway's client certificate.
@@ -341,8 +360,8 @@ async fn databases_over_verified_tls_log_in_with_channel_binding() {
          SET password_encryption = 'md5'; CREATE ROLE kw_tls_md5 LOGIN PASSWORD 'md5-pass-canary-92';",
     );
     let (no_tls, after_no) = refuses_tls();
-    let admin = free_port();
-    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let (admin, tunnel) = (free_port(), free_port());
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
     let service = |name: &str, port: u16, extra: &str| {
         let upstream = match name {
             "no-tls" => format!("127.0.0.1:{no_tls}"),
@@ -356,7 +375,11 @@ async fn databases_over_verified_tls_log_in_with_channel_binding() {
         )
     };
     let config = [
-        format!("data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin}\"\n"),
+        format!(
+            "data_dir = \"data\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+             tunnel_listen = \"127.0.0.1:{tunnel}\"\n\
+             [agents.inside]\nservices = [\"far\", \"far-named\"]\n"
+        ),
         service(
             "db",
             ports[0],
@@ -372,6 +395,13 @@ async fn databases_over_verified_tls_log_in_with_channel_binding() {
             "no-tls",
             ports[3],
             "upstream_tls = \"verify-full\"\nupstream_ca = \"db-ca.pem\"",
+        ),
+        // Beyond this host (through an agent), in plaintext: md5 only where named.
+        service("far", ports[4], "via = \"inside\""),
+        service(
+            "far-named",
+            ports[5],
+            "via = \"inside\"\nallow_weak_upstream_auth = [\"md5\"]",
         ),
     ]
     .concat();
@@ -445,7 +475,37 @@ async fn databases_over_verified_tls_log_in_with_channel_binding() {
         0,
         "bytes went on after the server said no TLS"
     );
+
+    // Through an agent, in plaintext: SCRAM goes (it gives nothing away), md5 is
+    // refused before a byte of the password is sent, unless the service names it.
+    let dial = format!("127.0.0.1:{}", cluster.port);
+    let _agent = start_agent(dir, "inside", tunnel, &["--allow-upstream", &dial], &[]);
+    let (rows, err) = run(ports[4], &token("far", "app"), "select current_user");
+    assert_eq!(rows, "kw_tls", "{err}");
+    let (rows, err) = run(ports[4], &token("far", "legacy"), "select current_user");
+    assert_eq!(rows, "");
+    assert!(err.contains("refused Keyway's login"), "{err}");
+    let (rows, err) = run(
+        ports[5],
+        &token("far-named", "legacy"),
+        "select current_user",
+    );
+    assert_eq!(rows, "kw_tls_md5", "{err}");
     let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap();
+    assert!(
+        log.contains("the database asks for `md5`, which would cross an unverified path"),
+        "{log}"
+    );
+    // The server logged in the md5 role twice (over verified TLS, and where named).
+    let server_log = cluster.log();
+    assert_eq!(
+        server_log
+            .matches("connection authorized: user=kw_tls_md5")
+            .count(),
+        2,
+        "{server_log}"
+    );
+
     for secret in ["tls-pass-canary-91", "md5-pass-canary-92"] {
         assert!(!log.contains(secret), "a database password reached the log");
     }

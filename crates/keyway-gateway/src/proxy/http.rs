@@ -281,8 +281,11 @@ impl HttpProxy {
             keyway_core::forwarded::client_address(peer.ip(), forwarded, &self.http.trusted_proxies)
         };
         // A trusted proxy that names no client: the client is unknown, not the proxy.
+        // Its event names no source (no detector counts it against the proxy, which
+        // carries everyone's requests), and it is refused wherever networks are
+        // named; the proxy's address is still the hop the upstream is told of.
         let source = forwarded.unwrap_or_else(|| peer.ip().to_canonical());
-        ev.source = Some(source.to_string());
+        ev.source = forwarded.map(|c| c.to_string());
         // Blocked while this keep-alive connection was open: refused, not audited (a
         // blocked flood must not fill the log), counted, and the connection closed.
         if h.admission.is_blocked_now(source) {
@@ -298,13 +301,9 @@ impl HttpProxy {
 
         if forwarded.is_none() {
             detail.insert("forwarded_for".into(), "unknown".into());
-            if !self.svc.allow_cidrs.is_empty() {
-                return self
-                    .deny(ev, detail, DenyReason::SourceNotAllowed, None)
-                    .await;
-            }
+            detail.insert("peer".into(), source.to_string().into());
         }
-        let decision = self.decide(&req, conn, source, &mut ev, &mut detail);
+        let decision = self.decide(&req, conn, forwarded, &mut ev, &mut detail);
         let (entry, path) = match decision {
             Ok(x) => x,
             Err((reason, retry_after)) => return self.deny(ev, detail, reason, retry_after).await,
@@ -452,7 +451,7 @@ impl HttpProxy {
         &self,
         req: &Request<Incoming>,
         conn: &ConnInfo,
-        source: std::net::IpAddr,
+        source: Option<std::net::IpAddr>,
         ev: &mut AuditEvent,
         detail: &mut serde_json::Map<String, serde_json::Value>,
     ) -> Result<(Arc<Entry>, String), (DenyReason, Option<Duration>)> {

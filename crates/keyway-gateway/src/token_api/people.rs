@@ -231,7 +231,7 @@ async fn session(
     match api
         .h
         .authz
-        .authenticate(TokenKind::Session, text, source, cert)
+        .authenticate(TokenKind::Session, text, Some(source), cert)
     {
         Ok(s) => {
             s.mark_used(api.h.now());

@@ -59,7 +59,12 @@ pub async fn enroll(
     let decided = async {
         let entry = h
             .authz
-            .authenticate(TokenKind::AgentEnrollment, Some(&e.token), source, None)
+            .authenticate(
+                TokenKind::AgentEnrollment,
+                Some(&e.token),
+                Some(source),
+                None,
+            )
             .map_err(|r| {
                 ev.token_id = r.token_id.clone();
                 AgentRefusal::Token(r.reason)

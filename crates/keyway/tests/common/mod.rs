@@ -540,3 +540,50 @@ pub fn wait_log(dir: &Path, needle: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `keyway agent run` as `name` with `args` and `env` besides, enrolled with the
+/// gateway in `dir` whose tunnel is on `tunnel` (its log in `<dir>/agent.log`);
+/// returned once the gateway lists it connected.
+pub fn start_agent(
+    dir: &Path,
+    name: &str,
+    tunnel: u16,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> KillOnDrop {
+    let cfg = ["--config", "keyway.toml"];
+    let enrollment = ok_stdout(keyway(
+        dir,
+        &[&["agent", "enroll", name][..], &cfg].concat(),
+        None,
+    ));
+    std::fs::write(dir.join("enroll.tok"), &enrollment).unwrap();
+    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+    let agent = Command::new(BIN)
+        .args(["agent", "run", "--gateway", &format!("127.0.0.1:{tunnel}")])
+        .args(["--enroll-token-file", "enroll.tok", "--data-dir", "agent"])
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let list = ok_stdout(keyway(
+            dir,
+            &[&["agent", "list", "--json"][..], &cfg].concat(),
+            None,
+        ));
+        if list.contains("\"connected\"") {
+            return agent;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never connected: {list}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -82,25 +82,26 @@ impl<B> Cancellable<B> {
     }
 }
 
-/// The error a stream ends with when a reload leaves it outside its service.
+/// The error a stream the gateway cut ends with: why, and beneath it HTTP/2's
+/// CANCEL, which hyper finds there and resets the stream with (a gRPC client reads
+/// CANCELLED, not the INTERNAL error of a server that failed). HTTP/1 closes the
+/// connection.
 #[derive(Debug, thiserror::Error)]
-#[error("the gateway's config changed and this stream no longer fits it ({0})")]
-pub(super) struct Unfit(pub(super) &'static str);
+#[error("{why}")]
+pub(super) struct Cut {
+    why: std::borrow::Cow<'static, str>,
+    #[source]
+    reset: h2::Error,
+}
 
-/// The error a revoked stream ends with.
-#[derive(Debug, thiserror::Error)]
-#[error("the token of this stream was revoked")]
-pub(super) struct Revoked;
-
-/// The error a stream ends with when its token expires.
-#[derive(Debug, thiserror::Error)]
-#[error("the token of this stream expired")]
-pub(super) struct Expired;
-
-/// The error a stream ends with when the gateway stops.
-#[derive(Debug, thiserror::Error)]
-#[error("the gateway is shutting down")]
-pub(super) struct ShuttingDown;
+impl Cut {
+    pub(super) fn new(why: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        Self {
+            why: why.into(),
+            reset: h2::Reason::CANCEL.into(),
+        }
+    }
+}
 
 impl<B> Body for Cancellable<B>
 where

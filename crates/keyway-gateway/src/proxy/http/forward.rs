@@ -3,7 +3,7 @@
 //! credential injected), a WebSocket bridged on purpose, the response stripped and
 //! watched.
 
-use super::body::{Expired, Revoked, ShuttingDown, Unfit};
+use super::body::Cut;
 use super::*;
 
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -189,17 +189,21 @@ impl HttpProxy {
 
 /// The error a response body ends with, for why its session ended.
 pub(super) fn why(end: SessionEnd) -> BoxError {
-    match end {
-        SessionEnd::Unfit(why) => Box::new(Unfit(why.as_str())),
-        SessionEnd::Expired => Box::new(Expired),
-        SessionEnd::Shutdown => Box::new(ShuttingDown),
-        SessionEnd::Revoked => Box::new(Revoked),
-        // Never from the watch: the body's own end is the stream's, and a response
-        // body is not a listed session.
-        SessionEnd::Closed | SessionEnd::Error | SessionEnd::Terminated | SessionEnd::Unaudited => {
-            Box::new(ShuttingDown)
-        }
-    }
+    Box::new(match end {
+        SessionEnd::Unfit(why) => Cut::new(format!(
+            "the gateway's config changed and this stream no longer fits it ({})",
+            why.as_str()
+        )),
+        SessionEnd::Expired => Cut::new("the token of this stream expired"),
+        SessionEnd::Revoked => Cut::new("the token of this stream was revoked"),
+        // The rest never come from the watch (the body's own end is the stream's,
+        // and a response body is not a listed session).
+        SessionEnd::Shutdown
+        | SessionEnd::Closed
+        | SessionEnd::Error
+        | SessionEnd::Terminated
+        | SessionEnd::Unaudited => Cut::new("the gateway is shutting down"),
+    })
 }
 
 /// The token of an `Authorization: Bearer …` header.

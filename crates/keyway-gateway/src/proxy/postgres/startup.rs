@@ -276,7 +276,7 @@ impl PgProxy {
         let attempt = Attempt {
             protocol: Protocol::Postgres,
             service: Reached::Served(&self.svc),
-            source,
+            source: Some(source),
             token: Some(token),
             cert,
             ask: Ask::Session,

@@ -122,7 +122,7 @@ impl HttpProxy {
             tracing::debug!(service = %self.svc.name, why, "an MCP request's stream ended without its answer");
             record(&self.h.audit, event.take(), detail, Some(why)).await;
             let cut: BoxError = if why == "token_ended" {
-                Box::new(body::Revoked)
+                forward::why(SessionEnd::Revoked)
             } else {
                 format!("the MCP request's stream ended: {why}").into()
             };
