@@ -403,6 +403,10 @@ async fn session(
         .max_concurrent_streams(10_000)
         .keep_alive_interval(Duration::from_secs(15))
         .keep_alive_timeout(Duration::from_secs(20))
+        .max_frame_size(keyway_core::tunnel::AGENT_H2_FRAME)
+        .initial_stream_window_size(keyway_core::tunnel::AGENT_H2_STREAM_WINDOW)
+        .initial_connection_window_size(keyway_core::tunnel::AGENT_H2_CONN_WINDOW)
+        .max_send_buf_size(keyway_core::tunnel::AGENT_H2_SEND_BUF)
         .serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
     loop {

@@ -19,6 +19,17 @@ pub const MAX_FRAME: usize = 8 * 1024;
 /// here (BENCHMARKS.md).
 pub const RELAY_BUFFER: usize = 64 * 1024;
 
+/// HTTP/2 on an agent's connection, set alike at both ends. h2's defaults (16 KiB
+/// frames, 1 MiB windows at the agent) cut each 64 KiB relayed read into four frames
+/// and let little be in flight; with these the agent path carried 13 % more
+/// (BENCHMARKS.md, issue 25). What one connection may buffer for streams that read
+/// slowly is bounded by its connection window.
+pub const AGENT_H2_FRAME: u32 = 256 * 1024;
+pub const AGENT_H2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+pub const AGENT_H2_CONN_WINDOW: u32 = 8 * 1024 * 1024;
+/// What a stream's sender queues before it waits (hyper's default: 400 KiB).
+pub const AGENT_H2_SEND_BUF: usize = 1024 * 1024;
+
 /// The TLS crypto of a tunnel connection's client (`keyway connect`, the agent):
 /// rustls's ring provider with the AES-128-GCM suites offered first, which the
 /// gateway (honouring the client's order) picks. Both ends are Keyway, so the

@@ -196,6 +196,10 @@ pub async fn serve(
         .keep_alive_interval(HEARTBEAT)
         .keep_alive_timeout(HEARTBEAT_TIMEOUT)
         .keep_alive_while_idle(true)
+        .max_frame_size(keyway_core::tunnel::AGENT_H2_FRAME)
+        .initial_stream_window_size(keyway_core::tunnel::AGENT_H2_STREAM_WINDOW)
+        .initial_connection_window_size(keyway_core::tunnel::AGENT_H2_CONN_WINDOW)
+        .max_send_buf_size(keyway_core::tunnel::AGENT_H2_SEND_BUF)
         .handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
         .await;
     let Ok((send, connection)) = handshake else {
