@@ -55,7 +55,14 @@ pub(super) async fn set_key(
     Ok(())
 }
 
-/// Appends `events` on `conn`, inside the caller's transaction, each linked to the one
+/// Whether [`append_on`] writes `events` in one statement (atomic without a
+/// transaction).
+pub(super) fn one_statement(events: &[AuditEvent]) -> bool {
+    events.len() <= AUDIT_ROWS_PER_INSERT
+}
+
+/// Appends `events` on `conn`, inside the caller's transaction (or alone, where
+/// [`one_statement`] says it may), each linked to the one
 /// before from `chain`'s head. Returns the head once they are in (unchanged without a
 /// key); the caller moves it only after the commit.
 pub(super) async fn append_on(
