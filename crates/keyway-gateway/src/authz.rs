@@ -167,7 +167,11 @@ impl Authorizer {
             Err(DenyReason::UnknownService) if matches!(attempt.service, Reached::Named(_)) => None,
             found => Some(found.map_err(Refused::from)?),
         };
-        if svc.is_some_and(|svc| !within(&svc.allow_cidrs, attempt.source)) {
+        // An unknown source is in no network: let in only where none is named.
+        let allowed = |svc: &Service| {
+            (attempt.source).map_or(svc.allow_cidrs.is_empty(), |s| svc.allows_source(s))
+        };
+        if svc.is_some_and(|svc| !allowed(svc)) {
             return Err(DenyReason::SourceNotAllowed.into());
         }
         let entry = self.authenticate(
@@ -262,16 +266,12 @@ impl Authorizer {
             return Err(DenyReason::Revoked);
         }
         match &parent.record.scope {
-            Some(scope) if !within(&scope.cidrs, source) => Err(DenyReason::SourceNotAllowed),
+            Some(scope) if !source.map_or(scope.cidrs.is_empty(), |s| scope.allows_source(s)) => {
+                Err(DenyReason::SourceNotAllowed)
+            }
             _ => Ok(()),
         }
     }
-}
-
-/// Whether `source` is in one of `nets`, where any are named: an unknown source is in
-/// none of them.
-fn within(nets: &[ipnet::IpNet], source: Option<IpAddr>) -> bool {
-    nets.is_empty() || source.is_some_and(|s| nets.iter().any(|n| n.contains(&s)))
 }
 
 /// Constant-time comparison of two thumbprints.
