@@ -15,7 +15,9 @@
 //! their server, which answers their next request and closes them then
 //! (`Connection: close`), so no client's request is cut by a reload.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +25,8 @@ use std::time::Duration;
 use hyper::body::{Body, Incoming};
 use hyper::service::Service;
 use hyper::{Request, Response};
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -149,28 +151,22 @@ pub async fn serve_http<S, F>(
     F: Fn(ConnInfo) -> S + Send + Sync + 'static,
     S: ConnService,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
         .keep_alive(true);
     let header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size(header_list)
         .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
         .max_local_error_reset_streams(MAX_ERROR_RESETS)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(limits.header_timeout);
-    let builders = Arc::new(Builders {
-        h1: builder.clone().http1_only(),
-        h2: builder.http2_only(),
-    });
+    let builders = Arc::new(Builders { h1, h2 });
     let make = Arc::new(make);
     let tracker = TaskTracker::new();
     let slots = Slots::new(limits.caps);
@@ -352,9 +348,13 @@ pub(crate) async fn next_connection(
 
 /// A listener's connection builders, one per protocol: the protocol is chosen
 /// before serving (by ALPN, or by the preface), never by hyper reading unbounded.
+/// hyper's own builders, not hyper-util's `auto`: that one reads a connection's
+/// first bytes again to tell the protocol, and hands them to HTTP/1 as a short
+/// first read, after which hyper's read buffer doubles to 16 KiB for the life of
+/// the connection.
 struct Builders {
-    h1: auto::Builder<TokioExecutor>,
-    h2: auto::Builder<TokioExecutor>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
 }
 
 /// How one connection is served: when it ends, and who may end it.
@@ -376,16 +376,23 @@ struct Conn {
 
 impl Conn {
     /// Serves an HTTP/1.1 connection.
-    async fn serve<I, S>(self, builder: &auto::Builder<TokioExecutor>, io: I, svc: S)
+    async fn serve<I, S>(self, builder: &http1::Builder, io: I, svc: S)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: ConnService,
     {
-        self.run(builder, io, svc, None).await;
+        let asked = self.first.map(|_| Arc::new(AtomicBool::new(false)));
+        let svc = Noting::new(svc, asked.clone());
+        // Upgrades are served so that a WebSocket can be passed through on purpose;
+        // the proxy decides which upgrades to honour.
+        let conn = builder
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
+        self.run(conn, asked, None).await;
     }
 
     /// Serves an HTTP/2 connection, its streams counted so that it closes when idle.
-    async fn serve_h2<I, S>(self, builder: &auto::Builder<TokioExecutor>, io: I, svc: S)
+    async fn serve_h2<I, S>(self, builder: &http2::Builder<TokioExecutor>, io: I, svc: S)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: ConnService,
@@ -395,28 +402,21 @@ impl Conn {
             inner: svc,
             streams: streams.clone(),
         };
-        self.run(builder, io, svc, Some(streams)).await;
+        let asked = self.first.map(|_| Arc::new(AtomicBool::new(false)));
+        let svc = Noting::new(svc, asked.clone());
+        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        // Boxed: a connection's task is as large as its largest state, and an
+        // HTTP/1 connection's need not carry room for HTTP/2's.
+        Box::pin(self.run(conn, asked, Some(streams))).await;
     }
 
-    async fn run<I, S>(
+    async fn run<C: Graceful>(
         self,
-        builder: &auto::Builder<TokioExecutor>,
-        io: I,
-        svc: S,
+        conn: C,
+        asked: Option<Arc<AtomicBool>>,
         streams: Option<Arc<h2::Streams>>,
-    ) where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: ConnService,
-    {
+    ) {
         let first = self.first;
-        let asked = first.map(|_| Arc::new(AtomicBool::new(false)));
-        let svc = Noting {
-            inner: svc,
-            asked: asked.clone(),
-        };
-        // Upgrades are served so that a WebSocket can be passed through on purpose;
-        // the proxy decides which upgrades to honour.
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
         let mut conn = std::pin::pin!(conn);
         let deadline = async {
             match first {
@@ -426,7 +426,11 @@ impl Conn {
         };
         let mut deadline = std::pin::pin!(deadline);
         let mut waiting_first = first.is_some();
-        let mut idle_check = tokio::time::interval(self.idle.max(Duration::from_millis(100)) / 2);
+        // Only HTTP/2 is checked for idleness (hyper's header timer closes an idle
+        // HTTP/1 connection); an HTTP/1 one carries no timer for it.
+        let mut idle_check = streams
+            .is_some()
+            .then(|| tokio::time::interval(self.idle.max(Duration::from_millis(100)) / 2));
         // Asked to finish (requests in flight answered: an HTTP/1 answer says
         // `Connection: close`, HTTP/2 sends GOAWAY; an idle connection closes at
         // once), within DRAIN_TIMEOUT: a client that stops reading holds it no longer.
@@ -438,7 +442,7 @@ impl Conn {
                 () = self.drain.cancelled() => Some(DRAIN_TIMEOUT),
                 () = self.close.cancelled() => Some(DRAIN_TIMEOUT),
                 () = self.retired.cancelled(), if h2 => Some(DRAIN_TIMEOUT),
-                _ = idle_check.tick(), if h2 => {
+                Some(_) = tick(&mut idle_check), if h2 => {
                     let idle = streams.as_ref().is_some_and(|s| s.idle_for(self.idle));
                     if idle {
                         tracing::debug!("an HTTP/2 connection with no stream open; closed");
@@ -483,17 +487,59 @@ impl Conn {
     }
 }
 
+/// The next tick of an interval, if there is one.
+async fn tick(interval: &mut Option<tokio::time::Interval>) -> Option<tokio::time::Instant> {
+    match interval {
+        Some(i) => Some(i.tick().await),
+        None => std::future::pending().await,
+    }
+}
+
+/// A connection hyper serves, which can be asked to finish what it has begun.
+trait Graceful: Future<Output = Result<(), hyper::Error>> {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: ConnService,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S> Graceful for http2::Connection<I, S, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: ConnService,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self);
+    }
+}
+
 // === impl Noting ===
+
+impl<S> Noting<S> {
+    fn new(inner: S, asked: Option<Arc<AtomicBool>>) -> Self {
+        Self { inner, asked }
+    }
+}
 
 impl<S: ConnService> Service<Request<Incoming>> for Noting<S> {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    /// Boxed: an HTTP/1 connection keeps room for one answer's future from its
+    /// start to its end, so an idle keep-alive connection would otherwise hold the
+    /// proxy's whole request state (7.5 KiB) while it waits.
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         if let Some(asked) = &self.asked {
             asked.store(true, Ordering::Relaxed);
         }
-        self.inner.call(req)
+        Box::pin(self.inner.call(req))
     }
 }
