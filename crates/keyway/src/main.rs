@@ -24,6 +24,7 @@
 //! - `ports.rs`: `keyway audit ports`, open ports set against the declared upstreams.
 //! - `scan.rs`: `keyway scan`, finding leaked tokens in files and git history.
 //! - `validate.rs`: `keyway validate` and `keyway schema`, the config for CI and editors.
+//! - `manual.rs`: `keyway completions` and `keyway man`, generated from this command line.
 
 #![forbid(unsafe_code)]
 
@@ -39,6 +40,7 @@ mod credential;
 mod demo;
 mod host;
 mod login;
+mod manual;
 mod mcp;
 mod plan;
 mod ports;
@@ -199,6 +201,21 @@ enum Command {
     /// Print the JSON Schema of `keyway.toml`, for editors (for example taplo, or
     /// `#:schema ./keyway.schema.json` at the top of the file).
     Schema,
+    /// Print a shell completion script on stdout, for example
+    /// `keyway completions bash > /etc/bash_completion.d/keyway`, or for zsh into a
+    /// folder on `$fpath` as `_keyway`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages, keyway(1) and one per subcommand (keyway-token(1), …),
+    /// into a folder (created if missing), for example
+    /// `keyway man /usr/local/share/man/man1`. Names each page on stdout.
+    Man {
+        /// The folder.
+        dir: std::path::PathBuf,
+    },
 }
 
 // === impl Cli ===
@@ -295,6 +312,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Admin(cmd) => admin::run(cmd).await,
         Command::Validate(args) => validate::run(args),
         Command::Schema => validate::schema(),
+        Command::Completions { shell } => manual::completions(shell),
+        Command::Man { dir } => manual::man(&dir),
         Command::Plan(args) => plan::run(args, false).await,
         Command::Apply(args) => plan::run(args, true).await,
         Command::Report { since, json, admin } => report::run(&since, json, &admin).await,

@@ -25,7 +25,7 @@ fn every_example_config_validates() {
     // Run from a scratch folder: the helper keeps the CLI's stderr beside it.
     let tmp = tempfile::tempdir().unwrap();
     let mut found = 0;
-    for dir in ["examples", "bench", "."] {
+    for dir in ["examples", "bench", "packaging", "."] {
         let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
             continue;
         };

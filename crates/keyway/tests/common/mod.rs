@@ -373,9 +373,22 @@ pub fn start_gateway_logging(
     level: &str,
     env: &[(&str, &str)],
 ) -> KillOnDrop {
+    start_gateway_of(Path::new(BIN), dir, admin_port, &["--log", level], env)
+}
+
+/// `<bin> gateway --config keyway.toml <args>` in `dir` (an installed binary, say),
+/// its output in `gateway.log` there, once the admin API answers.
+pub fn start_gateway_of(
+    bin: &Path,
+    dir: &Path,
+    admin_port: u16,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> KillOnDrop {
     let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
-    let gateway = Command::new(BIN)
-        .args(["gateway", "--config", "keyway.toml", "--log", level])
+    let gateway = Command::new(bin)
+        .args(["gateway", "--config", "keyway.toml"])
+        .args(args)
         .envs(env.iter().copied())
         .current_dir(dir)
         .stdout(log.try_clone().unwrap())
