@@ -326,7 +326,7 @@ async fn http2_attacks_are_refused_while_others_are_served() {
     let flood = std::thread::spawn(move || {
         let settings = frame(SETTINGS, 0, 0, &[0, 0x3, 0, 0, 0, 10]).repeat(1000);
         let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(15) {
+        while started.elapsed() < Duration::from_secs(30) {
             match flooder.write_all(&settings) {
                 Ok(()) => {}
                 Err(e)
@@ -342,8 +342,11 @@ async fn http2_attacks_are_refused_while_others_are_served() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(served(), 200, "served during the flood");
     let closed = flood.join().unwrap();
+    // About 2.5 s (the 1 s header timeout, half of it for the idle check, 1 s for
+    // the GOAWAY); the bound leaves room for a debug build on a loaded CI machine
+    // (two busy cores made it 7 to 10 s) and is still half the flood.
     assert!(
-        closed < Duration::from_secs(5),
+        closed < Duration::from_secs(15),
         "a SETTINGS flood's connection stayed {closed:?}"
     );
     assert_eq!(served(), 200);
