@@ -70,14 +70,7 @@ impl AdminClient {
                      or --admin-url with KEYWAY_ADMIN_TOKEN"
                 );
             }
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let config = Config::parse(&text, &crate::serve::config_dir(&path))
-                .map_err(|e| anyhow!("{}:\n{e}", path.display()))?;
-            let mut addr = config.admin_listen;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
+            let (config, addr) = admin_address(&path)?;
             let token = match (&a.admin_token_file, env_token) {
                 (Some(f), _) => (read_token(f)?, file_from(f)),
                 (None, Some(t)) => (SecretString::from(t), env_from()),
@@ -167,6 +160,65 @@ impl AdminClient {
             );
         }
         bail!("{msg}")
+    }
+}
+
+/// A gateway's config, and the address its admin API answers on from this host.
+fn admin_address(path: &std::path::Path) -> Result<(Config, std::net::SocketAddr)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config = Config::parse(&text, &crate::serve::config_dir(path))
+        .map_err(|e| anyhow!("{}:\n{e}", path.display()))?;
+    let mut addr = config.admin_listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok((config, addr))
+}
+
+/// `keyway health`: the gateway's `/healthz`, needing no token and no shell (a
+/// container's HEALTHCHECK, a script). Prints its answer; exit status 0 only while
+/// the gateway serves (200), 1 when it drains, lags the shared store or is out of
+/// reach.
+pub async fn health(config: &std::path::Path) -> Result<std::process::ExitCode> {
+    let (_, addr) = admin_address(config)?;
+    let url = format!("http://{addr}/healthz");
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    let req = Request::get(&url)
+        .body(Full::new(Bytes::new()))
+        .context("building the health request")?;
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        let resp = client.request(req).await?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), 4096)
+            .collect()
+            .await
+            .map_err(|e| anyhow!("{e}"))?
+            .to_bytes();
+        anyhow::Ok((status, body))
+    })
+    .await;
+    match answer {
+        Ok(Ok((status, body))) => {
+            let text = String::from_utf8_lossy(&body);
+            println!("{} {}", status.as_u16(), text.trim());
+            Ok(if status == StatusCode::OK {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            })
+        }
+        Ok(Err(e)) => {
+            eprintln!("error: no answer from {url}: {e}");
+            Ok(std::process::ExitCode::FAILURE)
+        }
+        Err(_) => {
+            eprintln!("error: {url} did not answer within 5 s");
+            Ok(std::process::ExitCode::FAILURE)
+        }
     }
 }
 

@@ -201,6 +201,14 @@ enum Command {
     /// Print the JSON Schema of `keyway.toml`, for editors (for example taplo, or
     /// `#:schema ./keyway.schema.json` at the top of the file).
     Schema,
+    /// Ask the gateway whether it serves (its admin `/healthz`, no token needed):
+    /// prints the answer, exit status 0 only on 200. For a container's HEALTHCHECK,
+    /// where there is no shell or curl, and for scripts.
+    Health {
+        /// The gateway's config file; its `admin_listen` is asked.
+        #[arg(long, short, env = "KEYWAY_CONFIG", default_value = "keyway.toml")]
+        config: std::path::PathBuf,
+    },
     /// Print a shell completion script on stdout, for example
     /// `keyway completions bash > /etc/bash_completion.d/keyway`, or for zsh into a
     /// folder on `$fpath` as `_keyway`.
@@ -312,6 +320,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Admin(cmd) => admin::run(cmd).await,
         Command::Validate(args) => validate::run(args),
         Command::Schema => validate::schema(),
+        Command::Health { config } => client::health(&config).await,
         Command::Completions { shell } => manual::completions(shell),
         Command::Man { dir } => manual::man(&dir),
         Command::Plan(args) => plan::run(args, false).await,

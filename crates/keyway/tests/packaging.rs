@@ -9,22 +9,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::*;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 #[test]
 fn completions_for_each_shell_and_a_clear_refusal() {
@@ -97,7 +84,7 @@ fn man_pages_for_every_command_that_man_renders() {
 /// The unit as shipped, with ExecStart pointing at this build's binary (the
 /// analyzer checks that the program exists).
 fn unit_for_this_build(dir: &Path) -> PathBuf {
-    let shipped = std::fs::read_to_string(repo().join("packaging/keyway.service")).unwrap();
+    let shipped = std::fs::read_to_string(repo_root().join("packaging/keyway.service")).unwrap();
     assert!(shipped.contains("ExecStart=/usr/bin/keyway gateway"));
     let unit = dir.join("keyway.service");
     std::fs::write(&unit, shipped.replace("/usr/bin/keyway", BIN)).unwrap();
@@ -162,7 +149,7 @@ fn the_systemd_unit_verifies_and_is_hardened() {
 fn the_debian_package_installs_starts_and_answers() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("out");
-    let out = run(Command::new(repo().join("scripts/deb"))
+    let out = run(Command::new(repo_root().join("scripts/deb"))
         .args(["--binary", BIN, "--out"])
         .arg(&out_dir));
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -121,19 +121,16 @@ fn log_with(env: &[(&str, &str)], args: &[&str]) -> String {
     let dir = tmp.path();
     let admin = free_port();
     write_config(dir, admin);
-    let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
-    let mut gateway = Command::new(BIN)
-        .args(["gateway", "--config", "keyway.toml"])
-        .args(args)
-        .env_remove("KEYWAY_LOG")
-        .env_remove("RUST_LOG")
-        .envs(env.iter().copied())
-        .current_dir(dir)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .map(KillOnDrop)
-        .unwrap();
+    let mut gateway = spawn_logged(
+        Command::new(BIN)
+            .args(["gateway", "--config", "keyway.toml"])
+            .args(args)
+            .env_remove("KEYWAY_LOG")
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .current_dir(dir),
+        dir,
+    );
     wait_for_port(admin);
     let (status, _) = admin_api(dir, admin, "GET", "/v1/status", None);
     assert_eq!(status, 200);

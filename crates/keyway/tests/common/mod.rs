@@ -385,19 +385,42 @@ pub fn start_gateway_of(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> KillOnDrop {
+    let gateway = spawn_logged(
+        Command::new(bin)
+            .args(["gateway", "--config", "keyway.toml"])
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(dir),
+        dir,
+    );
+    wait_for_port(admin_port);
+    gateway
+}
+
+/// Starts `cmd` with its stdout and stderr in `<dir>/gateway.log`.
+pub fn spawn_logged(cmd: &mut Command, dir: &Path) -> KillOnDrop {
     let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
-    let gateway = Command::new(bin)
-        .args(["gateway", "--config", "keyway.toml"])
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(dir)
-        .stdout(log.try_clone().unwrap())
+    cmd.stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
         .map(KillOnDrop)
-        .unwrap();
-    wait_for_port(admin_port);
-    gateway
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
+}
+
+/// The repository's root folder.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs a command to its end.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Bytes a program printed, as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
 }
 
 /// `/metrics` of the gateway whose data is in `<dir>/data`, scraped with curl.
