@@ -10,6 +10,7 @@ pub mod oidc;
 mod pg;
 mod pg_cluster;
 mod pki;
+mod process;
 pub mod sso;
 
 pub use pg::*;
@@ -17,6 +18,7 @@ pub use pg::*;
 pub use pg_cluster::Cluster;
 #[allow(unused_imports)]
 pub use pki::{TestCa, Validity};
+pub use process::*;
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Write};
@@ -397,32 +399,6 @@ pub fn start_gateway_of(
     gateway
 }
 
-/// Starts `cmd` with its stdout and stderr in `<dir>/gateway.log`.
-pub fn spawn_logged(cmd: &mut Command, dir: &Path) -> KillOnDrop {
-    let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
-    cmd.stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .map(KillOnDrop)
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
-}
-
-/// The repository's root folder.
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Runs a command to its end.
-pub fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-/// Bytes a program printed, as text.
-pub fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// `/metrics` of the gateway whose data is in `<dir>/data`, scraped with curl.
 pub fn metrics(dir: &Path, admin_port: u16) -> String {
     let (status, body) = admin_api(dir, admin_port, "GET", "/metrics", None);
@@ -493,16 +469,6 @@ pub fn issue_as(
     args.extend(extra);
     args.extend(["--config", "keyway.toml"]);
     keyway(dir, &args, None)
-}
-
-/// A CLI run's stdout, trimmed, after checking it succeeded.
-pub fn ok_stdout(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// Refuses to run against a server that is not there, saying how to start it.
