@@ -348,10 +348,11 @@ pub(crate) async fn next_connection(
 
 /// A listener's connection builders, one per protocol: the protocol is chosen
 /// before serving (by ALPN, or by the preface), never by hyper reading unbounded.
-/// hyper's own builders, not hyper-util's `auto`: that one reads a connection's
-/// first bytes again to tell the protocol, and hands them to HTTP/1 as a short
-/// first read, after which hyper's read buffer doubles to 16 KiB for the life of
-/// the connection.
+/// hyper's own builders, not hyper-util's `auto`: that one reads every connection's
+/// first bytes to tell the protocol, and hands them to HTTP/1 as a short first
+/// read, after which hyper's read buffer doubles to 16 KiB for the life of the
+/// connection. Now only an h2c listener's HTTP/1 connections pay that (their
+/// preface is read to tell, [`h2::read_preface`]); TLS and plain ones do not.
 struct Builders {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,

@@ -20,20 +20,31 @@ pub fn completions(shell: clap_complete::Shell) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes the man pages into `dir` (created if missing) and names each on stdout.
+/// Writes the man pages into `dir` (created if missing) and names each on stdout:
+/// keyway(1), and one per subcommand at every depth (keyway-token-issue(1)).
 pub fn man(dir: &Path) -> Result<ExitCode> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the folder {}", dir.display()))?;
     clap_mangen::generate_to(crate::Cli::command(), dir)
         .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
-    let mut pages: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "1"))
-        .collect();
-    pages.sort();
-    for p in pages {
-        println!("{}", p.display());
+    let mut names = Vec::new();
+    page_names(&crate::Cli::command(), "keyway", &mut names);
+    names.sort();
+    for name in names {
+        // Only what was written here: the folder may hold other programs' pages.
+        let page = dir.join(format!("{name}.1"));
+        if page.is_file() {
+            println!("{}", page.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The page names of `cmd` (called `name`) and its subcommands, as clap_mangen
+/// names them; clap's own `help` has none.
+fn page_names(cmd: &clap::Command, name: &str, out: &mut Vec<String>) {
+    out.push(name.to_owned());
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        page_names(sub, &format!("{name}-{}", sub.get_name()), out);
+    }
 }

@@ -48,6 +48,9 @@ fn completions_for_each_shell_and_a_clear_refusal() {
 fn man_pages_for_every_command_that_man_renders() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("man1");
+    // A folder that holds another program's page already, as man1 folders do.
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("other.1"), ".TH other 1\n").unwrap();
     let listed = ok_stdout(keyway(tmp.path(), &["man", dir.to_str().unwrap()], None));
     let pages: Vec<&str> = listed.lines().collect();
     for page in [
@@ -65,7 +68,10 @@ fn man_pages_for_every_command_that_man_renders() {
         !listed.contains("-help"),
         "a page for clap's help: {listed}"
     );
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), pages.len());
+    assert!(!listed.contains("other.1"), "{listed}");
+    // Every page written is listed, and every one listed was written.
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), pages.len() + 1);
+    assert!(pages.iter().all(|p| Path::new(p).is_file()));
 
     let out = run(Command::new("man")
         .args(["-l", "-P", "cat"])
