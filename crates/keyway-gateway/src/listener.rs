@@ -382,8 +382,7 @@ impl Conn {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: ConnService,
     {
-        let asked = self.first.map(|_| Arc::new(AtomicBool::new(false)));
-        let svc = Noting::new(svc, asked.clone());
+        let (svc, asked) = self.noting(svc);
         // Upgrades are served so that a WebSocket can be passed through on purpose;
         // the proxy decides which upgrades to honour.
         let conn = builder
@@ -403,12 +402,22 @@ impl Conn {
             inner: svc,
             streams: streams.clone(),
         };
-        let asked = self.first.map(|_| Arc::new(AtomicBool::new(false)));
-        let svc = Noting::new(svc, asked.clone());
+        let (svc, asked) = self.noting(svc);
         let conn = builder.serve_connection(TokioIo::new(io), svc);
         // Boxed: a connection's task is as large as its largest state, and an
         // HTTP/1 connection's need not carry room for HTTP/2's.
         Box::pin(self.run(conn, asked, Some(streams))).await;
+    }
+
+    /// `svc`, noting the first request where the connection has a deadline for it;
+    /// the flag the deadline reads.
+    fn noting<S>(&self, svc: S) -> (Noting<S>, Option<Arc<AtomicBool>>) {
+        let asked = self.first.map(|_| Arc::new(AtomicBool::new(false)));
+        let svc = Noting {
+            inner: svc,
+            asked: asked.clone(),
+        };
+        (svc, asked)
     }
 
     async fn run<C: Graceful>(
@@ -428,7 +437,8 @@ impl Conn {
         let mut deadline = std::pin::pin!(deadline);
         let mut waiting_first = first.is_some();
         // Only HTTP/2 is checked for idleness (hyper's header timer closes an idle
-        // HTTP/1 connection); an HTTP/1 one carries no timer for it.
+        // HTTP/1 connection); an HTTP/1 one carries no timer for it, and its branch
+        // below never fires.
         let mut idle_check = streams
             .is_some()
             .then(|| tokio::time::interval(self.idle.max(Duration::from_millis(100)) / 2));
@@ -443,7 +453,7 @@ impl Conn {
                 () = self.drain.cancelled() => Some(DRAIN_TIMEOUT),
                 () = self.close.cancelled() => Some(DRAIN_TIMEOUT),
                 () = self.retired.cancelled(), if h2 => Some(DRAIN_TIMEOUT),
-                Some(_) = tick(&mut idle_check), if h2 => {
+                Some(_) = tick(&mut idle_check) => {
                     let idle = streams.as_ref().is_some_and(|s| s.idle_for(self.idle));
                     if idle {
                         tracing::debug!("an HTTP/2 connection with no stream open; closed");
@@ -522,12 +532,6 @@ where
 }
 
 // === impl Noting ===
-
-impl<S> Noting<S> {
-    fn new(inner: S, asked: Option<Arc<AtomicBool>>) -> Self {
-        Self { inner, asked }
-    }
-}
 
 impl<S: ConnService> Service<Request<Incoming>> for Noting<S> {
     type Response = S::Response;

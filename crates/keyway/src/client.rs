@@ -84,9 +84,7 @@ impl AdminClient {
             };
             (format!("http://{addr}"), token)
         };
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = plain_client(Duration::from_secs(5));
         Ok(Self {
             base,
             token,
@@ -163,6 +161,14 @@ impl AdminClient {
     }
 }
 
+/// An HTTP client for the admin API (plain HTTP: it listens on the gateway's host),
+/// giving up on a connection after `connect_timeout`.
+fn plain_client(connect_timeout: Duration) -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
 /// A gateway's config, and the address its admin API answers on from this host.
 fn admin_address(path: &std::path::Path) -> Result<(Config, std::net::SocketAddr)> {
     let text =
@@ -183,10 +189,7 @@ fn admin_address(path: &std::path::Path) -> Result<(Config, std::net::SocketAddr
 pub async fn health(config: &std::path::Path) -> Result<std::process::ExitCode> {
     let (_, addr) = admin_address(config)?;
     let url = format!("http://{addr}/healthz");
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(2)));
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(connector);
+    let client = plain_client(Duration::from_secs(2));
     let req = Request::get(&url)
         .body(Full::new(Bytes::new()))
         .context("building the health request")?;
