@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::config::plan::Plan;
 
 /// What `issue` is asked for.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 pub struct IssueRequest {
     pub service: String,
     pub principal: String,
@@ -41,7 +42,7 @@ pub struct IssueRequest {
 }
 
 /// What `credential issue` is asked for.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 pub struct CredentialRequest {
     pub principal: String,
     pub services: Vec<String>,
@@ -59,7 +60,7 @@ pub struct CredentialRequest {
 }
 
 /// A token as the admin API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TokenInfo {
     pub id: String,
     pub kind: String,
@@ -87,8 +88,9 @@ pub struct TokenInfo {
     pub issuer: Option<String>,
 }
 
-/// The answer to `POST /v1/tokens`. Its `Debug` leaves the token out.
-#[derive(Serialize, Deserialize)]
+/// A token issued, shown this once, with what it grants.
+// Its `Debug` leaves the token out.
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct Issued {
     pub token: String,
     #[serde(flatten)]
@@ -106,14 +108,14 @@ impl std::fmt::Debug for Issued {
 
 /// An enrollment, given once: the token and the CA pin joined by `.`, as
 /// `keyway agent run --enroll-token-file` reads it.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct Enrollment {
     pub enrollment: String,
     pub expires_at: String,
 }
 
 /// What `keyway agent list` shows of an agent.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AgentStatus {
     pub name: String,
     /// `connected`, `disconnected` or `revoked`.
@@ -125,7 +127,7 @@ pub struct AgentStatus {
     pub services: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Report {
     /// The window's start.
     pub since: String,
@@ -140,7 +142,7 @@ pub struct Report {
     pub truncated: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Unused {
     pub id: String,
     pub kind: String,
@@ -153,12 +155,12 @@ pub struct Unused {
     pub policy: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct QuietService {
     pub service: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BroadGrant {
     pub token_id: String,
     pub principal: String,
@@ -178,7 +180,7 @@ pub struct BroadGrant {
 }
 
 /// What a reload did, or would do.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Outcome {
     pub plan: Plan,
     pub applied: bool,

@@ -20,10 +20,12 @@
 //! | `POST /v1/config/plan` | what `{"config": "<toml>"}` would change in the running gateway |
 //! | `POST /v1/config/apply` | apply it, as one atomic change, audited as `config.applied` |
 //! | `GET /metrics` | Prometheus text format (needs the admin token too) |
+//! | `GET /v1/openapi.json` | this API's OpenAPI 3.1 document ([`openapi`]) |
 //!
 //! A write (every `POST` and `PUT`) that carries a body must say it is JSON
 //! (`Content-Type: application/json`), or is refused with 415 ([`JsonBody`]), after
-//! the admin token is checked.
+//! the admin token is checked. Every refusal, the extractors' included, is JSON:
+//! `{"error": "…"}`.
 
 use std::time::Duration;
 
@@ -40,14 +42,17 @@ use keyway_core::EventKind;
 use keyway_core::UnixMillis;
 use keyway_store::{AuditQuery, TokenRecord};
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::control::Control;
 use crate::secrets::SecretError;
 use crate::tokens::{CredentialRequest, IssueError, IssueRequest, RotateError};
 
 mod mcp;
+pub mod openapi;
 mod operate;
 mod tokens;
 
@@ -88,6 +93,7 @@ pub fn router(gw: Gw) -> Router {
         .route("/v1/config/plan", post(plan_config))
         .route("/v1/config/apply", post(apply_config))
         .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi::serve))
         .fallback(|_: Admin| async { error(StatusCode::NOT_FOUND, "no such admin call") })
         .with_state(gw)
 }
@@ -97,6 +103,19 @@ pub fn router(gw: Gw) -> Router {
 /// optional take none. Taken last, after [`Admin`], so an unauthenticated write is
 /// refused (and audited) as such.
 pub struct JsonBody(pub Bytes);
+
+/// The query string as `T`; refused as JSON, like every other answer.
+pub struct Params<T>(pub T);
+
+/// The path's named segments as `T`; refused as JSON.
+pub struct Segments<T>(pub T);
+
+/// A refusal, as every admin call gives it.
+#[derive(Serialize, ToSchema)]
+pub struct ApiError {
+    /// What was wrong, and what to do about it.
+    pub error: String,
+}
 
 // === impl Admin ===
 
@@ -162,7 +181,7 @@ impl FromRequest<Gw> for JsonBody {
             .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
         let body = Bytes::from_request(req, gw)
             .await
-            .map_err(IntoResponse::into_response)?;
+            .map_err(|e| error(e.status(), &e.body_text()))?;
         if !body.is_empty() && !json {
             return Err(error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -173,8 +192,48 @@ impl FromRequest<Gw> for JsonBody {
     }
 }
 
+impl JsonBody {
+    /// The body as `T`, or `T`'s default when there is none (or it is `null`): for
+    /// the calls whose fields are all optional.
+    fn or_default<T: DeserializeOwned + Default>(&self) -> Result<T, serde_json::Error> {
+        if self.0.is_empty() {
+            return Ok(T::default());
+        }
+        serde_json::from_slice::<Option<T>>(&self.0).map(Option::unwrap_or_default)
+    }
+}
+
+// === impl Params, Segments ===
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(t)) => Ok(Self(t)),
+            Err(e) => Err(error(e.status(), &e.body_text())),
+        }
+    }
+}
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Segments<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(t)) => Ok(Self(t)),
+            Err(e) => Err(error(e.status(), &e.body_text())),
+        }
+    }
+}
+
 /// For a load balancer, without a token: 200 while this gateway serves, 503 while
 /// it drains (SIGTERM) or is behind the shared store.
+#[utoipa::path(get, path = "/healthz", tag = "gateway", security(()),
+    responses(
+        (status = 200, description = "Serving", body = String, content_type = "text/plain"),
+        (status = 503, description = "Draining, or behind the shared store", body = String, content_type = "text/plain"),
+    ))]
 async fn healthz(State(gw): State<Gw>) -> Response {
     let h = gw.authz.health();
     let (status, text) = if h.draining() {
@@ -188,23 +247,66 @@ async fn healthz(State(gw): State<Gw>) -> Response {
 }
 
 /// The replicas on the shared store, as their heartbeats say.
+#[derive(Serialize, ToSchema)]
+struct Cluster {
+    /// The newest change on the store.
+    head: i64,
+    now: String,
+    /// The config applied to every replica, if one was.
+    config: Option<AppliedView>,
+    replicas: Vec<keyway_store::Beat>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct AppliedView {
+    sha256: String,
+    at: String,
+}
+
+/// The replicas on the shared store, as their heartbeats say.
+#[utoipa::path(get, path = "/v1/cluster", tag = "gateway",
+    responses((status = 200, body = Cluster), (status = 503, body = ApiError)))]
 async fn cluster(_: Admin, State(gw): State<Gw>) -> Response {
     let applied = match gw.store.applied_config().await {
         Ok(a) => a,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
     match gw.store.replicas().await {
-        Ok(r) => Json(serde_json::json!({
-            "head": gw.store.change_head().await.unwrap_or(0),
-            "now": keyway_core::clock::format_ms(gw.clock.now_ms()),
-            "config": applied.map(|a| json!({ "sha256": a.sha256, "at": format_ms(a.at) })),
-            "replicas": r,
-        }))
+        Ok(replicas) => Json(Cluster {
+            head: gw.store.change_head().await.unwrap_or(0),
+            now: format_ms(gw.clock.now_ms()),
+            config: applied.map(|a| AppliedView {
+                sha256: a.sha256,
+                at: format_ms(a.at),
+            }),
+            replicas,
+        })
         .into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
 
+/// The version and the services.
+#[derive(Serialize, ToSchema)]
+struct Status {
+    version: String,
+    services: Vec<ServiceView>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ServiceView {
+    name: String,
+    /// `http`, `tcp` or `postgres`.
+    protocol: String,
+    /// Its own port, if it has one.
+    listen: Option<String>,
+    upstream: String,
+    /// The longest a token for it lives.
+    max_ttl: String,
+}
+
+/// The version and the services.
+#[utoipa::path(get, path = "/v1/status", tag = "gateway", responses((status = 200, body = Status)))]
 async fn status(_: Admin, State(gw): State<Gw>) -> Response {
     let services: Vec<_> = gw
         .config()
@@ -219,16 +321,20 @@ async fn status(_: Admin, State(gw): State<Gw>) -> Response {
                 ServiceKind::Tcp(t) => ("tcp", t.upstream.clone()),
                 ServiceKind::Postgres(pg) => ("postgres", pg.upstream.clone()),
             };
-            json!({
-                "name": s.name,
-                "protocol": protocol,
-                "listen": s.listen.map(|l| l.to_string()),
-                "upstream": upstream,
-                "max_ttl": keyway_core::units::format_duration(s.max_ttl),
-            })
+            ServiceView {
+                name: s.name.clone(),
+                protocol: protocol.into(),
+                listen: s.listen.map(|l| l.to_string()),
+                upstream,
+                max_ttl: keyway_core::units::format_duration(s.max_ttl),
+            }
         })
         .collect();
-    Json(json!({ "version": env!("CARGO_PKG_VERSION"), "services": services })).into_response()
+    Json(Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        services,
+    })
+    .into_response()
 }
 
 fn error(status: StatusCode, msg: &str) -> Response {

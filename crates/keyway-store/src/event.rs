@@ -3,8 +3,12 @@
 use keyway_core::UnixMillis;
 
 /// One audit event. Never holds a secret: callers put public ids and redacted text in.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct AuditEvent {
+    /// When, in Unix milliseconds.
+    #[schema(value_type = i64)]
     pub at: UnixMillis,
     /// `request`, `token.issued`, `token.revoked`, `secret.set`, `admin.denied`, …
     pub kind: String,

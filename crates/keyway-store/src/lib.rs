@@ -173,11 +173,13 @@ pub struct StoreChange {
 }
 
 /// A replica's heartbeat on a shared store.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Beat {
     pub replica: String,
     /// When it beat (the replica's clock, Unix ms).
+    #[schema(value_type = i64)]
     pub at: UnixMillis,
+    #[schema(value_type = i64)]
     pub started_at: UnixMillis,
     /// The newest change it has followed.
     pub rev: i64,
@@ -198,7 +200,7 @@ pub struct Beat {
 pub const BEAT_SESSIONS: usize = 500;
 
 /// A live session as a heartbeat carries it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct BeatSession {
     pub id: u64,
     pub protocol: String,
@@ -206,6 +208,7 @@ pub struct BeatSession {
     pub principal: String,
     pub token_id: String,
     pub source: String,
+    #[schema(value_type = i64)]
     pub started_at: UnixMillis,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -274,7 +277,7 @@ impl ChangeKind {
 }
 
 /// An audit event with its place in the log.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct StoredEvent {
     pub seq: i64,
     #[serde(flatten)]

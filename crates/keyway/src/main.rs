@@ -201,6 +201,9 @@ enum Command {
     /// Print the JSON Schema of `keyway.toml`, for editors (for example taplo, or
     /// `#:schema ./keyway.schema.json` at the top of the file).
     Schema,
+    /// Print the admin API's OpenAPI 3.1 document: what the gateway serves at
+    /// `/v1/openapi.json`, committed as `docs/openapi.json`, for generating clients.
+    Openapi,
     /// Ask the gateway whether it serves (its admin `/healthz`, no token needed):
     /// prints the answer, exit status 0 only on 200. For a container's HEALTHCHECK,
     /// where there is no shell or curl, and for scripts.
@@ -320,6 +323,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Admin(cmd) => admin::run(cmd).await,
         Command::Validate(args) => validate::run(args),
         Command::Schema => validate::schema(),
+        Command::Openapi => manual::openapi(),
         Command::Health { config } => client::health(&config).await,
         Command::Completions { shell } => manual::completions(shell),
         Command::Man { dir } => manual::man(&dir),

@@ -1,6 +1,7 @@
 //! Shell completions and man pages, generated from the CLI's own definition so
 //! that they cannot drift from it: `keyway completions bash|zsh|fish|elvish|powershell`
 //! prints a script, `keyway man DIR` writes keyway(1) and a page per subcommand.
+//! And the admin API's contract, from its handlers: `keyway openapi`.
 
 use std::io::Write;
 use std::path::Path;
@@ -17,6 +18,14 @@ pub fn completions(shell: clap_complete::Shell) -> Result<ExitCode> {
     std::io::stdout()
         .write_all(&out)
         .context("cannot write the completion script to stdout")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the admin API's OpenAPI document on stdout.
+pub fn openapi() -> Result<ExitCode> {
+    std::io::stdout()
+        .write_all(keyway_gateway::admin::openapi::document().as_bytes())
+        .context("cannot write the OpenAPI document to stdout")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::{lint, Config};
 
 /// What a change does to a thing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Op {
     Add,
@@ -24,7 +24,7 @@ pub enum Op {
 }
 
 /// One thing added, changed or removed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Change {
     pub op: Op,
     /// `service`, `agent`, `policy`, `identity`, `detect`, `alerts` or `setting`.
@@ -38,14 +38,14 @@ pub struct Change {
 }
 
 /// One key: its value before and after (`None`: not written, so the default).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Field {
     pub key: String,
     pub before: Option<String>,
     pub after: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Plan {
     pub changes: Vec<Change>,
 }

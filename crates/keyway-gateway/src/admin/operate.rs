@@ -3,18 +3,26 @@
 
 use super::*;
 
+/// An upstream credential's value, sealed before it is stored.
+#[derive(Deserialize, ToSchema)]
+pub(super) struct SecretValue {
+    #[schema(value_type = String, format = Password)]
+    value: SecretString,
+}
+
+/// Seals and stores an upstream credential.
+#[utoipa::path(put, path = "/v1/secrets/{name}", tag = "secrets",
+    params(("name" = String, Path, description = "The name the config's `upstream_auth` gives")),
+    request_body = SecretValue,
+    responses((status = 204, description = "Stored"), (status = 400, body = ApiError)))]
 pub(super) async fn set_secret(
     admin: Admin,
     State(gw): State<Gw>,
-    Path(name): Path<String>,
+    Segments(name): Segments<String>,
     JsonBody(body): JsonBody,
 ) -> Response {
-    #[derive(Deserialize)]
-    struct Body {
-        value: SecretString,
-    }
     // Parse errors of this body are not echoed: they could quote the value.
-    let Ok(b) = serde_json::from_slice::<Body>(&body) else {
+    let Ok(b) = serde_json::from_slice::<SecretValue>(&body) else {
         return error(
             StatusCode::BAD_REQUEST,
             "body must be JSON: {\"value\": \"…\"}",
@@ -33,30 +41,42 @@ pub(super) async fn set_secret(
     }
 }
 
+/// The names of the upstream credentials that are set, never their values.
+#[utoipa::path(get, path = "/v1/secrets", tag = "secrets", responses((status = 200, body = Vec<String>)))]
 pub(super) async fn list_secrets(_: Admin, State(gw): State<Gw>) -> Response {
     Json(gw.secrets.names()).into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct AuditParams {
+    /// Only events after this sequence number.
     #[serde(default)]
     after: i64,
+    /// At most this many, up to 10,000 (0: 1,000).
     #[serde(default)]
+    #[param(maximum = 10_000)]
     limit: u32,
     principal: Option<String>,
     service: Option<String>,
+    /// `allow` or `deny`.
     decision: Option<String>,
     reason: Option<String>,
+    /// Like `request` or `token.issued`.
     kind: Option<String>,
     /// RFC 3339, or a duration back from now (`1h`).
     since: Option<String>,
+    /// RFC 3339, or a duration back from now (`1h`).
     until: Option<String>,
 }
 
+/// Audit events in order, each with its sequence number; every filter given must match.
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditParams),
+    responses((status = 200, body = Vec<keyway_store::StoredEvent>), (status = 400, body = ApiError)))]
 pub(super) async fn audit(
     _: Admin,
     State(gw): State<Gw>,
-    Query(p): Query<AuditParams>,
+    Params(p): Params<AuditParams>,
 ) -> Response {
     let now = gw.now();
     // A time, or how long ago: `2026-11-28T10:00:00Z`, `1h`.
@@ -69,6 +89,12 @@ pub(super) async fn audit(
             .map(|d| Some(now - keyway_core::clock::duration_ms(d)))
             .map_err(|_| ())
     };
+    if p.limit > 10_000 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "limit is at most 10000; page on with after",
+        );
+    }
     let (Ok(since), Ok(until)) = (when(&p.since), when(&p.until)) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -101,15 +127,20 @@ pub(super) async fn audit(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ReportParams {
+    /// How far back, like `30d` (the default).
     since: Option<String>,
 }
 
+/// The hygiene report: unused tokens, quiet services, broad grants, agents away.
+#[utoipa::path(get, path = "/v1/report", tag = "audit", params(ReportParams),
+    responses((status = 200, body = keyway_core::api::Report), (status = 400, body = ApiError)))]
 pub(super) async fn report(
     _: Admin,
     State(gw): State<Gw>,
-    Query(p): Query<ReportParams>,
+    Params(p): Params<ReportParams>,
 ) -> Response {
     let since = match p.since.as_deref().map(keyway_core::units::parse_duration) {
         None => Duration::from_secs(30 * 24 * 3600),
@@ -128,20 +159,38 @@ pub(super) async fn report(
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A config, as the text of a `keyway.toml`.
+#[derive(Debug, Deserialize, ToSchema)]
 pub(super) struct ConfigBody {
     config: String,
 }
 
+/// The config in force.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ConfigInForce {
+    /// The SHA-256 of its text, hex.
+    sha256: String,
+    services: Vec<String>,
+}
+
+/// The config in force: its digest and its services.
+#[utoipa::path(get, path = "/v1/config", tag = "config", responses((status = 200, body = ConfigInForce)))]
 pub(super) async fn current_config(_: Admin, State(gw): State<Gw>) -> Response {
     let c = gw.config();
-    Json(json!({
-        "sha256": c.written.sha256,
-        "services": c.services.keys().collect::<Vec<_>>(),
-    }))
+    Json(ConfigInForce {
+        sha256: c.written.sha256.clone(),
+        services: c.services.keys().cloned().collect(),
+    })
     .into_response()
 }
 
+/// What a config would change in the running gateway, changing nothing.
+#[utoipa::path(post, path = "/v1/config/plan", tag = "config", request_body = ConfigBody,
+    responses(
+        (status = 200, body = keyway_core::api::Outcome), (status = 400, description = "Invalid", body = ApiError),
+        (status = 409, description = "Needs a restart, or another change came first", body = ApiError),
+        (status = 422, body = ApiError),
+    ))]
 pub(super) async fn plan_config(
     admin: Admin,
     State(gw): State<Gw>,
@@ -150,6 +199,13 @@ pub(super) async fn plan_config(
     reload(admin, gw, body, true).await
 }
 
+/// Applies a config as one atomic change, audited as `config.applied`.
+#[utoipa::path(post, path = "/v1/config/apply", tag = "config", request_body = ConfigBody,
+    responses(
+        (status = 200, body = keyway_core::api::Outcome), (status = 400, description = "Invalid", body = ApiError),
+        (status = 409, description = "Needs a restart, or another change came first", body = ApiError),
+        (status = 422, body = ApiError),
+    ))]
 pub(super) async fn apply_config(
     admin: Admin,
     State(gw): State<Gw>,
@@ -186,15 +242,25 @@ pub(super) async fn reload(admin: Admin, gw: Gw, body: Bytes, dry_run: bool) -> 
     }
 }
 
+/// The gateway's metrics, in Prometheus' text format.
+#[utoipa::path(get, path = "/metrics", tag = "gateway",
+    responses((status = 200, body = String, content_type = "text/plain")))]
 pub(super) async fn metrics(_: Admin, State(gw): State<Gw>) -> Response {
     let text = gw.metrics.render(&gw.states());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
+/// A one-use enrollment for an agent: its token and the CA pin, given once.
+#[utoipa::path(post, path = "/v1/agents/{name}/enroll", tag = "agents",
+    params(("name" = String, Path, description = "The agent's name in the config")),
+    responses(
+        (status = 201, body = Enrollment), (status = 404, description = "No agent with that name", body = ApiError),
+        (status = 409, description = "The gateway has no local CA", body = ApiError),
+    ))]
 pub(super) async fn enroll_agent(
     admin: Admin,
     State(gw): State<Gw>,
-    Path(name): Path<String>,
+    Segments(name): Segments<String>,
     _: JsonBody,
 ) -> Response {
     let pin = match crate::tls::local_ca_pin(&gw.config().data_dir) {
@@ -227,10 +293,21 @@ pub(super) async fn enroll_agent(
     }
 }
 
+/// An agent disconnected, and how many of its connections closed.
+#[derive(Serialize, ToSchema)]
+pub(super) struct AgentRevoked {
+    agent: String,
+    connections_closed: usize,
+}
+
+/// Disconnects an agent now and refuses its certificates.
+#[utoipa::path(post, path = "/v1/agents/{name}/revoke", tag = "agents",
+    params(("name" = String, Path, description = "The agent's name in the config")),
+    responses((status = 200, body = AgentRevoked), (status = 404, description = "No agent with that name", body = ApiError)))]
 pub(super) async fn revoke_agent(
     admin: Admin,
     State(gw): State<Gw>,
-    Path(name): Path<String>,
+    Segments(name): Segments<String>,
     _: JsonBody,
 ) -> Response {
     if !gw.config().agents.contains_key(&name) {
@@ -240,7 +317,11 @@ pub(super) async fn revoke_agent(
         );
     }
     match gw.revoke_agent(&name, &admin.token_id).await {
-        Ok(closed) => Json(json!({ "agent": name, "connections_closed": closed })).into_response(),
+        Ok(connections_closed) => Json(AgentRevoked {
+            agent: name,
+            connections_closed,
+        })
+        .into_response(),
         Err(e) => {
             tracing::error!(error = %e, "could not record an agent revocation");
             error(
@@ -251,6 +332,9 @@ pub(super) async fn revoke_agent(
     }
 }
 
+/// Each agent's state, version, last heartbeat and services.
+#[utoipa::path(get, path = "/v1/agents", tag = "agents",
+    responses((status = 200, body = Vec<keyway_core::api::AgentStatus>)))]
 pub(super) async fn list_agents(_: Admin, State(gw): State<Gw>) -> Response {
     Json(gw.agents.status(&gw.config())).into_response()
 }

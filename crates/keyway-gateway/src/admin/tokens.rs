@@ -3,6 +3,12 @@
 
 use super::*;
 
+/// Issues an access token. The answer holds it, once.
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = IssueRequest,
+    responses(
+        (status = 201, description = "Issued: `token` is shown this once", body = Issued),
+        (status = 400, body = ApiError), (status = 404, description = "No such service", body = ApiError),
+    ))]
 pub(super) async fn issue_token(
     admin: Admin,
     State(gw): State<Gw>,
@@ -35,12 +41,19 @@ pub(super) async fn issue_token(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListParams {
     /// Only tokens not used (nor issued) within this long, like `30d`.
     unused: Option<String>,
 }
 
+/// Issues a client credential, which gets tokens by itself. The answer holds it, once.
+#[utoipa::path(post, path = "/v1/credentials", tag = "tokens", request_body = CredentialRequest,
+    responses(
+        (status = 201, description = "Issued: `token` is shown this once", body = Issued),
+        (status = 400, body = ApiError),
+    ))]
 pub(super) async fn issue_credential(
     admin: Admin,
     State(gw): State<Gw>,
@@ -69,10 +82,13 @@ pub(super) async fn issue_credential(
     }
 }
 
+/// Lists the tokens, never their secrets.
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", params(ListParams),
+    responses((status = 200, body = Vec<TokenInfo>), (status = 400, body = ApiError)))]
 pub(super) async fn list_tokens(
     _: Admin,
     State(gw): State<Gw>,
-    Query(p): Query<ListParams>,
+    Params(p): Params<ListParams>,
 ) -> Response {
     let now = gw.now();
     let unused_since = match p.unused.as_deref().map(keyway_core::units::parse_duration) {
@@ -116,19 +132,25 @@ pub(super) fn live_info(
     (token_info(r, revoked, last, now), last)
 }
 
+/// Which tokens to revoke: every one given must match; at least one is.
+#[derive(Deserialize, ToSchema)]
+pub(super) struct RevokeMatching {
+    principal: Option<String>,
+    service: Option<String>,
+    /// RFC 3339, like `2026-11-28T10:00:00Z`.
+    issued_before: Option<String>,
+}
+
+/// Revokes the access tokens, client credentials and sessions that match (admin
+/// and enrollment tokens never do); their live streams end.
+#[utoipa::path(post, path = "/v1/tokens/revoke", tag = "tokens", request_body = RevokeMatching,
+    responses((status = 200, description = "The tokens revoked", body = Vec<TokenInfo>), (status = 400, body = ApiError)))]
 pub(super) async fn revoke_matching(
     admin: Admin,
     State(gw): State<Gw>,
     JsonBody(body): JsonBody,
 ) -> Response {
-    #[derive(Deserialize)]
-    struct Body {
-        principal: Option<String>,
-        service: Option<String>,
-        /// RFC 3339.
-        issued_before: Option<String>,
-    }
-    let Ok(b) = serde_json::from_slice::<Body>(&body) else {
+    let Ok(b) = serde_json::from_slice::<RevokeMatching>(&body) else {
         return error(
             StatusCode::BAD_REQUEST,
             "body must be JSON: {\"principal\": …, \"service\": …, \"issued_before\": \"2026-11-28T10:00:00Z\"}",
@@ -172,17 +194,37 @@ pub(super) async fn revoke_matching(
     }
 }
 
+/// How long the old token keeps working beside its successor.
+#[derive(Default, Deserialize, ToSchema)]
+pub(super) struct Rotate {
+    /// Like `5m` (the default), or `0`.
+    overlap: Option<String>,
+}
+
+/// A successor token, and when its predecessor stops.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Rotated {
+    /// Shown this once.
+    token: String,
+    predecessor_expires_at: String,
+    info: TokenInfo,
+}
+
+/// Issues a successor to a token; the old one lives `overlap` more.
+#[utoipa::path(post, path = "/v1/tokens/{id}/rotate", tag = "tokens",
+    params(("id" = String, Path, description = "The token's id")),
+    request_body(content = Option<Rotate>, description = "Optional"),
+    responses(
+        (status = 201, body = Rotated), (status = 400, body = ApiError),
+        (status = 404, description = "No token with that id", body = ApiError),
+    ))]
 pub(super) async fn rotate_token(
     admin: Admin,
     State(gw): State<Gw>,
-    Path(id): Path<String>,
-    JsonBody(body): JsonBody,
+    Segments(id): Segments<String>,
+    body: JsonBody,
 ) -> Response {
-    #[derive(Deserialize)]
-    struct Body {
-        overlap: Option<String>,
-    }
-    let overlap = match serde_json::from_slice::<Body>(&body).map(|b| b.overlap) {
+    let overlap = match body.or_default::<Rotate>().map(|b| b.overlap) {
         Ok(None) => Duration::from_secs(300),
         Ok(Some(o)) if o.trim() == "0" || o.trim() == "0s" => Duration::ZERO,
         Ok(Some(o)) => match keyway_core::units::parse_duration(&o) {
@@ -200,11 +242,11 @@ pub(super) async fn rotate_token(
         Ok((token, record, until)) => {
             let info = token_info(&record, None, None, gw.now());
             let token = secrecy::ExposeSecret::expose_secret(token.secret()).to_owned();
-            let body = json!({
-                "token": token,
-                "predecessor_expires_at": format_ms(until),
-                "info": info,
-            });
+            let body = Rotated {
+                token,
+                predecessor_expires_at: format_ms(until),
+                info,
+            };
             (StatusCode::CREATED, Json(body)).into_response()
         }
         Err(RotateError::Unknown) => error(StatusCode::NOT_FOUND, "no token with that id"),
@@ -219,12 +261,27 @@ pub(super) async fn rotate_token(
     }
 }
 
+/// Revokes a token; its live streams end. Not the admin token the call is made
+/// with: that would leave the caller with no way back but `keyway admin reset`.
+#[utoipa::path(post, path = "/v1/tokens/{id}/revoke", tag = "tokens",
+    params(("id" = String, Path, description = "The token's id")),
+    responses(
+        (status = 200, body = TokenInfo), (status = 404, description = "No token with that id", body = ApiError),
+        (status = 409, description = "The admin token making the call", body = ApiError),
+    ))]
 pub(super) async fn revoke_token(
     admin: Admin,
     State(gw): State<Gw>,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
     _: JsonBody,
 ) -> Response {
+    if id == admin.token_id {
+        return error(
+            StatusCode::CONFLICT,
+            "that is the admin token this call is made with; revoke it with another admin token \
+             (or stop the gateway and run `keyway admin reset`)",
+        );
+    }
     match gw.tokens.revoke(&id, &admin.token_id, None).await {
         Ok(Some(record)) => Json(live_info(&gw, &record, gw.now()).0).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "no token with that id"),
