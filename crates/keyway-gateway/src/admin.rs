@@ -141,13 +141,7 @@ impl FromRequestParts<Gw> for Admin {
             leak.deny(keyway_core::DenyReason::TokenInUrl);
             return Err(refuse(gw, leak).await);
         }
-        let text = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim());
+        let text = keyway_core::head::bearer(&parts.headers);
         let conn = parts.extensions.get::<crate::listener::ConnInfo>();
         match gw.authenticate_admin(text, conn) {
             Ok(entry) => Ok(Admin {

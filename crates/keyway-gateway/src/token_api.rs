@@ -22,6 +22,7 @@ use axum::routing::post;
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use keyway_core::clock::format_ms;
+use keyway_core::head::bearer;
 use keyway_core::EventKind;
 use keyway_core::{DenyReason, TokenKind};
 use serde::Deserialize;
@@ -235,16 +236,6 @@ async fn exchange(
         header::HeaderValue::from_static("no-store"),
     );
     resp
-}
-
-/// The `Authorization: Bearer` token of a request, if any.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim())
 }
 
 /// The token-exchange grant, and the subject token types taken for a JWT.

@@ -67,7 +67,8 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 use answers::{empty, json, plain, refusal, whole};
 use body::Cancellable;
-use forward::{bearer, is_websocket_upgrade, upgraded_response};
+use forward::{is_websocket_upgrade, upgraded_response};
+use keyway_core::head::bearer;
 
 pub use crate::runtime::BoxError;
 /// The body of every response the proxy sends.

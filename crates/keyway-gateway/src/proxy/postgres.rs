@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use keyway_core::config::{PostgresService, Service, ServiceKind};
+use keyway_core::pgwire::{self, Capture, MAX_AUTH_MESSAGE, MAX_STATEMENT};
 use keyway_core::DenyReason;
 use keyway_core::EventKind;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
@@ -43,21 +44,8 @@ use crate::index::Entry;
 use crate::proxy::Handles;
 use crate::sessions::SessionEnd;
 
-const SSL_REQUEST: i32 = 80_877_103;
-const GSSENC_REQUEST: i32 = 80_877_104;
-const CANCEL_REQUEST: i32 = 80_877_102;
-/// Protocol 3.x: the major version in the high 16 bits.
-const PROTOCOL_MAJOR_3: i32 = 3;
-/// A start-up packet is small; refuse anything larger before reading it.
-const MAX_STARTUP: usize = 10 * 1024;
-/// The largest password message (a token) and upstream start-up message accepted.
-const MAX_AUTH_MESSAGE: usize = 64 * 1024;
 /// Time for the whole start-up, TLS and login included.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Statement text kept in an audit event.
-const MAX_STATEMENT: usize = 4096;
-/// Text captured beyond the cap, so a token that straddles it is redacted whole.
-const REDACT_SLACK: usize = 128;
 /// Relay buffers: small, since a gateway holds thousands of idle sessions.
 const RELAY_BUFFER: usize = 16 * 1024;
 /// Time to tell a client why its session ends, and to close it.
@@ -72,7 +60,7 @@ mod startup;
 mod statements;
 mod wire;
 
-use statements::{Capture, StatementAudit};
+use statements::StatementAudit;
 use wire::{error_response, error_text, frame, read_message};
 
 /// Keyway's cancel key → the upstream's, and whose session it is.

@@ -27,7 +27,7 @@ use keyway_store::{AuditEvent, TokenRecord};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{bearer, deny, error, unavailable};
+use super::{deny, error, unavailable};
 use crate::index::Entry;
 use crate::listener::ConnInfo;
 use crate::people::{
@@ -35,6 +35,7 @@ use crate::people::{
 };
 use crate::proxy::Handles;
 use crate::tokens::PersonTokenError;
+use keyway_core::head::bearer;
 
 mod requests;
 

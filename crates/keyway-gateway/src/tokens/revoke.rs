@@ -296,17 +296,12 @@ impl Tokens {
     /// The URL is decoded first, so `kwat%5F…` is caught too. Returns whether one was
     /// found; `ev` gets its public id.
     pub fn refuse_token_in_url(self: &Arc<Self>, uri: &http::Uri, ev: &mut AuditEvent) -> bool {
-        let Some(target) = uri.path_and_query().map(|pq| pq.as_str()) else {
+        let Some((target, found)) = uri
+            .path_and_query()
+            .and_then(|pq| keyway_core::head::tokens_in_target(pq.as_str()))
+        else {
             return false;
         };
-        if !target.contains("kw") && !target.contains('%') {
-            return false;
-        }
-        let target = keyway_core::path::percent_decode_lossy(target);
-        let found: Vec<_> = keyway_core::token::find_tokens(&target)
-            .into_iter()
-            .filter(|f| f.checksum_ok)
-            .collect();
         let Some(first) = found.first() else {
             return false;
         };

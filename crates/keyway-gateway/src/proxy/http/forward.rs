@@ -206,18 +206,6 @@ pub(super) fn why(end: SessionEnd) -> BoxError {
     })
 }
 
-/// The token of an `Authorization: Bearer …` header.
-pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let value = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    let s = value.to_str().ok()?;
-    let (scheme, token) = s.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
 /// Whether the comma-separated lists of header `name` hold `token` (in any case).
 fn lists(h: &HeaderMap, name: HeaderName, token: &str) -> bool {
     h.get_all(name)

@@ -1,6 +1,6 @@
 //! Unit tests of the HTTP proxy's header handling.
 
-use super::forward::{bearer, join_cookies, strip_console_cookie, strip_hop_by_hop};
+use super::forward::{join_cookies, strip_console_cookie, strip_hop_by_hop};
 use super::*;
 
 #[test]
@@ -18,24 +18,6 @@ fn hop_by_hop_headers_go() {
     strip_hop_by_hop(&mut h);
     assert_eq!(h.len(), 1, "{h:?}");
     assert!(h.contains_key("x-kept"));
-}
-
-#[test]
-fn bearer_parsing() {
-    let mut h = HeaderMap::new();
-    assert_eq!(bearer(&h), None);
-    h.insert(
-        header::AUTHORIZATION,
-        HeaderValue::from_static("bearer abc"),
-    );
-    assert_eq!(bearer(&h), Some("abc"));
-    h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-    assert_eq!(bearer(&h), None);
-    h.append(
-        header::AUTHORIZATION,
-        HeaderValue::from_static("Bearer abc"),
-    );
-    assert_eq!(bearer(&h), None, "two Authorization headers are refused");
 }
 
 #[test]

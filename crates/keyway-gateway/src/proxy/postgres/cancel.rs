@@ -10,13 +10,9 @@ impl PgProxy {
     /// A `CancelRequest` with one of our keys: forwarded with the upstream's, only
     /// while the session's token is valid.
     pub(super) async fn forward_cancel(&self, body: &[u8]) {
-        if body.len() != 8 {
+        let Some(ours) = pgwire::cancel_key(body) else {
             return;
-        }
-        let ours = (
-            i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
-            i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
-        );
+        };
         let target = {
             let map = self.cancels.lock().unwrap_or_else(|p| p.into_inner());
             map.get(&ours).map(|t| (t.pid, t.key, t.entry.clone()))

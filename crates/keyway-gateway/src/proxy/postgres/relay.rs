@@ -275,7 +275,7 @@ where
         if let Some(reservation) = reservation {
             pending.push(audit.record(reservation, &capture));
         }
-        if !whole_frame_waiting(r.buffer()) {
+        if !pgwire::whole_frame_waiting(r.buffer()) {
             // The statements go to the server only once their events are committed
             // (`durability = "commit"`); one the store did not take ends the session.
             for committed in pending.drain(..) {
@@ -294,12 +294,4 @@ where
     }
     let _ = w.shutdown().await;
     Sent::All
-}
-
-/// Whether `buffered` holds at least one whole frame (type byte, then its length,
-/// which counts itself).
-pub(super) fn whole_frame_waiting(buffered: &[u8]) -> bool {
-    buffered.len() >= 5
-        && (u32::from_be_bytes([buffered[1], buffered[2], buffered[3], buffered[4]]) as usize)
-            < buffered.len()
 }

@@ -3,6 +3,7 @@
 //! first `ReadyForQuery` with the cancel key swapped for one of Keyway's.
 
 use super::*;
+use keyway_core::pgwire::Code;
 
 // === impl PgProxy ===
 
@@ -56,31 +57,27 @@ impl PgProxy {
         }
         let (minor, params) = loop {
             let (code, body) = read_startup(client).await?;
-            match code {
-                SSL_REQUEST | GSSENC_REQUEST if is_tls => {
+            match pgwire::Code::of(code) {
+                Code::Ssl | Code::Gssenc if is_tls => {
                     return Err(Refused::Client(
                         "08P01",
                         "encryption requested inside TLS".into(),
                     ))
                 }
-                SSL_REQUEST if self.tls.is_some() => {
+                Code::Ssl if self.tls.is_some() => {
                     client.write_all(b"S").await.map_err(|_| Refused::Silent)?;
                     cert = self.accept_tls(client, false).await?;
                     is_tls = true;
                 }
-                SSL_REQUEST | GSSENC_REQUEST => {
+                Code::Ssl | Code::Gssenc => {
                     client.write_all(b"N").await.map_err(|_| Refused::Silent)?
                 }
-                CANCEL_REQUEST => return Ok(Opening::Cancel(body)),
-                c if c >> 16 == PROTOCOL_MAJOR_3 => break (c & 0xffff, parse_params(&body)),
-                c => {
+                Code::Cancel => return Ok(Opening::Cancel(body)),
+                Code::V3 { minor } => break (minor, pgwire::parse_params(&body)),
+                Code::Other { major, minor } => {
                     return Err(Refused::Client(
                         "08P01",
-                        format!(
-                            "unsupported frontend protocol {}.{}: Keyway speaks 3.0",
-                            c >> 16,
-                            c & 0xffff
-                        ),
+                        format!("unsupported frontend protocol {major}.{minor}: Keyway speaks 3.0"),
                     ))
                 }
             }
@@ -116,8 +113,7 @@ impl PgProxy {
                 "expected a password message".into(),
             ));
         }
-        let token = String::from_utf8_lossy(body.split(|&b| b == 0).next().unwrap_or_default())
-            .into_owned();
+        let token = pgwire::password(&body);
         Ok(Opening::Login {
             params,
             token,
@@ -314,10 +310,7 @@ pub(super) async fn read_startup<R: AsyncRead + Unpin>(
     r: &mut R,
 ) -> Result<(i32, Vec<u8>), Refused> {
     let len = r.read_i32().await.map_err(|_| Refused::Silent)?;
-    let Some(len) = usize::try_from(len)
-        .ok()
-        .filter(|&l| (8..=MAX_STARTUP).contains(&l))
-    else {
+    let Some(len) = pgwire::startup_len(len) else {
         return Err(Refused::Client(
             "08P01",
             "invalid length of startup packet: this Keyway port speaks the PostgreSQL \
@@ -329,22 +322,6 @@ pub(super) async fn read_startup<R: AsyncRead + Unpin>(
     let mut body = vec![0u8; len - 8];
     r.read_exact(&mut body).await.map_err(|_| Refused::Silent)?;
     Ok((code, body))
-}
-
-/// Start-up parameters: NUL-terminated key, value pairs.
-pub(super) fn parse_params(body: &[u8]) -> HashMap<String, String> {
-    let mut parts = body.split(|&b| b == 0);
-    let mut out = HashMap::new();
-    while let (Some(k), Some(v)) = (parts.next(), parts.next()) {
-        if k.is_empty() {
-            break;
-        }
-        out.insert(
-            String::from_utf8_lossy(k).into_owned(),
-            String::from_utf8_lossy(v).into_owned(),
-        );
-    }
-    out
 }
 
 /// The session cannot be audited now (the audit queue is full or the store refuses

@@ -1,6 +1,7 @@
 //! What the audit keeps of a statement: the text of `Q` and `P` frames (after a
 //! `P`'s statement name), capped and redacted, with its whole length; a function
-//! call's OID. Never a `B` frame's parameters.
+//! call's OID. Never a `B` frame's parameters. The capture itself, as frames stream
+//! through, is `keyway_core::pgwire::Capture`.
 
 use super::*;
 
@@ -50,54 +51,5 @@ impl StatementAudit {
         ev.principal = Some(self.principal.clone());
         ev.detail = detail;
         reservation.send(ev)
-    }
-}
-
-/// What the audit keeps of a `Q`, `P` or `F` frame as it streams through: the
-/// statement text (for `P`, after the statement name, whatever its length) up to a
-/// cap, and its whole length; for `F`, the function's OID.
-pub(super) struct Capture {
-    pub(super) kind: u8,
-    pub(super) skip_name: bool,
-    pub(super) done: bool,
-    pub(super) kept: Vec<u8>,
-    pub(super) len: usize,
-}
-
-impl Capture {
-    pub(super) fn new(kind: u8) -> Self {
-        Self {
-            kind,
-            skip_name: kind == b'P',
-            done: false,
-            kept: Vec::new(),
-            len: 0,
-        }
-    }
-
-    pub(super) fn feed(&mut self, mut chunk: &[u8]) {
-        if self.kind == b'F' {
-            let need = 4usize.saturating_sub(self.kept.len()).min(chunk.len());
-            self.kept.extend_from_slice(&chunk[..need]);
-            return;
-        }
-        if self.done {
-            return;
-        }
-        if self.skip_name {
-            let Some(i) = chunk.iter().position(|&b| b == 0) else {
-                return;
-            };
-            self.skip_name = false;
-            chunk = &chunk[i + 1..];
-        }
-        let (text, end) = match chunk.iter().position(|&b| b == 0) {
-            Some(i) => (&chunk[..i], true),
-            None => (chunk, false),
-        };
-        self.len += text.len();
-        let room = (MAX_STATEMENT + REDACT_SLACK).saturating_sub(self.kept.len());
-        self.kept.extend_from_slice(&text[..text.len().min(room)]);
-        self.done = end;
     }
 }

@@ -1,8 +1,9 @@
 //! Unit tests of the PostgreSQL proxy's framing, capture and wire helpers.
 
-use super::relay::{whole_frame_waiting, Framing, Syncs};
-use super::startup::{negotiate_protocol_version, parse_params};
+use super::relay::{Framing, Syncs};
+use super::startup::negotiate_protocol_version;
 use super::*;
+use keyway_core::pgwire::{parse_params, whole_frame_waiting, REDACT_SLACK};
 
 /// The `ReadyForQuery`s a stream of upstream messages carries, as the relay
 /// counts them.

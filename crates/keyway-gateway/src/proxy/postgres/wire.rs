@@ -11,9 +11,7 @@ pub(super) async fn read_message<R: AsyncRead + Unpin>(
 ) -> Option<(u8, Vec<u8>)> {
     let kind = r.read_u8().await.ok()?;
     let len = r.read_i32().await.ok()?;
-    let len = usize::try_from(len)
-        .ok()
-        .filter(|&l| (4..=max).contains(&l))?;
+    let len = pgwire::message_len(len, max)?;
     let mut body = vec![0u8; len - 4];
     r.read_exact(&mut body).await.ok()?;
     Some((kind, body))
