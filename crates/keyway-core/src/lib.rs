@@ -12,6 +12,10 @@
 //! - [`sse`]: server-sent events (MCP streams), read with a bound per event.
 //! - [`event`]: the kinds of audit event and the decisions, typed.
 //! - [`forwarded`]: the client address behind trusted proxies (`X-Forwarded-For`).
+//! - [`head`]: what is read of an HTTP request head: the bearer token, a token in
+//!   the target.
+//! - [`pgwire`]: what the PostgreSQL proxy reads of a client by hand: the start-up
+//!   packet, the password, a cancel key, the statement capture.
 //! - [`api`]: the admin API's requests and answers, shared by the gateway and the CLI.
 //! - [`config`]: `keyway.toml` in two stages: a raw, strictly parsed shape, then a
 //!   checked configuration with real types.

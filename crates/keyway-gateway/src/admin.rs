@@ -95,6 +95,12 @@ pub fn router(gw: Gw) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi::serve))
         .fallback(|_: Admin| async { error(StatusCode::NOT_FOUND, "no such admin call") })
+        .method_not_allowed_fallback(|_: Admin| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this admin call takes another method (see Allow)",
+            )
+        })
         .with_state(gw)
 }
 

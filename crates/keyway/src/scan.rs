@@ -105,7 +105,15 @@ pub async fn run(args: ScanArgs) -> Result<ExitCode> {
             for f in findings.iter_mut().filter(|f| f.state == "active") {
                 if !done.contains_key(&f.id) {
                     let path = format!("/v1/tokens/{}/revoke", client::path_segment(&f.id));
-                    let ok = c.post::<TokenInfo>(&path, &json!({})).await.is_ok();
+                    // A leaked admin token is revoked even when it is this scan's own.
+                    let body = json!({ "own_token": f.kind == "admin" });
+                    let ok = match c.post::<TokenInfo>(&path, &body).await {
+                        Ok(_) => true,
+                        Err(e) => {
+                            eprintln!("could not revoke {}: {e:#}", f.id);
+                            false
+                        }
+                    };
                     done.insert(f.id.clone(), ok);
                 }
                 if done[&f.id] {

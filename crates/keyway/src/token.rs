@@ -46,6 +46,11 @@ pub enum TokenCommand {
         /// the panic button after an incident.
         #[arg(long, conflicts_with = "id", value_name = "TIME")]
         issued_before: Option<String>,
+        /// The token is the admin token this command calls the gateway with (a
+        /// leaked one, say): revoke it all the same. Without it the gateway refuses,
+        /// so no one locks themselves out by mistake.
+        #[arg(long, requires = "id")]
+        own_token: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -193,12 +198,15 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
         }
         TokenCommand::Revoke {
             id: Some(id),
+            own_token,
             admin,
             ..
         } => {
             let client = AdminClient::resolve(&admin)?;
             let path = format!("/v1/tokens/{}/revoke", client::path_segment(&id));
-            let info: TokenInfo = client.post(&path, &json!({})).await?;
+            let info: TokenInfo = client
+                .post(&path, &json!({ "own_token": own_token }))
+                .await?;
             eprintln!(
                 "revoked {} ({} on {}) at {}",
                 info.id,
@@ -213,6 +221,7 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
             service,
             issued_before,
             admin,
+            ..
         } => {
             if let Some(t) = &issued_before {
                 if keyway_core::clock::parse_time(t).is_none() {

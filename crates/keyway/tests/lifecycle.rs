@@ -353,3 +353,43 @@ async fn a_certificate_bound_credential_from_the_shell_with_curl_over_mtls() {
     assert_eq!(curl_tls(None), "401", "stolen token, no certificate");
     assert!(interrupt(&mut gateway).success());
 }
+
+/// The admin token a command runs with is revoked only when that is said: `token
+/// revoke` refuses it without `--own-token`; `scan --revoke` says it, since a leaked
+/// admin token must die even when it is the scan's own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leaked_admin_token_is_revoked_by_the_scan_that_uses_it() {
+    let (up, _) = upstream().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (admin, svc) = (free_port(), free_port());
+    billing_config(dir, admin, svc, &up.to_string(), "1h", "");
+    let _gateway = start_gateway(dir, admin);
+    let admin_token = std::fs::read_to_string(dir.join("data/admin.token")).unwrap();
+    let admin_token = admin_token.trim();
+    let id = &admin_token[5..21];
+    let cfg = ["--config", "keyway.toml"];
+
+    let out = keyway(dir, &[&["token", "revoke", id][..], &cfg].concat(), None);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("--own-token"), "{said}");
+    assert_eq!(admin_api(dir, admin, "GET", "/v1/status", None).0, 200);
+
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tree.path().join(".env"),
+        format!("KEYWAY_ADMIN_TOKEN={admin_token}\n"),
+    )
+    .unwrap();
+    let target = tree.path().to_str().unwrap();
+    let out = keyway(
+        dir,
+        &[&["scan", target, "--revoke"][..], &cfg].concat(),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked_now"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("restart the gateway"));
+    assert_eq!(admin_api(dir, admin, "GET", "/v1/status", None).0, 401);
+}

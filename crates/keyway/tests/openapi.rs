@@ -54,8 +54,10 @@ async fn the_committed_document_is_the_one_served_and_every_call_needs_the_token
 
     let doc: serde_json::Value = serde_json::from_str(&committed).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
-    // Every operation but /healthz refuses a request with no token, and one with a
-    // wrong token, with 401 and a JSON error; the document says so.
+    // Every operation but /healthz refuses a request with no token, a malformed one
+    // and a live token of another kind (an access token), with 401 and a JSON error;
+    // the document says so.
+    let access = issue(dir, "alice", "billing");
     let mut checked = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
@@ -72,7 +74,12 @@ async fn the_committed_document_is_the_one_served_and_every_call_needs_the_token
                 "{method} {path} documents its 401"
             );
             let method = method.to_uppercase();
-            for token in [None, Some("kw_adm_AAAAAAAAAAAAAAAA.wrong")] {
+            let tokens = [
+                None,
+                Some("kw_adm_AAAAAAAAAAAAAAAA.wrong"),
+                Some(access.as_str()),
+            ];
+            for (i, token) in tokens.into_iter().enumerate() {
                 let mut args = vec![
                     "-X",
                     method.as_str(),
@@ -89,7 +96,7 @@ async fn the_committed_document_is_the_one_served_and_every_call_needs_the_token
                     .args(["--data", "{}", &url])));
                 assert!(
                     out.ends_with("\n401") && out.starts_with("{\"error\":"),
-                    "{method} {path} with {token:?}: {out}"
+                    "{method} {path} with token #{i} (none, malformed, an access token): {out}"
                 );
             }
             checked += 1;

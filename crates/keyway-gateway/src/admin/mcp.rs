@@ -26,6 +26,7 @@ pub(super) struct Tool {
 
 /// Which definition the person approving read.
 #[derive(Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(super) struct Approve {
     /// All of its SHA-256 (hex), or its first 16 hex digits or more; without it, the
     /// definition seen last.

@@ -196,6 +196,7 @@ pub(super) async fn revoke_matching(
 
 /// How long the old token keeps working beside its successor.
 #[derive(Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(super) struct Rotate {
     /// Like `5m` (the default), or `0`.
     overlap: Option<String>,
@@ -261,25 +262,45 @@ pub(super) async fn rotate_token(
     }
 }
 
-/// Revokes a token; its live streams end. Not the admin token the call is made
-/// with: that would leave the caller with no way back but `keyway admin reset`.
+/// Whether revoking the admin token that makes the call is meant.
+#[derive(Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RevokeOne {
+    /// The token to revoke is the one this call is made with (a leaked one, say):
+    /// the caller loses the API until it has another admin token, or `keyway admin
+    /// reset` writes one.
+    #[serde(default)]
+    own_token: bool,
+}
+
+/// Revokes a token; its live streams end. The admin token the call is made with
+/// only when the body says `own_token`: otherwise a client could lock itself out.
 #[utoipa::path(post, path = "/v1/tokens/{id}/revoke", tag = "tokens",
     params(("id" = String, Path, description = "The token's id")),
+    request_body(content = Option<RevokeOne>, description = "Optional"),
     responses(
-        (status = 200, body = TokenInfo), (status = 404, description = "No token with that id", body = ApiError),
-        (status = 409, description = "The admin token making the call", body = ApiError),
+        (status = 200, body = TokenInfo), (status = 400, body = ApiError),
+        (status = 404, description = "No token with that id", body = ApiError),
+        (status = 409, description = "The admin token making the call, without `own_token`", body = ApiError),
     ))]
 pub(super) async fn revoke_token(
     admin: Admin,
     State(gw): State<Gw>,
     Segments(id): Segments<String>,
-    _: JsonBody,
+    body: JsonBody,
 ) -> Response {
-    if id == admin.token_id {
+    let Ok(asked) = body.or_default::<RevokeOne>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be JSON: {\"own_token\": true} or nothing",
+        );
+    };
+    if id == admin.token_id && !asked.own_token {
         return error(
             StatusCode::CONFLICT,
-            "that is the admin token this call is made with; revoke it with another admin token \
-             (or stop the gateway and run `keyway admin reset`)",
+            "that is the admin token this call is made with: send {\"own_token\": true} \
+             (keyway token revoke --own-token) to revoke it anyway, then use another admin token \
+             or stop the gateway and run `keyway admin reset`",
         );
     }
     match gw.tokens.revoke(&id, &admin.token_id, None).await {
