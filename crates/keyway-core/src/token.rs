@@ -347,6 +347,11 @@ pub fn find_tokens(text: &str) -> Vec<Found> {
                     }
                     Err(TokenError::Malformed) => None,
                 };
+                // The search goes on at the next character, not past the match: a
+                // token-shaped string can end with a real token's first characters
+                // (its `kw` and kind), and that token must be found too. No two
+                // matches overlap by more than those 4 characters (each has its `_`
+                // where the other has base62), so redaction keeps every secret out.
                 if let Some((kind, id, checksum_ok)) = shaped {
                     found.push(Found {
                         start: i,
@@ -354,8 +359,6 @@ pub fn find_tokens(text: &str) -> Vec<Found> {
                         id,
                         checksum_ok,
                     });
-                    i += TOKEN_LEN;
-                    continue;
                 }
             }
         }
@@ -374,7 +377,7 @@ pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
     let mut out = String::with_capacity(text.len());
     let mut last = 0;
     for f in found {
-        let keep = f.start + PREFIX_LEN + ID_LEN + 1;
+        let keep = (f.start + PREFIX_LEN + ID_LEN + 1).max(last);
         out.push_str(&text[last..keep]);
         out.push_str("***");
         last = f.start + TOKEN_LEN;

@@ -104,6 +104,25 @@ fn find_and_redact_tokens_in_text() {
     assert_eq!(redact("nothing here"), "nothing here");
 }
 
+/// Found by the `http_head` fuzz target: a token-shaped string with a wrong checksum
+/// whose last characters are a real token's first (`kwat`) hid the real token from
+/// the search, so it was neither refused in a URL nor redacted (its secret stayed).
+#[test]
+fn a_token_glued_to_a_token_shaped_string_is_still_found_and_redacted() {
+    let real = IssuedToken::generate(TokenKind::Access);
+    let s = real.secret().expose_secret();
+    // 67 characters: with the real token's first 4 they take a token's shape.
+    let junk = format!("kwat_{}_{}", "A".repeat(16), "B".repeat(45));
+    let text = format!("/x?t={junk}{s}&y=1");
+    let found = find_tokens(&text);
+    assert!(
+        found.iter().any(|f| f.id == real.id() && f.checksum_ok),
+        "{found:?}"
+    );
+    let red = redact(&text);
+    assert!(!red.contains(&s[PREFIX_LEN + ID_LEN + 1..]), "{red}");
+}
+
 #[test]
 fn a_token_glued_to_other_text_is_still_found() {
     let t = IssuedToken::generate(TokenKind::Access);
