@@ -193,13 +193,23 @@ impl FromRequest<Gw> for JsonBody {
 }
 
 impl JsonBody {
+    /// The body as `T`, from a JSON object. Only an object: serde takes an array
+    /// for a struct too, its fields by position, which the API never documents.
+    fn object<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        if self.0.trim_ascii_start().first() != Some(&b'{') {
+            return Err(serde::de::Error::custom("the body is not a JSON object"));
+        }
+        serde_json::from_slice(&self.0)
+    }
+
     /// The body as `T`, or `T`'s default when there is none (or it is `null`): for
     /// the calls whose fields are all optional.
     fn or_default<T: DeserializeOwned + Default>(&self) -> Result<T, serde_json::Error> {
-        if self.0.is_empty() {
+        let text = self.0.trim_ascii();
+        if text.is_empty() || text == b"null" {
             return Ok(T::default());
         }
-        serde_json::from_slice::<Option<T>>(&self.0).map(Option::unwrap_or_default)
+        self.object()
     }
 }
 

@@ -19,10 +19,10 @@ pub(super) async fn set_secret(
     admin: Admin,
     State(gw): State<Gw>,
     Segments(name): Segments<String>,
-    JsonBody(body): JsonBody,
+    body: JsonBody,
 ) -> Response {
     // Parse errors of this body are not echoed: they could quote the value.
-    let Ok(b) = serde_json::from_slice::<SecretValue>(&body) else {
+    let Ok(b) = body.object::<SecretValue>() else {
         return error(
             StatusCode::BAD_REQUEST,
             "body must be JSON: {\"value\": \"…\"}",
@@ -191,11 +191,7 @@ pub(super) async fn current_config(_: Admin, State(gw): State<Gw>) -> Response {
         (status = 409, description = "Needs a restart, or another change came first", body = ApiError),
         (status = 422, body = ApiError),
     ))]
-pub(super) async fn plan_config(
-    admin: Admin,
-    State(gw): State<Gw>,
-    JsonBody(body): JsonBody,
-) -> Response {
+pub(super) async fn plan_config(admin: Admin, State(gw): State<Gw>, body: JsonBody) -> Response {
     reload(admin, gw, body, true).await
 }
 
@@ -206,18 +202,14 @@ pub(super) async fn plan_config(
         (status = 409, description = "Needs a restart, or another change came first", body = ApiError),
         (status = 422, body = ApiError),
     ))]
-pub(super) async fn apply_config(
-    admin: Admin,
-    State(gw): State<Gw>,
-    JsonBody(body): JsonBody,
-) -> Response {
+pub(super) async fn apply_config(admin: Admin, State(gw): State<Gw>, body: JsonBody) -> Response {
     reload(admin, gw, body, false).await
 }
 
 /// Checks the proposed config as `keyway validate` does (errors refuse it) and plans
 /// or applies it. Relative paths in it are taken from the running config's folder.
-pub(super) async fn reload(admin: Admin, gw: Gw, body: Bytes, dry_run: bool) -> Response {
-    let Ok(b) = serde_json::from_slice::<ConfigBody>(&body) else {
+pub(super) async fn reload(admin: Admin, gw: Gw, body: JsonBody, dry_run: bool) -> Response {
+    let Ok(b) = body.object::<ConfigBody>() else {
         return error(
             StatusCode::BAD_REQUEST,
             "expected {\"config\": \"<keyway.toml text>\"}",

@@ -9,12 +9,8 @@ use super::*;
         (status = 201, description = "Issued: `token` is shown this once", body = Issued),
         (status = 400, body = ApiError), (status = 404, description = "No such service", body = ApiError),
     ))]
-pub(super) async fn issue_token(
-    admin: Admin,
-    State(gw): State<Gw>,
-    JsonBody(body): JsonBody,
-) -> Response {
-    let Ok(req) = serde_json::from_slice::<IssueRequest>(&body) else {
+pub(super) async fn issue_token(admin: Admin, State(gw): State<Gw>, body: JsonBody) -> Response {
+    let Ok(req) = body.object::<IssueRequest>() else {
         return error(
             StatusCode::BAD_REQUEST,
             "body must be JSON: {\"service\": …, \"principal\": …, \"ttl\": \"15m\", \"methods\": […], \"paths\": […]}",
@@ -57,9 +53,9 @@ pub(super) struct ListParams {
 pub(super) async fn issue_credential(
     admin: Admin,
     State(gw): State<Gw>,
-    JsonBody(body): JsonBody,
+    body: JsonBody,
 ) -> Response {
-    let Ok(req) = serde_json::from_slice::<CredentialRequest>(&body) else {
+    let Ok(req) = body.object::<CredentialRequest>() else {
         return error(
             StatusCode::BAD_REQUEST,
             "body must be JSON: {\"principal\": …, \"services\": […], \"cidrs\": […], \"max_age\": \"90d\"}",
@@ -148,9 +144,9 @@ pub(super) struct RevokeMatching {
 pub(super) async fn revoke_matching(
     admin: Admin,
     State(gw): State<Gw>,
-    JsonBody(body): JsonBody,
+    body: JsonBody,
 ) -> Response {
-    let Ok(b) = serde_json::from_slice::<RevokeMatching>(&body) else {
+    let Ok(b) = body.object::<RevokeMatching>() else {
         return error(
             StatusCode::BAD_REQUEST,
             "body must be JSON: {\"principal\": …, \"service\": …, \"issued_before\": \"2026-11-28T10:00:00Z\"}",
