@@ -92,6 +92,10 @@ pub struct AuditCounts {
     pub written: u64,
     pub dropped: u64,
     pub write_errors: u64,
+    /// Batches the store took, and the time their writes took in all (what the
+    /// answers gated on them waited for, fsync included).
+    pub commits: u64,
+    pub commit_micros: u64,
 }
 
 #[derive(Debug, Default)]
@@ -99,6 +103,8 @@ pub struct AuditStats {
     pub written: AtomicU64,
     pub dropped: AtomicU64,
     pub write_errors: AtomicU64,
+    pub commits: AtomicU64,
+    pub commit_micros: AtomicU64,
     /// Set while the store refuses the writer's batches; cleared by the next commit.
     pub failing: AtomicBool,
 }
@@ -301,6 +307,8 @@ impl AuditStats {
             written: self.written.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             write_errors: self.write_errors.load(Ordering::Relaxed),
+            commits: self.commits.load(Ordering::Relaxed),
+            commit_micros: self.commit_micros.load(Ordering::Relaxed),
         }
     }
 }
@@ -437,11 +445,16 @@ async fn write_batch(
     let mut backoff = Duration::from_millis(50);
     let mut stopping_since: Option<tokio::time::Instant> = None;
     loop {
+        let started = std::time::Instant::now();
         match store.append_audit(events).await {
             Ok(()) => {
                 stats
                     .written
                     .fetch_add(events.len() as u64, Ordering::Relaxed);
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .commit_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                 if stats.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!("audit store writable again; serving");
                 }

@@ -287,6 +287,8 @@ impl Metrics {
             counter!("keyway_audit_events_written_total").absolute(s.audit.written);
             counter!("keyway_audit_events_dropped_total").absolute(s.audit.dropped);
             counter!("keyway_audit_write_errors_total").absolute(s.audit.write_errors);
+            counter!("keyway_audit_commits_total").absolute(s.audit.commits);
+            counter!("keyway_audit_commit_microseconds_total").absolute(s.audit.commit_micros);
             gauge!("keyway_audit_queue").set(s.audit_queue as f64);
             gauge!("keyway_audit_queue_bytes").set(s.audit_queue_bytes as f64);
             gauge!("keyway_blocked_sources").set(s.blocked_sources as f64);
@@ -363,6 +365,14 @@ fn describe() {
     describe_counter!(
         "keyway_audit_write_errors_total",
         "Failed audit batch writes (retried)."
+    );
+    describe_counter!(
+        "keyway_audit_commits_total",
+        "Audit batches the store committed."
+    );
+    describe_counter!(
+        "keyway_audit_commit_microseconds_total",
+        "Time the committed audit batches took to write, fsync included: divided by keyway_audit_commits_total, what an answer gated on its event's commit waits at least."
     );
     describe_gauge!("keyway_audit_queue", "Audit events waiting to be written.");
     describe_gauge!(

@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyway_core::UnixMillis;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, SqliteConnection, SqlitePool};
+use sqlx::{Connection, Sqlite, SqliteConnection, SqlitePool};
 
 use crate::write::{Change, Events, Written};
 use crate::{
@@ -47,6 +48,11 @@ pub struct SqliteStore {
     /// The chain key and the newest event's hash, once the gateway set the key. Held
     /// across each write, so that writes commit in the order they chain.
     chain: std::sync::Arc<tokio::sync::Mutex<Option<Chain>>>,
+    /// The connection changes and audit batches are written on, kept from one write
+    /// to the next (taken under the chain's lock). SQLite empties a connection's page
+    /// cache when another connection wrote since its last transaction: writes that
+    /// took turns on the pool's connections read the tables' pages back every time.
+    writer: std::sync::Arc<tokio::sync::Mutex<Option<PoolConnection<Sqlite>>>>,
     /// The database's log, for a store on disk.
     log: Option<std::sync::Arc<log::Log>>,
 }
@@ -166,6 +172,7 @@ impl SqliteStore {
         Ok(Self {
             pool,
             chain: Default::default(),
+            writer: Default::default(),
             log: None,
         })
     }
@@ -183,12 +190,16 @@ impl SqliteStore {
         if let Some(l) = &self.log {
             l.close().await;
         }
+        self.writer.lock().await.take();
         self.pool.close().await;
     }
 
     /// Folds the log into the database file and empties it, then closes: after it,
     /// `keyway.db` alone holds everything. Call after the last write.
     pub async fn close(&self) -> Result<()> {
+        // Back to the pool first: the fold needs no other connection in use, and the
+        // pool's close waits for every connection to come back.
+        self.writer.lock().await.take();
         let folded = log::fold(&self.pool).await;
         if let Some(l) = &self.log {
             l.close().await;
@@ -206,17 +217,24 @@ impl SqliteStore {
     /// the caller holds).
     async fn write(&self, change: Change<'_>, events: Events<'_>) -> Result<Written> {
         let mut chain = self.chain.lock().await;
-        let mut conn = self.pool.acquire().await?;
+        let mut writer = self.writer.lock().await;
+        let mut conn = match writer.take() {
+            Some(conn) => conn,
+            None => self.pool.acquire().await?,
+        };
         match write_on(&mut conn, chain.as_ref(), change, events).await {
             Ok((written, head)) => {
                 if head.is_some() {
                     *chain = head;
                 }
+                *writer = Some(conn);
                 Ok(written)
             }
             // Refused, not failed: the transaction is rolled back as it is dropped.
-            Err(StoreError::Spent) => Err(StoreError::Spent),
-            Err(StoreError::Conflict) => Err(StoreError::Conflict),
+            Err(e @ (StoreError::Spent | StoreError::Conflict)) => {
+                *writer = Some(conn);
+                Err(e)
+            }
             Err(e) => {
                 // A failed write (a full disk, an I/O error) can leave a connection
                 // inside a transaction it cannot end, holding the write lock: close

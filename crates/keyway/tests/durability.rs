@@ -143,6 +143,31 @@ async fn kill_9_under_load_leaves_no_answered_request_unaudited() {
         wait_for_port(svc);
     }
     eprintln!("{total} answers over 3 kills, none unaudited");
+    // What the answers waited for is in /metrics: the batches committed since this
+    // start and the time they took.
+    let answered = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(format!("authorization: Bearer {token}"))
+        .arg(format!("http://127.0.0.1:{svc}/invoices/after-the-kills"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&answered.stdout), "200");
+    let scraped = metrics(dir, admin);
+    let value = |name: &str| -> u64 {
+        scraped
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{scraped}"))
+    };
+    let (commits, micros) = (
+        value("keyway_audit_commits_total"),
+        value("keyway_audit_commit_microseconds_total"),
+    );
+    assert!(
+        commits >= 1 && micros >= 1,
+        "{commits} commits in {micros} µs"
+    );
+    assert!(commits <= value("keyway_audit_events_written_total"));
     let out = audit_verify(dir, None);
     assert!(
         out.status.success(),

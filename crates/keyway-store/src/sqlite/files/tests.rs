@@ -153,7 +153,7 @@ async fn a_damaged_page_fails_the_check() {
         .execute(&store.pool)
         .await
         .unwrap();
-    store.pool.close().await;
+    store.disconnect().await;
     // Pages in the middle of the file overwritten: the header still says SQLite.
     let mut bytes = std::fs::read(&db).unwrap();
     let n = bytes.len();
