@@ -233,4 +233,61 @@ mod tests {
         assert_eq!(password(b"kw_tok\0"), "kw_tok");
         assert_eq!(password(b""), "");
     }
+
+    #[test]
+    fn a_parse_frame_is_captured_after_its_name_whatever_its_length() {
+        let mut body = vec![b'n'; 10_000];
+        body.push(0);
+        body.extend_from_slice(b"select secret_things()\0\0\0");
+        for chunk in [1, 7, 4096, 100_000] {
+            let c = capture(b'P', &body, chunk);
+            assert_eq!(c.kept, b"select secret_things()", "chunk {chunk}");
+            assert_eq!(c.len, 22);
+        }
+    }
+
+    #[test]
+    fn a_long_statement_keeps_its_length_and_a_capped_text() {
+        let mut body = b"/*".to_vec();
+        body.extend(std::iter::repeat_n(b' ', 10_000));
+        body.extend_from_slice(b"*/ drop table t\0");
+        let c = capture(b'Q', &body, 333);
+        assert_eq!(c.len, body.len() - 1);
+        assert_eq!(c.kept.len(), MAX_STATEMENT + REDACT_SLACK);
+    }
+
+    #[test]
+    fn a_function_call_keeps_its_oid() {
+        let c = capture(b'F', &[0, 0, 0x0b, 0xb8, 0, 1, 0, 0], 3);
+        assert_eq!(c.kept, [0, 0, 0x0b, 0xb8]);
+    }
+
+    #[test]
+    fn frames_waiting() {
+        assert!(!whole_frame_waiting(b"Q\0\0"));
+        assert!(!whole_frame_waiting(b"Q\0\0\0\x09abc"));
+        assert!(whole_frame_waiting(b"Q\0\0\0\x08abcd"));
+    }
+
+    #[test]
+    fn a_token_across_the_cap_is_redacted_whole() {
+        use secrecy::ExposeSecret;
+        let issued = crate::token::IssuedToken::generate(crate::TokenKind::Access);
+        let token = issued.secret().expose_secret();
+        let mut body = vec![b' '; MAX_STATEMENT - 30];
+        body.extend_from_slice(token.as_bytes());
+        body.push(0);
+        let c = capture(b'Q', &body, 1000);
+        let text = String::from_utf8_lossy(&c.kept);
+        let redacted = crate::token::redact(&text);
+        assert!(
+            redacted.contains(issued.id()),
+            "the token is still named by its id"
+        );
+        assert!(
+            !redacted.contains(&token[22..40]),
+            "{}",
+            &redacted[redacted.len() - 80..]
+        );
+    }
 }

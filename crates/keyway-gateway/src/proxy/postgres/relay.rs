@@ -98,6 +98,9 @@ impl PgProxy {
     }
 }
 
+/// The buffer of client frames on their way to the upstream.
+const TO_UPSTREAM: usize = RELAY_BUFFER / 2;
+
 /// How a session ended: why, whether a query was running upstream, and its
 /// `connection.close` event.
 pub(super) struct Ended {
@@ -222,7 +225,9 @@ pub(super) enum Sent {
 
 /// Client frames to the upstream, as they are, in batches: a frame is flushed when no
 /// whole frame is waiting behind it. `Q`, `P` and `F` are read for the audit on the
-/// way; under `fail_closed` a frame waits for its audit event's place before it goes.
+/// way; under `fail_closed` a frame waits for its audit event's place before it goes,
+/// and a whole one reaches the server only once its event is committed (`durability
+/// = "commit"`), even in a pipeline larger than the buffer.
 pub(super) async fn client_to_upstream<R, W>(
     r: &mut R,
     w: &mut W,
@@ -235,8 +240,10 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut r = BufReader::with_capacity(RELAY_BUFFER / 2, r);
-    let mut w = BufWriter::with_capacity(RELAY_BUFFER / 2, w);
-    let mut buf = vec![0u8; RELAY_BUFFER / 2];
+    let mut w = BufWriter::with_capacity(TO_UPSTREAM, w);
+    // Smaller than the writer's buffer, so that a frame's last piece is always held
+    // in it (a write as large as the buffer would go out directly).
+    let mut buf = vec![0u8; TO_UPSTREAM / 2];
     let mut pending = Vec::new();
     loop {
         let mut header = [0u8; 5];
@@ -257,15 +264,17 @@ where
             None
         };
         let mut capture = Capture::new(kind);
-        if w.write_all(&header).await.is_err() {
-            return Sent::All;
+        if let Err(sent) = put(&mut w, &header, &mut pending).await {
+            return sent;
         }
         let mut left = len - 4;
         while left > 0 {
             let n = left.min(buf.len());
-            if r.read_exact(&mut buf[..n]).await.is_err() || w.write_all(&buf[..n]).await.is_err() {
-                let _ = w.shutdown().await;
-                return Sent::All;
+            if r.read_exact(&mut buf[..n]).await.is_err() {
+                return finish(&mut w, &mut pending).await;
+            }
+            if let Err(sent) = put(&mut w, &buf[..n], &mut pending).await {
+                return sent;
             }
             if audited {
                 capture.feed(&buf[..n]);
@@ -276,13 +285,8 @@ where
             pending.push(audit.record(reservation, &capture));
         }
         if !pgwire::whole_frame_waiting(r.buffer()) {
-            // The statements go to the server only once their events are committed
-            // (`durability = "commit"`); one the store did not take ends the session.
-            for committed in pending.drain(..) {
-                if !committed.wait().await {
-                    tracing::error!("a statement could not be audited; ending the session");
-                    return Sent::Unaudited;
-                }
+            if let Err(sent) = committed(&mut pending).await {
+                return sent;
             }
             if w.flush().await.is_err() {
                 return Sent::All;
@@ -292,6 +296,44 @@ where
             break;
         }
     }
+    finish(&mut w, &mut pending).await
+}
+
+/// Puts bytes into the writer's buffer. When they do not fit, the buffer goes out to
+/// make room, and the statements in it first wait for their events' commits.
+async fn put<W: AsyncWrite + Unpin>(
+    w: &mut BufWriter<W>,
+    bytes: &[u8],
+    pending: &mut Vec<crate::audit::Committed>,
+) -> Result<(), Sent> {
+    if w.buffer().len() + bytes.len() > TO_UPSTREAM {
+        committed(pending).await?;
+    }
+    w.write_all(bytes).await.map_err(|_| Sent::All)
+}
+
+/// The client is done: what is buffered goes, once its statements are committed (a
+/// shutdown flushes the buffer), and the upstream is told.
+async fn finish<W: AsyncWrite + Unpin>(
+    w: &mut BufWriter<W>,
+    pending: &mut Vec<crate::audit::Committed>,
+) -> Sent {
+    if let Err(sent) = committed(pending).await {
+        return sent;
+    }
     let _ = w.shutdown().await;
     Sent::All
+}
+
+/// Waits for the commits of the statements written so far: they go to the server
+/// only once their events are committed (`durability = "commit"`); one the store did
+/// not take ends the session.
+async fn committed(pending: &mut Vec<crate::audit::Committed>) -> Result<(), Sent> {
+    for c in pending.drain(..) {
+        if !c.wait().await {
+            tracing::error!("a statement could not be audited; ending the session");
+            return Err(Sent::Unaudited);
+        }
+    }
+    Ok(())
 }

@@ -1,9 +1,10 @@
-//! Unit tests of the PostgreSQL proxy's framing, capture and wire helpers.
+//! Unit tests of the PostgreSQL proxy's framing and wire helpers (what is read of
+//! the client, the capture included, is tested in `keyway_core::pgwire`).
 
-use super::relay::{Framing, Syncs};
+use super::relay::{client_to_upstream, Framing, Sent, Syncs};
 use super::startup::negotiate_protocol_version;
 use super::*;
-use keyway_core::pgwire::{parse_params, whole_frame_waiting, REDACT_SLACK};
+use keyway_core::pgwire::parse_params;
 
 /// The `ReadyForQuery`s a stream of upstream messages carries, as the relay
 /// counts them.
@@ -58,47 +59,8 @@ fn error_responses_and_params() {
     assert!(parse_params(b"odd").is_empty());
 }
 
-fn capture(kind: u8, body: &[u8], chunk: usize) -> Capture {
-    let mut c = Capture::new(kind);
-    for part in body.chunks(chunk.max(1)) {
-        c.feed(part);
-    }
-    c
-}
-
 #[test]
-fn a_parse_frame_is_captured_after_its_name_whatever_its_length() {
-    let mut body = vec![b'n'; 10_000];
-    body.push(0);
-    body.extend_from_slice(b"select secret_things()\0\0\0");
-    for chunk in [1, 7, 4096, 100_000] {
-        let c = capture(b'P', &body, chunk);
-        assert_eq!(c.kept, b"select secret_things()", "chunk {chunk}");
-        assert_eq!(c.len, 22);
-    }
-}
-
-#[test]
-fn a_long_statement_keeps_its_length_and_a_capped_text() {
-    let mut body = b"/*".to_vec();
-    body.extend(std::iter::repeat_n(b' ', 10_000));
-    body.extend_from_slice(b"*/ drop table t\0");
-    let c = capture(b'Q', &body, 333);
-    assert_eq!(c.len, body.len() - 1);
-    assert_eq!(c.kept.len(), MAX_STATEMENT + REDACT_SLACK);
-}
-
-#[test]
-fn a_function_call_keeps_its_oid() {
-    let c = capture(b'F', &[0, 0, 0x0b, 0xb8, 0, 1, 0, 0], 3);
-    assert_eq!(c.kept, [0, 0, 0x0b, 0xb8]);
-}
-
-#[test]
-fn frames_waiting_and_protocol_negotiation() {
-    assert!(!whole_frame_waiting(b"Q\0\0"));
-    assert!(!whole_frame_waiting(b"Q\0\0\0\x09abc"));
-    assert!(whole_frame_waiting(b"Q\0\0\0\x08abcd"));
+fn protocol_negotiation() {
     let name = "_pq_.x".to_owned();
     let v = negotiate_protocol_version(&[&name]);
     assert_eq!(v[0], b'v');
@@ -133,24 +95,112 @@ proptest::proptest! {
     }
 }
 
-#[test]
-fn a_token_across_the_cap_is_redacted_whole() {
-    use secrecy::ExposeSecret;
-    let issued = keyway_core::token::IssuedToken::generate(keyway_core::TokenKind::Access);
-    let token = issued.secret().expose_secret();
-    let mut body = vec![b' '; MAX_STATEMENT - 30];
-    body.extend_from_slice(token.as_bytes());
-    body.push(0);
-    let c = capture(b'Q', &body, 1000);
-    let text = String::from_utf8_lossy(&c.kept);
-    let redacted = keyway_core::token::redact(&text);
-    assert!(
-        redacted.contains(issued.id()),
-        "the token is still named by its id"
+/// A session's statement audit on a store that refuses every audit row (as a full
+/// disk would): the first batch's waiters are told at once. (The writer then retries
+/// that batch until the store comes back; what is queued behind it waits.)
+async fn refused(dir: &std::path::Path) -> (StatementAudit, CancellationToken) {
+    use keyway_core::config::{AuditConfig, Durability, OnFull};
+    use sqlx::Connection as _;
+
+    let path = dir.join("keyway.db");
+    let store = keyway_store::sqlite::SqliteStore::open(&path)
+        .await
+        .unwrap();
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER no_room BEFORE INSERT ON audit_events \
+         BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let config = AuditConfig {
+        queue: 8192,
+        queue_bytes: 64 << 20,
+        on_full: OnFull::FailClosed,
+        durability: Durability::Commit,
+        retention: None,
+        checkpoint_every: Duration::from_secs(3600),
+        ports: None,
+    };
+    let stop = CancellationToken::new();
+    let (sink, _writer) = AuditSink::start(
+        Arc::new(store),
+        &config,
+        stop.clone(),
+        vec![],
+        Arc::new(keyway_core::SystemClock),
     );
-    assert!(
-        !redacted.contains(&token[22..40]),
-        "{}",
-        &redacted[redacted.len() - 80..]
-    );
+    let audit = StatementAudit {
+        sink,
+        service: "db".into(),
+        token_id: "t".into(),
+        principal: "p".into(),
+        role: "r".into(),
+        meter: Default::default(),
+    };
+    (audit, stop)
+}
+
+/// Statements whose events the store refuses reach the server never whole, however
+/// they are sized: one as long as the relay's buffer (its pieces once went out
+/// directly, ahead of the commit), one twice as long, and a pipeline of thousands
+/// sent at once. Each session ends as unaudited.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unaudited_statement_never_reaches_the_server_whole() {
+    // A simple query whose frame body is `body` bytes long.
+    let sized = |body: usize| {
+        let mut text = b"select '".to_vec();
+        text.resize(body - 3, b'x');
+        text.extend_from_slice(b"';\0");
+        frame(b'Q', &text)
+    };
+    let mut pipeline = Vec::new();
+    for i in 0..4000 {
+        pipeline.extend_from_slice(&frame(b'Q', format!("select {i};\0").as_bytes()));
+    }
+    for (what, sent_by_client) in [
+        (
+            "one statement of the buffer's size",
+            sized(RELAY_BUFFER / 2),
+        ),
+        ("one statement of twice its size", sized(RELAY_BUFFER)),
+        ("a pipeline of 4,000", pipeline),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (audit, stop) = refused(dir.path()).await;
+        let (mut client, mut from_client) = tokio::io::duplex(1 << 20);
+        let (mut to_upstream, mut upstream) = tokio::io::duplex(1 << 20);
+        client.write_all(&sent_by_client).await.unwrap();
+        let sent = tokio::time::timeout(
+            Duration::from_secs(10),
+            client_to_upstream(
+                &mut from_client,
+                &mut to_upstream,
+                &audit,
+                &std::sync::atomic::AtomicU64::new(0),
+                &Syncs::default(),
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still relaying after 10 s"));
+        assert!(matches!(sent, Sent::Unaudited), "{what}");
+        drop(to_upstream);
+        let mut got = Vec::new();
+        upstream.read_to_end(&mut got).await.unwrap();
+        let mut whole = 0;
+        let mut at = 0;
+        while got.len() >= at + 5 {
+            let len = u32::from_be_bytes([got[at + 1], got[at + 2], got[at + 3], got[at + 4]]);
+            if got.len() < at + 1 + len as usize {
+                break;
+            }
+            whole += 1;
+            at += 1 + len as usize;
+        }
+        assert_eq!(whole, 0, "{what}: {whole} reached the server unaudited");
+        stop.cancel();
+    }
 }
