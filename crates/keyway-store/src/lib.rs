@@ -303,6 +303,21 @@ pub struct AuditQuery {
     pub until: Option<UnixMillis>,
 }
 
+impl AuditQuery {
+    /// The most events one read returns: the admin API refuses a larger `limit`, the
+    /// CLI and the stores hold to it.
+    pub const MAX_LIMIT: u32 = 10_000;
+
+    /// How many events to read: `limit`, 0 meaning 1,000, at most [`Self::MAX_LIMIT`].
+    pub fn page(&self) -> u32 {
+        if self.limit == 0 {
+            1_000
+        } else {
+            self.limit.min(Self::MAX_LIMIT)
+        }
+    }
+}
+
 /// Allowed uses of a service by a token, as the audit log has them: one row per
 /// service, token, method and path, with the latest time.
 #[derive(Debug, Clone, PartialEq, Eq)]

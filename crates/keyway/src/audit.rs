@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use keyway_core::Pepper;
-use keyway_store::{SqliteStore, Store, StoredEvent, Verdict};
+use keyway_store::{AuditQuery, SqliteStore, Store, StoredEvent, Verdict};
 
 use crate::client::{AdminArgs, AdminClient};
 use crate::serve;
@@ -124,7 +124,7 @@ pub async fn run(cmd: AuditCommand) -> Result<ExitCode> {
             admin,
         } => {
             let client = AdminClient::resolve(&admin)?;
-            let limit = limit.clamp(1, 10_000);
+            let limit = limit.clamp(1, AuditQuery::MAX_LIMIT);
             let events: Vec<StoredEvent> = client.get(&filters.query(after, limit)).await?;
             if json {
                 for e in &events {
@@ -145,7 +145,9 @@ pub async fn run(cmd: AuditCommand) -> Result<ExitCode> {
             let mut after = 0;
             let mut n = 0u64;
             loop {
-                let page: Vec<StoredEvent> = client.get(&filters.query(after, 10_000)).await?;
+                let page: Vec<StoredEvent> = client
+                    .get(&filters.query(after, AuditQuery::MAX_LIMIT))
+                    .await?;
                 let Some(last) = page.last() else { break };
                 after = last.seq;
                 for e in &page {

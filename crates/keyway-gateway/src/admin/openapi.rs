@@ -53,7 +53,13 @@ pub fn document() -> String {
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "gateway",
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
 pub(super) async fn serve(_: Admin) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], document()).into_response()
+    // Made once: it depends on nothing but the code.
+    static DOCUMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(document);
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.as_str(),
+    )
+        .into_response()
 }
 
 /// What every call shares.

@@ -55,7 +55,7 @@ pub(super) struct AuditParams {
     after: i64,
     /// At most this many, up to 10,000 (0: 1,000).
     #[serde(default)]
-    #[param(maximum = 10_000)]
+    #[param(maximum = 10_000)] // AuditQuery::MAX_LIMIT (asserted below)
     limit: u32,
     principal: Option<String>,
     service: Option<String>,
@@ -69,6 +69,8 @@ pub(super) struct AuditParams {
     /// RFC 3339, or a duration back from now (`1h`).
     until: Option<String>,
 }
+
+const _: () = assert!(AuditQuery::MAX_LIMIT == 10_000);
 
 /// Audit events in order, each with its sequence number; every filter given must match.
 #[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditParams),
@@ -89,10 +91,13 @@ pub(super) async fn audit(
             .map(|d| Some(now - keyway_core::clock::duration_ms(d)))
             .map_err(|_| ())
     };
-    if p.limit > 10_000 {
+    if p.limit > AuditQuery::MAX_LIMIT {
         return error(
             StatusCode::BAD_REQUEST,
-            "limit is at most 10000; page on with after",
+            &format!(
+                "limit is at most {}; page on with after",
+                AuditQuery::MAX_LIMIT
+            ),
         );
     }
     let (Ok(since), Ok(until)) = (when(&p.since), when(&p.until)) else {

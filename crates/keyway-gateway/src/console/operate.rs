@@ -91,7 +91,7 @@ pub(super) async fn config(State(c): State<Console>, p: Person) -> Response {
             .audit_events(&keyway_store::AuditQuery {
                 kind: Some("config.applied".into()),
                 since: Some(now - 90 * 24 * 3_600_000),
-                limit: 10_000,
+                limit: keyway_store::AuditQuery::MAX_LIMIT,
                 ..Default::default()
             })
             .await

@@ -375,11 +375,7 @@ pub(super) async fn usage(
 }
 
 pub(super) async fn events(pool: &PgPool, q: &AuditQuery) -> Result<Vec<StoredEvent>> {
-    let limit = if q.limit == 0 {
-        1000
-    } else {
-        q.limit.min(10_000)
-    };
+    let limit = q.page();
     let mut sql = sqlx::QueryBuilder::<sqlx::Postgres>::new(
         "SELECT seq, at, kind, decision, reason, principal, service, token_id, source, detail
          FROM audit_events WHERE seq > ",
