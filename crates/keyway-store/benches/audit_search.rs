@@ -128,6 +128,9 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
+    // Closed on the runtime: a connection the store keeps goes back to its pool
+    // through a task.
+    rt.block_on(store.disconnect());
 }
 
 criterion_group!(benches, bench);

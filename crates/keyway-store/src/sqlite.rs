@@ -53,6 +53,9 @@ pub struct SqliteStore {
     /// cache when another connection wrote since its last transaction: writes that
     /// took turns on the pool's connections read the tables' pages back every time.
     writer: std::sync::Arc<tokio::sync::Mutex<Option<PoolConnection<Sqlite>>>>,
+    /// Set as the store closes: a write that finishes after it gives its connection
+    /// back instead of keeping it, so that the pool's close does not wait for it.
+    closing: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The database's log, for a store on disk.
     log: Option<std::sync::Arc<log::Log>>,
 }
@@ -173,6 +176,7 @@ impl SqliteStore {
             pool,
             chain: Default::default(),
             writer: Default::default(),
+            closing: Default::default(),
             log: None,
         })
     }
@@ -190,7 +194,7 @@ impl SqliteStore {
         if let Some(l) = &self.log {
             l.close().await;
         }
-        self.writer.lock().await.take();
+        self.give_back_writer().await;
         self.pool.close().await;
     }
 
@@ -199,7 +203,7 @@ impl SqliteStore {
     pub async fn close(&self) -> Result<()> {
         // Back to the pool first: the fold needs no other connection in use, and the
         // pool's close waits for every connection to come back.
-        self.writer.lock().await.take();
+        self.give_back_writer().await;
         let folded = log::fold(&self.pool).await;
         if let Some(l) = &self.log {
             l.close().await;
@@ -209,6 +213,21 @@ impl SqliteStore {
             tracing::warn!("a store connection was still in use at close");
         }
         folded.map(|_| ())
+    }
+
+    /// Keeps the write connection for the next write, unless the store is closing.
+    fn keep(&self, writer: &mut Option<PoolConnection<Sqlite>>, conn: PoolConnection<Sqlite>) {
+        if !self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            *writer = Some(conn);
+        }
+    }
+
+    /// Gives the kept write connection back to the pool, for good: the flag is set
+    /// before the lock is taken, and a write checks it under the lock.
+    async fn give_back_writer(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.writer.lock().await.take();
     }
 
     /// Writes a change and its events in one transaction, chained on from the head:
@@ -227,12 +246,12 @@ impl SqliteStore {
                 if head.is_some() {
                     *chain = head;
                 }
-                *writer = Some(conn);
+                self.keep(&mut writer, conn);
                 Ok(written)
             }
             // Refused, not failed: the transaction is rolled back as it is dropped.
             Err(e @ (StoreError::Spent | StoreError::Conflict)) => {
-                *writer = Some(conn);
+                self.keep(&mut writer, conn);
                 Err(e)
             }
             Err(e) => {
