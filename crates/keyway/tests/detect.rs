@@ -61,11 +61,9 @@ fn alert_of<'a>(alerts: &'a [Value], detector: &str) -> Option<&'a Value> {
     alerts.iter().find(|a| a["detail"]["detector"] == detector)
 }
 
-/// The value of one series line, like `keyway_requests_total{decision="allow",service="api"}`.
-fn series(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
+/// The value of one series line; a counter not yet counted is absent, which is 0.
+fn count(scraped: &str, name: &str) -> f64 {
+    series(scraped, name).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -161,12 +159,12 @@ retries = 3
     let after = metrics(dir, admin);
     let allowed = r#"keyway_requests_total{service="api",decision="allow"}"#;
     assert_eq!(
-        series(&after, allowed) - series(&before, allowed),
+        count(&after, allowed) - count(&before, allowed),
         25.0,
         "{after}"
     );
     assert_eq!(
-        series(
+        count(
             &after,
             r#"keyway_denials_total{service="api",reason="malformed_token"}"#
         ),
@@ -180,7 +178,7 @@ retries = 3
     let out = r#"keyway_bytes_total{service="api",direction="out"}"#;
     let body = "invoice list\n".len() as f64;
     assert_eq!(
-        series(&after, out) - series(&before, out),
+        count(&after, out) - count(&before, out),
         25.0 * body,
         "{after}"
     );
@@ -397,11 +395,11 @@ retries = 3
         ),
         (r#"keyway_alert_webhooks_total{outcome="retried"}"#, 1.0),
     ] {
-        assert_eq!(series(&m, name), want, "{name} in\n{m}");
+        assert_eq!(count(&m, name), want, "{name} in\n{m}");
     }
-    assert!(series(&m, "keyway_blocked_connections_total") >= 3.0, "{m}");
+    assert!(count(&m, "keyway_blocked_connections_total") >= 3.0, "{m}");
     assert!(
-        series(&m, r#"keyway_alert_webhooks_total{outcome="delivered"}"#) >= 6.0,
+        count(&m, r#"keyway_alert_webhooks_total{outcome="delivered"}"#) >= 6.0,
         "{m}"
     );
 

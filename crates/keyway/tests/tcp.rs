@@ -191,11 +191,7 @@ async fn tcp_services_through_keyway_connect() {
     assert_eq!(&buf, b"+PONG\r\n");
     // Monitoring sees the open session, the connections and the 32 MiB echoed.
     let m = metrics(dir, admin_port);
-    let value = |name: &str| -> f64 {
-        m.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in\n{m}"))
-    };
+    let value = |name: &str| series(&m, name).unwrap_or_else(|| panic!("no {name} in\n{m}"));
     assert_eq!(value(r#"keyway_active_sessions{service="cache"}"#), 1.0);
     assert!(value(r#"keyway_connections_total{service="cache",decision="allow"}"#) >= 2.0);
     assert!(value(r#"keyway_connections_total{service="db",decision="deny"}"#) >= 1.0);

@@ -406,6 +406,14 @@ pub fn metrics(dir: &Path, admin_port: u16) -> String {
     body
 }
 
+/// The value of one series line of a `/metrics` scrape, like
+/// `keyway_requests_total{decision="allow",service="api"}`; `None` when absent.
+pub fn series(scraped: &str, name: &str) -> Option<f64> {
+    scraped
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// A call to the admin API of the gateway whose data is in `<dir>/data`, with curl
 /// and its admin token: the status and the body.
 pub fn admin_api(
