@@ -35,7 +35,8 @@ fuzz_target!(|data: &[u8]| {
         headers.append(name, value);
     }
 
-    // The bearer token: only of exactly one Authorization header, with the scheme.
+    // The bearer token: only of exactly one Authorization header, with the scheme;
+    // several are told apart from none.
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
     let expected = match (values.next(), values.next()) {
         (Some(one), None) => one
@@ -43,8 +44,9 @@ fuzz_target!(|data: &[u8]| {
             .ok()
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim()),
-        _ => None,
+            .map_or(head::Bearer::Absent, |(_, t)| head::Bearer::Token(t.trim())),
+        (Some(_), Some(_)) => head::Bearer::Several,
+        (None, _) => head::Bearer::Absent,
     };
     assert_eq!(head::bearer(&headers), expected);
 

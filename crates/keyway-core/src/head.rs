@@ -7,17 +7,34 @@ use http::{header, HeaderMap};
 
 use crate::token::{find_tokens, Found};
 
+/// The credential a request or a connection presents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bearer<'a> {
+    /// None: no `Authorization` header, or one of another scheme.
+    Absent,
+    /// A token (not yet checked).
+    Token(&'a str),
+    /// Two or more `Authorization` headers. Which one a hop behind would read is
+    /// not ours to guess, so none is tried: the credential is malformed.
+    Several,
+}
+
 /// The token of the request's one `Authorization: Bearer …` header (the scheme in
-/// any case). Two `Authorization` headers are none: which one a hop behind would
-/// read is not ours to guess.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// any case).
+pub fn bearer(headers: &HeaderMap) -> Bearer<'_> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let value = values.next()?;
+    let Some(value) = values.next() else {
+        return Bearer::Absent;
+    };
     if values.next().is_some() {
-        return None;
+        return Bearer::Several;
     }
-    let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    match value.to_str().ok().and_then(|v| v.split_once(' ')) {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+            Bearer::Token(token.trim())
+        }
+        _ => Bearer::Absent,
+    }
 }
 
 /// The tokens (checksums that match) in a request target, percent-decoded first,
@@ -43,19 +60,19 @@ mod tests {
     #[test]
     fn one_bearer_header_in_any_case() {
         let mut h = HeaderMap::new();
-        assert_eq!(bearer(&h), None);
+        assert_eq!(bearer(&h), Bearer::Absent);
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("bearer abc "),
         );
-        assert_eq!(bearer(&h), Some("abc"));
+        assert_eq!(bearer(&h), Bearer::Token("abc"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(bearer(&h), None);
+        assert_eq!(bearer(&h), Bearer::Absent);
         h.append(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer abc"),
         );
-        assert_eq!(bearer(&h), None, "two Authorization headers are refused");
+        assert_eq!(bearer(&h), Bearer::Several, "two Authorization headers");
     }
 
     #[test]

@@ -36,6 +36,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use keyway_core::config::{Config, Service, ServiceKind};
+use keyway_core::head::Bearer;
 use keyway_core::{path, Clock, DenyReason, Pepper, TokenKind, UnixMillis};
 
 use crate::index::{Entry, TokenIndex};
@@ -88,8 +89,8 @@ pub struct Attempt<'a> {
     /// The client's address; `None` when a trusted proxy named no client, which no
     /// network names: refused wherever networks are named.
     pub source: Option<IpAddr>,
-    /// The token as presented, if any.
-    pub token: Option<&'a str>,
+    /// The token as presented.
+    pub token: Bearer<'a>,
     /// The RFC 8705 thumbprint of the client certificate, if one was presented.
     pub cert: Option<&'a str>,
     pub ask: Ask<'a>,
@@ -222,11 +223,15 @@ impl Authorizer {
     pub fn authenticate(
         &self,
         kind: TokenKind,
-        token: Option<&str>,
+        token: Bearer<'_>,
         source: Option<IpAddr>,
         cert: Option<&str>,
     ) -> Result<Arc<Entry>, Refused> {
-        let text = token.ok_or(Refused::from(DenyReason::NoToken))?;
+        let text = match token {
+            Bearer::Token(text) => text,
+            Bearer::Absent => return Err(DenyReason::NoToken.into()),
+            Bearer::Several => return Err(DenyReason::MalformedToken.into()),
+        };
         let entry = self
             .index
             .authenticate(text, &self.pepper, kind, self.clock.now_ms())

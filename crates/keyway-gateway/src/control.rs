@@ -174,7 +174,7 @@ impl Control {
     /// the refusal otherwise. The admin API and the console's sign-in take it here.
     pub fn authenticate_admin(
         &self,
-        token: Option<&str>,
+        token: keyway_core::head::Bearer<'_>,
         conn: Option<&crate::listener::ConnInfo>,
     ) -> Result<Arc<crate::index::Entry>, crate::authz::Refused> {
         let source = conn.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| {

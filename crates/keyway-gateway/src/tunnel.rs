@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyway_core::config::{Service, ServiceKind};
+use keyway_core::head::Bearer;
 use keyway_core::tunnel::{self, read_frame, FrameError, Hello, Open, Reply};
 use keyway_core::DenyReason;
 use keyway_core::EventKind;
@@ -248,7 +249,7 @@ fn decide(
         protocol: Protocol::Tcp,
         service: Reached::Named(&open.service),
         source: Some(source),
-        token: Some(&open.token),
+        token: Bearer::Token(&open.token),
         cert,
         ask: Ask::Stream,
     };

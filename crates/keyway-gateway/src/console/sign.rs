@@ -13,6 +13,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
+use keyway_core::head::Bearer;
 use keyway_core::{EventKind, UnixMillis};
 use maud::html;
 use serde::Deserialize;
@@ -100,7 +101,7 @@ pub(super) async fn with_token(
     let conn = conn.as_ref();
     let mut ev = c.gw.event(EventKind::ConsoleSignIn);
     ev.source = source(conn);
-    let entry = match c.gw.authenticate_admin(Some(f.token.trim()), conn) {
+    let entry = match c.gw.authenticate_admin(Bearer::Token(f.token.trim()), conn) {
         Ok(e) => e,
         Err(refusal) => {
             ev.deny(refusal.reason);

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use keyway_core::head::Bearer;
 use keyway_core::tunnel::{AgentHello, Enroll, Renew};
 use keyway_core::{EventKind, TokenKind, UnixMillis};
 use serde_json::json;
@@ -61,7 +62,7 @@ pub async fn enroll(
             .authz
             .authenticate(
                 TokenKind::AgentEnrollment,
-                Some(&e.token),
+                Bearer::Token(&e.token),
                 Some(source),
                 None,
             )

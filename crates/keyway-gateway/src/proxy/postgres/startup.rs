@@ -3,6 +3,7 @@
 //! first `ReadyForQuery` with the cancel key swapped for one of Keyway's.
 
 use super::*;
+use keyway_core::head::Bearer;
 use keyway_core::pgwire::Code;
 
 // === impl PgProxy ===
@@ -273,7 +274,7 @@ impl PgProxy {
             protocol: Protocol::Postgres,
             service: Reached::Served(&self.svc),
             source: Some(source),
-            token: Some(token),
+            token: Bearer::Token(token),
             cert,
             ask: Ask::Session,
         };
