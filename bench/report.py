@@ -53,7 +53,8 @@ if targets("http"):
     print("| target | req/s | p50 ms | p99 ms | p99.9 ms | vs direct | vs nginx | vs HAProxy | errors |")
     print("|---|---|---|---|---|---|---|---|---|")
     direct, nginx, haproxy = (med("http", t, "rps") for t in ("direct", "nginx", "haproxy"))
-    for t in ("direct", "keyway", "keyway-batched", "nginx", "haproxy", "hyper-floor"):
+    for t in ("direct", "keyway", "keyway-batched", "nginx", "haproxy", "hyper-floor",
+              "hyper-floor-commit"):
         rps = med("http", t, "rps")
         if rps is None:
             continue
@@ -68,6 +69,13 @@ if targets("http"):
     if kw and floor and best:
         print(f"The floor (a bare hyper proxy with the peers' check, no Keyway): "
               f"{floor / best:.2f}× the better peer; Keyway is {kw / floor:.2f}× the floor.")
+    floor_commit = med("http", "hyper-floor-commit", "rps")
+    if kw and floor_commit:
+        print(f"The floor with a row committed per answer (the same proxy; SQLite, "
+              f"synchronous = FULL, group commit on a thread of its own): Keyway "
+              f"(`commit`) is **{kw / floor_commit:.2f}×** it; p99 "
+              f"{cell('http', 'keyway', 'p99_ms', '{:.2f}')} ms against "
+              f"{cell('http', 'hyper-floor-commit', 'p99_ms', '{:.2f}')} ms.")
     batched = med("http", "keyway-batched", "rps")
     if kw and batched:
         print(f"Audit durability: `commit` (the default: an answer waits for its event's "

@@ -8,14 +8,21 @@
 //! request, and how far this is from nginx is the cost of the stack. Not part of
 //! Keyway.
 //!
-//!     keyway-bench-floor LISTEN UPSTREAM AUTHORIZATION
+//! Given a database as well, each answer waits for a row of its own to be committed
+//! there ([`audit`]): the floor of Keyway's default, `durability = "commit"`.
+//!
+//!     keyway-bench-floor LISTEN UPSTREAM AUTHORIZATION [AUDIT_DB]
 //!     keyway-bench-floor 127.0.0.1:8080 127.0.0.1:9000 "Bearer abc"
+//!     keyway-bench-floor 127.0.0.1:8080 127.0.0.1:9000 "Bearer abc" /tmp/floor.db
 
 #![forbid(unsafe_code)]
+
+mod audit;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -30,9 +37,21 @@ type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [listen, upstream, authorization] = args.as_slice() else {
-        eprintln!("usage: keyway-bench-floor LISTEN UPSTREAM AUTHORIZATION");
-        return ExitCode::from(2);
+    let (listen, upstream, authorization, db) = match args.as_slice() {
+        [l, u, a] => (l, u, a, None),
+        [l, u, a, db] => (l, u, a, Some(db)),
+        _ => {
+            eprintln!("usage: keyway-bench-floor LISTEN UPSTREAM AUTHORIZATION [AUDIT_DB]");
+            return ExitCode::from(2);
+        }
+    };
+    let audit = match db.map(|db| audit::Audit::open(std::path::Path::new(db))) {
+        None => None,
+        Some(Ok(audit)) => Some(audit),
+        Some(Err(e)) => {
+            eprintln!("cannot open {}: {e}", db.map_or("", |d| d.as_str()));
+            return ExitCode::FAILURE;
+        }
     };
     let (Ok(listen), Ok(upstream)) = (listen.parse::<SocketAddr>(), upstream.parse::<SocketAddr>())
     else {
@@ -49,7 +68,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(listen, upstream, authorization.clone())) {
+    match runtime.block_on(serve(listen, upstream, authorization.clone(), audit)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");
@@ -62,6 +81,7 @@ async fn serve(
     listen: SocketAddr,
     upstream: SocketAddr,
     authorization: String,
+    audit: Option<audit::Audit>,
 ) -> std::io::Result<()> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -77,11 +97,16 @@ async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (client, authorization) = (client.clone(), authorization.clone());
+        let (client, authorization, audit) = (client.clone(), authorization.clone(), audit.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let (client, authorization) = (client.clone(), authorization.clone());
-                async move { Ok::<_, Infallible>(forward(&client, upstream, &authorization, req).await) }
+                let (client, authorization, audit) =
+                    (client.clone(), authorization.clone(), audit.clone());
+                async move {
+                    Ok::<_, Infallible>(
+                        forward(&client, upstream, &authorization, audit.as_ref(), req).await,
+                    )
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -95,6 +120,7 @@ async fn forward(
     client: &Client<HttpConnector, Incoming>,
     upstream: SocketAddr,
     authorization: &str,
+    audit: Option<&audit::Audit>,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let allowed = req
@@ -113,11 +139,26 @@ async fn forward(
     else {
         return plain(StatusCode::BAD_REQUEST);
     };
+    let path = audit.map(|_| req.uri().path().to_owned());
     *req.uri_mut() = uri;
-    match client.request(req).await {
+    let resp = match client.request(req).await {
         Ok(resp) => resp.map(BodyExt::boxed_unsync),
         Err(_) => plain(StatusCode::BAD_GATEWAY),
+    };
+    if let (Some(audit), Some(path)) = (audit, path) {
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let row = audit::Row {
+            at_ms,
+            path,
+            status: resp.status().as_u16(),
+        };
+        if !audit.commit(row).await {
+            return plain(StatusCode::SERVICE_UNAVAILABLE);
+        }
     }
+    resp
 }
 
 fn plain(status: StatusCode) -> Response<Body> {
