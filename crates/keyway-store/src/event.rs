@@ -70,6 +70,14 @@ impl AuditEvent {
         std::mem::size_of::<Self>() + self.kind.len() + strings + value(&self.detail)
     }
 
+    /// The detail as the stores keep it and the chain hashes it: compact JSON,
+    /// serialised straight into one buffer. (`Value`'s `Display`, the same text, goes
+    /// through `fmt::Write` a token at a time, at over three times the instructions.)
+    pub fn detail_json(&self) -> String {
+        // A `Value` always serialises (its keys are strings); never reached.
+        serde_json::to_string(&self.detail).unwrap_or_else(|_| self.detail.to_string())
+    }
+
     /// Records the decision.
     pub fn decide(&mut self, decision: keyway_core::Decision) {
         self.decision = Some(decision.as_str().to_owned());
@@ -96,5 +104,35 @@ impl AuditEvent {
     /// Whether the event records a refusal.
     pub fn denied(&self) -> bool {
         self.decision.as_deref() == Some(keyway_core::Decision::Deny.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Events written before [`AuditEvent::detail_json`] were hashed over `Display`'s
+    /// text: the two must stay the same, byte for byte.
+    #[test]
+    fn the_detail_is_the_same_text_as_before() {
+        let details = [
+            serde_json::Value::Null,
+            serde_json::json!({}),
+            serde_json::json!({ "method": "GET", "path": "/invoices/1", "status": 200 }),
+            serde_json::json!({
+                "path": "/a b/\"q\"/\\/\u{7f}/\u{1}/é/日本/🔑",
+                "nested": { "list": [1, -2, 3.5, true, null, "x"], "empty": [] },
+                "big": u64::MAX,
+                "small": i64::MIN,
+                "float": 1e-300,
+            }),
+        ];
+        for detail in details {
+            let e = AuditEvent {
+                detail: detail.clone(),
+                ..AuditEvent::default()
+            };
+            assert_eq!(e.detail_json(), detail.to_string());
+        }
     }
 }

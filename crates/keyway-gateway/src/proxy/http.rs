@@ -286,7 +286,9 @@ impl HttpProxy {
         // carries everyone's requests), and it is refused wherever networks are
         // named; the proxy's address is still the hop the upstream is told of.
         let source = forwarded.unwrap_or_else(|| peer.ip().to_canonical());
-        ev.source = forwarded.map(|c| c.to_string());
+        // Written out once, for the event and the upstream's `X-Forwarded-For`.
+        let source_text = source.to_string();
+        ev.source = forwarded.map(|_| source_text.clone());
         // Blocked while this keep-alive connection was open: refused, not audited (a
         // blocked flood must not fill the log), counted, and the connection closed.
         if h.admission.is_blocked_now(source) {
@@ -302,7 +304,7 @@ impl HttpProxy {
 
         if forwarded.is_none() {
             detail.insert("forwarded_for".into(), "unknown".into());
-            detail.insert("peer".into(), source.to_string().into());
+            detail.insert("peer".into(), source_text.clone().into());
         }
         let decision = self.decide(&req, conn, forwarded, &mut ev, &mut detail);
         let (entry, path) = match decision {
@@ -344,14 +346,20 @@ impl HttpProxy {
                 }
             },
         };
-        let upstream_req =
-            match self.upstream_request(req, conn, source, path, client_upgrade.is_some(), grpc) {
-                Ok(r) => r,
-                Err(reason) => {
-                    drop(reservation);
-                    return self.deny(ev, detail, reason, None).await;
-                }
-            };
+        let upstream_req = match self.upstream_request(
+            req,
+            conn,
+            &source_text,
+            path,
+            client_upgrade.is_some(),
+            grpc,
+        ) {
+            Ok(r) => r,
+            Err(reason) => {
+                drop(reservation);
+                return self.deny(ev, detail, reason, None).await;
+            }
+        };
         let request = self.client.request(upstream_req);
         let mut finish = None;
         // A gRPC server may send its headers only with its first message or its

@@ -92,7 +92,7 @@ pub(super) async fn append_on(
     let linker = next.key.as_ref().map(crate::chain::Linker::new);
     let mut rows = Vec::with_capacity(events.len());
     for e in events {
-        let detail = e.detail.to_string();
+        let detail = e.detail_json();
         next.rseq += 1;
         let (prev, hash) = match &linker {
             Some(linker) => {

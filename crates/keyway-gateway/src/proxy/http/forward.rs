@@ -15,7 +15,7 @@ impl HttpProxy {
         &self,
         req: Request<body::Outgoing>,
         conn: &ConnInfo,
-        source: IpAddr,
+        source: &str,
         path: &str,
         websocket: bool,
         stream: bool,
@@ -98,7 +98,7 @@ impl HttpProxy {
         }
         // The client as the gateway judged it (behind trusted proxies, the first hop
         // they did not add), never what the client claimed.
-        if let Ok(v) = HeaderValue::from_str(&source.to_string()) {
+        if let Ok(v) = HeaderValue::from_str(source) {
             h.insert(X_FORWARDED_FOR, v);
         }
         let proto = if conn.tls { "https" } else { "http" };

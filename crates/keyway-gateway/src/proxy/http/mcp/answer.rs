@@ -275,7 +275,8 @@ impl HttpProxy {
             h.remove(stale);
         }
         let path = super::forwarded_path(&self.http.upstream);
-        let Ok(up) = self.upstream_request(req, &call.conn, call.source, path, false, false) else {
+        let source = call.source.to_string();
+        let Ok(up) = self.upstream_request(req, &call.conn, &source, path, false, false) else {
             return;
         };
         let (client, service) = (self.client.clone(), self.svc.name.clone());
@@ -285,7 +286,7 @@ impl HttpProxy {
         ev.service = Some(service.clone());
         ev.token_id = Some(call.who.0.clone());
         ev.principal = Some(call.who.1.clone());
-        ev.source = Some(call.source.to_string());
+        ev.source = Some(source);
         ev.deny(DenyReason::ServerRequestNotGranted);
         ev.detail = serde_json::json!({ "mcp_method": method, "from": "server" });
         let recorded = self.h.audit.record(ev);
