@@ -45,13 +45,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let audit = match db.map(|db| audit::Audit::open(std::path::Path::new(db))) {
+    let audit = match db {
         None => None,
-        Some(Ok(audit)) => Some(audit),
-        Some(Err(e)) => {
-            eprintln!("cannot open {}: {e}", db.map_or("", |d| d.as_str()));
-            return ExitCode::FAILURE;
-        }
+        Some(db) => match audit::Audit::open(std::path::Path::new(db)) {
+            Ok(audit) => Some(audit),
+            Err(e) => {
+                eprintln!("cannot open {db}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
     };
     let (Ok(listen), Ok(upstream)) = (listen.parse::<SocketAddr>(), upstream.parse::<SocketAddr>())
     else {

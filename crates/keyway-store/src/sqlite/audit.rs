@@ -341,3 +341,19 @@ fn event_from_row(r: &SqliteRow, detail: serde_json::Value) -> AuditEvent {
         detail,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The hand-written `INSERT` names eleven columns and has eleven placeholders a
+    /// row, as [`super::append_on`] binds eleven values a row.
+    #[test]
+    fn the_insert_has_a_placeholder_for_each_bound_value() {
+        for rows in [1, 2, 256] {
+            let sql = super::insert_sql(rows);
+            let columns = sql[sql.find('(').unwrap()..sql.find(')').unwrap()].split(',');
+            assert_eq!(columns.count(), 11);
+            assert_eq!(sql.matches('?').count(), 11 * rows, "{sql}");
+            assert_eq!(sql.matches("), (").count(), rows - 1);
+        }
+    }
+}
