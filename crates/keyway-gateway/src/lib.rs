@@ -123,7 +123,6 @@ impl Listeners {
                 .await
                 .map_err(|source| BindError::Listen { key, addr, source })
         };
-        let admin = bind("admin_listen".into(), config.admin_listen).await?;
         let token = match config.token_listen {
             Some(a) => Some(bind("token_listen".into(), a).await?),
             None => None,
@@ -186,6 +185,10 @@ impl Listeners {
             })?;
             tls.insert(TUNNEL_LISTENER.to_owned(), loaded);
         }
+        // The admin API last: once its port accepts connections (before anything
+        // calls accept), the CLI and the tests take the gateway as ready, so every
+        // file the listeners make (the local CA's `ca.pem`) must be written by then.
+        let admin = bind("admin_listen".into(), config.admin_listen).await?;
         Ok(Self {
             admin,
             token,
