@@ -15,6 +15,32 @@ use http::StatusCode;
 use keyway_core::Clock;
 use support::{config, send, send_with, svc, Conn, TestGateway, Upstream, JSON};
 
+/// Two `Authorization` headers, even both with the same valid token: which one a hop
+/// behind would read is not the gateway's to guess, so neither is tried.
+#[tokio::test]
+async fn two_authorization_headers_are_a_malformed_credential() {
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&config(&[("billing", &svc(&up, ""))])).await;
+    let (token, _, _) = gw.issue("billing", &[], &[], "15m").await;
+    let both = format!("Bearer {token}");
+    let headers = [("authorization", both.as_str())];
+    let a = gw.addr("billing");
+    let got = send_with(a, "GET", "/", Some(&token), &headers, Bytes::new()).await;
+    assert_eq!(got.status, StatusCode::UNAUTHORIZED);
+    assert!(up.seen().is_empty(), "nothing reached the upstream");
+    let events = gw.audit().await;
+    let reasons: Vec<_> = events
+        .iter()
+        .filter_map(|e| e.event.reason.as_deref())
+        .collect();
+    assert_eq!(reasons, ["malformed_token"]);
+    assert_eq!(
+        send(a, "GET", "/", Some(&token)).await.status,
+        StatusCode::OK
+    );
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn expiry_is_exact() {
     let up = Upstream::start().await;
