@@ -54,7 +54,7 @@ if targets("http"):
     print("|---|---|---|---|---|---|---|---|---|")
     direct, nginx, haproxy = (med("http", t, "rps") for t in ("direct", "nginx", "haproxy"))
     for t in ("direct", "keyway", "keyway-batched", "nginx", "haproxy", "hyper-floor",
-              "hyper-floor-commit"):
+              "hyper-floor-commit", "hyper-floor-bound"):
         rps = med("http", t, "rps")
         if rps is None:
             continue
@@ -76,6 +76,11 @@ if targets("http"):
               f"(`commit`) is **{kw / floor_commit:.2f}×** it; p99 "
               f"{cell('http', 'keyway', 'p99_ms', '{:.2f}')} ms against "
               f"{cell('http', 'hyper-floor-commit', 'p99_ms', '{:.2f}')} ms.")
+    floor_bound = med("http", "hyper-floor-bound", "rps")
+    if floor and floor_bound and best:
+        print(f"The floor with an upstream connection bound to each client connection "
+              f"(no pool, driven in the client connection's task): {floor_bound / floor:.2f}× "
+              f"the pooled floor, {floor_bound / best:.2f}× the better peer.")
     batched = med("http", "keyway-batched", "rps")
     if kw and batched:
         print(f"Audit durability: `commit` (the default: an answer waits for its event's "

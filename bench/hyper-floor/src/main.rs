@@ -11,13 +11,19 @@
 //! Given a database as well, each answer waits for a row of its own to be committed
 //! there ([`audit`]): the floor of Keyway's default, `durability = "commit"`.
 //!
-//!     keyway-bench-floor LISTEN UPSTREAM AUTHORIZATION [AUDIT_DB]
+//! With `--bound`, a leaner upstream path than the pool ([`bound`]): each client
+//! connection gets an upstream connection of its own, driven in the client
+//! connection's task, so a request crosses no task and no pool.
+//!
+//!     keyway-bench-floor [--bound] LISTEN UPSTREAM AUTHORIZATION [AUDIT_DB]
 //!     keyway-bench-floor 127.0.0.1:8080 127.0.0.1:9000 "Bearer abc"
 //!     keyway-bench-floor 127.0.0.1:8080 127.0.0.1:9000 "Bearer abc" /tmp/floor.db
+//!     keyway-bench-floor --bound 127.0.0.1:8080 127.0.0.1:9000 "Bearer abc"
 
 #![forbid(unsafe_code)]
 
 mod audit;
+mod bound;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -36,12 +42,18 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let bound = args.first().is_some_and(|a| a == "--bound");
+    if bound {
+        args.remove(0);
+    }
     let (listen, upstream, authorization, db) = match args.as_slice() {
         [l, u, a] => (l, u, a, None),
         [l, u, a, db] => (l, u, a, Some(db)),
         _ => {
-            eprintln!("usage: keyway-bench-floor LISTEN UPSTREAM AUTHORIZATION [AUDIT_DB]");
+            eprintln!(
+                "usage: keyway-bench-floor [--bound] LISTEN UPSTREAM AUTHORIZATION [AUDIT_DB]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -70,7 +82,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(listen, upstream, authorization.clone(), audit)) {
+    let served = if bound {
+        runtime.block_on(bound::serve(
+            listen,
+            upstream,
+            authorization.as_str().into(),
+            audit,
+        ))
+    } else {
+        runtime.block_on(serve(listen, upstream, authorization.clone(), audit))
+    };
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");
@@ -118,6 +140,35 @@ async fn serve(
     }
 }
 
+/// Whether `req` carries the one `Authorization` value let through.
+fn allowed(req: &Request<Incoming>, authorization: &str) -> bool {
+    req.headers()
+        .get(hyper::header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes() == authorization.as_bytes())
+}
+
+/// `resp`, once its row is committed where there is a database (503 if it was not).
+async fn committed(
+    audit: Option<&audit::Audit>,
+    path: Option<String>,
+    resp: Response<Body>,
+) -> Response<Body> {
+    if let (Some(audit), Some(path)) = (audit, path) {
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let row = audit::Row {
+            at_ms,
+            path,
+            status: resp.status().as_u16(),
+        };
+        if !audit.commit(row).await {
+            return plain(StatusCode::SERVICE_UNAVAILABLE);
+        }
+    }
+    resp
+}
+
 async fn forward(
     client: &Client<HttpConnector, Incoming>,
     upstream: SocketAddr,
@@ -125,11 +176,7 @@ async fn forward(
     audit: Option<&audit::Audit>,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
-    let allowed = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .is_some_and(|v| v.as_bytes() == authorization.as_bytes());
-    if !allowed {
+    if !allowed(&req, authorization) {
         return plain(StatusCode::UNAUTHORIZED);
     }
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -147,20 +194,7 @@ async fn forward(
         Ok(resp) => resp.map(BodyExt::boxed_unsync),
         Err(_) => plain(StatusCode::BAD_GATEWAY),
     };
-    if let (Some(audit), Some(path)) = (audit, path) {
-        let at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let row = audit::Row {
-            at_ms,
-            path,
-            status: resp.status().as_u16(),
-        };
-        if !audit.commit(row).await {
-            return plain(StatusCode::SERVICE_UNAVAILABLE);
-        }
-    }
-    resp
+    committed(audit, path, resp).await
 }
 
 fn plain(status: StatusCode) -> Response<Body> {
