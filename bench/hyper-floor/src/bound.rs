@@ -3,7 +3,9 @@
 //! one task drives both. A request crosses no task (the pooled client's connections
 //! run in tasks of their own, reached through a channel) and takes nothing from a
 //! shared pool (no lock, no checkout). The price: as many upstream connections as
-//! client connections, which is what nginx without `keepalive` would also hold.
+//! client connections. A request that meets an upstream connection closing under it
+//! is answered 502, not retried (the pool retries one never written); `bench/run`'s
+//! upstream keeps its connections for a million requests.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
