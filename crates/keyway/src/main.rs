@@ -75,7 +75,9 @@ struct Cli {
     command: Command,
 
     /// Log filter (`info`, `debug`, `keyway_gateway=trace`, …). Without `--log` or
-    /// KEYWAY_LOG, RUST_LOG is used if set, else `info`.
+    /// KEYWAY_LOG, RUST_LOG is used if set, else `info`. At `debug` and `trace` the
+    /// HTTP/2 library logs each frame a client sends, which a client can multiply:
+    /// `debug,h2=info` keeps Keyway's detail without it.
     #[arg(long, global = true, env = "KEYWAY_LOG")]
     log: Option<String>,
 
