@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::{allowed, audit, committed, plain, Body};
+use crate::{accept_each, allowed, audit, committed, plain, Body};
 
 /// An upstream connection, to be driven by its client connection's task.
 type Upstream = Connection<TokioIo<TcpStream>, Incoming>;
@@ -35,19 +35,10 @@ pub async fn serve(
     authorization: Arc<str>,
     audit: Option<audit::Audit>,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(
-            stream,
-            upstream,
-            authorization.clone(),
-            audit.clone(),
-        ));
-    }
+    accept_each(listen, move |stream| {
+        connection(stream, upstream, authorization.clone(), audit.clone())
+    })
+    .await
 }
 
 /// Serves one client connection, and drives the upstream connections its requests

@@ -26,8 +26,10 @@ mod audit;
 mod bound;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -38,6 +40,7 @@ use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
@@ -82,15 +85,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let authorization: Arc<str> = authorization.as_str().into();
     let served = if bound {
-        runtime.block_on(bound::serve(
-            listen,
-            upstream,
-            authorization.as_str().into(),
-            audit,
-        ))
+        runtime.block_on(bound::serve(listen, upstream, authorization, audit))
     } else {
-        runtime.block_on(serve(listen, upstream, authorization.clone(), audit))
+        runtime.block_on(serve(listen, upstream, authorization, audit))
     };
     match served {
         Ok(()) => ExitCode::SUCCESS,
@@ -104,7 +103,7 @@ fn main() -> ExitCode {
 async fn serve(
     listen: SocketAddr,
     upstream: SocketAddr,
-    authorization: String,
+    authorization: Arc<str>,
     audit: Option<audit::Audit>,
 ) -> std::io::Result<()> {
     let mut connector = HttpConnector::new();
@@ -114,15 +113,9 @@ async fn serve(
         .pool_timer(TokioTimer::new())
         .pool_max_idle_per_host(256)
         .build(connector);
-    let authorization: std::sync::Arc<str> = authorization.into();
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+    accept_each(listen, move |stream| {
         let (client, authorization, audit) = (client.clone(), authorization.clone(), audit.clone());
-        tokio::spawn(async move {
+        async move {
             let service = hyper::service::service_fn(move |req| {
                 let (client, authorization, audit) =
                     (client.clone(), authorization.clone(), audit.clone());
@@ -136,7 +129,25 @@ async fn serve(
                 .timer(TokioTimer::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
-        });
+        }
+    })
+    .await
+}
+
+/// Accepts connections on `listen` for ever and serves each, with `TCP_NODELAY`, in
+/// a task of its own: the one accept loop of both floors.
+async fn accept_each<F, Fut>(listen: SocketAddr, serve_one: F) -> std::io::Result<()>
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_one(stream));
     }
 }
 
