@@ -325,24 +325,30 @@ impl HttpProxy {
         let client_upgrade = is_websocket_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let (req, mut call, path) = match &self.http.mcp {
             None => (req.map(body::Outgoing::Streamed), None, path.as_str()),
-            Some(_) => match self
-                .mcp_request(
-                    req,
-                    &path,
-                    mcp::Asker {
-                        entry: &entry,
-                        conn,
-                        source,
-                    },
-                    &mut detail,
-                )
-                .await
+            // The MCP steps' futures and the call are boxed: kept inline, they would
+            // make every request's future (moved into hyper's box per request) twice
+            // the size, MCP or not.
+            Some(_) => match Box::pin(self.mcp_request(
+                req,
+                &path,
+                mcp::Asker {
+                    entry: &entry,
+                    conn,
+                    source,
+                },
+                &mut detail,
+            ))
+            .await
             {
                 // The endpoint is the upstream's path, which the forwarding prepends.
-                Ok((r, c)) => (r, Some(c), mcp::forwarded_path(&self.http.upstream)),
+                Ok((r, c)) => (
+                    r,
+                    Some(Box::new(c)),
+                    mcp::forwarded_path(&self.http.upstream),
+                ),
                 Err(refused) => {
                     drop(reservation);
-                    return self.mcp_refuse(ev, detail, refused).await;
+                    return Box::pin(self.mcp_refuse(ev, detail, refused)).await;
                 }
             },
         };
@@ -366,11 +372,15 @@ impl HttpProxy {
         // status, after a client stream of any length: no time limit until then,
         // but the call ends when its token does (revoked, expired).
         let result = if grpc {
+            // Boxed, as the MCP steps are: the two futures would double this one's size.
             let ended = self.ended(entry.clone(), source);
-            tokio::select! {
-                r = request => Ok(r),
-                _ = ended => Err(Waited::Ended),
-            }
+            Box::pin(async move {
+                tokio::select! {
+                    r = request => Ok(r),
+                    _ = ended => Err(Waited::Ended),
+                }
+            })
+            .await
         } else {
             tokio::time::timeout(self.http.upstream_timeout, request)
                 .await
@@ -394,7 +404,8 @@ impl HttpProxy {
                     _ => match call.take() {
                         Some(c) => {
                             let (resp, f) =
-                                self.mcp_respond(resp, c, &entry, source, &mut detail).await;
+                                Box::pin(self.mcp_respond(resp, *c, &entry, source, &mut detail))
+                                    .await;
                             finish = f;
                             resp
                         }
