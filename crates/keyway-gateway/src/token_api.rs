@@ -22,7 +22,7 @@ use axum::routing::post;
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use keyway_core::clock::format_ms;
-use keyway_core::head::bearer;
+use keyway_core::head::{bearer, Bearer};
 use keyway_core::EventKind;
 use keyway_core::{DenyReason, TokenKind};
 use serde::Deserialize;
@@ -83,6 +83,19 @@ async fn exchange(
         return exchange_workload(&h, ev, form, &body).await;
     }
     let text = bearer(&headers);
+    // Which of two credentials a hop before us read is not ours to guess; the client
+    // is told what it did (RFC 6749 §5.2: more than one way of authenticating).
+    if text == Bearer::Several {
+        return deny(
+            &h,
+            ev,
+            DenyReason::MalformedToken.as_str(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "send one Authorization header, not several",
+        )
+        .await;
+    }
     let cert = conn.cert_thumbprint.as_deref();
     let credential =
         match h

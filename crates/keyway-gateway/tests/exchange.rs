@@ -148,6 +148,22 @@ async fn the_token_endpoint_refuses_what_the_credential_does_not_allow() {
     )
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // Two Authorization headers, the credential in either: refused, and told why.
+    for second in [cred.as_str(), "kwcc_nonsense"] {
+        let r = send_with(
+            gw.token.unwrap(),
+            "POST",
+            "/v1/token/exchange",
+            Some(&cred),
+            &[("authorization", &format!("Bearer {second}"))],
+            Bytes::from(r#"{"service": "billing"}"#),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert!(r.body.contains("invalid_request"), "{}", r.body);
+        assert!(r.body.contains("one Authorization header"), "{}", r.body);
+        assert!(!r.body.contains("access_token"), "{}", r.body);
+    }
     assert_eq!(
         exchange(&gw, &cred, "not json").await.status,
         StatusCode::BAD_REQUEST
