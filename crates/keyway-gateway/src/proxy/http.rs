@@ -286,9 +286,14 @@ impl HttpProxy {
         // carries everyone's requests), and it is refused wherever networks are
         // named; the proxy's address is still the hop the upstream is told of.
         let source = forwarded.unwrap_or_else(|| peer.ip().to_canonical());
-        // Written out once, for the event and the upstream's `X-Forwarded-For`.
-        let source_text = source.to_string();
-        ev.source = forwarded.map(|_| source_text.clone());
+        // For the event and the upstream's `X-Forwarded-For`: the connection's own,
+        // written out once, unless a trusted proxy named another.
+        let source_text: std::borrow::Cow<'_, str> = if source == peer.ip().to_canonical() {
+            std::borrow::Cow::Borrowed(&conn.peer_text)
+        } else {
+            std::borrow::Cow::Owned(source.to_string())
+        };
+        ev.source = forwarded.map(|_| source_text.clone().into_owned());
         // Blocked while this keep-alive connection was open: refused, not audited (a
         // blocked flood must not fill the log), counted, and the connection closed.
         if h.admission.is_blocked_now(source) {
@@ -304,7 +309,7 @@ impl HttpProxy {
 
         if forwarded.is_none() {
             detail.insert("forwarded_for".into(), "unknown".into());
-            detail.insert("peer".into(), source_text.clone().into());
+            detail.insert("peer".into(), source_text.clone().into_owned().into());
         }
         let decision = self.decide(&req, conn, forwarded, &mut ev, &mut detail);
         let (entry, path) = match decision {
