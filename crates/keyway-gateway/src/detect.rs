@@ -110,18 +110,15 @@ pub async fn run(r: Responders, shutdown: CancellationToken) {
     let mut reloads = r.config.watch();
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
     // What waits is taken in batches: under load one wake-up (and one `select!`
-    // over four branches) serves many events instead of each.
+    // over four branches) serves many events instead of each. A stop or a reload
+    // that comes during a batch is still seen before the next observation.
     let mut seen = Vec::with_capacity(OBSERVED_AT_ONCE);
     loop {
         tokio::select! {
+            biased;
             () = shutdown.cancelled() => return,
             Ok(()) = reloads.changed() => {
-                // New settings start the detectors' counts afresh; blocks stay.
-                let new = reloads.borrow_and_update().detect.clone();
-                if *r.admission.settings() != new {
-                    detectors = Detectors::new(&new);
-                    r.admission.set_settings(new);
-                }
+                reload(&r, &mut detectors, &mut reloads);
                 continue;
             }
             _ = sweep.tick() => {
@@ -135,10 +132,30 @@ pub async fn run(r: Responders, shutdown: CancellationToken) {
             },
         };
         for s in seen.drain(..) {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if reloads.has_changed().unwrap_or(false) {
+                reload(&r, &mut detectors, &mut reloads);
+            }
             for firing in detectors.see(&s) {
                 act(&r, firing).await;
             }
         }
+    }
+}
+
+/// Takes the config a reload put in force: new settings start the detectors' counts
+/// afresh; blocks stay.
+fn reload(
+    r: &Responders,
+    detectors: &mut Detectors,
+    reloads: &mut tokio::sync::watch::Receiver<Arc<keyway_core::config::Config>>,
+) {
+    let new = reloads.borrow_and_update().detect.clone();
+    if *r.admission.settings() != new {
+        *detectors = Detectors::new(&new);
+        r.admission.set_settings(new);
     }
 }
 
