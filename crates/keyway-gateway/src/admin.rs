@@ -159,7 +159,7 @@ impl FromRequestParts<Gw> for Admin {
                 ev.deny(refused.reason);
                 ev.token_id = refused.token_id;
                 ev.principal = refused.principal;
-                ev.source = conn.map(|c| c.peer.ip().to_canonical().to_string());
+                ev.source = conn.map(|c| c.peer_text().to_owned());
                 ev.detail = json!({ "path": keyway_core::token::redact(parts.uri.path()) });
                 Err(refuse(gw, ev).await)
             }

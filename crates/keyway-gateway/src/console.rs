@@ -266,7 +266,7 @@ impl FromRequestParts<Console> for Person {
             token_id: s.token_id,
             admin,
             sso: s.sso,
-            source: conn.map(|c| c.peer.ip().to_canonical().to_string()),
+            source: conn.map(|c| c.peer_text().to_owned()),
             csrf: s.csrf,
             key,
         })

@@ -135,10 +135,8 @@ pub struct ConnInfo {
     /// are answered: HTTP/2's way of `Connection: close` (a blocked source, a
     /// removed service).
     pub close: CancellationToken,
-    /// The peer's address (IPv4-mapped IPv6 as IPv4), written out once for the
-    /// connection: formatting it for each request's event and `X-Forwarded-For`
-    /// cost more than a thousand instructions a request.
-    pub peer_text: Arc<str>,
+    /// `peer`'s address written out once for the connection ([`ConnInfo::peer_text`]).
+    peer_text: Arc<str>,
 }
 
 // === impl ConnInfo ===
@@ -157,6 +155,13 @@ impl ConnInfo {
             close,
             peer_text: peer.ip().to_canonical().to_string().into(),
         }
+    }
+
+    /// The peer's address (IPv4-mapped IPv6 as IPv4) as events and `X-Forwarded-For`
+    /// carry it, written out when the connection was accepted: formatting it for
+    /// each request cost more than a thousand instructions.
+    pub fn peer_text(&self) -> &str {
+        &self.peer_text
     }
 }
 

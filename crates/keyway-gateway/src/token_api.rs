@@ -63,7 +63,7 @@ async fn exchange(
     }
     let source = conn.peer.ip().to_canonical();
     let mut ev = h.audit.event(EventKind::TokenExchange);
-    ev.source = Some(source.to_string());
+    ev.source = Some(conn.peer_text().to_owned());
     if h.tokens.refuse_token_in_url(&uri, &mut ev) {
         return deny(
             &h,
@@ -83,18 +83,8 @@ async fn exchange(
         return exchange_workload(&h, ev, form, &body).await;
     }
     let text = bearer(&headers);
-    // Which of two credentials a hop before us read is not ours to guess; the client
-    // is told what it did (RFC 6749 §5.2: more than one way of authenticating).
     if text == Bearer::Several {
-        return deny(
-            &h,
-            ev,
-            DenyReason::MalformedToken.as_str(),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "send one Authorization header, not several",
-        )
-        .await;
+        return refuse_several(&h, ev).await;
     }
     let cert = conn.cert_thumbprint.as_deref();
     let credential =
@@ -417,6 +407,22 @@ async fn deny(
         return unavailable();
     }
     error(status, code, msg)
+}
+
+/// Two or more `Authorization` headers, on any route of this listener: which one a
+/// hop before us read is not ours to guess, so none is tried, and the client is told
+/// what it did (RFC 6749 §5.2 and RFC 6750 §3.1: a request that includes multiple
+/// credentials is an `invalid_request`). Audited as a malformed credential.
+async fn refuse_several(h: &Handles, ev: keyway_store::AuditEvent) -> Response {
+    deny(
+        h,
+        ev,
+        DenyReason::MalformedToken.as_str(),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "send one Authorization header, not several",
+    )
+    .await
 }
 
 /// The store or the audit log cannot take a write now: nothing was issued.

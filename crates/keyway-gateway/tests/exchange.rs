@@ -148,22 +148,47 @@ async fn the_token_endpoint_refuses_what_the_credential_does_not_allow() {
     )
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    // Two Authorization headers, the credential in either: refused, and told why.
-    for second in [cred.as_str(), "kwcc_nonsense"] {
-        let r = send_with(
-            gw.token.unwrap(),
-            "POST",
+    // Two Authorization headers, the credential in either: refused, told why, and
+    // audited as a malformed credential; on the people's routes of the same listener
+    // too (`whoami` checks its session first).
+    let malformed = |events: &[keyway_store::StoredEvent]| {
+        events
+            .iter()
+            .filter(|e| e.event.reason.as_deref() == Some("malformed_token"))
+            .count()
+    };
+    let before = malformed(&gw.audit().await);
+    let twice = |path: &'static str, method: &'static str, first: String, second: String| {
+        let addr = gw.token.unwrap();
+        async move {
+            send_with(
+                addr,
+                method,
+                path,
+                Some(&first),
+                &[("authorization", &format!("Bearer {second}"))],
+                Bytes::from(r#"{"service": "billing"}"#),
+            )
+            .await
+        }
+    };
+    for r in [
+        twice("/v1/token/exchange", "POST", cred.clone(), cred.clone()).await,
+        twice(
             "/v1/token/exchange",
-            Some(&cred),
-            &[("authorization", &format!("Bearer {second}"))],
-            Bytes::from(r#"{"service": "billing"}"#),
+            "POST",
+            cred.clone(),
+            "kwcc_nonsense".into(),
         )
-        .await;
-        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        .await,
+        twice("/v1/whoami", "GET", access.clone(), access.clone()).await,
+    ] {
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
         assert!(r.body.contains("invalid_request"), "{}", r.body);
         assert!(r.body.contains("one Authorization header"), "{}", r.body);
         assert!(!r.body.contains("access_token"), "{}", r.body);
     }
+    assert_eq!(malformed(&gw.audit().await), before + 3);
     assert_eq!(
         exchange(&gw, &cred, "not json").await.status,
         StatusCode::BAD_REQUEST

@@ -78,7 +78,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
 }
 
 fn source(conn: Option<&ConnInfo>) -> Option<String> {
-    conn.map(|c| c.peer.ip().to_canonical().to_string())
+    conn.map(|c| c.peer_text().to_owned())
 }
 
 #[derive(Deserialize)]

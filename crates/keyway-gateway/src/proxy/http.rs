@@ -289,7 +289,7 @@ impl HttpProxy {
         // For the event and the upstream's `X-Forwarded-For`: the connection's own,
         // written out once, unless a trusted proxy named another.
         let source_text: std::borrow::Cow<'_, str> = if source == peer.ip().to_canonical() {
-            std::borrow::Cow::Borrowed(&conn.peer_text)
+            std::borrow::Cow::Borrowed(conn.peer_text())
         } else {
             std::borrow::Cow::Owned(source.to_string())
         };

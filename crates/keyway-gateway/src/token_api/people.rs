@@ -27,7 +27,7 @@ use keyway_store::{AuditEvent, TokenRecord};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{deny, error, unavailable};
+use super::{deny, error, refuse_several, unavailable};
 use crate::index::Entry;
 use crate::listener::ConnInfo;
 use crate::people::{
@@ -35,7 +35,7 @@ use crate::people::{
 };
 use crate::proxy::Handles;
 use crate::tokens::PersonTokenError;
-use keyway_core::head::bearer;
+use keyway_core::head::{bearer, Bearer};
 
 mod requests;
 
@@ -59,7 +59,7 @@ pub(super) fn router(h: Handles, people: Arc<People>) -> Router {
 
 fn event(api: &Api, kind: EventKind, conn: &ConnInfo) -> AuditEvent {
     let mut ev = api.h.audit.event(kind);
-    ev.source = Some(conn.peer.ip().to_canonical().to_string());
+    ev.source = Some(conn.peer_text().to_owned());
     ev
 }
 
@@ -227,6 +227,9 @@ async fn session(
     ev: &mut AuditEvent,
 ) -> Result<Arc<Entry>, Response> {
     let text = bearer(headers);
+    if text == Bearer::Several {
+        return Err(refuse_several(&api.h, ev.clone()).await);
+    }
     let source = conn.peer.ip().to_canonical();
     let cert = conn.cert_thumbprint.as_deref();
     match api
