@@ -267,12 +267,13 @@ impl HttpProxy {
         mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let peer = conn.peer;
+        let peer_ip = peer.ip().to_canonical();
         let h = &self.h;
         let mut ev = h.audit.event(EventKind::Request);
         ev.service = Some(self.svc.name.clone());
         // Behind proxies the service trusts, the first hop they did not add.
         let forwarded = if self.http.trusted_proxies.is_empty() {
-            Some(peer.ip().to_canonical())
+            Some(peer_ip)
         } else {
             let forwarded = req
                 .headers()
@@ -285,15 +286,15 @@ impl HttpProxy {
         // Its event names no source (no detector counts it against the proxy, which
         // carries everyone's requests), and it is refused wherever networks are
         // named; the proxy's address is still the hop the upstream is told of.
-        let source = forwarded.unwrap_or_else(|| peer.ip().to_canonical());
+        let source = forwarded.unwrap_or(peer_ip);
         // For the event and the upstream's `X-Forwarded-For`: the connection's own,
         // written out once, unless a trusted proxy named another.
-        let source_text: std::borrow::Cow<'_, str> = if source == peer.ip().to_canonical() {
+        let source_text: std::borrow::Cow<'_, str> = if source == peer_ip {
             std::borrow::Cow::Borrowed(conn.peer_text())
         } else {
             std::borrow::Cow::Owned(source.to_string())
         };
-        ev.source = forwarded.map(|_| source_text.clone().into_owned());
+        ev.source = forwarded.map(|_| source_text.to_string());
         // Blocked while this keep-alive connection was open: refused, not audited (a
         // blocked flood must not fill the log), counted, and the connection closed.
         if h.admission.is_blocked_now(source) {
@@ -309,7 +310,7 @@ impl HttpProxy {
 
         if forwarded.is_none() {
             detail.insert("forwarded_for".into(), "unknown".into());
-            detail.insert("peer".into(), source_text.clone().into_owned().into());
+            detail.insert("peer".into(), source_text.to_string().into());
         }
         let decision = self.decide(&req, conn, forwarded, &mut ev, &mut detail);
         let (entry, path) = match decision {
