@@ -72,25 +72,23 @@ pub(super) async fn append_on(
 ) -> Result<Option<Chain>> {
     let mut head = chain.map(|c| c.head);
     let linker = chain.map(|c| crate::chain::Linker::new(&c.key));
-    let mut rows = Vec::with_capacity(events.len());
-    for e in events {
-        let detail = e.detail_json();
-        let (prev, hash) = match (&linker, head) {
-            (Some(linker), Some(prev)) => {
-                let hash = linker.link(&prev, e, &detail);
-                head = Some(hash);
-                (Some(prev.to_vec()), Some(hash.to_vec()))
-            }
-            _ => (None, None),
-        };
-        rows.push((e, detail, prev, hash));
-    }
     // Many rows a statement: each statement is a round trip to SQLite's thread,
-    // which under load costs more than the insert itself.
-    for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
+    // which under load costs more than the insert itself. What is made here (the
+    // detail's text, the two hashes) is moved into the query: a borrowed value
+    // would be copied once more as sqlx sends its arguments to SQLite's thread.
+    for chunk in events.chunks(AUDIT_ROWS_PER_INSERT) {
         let sql = insert_sql(chunk.len());
         let mut q = sqlx::query(&sql);
-        for (e, detail, prev, hash) in chunk {
+        for e in chunk {
+            let detail = e.detail_json();
+            let (prev, hash) = match (&linker, head) {
+                (Some(linker), Some(prev)) => {
+                    let hash = linker.link(&prev, e, &detail);
+                    head = Some(hash);
+                    (Some(prev.to_vec()), Some(hash.to_vec()))
+                }
+                _ => (None, None),
+            };
             q = q
                 .bind(e.at)
                 .bind(&e.kind)
@@ -100,9 +98,9 @@ pub(super) async fn append_on(
                 .bind(&e.service)
                 .bind(&e.token_id)
                 .bind(&e.source)
-                .bind(detail.as_str())
-                .bind(prev.as_deref())
-                .bind(hash.as_deref());
+                .bind(detail)
+                .bind(prev)
+                .bind(hash);
         }
         q.execute(&mut *conn).await?;
     }
