@@ -483,17 +483,23 @@ impl HttpProxy {
     ) -> Result<(Arc<Entry>, String), (DenyReason, Option<Duration>)> {
         let h = &self.h;
         let raw_path = req.uri().path();
-        // Audited as sent, but decoded and redacted: a token hidden in the path (even
-        // as `kwat%5F…`) must not reach the log through the audit event.
-        let shown = percent_decode_lossy(&raw_path[..raw_path.len().min(512)]).into_owned();
-        detail.insert("path".into(), redact(&shown).into_owned().into());
+        // A refusal before the path is normalised records it as sent, but decoded and
+        // redacted: a token hidden in the path (even as `kwat%5F…`) must not reach the
+        // log through the audit event. Once admitted, the normalised path is recorded
+        // instead (written out once, not first as sent and then again).
+        let as_sent = |detail: &mut serde_json::Map<String, serde_json::Value>| {
+            let shown = percent_decode_lossy(&raw_path[..raw_path.len().min(512)]);
+            detail.insert("path".into(), redact(&shown).into_owned().into());
+        };
         // First, so that a token leaked into a URL is revoked whoever sent it.
         if h.tokens.refuse_token_in_url(req.uri(), ev) {
+            as_sent(detail);
             return Err((DenyReason::TokenInUrl, None));
         }
         // TRACE echoes the request, injected credential included; CONNECT and TRACK
         // have no business on a reverse proxy.
         if matches!(req.method().as_str(), "TRACE" | "TRACK" | "CONNECT") {
+            as_sent(detail);
             return Err((DenyReason::MethodNotAllowed, None));
         }
         let attempt = Attempt {
@@ -510,18 +516,16 @@ impl HttpProxy {
         let admitted = h.authz.admit(&attempt).map_err(|r| {
             ev.token_id = r.token_id;
             ev.principal = r.principal;
+            as_sent(detail);
             (r.reason, None)
         })?;
         let Admitted { entry, path, .. } = admitted;
         ev.token_id = Some(entry.id().to_owned());
         ev.principal = Some(entry.record.principal.clone());
         let path = path.unwrap_or_default();
-        detail.insert(
-            "path".into(),
-            redact(&path.chars().take(512).collect::<String>())
-                .into_owned()
-                .into(),
-        );
+        // At most 512 characters of it.
+        let cut = path.char_indices().nth(512).map_or(path.len(), |(i, _)| i);
+        detail.insert("path".into(), redact(&path[..cut]).into_owned().into());
         if let Some(limiter) = &self.limiter {
             if let Err(not_until) = limiter.check_key(&entry.record.id) {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
