@@ -327,30 +327,35 @@ pub(super) fn join_cookies(h: &mut HeaderMap) {
     }
 }
 
+/// The headers that are hop-by-hop whatever `Connection` says (RFC 9110 §7.6.1,
+/// and the proxy ones from before it).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "keep-alive",
+    "proxy-connection",
+];
+
 /// Removes `Connection` and the headers it names, and the fixed hop-by-hop set.
 pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // What `Connection` names beyond the fixed set: usually nothing, since it most
+    // often says `keep-alive` (no name is built or looked up for that one).
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|n| !HOP_BY_HOP.iter().any(|f| n.eq_ignore_ascii_case(f)))
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     for n in named {
         h.remove(n);
     }
-    remove_where(h, |k| {
-        matches!(
-            k.as_str(),
-            "connection"
-                | "te"
-                | "trailer"
-                | "transfer-encoding"
-                | "upgrade"
-                | "proxy-authorization"
-                | "proxy-authenticate"
-                | "keep-alive"
-                | "proxy-connection"
-        )
-    });
+    remove_where(h, |k| HOP_BY_HOP.contains(&k.as_str()));
 }

@@ -18,6 +18,23 @@ fn hop_by_hop_headers_go() {
     strip_hop_by_hop(&mut h);
     assert_eq!(h.len(), 1, "{h:?}");
     assert!(h.contains_key("x-kept"));
+
+    // Names in any case, spaced, in several fields; one of the fixed set among them.
+    let mut h = HeaderMap::new();
+    h.append(
+        header::CONNECTION,
+        HeaderValue::from_static("Keep-Alive ,X-Hop-One"),
+    );
+    h.append(
+        header::CONNECTION,
+        HeaderValue::from_static(" close, x-hop-two"),
+    );
+    for name in ["x-hop-one", "x-hop-two", "close", "keep-alive", "x-kept"] {
+        h.insert(name, HeaderValue::from_static("1"));
+    }
+    strip_hop_by_hop(&mut h);
+    let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+    assert_eq!(left, ["x-kept"]);
 }
 
 #[test]
