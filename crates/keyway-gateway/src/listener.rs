@@ -137,6 +137,8 @@ pub struct ConnInfo {
     pub close: CancellationToken,
     /// `peer`'s address written out once for the connection ([`ConnInfo::peer_text`]).
     peer_text: Arc<str>,
+    /// The same, as the upstream's `X-Forwarded-For` carries it.
+    peer_header: Option<http::HeaderValue>,
 }
 
 // === impl ConnInfo ===
@@ -148,12 +150,14 @@ impl ConnInfo {
         cert_thumbprint: Option<String>,
         close: CancellationToken,
     ) -> Self {
+        let text = peer.ip().to_canonical().to_string();
         Self {
             peer,
             tls,
             cert_thumbprint,
             close,
-            peer_text: peer.ip().to_canonical().to_string().into(),
+            peer_header: http::HeaderValue::from_str(&text).ok(),
+            peer_text: text.into(),
         }
     }
 
@@ -162,6 +166,11 @@ impl ConnInfo {
     /// each request cost more than a thousand instructions.
     pub fn peer_text(&self) -> &str {
         &self.peer_text
+    }
+
+    /// [`ConnInfo::peer_text`] as a header's value, made once for the connection.
+    pub fn peer_header(&self) -> Option<&http::HeaderValue> {
+        self.peer_header.as_ref()
     }
 }
 

@@ -81,6 +81,8 @@ pub struct HttpProxy {
     http: HttpService,
     client: Upstream,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// The upstream's `Host` value, made once (over HTTP/1.1).
+    host: Option<HeaderValue>,
     /// `keyway_bytes_total{direction="out"}` of the service, registered once.
     bytes_out: metrics::Counter,
     /// The proxy a reload put in this one's place ([`HttpProxy::hand_over`]).
@@ -129,12 +131,14 @@ impl HttpProxy {
             RateLimiter::keyed(quota)
         });
         let bytes_out = h.metrics.bytes(&svc.name, "out");
+        let host = HeaderValue::from_str(http.upstream.authority.as_str()).ok();
         Some(Arc::new(Self {
             h,
             svc,
             http,
             client,
             limiter,
+            host,
             bytes_out,
             successor: OnceLock::new(),
         }))

@@ -93,12 +93,18 @@ impl HttpProxy {
         // HTTP/2 names the authority in the request's URI (`:authority`).
         if self.http.upstream_h2 {
             h.remove(header::HOST);
-        } else if let Ok(v) = HeaderValue::from_str(up.authority.as_str()) {
-            h.insert(header::HOST, v);
+        } else if let Some(v) = &self.host {
+            h.insert(header::HOST, v.clone());
         }
         // The client as the gateway judged it (behind trusted proxies, the first hop
-        // they did not add), never what the client claimed.
-        if let Ok(v) = HeaderValue::from_str(source) {
+        // they did not add), never what the client claimed. Most often the
+        // connection's own address, whose value was made when it was accepted.
+        let forwarded_for = if source == conn.peer_text() {
+            conn.peer_header().cloned()
+        } else {
+            HeaderValue::from_str(source).ok()
+        };
+        if let Some(v) = forwarded_for {
             h.insert(X_FORWARDED_FOR, v);
         }
         let proto = if conn.tls { "https" } else { "http" };
