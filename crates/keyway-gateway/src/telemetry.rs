@@ -153,7 +153,7 @@ impl Metrics {
                     }),
                 }
                 .increment(1);
-                if let Some(ms) = ev.detail.get("upstream_ms").and_then(|v| v.as_f64()) {
+                if let Some(ms) = ev.upstream_ms() {
                     series
                         .latency
                         .get_or_init(|| self.with(|| histogram!(LATENCY, "service" => s())))
@@ -188,7 +188,7 @@ impl Metrics {
                 let tool = ev.detail.get("tool").and_then(|t| t.as_str());
                 self.by_labels(ev, service.clone(), d, kind, tool);
             }
-            if let Some(ms) = ev.detail.get("upstream_ms").and_then(|v| v.as_f64()) {
+            if let Some(ms) = ev.upstream_ms() {
                 histogram!(LATENCY, "service" => service.clone()).record(ms / 1000.0);
             }
             if ev.kind == EventKind::ConnectionClose.as_str() {

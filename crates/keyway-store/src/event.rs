@@ -1,11 +1,15 @@
 //! One audit event, as the gateway records it and the stores keep it.
 
+use std::borrow::Cow;
+
 use keyway_core::UnixMillis;
 
 /// One audit event. Never holds a secret: callers put public ids and redacted text in.
-#[derive(
-    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
+///
+/// Its detail is one JSON object, written out (by [`AuditEvent::detail_json`] for the
+/// store and the chain, and by `Serialize`) from `detail` and, for an HTTP request,
+/// from `http` as well.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, utoipa::ToSchema)]
 pub struct AuditEvent {
     /// When, in Unix milliseconds.
     #[schema(value_type = i64)]
@@ -29,6 +33,139 @@ pub struct AuditEvent {
     /// Anything else (method, path, status, …), as a JSON object.
     #[serde(default)]
     pub detail: serde_json::Value,
+    /// What every HTTP request records, typed: no map to build, search and free for
+    /// each request. Its fields join `detail`'s in the one object written out, in
+    /// key order; a key in both is `detail`'s (written there later, it says more).
+    /// An event read back from a store has it in `detail`.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub http: Option<Box<HttpDetail>>,
+}
+
+/// An HTTP request's own detail ([`AuditEvent::http`]): each field a key of the
+/// detail's object when set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HttpDetail {
+    pub method: Cow<'static, str>,
+    /// Decoded and redacted, at most 512 characters.
+    pub path: Option<String>,
+    pub status: Option<u16>,
+    /// How long the upstream took to answer, in milliseconds, to a tenth.
+    pub upstream_ms: Option<f64>,
+    /// Why the request failed past the checks (`upstream_timeout`, …).
+    pub error: Option<Cow<'static, str>>,
+}
+
+/// One value of [`HttpDetail`], as `serde_json::Value` would write it.
+enum Field<'a> {
+    Text(&'a str),
+    Int(u16),
+    Float(f64),
+}
+
+// === impl HttpDetail ===
+
+impl HttpDetail {
+    /// Records the method: a standard one's name without an allocation.
+    pub fn set_method(&mut self, name: &str) {
+        const STANDARD: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+        self.method = match STANDARD.iter().find(|m| **m == name) {
+            Some(m) => Cow::Borrowed(m),
+            None => Cow::Owned(name.to_owned()),
+        };
+    }
+
+    /// Records the status of a request that failed past the checks, and why.
+    pub fn failed(&mut self, status: u16, error: &'static str) {
+        self.status = Some(status);
+        self.error = Some(Cow::Borrowed(error));
+    }
+
+    /// The fields that are set, in key order.
+    fn fields(&self) -> impl Iterator<Item = (&'static str, Field<'_>)> {
+        [
+            self.error.as_deref().map(|e| ("error", Field::Text(e))),
+            Some(("method", Field::Text(&self.method))),
+            self.path.as_deref().map(|p| ("path", Field::Text(p))),
+            self.status.map(|c| ("status", Field::Int(c))),
+            self.upstream_ms.map(|ms| ("upstream_ms", Field::Float(ms))),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    fn approx_bytes(&self) -> usize {
+        let text = |s: Option<&str>| s.map_or(0, str::len);
+        std::mem::size_of::<Self>()
+            + self.method.len()
+            + text(self.path.as_deref())
+            + text(self.error.as_deref())
+    }
+}
+
+impl serde::Serialize for Field<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Field::Text(t) => s.serialize_str(t),
+            Field::Int(n) => s.serialize_u16(n),
+            // `Value::from(f64)` is null for a number JSON cannot write.
+            Field::Float(f) if f.is_finite() => s.serialize_f64(f),
+            Field::Float(_) => s.serialize_unit(),
+        }
+    }
+}
+
+/// An event's detail as the one object it is written out as.
+struct Detail<'a>(&'a AuditEvent);
+
+impl serde::Serialize for Detail<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let e = self.0;
+        let Some(http) = &e.http else {
+            return e.detail.serialize(s);
+        };
+        let mut more = e.detail.as_object().into_iter().flatten().peekable();
+        let mut out = s.serialize_map(None)?;
+        for (key, value) in http.fields() {
+            while let Some((k, v)) = more.next_if(|(k, _)| k.as_str() < key) {
+                out.serialize_entry(k, v)?;
+            }
+            if more.peek().is_some_and(|(k, _)| k.as_str() == key) {
+                continue;
+            }
+            out.serialize_entry(key, &value)?;
+        }
+        for (k, v) in more {
+            out.serialize_entry(k, v)?;
+        }
+        out.end()
+    }
+}
+
+impl serde::Serialize for AuditEvent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = s.serialize_struct("AuditEvent", 9)?;
+        out.serialize_field("at", &self.at)?;
+        out.serialize_field("kind", &self.kind)?;
+        let named = [
+            ("decision", &self.decision),
+            ("reason", &self.reason),
+            ("principal", &self.principal),
+            ("service", &self.service),
+            ("token_id", &self.token_id),
+            ("source", &self.source),
+        ];
+        for (name, value) in named {
+            match value {
+                Some(v) => out.serialize_field(name, v)?,
+                None => out.skip_field(name)?,
+            }
+        }
+        out.serialize_field("detail", &Detail(self))?;
+        out.end()
+    }
 }
 
 // === impl AuditEvent ===
@@ -67,15 +204,33 @@ impl AuditEvent {
         .iter()
         .map(|s| s.as_ref().map_or(0, String::len))
         .sum::<usize>();
-        std::mem::size_of::<Self>() + self.kind.len() + strings + value(&self.detail)
+        std::mem::size_of::<Self>()
+            + self.kind.len()
+            + strings
+            + value(&self.detail)
+            + self.http.as_ref().map_or(0, |h| h.approx_bytes())
     }
 
     /// The detail as the stores keep it and the chain hashes it: compact JSON,
     /// serialised straight into one buffer. (`Value`'s `Display`, the same text, goes
     /// through `fmt::Write` a token at a time, at over three times the instructions.)
     pub fn detail_json(&self) -> String {
-        // A `Value` always serialises (its keys are strings); never reached.
-        serde_json::to_string(&self.detail).unwrap_or_else(|_| self.detail.to_string())
+        // Keys are strings and numbers finite: it always serialises; never reached.
+        serde_json::to_string(&Detail(self)).unwrap_or_else(|_| self.detail.to_string())
+    }
+
+    /// `upstream_ms` of the detail, if it has one.
+    pub fn upstream_ms(&self) -> Option<f64> {
+        match self.detail.get("upstream_ms") {
+            Some(v) => v.as_f64(),
+            None => self.http.as_ref().and_then(|h| h.upstream_ms),
+        }
+    }
+
+    /// The typed detail of an HTTP request ([`AuditEvent::http`]), made empty the
+    /// first time.
+    pub fn http_mut(&mut self) -> &mut HttpDetail {
+        self.http.get_or_insert_with(Box::default)
     }
 
     /// Records the decision.
@@ -134,5 +289,131 @@ mod tests {
             };
             assert_eq!(e.detail_json(), detail.to_string());
         }
+    }
+
+    fn request(http: HttpDetail, detail: serde_json::Value) -> AuditEvent {
+        AuditEvent {
+            kind: "request".into(),
+            detail,
+            http: Some(Box::new(http)),
+            ..AuditEvent::default()
+        }
+    }
+
+    /// An HTTP request's typed detail is written out as the map it replaced was, byte
+    /// for byte: the chain hashes this text and readers parse it.
+    #[test]
+    fn a_typed_detail_is_the_text_the_map_was() {
+        let cases = [
+            (
+                HttpDetail {
+                    method: "GET".into(),
+                    path: Some("/invoices/1".into()),
+                    status: Some(200),
+                    upstream_ms: Some(0.4),
+                    error: None,
+                },
+                serde_json::json!({ "method": "GET", "path": "/invoices/1", "status": 200, "upstream_ms": 0.4 }),
+            ),
+            (
+                HttpDetail {
+                    method: "PROPFIND".into(),
+                    path: Some("/a b/\"q\"/\\/\u{1}/é/🔑/kwat_abc***".into()),
+                    status: Some(504),
+                    upstream_ms: Some(30000.0),
+                    error: Some("upstream_timeout".into()),
+                },
+                serde_json::json!({
+                    "method": "PROPFIND",
+                    "path": "/a b/\"q\"/\\/\u{1}/é/🔑/kwat_abc***",
+                    "status": 504,
+                    "upstream_ms": 30000.0,
+                    "error": "upstream_timeout",
+                }),
+            ),
+            // Refused before the path was read: a method and a status only.
+            (
+                HttpDetail {
+                    method: "TRACE".into(),
+                    status: Some(405),
+                    ..HttpDetail::default()
+                },
+                serde_json::json!({ "method": "TRACE", "status": 405 }),
+            ),
+            // A number JSON cannot write is null, as `Value::from(f64)` makes it.
+            (
+                HttpDetail {
+                    method: "GET".into(),
+                    upstream_ms: Some(f64::NAN),
+                    ..HttpDetail::default()
+                },
+                serde_json::json!({ "method": "GET", "upstream_ms": null }),
+            ),
+        ];
+        for (http, map) in cases {
+            let typed = request(http, serde_json::json!({}));
+            assert_eq!(typed.detail_json(), map.to_string());
+        }
+    }
+
+    /// The map's keys go in among the typed ones in order, and a key in both is the
+    /// map's (an MCP step that answered 502 after the upstream's 200).
+    #[test]
+    fn the_map_joins_the_typed_detail_and_wins_a_shared_key() {
+        let http = HttpDetail {
+            method: "POST".into(),
+            path: Some("/mcp".into()),
+            status: Some(200),
+            upstream_ms: Some(1.5),
+            error: None,
+        };
+        let map = serde_json::json!({
+            "arguments_bytes": 12,
+            "error": "upstream_answer_refused",
+            "forwarded_for": "unknown",
+            "mcp_method": "tools/call",
+            "status": 502,
+            "tool": "search",
+            "zz": [1, {"b": null}],
+        });
+        let e = request(http, map);
+        let want = serde_json::json!({
+            "arguments_bytes": 12,
+            "error": "upstream_answer_refused",
+            "forwarded_for": "unknown",
+            "mcp_method": "tools/call",
+            "method": "POST",
+            "path": "/mcp",
+            "status": 502,
+            "tool": "search",
+            "upstream_ms": 1.5,
+            "zz": [1, {"b": null}],
+        });
+        assert_eq!(e.detail_json(), want.to_string());
+        assert_eq!(e.upstream_ms(), Some(1.5));
+
+        // Serialised whole, the event has the one object as its detail, and read
+        // back it is that object (the typed part is only ever in memory).
+        let value = serde_json::to_value(&e).unwrap();
+        assert_eq!(value["detail"], want);
+        assert!(value.get("http").is_none(), "{value}");
+        let back: AuditEvent = serde_json::from_value(value).unwrap();
+        assert_eq!(back.detail, want);
+        assert_eq!(back.http, None);
+        assert_eq!(back.upstream_ms(), Some(1.5));
+    }
+
+    /// The audit queue is bounded by bytes: the typed detail's path counts.
+    #[test]
+    fn a_typed_path_counts_toward_the_events_bytes() {
+        let short = request(HttpDetail::default(), serde_json::json!({}));
+        let long = request(
+            HttpDetail {
+                path: Some("x".repeat(500)),
+                ..HttpDetail::default()
+            },
+            serde_json::json!({}),
+        );
+        assert!(long.approx_bytes() >= short.approx_bytes() + 500);
     }
 }

@@ -308,15 +308,15 @@ impl HttpProxy {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return resp;
         }
-        let method = req.method().clone();
+        // What every request records is typed (`AuditEvent::http`); the map holds the
+        // rest (an unknown client, the MCP steps' findings).
+        ev.http_mut().set_method(req.method().as_str());
         let mut detail = serde_json::Map::new();
-        detail.insert("method".into(), method.as_str().into());
-
         if forwarded.is_none() {
             detail.insert("forwarded_for".into(), "unknown".into());
             detail.insert("peer".into(), source_text.to_string().into());
         }
-        let decision = self.decide(&req, conn, forwarded, &mut ev, &mut detail);
+        let decision = self.decide(&req, conn, forwarded, &mut ev);
         let (entry, path) = match decision {
             Ok(x) => x,
             Err((reason, retry_after)) => return self.deny(ev, detail, reason, retry_after).await,
@@ -397,14 +397,11 @@ impl HttpProxy {
                 .map_err(|_| Waited::TooLong)
         };
         let elapsed = started.elapsed().as_secs_f64() * 1000.0;
-        detail.insert(
-            "upstream_ms".into(),
-            ((elapsed * 10.0).round() / 10.0).into(),
-        );
+        ev.http_mut().upstream_ms = Some((elapsed * 10.0).round() / 10.0);
         ev.allow();
         let response = match result {
             Ok(Ok(mut resp)) => {
-                detail.insert("status".into(), resp.status().as_u16().into());
+                ev.http_mut().status = Some(resp.status().as_u16());
                 match client_upgrade {
                     Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                         let upstream = hyper::upgrade::on(&mut resp);
@@ -424,8 +421,7 @@ impl HttpProxy {
                 }
             }
             Ok(Err(e)) if cause::<body::Stalled>(&e).is_some() => {
-                detail.insert("status".into(), 408.into());
-                detail.insert("error".into(), "body_stalled".into());
+                ev.http_mut().failed(408, "body_stalled");
                 let mut resp = plain(StatusCode::REQUEST_TIMEOUT, "request body timed out\n");
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -442,19 +438,16 @@ impl HttpProxy {
                         tracing::warn!(service = %self.svc.name, error = %e, "upstream request failed")
                     }
                 }
-                detail.insert("status".into(), 502.into());
-                detail.insert("error".into(), reason.into());
+                ev.http_mut().failed(502, reason);
                 plain(StatusCode::BAD_GATEWAY, "bad gateway\n")
             }
             Err(Waited::TooLong) => {
                 tracing::warn!(service = %self.svc.name, timeout = ?self.http.upstream_timeout, "upstream timed out");
-                detail.insert("status".into(), 504.into());
-                detail.insert("error".into(), "upstream_timeout".into());
+                ev.http_mut().failed(504, "upstream_timeout");
                 plain(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n")
             }
             Err(Waited::Ended) => {
-                detail.insert("status".into(), 401.into());
-                detail.insert("error".into(), "token_ended".into());
+                ev.http_mut().failed(401, "token_ended");
                 refusal(DenyReason::Revoked, None)
             }
         };
@@ -483,7 +476,6 @@ impl HttpProxy {
         conn: &ConnInfo,
         source: Option<std::net::IpAddr>,
         ev: &mut AuditEvent,
-        detail: &mut serde_json::Map<String, serde_json::Value>,
     ) -> Result<(Arc<Entry>, String), (DenyReason, Option<Duration>)> {
         let h = &self.h;
         let raw_path = req.uri().path();
@@ -491,19 +483,19 @@ impl HttpProxy {
         // redacted: a token hidden in the path (even as `kwat%5F…`) must not reach the
         // log through the audit event. Once admitted, the normalised path is recorded
         // instead (written out once, not first as sent and then again).
-        let as_sent = |detail: &mut serde_json::Map<String, serde_json::Value>| {
+        let as_sent = |ev: &mut AuditEvent| {
             let shown = percent_decode_lossy(&raw_path[..raw_path.len().min(512)]);
-            detail.insert("path".into(), redact(&shown).into_owned().into());
+            ev.http_mut().path = Some(redact(&shown).into_owned());
         };
         // First, so that a token leaked into a URL is revoked whoever sent it.
         if h.tokens.refuse_token_in_url(req.uri(), ev) {
-            as_sent(detail);
+            as_sent(ev);
             return Err((DenyReason::TokenInUrl, None));
         }
         // TRACE echoes the request, injected credential included; CONNECT and TRACK
         // have no business on a reverse proxy.
         if matches!(req.method().as_str(), "TRACE" | "TRACK" | "CONNECT") {
-            as_sent(detail);
+            as_sent(ev);
             return Err((DenyReason::MethodNotAllowed, None));
         }
         let attempt = Attempt {
@@ -520,7 +512,7 @@ impl HttpProxy {
         let admitted = h.authz.admit(&attempt).map_err(|r| {
             ev.token_id = r.token_id;
             ev.principal = r.principal;
-            as_sent(detail);
+            as_sent(ev);
             (r.reason, None)
         })?;
         let Admitted { entry, path, .. } = admitted;
@@ -529,7 +521,7 @@ impl HttpProxy {
         let path = path.unwrap_or_default();
         // At most 512 characters of it.
         let cut = path.char_indices().nth(512).map_or(path.len(), |(i, _)| i);
-        detail.insert("path".into(), redact(&path[..cut]).into_owned().into());
+        ev.http_mut().path = Some(redact(&path[..cut]).into_owned());
         if let Some(limiter) = &self.limiter {
             if let Err(not_until) = limiter.check_key(&entry.record.id) {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -550,12 +542,12 @@ impl HttpProxy {
     async fn deny(
         &self,
         mut ev: AuditEvent,
-        mut detail: serde_json::Map<String, serde_json::Value>,
+        detail: serde_json::Map<String, serde_json::Value>,
         reason: DenyReason,
         retry_after: Option<Duration>,
     ) -> Response<ProxyBody> {
         let status = StatusCode::from_u16(reason.status()).unwrap_or(StatusCode::FORBIDDEN);
-        detail.insert("status".into(), status.as_u16().into());
+        ev.http_mut().status = Some(status.as_u16());
         ev.deny(reason);
         ev.detail = detail.into();
         tracing::debug!(service = %self.svc.name, reason = reason.as_str(), token_id = ?ev.token_id, "request denied");

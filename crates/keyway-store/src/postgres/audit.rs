@@ -428,6 +428,7 @@ fn event_from_row(r: &PgRow, detail: serde_json::Value) -> Result<AuditEvent> {
         token_id: text(r.get(7))?,
         source: text(r.get(8))?,
         detail,
+        http: None,
     })
 }
 

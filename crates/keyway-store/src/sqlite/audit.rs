@@ -337,6 +337,7 @@ fn event_from_row(r: &SqliteRow, detail: serde_json::Value) -> AuditEvent {
         token_id: r.get(7),
         source: r.get(8),
         detail,
+        http: None,
     }
 }
 
