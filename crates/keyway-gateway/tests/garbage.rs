@@ -1,8 +1,8 @@
 //! A client that does not speak a listener's protocol is told so before the
 //! connection closes: PostgreSQL's `ErrorResponse` with `08P01` on a PostgreSQL port,
 //! a plain line on the tunnel for a client without TLS, and a refusal frame for a
-//! TLS client whose first frame is not an opening. Raw sockets, as the wrong client
-//! would send.
+//! TLS client whose first frame is not an opening. An odd HTTP request is answered
+//! and audited like any other. Raw sockets, as the wrong client would send.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -115,5 +115,28 @@ async fn garbage_on_the_tunnel_is_answered_before_the_close() {
             "{error}"
         );
     }
+    gw.stop().await;
+}
+
+/// A path of UTF-8 longer than the 512 bytes an event keeps of it, with a character
+/// across byte 512: refused as any request without a token and audited with the path
+/// cut at the character's edge. (The cut was made at byte 512: a panic that dropped
+/// the connection unanswered and unaudited.)
+#[tokio::test]
+async fn a_long_path_with_a_character_across_the_cut_is_refused_and_audited() {
+    let (gw, _up) = gateway().await;
+    let kept = format!("/{}", "a".repeat(510));
+    let request = format!("GET {kept}\u{e9}tail HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let answer = answer_to(gw.addr("billing"), request.as_bytes()).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+
+    let events = gw.audit().await;
+    let refused = events
+        .iter()
+        .find(|e| e.event.reason.as_deref() == Some("no_token"))
+        .expect("the refusal is audited");
+    assert_eq!(refused.event.detail["path"], kept.as_str());
+    assert_eq!(refused.event.detail["status"], 401);
     gw.stop().await;
 }

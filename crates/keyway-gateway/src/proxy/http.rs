@@ -484,7 +484,12 @@ impl HttpProxy {
         // log through the audit event. Once admitted, the normalised path is recorded
         // instead (written out once, not first as sent and then again).
         let as_sent = |ev: &mut AuditEvent| {
-            let shown = percent_decode_lossy(&raw_path[..raw_path.len().min(512)]);
+            // At most 512 bytes, cut at a character's edge: a path may hold UTF-8.
+            let mut cut = raw_path.len().min(512);
+            while !raw_path.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let shown = percent_decode_lossy(&raw_path[..cut]);
             ev.http_mut().path = Some(redact(&shown).into_owned());
         };
         // First, so that a token leaked into a URL is revoked whoever sent it.
