@@ -30,7 +30,8 @@ pub struct AuditEvent {
     /// The source address of the connection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
-    /// Anything else (method, path, status, …), as a JSON object.
+    /// Anything else (what was asked, what came of it, …), as a JSON object; for
+    /// an HTTP request, what `http` does not hold.
     #[serde(default)]
     pub detail: serde_json::Value,
     /// What every HTTP request records, typed: no map to build, search and free for
@@ -63,85 +64,10 @@ enum Field<'a> {
     Float(f64),
 }
 
-// === impl HttpDetail ===
-
-impl HttpDetail {
-    /// Records the method: a standard one's name without an allocation.
-    pub fn set_method(&mut self, name: &str) {
-        const STANDARD: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
-        self.method = match STANDARD.iter().find(|m| **m == name) {
-            Some(m) => Cow::Borrowed(m),
-            None => Cow::Owned(name.to_owned()),
-        };
-    }
-
-    /// Records the status of a request that failed past the checks, and why.
-    pub fn failed(&mut self, status: u16, error: &'static str) {
-        self.status = Some(status);
-        self.error = Some(Cow::Borrowed(error));
-    }
-
-    /// The fields that are set, in key order.
-    fn fields(&self) -> impl Iterator<Item = (&'static str, Field<'_>)> {
-        [
-            self.error.as_deref().map(|e| ("error", Field::Text(e))),
-            Some(("method", Field::Text(&self.method))),
-            self.path.as_deref().map(|p| ("path", Field::Text(p))),
-            self.status.map(|c| ("status", Field::Int(c))),
-            self.upstream_ms.map(|ms| ("upstream_ms", Field::Float(ms))),
-        ]
-        .into_iter()
-        .flatten()
-    }
-
-    fn approx_bytes(&self) -> usize {
-        let text = |s: Option<&str>| s.map_or(0, str::len);
-        std::mem::size_of::<Self>()
-            + self.method.len()
-            + text(self.path.as_deref())
-            + text(self.error.as_deref())
-    }
-}
-
-impl serde::Serialize for Field<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match *self {
-            Field::Text(t) => s.serialize_str(t),
-            Field::Int(n) => s.serialize_u16(n),
-            // `Value::from(f64)` is null for a number JSON cannot write.
-            Field::Float(f) if f.is_finite() => s.serialize_f64(f),
-            Field::Float(_) => s.serialize_unit(),
-        }
-    }
-}
-
 /// An event's detail as the one object it is written out as.
 struct Detail<'a>(&'a AuditEvent);
 
-impl serde::Serialize for Detail<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let e = self.0;
-        let Some(http) = &e.http else {
-            return e.detail.serialize(s);
-        };
-        let mut more = e.detail.as_object().into_iter().flatten().peekable();
-        let mut out = s.serialize_map(None)?;
-        for (key, value) in http.fields() {
-            while let Some((k, v)) = more.next_if(|(k, _)| k.as_str() < key) {
-                out.serialize_entry(k, v)?;
-            }
-            if more.peek().is_some_and(|(k, _)| k.as_str() == key) {
-                continue;
-            }
-            out.serialize_entry(key, &value)?;
-        }
-        for (k, v) in more {
-            out.serialize_entry(k, v)?;
-        }
-        out.end()
-    }
-}
+// === impl AuditEvent ===
 
 impl serde::Serialize for AuditEvent {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -167,8 +93,6 @@ impl serde::Serialize for AuditEvent {
         out.end()
     }
 }
-
-// === impl AuditEvent ===
 
 impl AuditEvent {
     /// A fresh event of `kind` at `at`.
@@ -215,7 +139,8 @@ impl AuditEvent {
     /// serialised straight into one buffer. (`Value`'s `Display`, the same text, goes
     /// through `fmt::Write` a token at a time, at over three times the instructions.)
     pub fn detail_json(&self) -> String {
-        // Keys are strings and numbers finite: it always serialises; never reached.
+        // Keys are strings and numbers finite: it always serialises. (Never reached:
+        // the map's text alone, as before the typed detail.)
         serde_json::to_string(&Detail(self)).unwrap_or_else(|_| self.detail.to_string())
     }
 
@@ -259,6 +184,87 @@ impl AuditEvent {
     /// Whether the event records a refusal.
     pub fn denied(&self) -> bool {
         self.decision.as_deref() == Some(keyway_core::Decision::Deny.as_str())
+    }
+}
+
+// === impl HttpDetail ===
+
+impl HttpDetail {
+    /// Records the method: a standard one's name without an allocation.
+    pub fn set_method(&mut self, name: &str) {
+        const STANDARD: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+        self.method = match STANDARD.iter().find(|m| **m == name) {
+            Some(m) => Cow::Borrowed(m),
+            None => Cow::Owned(name.to_owned()),
+        };
+    }
+
+    /// Records the status of a request that failed past the checks, and why.
+    pub fn failed(&mut self, status: u16, error: &'static str) {
+        self.status = Some(status);
+        self.error = Some(Cow::Borrowed(error));
+    }
+
+    /// The fields that are set, in key order.
+    fn fields(&self) -> impl Iterator<Item = (&'static str, Field<'_>)> {
+        [
+            self.error.as_deref().map(|e| ("error", Field::Text(e))),
+            Some(("method", Field::Text(&self.method))),
+            self.path.as_deref().map(|p| ("path", Field::Text(p))),
+            self.status.map(|c| ("status", Field::Int(c))),
+            self.upstream_ms.map(|ms| ("upstream_ms", Field::Float(ms))),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    fn approx_bytes(&self) -> usize {
+        let text = |s: Option<&str>| s.map_or(0, str::len);
+        std::mem::size_of::<Self>()
+            + self.method.len()
+            + text(self.path.as_deref())
+            + text(self.error.as_deref())
+    }
+}
+
+// === impl Field ===
+
+impl serde::Serialize for Field<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Field::Text(t) => s.serialize_str(t),
+            Field::Int(n) => s.serialize_u16(n),
+            // `Value::from(f64)` is null for a number JSON cannot write.
+            Field::Float(f) if f.is_finite() => s.serialize_f64(f),
+            Field::Float(_) => s.serialize_unit(),
+        }
+    }
+}
+
+// === impl Detail ===
+
+impl serde::Serialize for Detail<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let e = self.0;
+        let Some(http) = &e.http else {
+            return e.detail.serialize(s);
+        };
+        let mut more = e.detail.as_object().into_iter().flatten().peekable();
+        let mut out = s.serialize_map(None)?;
+        for (key, value) in http.fields() {
+            while let Some((k, v)) = more.next_if(|(k, _)| k.as_str() < key) {
+                out.serialize_entry(k, v)?;
+            }
+            if more.peek().is_some_and(|(k, _)| k.as_str() == key) {
+                continue;
+            }
+            out.serialize_entry(key, &value)?;
+        }
+        for (k, v) in more {
+            out.serialize_entry(k, v)?;
+        }
+        out.end()
     }
 }
 

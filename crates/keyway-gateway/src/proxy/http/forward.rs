@@ -8,6 +8,20 @@ use super::*;
 
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
+/// The headers that are hop-by-hop whatever `Connection` says (RFC 9110 §7.6.1,
+/// and the proxy ones from before it).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "keep-alive",
+    "proxy-connection",
+];
+
 // === impl HttpProxy ===
 
 impl HttpProxy {
@@ -332,20 +346,6 @@ pub(super) fn join_cookies(h: &mut HeaderMap) {
         h.insert(header::COOKIE, v);
     }
 }
-
-/// The headers that are hop-by-hop whatever `Connection` says (RFC 9110 §7.6.1,
-/// and the proxy ones from before it).
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "keep-alive",
-    "proxy-connection",
-];
 
 /// Removes `Connection` and the headers it names, and the fixed hop-by-hop set.
 pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
