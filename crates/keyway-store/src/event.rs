@@ -5,10 +5,10 @@ use std::borrow::Cow;
 use keyway_core::UnixMillis;
 
 /// One audit event. Never holds a secret: callers put public ids and redacted text in.
-///
-/// Its detail is one JSON object, written out (by [`AuditEvent::detail_json`] for the
-/// store and the chain, and by `Serialize`) from `detail` and, for an HTTP request,
-/// from `http` as well.
+// (The doc comments of this type and its fields are the admin API's schema. In
+// memory, an HTTP request's detail is split between `detail` and `http`; it is
+// written out, by `detail_json` for the store and the chain and by `Serialize`, as
+// the one object the schema describes.)
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, utoipa::ToSchema)]
 pub struct AuditEvent {
     /// When, in Unix milliseconds.
@@ -30,8 +30,8 @@ pub struct AuditEvent {
     /// The source address of the connection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
-    /// Anything else (what was asked, what came of it, …), as a JSON object; for
-    /// an HTTP request, what `http` does not hold.
+    /// Anything else (method, path, status, …), as a JSON object.
+    // For an HTTP request in memory, what `http` does not hold.
     #[serde(default)]
     pub detail: serde_json::Value,
     /// What every HTTP request records, typed: no map to build, search and free for
