@@ -22,6 +22,7 @@
 //! - [`units`]: durations (`15m`, `24h`) and rates (`50/s`).
 //! - [`clock`]: the clock every expiry decision reads, so tests can move time.
 //! - [`tunnel`]: the bounded opening frames of a `keyway connect` stream.
+//! - [`text`]: text cut to a size at a character's edge.
 
 #![forbid(unsafe_code)]
 
@@ -37,6 +38,7 @@ pub mod jwt;
 pub mod path;
 pub mod pgwire;
 pub mod sse;
+pub mod text;
 pub mod token;
 pub mod tunnel;
 pub mod units;

@@ -280,11 +280,7 @@ pub fn digest(tool: &Value) -> (String, String) {
     let digest = hex::encode(Sha256::digest(text.as_bytes()));
     let mut kept = text;
     if kept.len() > MAX_DEFINITION {
-        let mut end = MAX_DEFINITION;
-        while !kept.is_char_boundary(end) {
-            end -= 1;
-        }
-        kept.truncate(end);
+        kept.truncate(keyway_core::text::prefix(&kept, MAX_DEFINITION).len());
         kept.push_str("…(cut: longer than 256 KiB)");
     }
     (digest, kept)

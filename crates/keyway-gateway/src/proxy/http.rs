@@ -485,11 +485,7 @@ impl HttpProxy {
         // instead (written out once, not first as sent and then again).
         let as_sent = |ev: &mut AuditEvent| {
             // At most 512 bytes, cut at a character's edge: a path may hold UTF-8.
-            let mut cut = raw_path.len().min(512);
-            while !raw_path.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            let shown = percent_decode_lossy(&raw_path[..cut]);
+            let shown = percent_decode_lossy(keyway_core::text::prefix(raw_path, 512));
             ev.http_mut().path = Some(redact(&shown).into_owned());
         };
         // First, so that a token leaked into a URL is revoked whoever sent it.

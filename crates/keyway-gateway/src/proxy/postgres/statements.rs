@@ -33,14 +33,10 @@ impl StatementAudit {
             // Redact first, then cut: a token across the cut is still found whole.
             let text = keyway_core::token::redact(&text);
             self.meter.set_statement(&text);
-            let mut cut = text.len().min(MAX_STATEMENT);
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
             json!({
                 "role": self.role,
                 "protocol": if c.kind == b'Q' { "simple" } else { "extended" },
-                "statement": &text[..cut],
+                "statement": keyway_core::text::prefix(&text, MAX_STATEMENT),
                 "length": c.len,
                 "truncated": c.len > MAX_STATEMENT,
             })
