@@ -75,15 +75,7 @@ impl serde::Serialize for AuditEvent {
         let mut out = s.serialize_struct("AuditEvent", 9)?;
         out.serialize_field("at", &self.at)?;
         out.serialize_field("kind", &self.kind)?;
-        let named = [
-            ("decision", &self.decision),
-            ("reason", &self.reason),
-            ("principal", &self.principal),
-            ("service", &self.service),
-            ("token_id", &self.token_id),
-            ("source", &self.source),
-        ];
-        for (name, value) in named {
+        for (name, value) in self.named() {
             match value {
                 Some(v) => out.serialize_field(name, v)?,
                 None => out.skip_field(name)?,
@@ -117,22 +109,29 @@ impl AuditEvent {
                 Value::Object(m) => m.iter().map(|(k, v)| k.len() + 64 + value(v)).sum(),
             }
         }
-        let strings = [
-            &self.decision,
-            &self.reason,
-            &self.principal,
-            &self.service,
-            &self.token_id,
-            &self.source,
-        ]
-        .iter()
-        .map(|s| s.as_ref().map_or(0, String::len))
-        .sum::<usize>();
+        let strings = self
+            .named()
+            .iter()
+            .map(|(_, s)| s.as_ref().map_or(0, String::len))
+            .sum::<usize>();
         std::mem::size_of::<Self>()
             + self.kind.len()
             + strings
             + value(&self.detail)
             + self.http.as_ref().map_or(0, |h| h.approx_bytes())
+    }
+
+    /// The fields that are text or absent, by name: written out when present, and
+    /// counted in the event's bytes.
+    fn named(&self) -> [(&'static str, &Option<String>); 6] {
+        [
+            ("decision", &self.decision),
+            ("reason", &self.reason),
+            ("principal", &self.principal),
+            ("service", &self.service),
+            ("token_id", &self.token_id),
+            ("source", &self.source),
+        ]
     }
 
     /// The detail as the stores keep it and the chain hashes it: compact JSON,
