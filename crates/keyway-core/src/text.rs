@@ -12,6 +12,18 @@ pub fn prefix(text: &str, max_bytes: usize) -> &str {
     &text[..end]
 }
 
+/// The first `max_chars` characters of `text` (all of it when it has no more).
+pub fn first_chars(text: &str, max_chars: usize) -> &str {
+    if text.len() <= max_chars {
+        // No more bytes than that, so no more characters.
+        return text;
+    }
+    match text.char_indices().nth(max_chars) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -26,6 +38,15 @@ mod tests {
         assert_eq!(prefix("", 0), "");
     }
 
+    #[test]
+    fn characters_are_counted_not_bytes() {
+        assert_eq!(first_chars("abé", 2), "ab");
+        assert_eq!(first_chars("ééé", 2), "éé");
+        assert_eq!(first_chars("ééé", 3), "ééé");
+        assert_eq!(first_chars("short", 200), "short");
+        assert_eq!(first_chars("abc", 0), "");
+    }
+
     proptest! {
         /// A start of the text, within the size, and shorter than it by less than one
         /// character (UTF-8's longest is four bytes).
@@ -35,6 +56,13 @@ mod tests {
             prop_assert!(text.starts_with(p));
             prop_assert!(p.len() <= max);
             prop_assert!(p.len() == text.len() || max - p.len() < 4);
+        }
+
+        /// What `chars().take(n)` gives, without building it a character at a time.
+        #[test]
+        fn it_is_the_first_characters(text in "\\PC*", max in 0usize..64) {
+            let taken: String = text.chars().take(max).collect();
+            prop_assert_eq!(first_chars(&text, max), taken.as_str());
         }
     }
 }

@@ -9,8 +9,10 @@ use keyway_core::config::Config;
 use tokio::sync::watch;
 
 mod rewound;
+mod woken;
 
 pub(crate) use rewound::Rewound;
+pub(crate) use woken::WhenWoken;
 
 /// The name of the web console's session cookie. Here, below the
 /// proxies, because the HTTP proxy strips it from every request it forwards.

@@ -123,8 +123,11 @@ pub struct Meter {
 impl Meter {
     /// The session's latest statement, already redacted.
     pub fn set_statement(&self, text: &str) {
-        let shown: String = text.chars().take(STATEMENT_SHOWN).collect();
-        *self.statement.lock().unwrap_or_else(|p| p.into_inner()) = Some(shown);
+        // Written into the last one's place: no allocation a statement.
+        let mut shown = self.statement.lock().unwrap_or_else(|p| p.into_inner());
+        let shown = shown.get_or_insert_with(String::new);
+        shown.clear();
+        shown.push_str(keyway_core::text::first_chars(text, STATEMENT_SHOWN));
     }
 }
 
@@ -310,13 +313,15 @@ impl Sessions {
             },
         );
         let watch = self.end_of(entry, session);
-        let ended = async move {
+        // Polled beside the session's relay at each of its reads and writes; what
+        // it waits on changes rarely, so it is polled only once that wakes it.
+        let ended = crate::runtime::WhenWoken::new(async move {
             tokio::select! {
                 biased;
                 why = watch => why,
                 () = end.cancelled() => SessionEnd::Terminated,
             }
-        };
+        });
         let live = Live {
             id,
             registry: self.live.clone(),
