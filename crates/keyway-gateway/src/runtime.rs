@@ -1,6 +1,7 @@
 //! The bottom layer: what every other part of the gateway may use and that uses
 //! nothing of the gateway's own. The config in force, the byte-stream and error
-//! types shared by listeners and proxies, and the limits that hold everywhere.
+//! types shared by listeners and proxies, the limits that hold everywhere, and a
+//! future polled only when it woke (`WhenWoken`), for the watchers beside relays.
 
 use std::sync::Arc;
 use std::time::Duration;

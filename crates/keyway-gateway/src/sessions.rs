@@ -123,7 +123,8 @@ pub struct Meter {
 impl Meter {
     /// The session's latest statement, already redacted.
     pub fn set_statement(&self, text: &str) {
-        // Written into the last one's place: no allocation a statement.
+        // Written into the last one's place: no allocation for a statement no
+        // longer than one before it.
         let mut shown = self.statement.lock().unwrap_or_else(|p| p.into_inner());
         let shown = shown.get_or_insert_with(String::new);
         shown.clear();

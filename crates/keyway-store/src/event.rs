@@ -6,9 +6,10 @@ use keyway_core::UnixMillis;
 
 /// One audit event. Never holds a secret: callers put public ids and redacted text in.
 // (The doc comments of this type and its fields are the admin API's schema. In
-// memory, an HTTP request's detail is split between `detail` and `http`; it is
-// written out, by `detail_json` for the store and the chain and by `Serialize`, as
-// the one object the schema describes.)
+// memory, an HTTP request's detail is split between `detail` and `http`, and a
+// database statement's between `detail` and `statement`; it is written out, by
+// `detail_json` for the store and the chain and by `Serialize`, as the one object
+// the schema describes.)
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, utoipa::ToSchema)]
 pub struct AuditEvent {
     /// When, in Unix milliseconds.
@@ -31,7 +32,8 @@ pub struct AuditEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// Anything else (method, path, status, …), as a JSON object.
-    // For an HTTP request in memory, what `http` does not hold.
+    // For an HTTP request or a statement in memory, what `http` or `statement` does
+    // not hold.
     #[serde(default)]
     pub detail: serde_json::Value,
     /// What every HTTP request records, typed: no map to build, search and free for
@@ -41,6 +43,11 @@ pub struct AuditEvent {
     #[serde(skip)]
     #[schema(ignore)]
     pub http: Option<Box<HttpDetail>>,
+    /// What every database statement records, typed, as `http` is for a request.
+    /// An event has at most one of the two.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub statement: Option<Box<StatementDetail>>,
 }
 
 /// An HTTP request's own detail ([`AuditEvent::http`]): each field a key of the
@@ -57,12 +64,41 @@ pub struct HttpDetail {
     pub error: Option<Cow<'static, str>>,
 }
 
-/// One value of [`HttpDetail`], as `serde_json::Value` would write it.
+/// A database statement's own detail ([`AuditEvent::statement`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatementDetail {
+    /// The role of the grant the session runs as.
+    pub role: String,
+    /// The statement itself.
+    pub call: StatementCall,
+}
+
+/// What a statement's frame asked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatementCall {
+    /// A query's text (a `Q` frame, or a `P` frame when `extended`): redacted, cut
+    /// when longer than the audit keeps, with the length it had.
+    Text {
+        extended: bool,
+        text: String,
+        length: usize,
+        truncated: bool,
+    },
+    /// A function call (`F`), by the function's OID when the frame held one.
+    Function { oid: Option<u32> },
+}
+
+/// One value of a typed detail, as `serde_json::Value` would write it.
 enum Field<'a> {
     Text(&'a str),
-    Int(u16),
+    Int(u64),
     Float(f64),
+    Bool(bool),
+    Null,
 }
+
+/// A typed detail's fields that are set, in key order.
+type Fields<'a> = [Option<(&'static str, Field<'a>)>; 5];
 
 /// An event's detail as the one object it is written out as.
 struct Detail<'a>(&'a AuditEvent);
@@ -119,6 +155,7 @@ impl AuditEvent {
             + strings
             + value(&self.detail)
             + self.http.as_ref().map_or(0, |h| h.approx_bytes())
+            + self.statement.as_ref().map_or(0, |s| s.approx_bytes())
     }
 
     /// The fields that are text or absent, by name: written out when present, and
@@ -155,6 +192,15 @@ impl AuditEvent {
     /// first time.
     pub fn http_mut(&mut self) -> &mut HttpDetail {
         self.http.get_or_insert_with(Box::default)
+    }
+
+    /// The typed part of the detail, if the event has one.
+    fn typed(&self) -> Option<Fields<'_>> {
+        match (&self.http, &self.statement) {
+            (Some(h), _) => Some(h.fields()),
+            (None, Some(s)) => Some(s.fields()),
+            (None, None) => None,
+        }
     }
 
     /// Records the decision.
@@ -205,16 +251,14 @@ impl HttpDetail {
     }
 
     /// The fields that are set, in key order.
-    fn fields(&self) -> impl Iterator<Item = (&'static str, Field<'_>)> {
+    fn fields(&self) -> Fields<'_> {
         [
             self.error.as_deref().map(|e| ("error", Field::Text(e))),
             Some(("method", Field::Text(&self.method))),
             self.path.as_deref().map(|p| ("path", Field::Text(p))),
-            self.status.map(|c| ("status", Field::Int(c))),
+            self.status.map(|c| ("status", Field::Int(c.into()))),
             self.upstream_ms.map(|ms| ("upstream_ms", Field::Float(ms))),
         ]
-        .into_iter()
-        .flatten()
     }
 
     fn approx_bytes(&self) -> usize {
@@ -226,13 +270,59 @@ impl HttpDetail {
     }
 }
 
+// === impl StatementDetail ===
+
+impl StatementDetail {
+    /// The fields, in key order.
+    fn fields(&self) -> Fields<'_> {
+        let role = Some(("role", Field::Text(&self.role)));
+        match &self.call {
+            StatementCall::Text {
+                extended,
+                text,
+                length,
+                truncated,
+            } => [
+                Some(("length", Field::Int(*length as u64))),
+                Some((
+                    "protocol",
+                    Field::Text(if *extended { "extended" } else { "simple" }),
+                )),
+                role,
+                Some(("statement", Field::Text(text))),
+                Some(("truncated", Field::Bool(*truncated))),
+            ],
+            StatementCall::Function { oid } => [
+                Some((
+                    "function_oid",
+                    oid.map_or(Field::Null, |o| Field::Int(o.into())),
+                )),
+                Some(("protocol", Field::Text("function_call"))),
+                role,
+                None,
+                None,
+            ],
+        }
+    }
+
+    fn approx_bytes(&self) -> usize {
+        let text = match &self.call {
+            StatementCall::Text { text, .. } => text.len(),
+            StatementCall::Function { .. } => 0,
+        };
+        std::mem::size_of::<Self>() + self.role.len() + text
+    }
+}
+
 // === impl Field ===
 
 impl serde::Serialize for Field<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match *self {
             Field::Text(t) => s.serialize_str(t),
-            Field::Int(n) => s.serialize_u16(n),
+            Field::Int(n) => s.serialize_u64(n),
+            Field::Bool(b) => s.serialize_bool(b),
+            Field::Null => s.serialize_unit(),
             // `Value::from(f64)` is null for a number JSON cannot write.
             Field::Float(f) if f.is_finite() => s.serialize_f64(f),
             Field::Float(_) => s.serialize_unit(),
@@ -246,12 +336,12 @@ impl serde::Serialize for Detail<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let e = self.0;
-        let Some(http) = &e.http else {
+        let Some(typed) = e.typed() else {
             return e.detail.serialize(s);
         };
         let mut more = e.detail.as_object().into_iter().flatten().peekable();
         let mut out = s.serialize_map(None)?;
-        for (key, value) in http.fields() {
+        for (key, value) in typed.into_iter().flatten() {
             while let Some((k, v)) = more.next_if(|(k, _)| k.as_str() < key) {
                 out.serialize_entry(k, v)?;
             }
@@ -408,9 +498,91 @@ mod tests {
         assert_eq!(back.upstream_ms(), Some(1.5));
     }
 
-    /// The audit queue is bounded by bytes: the typed detail's path counts.
+    /// A statement's typed detail is written out as the map it replaced was, byte
+    /// for byte, and a key the map adds later (a withheld answer) goes in its place.
+    #[test]
+    fn a_typed_statement_is_the_text_the_map_was() {
+        let statement = |call| AuditEvent {
+            kind: "db.statement".into(),
+            statement: Some(Box::new(StatementDetail {
+                role: "read\"only".into(),
+                call,
+            })),
+            ..AuditEvent::default()
+        };
+        let cases = [
+            (
+                StatementCall::Text {
+                    extended: false,
+                    text: "SELECT 'é', '🔑' FROM t WHERE a = \"b\"\n".into(),
+                    length: 38,
+                    truncated: false,
+                },
+                serde_json::json!({
+                    "role": "read\"only",
+                    "protocol": "simple",
+                    "statement": "SELECT 'é', '🔑' FROM t WHERE a = \"b\"\n",
+                    "length": 38,
+                    "truncated": false,
+                }),
+            ),
+            (
+                StatementCall::Text {
+                    extended: true,
+                    text: "x".repeat(8),
+                    length: 1 << 40,
+                    truncated: true,
+                },
+                serde_json::json!({
+                    "role": "read\"only",
+                    "protocol": "extended",
+                    "statement": "x".repeat(8),
+                    "length": 1u64 << 40,
+                    "truncated": true,
+                }),
+            ),
+            (
+                StatementCall::Function {
+                    oid: Some(u32::MAX),
+                },
+                serde_json::json!({ "role": "read\"only", "protocol": "function_call", "function_oid": u32::MAX }),
+            ),
+            (
+                StatementCall::Function { oid: None },
+                serde_json::json!({ "role": "read\"only", "protocol": "function_call", "function_oid": null }),
+            ),
+        ];
+        for (call, map) in cases {
+            let mut e = statement(call);
+            assert_eq!(e.detail_json(), map.to_string());
+            assert_eq!(serde_json::to_value(&e).unwrap()["detail"], map);
+            let mut withheld = map.clone();
+            withheld["withheld"] = "audit_unavailable".into();
+            e.detail = serde_json::json!({ "withheld": "audit_unavailable" });
+            assert_eq!(e.detail_json(), withheld.to_string());
+        }
+    }
+
+    /// The audit queue is bounded by bytes: the typed detail's path, and a
+    /// statement's text and role, count.
     #[test]
     fn a_typed_path_counts_toward_the_events_bytes() {
+        let statement = |role: &str, text: &str| AuditEvent {
+            statement: Some(Box::new(StatementDetail {
+                role: role.into(),
+                call: StatementCall::Text {
+                    extended: false,
+                    text: text.into(),
+                    length: text.len(),
+                    truncated: false,
+                },
+            })),
+            ..AuditEvent::default()
+        };
+        let short = statement("ro", "SELECT 1").approx_bytes();
+        assert!(statement("ro", &"x".repeat(500)).approx_bytes() >= short + 490);
+        assert!(statement(&"r".repeat(300), "SELECT 1").approx_bytes() >= short + 298);
+
         let short = request(HttpDetail::default(), serde_json::json!({}));
         let long = request(
             HttpDetail {

@@ -29,7 +29,7 @@ use keyway_core::grant::CredentialScope;
 use keyway_core::{Grant, TokenHash, TokenKind, UnixMillis};
 
 pub use chain::{ChainKey, Checkpoint, Verdict};
-pub use event::{AuditEvent, HttpDetail};
+pub use event::{AuditEvent, HttpDetail, StatementCall, StatementDetail};
 pub use pins::ToolPin;
 pub use postgres::PgStore;
 pub use seal::{Sealed, Sealer};

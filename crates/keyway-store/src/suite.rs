@@ -220,6 +220,7 @@ pub(crate) async fn awkward_text_is_stored_exactly(store: &dyn Store) {
         source: Some("::1".into()),
         detail: serde_json::json!({ "path": "/a\u{0}b", "n": 1.5, "list": [null, true] }),
         http: None,
+        statement: None,
     };
     store.append_audit(std::slice::from_ref(&ev)).await.unwrap();
     assert_eq!(stored(store).await, [ev]);

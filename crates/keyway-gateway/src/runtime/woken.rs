@@ -142,28 +142,38 @@ mod tests {
         assert_eq!(gate.polls.load(Ordering::SeqCst), 2);
     }
 
+    /// Woken from another task while this one sleeps: the wake reaches the task
+    /// that waits, and it ends (a lost wake would leave it waiting, and the timeout
+    /// fail the test).
     #[tokio::test]
-    async fn it_ends_when_what_it_waits_on_ends_beside_a_busy_branch() {
+    async fn a_wake_from_another_task_ends_it() {
         let notify = Arc::new(tokio::sync::Notify::new());
         let ended = WhenWoken::new({
             let notify = notify.clone();
-            async move { notify.notified().await }
+            async move {
+                notify.notified().await;
+                "ended"
+            }
         });
-        tokio::pin!(ended);
-        let mut busy = tokio::time::interval(std::time::Duration::from_millis(1));
-        let mut ticks = 0;
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut ended => break,
-                _ = busy.tick() => {
-                    ticks += 1;
-                    if ticks == 20 {
-                        notify.notify_one();
-                    }
+        let waiter = tokio::spawn(async move {
+            let mut busy = tokio::time::interval(std::time::Duration::from_millis(1));
+            let mut ticks = 0u32;
+            tokio::pin!(ended);
+            loop {
+                tokio::select! {
+                    biased;
+                    why = &mut ended => return (why, ticks),
+                    _ = busy.tick(), if ticks < 5 => ticks += 1,
                 }
             }
-        }
-        assert_eq!(ticks, 20);
+        });
+        // Once the waiter has only `ended` left to wait on.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        notify.notify_one();
+        let (why, ticks) = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the wake reached the waiting task")
+            .unwrap();
+        assert_eq!((why, ticks), ("ended", 5));
     }
 }

@@ -429,6 +429,7 @@ fn event_from_row(r: &PgRow, detail: serde_json::Value) -> Result<AuditEvent> {
         source: text(r.get(8))?,
         detail,
         http: None,
+        statement: None,
     })
 }
 

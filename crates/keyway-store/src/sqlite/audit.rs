@@ -338,6 +338,7 @@ fn event_from_row(r: &SqliteRow, detail: serde_json::Value) -> AuditEvent {
         source: r.get(8),
         detail,
         http: None,
+        statement: None,
     }
 }
 

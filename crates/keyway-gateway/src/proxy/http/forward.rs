@@ -196,14 +196,15 @@ impl HttpProxy {
         Box::pin(async move { why(ended.await) })
     }
 
-    /// Resolves when a stream with `entry`'s token must end, with why.
+    /// Resolves when a stream with `entry`'s token must end, with why. Polled only
+    /// once what it waits on woke it, not at each frame the stream carries.
     pub(super) fn ended(
         &self,
         entry: Arc<Entry>,
         source: IpAddr,
     ) -> impl Future<Output = SessionEnd> + Send + 'static {
         let session = crate::sessions::Session::new(&self.svc, &entry, source);
-        self.h.sessions.end_of(entry, session)
+        crate::runtime::WhenWoken::new(self.h.sessions.end_of(entry, session))
     }
 }
 

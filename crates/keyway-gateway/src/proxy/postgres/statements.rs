@@ -24,28 +24,31 @@ impl StatementAudit {
         reservation: crate::audit::Reservation,
         c: &Capture,
     ) -> crate::audit::Committed {
-        let detail = if c.kind == b'F' {
+        use keyway_store::{StatementCall, StatementDetail};
+        let call = if c.kind == b'F' {
             let oid = (c.kept.len() == 4)
                 .then(|| u32::from_be_bytes([c.kept[0], c.kept[1], c.kept[2], c.kept[3]]));
-            json!({ "role": self.role, "protocol": "function_call", "function_oid": oid })
+            StatementCall::Function { oid }
         } else {
             let text = String::from_utf8_lossy(&c.kept);
             // Redact first, then cut: a token across the cut is still found whole.
             let text = keyway_core::token::redact(&text);
             self.meter.set_statement(&text);
-            json!({
-                "role": self.role,
-                "protocol": if c.kind == b'Q' { "simple" } else { "extended" },
-                "statement": keyway_core::text::prefix(&text, MAX_STATEMENT),
-                "length": c.len,
-                "truncated": c.len > MAX_STATEMENT,
-            })
+            StatementCall::Text {
+                extended: c.kind != b'Q',
+                text: keyway_core::text::prefix(&text, MAX_STATEMENT).to_owned(),
+                length: c.len,
+                truncated: c.len > MAX_STATEMENT,
+            }
         };
         let mut ev = self.sink.event(EventKind::DbStatement);
         ev.service = Some(self.service.clone());
         ev.token_id = Some(self.token_id.clone());
         ev.principal = Some(self.principal.clone());
-        ev.detail = detail;
+        ev.statement = Some(Box::new(StatementDetail {
+            role: self.role.clone(),
+            call,
+        }));
         reservation.send(ev)
     }
 }
