@@ -521,8 +521,7 @@ impl HttpProxy {
         ev.principal = Some(entry.record.principal.clone());
         let path = path.unwrap_or_default();
         // At most 512 characters of it.
-        let cut = path.char_indices().nth(512).map_or(path.len(), |(i, _)| i);
-        ev.http_mut().path = Some(redact(&path[..cut]).into_owned());
+        ev.http_mut().path = Some(redact(keyway_core::text::first_chars(&path, 512)).into_owned());
         if let Some(limiter) = &self.limiter {
             if let Err(not_until) = limiter.check_key(&entry.record.id) {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
