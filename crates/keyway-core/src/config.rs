@@ -51,8 +51,8 @@ pub use detect::{
 };
 pub use model::{
     Agent, AuditConfig, ClientCert, Config, Durability, HttpService, HttpUpstream, McpService,
-    OnFull, PgRole, PortAuditConfig, PostgresService, Service, ServiceKind, TcpService, TlsConfig,
-    UpstreamAuth, UpstreamTls, Written,
+    OnFull, PgHolds, PgRole, PortAuditConfig, PostgresService, Service, ServiceKind, TcpService,
+    TlsConfig, UpstreamAuth, UpstreamTls, Written,
 };
 pub use problem::{ConfigError, Problem};
 pub use raw::{

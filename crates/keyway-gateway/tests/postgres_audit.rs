@@ -1,5 +1,6 @@
-//! A PostgreSQL statement whose audit event cannot be written is not run, and the
-//! client is told why before the session ends (not a bare closed connection). The
+//! A PostgreSQL statement whose audit event cannot be written is not run (under
+//! `audit_holds = "answer"`: its answer is withheld), and the client is told why
+//! before the session ends (not a bare closed connection). The
 //! store is made to refuse audit rows with a trigger, as a full disk would.
 //!
 //! The machine's PostgreSQL (127.0.0.1:5432) is the database upstream; `scripts/test`
@@ -12,7 +13,8 @@ mod support;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-use support::protocols::{psql, start, tokens};
+use support::protocols::{config, echo, psql, tokens};
+use support::{TestGateway, Upstream};
 
 fn sqlite(db: &std::path::Path, sql: &str) {
     let out = Command::new("sqlite3")
@@ -28,9 +30,13 @@ fn sqlite(db: &std::path::Path, sql: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_unauditable_statement_is_not_run_and_psql_is_told_why() {
-    let (gw, _, _) = start("").await;
+/// A psql session through the `orders-db` service (with `extra` in its config, the
+/// last section): a first statement answered, then the store made to refuse audit
+/// rows and a second statement sent. What psql printed after the first answer, and
+/// on stderr.
+async fn second_statement_unauditable(extra: &str) -> (String, String) {
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&format!("{}{extra}\n", config(&up.url(), echo().await, ""))).await;
     gw.set_secret("kw-ro", "unused with trust authentication")
         .await;
     let t = tokens(&gw).await;
@@ -75,11 +81,34 @@ async fn an_unauditable_statement_is_not_run_and_psql_is_told_why() {
     .unwrap();
     let (status, rest, err) = out;
     assert!(!status.success(), "psql succeeded: {rest} / {err}");
-    assert!(!rest.contains("ran anyway"), "the statement ran: {rest}");
-    assert!(
-        err.contains("could not write the statement's audit event (audit_unavailable)"),
-        "psql was not told why: {err}"
-    );
     sqlite(&db, "DROP TRIGGER no_room;");
     gw.stop().await;
+    (rest, err)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unauditable_statement_is_not_run_and_psql_is_told_why() {
+    let (rest, err) = second_statement_unauditable("").await;
+    assert!(!rest.contains("ran anyway"), "the statement ran: {rest}");
+    assert!(
+        err.contains(
+            "could not write the statement's audit event (audit_unavailable), so it was not run"
+        ),
+        "psql was not told why: {err}"
+    );
+}
+
+/// `audit_holds = "answer"`: statements go at once (the first is answered), and the
+/// answer to one whose event cannot be written never reaches psql, which is told.
+#[tokio::test(flavor = "multi_thread")]
+async fn holding_answers_an_unauditable_statements_answer_is_withheld_and_psql_is_told_why() {
+    let (rest, err) = second_statement_unauditable("audit_holds = \"answer\"").await;
+    assert!(
+        !rest.contains("ran anyway"),
+        "the answer reached psql: {rest}"
+    );
+    assert!(
+        err.contains("could not write the statement's audit event (audit_unavailable), so its answer was withheld"),
+        "psql was not told why: {err}"
+    );
 }

@@ -309,6 +309,12 @@ fn upstream_tls_findings(svc: &super::Service) -> Vec<Finding> {
                 ));
             }
         }
+        if pg.holds == super::PgHolds::Answer {
+            out.push(warning(
+                key("audit_holds"),
+                "sends each statement to the database before its audit event is committed: one whose event cannot be written may have run (its answer is withheld)".into(),
+            ));
+        }
     }
     out
 }
@@ -367,6 +373,28 @@ max_ttl = "1h"
                 (Severity::Warning, "services.billing.allow_cidrs[0]"),
                 (Severity::Warning, "services.billing.upstream"),
             ],
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn a_postgres_service_that_holds_answers_is_a_warning() {
+        let text = r#"
+[services.db]
+protocol = "postgres"
+listen = "127.0.0.1:6432"
+upstream = "127.0.0.1:5432"
+database = "test"
+max_ttl = "1h"
+roles.readonly = { user = "root", secret = "kw-ro" }
+"#;
+        assert!(lint(text, &config(text)).is_empty());
+        let holding = format!("{text}audit_holds = \"answer\"\n");
+        let f = lint(&holding, &config(&holding));
+        let said: Vec<_> = f.iter().map(|f| (f.severity, f.at.as_str())).collect();
+        assert_eq!(
+            said,
+            vec![(Severity::Warning, "services.db.audit_holds")],
             "{f:?}"
         );
     }

@@ -198,6 +198,24 @@ pub struct PostgresService {
     /// Weak login methods the database may use where the path to it is not verified
     /// (`md5`, `password`, `trust`): refused unless named.
     pub allow_weak_upstream_auth: Vec<String>,
+    /// What waits for a statement's audit event to be committed (`audit_holds`).
+    pub holds: PgHolds,
+}
+
+/// `audit_holds`: what of a PostgreSQL statement waits for its audit event's commit
+/// under `audit.durability = "commit"` (under `batched` nothing waits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PgHolds {
+    /// The statement itself: it reaches the database only once its event is
+    /// committed, so a statement whose event cannot be written is never run. The
+    /// default.
+    #[default]
+    Statement,
+    /// Its answer: the statement goes at once, and what the database sends back
+    /// reaches the client only once the event is committed (the commit overlaps the
+    /// query). A statement whose event cannot be written may have run; its answer is
+    /// withheld and the session ends.
+    Answer,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,9 @@ use super::check::{valid_name, valid_secret_name};
 use super::problem::Problems;
 use super::service::Common;
 use super::tcp::check_tcp_upstream;
-use super::{PgRole, PostgresService, RawListenerTls, RawService, Service, ServiceKind, TlsConfig};
+use super::{
+    PgHolds, PgRole, PostgresService, RawListenerTls, RawService, Service, ServiceKind, TlsConfig,
+};
 
 // === impl RawService ===
 
@@ -64,6 +66,17 @@ impl RawService {
                 );
             }
         }
+        let holds = match self.audit_holds.as_deref() {
+            None | Some("statement") => PgHolds::Statement,
+            Some("answer") => PgHolds::Answer,
+            Some(_) => {
+                p.push(
+                    &key("audit_holds"),
+                    "must be `statement` (the default: a statement runs only once its audit event is committed) or `answer` (it runs at once; its answer waits for the commit)",
+                );
+                PgHolds::Statement
+            }
+        };
         let pg = PostgresService {
             upstream: check_tcp_upstream(&self.upstream, &key("upstream"), p).unwrap_or_default(),
             database,
@@ -76,6 +89,7 @@ impl RawService {
             allow_plaintext: self.allow_plaintext.unwrap_or(false),
             upstream_tls,
             allow_weak_upstream_auth: weak,
+            holds,
         };
         let tls = match self.tls {
             Some(RawListenerTls::Files(t)) => Some(TlsConfig {

@@ -157,6 +157,13 @@ pub struct RawService {
     pub roles: Option<BTreeMap<String, RawRole>>,
     /// PostgreSQL: accept plaintext sessions from beyond loopback.
     pub allow_plaintext: Option<bool>,
+    /// PostgreSQL, under `audit.durability = "commit"`: what waits for a statement's
+    /// audit event to be committed. `statement` (the default): the statement reaches
+    /// the database only then, so one whose event cannot be written never runs.
+    /// `answer`: the statement goes at once and its answer waits, as an HTTP
+    /// request's does; faster, but one whose event cannot be written may have run
+    /// (its answer is withheld and the session ends).
+    pub audit_holds: Option<String>,
     /// Reach the upstream through this agent; the gateway never dials it itself.
     pub via: Option<String>,
     /// mcp: record each tool call's arguments in the audit log, redacted like

@@ -157,6 +157,12 @@ impl RawService {
                 None
             }
         };
+        if self.audit_holds.is_some() && !is_pg {
+            p.push(
+                &key("audit_holds"),
+                "applies to postgres services only (an http request's answer always waits for its audit event)",
+            );
+        }
         let common = Common {
             name,
             base_dir,

@@ -11,10 +11,11 @@
 //!
 //! After start-up the bytes are relayed as they are, with two exceptions: the client's
 //! `Q` (simple query), `P` (Parse) and `F` (function call) frames are read on the way
-//! through for the audit (text capped and redacted, never `B` parameters), and the
-//! upstream's `BackendKeyData` is replaced by a pair of Keyway's own, so a
-//! `CancelRequest` works through the gateway only for a session whose token is still
-//! valid. Revocation, expiry, a reload the session no longer fits, or the gateway
+//! through for the audit (text capped and redacted, never `B` parameters; each goes
+//! once its event is committed, or with `audit_holds = "answer"` at once, its answer
+//! held until then), and the upstream's `BackendKeyData` is replaced by a pair of
+//! Keyway's own, so a `CancelRequest` works through the gateway only for a session
+//! whose token is still valid. Revocation, expiry, a reload the session no longer fits, or the gateway
 //! stopping ends the session with `FATAL 57P01` (when the cut falls between two
 //! upstream messages; mid-message it just closes) and cancels the query the upstream
 //! was running, if any.
@@ -25,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use keyway_core::config::{PostgresService, Service, ServiceKind};
+use keyway_core::config::{PgHolds, PostgresService, Service, ServiceKind};
 use keyway_core::pgwire::{self, Capture, MAX_AUTH_MESSAGE, MAX_STATEMENT};
 use keyway_core::DenyReason;
 use keyway_core::EventKind;

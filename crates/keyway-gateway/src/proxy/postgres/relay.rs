@@ -39,16 +39,36 @@ impl PgProxy {
         let started = Instant::now();
         let mut framing = Framing::default();
         let syncs = Syncs::default();
+        // Under `audit_holds = "answer"`, the commits the upstream's answers wait for.
+        let holds = (self.pg.holds == PgHolds::Answer).then(Held::default);
         let end = {
-            let down = upstream_to_client(&mut up_r, &mut client_w, &mut framing, &meter);
-            let up = client_to_upstream(&mut client_r, &mut up_w, &audit, &meter.bytes_in, &syncs);
+            let down = upstream_to_client(
+                &mut up_r,
+                &mut client_w,
+                &mut framing,
+                &meter,
+                holds.as_ref(),
+            );
+            let up = client_to_upstream(
+                &mut client_r,
+                &mut up_w,
+                &audit,
+                &meter.bytes_in,
+                &syncs,
+                holds.as_ref(),
+            );
             tokio::pin!(down, up);
             let mut client_done = false;
             loop {
                 tokio::select! {
                     biased;
                     why = &mut ended => break why,
-                    () = &mut down => break SessionEnd::Closed,
+                    // An answer whose statement's event the store did not take is
+                    // withheld, and the session ends.
+                    answered = &mut down => break match answered {
+                        Sent::All => SessionEnd::Closed,
+                        Sent::Unaudited => SessionEnd::Unaudited,
+                    },
                     // The client said Terminate or went away: the upstream, told so,
                     // closes, and that ends `down`. A statement that could not be
                     // audited was not sent: the session ends, and the client is told.
@@ -66,6 +86,7 @@ impl PgProxy {
                     SessionEnd::Expired => "terminating connection: the Keyway token expired".into(),
                     SessionEnd::Shutdown => "terminating connection: the Keyway gateway is shutting down".into(),
                     SessionEnd::Terminated => "terminating connection: a Keyway operator ended this session".into(),
+                    SessionEnd::Unaudited if holds.is_some() => "terminating connection: Keyway could not write the statement's audit event (audit_unavailable), so its answer was withheld; the statement may have run (audit_holds = \"answer\")".into(),
                     SessionEnd::Unaudited => "terminating connection: Keyway could not write the statement's audit event (audit_unavailable), so it was not run; retry shortly".into(),
                     why => format!(
                         "terminating connection: the gateway's config changed and this session no longer fits it ({})",
@@ -187,25 +208,76 @@ impl Framing {
     }
 }
 
-/// Upstream bytes to the client, as they are, until either side ends.
+/// The commits of the statements sent so far, under `audit_holds = "answer"`: each
+/// is put here before its statement's last byte goes to the upstream, so any answer
+/// to it is read after it is here. Both directions run on the session's task.
+#[derive(Default)]
+pub(super) struct Held(Mutex<Vec<crate::audit::Committed>>);
+
+/// The most commits a session holds for answers not yet read. A client pipelining
+/// faster than its answers come back then has its next statements wait for their
+/// own commits, as under `audit_holds = "statement"`, instead of growing the list.
+pub(super) const MAX_HELD: usize = 1024;
+
+impl Held {
+    /// Holds `c` for the answers; gives it back when the session holds too many.
+    fn hold(&self, c: crate::audit::Committed) -> Result<(), crate::audit::Committed> {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if held.len() >= MAX_HELD {
+            return Err(c);
+        }
+        held.push(c);
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Waits for every commit held so far; `false` if the store did not take one.
+    async fn released(&self) -> bool {
+        let held = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        for c in held {
+            if !c.wait().await {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Upstream bytes to the client, as they are, until either side ends. With `held`,
+/// bytes read go only once the statements sent before them are committed; an event
+/// the store did not take ends it (`Sent::Unaudited`), the bytes withheld.
 pub(super) async fn upstream_to_client<R, W>(
     r: &mut R,
     w: &mut W,
     framing: &mut Framing,
     meter: &crate::sessions::Meter,
-) where
+    held: Option<&Held>,
+) -> Sent
+where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; RELAY_BUFFER];
     loop {
         let n = match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return Sent::All,
             Ok(n) => n,
         };
+        if let Some(held) = held {
+            if !held.released().await {
+                tracing::error!(
+                    "a statement could not be audited; its answer is withheld and the session ends"
+                );
+                return Sent::Unaudited;
+            }
+        }
         framing.writing = true;
         if w.write_all(&buf[..n]).await.is_err() {
-            return;
+            return Sent::All;
         }
         framing.writing = false;
         framing.advance(&buf[..n]);
@@ -215,11 +287,12 @@ pub(super) async fn upstream_to_client<R, W>(
     }
 }
 
-/// How the client's side of a session ended.
+/// How one side of a session ended.
 pub(super) enum Sent {
-    /// The client closed (or the connection failed): everything read was sent.
+    /// That side closed (or its connection failed): everything read was sent.
     All,
-    /// A statement's audit event could not be written: it was not sent.
+    /// A statement's audit event could not be written: the statement was not sent
+    /// (or, under `audit_holds = "answer"`, its answer was not).
     Unaudited,
 }
 
@@ -227,13 +300,15 @@ pub(super) enum Sent {
 /// whole frame is waiting behind it. `Q`, `P` and `F` are read for the audit on the
 /// way; under `fail_closed` a frame waits for its audit event's place before it goes,
 /// and a whole one reaches the server only once its event is committed (`durability
-/// = "commit"`), even in a pipeline larger than the buffer.
+/// = "commit"`), even in a pipeline larger than the buffer. With `held` (`audit_holds
+/// = "answer"`) it goes at once, and its commit is held for the answer instead.
 pub(super) async fn client_to_upstream<R, W>(
     r: &mut R,
     w: &mut W,
     audit: &StatementAudit,
     bytes: &std::sync::atomic::AtomicU64,
     syncs: &Syncs,
+    held: Option<&Held>,
 ) -> Sent
 where
     R: AsyncRead + Unpin,
@@ -282,7 +357,16 @@ where
             left -= n;
         }
         if let Some(reservation) = reservation {
-            pending.push(audit.record(reservation, &capture));
+            let committed = audit.record(reservation, &capture);
+            // Under `audit_holds = "answer"` the answer waits for the commit; past
+            // `MAX_HELD`, or otherwise, the statement does.
+            let unheld = match held {
+                Some(held) => held.hold(committed),
+                None => Err(committed),
+            };
+            if let Err(committed) = unheld {
+                pending.push(committed);
+            }
         }
         if !pgwire::whole_frame_waiting(r.buffer()) {
             if let Err(sent) = committed(&mut pending).await {

@@ -18,7 +18,7 @@ pub(super) struct StatementAudit {
 
 impl StatementAudit {
     /// Queues the statement's event; the statement goes to the server once the
-    /// returned commit resolves.
+    /// returned commit resolves (under `audit_holds = "answer"`, its answer does).
     pub(super) fn record(
         &self,
         reservation: crate::audit::Reservation,

@@ -1,7 +1,7 @@
 //! Unit tests of the PostgreSQL proxy's framing and wire helpers (what is read of
 //! the client, the capture included, is tested in `keyway_core::pgwire`).
 
-use super::relay::{client_to_upstream, Framing, Sent, Syncs};
+use super::relay::{client_to_upstream, upstream_to_client, Framing, Held, Sent, Syncs, MAX_HELD};
 use super::startup::negotiate_protocol_version;
 use super::*;
 use keyway_core::pgwire::parse_params;
@@ -99,6 +99,16 @@ proptest::proptest! {
 /// disk would): the first batch's waiters are told at once. (The writer then retries
 /// that batch until the store comes back; what is queued behind it waits.)
 async fn refused(dir: &std::path::Path) -> (StatementAudit, CancellationToken) {
+    statement_audit(dir, true).await
+}
+
+/// A session's statement audit on a SQLite store in `dir`, committing each event
+/// before its waiter is told (`durability = "commit"`); `refusing`: the store refuses
+/// every audit row.
+async fn statement_audit(
+    dir: &std::path::Path,
+    refusing: bool,
+) -> (StatementAudit, CancellationToken) {
     use keyway_core::config::{AuditConfig, Durability, OnFull};
     use sqlx::Connection as _;
 
@@ -109,13 +119,15 @@ async fn refused(dir: &std::path::Path) -> (StatementAudit, CancellationToken) {
     let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
         .await
         .unwrap();
-    sqlx::query(
-        "CREATE TRIGGER no_room BEFORE INSERT ON audit_events \
-         BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
-    )
-    .execute(&mut db)
-    .await
-    .unwrap();
+    if refusing {
+        sqlx::query(
+            "CREATE TRIGGER no_room BEFORE INSERT ON audit_events \
+             BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+        )
+        .execute(&mut db)
+        .await
+        .unwrap();
+    }
     let config = AuditConfig {
         queue: 8192,
         queue_bytes: 64 << 20,
@@ -182,6 +194,7 @@ async fn an_unaudited_statement_never_reaches_the_server_whole() {
                 &audit,
                 &std::sync::atomic::AtomicU64::new(0),
                 &Syncs::default(),
+                None,
             ),
         )
         .await
@@ -196,4 +209,137 @@ async fn an_unaudited_statement_never_reaches_the_server_whole() {
         );
         stop.cancel();
     }
+}
+
+/// One statement, as the client sends it, and the answer a server sends back.
+fn select_one() -> (Vec<u8>, Vec<u8>) {
+    let statement = frame(b'Q', b"select 1;\0");
+    let answer = [
+        frame(b'D', b"\0\x01\0\0\0\x011"),
+        frame(b'C', b"SELECT 1\0"),
+        frame(b'Z', b"I"),
+    ]
+    .concat();
+    (statement, answer)
+}
+
+/// `sent_by_client` from a client that then closes, relayed to the server with
+/// `held`: how the client's side ended (within `within`), and what the server got.
+async fn sent_to_server(
+    audit: &StatementAudit,
+    held: Option<&Held>,
+    sent_by_client: &[u8],
+    within: Duration,
+) -> (Sent, Vec<u8>) {
+    let (mut client, mut from_client) = tokio::io::duplex(1 << 20);
+    let (mut to_upstream, mut upstream) = tokio::io::duplex(1 << 20);
+    client.write_all(sent_by_client).await.unwrap();
+    drop(client);
+    let sent = tokio::time::timeout(
+        within,
+        client_to_upstream(
+            &mut from_client,
+            &mut to_upstream,
+            audit,
+            &std::sync::atomic::AtomicU64::new(0),
+            &Syncs::default(),
+            held,
+        ),
+    )
+    .await
+    .expect("statements wait only for their commits, and under `answer` not even");
+    drop(to_upstream);
+    let mut got = Vec::new();
+    upstream.read_to_end(&mut got).await.unwrap();
+    (sent, got)
+}
+
+/// Relays `statement` from a client that then closes, and `answer` from a server that
+/// then closes, under `audit_holds = "answer"` on `audit`: how each side ended, what
+/// the server was sent and what the client was.
+async fn relayed_holding_answers(
+    audit: &StatementAudit,
+    statement: &[u8],
+    answer: &[u8],
+) -> (Sent, Vec<u8>, Sent, Vec<u8>) {
+    let held = Held::default();
+    let (up, server_got) =
+        sent_to_server(audit, Some(&held), statement, Duration::from_secs(10)).await;
+
+    let (mut server, mut from_upstream) = tokio::io::duplex(1 << 16);
+    let (mut to_client, mut client_reads) = tokio::io::duplex(1 << 16);
+    server.write_all(answer).await.unwrap();
+    drop(server);
+    let down = tokio::time::timeout(
+        Duration::from_secs(10),
+        upstream_to_client(
+            &mut from_upstream,
+            &mut to_client,
+            &mut Framing::default(),
+            &crate::sessions::Meter::default(),
+            Some(&held),
+        ),
+    )
+    .await
+    .expect("the answer waits only for the commit");
+    drop(to_client);
+    let mut client_got = Vec::new();
+    client_reads.read_to_end(&mut client_got).await.unwrap();
+    (up, server_got, down, client_got)
+}
+
+/// `audit_holds = "answer"` on a store that takes the event: the statement reaches
+/// the server, and its whole answer the client.
+#[tokio::test(flavor = "multi_thread")]
+async fn holding_answers_a_statement_and_its_answer_pass_once_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (audit, stop) = statement_audit(dir.path(), false).await;
+    let (statement, answer) = select_one();
+    let (up, server_got, down, client_got) =
+        relayed_holding_answers(&audit, &statement, &answer).await;
+    assert!(matches!(up, Sent::All));
+    assert_eq!(server_got, statement);
+    assert!(matches!(down, Sent::All));
+    assert_eq!(client_got, answer);
+    stop.cancel();
+}
+
+/// `audit_holds = "answer"` on a store that refuses the event: the statement reached
+/// the server (it may have run), and none of its answer reaches the client; the
+/// session ends as unaudited.
+#[tokio::test(flavor = "multi_thread")]
+async fn holding_answers_an_unaudited_statements_answer_is_withheld() {
+    let dir = tempfile::tempdir().unwrap();
+    let (audit, stop) = refused(dir.path()).await;
+    let (statement, answer) = select_one();
+    let (up, server_got, down, client_got) =
+        relayed_holding_answers(&audit, &statement, &answer).await;
+    assert!(matches!(up, Sent::All));
+    assert_eq!(server_got, statement);
+    assert!(matches!(down, Sent::Unaudited));
+    assert!(
+        client_got.is_empty(),
+        "{} bytes of the answer reached the client",
+        client_got.len()
+    );
+    stop.cancel();
+}
+
+/// `audit_holds = "answer"` with a client that pipelines more statements than its
+/// answers are read: the session holds at most `MAX_HELD` commits, and the
+/// statements past them wait for their own, so every statement still goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn holding_answers_holds_a_bounded_number_of_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (audit, stop) = statement_audit(dir.path(), false).await;
+    let mut pipeline = Vec::new();
+    for i in 0..MAX_HELD + 100 {
+        pipeline.extend_from_slice(&frame(b'Q', format!("select {i};\0").as_bytes()));
+    }
+    let held = Held::default();
+    let (sent, got) = sent_to_server(&audit, Some(&held), &pipeline, Duration::from_secs(30)).await;
+    assert!(matches!(sent, Sent::All));
+    assert_eq!(held.len(), MAX_HELD);
+    assert_eq!(got, pipeline);
+    stop.cancel();
 }
