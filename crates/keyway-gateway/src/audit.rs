@@ -375,6 +375,15 @@ impl Committed {
     }
 }
 
+#[cfg(test)]
+impl Committed {
+    /// A commit the test resolves: `true` sent, committed; `false`, refused.
+    pub(crate) fn waiting() -> (oneshot::Sender<bool>, Self) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Self(Ok(rx)))
+    }
+}
+
 // === impl Tap ===
 
 impl Tap {

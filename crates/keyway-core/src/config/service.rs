@@ -158,10 +158,7 @@ impl RawService {
             }
         };
         if self.audit_holds.is_some() && !is_pg {
-            p.push(
-                &key("audit_holds"),
-                "applies to postgres services only (an http request's answer always waits for its audit event)",
-            );
+            p.push(&key("audit_holds"), "applies to postgres services only");
         }
         let common = Common {
             name,

@@ -261,6 +261,10 @@ fn a_postgres_service_says_what_waits_for_a_statements_audit() {
         e.contains("services.api.audit_holds") && e.contains("postgres services only"),
         "{e}"
     );
+    let tcp = "tunnel_listen = \"127.0.0.1:7443\"\n[services.cache]\nprotocol = \"tcp\"\n\
+               upstream = \"127.0.0.1:6379\"\nmax_ttl = \"1h\"\naudit_holds = \"answer\"\n";
+    let e = parse(tcp).unwrap_err().to_string();
+    assert!(e.contains("services.cache.audit_holds"), "{e}");
 }
 
 #[test]

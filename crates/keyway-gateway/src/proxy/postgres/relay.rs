@@ -41,6 +41,9 @@ impl PgProxy {
         let syncs = Syncs::default();
         // Under `audit_holds = "answer"`, the commits the upstream's answers wait for.
         let holds = (self.pg.holds == PgHolds::Answer).then(Held::default);
+        // Whether the session ends on an answer withheld (its statement sent), not on
+        // a statement kept back.
+        let mut withheld = false;
         let end = {
             let down = upstream_to_client(
                 &mut up_r,
@@ -67,7 +70,10 @@ impl PgProxy {
                     // withheld, and the session ends.
                     answered = &mut down => break match answered {
                         Sent::All => SessionEnd::Closed,
-                        Sent::Unaudited => SessionEnd::Unaudited,
+                        Sent::Unaudited => {
+                            withheld = true;
+                            SessionEnd::Unaudited
+                        }
                     },
                     // The client said Terminate or went away: the upstream, told so,
                     // closes, and that ends `down`. A statement that could not be
@@ -86,7 +92,7 @@ impl PgProxy {
                     SessionEnd::Expired => "terminating connection: the Keyway token expired".into(),
                     SessionEnd::Shutdown => "terminating connection: the Keyway gateway is shutting down".into(),
                     SessionEnd::Terminated => "terminating connection: a Keyway operator ended this session".into(),
-                    SessionEnd::Unaudited if holds.is_some() => "terminating connection: Keyway could not write the statement's audit event (audit_unavailable), so its answer was withheld; the statement may have run (audit_holds = \"answer\")".into(),
+                    SessionEnd::Unaudited if withheld => "terminating connection: Keyway could not write the statement's audit event (audit_unavailable), so its answer was withheld; the statement may have run (audit_holds = \"answer\")".into(),
                     SessionEnd::Unaudited => "terminating connection: Keyway could not write the statement's audit event (audit_unavailable), so it was not run; retry shortly".into(),
                     why => format!(
                         "terminating connection: the gateway's config changed and this session no longer fits it ({})",
@@ -214,14 +220,15 @@ impl Framing {
 #[derive(Default)]
 pub(super) struct Held(Mutex<Vec<crate::audit::Committed>>);
 
-/// The most commits a session holds for answers not yet read. A client pipelining
-/// faster than its answers come back then has its next statements wait for their
-/// own commits, as under `audit_holds = "statement"`, instead of growing the list.
+/// The most commits a session holds for answers not yet read (while the answers'
+/// side waits on those it took, up to as many more). A client pipelining faster than
+/// its answers come back then has its next statements wait for their own commits,
+/// as under `audit_holds = "statement"`, instead of growing the list.
 pub(super) const MAX_HELD: usize = 1024;
 
 impl Held {
     /// Holds `c` for the answers; gives it back when the session holds too many.
-    fn hold(&self, c: crate::audit::Committed) -> Result<(), crate::audit::Committed> {
+    pub(super) fn hold(&self, c: crate::audit::Committed) -> Result<(), crate::audit::Committed> {
         let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if held.len() >= MAX_HELD {
             return Err(c);
@@ -263,10 +270,9 @@ where
 {
     let mut buf = vec![0u8; RELAY_BUFFER];
     loop {
-        let n = match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return Sent::All,
-            Ok(n) => n,
-        };
+        let read = r.read(&mut buf).await;
+        // At the upstream's end too: a statement it ran but whose answer never came
+        // is still one the store may have refused.
         if let Some(held) = held {
             if !held.released().await {
                 tracing::error!(
@@ -275,6 +281,10 @@ where
                 return Sent::Unaudited;
             }
         }
+        let n = match read {
+            Ok(0) | Err(_) => return Sent::All,
+            Ok(n) => n,
+        };
         framing.writing = true;
         if w.write_all(&buf[..n]).await.is_err() {
             return Sent::All;

@@ -289,9 +289,11 @@ async fn relayed_holding_answers(
 }
 
 /// `audit_holds = "answer"` on a store that takes the event: the statement reaches
-/// the server, and its whole answer the client.
+/// the server, its whole answer the client, and by then its event is in the store.
 #[tokio::test(flavor = "multi_thread")]
 async fn holding_answers_a_statement_and_its_answer_pass_once_committed() {
+    use sqlx::Connection as _;
+
     let dir = tempfile::tempdir().unwrap();
     let (audit, stop) = statement_audit(dir.path(), false).await;
     let (statement, answer) = select_one();
@@ -301,7 +303,73 @@ async fn holding_answers_a_statement_and_its_answer_pass_once_committed() {
     assert_eq!(server_got, statement);
     assert!(matches!(down, Sent::All));
     assert_eq!(client_got, answer);
+    let path = dir.path().join("keyway.db");
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let (stored,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM audit_events WHERE kind = 'db.statement'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(stored, 1, "the answer went before its event was stored");
     stop.cancel();
+}
+
+/// `audit_holds = "answer"`: the server's answer, read at once, reaches the client
+/// only when the commit held for it resolves; until then not one byte does. A commit
+/// held after the answer was read counts too: the upstream's end waits for it.
+#[tokio::test]
+async fn holding_answers_nothing_passes_before_the_commit() {
+    let (_, answer) = select_one();
+    for refused in [false, true] {
+        let held = Held::default();
+        let (commit, c) = crate::audit::Committed::waiting();
+        assert!(held.hold(c).is_ok());
+        let (mut server, mut from_upstream) = tokio::io::duplex(1 << 16);
+        let (mut to_client, mut client_reads) = tokio::io::duplex(1 << 16);
+        server.write_all(&answer).await.unwrap();
+        drop(server);
+        let meter = crate::sessions::Meter::default();
+        let mut framing = Framing::default();
+        let sent = {
+            let down = upstream_to_client(
+                &mut from_upstream,
+                &mut to_client,
+                &mut framing,
+                &meter,
+                Some(&held),
+            );
+            tokio::pin!(down);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(200), &mut down)
+                    .await
+                    .is_err(),
+                "the relay ended before the commit"
+            );
+            let mut byte = [0u8; 1];
+            assert!(
+                tokio::time::timeout(Duration::from_millis(50), client_reads.read(&mut byte))
+                    .await
+                    .is_err(),
+                "the client got a byte before the commit"
+            );
+            commit.send(!refused).unwrap();
+            tokio::time::timeout(Duration::from_secs(10), down)
+                .await
+                .unwrap()
+        };
+        drop(to_client);
+        let mut got = Vec::new();
+        client_reads.read_to_end(&mut got).await.unwrap();
+        if refused {
+            assert!(matches!(sent, Sent::Unaudited));
+            assert!(got.is_empty());
+        } else {
+            assert!(matches!(sent, Sent::All));
+            assert_eq!(got, answer);
+        }
+    }
 }
 
 /// `audit_holds = "answer"` on a store that refuses the event: the statement reached
