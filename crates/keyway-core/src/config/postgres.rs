@@ -113,3 +113,51 @@ impl RawService {
         c.service(p, None, tls, ServiceKind::Postgres(pg))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::{Config, ConfigError, PgHolds, ServiceKind};
+
+    #[test]
+    fn a_postgres_service_says_what_waits_for_a_statements_audit() {
+        let pg = "[services.db]\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:6432\"\n\
+                  upstream = \"127.0.0.1:5432\"\ndatabase = \"test\"\nmax_ttl = \"1h\"\n\
+                  roles.readonly = { user = \"root\", secret = \"kw-ro\" }\n";
+        let holds = |extra: &str| {
+            let c = Config::parse(&format!("{pg}{extra}"), Path::new("/etc/keyway"))?;
+            let ServiceKind::Postgres(p) = &c.service("db").unwrap().kind else {
+                panic!("postgres")
+            };
+            Ok::<_, ConfigError>(p.holds)
+        };
+        assert_eq!(holds("").unwrap(), PgHolds::Statement);
+        assert_eq!(
+            holds("audit_holds = \"statement\"").unwrap(),
+            PgHolds::Statement
+        );
+        assert_eq!(holds("audit_holds = \"answer\"").unwrap(), PgHolds::Answer);
+        let e = holds("audit_holds = \"nothing\"").unwrap_err().to_string();
+        assert!(
+            e.contains("services.db.audit_holds") && e.contains("`statement`"),
+            "{e}"
+        );
+        let http =
+            "[services.api]\nprotocol = \"http\"\nlisten = \"127.0.0.1:9001\"\nupstream = \"http://127.0.0.1:8080\"\n\
+                    max_ttl = \"1h\"\naudit_holds = \"answer\"\n";
+        let e = Config::parse(http, Path::new("/etc/keyway"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("services.api.audit_holds") && e.contains("postgres services only"),
+            "{e}"
+        );
+        let tcp = "tunnel_listen = \"127.0.0.1:7443\"\n[services.cache]\nprotocol = \"tcp\"\n\
+                   upstream = \"127.0.0.1:6379\"\nmax_ttl = \"1h\"\naudit_holds = \"answer\"\n";
+        let e = Config::parse(tcp, Path::new("/etc/keyway"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("services.cache.audit_holds"), "{e}");
+    }
+}

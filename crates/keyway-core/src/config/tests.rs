@@ -231,43 +231,6 @@ fn tcp_services_are_reached_through_the_tunnel() {
 }
 
 #[test]
-fn a_postgres_service_says_what_waits_for_a_statements_audit() {
-    let pg = "[services.db]\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:6432\"\n\
-              upstream = \"127.0.0.1:5432\"\ndatabase = \"test\"\nmax_ttl = \"1h\"\n\
-              roles.readonly = { user = \"root\", secret = \"kw-ro\" }\n";
-    let holds = |extra: &str| {
-        let c = parse(&format!("{pg}{extra}"))?;
-        let ServiceKind::Postgres(p) = &c.service("db").unwrap().kind else {
-            panic!("postgres")
-        };
-        Ok::<_, ConfigError>(p.holds)
-    };
-    assert_eq!(holds("").unwrap(), PgHolds::Statement);
-    assert_eq!(
-        holds("audit_holds = \"statement\"").unwrap(),
-        PgHolds::Statement
-    );
-    assert_eq!(holds("audit_holds = \"answer\"").unwrap(), PgHolds::Answer);
-    let e = holds("audit_holds = \"nothing\"").unwrap_err().to_string();
-    assert!(
-        e.contains("services.db.audit_holds") && e.contains("`statement`"),
-        "{e}"
-    );
-    let http =
-        "[services.api]\nprotocol = \"http\"\nlisten = \"127.0.0.1:9001\"\nupstream = \"http://127.0.0.1:8080\"\n\
-                max_ttl = \"1h\"\naudit_holds = \"answer\"\n";
-    let e = parse(http).unwrap_err().to_string();
-    assert!(
-        e.contains("services.api.audit_holds") && e.contains("postgres services only"),
-        "{e}"
-    );
-    let tcp = "tunnel_listen = \"127.0.0.1:7443\"\n[services.cache]\nprotocol = \"tcp\"\n\
-               upstream = \"127.0.0.1:6379\"\nmax_ttl = \"1h\"\naudit_holds = \"answer\"\n";
-    let e = parse(tcp).unwrap_err().to_string();
-    assert!(e.contains("services.cache.audit_holds"), "{e}");
-}
-
-#[test]
 fn agents_and_their_services_name_each_other() {
     let base = "tunnel_listen = \"127.0.0.1:7443\"\n\
                 [services.cache]\nprotocol = \"tcp\"\nupstream = \"10.0.0.7:6379\"\n";
