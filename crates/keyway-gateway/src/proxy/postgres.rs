@@ -15,10 +15,10 @@
 //! once its event is committed, or with `audit_holds = "answer"` at once, its answer
 //! held until then), and the upstream's `BackendKeyData` is replaced by a pair of
 //! Keyway's own, so a `CancelRequest` works through the gateway only for a session
-//! whose token is still valid. Revocation, expiry, a reload the session no longer fits, or the gateway
-//! stopping ends the session with `FATAL 57P01` (when the cut falls between two
-//! upstream messages; mid-message it just closes) and cancels the query the upstream
-//! was running, if any.
+//! whose token is still valid. Revocation, expiry, a reload the session no longer
+//! fits, or the gateway stopping ends the session with `FATAL 57P01` (when the cut
+//! falls between two upstream messages; mid-message it just closes) and cancels the
+//! query the upstream was running, if any.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
