@@ -22,7 +22,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::convert::Infallible;
 use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -30,10 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use keyway_core::tunnel::{self, AgentHello, Enroll, Hello, Renew, Reply};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
@@ -53,9 +48,14 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
 const STABLE: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A gateway that answers no HTTP/2 ping within the timeout is gone, even if its
+/// socket is not closed: the agent reconnects.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 mod gateways;
 pub mod stdio;
+mod upstreams;
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -395,97 +395,70 @@ async fn session(
     .await?;
     tracing::info!(agent, gateway, "connected; serving");
     let allow = Arc::new(opts.allow_upstreams.clone());
-    let service = hyper::service::service_fn(move |req| handle(req, allow.clone()));
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        // Each proxied connection is a stream; the default of 200 would stall the
+    // h2 itself, not hyper: a stream's bytes go from the task relaying them to the
+    // connection, with no task of hyper's between (`tunnel::H2Stream`).
+    let handshake = h2::server::Builder::new()
+        // Each proxied connection is a stream; h2's default would stall the
         // gateway's requests (heartbeats included) behind a burst of them.
         .max_concurrent_streams(10_000)
-        .keep_alive_interval(Duration::from_secs(15))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .max_frame_size(keyway_core::tunnel::AGENT_H2_FRAME)
-        .initial_stream_window_size(keyway_core::tunnel::AGENT_H2_STREAM_WINDOW)
-        .initial_connection_window_size(keyway_core::tunnel::AGENT_H2_CONN_WINDOW)
-        .max_send_buf_size(keyway_core::tunnel::AGENT_H2_SEND_BUF)
-        .serve_connection(TokioIo::new(tls), service);
-    tokio::pin!(conn);
+        .max_frame_size(tunnel::AGENT_H2_FRAME)
+        .initial_window_size(tunnel::AGENT_H2_STREAM_WINDOW)
+        .initial_connection_window_size(tunnel::AGENT_H2_CONN_WINDOW)
+        .max_send_buffer_size(tunnel::AGENT_H2_SEND_BUF)
+        .handshake::<_, Bytes>(tls);
+    let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+        .await
+        .map_err(|_| AgentError::Io("the gateway did not start HTTP/2 in time".into()))?
+        .map_err(|e| AgentError::Io(e.to_string()))?;
+    let pings = conn
+        .ping_pong()
+        .ok_or_else(|| AgentError::Io("HTTP/2 pings unavailable".into()))?;
+    let dead = tunnel::unanswered_ping(pings, KEEPALIVE, KEEPALIVE_TIMEOUT);
+    // Renewal runs beside the session (both polled here), on its own connection;
+    // the new certificate serves the next session.
+    let renewal = keep_renewed(gateway, files, renewing);
+    tokio::pin!(dead, renewal);
     loop {
-        // Renewal runs beside the session (both polled here), on its own connection;
-        // the new certificate serves the next session.
-        let renewal = async {
-            let due_in = renewal_due_in(files).unwrap_or(Duration::from_secs(3600));
-            tokio::time::sleep(due_in).await;
-            if let Err(e) = renew_if_due(gateway, files, renewing).await {
-                tracing::warn!(error = %e, "certificate renewal failed; will retry");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        };
         tokio::select! {
-            r = conn.as_mut() => return r.map_err(|e| AgentError::Io(e.to_string())),
+            next = conn.accept() => match next {
+                Some(Ok((req, respond))) => {
+                    tokio::spawn(upstreams::handle(req, respond, allow.clone()));
+                }
+                Some(Err(e)) => return Err(AgentError::Io(e.to_string())),
+                None => return Ok(()),
+            },
+            () = &mut dead => {
+                return Err(AgentError::Io("the gateway stopped answering pings".into()));
+            }
             _ = shutdown.changed() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                conn.graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    }
+                })
+                .await;
                 return Ok(());
             }
-            () = renewal => {}
+            never = &mut renewal => match never {},
         }
     }
 }
 
-fn respond(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *r.status_mut() = status;
-    r
-}
-
-/// A request from the gateway: a heartbeat, or a stream to an upstream.
-async fn handle(
-    req: Request<Incoming>,
-    allow: Arc<Vec<String>>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    if req.method() == Method::GET && req.uri().path() == "/health" {
-        return Ok(respond(StatusCode::OK, "ok"));
-    }
-    if req.method() != Method::CONNECT {
-        return Ok(respond(StatusCode::NOT_FOUND, ""));
-    }
-    let Some(addr) = req.uri().authority().map(|a| a.as_str().to_owned()) else {
-        return Ok(respond(StatusCode::BAD_REQUEST, ""));
-    };
-    // `allow` empty only with --allow-any-upstream.
-    if !allow.is_empty() && !allow.iter().any(|a| a == &addr) {
-        // The agent's side of the audit: a gateway asking for what this agent does
-        // not serve may be a compromised one.
-        tracing::warn!(
-            event = "agent.upstream_refused",
-            upstream = %addr,
-            "refused an upstream that allow_upstreams does not list"
-        );
-        return Ok(respond(StatusCode::FORBIDDEN, ""));
-    }
-    let upstream = match tokio::time::timeout(UPSTREAM_TIMEOUT, TcpStream::connect(&addr)).await {
-        Ok(Ok(s)) => s,
-        _ => {
-            tracing::warn!(upstream = %addr, "upstream unreachable");
-            return Ok(respond(StatusCode::BAD_GATEWAY, ""));
+/// Renews the certificate whenever it is due, for as long as it is polled.
+async fn keep_renewed(
+    gateway: &str,
+    files: &Files,
+    renewing: &tokio::sync::Mutex<()>,
+) -> std::convert::Infallible {
+    loop {
+        let due_in = renewal_due_in(files).unwrap_or(Duration::from_secs(3600));
+        tokio::time::sleep(due_in).await;
+        if let Err(e) = renew_if_due(gateway, files, renewing).await {
+            tracing::warn!(error = %e, "certificate renewal failed; will retry");
+            tokio::time::sleep(Duration::from_secs(5)).await;
         }
-    };
-    let _ = upstream.set_nodelay(true);
-    tracing::debug!(upstream = %addr, "stream opened");
-    tokio::spawn(async move {
-        let mut upstream = upstream;
-        if let Ok(up) = hyper::upgrade::on(req).await {
-            let mut up = TokioIo::new(up);
-            let _ = tokio::io::copy_bidirectional_with_sizes(
-                &mut up,
-                &mut upstream,
-                keyway_core::tunnel::RELAY_BUFFER,
-                keyway_core::tunnel::RELAY_BUFFER,
-            )
-            .await;
-        }
-    });
-    Ok(respond(StatusCode::OK, ""))
+    }
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {

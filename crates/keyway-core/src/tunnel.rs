@@ -8,6 +8,11 @@
 
 use std::fmt;
 
+#[cfg(feature = "h2")]
+mod h2stream;
+#[cfg(feature = "h2")]
+pub use h2stream::{relay as relay_h2, unanswered_ping, H2Stream};
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 

@@ -30,10 +30,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use h2::client::SendRequest;
 use http::{Method, Request, StatusCode};
-use http_body_util::Empty;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::TokioIo;
+use keyway_core::tunnel::H2Stream;
 use keyway_core::{DenyReason, UnixMillis};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -98,7 +97,7 @@ type Live = (Vec<Arc<AgentConn>>, usize);
 /// One live connection of an agent.
 pub(crate) struct AgentConn {
     pub(crate) id: u64,
-    pub(crate) send: SendRequest<Empty<Bytes>>,
+    pub(crate) send: SendRequest<Bytes>,
     /// Fired when the connection ends or the agent is revoked: its streams end too.
     pub(crate) cancel: CancellationToken,
     version: String,
@@ -183,7 +182,7 @@ impl Registry {
         &self,
         agent: &str,
         issued: UnixMillis,
-        send: SendRequest<Empty<Bytes>>,
+        send: SendRequest<Bytes>,
         version: String,
         peer: SocketAddr,
         now: UnixMillis,
@@ -254,28 +253,23 @@ impl Registry {
                 let req = Request::builder()
                     .method(Method::CONNECT)
                     .uri(addr)
-                    .body(Empty::<Bytes>::new())
+                    .body(())
                     .map_err(|e| failed(e.to_string()))?;
-                let mut send = conn.send.clone();
                 let answered = async {
-                    send.ready().await?;
-                    send.send_request(req).await
+                    let mut send = conn.send.clone().ready().await?;
+                    let (resp, stream) = send.send_request(req, false)?;
+                    Ok::<_, h2::Error>((resp.await?, stream))
                 }
                 .await;
                 match answered {
-                    Ok(resp) if resp.status() == StatusCode::OK => {
-                        match hyper::upgrade::on(resp).await {
-                            Ok(up) => {
-                                return Ok(AgentStream {
-                                    io: TokioIo::new(up),
-                                    cut: Box::pin(conn.cancel.clone().cancelled_owned()),
-                                })
-                            }
-                            Err(e) => why = e.to_string(),
-                        }
+                    Ok((resp, stream)) if resp.status() == StatusCode::OK => {
+                        return Ok(AgentStream {
+                            io: H2Stream::new(stream, resp.into_body()),
+                            cut: Box::pin(conn.cancel.clone().cancelled_owned()),
+                        })
                     }
-                    Ok(resp) if resp.status() == StatusCode::FORBIDDEN => refusals += 1,
-                    Ok(resp) => why = format!("the agent answered {}", resp.status()),
+                    Ok((resp, _)) if resp.status() == StatusCode::FORBIDDEN => refusals += 1,
+                    Ok((resp, _)) => why = format!("the agent answered {}", resp.status()),
                     Err(e) => why = e.to_string(),
                 }
             }
@@ -327,7 +321,7 @@ impl Registry {
 /// connection ends or the agent is revoked: the HTTP/2 stream alone would wait on a
 /// connection nobody drives any more.
 pub struct AgentStream {
-    io: TokioIo<hyper::upgrade::Upgraded>,
+    io: H2Stream,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 

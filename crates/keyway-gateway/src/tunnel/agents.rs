@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::Empty;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use keyway_core::head::Bearer;
-use keyway_core::tunnel::{AgentHello, Enroll, Renew};
+use keyway_core::tunnel::{self, AgentHello, Enroll, Renew};
 use keyway_core::{EventKind, TokenKind, UnixMillis};
 use serde_json::json;
 use tokio::net::TcpStream;
@@ -192,18 +190,19 @@ pub async fn serve(
         }
     };
     reply(&mut tls, None, None).await;
-    let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(HEARTBEAT)
-        .keep_alive_timeout(HEARTBEAT_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .max_frame_size(keyway_core::tunnel::AGENT_H2_FRAME)
-        .initial_stream_window_size(keyway_core::tunnel::AGENT_H2_STREAM_WINDOW)
-        .initial_connection_window_size(keyway_core::tunnel::AGENT_H2_CONN_WINDOW)
-        .max_send_buf_size(keyway_core::tunnel::AGENT_H2_SEND_BUF)
-        .handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
+    // h2 itself, not hyper: a stream's bytes go from the task relaying them to the
+    // connection, with no task of hyper's between (`tunnel::H2Stream`).
+    let handshake = h2::client::Builder::new()
+        .max_frame_size(tunnel::AGENT_H2_FRAME)
+        .initial_window_size(tunnel::AGENT_H2_STREAM_WINDOW)
+        .initial_connection_window_size(tunnel::AGENT_H2_CONN_WINDOW)
+        .max_send_buffer_size(tunnel::AGENT_H2_SEND_BUF)
+        .handshake::<_, Bytes>(tls)
         .await;
-    let Ok((send, connection)) = handshake else {
+    let Ok((send, mut connection)) = handshake else {
+        return;
+    };
+    let Some(pings) = connection.ping_pong() else {
         return;
     };
     let version = printable(&hello.version, 32);
@@ -230,6 +229,7 @@ pub async fn serve(
         r = connection => if r.is_ok() { AgentEnd::Closed } else { AgentEnd::Error },
         () = conn.cancel.cancelled() => AgentEnd::Revoked,
         () = heartbeats(h, &conn) => AgentEnd::HeartbeatsMissed,
+        () = tunnel::unanswered_ping(pings, HEARTBEAT, HEARTBEAT_TIMEOUT) => AgentEnd::Error,
         () = h.sessions.stopping() => AgentEnd::Shutdown,
     };
     h.agents.remove(&agent, conn.id);
@@ -256,13 +256,13 @@ async fn heartbeats(h: &Handles, conn: &AgentConn) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Ok(req) = Request::get("/health").body(Empty::<Bytes>::new()) else {
+        let Ok(req) = Request::get("/health").body(()) else {
             return;
         };
-        let mut send = conn.send.clone();
         let answered = tokio::time::timeout(HEARTBEAT_TIMEOUT, async {
-            send.ready().await?;
-            send.send_request(req).await
+            let mut send = conn.send.clone().ready().await?;
+            let (resp, _) = send.send_request(req, true)?;
+            resp.await
         })
         .await;
         match answered {
