@@ -48,10 +48,6 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
 const STABLE: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// A gateway that answers no HTTP/2 ping within the timeout is gone, even if its
-/// socket is not closed: the agent reconnects.
-const KEEPALIVE: Duration = Duration::from_secs(15);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 mod gateways;
 pub mod stdio;
@@ -398,9 +394,10 @@ async fn session(
     // h2 itself, not hyper: a stream's bytes go from the task relaying them to the
     // connection, with no task of hyper's between (`tunnel::H2Stream`).
     let handshake = h2::server::Builder::new()
-        // Each proxied connection is a stream; h2's default would stall the
-        // gateway's requests (heartbeats included) behind a burst of them.
+        // Each proxied connection is a stream: a bound that still leaves room for
+        // the gateway's heartbeats beside a burst of them.
         .max_concurrent_streams(10_000)
+        .max_header_list_size(tunnel::AGENT_H2_MAX_HEADERS)
         .max_frame_size(tunnel::AGENT_H2_FRAME)
         .initial_window_size(tunnel::AGENT_H2_STREAM_WINDOW)
         .initial_connection_window_size(tunnel::AGENT_H2_CONN_WINDOW)
@@ -410,25 +407,25 @@ async fn session(
         .await
         .map_err(|_| AgentError::Io("the gateway did not start HTTP/2 in time".into()))?
         .map_err(|e| AgentError::Io(e.to_string()))?;
-    let pings = conn
-        .ping_pong()
-        .ok_or_else(|| AgentError::Io("HTTP/2 pings unavailable".into()))?;
-    let dead = tunnel::unanswered_ping(pings, KEEPALIVE, KEEPALIVE_TIMEOUT);
+    // The gateway asks `GET /health` every few seconds: a connection on which
+    // nothing is asked for longer is dead, even if its socket is not closed.
+    let silence = tokio::time::sleep(tunnel::AGENT_SILENCE);
     // Renewal runs beside the session (both polled here), on its own connection;
     // the new certificate serves the next session.
     let renewal = keep_renewed(gateway, files, renewing);
-    tokio::pin!(dead, renewal);
+    tokio::pin!(silence, renewal);
     loop {
         tokio::select! {
             next = conn.accept() => match next {
                 Some(Ok((req, respond))) => {
+                    silence.as_mut().reset(tokio::time::Instant::now() + tunnel::AGENT_SILENCE);
                     tokio::spawn(upstreams::handle(req, respond, allow.clone()));
                 }
                 Some(Err(e)) => return Err(AgentError::Io(e.to_string())),
                 None => return Ok(()),
             },
-            () = &mut dead => {
-                return Err(AgentError::Io("the gateway stopped answering pings".into()));
+            () = &mut silence => {
+                return Err(AgentError::Io("the gateway sent no heartbeat in time".into()));
             }
             _ = shutdown.changed() => {
                 conn.graceful_shutdown();

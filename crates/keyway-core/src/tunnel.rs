@@ -11,7 +11,7 @@ use std::fmt;
 #[cfg(feature = "h2")]
 mod h2stream;
 #[cfg(feature = "h2")]
-pub use h2stream::{relay as relay_h2, unanswered_ping, H2Stream};
+pub use h2stream::{relay as relay_h2, H2Stream};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,13 @@ pub const AGENT_H2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 pub const AGENT_H2_CONN_WINDOW: u32 = 8 * 1024 * 1024;
 /// What a stream's sender queues before it waits (hyper's default: 400 KiB).
 pub const AGENT_H2_SEND_BUF: usize = 1024 * 1024;
+/// The largest header block either end of an agent's connection takes (hyper's
+/// default, and what the gateway's listeners take).
+pub const AGENT_H2_MAX_HEADERS: u32 = 16 * 1024;
+/// How often the gateway asks each agent connection `GET /health`. The agent takes
+/// a connection on which no request came for [`AGENT_SILENCE`] for dead.
+pub const AGENT_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const AGENT_SILENCE: std::time::Duration = std::time::Duration::from_secs(45);
 
 /// The TLS crypto of a tunnel connection's client (`keyway connect`, the agent):
 /// rustls's ring provider with the AES-128-GCM suites offered first, which the

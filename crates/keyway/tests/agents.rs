@@ -1,10 +1,10 @@
 //! Agents, end to end with real processes and real servers: `keyway agent enroll`,
 //! `keyway agent run` dialing out to the gateway's tunnel, and HTTP (curl), TCP
-//! (redis-cli) and PostgreSQL (psql) services reached only through it; the agent's allow_upstreams
-//! refusing what it does not list; a replayed enrollment refused; the agent surviving
-//! a gateway restart; two instances sharing the load, one dying; the certificate
-//! renewed over the tunnel; `keyway agent revoke` cutting a live connection and
-//! refusing the agent after.
+//! (redis-cli) and PostgreSQL (psql, a query cancelled with Ctrl-C) services reached
+//! only through it; the agent's allow_upstreams refusing what it does not list; a
+//! replayed enrollment refused; the agent surviving a gateway restart; two instances
+//! sharing the load, one dying; the certificate renewed over the tunnel; `keyway
+//! agent revoke` cutting a live connection and refusing the agent after.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -206,6 +206,38 @@ async fn services_through_an_agent_that_dials_out() {
         "kw_agent_ro",
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Ctrl-C cancels a running query through the agent too: the cancel request is a
+    // connection of its own, written, closed and dropped without an answer, and
+    // its bytes must still reach the database.
+    let mut sleeper = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={pg_port} user=x dbname=test sslmode=disable"
+        ))
+        .args(["-XAtqc", "select pg_sleep(30)"])
+        .env("PGPASSWORD", &db_token)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let interrupted = Instant::now();
+    Command::new("kill")
+        .args(["-INT", &sleeper.id().to_string()])
+        .status()
+        .unwrap();
+    wait_exit(
+        &mut sleeper,
+        Duration::from_secs(10),
+        "the cancelled psql did not end",
+    );
+    assert!(interrupted.elapsed() < Duration::from_secs(5));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut sleeper.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains("canceling statement due to user request"),
+        "{err}"
     );
 
     // The agent limits the gateway: an upstream it does not list is refused, and

@@ -16,9 +16,25 @@ use bytes::{Buf, Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// One HTTP/2 stream, read and written as a byte stream. Dropping it before both
-/// ends closed resets the stream (`CANCEL`), as closing a socket would.
-pub struct H2Stream {
+/// How long a stream dropped after its end was sent stays open for the peer's end,
+/// so that what it sent last is not thrown away (see [`H2Stream`]'s `Drop`).
+const LINGER: Duration = Duration::from_secs(10);
+
+/// What one write hands h2 at most (h2 counts window in 32 bits).
+const MAX_WRITE: usize = 1 << 20;
+
+/// A relay's read buffer is renewed once less than this is left of it, so that
+/// small reads share one allocation while h2 holds them.
+const MIN_READ_ROOM: usize = 8 * 1024;
+
+/// One HTTP/2 stream, read and written as a byte stream. Dropping it before its end
+/// was sent resets the stream (`CANCEL`). Dropping it after its end was sent (a
+/// shutdown) but before the peer's end arrived keeps the stream open for a while
+/// beside it, as a closed socket would, so that what was sent still goes out: h2
+/// throws away what is queued on a stream it resets.
+pub struct H2Stream(Option<Ends>);
+
+struct Ends {
     send: SendStream<Bytes>,
     recv: RecvStream,
     /// What was received and not read yet.
@@ -32,18 +48,56 @@ pub struct H2Stream {
 
 impl H2Stream {
     pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
-        Self {
+        Self(Some(Ends {
             send,
             recv,
             unread: Bytes::new(),
             out: BytesMut::new(),
             finished: false,
-        }
+        }))
     }
 
+    fn ends(&mut self) -> io::Result<&mut Ends> {
+        self.0
+            .as_mut()
+            .ok_or_else(|| io::ErrorKind::NotConnected.into())
+    }
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        let Some(Ends {
+            send,
+            mut recv,
+            finished,
+            ..
+        }) = self.0.take()
+        else {
+            return;
+        };
+        if !finished || recv.is_end_stream() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(LINGER, async {
+                while let Some(Ok(data)) = recv.data().await {
+                    let _ = recv.flow_control().release_capacity(data.len());
+                }
+            })
+            .await;
+            drop(send);
+        });
+    }
+}
+
+impl Ends {
     /// How much of `want` bytes the peer's window lets go now (at least one), once
     /// it lets any: h2 queues what is sent beyond it, so a writer waits here instead.
     fn poll_window(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        let want = want.min(MAX_WRITE);
         self.send.reserve_capacity(want);
         while self.send.capacity() == 0 {
             match ready!(self.send.poll_capacity(cx)) {
@@ -54,14 +108,22 @@ impl H2Stream {
         }
         Poll::Ready(Ok(self.send.capacity().min(want)))
     }
+
+    /// Sends the end of the stream, once.
+    fn finish(&mut self) -> io::Result<()> {
+        if !self.finished {
+            self.finished = true;
+            self.send.send_data(Bytes::new(), true).map_err(io_error)?;
+        }
+        Ok(())
+    }
 }
 
-/// The reset reasons that end a stream the way a closed socket does; any other is an
-/// error.
+/// The peer's end, as a byte stream's reader sees it: an error, or `None` for the
+/// reset reasons that end a stream the way a closed socket does.
 fn read_error(e: h2::Error) -> Option<io::Error> {
     match e.reason() {
         Some(Reason::NO_ERROR) | Some(Reason::CANCEL) => None,
-        Some(Reason::STREAM_CLOSED) => Some(io::Error::new(io::ErrorKind::BrokenPipe, e)),
         _ => Some(io_error(e)),
     }
 }
@@ -70,6 +132,8 @@ fn io_error(e: h2::Error) -> io::Error {
     if e.is_io() {
         e.into_io()
             .unwrap_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe))
+    } else if e.is_reset() {
+        io::Error::new(io::ErrorKind::ConnectionReset, e)
     } else {
         io::Error::new(io::ErrorKind::BrokenPipe, e)
     }
@@ -81,7 +145,7 @@ impl AsyncRead for H2Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
+        let this = self.get_mut().ends()?;
         while this.unread.is_empty() {
             match ready!(this.recv.poll_data(cx)) {
                 None => return Poll::Ready(Ok(())),
@@ -104,7 +168,7 @@ impl AsyncWrite for H2Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
+        let this = self.get_mut().ends()?;
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -128,26 +192,7 @@ impl AsyncWrite for H2Stream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.finished {
-            this.finished = true;
-            this.send.send_data(Bytes::new(), true).map_err(io_error)?;
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// Pings the peer every `every` and returns once a ping goes unanswered for
-/// `within`, or pings can no longer be sent: the connection is dead even if its
-/// socket is not closed. The connection must be polled meanwhile (its pongs are read
-/// there).
-pub async fn unanswered_ping(mut pings: h2::PingPong, every: Duration, within: Duration) {
-    loop {
-        tokio::time::sleep(every).await;
-        match tokio::time::timeout(within, pings.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_pong)) => {}
-            _ => return,
-        }
+        Poll::Ready(self.get_mut().ends()?.finish())
     }
 }
 
@@ -155,28 +200,38 @@ pub async fn unanswered_ping(mut pings: h2::PingPong, every: Duration, within: D
 /// ended, or either fails: what h2 received is written to `io` as it came, and
 /// what is read from `io` (up to `buffer` bytes at a time) is handed to h2 as it
 /// is. Each byte is copied once fewer each way than through [`H2Stream`]'s reads
-/// and writes. Backpressure is each side's: one chunk waits at most per direction.
+/// and writes. What waits is bounded by h2's windows and send buffer each way.
+///
+/// A reset from the peer, or any error, ends both directions; an error on `io`
+/// resets the stream with `CONNECT_ERROR` (RFC 9113, 8.5), which the peer's reader
+/// sees as a reset connection, not as an end.
 pub async fn relay<T>(mut stream: H2Stream, io: &mut T, buffer: usize) -> io::Result<()>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    let s = stream.ends()?;
     let mut down = Down::default();
     let mut up = Up {
-        read: BytesMut::with_capacity(buffer),
-        size: buffer,
+        read: BytesMut::new(),
+        size: buffer.max(MIN_READ_ROOM),
         chunk: Bytes::new(),
         done: false,
     };
-    std::future::poll_fn(|cx| {
-        let down = down.poll(cx, &mut stream, io)?;
-        let up = up.poll(cx, &mut stream, io)?;
+    let relayed = std::future::poll_fn(|cx| {
+        let down = down.poll(cx, s, io)?;
+        let up = up.poll(cx, s, io)?;
         if down.is_ready() && up.is_ready() {
             Poll::Ready(Ok(()))
         } else {
             Poll::Pending
         }
     })
-    .await
+    .await;
+    if relayed.is_err() {
+        s.send.send_reset(Reason::CONNECT_ERROR);
+        s.finished = false;
+    }
+    relayed
 }
 
 /// From the stream to `io`.
@@ -193,7 +248,7 @@ impl Down {
     fn poll<T: AsyncWrite + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
-        s: &mut H2Stream,
+        s: &mut Ends,
         io: &mut T,
     ) -> Poll<io::Result<()>> {
         loop {
@@ -218,10 +273,9 @@ impl Down {
             match s.recv.poll_data(cx) {
                 Poll::Ready(Some(Ok(data))) => s.unread = data,
                 Poll::Ready(None) => self.ended = true,
-                Poll::Ready(Some(Err(e))) => match read_error(e) {
-                    None => self.ended = true,
-                    Some(e) => return Poll::Ready(Err(e)),
-                },
+                // A reset is an abort here, not an end: the upstream connection is
+                // dropped, not half-closed and left waiting.
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io_error(e))),
                 Poll::Pending => {
                     if self.unflushed {
                         ready!(Pin::new(&mut *io).poll_flush(cx))?;
@@ -236,8 +290,8 @@ impl Down {
 
 /// From `io` to the stream.
 struct Up {
-    /// Where `io` is read into; its memory is reused once h2 has sent (and dropped)
-    /// what was read before.
+    /// Where `io` is read into; a chunk read is split off it and handed to h2, and
+    /// the rest of its room serves the next reads.
     read: BytesMut,
     size: usize,
     /// Read, not yet handed to h2 (it waits for window).
@@ -249,7 +303,7 @@ impl Up {
     fn poll<T: AsyncRead + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
-        s: &mut H2Stream,
+        s: &mut Ends,
         io: &mut T,
     ) -> Poll<io::Result<()>> {
         loop {
@@ -263,15 +317,19 @@ impl Up {
                     .map_err(io_error)?;
                 continue;
             }
-            self.read.reserve(self.size);
+            // Renewed (or reclaimed, once h2 has dropped what it held of it) only
+            // when little is left: a fresh buffer for every small read would hold
+            // a whole buffer for each chunk h2 queues.
+            if self.read.capacity() < MIN_READ_ROOM {
+                self.read.reserve(self.size);
+            }
             let n = ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut *io),
                 cx,
                 &mut self.read
             ))?;
             if n == 0 {
-                s.finished = true;
-                s.send.send_data(Bytes::new(), true).map_err(io_error)?;
+                s.finish()?;
                 self.done = true;
             } else {
                 self.chunk = self.read.split().freeze();
@@ -282,7 +340,10 @@ impl Up {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+    use tokio::task::JoinHandle;
 
     use super::*;
 
@@ -290,12 +351,32 @@ mod tests {
     const WINDOW: u32 = 16 * 1024;
     const PIPE: usize = 4 * 1024;
 
+    /// Every step of a test is bounded: a relay that stalls fails it, not hangs it.
+    async fn within<F: Future>(what: &str, f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: stalled"))
+    }
+
     /// A CONNECT stream over HTTP/2 on an in-memory pipe, its far end relayed to an
-    /// "upstream" (`relay`); returns the near end and the upstream's end.
-    async fn connected() -> (H2Stream, tokio::io::DuplexStream) {
-        let (near, far) = duplex(PIPE);
+    /// "upstream" by [`relay`]: the near end, the upstream's end, and the relay's
+    /// outcome.
+    async fn connected() -> (
+        H2Stream,
+        tokio::io::DuplexStream,
+        JoinHandle<io::Result<()>>,
+    ) {
         let (upstream, theirs) = duplex(PIPE);
-        tokio::spawn(async move {
+        let (near, relayed) = connected_to(upstream).await;
+        (near, theirs, relayed)
+    }
+
+    async fn connected_to<U>(upstream: U) -> (H2Stream, JoinHandle<io::Result<()>>)
+    where
+        U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (near, far) = duplex(PIPE);
+        let relayed = tokio::spawn(async move {
             let mut conn = h2::server::Builder::new()
                 .initial_window_size(WINDOW)
                 .initial_connection_window_size(WINDOW)
@@ -309,9 +390,7 @@ mod tests {
             let stream = H2Stream::new(send, req.into_body());
             tokio::spawn(async move { while conn.accept().await.is_some() {} });
             let mut upstream = upstream;
-            relay(stream, &mut upstream, 8 * 1024)
-                .await
-                .expect("relayed");
+            relay(stream, &mut upstream, 8 * 1024).await
         });
         let (send, conn) = h2::client::Builder::new()
             .initial_window_size(WINDOW)
@@ -319,7 +398,9 @@ mod tests {
             .handshake::<_, Bytes>(near)
             .await
             .expect("client handshake");
-        tokio::spawn(async move { conn.await.expect("the connection") });
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
         let mut send = send.ready().await.expect("ready");
         let req = http::Request::connect("upstream:1")
             .body(())
@@ -327,7 +408,52 @@ mod tests {
         let (resp, stream) = send.send_request(req, false).expect("sent");
         let resp = resp.await.expect("answered");
         assert_eq!(resp.status(), http::StatusCode::OK);
-        (H2Stream::new(stream, resp.into_body()), theirs)
+        (H2Stream::new(stream, resp.into_body()), relayed)
+    }
+
+    /// An upstream whose connection fails as a reset one does once something was
+    /// written to it: reads fail, writes are taken.
+    #[derive(Default)]
+    struct Failing {
+        written: bool,
+        reader: Option<std::task::Waker>,
+    }
+
+    impl AsyncRead for Failing {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            _buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if !self.written {
+                self.get_mut().reader = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()))
+        }
+    }
+
+    impl AsyncWrite for Failing {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.written = true;
+            if let Some(w) = this.reader.take() {
+                w.wake();
+            }
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
     }
 
     fn pattern(n: usize) -> Vec<u8> {
@@ -336,7 +462,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_byte_arrives_both_ways_and_each_end_closes_its_direction() {
-        let (mut client, mut upstream) = connected().await;
+        let (mut client, mut upstream, relayed) = connected().await;
         let sent = pattern(1024 * 1024 + 17);
         let wrote = {
             let sent = sent.clone();
@@ -348,7 +474,9 @@ mod tests {
         };
         // The upstream sees the client's bytes, then their end.
         let mut got = Vec::new();
-        upstream.read_to_end(&mut got).await.expect("read");
+        within("the upstream's read", upstream.read_to_end(&mut got))
+            .await
+            .expect("read");
         assert_eq!(got.len(), sent.len());
         assert!(got == sent, "the upstream got other bytes");
         // Its answer still goes back after the client's half closed.
@@ -360,28 +488,34 @@ mod tests {
                 upstream.shutdown().await.expect("closed");
             })
         };
-        let mut client = wrote.await.expect("the writer");
+        let mut client = within("the writer", wrote).await.expect("the writer");
         let mut back = Vec::new();
-        client.read_to_end(&mut back).await.expect("read back");
+        within("the client's read", client.read_to_end(&mut back))
+            .await
+            .expect("read back");
         assert_eq!(back.len(), answer.len());
         assert!(back == answer, "the client got other bytes");
-        answered.await.expect("the upstream's writer");
+        within("the upstream's writer", answered)
+            .await
+            .expect("the upstream's writer");
+        within("the relay", relayed)
+            .await
+            .expect("the relay's task")
+            .expect("the relay ended cleanly");
     }
 
     #[tokio::test]
     async fn a_slow_reader_holds_back_the_writer() {
-        let (mut client, mut upstream) = connected().await;
+        let (mut client, mut upstream, _relayed) = connected().await;
         // Nobody reads the upstream: the client can put only what the windows, the
         // relay's one chunk and the pipes hold before its writes wait.
         let big = pattern(4 * 1024 * 1024);
         let mut put = 0;
         while put < big.len() {
-            let w = tokio::time::timeout(
-                std::time::Duration::from_millis(200),
-                client.write(&big[put..put + 1024]),
-            )
-            .await;
-            match w {
+            let end = (put + 1024).min(big.len());
+            match tokio::time::timeout(Duration::from_millis(200), client.write(&big[put..end]))
+                .await
+            {
                 Ok(n) => put += n.expect("written"),
                 Err(_) => break,
             }
@@ -391,19 +525,59 @@ mod tests {
             "{put} bytes went in while nothing was read"
         );
         // Reading lets the rest through.
-        let rest = big.len() - put;
         let reader = tokio::spawn(async move {
             let mut n = 0;
             let mut buf = vec![0; 64 * 1024];
-            while n < big.len() {
+            while n < 4 * 1024 * 1024 {
                 n += upstream.read(&mut buf).await.expect("read");
             }
             n
         });
-        client
-            .write_all(&pattern(rest))
+        within("the rest", client.write_all(&big[put..]))
             .await
             .expect("the rest written");
-        assert_eq!(reader.await.expect("the reader"), 4 * 1024 * 1024);
+        assert_eq!(
+            within("the reader", reader).await.expect("the reader"),
+            4 * 1024 * 1024
+        );
+    }
+
+    #[tokio::test]
+    async fn what_was_sent_before_a_shutdown_and_drop_still_arrives() {
+        let (mut client, mut upstream, _relayed) = connected().await;
+        // As a PostgreSQL cancel request goes: written, shut, dropped, no answer
+        // awaited. A reset of the stream would throw the queued bytes away.
+        client.write_all(b"cancel 1234").await.expect("written");
+        client.shutdown().await.expect("closed");
+        drop(client);
+        let mut got = Vec::new();
+        within("the upstream's read", upstream.read_to_end(&mut got))
+            .await
+            .expect("read");
+        assert_eq!(got, b"cancel 1234");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_stream_aborts_the_upstream_and_a_failed_upstream_resets_the_stream() {
+        // The client goes away without closing: the relay ends, and drops the
+        // upstream connection instead of leaving it half open.
+        let (client, mut upstream, relayed) = connected().await;
+        drop(client);
+        assert!(within("the relay", relayed)
+            .await
+            .expect("the relay's task")
+            .is_err());
+        let mut rest = Vec::new();
+        let read = within("the upstream's read", upstream.read_to_end(&mut rest)).await;
+        assert!(read.is_ok() && rest.is_empty(), "{read:?}");
+        // The upstream's connection fails: the client reads a reset, not an end
+        // (which would pass a cut answer for a whole one).
+        let (mut client, relayed) = connected_to(Failing::default()).await;
+        client.write_all(b"ping").await.expect("written");
+        let mut buf = Vec::new();
+        let read = within("the client's read", client.read_to_end(&mut buf)).await;
+        let err = read.expect_err("the client saw an end, not a reset");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+        assert!(within("the relay", relayed).await.expect("task").is_err());
     }
 }

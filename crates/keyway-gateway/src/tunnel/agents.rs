@@ -21,7 +21,7 @@ use crate::agents::{AgentConn, AgentEnd, AgentRefusal};
 use crate::proxy::Handles;
 use crate::tls::LocalCa;
 
-const HEARTBEAT: Duration = Duration::from_secs(10);
+const HEARTBEAT: Duration = tunnel::AGENT_HEARTBEAT;
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Missed heartbeats after which a connection is closed.
 const MISSED_HEARTBEATS: u32 = 3;
@@ -193,16 +193,18 @@ pub async fn serve(
     // h2 itself, not hyper: a stream's bytes go from the task relaying them to the
     // connection, with no task of hyper's between (`tunnel::H2Stream`).
     let handshake = h2::client::Builder::new()
+        // What hyper set, and the gateway's listeners keep: a compromised agent
+        // pushes nothing and sends no header block above the listeners' bound.
+        .enable_push(false)
+        .max_header_list_size(tunnel::AGENT_H2_MAX_HEADERS)
+        .initial_max_send_streams(100)
         .max_frame_size(tunnel::AGENT_H2_FRAME)
         .initial_window_size(tunnel::AGENT_H2_STREAM_WINDOW)
         .initial_connection_window_size(tunnel::AGENT_H2_CONN_WINDOW)
         .max_send_buffer_size(tunnel::AGENT_H2_SEND_BUF)
         .handshake::<_, Bytes>(tls)
         .await;
-    let Ok((send, mut connection)) = handshake else {
-        return;
-    };
-    let Some(pings) = connection.ping_pong() else {
+    let Ok((send, connection)) = handshake else {
         return;
     };
     let version = printable(&hello.version, 32);
@@ -229,7 +231,6 @@ pub async fn serve(
         r = connection => if r.is_ok() { AgentEnd::Closed } else { AgentEnd::Error },
         () = conn.cancel.cancelled() => AgentEnd::Revoked,
         () = heartbeats(h, &conn) => AgentEnd::HeartbeatsMissed,
-        () = tunnel::unanswered_ping(pings, HEARTBEAT, HEARTBEAT_TIMEOUT) => AgentEnd::Error,
         () = h.sessions.stopping() => AgentEnd::Shutdown,
     };
     h.agents.remove(&agent, conn.id);
