@@ -37,9 +37,9 @@ pub const AGENT_H2_SEND_BUF: usize = 1024 * 1024;
 /// The largest header block either end of an agent's connection takes (hyper's
 /// default, and what the gateway's listeners take).
 pub const AGENT_H2_MAX_HEADERS: u32 = 16 * 1024;
-/// How often the gateway asks each agent connection `GET /health`. The agent takes
-/// a connection on which no request came for [`AGENT_SILENCE`] for dead.
+/// How often the gateway asks each agent connection `GET /health`.
 pub const AGENT_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The agent takes a connection on which no request came for this long for dead.
 pub const AGENT_SILENCE: std::time::Duration = std::time::Duration::from_secs(45);
 
 /// The TLS crypto of a tunnel connection's client (`keyway connect`, the agent):

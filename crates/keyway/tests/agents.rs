@@ -221,17 +221,36 @@ async fn services_through_an_agent_that_dials_out() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    // Interrupted once the query runs on the server (a SIGINT before would be lost).
+    let running = Instant::now();
+    loop {
+        let active = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-XAtqc"])
+            .arg("select count(*) from pg_stat_activity where state = 'active' and query = 'select pg_sleep(30)'")
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&active.stdout).trim() != "0" {
+            break;
+        }
+        if running.elapsed() > Duration::from_secs(10) {
+            let _ = sleeper.kill();
+            panic!("the query never ran through the agent");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let interrupted = Instant::now();
     Command::new("kill")
         .args(["-INT", &sleeper.id().to_string()])
         .status()
         .unwrap();
-    wait_exit(
-        &mut sleeper,
-        Duration::from_secs(10),
-        "the cancelled psql did not end",
-    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sleeper.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = sleeper.kill();
+            panic!("the cancelled psql did not end: the cancel request was lost");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(interrupted.elapsed() < Duration::from_secs(5));
     let mut err = String::new();
     std::io::Read::read_to_string(&mut sleeper.stderr.take().unwrap(), &mut err).unwrap();

@@ -70,6 +70,7 @@ impl Drop for H2Stream {
             send,
             mut recv,
             finished,
+            unread,
             ..
         }) = self.0.take()
         else {
@@ -78,6 +79,9 @@ impl Drop for H2Stream {
         if !finished || recv.is_end_stream() {
             return;
         }
+        // What was received and never read is given back at once: held until the
+        // linger ends, it would narrow the whole connection's window.
+        let _ = recv.flow_control().release_capacity(unread.len());
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -119,11 +123,13 @@ impl Ends {
     }
 }
 
-/// The peer's end, as a byte stream's reader sees it: an error, or `None` for the
-/// reset reasons that end a stream the way a closed socket does.
+/// The peer's end, as a byte stream's reader sees it: an error, or `None` for a
+/// reset with `NO_ERROR`, which ends a stream the way a closed socket does (h2 sends
+/// it for a stream dropped after its end was sent). `CANCEL` is an abort: a relay
+/// torn down mid-stream, whose cut answer must not pass for a whole one.
 fn read_error(e: h2::Error) -> Option<io::Error> {
     match e.reason() {
-        Some(Reason::NO_ERROR) | Some(Reason::CANCEL) => None,
+        Some(Reason::NO_ERROR) => None,
         _ => Some(io_error(e)),
     }
 }
@@ -202,9 +208,9 @@ impl AsyncWrite for H2Stream {
 /// is. Each byte is copied once fewer each way than through [`H2Stream`]'s reads
 /// and writes. What waits is bounded by h2's windows and send buffer each way.
 ///
-/// A reset from the peer, or any error, ends both directions; an error on `io`
-/// resets the stream with `CONNECT_ERROR` (RFC 9113, 8.5), which the peer's reader
-/// sees as a reset connection, not as an end.
+/// A reset from the peer, or any error, ends both directions; an error before the
+/// upstream's end was sent resets the stream with `CONNECT_ERROR` (RFC 9113, 8.5),
+/// which the peer's reader sees as a reset connection, not as an end.
 pub async fn relay<T>(mut stream: H2Stream, io: &mut T, buffer: usize) -> io::Result<()>
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -218,17 +224,24 @@ where
         done: false,
     };
     let relayed = std::future::poll_fn(|cx| {
-        let down = down.poll(cx, s, io)?;
-        let up = up.poll(cx, s, io)?;
-        if down.is_ready() && up.is_ready() {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
+        // Both directions are polled before either's error counts: an upstream that
+        // answered and closed has its whole answer (and its end) handed to h2 even
+        // when a write to it fails in the same turn.
+        let down = down.poll(cx, s, io);
+        let up = up.poll(cx, s, io);
+        match (down, up) {
+            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
+            _ => Poll::Pending,
         }
     })
     .await;
     if relayed.is_err() {
-        s.send.send_reset(Reason::CONNECT_ERROR);
+        if !s.finished {
+            s.send.send_reset(Reason::CONNECT_ERROR);
+        }
+        // Once the upstream's end was sent, its answer is whole: dropped without
+        // lingering, the stream is reset with NO_ERROR, which keeps what is queued.
         s.finished = false;
     }
     relayed
@@ -544,7 +557,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_was_sent_before_a_shutdown_and_drop_still_arrives() {
-        let (mut client, mut upstream, _relayed) = connected().await;
+        let (mut client, mut upstream, relayed) = connected().await;
         // As a PostgreSQL cancel request goes: written, shut, dropped, no answer
         // awaited. A reset of the stream would throw the queued bytes away.
         client.write_all(b"cancel 1234").await.expect("written");
@@ -555,6 +568,12 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(got, b"cancel 1234");
+        // The upstream's end closes the lingering stream, and the relay ends well.
+        upstream.shutdown().await.expect("closed");
+        within("the relay", relayed)
+            .await
+            .expect("the relay's task")
+            .expect("the relay ended cleanly");
     }
 
     #[tokio::test]
